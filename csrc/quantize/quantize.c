@@ -1,0 +1,131 @@
+/* Affine quantize / dequantize: argument checks, dispatch, threading, and the portable
+ * variant.  The per-ISA runs live in quantize_<isa>.c; all of them compute
+ * rc_quantize_one() (rc_common.h) element by element, bit for bit. */
+#include "../rc_common.h"
+
+#define RC_QUANT_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512))
+
+/* Each OpenMP work item is one block of at most this many elements of a single channel
+ * row, so per-tensor (one long row) and per-channel (many rows) both spread over threads. */
+#define RC_QUANT_BLOCK 8192
+
+typedef void (*rc_quant_run_fn)(const rc_quant_args *, int64_t, int64_t, float, int32_t);
+
+void rc_quantize_run_portable(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z) {
+    const float *x = a->x + base;
+    const int32_t lo = a->qmin, hi = a->qmax;
+    switch (a->qtype) {
+    case RC_INT8:   { int8_t *q = (int8_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) q[i] = (int8_t)rc_quantize_one(x[i], s, z, lo, hi); } break;
+    case RC_UINT8:  { uint8_t *q = (uint8_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) q[i] = (uint8_t)rc_quantize_one(x[i], s, z, lo, hi); } break;
+    case RC_INT16:  { int16_t *q = (int16_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) q[i] = (int16_t)rc_quantize_one(x[i], s, z, lo, hi); } break;
+    case RC_UINT16: { uint16_t *q = (uint16_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) q[i] = (uint16_t)rc_quantize_one(x[i], s, z, lo, hi); } break;
+    default: break;
+    }
+}
+
+void rc_dequantize_run_portable(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z) {
+    float *x = a->x + base;
+    /* (q - z) is formed exactly in 64-bit integers, converted once to float, multiplied
+     * once: the same two roundings as the NumPy reference. */
+    switch (a->qtype) {
+    case RC_INT8:   { const int8_t *q = (const int8_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) x[i] = (float)((int64_t)q[i] - z) * s; } break;
+    case RC_UINT8:  { const uint8_t *q = (const uint8_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) x[i] = (float)((int64_t)q[i] - z) * s; } break;
+    case RC_INT16:  { const int16_t *q = (const int16_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) x[i] = (float)((int64_t)q[i] - z) * s; } break;
+    case RC_UINT16: { const uint16_t *q = (const uint16_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) x[i] = (float)((int64_t)q[i] - z) * s; } break;
+    case RC_INT32:  { const int32_t *q = (const int32_t *)a->q + base;
+                      for (int64_t i = 0; i < n; ++i) x[i] = (float)((int64_t)q[i] - z) * s; } break;
+    default: break;
+    }
+}
+
+static rc_quant_run_fn pick(int isa, int dequant) {
+    switch (isa) {
+#if RC_X86
+    case RC_ISA_AVX2:   return dequant ? rc_dequantize_run_avx2 : rc_quantize_run_avx2;
+    case RC_ISA_AVX512: return dequant ? rc_dequantize_run_avx512 : rc_quantize_run_avx512;
+#endif
+    default:            return dequant ? rc_dequantize_run_portable : rc_quantize_run_portable;
+    }
+}
+
+static int qtype_range(int qtype, int64_t *lo, int64_t *hi) {
+    switch (qtype) {
+    case RC_INT8:   *lo = INT8_MIN;  *hi = INT8_MAX;   return 1;
+    case RC_UINT8:  *lo = 0;         *hi = UINT8_MAX;  return 1;
+    case RC_INT16:  *lo = INT16_MIN; *hi = INT16_MAX;  return 1;
+    case RC_UINT16: *lo = 0;         *hi = UINT16_MAX; return 1;
+    case RC_INT32:  *lo = INT32_MIN; *hi = INT32_MAX;  return 1;
+    default: return 0;
+    }
+}
+
+static int run(rc_quant_args *a, rc_quant_run_fn fn, int threads) {
+    const int64_t rows = a->outer * a->channels;
+    const int64_t blocks_per_row = (a->inner + RC_QUANT_BLOCK - 1) / RC_QUANT_BLOCK;
+    const int64_t items = rows * blocks_per_row;
+    const int64_t total = rows * a->inner;
+    (void)threads;
+    (void)total;
+#ifdef _OPENMP
+    const int nt = (threads > 0) ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && total >= RC_MIN_PARALLEL_WORK)
+#endif
+    for (int64_t it = 0; it < items; ++it) {
+        const int64_t row = it / blocks_per_row, blk = it % blocks_per_row;
+        const int64_t c = row % a->channels;
+        const int64_t start = blk * RC_QUANT_BLOCK;
+        const int64_t n = (a->inner - start < RC_QUANT_BLOCK) ? a->inner - start : RC_QUANT_BLOCK;
+        fn(a, row * a->inner + start, n, a->scale[c], a->zero_point[c]);
+    }
+    return RC_OK;
+}
+
+static int check_common(const void *x, const void *q, int qtype, long long outer, long long channels,
+                        long long inner, const float *scale, const int *zero_point) {
+    int64_t lo, hi;
+    if (!qtype_range(qtype, &lo, &hi)) return RC_ERR_ARG;
+    if (outer < 0 || channels < 0 || inner < 0) return RC_ERR_ARG;
+    if (outer * inner > 0 && (!x || !q)) return RC_ERR_ARG;
+    if (!scale || !zero_point) return RC_ERR_ARG;
+    for (long long c = 0; c < channels; ++c) {
+        if (!(scale[c] > 0.0f) || isinf(scale[c])) return RC_ERR_ARG;
+        if (zero_point[c] < lo || zero_point[c] > hi) return RC_ERR_ARG;
+    }
+    return RC_OK;
+}
+
+int rc_quantize_f32(const float *x, void *q, int qtype, long long outer, long long channels,
+                    long long inner, const float *scale, const int *zero_point, int qmin, int qmax,
+                    int isa, int threads) {
+    int64_t lo, hi;
+    int rc = check_common(x, q, qtype, outer, channels, inner, scale, zero_point);
+    if (rc != RC_OK) return rc;
+    /* int32 output is excluded: qmax - z is not exact in float32 near 2^31. */
+    if (qtype == RC_INT32 || !qtype_range(qtype, &lo, &hi)) return RC_ERR_ARG;
+    if (qmin < lo || qmax > hi || qmin > qmax) return RC_ERR_ARG;
+    for (long long c = 0; c < channels; ++c)
+        if (zero_point[c] < qmin || zero_point[c] > qmax) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QUANT_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    rc_quant_args a = {(float *)x, q, qtype, outer, channels, inner, scale, zero_point, qmin, qmax};
+    return run(&a, pick(v, 0), threads);
+}
+
+int rc_dequantize_f32(const void *q, int qtype, float *x, long long outer, long long channels,
+                      long long inner, const float *scale, const int *zero_point, int isa,
+                      int threads) {
+    int rc = check_common(x, q, qtype, outer, channels, inner, scale, zero_point);
+    if (rc != RC_OK) return rc;
+    const int v = rc_isa_resolve(isa, RC_QUANT_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    rc_quant_args a = {x, (void *)q, qtype, outer, channels, inner, scale, zero_point, 0, 0};
+    return run(&a, pick(v, 1), threads);
+}

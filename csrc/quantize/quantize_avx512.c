@@ -1,0 +1,60 @@
+/* AVX-512 (F, BW, VL, DQ) runs of affine quantize / dequantize: 16 lanes, masked tails.
+ * Exactness: vdivps and vrndscaleps(round-to-nearest-even) are the IEEE operations of the
+ * scalar rule; NaN is replaced before clamping; the clamp bounds are small exact
+ * integers; the narrowing stores truncate values already inside the type's range. */
+#include "../rc_common.h"
+#if RC_X86
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#include <immintrin.h>
+
+static inline __m512i quant16(__m512 v, __m512 vs, __m512 vlo, __m512 vhi, __m512i vz) {
+    __m512 r = _mm512_roundscale_ps(_mm512_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __mmask16 nan = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_ps(r, nan, _mm512_setzero_ps());
+    r = _mm512_min_ps(_mm512_max_ps(r, vlo), vhi);
+    return _mm512_add_epi32(_mm512_cvtps_epi32(r), vz);
+}
+
+void rc_quantize_run_avx512(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z) {
+    const float *x = a->x + base;
+    const __m512 vs = _mm512_set1_ps(s);
+    const __m512 vlo = _mm512_set1_ps((float)(a->qmin - z)), vhi = _mm512_set1_ps((float)(a->qmax - z));
+    const __m512i vz = _mm512_set1_epi32(z);
+    for (int64_t i = 0; i < n; i += 16) {
+        const int64_t left = n - i;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        const __m512i qi = quant16(_mm512_maskz_loadu_ps(m, x + i), vs, vlo, vhi, vz);
+        switch (a->qtype) {
+        case RC_INT8:
+        case RC_UINT8:  _mm512_mask_cvtepi32_storeu_epi8((uint8_t *)a->q + base + i, m, qi); break;
+        case RC_INT16:
+        case RC_UINT16: _mm512_mask_cvtepi32_storeu_epi16((uint16_t *)a->q + base + i, m, qi); break;
+        default: break;
+        }
+    }
+}
+
+void rc_dequantize_run_avx512(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z) {
+    if (a->qtype == RC_INT32) { /* (q - z) may leave int32: the portable run widens to 64 bits */
+        rc_dequantize_run_portable(a, base, n, s, z);
+        return;
+    }
+    float *x = a->x + base;
+    const __m512 vs = _mm512_set1_ps(s);
+    const __m512i vz = _mm512_set1_epi32(z);
+    for (int64_t i = 0; i < n; i += 16) {
+        const int64_t left = n - i;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        __m512i qi;
+        switch (a->qtype) {
+        case RC_INT8:   qi = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)a->q + base + i)); break;
+        case RC_UINT8:  qi = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)a->q + base + i)); break;
+        case RC_INT16:  qi = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, (const int16_t *)a->q + base + i)); break;
+        default:        qi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)a->q + base + i)); break;
+        }
+        /* |q - z| < 2^17, so the int -> float conversion is exact; one rounding in the multiply. */
+        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(qi, vz));
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(d, vs));
+    }
+}
+#endif

@@ -1,0 +1,43 @@
+"""The seam between NumPy reference and C kernels.
+
+Each op is one public function here (validate once, then dispatch to the reference or a C
+variant); ``use`` / ``set_backend`` choose the backend, ``available`` reports what was
+built and what this CPU runs.  See docs/kernels.md.
+"""
+
+from ._registry import (
+    BACKENDS,
+    Op,
+    available,
+    dispatch,
+    get_backend,
+    get_num_threads,
+    ops,
+    register,
+    runnable_isas,
+    selected_variant,
+    set_backend,
+    set_num_threads,
+    use,
+    variants,
+)
+from .quantize import dequantize, quantize
+
+__all__ = [
+    "BACKENDS",
+    "Op",
+    "available",
+    "dequantize",
+    "dispatch",
+    "get_backend",
+    "get_num_threads",
+    "ops",
+    "quantize",
+    "register",
+    "runnable_isas",
+    "selected_variant",
+    "set_backend",
+    "set_num_threads",
+    "use",
+    "variants",
+]

@@ -1,0 +1,28 @@
+"""The only module that touches the cffi extension: loads it once, or records why not."""
+
+from __future__ import annotations
+
+try:  # pragma: no branch - which arm runs depends on the build
+    from refcompress._native import ffi, lib  # type: ignore[attr-defined]
+
+    LOAD_ERROR: str | None = None
+except ImportError as exc:  # no compiler at install time, or a broken build
+    ffi = None
+    lib = None
+    LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+#: ISA variant names, indexed by the C constants RC_ISA_PORTABLE .. RC_ISA_AVX512_VNNI.
+ISA_NAMES = ("portable", "avx2", "avx512", "avx512_vnni")
+ISA_AUTO = -1
+RC_OK = 0
+RC_ERR_ARG = 1
+RC_ERR_ISA = 2
+
+
+def mask_to_names(mask: int) -> list[str]:
+    return [name for i, name in enumerate(ISA_NAMES) if mask & (1 << i)]
+
+
+def ptr(ctype: str, array):
+    """A cdata pointer to a C-contiguous ndarray's buffer (no copy)."""
+    return ffi.cast(ctype, array.ctypes.data)

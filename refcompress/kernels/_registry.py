@@ -1,0 +1,276 @@
+"""The kernel registry and the backend setting: the seam between NumPy reference and C.
+
+Every op is one :class:`Op` record: its NumPy ``reference``, its C implementation (which
+takes the ISA variant and thread count as its last two arguments), the ISA variants the C
+side has, and its exactness (``tolerance == 0`` means bit-exact; otherwise a documented,
+derived bound).  ``dispatch`` chooses the implementation from the current setting:
+
+* ``"numpy"`` - always the reference;
+* ``"c"``     - the C kernel, and an error (never a silent fallback) if it is not built or
+  the requested ISA variant cannot run here;
+* ``"auto"``  - C when built (best variant this CPU runs), else the reference with a single
+  warning per process.
+
+The process-wide setting comes from ``REFCOMPRESS_BACKEND`` / ``REFCOMPRESS_THREADS`` or
+``set_backend`` / ``set_num_threads``; ``use(...)`` overrides it within a ``with`` block
+(per thread / async task, through a ContextVar).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .._validation import check_choice, check_int
+from ..errors import ArgumentError, BackendError
+from . import _native
+
+BACKENDS = ("auto", "c", "numpy")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel op: NumPy reference, C implementation, its ISA variants and exactness."""
+
+    name: str
+    reference: Callable
+    c: Callable | None
+    variants: tuple[str, ...]
+    tolerance: float = 0.0
+    tolerance_doc: str = "bit-exact"
+    doc: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    if op.name in _REGISTRY:
+        raise ArgumentError(f"op: {op.name!r} is already registered")
+    unknown = set(op.variants) - set(_native.ISA_NAMES)
+    if unknown:
+        raise ArgumentError(f"op.variants: unknown ISA names {sorted(unknown)}")
+    _REGISTRY[op.name] = op
+    return op
+
+
+def ops() -> dict[str, Op]:
+    """All registered ops, by name."""
+    return dict(_REGISTRY)
+
+
+# ---- the setting -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    backend: str
+    isa: str | None
+    threads: int | None
+
+
+def _env_setting() -> Setting:
+    backend = os.environ.get("REFCOMPRESS_BACKEND", "auto").strip().lower() or "auto"
+    check_choice(backend, "REFCOMPRESS_BACKEND", BACKENDS)
+    threads = os.environ.get("REFCOMPRESS_THREADS", "").strip()
+    if threads:
+        try:
+            n = int(threads)
+        except ValueError:
+            raise ArgumentError(f"REFCOMPRESS_THREADS: expected a positive integer, got {threads!r}") from None
+        threads = check_int(n, "REFCOMPRESS_THREADS", min_value=1)
+    return Setting(backend, None, threads or None)
+
+
+_global = _env_setting()
+_override: contextvars.ContextVar[Setting | None] = contextvars.ContextVar(
+    "refcompress_kernel_setting", default=None
+)
+_warned_fallback = False
+
+
+def current() -> Setting:
+    """The setting in force for this thread / task."""
+    return _override.get() or _global
+
+
+def _check_isa(isa):
+    if isa is not None:
+        check_choice(isa, "isa", _native.ISA_NAMES)
+    return isa
+
+
+def _check_threads(threads):
+    return None if threads is None else check_int(threads, "threads", min_value=1)
+
+
+def set_backend(backend: str, isa: str | None = None) -> None:
+    """Set the process-wide backend (``"auto" | "c" | "numpy"``) and optional ISA variant."""
+    global _global
+    check_choice(backend, "backend", BACKENDS)
+    _global = Setting(backend, _check_isa(isa), _global.threads)
+
+
+def get_backend() -> str:
+    return current().backend
+
+
+def set_num_threads(threads: int | None) -> None:
+    """Threads the C kernels use (None: OpenMP's default, normally one per core)."""
+    global _global
+    _global = Setting(_global.backend, _global.isa, _check_threads(threads))
+
+
+def get_num_threads() -> int:
+    threads = current().threads
+    if threads is not None:
+        return threads
+    return _native.lib.rc_max_threads() if _native.lib is not None else 1
+
+
+@contextlib.contextmanager
+def use(backend: str | None = None, isa: str | None = None, threads: int | None = None):
+    """Force a backend, ISA variant and/or thread count inside a ``with`` block.
+
+    ``use("c", isa="avx2")`` runs every op through its AVX2 variant and raises
+    :class:`~refcompress.errors.BackendError` for an op that has none or a CPU that cannot
+    run it; ``use("numpy")`` runs the references.  Arguments left as None keep the
+    surrounding setting.
+    """
+    outer = current()
+    if backend is not None:
+        check_choice(backend, "backend", BACKENDS)
+    if isa is not None and backend == "numpy":
+        raise ArgumentError("isa: an ISA variant applies to the 'c' backend, not 'numpy'")
+    setting = Setting(
+        backend if backend is not None else outer.backend,
+        _check_isa(isa) if isa is not None else (outer.isa if backend is None else None),
+        _check_threads(threads) if threads is not None else outer.threads,
+    )
+    token = _override.set(setting)
+    try:
+        yield setting
+    finally:
+        _override.reset(token)
+
+
+# ---- what is available -----------------------------------------------------------------
+
+
+def runnable_isas() -> list[str]:
+    """ISA variants both compiled into this build and supported by this CPU."""
+    if _native.lib is None:
+        return []
+    lib = _native.lib
+    return _native.mask_to_names(lib.rc_cpu_isa_mask() & lib.rc_compiled_isa_mask())
+
+
+def variants(op_name: str) -> list[str]:
+    """The C variants of ``op_name`` that can run here (empty without the C build)."""
+    op = _get(op_name)
+    if op.c is None:
+        return []
+    here = set(runnable_isas())
+    return [v for v in op.variants if v in here]
+
+
+def selected_variant(op_name: str) -> str | None:
+    """The variant the current setting runs for ``op_name`` (None: the NumPy reference)."""
+    op = _get(op_name)
+    s = current()
+    if s.backend == "numpy" or op.c is None or _native.lib is None:
+        return None
+    runnable = variants(op_name)
+    if s.isa is not None:
+        return s.isa if s.isa in runnable else None
+    return runnable[-1] if runnable else None
+
+
+def available() -> dict:
+    """What was built and what this CPU can run: a plain dict, printed by ``refcompress info``."""
+    lib = _native.lib
+    info = {
+        "c_built": lib is not None,
+        "c_error": _native.LOAD_ERROR,
+        "openmp": bool(lib.rc_has_openmp()) if lib is not None else False,
+        "sanitized": bool(lib.rc_is_sanitized()) if lib is not None else False,
+        "max_threads": lib.rc_max_threads() if lib is not None else 1,
+        "compiled_isas": _native.mask_to_names(lib.rc_compiled_isa_mask()) if lib is not None else [],
+        "cpu_isas": _native.mask_to_names(lib.rc_cpu_isa_mask()) if lib is not None else [],
+        "runnable_isas": runnable_isas(),
+        "backend": current().backend,
+        "isa": current().isa,
+        "threads": get_num_threads(),
+        "ops": {},
+    }
+    for name, op in sorted(_REGISTRY.items()):
+        info["ops"][name] = {
+            "variants": op.variants,
+            "runnable": variants(name),
+            "selected": selected_variant(name),
+            "exactness": op.tolerance_doc,
+        }
+    return info
+
+
+# ---- dispatch --------------------------------------------------------------------------
+
+
+def _get(op_name: str) -> Op:
+    try:
+        return _REGISTRY[op_name]
+    except KeyError:
+        raise ArgumentError(f"op_name: expected one of {sorted(_REGISTRY)}, got {op_name!r}") from None
+
+
+def _warn_fallback_once(reason: str) -> None:
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"refcompress: C kernels unavailable ({reason}); running the NumPy reference. "
+            "Reinstall with a C compiler for speed.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def dispatch(op_name: str, *args, **kwargs):
+    """Run ``op_name`` on already-validated arguments with the current setting."""
+    op = _get(op_name)
+    s = current()
+    if s.backend == "numpy":
+        return op.reference(*args, **kwargs)
+    if _native.lib is None or op.c is None:
+        reason = _native.LOAD_ERROR or f"op {op_name!r} has no C implementation"
+        if s.backend == "c":
+            raise BackendError(f"backend 'c' requested but {reason}")
+        if _native.lib is None:
+            _warn_fallback_once(reason)
+        return op.reference(*args, **kwargs)
+    if s.isa is None:
+        isa_code = _native.ISA_AUTO
+    else:
+        if s.isa not in variants(op_name):
+            raise BackendError(
+                f"isa: variant {s.isa!r} of op {op_name!r} cannot run here "
+                f"(op has {list(op.variants)}, this build and CPU run {runnable_isas()})"
+            )
+        isa_code = _native.ISA_NAMES.index(s.isa)
+    threads = s.threads if s.threads is not None else 0
+    return op.c(*args, isa=isa_code, threads=threads, **kwargs)
+
+
+def check_rc(rc: int, op_name: str) -> None:
+    """Turn a C return code into an exception (arguments were validated before the call,
+    so RC_ERR_ARG here is a bug in the wrapper, reported as such)."""
+    if rc == _native.RC_OK:
+        return
+    if rc == _native.RC_ERR_ISA:
+        raise BackendError(f"{op_name}: the requested ISA variant cannot run on this CPU/build")
+    raise RuntimeError(f"{op_name}: C kernel rejected validated arguments (code {rc}); this is a bug")

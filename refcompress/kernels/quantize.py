@@ -1,0 +1,202 @@
+"""Affine quantize / dequantize: the ONNX QuantizeLinear / DequantizeLinear rule.
+
+Reference semantics (docs/semantics.md), element by element, in float32::
+
+    q = saturate(round_half_to_even(x / s) + z)      x, s float32; q in [qmin, qmax]
+    x_hat = (q - z) * s
+
+* ``x / s`` is one correctly rounded float32 division (ONNX divides; multiplying by a
+  precomputed 1/s would round differently).
+* Ties round to even (np.rint), e.g. 0.5 -> 0, 1.5 -> 2, -2.5 -> -2.
+* Saturation clamps to [qmin, qmax] (by default the storage type's range; narrow range or
+  sub-byte bit widths pass a smaller one).  +Inf -> qmax, -Inf -> qmin.
+* NaN quantizes as 0.0 does, to the zero point (ONNX leaves NaN undefined for integers;
+  we define it rather than leave it to the hardware).
+* Per-tensor: one scale and zero point.  Per-axis: ``scale`` and ``zero_point`` are 1-D
+  of length ``x.shape[axis]``.
+* Dequantize forms ``q - z`` exactly (in 64-bit integers), converts it to float32 and
+  multiplies once: two roundings, the same in the reference and every C variant.
+
+Reference: ONNX operator specs QuantizeLinear-21 / DequantizeLinear-21; Jacob et al.,
+"Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+Inference", CVPR 2018, eq. (1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_array, check_axis, check_int
+from ..errors import ArgumentError, DTypeError, ShapeError
+from . import _native
+from ._registry import Op, check_rc, dispatch, register
+
+#: Storage types quantize may produce, with their C type codes.
+QUANT_DTYPES = {
+    np.dtype(np.int8): 0,
+    np.dtype(np.uint8): 1,
+    np.dtype(np.int16): 2,
+    np.dtype(np.uint16): 3,
+}
+#: Types dequantize accepts (int32 too: dequantizing accumulators is common).
+DEQUANT_DTYPES = {**QUANT_DTYPES, np.dtype(np.int32): 4}
+
+__all__ = ["quantize", "dequantize", "QUANT_DTYPES", "DEQUANT_DTYPES"]
+
+
+# ---- validation (shared by both ops) -----------------------------------------------------
+
+
+def _qparams(scale, zero_point, shape, axis, lo, hi):
+    """Validate scale / zero point against ``shape`` and ``axis``; return
+    (axis or None, scale float32 1-D, zero_point int32 1-D)."""
+    if axis is None:
+        n = 1
+    else:
+        axis = check_axis(axis, len(shape))
+        n = shape[axis]
+    s = np.asarray(scale)
+    if s.dtype.kind not in "fiu":
+        raise DTypeError(f"scale: expected a real number or float array, got dtype {s.dtype.name}")
+    want = "a scalar" if axis is None else f"shape ({n},) (x.shape[{axis}])"
+    if axis is None and s.size != 1 or axis is not None and s.shape not in ((n,),):
+        raise ShapeError(f"scale: expected {want}, got shape {s.shape}")
+    # The scale is float32 by definition (ONNX y_scale); a float64 value is rounded to it.
+    s = s.astype(np.float32).reshape(-1)
+    if not np.all(np.isfinite(s) & (s > 0)):
+        bad = s[~(np.isfinite(s) & (s > 0))][0]
+        raise ArgumentError(f"scale: expected finite values > 0 (as float32), got {bad!r}")
+    z = np.asarray(zero_point)
+    if z.dtype.kind not in "iu":
+        raise DTypeError(f"zero_point: expected integers, got dtype {z.dtype.name}")
+    if axis is None and z.size != 1 or axis is not None and z.shape not in ((n,), ()):
+        raise ShapeError(f"zero_point: expected {want}, got shape {z.shape}")
+    z = np.broadcast_to(z.astype(np.int64).reshape(-1), (n,))
+    if np.any(z < lo) or np.any(z > hi):
+        raise ArgumentError(f"zero_point: expected values in [{lo}, {hi}], got {z[(z < lo) | (z > hi)][0]}")
+    return axis, np.ascontiguousarray(s), np.ascontiguousarray(z, dtype=np.int32)
+
+
+def _split(shape, axis):
+    """(outer, channels, inner) of a C-contiguous array viewed around ``axis``."""
+    if axis is None:
+        return 1, 1, int(np.prod(shape, dtype=np.int64))
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, shape[axis], inner
+
+
+def _bcast(v, ndim, axis):
+    """Reshape per-channel v so it broadcasts along ``axis`` of an ndim array."""
+    if axis is None:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis] = v.size
+    return v.reshape(shape)
+
+
+# ---- references --------------------------------------------------------------------------
+
+
+def quantize_reference(x, scale, zero_point, axis, dtype, qmin, qmax):
+    """NumPy definition: q = clip(rint(x / s), qmin - z, qmax - z) + z, NaN -> z."""
+    s = _bcast(scale, x.ndim, axis)
+    z = _bcast(zero_point, x.ndim, axis)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to +-Inf then saturates
+        r = np.rint(x / s)  # float32 / float32: one IEEE division; rint rounds half to even
+    r = np.where(np.isnan(r), np.float32(0), r)
+    # Clamp before adding z, on small exact integers, so the addition cannot round.
+    r = np.clip(r, (qmin - z).astype(np.float32), (qmax - z).astype(np.float32))
+    return (r.astype(np.int32) + z).astype(dtype)
+
+
+def dequantize_reference(q, scale, zero_point, axis):
+    """NumPy definition: x = float32(q - z) * s, with q - z exact in int64."""
+    s = _bcast(scale, q.ndim, axis)
+    z = _bcast(zero_point, q.ndim, axis).astype(np.int64)
+    return (q.astype(np.int64) - z).astype(np.float32) * s
+
+
+# ---- C implementations ------------------------------------------------------------------
+
+
+def _quantize_c(x, scale, zero_point, axis, dtype, qmin, qmax, *, isa, threads):
+    out = np.empty(x.shape, dtype=dtype)
+    outer, channels, inner = _split(x.shape, axis)
+    rc = _native.lib.rc_quantize_f32(
+        _native.ptr("float *", x), _native.ptr("void *", out), QUANT_DTYPES[np.dtype(dtype)],
+        outer, channels, inner,
+        _native.ptr("float *", scale), _native.ptr("int *", zero_point),
+        qmin, qmax, isa, threads,
+    )
+    check_rc(rc, "quantize")
+    return out
+
+
+def _dequantize_c(q, scale, zero_point, axis, *, isa, threads):
+    out = np.empty(q.shape, dtype=np.float32)
+    outer, channels, inner = _split(q.shape, axis)
+    rc = _native.lib.rc_dequantize_f32(
+        _native.ptr("void *", q), DEQUANT_DTYPES[q.dtype], _native.ptr("float *", out),
+        outer, channels, inner,
+        _native.ptr("float *", scale), _native.ptr("int *", zero_point), isa, threads,
+    )
+    check_rc(rc, "dequantize")
+    return out
+
+
+_VARIANTS = ("portable", "avx2", "avx512")
+register(Op("quantize", quantize_reference, _quantize_c, _VARIANTS, doc=__doc__))
+register(Op("dequantize", dequantize_reference, _dequantize_c, _VARIANTS, doc=__doc__))
+
+
+# ---- public entry points -----------------------------------------------------------------
+
+
+def quantize(x, scale, zero_point=0, *, axis=None, dtype=np.int8, qmin=None, qmax=None):
+    """Quantize float32 ``x`` to integers: q = saturate(round_half_even(x / s) + z).
+
+    Parameters
+    ----------
+    x : ndarray of float32, any shape (any memory layout).
+    scale : float, or 1-D float array of length ``x.shape[axis]`` when ``axis`` is given.
+        Stored and used as float32 (the ONNX definition); must be finite and > 0.
+    zero_point : int, or 1-D int array like ``scale``; within [qmin, qmax].
+    axis : None for per-tensor, or the channel axis for per-axis quantization.
+    dtype : int8, uint8, int16 or uint16 (the storage type).
+    qmin, qmax : saturation bounds, default the full range of ``dtype``.  Narrow-range
+        symmetric int8 uses qmin=-127; b-bit values stored in int8 use
+        [-2**(b-1), 2**(b-1) - 1].
+
+    Returns
+    -------
+    ndarray of ``dtype`` with the shape of ``x`` (C-contiguous).  NaN maps to the zero
+    point, +-Inf to qmax / qmin.  Bit-exact across the NumPy and every C variant.
+    """
+    x = check_array(x, "x", dtypes=[np.float32], contiguous=True)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise DTypeError(f"dtype: expected one of int8, uint8, int16, uint16, got {dtype!r}") from None
+    if dt not in QUANT_DTYPES:
+        raise DTypeError(f"dtype: expected one of int8, uint8, int16, uint16, got {dt.name}")
+    info = np.iinfo(dt)
+    qmin = info.min if qmin is None else check_int(qmin, "qmin", min_value=info.min, max_value=info.max)
+    qmax = info.max if qmax is None else check_int(qmax, "qmax", min_value=info.min, max_value=info.max)
+    if qmin > qmax:
+        raise ArgumentError(f"qmin, qmax: expected qmin <= qmax, got {qmin} > {qmax}")
+    axis, s, z = _qparams(scale, zero_point, x.shape, axis, qmin, qmax)
+    return dispatch("quantize", x, s, z, axis, dt, qmin, qmax)
+
+
+def dequantize(q, scale, zero_point=0, *, axis=None):
+    """Dequantize integers to float32: x_hat = (q - z) * s, one rounding after exact q - z.
+
+    q : ndarray of int8, uint8, int16, uint16 or int32, any shape.
+    scale, zero_point, axis : as for :func:`quantize`; zero_point must lie in q's type range.
+    Returns a float32 ndarray with q's shape; bit-exact across backends.
+    """
+    q = check_array(q, "q", dtypes=list(DEQUANT_DTYPES), contiguous=True)
+    info = np.iinfo(q.dtype)
+    axis, s, z = _qparams(scale, zero_point, q.shape, axis, info.min, info.max)
+    return dispatch("dequantize", q, s, z, axis)

@@ -1,0 +1,33 @@
+"""Public test helpers: hypothesis strategies and checkers against the reference semantics.
+
+Another project tests its own kernel against refcompress's definition in one line::
+
+    from refcompress.testing import check_quantize
+    check_quantize(my_quantize)          # raises AssertionError with a minimal failing case
+
+Requires the ``hypothesis`` package (``pip install "refcompress[test]"``).
+"""
+
+from .asserts import assert_bitwise_equal, assert_exact
+from .checks import check_dequantize, check_quantize
+from . import strategies
+
+__all__ = [
+    "assert_bitwise_equal",
+    "assert_exact",
+    "check_dequantize",
+    "check_quantize",
+    "strategies",
+]
+
+
+def kernel_variants(op_name: str) -> list[tuple[str, str | None]]:
+    """Every way ``op_name`` can run here: ``("numpy", None)`` and ``("c", isa)`` for each
+    C variant this build and CPU run.  Tests parametrize over it so that every variant is
+    checked in one pytest run (``with kernels.use(backend, isa=isa): ...``)."""
+    from ..kernels import variants
+
+    return [("numpy", None)] + [("c", v) for v in variants(op_name)]
+
+
+__all__.append("kernel_variants")

@@ -1,0 +1,54 @@
+"""Checkers: run a user's function against the reference over hypothesis-generated cases.
+
+Each raises AssertionError (with hypothesis's shrunk, minimal failing case) if the
+function under test differs from refcompress's reference in a single element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings, HealthCheck
+
+from ..kernels import use
+from ..kernels.quantize import dequantize as _dequantize, quantize as _quantize
+from .asserts import assert_bitwise_equal, assert_exact
+from .strategies import dequantize_cases, quantize_cases
+
+
+def _settings(max_examples):
+    return settings(max_examples=max_examples, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def check_quantize(fn, *, max_examples: int = 200, dtypes=None) -> None:
+    """Check ``fn(x, scale, zero_point, axis=, dtype=, qmin=, qmax=)`` against the reference
+    quantize rule, bit for bit (ONNX QuantizeLinear with NaN -> zero point)."""
+    strategy = quantize_cases() if dtypes is None else quantize_cases(dtypes=tuple(dtypes))
+
+    @_settings(max_examples)
+    @given(case=strategy)
+    def run(case):
+        with use("numpy"):
+            want = _quantize(case.x, case.scale, case.zero_point, axis=case.axis,
+                             dtype=case.dtype, qmin=case.qmin, qmax=case.qmax)
+        got = fn(case.x, case.scale, case.zero_point, axis=case.axis, dtype=case.dtype,
+                 qmin=case.qmin, qmax=case.qmax)
+        assert_exact(np.asarray(got), want, what="quantize")
+
+    run()
+
+
+def check_dequantize(fn, *, max_examples: int = 200) -> None:
+    """Check ``fn(q, scale, zero_point, axis=)`` against the reference dequantize rule,
+    bit for bit (float32 (q - z) * s with q - z exact)."""
+
+    @_settings(max_examples)
+    @given(case=dequantize_cases())
+    def run(case):
+        q, scale, zero_point, axis = case
+        with use("numpy"):
+            want = _dequantize(q, scale, zero_point, axis=axis)
+        got = fn(q, scale, zero_point, axis=axis)
+        assert_bitwise_equal(np.asarray(got), want, what="dequantize")
+
+    run()

@@ -1,0 +1,141 @@
+"""Hypothesis strategies for quantized tensors and their parameters.
+
+The shapes and values are chosen to break naive kernels: sizes 0, 1, primes and
+non-multiples of every vector width (8, 16, 32, 64); scales over many decades; zero points
+at the ends of their range; values that land exactly on .5 ties; NaN and +-Inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+try:
+    from hypothesis import strategies as st
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "refcompress.testing needs hypothesis: pip install \"refcompress[test]\""
+    ) from exc
+
+#: Lengths that break blocking and tails: around 8/16/32/64-lane widths, primes, 0 and 1.
+AWKWARD_SIZES = (0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 257)
+
+QUANT_DTYPES = (np.int8, np.uint8, np.int16, np.uint16)
+
+
+def sizes(max_size: int = 300):
+    """A dimension length: an awkward size or any size up to ``max_size``."""
+    return st.one_of(st.sampled_from([s for s in AWKWARD_SIZES if s <= max_size]),
+                     st.integers(0, max_size))
+
+
+def shapes(min_dims: int = 0, max_dims: int = 4, max_elements: int = 5000):
+    """Array shapes whose sides are awkward sizes, with at most ``max_elements`` elements."""
+    def ok(shape):
+        return int(np.prod(shape, dtype=np.int64)) <= max_elements
+    return st.lists(sizes(70), min_size=min_dims, max_size=max_dims).map(tuple).filter(ok)
+
+
+def scales(min_exp: int = -20, max_exp: int = 20):
+    """Positive float32 scales over many decades, including exact powers of two."""
+    power_of_two = st.integers(min_exp, max_exp).map(lambda e: float(np.float32(2.0 ** e)))
+    mantissa = st.floats(1.0, 10.0, width=32).flatmap(
+        lambda m: st.integers(min_exp // 3, max_exp // 3).map(lambda e: float(np.float32(m * 10.0 ** e)))
+    )
+    return st.one_of(power_of_two, mantissa).filter(lambda s: np.isfinite(s) and s > 0)
+
+
+def qrange(dtype, draw):
+    """(qmin, qmax) within ``dtype``: full, narrow, or a sub-byte range."""
+    info = np.iinfo(dtype)
+    kind = draw(st.sampled_from(["full", "narrow", "bits"]))
+    if kind == "full":
+        return int(info.min), int(info.max)
+    if kind == "narrow":
+        return (int(info.min) + 1 if info.min < 0 else 0), int(info.max)
+    bits = draw(st.integers(2, info.bits))
+    if info.min < 0:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+@dataclass
+class QuantizeCase:
+    """One quantize problem: arguments of ``quantize(x, scale, zero_point, axis=, dtype=,
+    qmin=, qmax=)``."""
+
+    x: np.ndarray
+    scale: np.ndarray | float
+    zero_point: np.ndarray | int
+    axis: int | None
+    dtype: type
+    qmin: int
+    qmax: int
+
+
+def _values(draw, n, scale_vec, zp_vec, qmin, qmax):
+    """float32 values mixing exact ties, range ends, specials and random reals.
+
+    Bulk values come from a NumPy generator seeded by hypothesis (drawing thousands of
+    elements one by one is slow); the mix of kinds is what hypothesis chooses."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    p_special = draw(st.sampled_from([0.0, 0.05, 0.3]))
+    k = rng.integers(qmin - 3, qmax + 4, size=n).astype(np.float64) - zp_vec
+    # Exact .5 ties are representable when the scale is a power of two; otherwise these
+    # values land within an ulp of the tie, which is just as hard for a kernel.
+    half = rng.choice(np.array([0.0, 0.5, -0.5, 0.49999997, 0.25, 0.75]), size=n)
+    x = ((k + half) * scale_vec).astype(np.float32)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e38, -1e38, 1e-45], np.float32)
+    use_special = rng.random(n) < p_special
+    x[use_special] = specials[rng.integers(0, len(specials), size=int(use_special.sum()))]
+    return x
+
+
+@st.composite
+def quantize_cases(draw, dtypes=QUANT_DTYPES, max_elements: int = 4000):
+    """A full :class:`QuantizeCase`, per-tensor or per-axis, possibly non-contiguous."""
+    dtype = draw(st.sampled_from(dtypes))
+    shape = draw(shapes(0, 4, max_elements))
+    qmin, qmax = qrange(dtype, draw)
+    per_axis = len(shape) > 0 and draw(st.booleans())
+    axis = draw(st.integers(-len(shape), len(shape) - 1)) if per_axis else None
+    nch = shape[axis] if per_axis else 1
+    s = np.array([draw(scales()) for _ in range(nch)], np.float32)
+    zp = np.array([draw(st.one_of(st.sampled_from([qmin, qmax, (qmin + qmax) // 2]),
+                                  st.integers(qmin, qmax))) for _ in range(nch)], np.int64)
+    size = int(np.prod(shape, dtype=np.int64))
+    bshape = [1] * len(shape)
+    if per_axis:
+        bshape[axis] = nch
+    svec = np.broadcast_to(s.reshape(bshape) if shape else s[0], shape).reshape(-1).astype(np.float64)
+    zvec = np.broadcast_to(zp.reshape(bshape) if shape else zp[0], shape).reshape(-1)
+    x = _values(draw, size, svec, zvec, qmin, qmax).reshape(shape)
+    if len(shape) >= 2 and draw(st.booleans()):
+        # A transposed view: kernels must handle any memory layout.
+        x = np.ascontiguousarray(np.swapaxes(x, 0, -1)).swapaxes(0, -1)
+    scale = s if per_axis else float(s[0])
+    zero_point = zp if per_axis else int(zp[0])
+    return QuantizeCase(x, scale, zero_point, axis, dtype, qmin, qmax)
+
+
+@st.composite
+def dequantize_cases(draw, dtypes=QUANT_DTYPES + (np.int32,), max_elements: int = 4000):
+    """(q, scale, zero_point, axis) with integer q over the whole type range."""
+    dtype = draw(st.sampled_from(dtypes))
+    info = np.iinfo(dtype)
+    shape = draw(shapes(0, 4, max_elements))
+    per_axis = len(shape) > 0 and draw(st.booleans())
+    axis = draw(st.integers(-len(shape), len(shape) - 1)) if per_axis else None
+    nch = shape[axis] if per_axis else 1
+    s = np.array([draw(scales()) for _ in range(nch)], np.float32)
+    ends = st.sampled_from([int(info.min), int(info.max), 0])
+    zp = np.array([draw(st.one_of(ends, st.integers(int(info.min), int(info.max))))
+                   for _ in range(nch)], np.int64)
+    size = int(np.prod(shape, dtype=np.int64))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    q = rng.integers(info.min, int(info.max) + 1, size=size, dtype=np.int64)
+    q[: min(size, 2)] = [info.min, info.max][: min(size, 2)]
+    q = q.astype(dtype).reshape(shape)
+    return q, (s if per_axis else float(s[0])), (zp if per_axis else int(zp[0])), axis
