@@ -23,16 +23,58 @@
  * rounding mode (FE_TONEAREST), which neither NumPy nor this library ever changes. */
 static inline float rc_round_half_even(float v) { return nearbyintf(v); }
 
-/* Quantize one value: the scalar definition every SIMD variant is tested against.
+/* The one rounding rule: round v half to even, saturate to [qmin, qmax] after adding z.
  * Clamping is done on the rounded float against [qmin - z, qmax - z] *before* adding z,
- * so that the addition happens on small exact integers and can never round. */
-static inline int32_t rc_quantize_one(float x, float scale, int32_t z, int32_t qmin, int32_t qmax) {
-    float r = rc_round_half_even(x / scale);
-    if (r != r) r = 0.0f; /* NaN quantizes as 0.0, i.e. to the zero point */
+ * so that the addition happens on small exact integers and can never round.  NaN -> z. */
+static inline int32_t rc_round_saturate(float v, int32_t z, int32_t qmin, int32_t qmax) {
+    float r = rc_round_half_even(v);
+    if (r != r) r = 0.0f;
     const float lo = (float)(qmin - z), hi = (float)(qmax - z);
     if (r < lo) r = lo;
     if (r > hi) r = hi;
     return (int32_t)r + z;
+}
+
+/* Quantize one value (ONNX QuantizeLinear): divide, then the rounding rule. */
+static inline int32_t rc_quantize_one(float x, float scale, int32_t z, int32_t qmin, int32_t qmax) {
+    return rc_round_saturate(x / scale, z, qmin, qmax);
+}
+
+/* Requantize by float scale (ONNX QLinearMatMul / QLinearConv, MLAS): float32(acc) * m in
+ * float32 (one rounding each), then the rounding rule. */
+static inline int32_t rc_requant_float_one(int32_t acc, float m, int32_t z, int32_t qmin, int32_t qmax) {
+    return rc_round_saturate((float)acc * m, z, qmin, qmax);
+}
+
+static inline int32_t rc_sat_i32(int64_t v) {
+    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+}
+
+/* gemmlowp SaturatingRoundingDoublingHighMul: (a*b + nudge) / 2^31 truncated toward zero,
+ * nudge = 2^30 (a*b >= 0) or 1 - 2^30 (a*b < 0).  For either sign that equals
+ * floor((a*b + 2^30) / 2^31): round(a*b / 2^31) with ties toward +inf (-1.5 -> -1). */
+static inline int32_t rc_srdhm(int32_t a, int32_t b) {
+    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
+    const int64_t ab = (int64_t)a * (int64_t)b;
+    return (int32_t)((ab + ((int64_t)1 << 30)) >> 31);
+}
+
+/* gemmlowp RoundingDivideByPOT: x / 2^e rounded to nearest, ties away from zero. */
+static inline int32_t rc_rdbpot(int32_t x, int e) {
+    if (e <= 0) return x;
+    const int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
+    const int32_t rem = x & mask;
+    const int32_t thr = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> e) + (rem > thr ? 1 : 0);
+}
+
+/* Requantize by fixed-point multiplier (gemmlowp / TFLite MultiplyByQuantizedMultiplier):
+ * x = sat32(acc * 2^max(shift,0)); y = rdbpot(srdhm(x, m0), max(-shift,0)) + z; saturate. */
+static inline int32_t rc_requant_fixed_one(int32_t acc, int32_t m0, int32_t shift, int32_t z,
+                                           int32_t qmin, int32_t qmax) {
+    const int32_t x = shift > 0 ? rc_sat_i32((int64_t)acc * ((int64_t)1 << shift)) : acc;
+    const int64_t y = (int64_t)rc_rdbpot(rc_srdhm(x, m0), shift > 0 ? 0 : -shift) + z;
+    return y < qmin ? qmin : (y > qmax ? qmax : (int32_t)y);
 }
 
 /* Below this many elements a kernel runs on one thread: waking a team costs more. */

@@ -48,3 +48,43 @@ int rc_dequantize_f32(const void *q, int qtype, float *x,
                       long long outer, long long channels, long long inner,
                       const float *scale, const int *zero_point,
                       int isa, int threads);
+
+/* ---- int8 GEMM (qgemm) --------------------------------------------------------------- *
+ * C[m, n] = sum_k (a[m, k] - za) * (b[k, n] - zb[n])  exactly in int32, then an epilogue.
+ * a: [M, K] uint8 or int8 (RC_UINT8 / RC_INT8), row-major.  b: [K, N] int8, packed once by
+ * rc_qgemm_pack_b into panels of RC_QGEMM_NR columns:
+ *   packed[p][g][j][i] = b[4g + i, 64p + j] + 128   (uint8; zero padding past K and N)
+ * with col_sums[n] = sum_k (b[k, n] + 128).  Scratch: rc_qgemm_workspace_size(M, K, N) bytes. */
+#define RC_QGEMM_NR 64
+#define RC_QGEMM_KGROUP 4
+
+#define RC_EPI_INT32 0          /* out int32 [M, N]: acc + bias                           */
+#define RC_EPI_REQUANT_FLOAT 1  /* out int8/uint8: sat(rint(float(acc + bias) * scale) + zo) */
+#define RC_EPI_REQUANT_FIXED 2  /* out int8/uint8: sat(fixedpoint(acc + bias, M0, shift) + zo) */
+#define RC_EPI_DEQUANT 3        /* out float32: float(acc + bias) * scale, optional relu     */
+
+typedef struct {
+    int kind;                 /* RC_EPI_*                                                  */
+    const int32_t *bias;      /* [N] int32, or NULL                                        */
+    const float *scale;       /* REQUANT_FLOAT multiplier / DEQUANT scale: [N] or [1]      */
+    const int32_t *multiplier;/* REQUANT_FIXED: M0 in [2^30, 2^31): [N] or [1]             */
+    const int32_t *shift;     /* REQUANT_FIXED: exponent, > 0 left, <= 0 right: [N] or [1] */
+    int per_channel;          /* 1: scale / multiplier / shift have N entries              */
+    int out_type;             /* RC_INT8 or RC_UINT8 for the requantizing epilogues        */
+    int32_t out_zero_point;
+    int32_t qmin, qmax;       /* saturation range of the requantized output (ReLU: qmin = zo) */
+    int relu;                 /* DEQUANT: clamp below at 0                                 */
+} rc_epilogue;
+
+long long rc_qgemm_packed_size(long long K, long long N);
+long long rc_qgemm_workspace_size(long long M, long long K, long long N);
+int rc_qgemm_pack_b(const int8_t *b, long long K, long long N, void *packed, int32_t *col_sums,
+                    int threads);
+int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, int32_t a_zero_point,
+             const void *packed, const int32_t *col_sums, const int32_t *b_zero_point,
+             int b_zero_point_per_col, const rc_epilogue *epi, void *c, void *workspace,
+             int isa, int threads);
+
+/* Requantize an int32 matrix [M, N] alone (the same epilogue, per column or per tensor). */
+int rc_requantize(const int32_t *acc, long long M, long long N, const rc_epilogue *epi, void *out,
+                  int isa, int threads);

@@ -21,9 +21,17 @@ from ._registry import (
     use,
     variants,
 )
+from .qgemm import Dequantize, PackedWeights, Requantize, pack_weights, qgemm, quantize_multiplier, requantize
 from .quantize import dequantize, quantize
 
 __all__ = [
+    "Dequantize",
+    "PackedWeights",
+    "Requantize",
+    "pack_weights",
+    "qgemm",
+    "quantize_multiplier",
+    "requantize",
     "BACKENDS",
     "Op",
     "available",

@@ -98,16 +98,26 @@ def _bcast(v, ndim, axis):
 # ---- references --------------------------------------------------------------------------
 
 
+def round_saturate(v, zero_point, qmin, qmax, dtype):
+    """The one rounding rule of the library (NumPy form; rc_round_saturate in C):
+    rint(v) (half to even), NaN -> 0, clamp to [qmin - z, qmax - z], add z, store as dtype.
+
+    Clamping before adding z keeps the addition on small exact integers, so it cannot
+    round.  ``v`` is float32; ``zero_point`` broadcasts against it."""
+    z = np.asarray(zero_point, dtype=np.int64)
+    r = np.rint(v)
+    r = np.where(np.isnan(r), np.float32(0), r)
+    r = np.clip(r, (qmin - z).astype(np.float32), (qmax - z).astype(np.float32))
+    return (r.astype(np.int64) + z).astype(dtype)
+
+
 def quantize_reference(x, scale, zero_point, axis, dtype, qmin, qmax):
     """NumPy definition: q = clip(rint(x / s), qmin - z, qmax - z) + z, NaN -> z."""
     s = _bcast(scale, x.ndim, axis)
     z = _bcast(zero_point, x.ndim, axis)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to +-Inf then saturates
-        r = np.rint(x / s)  # float32 / float32: one IEEE division; rint rounds half to even
-    r = np.where(np.isnan(r), np.float32(0), r)
-    # Clamp before adding z, on small exact integers, so the addition cannot round.
-    r = np.clip(r, (qmin - z).astype(np.float32), (qmax - z).astype(np.float32))
-    return (r.astype(np.int32) + z).astype(dtype)
+        v = x / s  # float32 / float32: one IEEE division (ONNX divides; 1/s would differ)
+    return round_saturate(v, z, qmin, qmax, dtype)
 
 
 def dequantize_reference(q, scale, zero_point, axis):

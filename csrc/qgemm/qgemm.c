@@ -1,0 +1,215 @@
+/* qgemm driver: packing, zero-point corrections, tiling over threads, dispatch, and the
+ * portable variant.  The ISA variants (qgemm_<isa>.c) supply only the micro-tile and the
+ * vector epilogue; everything that decides *what* is computed lives here once. */
+#include <string.h>
+
+#include "qgemm.h"
+
+#define NR RC_QGEMM_NR
+#define MR RC_QGEMM_MR
+#define RC_QGEMM_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
+                           (1 << RC_ISA_AVX512_VNNI))
+/* Rows of A per thread work item: MC * K4 bytes stay in L2 while all panels stream by. */
+#define MC (MR * 16)
+
+static int64_t k4_of(int64_t K) { return (K + 3) / 4 * 4; }
+static int64_t npad_of(int64_t N) { return (N + NR - 1) / NR * NR; }
+
+long long rc_qgemm_packed_size(long long K, long long N) {
+    if (K < 0 || N < 0) return -1;
+    return (long long)(k4_of(K) * npad_of(N));
+}
+
+long long rc_qgemm_workspace_size(long long M, long long K, long long N) {
+    if (M < 0 || K < 0 || N < 0) return -1;
+    /* packed A (K4 bytes a row), ra [M], zbp [Npad], colterm [Npad]; 64-byte aligned parts */
+    const int64_t a = (M * k4_of(K) + 63) / 64 * 64;
+    return (long long)(a + 4 * (M + 16) + 8 * (npad_of(N) + 16) + 256);
+}
+
+int rc_qgemm_pack_b(const int8_t *b, long long K, long long N, void *packed, int32_t *col_sums,
+                    int threads) {
+    if (K < 0 || N < 0 || (K * N > 0 && (!b || !packed)) || (N > 0 && !col_sums)) return RC_ERR_ARG;
+    const int64_t K4 = k4_of(K), panels = npad_of(N) / NR;
+    uint8_t *pk = (uint8_t *)packed;
+    (void)threads;
+#ifdef _OPENMP
+    const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && K * N >= RC_MIN_PARALLEL_WORK)
+#endif
+    for (int64_t p = 0; p < panels; ++p) {
+        uint8_t *dst = pk + p * K4 * NR;
+        for (int64_t g = 0; g < K4 / 4; ++g)
+            for (int64_t j = 0; j < NR; ++j)
+                for (int64_t i = 0; i < 4; ++i) {
+                    const int64_t k = 4 * g + i, n = p * NR + j;
+                    /* b + 128 maps int8 to uint8 (the unsigned operand of vpdpbusd). */
+                    dst[(g * NR + j) * 4 + i] = (k < K && n < N) ? (uint8_t)(b[k * N + n] + 128) : 0;
+                }
+        for (int64_t j = 0; j < NR && p * NR + j < N; ++j) {
+            int64_t s = 0;
+            for (int64_t k = 0; k < K; ++k) s += b[k * N + p * NR + j] + 128;
+            col_sums[p * NR + j] = (int32_t)s; /* < 2^31 for any K the bound admits */
+        }
+    }
+    return RC_OK;
+}
+
+/* ---- portable variant ------------------------------------------------------------------ */
+
+void rc_epi_row_portable(const rc_epilogue *e, const int32_t *acc, int64_t m, int64_t n0, int64_t n,
+                         void *out, int64_t ldo) {
+    for (int64_t j = 0; j < n; ++j) rc_epi_store_one(e, (uint32_t)acc[j], m, n0 + j, out, ldo);
+}
+
+void rc_qgemm_tile_portable(const rc_qgemm_ctx *x, const int8_t *a, int64_t K4, int64_t m0, int mr,
+                            const uint8_t *bp, int64_t n0) {
+    uint32_t acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    for (int64_t g = 0; g < K4 / 4; ++g) {
+        const uint8_t *bg = bp + g * NR * 4;
+        for (int r = 0; r < mr; ++r) {
+            const int8_t *ar = a + (m0 + r) * K4 + 4 * g;
+            for (int64_t j = 0; j < NR; ++j) {
+                const uint8_t *bj = bg + 4 * j;
+                acc[r][j] += (uint32_t)(ar[0] * bj[0] + ar[1] * bj[1] + ar[2] * bj[2] + ar[3] * bj[3]);
+            }
+        }
+    }
+    const int64_t nv = (x->N - n0 < NR) ? x->N - n0 : NR;
+    for (int r = 0; r < mr; ++r) {
+        const int64_t m = m0 + r;
+        for (int64_t j = 0; j < nv; ++j) {
+            const uint32_t v = acc[r][j] - (uint32_t)x->zbp[n0 + j] * (uint32_t)x->ra[m] + (uint32_t)x->colterm[n0 + j];
+            rc_epi_store_one(x->epi, v, m, n0 + j, x->c, x->N);
+        }
+    }
+}
+
+/* ---- driver ----------------------------------------------------------------------------- */
+
+static int check_epilogue(const rc_epilogue *e) {
+    if (!e) return RC_ERR_ARG;
+    switch (e->kind) {
+    case RC_EPI_INT32: return RC_OK;
+    case RC_EPI_DEQUANT: return e->scale ? RC_OK : RC_ERR_ARG;
+    case RC_EPI_REQUANT_FLOAT:
+    case RC_EPI_REQUANT_FIXED:
+        if (e->kind == RC_EPI_REQUANT_FLOAT ? !e->scale : (!e->multiplier || !e->shift)) return RC_ERR_ARG;
+        if (e->out_type != RC_INT8 && e->out_type != RC_UINT8) return RC_ERR_ARG;
+        {
+            const int32_t lo = e->out_type == RC_INT8 ? -128 : 0, hi = e->out_type == RC_INT8 ? 127 : 255;
+            if (e->qmin < lo || e->qmax > hi || e->qmin > e->qmax) return RC_ERR_ARG;
+            if (e->out_zero_point < lo || e->out_zero_point > hi) return RC_ERR_ARG;
+        }
+        return RC_OK;
+    default: return RC_ERR_ARG;
+    }
+}
+
+static void pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row) {
+    switch (isa) {
+#if RC_X86
+    case RC_ISA_AVX2: *tile = rc_qgemm_tile_avx2; *row = rc_epi_row_avx2; return;
+    case RC_ISA_AVX512: *tile = rc_qgemm_tile_avx512; *row = rc_epi_row_avx512; return;
+    case RC_ISA_AVX512_VNNI: *tile = rc_qgemm_tile_avx512_vnni; *row = rc_epi_row_avx512; return;
+#endif
+    default: *tile = rc_qgemm_tile_portable; *row = rc_epi_row_portable; return;
+    }
+}
+
+int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, int32_t a_zero_point,
+             const void *packed, const int32_t *col_sums, const int32_t *b_zero_point,
+             int b_zero_point_per_col, const rc_epilogue *epi, void *c, void *workspace, int isa,
+             int threads) {
+    if (M < 0 || K < 0 || N < 0 || (a_type != RC_INT8 && a_type != RC_UINT8)) return RC_ERR_ARG;
+    if (check_epilogue(epi) != RC_OK || !b_zero_point) return RC_ERR_ARG;
+    if (M * N == 0) return RC_OK;
+    if (!c || !workspace || (K > 0 && (!a || !packed || !col_sums))) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QGEMM_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    rc_qgemm_tile_fn tile;
+    rc_epi_row_fn row;
+    pick(v, &tile, &row);
+    (void)row;
+
+    const int64_t K4 = k4_of(K), Npad = npad_of(N), panels = Npad / NR;
+    uint8_t *ws = (uint8_t *)workspace;
+    int8_t *ap = (int8_t *)ws;
+    int32_t *ra = (int32_t *)(ws + (M * K4 + 63) / 64 * 64);
+    int32_t *zbp = ra + M + 16;
+    int32_t *colterm = zbp + Npad + 16;
+    /* uint8 activations become signed by subtracting 128 (flip the top bit) and their zero
+     * point moves with them; (a - za) is unchanged, so the product is too. */
+    const int flip = a_type == RC_UINT8;
+    const int32_t za_s = flip ? a_zero_point - 128 : a_zero_point;
+    const int nt_req = threads;
+    (void)nt_req;
+
+#ifdef _OPENMP
+    const int nt = threads > 0 ? threads : omp_get_max_threads();
+    const int par = nt > 1 && M * K * N >= RC_MIN_PARALLEL_WORK;
+#pragma omp parallel num_threads(nt) if (par)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t m = 0; m < M; ++m) {
+            const uint8_t *src = (const uint8_t *)a + m * K;
+            int8_t *dst = ap + m * K4;
+            int32_t s = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                const int8_t v8 = (int8_t)(flip ? (uint8_t)(src[k] ^ 0x80u) : src[k]);
+                dst[k] = v8;
+                s += v8;
+            }
+            for (int64_t k = K; k < K4; ++k) dst[k] = 0;
+            ra[m] = s;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t n = 0; n < Npad; ++n) {
+            const int32_t zb = b_zero_point[b_zero_point_per_col ? (n < N ? n : 0) : 0];
+            const uint32_t zp = (uint32_t)(zb + 128);
+            zbp[n] = (int32_t)zp;
+            colterm[n] = n < N ? (int32_t)((uint32_t)za_s * ((uint32_t)K * zp - (uint32_t)col_sums[n])) : 0;
+        }
+        const rc_qgemm_ctx x = {epi, ra, zbp, colterm, c, N};
+        const int64_t mblocks = (M + MC - 1) / MC;
+        /* Work items: (row block, panel).  Row blocks outermost so a thread keeps its A block
+         * in L2 while it walks the panels. */
+#ifdef _OPENMP
+#pragma omp for schedule(static) collapse(2)
+#endif
+        for (int64_t mb = 0; mb < mblocks; ++mb)
+            for (int64_t p = 0; p < panels; ++p) {
+                const int64_t mend = (mb + 1) * MC < M ? (mb + 1) * MC : M;
+                for (int64_t m0 = mb * MC; m0 < mend; m0 += MR) {
+                    const int mr = (int)((mend - m0) < MR ? (mend - m0) : MR);
+                    tile(&x, ap, K4, m0, mr, (const uint8_t *)packed + p * K4 * NR, p * NR);
+                }
+            }
+    }
+    return RC_OK;
+}
+
+int rc_requantize(const int32_t *acc, long long M, long long N, const rc_epilogue *epi, void *out,
+                  int isa, int threads) {
+    if (M < 0 || N < 0 || check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    if (M * N == 0) return RC_OK;
+    if (!acc || !out) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QGEMM_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    rc_qgemm_tile_fn tile;
+    rc_epi_row_fn row;
+    pick(v, &tile, &row);
+    (void)tile;
+#ifdef _OPENMP
+    const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * N >= RC_MIN_PARALLEL_WORK)
+#endif
+    for (int64_t m = 0; m < M; ++m) row(epi, acc + m * N, m, 0, N, out, N);
+    return RC_OK;
+}

@@ -1,0 +1,66 @@
+/* Internal interface between the qgemm driver (qgemm.c) and its ISA variants. */
+#ifndef RC_QGEMM_H
+#define RC_QGEMM_H
+#include "../rc_common.h"
+
+/* Rows per micro-tile (the variants all use it, so one driver tiles for all of them). */
+#define RC_QGEMM_MR 6
+
+/* Everything a micro-tile needs beyond the operands: the zero-point corrections and the
+ * epilogue.  The exact result is
+ *   C[m, n] = acc[m, n] - zbp[n] * ra[m] + colterm[n] (+ bias[n])
+ * with acc = sum_k a_s[m, k] * b_u[k, n] (a_s signed, b_u = b + 128 unsigned),
+ * ra[m] = sum_k a_s[m, k], zbp[n] = zb[n] + 128, colterm[n] = za_s * (K * zbp[n] - colsum[n]).
+ * All of it is computed modulo 2^32: intermediates may wrap, the result fits in int32 (the
+ * caller checked the K bound), so the wrapped arithmetic gives it exactly. */
+typedef struct {
+    const rc_epilogue *epi;
+    const int32_t *ra;      /* [M]    */
+    const int32_t *zbp;     /* [Npad] */
+    const int32_t *colterm; /* [Npad] */
+    void *c;
+    int64_t N;              /* columns of C (its row stride) */
+} rc_qgemm_ctx;
+
+/* One micro-tile: rows [m0, m0 + mr) (mr <= RC_QGEMM_MR) of the packed A (row stride K4
+ * bytes), panel p of packed B, written through the epilogue. */
+typedef void (*rc_qgemm_tile_fn)(const rc_qgemm_ctx *x, const int8_t *a, int64_t K4, int64_t m0,
+                                 int mr, const uint8_t *bpanel, int64_t n0);
+/* The epilogue alone over n values of row m starting at column n0 (acc already corrected). */
+typedef void (*rc_epi_row_fn)(const rc_epilogue *e, const int32_t *acc, int64_t m, int64_t n0,
+                              int64_t n, void *out, int64_t ldo);
+
+void rc_qgemm_tile_portable(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
+void rc_epi_row_portable(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);
+#if RC_X86
+void rc_qgemm_tile_avx2(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
+void rc_epi_row_avx2(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);
+void rc_qgemm_tile_avx512(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
+void rc_qgemm_tile_avx512_vnni(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
+void rc_epi_row_avx512(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);
+#endif
+
+/* Scalar epilogue of one value (the definition the vector epilogues reproduce). */
+static inline void rc_epi_store_one(const rc_epilogue *e, uint32_t acc, int64_t m, int64_t n,
+                                    void *out, int64_t ldo) {
+    if (e->bias) acc += (uint32_t)e->bias[n];
+    const int32_t v = (int32_t)acc;
+    const int64_t ch = e->per_channel ? n : 0;
+    const int64_t at = m * ldo + n;
+    switch (e->kind) {
+    case RC_EPI_INT32: ((int32_t *)out)[at] = v; break;
+    case RC_EPI_DEQUANT: {
+        float f = (float)v * e->scale[ch];
+        if (e->relu && !(f >= 0.0f)) f = 0.0f;
+        ((float *)out)[at] = f;
+    } break;
+    default: {
+        const int32_t q = e->kind == RC_EPI_REQUANT_FLOAT
+            ? rc_requant_float_one(v, e->scale[ch], e->out_zero_point, e->qmin, e->qmax)
+            : rc_requant_fixed_one(v, e->multiplier[ch], e->shift[ch], e->out_zero_point, e->qmin, e->qmax);
+        if (e->out_type == RC_INT8) ((int8_t *)out)[at] = (int8_t)q;
+        else ((uint8_t *)out)[at] = (uint8_t)q;
+    } break;
+    }
+}
+#endif

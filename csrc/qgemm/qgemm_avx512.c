@@ -1,0 +1,60 @@
+/* AVX-512 (no VNNI) qgemm micro-tile and the 16-lane epilogue for standalone requantize.
+ * Exact without VNNI: the four bytes of each lane are split into two int16 pairs
+ * (k0, k2) and (k1, k3) and multiplied with vpmaddwd, whose pair sums cannot overflow
+ * int32 -- unlike vpmaddubsw, which saturates to int16 and changes results. */
+#include "../rc_common.h"
+#if RC_X86
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#include <string.h>
+
+#include "qgemm_epi_avx512.h"
+
+static inline __attribute__((always_inline)) void tile(const rc_qgemm_ctx *x, const int8_t *a,
+                                                       int64_t K4, int64_t m0, const int mr,
+                                                       const uint8_t *bp, int64_t n0) {
+    __m512i acc[RC_QGEMM_MR][4];
+    for (int r = 0; r < mr; ++r)
+        for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+    const int8_t *ar = a + m0 * K4;
+    const __m512i lo8 = _mm512_set1_epi32(0x00FF00FF);
+    for (int64_t g = 0; g < K4 / 4; ++g) {
+        __m512i alo[RC_QGEMM_MR], ahi[RC_QGEMM_MR];
+        for (int r = 0; r < mr; ++r) {
+            int32_t w;
+            memcpy(&w, ar + r * K4 + 4 * g, 4);
+            const __m512i av = _mm512_set1_epi32(w);
+            alo[r] = _mm512_srai_epi16(_mm512_slli_epi16(av, 8), 8); /* (a0, a2) sign-extended */
+            ahi[r] = _mm512_srai_epi16(av, 8);                       /* (a1, a3) sign-extended */
+        }
+        for (int j = 0; j < 4; ++j) {
+            const __m512i b = _mm512_loadu_si512(bp + g * 256 + 64 * j);
+            const __m512i blo = _mm512_and_si512(b, lo8);    /* (b0, b2) zero-extended */
+            const __m512i bhi = _mm512_srli_epi16(b, 8);     /* (b1, b3) zero-extended */
+            for (int r = 0; r < mr; ++r)
+                acc[r][j] = _mm512_add_epi32(acc[r][j], _mm512_add_epi32(_mm512_madd_epi16(blo, alo[r]),
+                                                                          _mm512_madd_epi16(bhi, ahi[r])));
+        }
+    }
+    RC_TILE_EPILOGUE_512(x, acc, m0, mr, n0);
+}
+
+void rc_qgemm_tile_avx512(const rc_qgemm_ctx *x, const int8_t *a, int64_t K4, int64_t m0, int mr,
+                          const uint8_t *bp, int64_t n0) {
+    switch (mr) {
+    case 6: tile(x, a, K4, m0, 6, bp, n0); break;
+    case 5: tile(x, a, K4, m0, 5, bp, n0); break;
+    case 4: tile(x, a, K4, m0, 4, bp, n0); break;
+    case 3: tile(x, a, K4, m0, 3, bp, n0); break;
+    case 2: tile(x, a, K4, m0, 2, bp, n0); break;
+    default: tile(x, a, K4, m0, 1, bp, n0); break;
+    }
+}
+
+void rc_epi_row_avx512(const rc_epilogue *e, const int32_t *acc, int64_t m, int64_t n0, int64_t n,
+                       void *out, int64_t ldo) {
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 mk = rc_mask16(n - j);
+        rc_epi16(e, _mm512_maskz_loadu_epi32(mk, acc + j), m, n0 + j, mk, out, ldo);
+    }
+}
+#endif

@@ -1,0 +1,48 @@
+/* AVX-512 VNNI qgemm micro-tile: vpdpbusd multiplies the packed unsigned weights (b + 128)
+ * by a broadcast of four signed activations and adds the four products into each int32
+ * lane, exactly (vpdpbusd does not saturate; only vpdpbusds does).  6 rows x 64 columns =
+ * 24 independent accumulators hide the instruction's latency. */
+#include "../rc_common.h"
+#if RC_X86
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#include <string.h>
+
+#include "qgemm_epi_avx512.h"
+
+static inline __attribute__((always_inline)) void tile(const rc_qgemm_ctx *x, const int8_t *a,
+                                                       int64_t K4, int64_t m0, const int mr,
+                                                       const uint8_t *bp, int64_t n0) {
+    __m512i acc[RC_QGEMM_MR][4];
+    for (int r = 0; r < mr; ++r)
+        for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+    const int8_t *ar = a + m0 * K4;
+    const int64_t groups = K4 / 4;
+    for (int64_t g = 0; g < groups; ++g) {
+        const uint8_t *bg = bp + g * 256;
+        const __m512i b0 = _mm512_loadu_si512(bg), b1 = _mm512_loadu_si512(bg + 64);
+        const __m512i b2 = _mm512_loadu_si512(bg + 128), b3 = _mm512_loadu_si512(bg + 192);
+        for (int r = 0; r < mr; ++r) {
+            int32_t w;
+            memcpy(&w, ar + r * K4 + 4 * g, 4);
+            const __m512i av = _mm512_set1_epi32(w);
+            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], b0, av);
+            acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], b1, av);
+            acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], b2, av);
+            acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], b3, av);
+        }
+    }
+    RC_TILE_EPILOGUE_512(x, acc, m0, mr, n0);
+}
+
+void rc_qgemm_tile_avx512_vnni(const rc_qgemm_ctx *x, const int8_t *a, int64_t K4, int64_t m0, int mr,
+                               const uint8_t *bp, int64_t n0) {
+    switch (mr) {
+    case 6: tile(x, a, K4, m0, 6, bp, n0); break;
+    case 5: tile(x, a, K4, m0, 5, bp, n0); break;
+    case 4: tile(x, a, K4, m0, 4, bp, n0); break;
+    case 3: tile(x, a, K4, m0, 3, bp, n0); break;
+    case 2: tile(x, a, K4, m0, 2, bp, n0); break;
+    default: tile(x, a, K4, m0, 1, bp, n0); break;
+    }
+}
+#endif

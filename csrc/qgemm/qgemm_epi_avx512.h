@@ -1,0 +1,104 @@
+/* The 16-lane epilogue shared by the AVX-512 qgemm variants (included after their target
+ * pragma).  Lane for lane it computes rc_epi_store_one (qgemm.h); see the notes there. */
+#ifndef RC_QGEMM_EPI_AVX512_H
+#define RC_QGEMM_EPI_AVX512_H
+#include <immintrin.h>
+
+#include "qgemm.h"
+
+static inline __mmask16 rc_mask16(int64_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+}
+
+static inline __m512 rc_param_ps(const float *p, int per_channel, int64_t n0, __mmask16 m) {
+    return per_channel ? _mm512_maskz_loadu_ps(m, p + n0) : _mm512_set1_ps(p[0]);
+}
+
+static inline __m512i rc_param_epi32(const int32_t *p, int per_channel, int64_t n0, __mmask16 m) {
+    return per_channel ? _mm512_maskz_loadu_epi32(m, p + n0) : _mm512_set1_epi32(p[0]);
+}
+
+/* gemmlowp fixed-point requantization on 16 lanes (per-lane multiplier and shift). */
+static inline __m512i rc_fixed16(__m512i v, __m512i m0, __m512i shift) {
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i left = _mm512_max_epi32(shift, zero);
+    const __m512i right = _mm512_max_epi32(_mm512_sub_epi32(zero, shift), zero);
+    /* saturating left shift: where shifting back does not restore v, it overflowed */
+    const __m512i sh = _mm512_sllv_epi32(v, left);
+    const __mmask16 ovf = _mm512_cmpneq_epi32_mask(_mm512_srav_epi32(sh, left), v);
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(v, zero);
+    __m512i x = _mm512_mask_blend_epi32(ovf, sh,
+        _mm512_mask_blend_epi32(neg, _mm512_set1_epi32(INT32_MAX), _mm512_set1_epi32(INT32_MIN)));
+    /* srdhm: floor((x*m0 + 2^30) / 2^31); only the low 32 bits of the 64-bit shift are kept,
+     * which a logical shift gets right (the result fits in int32). */
+    const __m512i half = _mm512_set1_epi64((int64_t)1 << 30);
+    const __m512i pe = _mm512_srli_epi64(_mm512_add_epi64(_mm512_mul_epi32(x, m0), half), 31);
+    const __m512i po = _mm512_srli_epi64(_mm512_add_epi64(
+        _mm512_mul_epi32(_mm512_srli_epi64(x, 32), _mm512_srli_epi64(m0, 32)), half), 31);
+    __m512i h = _mm512_mask_blend_epi32((__mmask16)0xAAAA, pe, _mm512_slli_epi64(po, 32));
+    /* x == m0 == INT32_MIN cannot occur (m0 > 0), so no saturation case here. */
+    /* rdbpot by `right` */
+    const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(_mm512_set1_epi32(1), right), _mm512_set1_epi32(1));
+    const __m512i rem = _mm512_and_si512(h, mask);
+    const __m512i thr = _mm512_add_epi32(_mm512_srai_epi32(mask, 1),
+        _mm512_maskz_set1_epi32(_mm512_cmplt_epi32_mask(h, zero), 1));
+    h = _mm512_srav_epi32(h, right);
+    return _mm512_mask_add_epi32(h, _mm512_cmpgt_epi32_mask(rem, thr), h, _mm512_set1_epi32(1));
+}
+
+/* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */
+static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_t n0, __mmask16 m,
+                            void *out, int64_t ldo) {
+    if (e->bias) v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(m, e->bias + n0));
+    const int64_t at = row * ldo + n0;
+    switch (e->kind) {
+    case RC_EPI_INT32:
+        _mm512_mask_storeu_epi32((int32_t *)out + at, m, v);
+        return;
+    case RC_EPI_DEQUANT: {
+        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), rc_param_ps(e->scale, e->per_channel, n0, m));
+        if (e->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
+        _mm512_mask_storeu_ps((float *)out + at, m, f);
+        return;
+    }
+    default: {
+        __m512i q;
+        const __m512i z = _mm512_set1_epi32(e->out_zero_point);
+        if (e->kind == RC_EPI_REQUANT_FLOAT) {
+            const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), rc_param_ps(e->scale, e->per_channel, n0, m));
+            __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm512_max_ps(r, _mm512_set1_ps((float)(e->qmin - e->out_zero_point)));
+            r = _mm512_min_ps(r, _mm512_set1_ps((float)(e->qmax - e->out_zero_point)));
+            q = _mm512_add_epi32(_mm512_cvtps_epi32(r), z);
+        } else {
+            q = rc_fixed16(v, rc_param_epi32(e->multiplier, e->per_channel, n0, m),
+                           rc_param_epi32(e->shift, e->per_channel, n0, m));
+            q = _mm512_add_epi32(q, z);
+            q = _mm512_max_epi32(q, _mm512_set1_epi32(e->qmin));
+            q = _mm512_min_epi32(q, _mm512_set1_epi32(e->qmax));
+        }
+        _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + at, m, q);
+        return;
+    }
+    }
+}
+
+/* Corrected accumulator: acc - zbp[n] * ra[m] + colterm[n] (wrapping int32). */
+static inline __m512i rc_correct16(const rc_qgemm_ctx *x, __m512i acc, int64_t row, int64_t n0) {
+    const __m512i zb = _mm512_loadu_si512(x->zbp + n0);
+    const __m512i ct = _mm512_loadu_si512(x->colterm + n0);
+    return _mm512_add_epi32(_mm512_sub_epi32(acc, _mm512_mullo_epi32(zb, _mm512_set1_epi32(x->ra[row]))), ct);
+}
+
+/* Write an mr x 64 tile of raw accumulators through correction and epilogue. */
+#define RC_TILE_EPILOGUE_512(x, acc, m0, mr, n0)                                              \
+    do {                                                                                     \
+        for (int r_ = 0; r_ < (mr); ++r_)                                                    \
+            for (int j_ = 0; j_ < 4; ++j_) {                                                 \
+                const int64_t n_ = (n0) + 16 * j_;                                           \
+                if (n_ >= (x)->N) break;                                                     \
+                rc_epi16((x)->epi, rc_correct16((x), (acc)[r_][j_], (m0) + r_, n_), (m0) + r_, n_, \
+                         rc_mask16((x)->N - n_), (x)->c, (x)->N);                            \
+            }                                                                                \
+    } while (0)
+#endif

@@ -1,0 +1,410 @@
+"""Integer GEMM with zero points, and requantization: the integer-only inference core.
+
+Reference semantics (docs/semantics.md; Jacob et al. 2018, eq. (4)-(7))::
+
+    acc[m, n] = sum_k (a[m, k] - z_a) * (b[k, n] - z_b[n]) + bias[n]       exact, int32
+
+then one of these outputs (the "epilogue"):
+
+* ``None``          - acc itself, int32 (ONNX MatMulInteger when bias is None);
+* ``Requantize``    - an int8 / uint8 tensor, by one of two rules:
+
+  - ``rule="float"`` (ONNX QLinearMatMul / QLinearConv, onnxruntime MLAS):
+    y = saturate(round_half_even(float32(acc) * M) + z_y), M = float32(s_a s_b / s_y),
+    one rounding in the conversion (only for |acc| > 2^24), one in the product;
+  - ``rule="fixedpoint"`` (gemmlowp / TFLite): M = M0 * 2^(shift - 31) with int32
+    M0 in [2^30, 2^31); y = saturate(RDBPOT(SRDHM(acc * 2^max(shift, 0), M0),
+    max(-shift, 0)) + z_y), where SRDHM is gemmlowp's SaturatingRoundingDoublingHighMul
+    (round(x * M0 / 2^31), ties toward +inf: its nudge is +2^30 or 1 - 2^30 before a
+    truncating division) and RDBPOT its RoundingDivideByPOT (ties away from zero);
+
+* ``Dequantize``    - float32(acc) * s (s = s_a s_b per tensor or per column), optional ReLU.
+
+ReLU on a requantized output is fused through the range: pass ``qmin=z_y``.
+
+Overflow: with A = max|a - z_a| and B = max|b - z_b| over the types' ranges, the result fits
+in int32 for every input when K * A * B + max|bias| <= 2^31 - 1; larger problems are
+refused with :class:`~refcompress.errors.OverflowRiskError` naming the bound, never
+computed wrongly.  (The C kernels' intermediate sums may wrap; with the final value in
+range, two's-complement wrap-around still gives it exactly.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_array, check_choice, check_int
+from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
+from . import _native
+from ._registry import Op, check_rc, dispatch, register
+from .quantize import round_saturate
+
+INT32_MAX = 2**31 - 1
+INT32_MIN = -(2**31)
+
+__all__ = [
+    "Dequantize",
+    "PackedWeights",
+    "Requantize",
+    "pack_weights",
+    "qgemm",
+    "quantize_multiplier",
+    "requantize",
+]
+
+
+# ---- output specifications ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requantize:
+    """Requantize the int32 result to ``dtype`` (int8 / uint8).
+
+    scale      : the real multiplier s_a * s_b / s_y, a float or one per output column.
+    zero_point : z_y.  qmin / qmax: the saturation range (default the dtype's; ReLU:
+                 qmin = zero_point).  rule: "float" (ONNX) or "fixedpoint" (gemmlowp).
+    """
+
+    scale: object
+    zero_point: int = 0
+    dtype: object = np.uint8
+    rule: str = "float"
+    qmin: int | None = None
+    qmax: int | None = None
+
+
+@dataclass(frozen=True)
+class Dequantize:
+    """Convert the int32 result to float32: float32(acc) * scale (scale per tensor or per
+    output column, normally s_a * s_b), then ReLU if ``relu``."""
+
+    scale: object
+    relu: bool = False
+
+
+def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite's QuantizeMultiplier: real ~= M0 * 2^(shift - 31), M0 in [2^30, 2^31).
+
+    real : positive float or 1-D array.  Returns (M0 int32, shift int32) arrays of the same
+    shape.  M0 = round_half_away(frac * 2^31) where real = frac * 2^shift, frac in [0.5, 1)
+    (math.frexp); a rounding up to 2^31 is renormalised.  Values below 2^-31 give M0 = 0.
+    """
+    r = np.atleast_1d(np.asarray(real, dtype=np.float64))
+    if not np.all(np.isfinite(r) & (r > 0)):
+        raise ArgumentError("real: expected finite multipliers > 0")
+    m0 = np.zeros(r.shape, np.int64)
+    sh = np.zeros(r.shape, np.int64)
+    for i, v in enumerate(r.flat):
+        frac, e = math.frexp(float(v))
+        q = int(math.floor(frac * 2.0**31 + 0.5))
+        if q == 2**31:
+            q //= 2
+            e += 1
+        if e < -31:
+            q, e = 0, 0
+        if e > 30:
+            raise ArgumentError(f"real: multiplier {v} is too large for the fixed-point rule (>= 2^30)")
+        m0.flat[i], sh.flat[i] = q, e
+    return m0.astype(np.int32), sh.astype(np.int32)
+
+
+# ---- packed weights ----------------------------------------------------------------------
+
+
+class PackedWeights:
+    """int8 weights b [K, N] with their zero point, packed once for the C kernels.
+
+    Holds ``b`` itself (the reference reads it) and, when the C extension is built, the
+    panel layout of csrc/refcompress.h (b + 128 as uint8, 64 columns per panel, groups of 4
+    along K) with the column sums used by the zero-point correction.
+    """
+
+    def __init__(self, b, b_zero_point=0):
+        b = check_array(b, "b", dtypes=[np.int8], ndim=2, contiguous=True)
+        self.K, self.N = b.shape
+        self.b = b
+        zb = np.asarray(b_zero_point)
+        if zb.dtype.kind not in "iu":
+            raise DTypeError(f"b_zero_point: expected integers, got dtype {zb.dtype.name}")
+        if zb.ndim > 1 or (zb.ndim == 1 and zb.shape != (self.N,)):
+            raise ShapeError(f"b_zero_point: expected a scalar or shape ({self.N},), got shape {zb.shape}")
+        if np.any(zb < -128) or np.any(zb > 127):
+            raise ArgumentError(f"b_zero_point: expected values in [-128, 127], got {zb.min()}..{zb.max()}")
+        self.per_column = zb.ndim == 1
+        self.zero_point = np.ascontiguousarray(np.atleast_1d(zb).astype(np.int32))
+        self.packed = None
+        self.col_sums = None
+        if _native.lib is not None:
+            lib = _native.lib
+            self.packed = np.zeros(lib.rc_qgemm_packed_size(self.K, self.N), np.uint8)
+            self.col_sums = np.zeros(self.N, np.int32)
+            check_rc(lib.rc_qgemm_pack_b(_native.ptr("int8_t *", b), self.K, self.N,
+                                         _native.ptr("void *", self.packed),
+                                         _native.ptr("int32_t *", self.col_sums), 0), "pack_weights")
+
+    @property
+    def max_abs_b(self) -> int:
+        """max |b - z_b| over the int8 range (the B of the overflow bound)."""
+        zb = self.zero_point.astype(np.int64)
+        return int(np.max(np.maximum(zb + 128, 127 - zb)))
+
+    def __repr__(self):
+        zp = "per-column" if self.per_column else int(self.zero_point[0])
+        return f"PackedWeights(K={self.K}, N={self.N}, zero_point={zp})"
+
+
+def pack_weights(b, b_zero_point=0) -> PackedWeights:
+    """Pack int8 weights [K, N] once per layer (see :class:`PackedWeights`)."""
+    return PackedWeights(b, b_zero_point)
+
+
+# ---- references --------------------------------------------------------------------------
+
+
+def _srdhm(a, b):
+    """gemmlowp SaturatingRoundingDoublingHighMul on int64 arrays of int32 values, as
+    written there: (a*b + nudge) / 2^31 truncated toward zero, nudge = 2^30 if a*b >= 0
+    else 1 - 2^30.  Net effect: round(a*b / 2^31) with ties toward +inf (-1.5 -> -1)."""
+    ab = a * b
+    n = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    q = np.sign(n) * (np.abs(n) >> 31)  # truncating division (C semantics)
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, q)
+
+
+def _rdbpot(x, e):
+    """gemmlowp RoundingDivideByPOT: x / 2^e rounded half away from zero."""
+    mask = (np.int64(1) << e) - 1
+    rem = x & mask
+    thr = (mask >> 1) + (x < 0)
+    return (x >> e) + (rem > thr)
+
+
+def requantize_reference(acc, spec, n_cols_axis=-1):
+    """Apply a validated output spec to int64 accumulators ``acc`` (bias already added)."""
+    if spec is None:
+        return acc.astype(np.int32)
+    kind, params = spec
+    if kind == "dequantize":
+        scale, relu = params
+        f = acc.astype(np.float32) * scale
+        return np.maximum(f, np.float32(0)) if relu else f
+    if kind == "float":
+        m, z, qmin, qmax, dtype = params
+        return round_saturate(acc.astype(np.float32) * m, z, qmin, qmax, dtype)
+    m0, shift, z, qmin, qmax, dtype = params
+    m0 = m0.astype(np.int64)
+    shift = shift.astype(np.int64)
+    left = np.maximum(shift, 0)
+    x = np.clip(acc.astype(np.int64) << left, INT32_MIN, INT32_MAX)
+    y = _rdbpot(_srdhm(x, m0), np.maximum(-shift, 0)) + z
+    return np.clip(y, qmin, qmax).astype(dtype)
+
+
+def qgemm_reference(a, b, a_zero_point, bias, spec):
+    """NumPy definition: exact (a - z_a) @ (b - z_b) + bias, then the output spec.
+
+    The product is taken in float64, which is exact here: every product and partial sum is
+    an integer below 2^53 (K * 255 * 255 < 2^53 for any K the int32 bound admits)."""
+    pw = b
+    acc = (a.astype(np.float64) - a_zero_point) @ (pw.b.astype(np.float64) - pw.zero_point)
+    acc = acc.astype(np.int64)
+    if bias is not None:
+        acc = acc + bias
+    return requantize_reference(acc, spec)
+
+
+# ---- C implementations ------------------------------------------------------------------
+
+_KIND = {None: 0, "float": 1, "fixedpoint": 2, "dequantize": 3}
+
+
+def _epilogue(spec, bias, n_cols):
+    """An rc_epilogue struct for ``spec`` plus the arrays it points into (kept alive)."""
+    ffi = _native.ffi
+    e = ffi.new("rc_epilogue *")
+    keep = [e]
+    kind = None if spec is None else spec[0]
+    e.kind = _KIND[kind]
+    if bias is not None:
+        e.bias = _native.ptr("int32_t *", bias)
+        keep.append(bias)
+    if kind == "dequantize":
+        scale, relu = spec[1]
+        s = np.ascontiguousarray(np.atleast_1d(scale), np.float32)
+        e.scale = _native.ptr("float *", s)
+        e.per_channel = int(s.size > 1 or n_cols == 1 and np.ndim(scale) == 1)
+        e.relu = int(relu)
+        keep.append(s)
+        out_dtype = np.float32
+    elif kind in ("float", "fixedpoint"):
+        if kind == "float":
+            m, z, qmin, qmax, dtype = spec[1]
+            s = np.ascontiguousarray(np.atleast_1d(m), np.float32)
+            e.scale = _native.ptr("float *", s)
+            keep.append(s)
+            e.per_channel = int(np.ndim(m) == 1)
+        else:
+            m0, shift, z, qmin, qmax, dtype = spec[1]
+            m0 = np.ascontiguousarray(np.atleast_1d(m0), np.int32)
+            shift = np.ascontiguousarray(np.atleast_1d(shift), np.int32)
+            e.multiplier = _native.ptr("int32_t *", m0)
+            e.shift = _native.ptr("int32_t *", shift)
+            keep += [m0, shift]
+            e.per_channel = int(m0.size > 1 or np.ndim(spec[1][0]) == 1)
+        e.out_type = 0 if np.dtype(dtype) == np.int8 else 1
+        e.out_zero_point, e.qmin, e.qmax = int(z), int(qmin), int(qmax)
+        out_dtype = dtype
+    else:
+        out_dtype = np.int32
+    return e, keep, out_dtype
+
+
+def _qgemm_c(a, b, a_zero_point, bias, spec, *, isa, threads):
+    lib = _native.lib
+    M, K = a.shape
+    pw = b
+    e, keep, out_dtype = _epilogue(spec, bias, pw.N)
+    out = np.empty((M, pw.N), dtype=out_dtype)
+    ws = np.empty(max(lib.rc_qgemm_workspace_size(M, K, pw.N), 1), np.uint8)
+    rc = lib.rc_qgemm(
+        _native.ptr("void *", a), 0 if a.dtype == np.int8 else 1, M, K, pw.N, int(a_zero_point),
+        _native.ptr("void *", pw.packed), _native.ptr("int32_t *", pw.col_sums),
+        _native.ptr("int32_t *", pw.zero_point), int(pw.per_column), e,
+        _native.ptr("void *", out), _native.ptr("void *", ws), isa, threads,
+    )
+    del keep
+    check_rc(rc, "qgemm")
+    return out
+
+
+def _requantize_c(acc, spec, *, isa, threads):
+    lib = _native.lib
+    M, N = acc.shape
+    e, keep, out_dtype = _epilogue(spec, None, N)
+    out = np.empty((M, N), dtype=out_dtype)
+    rc = lib.rc_requantize(_native.ptr("int32_t *", acc), M, N, e, _native.ptr("void *", out), isa, threads)
+    del keep
+    check_rc(rc, "requantize")
+    return out
+
+
+def _requantize_ref(acc, spec):
+    return requantize_reference(acc.astype(np.int64), spec)
+
+
+register(Op("qgemm", qgemm_reference, _qgemm_c, ("portable", "avx2", "avx512", "avx512_vnni"),
+            doc=__doc__))
+register(Op("requantize", _requantize_ref, _requantize_c, ("portable", "avx2", "avx512"), doc=__doc__))
+
+
+# ---- validation and public entry points ------------------------------------------------------
+
+
+def _output_spec(output, n_cols):
+    """Validate an output spec into a plain tuple the references and C wrappers share."""
+    if output is None:
+        return None
+    if isinstance(output, Dequantize):
+        s = _scales(output.scale, n_cols, "output.scale")
+        return ("dequantize", (s, bool(output.relu)))
+    if not isinstance(output, Requantize):
+        raise DTypeError(f"output: expected None, Requantize or Dequantize, got {type(output).__name__}")
+    check_choice(output.rule, "output.rule", ("float", "fixedpoint"))
+    try:
+        dt = np.dtype(output.dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.int8), np.dtype(np.uint8)):
+        raise DTypeError(f"output.dtype: expected int8 or uint8, got {output.dtype!r}")
+    info = np.iinfo(dt)
+    z = check_int(output.zero_point, "output.zero_point", min_value=info.min, max_value=info.max)
+    qmin = info.min if output.qmin is None else check_int(output.qmin, "output.qmin", min_value=info.min, max_value=info.max)
+    qmax = info.max if output.qmax is None else check_int(output.qmax, "output.qmax", min_value=info.min, max_value=info.max)
+    if qmin > qmax:
+        raise ArgumentError(f"output.qmin, output.qmax: expected qmin <= qmax, got {qmin} > {qmax}")
+    s = _scales(output.scale, n_cols, "output.scale")
+    if output.rule == "float":
+        return ("float", (s, z, qmin, qmax, dt))
+    m0, shift = quantize_multiplier(s.astype(np.float64))
+    if np.ndim(s) == 0:
+        m0, shift = m0[0], shift[0]
+    return ("fixedpoint", (m0, shift, z, qmin, qmax, dt))
+
+
+def _scales(scale, n_cols, name):
+    s = np.asarray(scale)
+    if s.dtype.kind not in "fiu":
+        raise DTypeError(f"{name}: expected a float or float array, got dtype {s.dtype.name}")
+    if s.ndim > 1 or (s.ndim == 1 and s.shape != (n_cols,)):
+        raise ShapeError(f"{name}: expected a scalar or shape ({n_cols},), got shape {s.shape}")
+    s = s.astype(np.float32)
+    if not np.all(np.isfinite(s) & (s > 0)):
+        raise ArgumentError(f"{name}: expected finite values > 0 (as float32)")
+    return s if s.ndim == 1 else np.float32(s)
+
+
+def _bias(bias, n_cols):
+    if bias is None:
+        return None
+    return check_array(bias, "bias", dtypes=[np.int32], shape=(n_cols,), contiguous=True)
+
+
+def k_bound(a_dtype, a_zero_point, max_abs_b, max_abs_bias=0) -> int:
+    """Largest K for which (a - z_a)(b - z_b) sums plus bias cannot overflow int32."""
+    info = np.iinfo(a_dtype)
+    max_abs_a = max(a_zero_point - int(info.min), int(info.max) - a_zero_point)
+    return (INT32_MAX - max_abs_bias) // max(max_abs_a * max_abs_b, 1)
+
+
+def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
+    """Exact integer matrix product (a - z_a) @ (b - z_b) (+ bias), then ``output``.
+
+    Parameters
+    ----------
+    a : ndarray [M, K] of uint8 or int8 (activations; any memory layout).
+    b : ndarray [K, N] of int8 (weights), or a :class:`PackedWeights` from
+        :func:`pack_weights` (then ``b_zero_point`` is taken from it and must be left 0).
+    a_zero_point : int within a's type range (per tensor).
+    b_zero_point : int in [-128, 127], or one per column ([N]).
+    bias : optional int32 [N], added to the exact accumulator.
+    output : None (int32 [M, N]), :class:`Requantize` (int8/uint8 [M, N]) or
+        :class:`Dequantize` (float32 [M, N]) -- see the module docstring for the rules.
+
+    Bit-exact across NumPy and every C variant.  Raises OverflowRiskError when K exceeds
+    the int32 bound for these types, zero points and bias.
+    """
+    a = check_array(a, "a", dtypes=[np.uint8, np.int8], ndim=2, contiguous=True)
+    if isinstance(b, PackedWeights):
+        if not (np.ndim(b_zero_point) == 0 and b_zero_point == 0):
+            raise ArgumentError("b_zero_point: pass the zero point to pack_weights, not with packed weights")
+        pw = b
+    else:
+        pw = PackedWeights(b, b_zero_point)
+    if a.shape[1] != pw.K:
+        raise ShapeError(f"a, b: inner dimensions differ, a is {a.shape} and b is ({pw.K}, {pw.N})")
+    info = np.iinfo(a.dtype)
+    za = check_int(a_zero_point, "a_zero_point", min_value=int(info.min), max_value=int(info.max))
+    bias = _bias(bias, pw.N)
+    max_bias = int(np.max(np.abs(bias.astype(np.int64)))) if bias is not None and bias.size else 0
+    bound = k_bound(a.dtype, za, pw.max_abs_b, max_bias)
+    if pw.K > bound:
+        raise OverflowRiskError(
+            f"a, b: K = {pw.K} exceeds the int32 accumulation bound K <= {bound} for "
+            f"{a.dtype.name} activations with zero point {za}, weights with max|b - z_b| = "
+            f"{pw.max_abs_b} and max|bias| = {max_bias}; split K and accumulate in int64"
+        )
+    spec = _output_spec(output, pw.N)
+    return dispatch("qgemm", a, pw, za, bias, spec)
+
+
+def requantize(acc, output):
+    """Apply a :class:`Requantize` or :class:`Dequantize` spec to int32 ``acc`` [M, N]
+    (per column along N).  Bit-exact across backends."""
+    acc = check_array(acc, "acc", dtypes=[np.int32], ndim=2, contiguous=True)
+    if output is None:
+        raise ArgumentError("output: expected Requantize or Dequantize, got None")
+    spec = _output_spec(output, acc.shape[1])
+    return dispatch("requantize", acc, spec)
