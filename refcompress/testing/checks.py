@@ -52,3 +52,52 @@ def check_dequantize(fn, *, max_examples: int = 200) -> None:
         assert_bitwise_equal(np.asarray(got), want, what="dequantize")
 
     run()
+
+
+def make_output(spec):
+    """Turn a strategy's (kind, kwargs) into a Requantize / Dequantize spec (or None)."""
+    from ..kernels import Dequantize, Requantize
+
+    if spec is None:
+        return None
+    kind, kw = spec
+    if kind == "dequantize":
+        return Dequantize(**kw)
+    return Requantize(rule="float" if kind == "float" else "fixedpoint", **kw)
+
+
+def check_qgemm(fn, *, max_examples: int = 200, max_k: int = 300) -> None:
+    """Check ``fn(a, b, a_zero_point, b_zero_point, bias=, output=)`` against the reference
+    integer GEMM (exact int32 (a - z_a)(b - z_b) + bias, then the output rule), bit for bit.
+
+    ``output`` is None, a ``Requantize`` or a ``Dequantize`` (refcompress.kernels)."""
+    from ..kernels import qgemm as _qgemm
+    from .strategies import qgemm_cases
+
+    @_settings(max_examples)
+    @given(case=qgemm_cases(max_k=max_k))
+    def run(case):
+        out = make_output(case.output)
+        with use("numpy"):
+            want = _qgemm(case.a, case.b, case.a_zero_point, case.b_zero_point, bias=case.bias, output=out)
+        got = fn(case.a, case.b, case.a_zero_point, case.b_zero_point, bias=case.bias, output=out)
+        assert_bitwise_equal(np.asarray(got), want, what="qgemm")
+
+    run()
+
+
+def check_requantize(fn, *, max_examples: int = 200) -> None:
+    """Check ``fn(acc, output)`` against the reference requantization, bit for bit."""
+    from ..kernels import requantize as _requantize
+    from .strategies import requantize_cases
+
+    @_settings(max_examples)
+    @given(case=requantize_cases())
+    def run(case):
+        acc, spec = case
+        out = make_output(spec)
+        with use("numpy"):
+            want = _requantize(acc, out)
+        assert_bitwise_equal(np.asarray(fn(acc, out)), want, what="requantize")
+
+    run()

@@ -139,3 +139,94 @@ def dequantize_cases(draw, dtypes=QUANT_DTYPES + (np.int32,), max_elements: int 
     q[: min(size, 2)] = [info.min, info.max][: min(size, 2)]
     q = q.astype(dtype).reshape(shape)
     return q, (s if per_axis else float(s[0])), (zp if per_axis else int(zp[0])), axis
+
+
+#: Sizes around the qgemm tiles: MR = 6 rows, 8/16-lane vectors, 64-column panels, K groups of 4.
+QGEMM_M = (1, 2, 5, 6, 7, 11, 12, 13, 97)
+QGEMM_N = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)
+QGEMM_K = (1, 2, 3, 4, 5, 7, 8, 13, 31, 64, 127, 300)
+
+
+@dataclass
+class QgemmCase:
+    """Arguments of ``qgemm(a, b, a_zero_point, b_zero_point, bias=, output=)``; ``output``
+    is a tuple (kind, kwargs) turned into a spec by the caller (kinds: None, "float",
+    "fixedpoint", "dequantize")."""
+
+    a: np.ndarray
+    b: np.ndarray
+    a_zero_point: int
+    b_zero_point: object
+    bias: np.ndarray | None
+    output: tuple | None
+
+
+def _extreme_ints(rng, info, size, mode):
+    if mode == "min":
+        return np.full(size, info.min, np.int64)
+    if mode == "max":
+        return np.full(size, info.max, np.int64)
+    if mode == "ends":
+        return rng.choice(np.array([info.min, info.max], np.int64), size=size)
+    return rng.integers(int(info.min), int(info.max) + 1, size=size)
+
+
+@st.composite
+def output_specs(draw, n_cols):
+    """(kind, kwargs) for an output spec over n_cols columns."""
+    kind = draw(st.sampled_from([None, "float", "fixedpoint", "dequantize"]))
+    if kind is None:
+        return None
+    per_col = draw(st.booleans())
+    base = draw(st.sampled_from([1e-7, 3.1e-5, 1e-3, 0.0123, 0.37, 0.999]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = (base * rng.uniform(0.5, 1.5, n_cols)).astype(np.float32) if per_col else float(np.float32(base))
+    if kind == "dequantize":
+        return ("dequantize", dict(scale=scale, relu=draw(st.booleans())))
+    dtype = draw(st.sampled_from([np.int8, np.uint8]))
+    info = np.iinfo(dtype)
+    z = draw(st.sampled_from([int(info.min), int(info.max), 0 if dtype == np.int8 else 128,
+                              draw(st.integers(int(info.min), int(info.max)))]))
+    relu = draw(st.booleans())
+    return (kind, dict(scale=scale, zero_point=z, dtype=dtype, qmin=z if relu else None))
+
+
+@st.composite
+def qgemm_cases(draw, max_k: int = 300):
+    """A qgemm problem with tile-breaking shapes, extreme values and zero points."""
+    M = draw(st.sampled_from(QGEMM_M))
+    N = draw(st.sampled_from(QGEMM_N))
+    K = draw(st.sampled_from([k for k in QGEMM_K if k <= max_k]))
+    a_dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    ai, bi = np.iinfo(a_dtype), np.iinfo(np.int8)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mode = st.sampled_from(["random", "random", "ends", "min", "max"])
+    a = _extreme_ints(rng, ai, (M, K), draw(mode)).astype(a_dtype)
+    b = _extreme_ints(rng, bi, (K, N), draw(mode)).astype(np.int8)
+    za = draw(st.sampled_from([int(ai.min), int(ai.max), draw(st.integers(int(ai.min), int(ai.max)))]))
+    if draw(st.booleans()):
+        zb = _extreme_ints(rng, bi, N, draw(mode))
+    else:
+        zb = draw(st.sampled_from([-128, 127, 0, draw(st.integers(-128, 127))]))
+    bias = None
+    if draw(st.booleans()):
+        bias = rng.integers(-(2**20), 2**20, size=N).astype(np.int32)
+    if M > 1 and draw(st.booleans()):
+        a = np.asfortranarray(a)  # another memory layout, same values
+    return QgemmCase(a, b, za, zb, bias, draw(output_specs(N)))
+
+
+@st.composite
+def requantize_cases(draw):
+    """(acc int32 [M, N], (kind, kwargs)) with accumulators over the whole int32 range."""
+    M = draw(st.sampled_from(QGEMM_M[:6]))
+    N = draw(st.sampled_from(QGEMM_N))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mag = draw(st.sampled_from([2**8, 2**16, 2**24, 2**31]))
+    acc = rng.integers(-mag, mag, size=(M, N), dtype=np.int64)
+    acc.flat[: min(acc.size, 2)] = [-(2**31), 2**31 - 1][: min(acc.size, 2)]
+    spec = draw(output_specs(N).filter(lambda s: s is not None))
+    if spec[0] != "dequantize" and draw(st.booleans()):
+        # multipliers > 1 exercise the saturating left shift of the fixed-point rule
+        spec[1]["scale"] = np.float32(draw(st.sampled_from([1.5, 3.0, 1000.0, 2.0**20])))
+    return acc.astype(np.int32), spec

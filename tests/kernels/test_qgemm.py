@@ -1,0 +1,157 @@
+"""qgemm and requantize: every backend and ISA variant, bit-exact against the reference."""
+
+import numpy as np
+import pytest
+
+import refcompress.kernels as kernels
+from refcompress.errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
+from refcompress.kernels import Dequantize, Requantize
+from refcompress.kernels.qgemm import _rdbpot, _srdhm, k_bound
+from refcompress.testing import assert_exact, check_qgemm, check_requantize, kernel_variants
+
+QGEMM = kernel_variants("qgemm")
+REQ = kernel_variants("requantize")
+
+
+def _id(v):
+    return f"{v[0]}-{v[1]}" if v[1] else v[0]
+
+
+def _forced(fn, backend, isa, threads=None):
+    def run(*args, **kwargs):
+        with kernels.use(backend, isa=isa, threads=threads):
+            return fn(*args, **kwargs)
+    return run
+
+
+@pytest.mark.parametrize("variant", QGEMM, ids=_id)
+def test_qgemm_matches_reference(variant):
+    check_qgemm(_forced(kernels.qgemm, *variant), max_examples=120)
+
+
+@pytest.mark.parametrize("variant", REQ, ids=_id)
+def test_requantize_matches_reference(variant):
+    check_requantize(_forced(kernels.requantize, *variant), max_examples=120)
+
+
+@pytest.mark.parametrize("variant", QGEMM, ids=_id)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_weights_reused_across_calls_and_threads(variant, threads):
+    rng = np.random.default_rng(3)
+    b = rng.integers(-128, 128, (259, 131)).astype(np.int8)
+    pw = kernels.pack_weights(b, rng.integers(-5, 5, 131))
+    for M in (1, 6, 50):
+        a = rng.integers(0, 256, (M, 259)).astype(np.uint8)
+        out = Requantize(np.float32(2e-4), 128, np.uint8, "fixedpoint")
+        with kernels.use(*variant, threads=threads):
+            got = kernels.qgemm(a, pw, 130, output=out)
+        with kernels.use("numpy"):
+            assert_exact(got, kernels.qgemm(a, pw, 130, output=out))
+
+
+@pytest.mark.parametrize("variant", QGEMM, ids=_id)
+def test_k_at_the_int32_bound_is_exact_and_one_more_is_refused(variant):
+    # int8 activations at -128 with zero point 0 and weights at -128: every product is
+    # 2^14, so K = bound gives the largest representable accumulator.
+    bound = k_bound(np.int8, 0, 128)
+    assert bound == (2**31 - 1) // 2**14
+    a = np.full((1, bound), -128, np.int8)
+    b = np.full((bound, 3), -128, np.int8)
+    with kernels.use(*variant):
+        got = kernels.qgemm(a, b)
+    np.testing.assert_array_equal(got, np.full((1, 3), bound * 2**14, np.int64))
+    with pytest.raises(OverflowRiskError, match=f"K <= {bound}"):
+        kernels.qgemm(np.zeros((1, bound + 1), np.int8), np.zeros((bound + 1, 3), np.int8))
+
+
+def test_gemmlowp_rounding_written_out():
+    # SRDHM rounds x * M0 / 2^31 with ties toward +inf; RDBPOT rounds ties away from zero.
+    half = np.int64(2**30)  # M0 = 2^30 is a multiplier of exactly 1/2
+    x = np.array([3, -3, 5, -5, 1, -1], np.int64)
+    np.testing.assert_array_equal(_srdhm(x, half), [2, -1, 3, -2, 1, 0])
+    np.testing.assert_array_equal(_rdbpot(x, np.int64(1)), [2, -2, 3, -3, 1, -1])
+    assert _srdhm(np.int64(-(2**31)), np.int64(-(2**31))) == 2**31 - 1
+
+
+def test_quantize_multiplier_matches_tflite_rule():
+    m0, sh = kernels.quantize_multiplier([0.5, 0.75, 1.0, 2.0**-40, 0.1])
+    np.testing.assert_array_equal(m0, [2**30, 3 * 2**29, 2**30, 0, 1717986918])
+    np.testing.assert_array_equal(sh, [0, 0, 1, 0, -3])
+    # M0 * 2^(shift - 31) approximates the real multiplier to 2^-31 relative
+    real = np.array([0.1, 0.0123, 0.999])
+    m0, sh = kernels.quantize_multiplier(real)
+    np.testing.assert_allclose(m0 * 2.0 ** (sh.astype(float) - 31), real, rtol=2**-30)
+
+
+def test_two_rules_can_differ_by_one_step_and_both_are_exact():
+    # acc * M lands on a tie (2.5): float rounds half to even -> 2, fixed point SRDHM
+    # rounds ties up -> 3.  Both are the documented rules of their ecosystems.
+    acc = np.array([[5]], np.int32)
+    f = kernels.requantize(acc, Requantize(0.5, 0, np.int8, "float"))
+    x = kernels.requantize(acc, Requantize(0.5, 0, np.int8, "fixedpoint"))
+    assert int(f[0, 0]) == 2 and int(x[0, 0]) == 3
+
+
+def test_matches_plain_integer_matmul_and_relu_through_range():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (9, 40)).astype(np.uint8)
+    b = rng.integers(-128, 128, (40, 10)).astype(np.int8)
+    want = (a.astype(np.int64) - 7) @ (b.astype(np.int64) + 3)
+    assert_exact(kernels.qgemm(a, b, 7, -3), want.astype(np.int32))
+    y = kernels.qgemm(a, b, 7, -3, output=Requantize(1e-3, 20, np.uint8, qmin=20))
+    assert y.min() >= 20  # ReLU: nothing below the zero point
+    d = kernels.qgemm(a, b, 7, -3, output=Dequantize(0.5, relu=True))
+    np.testing.assert_array_equal(d, np.maximum(want.astype(np.float32) * np.float32(0.5), 0))
+
+
+def test_bad_inputs_name_the_argument():
+    a = np.zeros((2, 3), np.uint8)
+    b = np.zeros((3, 4), np.int8)
+    with pytest.raises(DTypeError, match="a: expected dtype"):
+        kernels.qgemm(a.astype(np.int32), b)
+    with pytest.raises(DTypeError, match="b: expected dtype int8"):
+        kernels.qgemm(a, b.astype(np.uint8))
+    with pytest.raises(ShapeError, match="inner dimensions"):
+        kernels.qgemm(a, np.zeros((4, 4), np.int8))
+    with pytest.raises(ArgumentError, match="a_zero_point"):
+        kernels.qgemm(a, b, 256)
+    with pytest.raises(ShapeError, match="b_zero_point"):
+        kernels.qgemm(a, b, 0, np.zeros(3, np.int64))
+    with pytest.raises(ArgumentError, match="b_zero_point"):
+        kernels.qgemm(a, b, 0, 200)
+    with pytest.raises(ShapeError, match="bias"):
+        kernels.qgemm(a, b, bias=np.zeros(3, np.int32))
+    with pytest.raises(DTypeError, match="bias"):
+        kernels.qgemm(a, b, bias=np.zeros(4, np.int64))
+    with pytest.raises(ArgumentError, match="output.scale"):
+        kernels.qgemm(a, b, output=Requantize(0.0))
+    with pytest.raises(ArgumentError, match="output.rule"):
+        kernels.qgemm(a, b, output=Requantize(0.1, rule="nearest"))
+    with pytest.raises(DTypeError, match="output.dtype"):
+        kernels.qgemm(a, b, output=Requantize(0.1, dtype=np.int16))
+    with pytest.raises(ArgumentError, match="output.zero_point"):
+        kernels.qgemm(a, b, output=Requantize(0.1, zero_point=-1, dtype=np.uint8))
+    with pytest.raises(ArgumentError, match="pack_weights"):
+        kernels.qgemm(a, kernels.pack_weights(b), 0, 3)
+    with pytest.raises(ArgumentError, match="real"):
+        kernels.quantize_multiplier(2.0**31)
+
+
+def test_checker_catches_a_kernel_with_the_saturating_shortcut():
+    # vpmaddubsw saturates pair sums to int16: a kernel that does so is wrong at the ends.
+    def saturating(a, b, za, zb, *, bias, output):
+        a64 = a.astype(np.int64)
+        b64 = b.astype(np.int64)
+        K = a.shape[1] - a.shape[1] % 2
+        pairs = a64[:, 0:K:2, None] * b64[None, 0:K:2] + a64[:, 1:K:2, None] * b64[None, 1:K:2]
+        acc = np.clip(pairs, -32768, 32767).sum(axis=1)
+        if K < a.shape[1]:
+            acc += a64[:, -1:] @ b64[-1:]
+        acc = acc - za * b64.sum(0) - np.asarray(zb) * a64.sum(1, keepdims=True) + a.shape[1] * za * np.asarray(zb)
+        if bias is not None:
+            acc = acc + bias
+        from refcompress.kernels.qgemm import _output_spec, requantize_reference
+        return requantize_reference(acc, _output_spec(output, b.shape[1]))
+
+    with pytest.raises(AssertionError):
+        check_qgemm(saturating, max_examples=200)
