@@ -88,3 +88,9 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
 /* Requantize an int32 matrix [M, N] alone (the same epilogue, per column or per tensor). */
 int rc_requantize(const int32_t *acc, long long M, long long N, const rc_epilogue *epi, void *out,
                   int isa, int threads);
+
+/* ---- benchmark support ------------------------------------------------------------- *
+ * Runs `iters` rounds of 24 independent vpdpbusd (zmm) chains and returns the int8 ops
+ * performed (2 per multiply-add), or -1 if AVX-512 VNNI cannot run: the measured peak
+ * that benchmarks quote percentages of. */
+long long rc_bench_vnni_peak(long long iters);

@@ -9,32 +9,43 @@
 
 #include "qgemm_epi_avx512.h"
 
+/* Named accumulators (see the VNNI file for why not an array). */
+#define RC_ROW_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
+#define RC_ROW_A(r)                                                                            \
+    __m512i alo##r = _mm512_setzero_si512(), ahi##r = alo##r;                                  \
+    if (mr > r) {                                                                              \
+        int32_t w;                                                                             \
+        memcpy(&w, ar + r * K4 + 4 * g, 4);                                                    \
+        const __m512i av = _mm512_set1_epi32(w);                                               \
+        alo##r = _mm512_srai_epi16(_mm512_slli_epi16(av, 8), 8); /* (a0, a2) sign-extended */  \
+        ahi##r = _mm512_srai_epi16(av, 8);                       /* (a1, a3) sign-extended */  \
+    }
+#define RC_MADD(r, j)                                                                          \
+    if (mr > r)                                                                                \
+        c##r##j = _mm512_add_epi32(c##r##j, _mm512_add_epi32(_mm512_madd_epi16(blo, alo##r),  \
+                                                               _mm512_madd_epi16(bhi, ahi##r)));
+#define RC_COL(j)                                                                              \
+    {                                                                                          \
+        const __m512i b = _mm512_loadu_si512(bp + g * 256 + 64 * j);                           \
+        const __m512i blo = _mm512_and_si512(b, lo8); /* (b0, b2) zero-extended */             \
+        const __m512i bhi = _mm512_srli_epi16(b, 8);  /* (b1, b3) zero-extended */             \
+        RC_MADD(0, j) RC_MADD(1, j) RC_MADD(2, j) RC_MADD(3, j) RC_MADD(4, j) RC_MADD(5, j)    \
+    }
+#define RC_ROW_SAVE(r) \
+    if (mr > r) { acc[r][0] = c##r##0; acc[r][1] = c##r##1; acc[r][2] = c##r##2; acc[r][3] = c##r##3; }
+
 static inline __attribute__((always_inline)) void tile(const rc_qgemm_ctx *x, const int8_t *a,
                                                        int64_t K4, int64_t m0, const int mr,
                                                        const uint8_t *bp, int64_t n0) {
-    __m512i acc[RC_QGEMM_MR][4];
-    for (int r = 0; r < mr; ++r)
-        for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+    RC_ROW_DECL(0); RC_ROW_DECL(1); RC_ROW_DECL(2); RC_ROW_DECL(3); RC_ROW_DECL(4); RC_ROW_DECL(5);
     const int8_t *ar = a + m0 * K4;
     const __m512i lo8 = _mm512_set1_epi32(0x00FF00FF);
     for (int64_t g = 0; g < K4 / 4; ++g) {
-        __m512i alo[RC_QGEMM_MR], ahi[RC_QGEMM_MR];
-        for (int r = 0; r < mr; ++r) {
-            int32_t w;
-            memcpy(&w, ar + r * K4 + 4 * g, 4);
-            const __m512i av = _mm512_set1_epi32(w);
-            alo[r] = _mm512_srai_epi16(_mm512_slli_epi16(av, 8), 8); /* (a0, a2) sign-extended */
-            ahi[r] = _mm512_srai_epi16(av, 8);                       /* (a1, a3) sign-extended */
-        }
-        for (int j = 0; j < 4; ++j) {
-            const __m512i b = _mm512_loadu_si512(bp + g * 256 + 64 * j);
-            const __m512i blo = _mm512_and_si512(b, lo8);    /* (b0, b2) zero-extended */
-            const __m512i bhi = _mm512_srli_epi16(b, 8);     /* (b1, b3) zero-extended */
-            for (int r = 0; r < mr; ++r)
-                acc[r][j] = _mm512_add_epi32(acc[r][j], _mm512_add_epi32(_mm512_madd_epi16(blo, alo[r]),
-                                                                          _mm512_madd_epi16(bhi, ahi[r])));
-        }
+        RC_ROW_A(0) RC_ROW_A(1) RC_ROW_A(2) RC_ROW_A(3) RC_ROW_A(4) RC_ROW_A(5)
+        RC_COL(0) RC_COL(1) RC_COL(2) RC_COL(3)
     }
+    __m512i acc[RC_QGEMM_MR][4];
+    RC_ROW_SAVE(0) RC_ROW_SAVE(1) RC_ROW_SAVE(2) RC_ROW_SAVE(3) RC_ROW_SAVE(4) RC_ROW_SAVE(5)
     RC_TILE_EPILOGUE_512(x, acc, m0, mr, n0);
 }
 
