@@ -177,7 +177,10 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
             colterm[n] = n < N ? (int32_t)((uint32_t)za_s * ((uint32_t)K * zp - (uint32_t)col_sums[n])) : 0;
         }
         const rc_qgemm_ctx x = {epi, ra, zbp, colterm, c, N};
+        /* Equal row blocks of at most MC rows (a multiple of MR), so that the (row block,
+         * panel) items are the same size and a static schedule balances the threads. */
         const int64_t mblocks = (M + MC - 1) / MC;
+        const int64_t mc = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;
         /* Work items: (row block, panel).  Row blocks outermost so a thread keeps its A block
          * in L2 while it walks the panels. */
 #ifdef _OPENMP
@@ -185,8 +188,8 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
 #endif
         for (int64_t mb = 0; mb < mblocks; ++mb)
             for (int64_t p = 0; p < panels; ++p) {
-                const int64_t mend = (mb + 1) * MC < M ? (mb + 1) * MC : M;
-                for (int64_t m0 = mb * MC; m0 < mend; m0 += MR) {
+                const int64_t mend = (mb + 1) * mc < M ? (mb + 1) * mc : M;
+                for (int64_t m0 = mb * mc; m0 < mend; m0 += MR) {
                     const int mr = (int)((mend - m0) < MR ? (mend - m0) : MR);
                     tile(&x, ap, K4, m0, mr, (const uint8_t *)packed + p * K4 * NR, p * NR);
                 }

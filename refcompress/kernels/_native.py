@@ -24,5 +24,7 @@ def mask_to_names(mask: int) -> list[str]:
 
 
 def ptr(ctype: str, array):
-    """A cdata pointer to a C-contiguous ndarray's buffer (no copy)."""
-    return ffi.cast(ctype, array.ctypes.data)
+    """A cdata view of a C-contiguous ndarray's buffer (no copy), passable where the C
+    signature takes ``ctype``.  ``from_buffer`` is ~6x cheaper per call than going through
+    ``array.ctypes``, which matters for batch-1 layers."""
+    return ffi.from_buffer("char[]" if ctype == "void *" else ctype.replace(" *", "[]"), array)

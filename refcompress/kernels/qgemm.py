@@ -135,6 +135,9 @@ class PackedWeights:
             raise ArgumentError(f"b_zero_point: expected values in [-128, 127], got {zb.min()}..{zb.max()}")
         self.per_column = zb.ndim == 1
         self.zero_point = np.ascontiguousarray(np.atleast_1d(zb).astype(np.int32))
+        zb64 = self.zero_point.astype(np.int64)
+        #: max |b - z_b| over the int8 range (the B of the overflow bound)
+        self.max_abs_b = int(np.max(np.maximum(zb64 + 128, 127 - zb64)))
         self.packed = None
         self.col_sums = None
         if _native.lib is not None:
@@ -144,12 +147,10 @@ class PackedWeights:
             check_rc(lib.rc_qgemm_pack_b(_native.ptr("int8_t *", b), self.K, self.N,
                                          _native.ptr("void *", self.packed),
                                          _native.ptr("int32_t *", self.col_sums), 0), "pack_weights")
-
-    @property
-    def max_abs_b(self) -> int:
-        """max |b - z_b| over the int8 range (the B of the overflow bound)."""
-        zb = self.zero_point.astype(np.int64)
-        return int(np.max(np.maximum(zb + 128, 127 - zb)))
+            # The C views of the layer's constant arrays, made once (per-call cost matters
+            # at batch 1).
+            self._c_args = (_native.ptr("void *", self.packed), _native.ptr("int32_t *", self.col_sums),
+                            _native.ptr("int32_t *", self.zero_point), int(self.per_column))
 
     def __repr__(self):
         zp = "per-column" if self.per_column else int(self.zero_point[0])
@@ -271,9 +272,7 @@ def _qgemm_c(a, b, a_zero_point, bias, spec, *, isa, threads):
     ws = np.empty(max(lib.rc_qgemm_workspace_size(M, K, pw.N), 1), np.uint8)
     rc = lib.rc_qgemm(
         _native.ptr("void *", a), 0 if a.dtype == np.int8 else 1, M, K, pw.N, int(a_zero_point),
-        _native.ptr("void *", pw.packed), _native.ptr("int32_t *", pw.col_sums),
-        _native.ptr("int32_t *", pw.zero_point), int(pw.per_column), e,
-        _native.ptr("void *", out), _native.ptr("void *", ws), isa, threads,
+        *pw._c_args, e, _native.ptr("void *", out), _native.ptr("void *", ws), isa, threads,
     )
     del keep
     check_rc(rc, "qgemm")
@@ -352,10 +351,13 @@ def _bias(bias, n_cols):
     return check_array(bias, "bias", dtypes=[np.int32], shape=(n_cols,), contiguous=True)
 
 
+_RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+
+
 def k_bound(a_dtype, a_zero_point, max_abs_b, max_abs_bias=0) -> int:
     """Largest K for which (a - z_a)(b - z_b) sums plus bias cannot overflow int32."""
-    info = np.iinfo(a_dtype)
-    max_abs_a = max(a_zero_point - int(info.min), int(info.max) - a_zero_point)
+    lo, hi = _RANGE[np.dtype(a_dtype)]
+    max_abs_a = max(a_zero_point - lo, hi - a_zero_point)
     return (INT32_MAX - max_abs_bias) // max(max_abs_a * max_abs_b, 1)
 
 
@@ -385,8 +387,8 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
         pw = PackedWeights(b, b_zero_point)
     if a.shape[1] != pw.K:
         raise ShapeError(f"a, b: inner dimensions differ, a is {a.shape} and b is ({pw.K}, {pw.N})")
-    info = np.iinfo(a.dtype)
-    za = check_int(a_zero_point, "a_zero_point", min_value=int(info.min), max_value=int(info.max))
+    lo, hi = _RANGE[a.dtype]
+    za = check_int(a_zero_point, "a_zero_point", min_value=lo, max_value=hi)
     bias = _bias(bias, pw.N)
     max_bias = int(np.max(np.abs(bias.astype(np.int64)))) if bias is not None and bias.size else 0
     bound = k_bound(a.dtype, za, pw.max_abs_b, max_bias)

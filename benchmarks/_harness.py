@@ -1,0 +1,81 @@
+"""Shared benchmark machinery: medians over repeats, peers when installed, plain tables.
+
+Quote ratios, not seconds: the machine is shared and noisy, but two timings taken in the
+same run under the same load compare fairly.  NumPy is measured at its best BLAS kernel
+when the caller unsets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for the command (make bench
+does); the kernel that ran is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def median_time(fn, *, min_time: float = 0.15, min_repeats: int = 5, max_repeats: int = 200) -> float:
+    """Median seconds of ``fn()`` over repeats (after one warm-up call)."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or (time.perf_counter() - start < min_time and len(times) < max_repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def optional(module: str):
+    """Import a peer if installed, else None (benchmarks never require peers)."""
+    try:
+        return importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - a broken optional install counts as absent
+        return None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Limit NumPy's BLAS to n threads for a like-for-like comparison."""
+    tpc = optional("threadpoolctl")
+    if tpc is None:
+        yield
+        return
+    with tpc.threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+def blas_report() -> str:
+    """Which BLAS NumPy runs, with its kernel (e.g. OpenBLAS SkylakeX / Zen)."""
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    tpc = optional("threadpoolctl")
+    if tpc is None:
+        return "threadpoolctl not installed: BLAS kernel unknown"
+    info = [i for i in tpc.threadpool_info() if i.get("user_api") == "blas"]
+    parts = [f"{i.get('internal_api')} {i.get('version')} kernel={i.get('architecture')}" for i in info]
+    note = f" (WARNING: {env} set: NumPy is not at its best BLAS kernel)" if env else ""
+    return "; ".join(parts) + note
+
+
+def print_table(headers, rows, *, title: str | None = None) -> None:
+    """A plain-text table, columns right-aligned except the first."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if title:
+        print(title)
+    for j, r in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+
+
+def fmt_ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)

@@ -1,0 +1,142 @@
+"""qgemm speed: ours vs NumPy fp32, onnxruntime (MatMulInteger) and PyTorch (quantized
+linear, x86/fbgemm engine) when installed, single- and two-thread, in one run.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_qgemm.py [--quick]
+
+Ours runs with weights packed once (as a layer does) and int32 output (the MatMulInteger
+contract); a second column adds the fused requantize-to-uint8 epilogue (QLinearMatMul's).
+GOP/s counts 2*M*K*N; "% peak" divides by the measured vpdpbusd peak of one core times
+the thread count.  Ratios > 1 mean ours is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import blas_report, blas_threads, fmt_ratio, median_time, optional, print_table, rng  # noqa: E402
+
+import refcompress.kernels as K  # noqa: E402
+from refcompress.kernels import _native  # noqa: E402
+
+SHAPES = [(1, 768, 768), (1, 768, 3072), (64, 768, 3072), (256, 1024, 1024), (1024, 1024, 1024), (128, 3072, 768)]
+
+
+def measured_peak() -> float | None:
+    """int8 ops/s of one core on independent vpdpbusd chains (None without VNNI)."""
+    if _native.lib is None or _native.lib.rc_bench_vnni_peak(1) < 0:
+        return None
+    iters = 2_000_000
+    t = median_time(lambda: _native.lib.rc_bench_vnni_peak(iters), min_repeats=5)
+    return _native.lib.rc_bench_vnni_peak(0) or (iters * 24 * 64 * 2) / t
+
+
+def ort_matmul_integer(a, b, za, threads):
+    ort = optional("onnxruntime")
+    onnx = optional("onnx")
+    if ort is None or onnx is None:
+        return None
+    from onnx import TensorProto, helper, numpy_helper
+
+    M, Kd = a.shape
+    N = b.shape[1]
+    node = helper.make_node("MatMulInteger", ["A", "B", "za", "zb"], ["Y"])
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [M, Kd])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [M, N])],
+        initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.array(za, np.uint8), "za"),
+                     numpy_helper.from_array(np.array(0, np.int8), "zb")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    want = (a.astype(np.int64) - za) @ b.astype(np.int64)
+    got = sess.run(None, {"A": a})[0]
+    assert np.array_equal(got, want), "onnxruntime MatMulInteger disagrees with the exact product"
+    return lambda: sess.run(None, {"A": a})
+
+
+def torch_qlinear(a_f, b_f, threads):
+    torch = optional("torch")
+    if torch is None:
+        return None
+    torch.set_num_threads(threads)
+    engines = torch.backends.quantized.supported_engines
+    torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
+    N = b_f.shape[1]
+    w = torch.from_numpy(np.ascontiguousarray(b_f.T))
+    qw = torch.quantize_per_tensor(w, float(np.abs(b_f).max() / 127), 0, torch.qint8)
+    lin = torch.ao.nn.quantized.Linear(b_f.shape[0], N)
+    lin.set_weight_bias(qw, None)
+    lin.scale, lin.zero_point = 0.05, 128
+    x = torch.from_numpy(a_f)
+    qx = torch.quantize_per_tensor(x, float(np.abs(a_f).max() / 127), 128, torch.quint8)
+
+    def run():
+        with torch.no_grad():
+            lin(qx)
+
+    return run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args(argv)
+    shapes = SHAPES[:3] if args.quick else SHAPES
+    print(f"NumPy BLAS: {blas_report()}")
+    info = K.available()
+    print(f"refcompress qgemm variant: {info['ops']['qgemm']['selected'] or 'numpy'}")
+    peak = measured_peak()
+    print(f"measured int8 peak (vpdpbusd, 1 core): {peak / 1e9:.0f} GOP/s" if peak else "no VNNI: % peak not shown")
+    print()
+    g = rng(0)
+    rows = []
+    for threads in args.threads:
+        for M, Kd, N in shapes:
+            a = g.integers(0, 256, (M, Kd)).astype(np.uint8)
+            b = g.integers(-127, 128, (Kd, N)).astype(np.int8)
+            a_f = a.astype(np.float32)
+            b_f = b.astype(np.float32)
+            pw = K.pack_weights(b)
+            req = K.Requantize(1e-4, 128, np.uint8)
+            with K.use(threads=threads):
+                t_ours = median_time(lambda: K.qgemm(a, pw, 128))
+                t_req = median_time(lambda: K.qgemm(a, pw, 128, output=req))
+            with blas_threads(threads):
+                t_np = median_time(lambda: a_f @ b_f)
+            ort = ort_matmul_integer(a, b, 128, threads)
+            t_ort = median_time(ort) if ort else None
+            tq = torch_qlinear((a_f - 128) / 10, b_f / 127, threads)
+            t_torch = median_time(tq) if tq else None
+            ops = 2.0 * M * Kd * N
+            best_peer = min([t for t in (t_ort, t_torch) if t], default=None)
+            rows.append([
+                f"{M}x{Kd}x{N}", threads,
+                f"{t_ours * 1e6:.0f}", f"{ops / t_ours / 1e9:.0f}",
+                f"{100 * ops / t_ours / (peak * threads):.0f}%" if peak else "-",
+                fmt_ratio(t_np / t_ours),
+                fmt_ratio(t_ort / t_ours if t_ort else None),
+                fmt_ratio(t_torch / t_ours if t_torch else None),
+                fmt_ratio(best_peer / t_ours if best_peer else None),
+                fmt_ratio(t_np / t_req),
+            ])
+    print_table(
+        ["M x K x N", "thr", "ours us", "GOP/s", "% peak", "vs numpy f32", "vs ort", "vs torch",
+         "vs best peer", "req. vs numpy"],
+        rows,
+        title="qgemm (uint8 x int8 -> int32, packed weights); ratios = their time / ours",
+    )
+
+
+if __name__ == "__main__":
+    main()
