@@ -34,8 +34,13 @@ test: install
 info: install
 	$(VENV)/bin/refcompress info
 
+# NumPy is measured at its best BLAS kernel: the two OpenBLAS variables are unset for this
+# command only (never in tests).  BENCH_ARGS=--quick for a short run.
+BENCH_ARGS ?=
 bench: install
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/refcompress bench
+	@for b in benchmarks/bench_*.py; do \
+	  echo "== $$b"; env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) $$b $(BENCH_ARGS) || exit 1; \
+	done
 
 # AddressSanitizer + UBSan build of the C kernels in a venv of its own (a regular, not
 # editable, install so it cannot overwrite the main build), then the kernel tests under it.

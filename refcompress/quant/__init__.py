@@ -1,0 +1,40 @@
+"""Quantization: specs, qparams, observers, packing (and, on top, PTQ / QAT of models).
+
+The arithmetic is refcompress.kernels (ONNX QuantizeLinear / DequantizeLinear; integer
+GEMM with exact requantization); this package chooses parameters and transforms models.
+See docs/quantization.md.
+"""
+
+from .observers import (
+    HistogramKLObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+)
+from .packing import pack_bits, packed_nbytes, unpack_bits
+from .qparams import QParams, calibrate, choose_qparams, dequantize, fake_quantize, quantize, tensor_minmax
+from .spec import ACT_UINT8, WEIGHT_INT8, QuantSpec
+
+__all__ = [
+    "ACT_UINT8",
+    "HistogramKLObserver",
+    "MSEObserver",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "Observer",
+    "PercentileObserver",
+    "QParams",
+    "QuantSpec",
+    "WEIGHT_INT8",
+    "calibrate",
+    "choose_qparams",
+    "dequantize",
+    "fake_quantize",
+    "pack_bits",
+    "packed_nbytes",
+    "quantize",
+    "tensor_minmax",
+    "unpack_bits",
+]
