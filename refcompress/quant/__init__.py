@@ -16,6 +16,7 @@ from .observers import (
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .qparams import QParams, calibrate, choose_qparams, dequantize, fake_quantize, quantize, tensor_minmax
 from .spec import ACT_UINT8, WEIGHT_INT8, QuantSpec
+from .weight_sharing import SharedWeights, centroid_gradients, kmeans_share
 
 __all__ = [
     "ACT_UINT8",
@@ -27,11 +28,14 @@ __all__ = [
     "PercentileObserver",
     "QParams",
     "QuantSpec",
+    "SharedWeights",
     "WEIGHT_INT8",
     "calibrate",
+    "centroid_gradients",
     "choose_qparams",
     "dequantize",
     "fake_quantize",
+    "kmeans_share",
     "pack_bits",
     "packed_nbytes",
     "quantize",

@@ -1,0 +1,110 @@
+"""Deep Compression's weight sharing (Han, Mao & Dally, ICLR 2016, sec. 3).
+
+A layer's weights are clustered into k = 2^b shared values by 1-D k-means:
+
+    minimise  sum_i min_c (w_i - c_c)^2           (Lloyd's algorithm, eq. 1 of the paper)
+
+with *linear* initialisation (centroids evenly spaced over [min w, max w]; the paper finds
+it keeps the rare large weights that density-based initialisations lose).  Each weight is
+then stored as a b-bit index into a float32 codebook.  Fine-tuning updates the centroids
+with the gradients of the weights that share them, summed per cluster (eq. 3):
+
+    dL/dc_k = sum_{i : idx_i = k} dL/dw_i
+
+Weights outside ``mask`` (pruned weights) are not clustered and stay exactly zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_array, check_int
+from ..errors import ArgumentError, ShapeError
+from .packing import pack_bits, packed_nbytes
+
+
+@dataclass
+class SharedWeights:
+    """codebook float32 [k]; indices uint8/uint16 (shape of the weight; 0 where masked out);
+    mask bool (shape of the weight) or None (all weights shared); bits per index."""
+
+    codebook: np.ndarray
+    indices: np.ndarray
+    mask: np.ndarray | None
+    bits: int
+
+    def dense(self) -> np.ndarray:
+        """The float32 weight the codebook and indices stand for."""
+        w = self.codebook[self.indices]
+        return np.where(self.mask, w, np.float32(0)) if self.mask is not None else w
+
+    def packed_indices(self) -> np.ndarray:
+        """The indices of shared weights, b bits each (masked-out weights not stored)."""
+        idx = self.indices[self.mask] if self.mask is not None else self.indices.reshape(-1)
+        return pack_bits(idx.astype(np.uint8 if self.bits <= 8 else np.uint16), self.bits)
+
+    def nbytes(self) -> int:
+        """Stored bytes: codebook + b-bit indices (a sparse mask's positions are counted by
+        the sparse format that holds them, not here)."""
+        n = int(self.mask.sum()) if self.mask is not None else self.indices.size
+        return self.codebook.nbytes + packed_nbytes(n, self.bits)
+
+
+def _assign(values, codebook):
+    """Index of the nearest centroid for each value (ties to the lower centroid)."""
+    order = np.argsort(codebook, kind="stable")
+    sorted_c = codebook[order]
+    mids = (sorted_c[1:] + sorted_c[:-1]) / 2
+    return order[np.searchsorted(mids, values, side="left")]
+
+
+def kmeans_share(w, bits: int, *, mask=None, n_iter: int = 30, tol: float = 0.0) -> SharedWeights:
+    """Cluster float32 weights ``w`` (any shape) into 2^bits shared values.
+
+    mask : bool array like ``w`` selecting the weights to share (None: all).
+    Lloyd iterations stop after ``n_iter`` or when no centroid moves more than ``tol``.
+    Empty clusters keep their previous centroid.  Deterministic.
+    """
+    w = check_array(w, "w", dtypes=[np.float32, np.float64])
+    bits = check_int(bits, "bits", min_value=1, max_value=16)
+    check_int(n_iter, "n_iter", min_value=1)
+    if mask is not None:
+        mask = check_array(mask, "mask", dtypes=[np.bool_])
+        if mask.shape != w.shape:
+            raise ShapeError(f"mask: expected shape {w.shape}, got {mask.shape}")
+    values = (w[mask] if mask is not None else w.reshape(-1)).astype(np.float64)
+    k = 2**bits
+    if values.size == 0:
+        raise ArgumentError("w: no weights to share (the mask selects none)")
+    c = np.linspace(values.min(), values.max(), k)  # linear initialisation
+    for _ in range(n_iter):
+        idx = _assign(values, c)
+        sums = np.bincount(idx, weights=values, minlength=k)
+        counts = np.bincount(idx, minlength=k)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+        moved = np.max(np.abs(new - c))
+        c = new
+        if moved <= tol:
+            break
+    codebook = c.astype(np.float32)
+    idx_dtype = np.uint8 if bits <= 8 else np.uint16
+    full = np.zeros(w.shape, idx_dtype)
+    assigned = _assign(values, codebook.astype(np.float64)).astype(idx_dtype)
+    if mask is not None:
+        full[mask] = assigned
+    else:
+        full = assigned.reshape(w.shape)
+    return SharedWeights(codebook, full, mask, bits)
+
+
+def centroid_gradients(grad_w, shared: SharedWeights) -> np.ndarray:
+    """dL/dcodebook: the weight gradients summed per cluster (Han et al. 2016, eq. 3)."""
+    grad_w = check_array(grad_w, "grad_w", dtypes=[np.float32, np.float64])
+    if grad_w.shape != shared.indices.shape:
+        raise ShapeError(f"grad_w: expected shape {shared.indices.shape}, got {grad_w.shape}")
+    sel = shared.mask if shared.mask is not None else np.ones(grad_w.shape, bool)
+    g = np.bincount(shared.indices[sel].astype(np.int64), weights=grad_w[sel].astype(np.float64),
+                    minlength=shared.codebook.size)
+    return g.astype(np.float32)

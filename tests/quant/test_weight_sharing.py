@@ -1,0 +1,58 @@
+"""Deep Compression weight sharing: k-means with linear init, centroid gradients, storage."""
+
+import numpy as np
+import pytest
+
+from refcompress import quant as Q
+from refcompress.errors import ArgumentError, ShapeError
+
+
+def test_recovers_exact_clusters():
+    rng = np.random.default_rng(0)
+    centers = np.array([-1.0, -0.125, 0.875, 2.0], np.float32)  # near the linear init
+    w = rng.choice(centers, size=(30, 20)).astype(np.float32)
+    sw = Q.kmeans_share(w, 2)
+    np.testing.assert_array_equal(np.sort(sw.codebook), centers)
+    np.testing.assert_array_equal(sw.dense(), w)
+
+
+def test_assignment_is_nearest_centroid_and_lloyd_never_increases_error():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal(2000).astype(np.float32)
+    errs = []
+    for it in (1, 2, 5, 20):
+        sw = Q.kmeans_share(w, 3, n_iter=it)
+        d = np.abs(w[:, None] - sw.codebook[None, :])
+        assert np.all(d[np.arange(w.size), sw.indices] <= d.min(axis=1) + 1e-7)
+        errs.append(float(np.sum((sw.dense() - w) ** 2)))
+    assert all(b <= a + 1e-6 for a, b in zip(errs, errs[1:]))
+
+
+def test_mask_keeps_pruned_weights_zero_and_storage_counts_only_shared():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((10, 10)).astype(np.float32)
+    mask = np.abs(w) > 0.8
+    w = np.where(mask, w, 0).astype(np.float32)
+    sw = Q.kmeans_share(w, 3, mask=mask)
+    assert np.all(sw.dense()[~mask] == 0)
+    assert sw.nbytes() == 8 * 4 + (int(mask.sum()) * 3 + 7) // 8
+    np.testing.assert_array_equal(
+        Q.unpack_bits(sw.packed_indices(), 3, int(mask.sum()), signed=False), sw.indices[mask])
+
+
+def test_centroid_gradient_is_the_sum_over_each_cluster():
+    w = np.array([0.0, 0.1, 1.0, 1.1], np.float32)
+    sw = Q.kmeans_share(w, 1)
+    g = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    lo = int(np.argmin(sw.codebook))
+    got = Q.centroid_gradients(g, sw)
+    assert got[lo] == 3.0 and got[1 - lo] == 7.0
+
+
+def test_bad_inputs():
+    with pytest.raises(ShapeError, match="mask"):
+        Q.kmeans_share(np.zeros(4, np.float32), 2, mask=np.ones(3, bool))
+    with pytest.raises(ArgumentError, match="w: no weights"):
+        Q.kmeans_share(np.zeros(4, np.float32), 2, mask=np.zeros(4, bool))
+    with pytest.raises(ArgumentError, match="bits"):
+        Q.kmeans_share(np.zeros(4, np.float32), 0)
