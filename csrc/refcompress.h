@@ -94,3 +94,12 @@ int rc_requantize(const int32_t *acc, long long M, long long N, const rc_epilogu
  * performed (2 per multiply-add), or -1 if AVX-512 VNNI cannot run: the measured peak
  * that benchmarks quote percentages of. */
 long long rc_bench_vnni_peak(long long iters);
+
+/* ---- quantized convolution support ---------------------------------------------------- *
+ * im2col of one image's channels [C, H, W] (bytes: uint8 or int8) into rows of patches
+ * out[P = OH * OW][C * KH * KW] in (c, kh, kw) order -- the order of a [OC, C, KH, KW]
+ * weight flattened -- with out-of-image positions set to pad_value (the activation zero
+ * point, so that padding contributes (z - z) = 0 to the product). */
+int rc_im2col_u8(const uint8_t *x, long long C, long long H, long long W, long long KH, long long KW,
+                 long long stride_h, long long stride_w, long long pad_h, long long pad_w,
+                 long long dil_h, long long dil_w, uint8_t pad_value, uint8_t *out, int threads);

@@ -22,10 +22,15 @@ from ._registry import (
     variants,
 )
 from .qgemm import Dequantize, PackedWeights, Requantize, pack_weights, qgemm, quantize_multiplier, requantize
+from .qconv import PackedConvWeights, conv_output_size, pack_conv_weights, qconv2d
 from .quantize import dequantize, quantize
 
 __all__ = [
     "Dequantize",
+    "PackedConvWeights",
+    "conv_output_size",
+    "pack_conv_weights",
+    "qconv2d",
     "PackedWeights",
     "Requantize",
     "pack_weights",

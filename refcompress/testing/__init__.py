@@ -9,13 +9,14 @@ Requires the ``hypothesis`` package (``pip install "refcompress[test]"``).
 """
 
 from .asserts import assert_bitwise_equal, assert_exact
-from .checks import check_dequantize, check_qgemm, check_quantize, check_requantize
+from .checks import check_dequantize, check_qconv2d, check_qgemm, check_quantize, check_requantize
 from . import strategies
 
 __all__ = [
     "assert_bitwise_equal",
     "assert_exact",
     "check_dequantize",
+    "check_qconv2d",
     "check_qgemm",
     "check_requantize",
     "check_quantize",

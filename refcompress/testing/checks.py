@@ -101,3 +101,22 @@ def check_requantize(fn, *, max_examples: int = 200) -> None:
         assert_bitwise_equal(np.asarray(fn(acc, out)), want, what="requantize")
 
     run()
+
+
+def check_qconv2d(fn, *, max_examples: int = 100) -> None:
+    """Check ``fn(x, w, x_zero_point, w_zero_point, bias=, stride=, padding=, dilation=,
+    groups=, output=)`` against the reference quantized convolution, bit for bit."""
+    from ..kernels import qconv2d as _qconv2d
+    from .strategies import qconv_cases
+
+    @_settings(max_examples)
+    @given(case=qconv_cases())
+    def run(case):
+        kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+                  groups=case.groups, output=make_output(case.output))
+        with use("numpy"):
+            want = _qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+        got = fn(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+        assert_bitwise_equal(np.asarray(got), want, what="qconv2d")
+
+    run()

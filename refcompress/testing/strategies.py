@@ -230,3 +230,48 @@ def requantize_cases(draw):
         # multipliers > 1 exercise the saturating left shift of the fixed-point rule
         spec[1]["scale"] = np.float32(draw(st.sampled_from([1.5, 3.0, 1000.0, 2.0**20])))
     return acc.astype(np.int32), spec
+
+
+@dataclass
+class QconvCase:
+    """Arguments of ``qconv2d(x, w, x_zero_point, w_zero_point, bias=, stride=, padding=,
+    dilation=, groups=, output=)``; ``output`` as in :class:`QgemmCase`."""
+
+    x: np.ndarray
+    w: np.ndarray
+    x_zero_point: int
+    w_zero_point: object
+    bias: np.ndarray | None
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    output: tuple | None
+
+
+@st.composite
+def qconv_cases(draw):
+    """Small convolutions covering stride, padding, dilation, groups / depthwise, 1x1 and
+    non-square kernels, odd sizes, batch 1, and values at their extremes."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    depthwise = draw(st.booleans())
+    cg = 1 if depthwise else draw(st.integers(1, 4))
+    C = cg * groups
+    ocg = draw(st.sampled_from([1, 2, 5, 17]))
+    kh, kw = draw(st.sampled_from([(1, 1), (3, 3), (2, 3), (5, 1)]))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    H = draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), 11))
+    W = draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), 11))
+    N = draw(st.sampled_from([1, 2]))
+    x_dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    xi, wi = np.iinfo(x_dtype), np.iinfo(np.int8)
+    mode = st.sampled_from(["random", "random", "ends", "min", "max"])
+    x = _extreme_ints(rng, xi, (N, C, H, W), draw(mode)).astype(x_dtype)
+    w = _extreme_ints(rng, wi, (ocg * groups, cg, kh, kw), draw(mode)).astype(np.int8)
+    zx = draw(st.sampled_from([int(xi.min), int(xi.max), draw(st.integers(int(xi.min), int(xi.max)))]))
+    zw = _extreme_ints(rng, wi, ocg * groups, draw(mode)) if draw(st.booleans()) else draw(st.integers(-128, 127))
+    bias = rng.integers(-(2**16), 2**16, ocg * groups).astype(np.int32) if draw(st.booleans()) else None
+    return QconvCase(x, w, zx, zw, bias, stride, padding, dilation, groups, draw(output_specs(ocg * groups)))

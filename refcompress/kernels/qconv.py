@@ -1,0 +1,214 @@
+"""Quantized 2-D convolution (NCHW), exact: the ConvInteger / QLinearConv contract.
+
+Reference semantics, for output channel o in group g (channels c of that group):
+
+    acc[n, o, i, j] = sum_{c, kh, kw} (x_pad[n, c, i*s_h + kh*d_h, j*s_w + kw*d_w] - z_x)
+                                      * (w[o, c, kh, kw] - z_w[o])  +  bias[o]
+
+where x_pad is x padded with z_x (so padding contributes exactly 0), then the output rule
+of :mod:`refcompress.kernels.qgemm` per output channel (int32, requantize by the float or
+fixed-point rule, or dequantize).  Groups include depthwise (groups = channels).
+
+The C path lowers each image and group to the packed qgemm: im2col of the group's
+channels (pad value z_x) times the group's weights packed once as [C_g*KH*KW, OC_g].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_array, check_int
+from ..errors import ArgumentError, OverflowRiskError, ShapeError
+from . import _native
+from ._registry import Op, check_rc, dispatch, register
+from .qgemm import (
+    _RANGE,
+    PackedWeights,
+    _output_spec,
+    _qgemm_c,
+    k_bound,
+    requantize_reference,
+)
+
+__all__ = ["PackedConvWeights", "conv_output_size", "pack_conv_weights", "qconv2d"]
+
+
+def _pair(v, name, min_value):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ArgumentError(f"{name}: expected an int or a pair of ints, got {v!r}")
+        return tuple(check_int(e, name, min_value=min_value) for e in v)
+    v = check_int(v, name, min_value=min_value)
+    return (v, v)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation) -> int:
+    """floor((size + 2 p - d (k - 1) - 1) / s) + 1, PyTorch's and ONNX's rule."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+
+class PackedConvWeights:
+    """int8 conv weights [OC, C/groups, KH, KW] with zero point(s), packed once per layer:
+    one :class:`PackedWeights` per group holding w_g reshaped to [C_g*KH*KW, OC_g]."""
+
+    def __init__(self, w, w_zero_point=0, groups: int = 1):
+        w = check_array(w, "w", dtypes=[np.int8], ndim=4, contiguous=True)
+        self.groups = check_int(groups, "groups", min_value=1)
+        OC = w.shape[0]
+        if OC % self.groups:
+            raise ArgumentError(f"groups: expected a divisor of the {OC} output channels, got {self.groups}")
+        zw = np.asarray(w_zero_point)
+        if zw.ndim > 1 or (zw.ndim == 1 and zw.shape != (OC,)):
+            raise ShapeError(f"w_zero_point: expected a scalar or shape ({OC},), got shape {zw.shape}")
+        self.w = w
+        self.per_channel = zw.ndim == 1
+        self.zero_point = np.broadcast_to(zw, (OC,)).astype(np.int64)
+        ocg = OC // self.groups
+        self.parts = []
+        for g in range(self.groups):
+            wg = w[g * ocg:(g + 1) * ocg].reshape(ocg, -1)
+            zp = zw[g * ocg:(g + 1) * ocg] if self.per_channel else zw
+            self.parts.append(PackedWeights(np.ascontiguousarray(wg.T), zp))
+        self.max_abs_w = max(p.max_abs_b for p in self.parts)
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+
+def pack_conv_weights(w, w_zero_point=0, groups: int = 1) -> PackedConvWeights:
+    """Pack int8 convolution weights once per layer (see :class:`PackedConvWeights`)."""
+    return PackedConvWeights(w, w_zero_point, groups)
+
+
+# ---- reference ------------------------------------------------------------------------------
+
+
+def qconv2d_reference(x, pw, x_zero_point, bias, geo, spec):
+    """The definition, summed kernel offset by kernel offset in float64 (exact: integers
+    below 2^53).  Output [N, OC, OH, OW]."""
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = pw.shape
+    (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    OH = conv_output_size(H, KH, sh, ph, dh)
+    OW = conv_output_size(W, KW, sw, pw_, dw)
+    xp = np.pad(x.astype(np.float64) - x_zero_point, ((0, 0), (0, 0), (ph, ph), (pw_, pw_)))
+    wz = pw.w.astype(np.float64) - pw.zero_point[:, None, None, None]
+    ocg = OC // geo.groups
+    acc = np.zeros((N, OC, OH, OW))
+    for g in range(geo.groups):
+        xs = xp[:, g * Cg:(g + 1) * Cg]
+        wg = wz[g * ocg:(g + 1) * ocg]
+        for kh in range(KH):
+            for kw in range(KW):
+                patch = xs[:, :, kh * dh: kh * dh + sh * (OH - 1) + 1: sh, kw * dw: kw * dw + sw * (OW - 1) + 1: sw]
+                acc[:, g * ocg:(g + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, wg[:, :, kh, kw])
+    acc = acc.astype(np.int64)
+    if bias is not None:
+        acc += bias[None, :, None, None]
+    out = requantize_reference(acc.transpose(0, 2, 3, 1), spec)  # per channel = last axis
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+# ---- C path -----------------------------------------------------------------------------------
+
+
+def _slice_spec(spec, lo, hi):
+    """The output spec restricted to output channels [lo, hi)."""
+    if spec is None:
+        return None
+    kind, params = spec
+    cut = lambda v: v[lo:hi] if np.ndim(v) == 1 else v  # noqa: E731
+    if kind == "dequantize":
+        return (kind, (cut(params[0]), params[1]))
+    if kind == "float":
+        return (kind, (cut(params[0]),) + tuple(params[1:]))
+    return (kind, (cut(params[0]), cut(params[1])) + tuple(params[2:]))
+
+
+def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
+    lib = _native.lib
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = pw.shape
+    (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    OH = conv_output_size(H, KH, sh, ph, dh)
+    OW = conv_output_size(W, KW, sw, pw_, dw)
+    ocg = OC // geo.groups
+    P, Kg = OH * OW, Cg * KH * KW
+    out = None
+    cols = np.empty((P, Kg), dtype=x.dtype)
+    for g in range(geo.groups):
+        spec_g = _slice_spec(spec, g * ocg, (g + 1) * ocg)
+        bias_g = None if bias is None else np.ascontiguousarray(bias[g * ocg:(g + 1) * ocg])
+        for n in range(N):
+            xg = x[n, g * Cg:(g + 1) * Cg]
+            rc = lib.rc_im2col_u8(_native.ptr("uint8_t *", xg), Cg, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
+                                  int(x_zero_point) & 0xFF, _native.ptr("uint8_t *", cols), threads)
+            check_rc(rc, "qconv2d (im2col)")
+            y = _qgemm_c(cols, pw.parts[g], x_zero_point, bias_g, spec_g, isa=isa, threads=threads)
+            if out is None:
+                out = np.empty((N, OC, OH, OW), dtype=y.dtype)
+            out[n, g * ocg:(g + 1) * ocg] = y.T.reshape(ocg, OH, OW)
+    return out
+
+
+register(Op("qconv2d", qconv2d_reference, _qconv2d_c, ("portable", "avx2", "avx512", "avx512_vnni"),
+            doc=__doc__))
+
+
+# ---- public entry point ---------------------------------------------------------------------
+
+
+def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, padding=0, dilation=1,
+            groups=1, output=None):
+    """Exact quantized convolution of NCHW ``x`` with int8 weights, then ``output``.
+
+    x : [N, C, H, W] uint8 or int8 (any memory layout); x_zero_point per tensor.
+    w : [OC, C/groups, KH, KW] int8, or :class:`PackedConvWeights` (then ``w_zero_point``
+        and ``groups`` come from it).  w_zero_point: scalar or one per output channel.
+    bias : int32 [OC] or None.  stride, padding, dilation: int or (h, w) pair.
+    output : None (int32), ``Requantize`` or ``Dequantize`` (per output channel), as in qgemm.
+    Returns [N, OC, OH, OW].  Bit-exact across backends; OverflowRiskError past the int32
+    bound on C/groups * KH * KW.
+    """
+    x = check_array(x, "x", dtypes=[np.uint8, np.int8], ndim=4, contiguous=True)
+    if isinstance(w, PackedConvWeights):
+        if not (np.ndim(w_zero_point) == 0 and w_zero_point == 0) or groups not in (1, w.groups):
+            raise ArgumentError("w_zero_point, groups: pass them to pack_conv_weights, not with packed weights")
+        pw = w
+    else:
+        pw = PackedConvWeights(w, w_zero_point, groups)
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = pw.shape
+    if Cg * pw.groups != C:
+        raise ShapeError(
+            f"x, w: x has {C} channels but w expects {Cg} per group x {pw.groups} groups = {Cg * pw.groups}"
+        )
+    geo = ConvGeometry(_pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1),
+                       pw.groups)
+    OH = conv_output_size(H, KH, geo.stride[0], geo.padding[0], geo.dilation[0])
+    OW = conv_output_size(W, KW, geo.stride[1], geo.padding[1], geo.dilation[1])
+    if OH < 1 or OW < 1:
+        raise ShapeError(f"x: input {H}x{W} is smaller than the dilated kernel with this padding (output {OH}x{OW})")
+    lo, hi = _RANGE[x.dtype]
+    za = check_int(x_zero_point, "x_zero_point", min_value=lo, max_value=hi)
+    if bias is not None:
+        bias = check_array(bias, "bias", dtypes=[np.int32], shape=(OC,), contiguous=True)
+    max_bias = int(np.max(np.abs(bias.astype(np.int64)))) if bias is not None else 0
+    bound = k_bound(x.dtype, za, pw.max_abs_w, max_bias)
+    if Cg * KH * KW > bound:
+        raise OverflowRiskError(
+            f"w: C/groups*KH*KW = {Cg * KH * KW} exceeds the int32 accumulation bound {bound}"
+        )
+    spec = _output_spec(output, OC)
+    return dispatch("qconv2d", x, pw, za, bias, geo, spec)

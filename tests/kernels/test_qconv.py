@@ -1,0 +1,98 @@
+"""qconv2d: every backend and ISA variant, bit-exact against the reference, and the
+reference against a loop written straight from the definition."""
+
+import numpy as np
+import pytest
+
+import refcompress.kernels as kernels
+from refcompress.errors import ArgumentError, OverflowRiskError, ShapeError
+from refcompress.kernels import Requantize
+from refcompress.testing import assert_exact, check_qconv2d, kernel_variants
+
+VARIANTS = kernel_variants("qconv2d")
+
+
+def _id(v):
+    return f"{v[0]}-{v[1]}" if v[1] else v[0]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+def test_qconv2d_matches_reference(variant):
+    def forced(*args, **kwargs):
+        with kernels.use(*variant):
+            return kernels.qconv2d(*args, **kwargs)
+
+    check_qconv2d(forced, max_examples=60)
+
+
+def naive_conv(x, w, zx, zw, bias, stride, padding, dilation, groups):
+    """Seven nested loops over the definition (tiny shapes only)."""
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = w.shape
+    OH = (H + 2 * padding - dilation * (KH - 1) - 1) // stride + 1
+    OW = (W + 2 * padding - dilation * (KW - 1) - 1) // stride + 1
+    out = np.zeros((N, OC, OH, OW), np.int64)
+    ocg = OC // groups
+    for n in range(N):
+        for o in range(OC):
+            g = o // ocg
+            for i in range(OH):
+                for j in range(OW):
+                    s = int(bias[o])
+                    for c in range(Cg):
+                        for kh in range(KH):
+                            for kw in range(KW):
+                                r, q = i * stride - padding + kh * dilation, j * stride - padding + kw * dilation
+                                xv = int(x[n, g * Cg + c, r, q]) if 0 <= r < H and 0 <= q < W else zx
+                                s += (xv - zx) * (int(w[o, c, kh, kw]) - int(zw[o]))
+                    out[n, o, i, j] = s
+    return out
+
+
+@pytest.mark.parametrize("groups,cg", [(1, 3), (2, 2), (4, 1)])
+def test_reference_equals_the_definition_loop(groups, cg):
+    rng = np.random.default_rng(groups)
+    x = rng.integers(0, 256, (2, groups * cg, 6, 5)).astype(np.uint8)
+    w = rng.integers(-128, 128, (2 * groups, cg, 3, 2)).astype(np.int8)
+    zw = rng.integers(-128, 128, 2 * groups)
+    bias = rng.integers(-500, 500, 2 * groups).astype(np.int32)
+    with kernels.use("numpy"):
+        got = kernels.qconv2d(x, w, 77, zw, bias=bias, stride=2, padding=1, dilation=2, groups=groups)
+    want = naive_conv(x, w, 77, zw, bias, 2, 1, 2, groups)
+    assert_exact(got, want.astype(np.int32))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+def test_packed_conv_weights_reused(variant):
+    rng = np.random.default_rng(5)
+    w = rng.integers(-128, 128, (16, 8, 3, 3)).astype(np.int8)
+    pw = kernels.pack_conv_weights(w, 0, groups=1)
+    out = Requantize(np.float32(3e-4), 0, np.int8)
+    for n in (1, 3):
+        x = rng.integers(-128, 128, (n, 8, 12, 9)).astype(np.int8)
+        with kernels.use(*variant, threads=2):
+            got = kernels.qconv2d(x, pw, -3, padding=1, output=out)
+        with kernels.use("numpy"):
+            assert_exact(got, kernels.qconv2d(x, pw, -3, padding=1, output=out))
+
+
+def test_bad_inputs_name_the_argument():
+    x = np.zeros((1, 4, 5, 5), np.uint8)
+    w = np.zeros((6, 2, 3, 3), np.int8)
+    with pytest.raises(ShapeError, match="channels"):
+        kernels.qconv2d(x, w)  # 4 channels, w expects 2 per group x 1 group
+    with pytest.raises(ArgumentError, match="groups"):
+        kernels.qconv2d(x, w, groups=4)
+    with pytest.raises(ArgumentError, match="stride"):
+        kernels.qconv2d(x, w, groups=2, stride=0)
+    with pytest.raises(ArgumentError, match="padding"):
+        kernels.qconv2d(x, w, groups=2, padding=-1)
+    with pytest.raises(ShapeError, match="smaller than the dilated kernel"):
+        kernels.qconv2d(x, w, groups=2, dilation=3)
+    with pytest.raises(ShapeError, match="x: expected a 4-D"):
+        kernels.qconv2d(x[0], w, groups=2)
+    with pytest.raises(ShapeError, match="w_zero_point"):
+        kernels.qconv2d(x, w, 0, np.zeros(5, np.int64), groups=2)
+    with pytest.raises(OverflowRiskError, match="bound"):
+        big = np.zeros((1, 9000, 3, 3), np.int8)
+        kernels.qconv2d(np.zeros((1, 9000, 3, 3), np.uint8), big)
