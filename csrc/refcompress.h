@@ -103,3 +103,28 @@ long long rc_bench_vnni_peak(long long iters);
 int rc_im2col_u8(const uint8_t *x, long long C, long long H, long long W, long long KH, long long KW,
                  long long stride_h, long long stride_w, long long pad_h, long long pad_w,
                  long long dil_h, long long dil_w, uint8_t pad_value, uint8_t *out, int threads);
+
+/* Dense (groups = 1) quantized convolution, NCHW in and out, NHWC inside: per image the
+ * input is transposed to [H, W, C] and each output pixel's patch is packed straight into
+ * qgemm's activation layout (no separate im2col pass), then the packed-weight micro-tiles
+ * and epilogue run and the [OH*OW, OC] result is transposed back.  Weights are packed by
+ * rc_qgemm_pack_b from w transposed to [OC, KH, KW, C] and flattened to [KH*KW*C, OC]. */
+long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
+                                    long long OH, long long OW, long long OC, int out_bytes);
+int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W,
+               long long OC, long long KH, long long KW, long long stride_h, long long stride_w,
+               long long pad_h, long long pad_w, long long dil_h, long long dil_w, int32_t x_zero_point,
+               const void *packed, const int32_t *col_sums, const int32_t *w_zero_point,
+               int w_zero_point_per_channel, const rc_epilogue *epi, void *out, void *workspace,
+               int isa, int threads);
+
+/* Depthwise quantized convolution (groups = C = OC), NCHW throughout: a direct kernel per
+ * channel plane, 16 output columns per vector, exact int32 sums of (x - zx)(w - zw[c]).
+ * w: [C, KH, KW]. */
+long long rc_qdwconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
+                                      long long pad_h, long long pad_w);
+int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W,
+                 long long KH, long long KW, long long stride_h, long long stride_w, long long pad_h,
+                 long long pad_w, long long dil_h, long long dil_w, int32_t x_zero_point, const int8_t *w,
+                 const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
+                 void *out, void *workspace, int isa, int threads);

@@ -88,7 +88,7 @@ void rc_qgemm_tile_portable(const rc_qgemm_ctx *x, const int8_t *a, int64_t K4, 
 
 /* ---- driver ----------------------------------------------------------------------------- */
 
-static int check_epilogue(const rc_epilogue *e) {
+int rc_check_epilogue(const rc_epilogue *e) {
     if (!e) return RC_ERR_ARG;
     switch (e->kind) {
     case RC_EPI_INT32: return RC_OK;
@@ -107,7 +107,7 @@ static int check_epilogue(const rc_epilogue *e) {
     }
 }
 
-static void pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row) {
+void rc_qgemm_pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row) {
     switch (isa) {
 #if RC_X86
     case RC_ISA_AVX2: *tile = rc_qgemm_tile_avx2; *row = rc_epi_row_avx2; return;
@@ -118,96 +118,115 @@ static void pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row) {
     }
 }
 
+/* The three stages below contain orphaned `omp for` loops: called inside a parallel region
+ * they share the work, called outside they run on the calling thread. */
+
+void rc_qgemm_pack_a_rows(const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap, int32_t *ra) {
+    const int64_t K4 = k4_of(K);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t m = 0; m < M; ++m) {
+        const uint8_t *src = a + m * K;
+        int8_t *dst = ap + m * K4;
+        int32_t s = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            /* uint8 activations become signed by flipping the top bit (a - 128); their zero
+             * point moves with them, so (a - za) and the product are unchanged. */
+            const int8_t v8 = (int8_t)(flip ? (uint8_t)(src[k] ^ 0x80u) : src[k]);
+            dst[k] = v8;
+            s += v8;
+        }
+        for (int64_t k = K; k < K4; ++k) dst[k] = 0;
+        ra[m] = s;
+    }
+}
+
+void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_sums, const int32_t *zb,
+                        int zb_per_col, int32_t *zbp, int32_t *colterm) {
+    const int64_t Npad = npad_of(N);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t n = 0; n < Npad; ++n) {
+        const uint32_t zp = (uint32_t)(zb[zb_per_col ? (n < N ? n : 0) : 0] + 128);
+        zbp[n] = (int32_t)zp;
+        colterm[n] = n < N ? (int32_t)((uint32_t)za_s * ((uint32_t)K * zp - (uint32_t)col_sums[n])) : 0;
+    }
+}
+
+void rc_qgemm_run_tiles(const rc_qgemm_ctx *x, rc_qgemm_tile_fn tile, const int8_t *ap, int64_t M, int64_t K,
+                        const void *packed) {
+    const int64_t K4 = k4_of(K), panels = npad_of(x->N) / NR;
+    /* Equal row blocks of at most MC rows (a multiple of MR), so that the (row block, panel)
+     * items are the same size and a static schedule balances the threads.  Row blocks are
+     * outermost so a thread keeps its A rows in L2 while it walks the panels. */
+    const int64_t mblocks = (M + MC - 1) / MC;
+    const int64_t mc = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;
+#ifdef _OPENMP
+#pragma omp for schedule(static) collapse(2)
+#endif
+    for (int64_t mb = 0; mb < mblocks; ++mb)
+        for (int64_t p = 0; p < panels; ++p) {
+            const int64_t mend = (mb + 1) * mc < M ? (mb + 1) * mc : M;
+            for (int64_t m0 = mb * mc; m0 < mend; m0 += MR) {
+                const int mr = (int)((mend - m0) < MR ? (mend - m0) : MR);
+                tile(x, ap, K4, m0, mr, (const uint8_t *)packed + p * K4 * NR, p * NR);
+            }
+        }
+}
+
+void rc_qgemm_workspace_split(void *workspace, int64_t M, int64_t K, int64_t N, int8_t **ap, int32_t **ra,
+                              int32_t **zbp, int32_t **colterm) {
+    uint8_t *ws = (uint8_t *)workspace;
+    *ap = (int8_t *)ws;
+    *ra = (int32_t *)(ws + (M * k4_of(K) + 63) / 64 * 64);
+    *zbp = *ra + M + 16;
+    *colterm = *zbp + npad_of(N) + 16;
+}
+
 int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, int32_t a_zero_point,
              const void *packed, const int32_t *col_sums, const int32_t *b_zero_point,
              int b_zero_point_per_col, const rc_epilogue *epi, void *c, void *workspace, int isa,
              int threads) {
     if (M < 0 || K < 0 || N < 0 || (a_type != RC_INT8 && a_type != RC_UINT8)) return RC_ERR_ARG;
-    if (check_epilogue(epi) != RC_OK || !b_zero_point) return RC_ERR_ARG;
+    if (rc_check_epilogue(epi) != RC_OK || !b_zero_point) return RC_ERR_ARG;
     if (M * N == 0) return RC_OK;
     if (!c || !workspace || (K > 0 && (!a || !packed || !col_sums))) return RC_ERR_ARG;
     const int v = rc_isa_resolve(isa, RC_QGEMM_VARIANTS);
     if (v < 0) return RC_ERR_ISA;
     rc_qgemm_tile_fn tile;
     rc_epi_row_fn row;
-    pick(v, &tile, &row);
-    (void)row;
-
-    const int64_t K4 = k4_of(K), Npad = npad_of(N), panels = Npad / NR;
-    uint8_t *ws = (uint8_t *)workspace;
-    int8_t *ap = (int8_t *)ws;
-    int32_t *ra = (int32_t *)(ws + (M * K4 + 63) / 64 * 64);
-    int32_t *zbp = ra + M + 16;
-    int32_t *colterm = zbp + Npad + 16;
-    /* uint8 activations become signed by subtracting 128 (flip the top bit) and their zero
-     * point moves with them; (a - za) is unchanged, so the product is too. */
+    rc_qgemm_pick(v, &tile, &row);
+    int8_t *ap;
+    int32_t *ra, *zbp, *colterm;
+    rc_qgemm_workspace_split(workspace, M, K, N, &ap, &ra, &zbp, &colterm);
     const int flip = a_type == RC_UINT8;
     const int32_t za_s = flip ? a_zero_point - 128 : a_zero_point;
-    const int nt_req = threads;
-    (void)nt_req;
-
+    const rc_qgemm_ctx x = {epi, ra, zbp, colterm, c, N};
+    (void)threads;
 #ifdef _OPENMP
     const int nt = threads > 0 ? threads : omp_get_max_threads();
-    const int par = nt > 1 && M * K * N >= RC_MIN_PARALLEL_WORK;
-#pragma omp parallel num_threads(nt) if (par)
+#pragma omp parallel num_threads(nt) if (nt > 1 && M * K * N >= RC_MIN_PARALLEL_WORK)
 #endif
     {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t m = 0; m < M; ++m) {
-            const uint8_t *src = (const uint8_t *)a + m * K;
-            int8_t *dst = ap + m * K4;
-            int32_t s = 0;
-            for (int64_t k = 0; k < K; ++k) {
-                const int8_t v8 = (int8_t)(flip ? (uint8_t)(src[k] ^ 0x80u) : src[k]);
-                dst[k] = v8;
-                s += v8;
-            }
-            for (int64_t k = K; k < K4; ++k) dst[k] = 0;
-            ra[m] = s;
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t n = 0; n < Npad; ++n) {
-            const int32_t zb = b_zero_point[b_zero_point_per_col ? (n < N ? n : 0) : 0];
-            const uint32_t zp = (uint32_t)(zb + 128);
-            zbp[n] = (int32_t)zp;
-            colterm[n] = n < N ? (int32_t)((uint32_t)za_s * ((uint32_t)K * zp - (uint32_t)col_sums[n])) : 0;
-        }
-        const rc_qgemm_ctx x = {epi, ra, zbp, colterm, c, N};
-        /* Equal row blocks of at most MC rows (a multiple of MR), so that the (row block,
-         * panel) items are the same size and a static schedule balances the threads. */
-        const int64_t mblocks = (M + MC - 1) / MC;
-        const int64_t mc = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;
-        /* Work items: (row block, panel).  Row blocks outermost so a thread keeps its A block
-         * in L2 while it walks the panels. */
-#ifdef _OPENMP
-#pragma omp for schedule(static) collapse(2)
-#endif
-        for (int64_t mb = 0; mb < mblocks; ++mb)
-            for (int64_t p = 0; p < panels; ++p) {
-                const int64_t mend = (mb + 1) * mc < M ? (mb + 1) * mc : M;
-                for (int64_t m0 = mb * mc; m0 < mend; m0 += MR) {
-                    const int mr = (int)((mend - m0) < MR ? (mend - m0) : MR);
-                    tile(&x, ap, K4, m0, mr, (const uint8_t *)packed + p * K4 * NR, p * NR);
-                }
-            }
+        rc_qgemm_pack_a_rows((const uint8_t *)a, flip, M, K, ap, ra);
+        rc_qgemm_prep_cols(K, N, za_s, col_sums, b_zero_point, b_zero_point_per_col, zbp, colterm);
+        rc_qgemm_run_tiles(&x, tile, ap, M, K, packed); /* the omp for's barrier above separates the stages */
     }
     return RC_OK;
 }
 
 int rc_requantize(const int32_t *acc, long long M, long long N, const rc_epilogue *epi, void *out,
                   int isa, int threads) {
-    if (M < 0 || N < 0 || check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    if (M < 0 || N < 0 || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     if (M * N == 0) return RC_OK;
     if (!acc || !out) return RC_ERR_ARG;
     const int v = rc_isa_resolve(isa, RC_QGEMM_VARIANTS);
     if (v < 0) return RC_ERR_ISA;
     rc_qgemm_tile_fn tile;
     rc_epi_row_fn row;
-    pick(v, &tile, &row);
+    rc_qgemm_pick(v, &tile, &row);
     (void)tile;
 #ifdef _OPENMP
     const int nt = threads > 0 ? threads : omp_get_max_threads();

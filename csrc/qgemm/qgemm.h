@@ -40,6 +40,17 @@ void rc_qgemm_tile_avx512_vnni(const rc_qgemm_ctx *, const int8_t *, int64_t, in
 void rc_epi_row_avx512(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);
 #endif
 
+/* Driver stages shared by qgemm and qconv2d (qgemm.c). */
+int rc_check_epilogue(const rc_epilogue *e);
+void rc_qgemm_pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row);
+void rc_qgemm_pack_a_rows(const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap, int32_t *ra);
+void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_sums, const int32_t *zb,
+                        int zb_per_col, int32_t *zbp, int32_t *colterm);
+void rc_qgemm_run_tiles(const rc_qgemm_ctx *x, rc_qgemm_tile_fn tile, const int8_t *ap, int64_t M, int64_t K,
+                        const void *packed);
+void rc_qgemm_workspace_split(void *workspace, int64_t M, int64_t K, int64_t N, int8_t **ap, int32_t **ra,
+                              int32_t **zbp, int32_t **colterm);
+
 /* Scalar epilogue of one value (the definition the vector epilogues reproduce). */
 static inline void rc_epi_store_one(const rc_epilogue *e, uint32_t acc, int64_t m, int64_t n,
                                     void *out, int64_t ldo) {

@@ -9,8 +9,10 @@ where x_pad is x padded with z_x (so padding contributes exactly 0), then the ou
 of :mod:`refcompress.kernels.qgemm` per output channel (int32, requantize by the float or
 fixed-point rule, or dequantize).  Groups include depthwise (groups = channels).
 
-The C path lowers each image and group to the packed qgemm: im2col of the group's
-channels (pad value z_x) times the group's weights packed once as [C_g*KH*KW, OC_g].
+C paths (NCHW at the interface, NHWC inside): dense convolutions pack each output
+pixel's patch straight into the packed qgemm's activation layout (implicit im2col) and
+run its micro-tiles and epilogue; depthwise convolutions run a direct kernel over
+channel plane; other grouped convolutions go group by group through im2col + qgemm.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ._registry import Op, check_rc, dispatch, register
 from .qgemm import (
     _RANGE,
     PackedWeights,
+    _epilogue,
     _output_spec,
     _qgemm_c,
     k_bound,
@@ -58,13 +61,19 @@ class ConvGeometry:
 
 
 class PackedConvWeights:
-    """int8 conv weights [OC, C/groups, KH, KW] with zero point(s), packed once per layer:
-    one :class:`PackedWeights` per group holding w_g reshaped to [C_g*KH*KW, OC_g]."""
+    """int8 conv weights [OC, C/groups, KH, KW] with zero point(s), packed once per layer
+    for the C path that fits the geometry:
+
+    * ``"dense"`` (groups = 1): w transposed to [OC, KH, KW, C] and packed as the qgemm
+      operand [KH*KW*C, OC] (the NHWC implicit-im2col driver's order);
+    * ``"depthwise"`` (groups = C = OC): w as [C, KH*KW] for the direct kernel;
+    * ``"grouped"`` (anything else): one qgemm operand [C_g*KH*KW, OC_g] per group.
+    """
 
     def __init__(self, w, w_zero_point=0, groups: int = 1):
         w = check_array(w, "w", dtypes=[np.int8], ndim=4, contiguous=True)
         self.groups = check_int(groups, "groups", min_value=1)
-        OC = w.shape[0]
+        OC, Cg = w.shape[:2]
         if OC % self.groups:
             raise ArgumentError(f"groups: expected a divisor of the {OC} output channels, got {self.groups}")
         zw = np.asarray(w_zero_point)
@@ -75,11 +84,22 @@ class PackedConvWeights:
         self.zero_point = np.broadcast_to(zw, (OC,)).astype(np.int64)
         ocg = OC // self.groups
         self.parts = []
-        for g in range(self.groups):
-            wg = w[g * ocg:(g + 1) * ocg].reshape(ocg, -1)
-            zp = zw[g * ocg:(g + 1) * ocg] if self.per_channel else zw
-            self.parts.append(PackedWeights(np.ascontiguousarray(wg.T), zp))
-        self.max_abs_w = max(p.max_abs_b for p in self.parts)
+        if self.groups == 1:
+            self.mode = "dense"
+            flat = w.transpose(0, 2, 3, 1).reshape(OC, -1)
+            self.parts.append(PackedWeights(np.ascontiguousarray(flat.T), zw))
+        elif Cg == 1 and ocg == 1:
+            self.mode = "depthwise"
+            self.w_dw = np.ascontiguousarray(w.reshape(OC, -1))
+            self.zp32 = np.ascontiguousarray(np.atleast_1d(zw).astype(np.int32))
+        else:
+            self.mode = "grouped"
+            for g in range(self.groups):
+                wg = w[g * ocg:(g + 1) * ocg].reshape(ocg, -1)
+                zp = zw[g * ocg:(g + 1) * ocg] if self.per_channel else zw
+                self.parts.append(PackedWeights(np.ascontiguousarray(wg.T), zp))
+        zw64 = self.zero_point
+        self.max_abs_w = int(np.max(np.maximum(zw64 + 128, 127 - zw64)))
 
     @property
     def shape(self):
@@ -143,6 +163,27 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
     (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
     OH = conv_output_size(H, KH, sh, ph, dh)
     OW = conv_output_size(W, KW, sw, pw_, dw)
+    xt = 0 if x.dtype == np.int8 else 1
+    if pw.mode in ("dense", "depthwise"):
+        e, keep, out_dtype = _epilogue(spec, bias, OC)
+        out = np.empty((N, OC, OH, OW), dtype=out_dtype)
+        nbytes = np.dtype(out_dtype).itemsize
+        if pw.mode == "dense":
+            part = pw.parts[0]
+            ws = np.empty(lib.rc_qconv2d_workspace_size(C, H, W, KH, KW, OH, OW, OC, nbytes), np.uint8)
+            rc = lib.rc_qconv2d(_native.ptr("void *", x), xt, N, C, H, W, OC, KH, KW, sh, sw, ph, pw_, dh, dw,
+                                int(x_zero_point), *part._c_args, e, _native.ptr("void *", out),
+                                _native.ptr("void *", ws), isa, threads)
+        else:
+            ws = np.empty(lib.rc_qdwconv2d_workspace_size(C, H, W, KH, KW, ph, pw_), np.uint8)
+            rc = lib.rc_qdwconv2d(_native.ptr("void *", x), xt, N, C, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
+                                  int(x_zero_point), _native.ptr("int8_t *", pw.w_dw),
+                                  _native.ptr("int32_t *", pw.zp32), int(pw.per_channel), e,
+                                  _native.ptr("void *", out), _native.ptr("void *", ws), isa, threads)
+        del keep
+        check_rc(rc, "qconv2d")
+        return out
+    # grouped: per group and image, im2col in (c, kh, kw) order times the group's weights
     ocg = OC // geo.groups
     P, Kg = OH * OW, Cg * KH * KW
     out = None

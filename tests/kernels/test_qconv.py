@@ -96,3 +96,21 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(OverflowRiskError, match="bound"):
         big = np.zeros((1, 9000, 3, 3), np.int8)
         kernels.qconv2d(np.zeros((1, 9000, 3, 3), np.uint8), big)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+@pytest.mark.parametrize("groups,cin,cout", [(1, 19, 70), (37, 37, 37), (4, 8, 12)], ids=["dense", "depthwise", "grouped"])
+def test_each_c_path_on_wider_shapes(variant, groups, cin, cout):
+    # channel counts that are not multiples of 16 or 64, two threads, stride and padding
+    rng = np.random.default_rng(groups)
+    x = rng.integers(0, 256, (2, cin, 13, 11)).astype(np.uint8)
+    w = rng.integers(-128, 128, (cout, cin // groups, 3, 3)).astype(np.int8)
+    pw = kernels.pack_conv_weights(w, rng.integers(-128, 128, cout), groups=groups)
+    assert pw.mode == {1: "dense", 37: "depthwise", 4: "grouped"}[groups]
+    bias = rng.integers(-1000, 1000, cout).astype(np.int32)
+    for out in (None, Requantize(np.float32(1e-4), 3, np.uint8, "fixedpoint", qmin=3)):
+        kw = dict(bias=bias, stride=(2, 1), padding=(1, 2), output=out)
+        with kernels.use(*variant, threads=2):
+            got = kernels.qconv2d(x, pw, 200, **kw)
+        with kernels.use("numpy"):
+            assert_exact(got, kernels.qconv2d(x, pw, 200, **kw))

@@ -1,0 +1,207 @@
+/* Quantized convolution drivers: dense via the packed qgemm machinery with an implicit
+ * im2col, depthwise via a direct kernel.  NCHW at the interface, NHWC inside. */
+#include <string.h>
+
+#include "../qgemm/qgemm.h"
+#include "qconv.h"
+
+#define A64(n) (((n) + 63) / 64 * 64)
+
+static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+    return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+static int bad_geometry(long long C, long long H, long long W, long long KH, long long KW, long long sh,
+                        long long sw, long long ph, long long pw, long long dh, long long dw) {
+    return C < 1 || H < 1 || W < 1 || KH < 1 || KW < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || dh < 1 ||
+           dw < 1 || out_size(H, KH, sh, ph, dh) < 1 || out_size(W, KW, sw, pw, dw) < 1;
+}
+
+static int out_bytes_of(const rc_epilogue *e) {
+    return (e->kind == RC_EPI_REQUANT_FLOAT || e->kind == RC_EPI_REQUANT_FIXED) ? 1 : 4;
+}
+
+/* [C, HW] -> [HW, C] for one image (bytes, or 4-byte results), flipping uint8 to int8 on
+ * the way in when asked.  Blocked so both sides stay in cache lines. */
+void rc_transpose_bytes(const uint8_t *src, int64_t rows, int64_t cols, uint8_t *dst, uint8_t xor_mask) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t c0 = 0; c0 < cols; c0 += 64)
+        for (int64_t r0 = 0; r0 < rows; r0 += 16)
+            for (int64_t c = c0; c < cols && c < c0 + 64; ++c)
+                for (int64_t r = r0; r < rows && r < r0 + 16; ++r) dst[c * rows + r] = src[r * cols + c] ^ xor_mask;
+}
+
+void rc_transpose_4(const uint32_t *src, int64_t rows, int64_t cols, uint32_t *dst) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t c0 = 0; c0 < cols; c0 += 16)
+        for (int64_t r0 = 0; r0 < rows; r0 += 16)
+            for (int64_t c = c0; c < cols && c < c0 + 16; ++c)
+                for (int64_t r = r0; r < rows && r < r0 + 16; ++r) dst[c * rows + r] = src[r * cols + c];
+}
+
+static void transpose_out(const void *src, int64_t P, int64_t OC, void *dst, int bytes) {
+    if (bytes == 1) rc_transpose_bytes((const uint8_t *)src, P, OC, (uint8_t *)dst, 0);
+    else rc_transpose_4((const uint32_t *)src, P, OC, (uint32_t *)dst);
+}
+
+/* ---- dense ------------------------------------------------------------------------------ */
+
+long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
+                                    long long OH, long long OW, long long OC, int out_bytes) {
+    const long long P = OH * OW, K = KH * KW * C;
+    return A64(H * W * C) + rc_qgemm_workspace_size(P, K, OC) + A64(P * OC * (long long)out_bytes) + 64;
+}
+
+int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
+               long long KH, long long KW, long long sh, long long sw, long long ph, long long pw,
+               long long dh, long long dw, int32_t x_zero_point, const void *packed, const int32_t *col_sums,
+               const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
+               void *workspace, int isa, int threads) {
+    if (N < 0 || OC < 1 || bad_geometry(C, H, W, KH, KW, sh, sw, ph, pw, dh, dw)) return RC_ERR_ARG;
+    if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    if (N == 0) return RC_OK;
+    if (!x || !packed || !col_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    rc_qgemm_tile_fn tile;
+    rc_epi_row_fn row;
+    rc_qgemm_pick(v, &tile, &row);
+
+    const int64_t OH = out_size(H, KH, sh, ph, dh), OW = out_size(W, KW, sw, pw, dw);
+    const int64_t P = OH * OW, K = KH * KW * C, K4 = (K + 3) / 4 * 4, HW = H * W;
+    const int bytes = out_bytes_of(epi);
+    uint8_t *ws = (uint8_t *)workspace;
+    int8_t *xs = (int8_t *)ws; /* the image as signed bytes, [H, W, C] */
+    void *gemm_ws = ws + A64(HW * C);
+    uint8_t *out_nhwc = (uint8_t *)gemm_ws + rc_qgemm_workspace_size(P, K, OC);
+    int8_t *ap;
+    int32_t *ra, *zbp, *colterm;
+    rc_qgemm_workspace_split(gemm_ws, P, K, OC, &ap, &ra, &zbp, &colterm);
+    const int flip = x_type == RC_UINT8;
+    const int32_t za_s = flip ? x_zero_point - 128 : x_zero_point;
+    const int8_t pad_s = (int8_t)za_s; /* padding holds the zero point: (z - z) = 0 */
+    const rc_qgemm_ctx ctx = {epi, ra, zbp, colterm, out_nhwc, OC};
+    (void)threads;
+#ifdef _OPENMP
+    const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt) if (nt > 1 && N * P * K * OC >= RC_MIN_PARALLEL_WORK)
+#endif
+    {
+        rc_qgemm_prep_cols(K, OC, za_s, col_sums, w_zero_point, w_zp_per_channel, zbp, colterm);
+        for (int64_t n = 0; n < N; ++n) {
+            rc_transpose_bytes((const uint8_t *)x + n * C * HW, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
+            /* implicit im2col: each output pixel's patch, in (kh, kw, c) order, written
+             * directly in the packed activation layout with its row sum */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t p = 0; p < P; ++p) {
+                const int64_t oh = p / OW, ow = p % OW;
+                int8_t *dst = ap + p * K4;
+                int32_t s = 0;
+                for (int64_t kh = 0; kh < KH; ++kh) {
+                    const int64_t ih = oh * sh - ph + kh * dh;
+                    for (int64_t kw = 0; kw < KW; ++kw, dst += C) {
+                        const int64_t iw = ow * sw - pw + kw * dw;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+                            memset(dst, (uint8_t)pad_s, (size_t)C);
+                            s += (int32_t)C * pad_s;
+                        } else {
+                            const int8_t *src = xs + (ih * W + iw) * C;
+                            memcpy(dst, src, (size_t)C);
+                            for (int64_t c = 0; c < C; ++c) s += src[c];
+                        }
+                    }
+                }
+                for (int64_t k = K; k < K4; ++k) *dst++ = 0;
+                ra[p] = s;
+            }
+            rc_qgemm_run_tiles(&ctx, tile, ap, P, K, packed);
+            transpose_out(out_nhwc, P, OC, (uint8_t *)out + n * OC * P * bytes, bytes);
+        }
+    }
+    return RC_OK;
+}
+
+/* ---- depthwise -------------------------------------------------------------------------- */
+
+long long rc_qdwconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
+                                      long long pad_h, long long pad_w) {
+    /* padded int16 planes [C, H + 2 pad_h, W + 2 pad_w] and int32 weights [C, KH*KW] */
+    return A64(C * (H + 2 * pad_h) * (W + 2 * pad_w) * 2) + A64(C * KH * KW * 4) + 64;
+}
+
+void rc_dw_plane_portable(const rc_dw_args *d, int64_t c) {
+    int32_t bias;
+    const rc_epilogue e = rc_channel_epilogue(d->epi, c, &bias);
+    const int16_t *xp = d->xp + c * d->PH * d->PW;
+    const int32_t *wz = d->wz + c * d->KH * d->KW;
+    uint8_t *out = d->out + c * d->OH * d->OW * d->out_bytes;
+    for (int64_t oh = 0; oh < d->OH; ++oh)
+        for (int64_t ow = 0; ow < d->OW; ++ow) {
+            uint32_t acc = (uint32_t)bias;
+            for (int64_t kh = 0; kh < d->KH; ++kh)
+                for (int64_t kw = 0; kw < d->KW; ++kw)
+                    acc += (uint32_t)((int32_t)xp[(oh * d->sh + kh * d->dh) * d->PW + ow * d->sw + kw * d->dw] *
+                                      wz[kh * d->KW + kw]);
+            rc_epi_store_one(&e, acc, oh, ow, out, d->OW);
+        }
+}
+
+int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W, long long KH,
+                 long long KW, long long sh, long long sw, long long ph, long long pw, long long dh, long long dw,
+                 int32_t x_zero_point, const int8_t *w, const int32_t *w_zero_point, int w_zp_per_channel,
+                 const rc_epilogue *epi, void *out, void *workspace, int isa, int threads) {
+    if (N < 0 || bad_geometry(C, H, W, KH, KW, sh, sw, ph, pw, dh, dw)) return RC_ERR_ARG;
+    if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    if (N == 0) return RC_OK;
+    if (!x || !w || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    /* one direct kernel per vector width; VNNI has nothing to add to 9-tap sums */
+    rc_dw_plane_fn plane = rc_dw_plane_portable;
+#if RC_X86
+    if (v == RC_ISA_AVX512 || v == RC_ISA_AVX512_VNNI) plane = rc_dw_plane_avx512;
+#endif
+    const int64_t OH = out_size(H, KH, sh, ph, dh), OW = out_size(W, KW, sw, pw, dw);
+    const int64_t PH = H + 2 * ph, PW = W + 2 * pw, T = KH * KW, HW = H * W;
+    const int bytes = out_bytes_of(epi);
+    int16_t *xp = (int16_t *)workspace;
+    int32_t *wz = (int32_t *)((uint8_t *)workspace + A64(C * PH * PW * 2));
+    for (int64_t i = 0; i < C * T; ++i) wz[i] = (int32_t)w[i] - w_zero_point[w_zp_per_channel ? i / T : 0];
+    (void)threads;
+#ifdef _OPENMP
+    const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt) if (nt > 1 && N * OH * OW * C * T >= RC_MIN_PARALLEL_WORK)
+#endif
+    {
+        for (int64_t n = 0; n < N; ++n) {
+            const rc_dw_args d = {xp, wz, epi, (uint8_t *)out + n * C * OH * OW * bytes, bytes,
+                                  C, PH, PW, KH, KW, sh, sw, dh, dw, OH, OW};
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t c = 0; c < C; ++c) {
+                /* this channel's padded plane of (x - zx); the padding is 0 = (zx - zx) */
+                int16_t *dst = xp + c * PH * PW;
+                const uint8_t *src = (const uint8_t *)x + (n * C + c) * HW;
+                for (int64_t i = 0; i < ph * PW; ++i) dst[i] = 0;
+                for (int64_t i = (ph + H) * PW; i < PH * PW; ++i) dst[i] = 0;
+                for (int64_t h = 0; h < H; ++h) {
+                    int16_t *r = dst + (ph + h) * PW;
+                    for (int64_t j = 0; j < pw; ++j) r[j] = r[pw + W + j] = 0;
+                    if (x_type == RC_UINT8)
+                        for (int64_t j = 0; j < W; ++j) r[pw + j] = (int16_t)((int32_t)src[h * W + j] - x_zero_point);
+                    else
+                        for (int64_t j = 0; j < W; ++j) r[pw + j] = (int16_t)((int32_t)(int8_t)src[h * W + j] - x_zero_point);
+                }
+                plane(&d, c);
+            }
+        }
+    }
+    return RC_OK;
+}
