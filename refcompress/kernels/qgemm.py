@@ -140,6 +140,7 @@ class PackedWeights:
         self.max_abs_b = int(np.max(np.maximum(zb64 + 128, 127 - zb64)))
         self.packed = None
         self.col_sums = None
+        self._bounds = {}
         if _native.lib is not None:
             lib = _native.lib
             self.packed = np.zeros(lib.rc_qgemm_packed_size(self.K, self.N), np.uint8)
@@ -222,9 +223,16 @@ def qgemm_reference(a, b, a_zero_point, bias, spec):
 _KIND = {None: 0, "float": 1, "fixedpoint": 2, "dequantize": 3}
 
 
+_PLAIN_EPILOGUE = []  # the int32, no-bias struct, made once (it never changes)
+
+
 def _epilogue(spec, bias, n_cols):
     """An rc_epilogue struct for ``spec`` plus the arrays it points into (kept alive)."""
     ffi = _native.ffi
+    if spec is None and bias is None:
+        if not _PLAIN_EPILOGUE:
+            _PLAIN_EPILOGUE.append(ffi.new("rc_epilogue *"))  # zero-initialised: kind int32
+        return _PLAIN_EPILOGUE[0], [], np.int32
     e = ffi.new("rc_epilogue *")
     keep = [e]
     kind = None if spec is None else spec[0]
@@ -391,7 +399,10 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
     za = check_int(a_zero_point, "a_zero_point", min_value=lo, max_value=hi)
     bias = _bias(bias, pw.N)
     max_bias = int(np.max(np.abs(bias.astype(np.int64)))) if bias is not None and bias.size else 0
-    bound = k_bound(a.dtype, za, pw.max_abs_b, max_bias)
+    key = (a.dtype.char, za, max_bias)
+    bound = pw._bounds.get(key)
+    if bound is None:  # a layer calls with the same few keys: compute each once
+        bound = pw._bounds[key] = k_bound(a.dtype, za, pw.max_abs_b, max_bias)
     if pw.K > bound:
         raise OverflowRiskError(
             f"a, b: K = {pw.K} exceeds the int32 accumulation bound K <= {bound} for "
