@@ -5,6 +5,8 @@ GEMM with exact requantization); this package chooses parameters and transforms 
 See docs/quantization.md.
 """
 
+from .adaround import adaround
+from .equalization import bias_correction, equalization_scales, equalize_pair
 from .observers import (
     HistogramKLObserver,
     MinMaxObserver,
@@ -19,6 +21,10 @@ from .spec import ACT_UINT8, WEIGHT_INT8, QuantSpec
 from .weight_sharing import SharedWeights, centroid_gradients, kmeans_share
 
 __all__ = [
+    "adaround",
+    "bias_correction",
+    "equalization_scales",
+    "equalize_pair",
     "ACT_UINT8",
     "HistogramKLObserver",
     "MSEObserver",

@@ -1,0 +1,63 @@
+"""Cross-layer equalization, bias correction and AdaRound on single layers."""
+
+import numpy as np
+import pytest
+
+from refcompress import quant as Q
+from refcompress.errors import ShapeError
+
+
+def _mlp(w1, b1, w2, x):
+    return w2 @ np.maximum(w1 @ x + b1[:, None], 0)
+
+
+def test_equalization_preserves_the_function_and_equalizes_ranges():
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((6, 5)) * np.array([10, 0.1, 1, 5, 0.5, 2])[:, None]
+    b1 = rng.standard_normal(6)
+    w2 = rng.standard_normal((3, 6))
+    x = rng.standard_normal((5, 40))
+    w1n, b1n, w2n, s = Q.equalize_pair(w1, b1, w2)
+    np.testing.assert_allclose(_mlp(w1n, b1n, w2n, x), _mlp(w1, b1, w2, x), rtol=1e-12, atol=1e-12)
+    r1 = np.abs(w1n).max(axis=1)
+    r2 = np.abs(w2n).max(axis=0)
+    np.testing.assert_allclose(r1, r2, rtol=1e-12)
+
+
+def test_equalization_of_conv_weights_and_zero_channels():
+    rng = np.random.default_rng(1)
+    w1 = rng.standard_normal((4, 3, 3, 3))
+    w1[2] = 0
+    w2 = rng.standard_normal((5, 4, 1, 1))
+    s = Q.equalization_scales(w1, w2)
+    assert s[2] == 1.0 and np.all(s > 0)
+    with pytest.raises(ShapeError, match="w1, w2"):
+        Q.equalization_scales(w1, w2[:, :3])
+
+
+def test_bias_correction_restores_the_mean_output():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((8, 16))
+    x = rng.standard_normal((16, 5000)) + 1.5  # a nonzero mean makes the shift visible
+    qp = Q.calibrate(w.astype(np.float32), Q.QuantSpec(3))
+    wq = Q.dequantize(Q.quantize(w.astype(np.float32), qp), qp).astype(np.float64)
+    corr = Q.bias_correction(w, wq, x.mean(axis=1))
+    before = (wq @ x - w @ x).mean(axis=1)
+    after = (wq @ x + corr[:, None] - w @ x).mean(axis=1)
+    assert np.abs(after).max() < 1e-9 < np.abs(before).max()
+
+
+def test_adaround_is_on_the_grid_and_beats_nearest_rounding():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 32))
+    mix = rng.standard_normal((32, 32))
+    x = mix @ rng.standard_normal((32, 512))  # correlated inputs: where rounding choices interact
+    spec = Q.QuantSpec(4, granularity="channel")
+    qp = Q.calibrate(w.astype(np.float32), spec)
+    s = qp.scale.astype(np.float64)
+    codes = Q.adaround(w, x, s, qmin=spec.qmin, qmax=spec.qmax, iters=400, lr=0.05)
+    lo = np.floor(w / s[:, None])
+    assert np.all((codes == lo) | (codes == lo + 1) | (codes == spec.qmin) | (codes == spec.qmax))
+    nearest = np.clip(np.rint(w / s[:, None]), spec.qmin, spec.qmax)
+    err = lambda c: float(np.sum(((s[:, None] * c) @ x - w @ x) ** 2))  # noqa: E731
+    assert err(codes) < 0.9 * err(nearest)
