@@ -7,6 +7,7 @@ See docs/quantization.md.
 
 from .adaround import adaround
 from .equalization import bias_correction, equalization_scales, equalize_pair
+from .lsq import lsq_backward, lsq_forward, lsq_init_step
 from .observers import (
     HistogramKLObserver,
     MinMaxObserver,
@@ -42,6 +43,9 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "kmeans_share",
+    "lsq_backward",
+    "lsq_forward",
+    "lsq_init_step",
     "pack_bits",
     "packed_nbytes",
     "quantize",

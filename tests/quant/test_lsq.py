@@ -1,0 +1,36 @@
+"""LSQ forward / backward against the paper's equations."""
+
+import numpy as np
+
+from refcompress import quant as Q
+
+
+def test_forward_is_clipped_rounding_times_step():
+    v = np.array([-3.0, -0.26, 0.24, 0.26, 0.75, 5.0], np.float32)
+    v_hat, r = Q.lsq_forward(v, 0.5, -4, 3)
+    np.testing.assert_array_equal(v_hat, [-2.0, -0.5, 0.0, 0.5, 1.0, 1.5])  # 1.5 -> 2: half to even
+    np.testing.assert_allclose(r, v / 0.5)
+
+
+def test_backward_matches_equation_3():
+    v = np.array([-3.0, -0.3, 0.2, 0.7, 5.0])
+    s, qn, qp = 0.5, -4, 3
+    _, r = Q.lsq_forward(v, s, qn, qp)
+    g_out = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    gv, gs = Q.lsq_backward(g_out, r, qn, qp)
+    np.testing.assert_array_equal(gv, [0, 2, 3, 4, 0])  # STE: zero where clipped
+    per = np.array([qn, np.rint(-0.6) + 0.6, np.rint(0.4) - 0.4, np.rint(1.4) - 1.4, qp])
+    np.testing.assert_allclose(gs, np.sum(g_out * per) / np.sqrt(5 * qp))
+
+
+def test_step_follows_the_gradient_to_a_lower_error():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(4000)
+    s = Q.lsq_init_step(v, 7)
+    assert np.isclose(s, 2 * np.mean(np.abs(v)) / np.sqrt(7))
+    err0 = np.mean((Q.lsq_forward(v, s, -8, 7)[0] - v) ** 2)
+    for _ in range(200):
+        v_hat, r = Q.lsq_forward(v, s, -8, 7)
+        _, gs = Q.lsq_backward(2 * (v_hat - v) / v.size, r, -8, 7)
+        s -= 0.5 * gs
+    assert np.mean((Q.lsq_forward(v, s, -8, 7)[0] - v) ** 2) < err0
