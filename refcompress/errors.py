@@ -32,3 +32,7 @@ class CorruptFileError(RefcompressError, ValueError):
 
 class OverflowRiskError(RefcompressError, ValueError):
     """An integer accumulation could exceed its accumulator's range for these inputs."""
+
+
+class NotDifferentiableError(RefcompressError, RuntimeError):
+    """backward() was called on an inference-only layer (e.g. an integer layer)."""

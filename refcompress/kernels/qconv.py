@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _conv
+from .._conv import conv_output_size
 from .._validation import check_array, check_int
 from ..errors import ArgumentError, OverflowRiskError, ShapeError
 from . import _native
@@ -36,20 +38,6 @@ from .qgemm import (
 )
 
 __all__ = ["PackedConvWeights", "conv_output_size", "pack_conv_weights", "qconv2d"]
-
-
-def _pair(v, name, min_value):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ArgumentError(f"{name}: expected an int or a pair of ints, got {v!r}")
-        return tuple(check_int(e, name, min_value=min_value) for e in v)
-    v = check_int(v, name, min_value=min_value)
-    return (v, v)
-
-
-def conv_output_size(size, kernel, stride, padding, dilation) -> int:
-    """floor((size + 2 p - d (k - 1) - 1) / s) + 1, PyTorch's and ONNX's rule."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @dataclass(frozen=True)
@@ -235,12 +223,10 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
         raise ShapeError(
             f"x, w: x has {C} channels but w expects {Cg} per group x {pw.groups} groups = {Cg * pw.groups}"
         )
-    geo = ConvGeometry(_pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1),
-                       pw.groups)
-    OH = conv_output_size(H, KH, geo.stride[0], geo.padding[0], geo.dilation[0])
-    OW = conv_output_size(W, KW, geo.stride[1], geo.padding[1], geo.dilation[1])
-    if OH < 1 or OW < 1:
-        raise ShapeError(f"x: input {H}x{W} is smaller than the dilated kernel with this padding (output {OH}x{OW})")
+    geo = ConvGeometry(_conv.as_pair(stride, "stride", 1), _conv.as_pair(padding, "padding", 0),
+                       _conv.as_pair(dilation, "dilation", 1), pw.groups)
+    for k in range(2):  # raises ShapeError when the dilated kernel does not fit
+        conv_output_size((H, W)[k], (KH, KW)[k], geo.stride[k], geo.padding[k], geo.dilation[k])
     lo, hi = _RANGE[x.dtype]
     za = check_int(x_zero_point, "x_zero_point", min_value=lo, max_value=hi)
     if bias is not None:

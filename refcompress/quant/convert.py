@@ -1,0 +1,239 @@
+"""Post-training quantization of a model: BN folding, calibration, conversion.
+
+* :func:`fold_batchnorm` - Conv2d / Linear followed by BatchNorm becomes one layer:
+  w' = w * gamma / sqrt(var + eps) (per output channel),
+  b' = (b - mean) * gamma / sqrt(var + eps) + beta.
+* :func:`quantize_static` - calibrate activation ranges on data (observers on every
+  quantized layer's input and output), then replace the float chain by integer layers:
+  uint8 activations, int8 per-channel weights, int32 bias, requantization by either rule,
+  ReLU fused through the output range.  Layers named in ``exclude`` stay float between a
+  DequantizeStub and a QuantizeStub.  ``weight_bits`` sets per-layer bit widths (2-8).
+* :func:`quantize_weight_only` - b-bit weights (per channel or group-wise), float compute.
+* :func:`quantize_dynamic` - Linear layers quantize their activations per batch.
+
+Models are :class:`refcompress.nn.Sequential` chains (as the reference models are); a
+layer the converter cannot express in integers is refused with its name, unless excluded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import nn
+from .._validation import check_array, check_choice
+from ..errors import ArgumentError, DTypeError
+from .modules import (
+    DequantizeStub,
+    DynamicQuantizedLinear,
+    QuantizedConv2d,
+    QuantizedLinear,
+    QuantizedMaxPool2d,
+    QuantizeStub,
+    WeightOnlyConv2d,
+    WeightOnlyLinear,
+    quantize_bias,
+)
+from .observers import MinMaxObserver
+from .qparams import QParams, calibrate, quantize
+from .spec import QuantSpec
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """An independent copy (architecture through its spec, then the state dict)."""
+    m = nn.from_spec(nn.to_spec(model))
+    m.load_state_dict(model.state_dict())
+    return m.train(model.training)
+
+
+def _check_sequential(model, name="model"):
+    if not isinstance(model, nn.Sequential):
+        raise DTypeError(f"{name}: expected a refcompress.nn.Sequential chain, got {type(model).__name__}")
+    return model
+
+
+def _fold(m, bn):
+    """Conv2d / Linear ``m`` with the eval-mode BatchNorm ``bn`` folded in (a new layer)."""
+    inv = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    gamma = bn.weight.data.astype(np.float64) if bn.weight is not None else 1.0
+    beta = bn.bias.data.astype(np.float64) if bn.bias is not None else 0.0
+    k = gamma * inv
+    w = m.weight.data.astype(np.float64)
+    b = m.bias.data.astype(np.float64) if m.bias is not None else np.zeros(w.shape[0])
+    cfg = m.get_config()
+    cfg["bias"] = True
+    fused = type(m)(**cfg)
+    fused.weight.data = (w * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(m.weight.dtype)
+    fused.bias.data = ((b - bn.running_mean) * k + beta).astype(m.weight.dtype)
+    return fused.eval()
+
+
+def _units(model):
+    """The chain as units (kind, name, module, fused_relu), BatchNorm folded into the
+    Conv2d / Linear before it; names are the original model's child names."""
+    layers = list(clone(_check_sequential(model)).eval().named_children())
+    units = []
+    i = 0
+    while i < len(layers):
+        name, m = layers[i]
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if i + 1 < len(layers) and isinstance(layers[i + 1][1], (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m = _fold(m, layers[i + 1][1])
+                i += 1
+            relu = i + 1 < len(layers) and isinstance(layers[i + 1][1], nn.ReLU)
+            units.append(("layer", name, m, relu))
+            i += 2 if relu else 1
+        else:
+            units.append(("other", name, m, False))
+            i += 1
+    return units
+
+
+def _rebuild(units):
+    mods = []
+    for _, _, m, relu in units:
+        mods.append(m)
+        if relu:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods).eval()
+
+
+def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
+    """A copy of ``model`` with every BatchNorm that directly follows a Conv2d / Linear
+    folded into it (eval-mode statistics).  Other BatchNorms are kept."""
+    return _rebuild(_units(model))
+
+
+def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", weight_bits=8,
+                    act_bits: int = 8, observer=MinMaxObserver, exclude=(),
+                    batch_size: int = 256) -> nn.Sequential:
+    """Integer model from a float chain and calibration inputs (static PTQ).
+
+    calibration : float32 array of model inputs (a few hundred samples suffice).
+    rule        : "float" (ONNX) or "fixedpoint" (gemmlowp) requantization.
+    weight_bits : int, or {layer name: bits} (others 8); weights symmetric per channel.
+    act_bits    : activation bits (2-8, affine uint codes in [0, 2^act_bits - 1]).
+    observer    : an observer class from refcompress.quant.observers (per-tensor activations).
+    exclude     : names of Conv2d / Linear layers to keep in float.
+    """
+    check_choice(rule, "rule", ("float", "fixedpoint"))
+    x = check_array(calibration, "calibration", dtypes=[np.float32])
+    units = _units(model)
+    names = {u[1] for u in units if u[0] == "layer"}
+    unknown = set(exclude) - names
+    if unknown:
+        raise ArgumentError(f"exclude: no Conv2d / Linear layers named {sorted(unknown)} (have {sorted(names)})")
+    bits = weight_bits if isinstance(weight_bits, dict) else {n: weight_bits for n in names}
+    bad = set(bits) - names
+    if bad:
+        raise ArgumentError(f"weight_bits: no Conv2d / Linear layers named {sorted(bad)}")
+
+    # Calibration: observe the model input and every unit's output (after a fused ReLU).
+    act_spec = QuantSpec(act_bits, signed=False, symmetric=False, narrow_range=False)
+    obs_in = observer(act_spec)
+    obs_out = {u[1]: observer(act_spec) for u in units if u[0] == "layer"}
+    for s in range(0, len(x), batch_size):
+        h = x[s:s + batch_size]
+        obs_in.observe(h)
+        for kind, name, m, relu in units:
+            h = m(h)
+            if relu:
+                h = np.maximum(h, 0)
+            if kind == "layer":
+                obs_out[name].observe(h)
+    qp_in = obs_in.qparams()
+
+    out = []
+    cur = (float(qp_in.scale), int(qp_in.zero_point))  # qparams of the integer stream
+    in_float = True
+    for kind, name, m, relu in units:
+        if kind == "layer" and name not in exclude:
+            if in_float:
+                out.append(_stub(QuantizeStub(act_bits), cur))
+                in_float = False
+            oq = obs_out[name].qparams()
+            out.append(_integer_layer(m, relu, rule, bits.get(name, 8), act_bits, cur,
+                                      (float(oq.scale), int(oq.zero_point))))
+            cur = (float(oq.scale), int(oq.zero_point))
+        elif kind == "layer":
+            if not in_float:
+                out.append(_stub(DequantizeStub(), cur))
+                in_float = True
+            out.append(m)
+            if relu:
+                out.append(nn.ReLU())
+            oq = obs_out[name].qparams()
+            cur = (float(oq.scale), int(oq.zero_point))
+        elif isinstance(m, (nn.Dropout,)):
+            continue
+        elif in_float:
+            out.append(m)
+        elif isinstance(m, nn.MaxPool2d):
+            out.append(QuantizedMaxPool2d(m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, nn.Flatten):
+            out.append(nn.Flatten())
+        elif isinstance(m, nn.ReLU):
+            continue  # a ReLU after a quantized layer is in its output range already
+        else:
+            raise ArgumentError(
+                f"model: layer {name!r} ({type(m).__name__}) has no integer form; add the layer before it to exclude")
+    if not in_float:
+        out.append(_stub(DequantizeStub(), cur))
+    return nn.Sequential(*out).eval()
+
+
+def _stub(stub, qp):
+    stub.scale = np.array([qp[0]], np.float32)
+    stub.zero_point = np.array([qp[1]], np.int32)
+    return stub
+
+
+def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None):
+    """The integer layer for float ``m``; weights by per-channel symmetric min-max unless
+    ``weight_qp`` (e.g. learned by QAT) is given."""
+    w = m.weight.data.astype(np.float32)
+    qp = weight_qp if weight_qp is not None else calibrate(w, QuantSpec(bits, granularity="channel", axis=0))
+    wq = quantize(w, qp)
+    cfg = {k: v for k, v in m.get_config().items() if k not in ("weight_bits", "lsq")}  # QAT twins' extras
+    cfg.update(rule=rule, relu=relu, bias=m.bias is not None, act_bits=act_bits)
+    layer = (QuantizedConv2d if isinstance(m, nn.Conv2d) else QuantizedLinear)(**cfg)
+    bq = quantize_bias(m.bias.data, in_qp[0], qp.scale) if m.bias is not None else None
+    return layer.set_quantized(wq, qp.scale, bq, in_qp, out_qp).eval()
+
+
+def _replace(model, make, exclude, types):
+    units = _units(model)
+    names = {n for k, n, m, _ in units if isinstance(m, types)}
+    unknown = set(exclude) - names
+    if unknown:
+        raise ArgumentError(f"exclude: no quantizable layers named {sorted(unknown)} (have {sorted(names)})")
+    return _rebuild([(k, n, make(m) if isinstance(m, types) and n not in exclude else m, r)
+                     for k, n, m, r in units])
+
+
+def quantize_weight_only(model: nn.Sequential, bits: int = 8, *, group_size=None, exclude=()) -> nn.Sequential:
+    """A copy with Conv2d / Linear weights stored as ``bits``-bit integers (symmetric, per
+    output channel, or per ``group_size`` inputs of each row), activations float."""
+
+    def make(m):
+        cfg = m.get_config()
+        cls = WeightOnlyConv2d if isinstance(m, nn.Conv2d) else WeightOnlyLinear
+        layer = cls(**cfg, bits=bits, group_size=group_size)
+        return layer.set_weight(m.weight.data, None if m.bias is None else m.bias.data).eval()
+
+    return _replace(model, make, exclude, (nn.Conv2d, nn.Linear))
+
+
+def quantize_dynamic(model: nn.Sequential, *, exclude=()) -> nn.Sequential:
+    """A copy whose Linear layers run int8 x uint8 with activations quantized per batch."""
+
+    def make(m):
+        layer = DynamicQuantizedLinear(m.in_features, m.out_features, m.bias is not None)
+        w = m.weight.data.astype(np.float32)
+        qp = calibrate(w, QuantSpec(8, granularity="channel", axis=0))
+        layer.weight_q = quantize(w, qp)
+        layer.weight_scale = qp.scale.astype(np.float32)
+        if m.bias is not None:
+            layer.bias = m.bias.data.astype(np.float32).copy()
+        return layer.eval()
+
+    return _replace(model, make, exclude, (nn.Linear,))

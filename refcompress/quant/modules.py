@@ -1,0 +1,329 @@
+"""Quantized layers that really run in integers, registered for save / load.
+
+A statically quantized model is a chain of integer tensors:
+
+    x (float32) -> QuantizeStub -> uint8 -> QuantizedConv2d -> uint8 -> ... -> DequantizeStub -> float32
+
+Each integer layer holds int8 weights (symmetric, per output channel), an int32 bias
+b_q = round(b / (s_in s_w)), and the qparams of its input and output; it computes the exact
+int32 accumulation (a - z_in)(w - 0) + b_q with refcompress.kernels and requantizes by the
+chosen rule (ONNX float scale or gemmlowp fixed point) with the multiplier
+M = s_in s_w / s_out.  A fused ReLU is the output range [z_out, 255].  Max pooling and
+flattening act on the integer codes directly (max commutes with the monotone dequantization).
+
+Also here: WeightOnlyLinear / WeightOnlyConv2d (int8 / int4 / group-wise weights stored
+packed, float activations) and DynamicQuantizedLinear (activations quantized per batch at
+run time, output float).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _conv, kernels
+from .._validation import check_array, check_choice
+from ..errors import NotDifferentiableError
+from ..nn import functional as F
+from ..nn.module import Module
+from ..nn.spec import register_module
+from .packing import pack_bits, unpack_bits
+from .spec import QuantSpec
+
+RULES = ("float", "fixedpoint")
+
+
+def quantize_bias(bias, input_scale, weight_scale) -> np.ndarray:
+    """b_q = round_half_even(b / (s_in s_w)) saturated to int32 (Jacob et al. 2018, sec. 2.4)."""
+    s = np.float64(input_scale) * np.asarray(weight_scale, np.float64)
+    return np.clip(np.rint(np.asarray(bias, np.float64) / s), -(2**31), 2**31 - 1).astype(np.int32)
+
+
+def requant_multiplier(input_scale, weight_scale, output_scale) -> np.ndarray:
+    """M = s_in s_w / s_out per output channel (float64; each rule rounds it its own way)."""
+    return np.float64(input_scale) * np.asarray(weight_scale, np.float64) / np.float64(output_scale)
+
+
+class _Cached:
+    """Weights packed for the kernels once, repacked only when the buffer is replaced
+    (load_state_dict installs new arrays)."""
+
+    def __init__(self):
+        self.src = None
+        self.value = None
+
+    def get(self, src, build):
+        if self.src is not src:
+            self.src, self.value = src, build(src)
+        return self.value
+
+
+@register_module
+class QuantizeStub(Module):
+    """float32 -> uint8 codes with the model input's qparams (ONNX QuantizeLinear), in
+    [0, 2^bits - 1] (bits < 8: sub-byte activations held in uint8)."""
+
+    def __init__(self, bits: int = 8):
+        super().__init__()
+        self.bits = int(bits)
+        self.register_buffer("scale", np.ones(1, np.float32))
+        self.register_buffer("zero_point", np.zeros(1, np.int32))
+
+    def forward(self, x):
+        return kernels.quantize(np.asarray(x, np.float32), float(self.scale[0]), int(self.zero_point[0]),
+                                dtype=np.uint8, qmax=2**self.bits - 1)
+
+    def get_config(self):
+        return {"bits": self.bits}
+
+
+@register_module
+class DequantizeStub(Module):
+    """uint8 codes -> float32 (ONNX DequantizeLinear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", np.ones(1, np.float32))
+        self.register_buffer("zero_point", np.zeros(1, np.int32))
+
+    def forward(self, q):
+        return kernels.dequantize(q, float(self.scale[0]), int(self.zero_point[0]))
+
+
+class _QuantizedLayer(Module):
+    """Shared state of QuantizedLinear / QuantizedConv2d (buffers shaped by the config)."""
+
+    def _init_state(self, out_channels, weight_shape, bias, rule, relu, act_bits):
+        self.rule = check_choice(rule, "rule", RULES)
+        self.relu = bool(relu)
+        self.act_bits = int(act_bits)
+        self.register_buffer("weight_q", np.zeros(weight_shape, np.int8))
+        self.register_buffer("weight_scale", np.ones(out_channels, np.float32))
+        if bias:
+            self.register_buffer("bias_q", np.zeros(out_channels, np.int32))
+        else:
+            self.bias_q = None
+        for name, dtype in (("input_scale", np.float32), ("input_zero_point", np.int32),
+                            ("output_scale", np.float32), ("output_zero_point", np.int32)):
+            self.register_buffer(name, np.ones(1, dtype) if dtype == np.float32 else np.zeros(1, dtype))
+        self._packed = _Cached()
+
+    def set_quantized(self, weight_q, weight_scale, bias_q, input_qp, output_qp):
+        """Install integer weights and qparams (used by the converters)."""
+        self.weight_q = np.ascontiguousarray(weight_q, np.int8)
+        self.weight_scale = np.asarray(weight_scale, np.float32).reshape(-1).copy()
+        if bias_q is not None:
+            self.bias_q = np.asarray(bias_q, np.int32)
+        self.input_scale = np.array([input_qp[0]], np.float32)
+        self.input_zero_point = np.array([input_qp[1]], np.int32)
+        self.output_scale = np.array([output_qp[0]], np.float32)
+        self.output_zero_point = np.array([output_qp[1]], np.int32)
+        return self
+
+    def _output(self):
+        m = requant_multiplier(self.input_scale[0], self.weight_scale, self.output_scale[0])
+        z = int(self.output_zero_point[0])
+        return kernels.Requantize(m.astype(np.float32), z, np.uint8, self.rule, qmin=z if self.relu else 0,
+                                  qmax=2**self.act_bits - 1)
+
+    def backward(self, grad_out):
+        raise NotDifferentiableError(
+            f"{type(self).__name__} is an integer inference layer; fine-tune before converting (QAT)")
+
+
+@register_module
+class QuantizedLinear(_QuantizedLayer):
+    """uint8 [N, in] -> uint8 [N, out]: requant((x - z_in) W_q^T + b_q) by qgemm."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rule: str = "float",
+                 relu: bool = False, act_bits: int = 8):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._init_state(self.out_features, (self.out_features, self.in_features), bias, rule, relu, act_bits)
+
+    def forward(self, x):
+        pw = self._packed.get(self.weight_q, lambda w: kernels.pack_weights(np.ascontiguousarray(w.T)))
+        return kernels.qgemm(x, pw, int(self.input_zero_point[0]), bias=self.bias_q, output=self._output())
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias_q is not None, "rule": self.rule, "relu": self.relu, "act_bits": self.act_bits}
+
+
+@register_module
+class QuantizedConv2d(_QuantizedLayer):
+    """uint8 [N, C, H, W] -> uint8 [N, O, OH, OW] by qconv2d (stride, padding, dilation, groups)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias: bool = True, rule: str = "float", relu: bool = False, act_bits: int = 8):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size = _conv.as_pair(kernel_size, "kernel_size", 1)
+        self.stride = _conv.as_pair(stride, "stride", 1)
+        self.padding = _conv.as_pair(padding, "padding", 0)
+        self.dilation = _conv.as_pair(dilation, "dilation", 1)
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        self._init_state(self.out_channels, shape, bias, rule, relu, act_bits)
+
+    def forward(self, x):
+        pw = self._packed.get(self.weight_q, lambda w: kernels.pack_conv_weights(w, 0, self.groups))
+        return kernels.qconv2d(x, pw, int(self.input_zero_point[0]), bias=self.bias_q, stride=self.stride,
+                               padding=self.padding, dilation=self.dilation, output=self._output())
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
+                "bias": self.bias_q is not None, "rule": self.rule, "relu": self.relu, "act_bits": self.act_bits}
+
+
+@register_module
+class QuantizedMaxPool2d(Module):
+    """Max pooling of integer codes (exact: dequantization is monotone, so the max of the
+    codes is the code of the max).  Padding uses the smallest code, which no window that
+    contains a real element can select, like PyTorch's implicit -inf."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = _conv.as_pair(kernel_size, "kernel_size", 1)
+        self.stride = _conv.as_pair(stride if stride is not None else kernel_size, "stride", 1)
+        self.padding = _conv.as_pair(padding, "padding", 0)
+
+    def forward(self, q):
+        q = check_array(q, "q", dtypes=[np.uint8, np.int8], ndim=4)
+        N, C = q.shape[:2]
+        cols = _conv.im2col(q.reshape(N * C, 1, *q.shape[2:]), self.kernel_size, self.stride, self.padding,
+                            1, pad_value=np.iinfo(q.dtype).min)
+        oh = _conv.conv_output_size(q.shape[2], self.kernel_size[0], self.stride[0], self.padding[0])
+        ow = _conv.conv_output_size(q.shape[3], self.kernel_size[1], self.stride[1], self.padding[1])
+        return cols.max(axis=1).reshape(N, C, oh, ow)
+
+    def get_config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+
+
+# ---- weight-only and dynamic -------------------------------------------------------------------
+
+
+class _WeightOnly(Module):
+    """Weights stored as b-bit integers (packed, so stored bytes are real) with per-channel
+    or group-wise scales; dequantized once on first use for float compute."""
+
+    def _init_state(self, weight_shape, bias, bits, group_size):
+        self.bits = int(bits)
+        self.group_size = None if group_size is None else int(group_size)
+        self.weight_shape = tuple(int(s) for s in weight_shape)
+        n = int(np.prod(self.weight_shape))
+        rows = self.weight_shape[0]
+        ns = rows if self.group_size is None else rows * (n // rows // self.group_size)
+        self.register_buffer("weight_packed", np.zeros((n * self.bits + 7) // 8, np.uint8))
+        self.register_buffer("weight_scale", np.ones(ns, np.float32))
+        if bias:
+            self.register_buffer("bias", np.zeros(rows, np.float32))
+        else:
+            self.bias = None
+        self._dense = _Cached()
+
+    def spec(self) -> QuantSpec:
+        if self.group_size is None:
+            return QuantSpec(self.bits, granularity="channel", axis=0)
+        return QuantSpec(self.bits, granularity="group", group_size=self.group_size)
+
+    def set_weight(self, w, bias=None):
+        """Quantize float weights symmetrically (per channel or group) and store them packed."""
+        from .qparams import calibrate, quantize
+
+        w = np.asarray(w, np.float32)
+        w2 = w.reshape(w.shape[0], -1)
+        qp = calibrate(w2, self.spec())
+        self.weight_packed = pack_bits(quantize(w2, qp), self.bits)
+        self.weight_scale = qp.scale.reshape(-1).astype(np.float32)
+        if bias is not None:
+            self.bias = np.asarray(bias, np.float32).copy()
+        return self
+
+    def dense_weight(self) -> np.ndarray:
+        def build(packed):
+            from .qparams import QParams, dequantize
+
+            rows = self.weight_shape[0]
+            q = unpack_bits(packed, self.bits, int(np.prod(self.weight_shape)), signed=True).reshape(rows, -1)
+            spec = self.spec()
+            scale = self.weight_scale.reshape(rows, -1) if self.group_size else self.weight_scale
+            qp = QParams(scale, np.zeros(scale.shape, np.int32), spec)
+            return dequantize(q, qp).reshape(self.weight_shape)
+
+        return self._dense.get(self.weight_packed, build)
+
+
+@register_module
+class WeightOnlyLinear(_WeightOnly):
+    """Linear with b-bit weights (int8, int4, ... per channel or per group), float activations."""
+
+    def __init__(self, in_features, out_features, bias=True, bits=8, group_size=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._init_state((self.out_features, self.in_features), bias, bits, group_size)
+
+    def forward(self, x):
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "bits": self.bits, "group_size": self.group_size}
+
+
+@register_module
+class WeightOnlyConv2d(_WeightOnly):
+    """Conv2d with b-bit weights, float activations."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, bits=8, group_size=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size = _conv.as_pair(kernel_size, "kernel_size", 1)
+        self.stride = _conv.as_pair(stride, "stride", 1)
+        self.padding = _conv.as_pair(padding, "padding", 0)
+        self.dilation = _conv.as_pair(dilation, "dilation", 1)
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        self._init_state(shape, bias, bits, group_size)
+
+    def forward(self, x):
+        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def get_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
+                "bias": self.bias is not None, "bits": self.bits, "group_size": self.group_size}
+
+
+@register_module
+class DynamicQuantizedLinear(Module):
+    """float [N, in] -> float [N, out]; each batch's activations are quantized at run time
+    (affine uint8 from the batch's min / max), multiplied exactly with int8 weights by
+    qgemm, and dequantized with s_a s_w in the epilogue; the float bias is added after."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.register_buffer("weight_q", np.zeros((self.out_features, self.in_features), np.int8))
+        self.register_buffer("weight_scale", np.ones(self.out_features, np.float32))
+        if bias:
+            self.register_buffer("bias", np.zeros(self.out_features, np.float32))
+        else:
+            self.bias = None
+        self._packed = _Cached()
+
+    def forward(self, x):
+        from .qparams import calibrate
+
+        x = check_array(x, "x", dtypes=[np.float32], ndim=2)
+        qp = calibrate(x, QuantSpec(8, signed=False, symmetric=False, narrow_range=False))
+        xq = kernels.quantize(x, qp.scale, qp.zero_point, dtype=np.uint8)
+        pw = self._packed.get(self.weight_q, lambda w: kernels.pack_weights(np.ascontiguousarray(w.T)))
+        scale = (np.float64(qp.scale) * self.weight_scale.astype(np.float64)).astype(np.float32)
+        y = kernels.qgemm(xq, pw, int(qp.zero_point), output=kernels.Dequantize(scale))
+        return y + self.bias if self.bias is not None else y
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}

@@ -1,0 +1,150 @@
+"""Model-level quantization: BN folding, static / weight-only / dynamic PTQ, QAT."""
+
+import numpy as np
+import pytest
+
+import refcompress.kernels as kernels
+from refcompress import nn
+from refcompress.errors import ArgumentError, NotDifferentiableError
+from refcompress.quant import convert as C
+from refcompress.quant import modules as M
+from refcompress.quant import qat
+
+
+def _toy(seed=0):
+    """A small trained CNN on a separable 4-class problem of 8x8 images."""
+    nn.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 400)
+    x = rng.normal(0, 0.3, (400, 1, 8, 8)).astype(np.float32)
+    for c in range(4):
+        x[y == c, 0, 2 * c:2 * c + 2, :] += 1.0
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 16, 4))
+    nn.fit(model, x, y, optimizer=nn.AdamW(list(model.parameters()), lr=1e-2), epochs=4, batch_size=50,
+           progress=False)
+    return model.eval(), x, y
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return _toy()
+
+
+def test_fold_batchnorm_is_exact_in_eval(toy):
+    model, x, _ = toy
+    folded = C.fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded)
+    np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["float", "fixedpoint"])
+def test_static_model_runs_in_integers_and_agrees(toy, rule):
+    model, x, y = toy
+    q = C.quantize_static(model, x[:200], rule=rule)
+    seen = []
+    for m in q:
+        if isinstance(m, (M.QuantizedConv2d, M.QuantizedLinear, M.QuantizedMaxPool2d)):
+            m.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].dtype, out.dtype)))
+    out = q(x)
+    assert seen and all(i == np.uint8 and o == np.uint8 for i, o in seen)
+    ref = model(x)
+    assert np.mean(out.argmax(1) == ref.argmax(1)) > 0.97
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_integer_layers_are_bit_exact_across_backends(toy):
+    model, x, _ = toy
+    q = C.quantize_static(model, x[:200], rule="fixedpoint")
+    with kernels.use("numpy"):
+        want = q(x[:50])
+    with kernels.use("c"):
+        got = q(x[:50]) if kernels.variants("qgemm") else want
+    np.testing.assert_array_equal(got, want)
+
+
+def test_integer_model_round_trips_through_spec_and_state_dict(toy):
+    model, x, _ = toy
+    q = C.quantize_static(model, x[:200])
+    q2 = nn.from_spec(nn.to_spec(q))
+    q2.load_state_dict(q.state_dict())
+    np.testing.assert_array_equal(q2.eval()(x[:20]), q(x[:20]))
+
+
+def test_excluded_layers_stay_float_and_bad_names_are_refused(toy):
+    model, x, _ = toy
+    q = C.quantize_static(model, x[:200], exclude=["7"])
+    assert isinstance(list(q)[-1], nn.Linear) and isinstance(list(q)[-2], M.DequantizeStub)
+    with pytest.raises(ArgumentError, match="exclude"):
+        C.quantize_static(model, x[:200], exclude=["nope"])
+    with pytest.raises(ArgumentError, match="weight_bits"):
+        C.quantize_static(model, x[:200], weight_bits={"nope": 4})
+
+
+def test_sub_byte_activations_stay_in_range(toy):
+    model, x, _ = toy
+    q = C.quantize_static(model, x[:200], act_bits=4, weight_bits=4)
+    codes = []
+    for m in q:
+        if isinstance(m, M.QuantizedConv2d):
+            m.register_forward_hook(lambda mod, inp, out: codes.append(out))
+    q(x[:20])
+    assert all(c.max() <= 15 for c in codes)
+
+
+def test_weight_only_stores_packed_bits(toy):
+    model, x, _ = toy
+    w4 = C.quantize_weight_only(model, 4)
+    lin = list(w4)[-1]
+    assert isinstance(lin, M.WeightOnlyLinear)
+    assert lin.weight_packed.nbytes == (8 * 16 * 4 * 4 + 7) // 8
+    assert np.mean(w4(x).argmax(1) == model(x).argmax(1)) > 0.95
+    g = C.quantize_weight_only(model, 4, group_size=2, exclude=["0"])
+    assert list(g)[-1].weight_scale.size == 4 * 128 // 2
+    with pytest.raises(ArgumentError, match="group_size"):
+        C.quantize_weight_only(model, 4, group_size=16)
+    assert isinstance(list(g)[0], nn.Conv2d)
+
+
+def test_dynamic_linear_is_close_to_float():
+    nn.manual_seed(1)
+    mlp = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5)).eval()
+    x = np.random.default_rng(1).standard_normal((64, 20)).astype(np.float32)
+    d = C.quantize_dynamic(mlp)
+    assert isinstance(list(d)[0], M.DynamicQuantizedLinear)
+    np.testing.assert_allclose(d(x), mlp(x), atol=0.05 * np.abs(mlp(x)).max())
+
+
+def test_integer_layers_refuse_backward(toy):
+    model, x, _ = toy
+    q = C.quantize_static(model, x[:200])
+    with pytest.raises(NotDifferentiableError):
+        list(q)[1].backward(np.zeros(1))
+
+
+@pytest.mark.parametrize("lsq", [False, True])
+def test_qat_trains_and_converts_to_an_agreeing_integer_model(toy, lsq):
+    model, x, y = toy
+    q = qat.prepare_qat(model, weight_bits=4, act_bits=4, lsq=lsq)
+    nn.fit(q, x, y, optimizer=nn.AdamW(list(q.parameters()), lr=1e-3), epochs=2, batch_size=50, progress=False)
+    q.eval()
+    sim = q(x)
+    integer = qat.convert_qat(q)(x)
+    assert np.mean(sim.argmax(1) == integer.argmax(1)) > 0.98
+    assert np.mean(integer.argmax(1) == y) > 0.9
+
+
+def test_qat_weight_gradient_is_the_straight_through_estimate():
+    nn.manual_seed(2)
+    lin = qat.QATLinear(5, 3, weight_bits=2)
+    lin.weight.data[0, 0] = 10.0  # far outside its channel's range after the others shrink
+    x = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+    lin.train()
+    y = lin(x)
+    lin.backward(np.ones_like(y))
+    qp = lin.weight_qparams()
+    from refcompress.quant import fake_quantize
+
+    _, mask = fake_quantize(lin.weight.data, qp)
+    np.testing.assert_allclose(lin.weight.grad, (np.ones_like(y).T @ x) * mask, rtol=1e-6)
