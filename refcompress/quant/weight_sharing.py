@@ -108,3 +108,72 @@ def centroid_gradients(grad_w, shared: SharedWeights) -> np.ndarray:
     g = np.bincount(shared.indices[sel].astype(np.int64), weights=grad_w[sel].astype(np.float64),
                     minlength=shared.codebook.size)
     return g.astype(np.float32)
+
+
+# ---- a layer that trains its centroids ---------------------------------------------------------
+
+from .. import nn as _nn  # noqa: E402  (layer classes below; the functions above need no nn)
+from ..nn.module import Module as _Module, Parameter as _Parameter  # noqa: E402
+from ..nn.spec import register_module as _register_module  # noqa: E402
+
+
+@_register_module
+class SharedLinear(_Module):
+    """Linear whose weight is ``codebook[indices]`` (Deep Compression weight sharing).
+
+    Forward: y = x W^T + b with W = codebook[indices] (masked-out weights 0).
+    Backward: dL/dcodebook = per-cluster sums of dL/dW (eq. 3), dL/db = sum of G,
+    dL/dx = G W.  Stored bytes: the codebook, the b-bit indices packed, and the bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 4, bias: bool = True,
+                 masked: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.bits = int(in_features), int(out_features), int(bits)
+        self.codebook = _Parameter(np.zeros(2**self.bits, np.float32))
+        self.register_buffer("indices", np.zeros((self.out_features, self.in_features),
+                                                 np.uint8 if self.bits <= 8 else np.uint16))
+        if masked:
+            self.register_buffer("mask", np.ones((self.out_features, self.in_features), np.bool_))
+        else:
+            self.mask = None
+        self.bias = _Parameter(np.zeros(self.out_features, np.float32)) if bias else None
+        self._cache = None
+
+    @classmethod
+    def from_linear(cls, layer, bits: int, *, mask=None, n_iter: int = 30) -> "SharedLinear":
+        """Cluster a trained nn.Linear's weights (optionally only those in ``mask``)."""
+        sw = kmeans_share(layer.weight.data, bits, mask=mask, n_iter=n_iter)
+        new = cls(layer.in_features, layer.out_features, bits, layer.bias is not None, mask is not None)
+        new.codebook.data = sw.codebook.copy()
+        new.indices = sw.indices
+        if mask is not None:
+            new.mask = np.asarray(mask, np.bool_).copy()
+        if layer.bias is not None:
+            new.bias.data = layer.bias.data.copy()
+        return new
+
+    def shared(self) -> SharedWeights:
+        return SharedWeights(self.codebook.data, self.indices, self.mask, self.bits)
+
+    def forward(self, x):
+        w = self.shared().dense()
+        self._cache = (np.asarray(x), w) if self.training else None
+        return _nn.functional.linear(x, w, None if self.bias is None else self.bias.data)
+
+    def backward(self, grad_out):
+        x, w = self._cache_or_raise()
+        g2 = grad_out.reshape(-1, self.out_features)
+        gw = g2.T @ x.reshape(-1, self.in_features)
+        self.codebook.accumulate_grad(centroid_gradients(gw, self.shared()))
+        if self.bias is not None:
+            self.bias.accumulate_grad(g2.sum(axis=0))
+        return grad_out @ w
+
+    def nbytes(self) -> int:
+        """Real stored bytes: codebook + packed indices (+ bias)."""
+        return self.shared().nbytes() + (self.bias.data.nbytes if self.bias is not None else 0)
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
+                "bias": self.bias is not None, "masked": self.mask is not None}

@@ -56,3 +56,27 @@ def test_bad_inputs():
         Q.kmeans_share(np.zeros(4, np.float32), 2, mask=np.zeros(4, bool))
     with pytest.raises(ArgumentError, match="bits"):
         Q.kmeans_share(np.zeros(4, np.float32), 0)
+
+
+def test_shared_linear_forward_backward_and_fine_tuning():
+    from refcompress import nn
+
+    nn.manual_seed(0)
+    lin = nn.Linear(12, 5)
+    layer = Q.SharedLinear.from_linear(lin, 3)
+    x = np.random.default_rng(0).standard_normal((7, 12)).astype(np.float32)
+    w = layer.shared().dense()
+    np.testing.assert_allclose(layer(x), x @ w.T + lin.bias.data, rtol=1e-6)
+    layer.train()
+    y = layer(x)
+    g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    gx = layer.backward(g)
+    np.testing.assert_allclose(gx, g @ w, rtol=1e-5)
+    gw = g.T @ x
+    np.testing.assert_allclose(layer.codebook.grad,
+                               np.bincount(layer.indices.ravel(), gw.ravel(), minlength=8), rtol=1e-4, atol=1e-5)
+    assert layer.nbytes() == 8 * 4 + (60 * 3 + 7) // 8 + 5 * 4
+    spec = nn.to_spec(layer)
+    again = nn.from_spec(spec)
+    again.load_state_dict(layer.state_dict())
+    np.testing.assert_array_equal(again.eval()(x), layer.eval()(x))

@@ -1,0 +1,65 @@
+"""Central finite differences for the nn gradient tests (float64).
+
+Tolerance, element by element: |numeric - analytic| <= ATOL + RTOL * |analytic| with
+h = 1e-6.  The central difference has truncation error h^2/6 |f'''| (~1e-13 here) and
+rounding error ~ eps * |L| / h (~2e-10 * |L|, |L| <= ~100 for these small shapes), so
+1e-6 absolute and 1e-5 relative leave a wide margin while a wrong factor, sign, index or
+missing term (errors of order |analytic|) cannot pass.
+"""
+
+import numpy as np
+
+H = 1e-6
+RTOL = 1e-5
+ATOL = 1e-6
+
+
+def numeric_grad(f, x):
+    """d f() / d x by central differences, perturbing ``x`` in place one element at a time."""
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        old = x[idx]
+        x[idx] = old + H
+        fp = f()
+        x[idx] = old - H
+        fm = f()
+        x[idx] = old
+        g[idx] = (fp - fm) / (2 * H)
+    return g
+
+
+def assert_close(numeric, analytic, what):
+    np.testing.assert_allclose(analytic, numeric, rtol=RTOL, atol=ATOL, err_msg=what)
+
+
+def check_module(module, x, seed=0, before_forward=None):
+    """Check ``module.backward`` against finite differences of L = sum(R * module(x)),
+    R a fixed random projection, for the input and every parameter (float64)."""
+    module.to(np.float64).train()
+    x = np.array(x, dtype=np.float64)
+    if before_forward:
+        before_forward()
+    out = module(x)
+    R = np.random.default_rng(seed).standard_normal(out.shape)
+    module.zero_grad()
+    dx = module.backward(R)
+    analytic = {name: p.grad.copy() for name, p in module.named_parameters()}
+
+    def loss():
+        if before_forward:
+            before_forward()
+        return float(np.sum(module(x) * R))
+
+    assert dx.shape == x.shape and dx.dtype == np.float64
+    assert_close(numeric_grad(loss, x), dx, "grad wrt input")
+    for name, p in module.named_parameters():
+        assert_close(numeric_grad(loss, p.data), analytic[name], f"grad wrt {name}")
+    return dx
+
+
+def check_loss(fn, x, *args, **kwargs):
+    """Check the grad returned by ``fn(x, *args) -> (value, grad)`` (value a float)."""
+    x = np.array(x, dtype=np.float64)
+    value, grad = fn(x, *args, **kwargs)
+    assert isinstance(value, float) and grad.shape == x.shape and grad.dtype == x.dtype
+    assert_close(numeric_grad(lambda: fn(x, *args, **kwargs)[0], x), grad, fn.__name__)
