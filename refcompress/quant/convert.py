@@ -104,7 +104,7 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
 
 
 def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", weight_bits=8,
-                    act_bits: int = 8, observer=MinMaxObserver, exclude=(),
+                    act_bits: int = 8, per_channel: bool = True, observer=MinMaxObserver, exclude=(),
                     batch_size: int = 256) -> nn.Sequential:
     """Integer model from a float chain and calibration inputs (static PTQ).
 
@@ -112,6 +112,7 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
     rule        : "float" (ONNX) or "fixedpoint" (gemmlowp) requantization.
     weight_bits : int, or {layer name: bits} (others 8); weights symmetric per channel.
     act_bits    : activation bits (2-8, affine uint codes in [0, 2^act_bits - 1]).
+    per_channel : one weight scale per output channel (default) or one per layer.
     observer    : an observer class from refcompress.quant.observers (per-tensor activations).
     exclude     : names of Conv2d / Linear layers to keep in float.
     """
@@ -152,7 +153,7 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
                 in_float = False
             oq = obs_out[name].qparams()
             out.append(_integer_layer(m, relu, rule, bits.get(name, 8), act_bits, cur,
-                                      (float(oq.scale), int(oq.zero_point))))
+                                      (float(oq.scale), int(oq.zero_point)), per_channel=per_channel))
             cur = (float(oq.scale), int(oq.zero_point))
         elif kind == "layer":
             if not in_float:
@@ -187,14 +188,18 @@ def _stub(stub, qp):
     return stub
 
 
-def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None):
-    """The integer layer for float ``m``; weights by per-channel symmetric min-max unless
-    ``weight_qp`` (e.g. learned by QAT) is given."""
+def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None, per_channel=True):
+    """The integer layer for float ``m``; weights by symmetric min-max (per channel or per
+    layer) unless ``weight_qp`` (e.g. learned by QAT) is given."""
     w = m.weight.data.astype(np.float32)
-    qp = weight_qp if weight_qp is not None else calibrate(w, QuantSpec(bits, granularity="channel", axis=0))
+    if weight_qp is None:
+        spec = QuantSpec(bits, granularity="channel", axis=0) if per_channel else QuantSpec(bits)
+        weight_qp = calibrate(w, spec)
+    qp = weight_qp
     wq = quantize(w, qp)
     cfg = {k: v for k, v in m.get_config().items() if k not in ("weight_bits", "lsq")}  # QAT twins' extras
-    cfg.update(rule=rule, relu=relu, bias=m.bias is not None, act_bits=act_bits)
+    cfg.update(rule=rule, relu=relu, bias=m.bias is not None, act_bits=act_bits,
+               per_channel=qp.spec.granularity == "channel")
     layer = (QuantizedConv2d if isinstance(m, nn.Conv2d) else QuantizedLinear)(**cfg)
     bq = quantize_bias(m.bias.data, in_qp[0], qp.scale) if m.bias is not None else None
     return layer.set_quantized(wq, qp.scale, bq, in_qp, out_qp).eval()
@@ -237,3 +242,96 @@ def quantize_dynamic(model: nn.Sequential, *, exclude=()) -> nn.Sequential:
         return layer.eval()
 
     return _replace(model, make, exclude, (nn.Linear,))
+
+
+# ---- data-free and activation-aware weight corrections ------------------------------------------
+
+
+def cross_layer_equalize(model: nn.Sequential, iterations: int = 4) -> nn.Sequential:
+    """Cross-layer equalization over a chain (Nagel et al. 2019, sec. 4.1), BatchNorm folded.
+
+    Equalizes every pair of consecutive Conv2d / Linear layers where the first has a fused
+    ReLU and only max pooling / flattening stand between them (both commute with a
+    positive per-channel scale; a flattened channel scales its block of inputs).  A few
+    sweeps converge (the paper iterates too).  The function of the model is unchanged.
+    """
+    from .equalization import equalize_pair
+
+    units = _units(model)
+    idx = [i for i, u in enumerate(units) if u[0] == "layer"]
+    for _ in range(int(iterations)):
+        for a, b in zip(idx, idx[1:]):
+            first, second = units[a][2], units[b][2]
+            between = [u[2] for u in units[a + 1:b]]
+            if not units[a][3] or not all(isinstance(m, (nn.MaxPool2d, nn.Flatten)) for m in between):
+                continue
+            c = first.weight.shape[0]
+            w2 = second.weight.data
+            # a Linear after Flatten sees each channel as a block of inputs: view it [O, C, block]
+            w2v = w2.reshape(w2.shape[0], c, -1) if w2.ndim == 2 else w2
+            if w2v.shape[1] != c:
+                continue
+            w1n, b1n, w2n, _ = equalize_pair(first.weight.data, None if first.bias is None else first.bias.data, w2v)
+            first.weight.data = w1n
+            if b1n is not None:
+                first.bias.data = b1n
+            second.weight.data = w2n.reshape(w2.shape)
+    return _rebuild(units)
+
+
+def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, per_channel: bool = False,
+                               adaround: bool = False, bias_correction: bool = False,
+                               adaround_iters: int = 300, batch_size: int = 256) -> nn.Sequential:
+    """A float model whose Conv2d / Linear weights are replaced by their b-bit quantized
+    values (symmetric; per tensor unless ``per_channel``), rounded to nearest or by
+    AdaRound on the layer's calibration inputs, optionally with empirical bias correction
+    (b -= (W~ - W) E[x]).  The way these methods are evaluated in their papers: weights
+    quantized, activations float."""
+    from .adaround import adaround as _adaround
+    from .equalization import bias_correction as _bias_correction
+    from .qparams import dequantize
+
+    x = check_array(calibration, "calibration", dtypes=[np.float32])
+    units = _units(model)
+    spec = QuantSpec(bits, granularity="channel", axis=0) if per_channel else QuantSpec(bits)
+    h = x
+    for kind, name, m, relu in units:
+        if kind == "layer":
+            w = m.weight.data.astype(np.float32)
+            qp = calibrate(w, spec)
+            if adaround:
+                cols = _layer_inputs(m, h)  # [in * kh * kw, samples]
+                s = np.broadcast_to(np.asarray(qp.scale, np.float64).reshape(-1), (w.shape[0],))
+                codes = _adaround(w.reshape(w.shape[0], -1), cols, s, qmin=spec.qmin, qmax=spec.qmax,
+                                  iters=adaround_iters, lr=1e-2)
+                wq = (codes * s[:, None]).reshape(w.shape).astype(np.float32)
+            else:
+                wq = dequantize(quantize(w, qp), qp)
+            if bias_correction:
+                mean = h.mean(axis=(0, 2, 3)) if h.ndim == 4 else h.mean(axis=0)
+                corr = _bias_correction(w, wq, mean.astype(np.float64))
+                if m.bias is None:
+                    raise ArgumentError(f"model: layer {name!r} has no bias to correct")
+                m.bias.data = (m.bias.data + corr).astype(m.bias.dtype)
+            h = m(h)
+            m.weight.data = wq.astype(m.weight.dtype)
+            if relu:
+                h = np.maximum(h, 0)
+        else:
+            h = m(h)
+    return _rebuild(units)
+
+
+def _layer_inputs(m, h, max_samples: int = 4096):
+    """The layer's input columns [in*kh*kw, n] (im2col for convolutions), subsampled."""
+    from .. import _conv
+
+    if isinstance(m, nn.Conv2d):
+        cols = _conv.im2col(h, m.kernel_size, m.stride, m.padding, m.dilation)  # [N, K, P]
+        cols = cols.transpose(1, 0, 2).reshape(cols.shape[1], -1)
+    else:
+        cols = h.reshape(h.shape[0], -1).T
+    if cols.shape[1] > max_samples:
+        pick = np.random.default_rng(0).choice(cols.shape[1], max_samples, replace=False)
+        cols = cols[:, np.sort(pick)]
+    return cols.astype(np.float64)

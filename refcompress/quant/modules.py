@@ -92,12 +92,13 @@ class DequantizeStub(Module):
 class _QuantizedLayer(Module):
     """Shared state of QuantizedLinear / QuantizedConv2d (buffers shaped by the config)."""
 
-    def _init_state(self, out_channels, weight_shape, bias, rule, relu, act_bits):
+    def _init_state(self, out_channels, weight_shape, bias, rule, relu, act_bits, per_channel):
         self.rule = check_choice(rule, "rule", RULES)
         self.relu = bool(relu)
         self.act_bits = int(act_bits)
+        self.per_channel = bool(per_channel)
         self.register_buffer("weight_q", np.zeros(weight_shape, np.int8))
-        self.register_buffer("weight_scale", np.ones(out_channels, np.float32))
+        self.register_buffer("weight_scale", np.ones(out_channels if self.per_channel else 1, np.float32))
         if bias:
             self.register_buffer("bias_q", np.zeros(out_channels, np.int32))
         else:
@@ -110,7 +111,8 @@ class _QuantizedLayer(Module):
     def set_quantized(self, weight_q, weight_scale, bias_q, input_qp, output_qp):
         """Install integer weights and qparams (used by the converters)."""
         self.weight_q = np.ascontiguousarray(weight_q, np.int8)
-        self.weight_scale = np.asarray(weight_scale, np.float32).reshape(-1).copy()
+        ws = np.asarray(weight_scale, np.float32).reshape(-1)
+        self.weight_scale = (ws if self.per_channel else ws[:1]).copy()
         if bias_q is not None:
             self.bias_q = np.asarray(bias_q, np.int32)
         self.input_scale = np.array([input_qp[0]], np.float32)
@@ -120,7 +122,8 @@ class _QuantizedLayer(Module):
         return self
 
     def _output(self):
-        m = requant_multiplier(self.input_scale[0], self.weight_scale, self.output_scale[0])
+        ws = self.weight_scale if self.per_channel else np.full(self.weight_q.shape[0], self.weight_scale[0])
+        m = requant_multiplier(self.input_scale[0], ws, self.output_scale[0])
         z = int(self.output_zero_point[0])
         return kernels.Requantize(m.astype(np.float32), z, np.uint8, self.rule, qmin=z if self.relu else 0,
                                   qmax=2**self.act_bits - 1)
@@ -135,10 +138,11 @@ class QuantizedLinear(_QuantizedLayer):
     """uint8 [N, in] -> uint8 [N, out]: requant((x - z_in) W_q^T + b_q) by qgemm."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rule: str = "float",
-                 relu: bool = False, act_bits: int = 8):
+                 relu: bool = False, act_bits: int = 8, per_channel: bool = True):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_state(self.out_features, (self.out_features, self.in_features), bias, rule, relu, act_bits)
+        self._init_state(self.out_features, (self.out_features, self.in_features), bias, rule, relu, act_bits,
+                         per_channel)
 
     def forward(self, x):
         pw = self._packed.get(self.weight_q, lambda w: kernels.pack_weights(np.ascontiguousarray(w.T)))
@@ -146,7 +150,8 @@ class QuantizedLinear(_QuantizedLayer):
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias_q is not None, "rule": self.rule, "relu": self.relu, "act_bits": self.act_bits}
+                "bias": self.bias_q is not None, "rule": self.rule, "relu": self.relu, "act_bits": self.act_bits,
+                "per_channel": self.per_channel}
 
 
 @register_module
@@ -154,7 +159,8 @@ class QuantizedConv2d(_QuantizedLayer):
     """uint8 [N, C, H, W] -> uint8 [N, O, OH, OW] by qconv2d (stride, padding, dilation, groups)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias: bool = True, rule: str = "float", relu: bool = False, act_bits: int = 8):
+                 bias: bool = True, rule: str = "float", relu: bool = False, act_bits: int = 8,
+                 per_channel: bool = True):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size = _conv.as_pair(kernel_size, "kernel_size", 1)
@@ -162,7 +168,7 @@ class QuantizedConv2d(_QuantizedLayer):
         self.padding = _conv.as_pair(padding, "padding", 0)
         self.dilation = _conv.as_pair(dilation, "dilation", 1)
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        self._init_state(self.out_channels, shape, bias, rule, relu, act_bits)
+        self._init_state(self.out_channels, shape, bias, rule, relu, act_bits, per_channel)
 
     def forward(self, x):
         pw = self._packed.get(self.weight_q, lambda w: kernels.pack_conv_weights(w, 0, self.groups))
@@ -173,7 +179,8 @@ class QuantizedConv2d(_QuantizedLayer):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
-                "bias": self.bias_q is not None, "rule": self.rule, "relu": self.relu, "act_bits": self.act_bits}
+                "bias": self.bias_q is not None, "rule": self.rule, "relu": self.relu, "act_bits": self.act_bits,
+                "per_channel": self.per_channel}
 
 
 @register_module
