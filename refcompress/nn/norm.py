@@ -25,7 +25,7 @@ import numpy as np
 
 from .._validation import check_array, check_float, check_int
 from ..errors import DTypeError, ShapeError
-from . import functional as F
+from .init import get_rng
 from .module import Module, Parameter
 from .spec import register_module
 
@@ -44,7 +44,7 @@ class _BatchNorm(Module):
         if not isinstance(affine, (bool, np.bool_)):
             raise DTypeError(f"affine: expected a bool, got {type(affine).__name__} {affine!r}")
         self.affine = bool(affine)
-        # rng is accepted for a uniform constructor signature; the init is deterministic.
+        get_rng(rng)  # the init is deterministic; rng is accepted so every layer takes it
         C = self.num_features
         if self.affine:
             self.weight = Parameter(np.ones(C, np.float32))

@@ -19,6 +19,7 @@ from .. import _conv
 from .._validation import check_array
 from ..errors import ArgumentError
 from . import functional as F
+from .init import get_rng
 from .module import Module
 from .spec import register_module
 
@@ -26,8 +27,9 @@ __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
 
 
 class _Pool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, rng=None):
         super().__init__()
+        get_rng(rng)  # no randomness; rng is accepted so every layer takes it
         self.kernel_size = _conv.as_pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else _conv.as_pair(stride, "stride", 1)
         self.padding = _conv.as_pair(padding, "padding", 0)
@@ -98,8 +100,9 @@ class GlobalAvgPool2d(Module):
     """y[n, c] = mean_{h, w} x[n, c, h, w]:  [N, C, H, W] -> [N, C];
     dL/dx[n, c, h, w] = dL/dy[n, c] / (H*W)."""
 
-    def __init__(self):
+    def __init__(self, rng=None):
         super().__init__()
+        get_rng(rng)  # no randomness; rng is accepted so every layer takes it
         self._cache = None
 
     def forward(self, x):
