@@ -1,0 +1,90 @@
+"""Deep Compression storage: canonical Huffman and the relative-index / shared-value codec."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from refcompress import nn
+from refcompress.errors import ArgumentError, CorruptFileError
+from refcompress.pipeline import huffman as H
+from refcompress.pipeline.deep_compression import (
+    DeepCompressedLinear,
+    decode_weight,
+    encode_weight,
+    positions_from_relative,
+    relative_indices,
+    storage_report,
+)
+
+
+@given(n=st.integers(0, 400), k=st.integers(1, 40), skew=st.floats(0.05, 1.0), seed=st.integers(0, 2**31))
+def test_huffman_round_trip_and_kraft(n, k, skew, seed):
+    rng = np.random.default_rng(seed)
+    s = np.minimum(rng.geometric(skew, n) - 1, k - 1)
+    lengths, payload, n_bits = H.encode(s, k)
+    np.testing.assert_array_equal(H.decode(lengths, payload, n), s)
+    used = lengths[lengths > 0].astype(float)
+    if used.size > 1:
+        assert np.isclose(np.sum(2.0 ** -used), 1.0)  # a complete prefix code
+    assert payload.size == (n_bits + 7) // 8
+
+
+def test_huffman_is_optimal_on_a_textbook_example():
+    # frequencies 45, 13, 12, 16, 9, 5 (CLRS 16.3): optimal lengths 1, 3, 3, 3, 4, 4
+    s = np.repeat(np.arange(6), [45, 13, 12, 16, 9, 5])
+    lengths, _, n_bits = H.encode(s, 6)
+    np.testing.assert_array_equal(lengths, [1, 3, 3, 3, 4, 4])
+    assert n_bits == 224
+
+
+def test_huffman_refuses_a_truncated_payload():
+    s = np.arange(10) % 3
+    lengths, payload, _ = H.encode(s, 3)
+    with pytest.raises(CorruptFileError, match="payload"):
+        H.decode(lengths, payload[:1], 10)
+
+
+@given(density=st.floats(0.0, 1.0), bits=st.integers(1, 6), seed=st.integers(0, 2**31))
+def test_relative_indices_round_trip_with_escapes(density, bits, seed):
+    mask = np.random.default_rng(seed).random((7, 53)) < density
+    rel = relative_indices(mask, bits)
+    assert rel.max(initial=0) <= 2**bits - 1
+    np.testing.assert_array_equal(positions_from_relative(rel, bits), np.flatnonzero(mask))
+
+
+def _shared(seed, shape=(30, 40), density=0.1, k=8):
+    rng = np.random.default_rng(seed)
+    codebook = np.sort(rng.standard_normal(k)).astype(np.float32)
+    codebook[np.abs(codebook) < 1e-3] = 0.5  # no zero entry: zeros mean "pruned"
+    codes = rng.integers(0, k, shape)
+    mask = rng.random(shape) < density
+    return np.where(mask, codebook[codes], 0).astype(np.float32), codebook, codes
+
+
+@pytest.mark.parametrize("index_bits", [2, 4, 8])
+def test_encode_decode_weight_is_exact(index_bits):
+    w, cb, codes = _shared(1)
+    e = encode_weight(w, cb, codes, index_bits=index_bits)
+    np.testing.assert_array_equal(decode_weight(e), w)
+    rep = storage_report(w, e)
+    assert rep["Huffman"] < rep["CSR fp32"] < rep["dense fp32"]
+
+
+def test_layer_round_trips_through_spec_and_state_dict_and_runs():
+    w, cb, codes = _shared(2)
+    bias = np.linspace(-1, 1, 30).astype(np.float32)
+    layer = DeepCompressedLinear.from_weight(w, cb, codes, bias)
+    x = np.random.default_rng(2).standard_normal((5, 40)).astype(np.float32)
+    np.testing.assert_allclose(layer(x), x @ w.T + bias, rtol=1e-5, atol=1e-6)
+    again = nn.from_spec(nn.to_spec(layer))
+    again.load_state_dict(layer.state_dict())
+    np.testing.assert_array_equal(again.weight(), w)
+    assert layer.nbytes() < w.nbytes / 8
+
+
+def test_bad_inputs():
+    w, cb, codes = _shared(3)
+    with pytest.raises(ArgumentError, match="codes"):
+        encode_weight(w, cb, (codes + 1) % 8)
+    with pytest.raises(ArgumentError, match="codebook"):
+        encode_weight(w, np.zeros(20, np.float32), codes, value_bits=4)
