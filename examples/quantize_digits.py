@@ -42,7 +42,7 @@ def weight_bytes(model) -> int:
     total = 0
     for _, m in model.named_modules():
         if isinstance(m, SharedLinear):
-            total += m.shared().nbytes()
+            total += m.shared().stored_bytes()
         elif hasattr(m, "weight_q"):
             total += m.weight_q.nbytes + m.weight_scale.nbytes
         elif isinstance(m, (nn.Linear, nn.Conv2d)):

@@ -45,7 +45,7 @@ class EncodedWeight:
     value_lengths: np.ndarray  # uint8 [2^value_bits]
     value_payload: np.ndarray  # uint8
 
-    def nbytes(self) -> int:
+    def stored_bytes(self) -> int:
         """Stored bytes: codebook, both code-length tables and both payloads."""
         return (self.codebook.nbytes + self.index_lengths.nbytes + self.index_payload.nbytes
                 + self.value_lengths.nbytes + self.value_payload.nbytes)
@@ -133,7 +133,7 @@ def storage_report(weight, e: EncodedWeight) -> dict:
         "dense fp32": w.size * 4,
         "CSR fp32": nnz * (4 + col_bytes) + (rows + 1) * 4,
         "relative + codes": fixed,
-        "Huffman": e.nbytes(),
+        "Huffman": e.stored_bytes(),
         "zlib (streams)": len(zlib.compress(packed_streams.tobytes(), 9)) + e.codebook.nbytes,
     }
 
@@ -190,8 +190,8 @@ class DeepCompressedLinear(Module):
     def forward(self, x):
         return F.linear(x, self.weight(), self.bias)
 
-    def nbytes(self) -> int:
-        return self.encoded().nbytes() + self.counts.nbytes + (0 if self.bias is None else self.bias.nbytes)
+    def stored_bytes(self) -> int:
+        return self.encoded().stored_bytes() + self.counts.nbytes + (0 if self.bias is None else self.bias.nbytes)
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,

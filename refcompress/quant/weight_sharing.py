@@ -45,7 +45,7 @@ class SharedWeights:
         idx = self.indices[self.mask] if self.mask is not None else self.indices.reshape(-1)
         return pack_bits(idx.astype(np.uint8 if self.bits <= 8 else np.uint16), self.bits)
 
-    def nbytes(self) -> int:
+    def stored_bytes(self) -> int:
         """Stored bytes: codebook + b-bit indices (a sparse mask's positions are counted by
         the sparse format that holds them, not here)."""
         n = int(self.mask.sum()) if self.mask is not None else self.indices.size
@@ -170,9 +170,9 @@ class SharedLinear(_Module):
             self.bias.accumulate_grad(g2.sum(axis=0))
         return grad_out @ w
 
-    def nbytes(self) -> int:
+    def stored_bytes(self) -> int:
         """Real stored bytes: codebook + packed indices (+ bias)."""
-        return self.shared().nbytes() + (self.bias.data.nbytes if self.bias is not None else 0)
+        return self.shared().stored_bytes() + (self.bias.data.nbytes if self.bias is not None else 0)
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,

@@ -35,7 +35,7 @@ def test_mask_keeps_pruned_weights_zero_and_storage_counts_only_shared():
     w = np.where(mask, w, 0).astype(np.float32)
     sw = Q.kmeans_share(w, 3, mask=mask)
     assert np.all(sw.dense()[~mask] == 0)
-    assert sw.nbytes() == 8 * 4 + (int(mask.sum()) * 3 + 7) // 8
+    assert sw.stored_bytes() == 8 * 4 + (int(mask.sum()) * 3 + 7) // 8
     np.testing.assert_array_equal(
         Q.unpack_bits(sw.packed_indices(), 3, int(mask.sum()), signed=False), sw.indices[mask])
 
@@ -75,7 +75,7 @@ def test_shared_linear_forward_backward_and_fine_tuning():
     gw = g.T @ x
     np.testing.assert_allclose(layer.codebook.grad,
                                np.bincount(layer.indices.ravel(), gw.ravel(), minlength=8), rtol=1e-4, atol=1e-5)
-    assert layer.nbytes() == 8 * 4 + (60 * 3 + 7) // 8 + 5 * 4
+    assert layer.stored_bytes() == 8 * 4 + (60 * 3 + 7) // 8 + 5 * 4
     spec = nn.to_spec(layer)
     again = nn.from_spec(spec)
     again.load_state_dict(layer.state_dict())
