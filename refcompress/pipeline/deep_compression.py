@@ -138,62 +138,142 @@ def storage_report(weight, e: EncodedWeight) -> dict:
     }
 
 
-@register_module
-class DeepCompressedLinear(Module):
-    """A Linear stored in Deep Compression's format; decoded once, then run dense.
+class _DeepCompressed:
+    """The coded streams as buffers (their sizes in the config, so a loader can allocate
+    them) and the decoded weight, cached until the buffers are replaced."""
 
-    Buffers: codebook, the two Huffman code-length tables and payloads, the stream sizes,
-    and the bias -- all that is saved.  ``nbytes()`` is their total.
-    """
+    def _init_streams(self, shape, index_bits, value_bits, index_bytes, value_bytes):
+        self.weight_shape = tuple(int(v) for v in shape)
+        self.index_bits, self.value_bits = int(index_bits), int(value_bits)
+        self.register_buffer("codebook", np.zeros(2**self.value_bits, np.float32))
+        self.register_buffer("counts", np.zeros(2, np.int64))  # n_index, n_values
+        self.register_buffer("index_lengths", np.zeros(2**self.index_bits, np.uint8))
+        self.register_buffer("index_payload", np.zeros(int(index_bytes), np.uint8))
+        self.register_buffer("value_lengths", np.zeros(2**self.value_bits, np.uint8))
+        self.register_buffer("value_payload", np.zeros(int(value_bytes), np.uint8))
+        self._decoded = (None, None)
+
+    def _set_streams(self, e: EncodedWeight):
+        self.codebook = np.concatenate([e.codebook, np.zeros(2**e.value_bits - e.codebook.size, np.float32)])
+        self.counts = np.array([e.n_index, e.n_values], np.int64)
+        self.index_lengths, self.index_payload = e.index_lengths, e.index_payload
+        self.value_lengths, self.value_payload = e.value_lengths, e.value_payload
+
+    def encoded(self) -> EncodedWeight:
+        return EncodedWeight(self.weight_shape, self.index_bits, self.value_bits, self.codebook,
+                             int(self.counts[0]), int(self.counts[1]), self.index_lengths, self.index_payload,
+                             self.value_lengths, self.value_payload)
+
+    def dense_weight(self) -> np.ndarray:
+        if self._decoded[0] is not self.value_payload:  # decode again after a load
+            self._decoded = (self.value_payload, self._prepare(decode_weight(self.encoded())))
+        return self._decoded[1][0]
+
+    def _prepare(self, w):
+        return (w,)
+
+    def stored_bytes(self) -> int:
+        b = getattr(self, "bias", None)
+        b = b.data if b is not None and not isinstance(b, np.ndarray) else b
+        return self.encoded().stored_bytes() + self.counts.nbytes + (0 if b is None else b.nbytes)
+
+    def _stream_config(self):
+        return {"index_bits": self.index_bits, "value_bits": self.value_bits,
+                "index_bytes": int(self.index_payload.size), "value_bytes": int(self.value_payload.size)}
+
+
+@register_module
+class DeepCompressedLinear(_DeepCompressed, Module):
+    """A Linear stored in Deep Compression's format.  Decoded once to CSR, then run by the
+    sparse kernel (``kernels.spmm_csr``), so the pruning pays off in time as well as bytes.
+    Inference only (train before encoding)."""
 
     def __init__(self, in_features: int, out_features: int, index_bits: int = 5, value_bits: int = 4,
                  bias: bool = True, index_bytes: int = 0, value_bytes: int = 0):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.index_bits, self.value_bits = int(index_bits), int(value_bits)
-        self.register_buffer("codebook", np.zeros(2**self.value_bits, np.float32))
-        self.register_buffer("counts", np.zeros(2, np.int64))  # n_index, n_values
-        self.register_buffer("index_lengths", np.zeros(2**self.index_bits, np.uint8))
-        # payload sizes are part of the config so a loader can allocate the buffers
-        self.register_buffer("index_payload", np.zeros(int(index_bytes), np.uint8))
-        self.register_buffer("value_lengths", np.zeros(2**self.value_bits, np.uint8))
-        self.register_buffer("value_payload", np.zeros(int(value_bytes), np.uint8))
+        self._init_streams((self.out_features, self.in_features), index_bits, value_bits, index_bytes, value_bytes)
         if bias:
             self.register_buffer("bias", np.zeros(self.out_features, np.float32))
         else:
             self.bias = None
-        self._decoded = (None, None)
 
     @classmethod
     def from_weight(cls, weight, codebook, codes, bias=None, *, index_bits=5) -> "DeepCompressedLinear":
         e = encode_weight(weight, codebook, codes, index_bits=index_bits)
         out, inp = e.shape
         m = cls(inp, out, e.index_bits, e.value_bits, bias is not None, e.index_payload.size, e.value_payload.size)
-        m.codebook = np.concatenate([e.codebook, np.zeros(2**e.value_bits - e.codebook.size, np.float32)])
-        m.counts = np.array([e.n_index, e.n_values], np.int64)
-        m.index_lengths, m.index_payload = e.index_lengths, e.index_payload
-        m.value_lengths, m.value_payload = e.value_lengths, e.value_payload
+        m._set_streams(e)
         if bias is not None:
             m.bias = np.asarray(bias, np.float32).copy()
         return m
 
-    def encoded(self) -> EncodedWeight:
-        return EncodedWeight((self.out_features, self.in_features), self.index_bits, self.value_bits,
-                             self.codebook, int(self.counts[0]), int(self.counts[1]), self.index_lengths,
-                             self.index_payload, self.value_lengths, self.value_payload)
+    def _prepare(self, w):
+        from ..kernels import csr_from_dense
+
+        return (w, csr_from_dense(w))
 
     def weight(self) -> np.ndarray:
-        if self._decoded[0] is not self.value_payload:  # decode again after a load
-            self._decoded = (self.value_payload, decode_weight(self.encoded()))
-        return self._decoded[1]
+        return self.dense_weight()
 
     def forward(self, x):
-        return F.linear(x, self.weight(), self.bias)
+        from ..kernels import spmm_csr
 
-    def stored_bytes(self) -> int:
-        return self.encoded().stored_bytes() + self.counts.nbytes + (0 if self.bias is None else self.bias.nbytes)
+        self.dense_weight()
+        csr = self._decoded[1][1]
+        return spmm_csr(np.asarray(x, np.float32), csr.indptr, csr.indices, csr.values, self.bias,
+                        out_features=self.out_features)
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "index_bits": self.index_bits, "value_bits": self.value_bits, "bias": self.bias is not None,
-                "index_bytes": int(self.index_payload.size), "value_bytes": int(self.value_payload.size)}
+                "bias": self.bias is not None, **self._stream_config()}
+
+
+class _DecodedWeightView:
+    """Stands for a decoded conv weight where nn.Conv2d reads ``self.weight``."""
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    @property
+    def data(self):
+        return self._layer.dense_weight()
+
+    @property
+    def shape(self):
+        return self._layer.weight_shape
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)
+
+
+from ..nn import Conv2d as _Conv2d  # noqa: E402
+
+
+@register_module
+class DeepCompressedConv2d(_DeepCompressed, _Conv2d):
+    """A Conv2d stored in Deep Compression's format, decoded once and run by nn.Conv2d."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, index_bits: int = 5, value_bits: int = 4, index_bytes: int = 0, value_bytes: int = 0):
+        _Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        shape = self.weight.shape
+        del self.weight
+        self._init_streams(shape, index_bits, value_bits, index_bytes, value_bytes)
+        object.__setattr__(self, "weight", _DecodedWeightView(self))
+
+    @classmethod
+    def from_conv(cls, layer, codebook, codes, *, index_bits=5) -> "DeepCompressedConv2d":
+        w = layer.dense_weight() if hasattr(layer, "dense_weight") else layer.weight.data
+        e = encode_weight(w, codebook, codes, index_bits=index_bits)
+        cfg = {k: v for k, v in layer.get_config().items() if k not in ("bits", "masked")}
+        m = cls(**cfg, index_bits=e.index_bits, value_bits=e.value_bits, index_bytes=e.index_payload.size,
+                value_bytes=e.value_payload.size)
+        m._set_streams(e)
+        if layer.bias is not None:
+            m.bias.data = layer.bias.data.copy()
+        return m
+
+    def get_config(self):
+        return {**_Conv2d.get_config(self), **self._stream_config()}

@@ -19,7 +19,7 @@ from .observers import (
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .qparams import QParams, calibrate, choose_qparams, dequantize, fake_quantize, quantize, tensor_minmax
 from .spec import ACT_UINT8, WEIGHT_INT8, QuantSpec
-from .weight_sharing import SharedLinear, SharedWeights, centroid_gradients, kmeans_share
+from .weight_sharing import SharedConv2d, SharedLinear, SharedWeights, centroid_gradients, kmeans_share
 
 __all__ = [
     "adaround",
@@ -35,6 +35,7 @@ __all__ = [
     "PercentileObserver",
     "QParams",
     "QuantSpec",
+    "SharedConv2d",
     "SharedLinear",
     "SharedWeights",
     "WEIGHT_INT8",

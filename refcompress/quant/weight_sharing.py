@@ -177,3 +177,69 @@ class SharedLinear(_Module):
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
                 "bias": self.bias is not None, "masked": self.mask is not None}
+
+
+class _SharedWeightView:
+    """Stands where a layer's ``weight`` Parameter would: ``.data`` is codebook[indices]
+    (masked), and gradients given to it are summed per cluster into the codebook.  Not a
+    Parameter, so it is neither saved nor seen by optimizers: the codebook is."""
+
+    def __init__(self, layer):
+        self._layer = layer
+
+    @property
+    def data(self):
+        return self._layer.shared().dense()
+
+    @property
+    def shape(self):
+        return self._layer.indices.shape
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)
+
+    def accumulate_grad(self, g):
+        self._layer.codebook.accumulate_grad(centroid_gradients(g, self._layer.shared()))
+
+
+@_register_module
+class SharedConv2d(_nn.Conv2d):
+    """Conv2d whose weight is ``codebook[indices]``: nn.Conv2d's forward and backward run on
+    the shared weight, and the weight gradient is summed per cluster into the codebook."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, bits: int = 4, masked: bool = False, rng=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, rng=rng)
+        shape = self.weight.shape
+        del self.weight
+        self.bits = int(bits)
+        self.codebook = _Parameter(np.zeros(2**self.bits, np.float32))
+        self.register_buffer("indices", np.zeros(shape, np.uint8 if self.bits <= 8 else np.uint16))
+        if masked:
+            self.register_buffer("mask", np.ones(shape, np.bool_))
+        else:
+            self.mask = None
+        object.__setattr__(self, "weight", _SharedWeightView(self))
+
+    @classmethod
+    def from_conv(cls, layer, bits: int, *, mask=None, n_iter: int = 30) -> "SharedConv2d":
+        cfg = layer.get_config()
+        new = cls(**cfg, bits=bits, masked=mask is not None)
+        sw = kmeans_share(layer.weight.data, bits, mask=mask, n_iter=n_iter)
+        new.codebook.data = sw.codebook.copy()
+        new.indices = sw.indices
+        if mask is not None:
+            new.mask = np.asarray(mask, np.bool_).copy()
+        if layer.bias is not None:
+            new.bias.data = layer.bias.data.copy()
+        return new
+
+    def shared(self) -> SharedWeights:
+        return SharedWeights(self.codebook.data, self.indices, self.mask, self.bits)
+
+    def stored_bytes(self) -> int:
+        return self.shared().stored_bytes() + (self.bias.data.nbytes if self.bias is not None else 0)
+
+    def get_config(self):
+        return {**super().get_config(), "bits": self.bits, "masked": self.mask is not None}

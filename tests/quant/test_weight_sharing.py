@@ -80,3 +80,31 @@ def test_shared_linear_forward_backward_and_fine_tuning():
     again = nn.from_spec(spec)
     again.load_state_dict(layer.state_dict())
     np.testing.assert_array_equal(again.eval()(x), layer.eval()(x))
+
+
+def test_shared_conv_trains_its_codebook_through_conv_backward():
+    from refcompress import nn
+
+    nn.manual_seed(3)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    mask = np.abs(conv.weight.data) > 0.05
+    layer = Q.SharedConv2d.from_conv(conv, 2, mask=mask)
+    assert "weight" not in layer.state_dict() and "codebook" in layer.state_dict()
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    w = layer.shared().dense()
+    ref = nn.functional.conv2d(x, w, conv.bias.data, 1, 1)
+    layer.train()
+    np.testing.assert_allclose(layer(x), ref, rtol=1e-5, atol=1e-6)
+    g = np.ones_like(ref)
+    layer.backward(g)
+    dense = nn.Conv2d(3, 4, 3, padding=1)
+    dense.weight.data = w.copy()
+    dense.bias.data = conv.bias.data.copy()
+    dense.train()
+    dense(x)
+    dense.backward(g)
+    want = np.bincount(layer.indices[mask].ravel(), dense.weight.grad[mask].ravel(), minlength=4)
+    np.testing.assert_allclose(layer.codebook.grad, want, rtol=1e-4, atol=1e-5)
+    again = nn.from_spec(nn.to_spec(layer))
+    again.load_state_dict(layer.state_dict())
+    np.testing.assert_array_equal(again.eval()(x), layer.eval()(x))

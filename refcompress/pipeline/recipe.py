@@ -1,0 +1,192 @@
+"""Recipes: a TOML file listing compression stages in order, validated before any work.
+
+    name = "deep-compression"
+
+    [[stage]]
+    kind = "prune"            # prune | finetune | distill | quantize | lowrank | encode
+    method = "iterative"
+    sparsity = 0.95
+
+    [[stage]]
+    kind = "quantize"
+    method = "share"
+    bits = 4
+
+Every stage kind has a schema (key -> type, default, allowed values).  Validation names the
+file, the stage (index and kind), the key, the value and what was expected; unknown kinds
+and keys are errors, and so are recipes that quantize twice or encode what was never
+shared.  Whether a stage can apply to a particular model (e.g. Tucker-2 on a model without
+convolutions) is checked by :func:`refcompress.pipeline.compress` before the first stage
+runs.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from ..errors import ArgumentError
+
+_ANY = object()
+
+
+def _num(lo=None, hi=None, integer=False, lo_open=False):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or (integer and not isinstance(v, numbers.Integral)):
+            return f"a{'n integer' if integer else ' number'}"
+        if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
+            return f"a number in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]"
+        return None
+    return check
+
+
+def _choice(*opts):
+    def check(v):
+        return None if v in opts else "one of " + ", ".join(repr(o) for o in opts)
+    return check
+
+
+def _str_list(v):
+    if isinstance(v, list) and all(isinstance(s, str) for s in v):
+        return None
+    return "a list of layer names (strings)"
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "true or false"
+
+
+_TRAIN = {"epochs": (_num(0, None, True), 2), "lr": (_num(0, None, lo_open=True), 1e-3),
+          "batch_size": (_num(1, None, True), 32)}
+
+SCHEMAS = {
+    "prune": {
+        "method": (_choice("magnitude", "iterative", "agp", "structured", "nm"), "iterative"),
+        "sparsity": (_num(0, 1), 0.9),
+        "scope": (_choice("global", "layer"), "layer"),
+        "rounds": (_num(1, None, True), 5),
+        "criterion": (_choice("l1", "l2", "activation", "apoz", "taylor"), "l1"),
+        "n": (_num(1, None, True), 2),
+        "m": (_num(1, None, True), 4),
+        "max_drop": (_num(0, 1), None),
+        "layers": (_str_list, None),
+        **_TRAIN,
+    },
+    "finetune": dict(_TRAIN),
+    "distill": {**_TRAIN, "temperature": (_num(0, None, lo_open=True), 4.0), "alpha": (_num(0, 1), 0.5)},
+    "quantize": {
+        "method": (_choice("static", "weight_only", "dynamic", "qat", "share"), "static"),
+        "bits": (_num(2, 8, True), 8),
+        "act_bits": (_num(2, 8, True), 8),
+        "rule": (_choice("float", "fixedpoint"), "float"),
+        "per_channel": (_bool, True),
+        "group_size": (_num(1, None, True), None),
+        "lsq": (_bool, False),
+        "exclude": (_str_list, []),
+        "layer_bits": (lambda v: None if isinstance(v, dict) and all(isinstance(b, int) for b in v.values())
+                       else "a table of layer name = bits", {}),
+        "calibration_samples": (_num(1, None, True), 512),
+        **_TRAIN,
+    },
+    "lowrank": {
+        "method": (_choice("svd", "tucker2", "cp"), "svd"),
+        "energy": (_num(0, 1, lo_open=True), None),
+        "rank": (_num(1, None, True), None),
+        "param_fraction": (_num(0, 1, lo_open=True), None),
+        "mac_fraction": (_num(0, 1, lo_open=True), None),
+        "layers": (_str_list, None),
+        **_TRAIN,
+    },
+    "encode": {"index_bits": (_num(1, 16, True), 5), "sparse_runtime": (_bool, True)},
+}
+
+
+@dataclass
+class Stage:
+    kind: str
+    params: dict
+    index: int
+
+    def __getitem__(self, key):
+        return self.params[key]
+
+    def label(self) -> str:
+        m = self.params.get("method")
+        return f"{self.kind}" + (f":{m}" if m else "")
+
+
+@dataclass
+class Recipe:
+    name: str
+    stages: list = field(default_factory=list)
+    source: str = "<dict>"
+
+
+def _err(source, where, msg):
+    raise ArgumentError(f"{source}: {where}: {msg}")
+
+
+def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
+    """Validate a recipe already parsed from TOML (or built in code)."""
+    if not isinstance(data, dict):
+        _err(source, "recipe", f"expected a table, got {type(data).__name__}")
+    unknown = set(data) - {"name", "stage", "description"}
+    if unknown:
+        _err(source, "recipe", f"unknown top-level keys {sorted(unknown)} (expected name, description, [[stage]])")
+    stages_raw = data.get("stage")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        _err(source, "stage", "expected at least one [[stage]] table")
+    stages = []
+    for i, raw in enumerate(stages_raw):
+        where = f"stage {i + 1}"
+        if not isinstance(raw, dict):
+            _err(source, where, f"expected a table, got {type(raw).__name__}")
+        kind = raw.get("kind")
+        if kind not in SCHEMAS:
+            _err(source, f"{where} key 'kind'", f"expected one of {sorted(SCHEMAS)}, got {kind!r}")
+        schema = SCHEMAS[kind]
+        params = {}
+        for key, value in raw.items():
+            if key == "kind":
+                continue
+            if key not in schema:
+                _err(source, f"{where} ({kind}) key {key!r}", f"unknown key; expected one of {sorted(schema)}")
+            problem = schema[key][0](value)
+            if problem:
+                _err(source, f"{where} ({kind}) key {key!r}", f"expected {problem}, got {value!r}")
+            params[key] = value
+        for key, (_, default) in schema.items():
+            params.setdefault(key, default)
+        stages.append(Stage(kind, params, i + 1))
+    quantizers = [s for s in stages if s.kind == "quantize"]
+    if len(quantizers) > 1:
+        _err(source, f"stage {quantizers[1].index} (quantize)",
+             f"the recipe already quantizes in stage {quantizers[0].index}; a model is quantized once")
+    for s in stages:
+        if s.kind == "encode" and not any(q["method"] == "share" and q.index < s.index for q in quantizers):
+            _err(source, f"stage {s.index} (encode)", "needs an earlier quantize stage with method = 'share'")
+        if s.kind in ("prune", "lowrank", "finetune", "distill") and quantizers and quantizers[0].index < s.index \
+                and quantizers[0]["method"] in ("static", "dynamic", "qat"):
+            _err(source, f"stage {s.index} ({s.kind})",
+                 f"comes after the integer conversion of stage {quantizers[0].index}; integer models are not trained")
+        if s.kind == "lowrank" and sum(s[k] is not None for k in ("energy", "rank", "param_fraction", "mac_fraction")) != 1:
+            _err(source, f"stage {s.index} (lowrank)", "set exactly one of energy, rank, param_fraction, mac_fraction")
+    name = data.get("name", os.path.splitext(os.path.basename(source))[0])
+    if not isinstance(name, str):
+        _err(source, "key 'name'", f"expected a string, got {name!r}")
+    return Recipe(name, stages, source)
+
+
+def load_recipe(path) -> Recipe:
+    """Read and validate a TOML recipe file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ArgumentError(f"recipe: no such file {path!r}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ArgumentError(f"{path}: not valid TOML ({exc})") from None
+    return recipe_from_dict(data, path)
