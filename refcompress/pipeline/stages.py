@@ -1,0 +1,245 @@
+"""The stage implementations a recipe names: each takes the model flowing through the
+pipeline and returns the next one.  The technique packages stay independent; this module
+is where they are composed.
+
+Two models travel together: ``train`` (float, masks attached, what the next training stage
+fine-tunes) and ``deploy`` (what the stage's report measures: sparse layers as CSR, shared
+weights as codebooks, integer layers).  A stage that ends training (integer conversion)
+sets ``train`` to None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import nn, prune, quant
+from ..errors import ArgumentError
+from ..quant import convert as qconvert
+from ..quant import qat as qqat
+from .deep_compression import DeepCompressedConv2d, DeepCompressedLinear
+
+
+@dataclass
+class Context:
+    """What stages share: the data, the original model (a distillation teacher), a seed."""
+
+    data: object
+    original: nn.Module
+    seed: int = 0
+    progress: bool = False
+
+
+def _fit(model, ctx, st, epochs=None, lr=None):
+    epochs = st["epochs"] if epochs is None else epochs
+    if epochs:
+        d = ctx.data
+        opt = nn.AdamW(list(model.parameters()), lr=st["lr"] if lr is None else lr, weight_decay=0.0)
+        nn.fit(model.train(), d.X_train, d.y_train, optimizer=opt, epochs=epochs, batch_size=st["batch_size"],
+               seed=ctx.seed, validation_data=(d.X_val, d.y_val), progress=ctx.progress)
+    return model.eval()
+
+
+def _val_accuracy(model, ctx):
+    return float(nn.evaluate(model.eval(), ctx.data.X_val, ctx.data.y_val)["accuracy"])
+
+
+def clone_with_masks(model):
+    """A copy that keeps pruning masks (re-derived from the zeros the masks left)."""
+    copy = qconvert.clone(model)
+    masks = {name: m.weight.data != 0 for name, m in prune.masked_layers(model)}
+    if masks:
+        prune.apply_masks(copy, {n: mk for n, mk in masks.items()})
+    return copy
+
+
+def deploy_view(model):
+    """The storage / speed form of a float model: pruned Linear layers as CSR (kept dense
+    where less than half is zero: CSR would cost more than it saves)."""
+    copy = qconvert.clone(model)
+    if any(isinstance(m, nn.Linear) and np.mean(m.weight.data == 0) >= 0.5 for m in copy.modules()):
+        copy = prune.to_sparse(copy, min_sparsity=0.5)
+    return copy.eval()
+
+
+# ---- stages --------------------------------------------------------------------------------
+
+
+def stage_prune(model, st, ctx):
+    d = ctx.data
+    method, s, layers = st["method"], st["sparsity"], st["layers"]
+    if method == "structured":
+        prune.structured_prune(model, s, st["criterion"], d.X_train[:512], d.y_train[:512], layers=layers)
+        _fit(model, ctx, st)
+        return model, model
+    if method == "nm":
+        prune.nm_prune(model, st["n"], st["m"], layers=layers)
+        _fit(model, ctx, st)
+        return model, prune.to_nm(qconvert.clone(model), st["n"], st["m"], layers=layers).eval()
+    if method == "magnitude":
+        if st["scope"] == "global":
+            prune.global_magnitude_prune(model, s, layers=layers)
+        else:
+            prune.magnitude_prune(model, amount=s, layers=layers)
+        _fit(model, ctx, st)
+    elif method == "iterative":
+        prune.iterative_prune(model, lambda m, r: _fit(m, ctx, st), lambda m: _val_accuracy(m, ctx),
+                              sparsities=prune.geometric_sparsities(s, st["rounds"]), scope=st["scope"],
+                              layers=layers, max_drop=st["max_drop"])
+    elif method == "agp":
+        n_batches = int(np.ceil(len(d.X_train) / st["batch_size"]))
+        total = max(st["epochs"], 1) * n_batches
+        pruner = prune.AGPPruner(model, s, n_steps=max(total * 3 // 4 // 10, 1), frequency=10,
+                                 scope=st["scope"], layers=layers)
+        opt = nn.AdamW(list(model.parameters()), lr=st["lr"], weight_decay=0.0)
+        nn.fit(model.train(), d.X_train, d.y_train, optimizer=opt, epochs=max(st["epochs"], 1),
+               batch_size=st["batch_size"], seed=ctx.seed, step_fn=pruner.step_fn(), progress=ctx.progress)
+        model.eval()
+    return model, deploy_view(model)
+
+
+def stage_finetune(model, st, ctx):
+    _fit(model, ctx, st)
+    return model, deploy_view(model)
+
+
+def stage_distill(model, st, ctx):
+    from .. import distill
+
+    d = ctx.data
+    distill.recover(model, ctx.original, d.X_train, d.y_train, epochs=st["epochs"], lr=st["lr"],
+                    temperature=st["temperature"], alpha=st["alpha"], batch_size=st["batch_size"],
+                    validation_data=(d.X_val, d.y_val), seed=ctx.seed, progress=ctx.progress)
+    return model.eval(), deploy_view(model)
+
+
+def _share(model, bits, ctx, st):
+    """Every (masked) Linear / Conv2d becomes a shared-weight layer; centroids fine-tuned."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, (quant.SharedLinear, quant.SharedConv2d)):
+            mask = prune.get_mask(m)
+            mask = None if mask is None and np.all(m.weight.data != 0) else (m.weight.data != 0)
+            new = (quant.SharedLinear.from_linear(m, bits, mask=mask) if isinstance(m, nn.Linear)
+                   else quant.SharedConv2d.from_conv(m, bits, mask=mask))
+            model.set_submodule(name, new)
+    return _fit(model, ctx, st)
+
+
+def stage_quantize(model, st, ctx):
+    d = ctx.data
+    calib = d.X_train[: st["calibration_samples"]]
+    method = st["method"]
+    if method == "share":
+        model = _share(model, st["bits"], ctx, st)
+        return model, model
+    if method == "weight_only":
+        return None, qconvert.quantize_weight_only(model, st["bits"], group_size=st["group_size"],
+                                                   exclude=st["exclude"])
+    if method == "dynamic":
+        return None, qconvert.quantize_dynamic(model, exclude=st["exclude"])
+    if method == "qat":
+        q = qqat.prepare_qat(model, weight_bits=st["bits"], act_bits=st["act_bits"], lsq=st["lsq"])
+        _fit(q, ctx, st)
+        return None, qqat.convert_qat(q, rule=st["rule"])
+    bits = dict(st["layer_bits"]) if st["layer_bits"] else st["bits"]
+    return None, qconvert.quantize_static(model, calib, rule=st["rule"], weight_bits=bits, act_bits=st["act_bits"],
+                                          per_channel=st["per_channel"], exclude=st["exclude"])
+
+
+def _conv_hw(model, x):
+    """(input H, W), (output H, W) of every Conv2d, from one forward pass."""
+    seen, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(
+                lambda mod, inp, out, name=name: seen.__setitem__(name, (inp[0].shape[2:], out.shape[2:]))))
+    try:
+        model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def stage_lowrank(model, st, ctx):
+    from .. import lowrank
+
+    shapes = _conv_hw(model, ctx.data.X_train[:1])
+    targets = [n for n, m in model.named_modules()
+               if (isinstance(m, nn.Linear) if st["method"] == "svd" else isinstance(m, nn.Conv2d) and m.groups == 1)
+               and (st["layers"] is None or n in st["layers"])]
+    plan = {}
+    for name in targets:
+        layer = model.get_submodule(name)
+        if st["method"] == "svd":
+            w = layer.weight.data
+            if st["rank"] is not None:
+                r = st["rank"]
+            elif st["energy"] is not None:
+                r = lowrank.rank_by_energy(np.linalg.svd(w, compute_uv=False), st["energy"])
+            else:
+                r = max(1, int(st["param_fraction"] * w.size / sum(w.shape)))
+            r = min(r, min(w.shape))
+            if r * sum(w.shape) >= w.size:
+                continue  # factoring would not save anything
+            plan[name] = {"method": "svd", "rank": r}
+        else:
+            frac = st["mac_fraction"] if st["mac_fraction"] is not None else 0.5
+            hw_in, hw_out = shapes[name]
+            if st["method"] == "tucker2":
+                plan[name] = {"method": "tucker2",
+                              "ranks": lowrank.tucker2_ranks_for_macs(layer.weight.shape, frac, hw_in, hw_out)}
+            else:
+                # the vertical depthwise conv keeps the input width: (H_out, W_in) after it
+                mid = (hw_out[0], hw_in[1])
+                plan[name] = {"method": "cp",
+                              "rank": lowrank.cp_rank_for_macs(layer.weight.shape, frac, hw_in, mid, hw_out)}
+    if plan:
+        lowrank.factorize(model, plan)
+    _fit(model, ctx, st)
+    return model, deploy_view(model)
+
+
+def stage_encode(model, st, ctx):
+    """Deep Compression storage of every shared layer (relative indices + Huffman)."""
+    out = qconvert.clone(model)
+    for name, m in list(out.named_modules()):
+        if isinstance(m, quant.SharedLinear):
+            sw = m.shared()
+            new = DeepCompressedLinear.from_weight(sw.dense(), sw.codebook, sw.indices,
+                                                   None if m.bias is None else m.bias.data, index_bits=st["index_bits"])
+            out.set_submodule(name, new)
+        elif isinstance(m, quant.SharedConv2d):
+            out.set_submodule(name, DeepCompressedConv2d.from_conv(m, m.codebook.data, m.indices,
+                                                                   index_bits=st["index_bits"]))
+    return None, out.eval()
+
+
+STAGES = {
+    "prune": stage_prune,
+    "finetune": stage_finetune,
+    "distill": stage_distill,
+    "quantize": stage_quantize,
+    "lowrank": stage_lowrank,
+    "encode": stage_encode,
+}
+
+
+def check_applicable(recipe, model) -> None:
+    """Refuse, before any work, a stage that cannot apply to ``model``."""
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    has_linear = any(isinstance(m, nn.Linear) for m in model.modules())
+    names = {n for n, _ in model.named_modules()}
+    for s in recipe.stages:
+        where = f"{recipe.source}: stage {s.index} ({s.kind})"
+        if s.kind == "lowrank" and s["method"] in ("tucker2", "cp") and not has_conv:
+            raise ArgumentError(f"{where}: method {s['method']!r} factors convolutions, and the model has none")
+        if s.kind == "lowrank" and s["method"] == "svd" and not has_linear:
+            raise ArgumentError(f"{where}: method 'svd' factors Linear layers, and the model has none")
+        for key in ("layers", "exclude"):
+            unknown = set(s.params.get(key) or []) - names
+            if unknown:
+                raise ArgumentError(f"{where} key {key!r}: the model has no layers named {sorted(unknown)}")
+        if s.kind == "quantize" and s["method"] in ("static", "qat") and not isinstance(model, nn.Sequential):
+            raise ArgumentError(f"{where}: integer conversion needs a Sequential chain")

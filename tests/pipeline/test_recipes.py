@@ -1,0 +1,85 @@
+"""Recipes: validation before any work, and compress() end to end on a tiny problem."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from refcompress import nn
+from refcompress.errors import ArgumentError
+from refcompress.pipeline.compress import compress
+from refcompress.pipeline.deep_compression import DeepCompressedLinear
+from refcompress.pipeline.recipe import load_recipe, recipe_from_dict
+
+
+def _bad(stages, match):
+    with pytest.raises(ArgumentError, match=match):
+        recipe_from_dict({"name": "t", "stage": stages}, "r.toml")
+
+
+def test_validation_names_file_stage_key_and_expectation():
+    _bad([{"kind": "shrink"}], r"r.toml: stage 1 key 'kind': expected one of")
+    _bad([{"kind": "prune", "sparsity": 1.5}], r"stage 1 \(prune\) key 'sparsity': expected a number in \[0, 1\], got 1.5")
+    _bad([{"kind": "prune", "amount": 0.5}], r"stage 1 \(prune\) key 'amount': unknown key")
+    _bad([{"kind": "quantize"}, {"kind": "quantize", "method": "share"}], "a model is quantized once")
+    _bad([{"kind": "encode"}], "needs an earlier quantize stage with method = 'share'")
+    _bad([{"kind": "quantize"}, {"kind": "finetune"}], "integer models are not trained")
+    _bad([{"kind": "lowrank", "energy": 0.9, "rank": 3}], "exactly one of")
+    _bad([], "at least one")
+    with pytest.raises(ArgumentError, match="unknown top-level keys"):
+        recipe_from_dict({"stages": []})
+
+
+def test_example_recipes_load(tmp_path):
+    import glob
+    import os
+
+    files = glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "recipes", "*.toml"))
+    assert files
+    for f in files:
+        assert load_recipe(f).stages
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[stage]\nkind=")
+    with pytest.raises(ArgumentError, match="not valid TOML"):
+        load_recipe(bad)
+    with pytest.raises(ArgumentError, match="no such file"):
+        load_recipe(tmp_path / "missing.toml")
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(0, 1, (600, 16)).astype(np.float32)
+    y = (X[:, :4].argmax(axis=1)).astype(np.int64)
+    d = SimpleNamespace(X_train=X[:400], y_train=y[:400], X_val=X[400:500], y_val=y[400:500],
+                        X_test=X[500:], y_test=y[500:])
+    nn.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    nn.fit(model, d.X_train, d.y_train, optimizer=nn.AdamW(list(model.parameters()), lr=1e-2), epochs=15,
+           batch_size=50, progress=False)
+    return model.eval(), d
+
+
+def test_compress_runs_a_deep_compression_recipe_and_reports_real_bytes():
+    model, d = _problem()
+    recipe = {"name": "dc", "stage": [
+        {"kind": "prune", "method": "iterative", "sparsity": 0.8, "rounds": 2, "epochs": 3, "lr": 1e-2},
+        {"kind": "quantize", "method": "share", "bits": 4, "epochs": 1},
+        {"kind": "encode", "index_bits": 4}]}
+    r = compress(model, recipe, d, repeats=3)
+    assert [x.stage for x in r.reports] == ["original", "1. prune:iterative", "2. quantize:share", "3. encode"]
+    assert isinstance(r.final[0], DeepCompressedLinear)
+    sizes = [x.stored_bytes for x in r.reports]
+    assert sizes[0] == sum(a.nbytes for a in model.state_dict().values())
+    assert sizes[3] < sizes[1] < sizes[0]
+    assert r.reports[3].macs_effective < 0.3 * r.reports[0].macs_dense
+    assert r.reports[0].accuracy > 0.8 and r.reports[3].accuracy > 0.7
+    assert "encode" in r.table()
+    np.testing.assert_array_equal(model(d.X_test[:3]), r.models[0](d.X_test[:3]))  # the input model is untouched
+
+
+def test_stage_that_cannot_apply_is_refused_before_any_work():
+    model, d = _problem(1)
+    with pytest.raises(ArgumentError, match="factors convolutions, and the model has none"):
+        compress(model, {"name": "t", "stage": [{"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5}]}, d)
+    with pytest.raises(ArgumentError, match="no layers named"):
+        compress(model, {"name": "t", "stage": [{"kind": "quantize", "exclude": ["9"]}]}, d)
