@@ -170,8 +170,10 @@ class SharedLinear(_Module):
             self.bias.accumulate_grad(g2.sum(axis=0))
         return grad_out @ w
 
-    def stored_bytes(self) -> int:
-        """Real stored bytes: codebook + packed indices (+ bias)."""
+    def packed_bytes(self) -> int:
+        """Bytes of the packed form (codebook + b-bit codes of the shared weights + bias);
+        the state dict holds codes one per byte, so a report of saved bytes uses that and
+        Deep Compression's encoder (refcompress.pipeline) produces the packed file."""
         return self.shared().stored_bytes() + (self.bias.data.nbytes if self.bias is not None else 0)
 
     def get_config(self):
@@ -238,7 +240,8 @@ class SharedConv2d(_nn.Conv2d):
     def shared(self) -> SharedWeights:
         return SharedWeights(self.codebook.data, self.indices, self.mask, self.bits)
 
-    def stored_bytes(self) -> int:
+    def packed_bytes(self) -> int:
+        """As SharedLinear.packed_bytes."""
         return self.shared().stored_bytes() + (self.bias.data.nbytes if self.bias is not None else 0)
 
     def get_config(self):

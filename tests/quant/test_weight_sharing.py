@@ -75,7 +75,7 @@ def test_shared_linear_forward_backward_and_fine_tuning():
     gw = g.T @ x
     np.testing.assert_allclose(layer.codebook.grad,
                                np.bincount(layer.indices.ravel(), gw.ravel(), minlength=8), rtol=1e-4, atol=1e-5)
-    assert layer.stored_bytes() == 8 * 4 + (60 * 3 + 7) // 8 + 5 * 4
+    assert layer.packed_bytes() == 8 * 4 + (60 * 3 + 7) // 8 + 5 * 4
     spec = nn.to_spec(layer)
     again = nn.from_spec(spec)
     again.load_state_dict(layer.state_dict())
