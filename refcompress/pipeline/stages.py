@@ -31,13 +31,15 @@ class Context:
     progress: bool = False
 
 
-def _fit(model, ctx, st, epochs=None, lr=None):
+def _fit(model, ctx, st, epochs=None, lr=None, step_fn=None):
+    """AdamW with a cosine-annealed learning rate (the masks, if any, stay enforced)."""
     epochs = st["epochs"] if epochs is None else epochs
     if epochs:
         d = ctx.data
         opt = nn.AdamW(list(model.parameters()), lr=st["lr"] if lr is None else lr, weight_decay=0.0)
         nn.fit(model.train(), d.X_train, d.y_train, optimizer=opt, epochs=epochs, batch_size=st["batch_size"],
-               seed=ctx.seed, validation_data=(d.X_val, d.y_val), progress=ctx.progress)
+               seed=ctx.seed, scheduler=nn.CosineAnnealingLR(opt, T_max=epochs) if step_fn is None else None,
+               step_fn=step_fn, progress=ctx.progress)
     return model.eval()
 
 
@@ -88,14 +90,13 @@ def stage_prune(model, st, ctx):
                               sparsities=prune.geometric_sparsities(s, st["rounds"]), scope=st["scope"],
                               layers=layers, max_drop=st["max_drop"])
     elif method == "agp":
-        n_batches = int(np.ceil(len(d.X_train) / st["batch_size"]))
-        total = max(st["epochs"], 1) * n_batches
-        pruner = prune.AGPPruner(model, s, n_steps=max(total * 3 // 4 // 10, 1), frequency=10,
-                                 scope=st["scope"], layers=layers)
-        opt = nn.AdamW(list(model.parameters()), lr=st["lr"], weight_decay=0.0)
-        nn.fit(model.train(), d.X_train, d.y_train, optimizer=opt, epochs=max(st["epochs"], 1),
-               batch_size=st["batch_size"], seed=ctx.seed, step_fn=pruner.step_fn(), progress=ctx.progress)
-        model.eval()
+        # Zhu & Gupta: one pruning step per epoch over the first 3/4 of the epochs, the
+        # sparsity rising on the cubic schedule while the weights train
+        steps_per_epoch = -(-len(d.X_train) // st["batch_size"])
+        pruner = prune.AGPPruner(model, s, n_steps=max(st["epochs"] * 3 // 4, 1), frequency=steps_per_epoch,
+                                 scope=st["scope"], layers=layers,
+                                 normalize="std" if st["scope"] == "global" else "none")
+        _fit(model, ctx, st, step_fn=pruner.step_fn())
     return model, deploy_view(model)
 
 

@@ -1,0 +1,326 @@
+"""Sparse Linear layers: where unstructured and N:M pruning become smaller and faster.
+
+A masked dense Linear still stores and multiplies every zero.  Converting it stores only
+the survivors and runs the sparse kernels of :mod:`refcompress.kernels.sparse`
+(docs/sparse_kernels.md):
+
+* :class:`SparseLinear` — CSR (Han et al. 2015): ``values [nnz]`` float32, ``indices
+  [nnz]`` column numbers in the narrowest type that holds ``in - 1`` (uint8 up to 256
+  inputs, uint16 up to 65 536, else int32), ``indptr [out + 1]`` int32 (int64 only past
+  2^31 - 1 entries).  Stored bytes = 4 nnz + b_idx nnz + b_ptr (out + 1) + 4 out (bias),
+  against 4 out in + 4 out dense: CSR with uint8 indices wins below ~80 % density.
+* :class:`NMLinear` — N:M (Mishra et al. 2021): ``values [out, in/M*N]`` float32,
+  ``indices [out, in/M*N]`` uint8 positions inside each group of M.  Stored bytes =
+  5 out in N/M + 4 out; for 2:4 that is 62.5 % of dense.
+
+Both compute y = x W^T + b, x [*, in] float32 -> y [*, out] float32, and have a backward
+(so a converted model can be fine-tuned with its sparsity structure fixed):
+
+    dL/dx = G W                              (W rebuilt dense: training, not inference)
+    dL/dvalues[e] = sum_b G[b, row(e)] x[b, col(e)]     (only the stored entries learn)
+    dL/db = sum_b G[b]
+
+They are registered with :func:`refcompress.nn.register_module`, so save / load of a model
+containing them works; ``stored_bytes()`` reports the bytes of the arrays they hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from .._validation import check_array, check_choice, check_int
+from ..errors import ArgumentError, DTypeError, ShapeError
+from ..kernels.sparse import csr_from_dense, csr_to_dense, nm_columns, nm_from_dense, nm_to_dense
+from ..nn.layers import Linear
+from ..nn.module import Module, Parameter
+from ..nn.spec import register_module
+from .magnitude import check_amount
+from .masks import prunable_layers, remove_mask
+from .nm import check_nm
+
+__all__ = ["SparseLinear", "NMLinear", "to_sparse", "to_nm", "to_dense", "csr_stored_bytes",
+           "nm_stored_bytes", "dense_stored_bytes"]
+
+_INDEX_TYPES = ("uint8", "uint16", "int32")
+_INDPTR_TYPES = ("int32", "int64")
+
+
+def dense_stored_bytes(out_features: int, in_features: int, bias: bool = True) -> int:
+    """4 out in (+ 4 out): a float32 Linear's weight and bias."""
+    return 4 * out_features * in_features + (4 * out_features if bias else 0)
+
+
+def csr_stored_bytes(out_features: int, in_features: int, nnz: int, bias: bool = True) -> int:
+    """4 nnz + b_idx nnz + b_ptr (out + 1) (+ 4 out) with the narrowest index types."""
+    b_idx = np.dtype(kernels.sparse.index_dtype_for(in_features)).itemsize
+    b_ptr = 4 if nnz <= np.iinfo(np.int32).max else 8
+    return 4 * nnz + b_idx * nnz + b_ptr * (out_features + 1) + (4 * out_features if bias else 0)
+
+
+def nm_stored_bytes(out_features: int, in_features: int, n: int, m: int, bias: bool = True) -> int:
+    """(4 + 1) out in n / m (+ 4 out): float32 values and uint8 positions."""
+    return 5 * out_features * (in_features // m) * n + (4 * out_features if bias else 0)
+
+
+def _float32_x(x, in_features):
+    x = check_array(x, "x", dtypes=(np.float32,), min_ndim=1)
+    if x.shape[-1] != in_features:
+        raise ShapeError(f"x: expected last dimension {in_features} (in_features), got shape {x.shape}")
+    return x
+
+
+def _bias_param(bias, out_features):
+    if bias is None:
+        return None
+    b = check_array(bias, "bias", dtypes=(np.float32,), shape=(out_features,))
+    return Parameter(np.array(b, copy=True))
+
+
+@register_module
+class SparseLinear(Module):
+    """y = x W^T + b with W [out, in] stored as CSR and run by ``kernels.spmm_csr``.
+
+    Build it with :meth:`from_dense` / :meth:`from_linear` (or :func:`to_sparse` on a whole
+    model); the constructor makes empty arrays of the right shapes for loading a state dict.
+    State: ``values`` (Parameter [nnz] float32), ``bias`` (Parameter [out] or None),
+    buffers ``indptr`` [out + 1] and ``indices`` [nnz].
+    """
+
+    def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True,
+                 index_dtype: str | None = None, indptr_dtype: str = "int32"):
+        super().__init__()
+        self.in_features = check_int(in_features, "in_features", min_value=1)
+        self.out_features = check_int(out_features, "out_features", min_value=1)
+        nnz = check_int(nnz, "nnz", min_value=0, max_value=self.in_features * self.out_features)
+        idx_t = np.dtype(kernels.sparse.index_dtype_for(self.in_features)).name if index_dtype is None \
+            else check_choice(index_dtype, "index_dtype", _INDEX_TYPES)
+        if np.iinfo(np.dtype(idx_t)).max < self.in_features - 1:
+            raise ArgumentError(f"index_dtype: {idx_t} cannot hold column {self.in_features - 1}")
+        ptr_t = check_choice(indptr_dtype, "indptr_dtype", _INDPTR_TYPES)
+        if nnz > np.iinfo(np.dtype(ptr_t)).max:
+            raise ArgumentError(f"indptr_dtype: {ptr_t} cannot hold nnz = {nnz}")
+        self.values = Parameter(np.zeros(nnz, np.float32))
+        self.bias = Parameter(np.zeros(self.out_features, np.float32)) if bias else None
+        ptr = np.zeros(self.out_features + 1, np.dtype(ptr_t))
+        ptr[-1] = nnz  # a valid (if arbitrary) structure until real arrays are loaded
+        if nnz:
+            ptr[1:] = np.minimum(np.arange(1, self.out_features + 1) * self.in_features, nnz)
+        self.register_buffer("indptr", ptr)
+        cols = (np.arange(nnz) % self.in_features).astype(np.dtype(idx_t))
+        self.register_buffer("indices", cols)
+        self._cache = None
+
+    @classmethod
+    def from_dense(cls, weight, bias=None) -> "SparseLinear":
+        """The CSR layer of the nonzeros of ``weight [out, in]`` float32 (zeros are pruned)."""
+        w = check_array(weight, "weight", dtypes=(np.float32,), ndim=2, finite=True)
+        csr = csr_from_dense(np.ascontiguousarray(w))
+        nnz = int(csr.values.size)
+        ptr_t = "int32" if nnz <= np.iinfo(np.int32).max else "int64"
+        layer = cls(w.shape[1], w.shape[0], nnz, bias=bias is not None,
+                    index_dtype=csr.indices.dtype.name, indptr_dtype=ptr_t)
+        layer.values = Parameter(np.ascontiguousarray(csr.values, np.float32))
+        layer.indptr = csr.indptr.astype(ptr_t)
+        layer.indices = np.ascontiguousarray(csr.indices)
+        layer.bias = _bias_param(bias, w.shape[0])
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: Linear) -> "SparseLinear":
+        """CSR layer of a (pruned) :class:`~refcompress.nn.Linear`."""
+        if not isinstance(linear, Linear):
+            raise DTypeError(f"linear: expected a Linear, got {type(linear).__name__}")
+        return cls.from_dense(linear.weight.data, None if linear.bias is None else linear.bias.data)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.data.size)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / (self.in_features * self.out_features)
+
+    def dense_weight(self) -> np.ndarray:
+        """W [out, in] float32 (zeros where nothing is stored)."""
+        return csr_to_dense(self.indptr, self.indices, self.values.data, (self.out_features, self.in_features))
+
+    def to_linear(self) -> Linear:
+        lin = Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                     rng=np.random.default_rng(0))
+        lin.weight = Parameter(self.dense_weight())
+        if self.bias is not None:
+            lin.bias = Parameter(self.bias.data.copy())
+        return lin
+
+    def stored_bytes(self) -> int:
+        """Bytes of values + indices + indptr (+ bias) as held."""
+        b = self.values.data.nbytes + self.indices.nbytes + self.indptr.nbytes
+        return b + (self.bias.data.nbytes if self.bias is not None else 0)
+
+    def forward(self, x):
+        x = _float32_x(x, self.in_features)
+        b = None if self.bias is None else self.bias.data
+        y = kernels.spmm_csr(x, self.indptr, self.indices, self.values.data, b,
+                             out_features=self.out_features, in_features=self.in_features)
+        self._cache = x if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        x = self._cache_or_raise()
+        g = self._check_grad_out(grad_out, x.shape[:-1] + (self.out_features,))
+        g2 = g.reshape(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr.astype(np.int64)))
+        cols = self.indices.astype(np.int64)
+        self.values.accumulate_grad(np.einsum("be,be->e", g2[:, rows], x2[:, cols]))
+        if self.bias is not None:
+            self.bias.accumulate_grad(g2.sum(axis=0))
+        return g @ self.dense_weight()
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "nnz": self.nnz,
+                "bias": self.bias is not None, "index_dtype": self.indices.dtype.name,
+                "indptr_dtype": self.indptr.dtype.name}
+
+
+@register_module
+class NMLinear(Module):
+    """y = x W^T + b with W [out, in] in N:M form, run by ``kernels.spmm_nm``.
+
+    State: ``values`` (Parameter [out, in/M*N] float32), ``bias`` (Parameter [out] or None),
+    buffer ``indices`` [out, in/M*N] uint8 (position of each kept weight in its group).
+    """
+
+    def __init__(self, in_features: int, out_features: int, n: int = 2, m: int = 4, bias: bool = True):
+        super().__init__()
+        self.in_features = check_int(in_features, "in_features", min_value=1)
+        self.out_features = check_int(out_features, "out_features", min_value=1)
+        self.n, self.m = check_nm(n, m)
+        if self.in_features % self.m:
+            raise ShapeError(f"in_features: expected a multiple of m = {self.m}, got {self.in_features}")
+        k = self.in_features // self.m * self.n
+        self.values = Parameter(np.zeros((self.out_features, k), np.float32))
+        self.bias = Parameter(np.zeros(self.out_features, np.float32)) if bias else None
+        self.register_buffer("indices", np.tile(np.arange(self.n, dtype=np.uint8),
+                                                (self.out_features, k // self.n)))
+        self._cache = None
+
+    @classmethod
+    def from_dense(cls, weight, n: int, m: int, bias=None) -> "NMLinear":
+        """N:M layer of ``weight [out, in]`` float32, which must already satisfy the pattern
+        (prune with :func:`refcompress.prune.nm_prune` first)."""
+        w = check_array(weight, "weight", dtypes=(np.float32,), ndim=2, finite=True)
+        n, m = check_nm(n, m)
+        if w.shape[1] % m:
+            raise ShapeError(f"weight: expected in_features (shape[1]) divisible by m = {m}, got shape {w.shape}")
+        nm = nm_from_dense(np.ascontiguousarray(w), n, m)
+        layer = cls(w.shape[1], w.shape[0], n, m, bias=bias is not None)
+        layer.values = Parameter(np.ascontiguousarray(nm.values))
+        layer.indices = np.ascontiguousarray(nm.indices)
+        layer.bias = _bias_param(bias, w.shape[0])
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: Linear, n: int, m: int) -> "NMLinear":
+        if not isinstance(linear, Linear):
+            raise DTypeError(f"linear: expected a Linear, got {type(linear).__name__}")
+        return cls.from_dense(linear.weight.data, n, m, None if linear.bias is None else linear.bias.data)
+
+    def dense_weight(self) -> np.ndarray:
+        return nm_to_dense(self.values.data, self.indices, self.n, self.m)
+
+    def to_linear(self) -> Linear:
+        lin = Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                     rng=np.random.default_rng(0))
+        lin.weight = Parameter(self.dense_weight())
+        if self.bias is not None:
+            lin.bias = Parameter(self.bias.data.copy())
+        return lin
+
+    def stored_bytes(self) -> int:
+        b = self.values.data.nbytes + self.indices.nbytes
+        return b + (self.bias.data.nbytes if self.bias is not None else 0)
+
+    def forward(self, x):
+        x = _float32_x(x, self.in_features)
+        b = None if self.bias is None else self.bias.data
+        y = kernels.spmm_nm(x, self.values.data, self.indices, self.n, self.m, b)
+        self._cache = x if self.training else None
+        return y
+
+    def backward(self, grad_out):
+        x = self._cache_or_raise()
+        g = self._check_grad_out(grad_out, x.shape[:-1] + (self.out_features,))
+        g2 = g.reshape(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        cols = nm_columns(self.indices, self.n, self.m)  # [out, k]
+        self.values.accumulate_grad(np.einsum("bo,bok->ok", g2, x2[:, cols]))
+        if self.bias is not None:
+            self.bias.accumulate_grad(g2.sum(axis=0))
+        return g @ self.dense_weight()
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "n": self.n, "m": self.m, "bias": self.bias is not None}
+
+
+def _convert(model, layers, build):
+    if isinstance(model, Linear):
+        raise ArgumentError("model: convert a Linear directly with SparseLinear.from_linear / "
+                            "NMLinear.from_linear (there is no parent to put it in)")
+    named = prunable_layers(model, layers, types=(Linear,))
+    new = {name: build(name, layer) for name, layer in named}  # build all before changing any
+    for name, layer in named:
+        if new[name] is not None:
+            remove_mask(layer)
+            model.set_submodule(name, new[name])
+    return model
+
+
+def to_sparse(model: Module, *, layers=None, min_sparsity: float = 0.0) -> Module:
+    """Replace (pruned) Linear layers of ``model`` by :class:`SparseLinear`, in place.
+
+    layers       : names (default every Linear);
+    min_sparsity : skip layers with a smaller fraction of zero weights (dense is cheaper
+                   for dense-ish layers: docs/sparse_kernels.md has the break-even).
+    Masks are removed (the zeros are what CSR drops).  Returns ``model``.
+    """
+    min_s = check_amount(min_sparsity, "min_sparsity")
+
+    def build(name, layer):
+        w = layer.weight.data
+        if w.dtype != np.float32:
+            raise DTypeError(f"layers: {name!r} has {w.dtype.name} weights, expected float32")
+        if np.count_nonzero(w == 0) / w.size < min_s:
+            return None
+        return SparseLinear.from_linear(layer)
+
+    return _convert(model, layers, build)
+
+
+def to_nm(model: Module, n: int = 2, m: int = 4, *, layers=None) -> Module:
+    """Replace N:M-pruned Linear layers of ``model`` by :class:`NMLinear`, in place.
+
+    A layer that violates the pattern is an error naming it (prune with ``nm_prune``)."""
+    n, m = check_nm(n, m)
+
+    def build(name, layer):
+        w = layer.weight.data
+        if w.shape[1] % m:
+            raise ShapeError(f"layers: {name!r} has {w.shape[1]} inputs, not divisible by m = {m}")
+        try:
+            return NMLinear.from_linear(layer, n, m)
+        except ArgumentError as e:
+            raise ArgumentError(f"layers: {name!r} is not {n}:{m} sparse ({e})") from None
+
+    return _convert(model, layers, build)
+
+
+def to_dense(model: Module) -> Module:
+    """Replace every SparseLinear / NMLinear of ``model`` by an equal dense Linear, in place."""
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, NMLinear))]:
+        if name == "":
+            raise ArgumentError("model: is itself a sparse layer; call model.to_linear()")
+        model.set_submodule(name, layer.to_linear())
+    return model

@@ -1,0 +1,77 @@
+"""N:M semi-structured sparsity: the mask keeps the n largest of every m, ties go to the
+lower position, conv groups run along input channels, the pattern survives fine-tuning,
+and bad n / m are refused."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from refcompress import nn, prune as P
+from refcompress.errors import ArgumentError, ShapeError
+
+
+@given(st.integers(1, 8), st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31))
+def test_nm_mask_keeps_the_n_largest_of_every_group(m, groups, rows, seed):
+    n = np.random.default_rng(seed).integers(1, m + 1)
+    w = np.random.default_rng(seed).integers(-3, 4, (rows, groups * m)).astype(np.float32)
+    mask = P.nm_mask(w, n, m)
+    g = mask.reshape(rows, groups, m)
+    assert np.all(g.sum(axis=-1) == n)
+    a = np.abs(w).reshape(rows, groups, m)
+    kept_min = np.where(g, a, np.inf).min(axis=-1)
+    dropped_max = np.where(~g, a, -np.inf).max(axis=-1)
+    assert np.all(dropped_max <= kept_min)
+    # ties: a kept entry never comes after a dropped one of the same magnitude in its group
+    for r in range(rows):
+        for j in range(groups):
+            for v in np.unique(a[r, j]):
+                idx = np.flatnonzero(a[r, j] == v)
+                assert np.all(np.diff(g[r, j, idx].astype(int)) <= 0)
+
+
+def test_two_four_example_and_conv_groups_along_input_channels():
+    w = np.array([[0.1, -0.9, 0.5, 0.2, 1, 1, 1, 1]], np.float32)
+    np.testing.assert_array_equal(P.nm_mask(w, 2, 4), [[0, 1, 1, 0, 1, 1, 0, 0]])
+    conv = np.random.default_rng(0).standard_normal((3, 8, 2, 2)).astype(np.float32)
+    mask = P.nm_mask(conv, 2, 4)
+    # for each (out, kh, kw) position, every group of 4 input channels keeps 2
+    assert np.all(mask.reshape(3, 2, 4, 2, 2).sum(axis=2) == 2)
+    assert P.is_nm_sparse(conv * mask, 2, 4) and not P.is_nm_sparse(conv, 2, 4)
+
+
+def test_bad_n_m_are_refused():
+    w = np.ones((2, 6), np.float32)
+    with pytest.raises(ArgumentError, match="n"):
+        P.nm_mask(w, 3, 2)
+    with pytest.raises(ShapeError, match="divisible by m = 4"):
+        P.nm_mask(w, 2, 4)
+    with pytest.raises(ArgumentError, match="m"):
+        P.nm_mask(w, 1, 0)
+    m = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ShapeError, match="'0' has 6 inputs"):
+        P.nm_prune(m, 2, 4)
+
+
+def test_nm_pattern_is_kept_through_fine_tuning_and_converts():
+    rng = np.random.default_rng(0)
+    m = nn.Sequential(nn.Linear(8, 12, rng=rng), nn.ReLU(), nn.Linear(12, 4, rng=rng))
+    P.nm_prune(m, 2, 4)
+    X = rng.standard_normal((64, 8)).astype(np.float32)
+    y = rng.integers(0, 4, 64)
+    before = m[0].weight.data.copy()
+    nn.fit(m, X, y, optimizer=nn.AdamW(m.parameters(), lr=1e-2), epochs=3, batch_size=16, progress=False)
+    assert not np.allclose(m[0].weight.data, before)
+    for i in (0, 2):
+        assert P.is_nm_sparse(m[i].weight.data, 2, 4)
+    dense_out = nn.predict(m, X)
+    P.to_nm(m, 2, 4)
+    assert isinstance(m[0], P.NMLinear) and isinstance(m[2], P.NMLinear)
+    np.testing.assert_allclose(nn.predict(m, X), dense_out, rtol=1e-5, atol=1e-5)
+    assert P.masked_layers(m) == []
+
+
+def test_to_nm_refuses_a_layer_off_the_pattern():
+    m = nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ArgumentError, match="'0' is not 2:4 sparse"):
+        P.to_nm(m, 2, 4, layers=["0"])
+    assert isinstance(m[0], nn.Linear)  # nothing was half converted

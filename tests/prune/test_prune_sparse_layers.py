@@ -1,0 +1,157 @@
+"""SparseLinear (CSR) and NMLinear: same outputs as the dense layer on every kernel backend,
+narrowest index types, stored-bytes accounting, backward equal to the masked dense
+gradient, fine-tuning in sparse form, and save / load through the module registry."""
+
+import json
+
+import numpy as np
+import pytest
+
+from refcompress import kernels, nn, prune as P
+from refcompress.errors import ArgumentError, DTypeError, ShapeError
+from refcompress.testing import kernel_variants
+
+
+def sparse_weight(out_f, in_f, density, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    return w * (rng.random((out_f, in_f)) < density)
+
+
+@pytest.mark.parametrize("backend, isa", kernel_variants("spmm_csr"))
+@pytest.mark.parametrize("shape, density", [((7, 5), 0.4), ((300, 64), 0.05), ((10, 300), 0.2), ((3, 4), 0.0)])
+def test_sparse_linear_equals_dense(backend, isa, shape, density):
+    w = sparse_weight(*shape, density)
+    b = np.random.default_rng(1).standard_normal(shape[0]).astype(np.float32)
+    layer = P.SparseLinear.from_dense(w, b).eval()
+    x = np.random.default_rng(2).standard_normal((9, shape[1])).astype(np.float32)
+    with kernels.use(backend, isa=isa):
+        y = layer(x)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    # the kernels' documented per-element bound, plus float64's own rounding
+    bound = kernels.sparse.spmm_csr_error_bound(x, layer.indptr, layer.indices, layer.values.data, b)
+    assert np.all(np.abs(y - exact) <= bound + 1e-12)
+    np.testing.assert_array_equal(layer.dense_weight(), w)
+
+
+@pytest.mark.parametrize("backend, isa", kernel_variants("spmm_nm"))
+def test_nm_linear_equals_dense(backend, isa):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    w *= P.nm_mask(w, 2, 4)
+    layer = P.NMLinear.from_dense(w, 2, 4, bias=np.ones(6, np.float32)).eval()
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    with kernels.use(backend, isa=isa):
+        y = layer(x)
+    np.testing.assert_allclose(y, x @ w.T + 1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(layer.dense_weight(), w)
+
+
+def test_index_types_and_stored_bytes():
+    a = P.SparseLinear.from_dense(sparse_weight(300, 64, 0.05))
+    b = P.SparseLinear.from_dense(sparse_weight(100, 300, 0.05), np.zeros(100, np.float32))
+    assert a.indices.dtype == np.uint8 and b.indices.dtype == np.uint16
+    assert a.indptr.dtype == np.int32
+    nnz = a.nnz
+    assert a.stored_bytes() == 4 * nnz + nnz + 4 * 301 == P.csr_stored_bytes(300, 64, nnz, bias=False)
+    assert b.stored_bytes() == P.csr_stored_bytes(100, 300, b.nnz) == 6 * b.nnz + 4 * 101 + 400
+    assert a.sparsity == pytest.approx(1 - nnz / (300 * 64))
+    nm = P.NMLinear(16, 6, 2, 4)
+    assert nm.stored_bytes() == P.nm_stored_bytes(6, 16, 2, 4) == 5 * 6 * 8 + 24
+    assert P.dense_stored_bytes(6, 16) == 4 * 96 + 24
+
+
+def _grads(layer, x, g):
+    layer.train()
+    layer.zero_grad()
+    layer(x)
+    dx = layer.backward(g)
+    return dx, {k: p.grad.copy() for k, p in layer.named_parameters()}
+
+
+def test_backward_equals_masked_dense_gradient():
+    rng = np.random.default_rng(0)
+    w = sparse_weight(6, 8, 0.5)
+    b = rng.standard_normal(6).astype(np.float32)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    g = rng.standard_normal((4, 6)).astype(np.float32)
+    dense = nn.Linear(8, 6)
+    dense.weight.data, dense.bias.data = w.copy(), b.copy()
+    ddx, dgrads = _grads(dense, x, g)
+    sp = P.SparseLinear.from_dense(w, b)
+    sdx, sgrads = _grads(sp, x, g)
+    np.testing.assert_allclose(sdx, ddx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sgrads["bias"], dgrads["bias"], rtol=1e-6)
+    np.testing.assert_allclose(sgrads["values"], dgrads["weight"][w != 0], rtol=1e-5, atol=1e-6)
+    wn = w * P.nm_mask(w, 2, 4)
+    dense.weight.data = wn
+    ddx, dgrads = _grads(dense, x, g)
+    nm = P.NMLinear.from_dense(wn, 2, 4, b)
+    ndx, ngrads = _grads(nm, x, g)
+    np.testing.assert_allclose(ndx, ddx, rtol=1e-5, atol=1e-6)
+    cols = kernels.sparse.nm_columns(nm.indices, 2, 4)
+    np.testing.assert_allclose(ngrads["values"], np.take_along_axis(dgrads["weight"], cols, 1),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_fine_tuning_in_sparse_form_keeps_the_structure():
+    rng = np.random.default_rng(0)
+    m = nn.Sequential(P.SparseLinear.from_dense(sparse_weight(12, 8, 0.3), np.zeros(12, np.float32)),
+                      nn.ReLU(), nn.Linear(12, 3, rng=rng))
+    idx = m[0].indices.copy()
+    X = rng.standard_normal((48, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 48)
+    loss0 = nn.evaluate(m, X, y)["loss"]
+    nn.fit(m, X, y, optimizer=nn.SGD(m.parameters(), lr=0.1), epochs=20, batch_size=48, progress=False)
+    assert nn.evaluate(m, X, y)["loss"] < loss0
+    np.testing.assert_array_equal(m[0].indices, idx)
+
+
+def test_save_load_through_spec_and_state_dict():
+    rng = np.random.default_rng(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 300, rng=rng), nn.ReLU(), nn.Linear(300, 8, rng=rng),
+                      nn.ReLU(), nn.Linear(8, 4, rng=rng))
+    P.global_magnitude_prune(m, 0.8, layers=["1", "3"], normalize="std")
+    P.nm_prune(m, 2, 4, layers=["5"])
+    P.to_sparse(m, layers=["1", "3"])
+    P.to_nm(m, 2, 4, layers=["5"])
+    spec = json.loads(json.dumps(nn.to_spec(m)))
+    state = {k: v.copy() for k, v in m.state_dict().items()}
+    m2 = nn.from_spec(spec)
+    m2.load_state_dict(state)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    np.testing.assert_array_equal(m2.eval()(x), m.eval()(x))
+    assert m2[1].indices.dtype == np.uint8 and m2[3].indices.dtype == np.uint16
+    assert m2[1].indptr.dtype == np.int32 and m2[3].nnz == m[3].nnz > 0
+
+
+def test_to_sparse_options_and_to_dense_round_trip():
+    rng = np.random.default_rng(0)
+    m = nn.Sequential(nn.Linear(8, 8, rng=rng), nn.ReLU(), nn.Linear(8, 2, rng=rng))
+    P.magnitude_prune(m, amount=0.9, layers=["0"])
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    y = m.eval()(x)
+    P.to_sparse(m, min_sparsity=0.5)
+    assert isinstance(m[0], P.SparseLinear) and isinstance(m[2], nn.Linear)
+    np.testing.assert_allclose(m(x), y, rtol=1e-5, atol=1e-6)
+    P.to_dense(m)
+    assert isinstance(m[0], nn.Linear)
+    np.testing.assert_allclose(m(x), y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ArgumentError, match="min_sparsity"):
+        P.to_sparse(m, min_sparsity=2)
+
+
+def test_bad_inputs():
+    with pytest.raises(ShapeError, match="in_features"):
+        P.NMLinear(10, 3, 2, 4)
+    with pytest.raises(ArgumentError, match="n"):
+        P.NMLinear(8, 3, 5, 4)
+    with pytest.raises(ArgumentError, match="index_dtype"):
+        P.SparseLinear(300, 3, index_dtype="uint8")
+    with pytest.raises(DTypeError, match="weight"):
+        P.SparseLinear.from_dense(np.ones((2, 2)))
+    layer = P.SparseLinear.from_dense(np.eye(3, dtype=np.float32))
+    with pytest.raises(ShapeError, match="x"):
+        layer(np.ones((2, 4), np.float32))
+    with pytest.raises(DTypeError, match="x"):
+        layer(np.ones((2, 3)))
