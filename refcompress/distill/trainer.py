@@ -1,0 +1,409 @@
+"""The distillation trainer: a frozen teacher, a student trained on a mix of losses.
+
+For a batch x with (optional) labels y, teacher logits z_t and student logits z_s,
+
+    L = alpha * CE(z_s, y) + (1 - alpha) * T^2 KL(softmax(z_t/T) || softmax(z_s/T))
+        + beta  * sum_{(s, t) in attention_pairs} AT(A_s, A_t)
+        + gamma * sum_{(s, t) in hint_pairs}      HT(r(A_s), A_t)
+
+(soft targets: Hinton et al. 2015; AT: Zagoruyko & Komodakis 2017; HT: Romero et al. 2015;
+see :mod:`.soft`, :mod:`.attention`, :mod:`.hints`).  A_s and A_t are outputs of named
+inner modules, read with :class:`~.taps.Taps`; the feature-loss gradients are injected at
+the student's tapped modules, and one ordinary ``student.backward(dL/dz_s)`` then carries
+every term into the student's parameter grads.
+
+Training runs through :func:`refcompress.nn.fit` (its progress bar, validation, early
+stopping, scheduler) with a custom step.  The teacher is held in eval mode and never
+receives a backward.  Labels are optional: ``y=None`` is unlabeled transfer data (alpha
+must be 0), and label ``-1`` marks single unlabeled samples in a partly labeled set (the CE
+term averages over the labeled samples of each batch; KD and the feature terms use all).
+
+Teacher caching: with array data the teacher is a fixed function (eval mode), so its
+logits and tapped features are computed once for every sample and the batches (shuffled
+each epoch by ``fit``) index that cache.  With a re-iterable of batches the teacher output
+is cached per batch position and reused only while the iterable yields the same batch
+there (checked by identity or equality), i.e. when the data order allows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_array, check_choice, check_float, check_int
+from ..errors import ArgumentError, DTypeError, NotDifferentiableError, RefcompressError, ShapeError
+from ..nn import AdamW, Module, fit
+from ..nn.losses import cross_entropy
+from ..nn.optim import Optimizer
+from .attention import attention_transfer_loss
+from .hints import Hint
+from .soft import check_temperature, check_unit_weight, soft_target_loss
+from .taps import Taps
+
+__all__ = ["Distiller", "distill", "recover", "UNLABELED"]
+
+UNLABELED = -1
+
+
+def _check_pairs(pairs, name):
+    if pairs is None:
+        return []
+    if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+        raise DTypeError(f"{name}: expected a list of (student_name, teacher_name) pairs, got {pairs!r}")
+    out = []
+    for i, pr in enumerate(pairs):
+        if not (isinstance(pr, (tuple, list)) and len(pr) == 2 and all(isinstance(s, str) for s in pr)):
+            raise DTypeError(f"{name}[{i}]: expected a (student_name, teacher_name) pair of str, got {pr!r}")
+        out.append((pr[0], pr[1]))
+    return out
+
+
+def _unique(names):
+    return list(dict.fromkeys(names))
+
+
+class Distiller:
+    """Distil ``teacher`` into ``student`` (both :class:`refcompress.nn.Module`, same number
+    of output classes).  Neither model is copied; the student is trained in place.
+
+    alpha             : weight of hard-label CE in the convex mix with KD, in [0, 1].
+    temperature       : T > 0 of the soft targets.
+    beta              : weight (>= 0) of attention transfer, summed over ``attention_pairs``
+                        [(student module name, teacher module name), ...] of 4-D maps.
+    attention_p, attention_squared, attention_resize : see :func:`attention_transfer_loss`.
+    gamma             : weight (>= 0) of FitNets hints, summed over ``hint_pairs``.
+    hints             : optional list of :class:`Hint`, one per hint pair; by default each is
+                        built from the first batch (a Linear / 1x1 Conv2d regressor when the
+                        widths differ, the identity when they agree), seeded by ``seed``.
+    cache_teacher     : reuse teacher outputs as described in the module docstring.
+
+    After :meth:`fit`, ``history_`` holds the :class:`refcompress.nn.History` and ``hints_``
+    the hint regressors.
+    """
+
+    def __init__(self, student: Module, teacher: Module, *, alpha: float = 0.5,
+                 temperature: float = 4.0, beta: float = 0.0, attention_pairs=None,
+                 attention_p: float = 2.0, attention_squared: bool = False, attention_resize=None,
+                 gamma: float = 0.0, hint_pairs=None, hints=None, cache_teacher: bool = True,
+                 seed: int = 0):
+        for m, name in ((student, "student"), (teacher, "teacher")):
+            if not isinstance(m, Module):
+                raise DTypeError(f"{name}: expected an nn Module, got {type(m).__name__}")
+        if student is teacher:
+            raise ArgumentError("teacher: expected a different Module from student, got the same object")
+        self.student, self.teacher = student, teacher
+        self.alpha = check_unit_weight(alpha, "alpha")
+        self.temperature = check_temperature(temperature)
+        self.beta = check_float(beta, "beta", min_value=0.0)
+        self.gamma = check_float(gamma, "gamma", min_value=0.0)
+        self.attention_pairs = _check_pairs(attention_pairs, "attention_pairs")
+        self.hint_pairs = _check_pairs(hint_pairs, "hint_pairs")
+        if self.beta > 0 and not self.attention_pairs:
+            raise ArgumentError(f"beta: is {self.beta} but attention_pairs is empty; name the layer pairs")
+        if self.gamma > 0 and not self.hint_pairs:
+            raise ArgumentError(f"gamma: is {self.gamma} but hint_pairs is empty; name the layer pairs")
+        self.attention_p = check_float(attention_p, "attention_p", min_value=1.0)
+        self.attention_squared = bool(attention_squared)
+        self.attention_resize = check_choice(attention_resize, "attention_resize", (None, "avgpool"))
+        if hints is not None:
+            hints = list(hints)
+            if len(hints) != len(self.hint_pairs) or not all(isinstance(h, Hint) for h in hints):
+                raise ArgumentError(
+                    f"hints: expected {len(self.hint_pairs)} Hint objects (one per hint pair), got {hints!r}")
+        self.hints_ = hints
+        self.cache_teacher = bool(cache_teacher)
+        self.seed = check_int(seed, "seed", min_value=0)
+        self.history_ = None
+        self._s_names = _unique([s for s, _ in self._active_pairs()])
+        self._t_names = _unique([t for _, t in self._active_pairs()])
+        self._s_taps = self._t_taps = None
+        self._n_classes = None
+        self._batch_cache = {}
+
+    def _active_pairs(self):
+        pairs = list(self.attention_pairs) if self.beta > 0 else []
+        return pairs + (list(self.hint_pairs) if self.gamma > 0 else [])
+
+    # -- taps ------------------------------------------------------------------------------
+    def _attach(self):
+        if self._s_taps is None and self._s_names:
+            self._s_taps = Taps(self.student, self._s_names, inject=True)
+            try:
+                self._t_taps = Taps(self.teacher, self._t_names)
+            except Exception:
+                self._s_taps.remove()
+                self._s_taps = None
+                raise
+
+    def detach(self) -> None:
+        """Remove the taps :meth:`prepare` attached (:meth:`fit` does this on return)."""
+        for t in (self._s_taps, self._t_taps):
+            if t is not None:
+                t.remove()
+        self._s_taps = self._t_taps = None
+
+    # -- teacher ---------------------------------------------------------------------------
+    def teacher_outputs(self, x):
+        """``(logits, {teacher tap name: features})`` of the teacher on ``x``, in eval mode."""
+        was = self.teacher.training
+        self.teacher.eval()
+        try:
+            z = self.teacher(x)
+            feats = {n: self._t_taps[n] for n in self._t_names} if self._t_taps else {}
+        finally:
+            self.teacher.train(was)
+        return z, feats
+
+    def _teacher_for_arrays(self, X, batch_size):
+        """Teacher logits and features for every sample of X (the per-sample cache)."""
+        zs, feats = [], {n: [] for n in self._t_names}
+        for start in range(0, len(X), batch_size):
+            z, f = self.teacher_outputs(X[start:start + batch_size])
+            zs.append(z)
+            for n in self._t_names:
+                feats[n].append(f[n])
+        return np.concatenate(zs), {n: np.concatenate(v) for n, v in feats.items()}
+
+    def _teacher_for_batch(self, pos, xb):
+        if not self.cache_teacher:
+            return self.teacher_outputs(xb)
+        hit = self._batch_cache.get(pos)
+        if hit is not None:
+            x_ref, out = hit
+            if xb is x_ref or (xb.shape == x_ref.shape and np.array_equal(xb, x_ref)):
+                return out
+        out = self.teacher_outputs(xb)
+        self._batch_cache[pos] = (xb, out)
+        return out
+
+    # -- setup -----------------------------------------------------------------------------
+    def prepare(self, x_example) -> "Distiller":
+        """Check the pair on a few inputs, attach the taps and build the hint regressors.
+
+        Runs both models in eval mode on ``x_example`` (nothing is cached or updated):
+        the class counts must agree, tapped names must exist, attention maps must have
+        equal spatial sizes (or a resize), and hint regressors are built from the shapes.
+        The taps stay attached for :meth:`loss_and_backward` until :meth:`detach`.
+        """
+        self._attach()
+        was = self.student.training
+        self.student.eval()
+        try:
+            zs = self.student(x_example)
+            s_feats = {n: self._s_taps[n] for n in self._s_names} if self._s_taps else {}
+        finally:
+            self.student.train(was)
+        zt, t_feats = self.teacher_outputs(x_example)
+        for z, name in ((zs, "student"), (zt, "teacher")):
+            if not (isinstance(z, np.ndarray) and z.ndim == 2):
+                raise ShapeError(f"{name}: expected logits [N, classes], got {getattr(z, 'shape', type(z))}")
+        if zs.shape[1] != zt.shape[1]:
+            raise ShapeError(
+                f"teacher: predicts {zt.shape[1]} classes but student predicts {zs.shape[1]}; "
+                f"distillation needs the same classes")
+        self._n_classes = zs.shape[1]
+        if self.beta > 0:
+            for s, t in self.attention_pairs:
+                attention_transfer_loss(s_feats[s], t_feats[t].astype(s_feats[s].dtype, copy=False),
+                                        p=self.attention_p, resize=self.attention_resize)
+        if self.gamma > 0 and self.hints_ is None:
+            rng = np.random.default_rng(self.seed)
+            self.hints_ = [Hint.from_features(s_feats[s], t_feats[t], rng=rng) for s, t in self.hint_pairs]
+        return self
+
+    def parameters(self) -> list:
+        """The student's parameters followed by the hint regressors' (what to optimise)."""
+        params = list(self.student.parameters())
+        for h in self.hints_ or []:
+            params += h.parameters()
+        return params
+
+    # -- one step --------------------------------------------------------------------------
+    def loss_and_backward(self, xb, yb, zt, t_feats):
+        """Student forward, the mixed loss, and its backward (grads accumulate).
+
+        Returns ``(value, n_correct or None, parts)`` where ``parts`` maps "ce", "kd",
+        "at", "hint" to the unweighted terms.
+        """
+        zs = self.student(xb)
+        if zt.shape != zs.shape:
+            raise ShapeError(f"teacher: logits shape {zt.shape} does not match student's {zs.shape}")
+        zt = zt.astype(zs.dtype, copy=False)
+        parts, value = {}, 0.0
+        grad = np.zeros_like(zs)
+        n_ok = None
+        if yb is not None:
+            labeled = yb >= 0
+            n_ok = int((zs.argmax(axis=1) == yb)[labeled].sum())
+            if self.alpha > 0 and labeled.any():
+                ce, gce = cross_entropy(zs[labeled], yb[labeled])
+                parts["ce"] = ce
+                value += self.alpha * ce
+                grad[labeled] += zs.dtype.type(self.alpha) * gce
+        if self.alpha < 1:
+            kd, gkd = soft_target_loss(zs, zt, self.temperature)
+            parts["kd"] = kd
+            value += (1 - self.alpha) * kd
+            grad += zs.dtype.type(1 - self.alpha) * gkd
+        if self.beta > 0:
+            at_sum = 0.0
+            for s, t in self.attention_pairs:
+                fs = self._s_taps[s]
+                v, g = attention_transfer_loss(
+                    fs, t_feats[t].astype(fs.dtype, copy=False), p=self.attention_p,
+                    beta=self.beta, squared=self.attention_squared, resize=self.attention_resize)
+                at_sum += v / self.beta
+                value += v
+                self._s_taps.add_grad(s, g)
+            parts["at"] = at_sum
+        if self.gamma > 0:
+            ht_sum = 0.0
+            for (s, t), hint in zip(self.hint_pairs, self.hints_):
+                fs = self._s_taps[s]
+                v, g = hint.loss(fs, t_feats[t].astype(fs.dtype, copy=False), weight=self.gamma)
+                ht_sum += v
+                value += self.gamma * v
+                self._s_taps.add_grad(s, g)
+            parts["hint"] = ht_sum
+        try:
+            self.student.backward(grad)
+        except NotDifferentiableError as e:
+            raise NotDifferentiableError(
+                f"student: contains an inference-only layer and cannot be trained ({e}); "
+                f"distil the float or fake-quantized model before converting it") from None
+        if self._s_taps is not None and self._s_taps.unconsumed():
+            missing = self._s_taps.unconsumed()
+            self._s_taps.clear()
+            raise RefcompressError(
+                f"attention_pairs/hint_pairs: the student's backward never reached {missing}; "
+                f"tap a module whose parent container calls its backward")
+        return value, n_ok, parts
+
+    # -- training --------------------------------------------------------------------------
+    def fit(self, X, y=None, *, optimizer: Optimizer | None = None, lr: float = 1e-3,
+            weight_decay: float = 0.0, epochs: int = 10, batch_size: int = 64,
+            shuffle: bool = True, validation_data=None, patience: int | None = None,
+            monitor: str = "val_loss", restore_best: bool = True, scheduler=None,
+            progress: bool = True):
+        """Train the student; returns (and stores in ``history_``) the nn History.
+
+        X, y      : arrays (y int labels, -1 = unlabeled sample; or y None = all unlabeled),
+                    or X a re-iterable of batches ``x`` or ``(x, y)`` and y None.
+        optimizer : built over :meth:`parameters` (the hint regressors too); default
+                    ``AdamW(self.parameters(), lr, weight_decay=weight_decay)``.
+        The rest is passed to :func:`refcompress.nn.fit` (validation on labeled
+        ``(X_val, y_val)`` with the student's cross-entropy).
+        """
+        batch_size = check_int(batch_size, "batch_size", min_value=1)
+        arrays = isinstance(X, np.ndarray) or y is not None
+        if arrays:
+            X = check_array(X, "X", min_ndim=2)
+            if len(X) == 0:
+                raise ShapeError(f"X: expected at least one sample, got shape {X.shape}")
+            if y is not None:
+                y = check_array(y, "y", ndim=1, shape=(len(X),))
+                if y.dtype.kind not in "iu":
+                    raise DTypeError(f"y: expected integer class labels (-1 = unlabeled), got {y.dtype.name}")
+            if self.alpha > 0 and (y is None or not np.any(y >= 0)):
+                raise ArgumentError(
+                    f"alpha: expected 0 for unlabeled data (y has no labels), got {self.alpha}")
+            first = X[:min(len(X), batch_size)]
+        else:
+            if iter(X) is X:
+                raise ArgumentError("X: expected arrays or a re-iterable of batches, got a one-shot iterator")
+            b0 = next(iter(X), None)
+            if b0 is None:
+                raise ShapeError("X: the batch iterable yielded no batches")
+            first = b0[0] if isinstance(b0, (tuple, list)) else b0
+        was_teacher = self.teacher.training
+        try:
+            self.prepare(first)
+            optimizer = self._optimizer(optimizer, lr, weight_decay)
+            self.teacher.eval()
+            if arrays:
+                step, data = self._array_step(X, y, batch_size), np.arange(len(X))
+            else:
+                step, data = self._iterable_step(X)
+            self.history_ = fit(
+                self.student, data, None, optimizer=optimizer, epochs=epochs,
+                batch_size=batch_size, shuffle=shuffle, seed=self.seed,
+                validation_data=validation_data, patience=patience, monitor=monitor,
+                restore_best=restore_best, step_fn=step, scheduler=scheduler, progress=progress)
+        finally:
+            self.teacher.train(was_teacher)
+            self._batch_cache.clear()
+            self.detach()
+        return self.history_
+
+    def _optimizer(self, optimizer, lr, weight_decay):
+        params = self.parameters()
+        if optimizer is None:
+            return AdamW(params, lr=lr, weight_decay=weight_decay)
+        if not isinstance(optimizer, Optimizer):
+            raise DTypeError(f"optimizer: expected an nn Optimizer, got {type(optimizer).__name__}")
+        have = {id(p) for p in optimizer.params}
+        lost = [i for i, p in enumerate(params) if id(p) not in have]
+        if lost:
+            raise ArgumentError(
+                f"optimizer: does not hold {len(lost)} of the parameters to train; build "
+                f"it over distiller.parameters() (student and hint regressors)")
+        return optimizer
+
+    def _array_step(self, X, y, batch_size):
+        if self.cache_teacher:
+            zt_all, feats_all = self._teacher_for_arrays(X, max(batch_size, 256))
+
+        def step(student, idx):
+            xb = X[idx]
+            yb = None if y is None else y[idx]
+            if self.cache_teacher:
+                zt, tf = zt_all[idx], {n: v[idx] for n, v in feats_all.items()}
+            else:
+                zt, tf = self.teacher_outputs(xb)
+            value, n_ok, _ = self.loss_and_backward(xb, yb, zt, tf)
+            return value, n_ok
+        return step
+
+    def _iterable_step(self, data):
+        counter = {"pos": 0}
+
+        def step(student, batch):
+            xb, yb = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+            if yb is None and self.alpha > 0:
+                raise ArgumentError(f"alpha: expected 0 for batches without labels, got {self.alpha}")
+            pos = counter["pos"]
+            counter["pos"] += 1
+            zt, tf = self._teacher_for_batch(pos, xb)
+            value, n_ok, _ = self.loss_and_backward(xb, yb, zt, tf)
+            return value, n_ok
+
+        wrapped = (_SizedRestart if hasattr(data, "__len__") else _Restart)(data, counter)
+        return step, wrapped
+
+
+class _Restart:
+    """Iterates ``data`` afresh each epoch and resets the batch-position counter, so the
+    per-position teacher cache lines up with the epoch's batches."""
+
+    def __init__(self, data, counter):
+        self.data, self.counter = data, counter
+
+    def __iter__(self):
+        self.counter["pos"] = 0
+        return iter(self.data)
+
+
+class _SizedRestart(_Restart):
+    def __len__(self):
+        return len(self.data)
+
+
+def distill(student: Module, teacher: Module, X, y=None, **kwargs):
+    """Functional form: ``Distiller(student, teacher, **loss kwargs).fit(X, y, **fit kwargs)``.
+
+    Returns the fitted :class:`Distiller` (its ``history_`` and ``hints_``)."""
+    init_keys = {"alpha", "temperature", "beta", "attention_pairs", "attention_p",
+                 "attention_squared", "attention_resize", "gamma", "hint_pairs", "hints",
+                 "cache_teacher", "seed"}
+    d = Distiller(student, teacher, **{k: v for k, v in kwargs.items() if k in init_keys})
+    d.fit(X, y, **{k: v for k, v in kwargs.items() if k not in init_keys})
+    return d
