@@ -1,0 +1,322 @@
+"""Save and load models as one ``.npz`` file: arrays plus verified JSON metadata.
+
+The container is a ZIP archive (stored, not compressed) that ``numpy.load`` also reads:
+
+    refcompress.json      UTF-8 JSON metadata (the first entry)
+    <name>.npy            one NumPy .npy entry per state-dict array, e.g. "0.weight.npy"
+
+The metadata holds
+
+    format               "refcompress.model"
+    format_version       1 (FORMAT_VERSION)
+    refcompress_version  the version that wrote the file
+    architecture         refcompress.nn.to_spec(model): {"type", "config", "children"}
+    modules              the Python modules defining the layer types used (loading
+                         imports those under ``refcompress.`` so their layers register)
+    arrays               [{"name", "shape", "dtype", "sha256"}, ...] in state-dict order;
+                         dtype is numpy's ``dtype.str`` (e.g. "<f4"), sha256 the hex
+                         SHA-256 of the array's C-order bytes (the .npy data section)
+    user                 the caller's JSON-serialisable ``metadata`` (or {})
+
+Guarantees.  :func:`save` writes a temporary file in the target's directory, flushes
+and fsyncs it, then ``os.replace``s it over the target (and fsyncs the directory), so
+the target is always either the old complete file or the new complete file, never a
+mixture: a crash or an exception mid-write leaves the old file untouched and removes the
+temporary.  :func:`load` verifies everything (ZIP structure and CRCs, metadata fields,
+the set of entries, each array's header against its shape and dtype, each checksum, the
+architecture, and the state dict against the built model) before it returns a model; any
+failure raises :class:`~refcompress.errors.CorruptFileError` and no model.  Nothing is
+unpickled: object arrays are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import secrets
+import zipfile
+import zlib
+
+import numpy as np
+
+from .. import __version__, nn
+from ..errors import ArgumentError, CorruptFileError, DTypeError, RefcompressError, ShapeError
+
+__all__ = ["save", "load", "read_metadata", "FORMAT_NAME", "FORMAT_VERSION", "METADATA_ENTRY"]
+
+FORMAT_NAME = "refcompress.model"
+FORMAT_VERSION = 1
+METADATA_ENTRY = "refcompress.json"
+# A fixed timestamp in every ZIP entry: the same model always gives the same bytes.
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# What a damaged archive or .npy entry can raise while being read.
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
+                ValueError, KeyError, UnicodeDecodeError, NotImplementedError)
+
+
+def _check_path(path, name="path") -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise DTypeError(f"{name}: expected a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ArgumentError(f"{name}: expected a file path, got an empty string")
+    return path
+
+
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(a, order="C").tobytes()).hexdigest()
+
+
+def _module_paths(model) -> list:
+    return sorted({type(m).__module__ for m in model.modules()})
+
+
+# -- writing ---------------------------------------------------------------------------
+def _zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def _write_array(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
+    with zf.open(_zip_info(name + ".npy"), "w", force_zip64=arr.nbytes > 2**30) as f:
+        np.lib.format.write_array(f, arr, allow_pickle=False)
+
+
+def _write_container(fileobj, meta_bytes: bytes, arrays: dict) -> None:
+    with zipfile.ZipFile(fileobj, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(_zip_info(METADATA_ENTRY), meta_bytes)
+        for name, arr in arrays.items():
+            _write_array(zf, name, arr)
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(model, path, *, metadata=None) -> str:
+    """Write ``model`` (architecture and state dict) to ``path`` atomically; return the path.
+
+    model    : a refcompress.nn.Module whose every layer type is registered
+               (``nn.register_module``), so that ``nn.to_spec`` can describe it.
+    path     : target file (conventionally ``*.npz``); its directory must exist.  An
+               existing file is replaced only once the new one is complete on disk.
+    metadata : optional JSON-serialisable dict stored under "user" (e.g. the accuracy
+               and seed of a trained model); :func:`read_metadata` returns it.
+    """
+    if not isinstance(model, nn.Module):
+        raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
+    path = _check_path(path)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise DTypeError(f"metadata: expected a dict or None, got {type(metadata).__name__}")
+    spec = nn.to_spec(model)
+    arrays = {}
+    for name, arr in model.state_dict().items():
+        if arr.dtype.hasobject:
+            raise DTypeError(f"model: state-dict array {name!r} has dtype object, which cannot be saved")
+        arrays[name] = np.asarray(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "refcompress_version": __version__,
+        "architecture": spec,
+        "modules": _module_paths(model),
+        "arrays": [{"name": k, "shape": list(a.shape), "dtype": a.dtype.str, "sha256": _sha256(a)}
+                   for k, a in arrays.items()],
+        "user": metadata,
+    }
+    try:
+        meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise ArgumentError(f"metadata: expected a JSON-serialisable dict: {e}") from None
+
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: never write into a file someone else owns; mode 0o666 lets the umask decide
+    # the final permissions, as for any newly created file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_container(f, meta_bytes, arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+# -- reading ---------------------------------------------------------------------------
+def _check_metadata(meta, where: str) -> None:
+    def bad(msg):
+        raise CorruptFileError(f"{where}: {msg}")
+
+    if not isinstance(meta, dict):
+        bad(f"metadata is a {type(meta).__name__}, expected a JSON object")
+    if meta.get("format") != FORMAT_NAME:
+        bad(f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r} (not a refcompress model file)")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        bad(f"format_version is {version!r}; this refcompress ({__version__}) reads version "
+            f"{FORMAT_VERSION} (file written by refcompress {meta.get('refcompress_version')!r})")
+    for key, kind in (("architecture", dict), ("arrays", list), ("modules", list), ("user", dict)):
+        if not isinstance(meta.get(key), kind):
+            bad(f"metadata field {key!r} is missing or not a JSON {kind.__name__}")
+    seen = set()
+    for i, entry in enumerate(meta["arrays"]):
+        if not (isinstance(entry, dict) and set(entry) == {"name", "shape", "dtype", "sha256"}):
+            bad(f"arrays[{i}] must have exactly the fields name, shape, dtype, sha256, got {entry!r:.200}")
+        name, shape = entry["name"], entry["shape"]
+        if not isinstance(name, str) or not name or name in seen:
+            bad(f"arrays[{i}].name {name!r} is empty, not a string, or repeated")
+        seen.add(name)
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                               for d in shape)):
+            bad(f"arrays[{i}] ({name}): shape {shape!r} is not a list of non-negative ints")
+        try:
+            dt = np.dtype(entry["dtype"])
+        except TypeError:
+            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a NumPy dtype")
+        if dt.hasobject or not isinstance(entry["dtype"], str):
+            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a plain numeric dtype")
+        if not (isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64):
+            bad(f"arrays[{i}] ({name}): sha256 {entry['sha256']!r} is not a 64-digit hex digest")
+
+
+def _read_npy_entry(zf: zipfile.ZipFile, entry: dict, where: str) -> np.ndarray:
+    name = entry["name"]
+    shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
+    with zf.open(name + ".npy") as f:
+        major, minor = np.lib.format.read_magic(f)
+        if (major, minor) == (1, 0):
+            hshape, fortran, hdtype = np.lib.format.read_array_header_1_0(f)
+        elif (major, minor) in ((2, 0), (3, 0)):
+            hshape, fortran, hdtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise CorruptFileError(f"{where}: {name}.npy has unsupported .npy version {major}.{minor}")
+        # The header is checked before any data is read, so a damaged header can never
+        # make us allocate an array of its invented size.
+        if hdtype.hasobject:
+            raise CorruptFileError(f"{where}: {name}.npy holds Python objects; refusing to unpickle")
+        if tuple(hshape) != shape or hdtype != dtype:
+            raise CorruptFileError(
+                f"{where}: array {name!r} is {hdtype.str} {tuple(hshape)} in the file, but the "
+                f"metadata says {dtype.str} {shape}")
+        if fortran:
+            raise CorruptFileError(f"{where}: array {name!r} is in Fortran order; refcompress writes C order")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        data = f.read(nbytes)
+        if len(data) != nbytes or f.read(1):
+            raise CorruptFileError(
+                f"{where}: array {name!r} has {len(data)} data bytes, expected exactly {nbytes}")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CorruptFileError(f"{where}: array {name!r} fails its SHA-256 checksum (the data was altered)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+
+
+def _read_verified(path: str):
+    """(metadata, {name: array}) after every check, or CorruptFileError."""
+    where = path
+    try:
+        zf = zipfile.ZipFile(path, "r")
+    except zipfile.BadZipFile as e:
+        raise CorruptFileError(f"{where}: not a readable ZIP/npz archive (truncated or damaged: {e})") from None
+    with zf:
+        try:
+            names = zf.namelist()
+            if METADATA_ENTRY not in names:
+                raise CorruptFileError(f"{where}: no {METADATA_ENTRY} entry (not a refcompress model file)")
+            try:
+                meta = json.loads(zf.read(METADATA_ENTRY).decode("utf-8"))
+            except json.JSONDecodeError as e:
+                raise CorruptFileError(f"{where}: {METADATA_ENTRY} is not valid JSON ({e})") from None
+            _check_metadata(meta, where)
+            expected = {e["name"] + ".npy" for e in meta["arrays"]} | {METADATA_ENTRY}
+            missing = sorted(expected - set(names))
+            extra = sorted(set(names) - expected)
+            if missing or extra or len(names) != len(set(names)):
+                raise CorruptFileError(
+                    f"{where}: entries do not match the metadata: missing {missing}, unexpected "
+                    f"{extra}" + (", duplicated entries" if len(names) != len(set(names)) else ""))
+            arrays = {e["name"]: _read_npy_entry(zf, e, where) for e in meta["arrays"]}
+        except CorruptFileError:
+            raise
+        except _READ_ERRORS as e:
+            raise CorruptFileError(f"{where}: damaged archive ({type(e).__name__}: {e})") from None
+    return meta, arrays
+
+
+def _import_layer_modules(meta) -> None:
+    # Only refcompress's own packages are imported on a file's say-so: a file must never
+    # choose arbitrary code to import.
+    for mod in meta["modules"]:
+        if isinstance(mod, str) and (mod == "refcompress" or mod.startswith("refcompress.")):
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                pass
+
+
+def read_metadata(path) -> dict:
+    """The verified metadata dict of a saved model (the fields of the module docstring).
+
+    The whole file is verified as by :func:`load` (except building the model); the
+    caller's ``metadata`` from :func:`save` is under ``"user"``.
+    """
+    meta, _ = _read_verified(_check_path(path))
+    return meta
+
+
+def load(path):
+    """Rebuild the model saved at ``path`` and return it, in eval mode.
+
+    Every check of the module docstring passes before the model exists; otherwise
+    :class:`~refcompress.errors.CorruptFileError` names the file and the problem
+    (FileNotFoundError when there is no file).  Arrays come back with their saved shapes
+    and dtypes, and the model's outputs equal the saved model's exactly.  The shared
+    random generator of ``nn.manual_seed`` is left as it was (building the layers draws
+    initial weights that the saved ones then replace).
+    """
+    path = _check_path(path)
+    meta, arrays = _read_verified(path)
+    _import_layer_modules(meta)
+    gen = nn.init.get_rng()
+    rng_state = gen.bit_generator.state
+    try:
+        model = nn.from_spec(meta["architecture"])
+    except (RefcompressError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CorruptFileError(f"{path}: the architecture cannot be built: {e}") from None
+    finally:
+        gen.bit_generator.state = rng_state
+    # A model saved after model.to(float64) rebuilds as float32; follow the saved dtype.
+    float_dtypes = {a.dtype for a in arrays.values() if a.dtype.kind == "f"}
+    params = list(model.parameters())
+    if len(float_dtypes) == 1 and params and params[0].dtype not in float_dtypes:
+        model.to(next(iter(float_dtypes)))
+    try:
+        model.load_state_dict(arrays, strict=True)
+    except (ArgumentError, ShapeError, DTypeError) as e:
+        raise CorruptFileError(f"{path}: the arrays do not fit the architecture: {e}") from None
+    return model.eval()

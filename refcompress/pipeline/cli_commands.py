@@ -1,0 +1,116 @@
+"""The ``compress``, ``report`` and ``bench`` commands of ``refcompress`` (wired in cli.py).
+
+MODEL arguments are a file written by :func:`refcompress.io.save`, or the name of a
+reference model (``mlp_300_100``, ``small_cnn``), which is then trained first.  The data
+set is the embedded digits split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ..errors import RefcompressError
+
+
+def _load_model(spec: str, seed: int, data):
+    from .. import io as rc_io
+    from ..models import REFERENCE_MODELS, train_reference
+
+    if spec in REFERENCE_MODELS:
+        print(f"training reference model {spec} (seed {seed}) ...", file=sys.stderr)
+        model, acc = train_reference(spec, seed, data=data)
+        print(f"trained: test accuracy {100 * acc:.2f}%", file=sys.stderr)
+        return model
+    if not os.path.exists(spec):
+        raise RefcompressError(f"MODEL: no file {spec!r} and not a reference model name {sorted(REFERENCE_MODELS)}")
+    return rc_io.load(spec)
+
+
+def add_compress_arguments(p):
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz) or reference model name")
+    p.add_argument("--recipe", "-r", required=True, help="TOML recipe (see examples/recipes/)")
+    p.add_argument("-o", "--output", required=True, help="where to write the compressed model (.npz)")
+    p.add_argument("--report-json", help="also write the per-stage reports as JSON here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="threads for the C kernels")
+    p.add_argument("--progress", action="store_true", help="show training progress bars")
+
+
+def run_compress(args) -> int:
+    from .. import io as rc_io
+    from .. import kernels
+    from ..data import load_digits
+    from .compress import compress
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)  # refused before any work if invalid
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise RefcompressError(f"--output: directory {out_dir!r} does not exist")
+    data = load_digits()
+    model = _load_model(args.model, args.seed, data)
+    with kernels.use(threads=args.threads) if args.threads else _nullcontext():
+        result = compress(model, recipe, data, seed=args.seed, progress=args.progress)
+    print(f"recipe {recipe.name} ({recipe.source})")
+    print(result.table())
+    # the file appears only when complete (io.save writes atomically)
+    rc_io.save(result.final, args.output, metadata={"recipe": recipe.name, "reports": result.to_dicts()})
+    if args.report_json:
+        with open(args.report_json, "w") as f:
+            json.dump(result.to_dicts(), f, indent=2)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def add_report_arguments(p):
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz) or reference model name")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=30, help="latency repeats (median)")
+
+
+def run_report(args) -> int:
+    from ..data import load_digits
+    from .compress import HEADERS, measure
+
+    data = load_digits()
+    model = _load_model(args.model, args.seed, data)
+    rep = measure(model, data, os.path.basename(args.model), repeats=args.repeats)
+    for h, v in zip(HEADERS, rep.row()):
+        if "speedup" not in h and h != "ratio":
+            print(f"{h:<12} {v}")
+    return 0
+
+
+def add_bench_arguments(p):
+    p.add_argument("names", nargs="*", help="benchmarks to run (qgemm, qconv, spmm, lowrank); default all")
+    p.add_argument("--full", action="store_true", help="all shapes (default: --quick subsets)")
+
+
+def run_bench(args) -> int:
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bench_dir = os.path.join(here, "benchmarks")
+    if not os.path.isdir(bench_dir):
+        raise RefcompressError(f"bench: the benchmarks/ folder of a source checkout is needed (looked in {bench_dir})")
+    names = args.names or sorted(f[6:-3] for f in os.listdir(bench_dir) if f.startswith("bench_") and f.endswith(".py"))
+    env = dict(os.environ)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # NumPy at its best BLAS kernel
+        env.pop(var, None)
+    status = 0
+    for name in names:
+        script = os.path.join(bench_dir, f"bench_{name}.py")
+        if not os.path.exists(script):
+            raise RefcompressError(f"bench: no benchmark {name!r} (have {sorted(f[6:-3] for f in os.listdir(bench_dir) if f.startswith('bench_'))})")
+        print(f"== {name}", flush=True)
+        status |= subprocess.call([sys.executable, script] + ([] if args.full else ["--quick"]), env=env)
+    return 1 if status else 0
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

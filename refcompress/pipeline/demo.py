@@ -1,0 +1,205 @@
+"""``refcompress demo``: train (or load) the two reference models on digits and report them.
+
+For each reference model (:mod:`refcompress.models`) and each seed in
+``seed, seed + 1, ..., seed + seeds - 1`` the demo trains the model with its recipe, or,
+when ``out_dir`` holds a verified file saved by an earlier run with the same recipe, loads
+it (:mod:`refcompress.io`; a damaged or out-of-date file is retrained and replaced).  It
+prints one table row per model:
+
+    model | parameters | stored bytes | MACs per sample | test accuracy |
+    latency at batch 1 | latency at batch 64
+
+Parameters, bytes, MACs and latency are those of the first seed's model
+(:mod:`refcompress.pipeline.metrics`); latency is the median over ``latency_repeats``
+forward passes in eval mode, in milliseconds.  With several seeds the accuracy is
+"mean ± std" over the seeds (sample standard deviation, ddof = 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+import numpy as np
+
+from .. import io as rc_io
+from .._validation import check_int
+from ..data import load_digits
+from ..errors import CorruptFileError, DTypeError
+from ..models import REFERENCE_MODELS, TRAINING_RECIPE, blas_threads, train_reference
+from .metrics import accuracy, count_macs, count_parameters, measure_latency, stored_bytes
+
+__all__ = ["run", "add_arguments", "run_from_args", "main", "format_table"]
+
+DEFAULT_OUT_DIR = "artifacts"
+
+
+@contextlib.contextmanager
+def _thread_limit(threads):
+    """threads=None: one BLAS thread, C kernels unchanged; threads=N: N for both."""
+    if threads is None:
+        with blas_threads(1):
+            yield
+        return
+    from .. import kernels
+
+    with kernels.use(threads=threads), blas_threads(threads):
+        yield
+
+
+def _recipe(name, epochs):
+    recipe = dict(TRAINING_RECIPE[name])
+    if epochs is not None:
+        recipe["epochs"] = epochs
+    return recipe
+
+
+def _cached_model(path, name, seed, recipe, log):
+    """The model saved at ``path`` if it is intact and was trained by ``recipe``, else None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        user = rc_io.read_metadata(path)["user"]
+        if user.get("model") != name or user.get("seed") != seed or user.get("recipe") != recipe:
+            log(f"  {path}: trained with another recipe; retraining")
+            return None
+        return rc_io.load(path)
+    except CorruptFileError as e:
+        log(f"  {path}: {e}; retraining")
+        return None
+
+
+def _obtain(name, seed, data, out_dir, use_cache, epochs, log):
+    recipe = _recipe(name, epochs)
+    path = os.path.join(out_dir, f"{name}-seed{seed}.npz") if out_dir is not None else None
+    if use_cache and path is not None:
+        model = _cached_model(path, name, seed, recipe, log)
+        if model is not None:
+            log(f"  {name} seed {seed}: loaded {path}")
+            return model
+    t0 = time.perf_counter()
+    model, acc = train_reference(name, seed, epochs=epochs, data=data, threads=None)
+    seconds = time.perf_counter() - t0
+    log(f"  {name} seed {seed}: trained in {seconds:.1f} s, test accuracy {100 * acc:.2f} %")
+    if use_cache and path is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        rc_io.save(model, path, metadata={"model": name, "seed": seed, "recipe": recipe,
+                                          "test_accuracy": acc, "train_seconds": seconds})
+    return model
+
+
+def format_table(rows) -> str:
+    """The demo's table (plain text) from :func:`run`'s rows."""
+    head = ("model", "parameters", "stored bytes", "MACs/sample", "test accuracy",
+            "latency b=1", "latency b=64")
+    lines = []
+    for r in rows:
+        accs = np.asarray(r["test_accuracies"]) * 100
+        acc = (f"{accs.mean():.2f} ± {accs.std(ddof=1):.2f} % (n={len(accs)})" if len(accs) > 1
+               else f"{accs[0]:.2f} %")
+        lines.append((r["model"], f"{r['parameters']:,}", f"{r['stored_bytes']:,}",
+                      f"{r['macs_per_sample']:,}", acc, f"{1e3 * r['latency_b1_s']:.3f} ms",
+                      f"{1e3 * r['latency_b64_s']:.3f} ms"))
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [fmt(head), "  ".join("-" * w for w in widths)]
+    out += [fmt(l) for l in lines]
+    return "\n".join(out)
+
+
+def run(seed: int = 0, seeds: int = 1, threads: int | None = None, out_dir=DEFAULT_OUT_DIR, *,
+        use_cache: bool = True, epochs: int | None = None, latency_repeats: int = 50,
+        stream=None) -> list:
+    """Train or load the reference models, print the report table, return its rows.
+
+    seed, seeds     : the seeds used are seed .. seed + seeds - 1 (seeds >= 1).
+    threads         : thread count for the C kernels and NumPy's BLAS (via threadpoolctl)
+                      during the whole run; None runs BLAS on one thread (these models'
+                      matrices are too small to gain from more, see
+                      :func:`refcompress.models.blas_threads`) and leaves the C kernels'
+                      setting unchanged.
+    out_dir         : directory of the model cache (created when needed), one file per
+                      model and seed, ``<model>-seed<k>.npz``; None disables the cache.
+    use_cache       : False trains every model and neither reads nor writes files.
+    epochs          : override the recipes' maximum epochs (a quick run; the cache keys
+                      on the recipe, so such models never replace full ones).
+    latency_repeats : timed forward passes per latency median.
+    stream          : where the table and progress lines go (default sys.stdout).
+
+    Each row is a dict: model, parameters, stored_bytes, macs_per_sample,
+    test_accuracies (list, one per seed), latency_b1_s, latency_b64_s (seconds).
+    """
+    seed = check_int(seed, "seed", min_value=0)
+    seeds = check_int(seeds, "seeds", min_value=1)
+    if threads is not None:
+        threads = check_int(threads, "threads", min_value=1)
+    if epochs is not None:
+        epochs = check_int(epochs, "epochs", min_value=1)
+    latency_repeats = check_int(latency_repeats, "latency_repeats", min_value=1)
+    if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+        raise DTypeError(f"out_dir: expected a str, os.PathLike or None, got {type(out_dir).__name__}")
+    if not isinstance(use_cache, (bool, np.bool_)):
+        raise DTypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
+    stream = sys.stdout if stream is None else stream
+
+    def log(msg):
+        print(msg, file=stream, flush=True)
+
+    data = load_digits()
+    rows = []
+    with _thread_limit(threads):
+        for name in REFERENCE_MODELS:
+            models = [_obtain(name, s, data, out_dir, use_cache, epochs, log)
+                      for s in range(seed, seed + seeds)]
+            first = models[0]
+            rows.append({
+                "model": name,
+                "parameters": count_parameters(first),
+                "stored_bytes": stored_bytes(first),
+                "macs_per_sample": count_macs(first, data.image_shape),
+                "test_accuracies": [accuracy(m, data.X_test, data.y_test) for m in models],
+                "latency_b1_s": measure_latency(first, data.X_test[:1], latency_repeats),
+                "latency_b64_s": measure_latency(first, data.X_test[:64], latency_repeats),
+            })
+    log("")
+    log(f"digits test split: {len(data.y_test)} images; seeds {seed}..{seed + seeds - 1}")
+    log(format_table(rows))
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to ``parser`` (the CLI's ``demo`` subcommand)."""
+    parser.add_argument("--seed", type=int, default=0, help="first training seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="number of seeds per model; >1 reports mean ± std accuracy (default 1)")
+    parser.add_argument("--out", default=DEFAULT_OUT_DIR, metavar="DIR",
+                        help=f"model cache directory (default {DEFAULT_OUT_DIR}/)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="always train; do not read or write the model cache")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for the C kernels and NumPy's BLAS (default: 1 BLAS thread, "
+                        "kernels unchanged)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the recipes' maximum epochs (quick runs)")
+
+
+def run_from_args(args) -> int:
+    """Run the demo from parsed arguments (see :func:`add_arguments`); return exit code 0."""
+    run(seed=args.seed, seeds=args.seeds, threads=args.threads, out_dir=args.out,
+        use_cache=not args.no_cache, epochs=args.epochs)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m refcompress.pipeline.demo [--seed N] [--seeds K] [--out DIR] [--no-cache]``."""
+    parser = argparse.ArgumentParser(prog="refcompress demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""refcompress.io: round trips, the file's contents, atomic writes and every corruption."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from refcompress import io as rio
+from refcompress import nn
+from refcompress.errors import ArgumentError, CorruptFileError, DTypeError
+from refcompress.io import npz as npz_mod
+from refcompress.models import mlp_300_100, small_cnn
+
+
+def _trained_like(builder, seed=0):
+    """A model whose weights and BatchNorm statistics differ from any fresh one."""
+    model = builder(rng=np.random.default_rng(seed))
+    x = np.random.default_rng(seed + 1).random((16, 1, 8, 8), dtype=np.float32)
+    model.train()
+    model(x)  # updates BatchNorm running statistics and num_batches_tracked
+    for p in model.parameters():
+        p.data = p.data + np.float32(0.01)
+    return model.eval()
+
+
+def _x(n=7):
+    return np.random.default_rng(5).random((n, 1, 8, 8), dtype=np.float32)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = _trained_like(small_cnn)
+    path = tmp_path / "cnn.npz"
+    rio.save(model, path, metadata={"note": "fixture"})
+    return model, path
+
+
+def _rewrite(path, edit_meta=None, edit_entries=None):
+    """Rebuild the archive with edited metadata and/or entries (valid ZIP, fresh CRCs)."""
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    meta = json.loads(entries[rio.METADATA_ENTRY])
+    if edit_meta:
+        edit_meta(meta)
+    entries[rio.METADATA_ENTRY] = json.dumps(meta).encode()
+    if edit_entries:
+        edit_entries(entries)
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in entries.items():
+            zf.writestr(n, b)
+
+
+def _npy_bytes(arr):
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr)
+    return buf.getvalue()
+
+
+# -- round trips -----------------------------------------------------------------------
+@pytest.mark.parametrize("builder", [mlp_300_100, small_cnn])
+def test_round_trip_gives_identical_outputs_and_state(tmp_path, builder):
+    model = _trained_like(builder)
+    path = tmp_path / "m.npz"
+    assert rio.save(model, path) == str(path)
+    loaded = rio.load(path)
+    assert not loaded.training
+    assert nn.to_spec(loaded) == nn.to_spec(model)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(loaded(_x()), model(_x()))
+
+
+def test_mlp_also_takes_flat_rows_after_loading(tmp_path):
+    model = _trained_like(mlp_300_100)
+    rio.save(model, tmp_path / "m.npz")
+    x = _x().reshape(7, 64)
+    np.testing.assert_array_equal(rio.load(tmp_path / "m.npz")(x), model(x))
+
+
+def test_float64_model_round_trips_in_float64(tmp_path):
+    model = _trained_like(mlp_300_100).to(np.float64)
+    rio.save(model, tmp_path / "m.npz")
+    loaded = rio.load(tmp_path / "m.npz")
+    assert all(p.dtype == np.float64 for p in loaded.parameters())
+    x = _x().astype(np.float64)
+    np.testing.assert_array_equal(loaded(x), model(x))
+
+
+def test_metadata_fields_and_checksums(saved):
+    import hashlib
+
+    model, path = saved
+    meta = rio.read_metadata(path)
+    assert meta["format"] == "refcompress.model" and meta["format_version"] == 1
+    from refcompress import __version__
+
+    assert meta["refcompress_version"] == __version__
+    assert meta["architecture"] == nn.to_spec(model)
+    assert meta["user"] == {"note": "fixture"}
+    sd = model.state_dict()
+    assert [e["name"] for e in meta["arrays"]] == list(sd)
+    for e in meta["arrays"]:
+        a = sd[e["name"]]
+        assert e["shape"] == list(a.shape) and e["dtype"] == a.dtype.str
+        assert e["sha256"] == hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    # 0-d buffers keep their shape (BatchNorm's num_batches_tracked)
+    assert {e["name"]: e["shape"] for e in meta["arrays"]}["1.num_batches_tracked"] == []
+
+
+def test_file_is_a_plain_npz_without_pickles(saved):
+    model, path = saved
+    with np.load(path, allow_pickle=False) as f:
+        assert set(f.files) == set(model.state_dict()) | {rio.METADATA_ENTRY}
+        np.testing.assert_array_equal(f["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_same_model_gives_identical_bytes(tmp_path):
+    model = _trained_like(mlp_300_100)
+    rio.save(model, tmp_path / "a.npz")
+    rio.save(model, tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_load_leaves_the_shared_generator_alone(saved):
+    _, path = saved
+    nn.manual_seed(3)
+    expected = np.random.default_rng(3).random(4)
+    rio.load(path)
+    np.testing.assert_array_equal(nn.init.get_rng().random(4), expected)
+
+
+# -- atomic writes -----------------------------------------------------------------------
+def test_failure_mid_write_keeps_the_old_file_and_no_temporary(saved, monkeypatch):
+    old_model, path = saved
+    old_bytes = path.read_bytes()
+    calls = []
+    real = npz_mod._write_array
+
+    def failing(zf, name, arr):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError("disk full (simulated)")
+        real(zf, name, arr)
+
+    monkeypatch.setattr(npz_mod, "_write_array", failing)
+    with pytest.raises(OSError, match="simulated"):
+        rio.save(_trained_like(small_cnn, seed=9), path)
+    assert len(calls) == 3
+    assert path.read_bytes() == old_bytes
+    np.testing.assert_array_equal(rio.load(path)(_x()), old_model(_x()))
+    assert os.listdir(path.parent) == [path.name]
+
+
+def test_interrupt_before_replace_keeps_the_old_file(saved, monkeypatch):
+    old_model, path = saved
+
+    def crash(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(npz_mod.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        rio.save(_trained_like(small_cnn, seed=9), path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(rio.load(path)(_x()), old_model(_x()))
+    assert os.listdir(path.parent) == [path.name]
+
+
+def test_new_file_is_fsynced_before_it_replaces_the_old(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(npz_mod.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(npz_mod.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    rio.save(_trained_like(mlp_300_100), tmp_path / "m.npz")
+    assert events[:2] == ["fsync", "replace"]
+
+
+def test_unsaveable_model_writes_nothing(tmp_path):
+    class Unregistered(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ArgumentError, match="register_module"):
+        rio.save(nn.Sequential(nn.ReLU(), Unregistered()), tmp_path / "m.npz")
+    with pytest.raises(ArgumentError, match="metadata"):
+        rio.save(mlp_300_100(), tmp_path / "m.npz", metadata={"x": object()})
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_arguments():
+    with pytest.raises(DTypeError, match="model"):
+        rio.save("model", "x.npz")
+    with pytest.raises(DTypeError, match="path"):
+        rio.save(mlp_300_100(), 3)
+    with pytest.raises(DTypeError, match="metadata"):
+        rio.save(mlp_300_100(), "x.npz", metadata=[1])
+    with pytest.raises(DTypeError, match="path"):
+        rio.load(None)
+    with pytest.raises(ArgumentError, match="path"):
+        rio.load("")
+
+
+def test_missing_file_is_not_corruption(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        rio.load(tmp_path / "absent.npz")
+
+
+# -- corruption ------------------------------------------------------------------------
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_file(saved, keep):
+    _, path = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CorruptFileError, match=str(path)):
+        rio.load(path)
+
+
+def test_flipped_byte_in_any_entry(saved):
+    _, path = saved
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        contents = [zf.read(n) for n in zf.namelist()]
+    for content in contents:  # entries are stored uncompressed, so their bytes are in the file
+        start = data.find(content)
+        assert start >= 0
+        for pos in (start, start + len(content) // 2, start + len(content) - 1):
+            damaged = bytearray(data)
+            damaged[pos] ^= 0x10
+            path.write_bytes(bytes(damaged))
+            with pytest.raises(CorruptFileError):
+                rio.load(path)
+
+
+def test_flipped_byte_in_the_zip_directory(saved):
+    _, path = saved
+    data = path.read_bytes()
+    central = data.rfind(b"PK\x01\x02")
+    end = data.rfind(b"PK\x05\x06")
+    for pos in (central + 16, central + 42, end + 16):  # a CRC; an entry offset; the directory offset
+        damaged = bytearray(data)
+        damaged[pos] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CorruptFileError):
+            rio.load(path)
+
+
+def test_flipped_byte_in_array_data_fails_crc(saved):
+    model, path = saved
+    data = bytearray(path.read_bytes())
+    w = model.state_dict()["3.weight"].tobytes()
+    pos = bytes(data).find(w) + 100
+    data[pos] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="damaged|CRC"):
+        rio.load(path)
+
+
+def test_altered_array_with_valid_zip_fails_the_checksum(saved):
+    model, path = saved
+    w = model.state_dict()["3.weight"].copy()
+    w[0, 0, 0, 0] += 1
+    _rewrite(path, edit_entries=lambda e: e.__setitem__("3.weight.npy", _npy_bytes(w)))
+    with pytest.raises(CorruptFileError, match=r"'3.weight'.*SHA-256"):
+        rio.load(path)
+
+
+def test_checksum_edited_in_metadata(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("sha256", "0" * 64))
+    with pytest.raises(CorruptFileError, match="SHA-256"):
+        rio.load(path)
+
+
+def test_missing_array(saved):
+    _, path = saved
+    _rewrite(path, edit_entries=lambda e: e.pop("8.bias.npy"))
+    with pytest.raises(CorruptFileError, match=r"missing \['8.bias.npy'\]"):
+        rio.load(path)
+
+
+def test_unexpected_entry(saved):
+    _, path = saved
+    _rewrite(path, edit_entries=lambda e: e.__setitem__("extra.npy", _npy_bytes(np.zeros(2))))
+    with pytest.raises(CorruptFileError, match="unexpected"):
+        rio.load(path)
+
+
+def test_array_dropped_from_metadata_and_file(saved):
+    _, path = saved
+
+    def drop(meta):
+        meta["arrays"] = [e for e in meta["arrays"] if e["name"] != "8.bias"]
+
+    _rewrite(path, edit_meta=drop, edit_entries=lambda e: e.pop("8.bias.npy"))
+    with pytest.raises(CorruptFileError, match="do not fit the architecture.*8.bias"):
+        rio.load(path)
+
+
+def test_wrong_shape_in_metadata(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("shape", [16, 1, 3, 4]))
+    with pytest.raises(CorruptFileError, match="0.weight.*metadata says"):
+        rio.load(path)
+
+
+def test_wrong_dtype_in_metadata(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("dtype", "<f8"))
+    with pytest.raises(CorruptFileError, match="0.weight.*<f4.*<f8"):
+        rio.load(path)
+
+
+def test_object_dtype_in_metadata_is_refused(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("dtype", "|O"))
+    with pytest.raises(CorruptFileError, match="plain numeric dtype"):
+        rio.load(path)
+
+
+def test_consistent_arrays_that_do_not_fit_the_architecture(saved):
+    model, path = saved
+    w = np.zeros((16, 1, 3, 2), np.float32)
+
+    def meta_edit(meta):
+        import hashlib
+
+        meta["arrays"][0].update(shape=[16, 1, 3, 2], sha256=hashlib.sha256(w.tobytes()).hexdigest())
+
+    _rewrite(path, edit_meta=meta_edit, edit_entries=lambda e: e.__setitem__("0.weight.npy", _npy_bytes(w)))
+    with pytest.raises(CorruptFileError, match="do not fit the architecture.*0.weight"):
+        rio.load(path)
+
+
+def test_unknown_layer_type(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["architecture"]["children"]["2"].__setitem__("type", "Swish9"))
+    with pytest.raises(CorruptFileError, match="Swish9"):
+        rio.load(path)
+
+
+def test_bad_layer_config(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["architecture"]["children"]["0"]["config"].__setitem__("groups", 7))
+    with pytest.raises(CorruptFileError, match="architecture cannot be built.*groups"):
+        rio.load(path)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", True, None])
+def test_wrong_format_version(saved, version):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m.__setitem__("format_version", version))
+    with pytest.raises(CorruptFileError, match="format_version"):
+        rio.load(path)
+
+
+def test_wrong_format_name(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m.__setitem__("format", "something.else"))
+    with pytest.raises(CorruptFileError, match="not a refcompress model file"):
+        rio.load(path)
+
+
+@pytest.mark.parametrize("field", ["architecture", "arrays", "modules", "user"])
+def test_missing_metadata_field(saved, field):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m.pop(field))
+    with pytest.raises(CorruptFileError, match=field):
+        rio.load(path)
+
+
+def test_metadata_not_json(saved):
+    _, path = saved
+    _rewrite(path, edit_entries=lambda e: e.__setitem__(rio.METADATA_ENTRY, b"{not json"))
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        rio.load(path)
+
+
+def test_plain_npz_without_metadata(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, w=np.zeros(3))
+    with pytest.raises(CorruptFileError, match="not a refcompress model file"):
+        rio.load(path)
+
+
+def test_not_a_zip_at_all(tmp_path):
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"hello world" * 10)
+    with pytest.raises(CorruptFileError, match="not a readable ZIP"):
+        rio.load(path)
+
+
+def test_read_metadata_verifies_too(saved):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][1].__setitem__("sha256", "f" * 64))
+    with pytest.raises(CorruptFileError):
+        rio.read_metadata(path)
+
+
+def test_file_layer_modules_outside_refcompress_are_never_imported(saved, monkeypatch):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["modules"].append("os_evil_module_xyz"))
+    imported = []
+    real = npz_mod.importlib.import_module
+    monkeypatch.setattr(npz_mod.importlib, "import_module", lambda n: (imported.append(n), real(n))[1])
+    rio.load(path)
+    assert "os_evil_module_xyz" not in imported
+    assert all(n.startswith("refcompress") for n in imported)
