@@ -1,0 +1,89 @@
+"""Factored Linear y = U(Vx) + b: the fused C kernel vs dense NumPy and vs NumPy's two matmuls.
+
+For each weight [m, n], rank r = K/16 .. K/2 (K = min(m, n)), batch and thread count:
+
+  dense   x @ W^T + b                      (NumPy, BLAS)
+  two     (x @ V^T) @ U^T + b              (NumPy, two BLAS calls)
+  fp32    kernels.lowrank_linear           (one C call, packed factors)
+  int8    kernels.lowrank_linear_q8        (two exact qgemm calls; x already uint8)
+
+and prints  speedup = dense / fp32,  ideal = m n / ((m + n) r)  (the flop ratio),
+efficiency = speedup / ideal,  vs_two = two / fp32 (>= 1: not slower than NumPy's two
+matmuls),  q8x = fp32 / int8.  BLAS gets the same thread count as the kernel.
+Run with  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE  (make bench does) so NumPy uses
+its best BLAS kernel; the kernel that ran is printed.  --quick: fewer cells, shorter runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import blas_report, blas_threads, median_time  # noqa: E402
+
+import refcompress.kernels as K  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    shapes = [(1024, 1024), (768, 3072)]
+    batches = [1, 16, 64, 256]
+    threads_list = [1, 2]
+    fracs = [16, 8, 4, 2]
+    min_time = 0.03 if args.quick else 0.12
+    if args.quick:
+        shapes, batches, fracs = shapes[:1], [1, 64], [16, 4]
+    print(f"NumPy BLAS: {blas_report()}")
+    print(f"lowrank_linear variant: {K.selected_variant('lowrank_linear')}, "
+          f"lowrank_linear_q8 variant: {K.selected_variant('lowrank_linear_q8')}")
+    rng = np.random.default_rng(0)
+    hdr = (f"{'W [m,n]':>11} {'r':>4} {'B':>4} {'thr':>3} | {'dense us':>9} {'two us':>8} {'fp32 us':>8} "
+           f"{'int8 us':>8} | {'speedup':>7} {'ideal':>6} {'eff':>5} {'vs_two':>6} {'q8x':>5}")
+    print(hdr)
+    print("-" * len(hdr))
+    rows = []
+    for m, n in shapes:
+        w = (rng.standard_normal((m, n)) / np.sqrt(n)).astype(np.float32)
+        b = rng.standard_normal(m).astype(np.float32)
+        kmin = min(m, n)
+        for f in fracs:
+            r = kmin // f
+            v = (rng.standard_normal((r, n)) / np.sqrt(n)).astype(np.float32)
+            u = (rng.standard_normal((m, r)) / np.sqrt(r)).astype(np.float32)
+            packed = K.pack_lowrank(v, u, b)
+            xcal = rng.standard_normal((256, n)).astype(np.float32)
+            q = K.QuantizedLowRank.calibrate(v, u, b, xcal)
+            ideal = m * n / ((m + n) * r)
+            for B in batches:
+                x = rng.standard_normal((B, n)).astype(np.float32)
+                xq = q.quantize_input(x)
+                for t in threads_list:
+                    with blas_threads(t):
+                        td = median_time(lambda: x @ w.T + b, min_time=min_time)
+                        t2 = median_time(lambda: (x @ v.T) @ u.T + b, min_time=min_time)
+                    with K.use("c", threads=t):
+                        tf = median_time(lambda: K.lowrank_linear(x, packed), min_time=min_time)
+                        tq = median_time(lambda: K.lowrank_linear_q8(xq, q), min_time=min_time)
+                    sp = td / tf
+                    row = (m, n, r, B, t, td, t2, tf, tq, sp, ideal, sp / ideal, t2 / tf, tf / tq)
+                    rows.append(row)
+                    print(f"{f'{m}x{n}':>11} {r:>4} {B:>4} {t:>3} | {td*1e6:9.1f} {t2*1e6:8.1f} {tf*1e6:8.1f} "
+                          f"{tq*1e6:8.1f} | {sp:7.2f} {ideal:6.2f} {sp/ideal:5.2f} {t2/tf:6.2f} {tf/tq:5.2f}",
+                          flush=True)
+    eff = np.array([r_[11] for r_ in rows])
+    vs2 = np.array([r_[12] for r_ in rows])
+    q8 = np.array([r_[13] for r_ in rows if r_[3] >= 64])
+    print(f"\ncells: {len(rows)}; efficiency >= 0.90 in {int(np.sum(eff >= 0.9))}, min {eff.min():.2f}, "
+          f"median {np.median(eff):.2f}; not slower than two matmuls in {int(np.sum(vs2 >= 1.0))}, "
+          f"min {vs2.min():.2f}; int8/fp32 at batch >= 64: min {q8.min() if q8.size else float('nan'):.2f}, "
+          f"median {np.median(q8) if q8.size else float('nan'):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The factored (low-rank) Linear: y = U (V x) + b in one call, float32 and int8.
+
+Shapes (PyTorch Linear convention for both factors)::
+
+    x [B, n],  v [r, n] (first factor),  u [m, r] (second factor),  bias [m]  ->  y [B, m]
+    h = x v^T  [B, r],    y = h u^T + bias.
+
+float32 (op ``lowrank_linear``).  The reference is the two NumPy products.  The C kernel
+packs v^T and u^T once into 32-column panels and processes 48-row blocks of x whose h is
+produced and consumed while in cache (csrc/lowrank/).  Float sums are not reassociation-
+invariant, so C and NumPy differ in the last bits; both are held to the forward-error
+bound of the summation (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
+eq. 3.5), element by element, against the exact result computed in float64:
+
+    |y_hat - y| <= gamma_n (|x| |v|^T) |u|^T + gamma_{r+1} ((|h| + gamma_n |x| |v|^T) |u|^T + |bias|),
+    gamma_k = k u / (1 - k u),  u = 2^-24,
+
+the first term being the error of h carried through u, the second the error of the second
+sum (r products and the bias add).  :func:`lowrank_error_bound` computes it.
+
+int8 (op ``lowrank_linear_q8``).  Both factors are quantized symmetrically per output row
+(int8, narrow range [-127, 127]); the activation x arrives as uint8 with (s_x, z_x).  The
+path is two exact :func:`~refcompress.kernels.qgemm` calls (the VNNI tiles):
+
+    h_q = requantize_float( (x_q - z_x) @ v_q^T ;  M_j = s_x s_v[j] / s_h,  z_h )   uint8
+    y   = float32( (h_q - z_h) @ u_q^T + bias_q ) * (s_h s_u[i])                     float32
+
+with bias_q = round_half_even(bias / (s_h s_u)) (int32).  We chose two qgemm calls over a
+fused int8 loop: each is bit-exact against its NumPy reference on every ISA variant, so
+the composition is bit-exact too (tests check it with tolerance 0), and the intermediate
+is requantized to uint8, which a real integer-only pipeline must do anyway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_array, check_float, check_int
+from ..errors import ArgumentError, ShapeError
+from . import _native
+from ._registry import Op, check_rc, dispatch, register
+from .qgemm import (Dequantize, Requantize, _output_spec, _qgemm_c, k_bound, pack_weights,
+                    qgemm_reference)
+from .quantize import quantize
+
+__all__ = ["PackedLowRank", "pack_lowrank", "lowrank_linear", "lowrank_error_bound",
+           "QuantizedLowRank", "lowrank_linear_q8", "gamma"]
+
+U32 = 2.0 ** -24
+
+
+def gamma(k: int, unit_roundoff: float = U32) -> float:
+    """gamma_k = k u / (1 - k u) (Higham 2002, Lemma 3.1)."""
+    return k * unit_roundoff / (1.0 - k * unit_roundoff)
+
+
+# ---- float32 ------------------------------------------------------------------------------------
+
+
+class PackedLowRank:
+    """float32 factors v [r, n], u [m, r] and bias [m] (or None), validated and packed once
+    for the C kernel (v^T and u^T in 32-column panels); the reference reads v, u, bias."""
+
+    def __init__(self, v, u, bias=None):
+        v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True)
+        r, n = v.shape
+        u = check_array(u, "u", dtypes=[np.float32], ndim=2, contiguous=True)
+        if u.shape[1] != r:
+            raise ShapeError(f"u: expected shape (m, {r}) to match v's rank {r}, got {u.shape}")
+        m = u.shape[0]
+        if bias is not None:
+            bias = check_array(bias, "bias", dtypes=[np.float32], shape=(m,), contiguous=True)
+        self.v, self.u, self.bias = v, u, bias
+        self.n, self.r, self.m = n, r, m
+        self.packed = None
+        if _native.lib is not None and r * n * m > 0:
+            lib = _native.lib
+            self.packed = np.empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
+            check_rc(lib.rc_lowrank_pack_f32(_native.ptr("float *", v), _native.ptr("float *", u),
+                                             n, r, m, _native.ptr("float *", self.packed)), "pack_lowrank")
+            self._c_args = (_native.ptr("float *", self.packed),
+                            _native.ffi.NULL if bias is None else _native.ptr("float *", bias))
+
+    def __repr__(self):
+        return f"PackedLowRank(n={self.n}, r={self.r}, m={self.m}, bias={self.bias is not None})"
+
+
+def pack_lowrank(v, u, bias=None) -> PackedLowRank:
+    """Validate and pack float32 factors once per layer (see :class:`PackedLowRank`)."""
+    return PackedLowRank(v, u, bias)
+
+
+def lowrank_linear_reference(x, p):
+    """NumPy definition: y = (x v^T) u^T + bias, float32."""
+    y = (x @ p.v.T) @ p.u.T
+    return y + p.bias if p.bias is not None else y
+
+
+def _lowrank_linear_c(x, p, *, isa, threads):
+    lib = _native.lib
+    B = x.shape[0]
+    y = np.empty((B, p.m), np.float32)
+    ws = np.empty(max(lib.rc_lowrank_workspace_size(B, p.r), 1), np.uint8)
+    rc = lib.rc_lowrank_f32(_native.ptr("float *", x), B, p.n, p.r, p.m, *p._c_args,
+                            _native.ptr("float *", y), _native.ptr("void *", ws), isa, threads)
+    check_rc(rc, "lowrank_linear")
+    return y
+
+
+_TOL_DOC = ("|y - y_exact| <= gamma_n (|x||v|^T)|u|^T + gamma_{r+1} ((|h| + gamma_n |x||v|^T)|u|^T "
+            "+ |bias|), element-wise, gamma_k = k 2^-24 / (1 - k 2^-24)")
+register(Op("lowrank_linear", lowrank_linear_reference, _lowrank_linear_c, ("portable", "avx2", "avx512"),
+            tolerance=U32, tolerance_doc=_TOL_DOC, doc=__doc__))
+
+
+def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
+    """y = (x v^T) u^T + bias for float32 x [B, n], v [r, n], u [m, r], bias [m] -> y [B, m].
+
+    ``v`` may be a :class:`PackedLowRank` (then ``u`` and ``bias`` come from it and must be
+    None): pack once per layer, call many times.  Within :func:`lowrank_error_bound` of the
+    exact result on every backend.
+    """
+    if isinstance(v, PackedLowRank):
+        if u is not None or bias is not None:
+            raise ArgumentError("u, bias: pass them to pack_lowrank, not with packed factors")
+        p = v
+    else:
+        if u is None:
+            raise ArgumentError("u: expected the second factor [m, r], got None")
+        p = PackedLowRank(v, u, bias)
+    x = check_array(x, "x", dtypes=[np.float32], ndim=2, contiguous=True)
+    if x.shape[1] != p.n:
+        raise ShapeError(f"x: expected shape (batch, {p.n}) to match v [r={p.r}, n={p.n}], got {x.shape}")
+    if p.packed is None:  # an empty factor: nothing for C to do
+        return lowrank_linear_reference(x, p)
+    return dispatch("lowrank_linear", x, p)
+
+
+def lowrank_error_bound(x, v, u, bias=None) -> np.ndarray:
+    """The element-wise bound on |y_hat - y_exact| of the module docstring, float64 [B, m]."""
+    x64, v64, u64 = (np.abs(np.asarray(a, np.float64)) for a in (x, v, u))
+    n, r = v64.shape[1], v64.shape[0]
+    hx = x64 @ v64.T  # sum |x||v|
+    h_abs = np.abs(np.asarray(x, np.float64) @ np.asarray(v, np.float64).T)
+    b = 0.0 if bias is None else np.abs(np.asarray(bias, np.float64))
+    gn, gr = gamma(n), gamma(r + 1)
+    return gn * (hx @ u64.T) + gr * ((h_abs + gn * hx) @ u64.T + b)
+
+
+# ---- int8 ---------------------------------------------------------------------------------------
+
+
+def _sym_int8(w):
+    """Per-row symmetric narrow-range int8: s = max|w_row| / 127, q = rint(w / s)."""
+    amax = np.max(np.abs(w), axis=1).astype(np.float32)
+    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = quantize(np.ascontiguousarray(w, np.float32), s, np.zeros(s.size, np.int64), axis=0,
+                 dtype=np.int8, qmin=-127, qmax=127)
+    return q, s
+
+
+class QuantizedLowRank:
+    """An int8 factored Linear: quantized factors packed for qgemm, and the scales.
+
+    v_q [r, n] int8 with s_v [r], u_q [m, r] int8 with s_u [m] (symmetric per row), the
+    input's (s_x, z_x) and the intermediate's (s_h, z_h) (uint8, affine), bias_q [m] int32.
+    Build with :meth:`from_float` (given the activation ranges) or :meth:`calibrate`.
+    """
+
+    def __init__(self, v, u, bias, x_scale, x_zero_point, h_scale, h_zero_point):
+        p = PackedLowRank(v, u, bias)  # validates shapes and dtypes
+        self.n, self.r, self.m = p.n, p.r, p.m
+        self.x_scale = np.float32(check_float(x_scale, "x_scale", min_value=0.0, min_inclusive=False))
+        self.h_scale = np.float32(check_float(h_scale, "h_scale", min_value=0.0, min_inclusive=False))
+        self.x_zero_point = check_int(x_zero_point, "x_zero_point", min_value=0, max_value=255)
+        self.h_zero_point = check_int(h_zero_point, "h_zero_point", min_value=0, max_value=255)
+        self.v_q, self.v_scale = _sym_int8(p.v)
+        self.u_q, self.u_scale = _sym_int8(p.u)
+        for K, name in ((self.n, "v"), (self.r, "u")):
+            bound = k_bound(np.uint8, 255, 127)
+            if K > bound:
+                raise ArgumentError(f"{name}: inner dimension {K} exceeds the int32 bound {bound}")
+        out_scale = (self.h_scale * self.u_scale).astype(np.float32)
+        if p.bias is None:
+            self.bias_q = None
+        else:
+            bq = np.rint(p.bias.astype(np.float64) / out_scale.astype(np.float64))
+            self.bias_q = np.clip(bq, -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+        self.packed_v = pack_weights(np.ascontiguousarray(self.v_q.T))
+        self.packed_u = pack_weights(np.ascontiguousarray(self.u_q.T))
+        mult = (self.x_scale * self.v_scale / self.h_scale).astype(np.float32)
+        self.requant = Requantize(mult, self.h_zero_point, np.uint8, "float")
+        self.dequant = Dequantize(out_scale)
+        self._spec1 = _output_spec(self.requant, self.r)
+        self._spec2 = _output_spec(self.dequant, self.m)
+
+    @classmethod
+    def calibrate(cls, v, u, bias, x) -> "QuantizedLowRank":
+        """Choose (s_x, z_x) and (s_h, z_h) from the min / max of float32 calibration inputs
+        x [N, n] and their h = x v^T (ranges widened to include 0, uint8 affine)."""
+        x = check_array(x, "x", dtypes=[np.float32], ndim=2, finite=True)
+        v = check_array(v, "v", dtypes=[np.float32], ndim=2)
+        sx, zx = _affine_u8(x)
+        sh, zh = _affine_u8(x @ v.T)
+        return cls(v, u, bias, sx, zx, sh, zh)
+
+    def quantize_input(self, x) -> np.ndarray:
+        """x_q = saturate(round_half_even(x / s_x) + z_x), uint8 (ONNX QuantizeLinear)."""
+        return quantize(x, self.x_scale, self.x_zero_point, dtype=np.uint8)
+
+    def __repr__(self):
+        return f"QuantizedLowRank(n={self.n}, r={self.r}, m={self.m})"
+
+
+def _affine_u8(a):
+    lo, hi = min(float(np.min(a)), 0.0), max(float(np.max(a)), 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    return scale, int(np.clip(round(-lo / scale), 0, 255))
+
+
+def lowrank_linear_q8_reference(x_q, q):
+    """NumPy definition: the two exact qgemm references composed (module docstring)."""
+    h_q = qgemm_reference(x_q, q.packed_v, q.x_zero_point, None, q._spec1)
+    return qgemm_reference(h_q, q.packed_u, q.h_zero_point, q.bias_q, q._spec2)
+
+
+def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
+    h_q = _qgemm_c(x_q, q.packed_v, q.x_zero_point, None, q._spec1, isa=isa, threads=threads)
+    return _qgemm_c(h_q, q.packed_u, q.h_zero_point, q.bias_q, q._spec2, isa=isa, threads=threads)
+
+
+register(Op("lowrank_linear_q8", lowrank_linear_q8_reference, _lowrank_linear_q8_c,
+            ("portable", "avx2", "avx512", "avx512_vnni"), doc=__doc__))
+
+
+def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:
+    """int8 factored Linear: uint8 x_q [B, n] (quantized with ``q.x_scale``,
+    ``q.x_zero_point``) -> float32 y [B, m].  Bit-exact across NumPy and every C variant."""
+    if not isinstance(q, QuantizedLowRank):
+        raise ArgumentError(f"q: expected a QuantizedLowRank, got {type(q).__name__}")
+    x_q = check_array(x_q, "x_q", dtypes=[np.uint8], ndim=2, contiguous=True)
+    if x_q.shape[1] != q.n:
+        raise ShapeError(f"x_q: expected shape (batch, {q.n}), got {x_q.shape}")
+    return dispatch("lowrank_linear_q8", x_q, q)
