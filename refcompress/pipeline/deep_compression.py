@@ -209,20 +209,34 @@ class DeepCompressedLinear(_DeepCompressed, Module):
         return m
 
     def _prepare(self, w):
-        from ..kernels import csr_from_dense
+        from ..kernels import csr_from_dense, spmm_csr
 
-        return (w, csr_from_dense(w))
+        csr = csr_from_dense(w)
+        # validated once here through the public entry point; forward then dispatches the
+        # kernel directly (a per-call structure check costs more than a batch-1 product)
+        spmm_csr(np.zeros((1, self.in_features), np.float32), csr.indptr, csr.indices, csr.values, self.bias,
+                 out_features=self.out_features)
+        return (w, csr)
 
     def weight(self) -> np.ndarray:
         return self.dense_weight()
 
     def forward(self, x):
-        from ..kernels import spmm_csr
+        from ..kernels import dispatch
 
         self.dense_weight()
         csr = self._decoded[1][1]
-        return spmm_csr(np.asarray(x, np.float32), csr.indptr, csr.indices, csr.values, self.bias,
-                        out_features=self.out_features)
+        # the common case checked inline: at batch 1 the generic checks cost more than the product
+        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
+            x = check_array(x, "x", dtypes=[np.float32], contiguous=True)
+        x2 = x
+        lead = x2.shape[:-1]
+        if x2.shape[-1] != self.in_features:
+            from ..errors import ShapeError
+
+            raise ShapeError(f"x: expected {self.in_features} features on the last axis, got shape {x2.shape}")
+        y = dispatch("spmm_csr", x2.reshape(-1, self.in_features), csr.indptr, csr.indices, csr.values, self.bias)
+        return y.reshape(lead + (self.out_features,))
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -113,7 +113,7 @@ def format_table(rows) -> str:
 
 def run(seed: int = 0, seeds: int = 1, threads: int | None = None, out_dir=DEFAULT_OUT_DIR, *,
         use_cache: bool = True, epochs: int | None = None, latency_repeats: int = 50,
-        stream=None) -> list:
+        stream=None, compress_models: bool = True) -> list:
     """Train or load the reference models, print the report table, return its rows.
 
     seed, seeds     : the seeds used are seed .. seed + seeds - 1 (seeds >= 1).
@@ -129,6 +129,8 @@ def run(seed: int = 0, seeds: int = 1, threads: int | None = None, out_dir=DEFAU
                       on the recipe, so such models never replace full ones).
     latency_repeats : timed forward passes per latency median.
     stream          : where the table and progress lines go (default sys.stdout).
+    compress_models : then run the headline recipes (:data:`DEMO_RECIPES`) on the first
+                      seed's models and print their stage tables.
 
     Each row is a dict: model, parameters, stored_bytes, macs_per_sample,
     test_accuracies (list, one per seed), latency_b1_s, latency_b64_s (seconds).
@@ -168,7 +170,49 @@ def run(seed: int = 0, seeds: int = 1, threads: int | None = None, out_dir=DEFAU
     log("")
     log(f"digits test split: {len(data.y_test)} images; seeds {seed}..{seed + seeds - 1}")
     log(format_table(rows))
+    if compress_models:
+        with _thread_limit(threads):
+            rows_c = run_recipes(data, out_dir, use_cache, epochs, seed, log)
+        for r in rows:
+            r["compression"] = rows_c.get(r["model"])
     return rows
+
+
+#: The headline recipes (refcompress/pipeline/recipes/) and the issue's bars for them:
+#: (model, recipe file, minimum compression ratio, maximum accuracy loss in pp).
+DEMO_RECIPES = [
+    ("mlp_300_100", "deep_compression_mlp.toml", 50.0, 0.5),
+    ("small_cnn", "deep_compression_cnn.toml", 20.0, 1.0),
+]
+
+
+def recipe_path(name: str) -> str:
+    """Path of a bundled recipe (refcompress/pipeline/recipes/<name>)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes", name)
+
+
+def run_recipes(data, out_dir, use_cache, epochs, seed, log) -> dict:
+    """Compress the first seed's reference models with the headline recipes; print each
+    stage table and a summary line against the bars.  Returns {model: summary dict}."""
+    from .compress import compress
+
+    out = {}
+    for name, recipe, min_ratio, max_loss in DEMO_RECIPES:
+        model = _obtain(name, seed, data, out_dir, use_cache, epochs, log)
+        log(f"\ncompressing {name} with {recipe} ...")
+        t0 = time.perf_counter()
+        result = compress(model, recipe_path(recipe), data, seed=seed)
+        log(result.table())
+        base, last = result.reports[0], result.reports[-1]
+        loss = 100 * (base.accuracy - last.accuracy)
+        ok = last.compression >= min_ratio and loss <= max_loss and last.speedup_b1 > 1 and last.speedup_b64 > 1
+        log(f"{name}: {last.compression:.1f}x smaller (bar >= {min_ratio:.0f}x), accuracy {100 * last.accuracy:.2f}% "
+            f"({-loss:+.2f} pp; bar >= -{max_loss} pp), speedup {last.speedup_b1:.2f}x at batch 1 and "
+            f"{last.speedup_b64:.2f}x at batch 64 -> {'meets' if ok else 'MISSES'} the headline "
+            f"({time.perf_counter() - t0:.0f} s)")
+        out[name] = {"recipe": recipe, "ratio": last.compression, "loss_pp": loss,
+                     "speedup_b1": last.speedup_b1, "speedup_b64": last.speedup_b64, "meets": ok}
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,12 +229,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "kernels unchanged)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the recipes' maximum epochs (quick runs)")
+    parser.add_argument("--no-compress", action="store_true",
+                        help="only train and report the reference models; skip the compression recipes")
 
 
 def run_from_args(args) -> int:
     """Run the demo from parsed arguments (see :func:`add_arguments`); return exit code 0."""
     run(seed=args.seed, seeds=args.seeds, threads=args.threads, out_dir=args.out,
-        use_cache=not args.no_cache, epochs=args.epochs)
+        use_cache=not args.no_cache, epochs=args.epochs, compress_models=not args.no_compress)
     return 0
 
 

@@ -67,7 +67,7 @@ SCHEMAS = {
         "sparsity": (_num(0, 1), 0.9),
         "scope": (_choice("global", "layer"), "layer"),
         "rounds": (_num(1, None, True), 5),
-        "criterion": (_choice("l1", "l2", "activation", "apoz", "taylor"), "l1"),
+        "criterion": (_choice("l1", "l2", "mean_abs", "apoz", "taylor"), "l1"),
         "n": (_num(1, None, True), 2),
         "m": (_num(1, None, True), 4),
         "max_drop": (_num(0, 1), None),

@@ -18,6 +18,7 @@ def _run(tmp_path, **kw):
     out = io.StringIO()
     kw.setdefault("epochs", 1)
     kw.setdefault("latency_repeats", 2)
+    kw.setdefault("compress_models", False)  # the recipes are exercised in test_recipes.py
     rows = demo.run(out_dir=kw.pop("out_dir", tmp_path), stream=out, **kw)
     return rows, out.getvalue()
 
@@ -87,14 +88,28 @@ def test_arguments_and_run_from_args(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "run", lambda **kw: seen.update(kw))
     assert demo.run_from_args(args) == 0
     assert seen == {"seed": 3, "seeds": 2, "threads": 1, "out_dir": str(tmp_path), "use_cache": False,
-                    "epochs": 1}
+                    "epochs": 1, "compress_models": True}
 
 
 def test_cli_runs_the_demo(tmp_path, capsys):
     from refcompress import cli
 
-    assert cli.main(["demo", "--epochs", "1", "--out", str(tmp_path), "--threads", "1"]) == 0
+    assert cli.main(["demo", "--epochs", "1", "--out", str(tmp_path), "--threads", "1", "--no-compress"]) == 0
     assert "small_cnn" in capsys.readouterr().out
+
+
+def test_demo_compresses_with_the_recipes_and_reports_against_the_bars(tmp_path, monkeypatch):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('name = "tiny"\n[[stage]]\nkind = "prune"\nmethod = "magnitude"\nsparsity = 0.5\nepochs = 1\n'
+                      '[[stage]]\nkind = "quantize"\nmethod = "share"\nbits = 4\nepochs = 0\n[[stage]]\nkind = "encode"\n')
+    monkeypatch.setattr(demo, "DEMO_RECIPES", [("mlp_300_100", str(recipe), 50.0, 0.5)])
+    monkeypatch.setattr(demo, "recipe_path", lambda name: name)
+    out = io.StringIO()
+    rows = demo.run(out_dir=tmp_path, stream=out, epochs=1, latency_repeats=2)
+    text = out.getvalue()
+    assert "3. encode" in text and "the headline" in text
+    summary = rows[0]["compression"]
+    assert summary["ratio"] > 1 and "meets" in summary
 
 
 def test_bad_arguments(tmp_path):
