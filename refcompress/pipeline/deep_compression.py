@@ -189,34 +189,41 @@ class DeepCompressedLinear(_DeepCompressed, Module):
     Inference only (train before encoding)."""
 
     def __init__(self, in_features: int, out_features: int, index_bits: int = 5, value_bits: int = 4,
-                 bias: bool = True, index_bytes: int = 0, value_bytes: int = 0):
+                 bias: bool = True, index_bytes: int = 0, value_bytes: int = 0, bias_dtype: str = "float32"):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._init_streams((self.out_features, self.in_features), index_bits, value_bits, index_bytes, value_bytes)
+        # biases may be stored as float16 (relative rounding <= 2^-11); they run as float32
+        self.bias_dtype = str(np.dtype(bias_dtype))
+        if self.bias_dtype not in ("float32", "float16"):
+            raise ArgumentError(f"bias_dtype: expected 'float32' or 'float16', got {bias_dtype!r}")
         if bias:
-            self.register_buffer("bias", np.zeros(self.out_features, np.float32))
+            self.register_buffer("bias", np.zeros(self.out_features, self.bias_dtype))
         else:
             self.bias = None
 
     @classmethod
-    def from_weight(cls, weight, codebook, codes, bias=None, *, index_bits=5) -> "DeepCompressedLinear":
+    def from_weight(cls, weight, codebook, codes, bias=None, *, index_bits=5,
+                    bias_dtype: str = "float32") -> "DeepCompressedLinear":
         e = encode_weight(weight, codebook, codes, index_bits=index_bits)
         out, inp = e.shape
-        m = cls(inp, out, e.index_bits, e.value_bits, bias is not None, e.index_payload.size, e.value_payload.size)
+        m = cls(inp, out, e.index_bits, e.value_bits, bias is not None, e.index_payload.size, e.value_payload.size,
+                bias_dtype)
         m._set_streams(e)
         if bias is not None:
-            m.bias = np.asarray(bias, np.float32).copy()
+            m.bias = np.asarray(bias).astype(m.bias_dtype)
         return m
 
     def _prepare(self, w):
         from ..kernels import csr_from_dense, spmm_csr
 
         csr = csr_from_dense(w)
+        bias = None if self.bias is None else self.bias.astype(np.float32)
         # validated once here through the public entry point; forward then dispatches the
         # kernel directly (a per-call structure check costs more than a batch-1 product)
-        spmm_csr(np.zeros((1, self.in_features), np.float32), csr.indptr, csr.indices, csr.values, self.bias,
+        spmm_csr(np.zeros((1, self.in_features), np.float32), csr.indptr, csr.indices, csr.values, bias,
                  out_features=self.out_features)
-        return (w, csr)
+        return (w, csr, bias)
 
     def weight(self) -> np.ndarray:
         return self.dense_weight()
@@ -235,12 +242,13 @@ class DeepCompressedLinear(_DeepCompressed, Module):
             from ..errors import ShapeError
 
             raise ShapeError(f"x: expected {self.in_features} features on the last axis, got shape {x2.shape}")
-        y = dispatch("spmm_csr", x2.reshape(-1, self.in_features), csr.indptr, csr.indices, csr.values, self.bias)
+        bias = self._decoded[1][2]
+        y = dispatch("spmm_csr", x2.reshape(-1, self.in_features), csr.indptr, csr.indices, csr.values, bias)
         return y.reshape(lead + (self.out_features,))
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, **self._stream_config()}
+                "bias": self.bias is not None, "bias_dtype": self.bias_dtype, **self._stream_config()}
 
 
 class _DecodedWeightView:

@@ -99,7 +99,7 @@ SCHEMAS = {
         "layers": (_str_list, None),
         **_TRAIN,
     },
-    "encode": {"index_bits": (_num(1, 16, True), 5), "sparse_runtime": (_bool, True)},
+    "encode": {"index_bits": (_num(1, 16, True), 5), "bias_dtype": (_choice("float32", "float16"), "float32")},
 }
 
 

@@ -209,7 +209,8 @@ def stage_encode(model, st, ctx):
         if isinstance(m, quant.SharedLinear):
             sw = m.shared()
             new = DeepCompressedLinear.from_weight(sw.dense(), sw.codebook, sw.indices,
-                                                   None if m.bias is None else m.bias.data, index_bits=st["index_bits"])
+                                                   None if m.bias is None else m.bias.data, index_bits=st["index_bits"],
+                                                   bias_dtype=st["bias_dtype"])
             out.set_submodule(name, new)
         elif isinstance(m, quant.SharedConv2d):
             out.set_submodule(name, DeepCompressedConv2d.from_conv(m, m.codebook.data, m.indices,

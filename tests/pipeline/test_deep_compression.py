@@ -106,3 +106,19 @@ def test_conv_layer_round_trips_and_matches_the_dense_conv():
     again.load_state_dict(dc.state_dict())
     np.testing.assert_array_equal(again.dense_weight(), w)
     assert "weight" not in dc.state_dict()
+
+
+def test_float16_biases_are_stored_half_size_and_run_in_float32():
+    w, cb, codes = _shared(5)
+    bias = np.linspace(-1, 1, 30).astype(np.float32)
+    layer = DeepCompressedLinear.from_weight(w, cb, codes, bias, bias_dtype="float16")
+    assert layer.state_dict()["bias"].dtype == np.float16
+    x = np.random.default_rng(5).standard_normal((3, 40)).astype(np.float32)
+    y = layer(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, x @ w.T + bias.astype(np.float16).astype(np.float32), rtol=1e-5, atol=1e-5)
+    again = nn.from_spec(nn.to_spec(layer))
+    again.load_state_dict(layer.state_dict())
+    np.testing.assert_array_equal(again(x), y)
+    with pytest.raises(ArgumentError, match="bias_dtype"):
+        DeepCompressedLinear(4, 3, bias_dtype="int8")
