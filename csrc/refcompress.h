@@ -128,3 +128,52 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
                  long long pad_w, long long dil_h, long long dil_w, int32_t x_zero_point, const int8_t *w,
                  const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
                  void *out, void *workspace, int isa, int threads);
+
+/* ---- sparse Linear: pruned weights in CSR or N:M form (csrc/sparse/) ------------------- *
+ *   y[b, i] = bias[i] + sum over the stored entries (j, w) of row i of  w * x[b, j]
+ * x [batch, in] float32, y [batch, out] float32, bias [out] float32 or NULL.
+ * CSR: indptr [out + 1] int32 or int64 (indptr_bytes 4 or 8), indices [nnz] of index_type
+ *      RC_UINT8 / RC_UINT16 / RC_INT32 (strictly increasing within a row), values [nnz].
+ * N:M: values and indices [out, in / m * n]; indices are uint8 positions 0..m-1 inside each
+ *      group of m consecutive inputs, so entry p of a row is column (p / n) * m + indices[p].
+ * The kernels trust the structure: check it once with rc_csr_check / rc_nm_check (O(nnz)),
+ * which return 0 or an RC_SPCHK_* code with the offending position in *where.
+ * Float sums, not bit-exact across variants: every variant's error is within
+ * gamma_k * (sum |w||x| + |bias|) + k * 2^-149, k = nnz(row) + 1 (docs/sparse_kernels.md).
+ * Scratch: rc_spmm_workspace_size(batch, in) bytes, any alignment (unused, may be NULL,
+ * for batch 1). */
+#define RC_SPCHK_INDPTR_START 1 /* indptr[0] != 0                                      */
+#define RC_SPCHK_INDPTR_ORDER 2 /* indptr[where + 1] < indptr[where]                   */
+#define RC_SPCHK_INDPTR_END 3   /* indptr[out] != nnz                                  */
+#define RC_SPCHK_INDEX_ORDER 4  /* indices[where] <= indices[where - 1] within a row   */
+#define RC_SPCHK_INDEX_RANGE 5  /* indices[where] < 0 or >= in_features (N:M: >= m)   */
+
+int rc_csr_check(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
+                 int index_type, long long nnz, long long in_features, long long *where);
+int rc_nm_check(const uint8_t *indices, long long rows, long long row_len, int n, int m, long long *where);
+long long rc_spmm_workspace_size(long long batch, long long in_features);
+int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long long out_features,
+                    const void *indptr, int indptr_bytes, const void *indices, int index_type,
+                    const float *values, const float *bias, float *y, void *workspace, int isa,
+                    int threads);
+int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long long out_features,
+                   const float *values, const uint8_t *indices, int n, int m, const float *bias,
+                   float *y, void *workspace, int isa, int threads);
+
+/* ---- factored (low-rank) Linear (csrc/lowrank/) ---------------------------------------- *
+ *   h[b, j] = sum_k v[j, k] x[b, k]           (j < r)
+ *   y[b, i] = bias[i] + sum_j u[i, j] h[b, j] (i < m)
+ * x [batch, n], v [r, n], u [m, r], bias [m] or NULL, y [batch, m]: float32, row-major.
+ * rc_lowrank_pack_f32 packs v^T and u^T once into rc_lowrank_packed_size(n, r, m) floats
+ * (panels of RC_LOWRANK_NR columns, zero padded).  Rows are processed in blocks whose h
+ * stays in cache between the two products.  Float sums in any order: every variant's
+ * error is within gamma_n (|x||v|^T)|u|^T + gamma_{r+1} (|h||u|^T + |bias|), element-wise
+ * (docs/lowrank.md).  Scratch: rc_lowrank_workspace_size(batch, r) bytes. */
+#define RC_LOWRANK_NR 32
+long long rc_lowrank_packed_size(long long n, long long r, long long m);
+long long rc_lowrank_workspace_size(long long batch, long long r);
+int rc_lowrank_pack_f32(const float *v, const float *u, long long n, long long r, long long m,
+                        float *packed);
+int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m,
+                   const float *packed, const float *bias, float *y, void *workspace, int isa,
+                   int threads);

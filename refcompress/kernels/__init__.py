@@ -24,8 +24,16 @@ from ._registry import (
 from .qgemm import Dequantize, PackedWeights, Requantize, pack_weights, qgemm, quantize_multiplier, requantize
 from .qconv import PackedConvWeights, conv_output_size, pack_conv_weights, qconv2d
 from .quantize import dequantize, quantize
+from .lowrank import (PackedLowRank, QuantizedLowRank, lowrank_error_bound, lowrank_linear,
+                      lowrank_linear_q8, pack_lowrank)
 
 __all__ = [
+    "PackedLowRank",
+    "QuantizedLowRank",
+    "lowrank_error_bound",
+    "lowrank_linear",
+    "lowrank_linear_q8",
+    "pack_lowrank",
     "Dequantize",
     "PackedConvWeights",
     "conv_output_size",
@@ -54,3 +62,8 @@ __all__ = [
     "use",
     "variants",
 ]
+
+# Sparse Linear layers from pruned weights (CSR and N:M): see docs/sparse_kernels.md.
+from .sparse import CSR, NM, csr_from_dense, csr_to_dense, nm_from_dense, nm_to_dense, spmm_csr, spmm_nm  # noqa: E402
+
+__all__ += ["CSR", "NM", "csr_from_dense", "csr_to_dense", "nm_from_dense", "nm_to_dense", "spmm_csr", "spmm_nm"]

@@ -34,3 +34,15 @@ def kernel_variants(op_name: str) -> list[tuple[str, str | None]]:
 
 
 __all__.append("kernel_variants")
+
+# Sparse Linear kernels (CSR, N:M): checkers against the documented per-element bound.
+from .sparse import (  # noqa: E402
+    assert_within_error_bound,
+    check_spmm_csr,
+    check_spmm_nm,
+    spmm_csr_error_bound,
+    spmm_nm_error_bound,
+)
+
+__all__ += ["assert_within_error_bound", "check_spmm_csr", "check_spmm_nm", "spmm_csr_error_bound",
+            "spmm_nm_error_bound"]

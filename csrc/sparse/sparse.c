@@ -1,0 +1,357 @@
+/* Sparse Linear (pruned weights): structure checks, the driver (work split, panels, threads),
+ * dispatch, and the portable variant.  The ISA variants (sparse_<isa>.c) supply the three
+ * kernels of rc_sparse_kernels; everything that decides *what* is computed lives here.
+ *
+ * Execution (docs/sparse_kernels.md):
+ *  - small batches ("gather"): each output element is a dot product of a row's values with
+ *    the x entries its indices select, vectorised along the row's entries;
+ *  - larger batches ("panels"): x is transposed once into panels [in][width] of `width`
+ *    batch lanes, so an entry (j, w) of row i is one broadcast-multiply-add of w with the
+ *    contiguous panel row j into `width` accumulators held in registers;
+ *  - threads take contiguous row ranges holding about equal numbers of entries. */
+#include <string.h>
+
+#include "sparse.h"
+
+#define RC_SPARSE_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512))
+#define RC_SP_MAX_WIDTH 32 /* the widest panel of any variant (workspace bound) */
+#define RC_SP_MAX_PARTS 256
+/* Column chunk of one packing work item. */
+#define RC_SP_PACK_COLS 256
+/* A row costs about this many entries' worth of work beyond its entries (its store and
+ * loop overhead), so rows with few entries still count when balancing threads. */
+#define RC_SP_ROW_COST 4
+
+/* ---- structure checks ------------------------------------------------------------------ */
+
+static const rc_sparse_kernels *pick(int v);
+
+/* The checks run on the best variant this CPU has (they decide nothing numerical). */
+static const rc_sparse_kernels *best_kernels(void) {
+    return pick(rc_isa_resolve(RC_ISA_AUTO, RC_SPARSE_VARIANTS));
+}
+
+static int64_t ind_at(const void *ind, int itype, int64_t p) {
+    switch (itype) {
+    case RC_UINT8:  return ((const uint8_t *)ind)[p];
+    case RC_UINT16: return ((const uint16_t *)ind)[p];
+    default:        return ((const int32_t *)ind)[p];
+    }
+}
+
+static int64_t iptr_at(const void *indptr, int bytes, int64_t r) {
+    return bytes == 8 ? ((const int64_t *)indptr)[r] : (int64_t)((const int32_t *)indptr)[r];
+}
+
+int rc_csr_check(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
+                 int index_type, long long nnz, long long in_features, long long *where) {
+    if (!indptr || !where || out_features < 0 || nnz < 0 || in_features < 0) return -1;
+    if (indptr_bytes != 4 && indptr_bytes != 8) return -1;
+    if (index_type != RC_UINT8 && index_type != RC_UINT16 && index_type != RC_INT32) return -1;
+    if (nnz > 0 && !indices) return -1;
+    *where = 0;
+    if (iptr_at(indptr, indptr_bytes, 0) != 0) return RC_SPCHK_INDPTR_START;
+    for (int64_t r = 0; r < out_features; ++r)
+        if (iptr_at(indptr, indptr_bytes, r + 1) < iptr_at(indptr, indptr_bytes, r)) {
+            *where = r;
+            return RC_SPCHK_INDPTR_ORDER;
+        }
+    if (iptr_at(indptr, indptr_bytes, out_features) != nnz) {
+        *where = out_features;
+        return RC_SPCHK_INDPTR_END;
+    }
+    if (nnz == 0) return 0;
+    /* Fast path: descents only at row starts, and min / max in range (vectorised scans). */
+    int64_t lo, hi;
+    const rc_sparse_kernels *k = best_kernels();
+    const int64_t descents = k->scan_csr(indices, index_type, nnz, &lo, &hi);
+    int64_t at_starts = 0;
+    for (int64_t r = 0; r < out_features; ++r) {
+        const int64_t s = iptr_at(indptr, indptr_bytes, r), e = iptr_at(indptr, indptr_bytes, r + 1);
+        if (s > 0 && e > s) at_starts += ind_at(indices, index_type, s) <= ind_at(indices, index_type, s - 1);
+    }
+    if (descents == at_starts && lo >= 0 && hi < in_features) return 0;
+    /* Slow path, only on bad input: the first offending entry in row order. */
+    for (int64_t r = 0; r < out_features; ++r) {
+        const int64_t s = iptr_at(indptr, indptr_bytes, r), e = iptr_at(indptr, indptr_bytes, r + 1);
+        for (int64_t p = s; p < e; ++p) {
+            const int64_t j = ind_at(indices, index_type, p);
+            if (p > s && j <= ind_at(indices, index_type, p - 1)) {
+                *where = p;
+                return RC_SPCHK_INDEX_ORDER;
+            }
+            if (j < 0 || j >= in_features) {
+                *where = p;
+                return RC_SPCHK_INDEX_RANGE;
+            }
+        }
+    }
+    return 0; /* unreachable: the fast path's counts imply an offending entry */
+}
+
+int rc_nm_check(const uint8_t *indices, long long rows, long long row_len, int n, int m, long long *where) {
+    if (!where || rows < 0 || row_len < 0 || n < 1 || m < n || m > 256 || row_len % n) return -1;
+    const int64_t total = rows * row_len;
+    if (total > 0 && !indices) return -1;
+    *where = 0;
+    if (!best_kernels()->scan_nm(indices, total, n, m)) return 0;
+    for (int64_t p = 0; p < total; ++p) {
+        if (p % n && indices[p] <= indices[p - 1]) {
+            *where = p;
+            return RC_SPCHK_INDEX_ORDER;
+        }
+        if (indices[p] >= m) {
+            *where = p;
+            return RC_SPCHK_INDEX_RANGE;
+        }
+    }
+    return 0;
+}
+
+/* ---- portable variant -------------------------------------------------------------------- */
+
+/* Four partial sums break the add latency chain (the sum order is not the reference's,
+ * which the tolerance allows). */
+static inline __attribute__((always_inline)) float dot_row_portable(const rc_sparse_args *a, const float *x,
+                                                                    rc_sp_row r, int mode) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    int64_t p = 0;
+    for (; p + 4 <= r.n; p += 4) {
+        s0 += r.v[p] * x[rc_sp_col(a, r.ind, mode, p)];
+        s1 += r.v[p + 1] * x[rc_sp_col(a, r.ind, mode, p + 1)];
+        s2 += r.v[p + 2] * x[rc_sp_col(a, r.ind, mode, p + 2)];
+        s3 += r.v[p + 3] * x[rc_sp_col(a, r.ind, mode, p + 3)];
+    }
+    for (; p < r.n; ++p) s0 += r.v[p] * x[rc_sp_col(a, r.ind, mode, p)];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static inline __attribute__((always_inline)) void gather_rows_portable(const rc_sparse_args *a, int64_t r0,
+                                                                       int64_t r1, int mode) {
+    for (int64_t i = r0; i < r1; ++i) {
+        const rc_sp_row r = rc_sp_get_row(a, i);
+        const float b = a->bias ? a->bias[i] : 0.0f;
+        for (int64_t s = 0; s < a->batch; ++s)
+            a->y[s * a->out + i] = dot_row_portable(a, a->x + s * a->in, r, mode) + b;
+    }
+}
+
+static void gather_portable(const rc_sparse_args *a, int64_t r0, int64_t r1) {
+    switch (a->col_mode) {
+    case RC_SP_COL_U8:      gather_rows_portable(a, r0, r1, RC_SP_COL_U8); break;
+    case RC_SP_COL_U16:     gather_rows_portable(a, r0, r1, RC_SP_COL_U16); break;
+    case RC_SP_COL_I32:     gather_rows_portable(a, r0, r1, RC_SP_COL_I32); break;
+    case RC_SP_COL_NM_POW2: gather_rows_portable(a, r0, r1, RC_SP_COL_NM_POW2); break;
+    default:                gather_rows_portable(a, r0, r1, RC_SP_COL_NM_ANY); break;
+    }
+}
+
+static void pack_portable(const rc_sparse_args *a, int64_t b0, int64_t nb, int64_t width, int64_t j0,
+                          int64_t j1, float *panel) {
+    for (int64_t l = 0; l < width; ++l) {
+        const float *xr = a->x + (b0 + l) * a->in;
+        for (int64_t j = j0; j < j1; ++j) panel[j * width + l] = l < nb ? xr[j] : 0.0f;
+    }
+}
+
+/* W accumulators over the batch lanes; with W a constant the lane loop becomes SSE code. */
+static inline __attribute__((always_inline)) void panel_rows_portable(const rc_sparse_args *a, const float *P,
+                                                                      const int64_t W, int64_t b0, int64_t nb,
+                                                                      int64_t r0, int64_t r1, int mode) {
+    float acc[32];
+    for (int64_t i = r0; i < r1; ++i) {
+        const rc_sp_row r = rc_sp_get_row(a, i);
+        for (int64_t l = 0; l < W; ++l) acc[l] = 0.0f;
+        for (int64_t p = 0; p < r.n; ++p) {
+            const float w = r.v[p];
+            const float *xr = P + rc_sp_col(a, r.ind, mode, p) * W;
+            for (int64_t l = 0; l < W; ++l) acc[l] += w * xr[l];
+        }
+        const float b = a->bias ? a->bias[i] : 0.0f;
+        for (int64_t l = 0; l < nb; ++l) a->y[(b0 + l) * a->out + i] = acc[l] + b;
+    }
+}
+
+#define RC_SP_PANEL_WIDTHS(MODE)                                                     \
+    case MODE:                                                                       \
+        if (width == 8) panel_rows_portable(a, P, 8, b0, nb, r0, r1, MODE);          \
+        else if (width == 16) panel_rows_portable(a, P, 16, b0, nb, r0, r1, MODE);   \
+        else panel_rows_portable(a, P, 32, b0, nb, r0, r1, MODE);                    \
+        break;
+
+static void panel_portable(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
+                           int64_t r0, int64_t r1) {
+    switch (a->col_mode) {
+        RC_SP_PANEL_WIDTHS(RC_SP_COL_U8)
+        RC_SP_PANEL_WIDTHS(RC_SP_COL_U16)
+        RC_SP_PANEL_WIDTHS(RC_SP_COL_I32)
+        RC_SP_PANEL_WIDTHS(RC_SP_COL_NM_POW2)
+    default:
+        if (width == 8) panel_rows_portable(a, P, 8, b0, nb, r0, r1, RC_SP_COL_NM_ANY);
+        else if (width == 16) panel_rows_portable(a, P, 16, b0, nb, r0, r1, RC_SP_COL_NM_ANY);
+        else panel_rows_portable(a, P, 32, b0, nb, r0, r1, RC_SP_COL_NM_ANY);
+        break;
+    }
+}
+
+static int64_t scan_csr_portable(const void *indices, int itype, int64_t nnz, int64_t *lo, int64_t *hi) {
+    return rc_sp_scan_csr(indices, itype, nnz, lo, hi);
+}
+
+static int scan_nm_portable(const uint8_t *indices, int64_t total, int64_t n, int64_t m) {
+    return rc_sp_scan_nm(indices, total, n, m);
+}
+
+const rc_sparse_kernels rc_sparse_portable = {gather_portable, pack_portable, panel_portable, scan_csr_portable,
+                                              scan_nm_portable, 8, 32, 1};
+
+/* ---- driver -------------------------------------------------------------------------------- */
+
+long long rc_spmm_workspace_size(long long batch, long long in_features) {
+    if (batch < 0 || in_features < 0) return -1;
+    /* Panels hold the batch rounded up to the panel widths (< RC_SP_MAX_WIDTH extra lanes),
+     * plus alignment slack. */
+    return (long long)((batch + RC_SP_MAX_WIDTH) * in_features * (int64_t)sizeof(float) + 128);
+}
+
+static const rc_sparse_kernels *pick(int v) {
+    switch (v) {
+#if RC_X86
+    case RC_ISA_AVX2:   return &rc_sparse_avx2;
+    case RC_ISA_AVX512: return &rc_sparse_avx512;
+#endif
+    default:            return &rc_sparse_portable;
+    }
+}
+
+/* Row r at which the cumulative cost (entries + RC_SP_ROW_COST per row) reaches `target`. */
+static int64_t split_row(const rc_sparse_args *a, int64_t target) {
+    int64_t lo = 0, hi = a->out;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        const int64_t cost = (a->format == RC_SP_NM ? mid * a->row_len : rc_sp_indptr(a, mid)) + RC_SP_ROW_COST * mid;
+        if (cost < target) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static int64_t pow2_at_least(int64_t v, int64_t lo) {
+    int64_t w = lo;
+    while (w < v) w *= 2;
+    return w;
+}
+
+static int run(const rc_sparse_args *a, int isa, void *workspace, int threads) {
+    const int v = rc_isa_resolve(isa, RC_SPARSE_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    const rc_sparse_kernels *k = pick(v);
+    if (a->batch == 0 || a->out == 0) return RC_OK;
+    const int64_t nnz = a->format == RC_SP_NM ? a->out * a->row_len : rc_sp_indptr(a, a->out);
+    if (nnz == 0) { /* y = bias: no product to form, nothing to pack */
+        for (int64_t s = 0; s < a->batch; ++s)
+            for (int64_t i = 0; i < a->out; ++i) a->y[s * a->out + i] = a->bias ? a->bias[i] : 0.0f;
+        return RC_OK;
+    }
+    int nt = 1;
+#ifdef _OPENMP
+    nt = threads > 0 ? threads : omp_get_max_threads();
+#endif
+    (void)threads;
+    if (nnz * a->batch + a->batch * a->in < RC_MIN_PARALLEL_WORK) nt = 1;
+    if (nt > RC_SP_MAX_PARTS) nt = RC_SP_MAX_PARTS;
+    if (nt > a->out) nt = (int)a->out;
+    int64_t bounds[RC_SP_MAX_PARTS + 1];
+    const int64_t total_cost = nnz + RC_SP_ROW_COST * a->out;
+    bounds[0] = 0;
+    for (int t = 1; t < nt; ++t) bounds[t] = split_row(a, total_cost * t / nt);
+    bounds[nt] = a->out;
+
+    if (a->batch <= k->gather_max_batch) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
+#endif
+        for (int t = 0; t < nt; ++t) k->gather(a, bounds[t], bounds[t + 1]);
+        return RC_OK;
+    }
+
+    if (!workspace) return RC_ERR_ARG;
+    float *base = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+    /* Blocks of max_width batch lanes, then one narrower block for the rest. */
+    const int64_t W = k->max_width;
+    const int64_t nfull = a->batch / W, rem = a->batch % W;
+    const int64_t tail_w = rem ? pow2_at_least(rem, k->min_width) : 0;
+    const int64_t nblocks = nfull + (rem > 0);
+    const int64_t nj = (a->in + RC_SP_PACK_COLS - 1) / RC_SP_PACK_COLS;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t it = 0; it < nblocks * nj; ++it) {
+            const int64_t blk = it / nj, jc = it % nj;
+            const int64_t j0 = jc * RC_SP_PACK_COLS;
+            const int64_t j1 = a->in - j0 < RC_SP_PACK_COLS ? a->in : j0 + RC_SP_PACK_COLS;
+            const int64_t w = blk < nfull ? W : tail_w, nb = blk < nfull ? W : rem;
+            k->pack(a, blk * W, nb, w, j0, j1, base + blk * W * a->in);
+        }
+        /* (the omp for's barrier: every panel is complete before any row reads it) */
+#ifdef _OPENMP
+#pragma omp for schedule(static, 1)
+#endif
+        for (int t = 0; t < nt; ++t)
+            for (int64_t blk = 0; blk < nblocks; ++blk) {
+                const int64_t w = blk < nfull ? W : tail_w, nb = blk < nfull ? W : rem;
+                k->panel(a, base + blk * W * a->in, w, blk * W, nb, bounds[t], bounds[t + 1]);
+            }
+    }
+    return RC_OK;
+}
+
+static int is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+static int log2i(int64_t v) {
+    int s = 0;
+    while (((int64_t)1 << s) < v) ++s;
+    return s;
+}
+
+int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long long out_features,
+                    const void *indptr, int indptr_bytes, const void *indices, int index_type,
+                    const float *values, const float *bias, float *y, void *workspace, int isa,
+                    int threads) {
+    if (batch < 0 || in_features < 0 || out_features < 0 || !indptr) return RC_ERR_ARG;
+    if (indptr_bytes != 4 && indptr_bytes != 8) return RC_ERR_ARG;
+    int mode;
+    switch (index_type) {
+    case RC_UINT8:  mode = RC_SP_COL_U8; break;
+    case RC_UINT16: mode = RC_SP_COL_U16; break;
+    case RC_INT32:  mode = RC_SP_COL_I32; break;
+    default: return RC_ERR_ARG;
+    }
+    if (batch * out_features > 0 && !y) return RC_ERR_ARG;
+    if (batch * in_features > 0 && !x) return RC_ERR_ARG;
+    const int64_t nnz = iptr_at(indptr, indptr_bytes, out_features);
+    if (nnz < 0 || (nnz > 0 && (!indices || !values))) return RC_ERR_ARG;
+    rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_CSR, mode, indptr, indptr_bytes,
+                        indices, values, 0, 0, 0, 0, 0, bias, y};
+    return run(&a, isa, workspace, threads);
+}
+
+int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long long out_features,
+                   const float *values, const uint8_t *indices, int n, int m, const float *bias,
+                   float *y, void *workspace, int isa, int threads) {
+    if (batch < 0 || in_features < 0 || out_features < 0) return RC_ERR_ARG;
+    if (n < 1 || m < n || m > 256 || in_features % m) return RC_ERR_ARG;
+    const int64_t row_len = in_features / m * n;
+    if (batch * out_features > 0 && !y) return RC_ERR_ARG;
+    if (batch * in_features > 0 && !x) return RC_ERR_ARG;
+    if (out_features * row_len > 0 && (!values || !indices)) return RC_ERR_ARG;
+    const int pow2 = is_pow2(n) && is_pow2(m);
+    rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_NM,
+                        pow2 ? RC_SP_COL_NM_POW2 : RC_SP_COL_NM_ANY, NULL, 8, indices, values, row_len,
+                        n, m, pow2 ? log2i(n) : 0, pow2 ? log2i(m) : 0, bias, y};
+    return run(&a, isa, workspace, threads);
+}

@@ -1,0 +1,161 @@
+/* Internal interface between the sparse-Linear driver (sparse.c) and its ISA variants.
+ *
+ * One problem description (rc_sparse_args) covers both storage formats; a row is a list of
+ * (column, value) entries, and only the rule that turns an entry's stored index into a column
+ * differs:
+ *   CSR : col(p) = indices[indptr[i] + p]                       (uint8 / uint16 / int32)
+ *   N:M : col(p) = (p / n) * m + indices[i * row_len + p]        (uint8 position in its group)
+ * Every variant computes, for each output element, the float32 sum of the row's products
+ * plus the bias in *some* order; the order differs per variant (partial sums, FMA or not),
+ * which is why the tolerance is the order-independent bound gamma_k * sum |w||x| (docs). */
+#ifndef RC_SPARSE_H
+#define RC_SPARSE_H
+#include "../rc_common.h"
+
+#define RC_SP_CSR 0
+#define RC_SP_NM 1
+
+/* How an entry becomes a column: the `mode` argument of the always-inline row kernels, a
+ * compile-time constant at every call so that each variant is specialised per index type. */
+#define RC_SP_COL_U8 0
+#define RC_SP_COL_U16 1
+#define RC_SP_COL_I32 2
+#define RC_SP_COL_NM_POW2 3 /* n and m powers of two: shifts instead of divide / multiply */
+#define RC_SP_COL_NM_ANY 4
+
+typedef struct {
+    const float *x; /* [batch, in], C-contiguous */
+    int64_t batch, in, out;
+    int format;     /* RC_SP_CSR or RC_SP_NM */
+    int col_mode;   /* RC_SP_COL_*                                      */
+    const void *indptr;
+    int indptr_bytes; /* 4 or 8 */
+    const void *indices;
+    const float *values;
+    int64_t row_len;  /* N:M: stored entries per row (in / m * n) */
+    int64_t n, m;     /* N:M */
+    int sn, sm;       /* N:M with powers of two: log2 n, log2 m */
+    const float *bias; /* [out] or NULL */
+    float *y;          /* [batch, out] */
+} rc_sparse_args;
+
+/* One row's entries: p in [0, n) indexes `ind` (element type by mode) and `v`. */
+typedef struct {
+    const void *ind;
+    const float *v;
+    int64_t n;
+} rc_sp_row;
+
+static inline int64_t rc_sp_indptr(const rc_sparse_args *a, int64_t i) {
+    return a->indptr_bytes == 8 ? ((const int64_t *)a->indptr)[i] : (int64_t)((const int32_t *)a->indptr)[i];
+}
+
+static inline rc_sp_row rc_sp_get_row(const rc_sparse_args *a, int64_t i) {
+    rc_sp_row r;
+    int64_t start;
+    if (a->format == RC_SP_NM) {
+        start = i * a->row_len;
+        r.n = a->row_len;
+    } else {
+        start = rc_sp_indptr(a, i);
+        r.n = rc_sp_indptr(a, i + 1) - start;
+    }
+    const int isz = a->col_mode == RC_SP_COL_U16 ? 2 : (a->col_mode == RC_SP_COL_I32 ? 4 : 1);
+    r.ind = (const uint8_t *)a->indices + start * isz;
+    r.v = a->values + start;
+    return r;
+}
+
+/* Column of entry p of a row (p counts from the row's first entry). */
+static inline __attribute__((always_inline)) int64_t rc_sp_col(const rc_sparse_args *a, const void *ind,
+                                                              int mode, int64_t p) {
+    switch (mode) {
+    case RC_SP_COL_U8:      return ((const uint8_t *)ind)[p];
+    case RC_SP_COL_U16:     return ((const uint16_t *)ind)[p];
+    case RC_SP_COL_I32:     return ((const int32_t *)ind)[p];
+    case RC_SP_COL_NM_POW2: return ((p >> a->sn) << a->sm) + ((const uint8_t *)ind)[p];
+    default:                return (p / a->n) * a->m + ((const uint8_t *)ind)[p];
+    }
+}
+
+/* ---- structure scans (instantiated per ISA file, where the compiler vectorises them) ------ *
+ * Over a whole CSR index array: the number of descents (p > 0 with ind[p] <= ind[p - 1];
+ * a valid CSR has them only at row starts) and the smallest and largest index.  Counting
+ * over the flat array instead of row by row keeps the loop long enough to vectorise. */
+#define RC_SP_SCAN_BODY(T)                                                                   \
+    {                                                                                        \
+        const T *ind = (const T *)indices;                                                   \
+        T mn = ind[0], mx = ind[0];                                                          \
+        int64_t total = 0;                                                                   \
+        for (int64_t s = 1; s < nnz; s += 1 << 15) {                                         \
+            const int64_t e = nnz - s < (1 << 15) ? nnz : s + (1 << 15);                     \
+            uint16_t c = 0; /* narrow per-chunk counter: vectorises, cannot overflow */     \
+            for (int64_t p = s; p < e; ++p) {                                                \
+                const T v = ind[p];                                                          \
+                mn = v < mn ? v : mn;                                                        \
+                mx = v > mx ? v : mx;                                                        \
+                c += v <= ind[p - 1];                                                        \
+            }                                                                                \
+            total += c;                                                                      \
+        }                                                                                    \
+        *lo = mn;                                                                            \
+        *hi = mx;                                                                            \
+        return total;                                                                        \
+    }
+
+static inline int64_t rc_sp_scan_csr(const void *indices, int itype, int64_t nnz, int64_t *lo, int64_t *hi) {
+    if (nnz <= 0) {
+        *lo = *hi = 0;
+        return 0;
+    }
+    switch (itype) {
+    case RC_UINT8:  RC_SP_SCAN_BODY(uint8_t)
+    case RC_UINT16: RC_SP_SCAN_BODY(uint16_t)
+    default:        RC_SP_SCAN_BODY(int32_t)
+    }
+}
+
+/* N:M positions: 1 if any is >= m or not increasing within its group of n. */
+static inline int rc_sp_scan_nm(const uint8_t *ind, int64_t total, int64_t n, int64_t m) {
+    uint8_t mx = 0;
+    for (int64_t p = 0; p < total; ++p) mx = ind[p] > mx ? ind[p] : mx;
+    if (mx >= m) return 1;
+    unsigned bad = 0;
+    if (n == 2) {
+        for (int64_t g = 0; g < total / 2; ++g) bad |= ind[2 * g + 1] <= ind[2 * g];
+    } else if (n == 4) {
+        for (int64_t g = 0; g < total / 4; ++g)
+            bad |= (ind[4 * g + 1] <= ind[4 * g]) | (ind[4 * g + 2] <= ind[4 * g + 1]) | (ind[4 * g + 3] <= ind[4 * g + 2]);
+    } else if (n > 1) {
+        for (int64_t g = 0; g < total / n; ++g)
+            for (int64_t q = 1; q < n; ++q) bad |= ind[g * n + q] <= ind[g * n + q - 1];
+    }
+    return bad != 0;
+}
+
+/* The per-ISA kernels.  Panels: x rows [b0, b0 + nb) transposed to [in][width] floats
+ * (64-byte aligned, lanes >= nb zero), so that one entry (j, w) is `acc += w * panel[j]`
+ * over `width` batch lanes at once. */
+typedef struct {
+    /* y[b, i] for every b < batch and rows [r0, r1), vectorised along a row's entries. */
+    void (*gather)(const rc_sparse_args *a, int64_t r0, int64_t r1);
+    /* Columns [j0, j1) of x rows [b0, b0 + nb) into `panel` ([in][width]). */
+    void (*pack)(const rc_sparse_args *a, int64_t b0, int64_t nb, int64_t width, int64_t j0, int64_t j1,
+                 float *panel);
+    /* y[b0 + l, i] for l < nb and rows [r0, r1), from one panel. */
+    void (*panel)(const rc_sparse_args *a, const float *panel, int64_t width, int64_t b0, int64_t nb,
+                  int64_t r0, int64_t r1);
+    /* rc_sp_scan_csr / rc_sp_scan_nm compiled for the variant's ISA. */
+    int64_t (*scan_csr)(const void *indices, int itype, int64_t nnz, int64_t *lo, int64_t *hi);
+    int (*scan_nm)(const uint8_t *indices, int64_t total, int64_t n, int64_t m);
+    int64_t min_width, max_width; /* panel widths are powers of two in [min, max] */
+    int64_t gather_max_batch;     /* batches up to this run `gather`, larger ones panels */
+} rc_sparse_kernels;
+
+extern const rc_sparse_kernels rc_sparse_portable;
+#if RC_X86
+extern const rc_sparse_kernels rc_sparse_avx2;
+extern const rc_sparse_kernels rc_sparse_avx512;
+#endif
+
+#endif

@@ -1,0 +1,175 @@
+/* AVX-512 (F, BW, VL, DQ) kernels of the sparse Linear: for batch 1, a row's entries 8 at a
+ * time (values as a vector, x entries assembled from scalar loads); otherwise panels of 16
+ * or 32 batch lanes (1 or 2 zmm per entry), with the x -> panel and accumulator -> y
+ * transposes done 16 x 16 in registers.  64-lane panels (256 KB for in = 1024) were
+ * measured slower: a panel row per entry then streams from L2 instead of L1/L2-near.
+ * Float sums in a variant-specific order (partial sums, FMA): within the documented bound. */
+#include <string.h>
+
+#include "sparse.h"
+#if RC_X86
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+#include <immintrin.h>
+
+#define AI static inline __attribute__((always_inline))
+
+static inline __mmask16 tail16(int64_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+
+#include "sparse_dot8.h"
+
+AI void gather_rows(const rc_sparse_args *a, int64_t r0, int64_t r1, int mode) {
+    for (int64_t i = r0; i < r1; ++i) {
+        const rc_sp_row r = rc_sp_get_row(a, i);
+        const float b = a->bias ? a->bias[i] : 0.0f;
+        for (int64_t s = 0; s < a->batch; ++s) a->y[s * a->out + i] = rc_sp_dot_row8(a, a->x + s * a->in, r, mode) + b;
+    }
+}
+
+static void gather_avx512(const rc_sparse_args *a, int64_t r0, int64_t r1) {
+    switch (a->col_mode) {
+    case RC_SP_COL_U8:      gather_rows(a, r0, r1, RC_SP_COL_U8); break;
+    case RC_SP_COL_U16:     gather_rows(a, r0, r1, RC_SP_COL_U16); break;
+    case RC_SP_COL_I32:     gather_rows(a, r0, r1, RC_SP_COL_I32); break;
+    case RC_SP_COL_NM_POW2: gather_rows(a, r0, r1, RC_SP_COL_NM_POW2); break;
+    default:                gather_rows(a, r0, r1, RC_SP_COL_NM_ANY); break;
+    }
+}
+
+/* ---- 16 x 16 transpose: r[q] lane l  ->  r[l] lane q ------------------------------------- */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4i + k]: rows 4i..4i+3, column k of each 128-bit lane */
+    for (int i = 0; i < 4; ++i) {
+        const __m512d t0 = _mm512_castps_pd(t[4 * i]), t1 = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d t2 = _mm512_castps_pd(t[4 * i + 2]), t3 = _mm512_castps_pd(t[4 * i + 3]);
+        u[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    for (int k = 0; k < 4; ++k) {
+        const __m512 s0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), s1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
+        const __m512 s2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88), s3 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+        r[4 + k] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+        r[12 + k] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+    }
+}
+
+/* x rows [b0, b0 + nb), columns [j0, j1) -> panel[j][l]; lanes l >= nb are zero. */
+static void pack_avx512(const rc_sparse_args *a, int64_t b0, int64_t nb, int64_t width, int64_t j0, int64_t j1,
+                        float *panel) {
+    __m512 r[16];
+    for (int64_t l0 = 0; l0 < width; l0 += 16) {
+        for (int64_t j = j0; j < j1; j += 16) {
+            const int64_t nj = j1 - j < 16 ? j1 - j : 16;
+            const __mmask16 m = tail16(nj);
+            for (int q = 0; q < 16; ++q)
+                r[q] = l0 + q < nb ? _mm512_maskz_loadu_ps(m, a->x + (b0 + l0 + q) * a->in + j) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int64_t c = 0; c < nj; ++c) _mm512_store_ps(panel + (j + c) * width + l0, r[c]);
+        }
+    }
+}
+
+/* ---- panel rows ------------------------------------------------------------------------- */
+
+#define FMA(acc, w, ptr) acc = _mm512_fmadd_ps(w, _mm512_load_ps(ptr), acc)
+
+/* Width 16: one zmm per entry, four chains (FMA latency 4, one 512-bit FMA per cycle). */
+AI void row16(const rc_sparse_args *a, const float *P, rc_sp_row r, int mode, float *out) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t p = 0;
+    for (; p + 4 <= r.n; p += 4) {
+        FMA(a0, _mm512_set1_ps(r.v[p]), P + rc_sp_col(a, r.ind, mode, p) * 16);
+        FMA(a1, _mm512_set1_ps(r.v[p + 1]), P + rc_sp_col(a, r.ind, mode, p + 1) * 16);
+        FMA(a2, _mm512_set1_ps(r.v[p + 2]), P + rc_sp_col(a, r.ind, mode, p + 2) * 16);
+        FMA(a3, _mm512_set1_ps(r.v[p + 3]), P + rc_sp_col(a, r.ind, mode, p + 3) * 16);
+    }
+    for (; p < r.n; ++p) FMA(a0, _mm512_set1_ps(r.v[p]), P + rc_sp_col(a, r.ind, mode, p) * 16);
+    _mm512_store_ps(out, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/* Width 32: two zmm per entry, two entries in flight (4 chains). */
+AI void row32(const rc_sparse_args *a, const float *P, rc_sp_row r, int mode, float *out) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+    int64_t p = 0;
+    for (; p + 2 <= r.n; p += 2) {
+        const float *x0 = P + rc_sp_col(a, r.ind, mode, p) * 32, *x1 = P + rc_sp_col(a, r.ind, mode, p + 1) * 32;
+        const __m512 w0 = _mm512_set1_ps(r.v[p]), w1 = _mm512_set1_ps(r.v[p + 1]);
+        FMA(a0, w0, x0);
+        FMA(a1, w0, x0 + 16);
+        FMA(b0, w1, x1);
+        FMA(b1, w1, x1 + 16);
+    }
+    if (p < r.n) {
+        const float *x0 = P + rc_sp_col(a, r.ind, mode, p) * 32;
+        const __m512 w0 = _mm512_set1_ps(r.v[p]);
+        FMA(a0, w0, x0);
+        FMA(a1, w0, x0 + 16);
+    }
+    _mm512_store_ps(out, _mm512_add_ps(a0, b0));
+    _mm512_store_ps(out + 16, _mm512_add_ps(a1, b1));
+}
+
+/* Rows in tiles of 16: each row's W sums go to tile[row][W]; the tile is then transposed
+ * 16 x 16 so that each store writes 16 consecutive outputs y[b, i0 .. i0 + 16). */
+AI void panel_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_t b0, int64_t nb,
+                   int64_t r0, int64_t r1, int mode) {
+    float tile[16 * 32] __attribute__((aligned(64)));
+    memset(tile, 0, sizeof(tile));
+    __m512 t[16];
+    for (int64_t i0 = r0; i0 < r1; i0 += 16) {
+        const int64_t rows = r1 - i0 < 16 ? r1 - i0 : 16;
+        for (int64_t q = 0; q < rows; ++q) {
+            const rc_sp_row r = rc_sp_get_row(a, i0 + q);
+            float *out = tile + q * W;
+            if (W == 16) row16(a, P, r, mode, out);
+            else row32(a, P, r, mode, out);
+        }
+        const __mmask16 m = tail16(rows);
+        const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(m, a->bias + i0) : _mm512_setzero_ps();
+        for (int64_t l0 = 0; l0 < nb; l0 += 16) {
+            for (int q = 0; q < 16; ++q) t[q] = _mm512_load_ps(tile + q * W + l0);
+            transpose16(t);
+            const int64_t nl = nb - l0 < 16 ? nb - l0 : 16;
+            for (int64_t l = 0; l < nl; ++l)
+                _mm512_mask_storeu_ps(a->y + (b0 + l0 + l) * a->out + i0, m, _mm512_add_ps(t[l], bias));
+        }
+    }
+}
+
+#define WIDTHS(MODE)                                                          \
+    case MODE:                                                                \
+        if (width == 16) panel_rows(a, P, 16, b0, nb, r0, r1, MODE);          \
+        else panel_rows(a, P, 32, b0, nb, r0, r1, MODE);                      \
+        break;
+
+static void panel_avx512(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
+                         int64_t r0, int64_t r1) {
+    switch (a->col_mode) {
+        WIDTHS(RC_SP_COL_U8)
+        WIDTHS(RC_SP_COL_U16)
+        WIDTHS(RC_SP_COL_I32)
+        WIDTHS(RC_SP_COL_NM_POW2)
+        WIDTHS(RC_SP_COL_NM_ANY)
+    }
+}
+
+static int64_t scan_csr_avx512(const void *indices, int itype, int64_t nnz, int64_t *lo, int64_t *hi) {
+    return rc_sp_scan_csr(indices, itype, nnz, lo, hi);
+}
+
+static int scan_nm_avx512(const uint8_t *indices, int64_t total, int64_t n, int64_t m) {
+    return rc_sp_scan_nm(indices, total, n, m);
+}
+
+const rc_sparse_kernels rc_sparse_avx512 = {gather_avx512, pack_avx512, panel_avx512, scan_csr_avx512, scan_nm_avx512, 16, 32, 1};
+#endif

@@ -1,0 +1,518 @@
+"""Sparse Linear layers from pruned weights: CSR (unstructured) and N:M (semi-structured).
+
+A pruned ``Linear`` keeps a weight ``W [out, in]`` (PyTorch layout) of which most entries
+are zero.  Only the stored entries take part in the product::
+
+    y[b, i] = bias[i] + sum_{(j, w) stored in row i}  w * x[b, j]        (y = x @ W.T + b)
+
+Storage formats
+---------------
+* **CSR** (compressed sparse rows; Han et al., "Learning both Weights and Connections for
+  Efficient Neural Networks", NeurIPS 2015, store pruned layers this way): ``indptr [out+1]``
+  int64 (or int32), ``indices [nnz]`` column numbers strictly increasing within a row, in
+  the narrowest type that holds ``in - 1`` (uint8 for in <= 256, uint16 for in <= 65536,
+  else int32), ``values [nnz]`` float32.  Row i is ``indices[indptr[i]:indptr[i+1]]``.
+* **N:M** (at most n nonzeros in every group of m consecutive inputs of a row; 2:4 is the
+  pattern of NVIDIA's sparse tensor cores, Mishra et al., "Accelerating Sparse Deep Neural
+  Networks", arXiv:2104.08378, 2021): ``values [out, in/m*n]`` float32 and ``indices
+  [out, in/m*n]`` uint8, the position (0..m-1, increasing) of each kept weight inside its
+  group.  Stored entry p of a row is column ``(p // n) * m + indices[p]``; a group with fewer
+  than n nonzeros stores explicit zeros.
+
+Accuracy (float sums are not bit-exact)
+---------------------------------------
+Every implementation -- the NumPy reference and each C variant -- sums a row's products and
+the bias in float32 in *some* order (partial sums, FMA or separate multiply and add).  For
+any order, Higham (Accuracy and Stability of Numerical Algorithms, 2nd ed., eqs. 3.4-3.5)
+bounds the error of a k-term dot product by gamma_k times the sum of the absolute terms, so
+for each output element, against the exact value::
+
+    |y[b, i] - y_exact[b, i]| <= gamma_k * (sum_j |w_ij| |x[b, j]| + |bias_i|) + k * 2**-149
+    gamma_k = k u / (1 - k u),  u = 2**-24,  k = nnz(row i) + 1
+
+(the last term covers products that underflow into the subnormal range, each off by at
+most half a subnormal spacing 2**-150).  :func:`spmm_csr_error_bound` and
+:func:`spmm_nm_error_bound` compute it element by element; the tests check every variant
+against a float64 result with it (plus the float64 result's own, far smaller, error).  It
+holds while no partial sum overflows.  Non-finite x or w propagate by IEEE rules, but only
+through *stored* entries: a pruned weight is absent, not a zero times NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validation import check_array, check_int
+from ..errors import ArgumentError, DTypeError, ShapeError
+from . import _native
+from ._registry import Op, check_rc, dispatch, register
+
+__all__ = [
+    "CSR",
+    "NM",
+    "UNIT_ROUNDOFF",
+    "csr_from_dense",
+    "csr_to_dense",
+    "gamma",
+    "index_dtype_for",
+    "nm_columns",
+    "nm_from_dense",
+    "nm_to_dense",
+    "spmm_csr",
+    "spmm_csr_error_bound",
+    "spmm_nm",
+    "spmm_nm_error_bound",
+]
+
+#: Unit roundoff of float32 (round to nearest): half the spacing of floats in [1, 2).
+UNIT_ROUNDOFF = 2.0**-24
+#: Largest error of one float32 operation whose result is subnormal: half of 2**-149.
+_UNDERFLOW_ETA = 2.0**-150
+
+#: C type codes (csrc/refcompress.h) of the accepted CSR index types.
+INDEX_DTYPES = {np.dtype(np.uint8): 1, np.dtype(np.uint16): 3, np.dtype(np.int32): 4}
+INDPTR_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+# rc_csr_check / rc_nm_check result codes (RC_SPCHK_* in csrc/refcompress.h).
+_START, _ORDER, _END, _INDEX_ORDER, _INDEX_RANGE = 1, 2, 3, 4, 5
+
+
+class CSR(NamedTuple):
+    """A CSR weight: ``csr_to_dense(*csr)`` rebuilds the dense ``W [out, in]``."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    shape: tuple
+
+
+class NM(NamedTuple):
+    """An N:M weight: ``spmm_nm(x, *nm)`` runs it, ``nm_to_dense(*nm)`` rebuilds ``W``."""
+
+    values: np.ndarray
+    indices: np.ndarray
+    n: int
+    m: int
+
+
+# ---- storage formats ---------------------------------------------------------------------------
+
+
+def index_dtype_for(in_features: int) -> np.dtype:
+    """The narrowest accepted index type holding every column 0 .. in_features - 1."""
+    in_features = check_int(in_features, "in_features", min_value=0)
+    if in_features <= 256:
+        return np.dtype(np.uint8)
+    if in_features <= 65536:
+        return np.dtype(np.uint16)
+    if in_features <= 2**31:
+        return np.dtype(np.int32)
+    raise ArgumentError(f"in_features: expected at most 2**31 columns, got {in_features}")
+
+
+def _weight(W, name="W"):
+    return check_array(W, name, dtypes=[np.float32], ndim=2, contiguous=True)
+
+
+def csr_from_dense(W, *, index_dtype=None) -> CSR:
+    """CSR of the nonzero entries of ``W [out, in]`` float32 (entries equal to 0 are pruned).
+
+    Columns are sorted within each row; ``indptr`` is int64; ``index_dtype`` defaults to
+    :func:`index_dtype_for(in) <index_dtype_for>` (uint8 / uint16 / int32) and may name a
+    wider accepted type.  Returns ``CSR(indptr, indices, values, shape)``.
+    """
+    W = _weight(W)
+    out_f, in_f = W.shape
+    narrowest = index_dtype_for(in_f)
+    if index_dtype is None:
+        dt = narrowest
+    else:
+        try:
+            dt = np.dtype(index_dtype)
+        except TypeError:
+            dt = None
+        if dt not in INDEX_DTYPES:
+            raise DTypeError(f"index_dtype: expected uint8, uint16 or int32, got {index_dtype!r}")
+        if np.iinfo(dt).max < in_f - 1:
+            raise ArgumentError(f"index_dtype: {dt.name} cannot hold column {in_f - 1} (in_features = {in_f}); "
+                                f"expected {narrowest.name} or wider")
+    rows, cols = np.nonzero(W)  # row-major order: rows ascending, columns sorted within a row
+    indptr = np.zeros(out_f + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=out_f), out=indptr[1:])
+    return CSR(indptr, cols.astype(dt), W[rows, cols], (out_f, in_f))
+
+
+def csr_to_dense(indptr, indices, values, shape) -> np.ndarray:
+    """The dense float32 ``W [out, in]`` of a CSR weight (validated like :func:`spmm_csr`)."""
+    if not (isinstance(shape, tuple) and len(shape) == 2):
+        raise ShapeError(f"shape: expected a tuple (out_features, in_features), got {shape!r}")
+    out_f = check_int(shape[0], "shape[0]", min_value=0)
+    in_f = check_int(shape[1], "shape[1]", min_value=0)
+    indptr, indices, values = _csr_arrays(indptr, indices, values, out_f)
+    _check_csr_structure(indptr, indices, in_f)
+    W = np.zeros((out_f, in_f), np.float32)
+    W[np.repeat(np.arange(out_f), np.diff(indptr)), indices.astype(np.int64)] = values
+    return W
+
+
+def nm_columns(indices, n: int, m: int) -> np.ndarray:
+    """int64 column of every stored N:M entry: ``(p // n) * m + indices[..., p]``."""
+    k = np.asarray(indices).shape[-1]
+    return (np.arange(k, dtype=np.int64) // n) * m + np.asarray(indices, np.int64)
+
+
+def _check_nm(n, m):
+    n = check_int(n, "n", min_value=1)
+    m = check_int(m, "m", min_value=1, max_value=256)
+    if n > m:
+        raise ArgumentError(f"n, m: expected n <= m, got n = {n} > m = {m}")
+    return n, m
+
+
+def nm_from_dense(W, n: int, m: int) -> NM:
+    """N:M storage of ``W [out, in]`` float32, whose every group of m consecutive inputs of a
+    row (columns [g*m, (g+1)*m)) holds at most n nonzeros (an error names the first group
+    that does not).  Kept positions are increasing within a group; a group with fewer than
+    n nonzeros is filled with explicit zeros at its lowest free positions.
+    Returns ``NM(values [out, in/m*n] float32, indices [out, in/m*n] uint8, n, m)``."""
+    W = _weight(W)
+    n, m = _check_nm(n, m)
+    out_f, in_f = W.shape
+    if in_f % m:
+        raise ShapeError(f"W: expected in_features (W.shape[1]) divisible by m = {m}, got {in_f}")
+    groups = W.reshape(out_f, in_f // m, m)
+    nonzero = groups != 0
+    counts = nonzero.sum(axis=-1)
+    if np.any(counts > n):
+        r, g = (int(v) for v in np.argwhere(counts > n)[0])
+        raise ArgumentError(
+            f"W: row {r}, columns [{g * m}, {(g + 1) * m}) hold {counts[r, g]} nonzeros; "
+            f"a {n}:{m} pattern allows at most {n} in every group of {m}")
+    # Nonzeros first, then zeros, each by position; keep the first n and sort them.
+    key = np.where(nonzero, 0, m) + np.arange(m)
+    pos = np.sort(np.argsort(key, axis=-1, kind="stable")[..., :n], axis=-1)
+    values = np.take_along_axis(groups, pos, axis=-1).reshape(out_f, -1)
+    return NM(np.ascontiguousarray(values), pos.reshape(out_f, -1).astype(np.uint8), n, m)
+
+
+def nm_to_dense(values, indices, n: int, m: int) -> np.ndarray:
+    """The dense float32 ``W [out, in/n*m]`` of an N:M weight (validated like :func:`spmm_nm`)."""
+    values, indices, n, m = _nm_arrays(values, indices, n, m)
+    out_f, k = values.shape
+    W = np.zeros((out_f, k // n * m), np.float32)
+    np.put_along_axis(W, nm_columns(indices, n, m), values, axis=1)
+    return W
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+
+def _x2d(x, in_features=None):
+    """x [..., in] float32 as a C-contiguous [batch, in] array, plus the leading shape."""
+    x = check_array(x, "x", dtypes=[np.float32], min_ndim=1, contiguous=True)
+    if in_features is not None and x.shape[-1] != in_features:
+        raise ShapeError(f"x: expected last dimension in_features = {in_features}, got shape {x.shape}")
+    if x.shape[-1] >= 2**31:
+        raise ShapeError(f"x: expected at most 2**31 - 1 input features, got {x.shape[-1]}")
+    lead = x.shape[:-1]
+    return x.reshape(math.prod(lead), x.shape[-1]), lead
+
+
+def _csr_arrays(indptr, indices, values, out_features=None):
+    indptr = check_array(indptr, "indptr", dtypes=INDPTR_DTYPES, ndim=1, contiguous=True)
+    if indptr.shape[0] < 1:
+        raise ShapeError("indptr: expected length out_features + 1 >= 1, got an empty array")
+    if out_features is not None and indptr.shape[0] != out_features + 1:
+        raise ShapeError(f"indptr: expected length out_features + 1 = {out_features + 1}, got {indptr.shape[0]}")
+    indices = check_array(indices, "indices", dtypes=list(INDEX_DTYPES), ndim=1, contiguous=True)
+    values = check_array(values, "values", dtypes=[np.float32], ndim=1, contiguous=True)
+    if values.shape != indices.shape:
+        raise ShapeError(f"values: expected shape (nnz,) = {indices.shape} like indices, got {values.shape}")
+    return indptr, indices, values
+
+
+def _csr_structure_numpy(indptr, indices, in_features):
+    """(code, position) of the first structural error (0, 0 if none): the NumPy twin of
+    rc_csr_check, used when the C extension is not built."""
+    ip = indptr.astype(np.int64)
+    if ip[0] != 0:
+        return _START, 0
+    steps = np.diff(ip)
+    if np.any(steps < 0):
+        return _ORDER, int(np.flatnonzero(steps < 0)[0])
+    if ip[-1] != indices.shape[0]:
+        return _END, ip.shape[0] - 1
+    idx = indices.astype(np.int64)
+    rows = np.repeat(np.arange(ip.shape[0] - 1), steps)
+    order = np.flatnonzero((idx[1:] <= idx[:-1]) & (rows[1:] == rows[:-1])) + 1
+    rng = np.flatnonzero((idx < 0) | (idx >= in_features))
+    firsts = [(int(order[0]), _INDEX_ORDER)] if order.size else []
+    firsts += [(int(rng[0]), _INDEX_RANGE)] if rng.size else []
+    if not firsts:
+        return 0, 0
+    pos, code = min(firsts)  # at one position the order error is reported first (4 < 5)
+    return code, pos
+
+
+def _csr_structure(indptr, indices, in_features, *, use_c=True):
+    if use_c and _native.lib is not None:
+        where = _native.ffi.new("long long *")
+        code = _native.lib.rc_csr_check(
+            _native.ptr("void *", indptr), indptr.itemsize, indptr.shape[0] - 1,
+            _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], indices.shape[0], in_features, where)
+        if code < 0:
+            raise RuntimeError("rc_csr_check rejected validated arguments; this is a bug")
+        return code, int(where[0])
+    return _csr_structure_numpy(indptr, indices, in_features)
+
+
+def _check_csr_structure(indptr, indices, in_features, *, use_c=True):
+    """Raise naming the argument for the first structural error of a CSR weight."""
+    code, p = _csr_structure(indptr, indices, in_features, use_c=use_c)
+    if code == 0:
+        return
+    nnz = indices.shape[0]
+    if code == _START:
+        raise ArgumentError(f"indptr: expected indptr[0] == 0, got {int(indptr[0])}")
+    if code == _ORDER:
+        raise ArgumentError(f"indptr: expected non-decreasing values, got indptr[{p + 1}] = {int(indptr[p + 1])} "
+                            f"< indptr[{p}] = {int(indptr[p])}")
+    if code == _END:
+        raise ArgumentError(f"indptr: expected indptr[-1] == nnz = len(indices) = {nnz}, got {int(indptr[-1])}")
+    row = int(np.searchsorted(indptr, p, side="right")) - 1
+    if code == _INDEX_ORDER:
+        raise ArgumentError(f"indices: expected strictly increasing columns within a row (sorted, no duplicates), "
+                            f"got indices[{p}] = {int(indices[p])} after {int(indices[p - 1])} in row {row}")
+    raise ArgumentError(f"indices: expected columns in [0, in_features = {in_features}), "
+                        f"got indices[{p}] = {int(indices[p])} in row {row}")
+
+
+def _nm_arrays(values, indices, n, m):
+    n, m = _check_nm(n, m)
+    values = check_array(values, "values", dtypes=[np.float32], ndim=2, contiguous=True)
+    indices = check_array(indices, "indices", dtypes=[np.uint8], ndim=2, contiguous=True)
+    if indices.shape != values.shape:
+        raise ShapeError(f"indices: expected the shape of values {values.shape}, got {indices.shape}")
+    if values.shape[1] % n:
+        raise ShapeError(f"values: expected a row length (values.shape[1]) that is a multiple of n = {n}, "
+                         f"got {values.shape[1]}")
+    _check_nm_structure(indices, n, m)
+    return values, indices, n, m
+
+
+def _nm_structure_numpy(indices, n, m):
+    """(code, flat position) of the first bad N:M position (0, 0 if none): rc_nm_check's twin."""
+    flat = indices.reshape(-1).astype(np.int64)
+    p = np.arange(flat.shape[0])
+    order = np.flatnonzero((p[1:] % n != 0) & (flat[1:] <= flat[:-1])) + 1
+    rng = np.flatnonzero(flat >= m)
+    firsts = [(int(order[0]), _INDEX_ORDER)] if order.size else []
+    firsts += [(int(rng[0]), _INDEX_RANGE)] if rng.size else []
+    if not firsts:
+        return 0, 0
+    pos, code = min(firsts)
+    return code, pos
+
+
+def _nm_structure(indices, n, m, *, use_c=True):
+    if use_c and _native.lib is not None:
+        where = _native.ffi.new("long long *")
+        code = _native.lib.rc_nm_check(_native.ptr("uint8_t *", indices), indices.shape[0], indices.shape[1],
+                                       n, m, where)
+        if code < 0:
+            raise RuntimeError("rc_nm_check rejected validated arguments; this is a bug")
+        return code, int(where[0])
+    return _nm_structure_numpy(indices, n, m)
+
+
+def _check_nm_structure(indices, n, m, *, use_c=True):
+    code, p = _nm_structure(indices, n, m, use_c=use_c)
+    if code == 0:
+        return
+    k = indices.shape[1]
+    r, c = divmod(p, k) if k else (0, 0)
+    got = int(indices[r, c])
+    if code == _INDEX_ORDER:
+        raise ArgumentError(f"indices: expected increasing positions within each group of n = {n}, got "
+                            f"indices[{r}, {c}] = {got} after {int(indices[r, c - 1])}")
+    raise ArgumentError(f"indices: expected positions in [0, m = {m}), got indices[{r}, {c}] = {got}")
+
+
+def _bias(bias, out_features):
+    if bias is None:
+        return None
+    return check_array(bias, "bias", dtypes=[np.float32], shape=(out_features,), contiguous=True)
+
+
+# ---- the tolerance -----------------------------------------------------------------------------
+
+
+def gamma(k, u: float = UNIT_ROUNDOFF):
+    """Higham's gamma_k = k u / (1 - k u) (elementwise for an array k; requires k u < 1)."""
+    k = np.asarray(k, np.float64)
+    if np.any(k * u >= 1):
+        raise ArgumentError(f"k: expected k * u < 1 for gamma_k, got k = {k.max()}")
+    return k * u / (1 - k * u)
+
+
+def _error_bound(x2, W_abs, row_nnz, bias):
+    """gamma_k (sum_j |w_ij||x_bj| + |b_i|) + k 2**-149 per element, k = nnz(row) + 1, widened by
+    the float64 result's own error (dense float64 product: gamma_{in+1}(2**-53)) and by the
+    rounding of this float64 evaluation (both < 1e-12 relative)."""
+    in_f = x2.shape[1]
+    S = np.abs(x2.astype(np.float64)) @ W_abs.T
+    if bias is not None:
+        S = S + np.abs(bias.astype(np.float64))
+    k = row_nnz.astype(np.float64) + 1
+    g64 = gamma(in_f + 1, 2.0**-53)
+    bound = (gamma(k) + g64) * S * (1 + 2 * g64) + k * 2 * _UNDERFLOW_ETA
+    return bound * (1 + 2.0**-40)
+
+
+def spmm_csr_error_bound(x, indptr, indices, values, bias=None) -> np.ndarray:
+    """The documented bound on |y - y_exact| for every element of ``spmm_csr``'s result
+    (float64, shape x.shape[:-1] + (out,)): see the module docstring."""
+    x2, lead = _x2d(x)
+    indptr, indices, values = _csr_arrays(indptr, indices, values)
+    out_f = indptr.shape[0] - 1
+    W_abs = np.abs(csr_to_dense(indptr, indices, values, (out_f, x2.shape[1]))).astype(np.float64)
+    bound = _error_bound(x2, W_abs, np.diff(indptr.astype(np.int64)), _bias(bias, out_f))
+    return bound.reshape(lead + (out_f,))
+
+
+def spmm_nm_error_bound(x, values, indices, n, m, bias=None) -> np.ndarray:
+    """The documented bound on |y - y_exact| for every element of ``spmm_nm``'s result; every
+    row stores in/m*n entries, so k = in/m*n + 1."""
+    values, indices, n, m = _nm_arrays(values, indices, n, m)
+    out_f, k = values.shape
+    x2, lead = _x2d(x, k // n * m)
+    W_abs = np.abs(nm_to_dense(values, indices, n, m)).astype(np.float64)
+    bound = _error_bound(x2, W_abs, np.full(out_f, k), _bias(bias, out_f))
+    return bound.reshape(lead + (out_f,))
+
+
+# ---- references --------------------------------------------------------------------------------
+
+
+def spmm_csr_reference(x, indptr, indices, values, bias):
+    """NumPy definition, one row of W at a time: y[:, i] = x[:, cols_i] @ vals_i (+ b_i)
+    with cols_i, vals_i = indices, values[indptr[i]:indptr[i+1]] (an empty row gives 0)."""
+    y = np.zeros((x.shape[0], indptr.shape[0] - 1), np.float32)
+    for i in range(y.shape[1]):
+        s, e = indptr[i], indptr[i + 1]
+        y[:, i] = x[:, indices[s:e]] @ values[s:e]
+    return y if bias is None else y + bias
+
+
+def spmm_nm_reference(x, values, indices, n, m, bias):
+    """NumPy definition: y[b, i] = sum_p values[i, p] * x[b, (p // n) * m + indices[i, p]] (+ b_i)."""
+    y = np.einsum("bik,ik->bi", x[:, nm_columns(indices, n, m)], values)
+    return y if bias is None else y + bias
+
+
+# ---- C implementations -------------------------------------------------------------------------
+
+
+def _workspace(batch, in_f):
+    # Batch 1 runs the gather kernels straight from x; larger batches need the panels.
+    if batch <= 1:
+        return _native.ffi.NULL
+    return _native.ptr("void *", np.empty(_native.lib.rc_spmm_workspace_size(batch, in_f), np.uint8))
+
+
+def _f32_or_null(a):
+    return _native.ffi.NULL if a is None else _native.ptr("float *", a)
+
+
+def _spmm_csr_c(x, indptr, indices, values, bias, *, isa, threads):
+    batch, in_f = x.shape
+    out_f = indptr.shape[0] - 1
+    y = np.empty((batch, out_f), np.float32)
+    rc = _native.lib.rc_spmm_csr_f32(
+        _native.ptr("float *", x), batch, in_f, out_f, _native.ptr("void *", indptr), indptr.itemsize,
+        _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], _native.ptr("float *", values),
+        _f32_or_null(bias), _native.ptr("float *", y), _workspace(batch, in_f), isa, threads)
+    check_rc(rc, "spmm_csr")
+    return y
+
+
+def _spmm_nm_c(x, values, indices, n, m, bias, *, isa, threads):
+    batch, in_f = x.shape
+    out_f = values.shape[0]
+    y = np.empty((batch, out_f), np.float32)
+    rc = _native.lib.rc_spmm_nm_f32(
+        _native.ptr("float *", x), batch, in_f, out_f, _native.ptr("float *", values),
+        _native.ptr("uint8_t *", indices), n, m, _f32_or_null(bias), _native.ptr("float *", y),
+        _workspace(batch, in_f), isa, threads)
+    check_rc(rc, "spmm_nm")
+    return y
+
+
+_VARIANTS = ("portable", "avx2", "avx512")
+TOLERANCE_DOC = (
+    "float sum in any order: |y - y_exact| <= gamma_k * (sum_j |w_ij| |x_j| + |b_i|) + k * 2**-149 per "
+    "element, gamma_k = k u / (1 - k u), u = 2**-24, k = nnz(row i) + 1 (Higham 2002, eqs. 3.4-3.5)"
+)
+register(Op("spmm_csr", spmm_csr_reference, _spmm_csr_c, _VARIANTS, tolerance=UNIT_ROUNDOFF,
+            tolerance_doc=TOLERANCE_DOC, doc=__doc__, extra={"error_bound": spmm_csr_error_bound}))
+register(Op("spmm_nm", spmm_nm_reference, _spmm_nm_c, _VARIANTS, tolerance=UNIT_ROUNDOFF,
+            tolerance_doc=TOLERANCE_DOC, doc=__doc__, extra={"error_bound": spmm_nm_error_bound}))
+
+
+# ---- public entry points -----------------------------------------------------------------------
+
+
+def spmm_csr(x, indptr, indices, values, bias=None, *, out_features=None, in_features=None):
+    """y = x @ W.T + bias for a pruned weight W [out, in] stored as CSR (Han et al. 2015).
+
+    ``y[..., i] = bias[i] + sum_{p in indptr[i]:indptr[i+1]} values[p] * x[..., indices[p]]``
+
+    Parameters
+    ----------
+    x : float32 [..., in] (any memory layout; made C-contiguous once).
+    indptr : int64 or int32 [out + 1], indptr[0] = 0, non-decreasing, indptr[-1] = nnz.
+    indices : uint8, uint16 or int32 [nnz]; columns in [0, in), strictly increasing in a row.
+    values : float32 [nnz].
+    bias : optional float32 [out].
+    out_features, in_features : optional; when given, indptr's length and x's last
+        dimension are checked against them (the arrays alone cannot tell a truncated indptr).
+
+    Returns float32 [..., out].  Not bit-exact across backends: each element is within
+    gamma_k (sum |w||x| + |b|) of the exact result, k = nnz(row) + 1 (module docstring).
+    """
+    if out_features is not None:
+        out_features = check_int(out_features, "out_features", min_value=0)
+    if in_features is not None:
+        in_features = check_int(in_features, "in_features", min_value=0)
+    x2, lead = _x2d(x, in_features)
+    indptr, indices, values = _csr_arrays(indptr, indices, values, out_features)
+    _check_csr_structure(indptr, indices, x2.shape[1])
+    out_f = indptr.shape[0] - 1
+    y = dispatch("spmm_csr", x2, indptr, indices, values, _bias(bias, out_f))
+    return y.reshape(lead + (out_f,))
+
+
+def spmm_nm(x, values, indices, n, m, bias=None):
+    """y = x @ W.T + bias for an N:M semi-structured weight W [out, in] (Mishra et al. 2021).
+
+    ``y[..., i] = bias[i] + sum_p values[i, p] * x[..., (p // n) * m + indices[i, p]]``
+
+    Parameters
+    ----------
+    x : float32 [..., in] with in = values.shape[1] / n * m.
+    values : float32 [out, in / m * n].
+    indices : uint8 [out, in / m * n]: positions in [0, m), increasing within each group of n.
+    n, m : the pattern (1 <= n <= m <= 256), e.g. 2, 4.
+    bias : optional float32 [out].
+
+    Returns float32 [..., out], within the same per-element bound as :func:`spmm_csr`
+    with k = in / m * n + 1.
+    """
+    values, indices, n, m = _nm_arrays(values, indices, n, m)
+    out_f, k = values.shape
+    x2, lead = _x2d(x, k // n * m)
+    y = dispatch("spmm_nm", x2, values, indices, n, m, _bias(bias, out_f))
+    return y.reshape(lead + (out_f,))

@@ -1,0 +1,337 @@
+"""spmm_csr / spmm_nm: every backend and ISA variant, 1 and 2 threads, element by element
+within the documented float bound of the exact product; storage round trips; bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import refcompress.kernels as kernels
+from refcompress.errors import ArgumentError, DTypeError, ShapeError
+from refcompress.kernels import sparse as S
+from refcompress.testing import (
+    assert_within_error_bound,
+    check_spmm_csr,
+    check_spmm_nm,
+    kernel_variants,
+    spmm_csr_error_bound,
+    spmm_nm_error_bound,
+)
+from refcompress.testing.sparse import csr_cases, spmm_csr_exact, spmm_nm_exact
+
+CSR_VARIANTS = kernel_variants("spmm_csr")
+NM_VARIANTS = kernel_variants("spmm_nm")
+# The reference ignores the thread count: run it once, every C variant on 1 and 2 threads.
+CSR_RUNS = [(b, i, t) for b, i in CSR_VARIANTS for t in ((1,) if b == "numpy" else (1, 2))]
+NM_RUNS = [(b, i, t) for b, i in NM_VARIANTS for t in ((1,) if b == "numpy" else (1, 2))]
+
+
+def _id(run):
+    b, i, t = run
+    return f"{b}-{i}-t{t}" if i else b
+
+
+def _forced(fn, backend, isa, threads):
+    def run(*args, **kwargs):
+        with kernels.use(backend, isa=isa, threads=threads):
+            return fn(*args, **kwargs)
+    return run
+
+
+@pytest.mark.parametrize("run", CSR_RUNS, ids=[_id(r) for r in CSR_RUNS])
+def test_spmm_csr_within_bound_of_exact(run):
+    check_spmm_csr(_forced(kernels.spmm_csr, *run), max_examples=60)
+
+
+@pytest.mark.parametrize("run", NM_RUNS, ids=[_id(r) for r in NM_RUNS])
+def test_spmm_nm_within_bound_of_exact(run):
+    check_spmm_nm(_forced(kernels.spmm_nm, *run), max_examples=50)
+
+
+def _random_csr(rng, out_f, in_f, sparsity, index_dtype=None):
+    W = (rng.standard_normal((out_f, in_f)) * (rng.random((out_f, in_f)) >= sparsity)).astype(np.float32)
+    return W, kernels.csr_from_dense(W, index_dtype=index_dtype)
+
+
+@pytest.mark.parametrize("backend,isa", CSR_VARIANTS, ids=[f"{b}-{i}" if i else b for b, i in CSR_VARIANTS])
+@pytest.mark.parametrize("batch", [1, 2, 17, 64, 65, 200])
+def test_large_layers_split_over_threads_identically(backend, isa, batch):
+    # Big enough to cross the parallel threshold; rows are 0..~all nonzero so that the
+    # nonzero-balanced split cuts through uneven rows.  A row is computed by exactly one
+    # thread with the same code whatever the split, so 1 and 2 threads agree bit for bit.
+    rng = np.random.default_rng(batch)
+    out_f, in_f = 613, 389
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    W[rng.random((out_f, in_f)) < np.linspace(0, 1, out_f)[:, None]] = 0
+    c = kernels.csr_from_dense(W)
+    x = rng.standard_normal((batch, in_f)).astype(np.float32)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    with kernels.use(backend, isa=isa, threads=1):
+        y1 = kernels.spmm_csr(x, *c[:3], b)
+    with kernels.use(backend, isa=isa, threads=2):
+        y2 = kernels.spmm_csr(x, *c[:3], b)
+    np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
+    assert_within_error_bound(y1, spmm_csr_exact(x, *c[:3], b), spmm_csr_error_bound(x, *c[:3], b))
+
+    nm = kernels.nm_from_dense(_prune_2_4(W[:, :388]), 2, 4)
+    with kernels.use(backend, isa=isa, threads=1):
+        z1 = kernels.spmm_nm(x[:, :388], *nm, bias=b)
+    with kernels.use(backend, isa=isa, threads=2):
+        z2 = kernels.spmm_nm(x[:, :388], *nm, bias=b)
+    np.testing.assert_array_equal(z1.view(np.uint32), z2.view(np.uint32))
+    assert_within_error_bound(z1, spmm_nm_exact(x[:, :388], *nm, b), spmm_nm_error_bound(x[:, :388], *nm, b))
+
+
+def _prune_2_4(W):
+    """Keep the 2 largest |w| of every group of 4 (a valid 2:4 weight)."""
+    g = W.reshape(W.shape[0], -1, 4)
+    drop = np.argsort(np.abs(g), axis=-1)[..., :2]
+    g = g.copy()
+    np.put_along_axis(g, drop, 0.0, axis=-1)
+    return g.reshape(W.shape)
+
+
+@pytest.mark.parametrize("backend,isa", CSR_VARIANTS, ids=[f"{b}-{i}" if i else b for b, i in CSR_VARIANTS])
+def test_special_weights_give_exact_answers(backend, isa):
+    # All-zero weights: y is the bias exactly (or 0); empty rows likewise.  Integer-valued
+    # fully dense weights and inputs: every partial sum is an exact float32 integer.
+    rng = np.random.default_rng(3)
+    x = rng.integers(-4, 5, (33, 40)).astype(np.float32)
+    b = rng.integers(-9, 10, 17).astype(np.float32)
+    zero = kernels.csr_from_dense(np.zeros((17, 40), np.float32))
+    dense_w = rng.integers(-4, 5, (17, 40)).astype(np.float32)
+    dense_w[dense_w == 0] = 1
+    dense = kernels.csr_from_dense(dense_w)
+    with kernels.use(backend, isa=isa):
+        for batch in (1, 33):
+            np.testing.assert_array_equal(kernels.spmm_csr(x[:batch], *zero[:3], b), np.broadcast_to(b, (batch, 17)))
+            np.testing.assert_array_equal(kernels.spmm_csr(x[:batch], *zero[:3]), np.zeros((batch, 17), np.float32))
+            np.testing.assert_array_equal(kernels.spmm_csr(x[:batch], *dense[:3], b), x[:batch] @ dense_w.T + b)
+        assert dense.values.size == 17 * 40
+
+
+def test_leading_dimensions_follow_linear():
+    rng = np.random.default_rng(1)
+    W, c = _random_csr(rng, 9, 12, 0.5)
+    x = rng.standard_normal((2, 3, 12)).astype(np.float32)
+    y = kernels.spmm_csr(x, *c[:3])
+    assert y.shape == (2, 3, 9)
+    np.testing.assert_array_equal(y.reshape(6, 9), kernels.spmm_csr(x.reshape(6, 12), *c[:3]))
+    assert kernels.spmm_csr(x[0, 0], *c[:3]).shape == (9,)
+    assert kernels.spmm_csr(np.zeros((0, 12), np.float32), *c[:3]).shape == (0, 9)
+    nm = kernels.nm_from_dense(_prune_2_4(W), 2, 4)
+    assert kernels.spmm_nm(x, *nm).shape == (2, 3, 9)
+
+
+def test_reference_is_the_definition_written_out():
+    # y[b, i] = b_i + sum over stored (j, w) of w * x[b, j], as a plain loop in float64.
+    rng = np.random.default_rng(5)
+    W, c = _random_csr(rng, 7, 11, 0.6)
+    x = rng.standard_normal((3, 11)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    want = np.zeros((3, 7))
+    for i in range(7):
+        for p in range(c.indptr[i], c.indptr[i + 1]):
+            want[:, i] += np.float64(c.values[p]) * x[:, c.indices[p]]
+    want += b
+    bound = spmm_csr_error_bound(x, *c[:3], b)
+    with kernels.use("numpy"):
+        assert_within_error_bound(kernels.spmm_csr(x, *c[:3], b), want, bound)
+    nm = kernels.nm_from_dense(_prune_2_4(W[:, :8]), 2, 4)
+    cols = S.nm_columns(nm.indices, 2, 4)
+    want_nm = np.einsum("bik,ik->bi", x[:, :8].astype(np.float64)[:, cols], nm.values.astype(np.float64))
+    with kernels.use("numpy"):
+        got = kernels.spmm_nm(x[:, :8], *nm)
+    assert_within_error_bound(got, want_nm, spmm_nm_error_bound(x[:, :8], *nm))
+
+
+def test_tolerance_is_recorded_and_derived():
+    for name in ("spmm_csr", "spmm_nm"):
+        op = kernels.ops()[name]
+        assert op.tolerance == 2.0**-24
+        assert "gamma_k" in op.tolerance_doc and "nnz(row i) + 1" in op.tolerance_doc
+        assert callable(op.extra["error_bound"])
+    # gamma_k = k u / (1 - k u), and the bound of a single product of exact powers of two.
+    np.testing.assert_allclose(S.gamma(3), 3 * 2.0**-24 / (1 - 3 * 2.0**-24), rtol=1e-15)
+    x = np.array([[2.0]], np.float32)
+    bound = spmm_csr_error_bound(x, np.array([0, 1]), np.array([0], np.uint8), np.array([4.0], np.float32))
+    assert bound.shape == (1, 1) and 8 * S.gamma(2) <= bound[0, 0] < 8 * S.gamma(2) * 1.001 + 4 * 2.0**-149
+    with pytest.raises(ArgumentError, match="k"):
+        S.gamma(2**24)
+
+
+# ---- storage formats ---------------------------------------------------------------------------
+
+
+@given(case=csr_cases(max_batch=1))
+def test_csr_round_trip(case):
+    W = csr_to_dense_case = kernels.csr_to_dense(case.indptr, case.indices, case.values, case.shape)
+    c = kernels.csr_from_dense(W)
+    assert c.indices.dtype == S.index_dtype_for(case.shape[1])
+    assert c.indptr.dtype == np.int64 and c.shape == case.shape
+    np.testing.assert_array_equal(kernels.csr_to_dense(*c), csr_to_dense_case)
+    assert np.all(c.values != 0)  # stored zeros of the case are dropped, nothing else
+    assert c.values.size == np.count_nonzero(W)
+    for r in range(case.shape[0]):  # sorted within each row
+        assert np.all(np.diff(c.indices[c.indptr[r]:c.indptr[r + 1]].astype(np.int64)) > 0)
+
+
+def test_index_dtype_by_size_and_override():
+    assert S.index_dtype_for(256) == np.uint8
+    assert S.index_dtype_for(257) == np.uint16
+    assert S.index_dtype_for(65536) == np.uint16
+    assert S.index_dtype_for(65537) == np.int32
+    W = np.eye(3, 300, dtype=np.float32)
+    assert kernels.csr_from_dense(W).indices.dtype == np.uint16
+    assert kernels.csr_from_dense(W, index_dtype=np.int32).indices.dtype == np.int32
+    with pytest.raises(ArgumentError, match="index_dtype: uint8 cannot hold column 299"):
+        kernels.csr_from_dense(W, index_dtype=np.uint8)
+    with pytest.raises(DTypeError, match="index_dtype"):
+        kernels.csr_from_dense(W, index_dtype=np.int64)
+
+
+@pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (2, 8), (4, 8), (1, 2), (3, 5), (4, 4)])
+def test_nm_round_trip(n, m):
+    rng = np.random.default_rng(n * 10 + m)
+    W = rng.standard_normal((13, 6 * m)).astype(np.float32)
+    g = W.reshape(13, 6, m)
+    keep = rng.integers(0, n + 1, size=(13, 6))  # 0..n nonzeros per group
+    order = np.argsort(rng.random((13, 6, m)), axis=-1)
+    g[np.argsort(order, axis=-1) >= keep[..., None]] = 0
+    nm = kernels.nm_from_dense(W, n, m)
+    assert nm.values.shape == nm.indices.shape == (13, 6 * n) and nm.indices.dtype == np.uint8
+    np.testing.assert_array_equal(kernels.nm_to_dense(*nm), W)
+    pos = nm.indices.reshape(13, 6, n).astype(int)
+    assert np.all(np.diff(pos, axis=-1) > 0) and pos.max() < m
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def _good():
+    W = np.array([[0, 1.5, 0, 2], [0, 0, 0, 0], [3, 0, 4, 0]], np.float32)
+    c = kernels.csr_from_dense(W)
+    return np.ones((2, 4), np.float32), c.indptr.copy(), c.indices.copy(), c.values.copy()
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["c-check", "numpy-check"])
+def test_bad_csr_structure_names_the_argument(use_c, monkeypatch):
+    if not use_c:
+        monkeypatch.setattr(S._native, "lib", None)  # the NumPy twin of rc_csr_check
+    x, indptr, indices, values = _good()  # rows: [1, 3], [], [0, 2]
+    cases = [
+        (dict(indices=np.array([3, 1, 0, 2], np.uint8)), r"indices: expected strictly increasing.*indices\[1\] = 1 after 3 in row 0"),
+        (dict(indices=np.array([1, 1, 0, 2], np.uint8)), r"indices: .*no duplicates.*indices\[1\] = 1 after 1"),
+        (dict(indices=np.array([1, 3, 0, 4], np.uint8)), r"indices: expected columns in \[0, in_features = 4\), got indices\[3\] = 4 in row 2"),
+        (dict(indices=np.array([1, 3, -1, 2], np.int32)), r"indices: expected columns in \[0, in_features = 4\), got indices\[2\] = -1"),
+        (dict(indptr=np.array([1, 2, 2, 4])), r"indptr: expected indptr\[0\] == 0, got 1"),
+        (dict(indptr=np.array([0, 3, 2, 4])), r"indptr: expected non-decreasing values, got indptr\[2\] = 2 < indptr\[1\] = 3"),
+        (dict(indptr=np.array([0, 2, 2, 3])), r"indptr: expected indptr\[-1\] == nnz = len\(indices\) = 4, got 3"),
+    ]
+    for change, msg in cases:
+        args = dict(indptr=indptr, indices=indices, values=values) | change
+        with pytest.raises(ArgumentError, match=msg):
+            kernels.spmm_csr(x, args["indptr"], args["indices"], args["values"])
+
+
+def test_bad_csr_shapes_and_dtypes_name_the_argument():
+    x, indptr, indices, values = _good()
+    with pytest.raises(ShapeError, match=r"indptr: expected length out_features \+ 1 = 4, got 3"):
+        kernels.spmm_csr(x, indptr[:-1], indices, values, out_features=3)
+    with pytest.raises(ShapeError, match="indptr: expected length out_features"):
+        kernels.spmm_csr(x, np.zeros(0, np.int64), indices[:0], values[:0])
+    with pytest.raises(ShapeError, match=r"x: expected last dimension in_features = 5"):
+        kernels.spmm_csr(x, indptr, indices, values, in_features=5)
+    with pytest.raises(ShapeError, match=r"values: expected shape \(nnz,\)"):
+        kernels.spmm_csr(x, indptr, indices, values[:3])
+    with pytest.raises(DTypeError, match="x: expected dtype float32, got float64"):
+        kernels.spmm_csr(x.astype(np.float64), indptr, indices, values)
+    with pytest.raises(DTypeError, match="indices: expected dtype uint8, uint16, int32, got int64"):
+        kernels.spmm_csr(x, indptr, indices.astype(np.int64), values)
+    with pytest.raises(DTypeError, match="values: expected dtype float32"):
+        kernels.spmm_csr(x, indptr, indices, values.astype(np.float16))
+    with pytest.raises(DTypeError, match="indptr: expected dtype int32, int64, got uint32"):
+        kernels.spmm_csr(x, indptr.astype(np.uint32), indices, values)
+    with pytest.raises(DTypeError, match="bias: expected dtype float32"):
+        kernels.spmm_csr(x, indptr, indices, values, np.zeros(3))
+    with pytest.raises(ShapeError, match=r"bias: expected shape \(3\)"):
+        kernels.spmm_csr(x, indptr, indices, values, np.zeros(4, np.float32))
+    with pytest.raises(ShapeError, match="shape: expected a tuple"):
+        kernels.csr_to_dense(indptr, indices, values, 4)
+    with pytest.raises(DTypeError, match="W: expected dtype float32"):
+        kernels.csr_from_dense(np.eye(3))
+
+
+@pytest.mark.parametrize("use_c", [True, False], ids=["c-check", "numpy-check"])
+def test_bad_nm_input_names_the_argument(use_c, monkeypatch):
+    if not use_c:
+        monkeypatch.setattr(S._native, "lib", None)
+    W = np.array([[1, 0, 2, 0, 0, 0, 0, 3]], np.float32)
+    nm = kernels.nm_from_dense(W, 2, 4)
+    x = np.ones((1, 8), np.float32)
+    with pytest.raises(ArgumentError, match=r"n, m: expected n <= m, got n = 5 > m = 4"):
+        kernels.nm_from_dense(W, 5, 4)
+    with pytest.raises(ShapeError, match=r"W: expected in_features \(W.shape\[1\]\) divisible by m = 3, got 8"):
+        kernels.nm_from_dense(W, 1, 3)
+    with pytest.raises(ArgumentError, match=r"W: row 0, columns \[0, 4\) hold 2 nonzeros; a 1:4 pattern"):
+        kernels.nm_from_dense(W, 1, 4)
+    bad = nm.indices.copy()
+    bad[0, :2] = [2, 0]
+    with pytest.raises(ArgumentError, match=r"indices: expected increasing positions.*indices\[0, 1\] = 0 after 2"):
+        kernels.spmm_nm(x, nm.values, bad, 2, 4)
+    bad[0, :2] = [1, 1]
+    with pytest.raises(ArgumentError, match=r"indices\[0, 1\] = 1 after 1"):
+        kernels.spmm_nm(x, nm.values, bad, 2, 4)
+    bad[0, :2] = [0, 4]
+    with pytest.raises(ArgumentError, match=r"indices: expected positions in \[0, m = 4\), got indices\[0, 1\] = 4"):
+        kernels.spmm_nm(x, nm.values, bad, 2, 4)
+    with pytest.raises(ShapeError, match="x: expected last dimension in_features = 8"):
+        kernels.spmm_nm(np.ones((1, 7), np.float32), *nm)
+    with pytest.raises(ShapeError, match="values: expected a row length .* multiple of n = 3"):
+        kernels.spmm_nm(x, nm.values, nm.indices, 3, 4)
+    with pytest.raises(ShapeError, match="indices: expected the shape of values"):
+        kernels.spmm_nm(x, nm.values, nm.indices[:, :2], 2, 4)
+    with pytest.raises(DTypeError, match="indices: expected dtype uint8"):
+        kernels.spmm_nm(x, nm.values, nm.indices.astype(np.int32), 2, 4)
+    with pytest.raises(ArgumentError, match="m: expected an integer in"):
+        kernels.spmm_nm(x, nm.values, nm.indices, 2, 300)
+
+
+@given(case=csr_cases(max_batch=1, max_features=64), data=st.data())
+def test_c_and_numpy_structure_checks_agree(case, data):
+    # Corrupt one entry (or none) and ask both checks for the first offending position.
+    indptr, indices = case.indptr.copy(), case.indices.astype(np.int32)
+    what = data.draw(st.sampled_from(["none", "index", "indptr"]))
+    if what == "index" and indices.size:
+        indices[data.draw(st.integers(0, indices.size - 1))] = data.draw(st.integers(-2, case.shape[1] + 2))
+    elif what == "indptr":
+        indptr[data.draw(st.integers(0, indptr.size - 1))] += data.draw(st.sampled_from([-1, 1]))
+    if S._native.lib is None:
+        pytest.skip("C extension not built")
+    assert S._csr_structure(indptr, indices, case.shape[1], use_c=True) == \
+        S._csr_structure(indptr, indices, case.shape[1], use_c=False)
+
+
+# ---- the checker catches wrong kernels -----------------------------------------------------------
+
+
+def test_checker_catches_a_kernel_that_drops_the_last_entry_of_each_row():
+    def wrong(x, indptr, indices, values, bias=None):
+        v = values.copy()
+        ends = indptr[1:][np.diff(indptr) > 0] - 1
+        v[ends] = 0  # the classic off-by-one: the loop stops one entry early
+        with kernels.use("numpy"):
+            return kernels.spmm_csr(x, indptr, indices, v, bias)
+
+    with pytest.raises(AssertionError, match="outside the error bound"):
+        check_spmm_csr(wrong, max_examples=200)
+
+
+def test_checker_catches_an_nm_kernel_that_misplaces_groups():
+    def wrong(x, values, indices, n, m, bias=None):
+        # reads position p of every group from group 0's columns: (p % n) instead of (p // n) * m
+        cols = np.asarray(indices, np.int64) + 0 * np.arange(indices.shape[1])
+        y = np.einsum("bik,ik->bi", np.ascontiguousarray(x)[:, cols], values)
+        return (y if bias is None else y + bias).astype(np.float32)
+
+    with pytest.raises(AssertionError):
+        check_spmm_nm(wrong, max_examples=200)
