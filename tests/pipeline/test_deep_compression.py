@@ -122,3 +122,23 @@ def test_float16_biases_are_stored_half_size_and_run_in_float32():
     np.testing.assert_array_equal(again(x), y)
     with pytest.raises(ArgumentError, match="bias_dtype"):
         DeepCompressedLinear(4, 3, bias_dtype="int8")
+
+
+def test_compressed_model_file_round_trips_bit_exactly_and_corruption_is_refused(tmp_path):
+    from refcompress import io as rc_io
+    from refcompress.errors import CorruptFileError
+
+    w, cb, codes = _shared(6)
+    model = nn.Sequential(DeepCompressedLinear.from_weight(w, cb, codes, np.ones(30, np.float32), index_bits=4),
+                          nn.ReLU())
+    path = tmp_path / "dc.npz"
+    rc_io.save(model, path)
+    back = rc_io.load(path)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v)
+    np.testing.assert_array_equal(back[0].weight(), w)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError):
+        rc_io.load(path)
