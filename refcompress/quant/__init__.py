@@ -19,9 +19,25 @@ from .observers import (
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .qparams import QParams, calibrate, choose_qparams, dequantize, fake_quantize, quantize, tensor_minmax
 from .spec import ACT_UINT8, WEIGHT_INT8, QuantSpec
+from . import convert, modules, qat
+from .convert import (cross_layer_equalize, fold_batchnorm, quantize_dynamic, quantize_static,
+                      quantize_weight_only, quantize_weights_corrected)
+from .qat import FakeQuantize, convert_qat, prepare_qat
 from .weight_sharing import SharedConv2d, SharedLinear, SharedWeights, centroid_gradients, kmeans_share
 
 __all__ = [
+    "convert",
+    "convert_qat",
+    "cross_layer_equalize",
+    "FakeQuantize",
+    "fold_batchnorm",
+    "modules",
+    "prepare_qat",
+    "qat",
+    "quantize_dynamic",
+    "quantize_static",
+    "quantize_weight_only",
+    "quantize_weights_corrected",
     "adaround",
     "bias_correction",
     "equalization_scales",
