@@ -1,6 +1,6 @@
 """Attention transfer (Zagoruyko & Komodakis 2017) and attention-probability KL (MiniLM).
 
-Gradient tolerance: see _distill_gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
+Gradient tolerance: see refcompress/testing/gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
 """
 
 import numpy as np
@@ -12,7 +12,7 @@ from refcompress.distill import (attention_probability_loss, attention_transfer_
 from refcompress.errors import ArgumentError, DTypeError, ShapeError
 from refcompress.nn.functional import softmax
 
-from _distill_gradcheck import assert_grad, numeric_grad
+from refcompress.testing.gradcheck import assert_grad, numeric_grad
 
 SEEDS = st.integers(0, 2**31)
 FEW = settings(max_examples=20)

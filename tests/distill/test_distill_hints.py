@@ -1,6 +1,6 @@
 """FitNets hints (Romero et al. 2015): the loss, the regressor, gradients through both.
 
-Gradient tolerance: see _distill_gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
+Gradient tolerance: see refcompress/testing/gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
 """
 
 import numpy as np
@@ -11,7 +11,7 @@ from refcompress import nn
 from refcompress.distill import Hint, hint_loss, make_regressor
 from refcompress.errors import ArgumentError, DTypeError, ShapeError
 
-from _distill_gradcheck import assert_grad, numeric_grad
+from refcompress.testing.gradcheck import assert_grad, numeric_grad
 
 SEEDS = st.integers(0, 2**31)
 FEW = settings(max_examples=15)

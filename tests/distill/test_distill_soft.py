@@ -1,6 +1,6 @@
 """Soft targets (Hinton et al. 2015): exact gradients, the T^2 factor, stability, errors.
 
-Gradient tolerance: see _distill_gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
+Gradient tolerance: see refcompress/testing/gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
 """
 
 import numpy as np
@@ -11,7 +11,7 @@ from refcompress.distill import distillation_loss, soft_target_loss
 from refcompress.errors import ArgumentError, DTypeError, ShapeError
 from refcompress.nn.functional import softmax
 
-from _distill_gradcheck import assert_grad, numeric_grad
+from refcompress.testing.gradcheck import assert_grad, numeric_grad
 
 SEEDS = st.integers(0, 2**31)
 TEMPS = st.sampled_from([0.5, 1.0, 2.0, 4.0, 10.0])

@@ -1,6 +1,6 @@
 """Taps: reading inner outputs through forward hooks and injecting their gradients.
 
-Gradient tolerance: see _distill_gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
+Gradient tolerance: see refcompress/testing/gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
 """
 
 import numpy as np
@@ -10,7 +10,7 @@ from refcompress import nn
 from refcompress.distill import Taps, attention_transfer_loss
 from refcompress.errors import ArgumentError, DTypeError, RefcompressError, ShapeError
 
-from _distill_gradcheck import assert_grad, numeric_grad
+from refcompress.testing.gradcheck import assert_grad, numeric_grad
 
 
 def _cnn(seed=0):

@@ -1,7 +1,7 @@
 """The Distiller trainer and recover(): exact mixed-objective gradients, teacher handling,
 caching, unlabeled data, and errors.  Tiny models and few steps keep this fast.
 
-Gradient tolerance: see _distill_gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
+Gradient tolerance: see refcompress/testing/gradcheck.py (element-wise 1e-6 + 1e-5 |analytic|).
 """
 
 import numpy as np
@@ -11,7 +11,7 @@ from refcompress import nn
 from refcompress.distill import UNLABELED, Distiller, distill, recover, soft_target_loss
 from refcompress.errors import ArgumentError, DTypeError, ShapeError
 
-from _distill_gradcheck import assert_grad, numeric_grad
+from refcompress.testing.gradcheck import assert_grad, numeric_grad
 
 
 def _cnn(ch, seed, classes=4):

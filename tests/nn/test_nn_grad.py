@@ -1,6 +1,6 @@
 """Every layer's and loss's backward against central finite differences (float64).
 
-Tolerance and its derivation: see _nn_gradcheck.py (|num - ana| <= 1e-6 + 1e-5 |ana|,
+Tolerance and its derivation: see refcompress/testing/gradcheck.py (|num - ana| <= 1e-6 + 1e-5 |ana|,
 element by element, for the input and every parameter).
 """
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from refcompress import nn
 from refcompress.nn import functional as F
 
-from _nn_gradcheck import check_loss, check_module
+from refcompress.testing.gradcheck import check_loss, check_module
 
 SEEDS = st.integers(0, 2**31)
 FEW = settings(max_examples=12)
