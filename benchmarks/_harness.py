@@ -79,3 +79,33 @@ def fmt_ratio(x) -> str:
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def ort_session(graph, threads: int):
+    """An onnxruntime CPU session of a one-graph ONNX model (opset 13), ``threads`` intra-op
+    threads; None when onnxruntime / onnx are not installed."""
+    ort, onnx = optional("onnxruntime"), optional("onnx")
+    if ort is None or onnx is None:
+        return None
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def torch_quantized(threads: int):
+    """torch configured for a quantized benchmark (threads, x86/fbgemm engine), or None."""
+    torch = optional("torch")
+    if torch is None:
+        return None
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)  # quantized-tensor deprecation notices
+    torch.set_num_threads(threads)
+    engines = torch.backends.quantized.supported_engines
+    torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
+    return torch

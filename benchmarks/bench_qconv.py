@@ -16,7 +16,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import blas_report, blas_threads, fmt_ratio, median_time, optional, print_table, rng  # noqa: E402
+from _harness import (blas_report, blas_threads, fmt_ratio, median_time, optional, ort_session,  # noqa: E402
+                      print_table, rng, torch_quantized)
 from bench_qgemm import measured_peak  # noqa: E402
 
 import refcompress.kernels as K  # noqa: E402
@@ -61,25 +62,14 @@ def ort_qlinearconv(x, w, zx, pad, groups, threads):
                             pads=[pad] * 4, group=groups, kernel_shape=[k, k])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.UINT8, list(x.shape))],
                               [helper.make_tensor_value_info("Y", TensorProto.UINT8, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(graph, threads)
     return lambda: sess.run(None, {"X": x})
 
 
 def torch_qconv(x, w, pad, groups, threads):
-    torch = optional("torch")
+    torch = torch_quantized(threads)
     if torch is None:
         return None
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning)
-    torch.set_num_threads(threads)
-    engines = torch.backends.quantized.supported_engines
-    torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
     OC, Cg, k, _ = w.shape
     conv = torch.ao.nn.quantized.Conv2d(Cg * groups, OC, k, padding=pad, groups=groups)
     qw = torch.quantize_per_tensor(torch.from_numpy(w.astype(np.float32) * 0.01), 0.01, 0, torch.qint8)

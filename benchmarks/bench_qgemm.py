@@ -18,7 +18,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import blas_report, blas_threads, fmt_ratio, median_time, optional, print_table, rng  # noqa: E402
+from _harness import (blas_report, blas_threads, fmt_ratio, median_time, optional, ort_session,  # noqa: E402
+                      print_table, rng, torch_quantized)
 
 import refcompress.kernels as K  # noqa: E402
 from refcompress.kernels import _native  # noqa: E402
@@ -52,12 +53,7 @@ def ort_matmul_integer(a, b, za, threads):
         initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.array(za, np.uint8), "za"),
                      numpy_helper.from_array(np.array(0, np.int8), "zb")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(graph, threads)
     want = (a.astype(np.int64) - za) @ b.astype(np.int64)
     got = sess.run(None, {"A": a})[0]
     assert np.array_equal(got, want), "onnxruntime MatMulInteger disagrees with the exact product"
@@ -65,12 +61,9 @@ def ort_matmul_integer(a, b, za, threads):
 
 
 def torch_qlinear(a_f, b_f, threads):
-    torch = optional("torch")
+    torch = torch_quantized(threads)
     if torch is None:
         return None
-    torch.set_num_threads(threads)
-    engines = torch.backends.quantized.supported_engines
-    torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
     N = b_f.shape[1]
     w = torch.from_numpy(np.ascontiguousarray(b_f.T))
     qw = torch.quantize_per_tensor(w, float(np.abs(b_f).max() / 127), 0, torch.qint8)
