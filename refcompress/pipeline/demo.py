@@ -197,6 +197,7 @@ def run_recipes(data, out_dir, use_cache, epochs, seed, log) -> dict:
     from .compress import compress
 
     out = {}
+    results = {}
     for name, recipe, min_ratio, max_loss in DEMO_RECIPES:
         model = _obtain(name, seed, data, out_dir, use_cache, epochs, log)
         log(f"\ncompressing {name} with {recipe} ...")
@@ -212,7 +213,39 @@ def run_recipes(data, out_dir, use_cache, epochs, seed, log) -> dict:
             f"({time.perf_counter() - t0:.0f} s)")
         out[name] = {"recipe": recipe, "ratio": last.compression, "loss_pp": loss,
                      "speedup_b1": last.speedup_b1, "speedup_b64": last.speedup_b64, "meets": ok}
+        results[name] = (model, result)
+    if out_dir is not None:
+        written = write_plots(results, data, os.path.join(os.fspath(out_dir), "plots"), log)
+        if written:
+            log("plots: " + ", ".join(written))
     return out
+
+
+def write_plots(results: dict, data, plot_dir, log) -> list:
+    """The demo's PNGs (needs matplotlib; skipped with a note otherwise)."""
+    try:
+        from . import plots
+        plots._pyplot()
+    except ImportError:
+        log('plots skipped: matplotlib is not installed (pip install "refcompress[demo]")')
+        return []
+    from .. import prune
+
+    os.makedirs(plot_dir, exist_ok=True)
+    written = [plots.pareto({f"{n}: {r.recipe.name}": r for n, (_, r) in results.items()},
+                            os.path.join(plot_dir, "pareto.png"))]
+    for name, (model, result) in results.items():
+        written.append(plots.weight_histograms(model, result.models[-1], os.path.join(plot_dir, f"weights_{name}.png")))
+    if "mlp_300_100" in results:
+        mlp = results["mlp_300_100"][0]
+        written.append(plots.singular_values(mlp, os.path.join(plot_dir, "singular_values_mlp.png")))
+
+        def val_acc(m):
+            return accuracy(m, data.X_val, data.y_val)
+
+        sens = prune.sensitivity_analysis(mlp, val_acc, amounts=(0.5, 0.8, 0.9, 0.95, 0.98))
+        written.append(plots.sensitivity_curves(sens, os.path.join(plot_dir, "sensitivity_mlp.png")))
+    return written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

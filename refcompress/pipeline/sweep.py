@@ -1,0 +1,65 @@
+"""Sweeps: independent compression trials through any ``concurrent.futures.Executor``.
+
+``recipe_grid(model, recipe, grid, data, executor=None)`` runs one :func:`compress` per
+point of a parameter grid ({"stage index.key": [values]}), each in a worker of
+``executor`` (default: a local ``ProcessPoolExecutor`` of spawned processes; a Dask ``distributed.Client``'s
+``get_executor()`` or Ray's executor take its place unchanged, see docs/pipeline.md).
+Trials are independent, so the results do not depend on the executor or the order they
+finish in.  Each returns its reports (plain data), not its models.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import itertools
+import multiprocessing
+
+from ..errors import ArgumentError
+from .recipe import Recipe, load_recipe, recipe_from_dict
+
+
+def _variants(recipe: Recipe, grid: dict):
+    keys = list(grid)
+    for key in keys:
+        try:
+            idx, name = key.split(".", 1)
+            stage = recipe.stages[int(idx) - 1]
+        except (ValueError, IndexError):
+            raise ArgumentError(f"grid: key {key!r} must be '<stage number>.<key>' of the recipe's "
+                                f"{len(recipe.stages)} stages") from None
+        if name not in stage.params:
+            raise ArgumentError(f"grid: stage {idx} ({stage.kind}) has no key {name!r}")
+    for values in itertools.product(*(grid[k] for k in keys)):
+        raw = {"name": recipe.name, "stage": [{"kind": s.kind, **{k: v for k, v in s.params.items() if v is not None}}
+                                              for s in recipe.stages]}
+        point = dict(zip(keys, values))
+        for key, value in point.items():
+            idx, name = key.split(".", 1)
+            raw["stage"][int(idx) - 1][name] = value
+        yield point, recipe_from_dict(copy.deepcopy(raw), f"{recipe.source} {point}")  # each point validated
+
+
+def _trial(model, recipe, data, seed):
+    from .compress import compress
+
+    return compress(model, recipe, data, seed=seed, repeats=5).to_dicts()
+
+
+def recipe_grid(model, recipe, grid: dict, data, *, executor: cf.Executor | None = None, seed: int = 0) -> list:
+    """[(grid point, reports as dicts)] for every point of ``grid``, in grid order."""
+    if not isinstance(recipe, Recipe):
+        recipe = recipe_from_dict(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
+    if not grid:
+        raise ArgumentError("grid: expected at least one '<stage>.<key>': [values] entry")
+    points = list(_variants(recipe, grid))  # every variant validated before any work
+    own = executor is None
+    # spawn, not fork: a forked child inherits OpenMP's thread pool state, which is not
+    # fork-safe; spawned workers start clean
+    ex = cf.ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")) if own else executor
+    try:
+        futures = [ex.submit(_trial, model, r, data, seed) for _, r in points]
+        return [(p, f.result()) for (p, _), f in zip(points, futures)]
+    finally:
+        if own:
+            ex.shutdown()
