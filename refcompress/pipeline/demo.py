@@ -211,6 +211,7 @@ def run_recipes(data, out_dir, use_cache, epochs, seed, log) -> dict:
             f"({-loss:+.2f} pp; bar >= -{max_loss} pp), speedup {last.speedup_b1:.2f}x at batch 1 and "
             f"{last.speedup_b64:.2f}x at batch 64 -> {'meets' if ok else 'MISSES'} the headline "
             f"({time.perf_counter() - t0:.0f} s)")
+        log(storage_table(result.final))
         out[name] = {"recipe": recipe, "ratio": last.compression, "loss_pp": loss,
                      "speedup_b1": last.speedup_b1, "speedup_b64": last.speedup_b64, "meets": ok}
         results[name] = (model, result)
@@ -219,6 +220,26 @@ def run_recipes(data, out_dir, use_cache, epochs, seed, log) -> dict:
         if written:
             log("plots: " + ", ".join(written))
     return out
+
+
+def storage_table(model) -> str:
+    """Per layer of a Deep Compression model: bytes as dense fp32, CSR fp32, fixed-width
+    relative indices + codes, Huffman (what is stored), and zlib on the same streams."""
+    from .deep_compression import storage_report
+
+    rows = []
+    for lname, m in model.named_modules():
+        if hasattr(m, "encoded") and hasattr(m, "dense_weight"):
+            rows.append([lname] + list(storage_report(m.dense_weight(), m.encoded()).values()))
+    if not rows:
+        return ""
+    heads = ["layer", "dense fp32", "CSR fp32", "relative+codes", "Huffman", "zlib (streams)"]
+    cells = [heads] + [[str(r[0])] + [f"{v:,}" for v in r[1:]] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(heads))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "weight storage per layer (bytes; Huffman is what the file holds):\n" + "\n".join(lines)
 
 
 def write_plots(results: dict, data, plot_dir, log) -> list:

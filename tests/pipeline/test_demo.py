@@ -107,7 +107,7 @@ def test_demo_compresses_with_the_recipes_and_reports_against_the_bars(tmp_path,
     out = io.StringIO()
     rows = demo.run(out_dir=tmp_path, stream=out, epochs=1, latency_repeats=2)
     text = out.getvalue()
-    assert "3. encode" in text and "the headline" in text
+    assert "3. encode" in text and "the headline" in text and "weight storage per layer" in text
     summary = rows[0]["compression"]
     assert summary["ratio"] > 1 and "meets" in summary
 
