@@ -45,9 +45,13 @@ bench: install
 # AddressSanitizer + UBSan build of the C kernels in a venv of its own (a regular, not
 # editable, install so it cannot overwrite the main build), then the kernel tests under it.
 ASAN_VENV ?= .venv-asan
+# build/ is removed before and after: sanitized objects left there would be reused by a
+# later plain `pip install .`.
 sanitize:
 	test -x $(ASAN_VENV)/bin/python || $(PYTHON) -m venv $(ASAN_VENV)
+	rm -rf build
 	REFCOMPRESS_SANITIZE=1 REFCOMPRESS_REQUIRE_C=1 $(ASAN_VENV)/bin/pip install --quiet --force-reinstall --no-deps .
+	rm -rf build
 	$(ASAN_VENV)/bin/pip install --quiet numpy cffi pytest hypothesis
 	cd /tmp && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
