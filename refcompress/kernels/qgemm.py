@@ -31,7 +31,6 @@ range, two's-complement wrap-around still gives it exactly.)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,19 +94,17 @@ def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
     r = np.atleast_1d(np.asarray(real, dtype=np.float64))
     if not np.all(np.isfinite(r) & (r > 0)):
         raise ArgumentError("real: expected finite multipliers > 0")
-    m0 = np.zeros(r.shape, np.int64)
-    sh = np.zeros(r.shape, np.int64)
-    for i, v in enumerate(r.flat):
-        frac, e = math.frexp(float(v))
-        q = int(math.floor(frac * 2.0**31 + 0.5))
-        if q == 2**31:
-            q //= 2
-            e += 1
-        if e < -31:
-            q, e = 0, 0
-        if e > 30:
-            raise ArgumentError(f"real: multiplier {v} is too large for the fixed-point rule (>= 2^30)")
-        m0.flat[i], sh.flat[i] = q, e
+    frac, e = np.frexp(r)  # r = frac * 2^e, frac in [0.5, 1)
+    m0 = np.floor(frac * 2.0**31 + 0.5).astype(np.int64)  # round half away from zero (frac > 0)
+    e = e.astype(np.int64)
+    top = m0 == 2**31  # rounded up to 2^31: renormalise
+    m0 = np.where(top, m0 // 2, m0)
+    e = np.where(top, e + 1, e)
+    if np.any(e > 30):
+        raise ArgumentError(f"real: multiplier {r[e > 30][0]} is too large for the fixed-point rule (>= 2^30)")
+    tiny = e < -31
+    m0 = np.where(tiny, 0, m0)
+    sh = np.where(tiny, 0, e)
     return m0.astype(np.int32), sh.astype(np.int32)
 
 

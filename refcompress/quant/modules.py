@@ -44,15 +44,17 @@ def requant_multiplier(input_scale, weight_scale, output_scale) -> np.ndarray:
 
 
 class _Cached:
-    """Weights packed for the kernels once, repacked only when the buffer is replaced
-    (load_state_dict installs new arrays)."""
+    """A value derived from buffers (packed weights, the requantization spec), rebuilt only
+    when one of the buffers is replaced (load_state_dict installs new arrays)."""
 
     def __init__(self):
         self.src = None
         self.value = None
 
     def get(self, src, build):
-        if self.src is not src:
+        same = self.src is not None and (self.src is src if not isinstance(src, tuple)
+                                         else len(src) == len(self.src) and all(a is b for a, b in zip(src, self.src)))
+        if not same:
             self.src, self.value = src, build(src)
         return self.value
 
@@ -107,6 +109,7 @@ class _QuantizedLayer(Module):
                             ("output_scale", np.float32), ("output_zero_point", np.int32)):
             self.register_buffer(name, np.ones(1, dtype) if dtype == np.float32 else np.zeros(1, dtype))
         self._packed = _Cached()
+        self._spec = _Cached()
 
     def set_quantized(self, weight_q, weight_scale, bias_q, input_qp, output_qp):
         """Install integer weights and qparams (used by the converters)."""
@@ -122,11 +125,14 @@ class _QuantizedLayer(Module):
         return self
 
     def _output(self):
-        ws = self.weight_scale if self.per_channel else np.full(self.weight_q.shape[0], self.weight_scale[0])
-        m = requant_multiplier(self.input_scale[0], ws, self.output_scale[0])
-        z = int(self.output_zero_point[0])
-        return kernels.Requantize(m.astype(np.float32), z, np.uint8, self.rule, qmin=z if self.relu else 0,
-                                  qmax=2**self.act_bits - 1)
+        def build(_):
+            ws = self.weight_scale if self.per_channel else np.full(self.weight_q.shape[0], self.weight_scale[0])
+            m = requant_multiplier(self.input_scale[0], ws, self.output_scale[0])
+            z = int(self.output_zero_point[0])
+            return kernels.Requantize(m.astype(np.float32), z, np.uint8, self.rule, qmin=z if self.relu else 0,
+                                      qmax=2**self.act_bits - 1)
+
+        return self._spec.get((self.weight_scale, self.input_scale, self.output_scale, self.output_zero_point), build)
 
     def backward(self, grad_out):
         raise NotDifferentiableError(
