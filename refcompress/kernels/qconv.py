@@ -24,7 +24,7 @@ import numpy as np
 from .. import _conv
 from .._conv import conv_output_size
 from .._validation import check_array, check_int
-from ..errors import ArgumentError, OverflowRiskError, ShapeError
+from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _native
 from ._registry import Op, check_rc, dispatch, register
 from .qgemm import (
@@ -65,8 +65,12 @@ class PackedConvWeights:
         if OC % self.groups:
             raise ArgumentError(f"groups: expected a divisor of the {OC} output channels, got {self.groups}")
         zw = np.asarray(w_zero_point)
+        if zw.dtype.kind not in "iu":
+            raise DTypeError(f"w_zero_point: expected integers, got dtype {zw.dtype.name}")
         if zw.ndim > 1 or (zw.ndim == 1 and zw.shape != (OC,)):
             raise ShapeError(f"w_zero_point: expected a scalar or shape ({OC},), got shape {zw.shape}")
+        if np.any(zw < -128) or np.any(zw > 127):
+            raise ArgumentError(f"w_zero_point: expected values in [-128, 127], got {zw.min()}..{zw.max()}")
         self.w = w
         self.per_channel = zw.ndim == 1
         self.zero_point = np.broadcast_to(zw, (OC,)).astype(np.int64)

@@ -89,7 +89,8 @@ def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
 
     real : positive float or 1-D array.  Returns (M0 int32, shift int32) arrays of the same
     shape.  M0 = round_half_away(frac * 2^31) where real = frac * 2^shift, frac in [0.5, 1)
-    (math.frexp); a rounding up to 2^31 is renormalised.  Values below 2^-31 give M0 = 0.
+    (np.frexp); a rounding up to 2^31 is renormalised.  Values below 2^-32 (exponent < -31)
+    give M0 = 0, shift = 0.
     """
     r = np.atleast_1d(np.asarray(real, dtype=np.float64))
     if not np.all(np.isfinite(r) & (r > 0)):

@@ -7,6 +7,7 @@ set is the embedded digits split.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -52,7 +53,7 @@ def run_compress(args) -> int:
         raise RefcompressError(f"--output: directory {out_dir!r} does not exist")
     data = load_digits()
     model = _load_model(args.model, args.seed, data)
-    with kernels.use(threads=args.threads) if args.threads else _nullcontext():
+    with kernels.use(threads=args.threads) if args.threads else contextlib.nullcontext():
         result = compress(model, recipe, data, seed=args.seed, progress=args.progress)
     print(f"recipe {recipe.name} ({recipe.source})")
     print(result.table())
@@ -107,10 +108,3 @@ def run_bench(args) -> int:
         status |= subprocess.call([sys.executable, script] + ([] if args.full else ["--quick"]), env=env)
     return 1 if status else 0
 
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

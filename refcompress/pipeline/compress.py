@@ -20,7 +20,7 @@ from .. import nn
 from ..errors import DTypeError
 from . import metrics
 from .recipe import Recipe, load_recipe, recipe_from_dict
-from .stages import STAGES, Context, check_applicable, clone_with_masks, deploy_view
+from .stages import STAGES, Context, check_applicable, clone_with_masks
 
 
 @dataclass
@@ -73,10 +73,9 @@ class CompressionResult:
 
 def _weight_density(m) -> float | None:
     """Fraction of a layer's weights that are nonzero (None: not a weight layer)."""
-    for getter in ("dense_weight",):
-        if hasattr(m, getter):
-            w = getattr(m, getter)()
-            return float(np.count_nonzero(w)) / max(w.size, 1)
+    if hasattr(m, "dense_weight"):
+        w = m.dense_weight()
+        return float(np.count_nonzero(w)) / max(w.size, 1)
     if hasattr(m, "shared"):
         w = m.shared().dense()
         return float(np.count_nonzero(w)) / max(w.size, 1)
@@ -106,6 +105,7 @@ def _stored_parameters(model) -> int:
         elif hasattr(m, "nnz") and hasattr(m, "in_features"):
             size = m.in_features * m.out_features
         bias = getattr(m, "bias", None)
+        bias = getattr(m, "bias_q", None) if bias is None else bias  # integer layers store b_q
         bias_n = 0 if bias is None else np.asarray(getattr(bias, "data", bias)).size
         total += int(round(d * size)) + bias_n
     return total
@@ -144,8 +144,9 @@ def _other_bytes(model) -> int:
     total = 0
     for key, a in model.state_dict().items():
         owner = key.rsplit(".", 1)[0] if "." in key else ""
-        if not any(owner == c or owner.startswith(c + ".") for c in covered if c):
-            total += a.nbytes
+        if "" in covered or any(owner == c or owner.startswith(c + ".") for c in covered if c):
+            continue  # counted by that layer's stored_bytes()
+        total += a.nbytes
     return total
 
 
@@ -171,13 +172,12 @@ def compress(model: nn.Module, recipe, data, *, seed: int = 0, progress: bool = 
     result.models.append(original)
     train = clone_with_masks(model)
     for st in recipe.stages:
-        if train is None:
-            break  # validated: nothing trains after an integer conversion
+        if train is None:  # recipe validation refuses stages after one that ends the float model
+            raise RuntimeError(f"stage {st.index} ({st.label()}) has no float model to work on; this is a bug")
         t0 = time.perf_counter()
         nn.manual_seed(seed + st.index)
         train, deploy = STAGES[st.kind](train, st, ctx)
-        rep = measure(deploy if deploy is not None else deploy_view(train), data, f"{st.index}. {st.label()}",
-                      repeats=repeats)
+        rep = measure(deploy, data, f"{st.index}. {st.label()}", repeats=repeats)
         rep.seconds = time.perf_counter() - t0
         rep.compression = base.stored_bytes / max(rep.stored_bytes, 1)
         rep.speedup_b1 = base.latency_b1 / rep.latency_b1

@@ -120,10 +120,11 @@ def decode_weight(e: EncodedWeight) -> np.ndarray:
 
 def storage_report(weight, e: EncodedWeight) -> dict:
     """Bytes of one layer's weight in each representation (and zlib of the same streams)."""
+    from ..prune import csr_stored_bytes
+
     w = np.asarray(weight)
     nnz = int(np.count_nonzero(w))
-    rows = w.shape[0]
-    col_bytes = 1 if w.shape[-1] <= 256 else (2 if w.shape[-1] <= 65536 else 4)
+    rows, cols = w.shape[0], w.size // max(w.shape[0], 1)  # a conv kernel as [out, in*kh*kw]
     rel = relative_indices(w != 0, e.index_bits)
     fixed = (rel.size * e.index_bits + nnz * e.value_bits + 7) // 8 + e.codebook.nbytes
     packed_streams = np.concatenate([rel.astype(np.uint8 if e.index_bits <= 8 else np.uint16).view(np.uint8),
@@ -131,7 +132,7 @@ def storage_report(weight, e: EncodedWeight) -> dict:
                                                 np.uint8 if e.value_bits <= 8 else np.uint16).view(np.uint8)])
     return {
         "dense fp32": w.size * 4,
-        "CSR fp32": nnz * (4 + col_bytes) + (rows + 1) * 4,
+        "CSR fp32": csr_stored_bytes(rows, cols, nnz, bias=False),
         "relative + codes": fixed,
         "Huffman": e.stored_bytes(),
         "zlib (streams)": len(zlib.compress(packed_streams.tobytes(), 9)) + e.codebook.nbytes,

@@ -90,8 +90,9 @@ def encode(symbols, alphabet_size: int):
 
 
 def decode(lengths, payload, count: int) -> np.ndarray:
-    """Inverse of :func:`encode`; refuses a payload that does not decode to ``count``
-    symbols exactly (CorruptFileError)."""
+    """Inverse of :func:`encode`; refuses a payload that runs out (or hits an invalid code)
+    before ``count`` symbols are decoded (CorruptFileError).  Bits after the last symbol
+    (the final byte's padding) are not read."""
     lengths = check_array(lengths, "lengths", dtypes=[np.uint8], ndim=1).astype(np.int64)
     payload = check_array(payload, "payload", dtypes=[np.uint8], ndim=1)
     count = check_int(count, "count", min_value=0)

@@ -85,8 +85,9 @@ SCHEMAS = {
         "group_size": (_num(1, None, True), None),
         "lsq": (_bool, False),
         "exclude": (_str_list, []),
-        "layer_bits": (lambda v: None if isinstance(v, dict) and all(isinstance(b, int) for b in v.values())
-                       else "a table of layer name = bits", {}),
+        "layer_bits": (lambda v: None if isinstance(v, dict) and all(
+                           isinstance(b, int) and not isinstance(b, bool) and 2 <= b <= 8 for b in v.values())
+                       else "a table of layer name = bits (2 to 8)", {}),
         "calibration_samples": (_num(1, None, True), 512),
         **_TRAIN,
     },
@@ -164,15 +165,30 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
     if len(quantizers) > 1:
         _err(source, f"stage {quantizers[1].index} (quantize)",
              f"the recipe already quantizes in stage {quantizers[0].index}; a model is quantized once")
+    q = quantizers[0] if quantizers else None
+    # stages after which the model is no longer a float model that trains
+    final = [x for x in stages if x.kind == "encode" or (x.kind == "quantize" and x["method"] != "share")]
     for s in stages:
-        if s.kind == "encode" and not any(q["method"] == "share" and q.index < s.index for q in quantizers):
-            _err(source, f"stage {s.index} (encode)", "needs an earlier quantize stage with method = 'share'")
-        if s.kind in ("prune", "lowrank", "finetune", "distill") and quantizers and quantizers[0].index < s.index \
-                and quantizers[0]["method"] in ("static", "dynamic", "qat"):
-            _err(source, f"stage {s.index} ({s.kind})",
-                 f"comes after the integer conversion of stage {quantizers[0].index}; integer models are not trained")
+        where = f"stage {s.index} ({s.kind})"
+        if final and s.index > final[0].index:
+            _err(source, where, f"comes after stage {final[0].index} ({final[0].label()}), which ends the float "
+                 "model: integer, weight-only and encoded models are not trained further")
+        if s.kind == "encode" and not (q and q["method"] == "share" and q.index < s.index):
+            _err(source, where, "needs an earlier quantize stage with method = 'share'")
+        if s.kind in ("prune", "lowrank") and q and q["method"] == "share" and q.index < s.index:
+            _err(source, where, f"comes after the weight sharing of stage {q.index}; prune and factor before sharing")
+        if s.kind == "lowrank" and q and q["method"] in ("static", "dynamic", "weight_only", "qat") and s.index < q.index:
+            _err(source, where, f"factored layers have no integer or weight-only form (stage {q.index}); "
+                 "quantize the factors' model with method = 'share', or factor without quantizing")
         if s.kind == "lowrank" and sum(s[k] is not None for k in ("energy", "rank", "param_fraction", "mac_fraction")) != 1:
-            _err(source, f"stage {s.index} (lowrank)", "set exactly one of energy, rank, param_fraction, mac_fraction")
+            _err(source, where, "set exactly one of energy, rank, param_fraction, mac_fraction")
+        if s.kind == "prune" and s["method"] == "agp" and s["epochs"] < 2:
+            _err(source, f"{where} key 'epochs'", f"the gradual schedule needs at least 2 epochs, got {s['epochs']}")
+        if (s.kind == "distill" or (s.kind == "quantize" and s["method"] == "qat")) and s["epochs"] < 1:
+            _err(source, f"{where} key 'epochs'", f"expected at least 1 epoch for {s.label()}, got {s['epochs']}")
+        if s.kind == "quantize" and s["method"] in ("qat", "share") and (s["exclude"] or s["layer_bits"]):
+            _err(source, where, f"method {s['method']!r} quantizes every layer; 'exclude' and 'layer_bits' apply to "
+                 "static, weight_only and dynamic")
     name = data.get("name", os.path.splitext(os.path.basename(source))[0])
     if not isinstance(name, str):
         _err(source, "key 'name'", f"expected a string, got {name!r}")

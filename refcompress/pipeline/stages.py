@@ -141,9 +141,15 @@ def stage_quantize(model, st, ctx):
         return None, qconvert.quantize_dynamic(model, exclude=st["exclude"])
     if method == "qat":
         q = qqat.prepare_qat(model, weight_bits=st["bits"], act_bits=st["act_bits"], lsq=st["lsq"])
+        if prune.masked_layers(model):  # a pruned model stays pruned while QAT trains
+            prune.apply_masks(q, {n: m.weight.data != 0 for n, m in q.named_modules()
+                                  if isinstance(m, (qqat.QATLinear, qqat.QATConv2d))})
         _fit(q, ctx, st)
         return None, qqat.convert_qat(q, rule=st["rule"])
-    bits = dict(st["layer_bits"]) if st["layer_bits"] else st["bits"]
+    bits = st["bits"]
+    if st["layer_bits"]:  # named layers get their bits, the others the stage's
+        bits = {n: st["bits"] for n, m in model.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        bits.update(st["layer_bits"])
     return None, qconvert.quantize_static(model, calib, rule=st["rule"], weight_bits=bits, act_bits=st["act_bits"],
                                           per_channel=st["per_channel"], exclude=st["exclude"])
 
@@ -243,5 +249,13 @@ def check_applicable(recipe, model) -> None:
             unknown = set(s.params.get(key) or []) - names
             if unknown:
                 raise ArgumentError(f"{where} key {key!r}: the model has no layers named {sorted(unknown)}")
-        if s.kind == "quantize" and s["method"] in ("static", "qat") and not isinstance(model, nn.Sequential):
+        if s.kind == "quantize" and isinstance(model, nn.Sequential):
+            weight_layers = {n for n, m in model.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
+            for key in ("exclude", "layer_bits"):
+                bad = set(s.params.get(key) or []) - weight_layers
+                if bad:
+                    raise ArgumentError(f"{where} key {key!r}: {sorted(bad)} are not Conv2d / Linear layers of the "
+                                        f"model (those are {sorted(weight_layers)})")
+        if s.kind == "quantize" and s["method"] in ("static", "qat", "weight_only", "dynamic") \
+                and not isinstance(model, nn.Sequential):
             raise ArgumentError(f"{where}: integer conversion needs a Sequential chain")

@@ -24,6 +24,8 @@ def _variants(recipe: Recipe, grid: dict):
     for key in keys:
         try:
             idx, name = key.split(".", 1)
+            if not 1 <= int(idx) <= len(recipe.stages):
+                raise IndexError(idx)
             stage = recipe.stages[int(idx) - 1]
         except (ValueError, IndexError):
             raise ArgumentError(f"grid: key {key!r} must be '<stage number>.<key>' of the recipe's "

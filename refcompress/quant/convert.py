@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from .._validation import check_array, check_choice
+from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, DTypeError
 from .modules import (
     DequantizeStub,
@@ -28,6 +28,7 @@ from .modules import (
     QuantizedConv2d,
     QuantizedLinear,
     QuantizedMaxPool2d,
+    QuantizedReLU,
     QuantizeStub,
     WeightOnlyConv2d,
     WeightOnlyLinear,
@@ -83,6 +84,10 @@ def _units(model):
             units.append(("layer", name, m, relu))
             i += 2 if relu else 1
         else:
+            if any(True for _ in m.parameters()) and not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                raise ArgumentError(
+                    f"model: layer {name!r} ({type(m).__name__}) holds weights but is not a Conv2d / Linear; "
+                    "it has no quantized form here (quantize before factoring or encoding)")
             units.append(("other", name, m, False))
             i += 1
     return units
@@ -127,6 +132,9 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
     bad = set(bits) - names
     if bad:
         raise ArgumentError(f"weight_bits: no Conv2d / Linear layers named {sorted(bad)}")
+    for n, b in bits.items():  # integer layers hold int8 codes
+        check_int(b, f"weight_bits[{n!r}]", min_value=2, max_value=8)
+    check_int(act_bits, "act_bits", min_value=2, max_value=8)
 
     # Calibration: observe the model input and every unit's output (after a fused ReLU).
     act_spec = QuantSpec(act_bits, signed=False, symmetric=False, narrow_range=False)
@@ -173,7 +181,9 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
         elif isinstance(m, nn.Flatten):
             out.append(nn.Flatten())
         elif isinstance(m, nn.ReLU):
-            continue  # a ReLU after a quantized layer is in its output range already
+            # not fused (something stands between it and its layer): clamp the codes at
+            # the zero point, exactly relu of the dequantized value
+            out.append(QuantizedReLU(cur[1]))
         else:
             raise ArgumentError(
                 f"model: layer {name!r} ({type(m).__name__}) has no integer form; add the layer before it to exclude")

@@ -214,6 +214,22 @@ class QuantizedMaxPool2d(Module):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
 
 
+@register_module
+class QuantizedReLU(Module):
+    """ReLU on codes: max(q, z) is the code of relu(dequantize(q)) (z is the zero point)."""
+
+    def __init__(self, zero_point: int = 0):
+        super().__init__()
+        self.zero_point = int(zero_point)
+
+    def forward(self, q):
+        q = check_array(q, "q", dtypes=[np.uint8, np.int8])
+        return np.maximum(q, np.array(self.zero_point, q.dtype))
+
+    def get_config(self):
+        return {"zero_point": self.zero_point}
+
+
 # ---- weight-only and dynamic -------------------------------------------------------------------
 
 

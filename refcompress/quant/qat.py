@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
+from .._validation import check_int
+from ..errors import ArgumentError
 from ..nn.module import Module, Parameter
 from ..nn.spec import register_module
 from .convert import _check_sequential, _integer_layer, _rebuild, _stub, _units
@@ -176,8 +178,11 @@ class QATConv2d(_QATWeights, nn.Conv2d):
 
 
 def prepare_qat(model: nn.Sequential, *, weight_bits: int = 8, act_bits: int = 8, lsq: bool = False) -> nn.Sequential:
-    """A trainable copy of ``model`` with fake quantization inserted (BatchNorm folded)."""
+    """A trainable copy of ``model`` with fake quantization inserted (BatchNorm folded).
+    Bits 2 to 8 (the integer layers hold int8 / uint8 codes)."""
     _check_sequential(model)
+    check_int(weight_bits, "weight_bits", min_value=2, max_value=8)
+    check_int(act_bits, "act_bits", min_value=2, max_value=8)
     mods = [FakeQuantize(act_bits, lsq)]
     for kind, name, m, relu in _units(model):
         if kind != "layer":
@@ -202,10 +207,12 @@ def convert_qat(model: nn.Sequential, *, rule: str = "float") -> nn.Sequential:
     _check_sequential(model)
     layers = list(model)
     if not layers or not isinstance(layers[0], FakeQuantize):
-        from ..errors import ArgumentError
-
         raise ArgumentError("model: expected a model made by prepare_qat (it starts with a FakeQuantize)")
     fq = layers[0]
+    never = [i for i, m in enumerate(layers) if isinstance(m, FakeQuantize) and not m.initialized[0]]
+    if never:
+        raise ArgumentError(f"model: fake quantizers {never} never saw data; train (or run) the QAT model "
+                            "in training mode before converting")
     act_bits = fq.bits
     cur_qp = fq.qparams()
     out = [_stub(QuantizeStub(act_bits), (float(cur_qp.scale), int(cur_qp.zero_point)))]
@@ -229,8 +236,6 @@ def convert_qat(model: nn.Sequential, *, rule: str = "float") -> nn.Sequential:
                 out.append(nn.Flatten())
             i += 1
         else:
-            from ..errors import ArgumentError
-
             raise ArgumentError(f"model: layer {i} ({type(m).__name__}) has no integer form")
     out.append(_stub(DequantizeStub(), (float(cur_qp.scale), int(cur_qp.zero_point))))
     return nn.Sequential(*out).eval()

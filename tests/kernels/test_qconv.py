@@ -114,3 +114,13 @@ def test_each_c_path_on_wider_shapes(variant, groups, cin, cout):
             got = kernels.qconv2d(x, pw, 200, **kw)
         with kernels.use("numpy"):
             assert_exact(got, kernels.qconv2d(x, pw, 200, **kw))
+
+
+def test_depthwise_zero_point_is_validated_like_the_others():
+    w = np.zeros((4, 1, 3, 3), np.int8)
+    from refcompress.errors import DTypeError
+
+    with pytest.raises(DTypeError, match="w_zero_point"):
+        kernels.pack_conv_weights(w, 0.7, groups=4)
+    with pytest.raises(ArgumentError, match="w_zero_point"):
+        kernels.pack_conv_weights(w, 300, groups=4)

@@ -74,3 +74,9 @@ def test_grid_keys_are_validated_before_any_work():
         recipe_grid(model, RECIPE, {"9.sparsity": [0.5]}, d)
     with pytest.raises(ArgumentError, match="sparsity"):
         recipe_grid(model, RECIPE, {"1.sparsity": [1.5]}, d)
+
+
+def test_grid_stage_numbers_start_at_one():
+    model, d = _problem(3)
+    with pytest.raises(ArgumentError, match="stage number"):
+        recipe_grid(model, RECIPE, {"0.epochs": [1]}, d)

@@ -23,7 +23,15 @@ def test_validation_names_file_stage_key_and_expectation():
     _bad([{"kind": "prune", "amount": 0.5}], r"stage 1 \(prune\) key 'amount': unknown key")
     _bad([{"kind": "quantize"}, {"kind": "quantize", "method": "share"}], "a model is quantized once")
     _bad([{"kind": "encode"}], "needs an earlier quantize stage with method = 'share'")
-    _bad([{"kind": "quantize"}, {"kind": "finetune"}], "integer models are not trained")
+    _bad([{"kind": "quantize"}, {"kind": "finetune"}], "ends the float model")
+    _bad([{"kind": "quantize", "method": "weight_only"}, {"kind": "finetune"}], "ends the float model")
+    _bad([{"kind": "quantize", "method": "share"}, {"kind": "encode"}, {"kind": "prune"}], "ends the float model")
+    _bad([{"kind": "quantize", "method": "share"}, {"kind": "prune"}], "prune and factor before sharing")
+    _bad([{"kind": "lowrank", "rank": 2}, {"kind": "quantize"}], "no integer or weight-only form")
+    _bad([{"kind": "prune", "method": "agp", "epochs": 1}], "at least 2 epochs")
+    _bad([{"kind": "quantize", "method": "qat", "epochs": 0}], "at least 1 epoch")
+    _bad([{"kind": "quantize", "layer_bits": {"1": 16}}], "2 to 8")
+    _bad([{"kind": "quantize", "method": "qat", "exclude": ["1"]}], "quantizes every layer")
     _bad([{"kind": "lowrank", "energy": 0.9, "rank": 3}], "exactly one of")
     _bad([], "at least one")
     with pytest.raises(ArgumentError, match="unknown top-level keys"):
@@ -83,3 +91,15 @@ def test_stage_that_cannot_apply_is_refused_before_any_work():
         compress(model, {"name": "t", "stage": [{"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5}]}, d)
     with pytest.raises(ArgumentError, match="no layers named"):
         compress(model, {"name": "t", "stage": [{"kind": "quantize", "exclude": ["9"]}]}, d)
+
+
+def test_qat_after_pruning_keeps_the_pruned_weights_at_zero():
+    model, d = _problem(4)
+    recipe = {"name": "t", "stage": [
+        {"kind": "prune", "method": "magnitude", "sparsity": 0.8, "epochs": 1},
+        {"kind": "quantize", "method": "qat", "bits": 8, "epochs": 2, "lr": 1e-2}]}
+    r = compress(model, recipe, d, repeats=2)
+    from refcompress.quant.modules import QuantizedLinear
+
+    dens = [np.mean(m.weight_q != 0) for m in r.final.modules() if isinstance(m, QuantizedLinear)]
+    assert dens and max(dens) <= 0.21

@@ -148,3 +148,32 @@ def test_qat_weight_gradient_is_the_straight_through_estimate():
 
     _, mask = fake_quantize(lin.weight.data, qp)
     np.testing.assert_allclose(lin.weight.grad, (np.ones_like(y).T @ x) * mask, rtol=1e-6)
+
+
+def test_a_relu_that_does_not_follow_its_layer_is_kept_in_integers():
+    nn.manual_seed(5)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = np.random.default_rng(5).standard_normal((40, 1, 8, 8)).astype(np.float32)
+    q = C.quantize_static(m, x)
+    assert any(isinstance(l, M.QuantizedReLU) for l in q)
+    ref = m(x)
+    assert np.abs(q(x) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_integer_bit_widths_and_unquantizable_layers_are_refused(toy):
+    model, x, _ = toy
+    with pytest.raises(Exception, match="weight_bits"):
+        C.quantize_static(model, x[:50], weight_bits=16)
+    with pytest.raises(Exception, match="weight_bits"):
+        qat.prepare_qat(model, weight_bits=16)
+    from refcompress.lowrank import LowRankLinear
+
+    m = nn.Sequential(nn.Flatten(), LowRankLinear(64, 10, 3))
+    with pytest.raises(ArgumentError, match="no quantized form"):
+        C.quantize_static(m, x[:10])
+
+
+def test_converting_an_untrained_qat_model_is_refused(toy):
+    model, _, _ = toy
+    with pytest.raises(ArgumentError, match="never saw data"):
+        qat.convert_qat(qat.prepare_qat(model))
