@@ -117,6 +117,18 @@ from ..nn.module import Module as _Module, Parameter as _Parameter  # noqa: E402
 from ..nn.spec import register_module as _register_module  # noqa: E402
 
 
+def _fill(new, layer, bits, mask, n_iter):
+    """Cluster ``layer``'s trained weights into the shared layer ``new`` (bias copied)."""
+    sw = kmeans_share(layer.weight.data, bits, mask=mask, n_iter=n_iter)
+    new.codebook.data = sw.codebook.copy()
+    new.indices = sw.indices
+    if mask is not None:
+        new.mask = np.asarray(mask, np.bool_).copy()
+    if layer.bias is not None:
+        new.bias.data = layer.bias.data.copy()
+    return new
+
+
 @_register_module
 class SharedLinear(_Module):
     """Linear whose weight is ``codebook[indices]`` (Deep Compression weight sharing).
@@ -143,15 +155,8 @@ class SharedLinear(_Module):
     @classmethod
     def from_linear(cls, layer, bits: int, *, mask=None, n_iter: int = 30) -> "SharedLinear":
         """Cluster a trained nn.Linear's weights (optionally only those in ``mask``)."""
-        sw = kmeans_share(layer.weight.data, bits, mask=mask, n_iter=n_iter)
         new = cls(layer.in_features, layer.out_features, bits, layer.bias is not None, mask is not None)
-        new.codebook.data = sw.codebook.copy()
-        new.indices = sw.indices
-        if mask is not None:
-            new.mask = np.asarray(mask, np.bool_).copy()
-        if layer.bias is not None:
-            new.bias.data = layer.bias.data.copy()
-        return new
+        return _fill(new, layer, bits, mask, n_iter)
 
     def shared(self) -> SharedWeights:
         return SharedWeights(self.codebook.data, self.indices, self.mask, self.bits)
@@ -226,16 +231,8 @@ class SharedConv2d(_nn.Conv2d):
 
     @classmethod
     def from_conv(cls, layer, bits: int, *, mask=None, n_iter: int = 30) -> "SharedConv2d":
-        cfg = layer.get_config()
-        new = cls(**cfg, bits=bits, masked=mask is not None)
-        sw = kmeans_share(layer.weight.data, bits, mask=mask, n_iter=n_iter)
-        new.codebook.data = sw.codebook.copy()
-        new.indices = sw.indices
-        if mask is not None:
-            new.mask = np.asarray(mask, np.bool_).copy()
-        if layer.bias is not None:
-            new.bias.data = layer.bias.data.copy()
-        return new
+        new = cls(**layer.get_config(), bits=bits, masked=mask is not None)
+        return _fill(new, layer, bits, mask, n_iter)
 
     def shared(self) -> SharedWeights:
         return SharedWeights(self.codebook.data, self.indices, self.mask, self.bits)
