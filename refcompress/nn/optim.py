@@ -63,7 +63,8 @@ class Optimizer:
             p.run_post_step_hooks()
 
     def _update(self, p: Parameter, g: np.ndarray, state: dict) -> None:
-        raise NotImplementedError
+        """The update rule of one parameter (the abstract part every optimizer defines)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its update rule (_update)")
 
 
 class SGD(Optimizer):
