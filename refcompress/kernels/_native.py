@@ -23,8 +23,14 @@ def mask_to_names(mask: int) -> list[str]:
     return [name for i, name in enumerate(ISA_NAMES) if mask & (1 << i)]
 
 
+_ARRAY_OF = {}  # "float *" -> "float[]", memoised: this runs several times per kernel call
+
+
 def ptr(ctype: str, array):
     """A cdata view of a C-contiguous ndarray's buffer (no copy), passable where the C
     signature takes ``ctype``.  ``from_buffer`` is ~6x cheaper per call than going through
     ``array.ctypes``, which matters for batch-1 layers."""
-    return ffi.from_buffer("char[]" if ctype == "void *" else ctype.replace(" *", "[]"), array)
+    t = _ARRAY_OF.get(ctype)
+    if t is None:
+        t = _ARRAY_OF[ctype] = "char[]" if ctype == "void *" else ctype.replace(" *", "[]")
+    return ffi.from_buffer(t, array)

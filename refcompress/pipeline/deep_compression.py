@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import kernels as _kernels
 from .._validation import check_array, check_int
 from ..errors import ArgumentError, CorruptFileError
 from ..nn import functional as F
@@ -230,10 +231,9 @@ class DeepCompressedLinear(_DeepCompressed, Module):
         return self.dense_weight()
 
     def forward(self, x):
-        from ..kernels import dispatch
-
-        self.dense_weight()
-        csr = self._decoded[1][1]
+        if self._decoded[0] is not self.value_payload:
+            self.dense_weight()
+        _, csr, bias = self._decoded[1]
         # the common case checked inline: at batch 1 the generic checks cost more than the product
         if not (type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
             x = check_array(x, "x", dtypes=[np.float32], contiguous=True)
@@ -243,8 +243,7 @@ class DeepCompressedLinear(_DeepCompressed, Module):
             from ..errors import ShapeError
 
             raise ShapeError(f"x: expected {self.in_features} features on the last axis, got shape {x2.shape}")
-        bias = self._decoded[1][2]
-        y = dispatch("spmm_csr", x2.reshape(-1, self.in_features), csr.indptr, csr.indices, csr.values, bias)
+        y = _kernels.dispatch("spmm_csr", x2.reshape(-1, self.in_features), csr.indptr, csr.indices, csr.values, bias)
         return y.reshape(lead + (self.out_features,))
 
     def get_config(self):

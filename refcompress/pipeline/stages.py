@@ -116,7 +116,11 @@ def stage_distill(model, st, ctx):
 
 
 def _share(model, bits, ctx, st):
-    """Every (masked) Linear / Conv2d becomes a shared-weight layer; centroids fine-tuned."""
+    """Every (masked) Linear / Conv2d becomes a shared-weight layer; centroids fine-tuned.
+    BatchNorm is folded into the layer before it first (eval statistics): the shared
+    weights are then the deployed ones, and inference runs no normalisation layers."""
+    if isinstance(model, nn.Sequential) and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model):
+        model = qconvert.fold_batchnorm(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, (quant.SharedLinear, quant.SharedConv2d)):
             mask = prune.get_mask(m)

@@ -110,6 +110,7 @@ class SparseLinear(Module):
         cols = (np.arange(nnz) % self.in_features).astype(np.dtype(idx_t))
         self.register_buffer("indices", cols)
         self._cache = None
+        self._checked = None  # (indptr, indices, nnz) last validated by kernels.spmm_csr
 
     @classmethod
     def from_dense(cls, weight, bias=None) -> "SparseLinear":
@@ -161,8 +162,17 @@ class SparseLinear(Module):
     def forward(self, x):
         x = _float32_x(x, self.in_features)
         b = None if self.bias is None else self.bias.data
-        y = kernels.spmm_csr(x, self.indptr, self.indices, self.values.data, b,
-                             out_features=self.out_features, in_features=self.in_features)
+        c = self._checked
+        if c is not None and c[0] is self.indptr and c[1] is self.indices and c[2] == self.values.data.size:
+            # the structure was validated by spmm_csr already and its buffers are unchanged:
+            # skip the O(nnz) re-check that dominates a batch-1 call
+            x2 = np.ascontiguousarray(x.reshape(-1, self.in_features))
+            y = kernels.dispatch("spmm_csr", x2, self.indptr, self.indices,
+                                 np.ascontiguousarray(self.values.data), b).reshape(x.shape[:-1] + (self.out_features,))
+        else:
+            y = kernels.spmm_csr(x, self.indptr, self.indices, self.values.data, b,
+                                 out_features=self.out_features, in_features=self.in_features)
+            self._checked = (self.indptr, self.indices, self.values.data.size)
         self._cache = x if self.training else None
         return y
 

@@ -155,3 +155,26 @@ def test_bad_inputs():
         layer(np.ones((2, 4), np.float32))
     with pytest.raises(DTypeError, match="x"):
         layer(np.ones((2, 3)))
+
+
+def test_sparse_linear_revalidates_after_its_structure_is_replaced():
+    import numpy as np
+    from refcompress.errors import RefcompressError
+    from refcompress.prune import SparseLinear
+
+    w = np.zeros((3, 5), np.float32)
+    w[0, 1], w[2, 4] = 1.0, 2.0
+    layer = SparseLinear.from_dense(w)
+    x = np.ones((2, 5), np.float32)
+    np.testing.assert_allclose(layer(x), x @ w.T)
+    np.testing.assert_allclose(layer(x), x @ w.T)  # the cached-structure path
+    sd = layer.state_dict()
+    sd["indices"] = np.array([4, 1], sd["indices"].dtype)  # out of order in no row, but a new array
+    layer.load_state_dict(sd)
+    w2 = np.zeros_like(w)
+    w2[0, 4], w2[2, 1] = 1.0, 2.0
+    np.testing.assert_allclose(layer(x), x @ w2.T)
+    sd["indices"] = np.array([7, 1], sd["indices"].dtype)  # column 7 does not exist
+    layer.load_state_dict(sd)
+    with pytest.raises(RefcompressError, match="indices"):
+        layer(x)
