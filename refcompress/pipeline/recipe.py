@@ -186,6 +186,9 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
             _err(source, f"{where} key 'epochs'", f"the gradual schedule needs at least 2 epochs, got {s['epochs']}")
         if (s.kind == "distill" or (s.kind == "quantize" and s["method"] == "qat")) and s["epochs"] < 1:
             _err(source, f"{where} key 'epochs'", f"expected at least 1 epoch for {s.label()}, got {s['epochs']}")
+        if s.kind == "quantize" and s["method"] != "static" and not s["per_channel"]:
+            _err(source, f"{where} key 'per_channel'", f"only method 'static' offers per-layer weight scales, "
+                 f"not {s['method']!r}")
         if s.kind == "quantize" and s["method"] in ("qat", "share") and (s["exclude"] or s["layer_bits"]):
             _err(source, where, f"method {s['method']!r} quantizes every layer; 'exclude' and 'layer_bits' apply to "
                  "static, weight_only and dynamic")

@@ -32,6 +32,7 @@ def test_validation_names_file_stage_key_and_expectation():
     _bad([{"kind": "quantize", "method": "qat", "epochs": 0}], "at least 1 epoch")
     _bad([{"kind": "quantize", "layer_bits": {"1": 16}}], "2 to 8")
     _bad([{"kind": "quantize", "method": "qat", "exclude": ["1"]}], "quantizes every layer")
+    _bad([{"kind": "quantize", "method": "qat", "per_channel": False}], "per-layer weight scales")
     _bad([{"kind": "lowrank", "energy": 0.9, "rank": 3}], "exactly one of")
     _bad([], "at least one")
     with pytest.raises(ArgumentError, match="unknown top-level keys"):
