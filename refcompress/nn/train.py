@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._validation import check_array, check_choice, check_int
+from ..data.batching import iter_batches  # the one batch iterator (re-exported here)
 from ..errors import ArgumentError, DTypeError, ShapeError
 from .losses import cross_entropy
 from .module import Module
@@ -39,17 +40,6 @@ class History:
     lr: list = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
-
-
-def iter_batches(X, y=None, batch_size: int = 32, shuffle: bool = False, rng=None):
-    """Yield ``(X[idx], y[idx])`` (or ``X[idx]`` when y is None) for consecutive batches of
-    indices, a permutation drawn from ``rng`` when ``shuffle``.  The last batch may be
-    smaller."""
-    n = len(X)
-    order = rng.permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        yield (X[idx], y[idx]) if y is not None else X[idx]
 
 
 def _check_arrays(X, y, name):
