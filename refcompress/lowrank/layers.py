@@ -34,6 +34,7 @@ from .. import kernels
 from .._validation import check_int
 from ..errors import ArgumentError, DTypeError
 from ..nn import Conv2d, Linear, Module, register_module
+from ..nn.container import Chain
 from .cp import cp_als, cp_reconstruct
 from .data_aware import whitened_svd
 from .ranks import select_rank
@@ -158,20 +159,6 @@ def _geometry_config(self):
             "padding": list(self.padding), "dilation": list(self.dilation)}
 
 
-class _Chain(Module):
-    """forward = children in order; backward = their backwards in reverse."""
-
-    def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
-        return x
-
-    def backward(self, grad_out):
-        for m in reversed(list(self._modules.values())):
-            grad_out = m.backward(grad_out)
-        return grad_out
-
-
 def _conv_from(conv, cls, **extra):
     layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                 padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None, **extra)
@@ -190,7 +177,7 @@ def _dense_conv(self, weight, bias_param):
 
 
 @register_module
-class Tucker2Conv2d(_Chain):
+class Tucker2Conv2d(Chain):
     """Tucker-2 factored conv (Kim et al. 2016): 1x1 (S -> R4), kh x kw (R4 -> R3, the
     original stride / padding / dilation), 1x1 (R3 -> T, bias).  x [N, S, H, W] ->
     [N, T, H', W']; ``ranks`` = (R3, R4) = (out_rank, in_rank)."""
@@ -244,7 +231,7 @@ class Tucker2Conv2d(_Chain):
 
 
 @register_module
-class CPConv2d(_Chain):
+class CPConv2d(Chain):
     """CP factored conv (Lebedev et al. 2015): 1x1 (S -> R), kh x 1 depthwise (vertical
     stride / padding / dilation), 1 x kw depthwise (horizontal), 1x1 (R -> T, bias).
     x [N, S, H, W] -> [N, T, H', W']."""

@@ -22,8 +22,23 @@ def _check_module(m, name):
     return m
 
 
+class Chain(Module):
+    """Base of modules whose children run in registration order: forward applies them in
+    turn, backward runs their backwards in reverse (the chain rule through a composition)."""
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, grad_out):
+        for m in reversed(list(self._modules.values())):
+            grad_out = m.backward(grad_out)
+        return grad_out
+
+
 @register_module
-class Sequential(Module):
+class Sequential(Chain):
     """``Sequential(m0, m1, ...)``; indexable (ints, negative ints, slices), ``len``,
     iterable, ``append``, and ``seq[i] = module`` to replace a layer in place."""
 
@@ -58,16 +73,6 @@ class Sequential(Module):
 
     def __setitem__(self, idx, module):
         self._modules[self._index(idx)] = _check_module(module, "module")
-
-    def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
-        return x
-
-    def backward(self, grad_out):
-        for m in reversed(list(self._modules.values())):
-            grad_out = m.backward(grad_out)
-        return grad_out
 
     @classmethod
     def from_config(cls, config, children):
