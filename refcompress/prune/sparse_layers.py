@@ -77,6 +77,15 @@ def _bias_param(bias, out_features):
     return Parameter(np.array(b, copy=True))
 
 
+def _dense_linear(layer) -> Linear:
+    """The dense nn.Linear a sparse layer stands for (its dense_weight and bias)."""
+    lin = Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, rng=np.random.default_rng(0))
+    lin.weight = Parameter(layer.dense_weight())
+    if layer.bias is not None:
+        lin.bias = Parameter(layer.bias.data.copy())
+    return lin
+
+
 @register_module
 class SparseLinear(Module):
     """y = x W^T + b with W [out, in] stored as CSR and run by ``kernels.spmm_csr``.
@@ -147,12 +156,7 @@ class SparseLinear(Module):
         return csr_to_dense(self.indptr, self.indices, self.values.data, (self.out_features, self.in_features))
 
     def to_linear(self) -> Linear:
-        lin = Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                     rng=np.random.default_rng(0))
-        lin.weight = Parameter(self.dense_weight())
-        if self.bias is not None:
-            lin.bias = Parameter(self.bias.data.copy())
-        return lin
+        return _dense_linear(self)
 
     def stored_bytes(self) -> int:
         """Bytes of values + indices + indptr (+ bias) as held."""
@@ -241,12 +245,7 @@ class NMLinear(Module):
         return nm_to_dense(self.values.data, self.indices, self.n, self.m)
 
     def to_linear(self) -> Linear:
-        lin = Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                     rng=np.random.default_rng(0))
-        lin.weight = Parameter(self.dense_weight())
-        if self.bias is not None:
-            lin.bias = Parameter(self.bias.data.copy())
-        return lin
+        return _dense_linear(self)
 
     def stored_bytes(self) -> int:
         b = self.values.data.nbytes + self.indices.nbytes
