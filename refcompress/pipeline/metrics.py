@@ -24,6 +24,10 @@ What is counted, exactly:
   additions, activations, pooling, BatchNorm and requantization are not counted.
 * ``measure_latency``: the median wall time of ``model(x)`` in eval mode.
 * ``accuracy``: the fraction of rows whose arg-max output equals the label.
+* ``embedding_fidelity``: how close a compressed encoder's embeddings stay to the
+  reference's on the same inputs -- per row cos(e_i, e'_i) (its min and mean), and the
+  Spearman rank correlation between the two models' pairwise similarities
+  {cos(e_i, e_j) : i < j}, which is what retrieval and clustering consume.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ __all__ = [
     "register_mac_counter",
     "measure_latency",
     "accuracy",
+    "embedding_fidelity",
+    "spearman",
 ]
 
 _MAC_COUNTERS: dict[type, Callable] = {}
@@ -187,3 +193,59 @@ def accuracy(model, X, y, *, batch_size: int = 256) -> float:
     if out.ndim != 2 or len(out) != len(y):
         raise ShapeError(f"model: expected (N, classes) outputs, got shape {out.shape}")
     return float(np.mean(out.argmax(axis=1) == y))
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``v``, ties sharing their average rank (Spearman's convention)."""
+    order = np.argsort(v, kind="stable")
+    sorted_v = v[order]
+    ranks = np.empty(len(v), dtype=np.float64)
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two 1-D samples: Pearson's r of their ranks
+    (ties get average ranks).  Both of length n >= 2 and not constant."""
+    a = check_array(a, "a", ndim=1, finite=True)
+    b = check_array(b, "b", ndim=1, finite=True, shape=(len(a),))
+    if len(a) < 2:
+        raise ShapeError(f"a: expected at least 2 values, got {len(a)}")
+    ra, rb = _ranks(a.astype(np.float64)), _ranks(b.astype(np.float64))
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra @ ra) * (rb @ rb))
+    if denom == 0:
+        raise ArgumentError("a, b: a constant sample has no rank correlation")
+    return float((ra @ rb) / denom)
+
+
+def embedding_fidelity(reference, compressed) -> dict:
+    """Compare two [n, d] embedding matrices row by row (n >= 2).
+
+    Returns ``{"min_cos", "mean_cos", "spearman"}``: the smallest and mean
+    cos(reference_i, compressed_i), and the Spearman correlation between the n(n-1)/2
+    pairwise cosine similarities of the reference and those of the compressed rows.
+    """
+    ref = check_array(reference, "reference", ndim=2, finite=True).astype(np.float64)
+    cmp_ = check_array(compressed, "compressed", ndim=2, finite=True, shape=ref.shape).astype(np.float64)
+    if len(ref) < 2:
+        raise ShapeError(f"reference: expected at least 2 rows, got shape {ref.shape}")
+
+    def unit(e, name):
+        norm = np.linalg.norm(e, axis=1, keepdims=True)
+        if np.any(norm == 0):
+            raise ArgumentError(f"{name}: a row is all zeros (its cosine is undefined)")
+        return e / norm
+
+    ref, cmp_ = unit(ref, "reference"), unit(cmp_, "compressed")
+    cos = np.sum(ref * cmp_, axis=1)
+    iu = np.triu_indices(len(ref), k=1)
+    return {"min_cos": float(cos.min()), "mean_cos": float(cos.mean()),
+            "spearman": spearman((ref @ ref.T)[iu], (cmp_ @ cmp_.T)[iu])}

@@ -166,3 +166,27 @@ def test_accuracy_bad_arguments():
         accuracy(_identity_classifier(), X[:0], np.zeros(0, np.int64))
     with pytest.raises(DTypeError, match="model"):
         accuracy(None, X, np.zeros(4, np.int64))
+
+
+def test_spearman_known_values_and_ties():
+    from refcompress.pipeline.metrics import spearman
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties get average ranks: ranks (1.5, 1.5, 3) vs (1, 2, 3) -> r = sqrt(3)/2
+    assert spearman([5, 5, 9], [1, 2, 3]) == pytest.approx(np.sqrt(3) / 2)
+    with pytest.raises(ArgumentError, match="constant"):
+        spearman([1, 1, 1], [1, 2, 3])
+
+
+def test_embedding_fidelity_identity_and_perturbation():
+    from refcompress.pipeline.metrics import embedding_fidelity
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(20, 8))
+    same = embedding_fidelity(e, 3.0 * e)     # scale does not change a cosine
+    assert same["min_cos"] == pytest.approx(1.0) and same["spearman"] == pytest.approx(1.0)
+    noisy = embedding_fidelity(e, e + 0.5 * rng.normal(size=e.shape))
+    assert noisy["min_cos"] < noisy["mean_cos"] < 1.0 and noisy["spearman"] < 1.0
+    with pytest.raises(ShapeError, match="compressed"):
+        embedding_fidelity(e, e[:5])
+    with pytest.raises(ArgumentError, match="all zeros"):
+        embedding_fidelity(e, np.zeros_like(e))
