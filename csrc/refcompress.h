@@ -61,7 +61,8 @@ int rc_dequantize_f32(const void *q, int qtype, float *x,
 #define RC_EPI_INT32 0          /* out int32 [M, N]: acc + bias                           */
 #define RC_EPI_REQUANT_FLOAT 1  /* out int8/uint8: sat(rint(float(acc + bias) * scale) + zo) */
 #define RC_EPI_REQUANT_FIXED 2  /* out int8/uint8: sat(fixedpoint(acc + bias, M0, shift) + zo) */
-#define RC_EPI_DEQUANT 3        /* out float32: float(acc + bias) * scale, optional relu     */
+#define RC_EPI_DEQUANT 3        /* out float32: float(acc + bias) * scale [* row_scale[m]]
+                                   [+ fbias[n]], optional relu; each step one float32 rounding */
 
 typedef struct {
     int kind;                 /* RC_EPI_*                                                  */
@@ -74,6 +75,9 @@ typedef struct {
     int32_t out_zero_point;
     int32_t qmin, qmax;       /* saturation range of the requantized output (ReLU: qmin = zo) */
     int relu;                 /* DEQUANT: clamp below at 0                                 */
+    const float *row_scale;   /* DEQUANT: [M] per-row factor (dynamic per-token activation
+                                 scales), or NULL                                          */
+    const float *fbias;       /* DEQUANT: [N] float bias added after the scaling, or NULL  */
 } rc_epilogue;
 
 long long rc_qgemm_packed_size(long long K, long long N);

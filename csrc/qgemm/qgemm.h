@@ -62,6 +62,8 @@ static inline void rc_epi_store_one(const rc_epilogue *e, uint32_t acc, int64_t 
     case RC_EPI_INT32: ((int32_t *)out)[at] = v; break;
     case RC_EPI_DEQUANT: {
         float f = (float)v * e->scale[ch];
+        if (e->row_scale) f = f * e->row_scale[m];
+        if (e->fbias) f = f + e->fbias[n];
         if (e->relu && !(f >= 0.0f)) f = 0.0f;
         ((float *)out)[at] = f;
     } break;

@@ -43,8 +43,10 @@ static inline void epi8(const rc_epilogue *e, __m256i v, int64_t row, int64_t n0
     }
     if (e->kind == RC_EPI_DEQUANT || e->kind == RC_EPI_REQUANT_FLOAT) {
         const __m256 s = e->per_channel ? _mm256_loadu_ps(e->scale + n0) : _mm256_set1_ps(e->scale[0]);
-        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), s);
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(v), s);
         if (e->kind == RC_EPI_DEQUANT) {
+            if (e->row_scale) f = _mm256_mul_ps(f, _mm256_set1_ps(e->row_scale[row]));
+            if (e->fbias) f = _mm256_add_ps(f, _mm256_loadu_ps(e->fbias + n0));
             _mm256_storeu_ps((float *)out + at, e->relu ? _mm256_max_ps(f, _mm256_setzero_ps()) : f);
             return;
         }

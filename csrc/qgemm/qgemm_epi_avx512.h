@@ -57,6 +57,8 @@ static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_
         return;
     case RC_EPI_DEQUANT: {
         __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), rc_param_ps(e->scale, e->per_channel, n0, m));
+        if (e->row_scale) f = _mm512_mul_ps(f, _mm512_set1_ps(e->row_scale[row]));
+        if (e->fbias) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(m, e->fbias + n0));
         if (e->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
         _mm512_mask_storeu_ps((float *)out + at, m, f);
         return;

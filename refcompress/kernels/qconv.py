@@ -29,6 +29,7 @@ from . import _native
 from ._registry import Op, check_rc, dispatch, register
 from .qgemm import (
     _RANGE,
+    Dequantize,
     PackedWeights,
     _epilogue,
     _output_spec,
@@ -142,7 +143,7 @@ def _slice_spec(spec, lo, hi):
     kind, params = spec
     cut = lambda v: v[lo:hi] if np.ndim(v) == 1 else v  # noqa: E731
     if kind == "dequantize":
-        return (kind, (cut(params[0]), params[1]))
+        return (kind, (cut(params[0]), params[1], None, None))
     if kind == "float":
         return (kind, (cut(params[0]),) + tuple(params[1:]))
     return (kind, (cut(params[0]), cut(params[1])) + tuple(params[2:]))
@@ -241,5 +242,7 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
         raise OverflowRiskError(
             f"w: C/groups*KH*KW = {Cg * KH * KW} exceeds the int32 accumulation bound {bound}"
         )
+    if isinstance(output, Dequantize) and (output.row_scale is not None or output.bias is not None):
+        raise ArgumentError("output: qconv2d's Dequantize takes scale and relu only (pass an int32 bias)")
     spec = _output_spec(output, OC)
     return dispatch("qconv2d", x, pw, za, bias, geo, spec)

@@ -18,7 +18,10 @@ then one of these outputs (the "epilogue"):
     (round(x * M0 / 2^31), ties toward +inf: its nudge is +2^30 or 1 - 2^30 before a
     truncating division) and RDBPOT its RoundingDivideByPOT (ties away from zero);
 
-* ``Dequantize``    - float32(acc) * s (s = s_a s_b per tensor or per column), optional ReLU.
+* ``Dequantize``    - float32(acc) * s (s = s_a s_b per tensor or per column), then, when
+  given, * row_scale[m] (one factor per output row: dynamic per-token activation scales)
+  and + bias_f[n] (a float bias), then optional ReLU.  Each step is one float32 operation
+  rounded to nearest (no fused multiply-add), in this order, in every backend.
 
 ReLU on a requantized output is fused through the range: pass ``qmin=z_y``.
 
@@ -78,10 +81,14 @@ class Requantize:
 @dataclass(frozen=True)
 class Dequantize:
     """Convert the int32 result to float32: float32(acc) * scale (scale per tensor or per
-    output column, normally s_a * s_b), then ReLU if ``relu``."""
+    output column, normally s_a * s_b), then * row_scale[m] (float32 [M], optional: one
+    activation scale per row, as dynamic per-token quantization gives), then + bias[n]
+    (float32 [N], optional), then ReLU if ``relu``."""
 
     scale: object
     relu: bool = False
+    row_scale: object = None
+    bias: object = None
 
 
 def quantize_multiplier(real) -> tuple[np.ndarray, np.ndarray]:
@@ -188,8 +195,12 @@ def requantize_reference(acc, spec, n_cols_axis=-1):
         return acc.astype(np.int32)
     kind, params = spec
     if kind == "dequantize":
-        scale, relu = params
+        scale, relu, row_scale, fbias = params
         f = acc.astype(np.float32) * scale
+        if row_scale is not None:
+            f = f * row_scale[:, None]
+        if fbias is not None:
+            f = f + fbias
         return np.maximum(f, np.float32(0)) if relu else f
     if kind == "float":
         m, z, qmin, qmax, dtype = params
@@ -239,12 +250,16 @@ def _epilogue(spec, bias, n_cols):
         e.bias = _native.ptr("int32_t *", bias)
         keep.append(bias)
     if kind == "dequantize":
-        scale, relu = spec[1]
+        scale, relu, row_scale, fbias = spec[1]
         s = np.ascontiguousarray(np.atleast_1d(scale), np.float32)
         e.scale = _native.ptr("float *", s)
         e.per_channel = int(s.size > 1 or n_cols == 1 and np.ndim(scale) == 1)
         e.relu = int(relu)
         keep.append(s)
+        for field, v in (("row_scale", row_scale), ("fbias", fbias)):
+            if v is not None:
+                setattr(e, field, _native.ptr("float *", v))
+                keep.append(v)
         out_dtype = np.float32
     elif kind in ("float", "fixedpoint"):
         if kind == "float":
@@ -308,13 +323,27 @@ register(Op("requantize", _requantize_ref, _requantize_c, ("portable", "avx2", "
 # ---- validation and public entry points ------------------------------------------------------
 
 
-def _output_spec(output, n_cols):
-    """Validate an output spec into a plain tuple the references and C wrappers share."""
+def _float_vector(v, n, name, positive):
+    if v is None:
+        return None
+    v = check_array(v, name, dtypes=[np.float32], shape=(n,), contiguous=True, finite=True)
+    if positive and not np.all(v > 0):
+        raise ArgumentError(f"{name}: expected values > 0")
+    return v
+
+
+def _output_spec(output, n_cols, n_rows=None):
+    """Validate an output spec into a plain tuple the references and C wrappers share.
+    ``n_rows`` is the number of output rows, or None where per-row factors do not apply."""
     if output is None:
         return None
     if isinstance(output, Dequantize):
         s = _scales(output.scale, n_cols, "output.scale")
-        return ("dequantize", (s, bool(output.relu)))
+        if output.row_scale is not None and n_rows is None:
+            raise ArgumentError("output.row_scale: per-row scales apply to qgemm and requantize only")
+        rs = _float_vector(output.row_scale, n_rows, "output.row_scale", positive=True)
+        fb = _float_vector(output.bias, n_cols, "output.bias", positive=False)
+        return ("dequantize", (s, bool(output.relu), rs, fb))
     if not isinstance(output, Requantize):
         raise DTypeError(f"output: expected None, Requantize or Dequantize, got {type(output).__name__}")
     check_choice(output.rule, "output.rule", ("float", "fixedpoint"))
@@ -407,7 +436,7 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
             f"{a.dtype.name} activations with zero point {za}, weights with max|b - z_b| = "
             f"{pw.max_abs_b} and max|bias| = {max_bias}; split K and accumulate in int64"
         )
-    spec = _output_spec(output, pw.N)
+    spec = _output_spec(output, pw.N, a.shape[0])
     return dispatch("qgemm", a, pw, za, bias, spec)
 
 
@@ -417,5 +446,5 @@ def requantize(acc, output):
     acc = check_array(acc, "acc", dtypes=[np.int32], ndim=2, contiguous=True)
     if output is None:
         raise ArgumentError("output: expected Requantize or Dequantize, got None")
-    spec = _output_spec(output, acc.shape[1])
+    spec = _output_spec(output, acc.shape[1], acc.shape[0])
     return dispatch("requantize", acc, spec)

@@ -172,8 +172,9 @@ def _extreme_ints(rng, info, size, mode):
 
 
 @st.composite
-def output_specs(draw, n_cols):
-    """(kind, kwargs) for an output spec over n_cols columns."""
+def output_specs(draw, n_cols, n_rows=None):
+    """(kind, kwargs) for an output spec over n_cols columns; with ``n_rows`` a dequantize
+    spec may also carry per-row scales and a float bias."""
     kind = draw(st.sampled_from([None, "float", "fixedpoint", "dequantize"]))
     if kind is None:
         return None
@@ -182,7 +183,12 @@ def output_specs(draw, n_cols):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = (base * rng.uniform(0.5, 1.5, n_cols)).astype(np.float32) if per_col else float(np.float32(base))
     if kind == "dequantize":
-        return ("dequantize", dict(scale=scale, relu=draw(st.booleans())))
+        kw = dict(scale=scale, relu=draw(st.booleans()))
+        if n_rows is not None and draw(st.booleans()):
+            kw["row_scale"] = rng.uniform(1e-3, 2.0, n_rows).astype(np.float32)
+        if n_rows is not None and draw(st.booleans()):
+            kw["bias"] = rng.normal(0.0, 3.0, n_cols).astype(np.float32)
+        return ("dequantize", kw)
     dtype = draw(st.sampled_from([np.int8, np.uint8]))
     info = np.iinfo(dtype)
     z = draw(st.sampled_from([int(info.min), int(info.max), 0 if dtype == np.int8 else 128,
@@ -213,7 +219,7 @@ def qgemm_cases(draw, max_k: int = 300):
         bias = rng.integers(-(2**20), 2**20, size=N).astype(np.int32)
     if M > 1 and draw(st.booleans()):
         a = np.asfortranarray(a)  # another memory layout, same values
-    return QgemmCase(a, b, za, zb, bias, draw(output_specs(N)))
+    return QgemmCase(a, b, za, zb, bias, draw(output_specs(N, M)))
 
 
 @st.composite
@@ -225,7 +231,7 @@ def requantize_cases(draw):
     mag = draw(st.sampled_from([2**8, 2**16, 2**24, 2**31]))
     acc = rng.integers(-mag, mag, size=(M, N), dtype=np.int64)
     acc.flat[: min(acc.size, 2)] = [-(2**31), 2**31 - 1][: min(acc.size, 2)]
-    spec = draw(output_specs(N).filter(lambda s: s is not None))
+    spec = draw(output_specs(N, M).filter(lambda s: s is not None))
     if spec[0] != "dequantize" and draw(st.booleans()):
         # multipliers > 1 exercise the saturating left shift of the fixed-point rule
         spec[1]["scale"] = np.float32(draw(st.sampled_from([1.5, 3.0, 1000.0, 2.0**20])))

@@ -104,6 +104,29 @@ def test_matches_plain_integer_matmul_and_relu_through_range():
     np.testing.assert_array_equal(d, np.maximum(want.astype(np.float32) * np.float32(0.5), 0))
 
 
+def test_dequantize_row_scale_and_float_bias_every_variant():
+    """Per-row scales and a float bias in the dequantize epilogue: the documented order of
+    float32 steps, bit for bit in every variant (tails and full vectors: N = 37)."""
+    rng = np.random.default_rng(2)
+    a = rng.integers(-128, 128, (13, 50)).astype(np.int8)
+    b = rng.integers(-128, 128, (50, 37)).astype(np.int8)
+    acc = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.float32)
+    s = rng.uniform(1e-4, 1e-2, 37).astype(np.float32)
+    rs = rng.uniform(0.1, 3.0, 13).astype(np.float32)
+    fb = rng.normal(size=37).astype(np.float32)
+    want = np.maximum(acc * s * rs[:, None] + fb, np.float32(0))
+    for backend, isa in kernel_variants("qgemm"):
+        with kernels.use(backend, isa=isa):
+            got = kernels.qgemm(a, b, 0, output=Dequantize(s, relu=True, row_scale=rs, bias=fb))
+        np.testing.assert_array_equal(got, want, err_msg=f"{backend} {isa}")
+    with pytest.raises(ShapeError, match="output.row_scale"):
+        kernels.qgemm(a, b, output=Dequantize(s, row_scale=rs[:5]))
+    with pytest.raises(ArgumentError, match="output.row_scale"):
+        kernels.qgemm(a, b, output=Dequantize(s, row_scale=-rs))
+    with pytest.raises(DTypeError, match="output.bias"):
+        kernels.qgemm(a, b, output=Dequantize(s, bias=fb.astype(np.float64)))
+
+
 def test_bad_inputs_name_the_argument():
     a = np.zeros((2, 3), np.uint8)
     b = np.zeros((3, 4), np.int8)
@@ -151,7 +174,7 @@ def test_checker_catches_a_kernel_with_the_saturating_shortcut():
         if bias is not None:
             acc = acc + bias
         from refcompress.kernels.qgemm import _output_spec, requantize_reference
-        return requantize_reference(acc, _output_spec(output, b.shape[1]))
+        return requantize_reference(acc, _output_spec(output, b.shape[1], a.shape[0]))
 
     with pytest.raises(AssertionError):
         check_qgemm(saturating, max_examples=200)
