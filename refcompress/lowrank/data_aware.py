@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _hessian
 from .._validation import check_array, check_float
 from ..errors import ShapeError
 from .svd import FLOATS, check_rank
@@ -29,10 +30,12 @@ __all__ = ["whitened_svd", "output_error", "calibration_gram"]
 
 
 def calibration_gram(x) -> np.ndarray:
-    """C = X^T X in float64 for activations ``x`` [N, n] (or [..., n], flattened)."""
-    x = check_array(x, "x", dtypes=FLOATS, min_ndim=1, finite=True)
-    x2 = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    return x2.T @ x2
+    """C = X^T X in float64 for activations ``x`` [N, n] (or [..., n], flattened).
+
+    The same matrix GPTQ and SparseGPT call H; one definition, :func:`refcompress._hessian.gram`
+    (accumulate it over batches with :class:`refcompress._hessian.HessianAccumulator`).
+    """
+    return _hessian.gram(x, "x")
 
 
 def whitened_svd(weight, x=None, rank=None, *, gram=None, damping: float = 1e-4):
@@ -57,8 +60,9 @@ def whitened_svd(weight, x=None, rank=None, *, gram=None, damping: float = 1e-4)
     else:
         c = check_array(gram, "gram", ndim=2, shape=(n, n), finite=True).astype(np.float64)
     mean_diag = float(np.mean(np.diag(c)))
+    c, _ = _hessian.damped(c, lam)  # C + lambda I, lambda = damping * mean(diag C)
     # Even with damping 0 a floor keeps the Cholesky factor defined for a zero gram.
-    c = c + (lam * mean_diag + 1e-12 * max(mean_diag, 1.0)) * np.eye(n)
+    c = c + 1e-12 * max(mean_diag, 1.0) * np.eye(n)
     chol = np.linalg.cholesky(c)  # C = L L^T, L lower-triangular
     u, s, vt = np.linalg.svd(w.astype(np.float64) @ chol, full_matrices=False)
     root = np.sqrt(s[:r])

@@ -21,6 +21,8 @@ from .masks import (apply_mask, apply_masks, get_mask, masked_layers, model_spar
 from .nm import is_nm_sparse, nm_mask, nm_masks, nm_prune
 from .schedules import (AGPPruner, IterativeResult, agp_sparsity, cubic_sparsities, geometric_sparsities,
                         iterative_prune)
+from .sparsegpt import PruneResult, sparsegpt
+from .wanda import wanda, wanda_scores
 from .sensitivity import SensitivityResult, sensitivity_analysis
 from .sparse_layers import (NMLinear, SparseLinear, csr_stored_bytes, dense_stored_bytes,
                             nm_stored_bytes, to_dense, to_nm, to_sparse)
@@ -39,4 +41,5 @@ __all__ = [
     "csr_stored_bytes", "nm_stored_bytes", "dense_stored_bytes",
     "CRITERIA", "weight_norm_importance", "channel_importance", "select_outputs", "structured_prune",
     "Link", "leaf_chain", "find_link", "prunable_links", "prune_outputs",
+    "PruneResult", "sparsegpt", "wanda", "wanda_scores",
 ]

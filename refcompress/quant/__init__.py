@@ -6,6 +6,10 @@ See docs/quantization.md.
 """
 
 from .adaround import adaround
+from .awq import AWQResult, awq, awq_scales
+from .gptq import GPTQResult, gptq
+from .smoothquant import (AbsMaxAccumulator, fold_into_layernorm, fold_into_weight, smooth_activations,
+                          smoothquant_scales)
 from .equalization import bias_correction, equalization_scales, equalize_pair
 from .lsq import lsq_backward, lsq_forward, lsq_init_step
 from .observers import (
@@ -26,6 +30,16 @@ from .qat import FakeQuantize, convert_qat, prepare_qat
 from .weight_sharing import SharedConv2d, SharedLinear, SharedWeights, centroid_gradients, kmeans_share
 
 __all__ = [
+    "AWQResult",
+    "awq",
+    "awq_scales",
+    "GPTQResult",
+    "gptq",
+    "AbsMaxAccumulator",
+    "fold_into_layernorm",
+    "fold_into_weight",
+    "smooth_activations",
+    "smoothquant_scales",
     "convert",
     "convert_qat",
     "cross_layer_equalize",

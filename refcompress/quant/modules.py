@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _conv, kernels
 from .._validation import check_array, check_choice
-from ..errors import NotDifferentiableError
+from ..errors import ArgumentError, NotDifferentiableError, ShapeError
 from ..nn import functional as F
 from ..nn.module import Module
 from ..nn.spec import register_module
@@ -235,9 +235,14 @@ class QuantizedReLU(Module):
 
 class _WeightOnly(Module):
     """Weights stored as b-bit integers (packed, so stored bytes are real) with per-channel
-    or group-wise scales; dequantized once on first use for float compute."""
+    or group-wise scales; dequantized once on first use for float compute.
 
-    def _init_state(self, weight_shape, bias, bits, group_size):
+    Optionally a per-input-channel ``input_scale`` (float32 [in], AWQ's 1 / s) multiplies
+    the input before the product, y = (x * input_scale) W_hat^T + b, when it is not folded
+    into the previous op; it is a buffer, so it is saved and counted in the stored bytes.
+    """
+
+    def _init_state(self, weight_shape, bias, bits, group_size, n_inputs=None, input_scale=False):
         self.bits = int(bits)
         self.group_size = None if group_size is None else int(group_size)
         self.weight_shape = tuple(int(s) for s in weight_shape)
@@ -250,6 +255,11 @@ class _WeightOnly(Module):
             self.register_buffer("bias", np.zeros(rows, np.float32))
         else:
             self.bias = None
+        self.n_inputs = int(n_inputs if n_inputs is not None else self.weight_shape[1])
+        if input_scale:
+            self.register_buffer("input_scale", np.ones(self.n_inputs, np.float32))
+        else:
+            self.input_scale = None
         self._dense = _Cached()
 
     def spec(self) -> QuantSpec:
@@ -270,6 +280,67 @@ class _WeightOnly(Module):
             self.bias = np.asarray(bias, np.float32).copy()
         return self
 
+    def set_quantized(self, codes, scale, bias=None, input_scale=None):
+        """Store precomputed integer weights (e.g. from GPTQ or AWQ) exactly as given.
+
+        codes       : int8 [out, ...] (the weight's shape), signed b-bit values (symmetric,
+                      zero point 0: the layer dequantizes w_hat = codes * scale).
+        scale       : float32 scales, [out] per channel or [out, n_groups] per group (as
+                      this layer's ``group_size``), or the QParams GPTQ / AWQ returned (whose
+                      zero points must be 0 and whose granularity must match; a per-tensor
+                      scale is repeated per row).
+        bias        : float32 [out] or None (keep the current bias).
+        input_scale : float32 [in] or None: x is multiplied by it channel-wise before the
+                      product (AWQ's 1 / s); registers the buffer if the layer had none.
+        """
+        from .qparams import QParams
+
+        rows = self.weight_shape[0]
+        n_scales = self.weight_scale.shape[0]
+        if isinstance(scale, QParams):
+            sp = scale.spec
+            if np.any(np.asarray(scale.zero_point) != 0):
+                raise ArgumentError("scale: the layer stores symmetric codes (zero point 0); "
+                                    "quantize with a symmetric QuantSpec")
+            want = ("group",) if self.group_size is not None else ("channel", "tensor")
+            if sp.granularity not in want or (self.group_size is not None and sp.group_size != self.group_size) \
+                    or sp.bits > self.bits:
+                raise ArgumentError(f"scale: QParams for {sp.granularity} {sp.bits}-bit weights "
+                                    f"(group_size {sp.group_size}) do not fit this {self.bits}-bit layer "
+                                    f"(group_size {self.group_size})")
+            scale = np.asarray(scale.scale, np.float32)
+            if scale.size == 1:
+                scale = np.full(rows, scale.reshape(-1)[0], np.float32)
+        q = check_array(codes, "codes", dtypes=[np.int8], shape=self.weight_shape)
+        lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        if q.size and (int(q.min()) < lo or int(q.max()) > hi):
+            raise ArgumentError(f"codes: expected signed {self.bits}-bit values in [{lo}, {hi}], "
+                                f"got {int(q.min())}..{int(q.max())}")
+        s = check_array(scale, "scale", dtypes=[np.float32], finite=True).reshape(-1)
+        if s.shape[0] != n_scales:
+            raise ShapeError(f"scale: expected {n_scales} scales ({'per group' if self.group_size else 'per channel'}),"
+                             f" got {s.shape[0]}")
+        if np.any(s <= 0):
+            raise ArgumentError("scale: expected positive scales")
+        if input_scale is not None:
+            a = check_array(input_scale, "input_scale", dtypes=[np.float32], shape=(self.n_inputs,), finite=True)
+            if self.input_scale is None:
+                self.register_buffer("input_scale", a.copy())
+            else:
+                self.input_scale = a.copy()
+        self.weight_packed = pack_bits(np.ascontiguousarray(q), self.bits)
+        self.weight_scale = s.copy()
+        if bias is not None:
+            self.bias = check_array(bias, "bias", dtypes=[np.float32], shape=(rows,)).copy()
+        return self
+
+    def _scaled_input(self, x, axis):
+        if self.input_scale is None:
+            return x
+        shape = [1] * np.ndim(x)
+        shape[axis] = -1
+        return x * self.input_scale.reshape(shape)
+
     def dense_weight(self) -> np.ndarray:
         def build(packed):
             from .qparams import QParams, dequantize
@@ -288,17 +359,21 @@ class _WeightOnly(Module):
 class WeightOnlyLinear(_WeightOnly):
     """Linear with b-bit weights (int8, int4, ... per channel or per group), float activations."""
 
-    def __init__(self, in_features, out_features, bias=True, bits=8, group_size=None):
+    def __init__(self, in_features, out_features, bias=True, bits=8, group_size=None, input_scale=False):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_state((self.out_features, self.in_features), bias, bits, group_size)
+        self._init_state((self.out_features, self.in_features), bias, bits, group_size,
+                         self.in_features, input_scale)
 
     def forward(self, x):
-        return F.linear(x, self.dense_weight(), self.bias)
+        return F.linear(self._scaled_input(x, -1), self.dense_weight(), self.bias)
 
     def get_config(self):
-        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                "bits": self.bits, "group_size": self.group_size}
+        cfg = {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+               "bits": self.bits, "group_size": self.group_size}
+        if self.input_scale is not None:
+            cfg["input_scale"] = True
+        return cfg
 
 
 @register_module
@@ -306,7 +381,7 @@ class WeightOnlyConv2d(_WeightOnly):
     """Conv2d with b-bit weights, float activations."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, bits=8, group_size=None):
+                 bias=True, bits=8, group_size=None, input_scale=False):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size = _conv.as_pair(kernel_size, "kernel_size", 1)
@@ -314,16 +389,20 @@ class WeightOnlyConv2d(_WeightOnly):
         self.padding = _conv.as_pair(padding, "padding", 0)
         self.dilation = _conv.as_pair(dilation, "dilation", 1)
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        self._init_state(shape, bias, bits, group_size)
+        self._init_state(shape, bias, bits, group_size, self.in_channels, input_scale)
 
     def forward(self, x):
-        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(self._scaled_input(x, 1), self.dense_weight(), self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
 
     def get_config(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
-                "bias": self.bias is not None, "bits": self.bits, "group_size": self.group_size}
+        cfg = {"in_channels": self.in_channels, "out_channels": self.out_channels,
+               "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+               "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
+               "bias": self.bias is not None, "bits": self.bits, "group_size": self.group_size}
+        if self.input_scale is not None:
+            cfg["input_scale"] = True
+        return cfg
 
 
 @register_module
