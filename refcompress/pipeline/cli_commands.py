@@ -31,13 +31,46 @@ def _load_model(spec: str, seed: int, data):
 
 
 def add_compress_arguments(p):
-    p.add_argument("model", metavar="MODEL", help="saved model file (.npz) or reference model name")
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz), reference model name, or "
+                   "'minilm' / a sentence-transformers BERT directory (with a model = \"bert\" recipe)")
     p.add_argument("--recipe", "-r", required=True, help="TOML recipe (see examples/recipes/)")
     p.add_argument("-o", "--output", required=True, help="where to write the compressed model (.npz)")
     p.add_argument("--report-json", help="also write the per-stage reports as JSON here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="threads for the C kernels")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
+
+
+def _is_transformer(model_spec: str) -> bool:
+    return model_spec == "minilm" or os.path.isdir(model_spec)
+
+
+def _run_compress_transformer(args) -> int:
+    from .. import io as rc_io
+    from .. import kernels
+    from . import transformer as tr
+    from .metrics import stored_bytes
+
+    name, methods = tr.load_transformer_recipe(args.recipe)  # refused before any work if invalid
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise RefcompressError(f"--output: directory {out_dir!r} does not exist")
+    encoder = tr.load_encoder(args.model)
+    with kernels.use(threads=args.threads) if args.threads else contextlib.nullcontext():
+        compressed = tr.compress_with_recipe(encoder, methods)
+        fid = tr.fidelity_lines(encoder, compressed)
+    before, after = stored_bytes(encoder.model), stored_bytes(compressed.model)
+    print(f"recipe {name} ({args.recipe}) on {args.model}")
+    print(f"stored bytes {before:,} -> {after:,} ({before / after:.2f}x)")
+    print(f"fidelity on {len(tr.EVAL_SENTENCES)} evaluation sentences: min cos {fid['min_cos']:.4f}, "
+          f"mean cos {fid['mean_cos']:.4f}, Spearman {fid['spearman']:.4f}")
+    rc_io.save(compressed.model, args.output,
+               metadata={"recipe": name, "source": args.model, "fidelity": fid, "kind": "bert"})
+    if args.report_json:
+        with open(args.report_json, "w") as f:
+            json.dump({"recipe": name, "fidelity": fid, "bytes_before": before, "bytes_after": after}, f, indent=2)
+    print(f"wrote {args.output}")
+    return 0
 
 
 def run_compress(args) -> int:
@@ -47,6 +80,8 @@ def run_compress(args) -> int:
     from .compress import compress
     from .recipe import load_recipe
 
+    if _is_transformer(args.model):
+        return _run_compress_transformer(args)
     recipe = load_recipe(args.recipe)  # refused before any work if invalid
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
@@ -72,10 +107,43 @@ def add_report_arguments(p):
     p.add_argument("--repeats", type=int, default=30, help="latency repeats (median)")
 
 
+def _run_report_transformer(args) -> int:
+    from .. import io as rc_io
+    from .metrics import measure_latency, stored_bytes
+    from . import transformer as tr
+
+    meta = rc_io.read_metadata(args.model).get("user", {}) if os.path.isfile(args.model) else {}
+    source = meta.get("source", "minilm") if meta else args.model
+    reference = tr.load_encoder(source)
+    if os.path.isfile(args.model):
+        import copy
+        compressed = copy.copy(reference)
+        compressed.model = rc_io.load(args.model)
+        label = os.path.basename(args.model)
+    else:
+        compressed, label = reference, args.model
+    fid = tr.fidelity_lines(reference, compressed)
+    batch = reference.tokenizer(list(tr.EVAL_SENTENCES[:32]))
+    feed = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    t_ref = measure_latency(reference.model, feed, args.repeats, warmup=1)
+    t_cmp = measure_latency(compressed.model, feed, args.repeats, warmup=1)
+    rows = [("model", label), ("recipe", meta.get("recipe", "-") if meta else "-"),
+            ("bytes", f"{stored_bytes(compressed.model):,} (float: {stored_bytes(reference.model):,})"),
+            ("min cos", f"{fid['min_cos']:.4f}"), ("mean cos", f"{fid['mean_cos']:.4f}"),
+            ("spearman", f"{fid['spearman']:.4f}"),
+            ("latency", f"{t_cmp * 1e3:.1f} ms for 32 sentences (float: {t_ref * 1e3:.1f} ms)")]
+    for h, v in rows:
+        print(f"{h:<12} {v}")
+    return 0
+
+
 def run_report(args) -> int:
+    from .. import io as rc_io
     from ..data import load_digits
     from .compress import HEADERS, measure
 
+    if _is_transformer(args.model) or (os.path.isfile(args.model) and rc_io.read_metadata(args.model).get("user", {}).get("kind") == "bert"):
+        return _run_report_transformer(args)
     data = load_digits()
     model = _load_model(args.model, args.seed, data)
     rep = measure(model, data, os.path.basename(args.model), repeats=args.repeats)

@@ -148,7 +148,8 @@ def count_macs(model, input_shape, *, dtype=np.float32, per_layer: bool = False)
 
 
 def measure_latency(model, x, repeats: int = 50, *, warmup: int = 3) -> float:
-    """Median wall-clock seconds of one ``model(x)`` call in eval mode.
+    """Median wall-clock seconds of one ``model(x)`` call in eval mode (``model(*x)`` when
+    ``x`` is a tuple of inputs, e.g. a transformer's ids, mask and type ids).
 
     ``warmup`` calls run first and are not timed (first-call allocations, lazily packed
     weights, cold caches); then ``repeats`` calls are each timed with
@@ -156,18 +157,19 @@ def measure_latency(model, x, repeats: int = 50, *, warmup: int = 3) -> float:
     shared machine.  The model's train/eval mode is restored.
     """
     _check_model(model)
-    x = check_array(x, "x", min_ndim=1)
+    args = tuple(check_array(a, f"x[{i}]", min_ndim=1) for i, a in enumerate(x)) if isinstance(x, tuple) \
+        else (check_array(x, "x", min_ndim=1),)
     repeats = check_int(repeats, "repeats", min_value=1)
     warmup = check_int(warmup, "warmup", min_value=0)
     was_training = model.training
     model.eval()
     try:
         for _ in range(warmup):
-            model(x)
+            model(*args)
         times = np.empty(repeats)
         for i in range(repeats):
             t0 = time.perf_counter()
-            model(x)
+            model(*args)
             times[i] = time.perf_counter() - t0
     finally:
         model.train(was_training)

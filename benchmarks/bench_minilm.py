@@ -1,0 +1,119 @@
+"""all-MiniLM-L6-v2 forward speed: NumPy fp32, refcompress W8A8 on the integer kernels, and
+onnxruntime fp32 / int8 (quantize_dynamic of the same graph) when installed, in one run.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_minilm.py [--quick]
+
+Batches: 32 rows of real English (calibration sentences joined and truncated) of exactly 24
+and exactly 116 tokens, so no row is padding.  The timed call is the transformer forward
+(embeddings and 6 encoder layers -> last hidden state); pooling is not timed.  Every
+column runs with the same thread count (2 = the machine's cores; onnxruntime's intra-op
+threads, our OpenMP threads and NumPy's BLAS threads).  Ratios are *their time / ours*.
+The W8A8 model is the one the fidelity table scores (SmoothQuant alpha 0.5 with per-token
+activations, or the variant given by --activation); its fidelity on the evaluation set is
+printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import blas_report, blas_threads, fmt_ratio, median_time, optional, print_table  # noqa: E402
+
+import refcompress.kernels as K  # noqa: E402
+from refcompress.bert import Tokenizer, load_minilm, minilm_path  # noqa: E402
+from refcompress.data import CALIBRATION_SENTENCES, EVAL_SENTENCES  # noqa: E402
+from refcompress.pipeline.metrics import embedding_fidelity  # noqa: E402
+from refcompress.pipeline.transformer import compress_encoder  # noqa: E402
+
+
+def batch_of(tokens: int, rows: int = 32) -> dict:
+    """``rows`` texts of exactly ``tokens`` tokens: consecutive calibration sentences joined
+    until long enough, then truncated."""
+    tok = Tokenizer(os.path.join(minilm_path(), "tokenizer.json"), max_seq_length=tokens)
+    texts, i = [], 0
+    while len(texts) < rows:
+        text = ""
+        while True:
+            text = (text + " " + CALIBRATION_SENTENCES[i % len(CALIBRATION_SENTENCES)]).strip()
+            i += 1
+            if tok([text])["attention_mask"].sum() >= tokens:
+                break
+        texts.append(text)
+    b = tok(texts)
+    assert b["input_ids"].shape == (rows, tokens) and b["attention_mask"].all()
+    return b
+
+
+def ort_sessions(model, threads: int):
+    """onnxruntime fp32 and int8 (quantize_dynamic, per-channel weights) sessions of the
+    exported model, or (None, None) when onnx / onnxruntime are absent."""
+    ort, onnx = optional("onnxruntime"), optional("onnx")
+    if ort is None or onnx is None:
+        return None, None
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from refcompress.bert.onnx_export import export_onnx
+
+    tmp = tempfile.mkdtemp()
+    fp32 = export_onnx(model, os.path.join(tmp, "minilm.onnx"))
+    int8 = os.path.join(tmp, "minilm.int8.onnx")
+    quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return tuple(ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for p in (fp32, int8))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--threads", type=int, nargs="*", default=[2], help="thread counts to measure")
+    ap.add_argument("--method", default="W8A8 dynamic per-token",
+                    help="the fidelity-table method for the int8 model")
+    ap.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant alpha (0 = none)")
+    args = ap.parse_args(argv)
+    min_time = 0.3 if args.quick else 1.0
+
+    enc = load_minilm()
+    print(f"NumPy BLAS: {blas_report()}")
+    info = K.available()
+    print(f"kernels: C built {info['c_built']}, OpenMP {info['openmp']}, qgemm variant "
+          f"{info['ops']['qgemm']['selected']}")
+    overrides = {"alpha": args.alpha} if args.alpha else {}
+    q = compress_encoder(enc, args.method, **overrides)
+    f = embedding_fidelity(enc.encode(list(EVAL_SENTENCES)), q.encode(list(EVAL_SENTENCES)))
+    print(f"int8 model: {args.method} (alpha {args.alpha}): min cos {f['min_cos']:.4f}, "
+          f"mean cos {f['mean_cos']:.4f}, Spearman {f['spearman']:.4f} on {len(EVAL_SENTENCES)} sentences")
+
+    rows = []
+    for threads in args.threads:
+        fp32_sess, int8_sess = ort_sessions(enc.model, threads)
+        for tokens in (24, 116):
+            b = batch_of(tokens)
+            args3 = (b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            feed = {k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            with blas_threads(threads), K.use(threads=threads):
+                t_np = median_time(lambda: enc.model(*args3), min_time=min_time)
+                t_q = median_time(lambda: q.model(*args3), min_time=min_time)
+            t_of = median_time(lambda: fp32_sess.run(None, feed), min_time=min_time) if fp32_sess else None
+            t_oq = median_time(lambda: int8_sess.run(None, feed), min_time=min_time) if int8_sess else None
+            ratio = lambda t: None if t is None else t / t_q  # noqa: E731
+            rows.append([f"32 x {tokens}", threads, f"{t_np * 1e3:.1f}", f"{t_q * 1e3:.1f}",
+                         "-" if t_of is None else f"{t_of * 1e3:.1f}", "-" if t_oq is None else f"{t_oq * 1e3:.1f}",
+                         fmt_ratio(t_np / t_q), fmt_ratio(ratio(t_of)), fmt_ratio(ratio(t_oq))])
+    print_table(["batch", "thr", "numpy f32 ms", "ours int8 ms", "ort f32 ms", "ort int8 ms",
+                 "vs numpy", "vs ort f32", "vs ort int8"], rows,
+                title="all-MiniLM-L6-v2 forward (embeddings + 6 layers); ratios = their time / ours")
+    print("Goal: faster than onnxruntime fp32 (vs ort f32 > 1) and within 1.25x of onnxruntime int8 "
+          "(vs ort int8 >= 0.80).")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,390 @@
+"""Compress a BERT sentence encoder layer by layer, and measure what each method keeps.
+
+The 36 encoder Linear layers of all-MiniLM-L6-v2 (6 x query, key, value, attention output,
+FFN in, FFN out) are replaced one transformer layer at a time.  Methods that look at data
+(GPTQ, AWQ, SmoothQuant, SparseGPT, Wanda, data-aware SVD) see calibration inputs captured
+with hooks while the calibration sentences run through the model *as compressed so far* --
+layer i is calibrated on what the compressed layers 0..i-1 actually produce, as GPTQ and
+SparseGPT do.  Each calibration sentence runs alone (no padding), so no padded position
+enters a Hessian, a range or an activation norm.
+
+``METHODS`` maps a name to how one Linear is replaced; :func:`compress_encoder` applies a
+method to a model; :func:`fidelity_table` runs several and compares each compressed model's
+embeddings with the float model's on the evaluation sentences
+(:func:`refcompress.pipeline.metrics.embedding_fidelity`).  The calibration and evaluation
+sentences (:mod:`refcompress.data.sentences`) share no sentence.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .. import nn
+from ..models import blas_threads
+from ..data.sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES
+from ..errors import ArgumentError
+from ..lowrank import LowRankLinear, truncated_svd, whitened_svd
+from ..prune import nm_mask, sparsegpt, wanda
+from ..prune.magnitude import mask_by_amount
+from ..quant import QuantSpec, awq, gptq, smoothquant_scales
+from ..quant.modules import WeightOnlyLinear
+from ..quant.qparams import calibrate, dequantize, quantize
+from ..quant.w8a8 import W8A8Linear
+from .metrics import embedding_fidelity
+
+__all__ = ["ENCODER_LINEARS", "FFN_LINEARS", "Method", "METHODS", "encoder_linear_names",
+           "capture_inputs", "compress_encoder", "fidelity_table", "FidelityRow", "ffn_rank"]
+
+#: The Linear layers of one BERT encoder layer, relative to ``encoder.layer.N``.
+ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
+                   "attention.output.dense", "intermediate.dense", "output.dense")
+FFN_LINEARS = ("intermediate.dense", "output.dense")
+
+
+def encoder_linear_names(model: nn.Module) -> list[list[str]]:
+    """Dotted names of the encoder Linear layers of a BertModel, one list per layer."""
+    layers = model.get_submodule("encoder.layer")
+    return [[f"encoder.layer.{i}.{s}" for s in ENCODER_LINEARS] for i in range(len(layers._modules))]
+
+
+def capture_inputs(encoder, sentences, names) -> dict:
+    """Inputs seen by the modules ``names`` of ``encoder.model`` while ``sentences`` run
+    one at a time: ``{name: float32 [tokens, in]}`` (no padded position included)."""
+    store = {n: [] for n in names}
+    handles = []
+    for n in names:
+        def hook(module, inputs, output, n=n):
+            x = np.asarray(inputs[0])
+            store[n].append(x.reshape(-1, x.shape[-1]).astype(np.float32))
+        handles.append(encoder.model.get_submodule(n).register_forward_hook(hook))
+    try:
+        for s in sentences:
+            encoder.encode([s])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: np.concatenate(v) for n, v in store.items()}
+
+
+def ffn_rank(m: int, n: int, fraction: float) -> int:
+    """Largest rank r whose factors hold at most ``fraction`` of the m n weights:
+    (m + n) r <= fraction m n (Sigma folded into the factors)."""
+    return max(1, int(fraction * m * n // (m + n)))
+
+
+# ---- one Linear -> its replacement ------------------------------------------------------------
+
+
+def _bias(lin):
+    return None if lin.bias is None else lin.bias.data.astype(np.float32)
+
+
+def _weight_only(lin, bits, group_size, codes=None, qparams=None, input_scale=None):
+    layer = WeightOnlyLinear(lin.in_features, lin.out_features, lin.bias is not None, bits=bits,
+                             group_size=group_size, input_scale=input_scale is not None)
+    if codes is None:
+        return layer.set_weight(lin.weight.data.astype(np.float32), _bias(lin)).eval()
+    return layer.set_quantized(codes, qparams, bias=_bias(lin), input_scale=input_scale).eval()
+
+
+def _spec(bits, group_size):
+    if group_size is None:
+        return QuantSpec(bits, granularity="channel", axis=0)
+    return QuantSpec(bits, granularity="group", group_size=group_size)
+
+
+def _rtn(lin, x, bits=8, group_size=None, per_tensor=False):
+    if per_tensor:  # WeightOnlyLinear stores per row or per group: simulate one scale
+        w = lin.weight.data.astype(np.float32)
+        qp = calibrate(w, QuantSpec(bits))
+        out = nn.Linear(lin.in_features, lin.out_features, lin.bias is not None)
+        out.weight.data = dequantize(quantize(w, qp), qp)
+        if lin.bias is not None:
+            out.bias.data = lin.bias.data.astype(np.float32).copy()
+        return out.eval()
+    return _weight_only(lin, bits, group_size)
+
+
+def _gptq(lin, x, bits=4, group_size=None, act_order=True):
+    r = gptq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size), act_order=act_order)
+    return _weight_only(lin, bits, group_size, r.codes, r.qparams)
+
+
+def _awq(lin, x, bits=4, group_size=None):
+    r = awq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size))
+    return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=r.input_scale)
+
+
+def _w8a8(lin, x, activation="static", alpha=None):
+    w = lin.weight.data.astype(np.float32)
+    smooth = None
+    if alpha is not None:
+        smooth = smoothquant_scales(np.abs(x).max(axis=0), w, alpha=alpha)
+    return W8A8Linear.from_float(w, _bias(lin), activation=activation, smooth=smooth,
+                                 calibration=x if activation == "static" else None)
+
+
+def _with_weight(lin, w):
+    out = copy.deepcopy(lin)
+    out.weight.data = np.ascontiguousarray(w, dtype=lin.weight.data.dtype)
+    return out.eval()
+
+
+def _magnitude(lin, x, sparsity=None, n=None, m=None):
+    w = lin.weight.data
+    keep = nm_mask(w, n, m) if n is not None else mask_by_amount(np.abs(w), sparsity)
+    return _with_weight(lin, np.where(keep, w, 0))
+
+
+def _sparsegpt(lin, x, sparsity=None, n=None, m=None):
+    return _with_weight(lin, sparsegpt(lin.weight.data.astype(np.float32), x, sparsity=sparsity, n=n, m=m).weight)
+
+
+def _wanda(lin, x, sparsity=None, n=None, m=None):
+    return _with_weight(lin, wanda(lin.weight.data.astype(np.float32), x, sparsity=sparsity, n=n, m=m).weight)
+
+
+def _low_rank(lin, a, b):
+    out = LowRankLinear(lin.in_features, lin.out_features, a.shape[1], lin.bias is not None)
+    out.first.weight.data = np.ascontiguousarray(b, np.float32)
+    out.second.weight.data = np.ascontiguousarray(a, np.float32)
+    if lin.bias is not None:
+        out.second.bias.data = lin.bias.data.astype(np.float32).copy()
+    return out.eval()
+
+
+def _svd(lin, x, fraction=0.5):
+    r = ffn_rank(lin.out_features, lin.in_features, fraction)
+    return _low_rank(lin, *truncated_svd(lin.weight.data.astype(np.float32), r))
+
+
+def _svd_data(lin, x, fraction=0.5):
+    r = ffn_rank(lin.out_features, lin.in_features, fraction)
+    return _low_rank(lin, *whitened_svd(lin.weight.data.astype(np.float32), x, r))
+
+
+@dataclass(frozen=True)
+class Method:
+    """How to replace one Linear: ``make(linear, calibration_inputs_or_None, **kwargs)``."""
+
+    make: Callable
+    kwargs: dict = field(default_factory=dict)
+    needs_data: bool = False
+    layers: tuple = ENCODER_LINEARS  # which of each encoder layer's Linears it replaces
+    description: str = ""
+
+
+METHODS = {
+    "int8 per-channel RTN": Method(_rtn, dict(bits=8), description="weights only, round to nearest"),
+    "int8 per-tensor RTN": Method(_rtn, dict(bits=8, per_tensor=True), description="one scale per layer (simulated)"),
+    "int4 per-channel RTN": Method(_rtn, dict(bits=4)),
+    "int4 g32 RTN": Method(_rtn, dict(bits=4, group_size=32)),
+    "int4 per-channel GPTQ": Method(_gptq, dict(bits=4), True),
+    "int4 g32 GPTQ": Method(_gptq, dict(bits=4, group_size=32), True),
+    "int4 per-channel AWQ": Method(_awq, dict(bits=4), True),
+    "int4 g32 AWQ": Method(_awq, dict(bits=4, group_size=32), True),
+    "W8A8 static": Method(_w8a8, dict(activation="static"), True),
+    "W8A8 static SmoothQuant": Method(_w8a8, dict(activation="static", alpha=0.5), True),
+    "W8A8 dynamic per-tensor": Method(_w8a8, dict(activation="tensor"), True),
+    "W8A8 dynamic per-token": Method(_w8a8, dict(activation="token"), True),
+    "50% magnitude": Method(_magnitude, dict(sparsity=0.5)),
+    "50% SparseGPT": Method(_sparsegpt, dict(sparsity=0.5), True),
+    "50% Wanda": Method(_wanda, dict(sparsity=0.5), True),
+    "2:4 magnitude": Method(_magnitude, dict(n=2, m=4)),
+    "2:4 SparseGPT": Method(_sparsegpt, dict(n=2, m=4), True),
+    "2:4 Wanda": Method(_wanda, dict(n=2, m=4), True),
+    "SVD 50% FFN": Method(_svd, dict(fraction=0.5), layers=FFN_LINEARS),
+    "data-aware SVD 50% FFN": Method(_svd_data, dict(fraction=0.5), True, layers=FFN_LINEARS),
+}
+
+
+def compress_encoder(encoder, method, *, calibration=CALIBRATION_SENTENCES, **overrides):
+    """A copy of ``encoder`` (a :class:`refcompress.bert.SentenceEncoder`) whose encoder
+    Linear layers are replaced by ``method`` (a name in :data:`METHODS` or a
+    :class:`Method`); ``overrides`` update the method's keyword arguments."""
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ArgumentError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
+        method = METHODS[method]
+    if not isinstance(method, Method):
+        raise ArgumentError(f"method: expected a method name or a Method, got {type(method).__name__}")
+    kwargs = {**method.kwargs, **overrides}
+    out = copy.copy(encoder)
+    out.model = copy.deepcopy(encoder.model)
+    # The per-layer algebra is many small BLAS calls, which OpenBLAS runs fastest on one
+    # thread (its thread start-up dominates at these sizes).
+    with blas_threads(1):
+        for group in encoder_linear_names(out.model):
+            names = [n for n in group if n.split(".", 3)[3] in method.layers]
+            inputs = capture_inputs(out, calibration, names) if method.needs_data else {}
+            for n in names:
+                out.model.set_submodule(n, method.make(out.model.get_submodule(n), inputs.get(n), **kwargs))
+    return out
+
+
+@dataclass
+class FidelityRow:
+    method: str
+    min_cos: float
+    mean_cos: float
+    spearman: float
+    seconds: float
+
+
+def fidelity_table(encoder, methods=None, *, sentences=EVAL_SENTENCES, calibration=CALIBRATION_SENTENCES,
+                   progress=None) -> list:
+    """For each method: the compressed model's embedding fidelity on ``sentences`` against
+    ``encoder``'s float embeddings, and the seconds the compression took."""
+    names = list(METHODS) if methods is None else list(methods)
+    reference = encoder.encode(list(sentences))
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        compressed = compress_encoder(encoder, name, calibration=calibration)
+        seconds = time.perf_counter() - t0
+        f = embedding_fidelity(reference, compressed.encode(list(sentences)))
+        rows.append(FidelityRow(name, f["min_cos"], f["mean_cos"], f["spearman"], seconds))
+        if progress is not None:
+            progress(rows[-1])
+    return rows
+
+
+# ---- recipes: the CLI path -------------------------------------------------------------------
+
+_STAGE_KEYS = {
+    "quantize": {"method": ("rtn", "gptq", "awq", "w8a8"), "bits": (4, 8), "group_size": int,
+                 "activation": ("static", "tensor", "token"), "alpha": float, "per_tensor": bool},
+    "prune": {"method": ("magnitude", "sparsegpt", "wanda"), "sparsity": float, "n": int, "m": int},
+    "lowrank": {"method": ("svd", "data_aware"), "ffn_fraction": float},
+}
+_MAKERS = {("quantize", "rtn"): (_rtn, False), ("quantize", "gptq"): (_gptq, True),
+           ("quantize", "awq"): (_awq, True), ("quantize", "w8a8"): (_w8a8, True),
+           ("prune", "magnitude"): (_magnitude, False), ("prune", "sparsegpt"): (_sparsegpt, True),
+           ("prune", "wanda"): (_wanda, True), ("lowrank", "svd"): (_svd, False),
+           ("lowrank", "data_aware"): (_svd_data, True)}
+_ALLOWED = {"rtn": {"bits", "group_size", "per_tensor"}, "gptq": {"bits", "group_size"},
+            "awq": {"bits", "group_size"}, "w8a8": {"activation", "alpha"},
+            "magnitude": {"sparsity", "n", "m"}, "sparsegpt": {"sparsity", "n", "m"},
+            "wanda": {"sparsity", "n", "m"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
+
+
+def stage_method(stage: dict, where: str = "stage") -> Method:
+    """The :class:`Method` of one transformer recipe stage, validated.
+
+    ``{"kind": "quantize", "method": "gptq", "bits": 4, "group_size": 32}``,
+    ``{"kind": "quantize", "method": "w8a8", "activation": "token", "alpha": 0.5}``,
+    ``{"kind": "prune", "method": "sparsegpt", "n": 2, "m": 4}`` or ``"sparsity": 0.5``,
+    ``{"kind": "lowrank", "method": "data_aware", "ffn_fraction": 0.5}``.
+    Errors name ``where``, the key, the value and what was expected.
+    """
+    if not isinstance(stage, dict):
+        raise ArgumentError(f"{where}: expected a table of keys, got {type(stage).__name__}")
+    kind = stage.get("kind")
+    if kind not in _STAGE_KEYS:
+        raise ArgumentError(f"{where}.kind: expected one of {sorted(_STAGE_KEYS)}, got {kind!r}")
+    schema = _STAGE_KEYS[kind]
+    method = stage.get("method")
+    if method not in schema["method"]:
+        raise ArgumentError(f"{where}.method: expected one of {list(schema['method'])} for kind {kind!r}, got {method!r}")
+    kwargs = {}
+    for key, value in stage.items():
+        if key in ("kind", "method"):
+            continue
+        if key not in _ALLOWED[method]:
+            raise ArgumentError(f"{where}.{key}: not a key of method {method!r} (keys: {sorted(_ALLOWED[method])})")
+        rule = schema[key]
+        ok = (value in rule) if isinstance(rule, tuple) else (
+            isinstance(value, rule) and not isinstance(value, bool) if rule is not bool else isinstance(value, bool))
+        if rule is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            want = f"one of {list(rule)}" if isinstance(rule, tuple) else f"a{'n' if rule is int else ''} {rule.__name__}"
+            raise ArgumentError(f"{where}.{key}: expected {want}, got {value!r}")
+        kwargs[key] = value
+    if kind == "prune" and ("sparsity" in kwargs) == ("n" in kwargs or "m" in kwargs):
+        raise ArgumentError(f"{where}: give either sparsity or both n and m")
+    if kind == "prune" and "sparsity" in kwargs and not 0.0 <= kwargs["sparsity"] < 1.0:
+        raise ArgumentError(f"{where}.sparsity: expected a number in [0, 1), got {kwargs['sparsity']!r}")
+    if kind == "prune" and "n" in kwargs and not ("m" in kwargs and 0 < kwargs["n"] <= kwargs["m"]):
+        raise ArgumentError(f"{where}: expected 0 < n <= m, got n={kwargs.get('n')!r}, m={kwargs.get('m')!r}")
+    if "ffn_fraction" in kwargs:
+        if not 0.0 < kwargs["ffn_fraction"] <= 1.0:
+            raise ArgumentError(f"{where}.ffn_fraction: expected a number in (0, 1], got {kwargs['ffn_fraction']!r}")
+        kwargs["fraction"] = kwargs.pop("ffn_fraction")
+    if "activation" in kwargs or method == "w8a8":
+        kwargs.setdefault("activation", "static")
+    make, needs_data = _MAKERS[(kind, method)]
+    return Method(make, kwargs, needs_data, FFN_LINEARS if kind == "lowrank" else ENCODER_LINEARS,
+                  description=f"{kind} {method} {kwargs}")
+
+
+def load_transformer_recipe(path) -> tuple:
+    """(name, [Method, ...]) from a TOML recipe with ``model = "bert"`` and ``[[stage]]``
+    tables (see :func:`stage_method`).  Stages run in order; a quantize or lowrank stage
+    replaces the Linear layers, so it must be the last stage."""
+    import os
+    import tomllib
+
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ArgumentError(f"recipe: cannot read {path!r}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ArgumentError(f"recipe: {path!r} is not valid TOML: {e}") from None
+    if doc.get("model") != "bert":
+        raise ArgumentError(f"recipe {path!r}: model: expected \"bert\" for a transformer recipe, got {doc.get('model')!r}")
+    stages = doc.get("stage")
+    if not isinstance(stages, list) or not stages:
+        raise ArgumentError(f"recipe {path!r}: expected at least one [[stage]]")
+    methods = []
+    for i, st in enumerate(stages):
+        where = f"recipe {os.path.basename(path)} stage {i}"
+        methods.append(stage_method(st, where))
+        if st.get("kind") in ("quantize", "lowrank") and i != len(stages) - 1:
+            raise ArgumentError(f"{where}: a {st['kind']} stage replaces the Linear layers; it must be the last stage")
+    return str(doc.get("name", os.path.splitext(os.path.basename(path))[0])), methods
+
+
+def is_transformer_recipe(path) -> bool:
+    """True when the TOML file at ``path`` declares ``model = "bert"``."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f).get("model") == "bert"
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def load_encoder(spec: str):
+    """A float SentenceEncoder from ``"minilm"`` (the installed all-MiniLM-L6-v2) or a
+    sentence-transformers BERT directory (config.json, model.safetensors, tokenizer.json)."""
+    import os
+
+    from ..bert import load_minilm
+
+    if spec == "minilm":
+        return load_minilm()
+    if os.path.isdir(spec):
+        return load_minilm(spec)
+    raise ArgumentError(f"MODEL: expected 'minilm' or a directory with config.json and model.safetensors, got {spec!r}")
+
+
+def compress_with_recipe(encoder, methods, *, calibration=CALIBRATION_SENTENCES):
+    """Apply a recipe's methods in order; returns the compressed SentenceEncoder."""
+    out = encoder
+    for m in methods:
+        out = compress_encoder(out, m, calibration=calibration)
+    return out
+
+
+def fidelity_lines(reference_encoder, compressed_encoder, sentences=EVAL_SENTENCES) -> dict:
+    """embedding_fidelity of ``compressed_encoder`` against ``reference_encoder``."""
+    return embedding_fidelity(reference_encoder.encode(list(sentences)), compressed_encoder.encode(list(sentences)))
