@@ -337,13 +337,16 @@ def _softmax_c(x, mask=None, *, isa, threads):
 _VARIANTS = ("portable", "avx2", "avx512")
 register(Op("gelu", gelu_reference, _gelu_c, _VARIANTS, tolerance=U,
             tolerance_doc="element-wise gelu_error_bound(x): float32 rounding of each step of the "
-                          "A&S formula + EXP_REL_ERROR (float64 reference-only)", doc=__doc__))
+                          "A&S formula + EXP_REL_ERROR (float64 reference-only)", doc=__doc__,
+            extra={"error_bound": gelu_error_bound}))
 register(Op("layer_norm", layer_norm_reference, _layer_norm_c, _VARIANTS, tolerance=U,
             tolerance_doc="element-wise layer_norm_error_bound: u|y| + |w|(|n|(e_inv + u) + inv|dd|) + "
-                          "u|n w|, mean/var in double (float64 reference-only)", doc=__doc__))
+                          "u|n w|, mean/var in double (float64 reference-only)", doc=__doc__,
+            extra={"error_bound": layer_norm_error_bound}))
 register(Op("softmax", softmax_reference, _softmax_c, _VARIANTS, tolerance=U,
             tolerance_doc="element-wise softmax_error_bound: p (2 eps_exp + u(|d| + A) + gamma_{n-1} + 2u)"
-                          " + 2^-125 (float64 reference-only)", doc=__doc__))
+                          " + 2^-125 (float64 reference-only)", doc=__doc__,
+            extra={"error_bound": softmax_error_bound}))
 
 
 # ---- public entry points -----------------------------------------------------------------------

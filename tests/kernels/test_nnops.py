@@ -27,6 +27,10 @@ def _forced(fn, backend, isa, threads=None):
 def test_every_variant_is_registered_and_runnable():
     assert [v for _, v in GELU[1:]] == kernels.variants("gelu")
     assert kernels.ops()["softmax"].variants == ("portable", "avx2", "avx512")
+    for name, bound in [("gelu", nnops.gelu_error_bound), ("layer_norm", nnops.layer_norm_error_bound),
+                        ("softmax", nnops.softmax_error_bound)]:
+        op = kernels.ops()[name]
+        assert op.tolerance == 2.0**-24 and op.extra["error_bound"] is bound
     if kernels.available()["c_built"]:
         assert "portable" in kernels.variants("layer_norm")
 
