@@ -10,6 +10,9 @@
 /* ---- portable variant ------------------------------------------------------------------- */
 
 void rc_gelu_run_portable(const float *x, float *y, int64_t n) {
+#ifdef _OPENMP
+#pragma omp simd
+#endif
     for (int64_t i = 0; i < n; ++i) y[i] = rc_gelu_one(x[i]);
 }
 
@@ -28,6 +31,10 @@ void rc_layer_norm_row_portable(const float *x, const float *res, const float *w
         for (int64_t j = 0; j < h; ++j) y[j] = x[j] + res[j];
         s = y;
     }
+    /* Sums in any order (omp simd): the bound needs only gamma_H in double. */
+#ifdef _OPENMP
+#pragma omp simd reduction(+ : sum) reduction(max : maxabs)
+#endif
     for (int64_t j = 0; j < h; ++j) {
         sum += (double)s[j];
         const float a = fabsf(s[j]);
@@ -35,6 +42,9 @@ void rc_layer_norm_row_portable(const float *x, const float *res, const float *w
     }
     const double mean = sum / (double)h;
     double ss = 0.0;
+#ifdef _OPENMP
+#pragma omp simd reduction(+ : ss)
+#endif
     for (int64_t j = 0; j < h; ++j) {
         const double d = (double)s[j] - mean;
         ss += d * d;
@@ -69,7 +79,10 @@ void rc_softmax_row_portable(const float *x, const float *mask, float *y, int64_
         for (int64_t j = 0; j < n; ++j) y[j] = 0.0f;
         return;
     }
-    float sum = 0.0f;
+    float sum = 0.0f; /* any order (omp simd): the bound is gamma_{n-1} for positive terms */
+#ifdef _OPENMP
+#pragma omp simd reduction(+ : sum)
+#endif
     for (int64_t j = 0; j < n; ++j) {
         const float e = rc_exp_core(y[j] - m, 0.0f);
         y[j] = e;

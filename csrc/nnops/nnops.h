@@ -49,12 +49,25 @@ static inline float rc_bits_to_float(uint32_t b) {
     return f;
 }
 
+static inline uint32_t rc_float_to_bits(float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return b;
+}
+
+/* c ? a : b on the bits.  gcc will not if-convert a float ?: whose arms it computed (it
+ * may not assume they cannot trap), which blocks vectorizing the loop; this it vectorizes. */
+static inline float rc_select(int c, float a, float b) {
+    const uint32_t m = 0u - (uint32_t)(c != 0);
+    return rc_bits_to_float((rc_float_to_bits(a) & m) | (rc_float_to_bits(b) & ~m));
+}
+
 /* exp(d + dlo) for d <= 0 and |dlo| tiny (dlo: a low-order correction of d, 0 if none);
- * 0 below RC_EXP_MIN and for -inf, NaN for NaN.  Plain float operations only. */
+ * 0 below RC_EXP_MIN and for -inf, NaN for NaN.  Plain float operations and selects, no
+ * branch, so that gcc vectorizes loops over it (the garbage computed for lanes that are
+ * then flushed is never used, and never reaches a float -> int conversion). */
 static inline float rc_exp_core(float d, float dlo) {
-    if (d != d) return d;
-    if (!(d >= RC_EXP_MIN)) return 0.0f;
-    /* rint by the 1.5 * 2^23 trick (|d log2 e| <= 126): no libm call, ties to even. */
+    /* rint by the 1.5 * 2^23 trick (|d log2 e| <= 126 where it matters): ties to even */
     const float kf = (d * RC_LOG2E + 12582912.0f) - 12582912.0f;
     float r = d - kf * RC_EXP_C1;
     r = r - kf * RC_EXP_C2;
@@ -67,12 +80,14 @@ static inline float rc_exp_core(float d, float dlo) {
     p = p * r + RC_EXP_P2;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    const int32_t k = (int32_t)kf; /* in [-126, 0] */
-    return p * rc_bits_to_float((uint32_t)(k + 127) << 23);
+    float kc = rc_select(kf >= -126.0f, kf, -126.0f); /* NaN -> -126: a defined cast below */
+    kc = rc_select(kc <= 0.0f, kc, 0.0f);
+    const float e = p * rc_bits_to_float((uint32_t)((int32_t)kc + 127) << 23);
+    return rc_select(d < RC_EXP_MIN, 0.0f, e); /* NaN d: e is NaN (p is) */
 }
 
 /* GELU of one float32 (portable form): x^2 = hi + lo exactly by Dekker's product (no FMA
- * needed), so the exponent -x^2/2 reaches exp without rounding. */
+ * needed), so the exponent -x^2/2 reaches exp without rounding.  Branch-free as above. */
 static inline float rc_gelu_one(float x) {
     const float ax = fabsf(x);
     const float a = ax * RC_RSQRT2;
@@ -84,18 +99,12 @@ static inline float rc_gelu_one(float x) {
     p = p * t + RC_AS_A1;
     p = p * t;
     const float hi = x * x;
-    float e = 0.0f;
-    if (x != x) {
-        e = x;
-    } else if (hi * -0.5f >= RC_EXP_MIN) {
-        const float c = 4097.0f * x; /* Veltkamp split: x = xh + xl, 12 + 12 bits */
-        const float xh = c - (c - x), xl = x - xh;
-        const float lo = ((xh * xh - hi) + 2.0f * xh * xl) + xl * xl;
-        e = rc_exp_core(hi * -0.5f, lo * -0.5f);
-    }
-    const float q = p * e; /* erfc(|x| / sqrt 2) */
-    const float w = x < 0.0f ? q : 2.0f - q;
-    return (0.5f * x) * w;
+    const float c = 4097.0f * x; /* Veltkamp split: x = xh + xl, 12 + 12 bits */
+    const float xh = c - (c - x), xl = x - xh;
+    const float lo = ((xh * xh - hi) + 2.0f * xh * xl) + xl * xl; /* garbage only if flushed */
+    const float q = p * rc_exp_core(hi * -0.5f, lo * -0.5f); /* erfc(|x| / sqrt 2) */
+    const float w_pos = 2.0f - q;
+    return (0.5f * x) * rc_select(x < 0.0f, q, w_pos);
 }
 
 /* Row kernels of one ISA variant. */

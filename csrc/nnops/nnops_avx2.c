@@ -88,14 +88,31 @@ void rc_gelu_run_avx2(const float *x, float *y, int64_t n) {
     }
 }
 
+/* Loads and stores of the 8 lanes at i of a row of n: plain for full vectors, vmaskmov
+ * (masked-off lanes read as 0) only for the tail -- vmaskmov is slow, and a masked store
+ * does not forward to a later load. */
+static inline __m256 ld(const float *p, int64_t i, int64_t n) {
+    return i + 8 <= n ? _mm256_loadu_ps(p + i) : _mm256_maskload_ps(p + i, tail_mask(n - i));
+}
+
+static inline void st(float *p, int64_t i, int64_t n, __m256 v) {
+    if (i + 8 <= n)
+        _mm256_storeu_ps(p + i, v);
+    else
+        _mm256_maskstore_ps(p + i, tail_mask(n - i), v);
+}
+
+/* z = x + mask (or x) at lanes i..i+7 of a row of n; lanes past n are 0. */
+static inline __m256 ld_z(const float *x, const float *mask, int64_t i, int64_t n) {
+    const __m256 z = ld(x, i, n);
+    return mask ? _mm256_add_ps(z, ld(mask, i, n)) : z;
+}
+
 void rc_softmax_row_avx2(const float *x, const float *mask, float *y, int64_t n) {
     __m256 vmax = V(-INFINITY), nan = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; i += 8) {
-        const __m256i m = tail_mask(n - i);
-        const __m256 mf = _mm256_castsi256_ps(m);
-        __m256 z = _mm256_maskload_ps(x + i, m);
-        if (mask) z = _mm256_add_ps(z, _mm256_maskload_ps(mask + i, m));
-        _mm256_maskstore_ps(y + i, m, z);
+        const __m256 mf = _mm256_castsi256_ps(tail_mask(n - i));
+        const __m256 z = ld_z(x, mask, i, n);
         vmax = _mm256_blendv_ps(vmax, _mm256_max_ps(vmax, z), mf);
         nan = _mm256_or_ps(nan, _mm256_and_ps(mf, _mm256_cmp_ps(z, z, _CMP_UNORD_Q)));
     }
@@ -103,38 +120,29 @@ void rc_softmax_row_avx2(const float *x, const float *mask, float *y, int64_t n)
     const float mx = hmax(vmax);
     if (has_nan || mx == INFINITY || mx == -INFINITY) {
         const __m256 fill = V(mx == -INFINITY && !has_nan ? 0.0f : NAN);
-        for (int64_t i = 0; i < n; i += 8) _mm256_maskstore_ps(y + i, tail_mask(n - i), fill);
+        for (int64_t i = 0; i < n; i += 8) st(y, i, n, fill);
         return;
     }
     const __m256 vm = V(mx), zero = _mm256_setzero_ps();
     __m256 vsum = zero;
     for (int64_t i = 0; i < n; i += 8) {
-        const __m256i m = tail_mask(n - i);
-        const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(m),
-                                       exp8(_mm256_sub_ps(_mm256_maskload_ps(y + i, m), vm), zero));
-        _mm256_maskstore_ps(y + i, m, e);
+        const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(tail_mask(n - i)),
+                                       exp8(_mm256_sub_ps(ld_z(x, mask, i, n), vm), zero));
+        st(y, i, n, e);
         vsum = _mm256_add_ps(vsum, e);
     }
     const __m256 inv = V(1.0f / hsum(vsum));
-    for (int64_t i = 0; i < n; i += 8) {
-        const __m256i m = tail_mask(n - i);
-        _mm256_maskstore_ps(y + i, m, _mm256_mul_ps(_mm256_maskload_ps(y + i, m), inv));
-    }
+    for (int64_t i = 0; i < n; i += 8) st(y, i, n, _mm256_mul_ps(ld(y, i, n), inv));
 }
 
 void rc_layer_norm_row_avx2(const float *x, const float *res, const float *w, const float *b,
                             double eps, float *y, int64_t h) {
-    const float *s = res ? y : x;
+    /* s = x + res is re-formed in every pass (bit-identical) rather than stored and reloaded */
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     __m256 vmax = _mm256_setzero_ps();
     for (int64_t i = 0; i < h; i += 8) {
-        const __m256i m = tail_mask(h - i);
-        __m256 v = _mm256_maskload_ps(x + i, m); /* masked-off lanes read as 0 */
-        if (res) {
-            v = _mm256_add_ps(v, _mm256_maskload_ps(res + i, m));
-            _mm256_maskstore_ps(y + i, m, v);
-        }
+        const __m256 v = ld_z(x, res, i, h);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
         vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
@@ -144,7 +152,7 @@ void rc_layer_norm_row_avx2(const float *x, const float *res, const float *w, co
     __m256d q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
     for (int64_t i = 0; i < h; i += 8) {
         const __m256i m = tail_mask(h - i);
-        const __m256 v = _mm256_maskload_ps(s + i, m);
+        const __m256 v = ld_z(x, res, i, h);
         const __m256d m0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)));
         const __m256d m1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)));
         const __m256d d0 = _mm256_and_pd(m0, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), vmean));
@@ -155,17 +163,16 @@ void rc_layer_norm_row_avx2(const float *x, const float *res, const float *w, co
     const double inv = 1.0 / sqrt(hsum_pd(_mm256_add_pd(q0, q1)) / (double)h + eps);
     const float maxabs = hmax(vmax);
     if (!(maxabs <= RC_LN_MAX_ABS && inv >= RC_LN_INV_MIN && inv <= RC_LN_INV_MAX)) {
-        rc_layer_norm_row_double(s, w, b, mean, inv, y, h);
+        if (res) /* the double path reads s from y */
+            for (int64_t i = 0; i < h; i += 8) st(y, i, h, ld_z(x, res, i, h));
+        rc_layer_norm_row_double(res ? y : x, w, b, mean, inv, y, h);
         return;
     }
     const float mh = (float)mean, ml = (float)(mean - (double)mh);
     const __m256 vmh = V(mh), vml = V(ml), vinv = V((float)inv);
     for (int64_t i = 0; i < h; i += 8) {
-        const __m256i m = tail_mask(h - i);
-        const __m256 d = _mm256_sub_ps(_mm256_sub_ps(_mm256_maskload_ps(s + i, m), vmh), vml);
-        const __m256 out = _mm256_fmadd_ps(_mm256_mul_ps(d, vinv), _mm256_maskload_ps(w + i, m),
-                                           _mm256_maskload_ps(b + i, m));
-        _mm256_maskstore_ps(y + i, m, out);
+        const __m256 d = _mm256_sub_ps(_mm256_sub_ps(ld_z(x, res, i, h), vmh), vml);
+        st(y, i, h, _mm256_fmadd_ps(_mm256_mul_ps(d, vinv), ld(w, i, h), ld(b, i, h)));
     }
 }
 #endif
