@@ -82,8 +82,8 @@ def test_bert_sized_calls_split_over_threads(backend, isa, threads):
 
 
 @pytest.mark.parametrize("backend,isa", SOFTMAX, ids=ids)
-def test_softmax_special_rows(backend, isa):
-    n = 19
+@pytest.mark.parametrize("n", [19, 100])  # the AVX-512 register path (<= 64) and the loop
+def test_softmax_special_rows(backend, isa, n):
     x = np.zeros((6, n), np.float32)
     x[1, :] = -np.inf                  # fully masked by the scores themselves
     x[2, 3] = np.nan                   # NaN row
