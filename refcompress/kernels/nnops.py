@@ -181,16 +181,15 @@ def gelu_error_bound(x) -> np.ndarray:
         pa = _P * a
         t = 1.0 / (1.0 + pa)
         dt = 4.0 * U * pa / (1.0 + pa) + 2.0 * U
+        # Horner's running error; the u |A_k| terms are the float32 coefficients
         s = _A[4] + 0.0 * t
         err = U * abs(_A[4]) + 0.0 * t
         dpdt = 5.0 * _A[4] * t ** 4
-        coefs = U * abs(_A[4]) * t ** 5
         for k in (3, 2, 1, 0):  # s_k = A_k + t s_{k+1}: a rounded product and a rounded sum
             s_new = _A[k] + t * s
             err = t * err + U * abs(_A[k]) + U * t * np.abs(s) + U * np.abs(s_new)
             s = s_new
             dpdt = dpdt + (k + 1) * _A[k] * t ** k
-            coefs = coefs + U * abs(_A[k]) * t ** (k + 1)
         P = t * s
         dP = t * err + U * np.abs(P) + np.abs(dpdt) * t * dt
         E = np.exp(-0.5 * x64 * x64)
