@@ -181,3 +181,22 @@ int rc_lowrank_pack_f32(const float *v, const float *u, long long n, long long r
 int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m,
                    const float *packed, const float *bias, float *y, void *workspace, int isa,
                    int threads);
+
+/* ---- transformer element-wise / row ops, float32 (csrc/nnops/) ------------------------- *
+ * The NumPy definitions are refcompress.kernels.nnops (erf by A&S 7.1.26, GELU in its erf
+ * form, LayerNorm, softmax); these kernels match them within the element-wise bounds
+ * derived there (docs/kernels.md).  y may be the same buffer as x.
+ *
+ * gelu: y[i] = x/2 (1 + erf(x / sqrt 2)) for n elements, erfc(|x|/sqrt 2) = P(t) exp(-x^2/2)
+ *   (A&S 7.1.26) with a polynomial exp (no libm call per element).
+ * layer_norm: rows of h elements, s = x (+ residual, one float32 add, when not NULL),
+ *   y = (s - mean) / sqrt(var + eps) * weight + bias; mean and the two-pass (biased)
+ *   variance are accumulated in double.
+ * softmax: rows of n elements, z = x + mask (one float32 add; mask NULL: z = x), mask row
+ *   of x row r = (r / mask_div) % mask_rows;  y = exp(z - max z) / sum exp(z - max z).
+ *   A row whose z are all -inf gives zeros; a row with a NaN or a +inf gives NaN. */
+int rc_gelu_f32(const float *x, float *y, long long n, int isa, int threads);
+int rc_layer_norm_f32(const float *x, const float *residual, const float *weight, const float *bias,
+                      double eps, float *y, long long rows, long long h, int isa, int threads);
+int rc_softmax_f32(const float *x, const float *mask, long long mask_rows, long long mask_div,
+                   float *y, long long rows, long long n, int isa, int threads);

@@ -67,3 +67,8 @@ __all__ = [
 from .sparse import CSR, NM, csr_from_dense, csr_to_dense, nm_from_dense, nm_to_dense, spmm_csr, spmm_nm  # noqa: E402
 
 __all__ += ["CSR", "NM", "csr_from_dense", "csr_to_dense", "nm_from_dense", "nm_to_dense", "spmm_csr", "spmm_nm"]
+
+# Transformer ops (GELU, LayerNorm with residual, masked softmax): see docs/kernels.md.
+from .nnops import gelu, layer_norm, softmax  # noqa: E402
+
+__all__ += ["gelu", "layer_norm", "softmax"]

@@ -46,3 +46,8 @@ from .sparse import (  # noqa: E402
 
 __all__ += ["assert_within_error_bound", "check_spmm_csr", "check_spmm_nm", "spmm_csr_error_bound",
             "spmm_nm_error_bound"]
+
+# Transformer ops (GELU, LayerNorm, masked softmax): checkers against the derived bounds.
+from .nnops import check_gelu, check_layer_norm, check_softmax  # noqa: E402
+
+__all__ += ["check_gelu", "check_layer_norm", "check_softmax"]
