@@ -135,6 +135,9 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
         _err(source, "recipe", f"expected a table, got {type(data).__name__}")
     unknown = set(data) - {"name", "stage", "description"}
     if unknown:
+        if data.get("model") == "bert":
+            _err(source, "recipe", "model = \"bert\" is a transformer recipe: it is read by "
+                 "refcompress.pipeline.transformer.load_transformer_recipe (refcompress compress minilm -r ...)")
         _err(source, "recipe", f"unknown top-level keys {sorted(unknown)} (expected name, description, [[stage]])")
     stages_raw = data.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:

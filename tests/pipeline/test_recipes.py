@@ -45,8 +45,15 @@ def test_example_recipes_load(tmp_path):
 
     files = glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "recipes", "*.toml"))
     assert files
+    from refcompress.pipeline.transformer import is_transformer_recipe, load_transformer_recipe
+
     for f in files:
-        assert load_recipe(f).stages
+        if is_transformer_recipe(f):
+            assert load_transformer_recipe(f)[1]
+            with pytest.raises(ArgumentError, match="transformer recipe"):
+                load_recipe(f)
+        else:
+            assert load_recipe(f).stages
     bad = tmp_path / "bad.toml"
     bad.write_text("[[stage]\nkind=")
     with pytest.raises(ArgumentError, match="not valid TOML"):
