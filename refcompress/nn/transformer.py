@@ -147,12 +147,16 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(self.normalized_shape, np.float32))
         self._cache = None
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """LN(x), or LN(x + residual) with the sum taken inside the kernel (one pass fewer;
+        backward then gives dL/d(x + residual), the gradient of both)."""
         x = check_array(x, "x", dtypes=(self.weight.dtype,), min_ndim=1)
         if x.shape[-1] != self.normalized_shape:
             raise ShapeError(f"x: expected last dimension {self.normalized_shape}, got shape {x.shape}")
-        y = nnops.layer_norm(x, self.weight.data, self.bias.data, self.eps)
+        y = nnops.layer_norm(x, self.weight.data, self.bias.data, self.eps, residual=residual)
         if self.training:
+            if residual is not None:
+                x = x + residual  # the same float32 sum the kernel forms
             x64 = x.astype(np.float64)
             mean = x64.mean(axis=-1, keepdims=True)
             d = x64 - mean
@@ -227,9 +231,12 @@ class Tanh(Module):
 
 @register_module
 class Softmax(Module):
-    """P = softmax(x) along ``dim`` (:func:`refcompress.nn.functional.softmax`).
+    """P = softmax(x + mask) along ``dim``: :func:`refcompress.kernels.nnops.softmax` on the
+    last axis (an additive ``mask`` broadcast against x is added inside the kernel), else
+    :func:`refcompress.nn.functional.softmax`.
 
-    dL/dx = P * (g - sum_dim(g * P)),  g = dL/dP  (the softmax Jacobian diag(P) - P P^T).
+    dL/dx = P * (g - sum_dim(g * P)),  g = dL/dP  (the softmax Jacobian diag(P) - P P^T);
+    the mask is a constant and gets no gradient.
     """
 
     def __init__(self, dim: int = -1, rng=None):
@@ -238,8 +245,12 @@ class Softmax(Module):
         get_rng(rng)
         self._cache = None
 
-    def forward(self, x):
-        p = F.softmax(x, axis=self.dim)
+    def forward(self, x, mask=None):
+        x = check_array(x, "x", dtypes=_FLOATS, min_ndim=1)
+        if self.dim in (-1, x.ndim - 1):
+            p = nnops.softmax(x, mask)
+        else:
+            p = F.softmax(x if mask is None else x + mask, axis=self.dim)
         self._cache = p if self.training else None
         return p
 
@@ -322,8 +333,9 @@ class MultiHeadSelfAttention(Module):
         k = self._split(self.key(x2), B, S)
         v = self._split(self.value(x2), B, S)
         scale = x.dtype.type(1.0 / math.sqrt(self.head_dim))
-        scores = np.matmul(q, k.transpose(0, 1, 3, 2)) * scale + add
-        p = self.softmax(scores)
+        scores = np.matmul(q, k.transpose(0, 1, 3, 2))
+        scores *= scale
+        p = self.softmax(scores, add)
         ctx = np.matmul(p, v)
         self._cache = (q, k, v, p, scale) if self.training else None
         return self._merge(ctx).reshape(B, S, H)
@@ -367,7 +379,7 @@ class _DenseAddNorm(Module):
         B, S, n_in = h.shape
         y = self.dense(h.reshape(B * S, n_in)).reshape(r.shape)
         self._cache = h.shape if self.training else None
-        return self.LayerNorm(y + r)
+        return self.LayerNorm(y, r)
 
     def backward(self, grad_out):
         h_shape = self._cache_or_raise()
