@@ -110,8 +110,9 @@ def _rtn(lin, x, bits=8, group_size=None, per_tensor=False):
     return _weight_only(lin, bits, group_size)
 
 
-def _gptq(lin, x, bits=4, group_size=None, act_order=True):
-    r = gptq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size), act_order=act_order)
+def _gptq(lin, x, bits=4, group_size=None, act_order=True, clip_search=True, damp=0.01):
+    r = gptq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size), act_order=act_order,
+             clip_search=clip_search, damp=damp)
     return _weight_only(lin, bits, group_size, r.codes, r.qparams)
 
 

@@ -29,6 +29,12 @@ large activations first, while many columns remain to absorb their error); with 
 group g is still the inputs [g gs, (g+1) gs) of the original order, so the result is stored
 in the ordinary group layout, and its grid is chosen when the first of its columns comes up.
 
+``clip_search`` chooses each row's (or group's) range by the reference code's MSE grid
+instead of min / max: the range [p lo, p hi] for p in 1, 0.99, ..., 0.21 that minimises
+sum_j |w_j - Q(w_j)|^2.4 over the row, so one outlier weight does not spread the grid so
+wide that the other weights fall on a handful of levels (the GPTQ code's ``mse`` option,
+grid 100, maxshrink 0.8, norm 2.4).
+
 Inputs that are zero on all calibration data (H_jj = 0) get W[:, j] = 0 and H_jj = 1
 (:mod:`refcompress._hessian`).  With H = I the update vanishes and GPTQ is exactly
 round-to-nearest (the tests check this).
@@ -72,6 +78,35 @@ def check_layer_spec(spec, n_in: int) -> QuantSpec:
     return spec
 
 
+#: The clip search's grid (the GPTQ reference code's Quantizer defaults).
+CLIP_GRID, CLIP_MAX_SHRINK, CLIP_NORM = 100, 0.8, 2.4
+
+
+def _choose_range(values, spec, clip_search: bool) -> QParams:
+    """QParams for each row of ``values`` [rows, k] (float64): from min / max, or with
+    ``clip_search`` the shrunk range [p min, p max] minimising sum |v - Q(v)|^2.4 per row
+    (the first minimum over p = 1, 1 - 1/100, ... , 1 - 79/100)."""
+    lo, hi = values.min(axis=1), values.max(axis=1)
+    best = choose_qparams(lo, hi, spec)
+    if not clip_search:
+        return best
+    scale = np.array(best.scale, np.float32).reshape(-1)
+    zero = np.array(best.zero_point, np.int32).reshape(-1)
+    best_err = None
+    for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
+        p = 1.0 - i / CLIP_GRID
+        qp = choose_qparams(p * lo, p * hi, spec)
+        s = np.asarray(qp.scale, np.float64).reshape(-1, 1)
+        z = np.asarray(qp.zero_point, np.float64).reshape(-1, 1)
+        q = np.clip(np.rint(values / s) + z, spec.qmin, spec.qmax)
+        err = np.sum(np.abs((q - z) * s - values) ** CLIP_NORM, axis=1)
+        better = np.ones(len(err), bool) if best_err is None else err < best_err
+        best_err = err if best_err is None else np.where(better, err, best_err)
+        scale[better] = np.asarray(qp.scale, np.float32).reshape(-1)[better]
+        zero[better] = np.asarray(qp.zero_point, np.int32).reshape(-1)[better]
+    return QParams(scale, zero, spec)
+
+
 def _quantize_column(col, scale, zero_point, spec):
     """Codes and dequantized values of one column [out] with per-row scale / zero point
     (the library's one rounding rule, kernels.quantize)."""
@@ -81,7 +116,7 @@ def _quantize_column(col, scale, zero_point, spec):
 
 
 def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128, damp: float = 0.01,
-         act_order: bool = False) -> GPTQResult:
+         act_order: bool = False, clip_search: bool = False) -> GPTQResult:
     """Quantize a Linear weight [out, in] (float32) with GPTQ (Algorithm 1).
 
     x        : calibration inputs [N, in] (or [..., in]); or pass ``hessian`` = X^T X [in, in]
@@ -92,6 +127,8 @@ def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128
                result beyond float rounding.
     damp     : lambda = damp * mean(diag H) is added to diag H (1% in the paper).
     act_order: quantize columns in order of decreasing H_jj.
+    clip_search: choose each row's / group's range by the MSE grid (module docstring)
+               instead of min / max (per-channel and group grids).
 
     Returns :class:`GPTQResult` (codes, qparams, weight).
     """
@@ -116,8 +153,10 @@ def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128
         zero = np.zeros((rows, n // gs), np.int32)
         chosen = np.zeros(n // gs, bool)
     else:
-        lo, hi = (W.min(axis=1), W.max(axis=1)) if spec.granularity == "channel" else (W.min(), W.max())
-        qp = choose_qparams(lo, hi, spec)
+        if spec.granularity == "channel":
+            qp = _choose_range(W, spec, clip_search)
+        else:
+            qp = choose_qparams(W.min(), W.max(), spec)
         col_scale = np.broadcast_to(qp.scale, (rows,)).astype(np.float32)
         col_zero = np.broadcast_to(qp.zero_point, (rows,)).astype(np.int32)
 
@@ -138,7 +177,7 @@ def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128
                     inb = cols < i2
                     cur[:, inb] = W1[:, cols[inb] - i1]
                     cur[:, ~inb] = W[:, cols[~inb]] - E1[:, :i] @ U[i1:j, cols[~inb]]
-                    gqp = choose_qparams(cur.min(axis=1), cur.max(axis=1), spec)
+                    gqp = _choose_range(cur, spec, clip_search)
                     scale[:, g], zero[:, g] = gqp.scale, gqp.zero_point
                     chosen[g] = True
                 col_scale, col_zero = scale[:, g], zero[:, g]

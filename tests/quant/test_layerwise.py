@@ -116,6 +116,30 @@ def test_gptq_with_identity_hessian_is_exactly_round_to_nearest(data, spec):
     np.testing.assert_array_equal(res.weight, deq)
 
 
+@pytest.mark.parametrize("spec", [INT4_CH, INT4_G32, UINT4_G32], ids=["int4-channel", "int4-group32", "uint4-asym"])
+def test_gptq_clip_search_picks_the_lowest_lp_error_range(data, spec):
+    """The searched range never has a larger sum |w - Q(w)|^2.4 than min / max (p = 1 is
+    in the grid); with H = I, GPTQ is round-to-nearest on the searched ranges."""
+    import importlib
+    g = importlib.import_module("refcompress.quant.gptq")
+    w, _ = data
+    w = w.copy()
+    w[3, 5] = 40 * np.abs(w).max()  # one outlier weight stretches row 3's grid
+    rows = w.astype(np.float64) if spec.granularity == "channel" else w.astype(np.float64).reshape(-1, 32)
+
+    def lp(qp):
+        s = np.asarray(qp.scale, np.float64).reshape(-1, 1)
+        z = np.asarray(qp.zero_point, np.float64).reshape(-1, 1)
+        q = np.clip(np.rint(rows / s) + z, spec.qmin, spec.qmax)
+        return np.sum(np.abs((q - z) * s - rows) ** g.CLIP_NORM, axis=1)
+
+    searched, plain = g._choose_range(rows, spec, True), g._choose_range(rows, spec, False)
+    assert np.all(lp(searched) <= lp(plain)) and np.any(lp(searched) < lp(plain))
+    res = gptq(w, hessian=np.eye(IN), spec=spec, clip_search=True)
+    scale = np.asarray(searched.scale).reshape(res.qparams.scale.shape)
+    np.testing.assert_array_equal(res.qparams.scale, scale)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 def test_gptq_codes_lie_on_the_grid_and_reproduce_the_weight(data, spec):
     w, x = data
