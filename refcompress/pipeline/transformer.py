@@ -52,9 +52,20 @@ def encoder_linear_names(model: nn.Module) -> list[list[str]]:
     return [[f"encoder.layer.{i}.{s}" for s in ENCODER_LINEARS] for i in range(len(layers._modules))]
 
 
-def capture_inputs(encoder, sentences, names) -> dict:
+def capture_inputs(encoder, sentences, names, *, weighting: str = "token") -> dict:
     """Inputs seen by the modules ``names`` of ``encoder.model`` while ``sentences`` run
-    one at a time: ``{name: float32 [tokens, in]}`` (no padded position included)."""
+    one at a time: ``{name: float32 [tokens, in]}`` (no padded position included).
+
+    weighting : ``"token"`` - the rows as they are (every token counts once: what ranges
+                and abs-max statistics need); ``"sentence"`` - sentence s's n_s rows are
+                multiplied by sqrt(T / n_s), T the mean tokens per sentence, so that in any
+                quadratic statistic (the Hessian X^T X, squared output errors, column
+                norms) every sentence weighs as much as T tokens.  A sentence embedding
+                is a mean over its tokens and the evaluation weighs sentences equally, so
+                a 3-token sentence must not be outvoted by the 100-token paragraphs.
+    """
+    if weighting not in ("token", "sentence"):
+        raise ArgumentError(f"weighting: expected 'token' or 'sentence', got {weighting!r}")
     store = {n: [] for n in names}
     handles = []
     for n in names:
@@ -68,6 +79,11 @@ def capture_inputs(encoder, sentences, names) -> dict:
     finally:
         for h in handles:
             h.remove()
+    if weighting == "sentence" and names:
+        counts = [len(x) for x in store[names[0]]]
+        mean = float(np.mean(counts))
+        for n in names:
+            store[n] = [x * np.float32(np.sqrt(mean / len(x))) for x in store[n]]
     return {n: np.concatenate(v) for n, v in store.items()}
 
 
@@ -119,6 +135,17 @@ def _gptq(lin, x, bits=4, group_size=None, act_order=True, clip_search=True, dam
 def _awq(lin, x, bits=4, group_size=None):
     r = awq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size))
     return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=r.input_scale)
+
+
+def _awq_gptq(lin, x, bits=4, group_size=None, damp=0.01):
+    """AWQ's activation-aware scales s, then GPTQ on W diag(s) with inputs X diag(s)^-1
+    (the two compose: AWQ protects salient input channels, GPTQ feeds rounding errors back)."""
+    spec = _spec(bits, group_size)
+    w = lin.weight.data.astype(np.float32)
+    inv = awq(w, x, spec=spec, clip=False).input_scale
+    r = gptq((w / inv).astype(np.float32), (x * inv).astype(np.float32), spec=spec, act_order=True,
+             clip_search=True, damp=damp)
+    return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=inv)
 
 
 def _w8a8(lin, x, activation="static", alpha=None):
@@ -178,6 +205,7 @@ class Method:
     needs_data: bool = False
     layers: tuple = ENCODER_LINEARS  # which of each encoder layer's Linears it replaces
     description: str = ""
+    weighting: str = "sentence"  # how calibration tokens count (capture_inputs); ranges: "token"
 
 
 METHODS = {
@@ -189,10 +217,12 @@ METHODS = {
     "int4 g32 GPTQ": Method(_gptq, dict(bits=4, group_size=32), True),
     "int4 per-channel AWQ": Method(_awq, dict(bits=4), True),
     "int4 g32 AWQ": Method(_awq, dict(bits=4, group_size=32), True),
-    "W8A8 static": Method(_w8a8, dict(activation="static"), True),
-    "W8A8 static SmoothQuant": Method(_w8a8, dict(activation="static", alpha=0.5), True),
-    "W8A8 dynamic per-tensor": Method(_w8a8, dict(activation="tensor"), True),
-    "W8A8 dynamic per-token": Method(_w8a8, dict(activation="token"), True),
+    "int4 per-channel AWQ+GPTQ": Method(_awq_gptq, dict(bits=4), True),
+    "int4 g32 AWQ+GPTQ": Method(_awq_gptq, dict(bits=4, group_size=32), True),
+    "W8A8 static": Method(_w8a8, dict(activation="static"), True, weighting="token"),
+    "W8A8 static SmoothQuant": Method(_w8a8, dict(activation="static", alpha=0.5), True, weighting="token"),
+    "W8A8 dynamic per-tensor": Method(_w8a8, dict(activation="tensor"), True, weighting="token"),
+    "W8A8 dynamic per-token": Method(_w8a8, dict(activation="token"), True, weighting="token"),
     "50% magnitude": Method(_magnitude, dict(sparsity=0.5)),
     "50% SparseGPT": Method(_sparsegpt, dict(sparsity=0.5), True),
     "50% Wanda": Method(_wanda, dict(sparsity=0.5), True),
@@ -222,7 +252,7 @@ def compress_encoder(encoder, method, *, calibration=CALIBRATION_SENTENCES, **ov
     with blas_threads(1):
         for group in encoder_linear_names(out.model):
             names = [n for n in group if n.split(".", 3)[3] in method.layers]
-            inputs = capture_inputs(out, calibration, names) if method.needs_data else {}
+            inputs = capture_inputs(out, calibration, names, weighting=method.weighting) if method.needs_data else {}
             for n in names:
                 out.model.set_submodule(n, method.make(out.model.get_submodule(n), inputs.get(n), **kwargs))
     return out
@@ -321,7 +351,7 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
         kwargs.setdefault("activation", "static")
     make, needs_data = _MAKERS[(kind, method)]
     return Method(make, kwargs, needs_data, FFN_LINEARS if kind == "lowrank" else ENCODER_LINEARS,
-                  description=f"{kind} {method} {kwargs}")
+                  description=f"{kind} {method} {kwargs}", weighting="token" if method == "w8a8" else "sentence")
 
 
 def load_transformer_recipe(path) -> tuple:

@@ -105,6 +105,17 @@ def test_data_aware_methods_see_the_compressed_earlier_layers(tiny, monkeypatch)
     assert seen[0].shape[0] == n_tokens  # one sentence at a time: no padded position
 
 
+def test_sentence_weighting_scales_each_sentence_to_the_mean_length(tiny):
+    name = "encoder.layer.0.intermediate.dense"
+    plain = tr.capture_inputs(tiny, CALIB, [name])[name]
+    weighted = tr.capture_inputs(tiny, CALIB, [name], weighting="sentence")[name]
+    n = [int(tiny.tokenizer([s])["attention_mask"].sum()) for s in CALIB]
+    factor = np.repeat(np.sqrt(np.mean(n) / np.array(n)), n).astype(np.float32)
+    np.testing.assert_array_equal(weighted, plain * factor[:, None])
+    with pytest.raises(ArgumentError, match="weighting"):
+        tr.capture_inputs(tiny, CALIB, [name], weighting="tokens")
+
+
 def test_recipe_validation_names_the_key(tmp_path):
     ok = tr.stage_method({"kind": "quantize", "method": "gptq", "bits": 4, "group_size": 32})
     assert ok.needs_data and ok.kwargs == {"bits": 4, "group_size": 32}
