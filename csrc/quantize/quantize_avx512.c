@@ -91,7 +91,19 @@ void rc_row_quant_avx512(const float *x, const float *inv, int64_t k, float s, i
     const __m512 vs = _mm512_set1_ps(s);
     const __m512 vlo = _mm512_set1_ps(-127.0f), vhi = _mm512_set1_ps(127.0f);
     const __m512i vz = _mm512_setzero_si512();
-    for (int64_t j = 0; j < k; j += 16) {
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    int64_t j = 0;
+    for (; j + 64 <= k; j += 64) {
+        const __m512i a = quant16(xs16(x, inv, j, 0xFFFF), vs, vlo, vhi, vz);
+        const __m512i b = quant16(xs16(x, inv, j + 16, 0xFFFF), vs, vlo, vhi, vz);
+        const __m512i c = quant16(xs16(x, inv, j + 32, 0xFFFF), vs, vlo, vhi, vz);
+        const __m512i d = quant16(xs16(x, inv, j + 48, 0xFFFF), vs, vlo, vhi, vz);
+        /* in range already: the saturating packs only narrow; they work per 128-bit lane,
+         * the permute restores element order */
+        const __m512i p = _mm512_packs_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+        _mm512_storeu_si512((void *)(q + j), _mm512_permutexvar_epi32(order, p));
+    }
+    for (; j < k; j += 16) {
         const __mmask16 m = tail16(k - j);
         _mm512_mask_cvtepi32_storeu_epi8(q + j, m, quant16(xs16(x, inv, j, m), vs, vlo, vhi, vz));
     }
