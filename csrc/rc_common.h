@@ -102,6 +102,20 @@ void rc_quantize_run_avx512(const rc_quant_args *a, int64_t base, int64_t n, flo
 void rc_dequantize_run_avx512(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z);
 #endif
 
+/* Per-row symmetric int8 (rc_quantize_rows_f32), one row of k elements, xs = x * inv
+ * (inv NULL: xs = x).  absmax returns the bits of max_j |xs_j|: the bits of |v| (sign
+ * cleared) order as unsigned integers exactly as the values do, with NaN above +Inf above
+ * every finite value, so the maximum is exact in any order and a NaN is never lost.
+ * quant writes q_j = rc_quantize_one(xs_j, s, 0, -127, 127). */
+uint32_t rc_row_absmax_portable(const float *x, const float *inv, int64_t k);
+void rc_row_quant_portable(const float *x, const float *inv, int64_t k, float s, int8_t *q);
+#if RC_X86
+uint32_t rc_row_absmax_avx2(const float *x, const float *inv, int64_t k);
+void rc_row_quant_avx2(const float *x, const float *inv, int64_t k, float s, int8_t *q);
+uint32_t rc_row_absmax_avx512(const float *x, const float *inv, int64_t k);
+void rc_row_quant_avx512(const float *x, const float *inv, int64_t k, float s, int8_t *q);
+#endif
+
 int rc_isa_resolve(int isa, int supported_mask);
 
 #endif

@@ -12,6 +12,7 @@
 #define RC_OK 0
 #define RC_ERR_ARG 1
 #define RC_ERR_ISA 2
+#define RC_ERR_NONFINITE 3  /* an input row holds NaN or Inf (rc_quantize_rows_f32)   */
 
 /* ISA variants, also bit positions in the masks returned by the probes. */
 #define RC_ISA_AUTO -1
@@ -48,6 +49,19 @@ int rc_dequantize_f32(const void *q, int qtype, float *x,
                       long long outer, long long channels, long long inner,
                       const float *scale, const int *zero_point,
                       int isa, int threads);
+
+/* ---- dynamic per-row symmetric int8 quantization (per-token activations) ------------ *
+ * One fused pass per row of x [M, K] (row-major), inv_smooth [K] or NULL:
+ *   xs[i, j] = x[i, j] * inv_smooth[j]       one float32 multiply (xs = x when NULL)
+ *   a[i]     = max_j |xs[i, j]|              exact (0 when K = 0)
+ *   scale[i] = a[i] / 127                    one float32 division; 1 where it gives 0
+ *   q[i, j]  = clamp(round_half_even(xs[i, j] / scale[i]), -127, 127)
+ * i.e. q equals rc_quantize_f32(xs, [1, M, K], scale, zero point 0, [-127, 127]) exactly.
+ * A row whose a[i] is NaN or Inf (NaN / Inf in x, or a product that overflows) gets
+ * scale[i] = a[i] and a zero q row; the call then returns RC_ERR_NONFINITE with
+ * *bad_row = the first such row (otherwise *bad_row = -1).  bad_row may be NULL. */
+int rc_quantize_rows_f32(const float *x, const float *inv_smooth, long long M, long long K,
+                         int8_t *q, float *scale, long long *bad_row, int isa, int threads);
 
 /* ---- int8 GEMM (qgemm) --------------------------------------------------------------- *
  * C[m, n] = sum_k (a[m, k] - za) * (b[k, n] - zb[n])  exactly in int32, then an epilogue.

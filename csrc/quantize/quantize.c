@@ -1,6 +1,9 @@
-/* Affine quantize / dequantize: argument checks, dispatch, threading, and the portable
- * variant.  The per-ISA runs live in quantize_<isa>.c; all of them compute
- * rc_quantize_one() (rc_common.h) element by element, bit for bit. */
+/* Affine quantize / dequantize and dynamic per-row symmetric int8: argument checks,
+ * dispatch, threading, and the portable variant.  The per-ISA runs live in
+ * quantize_<isa>.c; all of them compute rc_quantize_one() (rc_common.h) element by element,
+ * bit for bit. */
+#include <string.h>
+
 #include "../rc_common.h"
 
 #define RC_QUANT_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512))
@@ -128,4 +131,112 @@ int rc_dequantize_f32(const void *q, int qtype, float *x, long long outer, long 
     if (v < 0) return RC_ERR_ISA;
     rc_quant_args a = {x, (void *)q, qtype, outer, channels, inner, scale, zero_point, 0, 0};
     return run(&a, pick(v, 1), threads);
+}
+
+/* ---- dynamic per-row symmetric int8 ---------------------------------------------------- */
+
+#define RC_ROWQ_QMAX 127
+#define RC_ABS_MASK 0x7fffffffu
+#define RC_INF_BITS 0x7f800000u
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return b;
+}
+
+static inline float bits_f32(uint32_t b) {
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+uint32_t rc_row_absmax_portable(const float *x, const float *inv, int64_t k) {
+    uint32_t m = 0;
+    if (inv) {
+        for (int64_t j = 0; j < k; ++j) {
+            const uint32_t b = f32_bits(x[j] * inv[j]) & RC_ABS_MASK;
+            m = b > m ? b : m;
+        }
+    } else {
+        for (int64_t j = 0; j < k; ++j) {
+            const uint32_t b = f32_bits(x[j]) & RC_ABS_MASK;
+            m = b > m ? b : m;
+        }
+    }
+    return m;
+}
+
+void rc_row_quant_portable(const float *x, const float *inv, int64_t k, float s, int8_t *q) {
+    if (inv) {
+        for (int64_t j = 0; j < k; ++j)
+            q[j] = (int8_t)rc_quantize_one(x[j] * inv[j], s, 0, -RC_ROWQ_QMAX, RC_ROWQ_QMAX);
+    } else {
+        for (int64_t j = 0; j < k; ++j)
+            q[j] = (int8_t)rc_quantize_one(x[j], s, 0, -RC_ROWQ_QMAX, RC_ROWQ_QMAX);
+    }
+}
+
+/* The symmetric scale of a row with finite maximum a: a / 127 (one float32 division), and
+ * 1 where that is 0 (a = 0, or a <= 63 * 2^-149 so small that the quotient underflows) --
+ * then every q of the row is 0. */
+static inline float row_scale(float a) {
+    const float s = a / (float)RC_ROWQ_QMAX;
+    return s == 0.0f ? 1.0f : s;
+}
+
+typedef uint32_t (*rc_row_absmax_fn)(const float *, const float *, int64_t);
+typedef void (*rc_row_quant_fn)(const float *, const float *, int64_t, float, int8_t *);
+
+int rc_quantize_rows_f32(const float *x, const float *inv_smooth, long long M, long long K,
+                         int8_t *q, float *scale, long long *bad_row, int isa, int threads) {
+    if (bad_row) *bad_row = -1;
+    if (M < 0 || K < 0) return RC_ERR_ARG;
+    if (M > 0 && !scale) return RC_ERR_ARG;
+    if (M > 0 && K > 0 && (!x || !q)) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QUANT_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    if (K == 0) { /* empty rows: a = 0 */
+        for (long long i = 0; i < M; ++i) scale[i] = 1.0f;
+        return RC_OK;
+    }
+    rc_row_absmax_fn absmax = rc_row_absmax_portable;
+    rc_row_quant_fn quant = rc_row_quant_portable;
+#if RC_X86
+    if (v == RC_ISA_AVX2) { absmax = rc_row_absmax_avx2; quant = rc_row_quant_avx2; }
+    if (v == RC_ISA_AVX512) { absmax = rc_row_absmax_avx512; quant = rc_row_quant_avx512; }
+#endif
+    int nonfinite = 0;
+    (void)threads;
+#ifdef _OPENMP
+    const int nt = (threads > 0) ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && M * K >= RC_MIN_PARALLEL_WORK) \
+    reduction(| : nonfinite)
+#endif
+    for (long long i = 0; i < M; ++i) {
+        const float *xi = x + i * K;
+        int8_t *qi = q + i * K;
+        /* Pass 1 reads the row, pass 2 re-forms x * inv bit-identically while the row is
+         * still in L1: xs is never stored. */
+        const uint32_t ab = absmax(xi, inv_smooth, K);
+        if (ab >= RC_INF_BITS) { /* NaN or Inf: refused by the caller */
+            scale[i] = bits_f32(ab);
+            memset(qi, 0, (size_t)K);
+            nonfinite = 1;
+            continue;
+        }
+        const float s = row_scale(bits_f32(ab));
+        scale[i] = s;
+        quant(xi, inv_smooth, K, s, qi);
+    }
+    if (!nonfinite) return RC_OK;
+    if (bad_row) {
+        for (long long i = 0; i < M; ++i) {
+            if (!isfinite(scale[i])) {
+                *bad_row = i;
+                break;
+            }
+        }
+    }
+    return RC_ERR_NONFINITE;
 }

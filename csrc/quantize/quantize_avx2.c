@@ -59,4 +59,47 @@ void rc_dequantize_run_avx2(const rc_quant_args *a, int64_t base, int64_t n, flo
     }
     if (i < n) rc_dequantize_run_portable(a, base + i, n - i, s, z);
 }
+
+/* ---- dynamic per-row symmetric int8: 8 / 16 lanes, scalar tails by the portable rule -- */
+
+static inline __m256 xs8(const float *x, const float *inv, int64_t j) {
+    const __m256 v = _mm256_loadu_ps(x + j);
+    return inv ? _mm256_mul_ps(v, _mm256_loadu_ps(inv + j)) : v;
+}
+
+uint32_t rc_row_absmax_avx2(const float *x, const float *inv, int64_t k) {
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_castps_si256(xs8(x, inv, j)), abs_mask));
+        m1 = _mm256_max_epu32(m1, _mm256_and_si256(_mm256_castps_si256(xs8(x, inv, j + 8)), abs_mask));
+    }
+    for (; j + 8 <= k; j += 8)
+        m0 = _mm256_max_epu32(m0, _mm256_and_si256(_mm256_castps_si256(xs8(x, inv, j)), abs_mask));
+    m0 = _mm256_max_epu32(m0, m1);
+    __m128i h = _mm_max_epu32(_mm256_castsi256_si128(m0), _mm256_extracti128_si256(m0, 1));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+    const uint32_t m = (uint32_t)_mm_cvtsi128_si32(h);
+    if (j == k) return m;
+    const uint32_t t = rc_row_absmax_portable(x + j, inv ? inv + j : NULL, k - j);
+    return m > t ? m : t;
+}
+
+void rc_row_quant_avx2(const float *x, const float *inv, int64_t k, float s, int8_t *q) {
+    const __m256 vs = _mm256_set1_ps(s);
+    const __m256 vlo = _mm256_set1_ps(-127.0f), vhi = _mm256_set1_ps(127.0f);
+    const __m256i vz = _mm256_setzero_si256();
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        const __m256i lo = quant8(xs8(x, inv, j), vs, vlo, vhi, vz);
+        const __m256i hi = quant8(xs8(x, inv, j + 8), vs, vlo, vhi, vz);
+        /* values are already in [-127, 127]: the saturating packs only narrow */
+        const __m256i p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+        const __m128i p8 = _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
+        _mm_storeu_si128((__m128i *)(q + j), p8);
+    }
+    if (j < k) rc_row_quant_portable(x + j, inv ? inv + j : NULL, k - j, s, q + j);
+}
 #endif

@@ -57,4 +57,55 @@ void rc_dequantize_run_avx512(const rc_quant_args *a, int64_t base, int64_t n, f
         _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(d, vs));
     }
 }
+
+/* ---- dynamic per-row symmetric int8: 16 lanes, masked tails (masked-off lanes load 0,
+ * whose |0 * 0| cannot raise the maximum and whose q is never stored) ---------------- */
+
+static inline __m512 xs16(const float *x, const float *inv, int64_t j, __mmask16 m) {
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+    return inv ? _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, inv + j)) : v;
+}
+
+static inline __mmask16 tail16(int64_t left) {
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+
+uint32_t rc_row_absmax_avx512(const float *x, const float *inv, int64_t k) {
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+    int64_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+        const __m512i b0 = _mm512_and_si512(_mm512_castps_si512(xs16(x, inv, j, 0xFFFF)), abs_mask);
+        const __m512i b1 = _mm512_and_si512(_mm512_castps_si512(xs16(x, inv, j + 16, 0xFFFF)), abs_mask);
+        m0 = _mm512_max_epu32(m0, b0);
+        m1 = _mm512_max_epu32(m1, b1);
+    }
+    for (; j < k; j += 16) {
+        const __m512i b = _mm512_and_si512(_mm512_castps_si512(xs16(x, inv, j, tail16(k - j))), abs_mask);
+        m0 = _mm512_max_epu32(m0, b);
+    }
+    return _mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1));
+}
+
+void rc_row_quant_avx512(const float *x, const float *inv, int64_t k, float s, int8_t *q) {
+    const __m512 vs = _mm512_set1_ps(s);
+    const __m512 vlo = _mm512_set1_ps(-127.0f), vhi = _mm512_set1_ps(127.0f);
+    const __m512i vz = _mm512_setzero_si512();
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    int64_t j = 0;
+    for (; j + 64 <= k; j += 64) {
+        const __m512i a = quant16(xs16(x, inv, j, 0xFFFF), vs, vlo, vhi, vz);
+        const __m512i b = quant16(xs16(x, inv, j + 16, 0xFFFF), vs, vlo, vhi, vz);
+        const __m512i c = quant16(xs16(x, inv, j + 32, 0xFFFF), vs, vlo, vhi, vz);
+        const __m512i d = quant16(xs16(x, inv, j + 48, 0xFFFF), vs, vlo, vhi, vz);
+        /* in range already: the saturating packs only narrow; they work per 128-bit lane,
+         * the permute restores element order */
+        const __m512i p = _mm512_packs_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+        _mm512_storeu_si512((void *)(q + j), _mm512_permutexvar_epi32(order, p));
+    }
+    for (; j < k; j += 16) {
+        const __mmask16 m = tail16(k - j);
+        _mm512_mask_cvtepi32_storeu_epi8(q + j, m, quant16(xs16(x, inv, j, m), vs, vlo, vhi, vz));
+    }
+}
 #endif

@@ -23,7 +23,7 @@ from ._registry import (
 )
 from .qgemm import Dequantize, PackedWeights, Requantize, pack_weights, qgemm, quantize_multiplier, requantize
 from .qconv import PackedConvWeights, conv_output_size, pack_conv_weights, qconv2d
-from .quantize import dequantize, quantize
+from .quantize import dequantize, quantize, quantize_rows
 from .lowrank import (PackedLowRank, QuantizedLowRank, lowrank_error_bound, lowrank_linear,
                       lowrank_linear_q8, pack_lowrank)
 
@@ -54,6 +54,7 @@ __all__ = [
     "get_num_threads",
     "ops",
     "quantize",
+    "quantize_rows",
     "register",
     "runnable_isas",
     "selected_variant",

@@ -17,6 +17,7 @@ ISA_AUTO = -1
 RC_OK = 0
 RC_ERR_ARG = 1
 RC_ERR_ISA = 2
+RC_ERR_NONFINITE = 3
 
 
 def mask_to_names(mask: int) -> list[str]:

@@ -41,7 +41,10 @@ QUANT_DTYPES = {
 #: Types dequantize accepts (int32 too: dequantizing accumulators is common).
 DEQUANT_DTYPES = {**QUANT_DTYPES, np.dtype(np.int32): 4}
 
-__all__ = ["quantize", "dequantize", "QUANT_DTYPES", "DEQUANT_DTYPES"]
+__all__ = ["quantize", "dequantize", "quantize_rows", "ROWS_QMAX", "QUANT_DTYPES", "DEQUANT_DTYPES"]
+
+#: quantize_rows: symmetric narrow-range int8, q in [-ROWS_QMAX, ROWS_QMAX].
+ROWS_QMAX = 127
 
 
 # ---- validation (shared by both ops) -----------------------------------------------------
@@ -127,6 +130,38 @@ def dequantize_reference(q, scale, zero_point, axis):
     return (q.astype(np.int64) - z).astype(np.float32) * s
 
 
+def _raise_nonfinite_row(x, inv_smooth, row):
+    """The error for a row whose max |x_ij * inv_smooth_j| is NaN or Inf (every backend
+    finds it in the row maximum it computes anyway: no extra pass over x)."""
+    if inv_smooth is None or not np.all(np.isfinite(x[row])):
+        raise ArgumentError(f"x: expected finite values, got NaN or Inf in row {row}")
+    raise ArgumentError(f"x * inv_smooth: row {row} overflows float32 (x is finite there; "
+                        f"expected products within float32 range)")
+
+
+def quantize_rows_reference(x, inv_smooth):
+    """NumPy definition of quantize_rows (x [M, K] float32 C-contiguous, inv_smooth [K] or
+    None); returns (q int8 [M, K], scale float32 [M]).
+
+    xs = x * inv_smooth (one float32 multiply each), a_i = max_j |xs_ij|, s_i = a_i / 127
+    (one float32 division; 1 where it is 0), q = quantize_reference(xs, s, 0, axis=0,
+    int8, -127, 127): the very rule of quantize."""
+    m, k = x.shape
+    if inv_smooth is None:
+        xs = x
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+            xs = x * inv_smooth
+    a = np.max(np.abs(xs), axis=1, initial=np.float32(0))
+    bad = ~np.isfinite(a)
+    if np.any(bad):
+        _raise_nonfinite_row(x, inv_smooth, int(np.flatnonzero(bad)[0]))
+    s = a / np.float32(ROWS_QMAX)  # float32 / float32: one IEEE division (may underflow to 0)
+    s = np.where(s == 0, np.float32(1), s).astype(np.float32)
+    q = quantize_reference(xs, s, np.zeros(m, np.int32), 0, np.int8, -ROWS_QMAX, ROWS_QMAX)
+    return q, s
+
+
 # ---- C implementations ------------------------------------------------------------------
 
 
@@ -155,9 +190,27 @@ def _dequantize_c(q, scale, zero_point, axis, *, isa, threads):
     return out
 
 
+def _quantize_rows_c(x, inv_smooth, *, isa, threads):
+    m, k = x.shape
+    q = np.empty((m, k), dtype=np.int8)
+    s = np.empty(m, dtype=np.float32)
+    bad = _native.ffi.new("long long *")
+    rc = _native.lib.rc_quantize_rows_f32(
+        _native.ptr("float *", x),
+        _native.ffi.NULL if inv_smooth is None else _native.ptr("float *", inv_smooth),
+        m, k, _native.ptr("int8_t *", q), _native.ptr("float *", s), bad, isa, threads,
+    )
+    if rc == _native.RC_ERR_NONFINITE:
+        _raise_nonfinite_row(x, inv_smooth, int(bad[0]))
+    check_rc(rc, "quantize_rows")
+    return q, s
+
+
 _VARIANTS = ("portable", "avx2", "avx512")
 register(Op("quantize", quantize_reference, _quantize_c, _VARIANTS, doc=__doc__))
 register(Op("dequantize", dequantize_reference, _dequantize_c, _VARIANTS, doc=__doc__))
+register(Op("quantize_rows", quantize_rows_reference, _quantize_rows_c, _VARIANTS,
+            doc="dynamic per-row symmetric int8 (see quantize_rows)"))
 
 
 # ---- public entry points -----------------------------------------------------------------
@@ -210,3 +263,46 @@ def dequantize(q, scale, zero_point=0, *, axis=None):
     info = np.iinfo(q.dtype)
     axis, s, z = _qparams(scale, zero_point, q.shape, axis, info.min, info.max)
     return dispatch("dequantize", q, s, z, axis)
+
+
+def quantize_rows(x, inv_smooth=None):
+    """Dynamic per-row (per-token) symmetric int8 quantization in one fused pass per row.
+
+    For x [M, K] and optional inv_smooth m^-1 [K], all float32, row i is quantized with its
+    own scale::
+
+        xs_ij = x_ij * inv_smooth_j         one float32 multiply (xs = x when None)
+        a_i   = max_j |xs_ij|               exact (0 when K = 0)
+        s_i   = a_i / 127                   one float32 division; s_i = 1 where it gives 0
+                                            (a_i = 0, or a_i <= 63 * 2**-149 underflows)
+        q_ij  = clamp(round_half_even(xs_ij / s_i), -127, 127)
+
+    The last line is :func:`quantize`'s rule (ONNX QuantizeLinear, one float32 division),
+    so ``q == quantize(xs, s, 0, axis=0, dtype=np.int8, qmin=-127, qmax=127)`` exactly, and
+    ``q * s[:, None]`` dequantizes.  This is the activation quantizer of LLM.int8 /
+    ZeroQuant-style W8A8 inference (Dettmers et al. 2022; Yao et al. 2022); ``inv_smooth``
+    is SmoothQuant's diag(m)^-1 applied as a multiply by the precomputed float32
+    reciprocals 1/m_j (Xiao et al. 2023) -- a multiply, not a division by m_j, which can
+    differ in the last bit.
+
+    Parameters
+    ----------
+    x : ndarray float32 [M, K], any memory layout (made C-contiguous once).
+    inv_smooth : ndarray float32 [K] of finite values, or None.
+
+    Returns
+    -------
+    (q, scale) : int8 [M, K] (C-contiguous) and float32 [M].  Bit-exact across the NumPy
+    reference and every C variant.
+
+    Raises
+    ------
+    ArgumentError naming ``x`` when a row holds NaN or Inf, or ``x * inv_smooth`` when a
+    product overflows float32: a dynamic scale for such a row has no meaning.  The check is
+    the row maximum itself (a NaN or Inf makes it non-finite), so it costs no extra pass.
+    """
+    x = check_array(x, "x", dtypes=[np.float32], ndim=2, contiguous=True)
+    if inv_smooth is not None:
+        inv_smooth = check_array(inv_smooth, "inv_smooth", dtypes=[np.float32], shape=(x.shape[1],),
+                                 finite=True, contiguous=True)
+    return dispatch("quantize_rows", x, inv_smooth)

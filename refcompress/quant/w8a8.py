@@ -7,7 +7,9 @@ narrow range, one scale s_w[n] per output row):
                   q_a = sat(round(x / s_a) + z_a);
 * ``"tensor"``  - the same, with s_a, z_a taken from each call's own min / max (dynamic);
 * ``"token"``   - int8 symmetric, one scale per row (token): s_i = max_j |x_ij| / 127,
-                  q_ij = round(x_ij / s_i) (dynamic per-token, as LLM.int8 and ZeroQuant do).
+                  q_ij = round(x_ij / s_i) (dynamic per-token, as LLM.int8 and ZeroQuant do),
+                  by kernels.quantize_rows in one fused pass per row (s_i = 1 where
+                  max_j |x_ij| / 127 is 0; a row with NaN / Inf is refused).
 
 The product is exact in int32 (kernels.qgemm) and the epilogue dequantizes it in one pass:
 
@@ -20,7 +22,10 @@ a factor m_j and multiplies the matching weight column by it, X W^T = (X diag(m)
 separate pass and needs no surgery on the previous layer: with ``smooth`` = m, the static
 and per-tensor quantizers use the per-channel scale s_a m_j (one kernels.quantize call with
 axis=-1), and the stored weights are Q(W diag(m)).  The per-token quantizer multiplies by
-1/m first (its scale already varies along the other axis).
+the float32 reciprocals 1/m_j first (its scale already varies along the other axis):
+x_ij * float32(1 / m_j), one rounding, with 1/m computed once per layer and cached -- a
+multiply, not a division by m_j (the two can differ in the last bit).  With m = 1 the
+multiply is skipped (it would be exact anyway).
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class W8A8Linear(Module):
             self.bias = None
         self._packed = _Cached()
         self._derived = _Cached()
+        self._inv_smooth = _Cached()
 
     @classmethod
     def from_float(cls, weight, bias=None, *, activation: str = "static", smooth=None,
@@ -115,6 +121,18 @@ class W8A8Linear(Module):
                     (np.float64(s_a) * s_w.astype(np.float64)).astype(np.float32))
         return self._derived.get((self.input_scale, self.smooth, self.weight_scale), build)
 
+    def _token_inv_smooth(self):
+        """float32(1 / m) for the per-token quantizer, or None when m = 1 (cached)."""
+        def build(m):
+            if np.all(m == 1):
+                return None
+            inv = (np.float32(1) / m).astype(np.float32)
+            if not np.all(np.isfinite(inv)):
+                raise ArgumentError(f"smooth: expected factors whose float32 reciprocal is finite, "
+                                    f"got {m[~np.isfinite(inv)][0]!r}")
+            return inv
+        return self._inv_smooth.get(self.smooth, build)
+
     def forward(self, x):
         x = check_array(x, "x", dtypes=[np.float32], min_ndim=1)
         if x.shape[-1] != self.in_features:
@@ -124,10 +142,7 @@ class W8A8Linear(Module):
         pw = self._packed.get(self.weight_q, lambda w: kernels.pack_weights(np.ascontiguousarray(w.T)))
         mode = self.activation
         if mode == "token":
-            xs = x2 / self.smooth if np.any(self.smooth != 1) else x2
-            amax = np.max(np.abs(xs), axis=1)
-            s_i = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-            q = kernels.quantize(xs, s_i, 0, axis=0, dtype=np.int8, qmin=-127, qmax=127)
+            q, s_i = kernels.quantize_rows(x2, self._token_inv_smooth())
             out = kernels.Dequantize(self.weight_scale, row_scale=s_i, bias=self.bias)
             y = kernels.qgemm(q, pw, 0, output=out)
         else:

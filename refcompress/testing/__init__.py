@@ -9,7 +9,8 @@ Requires the ``hypothesis`` package (``pip install "refcompress[test]"``).
 """
 
 from .asserts import assert_bitwise_equal, assert_exact
-from .checks import check_dequantize, check_qconv2d, check_qgemm, check_quantize, check_requantize
+from .checks import (check_dequantize, check_qconv2d, check_qgemm, check_quantize, check_quantize_rows,
+                     check_requantize)
 from . import strategies
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "check_qgemm",
     "check_requantize",
     "check_quantize",
+    "check_quantize_rows",
     "strategies",
 ]
 

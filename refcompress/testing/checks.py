@@ -12,7 +12,7 @@ from hypothesis import given, settings, HealthCheck
 from ..kernels import use
 from ..kernels.quantize import dequantize as _dequantize, quantize as _quantize
 from .asserts import assert_bitwise_equal, assert_exact
-from .strategies import dequantize_cases, quantize_cases
+from .strategies import dequantize_cases, quantize_cases, quantize_rows_cases
 
 
 def _settings(max_examples):
@@ -50,6 +50,28 @@ def check_dequantize(fn, *, max_examples: int = 200) -> None:
             want = _dequantize(q, scale, zero_point, axis=axis)
         got = fn(q, scale, zero_point, axis=axis)
         assert_bitwise_equal(np.asarray(got), want, what="dequantize")
+
+    run()
+
+
+def check_quantize_rows(fn, *, max_examples: int = 200) -> None:
+    """Check ``fn(x, inv_smooth) -> (q, scale)`` against the reference dynamic per-row
+    symmetric int8 rule, bit for bit: q exactly, scale bitwise, and q also equal to
+    ``quantize(x * inv_smooth, scale, 0, axis=0, dtype=int8, qmin=-127, qmax=127)``."""
+    from ..kernels.quantize import quantize_rows as _quantize_rows
+
+    @_settings(max_examples)
+    @given(case=quantize_rows_cases())
+    def run(case):
+        x, inv = case
+        with use("numpy"):
+            want_q, want_s = _quantize_rows(x, inv)
+            xs = x if inv is None else x * inv
+            again = _quantize(xs, want_s, 0, axis=0, dtype=np.int8, qmin=-127, qmax=127)
+        assert_exact(again, want_q, what="quantize_rows reference vs quantize(xs, s, axis=0)")
+        got_q, got_s = fn(x, inv)
+        assert_bitwise_equal(np.asarray(got_s), want_s, what="quantize_rows scale")
+        assert_exact(np.asarray(got_q), want_q, what="quantize_rows q")
 
     run()
 

@@ -281,3 +281,84 @@ def qconv_cases(draw):
     zw = _extreme_ints(rng, wi, ocg * groups, draw(mode)) if draw(st.booleans()) else draw(st.integers(-128, 127))
     bias = rng.integers(-(2**16), 2**16, ocg * groups).astype(np.int32) if draw(st.booleans()) else None
     return QconvCase(x, w, zx, zw, bias, stride, padding, dilation, groups, draw(output_specs(ocg * groups)))
+
+
+#: quantize_rows: row lengths around the 8/16-lane vectors, the 16/32-element unrolled
+#: loops and the K of a BERT layer, and primes.
+ROWS_K = (0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 127, 383, 384, 385, 1531, 1536, 2053)
+ROWS_M = (0, 1, 2, 3, 7, 13, 31, 61, 127, 257, 1021)
+ROW_KINDS = ("normal", "decades", "zero", "denormal", "ties", "huge", "onehot")
+
+
+def _row_values(rng, kind, k, inv):
+    """One float32 row of length k of the given kind, built so that x * inv stays finite.
+
+    "ties" makes xs = x * inv take the values m / 2 * 2^e exactly (inv is a power of two
+    there, or None) with a maximum of 127 * 2^e: then s = 2^e and every odd m is an exact
+    .5 tie after the division.  "denormal" rows have maxima around 63 * 2^-149, where
+    max / 127 stops underflowing to 0."""
+    if kind == "zero":
+        return np.where(rng.random(k) < 0.5, np.float32(0.0), np.float32(-0.0)).astype(np.float32)
+    if kind == "denormal":
+        top = int(rng.choice([1, 62, 63, 64, 65, 127, 128, 200]))
+        v = rng.integers(-top, top + 1, k).astype(np.float64)
+        v[rng.integers(0, k)] = top * rng.choice([-1, 1])
+        x = (v * 2.0**-149).astype(np.float32)
+    elif kind == "ties":
+        e = int(rng.integers(-120, 100))
+        m = rng.integers(-254, 255, k).astype(np.float64)
+        m[rng.integers(0, k)] = 254 * rng.choice([-1, 1])
+        x = (m / 2 * 2.0**e).astype(np.float32)
+    elif kind == "normal":
+        x = (rng.standard_normal(k) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+    elif kind == "decades":
+        x = (rng.choice([-1.0, 1.0], k) * 2.0 ** rng.uniform(-149, 120, k)).astype(np.float32)
+    elif kind == "huge":
+        x = (rng.uniform(-1, 1, k) * 3.4e38).astype(np.float32)
+        x[rng.integers(0, k)] = np.float32(3.4028235e38) * rng.choice([-1, 1])
+    else:  # onehot
+        x = np.zeros(k, np.float32)
+        x[rng.integers(0, k)] = np.float32(rng.standard_normal() * 10.0 ** rng.uniform(-30, 30))
+    if inv is not None:
+        # keep |x * inv| <= float32 max, exactly: dividing by a power of two >= |inv| is exact
+        # for normal values (and only shrinks the others)
+        big = float(np.max(np.abs(inv))) if inv.size else 1.0
+        p = 2.0 ** np.ceil(np.log2(big)) if big > 1 else 1.0
+        if kind == "ties":
+            x = (x / inv.astype(np.float64)).astype(np.float32)  # inv is a power of two here
+        elif p > 1:
+            x = (x.astype(np.float64) / p).astype(np.float32)
+    return x
+
+
+@st.composite
+def quantize_rows_cases(draw, max_elements: int = 120_000):
+    """(x float32 [M, K], inv_smooth float32 [K] or None) for quantize_rows: awkward shapes,
+    rows of mixed kinds (random over decades, all zero, subnormal, exact .5 ties, near the
+    float32 maximum, one nonzero), sometimes a non-contiguous layout."""
+    k = draw(st.one_of(st.sampled_from(ROWS_K), st.integers(0, 2100)))
+    m = draw(st.one_of(st.sampled_from(ROWS_M), st.integers(0, 300)))
+    if k > 0:
+        m = min(m, max(1, max_elements // k))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    inv_kind = draw(st.sampled_from([None, "pow2", "float", "signed"]))
+    if inv_kind is None:
+        inv = None
+    elif inv_kind == "pow2":
+        inv = (2.0 ** rng.integers(-4, 5, k)).astype(np.float32)
+    elif inv_kind == "float":
+        inv = (1.0 / rng.uniform(0.05, 20.0, k)).astype(np.float32)
+    else:  # any finite factors, zeros and negatives included
+        inv = rng.choice(np.array([0.0, -1.0, 0.5, -3.0, 1.0, 7.25], np.float32), k)
+    kinds = draw(st.lists(st.sampled_from(ROW_KINDS), min_size=1, max_size=4))
+    x = np.zeros((m, k), np.float32)
+    if k > 0:
+        ties_inv = inv if inv_kind == "pow2" else None
+        for i in range(m):
+            kind = kinds[int(rng.integers(0, len(kinds)))]
+            if kind == "ties" and inv is not None and ties_inv is None:
+                kind = "normal"
+            x[i] = _row_values(rng, kind, k, ties_inv if kind == "ties" else inv)
+    if m > 1 and k > 1 and draw(st.booleans()):
+        x = np.asfortranarray(x)  # another memory layout, same values
+    return x, inv

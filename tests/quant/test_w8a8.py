@@ -52,6 +52,39 @@ def test_forward_is_the_documented_integer_product():
             np.testing.assert_array_equal(layer(x).reshape(-1, 24), want, err_msg=f"{backend} {isa}")
 
 
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_token_forward_is_the_documented_integer_product(smoothed):
+    """token mode, exactly: xs = x * float32(1/m), s_i = max|xs_i| / 127 (1 for a zero
+    row), q = quantize(xs, s, axis=0) in [-127, 127], then
+    (float32(acc) * s_w[n]) * s_i + b with acc the int32 product."""
+    w, b, x = _layer_data(3)
+    x[1, 7] = 0.0  # an all-zero token
+    m = np.abs(x).reshape(-1, 40).max(0) ** 0.5 if smoothed else None
+    layer = W8A8Linear.from_float(w, b, activation="token", smooth=m)
+    x2 = x.reshape(-1, 40)
+    xs = x2 * (np.float32(1) / layer.smooth).astype(np.float32) if smoothed else x2
+    amax = np.abs(xs).max(axis=1)
+    s_i = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    assert s_i[57] == 1.0  # the zero row (3 * 50 rows; [1, 7] is row 57)
+    with kernels.use("numpy"):
+        q = kernels.quantize(xs, s_i, 0, axis=0, dtype=np.int8, qmin=-127, qmax=127)
+    acc = q.astype(np.int64) @ layer.weight_q.astype(np.int64).T
+    want = (acc.astype(np.float32) * layer.weight_scale) * s_i[:, None] + b
+    both = [(b_, i) for b_, i in kernel_variants("qgemm") if i is None or i in kernels.variants("quantize_rows")]
+    for backend, isa in both:
+        with kernels.use(backend, isa=isa):
+            np.testing.assert_array_equal(layer(x).reshape(-1, 24), want, err_msg=f"{backend} {isa}")
+
+
+def test_token_mode_refuses_non_finite_tokens_naming_the_row():
+    w, b, x = _layer_data()
+    layer = W8A8Linear.from_float(w, b, activation="token")
+    x = x.copy()
+    x[0, 9, 3] = np.nan
+    with pytest.raises(ArgumentError, match="x: expected finite values, got NaN or Inf in row 9"):
+        layer(x)
+
+
 def test_smoothquant_helps_per_tensor_activations_with_outliers():
     w, b, x = _layer_data(2)
     ref = x @ w.T + b
