@@ -81,7 +81,7 @@ int rc_attention_f32(const float *q, const float *k, const float *v, const float
 #if RC_X86
     if (v_isa == RC_ISA_AVX512) fn = rc_attention_head_avx512;
 #endif
-    const rc_attn_args a = {q, k, v, mask, ctx, S, H, H / heads, scale};
+    const rc_attn_args a = {q, k, v, mask, ctx, B, S, H, H / heads, scale};
     const int64_t pairs = B * heads, per = rc_attn_scratch_floats(S, H / heads);
     const int nt = resolve_threads(threads);
     (void)nt;
@@ -91,7 +91,7 @@ int rc_attention_f32(const float *q, const float *k, const float *v, const float
     {
 #ifdef _OPENMP
         float *scratch = (float *)workspace + (int64_t)omp_get_thread_num() * per;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static) /* contiguous: a pair can prefetch the next */
 #else
         float *scratch = (float *)workspace;
 #endif

@@ -8,20 +8,21 @@
 typedef struct {
     const float *q, *k, *v, *mask; /* [B, S, H] x 3, [B, S] or NULL                        */
     float *ctx;                    /* [B, S, H]                                            */
-    int64_t S, H, d;               /* sequence, hidden, head width                         */
+    int64_t B, S, H, d;            /* batch, sequence, hidden, head width                  */
     float scale;
 } rc_attn_args;
 
 /* Keys are padded to a multiple of this in the scratch (the AVX-512 score loop's step). */
 #define RC_ATTN_KPAD 32
 /* Queries per block in the AVX-512 kernel (their scores / probabilities rows in scratch). */
-#define RC_ATTN_QB 4
+#define RC_ATTN_QB 8
 
 static inline int64_t rc_attn_width(int64_t S) { return (S + RC_ATTN_KPAD - 1) / RC_ATTN_KPAD * RC_ATTN_KPAD; }
 
-/* Scratch floats of one thread: K^T [d][W] and RC_ATTN_QB score rows of W, W = padded S. */
+/* Scratch floats of one thread: K^T [d][W], V packed [S][d] (within d*W), and RC_ATTN_QB
+ * score rows of W, W = S padded. */
 static inline int64_t rc_attn_scratch_floats(int64_t S, int64_t d) {
-    return (d + RC_ATTN_QB) * rc_attn_width(S);
+    return (2 * d + RC_ATTN_QB) * rc_attn_width(S);
 }
 
 /* One (batch b, head h) pair: reads the strided head slices, writes ctx's. */
