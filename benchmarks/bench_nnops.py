@@ -9,6 +9,12 @@ out.  "reference" is the library's NumPy definition (float64 inside, rounded onc
 f32" is what one would write in NumPy in float32 (same formulas: A&S erf with np.exp,
 two-pass mean / variance, max-subtracted exp) -- single-threaded, like all NumPy
 element-wise code.  Ratios are their time divided by ours (> 1: ours is faster).
+
+The attention rows time ``K.attention(q, k, v, 12, 1/sqrt(32), mask)`` on [32, S, 384]
+q, k, v against what nn's unfused path does: split heads (transposes), np.matmul of
+[B, 12, S, 32] by its transpose, scale, the softmax kernel with the mask (at the same
+thread count), np.matmul by V and the merge transpose; NumPy's BLAS limited to the same
+number of threads (threadpoolctl).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import fmt_ratio, median_time, print_table, rng  # noqa: E402
+from _harness import blas_report, blas_threads, fmt_ratio, median_time, print_table, rng  # noqa: E402
 
 import refcompress.kernels as K  # noqa: E402
 from refcompress.kernels import nnops  # noqa: E402
@@ -71,6 +77,38 @@ def row(name, shape, ours, reference, plain, threads):
     return cells
 
 
+def attention_unfused(q, k, v, heads, scale, mask):
+    """nn.MultiHeadSelfAttention's training-mode path: split, matmul, softmax, matmul, merge."""
+    B, S, H = q.shape
+    d = H // heads
+    split = lambda t: t.reshape(B, S, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    scores = np.matmul(split(q), split(k).transpose(0, 1, 3, 2))
+    scores *= np.float32(scale)
+    p = K.softmax(scores, mask[:, None, None, :])
+    return np.matmul(p, split(v)).transpose(0, 2, 1, 3).reshape(B, S, H)
+
+
+def attention_rows(g, seqs, threads):
+    rows = []
+    for S in seqs:
+        q, k, v = ((g.standard_normal((32, S, 384)) * 2).astype(np.float32) for _ in range(3))
+        lengths = g.integers(S // 2, S + 1, 32)
+        mask = np.where(np.arange(S)[None, :] < lengths[:, None], 0.0, np.finfo(np.float32).min)
+        mask = mask.astype(np.float32)
+        scale = 1.0 / np.sqrt(32)
+        cells = ["attention", f"32x{S}x384 h12"]
+        t_ours, t_np = {}, {}
+        for t in threads:
+            with K.use(threads=t):
+                t_ours[t] = median_time(lambda: K.attention(q, k, v, 12, scale, mask))
+                with blas_threads(t):
+                    t_np[t] = median_time(lambda: attention_unfused(q, k, v, 12, scale, mask))
+        cells += [f"{t_ours[t] * 1e6:.0f}" for t in threads] + [f"{t_np[t] * 1e6:.0f}" for t in threads]
+        cells += [fmt_ratio(t_np[t] / t_ours[t]) for t in threads]
+        rows.append(cells)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the small shapes only")
@@ -114,6 +152,15 @@ def main(argv=None):
         + [f"vs ref {t}t" for t in th] + [f"vs f32 {t}t" for t in th],
         rows,
         title="float32 transformer ops (median us); ratios = their time / ours",
+    )
+    print()
+    print(f"attention={info['ops']['attention']['selected'] or 'numpy'}; NumPy BLAS: {blas_report()}")
+    print_table(
+        ["op", "shape"] + [f"fused {t}t us" for t in th] + [f"numpy path {t}t us" for t in th]
+        + [f"ratio {t}t" for t in th],
+        attention_rows(g, [24] if args.quick else [24, 116], th),
+        title="fused attention vs nn's unfused path (split + matmul + softmax + matmul + merge), median us; "
+              "ratio = numpy path / fused",
     )
 
 

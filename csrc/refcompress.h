@@ -214,3 +214,18 @@ int rc_layer_norm_f32(const float *x, const float *residual, const float *weight
                       double eps, float *y, long long rows, long long h, int isa, int threads);
 int rc_softmax_f32(const float *x, const float *mask, long long mask_rows, long long mask_div,
                    float *y, long long rows, long long n, int isa, int threads);
+
+/* ---- fused multi-head self-attention, float32 (csrc/attention/) ------------------------ *
+ * q, k, v, ctx [B, S, H] row-major, heads interleaved (head h is columns h*d .. h*d + d - 1,
+ * d = H / heads); mask: NULL or an additive [B, S] applied to the keys.  For every b, h, i:
+ *   z_j = fl(fl(<q[b,i,h], k[b,j,h]>) * scale) (+ mask[b, j], one float32 add)
+ *   ctx[b, i, h] = sum_j exp(z_j - max z) v[b, j, h] / sum_j exp(z_j - max z)
+ * (the softmax semantics of rc_softmax_f32: a row whose z are all -inf gives zeros, a row
+ * with a NaN or a +inf gives NaN).  OpenMP over (batch, head) pairs; each pair's K is
+ * transposed into the per-thread scratch: rc_attention_workspace_size(S, H, heads, threads)
+ * bytes (any alignment), threads resolved as in the call.  The NumPy definition and the
+ * element-wise error bound are refcompress.kernels.attention (docs/kernels.md). */
+long long rc_attention_workspace_size(long long S, long long H, long long heads, int threads);
+int rc_attention_f32(const float *q, const float *k, const float *v, const float *mask, float scale,
+                     float *ctx, long long B, long long S, long long H, long long heads, void *workspace,
+                     int isa, int threads);

@@ -8,30 +8,13 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
 #include <immintrin.h>
 
+#include "nnops_avx512.h"
+
 #define V(c) _mm512_set1_ps(c)
 
 static inline __mmask16 tail_mask(int64_t left) {
     if (left <= 0) return 0;
     return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-}
-
-/* exp(d + dlo), d <= 0: 0 below RC_EXP_MIN (and for -inf), NaN for NaN. */
-static inline __m512 exp16(__m512 d, __m512 dlo) {
-    const __mmask16 flush = _mm512_cmp_ps_mask(d, V(RC_EXP_MIN), _CMP_LT_OQ);
-    const __m512 kf = _mm512_roundscale_ps(_mm512_mul_ps(d, V(RC_LOG2E)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(kf, V(RC_EXP_C1), d);
-    r = _mm512_fnmadd_ps(kf, V(RC_EXP_C2), r);
-    r = _mm512_add_ps(r, dlo);
-    __m512 p = V(RC_EXP_P7);
-    p = _mm512_fmadd_ps(p, r, V(RC_EXP_P6));
-    p = _mm512_fmadd_ps(p, r, V(RC_EXP_P5));
-    p = _mm512_fmadd_ps(p, r, V(RC_EXP_P4));
-    p = _mm512_fmadd_ps(p, r, V(RC_EXP_P3));
-    p = _mm512_fmadd_ps(p, r, V(RC_EXP_P2));
-    p = _mm512_fmadd_ps(p, r, V(1.0f));
-    p = _mm512_fmadd_ps(p, r, V(1.0f));
-    return _mm512_mask_mov_ps(_mm512_scalef_ps(p, kf), flush, _mm512_setzero_ps());
 }
 
 static inline __m512 gelu16(__m512 x) {
@@ -45,7 +28,7 @@ static inline __m512 gelu16(__m512 x) {
     p = _mm512_mul_ps(p, t);
     const __m512 hi = _mm512_mul_ps(x, x);
     const __m512 lo = _mm512_fmsub_ps(x, x, hi); /* x*x - hi, exact */
-    const __m512 e = exp16(_mm512_mul_ps(hi, V(-0.5f)), _mm512_mul_ps(lo, V(-0.5f)));
+    const __m512 e = rc_exp16(_mm512_mul_ps(hi, V(-0.5f)), _mm512_mul_ps(lo, V(-0.5f)));
     const __m512 q = _mm512_mul_ps(p, e);
     const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
     const __m512 w = _mm512_mask_mov_ps(_mm512_sub_ps(V(2.0f), q), neg, q);
@@ -96,10 +79,10 @@ void rc_softmax_row_avx512(const float *x, const float *mask, float *y, int64_t 
         const __mmask16 m0 = tail_mask(n), m1 = tail_mask(n - 16), m2 = tail_mask(n - 32),
                         m3 = tail_mask(n - 48);
         /* lanes past n are masked off: exp of (0 - max) there is replaced by 0 */
-        const __m512 e0 = _mm512_maskz_mov_ps(m0, exp16(_mm512_sub_ps(load_z(x, mask, 0, m0), vm), zero));
-        const __m512 e1 = n > 16 ? _mm512_maskz_mov_ps(m1, exp16(_mm512_sub_ps(load_z(x, mask, 16, m1), vm), zero)) : zero;
-        const __m512 e2 = n > 32 ? _mm512_maskz_mov_ps(m2, exp16(_mm512_sub_ps(load_z(x, mask, 32, m2), vm), zero)) : zero;
-        const __m512 e3 = n > 48 ? _mm512_maskz_mov_ps(m3, exp16(_mm512_sub_ps(load_z(x, mask, 48, m3), vm), zero)) : zero;
+        const __m512 e0 = _mm512_maskz_mov_ps(m0, rc_exp16(_mm512_sub_ps(load_z(x, mask, 0, m0), vm), zero));
+        const __m512 e1 = n > 16 ? _mm512_maskz_mov_ps(m1, rc_exp16(_mm512_sub_ps(load_z(x, mask, 16, m1), vm), zero)) : zero;
+        const __m512 e2 = n > 32 ? _mm512_maskz_mov_ps(m2, rc_exp16(_mm512_sub_ps(load_z(x, mask, 32, m2), vm), zero)) : zero;
+        const __m512 e3 = n > 48 ? _mm512_maskz_mov_ps(m3, rc_exp16(_mm512_sub_ps(load_z(x, mask, 48, m3), vm), zero)) : zero;
         const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(e0, e1), _mm512_add_ps(e2, e3)));
         const __m512 inv = V(1.0f / sum);
         _mm512_mask_storeu_ps(y, m0, _mm512_mul_ps(e0, inv));
@@ -111,7 +94,7 @@ void rc_softmax_row_avx512(const float *x, const float *mask, float *y, int64_t 
     __m512 vsum = zero;
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
-        const __m512 e = exp16(_mm512_sub_ps(load_z(x, mask, i, m), vm), zero);
+        const __m512 e = rc_exp16(_mm512_sub_ps(load_z(x, mask, i, m), vm), zero);
         _mm512_mask_storeu_ps(y + i, m, e);
         vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
     }

@@ -73,3 +73,8 @@ __all__ += ["CSR", "NM", "csr_from_dense", "csr_to_dense", "nm_from_dense", "nm_
 from .nnops import gelu, layer_norm, softmax  # noqa: E402
 
 __all__ += ["gelu", "layer_norm", "softmax"]
+
+# Fused multi-head self-attention (inference): see docs/kernels.md.
+from .attention import attention, attention_error_bound  # noqa: E402
+
+__all__ += ["attention", "attention_error_bound"]

@@ -39,6 +39,7 @@ import numpy as np
 from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, DTypeError, ShapeError
 from ..kernels import nnops
+from ..kernels.attention import attention as kernel_attention
 from . import functional as F
 from .container import Sequential
 from .init import get_rng
@@ -296,6 +297,11 @@ class MultiHeadSelfAttention(Module):
         dA = G V^T,  dV = A^T G,  dS = softmax.backward(dA),
         dQ = dS K / sqrt(d),  dK = dS^T Q / sqrt(d),
         dL/dx = query.backward(dQ) + key.backward(dK) + value.backward(dV).
+
+    In eval mode on float32, with no forward hook on ``softmax`` (and ``softmax`` the plain
+    :class:`Softmax`), forward runs the fused kernel :func:`refcompress.kernels.attention`
+    instead (heads read in place, P never formed; within its ``attention_error_bound`` of
+    this path); training, float64, and a hooked or swapped ``softmax`` keep the path above.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, rng=None):
@@ -313,6 +319,15 @@ class MultiHeadSelfAttention(Module):
         self.softmax = Softmax(-1)
         self._cache = None
 
+    def _fused_ok(self, x) -> bool:
+        """The fused kernel (:func:`refcompress.kernels.attention`) computes exactly what the
+        unfused path does, but never forms P: use it in eval mode on float32 unless
+        something needs the probabilities -- a forward hook on ``softmax`` (attention
+        distillation taps) or a ``softmax`` child swapped for another module."""
+        sm = self.softmax
+        return (not self.training and x.dtype == np.float32 and type(sm) is Softmax
+                and sm.dim in (-1, 3) and not sm._forward_hooks)
+
     def _split(self, t2, B, S):
         """[B*S, H] -> [B, heads, S, d]."""
         return t2.reshape(B, S, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
@@ -329,6 +344,14 @@ class MultiHeadSelfAttention(Module):
             raise ShapeError(f"x: expected last dimension {self.hidden_size} (hidden_size), got shape {x.shape}")
         add = additive_attention_mask(attention_mask, B, S, x.dtype)
         x2 = x.reshape(B * S, H)
+        if self._fused_ok(x):
+            # Inference: one fused kernel reads the heads in place (no split / merge copies,
+            # P never stored); the same numbers within attention_error_bound.
+            scale = 1.0 / math.sqrt(self.head_dim)
+            mask = None if attention_mask is None else add.reshape(B, S)
+            self._cache = None
+            return kernel_attention(self.query(x2).reshape(B, S, H), self.key(x2).reshape(B, S, H),
+                                    self.value(x2).reshape(B, S, H), self.num_heads, scale, mask)
         q = self._split(self.query(x2), B, S)
         k = self._split(self.key(x2), B, S)
         v = self._split(self.value(x2), B, S)

@@ -53,3 +53,8 @@ __all__ += ["assert_within_error_bound", "check_spmm_csr", "check_spmm_nm", "spm
 from .nnops import check_gelu, check_layer_norm, check_softmax  # noqa: E402
 
 __all__ += ["check_gelu", "check_layer_norm", "check_softmax"]
+
+# Fused multi-head attention: checker against the derived element-wise bound.
+from .attention import check_attention  # noqa: E402
+
+__all__ += ["check_attention"]

@@ -323,3 +323,53 @@ def test_attention_distillation_gradient_enters_through_the_softmax_child():
             return float(np.sum(out * R) + np.sum(taps[name] * Rp))
 
         assert_grad(numeric_grad(loss, p.data), p.grad, "query weight via attention probabilities")
+
+
+# -- the fused attention kernel in eval mode ---------------------------------------------
+
+def test_eval_uses_the_fused_kernel_within_its_bound_of_the_training_path(monkeypatch):
+    import importlib
+
+    from refcompress.nn import transformer as T
+    from refcompress.testing.nnops import assert_within_bound
+
+    A = importlib.import_module("refcompress.kernels.attention")
+    calls = []
+    monkeypatch.setattr(T, "kernel_attention", lambda *a: calls.append(1) or A.attention(*a))
+    heads, hidden = 4, 4 * 33  # d = 33: a P V column tail
+    att = nn.MultiHeadSelfAttention(hidden, heads, rng=np.random.default_rng(8))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 17, hidden)).astype(np.float32)
+    mask = np.ones((3, 17), np.int64)
+    mask[1, 9:] = 0
+    mask[2] = 0  # a fully padded sentence: finfo.min keys, uniform P on both paths
+    for m in (mask, None):
+        train = att.train()(x, m)
+        fused = att.eval()(x, m)
+        assert calls and att._cache is None
+        calls.clear()
+        x2 = x.reshape(-1, hidden)
+        q, k, v = (getattr(att, n)(x2).reshape(x.shape) for n in ("query", "key", "value"))
+        add = None if m is None else T.additive_attention_mask(m, 3, 17, np.float32).reshape(3, 17)
+        scale = 1.0 / math.sqrt(33)
+        exact = A.attention_exact(q, k, v, heads, scale, add)
+        bound = A.attention_error_bound(q, k, v, heads, scale, add)
+        assert_within_bound(fused, exact, bound, what="fused")
+        assert_within_bound(train, exact, bound, what="training path")
+        np.testing.assert_allclose(fused, train, rtol=0, atol=float(np.max(2 * bound)))
+
+
+def test_hooked_softmax_or_float64_keeps_the_unfused_path(monkeypatch):
+    from refcompress.nn import transformer as T
+
+    calls = []
+    monkeypatch.setattr(T, "kernel_attention", lambda *a: calls.append(1))
+    att = nn.MultiHeadSelfAttention(H, HEADS, rng=np.random.default_rng(10)).eval()
+    x = rng_x(11, (2, 5, H)).astype(np.float32)
+    seen = []
+    handle = att.softmax.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    out = att(x, MASK[:2])
+    assert not calls and seen and seen[0].shape == (2, HEADS, 5, 5) and np.all(np.isfinite(out))
+    handle.remove()
+    att.to(np.float64)(x.astype(np.float64), MASK[:2])
+    assert not calls
