@@ -189,3 +189,147 @@ CALIBRATION_SENTENCES = (
     "Ancient Egyptians built the pyramids as tombs for their kings.",
     "I prefer tea to coffee in the afternoon.",
 )
+
+# More calibration text: Hessian-based methods (GPTQ, SparseGPT, data-aware SVD) need many
+# more calibration tokens than a layer has inputs (up to 1536 here) or they fit the
+# calibration set instead of the layer.
+_EXTRA_CALIBRATION = (
+    "Hi there.",
+    "Sounds good to me.",
+    "Not today.",
+    "Why not?",
+    "See you tomorrow!",
+    "Happy birthday, Anna.",
+    "Door's open.",
+    "Two coffees, please.",
+    "Nice work.",
+    "Wait here.",
+    "Is it raining?",
+    "I'm sorry.",
+    "Call me later.",
+    "Done.",
+    "What time is it?",
+    "Check the oven.",
+    "Welcome back!",
+    "No worries.",
+    "Try again.",
+    "Good luck on your exam.",
+    "The train to Vienna leaves from platform nine.",
+    "Our dishwasher makes a strange grinding noise after every cycle.",
+    "Remember to back up your files before installing the update.",
+    "The hotel offers free breakfast between seven and ten.",
+    "She adopted two kittens from the local shelter last week.",
+    "The quarterly report shows a twelve percent rise in revenue.",
+    "Heavy fog has delayed flights at the northern airport.",
+    "Can you send me the slides from yesterday's presentation?",
+    "The new bridge will connect the island to the mainland by 2030.",
+    "Our grandparents met at a dance hall in 1962.",
+    "Most spiders are harmless to humans.",
+    "The recipe says to let the dough rest for an hour.",
+    "He forgot his umbrella and got soaked on the way home.",
+    "The court ruled that the contract was not valid.",
+    "This vacuum cleaner is quiet, light and surprisingly powerful.",
+    "I would not recommend this phone case; it cracked within a week.",
+    "The museum's dinosaur skeleton is over twenty metres long.",
+    "Press and hold the power button for ten seconds to restart the router.",
+    "A rainbow appeared over the valley after the storm.",
+    "The goalkeeper saved a penalty in the ninetieth minute.",
+    "Lemons, garlic and olive oil make a simple dressing.",
+    "Dear Mr. Patel, thank you for your quick reply to my question.",
+    "The company announced layoffs affecting about three hundred workers.",
+    "Jupiter has more than ninety known moons.",
+    "Our neighbours are renovating their kitchen, so it is noisy all day.",
+    "Please find attached the signed copy of the agreement.",
+    "The library card is free for everyone who lives in the city.",
+    "Antibiotics do not work against viral infections such as the common cold.",
+    "The kids built a fort out of cardboard boxes and old blankets.",
+    "Temperatures will drop below freezing tonight in the mountains.",
+    "My flight was cancelled, so I took the night bus instead.",
+    "The orchestra rehearsed the symphony for three weeks before the premiere.",
+    "\"Where are you going?\" she asked, without looking up from her book.",
+    "Add two eggs (at room temperature) and mix until smooth.",
+    "The meeting is at 3:30 pm in room B-204; bring your laptop.",
+    "Prices rose by 4.2% in October, the fastest pace since March.",
+    "Tokyo, Paris and New York are among the most visited cities in the world.",
+    "The software crashes whenever I open a file larger than two gigabytes.",
+    "Our customer service team is available Monday to Friday, 9 am to 6 pm.",
+    "I've been learning to play the piano for about six months now.",
+    "The hikers followed the river until they reached an abandoned mill.",
+    "Eating more fibre can help with digestion.",
+    "The startup raised fifteen million dollars in its first funding round.",
+    "Wildfires destroyed thousands of hectares of forest this summer.",
+    "The teacher praised the class for their excellent science projects.",
+    "Don't forget to feed the fish while we're on holiday.",
+    "The new law requires all bicycles to have lights at night.",
+    "He scored the winning goal with a header in extra time.",
+    "Coral reefs are threatened by warming oceans and pollution.",
+    "My laptop fan gets very loud when I run video calls.",
+    "The bakery on the corner sells the best cinnamon rolls in town.",
+    "Scientists measured the speed of the glacier using satellite images.",
+    "This blender is powerful enough to crush ice in seconds.",
+    "Could you please lower the music a little? The baby is sleeping.",
+    "The parade will start at noon and end near the river.",
+    "A strong password mixes letters, numbers and symbols.",
+    "The detective noticed a muddy footprint near the window.",
+    "The elections will be held on the first Sunday of May.",
+    "The ferry crossing takes about forty minutes in calm weather.",
+    "I can't believe how fast this year has gone by.",
+    "Migrating birds use the Earth's magnetic field to find their way.",
+    "The restaurant received its first star from the food critics.",
+    "Turn off the tap while you brush your teeth to save water.",
+    "The printer says it is out of cyan ink, but I only print in black.",
+    "They signed a five-year lease for a small office downtown.",
+    "The hospital is looking for volunteers to read to young patients.",
+    "Our team finished the project two days ahead of schedule.",
+    "The storm knocked down power lines across the county.",
+    "She translated the novel from Portuguese into English.",
+    "Quantum mechanics describes the behaviour of very small particles.",
+    "The gym is closed on public holidays.",
+    "My order arrived damaged, and I would like a refund.",
+    "The children planted sunflowers along the school fence.",
+    "The river froze solid for the first time in twenty years.",
+    "A good night's sleep improves memory and concentration.",
+    "The band's new album mixes jazz, folk and electronic music.",
+    "Tickets for the final sold out within an hour.",
+    "The mechanic said the brakes need to be replaced soon.",
+    "In 1969, astronauts walked on the Moon for the first time.",
+    "The village holds a cheese festival every autumn.",
+    "When you arrive at the station, take the blue line two stops north and then walk past the "
+    "cathedral; our building is the one with the green door, and the office is on the fourth "
+    "floor, just to the left of the lift.",
+    "The report concludes that the city's bus network could carry twice as many passengers if "
+    "the routes were simplified, the buses ran every ten minutes during the day, and tickets "
+    "could be bought on a phone instead of only at kiosks that close early in the evening.",
+    "Thank you for contacting support. We have received your request about the missing "
+    "package, and a member of our team will look into it within two working days; in the "
+    "meantime, you can track the shipment with the number in your confirmation email.",
+    "Every spring the farmers in the valley wait for the last frost before planting, because "
+    "a single cold night in April can destroy a whole field of young beans, and the old "
+    "almanac on the kitchen wall is trusted more than any weather forecast on the radio.",
+    "The researchers trained the robot to sort recycling by showing it thousands of pictures "
+    "of bottles, cans and paper, and after a month it could pick the right bin for most "
+    "items, although crumpled foil and greasy pizza boxes still confused it regularly.",
+    "My first job was washing dishes in a busy seaside restaurant, where the summer evenings "
+    "were so hot and hectic that we counted the plates in hundreds, and the cook sang old "
+    "songs at the top of his voice to keep everyone going until the last table left.",
+    "To replace the filter, switch off the machine, unplug it, open the panel at the back by "
+    "turning the two screws anticlockwise, slide the old filter out, insert the new one with "
+    "the arrow pointing up, close the panel and run an empty cycle before using it again.",
+    "The documentary about deep-sea creatures shows fish that make their own light, crabs "
+    "that live beside boiling volcanic vents, and giant worms without mouths that depend "
+    "entirely on bacteria inside their bodies, in a world that sunlight has never reached.",
+    "After months of negotiation, the two companies agreed to merge, creating the largest "
+    "maker of electric buses in Europe, although regulators must still approve the deal and "
+    "unions have asked for guarantees that no factories will close in the next five years.",
+    "Grandma's secret for the perfect tomato sauce was patience: she let it simmer on the "
+    "lowest flame for most of the afternoon, stirring now and then with a wooden spoon, and "
+    "added a pinch of sugar and a few basil leaves only right at the very end.",
+    "Although the museum was built to hold five hundred visitors at once, more than two "
+    "thousand people queued outside on the opening day, so the director decided to keep the "
+    "doors open until midnight and handed out free tea to everyone waiting in the cold.",
+    "The software engineer explained that the bug only appeared when two users edited the "
+    "same document at exactly the same moment, which is why it had escaped every test, and "
+    "that the fix was a lock that makes the second edit wait for the first to finish.",
+)
+
+CALIBRATION_SENTENCES = CALIBRATION_SENTENCES + _EXTRA_CALIBRATION
