@@ -137,17 +137,6 @@ def _awq(lin, x, bits=4, group_size=None):
     return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=r.input_scale)
 
 
-def _awq_gptq(lin, x, bits=4, group_size=None, damp=0.01):
-    """AWQ's activation-aware scales s, then GPTQ on W diag(s) with inputs X diag(s)^-1
-    (the two compose: AWQ protects salient input channels, GPTQ feeds rounding errors back)."""
-    spec = _spec(bits, group_size)
-    w = lin.weight.data.astype(np.float32)
-    inv = awq(w, x, spec=spec, clip=False).input_scale
-    r = gptq((w / inv).astype(np.float32), (x * inv).astype(np.float32), spec=spec, act_order=True,
-             clip_search=True, damp=damp)
-    return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=inv)
-
-
 def _w8a8(lin, x, activation="static", alpha=None):
     w = lin.weight.data.astype(np.float32)
     smooth = None
@@ -217,8 +206,6 @@ METHODS = {
     "int4 g32 GPTQ": Method(_gptq, dict(bits=4, group_size=32), True),
     "int4 per-channel AWQ": Method(_awq, dict(bits=4), True),
     "int4 g32 AWQ": Method(_awq, dict(bits=4, group_size=32), True),
-    "int4 per-channel AWQ+GPTQ": Method(_awq_gptq, dict(bits=4), True),
-    "int4 g32 AWQ+GPTQ": Method(_awq_gptq, dict(bits=4, group_size=32), True),
     "W8A8 static": Method(_w8a8, dict(activation="static"), True, weighting="token"),
     "W8A8 static SmoothQuant": Method(_w8a8, dict(activation="static", alpha=0.5), True, weighting="token"),
     "W8A8 dynamic per-tensor": Method(_w8a8, dict(activation="tensor"), True, weighting="token"),
