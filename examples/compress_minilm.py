@@ -22,7 +22,7 @@ from refcompress.pipeline.transformer import METHODS, fidelity_table
 
 #: The issue's goals: (kind, threshold, baseline method for "halve (1 - mean cos)").
 GOALS = {
-    "W8A8 dynamic per-token": ("min", 0.99, None),
+    "W8A8 per-token SmoothQuant": ("min", 0.99, None),
     "W8A8 static SmoothQuant": ("min", 0.99, None),
     "int4 per-channel GPTQ": ("min", 0.95, None),
     "int4 g32 GPTQ": ("min", 0.97, None),

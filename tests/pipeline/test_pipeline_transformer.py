@@ -167,11 +167,11 @@ def test_minilm_int8_per_channel_weights_keep_the_embeddings(real):
     assert f["min_cos"] > 0.99 and f["spearman"] > 0.99
 
 
-def test_minilm_w8a8_smoothquant_beats_plain_per_tensor_static(real):
-    """On a real transformer, migrating outliers (SmoothQuant) must pay off: W8A8 per-token
-    with alpha 0.5 calibrated on 16 sentences stays above 0.99 min cos, plain static far below."""
+def test_minilm_w8a8_per_token_smoothquant_keeps_min_cos_above_099(real):
+    """The issue's W8A8 bar on the real model, on the integer kernels: per-token activations
+    after SmoothQuant (alpha 0.5), calibrated on only 16 sentences, keep min cos >= 0.99."""
     from refcompress.data import CALIBRATION_SENTENCES, EVAL_SENTENCES
     cal = CALIBRATION_SENTENCES[:16]
-    sq = tr.fidelity_lines(real, tr.compress_encoder(real, "W8A8 dynamic per-token", calibration=cal, alpha=0.5),
+    sq = tr.fidelity_lines(real, tr.compress_encoder(real, "W8A8 per-token SmoothQuant", calibration=cal),
                            EVAL_SENTENCES)
     assert sq["min_cos"] >= 0.99
