@@ -175,3 +175,14 @@ def test_minilm_w8a8_per_token_smoothquant_keeps_min_cos_above_099(real):
     sq = tr.fidelity_lines(real, tr.compress_encoder(real, "W8A8 per-token SmoothQuant", calibration=cal),
                            EVAL_SENTENCES)
     assert sq["min_cos"] >= 0.99
+
+
+def test_the_fidelity_script_prints_its_table(real, capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "compress_minilm.py")
+    spec = importlib.util.spec_from_file_location("compress_minilm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--methods", "int8 per-channel RTN", "2:4 magnitude"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 per-channel RTN" in out and "2:4 magnitude" in out and "min cos" in out
