@@ -81,7 +81,8 @@ static void transpose_out(const void *src, int64_t P, int64_t OC, void *dst, int
 long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
                                     long long OH, long long OW, long long OC, int out_bytes) {
     const long long P = OH * OW, K = KH * KW * C;
-    return A64(H * W * C) + rc_qgemm_workspace_size(P, K, OC) + A64(P * OC * (long long)out_bytes) + 64;
+    return A64(H * W * C) + rc_qgemm_workspace_size(P, K, OC) + A64(P * OC * (long long)out_bytes) +
+           A64(H * W * 4) + 64;
 }
 
 int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
@@ -106,6 +107,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     int8_t *xs = (int8_t *)ws; /* the image as signed bytes, [H, W, C] */
     void *gemm_ws = ws + A64(HW * C);
     uint8_t *out_nhwc = (uint8_t *)gemm_ws + rc_qgemm_workspace_size(P, K, OC);
+    int32_t *pixsum = (int32_t *)(out_nhwc + A64(P * OC * bytes)); /* [HW]: sum over c of xs */
     int8_t *ap;
     int32_t *ra, *zbp, *colterm;
     rc_qgemm_workspace_split(gemm_ws, P, K, OC, &ap, &ra, &zbp, &colterm);
@@ -122,6 +124,16 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
         rc_qgemm_prep_cols(K, OC, za_s, col_sums, w_zero_point, w_zp_per_channel, zbp, colterm);
         for (int64_t n = 0; n < N; ++n) {
             rc_transpose_bytes((const uint8_t *)x + n * C * HW, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
+            /* each input pixel's channel sum once, so a patch's row sum is KH*KW lookups */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t q = 0; q < HW; ++q) {
+                const int8_t *src = xs + q * C;
+                int32_t t = 0;
+                for (int64_t c = 0; c < C; ++c) t += src[c];
+                pixsum[q] = t;
+            }
             /* implicit im2col: each output pixel's patch, in (kh, kw, c) order, written
              * directly in the packed activation layout with its row sum */
 #ifdef _OPENMP
@@ -141,7 +153,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                         } else {
                             const int8_t *src = xs + (ih * W + iw) * C;
                             memcpy(dst, src, (size_t)C);
-                            for (int64_t c = 0; c < C; ++c) s += src[c];
+                            s += pixsum[ih * W + iw];
                         }
                     }
                 }
