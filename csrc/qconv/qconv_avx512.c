@@ -40,24 +40,35 @@ static inline __attribute__((always_inline)) void dw_plane_pairs_k(const rc_dw_a
     }
     const __m512i idx_pair = _mm512_loadu_si512(ip), idx_lone = _mm512_loadu_si512(il);
     const __m512i vbias = _mm512_set1_epi32(bias);
-    for (int64_t oh = 0; oh < d->OH; ++oh)
+    /* two output rows per pass (independent chains for the vector units); a lone last
+     * row recomputes the first one's inputs and is not stored */
+    for (int64_t oh = 0; oh < d->OH; oh += 2) {
+        const int two = oh + 1 < d->OH;
+        const int64_t oh1 = two ? oh + 1 : oh;
         for (int64_t ow = 0; ow < d->OW; ow += 16) {
             const int64_t mv = d->OW - ow < 16 ? d->OW - ow : 16;
             const __mmask16 m = rc_mask16(mv);
             const __mmask32 lm_pair = (__mmask32)((1ull << (mv + dw)) - 1u);
             const __mmask32 lm_lone = (__mmask32)((1ull << mv) - 1u);
-            __m512i acc = vbias;
+            __m512i acc0 = vbias, acc1 = vbias;
             for (int64_t kh = 0; kh < KH; ++kh) {
-                const int16_t *row = xp + (oh * d->sh + kh * d->dh) * d->PW + ow;
+                const int16_t *row0 = xp + (oh * d->sh + kh * d->dh) * d->PW + ow;
+                const int16_t *row1 = xp + (oh1 * d->sh + kh * d->dh) * d->PW + ow;
                 for (int64_t q = 0; q < KP; ++q) {
                     const int lone = 2 * q + 1 >= KW;
-                    const __m512i v = _mm512_maskz_loadu_epi16(lone ? lm_lone : lm_pair, row + 2 * q * dw);
-                    const __m512i xv = _mm512_permutexvar_epi16(lone ? idx_lone : idx_pair, v);
-                    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(xv, _mm512_set1_epi32(wp[kh * KP + q])));
+                    const __mmask32 lm = lone ? lm_lone : lm_pair;
+                    const __m512i idx = lone ? idx_lone : idx_pair;
+                    const __m512i wv = _mm512_set1_epi32(wp[kh * KP + q]);
+                    const __m512i x0 = _mm512_permutexvar_epi16(idx, _mm512_maskz_loadu_epi16(lm, row0 + 2 * q * dw));
+                    const __m512i x1 = _mm512_permutexvar_epi16(idx, _mm512_maskz_loadu_epi16(lm, row1 + 2 * q * dw));
+                    acc0 = _mm512_add_epi32(acc0, _mm512_madd_epi16(x0, wv));
+                    acc1 = _mm512_add_epi32(acc1, _mm512_madd_epi16(x1, wv));
                 }
             }
-            rc_epi16(&e, acc, oh, ow, m, out, d->OW);
+            rc_epi16(&e, acc0, oh, ow, m, out, d->OW);
+            if (two) rc_epi16(&e, acc1, oh1, ow, m, out, d->OW);
         }
+    }
 }
 
 /* 3x3 (the common case) with the loop bounds known, so the tap loops unroll and the
