@@ -21,16 +21,44 @@ static int out_bytes_of(const rc_epilogue *e) {
     return (e->kind == RC_EPI_REQUANT_FLOAT || e->kind == RC_EPI_REQUANT_FIXED) ? 1 : 4;
 }
 
+#if RC_X86
+#include <emmintrin.h>
+/* A full 16 x 16 byte tile by the perfect shuffle: interleaving the bytes of register i
+ * with register i + 8 (low halves into 2i, high halves into 2i + 1) four times transposes
+ * the tile.  SSE2 (the x86-64 baseline); a pure byte permutation, so every ISA variant
+ * shares it. */
+static void transpose_tile16(const uint8_t *src, int64_t ls, uint8_t *dst, int64_t ld, uint8_t xor_mask) {
+    const __m128i fl = _mm_set1_epi8((char)xor_mask);
+    __m128i r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i * ls)), fl);
+    for (int s = 0; s < 4; ++s) {
+        for (int i = 0; i < 8; ++i) {
+            t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
+            t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
+        }
+        for (int i = 0; i < 16; ++i) r[i] = t[i];
+    }
+    for (int j = 0; j < 16; ++j) _mm_storeu_si128((__m128i *)(void *)(dst + j * ld), r[j]);
+}
+#endif
+
 /* [C, HW] -> [HW, C] for one image (bytes, or 4-byte results), flipping uint8 to int8 on
- * the way in when asked.  Blocked so both sides stay in cache lines. */
+ * the way in when asked.  16 x 16 tiles (SSE2 on x86), scalar at the ragged edges. */
 void rc_transpose_bytes(const uint8_t *src, int64_t rows, int64_t cols, uint8_t *dst, uint8_t xor_mask) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-    for (int64_t c0 = 0; c0 < cols; c0 += 64)
-        for (int64_t r0 = 0; r0 < rows; r0 += 16)
-            for (int64_t c = c0; c < cols && c < c0 + 64; ++c)
+    for (int64_t c0 = 0; c0 < cols; c0 += 16)
+        for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+#if RC_X86
+            if (c0 + 16 <= cols && r0 + 16 <= rows) {
+                transpose_tile16(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows, xor_mask);
+                continue;
+            }
+#endif
+            for (int64_t c = c0; c < cols && c < c0 + 16; ++c)
                 for (int64_t r = r0; r < rows && r < r0 + 16; ++r) dst[c * rows + r] = src[r * cols + c] ^ xor_mask;
+        }
 }
 
 void rc_transpose_4(const uint32_t *src, int64_t rows, int64_t cols, uint32_t *dst) {
@@ -53,7 +81,8 @@ static void transpose_out(const void *src, int64_t P, int64_t OC, void *dst, int
 long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
                                     long long OH, long long OW, long long OC, int out_bytes) {
     const long long P = OH * OW, K = KH * KW * C;
-    return A64(H * W * C) + rc_qgemm_workspace_size(P, K, OC) + A64(P * OC * (long long)out_bytes) + 64;
+    return A64(H * W * C) + rc_qgemm_workspace_size(P, K, OC) + A64(P * OC * (long long)out_bytes) +
+           A64(H * W * 4) + 64;
 }
 
 int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
@@ -78,6 +107,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     int8_t *xs = (int8_t *)ws; /* the image as signed bytes, [H, W, C] */
     void *gemm_ws = ws + A64(HW * C);
     uint8_t *out_nhwc = (uint8_t *)gemm_ws + rc_qgemm_workspace_size(P, K, OC);
+    int32_t *pixsum = (int32_t *)(out_nhwc + A64(P * OC * bytes)); /* [HW]: sum over c of xs */
     int8_t *ap;
     int32_t *ra, *zbp, *colterm;
     rc_qgemm_workspace_split(gemm_ws, P, K, OC, &ap, &ra, &zbp, &colterm);
@@ -94,6 +124,16 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
         rc_qgemm_prep_cols(K, OC, za_s, col_sums, w_zero_point, w_zp_per_channel, zbp, colterm);
         for (int64_t n = 0; n < N; ++n) {
             rc_transpose_bytes((const uint8_t *)x + n * C * HW, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
+            /* each input pixel's channel sum once, so a patch's row sum is KH*KW lookups */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t q = 0; q < HW; ++q) {
+                const int8_t *src = xs + q * C;
+                int32_t t = 0;
+                for (int64_t c = 0; c < C; ++c) t += src[c];
+                pixsum[q] = t;
+            }
             /* implicit im2col: each output pixel's patch, in (kh, kw, c) order, written
              * directly in the packed activation layout with its row sum */
 #ifdef _OPENMP
@@ -113,7 +153,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                         } else {
                             const int8_t *src = xs + (ih * W + iw) * C;
                             memcpy(dst, src, (size_t)C);
-                            for (int64_t c = 0; c < C; ++c) s += src[c];
+                            s += pixsum[ih * W + iw];
                         }
                     }
                 }

@@ -124,3 +124,57 @@ def test_depthwise_zero_point_is_validated_like_the_others():
         kernels.pack_conv_weights(w, 0.7, groups=4)
     with pytest.raises(ArgumentError, match="w_zero_point"):
         kernels.pack_conv_weights(w, 300, groups=4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+@pytest.mark.parametrize(
+    "k,stride,padding,dilation,width",
+    [((3, 3), 1, 1, 1, 56), ((3, 2), 1, 0, 1, 17), ((1, 5), 1, 4, 1, 1), ((2, 4), 1, 3, 2, 33),
+     ((3, 3), 1, 2, (1, 16), 40), ((3, 3), 1, 0, (1, 17), 40), ((3, 3), 2, 1, 1, 31), ((1, 1), 1, 0, 1, 16)],
+)
+def test_depthwise_tap_pairing_edges(variant, k, stride, padding, dilation, width):
+    """The AVX-512 depthwise kernel pairs taps along kw for vpmaddwd when the W stride is 1
+    and the dilated window fits one 32-word load (dw <= 16): odd and even KW, widths around
+    the 16-lane vector, dilation 16 (the last paired case) and 17 (the fallback), stride 2,
+    padding past the kernel, extreme values and zero points."""
+    rng = np.random.default_rng(width)
+    C = 5
+    for xt, zx_vals in [(np.uint8, (0, 255)), (np.int8, (-128, 127))]:
+        lo, hi = (0, 256) if xt == np.uint8 else (-128, 128)
+        x = rng.integers(lo, hi, (2, C, 7, width)).astype(xt)
+        x[0, 0] = lo
+        x[0, 1] = hi - 1
+        w = rng.integers(-128, 128, (C, 1) + k).astype(np.int8)
+        w[0] = -128
+        w[1] = 127
+        zw = np.array([127, -128, 0, 5, -7])
+        for zx in zx_vals:
+            kw = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
+            with kernels.use("numpy"):
+                want = kernels.qconv2d(x, w, zx, zw, **kw)
+            with kernels.use(*variant, threads=2):
+                got = kernels.qconv2d(x, w, zx, zw, **kw)
+            assert_exact(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+@pytest.mark.parametrize("cin,hw,cout,k,stride,padding,dilation",
+                         [(48, (16, 32), 32, 1, 1, 0, 1), (33, (17, 18), 17, 1, 1, 0, 1),
+                          (32, (20, 16), 48, 3, 2, 3, 2), (16, (16, 16), 16, 3, 1, 1, 1), (1, (5, 40), 3, 3, 1, 4, 1)])
+def test_dense_transpose_tiles(variant, cin, hw, cout, k, stride, padding, dilation):
+    """The dense path's NCHW <-> NHWC transposes run 16 x 16 byte tiles with scalar edges:
+    channel and pixel counts that are exact multiples of 16, ragged ones, one channel,
+    both input types (uint8 is flipped inside the tile), extreme values."""
+    rng = np.random.default_rng(cin)
+    for xt, zx in [(np.uint8, 255), (np.uint8, 0), (np.int8, -128), (np.int8, 127)]:
+        lo, hi = (0, 256) if xt == np.uint8 else (-128, 128)
+        x = rng.integers(lo, hi, (2, cin) + hw).astype(xt)
+        x[1, 0] = lo
+        w = rng.integers(-128, 128, (cout, cin, k, k)).astype(np.int8)
+        zw = rng.integers(-128, 128, cout)
+        for out in (None, Requantize(np.float32(3e-5), 100, np.uint8)):
+            kw = dict(stride=stride, padding=padding, dilation=dilation, output=out)
+            with kernels.use("numpy"):
+                want = kernels.qconv2d(x, w, zx, zw, **kw)
+            with kernels.use(*variant, threads=2):
+                assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
