@@ -70,13 +70,18 @@ def check_nm_shape(n_in: int, n, m) -> tuple:
     return n, m
 
 
-def _pattern(sparsity, n, m):
+def _pattern(sparsity, n, m, n_in: int) -> tuple:
+    """Validate "sparsity (unstructured) or n and m (N:M)" for a layer of ``n_in`` inputs;
+    returns (sparsity or None, n, m)."""
     if (n is None) != (m is None):
         raise ArgumentError(f"n, m: give both for N:M sparsity or neither, got n={n}, m={m}")
     if n is not None and sparsity is not None:
         raise ArgumentError("sparsity, n, m: expected either sparsity (unstructured) or n and m (N:M), not both")
     if n is None and sparsity is None:
         raise ArgumentError("sparsity, n, m: expected sparsity (unstructured) or n and m (N:M)")
+    if sparsity is not None:
+        return check_sparsity(sparsity), None, None
+    return (None,) + check_nm_shape(n_in, n, m)
 
 
 def prune_lowest(scores, k: int) -> np.ndarray:
@@ -113,11 +118,7 @@ def sparsegpt(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None, bl
     """
     w = check_array(weight, "weight", dtypes=FLOAT_DTYPES, ndim=2, finite=True)
     rows, cols = w.shape
-    _pattern(sparsity, n, m)
-    if sparsity is not None:
-        p = check_sparsity(sparsity)
-    else:
-        n, m = check_nm_shape(cols, n, m)
+    p, n, m = _pattern(sparsity, n, m, cols)
     bs = check_int(block_size, "block_size", min_value=1)
     h, dead = _hessian.dead_inputs(_hessian.layer_hessian(x, hessian, cols))
     U = _hessian.inverse_cholesky_upper(h, damp)

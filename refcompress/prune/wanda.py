@@ -25,7 +25,7 @@ from .. import _hessian
 from .._validation import check_array
 from ..errors import ArgumentError, ShapeError
 from ..nn.functional import FLOAT_DTYPES
-from .sparsegpt import PruneResult, _pattern, check_nm_shape, check_sparsity, keep_nm, prune_lowest
+from .sparsegpt import PruneResult, _pattern, keep_nm, prune_lowest
 
 __all__ = ["wanda_scores", "wanda"]
 
@@ -54,11 +54,7 @@ def wanda(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None) -> Pru
     """
     w = check_array(weight, "weight", dtypes=FLOAT_DTYPES, ndim=2, finite=True)
     rows, cols = w.shape
-    _pattern(sparsity, n, m)
-    if sparsity is not None:
-        p = check_sparsity(sparsity)
-    else:
-        n, m = check_nm_shape(cols, n, m)
+    p, n, m = _pattern(sparsity, n, m, cols)
     scores = wanda_scores(w, np.sqrt(_hessian.layer_hessian_diag(x, hessian, cols)))
     if sparsity is not None:
         k = int(np.rint(p * cols))

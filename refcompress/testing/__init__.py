@@ -58,3 +58,8 @@ __all__ += ["check_gelu", "check_layer_norm", "check_softmax"]
 from .attention import check_attention  # noqa: E402
 
 __all__ += ["check_attention"]
+
+# Synthetic layers with transformer-like outlier inputs, for layer-wise methods.
+from .layers import OUTLIER_CHANNELS, outlier_layer  # noqa: E402
+
+__all__ += ["OUTLIER_CHANNELS", "outlier_layer"]

@@ -10,20 +10,13 @@ import pytest
 from refcompress import _hessian
 from refcompress.errors import ArgumentError, ShapeError
 from refcompress.prune import is_nm_sparse, mask_by_amount, nm_mask, sparsegpt, wanda, wanda_scores
+from refcompress.testing import outlier_layer
 
 OUT, IN, N = 64, 96, 512
-OUTLIERS = {3: 20.0, 17: 35.0, 40: 50.0, 77: 25.0}
 
 
 def layer(seed=0, out=OUT, n_in=IN, n=N):
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((n_in, n_in)) / np.sqrt(n_in) + np.eye(n_in)
-    x = rng.standard_normal((n, n_in)) @ a
-    for j, f in OUTLIERS.items():
-        if j < n_in:
-            x[:, j] *= f
-    w = rng.standard_normal((out, n_in)) * 0.05
-    return w.astype(np.float32), x.astype(np.float32)
+    return outlier_layer(seed, out, n_in, n)
 
 
 def out_err(w, w_hat, x):
