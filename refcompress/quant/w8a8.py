@@ -114,12 +114,13 @@ class W8A8Linear(Module):
         return layer.eval()
 
     def _static_params(self):
-        """Per-channel quantizer scale s_a m_j and the epilogue's s_a s_w (cached)."""
+        """Per-channel quantizer scale s_a m_j, its zero points, and the epilogue's s_a s_w
+        (cached until a buffer is replaced)."""
         def build(src):
-            s_a, m, s_w = float(src[0]), src[1], src[2]
-            return ((np.float32(s_a) * m).astype(np.float32),
+            s_a, m, s_w, z = float(src[0]), src[1], src[2], int(src[3])
+            return ((np.float32(s_a) * m).astype(np.float32), np.full(self.in_features, z, np.int32),
                     (np.float64(s_a) * s_w.astype(np.float64)).astype(np.float32))
-        return self._derived.get((self.input_scale, self.smooth, self.weight_scale), build)
+        return self._derived.get((self.input_scale, self.smooth, self.weight_scale, self.input_zero_point), build)
 
     def _token_inv_smooth(self):
         """float32(1 / m) for the per-token quantizer, or None when m = 1 (cached)."""
@@ -147,16 +148,16 @@ class W8A8Linear(Module):
             y = kernels.qgemm(q, pw, 0, output=out)
         else:
             if mode == "static":
-                chan_scale, out_scale = self._static_params()
+                chan_scale, zeros, out_scale = self._static_params()
                 z = int(self.input_zero_point)
             else:
-                xs_min, xs_max = np.min(x2 / self.smooth), np.max(x2 / self.smooth)
-                aq = choose_qparams(np.float32(xs_min), np.float32(xs_max), ACTIVATION_SPEC)
+                xs = x2 / self.smooth
+                aq = choose_qparams(np.float32(xs.min()), np.float32(xs.max()), ACTIVATION_SPEC)
                 z = int(aq.zero_point)
+                zeros = np.full(self.in_features, z, np.int32)
                 chan_scale = (np.float32(aq.scale) * self.smooth).astype(np.float32)
                 out_scale = (np.float64(aq.scale) * self.weight_scale.astype(np.float64)).astype(np.float32)
-            q = kernels.quantize(x2, chan_scale, np.full(self.in_features, z, np.int32), axis=1,
-                                 dtype=np.uint8)
+            q = kernels.quantize(x2, chan_scale, zeros, axis=1, dtype=np.uint8)
             y = kernels.qgemm(q, pw, z, output=kernels.Dequantize(out_scale, bias=self.bias))
         return y.reshape(lead + (self.out_features,))
 
