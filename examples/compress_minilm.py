@@ -63,14 +63,14 @@ def main(argv=None) -> int:
     encoder = load_minilm()
     print(f"all-MiniLM-L6-v2: {len(EVAL_SENTENCES)} evaluation sentences, "
           f"{len(CALIBRATION_SENTENCES)} calibration sentences (disjoint)\n")
-    head = f"{'method':<26} {'min cos':>8} {'mean cos':>8} {'Spearman':>8} {'seconds':>7}  goal"
+    head = f"{'method':<28} {'min cos':>8} {'mean cos':>8} {'Spearman':>8} {'seconds':>7}  goal"
     print(head)
     print("-" * len(head))
     rows = {}
 
     def show(row):
         rows[row.method] = row
-        print(f"{row.method:<26} {row.min_cos:8.4f} {row.mean_cos:8.4f} {row.spearman:8.4f} {row.seconds:7.1f}  "
+        print(f"{row.method:<28} {row.min_cos:8.4f} {row.mean_cos:8.4f} {row.spearman:8.4f} {row.seconds:7.1f}  "
               f"{verdict(row.method, row, rows)}", flush=True)
 
     fidelity_table(encoder, names, progress=show)

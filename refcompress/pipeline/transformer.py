@@ -56,16 +56,24 @@ def capture_inputs(encoder, sentences, names, *, weighting: str = "token") -> di
     """Inputs seen by the modules ``names`` of ``encoder.model`` while ``sentences`` run
     one at a time: ``{name: float32 [tokens, in]}`` (no padded position included).
 
-    weighting : ``"token"`` - the rows as they are (every token counts once: what ranges
-                and abs-max statistics need); ``"sentence"`` - sentence s's n_s rows are
-                multiplied by sqrt(T / n_s), T the mean tokens per sentence, so that in any
-                quadratic statistic (the Hessian X^T X, squared output errors, column
-                norms) every sentence weighs as much as T tokens.  A sentence embedding
-                is a mean over its tokens and the evaluation weighs sentences equally, so
-                a 3-token sentence must not be outvoted by the 100-token paragraphs.
+    weighting : how sentence s's n_s rows x_t are scaled (T = mean tokens per sentence);
+                what a quadratic statistic (the Hessian X^T X, squared output errors,
+                column norms) then weighs:
+
+                ``"token"``    - as they are: every token counts once (what ranges and
+                                 abs-max statistics need);
+                ``"sentence"`` - by sqrt(T / n_s): every sentence weighs as much as T
+                                 tokens, spread over its own;
+                ``"mean"``     - by T / n_s: the weight of the error of a *mean* over the
+                                 sentence's tokens.  The embedding is that mean, and an
+                                 output error e_t per token moves it by (1/n_s) sum_t e_t,
+                                 whose expected squared norm for independent errors is
+                                 (1/n_s^2) sum_t |e_t|^2: row t carries 1/n_s^2, so short
+                                 sentences, whose mean rests on a few tokens, count most.
     """
-    if weighting not in ("token", "sentence"):
-        raise ArgumentError(f"weighting: expected 'token' or 'sentence', got {weighting!r}")
+    powers = {"token": 0.0, "sentence": 0.5, "mean": 1.0}
+    if weighting not in powers:
+        raise ArgumentError(f"weighting: expected one of {sorted(powers)}, got {weighting!r}")
     store = {n: [] for n in names}
     handles = []
     for n in names:
@@ -79,11 +87,11 @@ def capture_inputs(encoder, sentences, names, *, weighting: str = "token") -> di
     finally:
         for h in handles:
             h.remove()
-    if weighting == "sentence" and names:
+    if powers[weighting] and names:
         counts = [len(x) for x in store[names[0]]]
         mean = float(np.mean(counts))
         for n in names:
-            store[n] = [x * np.float32(np.sqrt(mean / len(x))) for x in store[n]]
+            store[n] = [x * np.float32((mean / len(x)) ** powers[weighting]) for x in store[n]]
     return {n: np.concatenate(v) for n, v in store.items()}
 
 
@@ -100,21 +108,22 @@ def _bias(lin):
     return None if lin.bias is None else lin.bias.data.astype(np.float32)
 
 
-def _weight_only(lin, bits, group_size, codes=None, qparams=None, input_scale=None):
+def _weight_only(lin, bits, group_size, codes=None, qparams=None, input_scale=None, symmetric=True):
     layer = WeightOnlyLinear(lin.in_features, lin.out_features, lin.bias is not None, bits=bits,
-                             group_size=group_size, input_scale=input_scale is not None)
+                             group_size=group_size, input_scale=input_scale is not None, symmetric=symmetric)
     if codes is None:
         return layer.set_weight(lin.weight.data.astype(np.float32), _bias(lin)).eval()
     return layer.set_quantized(codes, qparams, bias=_bias(lin), input_scale=input_scale).eval()
 
 
-def _spec(bits, group_size):
+def _spec(bits, group_size, symmetric=True):
+    form = {} if symmetric else dict(signed=False, symmetric=False, narrow_range=False)
     if group_size is None:
-        return QuantSpec(bits, granularity="channel", axis=0)
-    return QuantSpec(bits, granularity="group", group_size=group_size)
+        return QuantSpec(bits, granularity="channel", axis=0, **form)
+    return QuantSpec(bits, granularity="group", group_size=group_size, **form)
 
 
-def _rtn(lin, x, bits=8, group_size=None, per_tensor=False):
+def _rtn(lin, x, bits=8, group_size=None, per_tensor=False, symmetric=True):
     if per_tensor:  # WeightOnlyLinear stores per row or per group: simulate one scale
         w = lin.weight.data.astype(np.float32)
         qp = calibrate(w, QuantSpec(bits))
@@ -123,18 +132,18 @@ def _rtn(lin, x, bits=8, group_size=None, per_tensor=False):
         if lin.bias is not None:
             out.bias.data = lin.bias.data.astype(np.float32).copy()
         return out.eval()
-    return _weight_only(lin, bits, group_size)
+    return _weight_only(lin, bits, group_size, symmetric=symmetric)
 
 
-def _gptq(lin, x, bits=4, group_size=None, act_order=True, clip_search=True, damp=0.01):
-    r = gptq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size), act_order=act_order,
+def _gptq(lin, x, bits=4, group_size=None, act_order=True, clip_search="hessian", damp=0.01, symmetric=False):
+    r = gptq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size, symmetric), act_order=act_order,
              clip_search=clip_search, damp=damp)
-    return _weight_only(lin, bits, group_size, r.codes, r.qparams)
+    return _weight_only(lin, bits, group_size, r.codes, r.qparams, symmetric=symmetric)
 
 
-def _awq(lin, x, bits=4, group_size=None):
-    r = awq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size))
-    return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=r.input_scale)
+def _awq(lin, x, bits=4, group_size=None, symmetric=False):
+    r = awq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size, symmetric))
+    return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=r.input_scale, symmetric=symmetric)
 
 
 def _w8a8(lin, x, activation="static", alpha=None):
@@ -194,7 +203,15 @@ class Method:
     needs_data: bool = False
     layers: tuple = ENCODER_LINEARS  # which of each encoder layer's Linears it replaces
     description: str = ""
-    weighting: str = "sentence"  # how calibration tokens count (capture_inputs); ranges: "token"
+    weighting: str = "sentence"  # how calibration tokens count (capture_inputs); see WEIGHTING
+
+
+#: How each kind of method weighs calibration tokens (:func:`capture_inputs`): ranges and
+#: abs-max statistics need the tokens as they are; the weight quantizers fit the error of the
+#: mean-pooled embedding ("mean", measured best for GPTQ and AWQ); pruning and low rank
+#: weigh sentences equally ("sentence": "mean" was measured slightly worse for SparseGPT
+#: and Wanda, docs/transformers.md).
+WEIGHTING = {"w8a8": "token", "gptq": "mean", "awq": "mean"}
 
 
 METHODS = {
@@ -202,15 +219,20 @@ METHODS = {
     "int8 per-tensor RTN": Method(_rtn, dict(bits=8, per_tensor=True), description="one scale per layer (simulated)"),
     "int4 per-channel RTN": Method(_rtn, dict(bits=4)),
     "int4 g32 RTN": Method(_rtn, dict(bits=4, group_size=32)),
-    "int4 per-channel GPTQ": Method(_gptq, dict(bits=4), True),
-    "int4 g32 GPTQ": Method(_gptq, dict(bits=4, group_size=32), True),
-    "int4 per-channel AWQ": Method(_awq, dict(bits=4), True),
-    "int4 g32 AWQ": Method(_awq, dict(bits=4, group_size=32), True),
-    "W8A8 static": Method(_w8a8, dict(activation="static"), True, weighting="token"),
-    "W8A8 static SmoothQuant": Method(_w8a8, dict(activation="static", alpha=0.8), True, weighting="token"),
-    "W8A8 dynamic per-tensor": Method(_w8a8, dict(activation="tensor"), True, weighting="token"),
-    "W8A8 dynamic per-token": Method(_w8a8, dict(activation="token"), True, weighting="token"),
-    "W8A8 per-token SmoothQuant": Method(_w8a8, dict(activation="token", alpha=0.5), True, weighting="token"),
+    "int4 per-channel RTN affine": Method(_rtn, dict(bits=4, symmetric=False),
+                                         description="unsigned codes, zero point per row"),
+    "int4 g32 RTN affine": Method(_rtn, dict(bits=4, group_size=32, symmetric=False)),
+    "int4 per-channel GPTQ": Method(_gptq, dict(bits=4), True, weighting=WEIGHTING["gptq"]),
+    "int4 g32 GPTQ": Method(_gptq, dict(bits=4, group_size=32), True, weighting=WEIGHTING["gptq"]),
+    "int4 per-channel AWQ": Method(_awq, dict(bits=4), True, weighting=WEIGHTING["awq"]),
+    "int4 g32 AWQ": Method(_awq, dict(bits=4, group_size=32), True, weighting=WEIGHTING["awq"]),
+    "W8A8 static": Method(_w8a8, dict(activation="static"), True, weighting=WEIGHTING["w8a8"]),
+    "W8A8 static SmoothQuant": Method(_w8a8, dict(activation="static", alpha=0.8), True,
+                                      weighting=WEIGHTING["w8a8"]),
+    "W8A8 dynamic per-tensor": Method(_w8a8, dict(activation="tensor"), True, weighting=WEIGHTING["w8a8"]),
+    "W8A8 dynamic per-token": Method(_w8a8, dict(activation="token"), True, weighting=WEIGHTING["w8a8"]),
+    "W8A8 per-token SmoothQuant": Method(_w8a8, dict(activation="token", alpha=0.5), True,
+                                         weighting=WEIGHTING["w8a8"]),
     "50% magnitude": Method(_magnitude, dict(sparsity=0.5)),
     "50% SparseGPT": Method(_sparsegpt, dict(sparsity=0.5), True),
     "50% Wanda": Method(_wanda, dict(sparsity=0.5), True),
@@ -277,7 +299,8 @@ def fidelity_table(encoder, methods=None, *, sentences=EVAL_SENTENCES, calibrati
 
 _STAGE_KEYS = {
     "quantize": {"method": ("rtn", "gptq", "awq", "w8a8"), "bits": (4, 8), "group_size": int,
-                 "activation": ("static", "tensor", "token"), "alpha": float, "per_tensor": bool},
+                 "activation": ("static", "tensor", "token"), "alpha": float, "per_tensor": bool,
+                 "symmetric": bool},
     "prune": {"method": ("magnitude", "sparsegpt", "wanda"), "sparsity": float, "n": int, "m": int},
     "lowrank": {"method": ("svd", "data_aware"), "ffn_fraction": float},
 }
@@ -286,8 +309,8 @@ _MAKERS = {("quantize", "rtn"): (_rtn, False), ("quantize", "gptq"): (_gptq, Tru
            ("prune", "magnitude"): (_magnitude, False), ("prune", "sparsegpt"): (_sparsegpt, True),
            ("prune", "wanda"): (_wanda, True), ("lowrank", "svd"): (_svd, False),
            ("lowrank", "data_aware"): (_svd_data, True)}
-_ALLOWED = {"rtn": {"bits", "group_size", "per_tensor"}, "gptq": {"bits", "group_size"},
-            "awq": {"bits", "group_size"}, "w8a8": {"activation", "alpha"},
+_ALLOWED = {"rtn": {"bits", "group_size", "per_tensor", "symmetric"}, "gptq": {"bits", "group_size", "symmetric"},
+            "awq": {"bits", "group_size", "symmetric"}, "w8a8": {"activation", "alpha"},
             "magnitude": {"sparsity", "n", "m"}, "sparsegpt": {"sparsity", "n", "m"},
             "wanda": {"sparsity", "n", "m"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
 
@@ -295,7 +318,8 @@ _ALLOWED = {"rtn": {"bits", "group_size", "per_tensor"}, "gptq": {"bits", "group
 def stage_method(stage: dict, where: str = "stage") -> Method:
     """The :class:`Method` of one transformer recipe stage, validated.
 
-    ``{"kind": "quantize", "method": "gptq", "bits": 4, "group_size": 32}``,
+    ``{"kind": "quantize", "method": "gptq", "bits": 4, "group_size": 32}`` (``"symmetric": false``
+    for unsigned codes with zero points; rtn, gptq and awq),
     ``{"kind": "quantize", "method": "w8a8", "activation": "token", "alpha": 0.5}``,
     ``{"kind": "prune", "method": "sparsegpt", "n": 2, "m": 4}`` or ``"sparsity": 0.5``,
     ``{"kind": "lowrank", "method": "data_aware", "ffn_fraction": 0.5}``.
@@ -339,7 +363,7 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
         kwargs.setdefault("activation", "static")
     make, needs_data = _MAKERS[(kind, method)]
     return Method(make, kwargs, needs_data, FFN_LINEARS if kind == "lowrank" else ENCODER_LINEARS,
-                  description=f"{kind} {method} {kwargs}", weighting="token" if method == "w8a8" else "sentence")
+                  description=f"{kind} {method} {kwargs}", weighting=WEIGHTING.get(method, "sentence"))
 
 
 def load_transformer_recipe(path) -> tuple:

@@ -225,14 +225,16 @@ def _replace(model, make, exclude, types):
                      for k, n, m, r in units])
 
 
-def quantize_weight_only(model: nn.Sequential, bits: int = 8, *, group_size=None, exclude=()) -> nn.Sequential:
-    """A copy with Conv2d / Linear weights stored as ``bits``-bit integers (symmetric, per
-    output channel, or per ``group_size`` inputs of each row), activations float."""
+def quantize_weight_only(model: nn.Sequential, bits: int = 8, *, group_size=None, symmetric=True,
+                         exclude=()) -> nn.Sequential:
+    """A copy with Conv2d / Linear weights stored as ``bits``-bit integers (per output
+    channel, or per ``group_size`` inputs of each row; symmetric signed codes, or unsigned
+    codes with a zero point per scale when ``symmetric=False``), activations float."""
 
     def make(m):
         cfg = m.get_config()
         cls = WeightOnlyConv2d if isinstance(m, nn.Conv2d) else WeightOnlyLinear
-        layer = cls(**cfg, bits=bits, group_size=group_size)
+        layer = cls(**cfg, bits=bits, group_size=group_size, symmetric=symmetric)
         return layer.set_weight(m.weight.data, None if m.bias is None else m.bias.data).eval()
 
     return _replace(model, make, exclude, (nn.Conv2d, nn.Linear))

@@ -33,7 +33,10 @@ in the ordinary group layout, and its grid is chosen when the first of its colum
 instead of min / max: the range [p lo, p hi] for p in 1, 0.99, ..., 0.21 that minimises
 sum_j |w_j - Q(w_j)|^2.4 over the row, so one outlier weight does not spread the grid so
 wide that the other weights fall on a handful of levels (the GPTQ code's ``mse`` option,
-grid 100, maxshrink 0.8, norm 2.4).
+grid 100, maxshrink 0.8, norm 2.4).  ``clip_search="hessian"`` weighs column j's term by
+H_jj, sum_j H_jj |w_j - Q(w_j)|^2.4: the diagonal of the layer-output objective
+(W_i - Q_i) H (W_i - Q_i)^T, so the grid fits the weights of busy inputs first instead of
+treating an input that is almost always zero like one that carries every token.
 
 Inputs that are zero on all calibration data (H_jj = 0) get W[:, j] = 0 and H_jj = 1
 (:mod:`refcompress._hessian`).  With H = I the update vanishes and GPTQ is exactly
@@ -82,10 +85,11 @@ def check_layer_spec(spec, n_in: int) -> QuantSpec:
 CLIP_GRID, CLIP_MAX_SHRINK, CLIP_NORM = 100, 0.8, 2.4
 
 
-def _choose_range(values, spec, clip_search: bool) -> QParams:
+def _choose_range(values, spec, clip_search, col_weight=None) -> QParams:
     """QParams for each row of ``values`` [rows, k] (float64): from min / max, or with
-    ``clip_search`` the shrunk range [p min, p max] minimising sum |v - Q(v)|^2.4 per row
-    (the first minimum over p = 1, 1 - 1/100, ... , 1 - 79/100)."""
+    ``clip_search`` the shrunk range [p min, p max] minimising sum_j c_j |v_j - Q(v_j)|^2.4
+    per row (the first minimum over p = 1, 1 - 1/100, ... , 1 - 79/100); c_j = 1, or
+    ``col_weight`` [k] (H_jj) when ``clip_search == "hessian"``."""
     lo, hi = values.min(axis=1), values.max(axis=1)
     best = choose_qparams(lo, hi, spec)
     if not clip_search:
@@ -99,7 +103,8 @@ def _choose_range(values, spec, clip_search: bool) -> QParams:
         s = np.asarray(qp.scale, np.float64).reshape(-1, 1)
         z = np.asarray(qp.zero_point, np.float64).reshape(-1, 1)
         q = np.clip(np.rint(values / s) + z, spec.qmin, spec.qmax)
-        err = np.sum(np.abs((q - z) * s - values) ** CLIP_NORM, axis=1)
+        dev = np.abs((q - z) * s - values) ** CLIP_NORM
+        err = np.sum(dev if clip_search != "hessian" else dev * col_weight, axis=1)
         better = np.ones(len(err), bool) if best_err is None else err < best_err
         best_err = err if best_err is None else np.where(better, err, best_err)
         scale[better] = np.asarray(qp.scale, np.float32).reshape(-1)[better]
@@ -116,7 +121,7 @@ def _quantize_column(col, scale, zero_point, spec):
 
 
 def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128, damp: float = 0.01,
-         act_order: bool = False, clip_search: bool = False) -> GPTQResult:
+         act_order: bool = False, clip_search: bool | str = False) -> GPTQResult:
     """Quantize a Linear weight [out, in] (float32) with GPTQ (Algorithm 1).
 
     x        : calibration inputs [N, in] (or [..., in]); or pass ``hessian`` = X^T X [in, in]
@@ -127,8 +132,9 @@ def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128
                result beyond float rounding.
     damp     : lambda = damp * mean(diag H) is added to diag H (1% in the paper).
     act_order: quantize columns in order of decreasing H_jj.
-    clip_search: choose each row's / group's range by the MSE grid (module docstring)
-               instead of min / max (per-channel and group grids).
+    clip_search: False, True or "hessian": choose each row's / group's range by the MSE
+               grid (module docstring) instead of min / max (per-channel and group
+               grids); "hessian" weighs each input's error by H_jj.
 
     Returns :class:`GPTQResult` (codes, qparams, weight).
     """
@@ -136,7 +142,10 @@ def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128
     rows, n = w.shape
     spec = check_layer_spec(spec, n)
     bs = check_int(block_size, "block_size", min_value=1)
+    if clip_search not in (False, True, "hessian"):
+        raise ArgumentError(f"clip_search: expected False, True or 'hessian', got {clip_search!r}")
     h, dead = _hessian.dead_inputs(_hessian.layer_hessian(x, hessian, n))
+    hdiag = np.diag(h).copy()
 
     W = w.astype(np.float64)
     W[:, dead] = 0.0
@@ -154,7 +163,7 @@ def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128
         chosen = np.zeros(n // gs, bool)
     else:
         if spec.granularity == "channel":
-            qp = _choose_range(W, spec, clip_search)
+            qp = _choose_range(W, spec, clip_search, hdiag[perm])
         else:
             qp = choose_qparams(W.min(), W.max(), spec)
         col_scale = np.broadcast_to(qp.scale, (rows,)).astype(np.float32)
@@ -177,7 +186,7 @@ def gptq(weight, x=None, *, spec: QuantSpec, hessian=None, block_size: int = 128
                     inb = cols < i2
                     cur[:, inb] = W1[:, cols[inb] - i1]
                     cur[:, ~inb] = W[:, cols[~inb]] - E1[:, :i] @ U[i1:j, cols[~inb]]
-                    gqp = _choose_range(cur, spec, clip_search)
+                    gqp = _choose_range(cur, spec, clip_search, hdiag[g * gs:(g + 1) * gs])
                     scale[:, g], zero[:, g] = gqp.scale, gqp.zero_point
                     chosen[g] = True
                 col_scale, col_zero = scale[:, g], zero[:, g]

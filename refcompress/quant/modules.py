@@ -237,13 +237,23 @@ class _WeightOnly(Module):
     """Weights stored as b-bit integers (packed, so stored bytes are real) with per-channel
     or group-wise scales; dequantized once on first use for float compute.
 
+    ``symmetric=True`` (default): signed narrow-range codes, zero point 0,
+    w_hat = q s (2^b - 1 levels).  ``symmetric=False``: unsigned affine codes q in
+    [0, 2^b - 1] with one zero point z per scale (a ``weight_zero_point`` uint8 buffer),
+    w_hat = (q - z) s: all 2^b levels, and the grid need not be centred on 0 -- what
+    GPTQ's and AWQ's reference implementations store for int4.
+
     Optionally a per-input-channel ``input_scale`` (float32 [in], AWQ's 1 / s) multiplies
     the input before the product, y = (x * input_scale) W_hat^T + b, when it is not folded
     into the previous op; it is a buffer, so it is saved and counted in the stored bytes.
     """
 
-    def _init_state(self, weight_shape, bias, bits, group_size, n_inputs=None, input_scale=False):
+    def _init_state(self, weight_shape, bias, bits, group_size, n_inputs=None, input_scale=False,
+                    symmetric=True):
         self.bits = int(bits)
+        if not isinstance(symmetric, (bool, np.bool_)):
+            raise ArgumentError(f"symmetric: expected True or False, got {symmetric!r}")
+        self.symmetric = bool(symmetric)
         self.group_size = None if group_size is None else int(group_size)
         self.weight_shape = tuple(int(s) for s in weight_shape)
         n = int(np.prod(self.weight_shape))
@@ -251,6 +261,8 @@ class _WeightOnly(Module):
         ns = rows if self.group_size is None else rows * (n // rows // self.group_size)
         self.register_buffer("weight_packed", np.zeros((n * self.bits + 7) // 8, np.uint8))
         self.register_buffer("weight_scale", np.ones(ns, np.float32))
+        if not self.symmetric:
+            self.register_buffer("weight_zero_point", np.zeros(ns, np.uint8))
         if bias:
             self.register_buffer("bias", np.zeros(rows, np.float32))
         else:
@@ -263,12 +275,14 @@ class _WeightOnly(Module):
         self._dense = _Cached()
 
     def spec(self) -> QuantSpec:
+        form = {} if self.symmetric else dict(signed=False, symmetric=False, narrow_range=False)
         if self.group_size is None:
-            return QuantSpec(self.bits, granularity="channel", axis=0)
-        return QuantSpec(self.bits, granularity="group", group_size=self.group_size)
+            return QuantSpec(self.bits, granularity="channel", axis=0, **form)
+        return QuantSpec(self.bits, granularity="group", group_size=self.group_size, **form)
 
     def set_weight(self, w, bias=None):
-        """Quantize float weights symmetrically (per channel or group) and store them packed."""
+        """Quantize float weights by round to nearest (per channel or group, this layer's
+        :meth:`spec`) and store them packed."""
         from .qparams import calibrate, quantize
 
         w = np.asarray(w, np.float32)
@@ -276,22 +290,27 @@ class _WeightOnly(Module):
         qp = calibrate(w2, self.spec())
         self.weight_packed = pack_bits(quantize(w2, qp), self.bits)
         self.weight_scale = qp.scale.reshape(-1).astype(np.float32)
+        if not self.symmetric:
+            self.weight_zero_point = qp.zero_point.reshape(-1).astype(np.uint8)
         if bias is not None:
             self.bias = np.asarray(bias, np.float32).copy()
         return self
 
-    def set_quantized(self, codes, scale, bias=None, input_scale=None):
+    def set_quantized(self, codes, scale, bias=None, input_scale=None, zero_point=None):
         """Store precomputed integer weights (e.g. from GPTQ or AWQ) exactly as given.
 
-        codes       : int8 [out, ...] (the weight's shape), signed b-bit values (symmetric,
-                      zero point 0: the layer dequantizes w_hat = codes * scale).
+        codes       : the weight's shape [out, ...]; symmetric layer: int8 holding signed
+                      b-bit values (w_hat = codes * scale); ``symmetric=False`` layer: uint8
+                      holding unsigned b-bit values (w_hat = (codes - zero_point) * scale).
         scale       : float32 scales, [out] per channel or [out, n_groups] per group (as
-                      this layer's ``group_size``), or the QParams GPTQ / AWQ returned (whose
-                      zero points must be 0 and whose granularity must match; a per-tensor
-                      scale is repeated per row).
+                      this layer's ``group_size``), or the QParams GPTQ / AWQ returned (their
+                      granularity must match; a per-tensor scale is repeated per row; their
+                      zero points are used, and must be 0 for a symmetric layer).
         bias        : float32 [out] or None (keep the current bias).
         input_scale : float32 [in] or None: x is multiplied by it channel-wise before the
                       product (AWQ's 1 / s); registers the buffer if the layer had none.
+        zero_point  : integers in [0, 2^b - 1], one per scale (``symmetric=False`` layers,
+                      when ``scale`` is an array); ignored when ``scale`` is a QParams.
         """
         from .qparams import QParams
 
@@ -299,22 +318,36 @@ class _WeightOnly(Module):
         n_scales = self.weight_scale.shape[0]
         if isinstance(scale, QParams):
             sp = scale.spec
-            if np.any(np.asarray(scale.zero_point) != 0):
+            zp = np.asarray(scale.zero_point)
+            if self.symmetric and np.any(zp != 0):
                 raise ArgumentError("scale: the layer stores symmetric codes (zero point 0); "
-                                    "quantize with a symmetric QuantSpec")
+                                    "quantize with a symmetric QuantSpec or build the layer with symmetric=False")
             want = ("group",) if self.group_size is not None else ("channel", "tensor")
             if sp.granularity not in want or (self.group_size is not None and sp.group_size != self.group_size) \
-                    or sp.bits > self.bits:
-                raise ArgumentError(f"scale: QParams for {sp.granularity} {sp.bits}-bit weights "
-                                    f"(group_size {sp.group_size}) do not fit this {self.bits}-bit layer "
-                                    f"(group_size {self.group_size})")
+                    or sp.bits > self.bits or sp.signed != self.symmetric:
+                raise ArgumentError(f"scale: QParams for {sp.granularity} {sp.bits}-bit "
+                                    f"{'signed' if sp.signed else 'unsigned'} weights (group_size {sp.group_size}) "
+                                    f"do not fit this {self.bits}-bit {'symmetric' if self.symmetric else 'affine'} "
+                                    f"layer (group_size {self.group_size})")
             scale = np.asarray(scale.scale, np.float32)
             if scale.size == 1:
                 scale = np.full(rows, scale.reshape(-1)[0], np.float32)
-        q = check_array(codes, "codes", dtypes=[np.int8], shape=self.weight_shape)
-        lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+                zp = np.full(rows, zp.reshape(-1)[0])
+            zero_point = None if self.symmetric else zp
+        if self.symmetric:
+            if zero_point is not None:
+                raise ArgumentError("zero_point: the layer stores symmetric codes (zero point 0); "
+                                    "build it with symmetric=False to store zero points")
+            q = check_array(codes, "codes", dtypes=[np.int8], shape=self.weight_shape)
+            lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        else:
+            if zero_point is None:
+                raise ArgumentError("zero_point: a symmetric=False layer needs one zero point per scale")
+            q = check_array(codes, "codes", dtypes=[np.uint8], shape=self.weight_shape)
+            lo, hi = 0, 2**self.bits - 1
+        kind = "signed" if self.symmetric else "unsigned"
         if q.size and (int(q.min()) < lo or int(q.max()) > hi):
-            raise ArgumentError(f"codes: expected signed {self.bits}-bit values in [{lo}, {hi}], "
+            raise ArgumentError(f"codes: expected {kind} {self.bits}-bit values in [{lo}, {hi}], "
                                 f"got {int(q.min())}..{int(q.max())}")
         s = check_array(scale, "scale", dtypes=[np.float32], finite=True).reshape(-1)
         if s.shape[0] != n_scales:
@@ -322,6 +355,13 @@ class _WeightOnly(Module):
                              f" got {s.shape[0]}")
         if np.any(s <= 0):
             raise ArgumentError("scale: expected positive scales")
+        if zero_point is not None:
+            z = np.asarray(zero_point).reshape(-1)
+            if z.shape[0] != n_scales or z.dtype.kind not in "iu":
+                raise ShapeError(f"zero_point: expected {n_scales} integers (one per scale), "
+                                 f"got {z.dtype} {z.shape}")
+            if z.size and (int(z.min()) < 0 or int(z.max()) > hi):
+                raise ArgumentError(f"zero_point: expected values in [0, {hi}], got {int(z.min())}..{int(z.max())}")
         if input_scale is not None:
             a = check_array(input_scale, "input_scale", dtypes=[np.float32], shape=(self.n_inputs,), finite=True)
             if self.input_scale is None:
@@ -330,6 +370,8 @@ class _WeightOnly(Module):
                 self.input_scale = a.copy()
         self.weight_packed = pack_bits(np.ascontiguousarray(q), self.bits)
         self.weight_scale = s.copy()
+        if zero_point is not None:
+            self.weight_zero_point = z.astype(np.uint8)
         if bias is not None:
             self.bias = check_array(bias, "bias", dtypes=[np.float32], shape=(rows,)).copy()
         return self
@@ -342,28 +384,35 @@ class _WeightOnly(Module):
         return x * self.input_scale.reshape(shape)
 
     def dense_weight(self) -> np.ndarray:
-        def build(packed):
+        def build(buffers):
             from .qparams import QParams, dequantize
 
+            packed = buffers[0]
             rows = self.weight_shape[0]
-            q = unpack_bits(packed, self.bits, int(np.prod(self.weight_shape)), signed=True).reshape(rows, -1)
+            q = unpack_bits(packed, self.bits, int(np.prod(self.weight_shape)),
+                            signed=self.symmetric).reshape(rows, -1)
             spec = self.spec()
             scale = self.weight_scale.reshape(rows, -1) if self.group_size else self.weight_scale
-            qp = QParams(scale, np.zeros(scale.shape, np.int32), spec)
+            zp = (np.zeros(scale.shape, np.int32) if self.symmetric
+                  else self.weight_zero_point.astype(np.int32).reshape(scale.shape))
+            qp = QParams(scale, zp, spec)
             return dequantize(q, qp).reshape(self.weight_shape)
 
-        return self._dense.get(self.weight_packed, build)
+        # keyed on every buffer: load_state_dict may replace any of them
+        zp = () if self.symmetric else (self.weight_zero_point,)
+        return self._dense.get((self.weight_packed, self.weight_scale, *zp), build)
 
 
 @register_module
 class WeightOnlyLinear(_WeightOnly):
     """Linear with b-bit weights (int8, int4, ... per channel or per group), float activations."""
 
-    def __init__(self, in_features, out_features, bias=True, bits=8, group_size=None, input_scale=False):
+    def __init__(self, in_features, out_features, bias=True, bits=8, group_size=None, input_scale=False,
+                 symmetric=True):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._init_state((self.out_features, self.in_features), bias, bits, group_size,
-                         self.in_features, input_scale)
+                         self.in_features, input_scale, symmetric)
 
     def forward(self, x):
         return F.linear(self._scaled_input(x, -1), self.dense_weight(), self.bias)
@@ -373,6 +422,8 @@ class WeightOnlyLinear(_WeightOnly):
                "bits": self.bits, "group_size": self.group_size}
         if self.input_scale is not None:
             cfg["input_scale"] = True
+        if not self.symmetric:
+            cfg["symmetric"] = False
         return cfg
 
 
@@ -381,7 +432,7 @@ class WeightOnlyConv2d(_WeightOnly):
     """Conv2d with b-bit weights, float activations."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, bits=8, group_size=None, input_scale=False):
+                 bias=True, bits=8, group_size=None, input_scale=False, symmetric=True):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
         self.kernel_size = _conv.as_pair(kernel_size, "kernel_size", 1)
@@ -389,7 +440,7 @@ class WeightOnlyConv2d(_WeightOnly):
         self.padding = _conv.as_pair(padding, "padding", 0)
         self.dilation = _conv.as_pair(dilation, "dilation", 1)
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        self._init_state(shape, bias, bits, group_size, self.in_channels, input_scale)
+        self._init_state(shape, bias, bits, group_size, self.in_channels, input_scale, symmetric)
 
     def forward(self, x):
         return F.conv2d(self._scaled_input(x, 1), self.dense_weight(), self.bias, self.stride, self.padding,
@@ -402,6 +453,8 @@ class WeightOnlyConv2d(_WeightOnly):
                "bias": self.bias is not None, "bits": self.bits, "group_size": self.group_size}
         if self.input_scale is not None:
             cfg["input_scale"] = True
+        if not self.symmetric:
+            cfg["symmetric"] = False
         return cfg
 
 

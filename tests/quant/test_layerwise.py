@@ -133,6 +133,32 @@ def test_gptq_clip_search_picks_the_lowest_lp_error_range(data, spec):
     np.testing.assert_array_equal(res.qparams.scale, scale)
 
 
+@pytest.mark.parametrize("spec", [INT4_CH, INT4_G32, UINT4_G32], ids=["int4-channel", "int4-group32", "uint4-asym"])
+def test_gptq_hessian_clip_search_fits_the_busy_inputs(data, spec):
+    """clip_search="hessian" minimises sum_j H_jj |w_j - Q(w_j)|^2.4: an outlier weight on an
+    input that is almost never active no longer stretches the grid of the other weights.
+    With a diagonal H there is no error feedback (U is diagonal), so the result is round to
+    nearest on the chosen ranges and the weighted error is comparable directly."""
+    w, _ = data
+    w = w.copy()
+    w[3, 5] = 4 * np.abs(w).max()  # within the search's reach (p >= 0.21)
+    hd = np.ones(IN)
+    hd[5] = 1e-6  # input 5 is (almost) never active
+    h = np.diag(hd)
+    plain = gptq(w, hessian=h, spec=spec, clip_search=True)
+    weighted = gptq(w, hessian=h, spec=spec, clip_search="hessian")
+
+    def out_err(res):  # the layer-output objective per row, (W_i - Q_i) H (W_i - Q_i)^T
+        d = (w - res.weight).astype(np.float64)
+        return (d * d) @ hd
+
+    assert out_err(weighted)[3] < 0.6 * out_err(plain)[3]
+    g = 3 if spec.granularity == "channel" else (3, 0)
+    assert np.asarray(weighted.qparams.scale)[g] < 0.75 * np.asarray(plain.qparams.scale)[g]
+    with pytest.raises(ArgumentError, match="clip_search: expected False, True or 'hessian'"):
+        gptq(w, hessian=h, spec=spec, clip_search="mse")
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=SPEC_IDS)
 def test_gptq_codes_lie_on_the_grid_and_reproduce_the_weight(data, spec):
     w, x = data
@@ -337,6 +363,32 @@ def test_weight_only_linear_applies_and_saves_the_awq_input_scale(data, tmp_path
     np.testing.assert_array_equal(back(x), lin(x))
 
 
+def test_affine_weight_only_linear_stores_uint4_codes_and_zero_points_exactly(data, tmp_path):
+    w, x = data
+    UINT4_CH = QuantSpec(4, signed=False, symmetric=False, narrow_range=False, granularity="channel")
+    for spec, group in ((UINT4_G32, 32), (UINT4_CH, None)):
+        res = gptq(w, x, spec=spec)
+        assert np.any(res.qparams.zero_point != 0)  # a real affine grid, not a symmetric one
+        lin = M.WeightOnlyLinear(IN, OUT, bits=4, group_size=group, symmetric=False)
+        lin.set_quantized(res.codes, res.qparams, np.zeros(OUT, np.float32)).eval()
+        np.testing.assert_array_equal(lin.dense_weight(), res.weight)
+        # the same from plain arrays
+        lin2 = M.WeightOnlyLinear(IN, OUT, bits=4, group_size=group, symmetric=False)
+        lin2.set_quantized(res.codes, res.qparams.scale, zero_point=res.qparams.zero_point)
+        np.testing.assert_array_equal(lin2.dense_weight(), res.weight)
+        # stored: 4 bits per code, one uint8 zero point per scale; saved and loaded exactly
+        n_scales = lin.weight_scale.size
+        assert lin.weight_packed.nbytes == OUT * IN // 2 and lin.weight_zero_point.nbytes == n_scales
+        assert lin.get_config()["symmetric"] is False
+        back = io.load(io.save(lin, str(tmp_path / f"affine{group}.npz")))
+        np.testing.assert_array_equal(back.dense_weight(), res.weight)
+        np.testing.assert_array_equal(back(x), lin(x))
+    # round to nearest through set_weight uses the same affine spec
+    rtn = M.WeightOnlyLinear(IN, OUT, bits=4, group_size=32, symmetric=False).set_weight(w)
+    qp = calibrate(w, UINT4_G32)
+    np.testing.assert_array_equal(rtn.dense_weight(), dequantize(quantize(w, qp), qp))
+
+
 def test_set_quantized_refuses_what_it_cannot_store(data):
     w, x = data
     lin = M.WeightOnlyLinear(IN, OUT, bits=4, group_size=32)
@@ -352,6 +404,23 @@ def test_set_quantized_refuses_what_it_cannot_store(data):
         lin.set_quantized(np.full((OUT, IN), 9, np.int8), np.ones(OUT * 3, np.float32))
     with pytest.raises(ShapeError, match="input_scale"):
         lin.set_quantized(ch.codes, np.ones(OUT * 3, np.float32), input_scale=np.ones(5, np.float32))
+    with pytest.raises(ArgumentError, match="zero_point: the layer stores symmetric codes"):
+        lin.set_quantized(ch.codes, np.ones(OUT * 3, np.float32), zero_point=np.zeros(OUT * 3, np.int32))
+    # the affine layer: unsigned codes, zero points required and in range, unsigned QParams only
+    alin = M.WeightOnlyLinear(IN, OUT, bits=4, group_size=32, symmetric=False)
+    g = gptq(w, x, spec=INT4_G32)
+    with pytest.raises(ArgumentError, match="scale: QParams for group 4-bit signed"):
+        alin.set_quantized(g.codes.astype(np.uint8), g.qparams)
+    with pytest.raises(ArgumentError, match="zero_point: a symmetric=False layer needs"):
+        alin.set_quantized(asym.codes, asym.qparams.scale)
+    with pytest.raises(ArgumentError, match="codes: expected unsigned 4-bit values in \\[0, 15\\]"):
+        alin.set_quantized(np.full((OUT, IN), 16, np.uint8), asym.qparams)
+    with pytest.raises(ArgumentError, match="zero_point: expected values in \\[0, 15\\]"):
+        alin.set_quantized(asym.codes, asym.qparams.scale, zero_point=np.full(OUT * 3, 16))
+    with pytest.raises(ShapeError, match="zero_point: expected 192 integers"):
+        alin.set_quantized(asym.codes, asym.qparams.scale, zero_point=np.zeros(5, np.int32))
+    with pytest.raises(ArgumentError, match="symmetric: expected True or False"):
+        M.WeightOnlyLinear(IN, OUT, bits=4, symmetric="no")
 
 
 # ---- SmoothQuant ---------------------------------------------------------------------------------

@@ -105,6 +105,16 @@ def test_weight_only_stores_packed_bits(toy):
     with pytest.raises(ArgumentError, match="group_size"):
         C.quantize_weight_only(model, 4, group_size=16)
     assert isinstance(list(g)[0], nn.Conv2d)
+    # affine codes: unsigned 4-bit values and a zero point per scale, in conv and linear layers
+    a = C.quantize_weight_only(model, 4, symmetric=False)
+    for layer in (m for m in a if isinstance(m, (M.WeightOnlyLinear, M.WeightOnlyConv2d))):
+        w = layer.dense_weight().reshape(layer.weight_shape[0], -1)
+        assert layer.symmetric is False and layer.weight_zero_point.shape == layer.weight_scale.shape
+        # each row's grid: (q - z) s for q in 0..15 holds every stored value
+        q = w / layer.weight_scale[:, None] + layer.weight_zero_point[:, None]
+        np.testing.assert_allclose(q, np.rint(q), atol=1e-3)
+        assert q.min() > -0.5 and q.max() < 15.5
+    assert np.mean(a(x).argmax(1) == model(x).argmax(1)) > 0.95
 
 
 def test_dynamic_linear_is_close_to_float():
