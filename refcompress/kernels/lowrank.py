@@ -7,7 +7,8 @@ Shapes (PyTorch Linear convention for both factors)::
 
 float32 (op ``lowrank_linear``).  The reference is the two NumPy products.  The C kernel
 packs v^T and u^T once into 32-column panels and processes 48-row blocks of x whose h is
-produced and consumed while in cache (csrc/lowrank/).  Float sums are not reassociation-
+produced and consumed while in cache (csrc/lowrank/); batch 1 computes h as r dot
+products over v's own rows, then y from the u^T panels.  Float sums are not reassociation-
 invariant, so C and NumPy differ in the last bits; both are held to the forward-error
 bound of the summation (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
 eq. 3.5), element by element, against the exact result computed in float64:
@@ -33,11 +34,13 @@ is requantized to uint8, which a real integer-only pipeline must do anyway.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
-from . import _native
+from . import _native, _registry
 from ._registry import Op, check_rc, dispatch, register
 from .qgemm import (Dequantize, Requantize, _output_spec, _qgemm_c, k_bound, pack_weights,
                     qgemm_reference)
@@ -57,9 +60,13 @@ def gamma(k: int, unit_roundoff: float = U32) -> float:
 # ---- float32 ------------------------------------------------------------------------------------
 
 
+_F32 = np.dtype(np.float32)
+
+
 class PackedLowRank:
     """float32 factors v [r, n], u [m, r] and bias [m] (or None), validated and packed once
-    for the C kernel (v^T and u^T in 32-column panels); the reference reads v, u, bias."""
+    for the C kernel (v^T and u^T in 32-column panels; batch 1 reads v itself); the
+    reference reads v, u, bias."""
 
     def __init__(self, v, u, bias=None):
         v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True)
@@ -72,14 +79,24 @@ class PackedLowRank:
             bias = check_array(bias, "bias", dtypes=[np.float32], shape=(m,), contiguous=True)
         self.v, self.u, self.bias = v, u, bias
         self.n, self.r, self.m = n, r, m
+        self.empty = r * n * m == 0  # nothing for C to do: y is the bias (or 0)
         self.packed = None
-        if _native.lib is not None and r * n * m > 0:
-            lib = _native.lib
-            self.packed = np.empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
-            check_rc(lib.rc_lowrank_pack_f32(_native.ptr("float *", v), _native.ptr("float *", u),
-                                             n, r, m, _native.ptr("float *", self.packed)), "pack_lowrank")
-            self._c_args = (_native.ptr("float *", self.packed),
-                            _native.ffi.NULL if bias is None else _native.ptr("float *", bias))
+        self._c_args = None
+        if _native.lib is not None and not self.empty:
+            self._pack()
+
+    def _pack(self):
+        """Pack for C and keep the cffi pointers the kernel takes (v, packed, bias) and the
+        batch-1 workspace size: per call, only x, y and the workspace are new pointers."""
+        lib, ptr = _native.lib, _native.ptr
+        n, r, m = self.n, self.r, self.m
+        self.packed = np.empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
+        check_rc(lib.rc_lowrank_pack_f32(ptr("float *", self.v), ptr("float *", self.u), n, r, m,
+                                         ptr("float *", self.packed)), "pack_lowrank")
+        self._c_args = (ptr("float *", self.v), ptr("float *", self.packed),
+                        _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
+        self._ws1 = lib.rc_lowrank_workspace_size(1, r)
+        return self._c_args
 
     def __repr__(self):
         return f"PackedLowRank(n={self.n}, r={self.r}, m={self.m}, bias={self.bias is not None})"
@@ -96,14 +113,32 @@ def lowrank_linear_reference(x, p):
     return y + p.bias if p.bias is not None else y
 
 
+# The workspace (h) is reused across calls, one per Python thread: the kernel releases the
+# GIL, so two threads must never share one.  Buffers up to _WS_KEEP bytes are kept.
+_tls = threading.local()
+_WS_KEEP = 1 << 22
+
+
+def _workspace(nbytes):
+    ws = getattr(_tls, "ws", None)
+    if ws is None or ws[0] < nbytes:
+        buf = np.empty(nbytes, np.uint8)
+        ws = (nbytes, buf, _native.ptr("void *", buf))
+        if nbytes <= _WS_KEEP:
+            _tls.ws = ws
+    return ws[2]
+
+
 def _lowrank_linear_c(x, p, *, isa, threads):
-    lib = _native.lib
+    lib, ffi = _native.lib, _native.ffi
+    c_args = p._c_args or p._pack()
     B = x.shape[0]
-    y = np.empty((B, p.m), np.float32)
-    ws = np.empty(max(lib.rc_lowrank_workspace_size(B, p.r), 1), np.uint8)
-    rc = lib.rc_lowrank_f32(_native.ptr("float *", x), B, p.n, p.r, p.m, *p._c_args,
-                            _native.ptr("float *", y), _native.ptr("void *", ws), isa, threads)
-    check_rc(rc, "lowrank_linear")
+    y = np.empty((B, p.m), _F32)
+    ws = _workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
+    rc = lib.rc_lowrank_f32(ffi.from_buffer("float[]", x), B, p.n, p.r, p.m, *c_args,
+                            ffi.from_buffer("float[]", y), ws, isa, threads)
+    if rc:
+        check_rc(rc, "lowrank_linear")
     return y
 
 
@@ -113,6 +148,20 @@ register(Op("lowrank_linear", lowrank_linear_reference, _lowrank_linear_c, ("por
             tolerance=U32, tolerance_doc=_TOL_DOC, doc=__doc__))
 
 
+# The dispatch decision, kept while the setting and the extension are the same objects
+# (see _registry.resolve): (setting, lib, (impl, isa, threads)).
+_plan = (None, None, None)
+
+
+def _decide():
+    global _plan
+    setting, lib, decided = _plan
+    if setting is not _registry.current() or lib is not _native.lib:
+        decided = _registry.resolve("lowrank_linear")
+        _plan = (_registry.current(), _native.lib, decided)
+    return decided
+
+
 def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     """y = (x v^T) u^T + bias for float32 x [B, n], v [r, n], u [m, r], bias [m] -> y [B, m].
 
@@ -120,6 +169,20 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     None): pack once per layer, call many times.  Within :func:`lowrank_error_bound` of the
     exact result on every backend.
     """
+    # A packed layer and an x that check_array would pass unchanged: the same checks,
+    # inline, because a batch-1 layer call is a few microseconds in all.
+    if (type(v) is PackedLowRank and u is None and bias is None and type(x) is np.ndarray
+            and x.dtype is _F32 and x.ndim == 2 and x.shape[1] == v.n and x.flags.c_contiguous):
+        p = v
+    else:
+        x, p = _check_args(x, v, u, bias)
+    impl, isa, threads = _decide()
+    if isa is None or p.empty:  # the reference, or an empty factor (nothing for C to do)
+        return lowrank_linear_reference(x, p)
+    return impl(x, p, isa=isa, threads=threads)
+
+
+def _check_args(x, v, u, bias):
     if isinstance(v, PackedLowRank):
         if u is not None or bias is not None:
             raise ArgumentError("u, bias: pass them to pack_lowrank, not with packed factors")
@@ -131,9 +194,7 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     x = check_array(x, "x", dtypes=[np.float32], ndim=2, contiguous=True)
     if x.shape[1] != p.n:
         raise ShapeError(f"x: expected shape (batch, {p.n}) to match v [r={p.r}, n={p.n}], got {x.shape}")
-    if p.packed is None:  # an empty factor: nothing for C to do
-        return lowrank_linear_reference(x, p)
-    return dispatch("lowrank_linear", x, p)
+    return x, p
 
 
 def lowrank_error_bound(x, v, u, bias=None) -> np.ndarray:
