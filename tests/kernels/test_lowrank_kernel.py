@@ -81,9 +81,10 @@ def test_fp32_large_batch_parallel_paths_and_packed_reuse(variant):
 
 # Batch 1 has a route of its own (csrc/lowrank/lowrank_gemv.h): h as dot products over v's
 # rows, 4 rows per pass and 4 / 8 / 16 float lanes (portable / AVX2 / AVX-512) with a masked
-# tail; y over the 32-column u^T panels, 1 / 2 / 4 panels per pass.  Sizes around each edge,
-# and primes.
-N1 = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 97, 127, 129])
+# tail, in chunks of 1024 elements of x; y over the 32-column u^T panels, 1 / 2 / 4 panels
+# per pass.  Sizes around each edge, and primes.
+N1 = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 97, 127, 129,
+                      1023, 1024, 1025, 1039, 2053])
 R1 = st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 31, 37])
 M1 = st.sampled_from([1, 2, 3, 5, 15, 16, 17, 31, 32, 33, 63, 64, 65, 96, 97, 127, 128, 129, 161, 193, 257])
 
