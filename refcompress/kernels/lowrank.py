@@ -119,14 +119,12 @@ _tls = threading.local()
 _WS_KEEP = 1 << 22
 
 
-def _workspace(nbytes):
-    ws = getattr(_tls, "ws", None)
-    if ws is None or ws[0] < nbytes:
-        buf = np.empty(nbytes, np.uint8)
-        ws = (nbytes, buf, _native.ptr("void *", buf))
-        if nbytes <= _WS_KEEP:
-            _tls.ws = ws
-    return ws[2]
+def _new_workspace(nbytes):
+    buf = np.empty(nbytes, np.uint8)
+    ws = (nbytes, buf, _native.ptr("void *", buf))
+    if nbytes <= _WS_KEEP:
+        _tls.ws = ws
+    return ws
 
 
 def _lowrank_linear_c(x, p, *, isa, threads):
@@ -134,9 +132,12 @@ def _lowrank_linear_c(x, p, *, isa, threads):
     c_args = p._c_args or p._pack()
     B = x.shape[0]
     y = np.empty((B, p.m), _F32)
-    ws = _workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
+    nbytes = p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r)
+    ws = getattr(_tls, "ws", None)
+    if ws is None or ws[0] < nbytes:
+        ws = _new_workspace(nbytes)
     rc = lib.rc_lowrank_f32(ffi.from_buffer("float[]", x), B, p.n, p.r, p.m, *c_args,
-                            ffi.from_buffer("float[]", y), ws, isa, threads)
+                            ffi.from_buffer("float[]", y), ws[2], isa, threads)
     if rc:
         check_rc(rc, "lowrank_linear")
     return y
@@ -155,10 +156,8 @@ _plan = (None, None, None)
 
 def _decide():
     global _plan
-    setting, lib, decided = _plan
-    if setting is not _registry.current() or lib is not _native.lib:
-        decided = _registry.resolve("lowrank_linear")
-        _plan = (_registry.current(), _native.lib, decided)
+    decided = _registry.resolve("lowrank_linear")
+    _plan = (_registry.current(), _native.lib, decided)
     return decided
 
 
@@ -176,7 +175,8 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
         p = v
     else:
         x, p = _check_args(x, v, u, bias)
-    impl, isa, threads = _decide()
+    setting, lib, decided = _plan
+    impl, isa, threads = decided if setting is _registry.current() and lib is _native.lib else _decide()
     if isa is None or p.empty:  # the reference, or an empty factor (nothing for C to do)
         return lowrank_linear_reference(x, p)
     return impl(x, p, isa=isa, threads=threads)
