@@ -198,6 +198,23 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
                    const float *packed, const float *bias, float *y, void *workspace, int isa,
                    int threads);
 
+/* int8 factored Linear (QuantizedLowRank): the composition of two rc_qgemm calls in one,
+ *   h_q = qgemm(x_q, v_q^T; za = x_zero_point, epilogue epi_h)  -> uint8 [batch, r]
+ *   y   = qgemm(h_q, u_q^T; za = h_zero_point, epilogue epi_y)  -> float32 [batch, m]
+ * with the same micro-tiles and epilogues, so the result is identical to the two calls.
+ * v_q^T [n, r] and u_q^T [r, m] are packed by rc_qgemm_pack_b (zero point 0).  The
+ * zero-point corrections of both products depend on the layer only: rc_lowrank_q8_prepare
+ * computes them once into `cols` (rc_lowrank_q8_cols_size(r, m) int32).  epi_h must write
+ * uint8 (it is the second product's input); epi_y must write float32 (RC_EPI_DEQUANT).
+ * Row blocks run h then y while h is in cache.  Scratch: rc_lowrank_q8_workspace_size. */
+long long rc_lowrank_q8_cols_size(long long r, long long m);
+int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_point, int32_t h_zero_point,
+                          const int32_t *col_sums_v, const int32_t *col_sums_u, int32_t *cols);
+long long rc_lowrank_q8_workspace_size(long long batch, long long n, long long r);
+int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
+                  const void *packed_v, const void *packed_u, const int32_t *cols, const rc_epilogue *epi_h,
+                  const rc_epilogue *epi_y, float *y, void *workspace, int isa, int threads);
+
 /* ---- transformer element-wise / row ops, float32 (csrc/nnops/) ------------------------- *
  * The NumPy definitions are refcompress.kernels.nnops (erf by A&S 7.1.26, GELU in its erf
  * form, LayerNorm, softmax); these kernels match them within the element-wise bounds

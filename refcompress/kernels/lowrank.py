@@ -21,15 +21,18 @@ sum (r products and the bias add).  :func:`lowrank_error_bound` computes it.
 
 int8 (op ``lowrank_linear_q8``).  Both factors are quantized symmetrically per output row
 (int8, narrow range [-127, 127]); the activation x arrives as uint8 with (s_x, z_x).  The
-path is two exact :func:`~refcompress.kernels.qgemm` calls (the VNNI tiles):
+definition is two exact :func:`~refcompress.kernels.qgemm` products:
 
     h_q = requantize_float( (x_q - z_x) @ v_q^T ;  M_j = s_x s_v[j] / s_h,  z_h )   uint8
     y   = float32( (h_q - z_h) @ u_q^T + bias_q ) * (s_h s_u[i])                     float32
 
-with bias_q = round_half_even(bias / (s_h s_u)) (int32).  We chose two qgemm calls over a
-fused int8 loop: each is bit-exact against its NumPy reference on every ISA variant, so
-the composition is bit-exact too (tests check it with tolerance 0), and the intermediate
-is requantized to uint8, which a real integer-only pipeline must do anyway.
+with bias_q = round_half_even(bias / (s_h s_u)) (int32).  The intermediate is requantized
+to uint8, as an integer-only pipeline must do anyway.  The C kernel (csrc/lowrank/
+lowrank_q8.c) runs both products in one call, block of rows by block of rows so that h_q
+stays in cache, with qgemm's own row packing, zero-point corrections (precomputed per
+layer), micro-tiles (VNNI on AVX-512 VNNI CPUs) and epilogues: it is the same arithmetic,
+so it is bit-exact against the NumPy reference on every ISA variant (tests check it with
+tolerance 0).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
 from . import _native, _registry
 from ._registry import Op, check_rc, dispatch, register
-from .qgemm import (Dequantize, Requantize, _output_spec, _qgemm_c, k_bound, pack_weights,
+from .qgemm import (Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
                     qgemm_reference)
 from .quantize import quantize
 
@@ -254,6 +257,25 @@ class QuantizedLowRank:
         self.dequant = Dequantize(out_scale)
         self._spec1 = _output_spec(self.requant, self.r)
         self._spec2 = _output_spec(self.dequant, self.m)
+        self._c_args = None
+        if _native.lib is not None:
+            self._prepare_c()
+
+    def _prepare_c(self):
+        """Everything of the fused C call that depends on the layer only: the epilogues,
+        and both products' zero-point corrections (rc_lowrank_q8_prepare)."""
+        lib, ptr = _native.lib, _native.ptr
+        epi_h, keep_h, _ = _epilogue(self._spec1, None, self.r)
+        epi_y, keep_y, _ = _epilogue(self._spec2, self.bias_q, self.m)
+        self._cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
+        check_rc(lib.rc_lowrank_q8_prepare(self.n, self.r, self.m, self.x_zero_point, self.h_zero_point,
+                                           ptr("int32_t *", self.packed_v.col_sums),
+                                           ptr("int32_t *", self.packed_u.col_sums),
+                                           ptr("int32_t *", self._cols)), "QuantizedLowRank")
+        self._keep = (keep_h, keep_y)  # the arrays the epilogues point into
+        self._c_args = (ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed),
+                        ptr("int32_t *", self._cols), epi_h, epi_y)
+        return self._c_args
 
     @classmethod
     def calibrate(cls, v, u, bias, x) -> "QuantizedLowRank":
@@ -286,8 +308,15 @@ def lowrank_linear_q8_reference(x_q, q):
 
 
 def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
-    h_q = _qgemm_c(x_q, q.packed_v, q.x_zero_point, None, q._spec1, isa=isa, threads=threads)
-    return _qgemm_c(h_q, q.packed_u, q.h_zero_point, q.bias_q, q._spec2, isa=isa, threads=threads)
+    lib, ptr = _native.lib, _native.ptr
+    c_args = q._c_args or q._prepare_c()
+    B = x_q.shape[0]
+    y = np.empty((B, q.m), np.float32)
+    ws = np.empty(max(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r), 1), np.uint8)
+    rc = lib.rc_lowrank_q8(ptr("uint8_t *", x_q), B, q.n, q.r, q.m, *c_args, ptr("float *", y),
+                           ptr("void *", ws), isa, threads)
+    check_rc(rc, "lowrank_linear_q8")
+    return y
 
 
 register(Op("lowrank_linear_q8", lowrank_linear_q8_reference, _lowrank_linear_q8_c,

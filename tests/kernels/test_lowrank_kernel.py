@@ -254,6 +254,25 @@ def test_int8_bit_exact_against_the_reference(variant):
     run()
 
 
+@pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
+def test_int8_fused_row_blocks_and_threads_bit_exact(variant):
+    # The C kernel runs both products per block of up to 48 rows (at least one block per
+    # thread): batches around the block and 6-row tile edges, ranks off the 4-group and
+    # 64-column panel edges, zero points at both ends of the uint8 range.
+    rng = np.random.default_rng(6)
+    for n, r, m, zx, zh in ((131, 67, 70, 0, 255), (64, 4, 129, 255, 0), (300, 65, 64, 128, 7)):
+        v = rng.standard_normal((r, n)).astype(np.float32)
+        u = rng.standard_normal((m, r)).astype(np.float32)
+        q = kernels.QuantizedLowRank(v, u, rng.standard_normal(m).astype(np.float32), 0.05, zx, 0.3, zh)
+        for B in (1, 5, 6, 7, 47, 48, 49, 97, 300):
+            x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
+            with kernels.use("numpy"):
+                want = kernels.lowrank_linear_q8(x_q, q)
+            for threads in (1, 2):
+                with kernels.use(*variant, threads=threads):
+                    assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"B={B} threads={threads}")
+
+
 def test_int8_reference_is_the_written_out_integer_arithmetic():
     rng = np.random.default_rng(2)
     v = rng.standard_normal((6, 20)).astype(np.float32)
