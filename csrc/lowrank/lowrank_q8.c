@@ -52,6 +52,34 @@ static void run_tiles(const rc_qgemm_ctx *c, rc_qgemm_tile_fn tile, const int8_t
                  (const uint8_t *)packed + p * K4 * RC_QGEMM_NR, p * RC_QGEMM_NR);
 }
 
+/* One call's operands, shared by its row blocks. */
+typedef struct {
+    const uint8_t *x;
+    int64_t n, r, m, K4n, K4r;
+    const void *packed_v, *packed_u;
+    const int32_t *zbp1, *ct1, *zbp2, *ct2;
+    const rc_epilogue *epi_h, *epi_y;
+    rc_qgemm_tile_fn tile;
+    int8_t *a1, *a2; /* packed x rows, packed h_q rows */
+    uint8_t *h;
+    int32_t *ra1, *ra2;
+    float *y;
+} q8_call;
+
+/* Rows [i0, i0 + rows): both products, h_q of the block made and used while in cache. */
+static void run_block(const q8_call *c, int64_t i0, int64_t rows) {
+    int8_t *ap1 = c->a1 + i0 * c->K4n, *ap2 = c->a2 + i0 * c->K4r;
+    uint8_t *hb = c->h + i0 * c->r;
+    for (int64_t i = 0; i < rows; ++i)
+        c->ra1[i0 + i] = rc_qgemm_pack_a_row(c->x + (i0 + i) * c->n, 1, c->n, ap1 + i * c->K4n);
+    const rc_qgemm_ctx c1 = {c->epi_h, c->ra1 + i0, c->zbp1, c->ct1, hb, c->r};
+    run_tiles(&c1, c->tile, ap1, c->K4n, rows, c->packed_v);
+    for (int64_t i = 0; i < rows; ++i)
+        c->ra2[i0 + i] = rc_qgemm_pack_a_row(hb + i * c->r, 1, c->r, ap2 + i * c->K4r);
+    const rc_qgemm_ctx c2 = {c->epi_y, c->ra2 + i0, c->zbp2, c->ct2, c->y + i0 * c->m, c->m};
+    run_tiles(&c2, c->tile, ap2, c->K4r, rows, c->packed_u);
+}
+
 int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
                   const void *packed_v, const void *packed_u, const int32_t *cols, const rc_epilogue *epi_h,
                   const rc_epilogue *epi_y, float *y, void *workspace, int isa, int threads) {
@@ -76,8 +104,9 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     int8_t *a1 = (int8_t *)ws;
     uint8_t *h = ws + al64(batch * K4n);
     int8_t *a2 = (int8_t *)(h + al64(batch * r));
-    int32_t *ra1 = (int32_t *)((uint8_t *)a2 + al64(batch * K4r)), *ra2 = ra1 + batch;
-    const int32_t *zbp1 = cols, *ct1 = cols + R, *zbp2 = cols + 2 * R, *ct2 = cols + 2 * R + M;
+    int32_t *ra1 = (int32_t *)((uint8_t *)a2 + al64(batch * K4r));
+    const q8_call c = {x, n, r, m, K4n, K4r, packed_v, packed_u, cols, cols + R, cols + 2 * R, cols + 2 * R + M,
+                       epi_h, epi_y, tile, a1, a2, h, ra1, ra1 + batch, y};
 
     int nt = 1;
 #ifdef _OPENMP
@@ -88,19 +117,13 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     int64_t mb = ((batch + nt - 1) / nt + RC_QGEMM_MR - 1) / RC_QGEMM_MR * RC_QGEMM_MR;
     if (mb > Q8_MB) mb = Q8_MB;
     const int64_t blocks = (batch + mb - 1) / mb;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && blocks > 1)
-#endif
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t i0 = blk * mb, rows = batch - i0 < mb ? batch - i0 : mb;
-        int8_t *ap1 = a1 + i0 * K4n, *ap2 = a2 + i0 * K4r;
-        uint8_t *hb = h + i0 * r;
-        for (int64_t i = 0; i < rows; ++i) ra1[i0 + i] = rc_qgemm_pack_a_row(x + (i0 + i) * n, 1, n, ap1 + i * K4n);
-        const rc_qgemm_ctx c1 = {epi_h, ra1 + i0, zbp1, ct1, hb, r};
-        run_tiles(&c1, tile, ap1, K4n, rows, packed_v);
-        for (int64_t i = 0; i < rows; ++i) ra2[i0 + i] = rc_qgemm_pack_a_row(hb + i * r, 1, r, ap2 + i * K4r);
-        const rc_qgemm_ctx c2 = {epi_y, ra2 + i0, zbp2, ct2, y + i0 * m, m};
-        run_tiles(&c2, tile, ap2, K4r, rows, packed_u);
+    if (nt == 1 || blocks == 1) { /* no team to wake */
+        for (int64_t blk = 0; blk < blocks; ++blk) run_block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+        return RC_OK;
     }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t blk = 0; blk < blocks; ++blk) run_block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+#endif
     return RC_OK;
 }

@@ -44,7 +44,7 @@ import numpy as np
 from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
 from . import _native, _registry
-from ._registry import Op, check_rc, dispatch, register
+from ._registry import Op, check_rc, register
 from .qgemm import (Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
                     qgemm_reference)
 from .quantize import quantize
@@ -63,7 +63,7 @@ def gamma(k: int, unit_roundoff: float = U32) -> float:
 # ---- float32 ------------------------------------------------------------------------------------
 
 
-_F32 = np.dtype(np.float32)
+_F32, _U8 = np.dtype(np.float32), np.dtype(np.uint8)
 
 
 class PackedLowRank:
@@ -116,13 +116,18 @@ def lowrank_linear_reference(x, p):
     return y + p.bias if p.bias is not None else y
 
 
-# The workspace (h) is reused across calls, one per Python thread: the kernel releases the
-# GIL, so two threads must never share one.  Buffers up to _WS_KEEP bytes are kept.
+# The workspace is reused across calls (of both ops), one per Python thread: the kernels
+# release the GIL, so two threads must never share one.  Buffers up to _WS_KEEP bytes are
+# kept.
 _tls = threading.local()
 _WS_KEEP = 1 << 22
 
 
-def _new_workspace(nbytes):
+def _workspace(nbytes):
+    """(size, array, cffi pointer) of this thread's workspace of at least ``nbytes``."""
+    ws = getattr(_tls, "ws", None)
+    if ws is not None and ws[0] >= nbytes:
+        return ws
     buf = np.empty(nbytes, np.uint8)
     ws = (nbytes, buf, _native.ptr("void *", buf))
     if nbytes <= _WS_KEEP:
@@ -135,10 +140,7 @@ def _lowrank_linear_c(x, p, *, isa, threads):
     c_args = p._c_args or p._pack()
     B = x.shape[0]
     y = np.empty((B, p.m), _F32)
-    nbytes = p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r)
-    ws = getattr(_tls, "ws", None)
-    if ws is None or ws[0] < nbytes:
-        ws = _new_workspace(nbytes)
+    ws = _workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
     rc = lib.rc_lowrank_f32(ffi.from_buffer("float[]", x), B, p.n, p.r, p.m, *c_args,
                             ffi.from_buffer("float[]", y), ws[2], isa, threads)
     if rc:
@@ -152,15 +154,15 @@ register(Op("lowrank_linear", lowrank_linear_reference, _lowrank_linear_c, ("por
             tolerance=U32, tolerance_doc=_TOL_DOC, doc=__doc__))
 
 
-# The dispatch decision, kept while the setting and the extension are the same objects
-# (see _registry.resolve): (setting, lib, (impl, isa, threads)).
-_plan = (None, None, None)
+# The dispatch decision per op, kept while the setting and the extension are the same
+# objects (see _registry.resolve): op -> (setting, lib, (impl, isa, threads)).
+_NO_PLAN = (None, None, None)
+_plans = {"lowrank_linear": _NO_PLAN, "lowrank_linear_q8": _NO_PLAN}
 
 
-def _decide():
-    global _plan
-    decided = _registry.resolve("lowrank_linear")
-    _plan = (_registry.current(), _native.lib, decided)
+def _decide(op_name):
+    decided = _registry.resolve(op_name)
+    _plans[op_name] = (_registry.current(), _native.lib, decided)
     return decided
 
 
@@ -178,8 +180,10 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
         p = v
     else:
         x, p = _check_args(x, v, u, bias)
-    setting, lib, decided = _plan
-    impl, isa, threads = decided if setting is _registry.current() and lib is _native.lib else _decide()
+    setting, lib, decided = _plans["lowrank_linear"]
+    if setting is not _registry.current() or lib is not _native.lib:
+        decided = _decide("lowrank_linear")
+    impl, isa, threads = decided
     if isa is None or p.empty:  # the reference, or an empty factor (nothing for C to do)
         return lowrank_linear_reference(x, p)
     return impl(x, p, isa=isa, threads=threads)
@@ -312,10 +316,11 @@ def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
     c_args = q._c_args or q._prepare_c()
     B = x_q.shape[0]
     y = np.empty((B, q.m), np.float32)
-    ws = np.empty(max(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r), 1), np.uint8)
-    rc = lib.rc_lowrank_q8(ptr("uint8_t *", x_q), B, q.n, q.r, q.m, *c_args, ptr("float *", y),
-                           ptr("void *", ws), isa, threads)
-    check_rc(rc, "lowrank_linear_q8")
+    ws = _workspace(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+    rc = lib.rc_lowrank_q8(ptr("uint8_t *", x_q), B, q.n, q.r, q.m, *c_args, ptr("float *", y), ws[2],
+                           isa, threads)
+    if rc:
+        check_rc(rc, "lowrank_linear_q8")
     return y
 
 
@@ -326,9 +331,18 @@ register(Op("lowrank_linear_q8", lowrank_linear_q8_reference, _lowrank_linear_q8
 def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:
     """int8 factored Linear: uint8 x_q [B, n] (quantized with ``q.x_scale``,
     ``q.x_zero_point``) -> float32 y [B, m].  Bit-exact across NumPy and every C variant."""
-    if not isinstance(q, QuantizedLowRank):
-        raise ArgumentError(f"q: expected a QuantizedLowRank, got {type(q).__name__}")
-    x_q = check_array(x_q, "x_q", dtypes=[np.uint8], ndim=2, contiguous=True)
-    if x_q.shape[1] != q.n:
-        raise ShapeError(f"x_q: expected shape (batch, {q.n}), got {x_q.shape}")
-    return dispatch("lowrank_linear_q8", x_q, q)
+    # check_array's checks inline for the usual case, as in lowrank_linear
+    if not (type(q) is QuantizedLowRank and type(x_q) is np.ndarray and x_q.dtype is _U8 and x_q.ndim == 2
+            and x_q.shape[1] == q.n and x_q.flags.c_contiguous):
+        if not isinstance(q, QuantizedLowRank):
+            raise ArgumentError(f"q: expected a QuantizedLowRank, got {type(q).__name__}")
+        x_q = check_array(x_q, "x_q", dtypes=[np.uint8], ndim=2, contiguous=True)
+        if x_q.shape[1] != q.n:
+            raise ShapeError(f"x_q: expected shape (batch, {q.n}), got {x_q.shape}")
+    setting, lib, decided = _plans["lowrank_linear_q8"]
+    if setting is not _registry.current() or lib is not _native.lib:
+        decided = _decide("lowrank_linear_q8")
+    impl, isa, threads = decided
+    if isa is None:
+        return impl(x_q, q)
+    return impl(x_q, q, isa=isa, threads=threads)
