@@ -261,8 +261,9 @@ class QuantizedLowRank:
         self.dequant = Dequantize(out_scale)
         self._spec1 = _output_spec(self.requant, self.r)
         self._spec2 = _output_spec(self.dequant, self.m)
+        self.empty = self.m == 0  # nothing for C to do (r = 0 or n = 0 cannot be quantized)
         self._c_args = None
-        if _native.lib is not None:
+        if _native.lib is not None and not self.empty:
             self._prepare_c()
 
     def _prepare_c(self):
@@ -343,6 +344,6 @@ def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:
     if setting is not _registry.current() or lib is not _native.lib:
         decided = _decide("lowrank_linear_q8")
     impl, isa, threads = decided
-    if isa is None:
-        return impl(x_q, q)
+    if isa is None or q.empty:
+        return lowrank_linear_q8_reference(x_q, q)
     return impl(x_q, q, isa=isa, threads=threads)

@@ -293,6 +293,20 @@ def test_int8_reference_is_the_written_out_integer_arithmetic():
     assert np.max(np.abs(want - y)) < 0.1 * np.max(np.abs(y))
 
 
+@pytest.mark.parametrize("variant", F32, ids=_id)
+def test_empty_factors_give_empty_or_bias_only_outputs(variant):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    with kernels.use(*variant):
+        y = kernels.lowrank_linear(x[:, :0], np.ones((2, 0), np.float32), np.ones((5, 2), np.float32), b)
+        assert_exact(y, np.broadcast_to(b, (3, 5)).astype(np.float32))  # n = 0: y is the bias
+        assert kernels.lowrank_linear(x, np.ones((2, 4), np.float32), np.ones((0, 2), np.float32)).shape == (3, 0)
+    q = kernels.QuantizedLowRank(np.ones((2, 4), np.float32), np.ones((0, 2), np.float32), None, 0.1, 3, 0.1, 4)
+    with kernels.use(*variant):
+        assert kernels.lowrank_linear_q8(np.ones((3, 4), np.uint8), q).shape == (3, 0)
+
+
 def test_bad_inputs_name_the_argument():
     v = np.ones((3, 5), np.float32)
     u = np.ones((4, 3), np.float32)
