@@ -184,8 +184,9 @@ int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long 
  * x [batch, n], v [r, n], u [m, r], bias [m] or NULL, y [batch, m]: float32, row-major.
  * rc_lowrank_pack_f32 packs v^T and u^T once into rc_lowrank_packed_size(n, r, m) floats
  * (panels of RC_LOWRANK_NR columns, zero padded).  rc_lowrank_f32 takes both the packed
- * factors and v itself: batch 1 reads v's rows directly (r dot products), larger batches
- * the panels, in row blocks whose h stays in cache between the two products.  Float sums
+ * factors and v itself (kept alive with them): batch 1 reads v's rows directly (r dot
+ * products), larger batches the panels, in row blocks whose h stays in cache between the
+ * two products.  Float sums
  * in any order: every variant's error is within
  * gamma_n (|x||v|^T)|u|^T + gamma_{r+1} (|h||u|^T + |bias|), element-wise (docs/lowrank.md).
  * Scratch: rc_lowrank_workspace_size(batch, r) bytes. */

@@ -55,8 +55,8 @@ int rc_lowrank_pack_f32(const float *v, const float *u, long long n, long long r
 
 /* ---- portable variant --------------------------------------------------------------------- */
 
-static void gemm_portable(int64_t rows, int64_t K, const float *a, int64_t lda, const float *bp,
-                              int64_t p0, int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
+static void gemm_portable(int64_t rows, int64_t K, const float *a, int64_t lda, const float *bp, int64_t p0,
+                          int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
     for (int64_t p = p0; p < p1; ++p) {
         const float *b = bp + p * K * LR_NR;
         const int64_t nv = N - p * LR_NR < LR_NR ? N - p * LR_NR : LR_NR;
@@ -155,8 +155,7 @@ static void run_batch1(const rc_lowrank_kernels *kr, const float *x, int64_t n, 
 
 int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m, const float *v,
                    const float *packed, const float *bias, float *y, void *workspace, int isa, int threads) {
-    if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed || (batch > 0 && (!x || !y || !workspace)) ||
-        (batch == 1 && !v))
+    if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed || (batch > 0 && (!x || !v || !y || !workspace)))
         return RC_ERR_ARG;
     const int iv = rc_isa_resolve(isa, LR_VARIANTS);
     if (iv < 0) return RC_ERR_ISA;

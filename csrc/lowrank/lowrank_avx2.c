@@ -43,7 +43,7 @@ static inline __attribute__((always_inline)) void tile(const int MR, int64_t K, 
 }
 
 static void gemm_avx2(int64_t rows, int64_t K, const float *a, int64_t lda, const float *bp,
-                          int64_t p0, int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
+                      int64_t p0, int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
     for (int64_t p = p0; p < p1; ++p) {
         const float *b = bp + p * K * LR_NR;
         const int64_t col = p * LR_NR, nv = N - col < LR_NR ? N - col : LR_NR;
