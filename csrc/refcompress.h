@@ -183,18 +183,38 @@ int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long 
  *   y[b, i] = bias[i] + sum_j u[i, j] h[b, j] (i < m)
  * x [batch, n], v [r, n], u [m, r], bias [m] or NULL, y [batch, m]: float32, row-major.
  * rc_lowrank_pack_f32 packs v^T and u^T once into rc_lowrank_packed_size(n, r, m) floats
- * (panels of RC_LOWRANK_NR columns, zero padded).  Rows are processed in blocks whose h
- * stays in cache between the two products.  Float sums in any order: every variant's
- * error is within gamma_n (|x||v|^T)|u|^T + gamma_{r+1} (|h||u|^T + |bias|), element-wise
- * (docs/lowrank.md).  Scratch: rc_lowrank_workspace_size(batch, r) bytes. */
+ * (panels of RC_LOWRANK_NR columns, zero padded).  rc_lowrank_f32 takes both the packed
+ * factors and v itself (kept alive with them): batch 1 reads v's rows directly (r dot
+ * products), larger batches the panels, in row blocks whose h stays in cache between the
+ * two products.  Float sums
+ * in any order: every variant's error is within
+ * gamma_n (|x||v|^T)|u|^T + gamma_{r+1} (|h||u|^T + |bias|), element-wise (docs/lowrank.md).
+ * Scratch: rc_lowrank_workspace_size(batch, r) bytes. */
 #define RC_LOWRANK_NR 32
 long long rc_lowrank_packed_size(long long n, long long r, long long m);
 long long rc_lowrank_workspace_size(long long batch, long long r);
 int rc_lowrank_pack_f32(const float *v, const float *u, long long n, long long r, long long m,
                         float *packed);
-int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m,
+int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m, const float *v,
                    const float *packed, const float *bias, float *y, void *workspace, int isa,
                    int threads);
+
+/* int8 factored Linear (QuantizedLowRank): the composition of two rc_qgemm calls in one,
+ *   h_q = qgemm(x_q, v_q^T; za = x_zero_point, epilogue epi_h)  -> uint8 [batch, r]
+ *   y   = qgemm(h_q, u_q^T; za = h_zero_point, epilogue epi_y)  -> float32 [batch, m]
+ * with the same micro-tiles and epilogues, so the result is identical to the two calls.
+ * v_q^T [n, r] and u_q^T [r, m] are packed by rc_qgemm_pack_b (zero point 0).  The
+ * zero-point corrections of both products depend on the layer only: rc_lowrank_q8_prepare
+ * computes them once into `cols` (rc_lowrank_q8_cols_size(r, m) int32).  epi_h must write
+ * uint8 (it is the second product's input); epi_y must write float32 (RC_EPI_DEQUANT).
+ * Row blocks run h then y while h is in cache.  Scratch: rc_lowrank_q8_workspace_size. */
+long long rc_lowrank_q8_cols_size(long long r, long long m);
+int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_point, int32_t h_zero_point,
+                          const int32_t *col_sums_v, const int32_t *col_sums_u, int32_t *cols);
+long long rc_lowrank_q8_workspace_size(long long batch, long long n, long long r);
+int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
+                  const void *packed_v, const void *packed_u, const int32_t *cols, const rc_epilogue *epi_h,
+                  const rc_epilogue *epi_y, float *y, void *workspace, int isa, int threads);
 
 /* ---- transformer element-wise / row ops, float32 (csrc/nnops/) ------------------------- *
  * The NumPy definitions are refcompress.kernels.nnops (erf by A&S 7.1.26, GELU in its erf

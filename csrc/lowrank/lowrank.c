@@ -1,9 +1,14 @@
 /* Factored Linear y = U (V x) + b: packing, the thread plan, dispatch, and the portable
- * variant.  The ISA files (lowrank_<isa>.c) supply only the panel GEMM.
+ * variant.  The ISA files (lowrank_<isa>.c) supply only the kernels of rc_lowrank_kernels.
  *
  * Why one call: the intermediate h = x V^T of a block of rows is produced and consumed
  * while it is still in L1/L2 (row blocking), instead of going out to memory between two
- * BLAS calls, and the Python overhead is paid once. */
+ * BLAS calls, and the Python overhead is paid once.
+ *
+ * Batch 1 is a route of its own: h = V x as r dot products over V's original rows (each
+ * load of x feeds four rows; the packed V^T panels would need a broadcast per element of
+ * x), then y = U h over the packed U^T panels (each broadcast of h[k] feeds a whole row of
+ * panels).  Both are memory-bound GEMVs; what is left to win is the fixed cost. */
 #include <string.h>
 
 #include "lowrank.h"
@@ -11,6 +16,9 @@
 #define LR_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512))
 /* Rows per block: the block's h (LR_MB x rpad floats) stays in L1/L2 between the GEMMs. */
 #define LR_MB 48
+/* Batch 1 splits the rank across threads only with at least this many h rows per thread:
+ * below it, waking the team costs more than the thread saves. */
+#define LR_GEMV_MIN_ROWS 8
 
 static int64_t pad_nr(int64_t v) { return (v + LR_NR - 1) / LR_NR * LR_NR; }
 
@@ -47,8 +55,8 @@ int rc_lowrank_pack_f32(const float *v, const float *u, long long n, long long r
 
 /* ---- portable variant --------------------------------------------------------------------- */
 
-void rc_lowrank_gemm_portable(int64_t rows, int64_t K, const float *a, int64_t lda, const float *bp,
-                              int64_t p0, int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
+static void gemm_portable(int64_t rows, int64_t K, const float *a, int64_t lda, const float *bp, int64_t p0,
+                          int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
     for (int64_t p = p0; p < p1; ++p) {
         const float *b = bp + p * K * LR_NR;
         const int64_t nv = N - p * LR_NR < LR_NR ? N - p * LR_NR : LR_NR;
@@ -71,20 +79,87 @@ void rc_lowrank_gemm_portable(int64_t rows, int64_t K, const float *a, int64_t l
     }
 }
 
+/* Batch 1 (lowrank_gemv.h) over GCC / Clang generic vectors of 4 floats: SSE2 on any
+ * x86-64, NEON on AArch64, scalar code elsewhere -- no ISA assumption in the source. */
+typedef float lr_vec __attribute__((vector_size(16)));
+#define LR_W 4
+static inline lr_vec lr_zero(void) { return (lr_vec){0.0f, 0.0f, 0.0f, 0.0f}; }
+static inline lr_vec lr_load(const float *p) {
+    lr_vec a;
+    memcpy(&a, p, sizeof a); /* no alignment assumed */
+    return a;
+}
+static inline lr_vec lr_load_part(const float *p, int k) {
+    lr_vec a = lr_zero();
+    memcpy(&a, p, (size_t)k * sizeof(float));
+    return a;
+}
+static inline lr_vec lr_set1(float s) { return (lr_vec){s, s, s, s}; }
+static inline lr_vec lr_fma(lr_vec a, lr_vec b, lr_vec c) { return a * b + c; }
+static inline lr_vec lr_add(lr_vec a, lr_vec b) { return a + b; }
+static inline void lr_store(float *p, lr_vec a) { memcpy(p, &a, sizeof a); }
+static inline void lr_store_part(float *p, lr_vec a, int k) { memcpy(p, &a, (size_t)k * sizeof(float)); }
+static inline void lr_sum4(lr_vec a0, lr_vec a1, lr_vec a2, lr_vec a3, float *out) {
+    out[0] = (a0[0] + a0[1]) + (a0[2] + a0[3]);
+    out[1] = (a1[0] + a1[1]) + (a1[2] + a1[3]);
+    out[2] = (a2[0] + a2[1]) + (a2[2] + a2[3]);
+    out[3] = (a3[0] + a3[1]) + (a3[2] + a3[3]);
+}
+#include "lowrank_gemv.h"
+
+const rc_lowrank_kernels rc_lowrank_portable = {gemm_portable, lr_gemv_h, lr_gemv_y, LR_YP};
+
 /* ---- driver ------------------------------------------------------------------------------ */
 
-int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m,
-                   const float *packed, const float *bias, float *y, void *workspace, int isa,
-                   int threads) {
-    if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed || (batch > 0 && (!x || !y || !workspace)))
-        return RC_ERR_ARG;
-    const int v = rc_isa_resolve(isa, LR_VARIANTS);
-    if (v < 0) return RC_ERR_ISA;
-    rc_lowrank_gemm_fn gemm = rc_lowrank_gemm_portable;
+static const rc_lowrank_kernels *pick(int v) {
 #if RC_X86
-    if (v == RC_ISA_AVX512) gemm = rc_lowrank_gemm_avx512;
-    else if (v == RC_ISA_AVX2) gemm = rc_lowrank_gemm_avx2;
+    if (v == RC_ISA_AVX512) return &rc_lowrank_avx512;
+    if (v == RC_ISA_AVX2) return &rc_lowrank_avx2;
 #endif
+    return &rc_lowrank_portable;
+}
+
+/* Batch 1: h = V x, then y = U h.  With T > 1 threads, thread t makes the h rows of its
+ * slice of the rank (a multiple of 4 rows, the dot kernel's pass) and, after one barrier,
+ * the y columns of its share of the U^T panels (whole gemv_y passes).  Every h and y
+ * element is then summed in the same order whatever T is: the result does not depend on
+ * the thread count. */
+static void run_batch1(const rc_lowrank_kernels *kr, const float *x, int64_t n, int64_t r, int64_t m,
+                       const float *v, const float *b2, const float *bias, float *y, float *h, int nt) {
+    const int64_t P2 = pad_nr(m) / LR_NR;
+    int T = 1;
+#ifdef _OPENMP
+    if (nt > 1 && r * (n + m) > RC_MIN_PARALLEL_WORK) {
+        const int64_t cap = r / LR_GEMV_MIN_ROWS;
+        T = (int)(nt < cap ? nt : cap);
+    }
+#endif
+    if (T <= 1) {
+        kr->gemv_h(v, n, x, 0, r, h);
+        kr->gemv_y(h, r, b2, 0, P2, m, bias, y);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T)
+    {
+        const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int64_t j0 = (r * t / nth) & ~(int64_t)3, j1 = t + 1 == nth ? r : (r * (t + 1) / nth) & ~(int64_t)3;
+        kr->gemv_h(v, n, x, j0, j1, h);
+#pragma omp barrier
+        const int64_t G = kr->gemv_y_panels, groups = (P2 + G - 1) / G;
+        const int64_t c0 = groups * t / nth * G, c1 = t + 1 == nth ? P2 : groups * (t + 1) / nth * G;
+        if (c1 > c0) kr->gemv_y(h, r, b2, c0, c1, m, bias, y);
+    }
+#endif
+}
+
+int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m, const float *v,
+                   const float *packed, const float *bias, float *y, void *workspace, int isa, int threads) {
+    if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed || (batch > 0 && (!x || !v || !y || !workspace)))
+        return RC_ERR_ARG;
+    const int iv = rc_isa_resolve(isa, LR_VARIANTS);
+    if (iv < 0) return RC_ERR_ISA;
+    const rc_lowrank_kernels *kr = pick(iv);
     if (batch == 0) return RC_OK;
     const int64_t rpad = pad_nr(r), P1 = rpad / LR_NR, P2 = pad_nr(m) / LR_NR;
     const float *b1 = packed, *b2 = packed + n * rpad;
@@ -92,23 +167,35 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
     int nt = 1;
 #ifdef _OPENMP
     nt = threads > 0 ? threads : omp_get_max_threads();
-    /* A team costs a few microseconds to wake: small problems stay on one thread. */
-    if ((int64_t)batch * (n + m) * r < 4 * RC_MIN_PARALLEL_WORK) nt = 1;
 #endif
-    const int64_t blocks = (batch + LR_MB - 1) / LR_MB;
-    if (nt == 1 || blocks >= 2 * nt) {
-        /* Row blocks: each block's h is made and used while in cache; blocks are
-         * independent, so threads need no barrier. */
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-            const int64_t i0 = blk * LR_MB, rows = batch - i0 < LR_MB ? batch - i0 : LR_MB;
-            gemm(rows, n, x + i0 * n, n, b1, 0, P1, rpad, NULL, h + i0 * rpad, rpad);
-            gemm(rows, r, h + i0 * rpad, rpad, b2, 0, P2, m, bias, y + i0 * m, m);
-        }
+    if (batch == 1) {
+        run_batch1(kr, x, n, r, m, v, b2, bias, y, h, nt);
         return RC_OK;
     }
+    /* A team costs a few microseconds to wake: small problems stay on one thread. */
+    if ((int64_t)batch * (n + m) * r < 4 * RC_MIN_PARALLEL_WORK) nt = 1;
+    const int64_t blocks = (batch + LR_MB - 1) / LR_MB;
+    /* Row blocks: each block's h is made and used while in cache; blocks are independent,
+     * so threads need no barrier.  One thread runs them without a parallel region (an
+     * OpenMP region costs ~0.7 us even with a team of one). */
+#define LR_ROW_BLOCK(blk)                                                                         \
+    do {                                                                                          \
+        const int64_t i0 = (blk) * LR_MB, rows = batch - i0 < LR_MB ? batch - i0 : LR_MB;          \
+        kr->gemm(rows, n, x + i0 * n, n, b1, 0, P1, rpad, NULL, h + i0 * rpad, rpad);              \
+        kr->gemm(rows, r, h + i0 * rpad, rpad, b2, 0, P2, m, bias, y + i0 * m, m);                 \
+    } while (0)
+    if (nt == 1) {
+        for (int64_t blk = 0; blk < blocks; ++blk) LR_ROW_BLOCK(blk);
+        return RC_OK;
+    }
+    if (blocks >= 2 * nt) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int64_t blk = 0; blk < blocks; ++blk) LR_ROW_BLOCK(blk);
+#endif
+        return RC_OK;
+    }
+#undef LR_ROW_BLOCK
     /* Few rows: split the column panels of each GEMM across threads, with one barrier
      * between them (h of all rows is small here). */
 #ifdef _OPENMP
@@ -116,10 +203,10 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
     {
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
         const int64_t a0 = P1 * t / T, a1 = P1 * (t + 1) / T;
-        if (a1 > a0) gemm(batch, n, x, n, b1, a0, a1, rpad, NULL, h, rpad);
+        if (a1 > a0) kr->gemm(batch, n, x, n, b1, a0, a1, rpad, NULL, h, rpad);
 #pragma omp barrier
         const int64_t c0 = P2 * t / T, c1 = P2 * (t + 1) / T;
-        if (c1 > c0) gemm(batch, r, h, rpad, b2, c0, c1, m, bias, y, m);
+        if (c1 > c0) kr->gemm(batch, r, h, rpad, b2, c0, c1, m, bias, y, m);
     }
 #endif
     return RC_OK;

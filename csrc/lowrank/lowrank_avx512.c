@@ -1,8 +1,7 @@
-/* AVX-512 panel GEMM of the factored Linear: micro-tile MR x 32 (two zmm per row, 12
- * accumulators at MR = 6), one broadcast of A per row and two panel loads per k.
- * Rows left over below 6 use the same code with a smaller compile-time MR (the switch
- * below instantiates each), and MR = 1 (batch 1) keeps two accumulator sets over even /
- * odd k so that the FMA latency is hidden. */
+/* AVX-512 kernels of the factored Linear.  Panel GEMM: micro-tile MR x 32 (two zmm per
+ * row, 12 accumulators at MR = 6), one broadcast of A per row and two panel loads per k;
+ * rows left over below 6 use the same code with a smaller compile-time MR (the switch
+ * below instantiates each).  Batch 1: lowrank_gemv.h over 16-lane zmm vectors. */
 #include "lowrank.h"
 
 #if RC_X86
@@ -15,20 +14,7 @@ static inline __attribute__((always_inline)) void tile(const int MR, int64_t K, 
     __m512 lo[6], hi[6];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) lo[i] = hi[i] = _mm512_setzero_ps();
-    int64_t k = 0;
-    if (MR == 1) {
-        __m512 lo2 = _mm512_setzero_ps(), hi2 = _mm512_setzero_ps();
-        for (; k + 1 < K; k += 2) {
-            const __m512 a0 = _mm512_set1_ps(a[k]), a1 = _mm512_set1_ps(a[k + 1]);
-            lo[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b + k * LR_NR), lo[0]);
-            hi[0] = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b + k * LR_NR + 16), hi[0]);
-            lo2 = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b + (k + 1) * LR_NR), lo2);
-            hi2 = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b + (k + 1) * LR_NR + 16), hi2);
-        }
-        lo[0] = _mm512_add_ps(lo[0], lo2);
-        hi[0] = _mm512_add_ps(hi[0], hi2);
-    }
-    for (; k < K; ++k) {
+    for (int64_t k = 0; k < K; ++k) {
         const __m512 b0 = _mm512_loadu_ps(b + k * LR_NR), b1 = _mm512_loadu_ps(b + k * LR_NR + 16);
 #pragma GCC unroll 6
         for (int i = 0; i < MR; ++i) {
@@ -58,8 +44,8 @@ static inline __attribute__((always_inline)) void tile(const int MR, int64_t K, 
     }
 }
 
-void rc_lowrank_gemm_avx512(int64_t rows, int64_t K, const float *a, int64_t lda, const float *bp,
-                            int64_t p0, int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
+static void gemm_avx512(int64_t rows, int64_t K, const float *a, int64_t lda, const float *bp,
+                        int64_t p0, int64_t p1, int64_t N, const float *bias, float *c, int64_t ldc) {
     for (int64_t p = p0; p < p1; ++p) {
         const float *b = bp + p * K * LR_NR;
         const int64_t col = p * LR_NR, nv = N - col < LR_NR ? N - col : LR_NR;
@@ -76,4 +62,30 @@ void rc_lowrank_gemm_avx512(int64_t rows, int64_t K, const float *a, int64_t lda
         }
     }
 }
+
+/* ---- batch 1 (lowrank_gemv.h) ---- */
+typedef __m512 lr_vec;
+#define LR_W 16
+static inline __mmask16 lr_mask(int k) { return (__mmask16)((1u << k) - 1); }
+static inline lr_vec lr_zero(void) { return _mm512_setzero_ps(); }
+static inline lr_vec lr_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline lr_vec lr_load_part(const float *p, int k) { return _mm512_maskz_loadu_ps(lr_mask(k), p); }
+static inline lr_vec lr_set1(float s) { return _mm512_set1_ps(s); }
+static inline lr_vec lr_fma(lr_vec a, lr_vec b, lr_vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline lr_vec lr_add(lr_vec a, lr_vec b) { return _mm512_add_ps(a, b); }
+static inline void lr_store(float *p, lr_vec a) { _mm512_storeu_ps(p, a); }
+static inline void lr_store_part(float *p, lr_vec a, int k) { _mm512_mask_storeu_ps(p, lr_mask(k), a); }
+/* Fold each zmm to 8 lanes, then two rounds of hadd interleave the four rows and a last
+ * add of the 128-bit halves leaves [sum a0, sum a1, sum a2, sum a3]. */
+static inline void lr_sum4(lr_vec a0, lr_vec a1, lr_vec a2, lr_vec a3, float *out) {
+    const __m256 b0 = _mm256_add_ps(_mm512_castps512_ps256(a0), _mm512_extractf32x8_ps(a0, 1));
+    const __m256 b1 = _mm256_add_ps(_mm512_castps512_ps256(a1), _mm512_extractf32x8_ps(a1, 1));
+    const __m256 b2 = _mm256_add_ps(_mm512_castps512_ps256(a2), _mm512_extractf32x8_ps(a2, 1));
+    const __m256 b3 = _mm256_add_ps(_mm512_castps512_ps256(a3), _mm512_extractf32x8_ps(a3, 1));
+    const __m256 c = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1)));
+}
+#include "lowrank_gemv.h"
+
+const rc_lowrank_kernels rc_lowrank_avx512 = {gemm_avx512, lr_gemv_h, lr_gemv_y, LR_YP};
 #endif

@@ -7,30 +7,25 @@
 
 #define NR RC_QGEMM_NR
 #define MR RC_QGEMM_MR
-#define RC_QGEMM_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
-                           (1 << RC_ISA_AVX512_VNNI))
 /* Rows of A per thread work item: MC * K4 bytes stay in L2 while all panels stream by. */
 #define MC (MR * 16)
 
-static int64_t k4_of(int64_t K) { return (K + 3) / 4 * 4; }
-static int64_t npad_of(int64_t N) { return (N + NR - 1) / NR * NR; }
-
 long long rc_qgemm_packed_size(long long K, long long N) {
     if (K < 0 || N < 0) return -1;
-    return (long long)(k4_of(K) * npad_of(N));
+    return (long long)(rc_qgemm_k4(K) * rc_qgemm_npad(N));
 }
 
 long long rc_qgemm_workspace_size(long long M, long long K, long long N) {
     if (M < 0 || K < 0 || N < 0) return -1;
     /* packed A (K4 bytes a row), ra [M], zbp [Npad], colterm [Npad]; 64-byte aligned parts */
-    const int64_t a = (M * k4_of(K) + 63) / 64 * 64;
-    return (long long)(a + 4 * (M + 16) + 8 * (npad_of(N) + 16) + 256);
+    const int64_t a = (M * rc_qgemm_k4(K) + 63) / 64 * 64;
+    return (long long)(a + 4 * (M + 16) + 8 * (rc_qgemm_npad(N) + 16) + 256);
 }
 
 int rc_qgemm_pack_b(const int8_t *b, long long K, long long N, void *packed, int32_t *col_sums,
                     int threads) {
     if (K < 0 || N < 0 || (K * N > 0 && (!b || !packed)) || (N > 0 && !col_sums)) return RC_ERR_ARG;
-    const int64_t K4 = k4_of(K), panels = npad_of(N) / NR;
+    const int64_t K4 = rc_qgemm_k4(K), panels = rc_qgemm_npad(N) / NR;
     uint8_t *pk = (uint8_t *)packed;
     (void)threads;
 #ifdef _OPENMP
@@ -121,30 +116,30 @@ void rc_qgemm_pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row) {
 /* The three stages below contain orphaned `omp for` loops: called inside a parallel region
  * they share the work, called outside they run on the calling thread. */
 
+int32_t rc_qgemm_pack_a_row(const uint8_t *src, int flip, int64_t K, int8_t *dst) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) {
+        /* uint8 activations become signed by flipping the top bit (a - 128); their zero
+         * point moves with them, so (a - za) and the product are unchanged. */
+        const int8_t v8 = (int8_t)(flip ? (uint8_t)(src[k] ^ 0x80u) : src[k]);
+        dst[k] = v8;
+        s += v8;
+    }
+    for (int64_t k = K; k < rc_qgemm_k4(K); ++k) dst[k] = 0;
+    return s;
+}
+
 void rc_qgemm_pack_a_rows(const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap, int32_t *ra) {
-    const int64_t K4 = k4_of(K);
+    const int64_t K4 = rc_qgemm_k4(K);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-    for (int64_t m = 0; m < M; ++m) {
-        const uint8_t *src = a + m * K;
-        int8_t *dst = ap + m * K4;
-        int32_t s = 0;
-        for (int64_t k = 0; k < K; ++k) {
-            /* uint8 activations become signed by flipping the top bit (a - 128); their zero
-             * point moves with them, so (a - za) and the product are unchanged. */
-            const int8_t v8 = (int8_t)(flip ? (uint8_t)(src[k] ^ 0x80u) : src[k]);
-            dst[k] = v8;
-            s += v8;
-        }
-        for (int64_t k = K; k < K4; ++k) dst[k] = 0;
-        ra[m] = s;
-    }
+    for (int64_t m = 0; m < M; ++m) ra[m] = rc_qgemm_pack_a_row(a + m * K, flip, K, ap + m * K4);
 }
 
 void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_sums, const int32_t *zb,
                         int zb_per_col, int32_t *zbp, int32_t *colterm) {
-    const int64_t Npad = npad_of(N);
+    const int64_t Npad = rc_qgemm_npad(N);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -157,7 +152,7 @@ void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_s
 
 void rc_qgemm_run_tiles(const rc_qgemm_ctx *x, rc_qgemm_tile_fn tile, const int8_t *ap, int64_t M, int64_t K,
                         const void *packed) {
-    const int64_t K4 = k4_of(K), panels = npad_of(x->N) / NR;
+    const int64_t K4 = rc_qgemm_k4(K), panels = rc_qgemm_npad(x->N) / NR;
     /* Equal row blocks of at most MC rows (a multiple of MR), so that the (row block, panel)
      * items are the same size and a static schedule balances the threads.  Row blocks are
      * outermost so a thread keeps its A rows in L2 while it walks the panels. */
@@ -180,9 +175,9 @@ void rc_qgemm_workspace_split(void *workspace, int64_t M, int64_t K, int64_t N, 
                               int32_t **zbp, int32_t **colterm) {
     uint8_t *ws = (uint8_t *)workspace;
     *ap = (int8_t *)ws;
-    *ra = (int32_t *)(ws + (M * k4_of(K) + 63) / 64 * 64);
+    *ra = (int32_t *)(ws + (M * rc_qgemm_k4(K) + 63) / 64 * 64);
     *zbp = *ra + M + 16;
-    *colterm = *zbp + npad_of(N) + 16;
+    *colterm = *zbp + rc_qgemm_npad(N) + 16;
 }
 
 int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, int32_t a_zero_point,

@@ -3,8 +3,15 @@
 #define RC_QGEMM_H
 #include "../rc_common.h"
 
+#define RC_QGEMM_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
+                           (1 << RC_ISA_AVX512_VNNI))
+
 /* Rows per micro-tile (the variants all use it, so one driver tiles for all of them). */
 #define RC_QGEMM_MR 6
+
+/* K rounded up to the 4-element groups of packed A and B; N up to whole 64-column panels. */
+static inline int64_t rc_qgemm_k4(int64_t K) { return (K + 3) / 4 * 4; }
+static inline int64_t rc_qgemm_npad(int64_t N) { return (N + RC_QGEMM_NR - 1) / RC_QGEMM_NR * RC_QGEMM_NR; }
 
 /* Everything a micro-tile needs beyond the operands: the zero-point corrections and the
  * epilogue.  The exact result is
@@ -44,6 +51,8 @@ void rc_epi_row_avx512(const rc_epilogue *, const int32_t *, int64_t, int64_t, i
 int rc_check_epilogue(const rc_epilogue *e);
 void rc_qgemm_pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row);
 void rc_qgemm_pack_a_rows(const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap, int32_t *ra);
+/* One row of it (no OpenMP): returns the row sum ra[m]. */
+int32_t rc_qgemm_pack_a_row(const uint8_t *src, int flip, int64_t K, int8_t *dst);
 void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_sums, const int32_t *zb,
                         int zb_per_col, int32_t *zbp, int32_t *colterm);
 void rc_qgemm_run_tiles(const rc_qgemm_ctx *x, rc_qgemm_tile_fn tile, const int8_t *ap, int64_t M, int64_t K,

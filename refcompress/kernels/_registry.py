@@ -236,23 +236,27 @@ def _warn_fallback_once(reason: str) -> None:
             f"refcompress: C kernels unavailable ({reason}); running the NumPy reference. "
             "Reinstall with a C compiler for speed.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # _warn_fallback_once <- resolve <- dispatch <- the op's public function
         )
 
 
-def dispatch(op_name: str, *args, **kwargs):
-    """Run ``op_name`` on already-validated arguments with the current setting."""
+def resolve(op_name: str):
+    """What ``dispatch`` runs for ``op_name`` under the current setting, without running it:
+    ``(c_impl, isa_code, threads)`` or ``(reference, None, None)``.  Raises and warns exactly
+    as ``dispatch`` does.  An op on a per-call latency budget may keep the answer for as
+    long as :func:`current` and ``_native.lib`` are the same objects (a new setting is a
+    new object)."""
     op = _get(op_name)
     s = current()
     if s.backend == "numpy":
-        return op.reference(*args, **kwargs)
+        return op.reference, None, None
     if _native.lib is None or op.c is None:
         reason = _native.LOAD_ERROR or f"op {op_name!r} has no C implementation"
         if s.backend == "c":
             raise BackendError(f"backend 'c' requested but {reason}")
         if _native.lib is None:
             _warn_fallback_once(reason)
-        return op.reference(*args, **kwargs)
+        return op.reference, None, None
     if s.isa is None:
         isa_code = _native.ISA_AUTO
     else:
@@ -262,8 +266,15 @@ def dispatch(op_name: str, *args, **kwargs):
                 f"(op has {list(op.variants)}, this build and CPU run {runnable_isas()})"
             )
         isa_code = _native.ISA_NAMES.index(s.isa)
-    threads = s.threads if s.threads is not None else 0
-    return op.c(*args, isa=isa_code, threads=threads, **kwargs)
+    return op.c, isa_code, s.threads if s.threads is not None else 0
+
+
+def dispatch(op_name: str, *args, **kwargs):
+    """Run ``op_name`` on already-validated arguments with the current setting."""
+    impl, isa_code, threads = resolve(op_name)
+    if isa_code is None:
+        return impl(*args, **kwargs)
+    return impl(*args, isa=isa_code, threads=threads, **kwargs)
 
 
 def check_rc(rc: int, op_name: str) -> None:

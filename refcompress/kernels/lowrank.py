@@ -7,7 +7,8 @@ Shapes (PyTorch Linear convention for both factors)::
 
 float32 (op ``lowrank_linear``).  The reference is the two NumPy products.  The C kernel
 packs v^T and u^T once into 32-column panels and processes 48-row blocks of x whose h is
-produced and consumed while in cache (csrc/lowrank/).  Float sums are not reassociation-
+produced and consumed while in cache (csrc/lowrank/); batch 1 computes h as r dot
+products over v's own rows, then y from the u^T panels.  Float sums are not reassociation-
 invariant, so C and NumPy differ in the last bits; both are held to the forward-error
 bound of the summation (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
 eq. 3.5), element by element, against the exact result computed in float64:
@@ -20,26 +21,31 @@ sum (r products and the bias add).  :func:`lowrank_error_bound` computes it.
 
 int8 (op ``lowrank_linear_q8``).  Both factors are quantized symmetrically per output row
 (int8, narrow range [-127, 127]); the activation x arrives as uint8 with (s_x, z_x).  The
-path is two exact :func:`~refcompress.kernels.qgemm` calls (the VNNI tiles):
+definition is two exact :func:`~refcompress.kernels.qgemm` products:
 
     h_q = requantize_float( (x_q - z_x) @ v_q^T ;  M_j = s_x s_v[j] / s_h,  z_h )   uint8
     y   = float32( (h_q - z_h) @ u_q^T + bias_q ) * (s_h s_u[i])                     float32
 
-with bias_q = round_half_even(bias / (s_h s_u)) (int32).  We chose two qgemm calls over a
-fused int8 loop: each is bit-exact against its NumPy reference on every ISA variant, so
-the composition is bit-exact too (tests check it with tolerance 0), and the intermediate
-is requantized to uint8, which a real integer-only pipeline must do anyway.
+with bias_q = round_half_even(bias / (s_h s_u)) (int32).  The intermediate is requantized
+to uint8, as an integer-only pipeline must do anyway.  The C kernel (csrc/lowrank/
+lowrank_q8.c) runs both products in one call, block of rows by block of rows so that h_q
+stays in cache, with qgemm's own row packing, zero-point corrections (precomputed per
+layer), micro-tiles (VNNI on AVX-512 VNNI CPUs) and epilogues: it is the same arithmetic,
+so it is bit-exact against the NumPy reference on every ISA variant (tests check it with
+tolerance 0).
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
 from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
-from . import _native
-from ._registry import Op, check_rc, dispatch, register
-from .qgemm import (Dequantize, Requantize, _output_spec, _qgemm_c, k_bound, pack_weights,
+from . import _native, _registry
+from ._registry import Op, check_rc, register
+from .qgemm import (Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
                     qgemm_reference)
 from .quantize import quantize
 
@@ -57,9 +63,13 @@ def gamma(k: int, unit_roundoff: float = U32) -> float:
 # ---- float32 ------------------------------------------------------------------------------------
 
 
+_F32, _U8 = np.dtype(np.float32), np.dtype(np.uint8)
+
+
 class PackedLowRank:
     """float32 factors v [r, n], u [m, r] and bias [m] (or None), validated and packed once
-    for the C kernel (v^T and u^T in 32-column panels); the reference reads v, u, bias."""
+    for the C kernel (v^T and u^T in 32-column panels; batch 1 reads v itself); the
+    reference reads v, u, bias."""
 
     def __init__(self, v, u, bias=None):
         v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True)
@@ -72,14 +82,24 @@ class PackedLowRank:
             bias = check_array(bias, "bias", dtypes=[np.float32], shape=(m,), contiguous=True)
         self.v, self.u, self.bias = v, u, bias
         self.n, self.r, self.m = n, r, m
+        self.empty = r * n * m == 0  # nothing for C to do: y is the bias (or 0)
         self.packed = None
-        if _native.lib is not None and r * n * m > 0:
-            lib = _native.lib
-            self.packed = np.empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
-            check_rc(lib.rc_lowrank_pack_f32(_native.ptr("float *", v), _native.ptr("float *", u),
-                                             n, r, m, _native.ptr("float *", self.packed)), "pack_lowrank")
-            self._c_args = (_native.ptr("float *", self.packed),
-                            _native.ffi.NULL if bias is None else _native.ptr("float *", bias))
+        self._c_args = None
+        if _native.lib is not None and not self.empty:
+            self._pack()
+
+    def _pack(self):
+        """Pack for C and keep the cffi pointers the kernel takes (v, packed, bias) and the
+        batch-1 workspace size: per call, only x, y and the workspace are new pointers."""
+        lib, ptr = _native.lib, _native.ptr
+        n, r, m = self.n, self.r, self.m
+        self.packed = np.empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
+        check_rc(lib.rc_lowrank_pack_f32(ptr("float *", self.v), ptr("float *", self.u), n, r, m,
+                                         ptr("float *", self.packed)), "pack_lowrank")
+        self._c_args = (ptr("float *", self.v), ptr("float *", self.packed),
+                        _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
+        self._ws1 = lib.rc_lowrank_workspace_size(1, r)
+        return self._c_args
 
     def __repr__(self):
         return f"PackedLowRank(n={self.n}, r={self.r}, m={self.m}, bias={self.bias is not None})"
@@ -96,14 +116,35 @@ def lowrank_linear_reference(x, p):
     return y + p.bias if p.bias is not None else y
 
 
+# The workspace is reused across calls (of both ops), one per Python thread: the kernels
+# release the GIL, so two threads must never share one.  Buffers up to _WS_KEEP bytes are
+# kept.
+_tls = threading.local()
+_WS_KEEP = 1 << 22
+
+
+def _workspace(nbytes):
+    """(size, array, cffi pointer) of this thread's workspace of at least ``nbytes``."""
+    ws = getattr(_tls, "ws", None)
+    if ws is not None and ws[0] >= nbytes:
+        return ws
+    buf = np.empty(nbytes, np.uint8)
+    ws = (nbytes, buf, _native.ptr("void *", buf))
+    if nbytes <= _WS_KEEP:
+        _tls.ws = ws
+    return ws
+
+
 def _lowrank_linear_c(x, p, *, isa, threads):
-    lib = _native.lib
+    lib, ffi = _native.lib, _native.ffi
+    c_args = p._c_args or p._pack()
     B = x.shape[0]
-    y = np.empty((B, p.m), np.float32)
-    ws = np.empty(max(lib.rc_lowrank_workspace_size(B, p.r), 1), np.uint8)
-    rc = lib.rc_lowrank_f32(_native.ptr("float *", x), B, p.n, p.r, p.m, *p._c_args,
-                            _native.ptr("float *", y), _native.ptr("void *", ws), isa, threads)
-    check_rc(rc, "lowrank_linear")
+    y = np.empty((B, p.m), _F32)
+    ws = _workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
+    rc = lib.rc_lowrank_f32(ffi.from_buffer("float[]", x), B, p.n, p.r, p.m, *c_args,
+                            ffi.from_buffer("float[]", y), ws[2], isa, threads)
+    if rc:
+        check_rc(rc, "lowrank_linear")
     return y
 
 
@@ -113,6 +154,18 @@ register(Op("lowrank_linear", lowrank_linear_reference, _lowrank_linear_c, ("por
             tolerance=U32, tolerance_doc=_TOL_DOC, doc=__doc__))
 
 
+# The dispatch decision per op, kept while the setting and the extension are the same
+# objects (see _registry.resolve): op -> (setting, lib, (impl, isa, threads)).
+_NO_PLAN = (None, None, None)
+_plans = {"lowrank_linear": _NO_PLAN, "lowrank_linear_q8": _NO_PLAN}
+
+
+def _decide(op_name):
+    decided = _registry.resolve(op_name)
+    _plans[op_name] = (_registry.current(), _native.lib, decided)
+    return decided
+
+
 def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     """y = (x v^T) u^T + bias for float32 x [B, n], v [r, n], u [m, r], bias [m] -> y [B, m].
 
@@ -120,6 +173,23 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     None): pack once per layer, call many times.  Within :func:`lowrank_error_bound` of the
     exact result on every backend.
     """
+    # A packed layer and an x that check_array would pass unchanged: the same checks,
+    # inline, because a batch-1 layer call is a few microseconds in all.
+    if (type(v) is PackedLowRank and u is None and bias is None and type(x) is np.ndarray
+            and x.dtype is _F32 and x.ndim == 2 and x.shape[1] == v.n and x.flags.c_contiguous):
+        p = v
+    else:
+        x, p = _check_args(x, v, u, bias)
+    setting, lib, decided = _plans["lowrank_linear"]
+    if setting is not _registry.current() or lib is not _native.lib:
+        decided = _decide("lowrank_linear")
+    impl, isa, threads = decided
+    if isa is None or p.empty:  # the reference, or an empty factor (nothing for C to do)
+        return lowrank_linear_reference(x, p)
+    return impl(x, p, isa=isa, threads=threads)
+
+
+def _check_args(x, v, u, bias):
     if isinstance(v, PackedLowRank):
         if u is not None or bias is not None:
             raise ArgumentError("u, bias: pass them to pack_lowrank, not with packed factors")
@@ -131,9 +201,7 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     x = check_array(x, "x", dtypes=[np.float32], ndim=2, contiguous=True)
     if x.shape[1] != p.n:
         raise ShapeError(f"x: expected shape (batch, {p.n}) to match v [r={p.r}, n={p.n}], got {x.shape}")
-    if p.packed is None:  # an empty factor: nothing for C to do
-        return lowrank_linear_reference(x, p)
-    return dispatch("lowrank_linear", x, p)
+    return x, p
 
 
 def lowrank_error_bound(x, v, u, bias=None) -> np.ndarray:
@@ -193,6 +261,26 @@ class QuantizedLowRank:
         self.dequant = Dequantize(out_scale)
         self._spec1 = _output_spec(self.requant, self.r)
         self._spec2 = _output_spec(self.dequant, self.m)
+        self.empty = self.m == 0  # nothing for C to do (r = 0 or n = 0 cannot be quantized)
+        self._c_args = None
+        if _native.lib is not None and not self.empty:
+            self._prepare_c()
+
+    def _prepare_c(self):
+        """Everything of the fused C call that depends on the layer only: the epilogues,
+        and both products' zero-point corrections (rc_lowrank_q8_prepare)."""
+        lib, ptr = _native.lib, _native.ptr
+        epi_h, keep_h, _ = _epilogue(self._spec1, None, self.r)
+        epi_y, keep_y, _ = _epilogue(self._spec2, self.bias_q, self.m)
+        self._cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
+        check_rc(lib.rc_lowrank_q8_prepare(self.n, self.r, self.m, self.x_zero_point, self.h_zero_point,
+                                           ptr("int32_t *", self.packed_v.col_sums),
+                                           ptr("int32_t *", self.packed_u.col_sums),
+                                           ptr("int32_t *", self._cols)), "QuantizedLowRank")
+        self._keep = (keep_h, keep_y)  # the arrays the epilogues point into
+        self._c_args = (ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed),
+                        ptr("int32_t *", self._cols), epi_h, epi_y)
+        return self._c_args
 
     @classmethod
     def calibrate(cls, v, u, bias, x) -> "QuantizedLowRank":
@@ -225,8 +313,16 @@ def lowrank_linear_q8_reference(x_q, q):
 
 
 def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
-    h_q = _qgemm_c(x_q, q.packed_v, q.x_zero_point, None, q._spec1, isa=isa, threads=threads)
-    return _qgemm_c(h_q, q.packed_u, q.h_zero_point, q.bias_q, q._spec2, isa=isa, threads=threads)
+    lib, ptr = _native.lib, _native.ptr
+    c_args = q._c_args or q._prepare_c()
+    B = x_q.shape[0]
+    y = np.empty((B, q.m), np.float32)
+    ws = _workspace(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+    rc = lib.rc_lowrank_q8(ptr("uint8_t *", x_q), B, q.n, q.r, q.m, *c_args, ptr("float *", y), ws[2],
+                           isa, threads)
+    if rc:
+        check_rc(rc, "lowrank_linear_q8")
+    return y
 
 
 register(Op("lowrank_linear_q8", lowrank_linear_q8_reference, _lowrank_linear_q8_c,
@@ -236,9 +332,18 @@ register(Op("lowrank_linear_q8", lowrank_linear_q8_reference, _lowrank_linear_q8
 def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:
     """int8 factored Linear: uint8 x_q [B, n] (quantized with ``q.x_scale``,
     ``q.x_zero_point``) -> float32 y [B, m].  Bit-exact across NumPy and every C variant."""
-    if not isinstance(q, QuantizedLowRank):
-        raise ArgumentError(f"q: expected a QuantizedLowRank, got {type(q).__name__}")
-    x_q = check_array(x_q, "x_q", dtypes=[np.uint8], ndim=2, contiguous=True)
-    if x_q.shape[1] != q.n:
-        raise ShapeError(f"x_q: expected shape (batch, {q.n}), got {x_q.shape}")
-    return dispatch("lowrank_linear_q8", x_q, q)
+    # check_array's checks inline for the usual case, as in lowrank_linear
+    if not (type(q) is QuantizedLowRank and type(x_q) is np.ndarray and x_q.dtype is _U8 and x_q.ndim == 2
+            and x_q.shape[1] == q.n and x_q.flags.c_contiguous):
+        if not isinstance(q, QuantizedLowRank):
+            raise ArgumentError(f"q: expected a QuantizedLowRank, got {type(q).__name__}")
+        x_q = check_array(x_q, "x_q", dtypes=[np.uint8], ndim=2, contiguous=True)
+        if x_q.shape[1] != q.n:
+            raise ShapeError(f"x_q: expected shape (batch, {q.n}), got {x_q.shape}")
+    setting, lib, decided = _plans["lowrank_linear_q8"]
+    if setting is not _registry.current() or lib is not _native.lib:
+        decided = _decide("lowrank_linear_q8")
+    impl, isa, threads = decided
+    if isa is None or q.empty:
+        return lowrank_linear_q8_reference(x_q, q)
+    return impl(x_q, q, isa=isa, threads=threads)

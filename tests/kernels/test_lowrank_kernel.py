@@ -3,13 +3,17 @@
 float32: within the derived summation bound of the exact (float64) result, element-wise.
 int8: bit-exact against the composition of the two qgemm references."""
 
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import refcompress.kernels as kernels
-from refcompress.errors import ArgumentError, DTypeError, ShapeError
-from refcompress.kernels.lowrank import gamma, lowrank_error_bound
+from refcompress.errors import ArgumentError, BackendError, DTypeError, ShapeError
+from refcompress.kernels import _native, _registry
+from refcompress.kernels.lowrank import gamma, lowrank_error_bound, lowrank_linear_reference
 from refcompress.testing import assert_exact, kernel_variants
 
 F32 = kernel_variants("lowrank_linear")
@@ -75,6 +79,140 @@ def test_fp32_large_batch_parallel_paths_and_packed_reuse(variant):
             assert np.all(np.abs(y - _exact(x, v, u, b)) <= lowrank_error_bound(x, v, u, b))
 
 
+# Batch 1 has a route of its own (csrc/lowrank/lowrank_gemv.h): h as dot products over v's
+# rows, 4 rows per pass and 4 / 8 / 16 float lanes (portable / AVX2 / AVX-512) with a masked
+# tail, in chunks of 1024 elements of x; y over the 32-column u^T panels, 1 / 2 / 4 panels
+# per pass.  Sizes around each edge, and primes.
+N1 = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 97, 127, 129,
+                      1023, 1024, 1025, 1039, 2053])
+R1 = st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 31, 37])
+M1 = st.sampled_from([1, 2, 3, 5, 15, 16, 17, 31, 32, 33, 63, 64, 65, 96, 97, 127, 128, 129, 161, 193, 257])
+
+
+def _check_bound(y, x, v, u, b):
+    err = np.abs(y.astype(np.float64) - _exact(x, v, u, b))
+    bound = lowrank_error_bound(x, v, u, b)
+    bad = err > bound
+    assert not bad.any(), f"{bad.sum()} elements exceed the bound; worst {np.max(err / np.maximum(bound, 1e-300))}"
+
+
+@st.composite
+def batch1_cases(draw, n=N1, r=R1, m=M1):
+    n, r, m = draw(n), draw(r), draw(m)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1.0, 1e-20, 1e20]))
+    x = (rng.standard_normal((1, n)) * scale).astype(np.float32)
+    v = rng.standard_normal((r, n)).astype(np.float32)
+    u = rng.standard_normal((m, r)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32) * np.float32(scale) if draw(st.booleans()) else None
+    return x, v, u, b
+
+
+@pytest.mark.parametrize("variant", F32, ids=_id)
+def test_batch1_within_the_summation_bound(variant):
+    @settings(max_examples=60)
+    @given(case=batch1_cases(), threads=st.sampled_from([1, 2]))
+    def run(case, threads):
+        x, v, u, b = case
+        with kernels.use(*variant, threads=threads):
+            y = kernels.lowrank_linear(x, kernels.pack_lowrank(v, u, b))
+        assert y.shape == (1, u.shape[0]) and y.dtype == np.float32
+        _check_bound(y, x, v, u, b)
+
+    run()
+
+
+# Large enough that batch 1 splits the rank across threads (r (n + m) > 65536 and at least
+# 8 rows per thread), with ranks that are not multiples of the 4-row pass.
+SPLIT = batch1_cases(n=st.sampled_from([509, 1021, 1024, 1031]), r=st.sampled_from([64, 67, 73, 96, 101]),
+                     m=st.sampled_from([33, 97, 128, 131, 257]))
+
+
+@pytest.mark.parametrize("variant", [v for v in F32 if v[0] == "c"], ids=_id)
+def test_batch1_thread_split_within_the_bound_and_independent_of_the_thread_count(variant):
+    @settings(max_examples=25)
+    @given(case=SPLIT)
+    def run(case):
+        x, v, u, b = case
+        p = kernels.pack_lowrank(v, u, b)
+        with kernels.use(*variant, threads=1):
+            y1 = kernels.lowrank_linear(x, p)
+        with kernels.use(*variant, threads=2):
+            y2 = kernels.lowrank_linear(x, p)
+        _check_bound(y2, x, v, u, b)
+        # each y element is summed in the same order whichever thread makes it
+        np.testing.assert_array_equal(y1, y2)
+
+    run()
+
+
+def test_the_dispatch_decision_follows_every_change_of_setting():
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((5, 40)).astype(np.float32)
+    u = rng.standard_normal((30, 5)).astype(np.float32)
+    p = kernels.pack_lowrank(v, u, None)
+    x = rng.standard_normal((1, 40)).astype(np.float32)
+    ref = lowrank_linear_reference(x, p)
+    outer = _registry.current()
+    try:
+        kernels.set_backend("numpy")
+        assert_exact(kernels.lowrank_linear(x, p), ref)
+        kernels.set_backend("auto")
+        kernels.lowrank_linear(x, p)
+        with kernels.use("numpy"):
+            assert_exact(kernels.lowrank_linear(x, p), ref)
+    finally:
+        kernels.set_backend(outer.backend, outer.isa)
+    if _native.lib is not None:
+        with kernels.use("c", isa="avx512_vnni"):  # lowrank_linear has no VNNI variant
+            with pytest.raises(BackendError, match="avx512_vnni"):
+                kernels.lowrank_linear(x, p)
+
+
+def test_explicit_c_without_the_build_raises_and_auto_warns(monkeypatch):
+    rng = np.random.default_rng(4)
+    v = rng.standard_normal((3, 8)).astype(np.float32)
+    u = rng.standard_normal((6, 3)).astype(np.float32)
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    monkeypatch.setattr(_native, "lib", None)
+    monkeypatch.setattr(_native, "LOAD_ERROR", "ImportError: simulated")
+    monkeypatch.setattr(_registry, "_warned_fallback", False)
+    p = kernels.pack_lowrank(v, u, None)
+    for args in ((x, p), (x, v, u), (x[:, :0], v[:, :0], u)):  # packed, unpacked, empty n
+        with kernels.use("c"):
+            with pytest.raises(BackendError, match="simulated"):
+                kernels.lowrank_linear(*args)
+    with kernels.use("auto"):
+        with pytest.warns(RuntimeWarning, match="NumPy reference"):
+            y = kernels.lowrank_linear(x, p)
+    assert_exact(y, lowrank_linear_reference(x, p))
+
+
+@pytest.mark.parametrize("variant", [v for v in F32 if v[0] == "c"], ids=_id)
+def test_concurrent_python_threads_do_not_share_a_workspace(variant):
+    # The kernel releases the GIL and the workspace (h) is cached per thread: calls from
+    # several threads at once, with different ranks, must give each its own answer.
+    rng = np.random.default_rng(5)
+    layers = []
+    for r in (3, 17, 40, 64):
+        v = rng.standard_normal((r, 200)).astype(np.float32)
+        u = rng.standard_normal((90, r)).astype(np.float32)
+        layers.append(kernels.pack_lowrank(v, u, rng.standard_normal(90).astype(np.float32)))
+    xs = [rng.standard_normal((B, 200)).astype(np.float32) for B in (1, 1, 5, 60)]
+    with kernels.use(*variant, threads=1):
+        want = [[kernels.lowrank_linear(x, p) for x in xs] for p in layers]
+
+    def work(i):
+        with kernels.use(*variant, threads=1):
+            for _ in range(30):
+                for j, x in enumerate(xs):
+                    assert_exact(kernels.lowrank_linear(x, layers[i]), want[i][j])
+
+    with ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(work, i) for i in range(4)]:
+            f.result()
+
+
 def test_bound_is_tight_enough_to_catch_a_kernel_that_rounds_h_to_bfloat16():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((8, 64)).astype(np.float32)
@@ -116,6 +254,25 @@ def test_int8_bit_exact_against_the_reference(variant):
     run()
 
 
+@pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
+def test_int8_fused_row_blocks_and_threads_bit_exact(variant):
+    # The C kernel runs both products per block of up to 48 rows (at least one block per
+    # thread): batches around the block and 6-row tile edges, ranks off the 4-group and
+    # 64-column panel edges, zero points at both ends of the uint8 range.
+    rng = np.random.default_rng(6)
+    for n, r, m, zx, zh in ((131, 67, 70, 0, 255), (64, 4, 129, 255, 0), (300, 65, 64, 128, 7)):
+        v = rng.standard_normal((r, n)).astype(np.float32)
+        u = rng.standard_normal((m, r)).astype(np.float32)
+        q = kernels.QuantizedLowRank(v, u, rng.standard_normal(m).astype(np.float32), 0.05, zx, 0.3, zh)
+        for B in (1, 5, 6, 7, 47, 48, 49, 97, 300):
+            x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
+            with kernels.use("numpy"):
+                want = kernels.lowrank_linear_q8(x_q, q)
+            for threads in (1, 2):
+                with kernels.use(*variant, threads=threads):
+                    assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"B={B} threads={threads}")
+
+
 def test_int8_reference_is_the_written_out_integer_arithmetic():
     rng = np.random.default_rng(2)
     v = rng.standard_normal((6, 20)).astype(np.float32)
@@ -134,6 +291,20 @@ def test_int8_reference_is_the_written_out_integer_arithmetic():
     # and it approximates the float layer
     y = (x @ v.T) @ u.T + b
     assert np.max(np.abs(want - y)) < 0.1 * np.max(np.abs(y))
+
+
+@pytest.mark.parametrize("variant", F32, ids=_id)
+def test_empty_factors_give_empty_or_bias_only_outputs(variant):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    with kernels.use(*variant):
+        y = kernels.lowrank_linear(x[:, :0], np.ones((2, 0), np.float32), np.ones((5, 2), np.float32), b)
+        assert_exact(y, np.broadcast_to(b, (3, 5)).astype(np.float32))  # n = 0: y is the bias
+        assert kernels.lowrank_linear(x, np.ones((2, 4), np.float32), np.ones((0, 2), np.float32)).shape == (3, 0)
+    q = kernels.QuantizedLowRank(np.ones((2, 4), np.float32), np.ones((0, 2), np.float32), None, 0.1, 3, 0.1, 4)
+    with kernels.use(*variant):
+        assert kernels.lowrank_linear_q8(np.ones((3, 4), np.uint8), q).shape == (3, 0)
 
 
 def test_bad_inputs_name_the_argument():

@@ -1,0 +1,129 @@
+/* int8 factored Linear: the two qgemm products of QuantizedLowRank in one call.
+ *
+ * Each block of rows runs both products back to back -- x rows packed, h_q = tiles of
+ * v_q^T through the requantizing epilogue, h_q rows packed, y = tiles of u_q^T through the
+ * dequantizing epilogue -- so h of a block is made and used while in L1/L2, and the fixed
+ * cost of a call (Python, allocation, epilogue set-up) is paid once instead of twice.
+ * The arithmetic is qgemm's own: its row packing, its zero-point corrections
+ * (rc_qgemm_prep_cols, done once per layer by rc_lowrank_q8_prepare), its micro-tiles and
+ * epilogues (rc_qgemm_pick), so the result is that of two rc_qgemm calls bit for bit. */
+#include "../qgemm/qgemm.h"
+#include "lowrank.h"
+
+/* Rows per block, a multiple of the micro-tile's rows: a block's packed x (Q8_MB x n
+ * bytes) and h stay in L1/L2 while the panels of both factors stream past. */
+#define Q8_MB (RC_QGEMM_MR * 8)
+
+static int64_t al64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
+long long rc_lowrank_q8_cols_size(long long r, long long m) {
+    if (r < 0 || m < 0) return -1;
+    return 2 * (rc_qgemm_npad(r) + rc_qgemm_npad(m));
+}
+
+int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_point, int32_t h_zero_point,
+                          const int32_t *col_sums_v, const int32_t *col_sums_u, int32_t *cols) {
+    if (n < 1 || r < 1 || m < 1 || !col_sums_v || !col_sums_u || !cols) return RC_ERR_ARG;
+    if (x_zero_point < 0 || x_zero_point > 255 || h_zero_point < 0 || h_zero_point > 255) return RC_ERR_ARG;
+    const int32_t zero = 0; /* symmetric factors */
+    const int64_t R = rc_qgemm_npad(r), M = rc_qgemm_npad(m);
+    /* Both activations are uint8: the row packing flips them to int8, and their zero
+     * points move with them (z - 128), as in rc_qgemm. */
+    rc_qgemm_prep_cols(n, r, x_zero_point - 128, col_sums_v, &zero, 0, cols, cols + R);
+    rc_qgemm_prep_cols(r, m, h_zero_point - 128, col_sums_u, &zero, 0, cols + 2 * R, cols + 2 * R + M);
+    return RC_OK;
+}
+
+long long rc_lowrank_q8_workspace_size(long long batch, long long n, long long r) {
+    if (batch < 0 || n < 0 || r < 0) return -1;
+    /* packed x rows, h_q, packed h_q rows (64-byte aligned parts), then both row sums */
+    return (long long)(al64(batch * rc_qgemm_k4(n)) + al64(batch * r) + al64(batch * rc_qgemm_k4(r)) +
+                       8 * batch + 64);
+}
+
+/* All micro-tiles of rows [0, rows) of the packed A: panel by panel, so each panel is
+ * reused by every row of the block while in cache. */
+static void run_tiles(const rc_qgemm_ctx *c, rc_qgemm_tile_fn tile, const int8_t *ap, int64_t K4, int64_t rows,
+                      const void *packed) {
+    const int64_t panels = rc_qgemm_npad(c->N) / RC_QGEMM_NR;
+    for (int64_t p = 0; p < panels; ++p)
+        for (int64_t m0 = 0; m0 < rows; m0 += RC_QGEMM_MR)
+            tile(c, ap, K4, m0, (int)(rows - m0 < RC_QGEMM_MR ? rows - m0 : RC_QGEMM_MR),
+                 (const uint8_t *)packed + p * K4 * RC_QGEMM_NR, p * RC_QGEMM_NR);
+}
+
+/* One call's operands, shared by its row blocks. */
+typedef struct {
+    const uint8_t *x;
+    int64_t n, r, m, K4n, K4r;
+    const void *packed_v, *packed_u;
+    const int32_t *zbp1, *ct1, *zbp2, *ct2;
+    const rc_epilogue *epi_h, *epi_y;
+    rc_qgemm_tile_fn tile;
+    int8_t *a1, *a2; /* packed x rows, packed h_q rows */
+    uint8_t *h;
+    int32_t *ra1, *ra2;
+    float *y;
+} q8_call;
+
+/* Rows [i0, i0 + rows): both products, h_q of the block made and used while in cache. */
+static void run_block(const q8_call *c, int64_t i0, int64_t rows) {
+    int8_t *ap1 = c->a1 + i0 * c->K4n, *ap2 = c->a2 + i0 * c->K4r;
+    uint8_t *hb = c->h + i0 * c->r;
+    for (int64_t i = 0; i < rows; ++i)
+        c->ra1[i0 + i] = rc_qgemm_pack_a_row(c->x + (i0 + i) * c->n, 1, c->n, ap1 + i * c->K4n);
+    const rc_qgemm_ctx c1 = {c->epi_h, c->ra1 + i0, c->zbp1, c->ct1, hb, c->r};
+    run_tiles(&c1, c->tile, ap1, c->K4n, rows, c->packed_v);
+    for (int64_t i = 0; i < rows; ++i)
+        c->ra2[i0 + i] = rc_qgemm_pack_a_row(hb + i * c->r, 1, c->r, ap2 + i * c->K4r);
+    const rc_qgemm_ctx c2 = {c->epi_y, c->ra2 + i0, c->zbp2, c->ct2, c->y + i0 * c->m, c->m};
+    run_tiles(&c2, c->tile, ap2, c->K4r, rows, c->packed_u);
+}
+
+int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
+                  const void *packed_v, const void *packed_u, const int32_t *cols, const rc_epilogue *epi_h,
+                  const rc_epilogue *epi_y, float *y, void *workspace, int isa, int threads) {
+    if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed_v || !packed_u || !cols) return RC_ERR_ARG;
+    if (rc_check_epilogue(epi_h) != RC_OK || rc_check_epilogue(epi_y) != RC_OK) return RC_ERR_ARG;
+    /* h_q is the second product's uint8 input; y is float32, and a per-row factor would be
+     * indexed by the row within a block, so the epilogue may not have one. */
+    if ((epi_h->kind != RC_EPI_REQUANT_FLOAT && epi_h->kind != RC_EPI_REQUANT_FIXED) || epi_h->out_type != RC_UINT8 ||
+        epi_y->kind != RC_EPI_DEQUANT || epi_y->row_scale)
+        return RC_ERR_ARG;
+    if (batch > 0 && (!x || !y || !workspace)) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QGEMM_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    rc_qgemm_tile_fn tile;
+    rc_epi_row_fn row;
+    rc_qgemm_pick(v, &tile, &row);
+    (void)row;
+    if (batch == 0) return RC_OK;
+
+    const int64_t K4n = rc_qgemm_k4(n), K4r = rc_qgemm_k4(r), R = rc_qgemm_npad(r), M = rc_qgemm_npad(m);
+    uint8_t *ws = (uint8_t *)workspace;
+    int8_t *a1 = (int8_t *)ws;
+    uint8_t *h = ws + al64(batch * K4n);
+    int8_t *a2 = (int8_t *)(h + al64(batch * r));
+    int32_t *ra1 = (int32_t *)((uint8_t *)a2 + al64(batch * K4r));
+    const q8_call c = {x, n, r, m, K4n, K4r, packed_v, packed_u, cols, cols + R, cols + 2 * R, cols + 2 * R + M,
+                       epi_h, epi_y, tile, a1, a2, h, ra1, ra1 + batch, y};
+
+    int nt = 1;
+#ifdef _OPENMP
+    nt = threads > 0 ? threads : omp_get_max_threads();
+    if ((int64_t)batch * r * (n + m) < RC_MIN_PARALLEL_WORK) nt = 1;
+#endif
+    /* Blocks of up to Q8_MB rows, at least one per thread when there are enough rows. */
+    int64_t mb = ((batch + nt - 1) / nt + RC_QGEMM_MR - 1) / RC_QGEMM_MR * RC_QGEMM_MR;
+    if (mb > Q8_MB) mb = Q8_MB;
+    const int64_t blocks = (batch + mb - 1) / mb;
+    if (nt == 1 || blocks == 1) { /* no team to wake */
+        for (int64_t blk = 0; blk < blocks; ++blk) run_block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+        return RC_OK;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t blk = 0; blk < blocks; ++blk) run_block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+#endif
+    return RC_OK;
+}
