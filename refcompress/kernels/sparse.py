@@ -420,11 +420,12 @@ def spmm_nm_reference(x, values, indices, n, m, bias):
 #: pack_csr's batch-1 forms: "rows" (a row's entries, x gathered by index), "blockmask" (per
 #: 16-column block a mask of the stored columns; no gather).  "auto" picks by density.
 FORMS = ("auto", "rows", "blockmask")
-#: Density (stored / out*in) from which "auto" builds the block-mask form: its cost is per
-#: 16-column block, the row form's per entry; measured crossover on AVX-512 (Zen 4), see
-#: docs/sparse_kernels.md.  Without AVX-512 the block-mask kernel walks bits in scalar code,
-#: which only pays at high density, hence the second threshold.
-BMASK_MIN_DENSITY = {"avx512": 0.35, "other": 0.9}
+#: Density (stored / out*in) from which "auto" builds the block-mask form on AVX-512: its
+#: cost is per 16-column block (~125 us for 1024 x 1024 here whatever the density), the row
+#: form's per entry; they cross at density 0.5 (docs/sparse_kernels.md).  The portable and
+#: AVX2 variants have no expand instruction and walk the mask bits in scalar code, 3-8x slower
+#: than their row form at every density, so "auto" never picks it for them.
+BMASK_MIN_DENSITY = 0.5
 #: Column-blocked panels for batches > 1: "auto" (CSR from batch 64 and density 1/3, N:M
 #: always), "on", "off".  Values are the C constants RC_SP_COLBLOCK_*.
 COLBLOCK = {"auto": -1, "off": 0, "on": 1}
@@ -486,8 +487,7 @@ class PackedCSR:
         if _native.lib is None or self.out_features * self.in_features == 0:
             return "rows"
         density = self.nnz / (self.out_features * self.in_features)
-        isa = selected_variant("spmm_csr")
-        return "blockmask" if density >= BMASK_MIN_DENSITY["avx512" if isa == "avx512" else "other"] else "rows"
+        return "blockmask" if selected_variant("spmm_csr") == "avx512" and density >= BMASK_MIN_DENSITY else "rows"
 
     def _set_values(self, values, bias):
         self.values, self.bias = values, bias
