@@ -4,8 +4,9 @@ torch CSR matmul (each when installed), single- and two-thread, in one run.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_spmm.py [--quick]
 
 Weights are random unstructured masks at each sparsity (the fraction of zeros) of a normal
-W [out, in]; x is [batch, in].  Ours is the public call (validation included) with the CSR
-built once by csr_from_dense.  Peers get their natural layout: scipy computes W @ x.T
+W [out, in]; x is [batch, in].  Ours is the packed call SparseLinear runs,
+``spmm_csr(x, pack_csr(...))``: the CSR is built by csr_from_dense and validated and laid out
+once by pack_csr; each timed call checks x and crosses into C.  Peers get their natural layout: scipy computes W @ x.T
 (single-threaded whatever the column says), torch a sparse CSR tensor @ x.T with
 torch.set_num_threads matched; neither result is transposed back.  Ratios are their time
 divided by ours (> 1: ours is faster).  "break-even" is the lowest measured sparsity from
@@ -105,6 +106,7 @@ def main(argv=None):
     for out_f, in_f in shapes:
         Wd = {s: masked_weight(g, out_f, in_f, s) for s in sparsities}
         csr = {s: K.csr_from_dense(Wd[s]) for s in sparsities}
+        packed = {s: K.pack_csr(*csr[s]) for s in sparsities}
         for threads in threads_list:
             for batch in batches:
                 x = g.standard_normal((batch, in_f)).astype(np.float32)
@@ -113,10 +115,10 @@ def main(argv=None):
                     t_dense = median_time(lambda: x @ W0.T, min_time=min_time)
                 ratios = {}
                 for s in sparsities:
-                    c = csr[s]
+                    c, p = csr[s], packed[s]
                     with K.use(threads=threads):
-                        ours = K.spmm_csr(x, *c[:3])
-                        t_ours = median_time(lambda: K.spmm_csr(x, *c[:3]), min_time=min_time)
+                        ours = K.spmm_csr(x, p)
+                        t_ours = median_time(lambda: K.spmm_csr(x, p), min_time=min_time)
                     sp, th = scipy_peer(c, x), torch_peer(c, x, threads)
                     t_sp = t_th = None
                     if sp:

@@ -159,24 +159,36 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
  * Float sums, not bit-exact across variants: every variant's error is within
  * gamma_k * (sum |w||x| + |bias|) + k * 2^-149, k = nnz(row) + 1 (docs/sparse_kernels.md).
  * Scratch: rc_spmm_workspace_size(batch, in) bytes, any alignment (unused, may be NULL,
- * for batch 1). */
+ * for batch 1).
+ * bmask (CSR only, may be NULL): the block-mask form built once by rc_csr_bmask_build, for
+ * every row and every 16-column block a 16-bit mask of the stored columns
+ * (rc_csr_bmask_blocks(in) masks per row); with it batch 1 runs without gathers.  The values
+ * stay the CSR values: in row order they are each block's stored values, lowest column first.
+ * colblock: RC_SP_COLBLOCK_AUTO, _OFF or _ON: whether batches > 1 use column-blocked panels
+ * (variants without that kernel ignore it; docs/sparse_kernels.md). */
 #define RC_SPCHK_INDPTR_START 1 /* indptr[0] != 0                                      */
 #define RC_SPCHK_INDPTR_ORDER 2 /* indptr[where + 1] < indptr[where]                   */
 #define RC_SPCHK_INDPTR_END 3   /* indptr[out] != nnz                                  */
 #define RC_SPCHK_INDEX_ORDER 4  /* indices[where] <= indices[where - 1] within a row   */
 #define RC_SPCHK_INDEX_RANGE 5  /* indices[where] < 0 or >= in_features (N:M: >= m)   */
+#define RC_SP_COLBLOCK_AUTO -1
+#define RC_SP_COLBLOCK_OFF 0
+#define RC_SP_COLBLOCK_ON 1
 
 int rc_csr_check(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
                  int index_type, long long nnz, long long in_features, long long *where);
 int rc_nm_check(const uint8_t *indices, long long rows, long long row_len, int n, int m, long long *where);
+long long rc_csr_bmask_blocks(long long in_features);
+int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
+                       int index_type, long long in_features, uint16_t *bmask);
 long long rc_spmm_workspace_size(long long batch, long long in_features);
 int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long long out_features,
                     const void *indptr, int indptr_bytes, const void *indices, int index_type,
-                    const float *values, const float *bias, float *y, void *workspace, int isa,
-                    int threads);
+                    const float *values, const float *bias, const uint16_t *bmask, int colblock, float *y,
+                    void *workspace, int isa, int threads);
 int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long long out_features,
                    const float *values, const uint8_t *indices, int n, int m, const float *bias,
-                   float *y, void *workspace, int isa, int threads);
+                   int colblock, float *y, void *workspace, int isa, int threads);
 
 /* ---- factored (low-rank) Linear (csrc/lowrank/) ---------------------------------------- *
  *   h[b, j] = sum_k v[j, k] x[b, k]           (j < r)

@@ -37,7 +37,13 @@ typedef struct {
     int sn, sm;       /* N:M with powers of two: log2 n, log2 m */
     const float *bias; /* [out] or NULL */
     float *y;          /* [batch, out] */
+    const uint16_t *bmask; /* CSR block-mask form: [out][nblk] masks, or NULL */
+    int64_t nblk;          /* 16-column blocks per row: ceil(in / 16) */
 } rc_sparse_args;
+
+/* Column block of the column-blocked panel kernels: a 128-column slice of a 64-lane panel
+ * is 32 KB, the L1 data cache of the cores this was tuned on (docs/sparse_kernels.md). */
+#define RC_SP_CB_COLS 128
 
 /* One row's entries: p in [0, n) indexes `ind` (element type by mode) and `v`. */
 typedef struct {
@@ -133,6 +139,36 @@ static inline int rc_sp_scan_nm(const uint8_t *ind, int64_t total, int64_t n, in
     return bad != 0;
 }
 
+/* Block-mask form, batch 1, one row: the scalar definition (portable and AVX2 variants).
+ * Bits of a block's mask are its stored columns in increasing order, and `v` walks the
+ * row's values in the same order, so the sum is over exactly the stored entries. */
+static inline float rc_sp_bmask_dot_scalar(const uint16_t *mk, int64_t nblk, const float *x, const float *v) {
+    float s0 = 0.0f, s1 = 0.0f;
+    for (int64_t b = 0; b < nblk; ++b) {
+        unsigned m = mk[b];
+        const float *xb = x + 16 * b;
+        while (m) {
+            s0 += *v++ * xb[__builtin_ctz(m)];
+            m &= m - 1;
+            if (!m) break;
+            s1 += *v++ * xb[__builtin_ctz(m)];
+            m &= m - 1;
+        }
+    }
+    return s0 + s1;
+}
+
+static inline void rc_sp_bmask_rows_scalar(const rc_sparse_args *a, int64_t r0, int64_t r1) {
+    for (int64_t s = 0; s < a->batch; ++s) {
+        const float *v = a->values + rc_sp_indptr(a, r0); /* rows' values are consecutive */
+        for (int64_t i = r0; i < r1; ++i) {
+            const float b = a->bias ? a->bias[i] : 0.0f;
+            a->y[s * a->out + i] = rc_sp_bmask_dot_scalar(a->bmask + i * a->nblk, a->nblk, a->x + s * a->in, v) + b;
+            v += rc_sp_indptr(a, i + 1) - rc_sp_indptr(a, i);
+        }
+    }
+}
+
 /* The per-ISA kernels.  Panels: x rows [b0, b0 + nb) transposed to [in][width] floats
  * (64-byte aligned, lanes >= nb zero), so that one entry (j, w) is `acc += w * panel[j]`
  * over `width` batch lanes at once. */
@@ -150,6 +186,14 @@ typedef struct {
     int (*scan_nm)(const uint8_t *indices, int64_t total, int64_t n, int64_t m);
     int64_t min_width, max_width; /* panel widths are powers of two in [min, max] */
     int64_t gather_max_batch;     /* batches up to this run `gather`, larger ones panels */
+    /* y[b, i] for every b < batch and rows [r0, r1) from the block-mask form (a->bmask). */
+    void (*bmask)(const rc_sparse_args *a, int64_t r0, int64_t r1);
+    /* Like `panel`, but walking the panel in slices of RC_SP_CB_COLS columns (rows in tiles of
+     * 16, partial sums kept across slices) so that the slice stays in L1; NULL if the
+     * variant has no such kernel.  Panels of up to cb_width lanes. */
+    void (*panel_cb)(const rc_sparse_args *a, const float *panel, int64_t width, int64_t b0, int64_t nb,
+                     int64_t r0, int64_t r1);
+    int64_t cb_width;
 } rc_sparse_kernels;
 
 extern const rc_sparse_kernels rc_sparse_portable;

@@ -198,5 +198,9 @@ static int scan_nm_avx2(const uint8_t *indices, int64_t total, int64_t n, int64_
     return rc_sp_scan_nm(indices, total, n, m);
 }
 
-const rc_sparse_kernels rc_sparse_avx2 = {gather_avx2, pack_avx2, panel_avx2, scan_csr_avx2, scan_nm_avx2, 8, 32, 1};
+/* AVX2 has no expand: the block-mask form runs the scalar bit walk (compiled for AVX2). */
+static void bmask_avx2(const rc_sparse_args *a, int64_t r0, int64_t r1) { rc_sp_bmask_rows_scalar(a, r0, r1); }
+
+const rc_sparse_kernels rc_sparse_avx2 = {gather_avx2, pack_avx2, panel_avx2, scan_csr_avx2, scan_nm_avx2, 8, 32, 1,
+                                          bmask_avx2, NULL, 0};
 #endif

@@ -37,6 +37,38 @@ static void gather_avx512(const rc_sparse_args *a, int64_t r0, int64_t r1) {
     }
 }
 
+/* ---- block-mask form, batch 1 ------------------------------------------------------------- *
+ * One 16-column block per step: the block's stored values expanded into the lanes of their
+ * columns (vexpandps), times x loaded under the same mask (so unstored lanes are 0, never
+ * 0 * inf), into one of two chains.  No gather and no per-entry index: the cost is per block,
+ * which beats the per-entry gather once a row has more than a couple of entries per block. */
+AI __m512 bmask_step(__m512 acc, unsigned m, const float **v, const float *xb) {
+    const __mmask16 k = (__mmask16)m;
+    const __m512 w = _mm512_maskz_expandloadu_ps(k, *v);
+    *v += __builtin_popcount(m);
+    return _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(k, xb), acc);
+}
+
+static void bmask_avx512(const rc_sparse_args *a, int64_t r0, int64_t r1) {
+    const int64_t nblk = a->nblk;
+    for (int64_t s = 0; s < a->batch; ++s) {
+        const float *x = a->x + s * a->in;
+        const float *v = a->values + rc_sp_indptr(a, r0); /* rows' values are consecutive */
+        for (int64_t i = r0; i < r1; ++i) {
+            const uint16_t *mk = a->bmask + i * nblk;
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+            int64_t b = 0;
+            for (; b + 2 <= nblk; b += 2) {
+                s0 = bmask_step(s0, mk[b], &v, x + 16 * b);
+                s1 = bmask_step(s1, mk[b + 1], &v, x + 16 * b + 16);
+            }
+            if (b < nblk) s0 = bmask_step(s0, mk[b], &v, x + 16 * b);
+            const float bias = a->bias ? a->bias[i] : 0.0f;
+            a->y[s * a->out + i] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) + bias;
+        }
+    }
+}
+
 /* ---- 16 x 16 transpose: r[q] lane l  ->  r[l] lane q ------------------------------------- */
 static inline void transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
@@ -119,13 +151,27 @@ AI void row32(const rc_sparse_args *a, const float *P, rc_sp_row r, int mode, fl
     _mm512_store_ps(out + 16, _mm512_add_ps(a1, b1));
 }
 
-/* Rows in tiles of 16: each row's W sums go to tile[row][W]; the tile is then transposed
- * 16 x 16 so that each store writes 16 consecutive outputs y[b, i0 .. i0 + 16). */
+/* The sums of rows [i0, i0 + rows) (tile[q][W], q < 16; rows past `rows` are ignored) to y:
+ * transposed 16 x 16 so that each store writes 16 consecutive outputs y[b, i0 .. i0 + 16). */
+AI void store_tile(const rc_sparse_args *a, const float *tile, const int64_t W, int64_t b0, int64_t nb, int64_t i0,
+                   int64_t rows) {
+    __m512 t[16];
+    const __mmask16 m = tail16(rows);
+    const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(m, a->bias + i0) : _mm512_setzero_ps();
+    for (int64_t l0 = 0; l0 < nb; l0 += 16) {
+        for (int q = 0; q < 16; ++q) t[q] = _mm512_load_ps(tile + q * W + l0);
+        transpose16(t);
+        const int64_t nl = nb - l0 < 16 ? nb - l0 : 16;
+        for (int64_t l = 0; l < nl; ++l)
+            _mm512_mask_storeu_ps(a->y + (b0 + l0 + l) * a->out + i0, m, _mm512_add_ps(t[l], bias));
+    }
+}
+
+/* Rows in tiles of 16: each row's W sums go to tile[row][W], then to y by store_tile. */
 AI void panel_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_t b0, int64_t nb,
                    int64_t r0, int64_t r1, int mode) {
     float tile[16 * 32] __attribute__((aligned(64)));
-    memset(tile, 0, sizeof(tile));
-    __m512 t[16];
+    memset(tile, 0, sizeof(tile)); /* rows past the last of a short tile are transposed too */
     for (int64_t i0 = r0; i0 < r1; i0 += 16) {
         const int64_t rows = r1 - i0 < 16 ? r1 - i0 : 16;
         for (int64_t q = 0; q < rows; ++q) {
@@ -134,15 +180,65 @@ AI void panel_rows(const rc_sparse_args *a, const float *P, const int64_t W, int
             if (W == 16) row16(a, P, r, mode, out);
             else row32(a, P, r, mode, out);
         }
-        const __mmask16 m = tail16(rows);
-        const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(m, a->bias + i0) : _mm512_setzero_ps();
-        for (int64_t l0 = 0; l0 < nb; l0 += 16) {
-            for (int q = 0; q < 16; ++q) t[q] = _mm512_load_ps(tile + q * W + l0);
-            transpose16(t);
-            const int64_t nl = nb - l0 < 16 ? nb - l0 : 16;
-            for (int64_t l = 0; l < nl; ++l)
-                _mm512_mask_storeu_ps(a->y + (b0 + l0 + l) * a->out + i0, m, _mm512_add_ps(t[l], bias));
+        store_tile(a, tile, W, b0, nb, i0, rows);
+    }
+}
+
+/* ---- column-blocked panel rows ------------------------------------------------------------ *
+ * A tile of 32 rows walks the panel in slices of RC_SP_CB_COLS columns: every row of the
+ * tile takes its entries inside the slice (its cursor moves on), adding into its W partial
+ * sums kept in `tile`.  The slice (128 columns x 64 lanes = 32 KB) is read from L2 once per
+ * tile and then hit in L1 by the other rows, instead of each entry pulling its 256-byte
+ * panel row from L2.  W / 16 zmm per entry, two entries in flight. */
+AI void cb_entries(const rc_sparse_args *a, const float *P, const int64_t W, rc_sp_row r, int mode, int64_t p,
+                   int64_t e, float *acc) {
+    enum { NV_MAX = 4 };
+    const int64_t NV = W / 16;
+    __m512 s0[NV_MAX], s1[NV_MAX];
+    for (int64_t u = 0; u < NV; ++u) {
+        s0[u] = _mm512_load_ps(acc + 16 * u);
+        s1[u] = _mm512_setzero_ps();
+    }
+    for (; p + 2 <= e; p += 2) {
+        const float *x0 = P + rc_sp_col(a, r.ind, mode, p) * W, *x1 = P + rc_sp_col(a, r.ind, mode, p + 1) * W;
+        const __m512 w0 = _mm512_set1_ps(r.v[p]), w1 = _mm512_set1_ps(r.v[p + 1]);
+        for (int64_t u = 0; u < NV; ++u) {
+            FMA(s0[u], w0, x0 + 16 * u);
+            FMA(s1[u], w1, x1 + 16 * u);
         }
+    }
+    if (p < e) {
+        const float *x0 = P + rc_sp_col(a, r.ind, mode, p) * W;
+        const __m512 w0 = _mm512_set1_ps(r.v[p]);
+        for (int64_t u = 0; u < NV; ++u) FMA(s0[u], w0, x0 + 16 * u);
+    }
+    for (int64_t u = 0; u < NV; ++u) _mm512_store_ps(acc + 16 * u, _mm512_add_ps(s0[u], s1[u]));
+}
+
+AI void cb_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_t b0, int64_t nb, int64_t r0,
+                int64_t r1, int mode) {
+    enum { TR = 32 }; /* rows per tile: two store tiles */
+    float tile[TR * 64] __attribute__((aligned(64)));
+    rc_sp_row rows_[TR];
+    int64_t cur[TR];
+    for (int64_t i0 = r0; i0 < r1; i0 += TR) {
+        const int64_t rows = r1 - i0 < TR ? r1 - i0 : TR;
+        memset(tile, 0, sizeof(tile));
+        for (int64_t q = 0; q < rows; ++q) {
+            rows_[q] = rc_sp_get_row(a, i0 + q);
+            cur[q] = 0;
+        }
+        for (int64_t j1 = RC_SP_CB_COLS; j1 - RC_SP_CB_COLS < a->in; j1 += RC_SP_CB_COLS) {
+            for (int64_t q = 0; q < rows; ++q) {
+                const rc_sp_row r = rows_[q];
+                int64_t e = cur[q];
+                while (e < r.n && rc_sp_col(a, r.ind, mode, e) < j1) ++e; /* columns increase */
+                if (e > cur[q]) cb_entries(a, P, W, r, mode, cur[q], e, tile + q * W);
+                cur[q] = e;
+            }
+        }
+        for (int64_t q0 = 0; q0 < rows; q0 += 16)
+            store_tile(a, tile + q0 * W, W, b0, nb, i0 + q0, rows - q0 < 16 ? rows - q0 : 16);
     }
 }
 
@@ -163,6 +259,24 @@ static void panel_avx512(const rc_sparse_args *a, const float *P, int64_t width,
     }
 }
 
+#define CB_WIDTHS(MODE)                                                       \
+    case MODE:                                                                \
+        if (width == 16) cb_rows(a, P, 16, b0, nb, r0, r1, MODE);             \
+        else if (width == 32) cb_rows(a, P, 32, b0, nb, r0, r1, MODE);        \
+        else cb_rows(a, P, 64, b0, nb, r0, r1, MODE);                         \
+        break;
+
+static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
+                            int64_t r0, int64_t r1) {
+    switch (a->col_mode) {
+        CB_WIDTHS(RC_SP_COL_U8)
+        CB_WIDTHS(RC_SP_COL_U16)
+        CB_WIDTHS(RC_SP_COL_I32)
+        CB_WIDTHS(RC_SP_COL_NM_POW2)
+        CB_WIDTHS(RC_SP_COL_NM_ANY)
+    }
+}
+
 static int64_t scan_csr_avx512(const void *indices, int itype, int64_t nnz, int64_t *lo, int64_t *hi) {
     return rc_sp_scan_csr(indices, itype, nnz, lo, hi);
 }
@@ -171,5 +285,6 @@ static int scan_nm_avx512(const uint8_t *indices, int64_t total, int64_t n, int6
     return rc_sp_scan_nm(indices, total, n, m);
 }
 
-const rc_sparse_kernels rc_sparse_avx512 = {gather_avx512, pack_avx512, panel_avx512, scan_csr_avx512, scan_nm_avx512, 16, 32, 1};
+const rc_sparse_kernels rc_sparse_avx512 = {gather_avx512, pack_avx512, panel_avx512, scan_csr_avx512, scan_nm_avx512,
+                                            16, 32, 1, bmask_avx512, panel_cb_avx512, 64};
 #endif

@@ -45,14 +45,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_array, check_int
+from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, DTypeError, ShapeError
 from . import _native
-from ._registry import Op, check_rc, dispatch, register
+from ._registry import Op, check_rc, dispatch, register, selected_variant
 
 __all__ = [
     "CSR",
     "NM",
+    "PackedCSR",
+    "pack_csr",
     "UNIT_ROUNDOFF",
     "csr_from_dense",
     "csr_to_dense",
@@ -413,6 +415,126 @@ def spmm_nm_reference(x, values, indices, n, m, bias):
     return y if bias is None else y + bias
 
 
+# ---- packed CSR: validated once, laid out for the kernels -------------------------------------
+
+#: pack_csr's batch-1 forms: "rows" (a row's entries, x gathered by index), "blockmask" (per
+#: 16-column block a mask of the stored columns; no gather).  "auto" picks by density.
+FORMS = ("auto", "rows", "blockmask")
+#: Density (stored / out*in) from which "auto" builds the block-mask form on AVX-512: its
+#: cost is per 16-column block (~125 us for 1024 x 1024 here whatever the density), the row
+#: form's per entry; they cross at density 0.5 (docs/sparse_kernels.md).  The portable and
+#: AVX2 variants have no expand instruction and walk the mask bits in scalar code, 3-8x slower
+#: than their row form at every density, so "auto" never picks it for them.
+BMASK_MIN_DENSITY = 0.5
+#: Column-blocked panels for batches > 1: "auto" (CSR from batch 64 and density 1/3, N:M
+#: always), "on", "off".  Values are the C constants RC_SP_COLBLOCK_*.
+COLBLOCK = {"auto": -1, "off": 0, "on": 1}
+_SAME = object()
+
+
+class PackedCSR:
+    """A CSR weight ``W [out, in]`` (and optional bias) validated once and prepared for
+    :func:`spmm_csr`: contiguous arrays, their C pointers, and the block-mask form when
+    ``form`` asks for it (or "auto" finds the weight dense enough).  ``spmm_csr(x, packed)``
+    then skips the O(nnz) structure check; :meth:`with_values` swaps in new values of the same
+    structure (fine-tuning) without re-checking it.
+
+    Build it with :func:`pack_csr`.  The arrays are held, not copied (when already
+    contiguous and of an accepted type): changing ``values`` in place is seen by the next call,
+    changing ``indptr`` / ``indices`` in place is not allowed (the structure is trusted).
+    """
+
+    def __init__(self, indptr, indices, values, shape, bias=None, *, form="auto", colblock="auto"):
+        if not (isinstance(shape, tuple) and len(shape) == 2):
+            raise ShapeError(f"shape: expected a tuple (out_features, in_features), got {shape!r}")
+        out_f = check_int(shape[0], "shape[0]", min_value=0)
+        in_f = check_int(shape[1], "shape[1]", min_value=0)
+        if in_f >= 2**31:
+            raise ShapeError(f"shape: expected at most 2**31 - 1 input features, got {in_f}")
+        form = check_choice(form, "form", FORMS)
+        colblock = check_choice(colblock, "colblock", tuple(COLBLOCK))
+        indptr, indices, values = _csr_arrays(indptr, indices, values, out_f)
+        self._setup(indptr, indices, values, in_f, _bias(bias, out_f), form, colblock)
+
+    @classmethod
+    def _from_checked(cls, indptr, indices, values, in_f, bias, form, colblock):
+        """From arrays that passed _csr_arrays and _bias (spmm_csr's one-off calls)."""
+        p = object.__new__(cls)
+        p._setup(indptr, indices, values, in_f, bias, form, colblock)
+        return p
+
+    def _setup(self, indptr, indices, values, in_f, bias, form, colblock):
+        out_f = indptr.shape[0] - 1
+        _check_csr_structure(indptr, indices, in_f)
+        self.indptr, self.indices = indptr, indices
+        self.shape = (out_f, in_f)
+        self.out_features, self.in_features = out_f, in_f
+        self.nnz = int(indices.shape[0])
+        self.colblock = colblock
+        self.form = self._choose_form(form)
+        self.bmask = None
+        if self.form == "blockmask" and _native.lib is not None:
+            lib = _native.lib
+            self.bmask = np.empty((out_f, lib.rc_csr_bmask_blocks(in_f)), np.uint16)
+            check_rc(lib.rc_csr_bmask_build(_native.ptr("void *", indptr), indptr.itemsize, out_f,
+                                            _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], in_f,
+                                            _native.ptr("uint16_t *", self.bmask)), "pack_csr")
+        self._set_values(values, bias)
+
+    def _choose_form(self, form):
+        if form != "auto":
+            return form
+        if _native.lib is None or self.out_features * self.in_features == 0:
+            return "rows"
+        density = self.nnz / (self.out_features * self.in_features)
+        return "blockmask" if selected_variant("spmm_csr") == "avx512" and density >= BMASK_MIN_DENSITY else "rows"
+
+    def _set_values(self, values, bias):
+        self.values, self.bias = values, bias
+        self._ws = None  # panel workspace, reused between calls (taken while a call runs)
+        if _native.lib is None:
+            self._c_args = None
+            return
+        null = _native.ffi.NULL
+        self._c_args = (
+            _native.ptr("void *", self.indptr), self.indptr.itemsize, _native.ptr("void *", self.indices),
+            INDEX_DTYPES[self.indices.dtype], _native.ptr("float *", values),
+            null if bias is None else _native.ptr("float *", bias),
+            null if self.bmask is None else _native.ptr("uint16_t *", self.bmask), COLBLOCK[self.colblock])
+
+    def with_values(self, values, bias=_SAME) -> "PackedCSR":
+        """A PackedCSR of the same structure (and layout) with new ``values [nnz]`` float32
+        and, when given, a new ``bias`` (None for none); the structure is not re-checked."""
+        values = check_array(values, "values", dtypes=[np.float32], shape=(self.nnz,), contiguous=True)
+        new = object.__new__(PackedCSR)
+        new.__dict__.update(self.__dict__)
+        new._set_values(values, self.bias if bias is _SAME else _bias(bias, self.out_features))
+        return new
+
+    def __reduce__(self):
+        # pickle / deepcopy: cffi pointers cannot be copied, so the copy is packed (and checked) anew
+        return (_repack, (self.indptr, self.indices, self.values, self.shape, self.bias, self.form, self.colblock))
+
+    def __repr__(self):
+        return (f"PackedCSR(shape={self.shape}, nnz={self.nnz}, form={self.form!r}, colblock={self.colblock!r}, "
+                f"bias={self.bias is not None})")
+
+
+def _repack(indptr, indices, values, shape, bias, form, colblock):
+    return PackedCSR(indptr, indices, values, shape, bias, form=form, colblock=colblock)
+
+
+def pack_csr(indptr, indices, values, shape, bias=None, *, form="auto", colblock="auto") -> PackedCSR:
+    """Validate a CSR weight once and prepare it for :func:`spmm_csr` (see :class:`PackedCSR`).
+
+    shape    : (out_features, in_features) of W.
+    form     : batch-1 form, "auto" (by density and ISA), "rows" or "blockmask".
+    colblock : column-blocked panels for batches > 1: "auto", "on" or "off" (the variants
+               without that kernel, portable and AVX2, ignore it).
+    """
+    return PackedCSR(indptr, indices, values, shape, bias, form=form, colblock=colblock)
+
+
 # ---- C implementations -------------------------------------------------------------------------
 
 
@@ -427,14 +549,24 @@ def _f32_or_null(a):
     return _native.ffi.NULL if a is None else _native.ptr("float *", a)
 
 
-def _spmm_csr_c(x, indptr, indices, values, bias, *, isa, threads):
+def _spmm_csr_c(x, p, *, isa, threads):
     batch, in_f = x.shape
-    out_f = indptr.shape[0] - 1
-    y = np.empty((batch, out_f), np.float32)
-    rc = _native.lib.rc_spmm_csr_f32(
-        _native.ptr("float *", x), batch, in_f, out_f, _native.ptr("void *", indptr), indptr.itemsize,
-        _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], _native.ptr("float *", values),
-        _f32_or_null(bias), _native.ptr("float *", y), _workspace(batch, in_f), isa, threads)
+    y = np.empty((batch, p.out_features), np.float32)
+    lib = _native.lib
+    if batch <= 1:
+        rc = lib.rc_spmm_csr_f32(_native.ptr("float *", x), batch, in_f, p.out_features, *p._c_args,
+                                 _native.ptr("float *", y), _native.ffi.NULL, isa, threads)
+    else:
+        # The panel workspace is taken off the object for the call (a concurrent call on the
+        # same PackedCSR allocates its own) and put back: a fresh multi-MB buffer per call
+        # would cost page faults comparable to a small product.
+        need = lib.rc_spmm_workspace_size(batch, in_f)
+        ws = p.__dict__.pop("_ws", None)
+        if ws is None or ws.shape[0] < need:
+            ws = np.empty(need, np.uint8)
+        rc = lib.rc_spmm_csr_f32(_native.ptr("float *", x), batch, in_f, p.out_features, *p._c_args,
+                                 _native.ptr("float *", y), _native.ptr("void *", ws), isa, threads)
+        p._ws = ws
     check_rc(rc, "spmm_csr")
     return y
 
@@ -445,10 +577,14 @@ def _spmm_nm_c(x, values, indices, n, m, bias, *, isa, threads):
     y = np.empty((batch, out_f), np.float32)
     rc = _native.lib.rc_spmm_nm_f32(
         _native.ptr("float *", x), batch, in_f, out_f, _native.ptr("float *", values),
-        _native.ptr("uint8_t *", indices), n, m, _f32_or_null(bias), _native.ptr("float *", y),
+        _native.ptr("uint8_t *", indices), n, m, _f32_or_null(bias), COLBLOCK["auto"], _native.ptr("float *", y),
         _workspace(batch, in_f), isa, threads)
     check_rc(rc, "spmm_nm")
     return y
+
+
+def _spmm_csr_packed_reference(x, p):
+    return spmm_csr_reference(x, p.indptr, p.indices, p.values, p.bias)
 
 
 _VARIANTS = ("portable", "avx2", "avx512")
@@ -456,7 +592,7 @@ TOLERANCE_DOC = (
     "float sum in any order: |y - y_exact| <= gamma_k * (sum_j |w_ij| |x_j| + |b_i|) + k * 2**-149 per "
     "element, gamma_k = k u / (1 - k u), u = 2**-24, k = nnz(row i) + 1 (Higham 2002, eqs. 3.4-3.5)"
 )
-register(Op("spmm_csr", spmm_csr_reference, _spmm_csr_c, _VARIANTS, tolerance=UNIT_ROUNDOFF,
+register(Op("spmm_csr", _spmm_csr_packed_reference, _spmm_csr_c, _VARIANTS, tolerance=UNIT_ROUNDOFF,
             tolerance_doc=TOLERANCE_DOC, doc=__doc__, extra={"error_bound": spmm_csr_error_bound}))
 register(Op("spmm_nm", spmm_nm_reference, _spmm_nm_c, _VARIANTS, tolerance=UNIT_ROUNDOFF,
             tolerance_doc=TOLERANCE_DOC, doc=__doc__, extra={"error_bound": spmm_nm_error_bound}))
@@ -465,7 +601,7 @@ register(Op("spmm_nm", spmm_nm_reference, _spmm_nm_c, _VARIANTS, tolerance=UNIT_
 # ---- public entry points -----------------------------------------------------------------------
 
 
-def spmm_csr(x, indptr, indices, values, bias=None, *, out_features=None, in_features=None):
+def spmm_csr(x, indptr, indices=None, values=None, bias=None, *, out_features=None, in_features=None):
     """y = x @ W.T + bias for a pruned weight W [out, in] stored as CSR (Han et al. 2015).
 
     ``y[..., i] = bias[i] + sum_{p in indptr[i]:indptr[i+1]} values[p] * x[..., indices[p]]``
@@ -473,7 +609,9 @@ def spmm_csr(x, indptr, indices, values, bias=None, *, out_features=None, in_fea
     Parameters
     ----------
     x : float32 [..., in] (any memory layout; made C-contiguous once).
-    indptr : int64 or int32 [out + 1], indptr[0] = 0, non-decreasing, indptr[-1] = nnz.
+    indptr : int64 or int32 [out + 1], indptr[0] = 0, non-decreasing, indptr[-1] = nnz;
+        or a :class:`PackedCSR` from :func:`pack_csr` (then indices, values, bias and the
+        keywords must be left out): validated once, so a call checks only x.
     indices : uint8, uint16 or int32 [nnz]; columns in [0, in), strictly increasing in a row.
     values : float32 [nnz].
     bias : optional float32 [out].
@@ -483,16 +621,31 @@ def spmm_csr(x, indptr, indices, values, bias=None, *, out_features=None, in_fea
     Returns float32 [..., out].  Not bit-exact across backends: each element is within
     gamma_k (sum |w||x| + |b|) of the exact result, k = nnz(row) + 1 (module docstring).
     """
+    if type(indptr) is PackedCSR:
+        p = indptr
+        if indices is not None or values is not None or bias is not None or out_features is not None \
+                or in_features is not None:
+            raise ArgumentError("indptr: a PackedCSR carries indices, values, bias and the shape; "
+                                "expected them left out")
+        in_f = p.in_features
+        # the common case checked inline: at batch 1 the generic checks cost as much as the product
+        if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous \
+                and x.shape[1] == in_f:
+            return dispatch("spmm_csr", x, p)
+        x2, lead = _x2d(x, in_f)
+        return dispatch("spmm_csr", x2, p).reshape(lead + (p.out_features,))
     if out_features is not None:
         out_features = check_int(out_features, "out_features", min_value=0)
     if in_features is not None:
         in_features = check_int(in_features, "in_features", min_value=0)
     x2, lead = _x2d(x, in_features)
+    if indices is None or values is None:
+        raise ArgumentError("indices, values: expected arrays (or a PackedCSR as indptr), got None")
     indptr, indices, values = _csr_arrays(indptr, indices, values, out_features)
-    _check_csr_structure(indptr, indices, x2.shape[1])
     out_f = indptr.shape[0] - 1
-    y = dispatch("spmm_csr", x2, indptr, indices, values, _bias(bias, out_f))
-    return y.reshape(lead + (out_f,))
+    # one-off: no block-mask form, whose O(nnz) build only pays back over many calls
+    p = PackedCSR._from_checked(indptr, indices, values, x2.shape[1], _bias(bias, out_f), "rows", "auto")
+    return dispatch("spmm_csr", x2, p).reshape(lead + (out_f,))
 
 
 def spmm_nm(x, values, indices, n, m, bias=None):

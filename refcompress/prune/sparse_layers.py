@@ -119,7 +119,7 @@ class SparseLinear(Module):
         cols = (np.arange(nnz) % self.in_features).astype(np.dtype(idx_t))
         self.register_buffer("indices", cols)
         self._cache = None
-        self._checked = None  # (indptr, indices, nnz) last validated by kernels.spmm_csr
+        self._packed = None  # kernels.PackedCSR of the current indptr / indices / values / bias
 
     @classmethod
     def from_dense(cls, weight, bias=None) -> "SparseLinear":
@@ -163,20 +163,30 @@ class SparseLinear(Module):
         b = self.values.data.nbytes + self.indices.nbytes + self.indptr.nbytes
         return b + (self.bias.data.nbytes if self.bias is not None else 0)
 
+    def packed(self) -> "kernels.PackedCSR":
+        """The layer's weight as a :class:`~refcompress.kernels.PackedCSR`: the structure is
+        validated and laid out once (again only when ``indptr`` / ``indices`` are replaced, e.g.
+        by loading a state dict); new ``values`` or ``bias`` arrays (fine-tuning) are swapped in
+        with ``with_values``.  In-place changes to ``values`` are seen without either."""
+        # the registries read directly: Module.__getattr__ per attribute would cost more than a
+        # small batch-1 product
+        d = self.__dict__
+        params, buffers = d["_parameters"], d["_buffers"]
+        vals = params["values"].data
+        bias = params.get("bias")
+        b = None if bias is None else bias.data
+        p = d["_packed"]
+        if p is None or p.indptr is not buffers["indptr"] or p.indices is not buffers["indices"]:
+            p = self._packed = kernels.pack_csr(self.indptr, self.indices, vals,
+                                                (self.out_features, self.in_features), b)
+        elif p.values is not vals or p.bias is not b:
+            p = self._packed = p.with_values(vals, b)
+        return p
+
     def forward(self, x):
-        x = _float32_x(x, self.in_features)
-        b = None if self.bias is None else self.bias.data
-        c = self._checked
-        if c is not None and c[0] is self.indptr and c[1] is self.indices and c[2] == self.values.data.size:
-            # the structure was validated by spmm_csr already and its buffers are unchanged:
-            # skip the O(nnz) re-check that dominates a batch-1 call
-            x2 = np.ascontiguousarray(x.reshape(-1, self.in_features))
-            y = kernels.dispatch("spmm_csr", x2, self.indptr, self.indices,
-                                 np.ascontiguousarray(self.values.data), b).reshape(x.shape[:-1] + (self.out_features,))
-        else:
-            y = kernels.spmm_csr(x, self.indptr, self.indices, self.values.data, b,
-                                 out_features=self.out_features, in_features=self.in_features)
-            self._checked = (self.indptr, self.indices, self.values.data.size)
+        if not (type(x) is np.ndarray and x.dtype == np.float32 and x.shape[-1:] == (self.in_features,)):
+            x = _float32_x(x, self.in_features)
+        y = kernels.spmm_csr(x, self.packed())
         self._cache = x if self.training else None
         return y
 

@@ -335,3 +335,175 @@ def test_checker_catches_an_nm_kernel_that_misplaces_groups():
 
     with pytest.raises(AssertionError):
         check_spmm_nm(wrong, max_examples=200)
+
+
+# ---- packed CSR: pack_csr once, spmm_csr(x, packed) many times ----------------------------------
+
+FORMS = [("rows", "off"), ("rows", "on"), ("blockmask", "off"), ("blockmask", "auto")]
+# The reference ignores the layout: once; every C variant with every forced layout, 1 and 2 threads.
+PACKED_RUNS = [(b, i, t, f, cb) for b, i, t in CSR_RUNS for f, cb in (FORMS[:1] if b == "numpy" else FORMS)]
+
+
+def _packed_fn(backend, isa, threads, form, colblock):
+    def run(x, indptr, indices, values, bias=None):
+        with kernels.use(backend, isa=isa, threads=threads):
+            p = kernels.pack_csr(indptr, indices, values, (indptr.shape[0] - 1, x.shape[-1]), bias,
+                                 form=form, colblock=colblock)
+            assert (p.form, p.colblock) == (form, colblock)
+            return kernels.spmm_csr(x, p)
+    return run
+
+
+@pytest.mark.parametrize("run", PACKED_RUNS, ids=[f"{_id(r[:3])}-{r[3]}-cb_{r[4]}" for r in PACKED_RUNS])
+def test_packed_spmm_csr_within_bound_of_exact(run):
+    # Every form on every variant: the block-mask batch-1 form and the column-blocked panels
+    # forced on (slices of 128 columns: in_features up to 257 crosses two slice edges).
+    check_spmm_csr(_packed_fn(*run), max_examples=30)
+
+
+@pytest.mark.parametrize("backend,isa", CSR_VARIANTS, ids=[f"{b}-{i}" if i else b for b, i in CSR_VARIANTS])
+@pytest.mark.parametrize("form,colblock", FORMS, ids=[f"{f}-cb_{c}" for f, c in FORMS])
+def test_packed_forms_on_shapes_that_break_tiling(backend, isa, form, colblock):
+    # Past the hypothesis sizes: several 128-column slices with a ragged last one, 16-column
+    # blocks with a ragged last one, rows in 32-row tiles with a ragged last one, batches
+    # around the 64-lane panel; empty rows, all-zero and fully dense rows in one weight.
+    rng = np.random.default_rng(11)
+    out_f, in_f = 83, 389
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    W[rng.random((out_f, in_f)) < np.linspace(0, 1, out_f)[:, None]] = 0
+    W[5] = 0
+    W[7] = rng.standard_normal(in_f).astype(np.float32) + 8
+    c = kernels.csr_from_dense(W)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    with kernels.use(backend, isa=isa):
+        p = kernels.pack_csr(*c, bias=b, form=form, colblock=colblock)
+        for batch in (1, 2, 63, 64, 65, 130):
+            x = rng.standard_normal((batch, in_f)).astype(np.float32)
+            assert_within_error_bound(kernels.spmm_csr(x, p), spmm_csr_exact(x, *c[:3], b),
+                                      spmm_csr_error_bound(x, *c[:3], b))
+
+
+@pytest.mark.parametrize("backend,isa", CSR_VARIANTS, ids=[f"{b}-{i}" if i else b for b, i in CSR_VARIANTS])
+@pytest.mark.parametrize("form,colblock", FORMS, ids=[f"{f}-cb_{c}" for f, c in FORMS])
+@pytest.mark.parametrize("batch", [1, 64, 130])
+def test_packed_forms_split_over_threads_identically(backend, isa, form, colblock, batch):
+    # Large enough for two threads at batch 1 too (> 16k entries); a row is computed by one
+    # thread with the same code whatever the split, so 1 and 2 threads agree bit for bit.
+    rng = np.random.default_rng(batch)
+    out_f, in_f = 301, 389
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    W[rng.random((out_f, in_f)) < np.linspace(0, 0.95, out_f)[:, None]] = 0
+    c = kernels.csr_from_dense(W)
+    x = rng.standard_normal((batch, in_f)).astype(np.float32)
+    p = kernels.pack_csr(*c, form=form, colblock=colblock)
+    with kernels.use(backend, isa=isa, threads=1):
+        y1 = kernels.spmm_csr(x, p)
+    with kernels.use(backend, isa=isa, threads=2):
+        y2 = kernels.spmm_csr(x, p)
+    np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
+    assert_within_error_bound(y1, spmm_csr_exact(x, *c[:3]), spmm_csr_error_bound(x, *c[:3]))
+
+
+def test_pack_csr_auto_picks_the_form_by_density():
+    rng = np.random.default_rng(2)
+    sparse_w, dense_w = (_random_csr(rng, 40, 70, s)[1] for s in (0.9, 0.2))
+    assert kernels.pack_csr(*sparse_w).form == "rows"
+    with kernels.use("c", isa="avx512") if "avx512" in kernels.variants("spmm_csr") else kernels.use("numpy"):
+        want = "blockmask" if kernels.selected_variant("spmm_csr") == "avx512" else "rows"
+        p = kernels.pack_csr(*dense_w)
+    assert p.form == want
+    assert (p.bmask is not None) == (want == "blockmask")
+    if p.bmask is not None:  # bit j % 16 of block j // 16: exactly the stored columns
+        bits = (p.bmask[:, :, None] >> np.arange(16, dtype=np.uint16)) & 1
+        np.testing.assert_array_equal(bits.reshape(40, -1)[:, :70] != 0,
+                                      kernels.csr_to_dense(*dense_w) != 0)
+
+
+@pytest.mark.parametrize("backend,isa", CSR_VARIANTS, ids=[f"{b}-{i}" if i else b for b, i in CSR_VARIANTS])
+def test_with_values_keeps_the_structure_and_swaps_values_and_bias(backend, isa):
+    rng = np.random.default_rng(4)
+    W, c = _random_csr(rng, 33, 50, 0.3)
+    b = rng.standard_normal(33).astype(np.float32)
+    x = rng.standard_normal((5, 50)).astype(np.float32)
+    with kernels.use(backend, isa=isa):
+        for form in ("rows", "blockmask"):
+            p = kernels.pack_csr(*c, bias=b, form=form)
+            v2 = rng.standard_normal(c.values.shape).astype(np.float32)
+            q = p.with_values(v2)
+            assert q.form == form and q.bias is b and q.indices is p.indices and q.values is v2
+
+            def fresh(values, bias):  # the same form packed from scratch: the same sums in the same order
+                return kernels.pack_csr(c.indptr, c.indices, values, c.shape, bias, form=form)
+
+            for xb in (x[:1], x):
+                np.testing.assert_array_equal(kernels.spmm_csr(xb, q), kernels.spmm_csr(xb, fresh(v2, b)))
+                np.testing.assert_array_equal(kernels.spmm_csr(xb, p), kernels.spmm_csr(xb, fresh(c.values, b)))
+            assert q.with_values(v2, bias=None).bias is None
+            np.testing.assert_array_equal(kernels.spmm_csr(x, q.with_values(v2, bias=None)),
+                                          kernels.spmm_csr(x, fresh(v2, None)))
+            v2 *= 2  # in place: seen by the next call without repacking
+            np.testing.assert_array_equal(kernels.spmm_csr(x[:1], q), kernels.spmm_csr(x[:1], fresh(v2.copy(), b)))
+
+
+def test_packed_csr_copies_and_pickles():
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(6)
+    W, c = _random_csr(rng, 20, 30, 0.4)
+    x = rng.standard_normal((3, 30)).astype(np.float32)
+    p = kernels.pack_csr(*c, bias=np.ones(20, np.float32), form="blockmask", colblock="on")
+    for q in (copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
+        assert (q.form, q.colblock, q.shape) == (p.form, p.colblock, p.shape)
+        np.testing.assert_array_equal(kernels.spmm_csr(x, q), kernels.spmm_csr(x, p))
+    assert "blockmask" in repr(p)
+
+
+def test_packed_leading_dimensions_and_layouts():
+    rng = np.random.default_rng(8)
+    W, c = _random_csr(rng, 9, 12, 0.5)
+    p = kernels.pack_csr(*c)
+    x = rng.standard_normal((2, 3, 12)).astype(np.float32)
+    np.testing.assert_array_equal(kernels.spmm_csr(x, p), kernels.spmm_csr(x, *c[:3]))
+    np.testing.assert_array_equal(kernels.spmm_csr(np.asfortranarray(x[0]), p), kernels.spmm_csr(x[0], *c[:3]))
+    assert kernels.spmm_csr(x[0, 0], p).shape == (9,)
+    assert kernels.spmm_csr(np.zeros((0, 12), np.float32), p).shape == (0, 9)
+
+
+def test_bad_packed_input_names_the_argument():
+    rng = np.random.default_rng(9)
+    W, c = _random_csr(rng, 6, 10, 0.5)
+    p = kernels.pack_csr(*c)
+    x = np.ones((2, 10), np.float32)
+    with pytest.raises(ArgumentError, match="^form"):
+        kernels.pack_csr(*c, form="dense")
+    with pytest.raises(ArgumentError, match="^colblock"):
+        kernels.pack_csr(*c, colblock=True)
+    with pytest.raises(ShapeError, match="^shape"):
+        kernels.pack_csr(*c[:3], [6, 10])
+    with pytest.raises(ShapeError, match="^indptr"):
+        kernels.pack_csr(*c[:3], (7, 10))
+    bad = c.indices.copy()
+    bad[1], bad[0] = bad[0], bad[1]
+    with pytest.raises(ArgumentError, match="^indices"):
+        kernels.pack_csr(c.indptr, bad, c.values, c.shape)
+    with pytest.raises(ArgumentError, match="^indices"):
+        kernels.pack_csr(*c[:3], (6, int(c.indices.max())))  # a column past in_features
+    with pytest.raises(ShapeError, match="^bias"):
+        kernels.pack_csr(*c, bias=np.ones(5, np.float32))
+    with pytest.raises(ArgumentError, match="^indptr"):
+        kernels.spmm_csr(x, p, c.indices)
+    with pytest.raises(ArgumentError, match="^indptr"):
+        kernels.spmm_csr(x, p, bias=np.ones(6, np.float32))
+    with pytest.raises(ShapeError, match="^x"):
+        kernels.spmm_csr(np.ones((2, 11), np.float32), p)
+    with pytest.raises(DTypeError, match="^x"):
+        kernels.spmm_csr(np.ones((2, 10)), p)
+    with pytest.raises(ShapeError, match="^values"):
+        p.with_values(np.ones(c.values.size + 1, np.float32))
+    with pytest.raises(DTypeError, match="^values"):
+        p.with_values(np.ones(c.values.size))
+    with pytest.raises(ShapeError, match="^bias"):
+        p.with_values(c.values, bias=np.ones(7, np.float32))
+    with pytest.raises(ArgumentError, match="^indices, values"):
+        kernels.spmm_csr(x, c.indptr)

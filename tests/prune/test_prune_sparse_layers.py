@@ -178,3 +178,28 @@ def test_sparse_linear_revalidates_after_its_structure_is_replaced():
     layer.load_state_dict(sd)
     with pytest.raises(RefcompressError, match="indices"):
         layer(x)
+
+
+def test_sparse_linear_packs_once_and_follows_new_values_and_bias():
+    rng = np.random.default_rng(3)
+    w = sparse_weight(40, 30, 0.6, seed=3)
+    b = rng.standard_normal(40).astype(np.float32)
+    layer = P.SparseLinear.from_dense(w, b).eval()
+    x = rng.standard_normal((4, 30)).astype(np.float32)
+    layer(x)
+    p = layer.packed()
+    assert layer.packed() is p and p.values is layer.values.data  # reused: no re-check per call
+    # the optimiser's two ways: a new array (with_values, same structure) or an in-place update
+    layer.values.data = layer.values.data * 2
+    q = layer.packed()
+    assert q is not p and q.indices is p.indices and q.values is layer.values.data
+    layer.values.data *= 0.5
+    assert layer.packed() is q
+    layer.bias.data = np.zeros(40, np.float32)
+    assert layer.packed().bias is layer.bias.data
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    bound = kernels.sparse.spmm_csr_error_bound(x, layer.indptr, layer.indices, layer.values.data)
+    assert np.all(np.abs(layer(x) - exact) <= bound + 1e-12)
+    layer.bias = None
+    assert layer.packed().bias is None
+    assert np.all(np.abs(layer(x) - exact) <= bound + 1e-12)
