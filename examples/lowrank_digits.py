@@ -18,10 +18,18 @@ factoring and after fine-tuning, the parameter and MAC ratios, and measured late
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import numpy as np
+# Single-threaded by default (as examples/prune_digits.py): on a shared machine, spinning
+# OpenMP / BLAS threads left over from fine-tuning measure the neighbours' load, not the
+# layers (10-20x slower whole-set latencies were measured that way).  Set these variables
+# before running to compare multi-threaded.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "REFCOMPRESS_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 from refcompress import lowrank as lr
 from refcompress import nn
