@@ -136,6 +136,23 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                int w_zero_point_per_channel, const rc_epilogue *epi, void *out, void *workspace,
                int isa, int threads);
 
+/* Direct 1x1 convolution (stride 1, no padding, groups 1), NCHW in and out, no transposes:
+ * per image C[OC, P] = W[OC, C] . X[C, P] (P = H*W), AVX-512 VNNI only.  Weights are packed
+ * once by rc_qconv1x1_pack into blocks of RC_QCONV1X1_MR output channels:
+ *   packed[b][g][r][i] = w[MR*b + r, 4g + i]   (int8; zero past OC and C)
+ * with w_sums[o] = sum_c w[o, c].  Scratch: rc_qconv1x1_workspace_size(C, slots) bytes hold
+ * `slots` per-thread buffers; the call runs at most that many threads (pass the same
+ * byte count as workspace_bytes).  Returns RC_ERR_ISA unless `isa` resolves to VNNI. */
+#define RC_QCONV1X1_MR 6
+#define RC_QCONV1X1_PB 64
+long long rc_qconv1x1_packed_size(long long OC, long long C);
+int rc_qconv1x1_pack(const int8_t *w, long long OC, long long C, int8_t *packed, int32_t *w_sums);
+long long rc_qconv1x1_workspace_size(long long C, int slots);
+int rc_qconv1x1(const void *x, int x_type, long long N, long long C, long long P, long long OC,
+                int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
+                const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
+                void *out, void *workspace, long long workspace_bytes, int isa, int threads);
+
 /* Depthwise quantized convolution (groups = C = OC), NCHW throughout: a direct kernel per
  * channel plane, 16 output columns per vector, exact int32 sums of (x - zx)(w - zw[c]).
  * w: [C, KH, KW]. */

@@ -245,3 +245,106 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
     }
     return RC_OK;
 }
+
+/* ---- direct 1x1 (stride 1, no padding, groups 1) ------------------------------------------ */
+
+#define C1_MR RC_QCONV1X1_MR
+#define C1_PB RC_QCONV1X1_PB
+
+long long rc_qconv1x1_packed_size(long long OC, long long C) {
+    if (OC < 0 || C < 0) return -1;
+    return (OC + C1_MR - 1) / C1_MR * C1_MR * ((C + 3) / 4 * 4);
+}
+
+int rc_qconv1x1_pack(const int8_t *w, long long OC, long long C, int8_t *packed, int32_t *w_sums) {
+    if (OC < 1 || C < 1 || !w || !packed || !w_sums) return RC_ERR_ARG;
+    const int64_t C4 = (C + 3) / 4 * 4, blocks = (OC + C1_MR - 1) / C1_MR;
+    for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t g = 0; g < C4 / 4; ++g)
+            for (int64_t r = 0; r < C1_MR; ++r)
+                for (int64_t i = 0; i < 4; ++i) {
+                    const int64_t o = b * C1_MR + r, c = 4 * g + i;
+                    packed[((b * (C4 / 4) + g) * C1_MR + r) * 4 + i] = (o < OC && c < C) ? w[o * C + c] : 0;
+                }
+    for (int64_t o = 0; o < OC; ++o) {
+        int64_t s = 0;
+        for (int64_t c = 0; c < C; ++c) s += w[o * C + c];
+        w_sums[o] = (int32_t)(uint32_t)s; /* used modulo 2^32 */
+    }
+    return RC_OK;
+}
+
+/* One thread's scratch: the interleaved pixel block and its channel sums, 64-byte aligned. */
+static int64_t c1_slot_bytes(int64_t C) { return A64((C + 3) / 4 * 4 * C1_PB) + A64(C1_PB * 4); }
+
+long long rc_qconv1x1_workspace_size(long long C, int slots) {
+    if (C < 1 || slots < 1) return -1;
+    return slots * c1_slot_bytes(C) + 64;
+}
+
+int rc_qconv1x1(const void *x, int x_type, long long N, long long C, long long P, long long OC,
+                int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums, const int32_t *w_zero_point,
+                int w_zp_per_channel, const rc_epilogue *epi, void *out, void *workspace,
+                long long workspace_bytes, int isa, int threads) {
+    if (N < 0 || C < 1 || P < 1 || OC < 1) return RC_ERR_ARG;
+    if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    /* rows are output channels here, so per-row scales and a per-column float bias have no
+     * meaning (qconv2d's Dequantize takes neither) */
+    if (epi->row_scale || epi->fbias) return RC_ERR_ARG;
+    if (N == 0) return RC_OK;
+    if (!x || !packed || !w_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+#if RC_X86
+    if (v != RC_ISA_AVX512_VNNI) return RC_ERR_ISA;
+    const int64_t slot = c1_slot_bytes(C);
+    const int64_t slots = workspace_bytes > 64 ? (workspace_bytes - 64) / slot : 0;
+    if (slots < 1) return RC_ERR_ARG;
+    uint8_t *base = (uint8_t *)workspace + ((64 - ((uintptr_t)workspace & 63)) & 63);
+    const int bytes = out_bytes_of(epi);
+    int any_zw = 0;
+    for (int64_t o = 0; o < (w_zp_per_channel ? OC : 1); ++o) any_zw |= w_zero_point[o] != 0;
+    const int flip = x_type == RC_INT8;
+    const int32_t zxu = flip ? x_zero_point + 128 : x_zero_point;
+    const int64_t pblocks = (P + C1_PB - 1) / C1_PB, oblocks = (OC + C1_MR - 1) / C1_MR;
+    int nt = 1;
+#ifdef _OPENMP
+    nt = threads > 0 ? threads : omp_get_max_threads();
+#endif
+    if (nt > slots) nt = (int)slots;
+    /* Work items are (image, pixel block, share of the output-channel blocks); the OC blocks
+     * are split only when images x pixel blocks alone give fewer than 4 items per thread. */
+    int64_t split = (4 * nt + N * pblocks - 1) / (N * pblocks);
+    if (split > oblocks) split = oblocks;
+    if (split < 1) split = 1;
+    const int64_t items = N * pblocks * split;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1 && N * P * C * OC >= RC_MIN_PARALLEL_WORK)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        uint8_t *xb = base + tid * slot;
+        int32_t *xsum = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * C1_PB));
+        int64_t have = -1; /* the (image, pixel block) this thread's buffer holds */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t it = 0; it < items; ++it) {
+            const int64_t n = it / (pblocks * split), pb = it / split % pblocks, s = it % split;
+            const rc_c1_args a = {(const uint8_t *)x + n * C * P, flip, zxu, packed, w_sums, w_zero_point,
+                                  w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC};
+            const int64_t key = n * pblocks + pb;
+            rc_qconv1x1_block_avx512_vnni(&a, pb * C1_PB, s * oblocks / split, (s + 1) * oblocks / split,
+                                          key != have, xb, xsum);
+            have = key;
+        }
+    }
+    return RC_OK;
+#else
+    (void)threads; (void)workspace_bytes;
+    return RC_ERR_ISA;
+#endif
+}

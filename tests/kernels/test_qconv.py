@@ -178,3 +178,95 @@ def test_dense_transpose_tiles(variant, cin, hw, cout, k, stride, padding, dilat
                 want = kernels.qconv2d(x, w, zx, zw, **kw)
             with kernels.use(*variant, threads=2):
                 assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
+
+
+# ---- the direct 1x1 kernel (AVX-512 VNNI) ---------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+
+from refcompress.kernels import qconv as qconv_module  # noqa: E402
+from refcompress.testing.checks import make_output  # noqa: E402
+from refcompress.testing.strategies import qconv1x1_cases  # noqa: E402
+
+VNNI = "avx512_vnni" in kernels.variants("qconv2d")
+
+
+class _DirectSpy:
+    """Force the direct 1x1 route on or off and count how often it ran."""
+
+    def __init__(self, enabled):
+        self.enabled, self.calls = enabled, 0
+
+    def __enter__(self):
+        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct)
+        inner = self._saved[1]
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return inner(*args, **kwargs)
+
+        qconv_module.DIRECT_1X1 = self.enabled
+        qconv_module._qconv1x1_direct = counted
+        return self
+
+    def __exit__(self, *exc):
+        qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct = self._saved
+
+
+@pytest.mark.skipif(not VNNI, reason="the direct 1x1 kernel needs AVX-512 VNNI")
+@settings(max_examples=150, deadline=None)
+@given(case=qconv1x1_cases())
+def test_direct_1x1_and_its_fallback_match_reference(case):
+    """The direct NCHW 1x1 kernel (forced) and the implicit-im2col path it replaces (forced
+    by switching the route off) against the reference, bit for bit, on shapes that break
+    the 6 x 64 tile and the groups of 4 channels, one and two threads."""
+    kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+              output=make_output(case.output))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+    pw = kernels.pack_conv_weights(case.w, case.w_zero_point)
+    for enabled in (True, False):
+        for threads in (1, 2):
+            with _DirectSpy(enabled) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+                got = kernels.qconv2d(case.x, pw, case.x_zero_point, **kw)
+            assert spy.calls == int(enabled)
+            assert_exact(got, want)
+
+
+@pytest.mark.skipif(not VNNI, reason="the direct 1x1 kernel needs AVX-512 VNNI")
+def test_direct_1x1_bench_shape_and_tile_split():
+    """The benchmark's 1x1 256 -> 64 at 56 x 56 (49 full pixel blocks, 10 full and one
+    4-row output-channel block), and a 7 x 7 image with many output channels, where the
+    output-channel blocks are split between work items."""
+    rng = np.random.default_rng(11)
+    for N, C, OC, H in [(2, 256, 64, 56), (1, 96, 512, 7)]:
+        x = rng.integers(0, 256, (N, C, H, H)).astype(np.uint8)
+        w = rng.integers(-128, 128, (OC, C, 1, 1)).astype(np.int8)
+        zw = rng.integers(-128, 128, OC)
+        for out in (None, Requantize(np.float32(1e-4), 128, np.uint8)):
+            with kernels.use("numpy"):
+                want = kernels.qconv2d(x, w, 131, zw, output=out)
+            for threads in (1, 2):
+                with _DirectSpy(True) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+                    got = kernels.qconv2d(x, w, 131, zw, output=out)
+                assert spy.calls == 1
+                assert_exact(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+def test_direct_1x1_route_only_where_it_applies(variant):
+    """Only VNNI (forced or chosen by auto) routes a 1x1 / stride 1 / pad 0 / groups 1
+    convolution directly; other variants, strides, paddings and kernel sizes keep the
+    implicit-im2col path, and all of them give the reference's answer."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (1, 8, 6, 7)).astype(np.uint8)
+    cases = [((1, 1), dict()), ((1, 1), dict(stride=2)), ((1, 1), dict(padding=1)), ((3, 3), dict(padding=1))]
+    for k, kw in cases:
+        w = rng.integers(-128, 128, (5, 8) + k).astype(np.int8)
+        with kernels.use("numpy"):
+            want = kernels.qconv2d(x, w, 7, 3, **kw)
+        with _DirectSpy(True) as spy, kernels.use(*variant):
+            got = kernels.qconv2d(x, w, 7, 3, **kw)
+        direct = variant[1] == "avx512_vnni"
+        assert spy.calls == int(direct and k == (1, 1) and not kw)
+        assert_exact(got, want)

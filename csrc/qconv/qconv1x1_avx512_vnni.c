@@ -1,0 +1,139 @@
+/* AVX-512 VNNI direct 1x1 convolution, NCHW in and out: C[OC, P] = W[OC, C] . X[C, P].
+ *
+ * Lanes are pixels.  A block of 64 pixels is packed once as [C4/4][64 pixels][4 channels]
+ * (each 32-bit lane holds 4 consecutive channels of one pixel, vpdpbusd's unsigned
+ * operand); a micro-tile is 6 output channels x 4 vectors of 16 pixels = 24 accumulators,
+ * each channel group adding 24 vpdpbusd against 6 broadcast int8 weight quadruples.  The
+ * block (64 * C4 bytes) and the layer's weights stay in L1/L2 while all output-channel
+ * blocks walk over it.  vpdpbusd does not saturate, so every step is exact modulo 2^32. */
+#include "../rc_common.h"
+#if RC_X86
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#include <string.h>
+
+#include "../qgemm/qgemm_epi_avx512.h"
+#include "qconv.h"
+
+#define MR RC_QCONV1X1_MR
+#define PB RC_QCONV1X1_PB
+_Static_assert(PB == 64, "pack64 and the 4-vector tile are written for 64-pixel blocks");
+
+/* Interleave channels 4g..4g+3 of 64 pixels into 4 vectors of 16 lanes (c0, c1, c2, c3):
+ * bytes then words interleave within each 128-bit lane (lane L of q_k holds pixels
+ * 16L + 4k .. 16L + 4k + 3), then a 4 x 4 transpose of 128-bit lanes puts pixels
+ * 16v .. 16v + 15 in vector v.  Pixels past the image (mask m) load as 0 (0x80 after the
+ * int8 flip): they feed only accumulator lanes that are never stored.  Channels past C are
+ * 0 in both operands, so they add nothing. */
+static inline void pack64(const uint8_t *x, int64_t P, int64_t c, int64_t C, __mmask64 m, __m512i fl,
+                          uint8_t *dst) {
+    __m512i r[4];
+    for (int i = 0; i < 4; ++i)
+        r[i] = c + i < C ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x + (c + i) * P), fl) : _mm512_setzero_si512();
+    const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
+    const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
+    const __m512i q0 = _mm512_unpacklo_epi16(t0, t2), q1 = _mm512_unpackhi_epi16(t0, t2);
+    const __m512i q2 = _mm512_unpacklo_epi16(t1, t3), q3 = _mm512_unpackhi_epi16(t1, t3);
+    const __m512i a0 = _mm512_shuffle_i32x4(q0, q1, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i a1 = _mm512_shuffle_i32x4(q0, q1, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i a2 = _mm512_shuffle_i32x4(q2, q3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i a3 = _mm512_shuffle_i32x4(q2, q3, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm512_storeu_si512(dst, _mm512_shuffle_i32x4(a0, a2, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_si512(dst + 64, _mm512_shuffle_i32x4(a0, a2, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_si512(dst + 128, _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_si512(dst + 192, _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+static void pack_block(const rc_c1_args *a, int64_t p0, uint8_t *xb, int32_t *xsum) {
+    const int64_t G = (a->C + 3) / 4, np = a->P - p0 < PB ? a->P - p0 : PB;
+    const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
+    const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
+    const uint8_t *x = a->x + p0;
+    const int next = np == PB && p0 + 2 * PB <= a->P;
+    for (int64_t g = 0; g < G; ++g) {
+        /* The rows are C streams P bytes apart, too many for the hardware prefetcher: ask
+         * for the next block's line of each row while this one is packed. */
+        if (next)
+            for (int i = 0; i < 4 && 4 * g + i < a->C; ++i)
+                _mm_prefetch((const char *)(x + (4 * g + i) * a->P + PB), _MM_HINT_T0);
+        pack64(x, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
+    }
+    if (!a->any_zw) return;
+    /* each pixel's channel sum (of the unsigned values): vpdpbusd against ones */
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int v = 0; v < PB / 16; ++v) {
+        __m512i s = _mm512_setzero_si512();
+        for (int64_t g = 0; g < G; ++g)
+            s = _mm512_dpbusd_epi32(s, _mm512_loadu_si512(xb + (g * PB + 16 * v) * 4), ones);
+        _mm512_storeu_si512(xsum + 16 * v, s);
+    }
+}
+
+/* Accumulators are named variables (an indexed array of vectors would live on the stack,
+ * see qgemm_avx512_vnni.c); `mr` is a constant after inlining, so the row guards fold. */
+#define C1_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
+#define C1_STEP(r)                                                                             \
+    if (mr > r) {                                                                              \
+        int32_t w;                                                                             \
+        memcpy(&w, wg + 4 * r, 4);                                                             \
+        const __m512i wv = _mm512_set1_epi32(w);                                               \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, x0, wv);                                        \
+        c##r##1 = _mm512_dpbusd_epi32(c##r##1, x1, wv);                                        \
+        c##r##2 = _mm512_dpbusd_epi32(c##r##2, x2, wv);                                        \
+        c##r##3 = _mm512_dpbusd_epi32(c##r##3, x3, wv);                                        \
+    }
+#define C1_SAVE(r) \
+    if (mr > r) { acc[r][0] = c##r##0; acc[r][1] = c##r##1; acc[r][2] = c##r##2; acc[r][3] = c##r##3; }
+
+/* Output channels [o0, o0 + mr) over the packed pixel block at p0.  The exact value is
+ *   sum_c (w - zw)(xu - zxu) = acc - zxu * wsum[o] - zw[o] * xsum[p] + C * zw[o] * zxu
+ * (acc = sum_c w * xu), every term taken modulo 2^32; the result fits int32 (K bound). */
+static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, const uint8_t *xb,
+                                                       const int32_t *xsum, int64_t p0, int64_t o0,
+                                                       const int mr, const int8_t *wb) {
+    C1_DECL(0); C1_DECL(1); C1_DECL(2); C1_DECL(3); C1_DECL(4); C1_DECL(5);
+    const int64_t G = (a->C + 3) / 4;
+    for (int64_t g = 0; g < G; ++g) {
+        const uint8_t *xg = xb + g * PB * 4;
+        const int8_t *wg = wb + g * MR * 4;
+        const __m512i x0 = _mm512_loadu_si512(xg), x1 = _mm512_loadu_si512(xg + 64);
+        const __m512i x2 = _mm512_loadu_si512(xg + 128), x3 = _mm512_loadu_si512(xg + 192);
+        C1_STEP(0) C1_STEP(1) C1_STEP(2) C1_STEP(3) C1_STEP(4) C1_STEP(5)
+    }
+    __m512i acc[MR][4];
+    C1_SAVE(0) C1_SAVE(1) C1_SAVE(2) C1_SAVE(3) C1_SAVE(4) C1_SAVE(5)
+    for (int r = 0; r < mr; ++r) {
+        const int64_t o = o0 + r;
+        int32_t bias;
+        const rc_epilogue e = rc_channel_epilogue(a->epi, o, &bias);
+        const int32_t zwo = a->zw[a->zw_per_channel ? o : 0];
+        const uint32_t rowterm = (uint32_t)a->zxu * ((uint32_t)a->C * (uint32_t)zwo - (uint32_t)a->wsum[o]) +
+                                 (uint32_t)bias;
+        const __m512i rt = _mm512_set1_epi32((int32_t)rowterm), zv = _mm512_set1_epi32(zwo);
+        for (int j = 0; j < 4; ++j) {
+            const int64_t p = p0 + 16 * j;
+            if (p >= a->P) break;
+            __m512i v = _mm512_add_epi32(acc[r][j], rt);
+            if (a->any_zw) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zv, _mm512_loadu_si512(xsum + 16 * j)));
+            rc_epi16(&e, v, o, p, rc_mask16(a->P - p), a->out, a->P);
+        }
+    }
+}
+
+void rc_qconv1x1_block_avx512_vnni(const rc_c1_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
+                                   uint8_t *xb, int32_t *xsum) {
+    if (pack) pack_block(a, p0, xb, xsum);
+    const int64_t C4 = (a->C + 3) / 4 * 4;
+    for (int64_t ob = ob0; ob < ob1; ++ob) {
+        const int64_t o0 = ob * MR;
+        const int8_t *wb = a->wpk + ob * MR * C4;
+        switch (a->OC - o0 < MR ? a->OC - o0 : MR) {
+        case 6: tile(a, xb, xsum, p0, o0, 6, wb); break;
+        case 5: tile(a, xb, xsum, p0, o0, 5, wb); break;
+        case 4: tile(a, xb, xsum, p0, o0, 4, wb); break;
+        case 3: tile(a, xb, xsum, p0, o0, 3, wb); break;
+        case 2: tile(a, xb, xsum, p0, o0, 2, wb); break;
+        default: tile(a, xb, xsum, p0, o0, 1, wb); break;
+        }
+    }
+}
+#endif
