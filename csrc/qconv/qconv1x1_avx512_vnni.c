@@ -54,7 +54,7 @@ static void pack_block(const rc_c1_args *a, int64_t p0, uint8_t *xb, int32_t *xs
          * for the next block's line of each row while this one is packed. */
         if (next)
             for (int i = 0; i < 4 && 4 * g + i < a->C; ++i)
-                _mm_prefetch((const char *)(x + (4 * g + i) * a->P + PB), _MM_HINT_T0);
+                _mm_prefetch((const char *)(x + (4 * g + i) * a->P + PB), _MM_HINT_T1);
         pack64(x, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
     }
     if (!a->any_zw) return;
@@ -101,6 +101,8 @@ static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, cons
     }
     __m512i acc[MR][4];
     C1_SAVE(0) C1_SAVE(1) C1_SAVE(2) C1_SAVE(3) C1_SAVE(4) C1_SAVE(5)
+    const int requant = a->epi->kind == RC_EPI_REQUANT_FLOAT || a->epi->kind == RC_EPI_REQUANT_FIXED;
+    const int64_t np = a->P - p0 < PB ? a->P - p0 : PB;
     for (int r = 0; r < mr; ++r) {
         const int64_t o = o0 + r;
         int32_t bias;
@@ -109,13 +111,25 @@ static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, cons
         const uint32_t rowterm = (uint32_t)a->zxu * ((uint32_t)a->C * (uint32_t)zwo - (uint32_t)a->wsum[o]) +
                                  (uint32_t)bias;
         const __m512i rt = _mm512_set1_epi32((int32_t)rowterm), zv = _mm512_set1_epi32(zwo);
+        __m512i v[4];
         for (int j = 0; j < 4; ++j) {
-            const int64_t p = p0 + 16 * j;
-            if (p >= a->P) break;
-            __m512i v = _mm512_add_epi32(acc[r][j], rt);
-            if (a->any_zw) v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zv, _mm512_loadu_si512(xsum + 16 * j)));
-            rc_epi16(&e, v, o, p, rc_mask16(a->P - p), a->out, a->P);
+            v[j] = _mm512_add_epi32(acc[r][j], rt);
+            if (a->any_zw) v[j] = _mm512_sub_epi32(v[j], _mm512_mullo_epi32(zv, _mm512_loadu_si512(xsum + 16 * j)));
         }
+        if (requant) {
+            /* the 64 bytes of the row in one store: the requantized lanes lie in [qmin, qmax]
+             * (inside the output type), so the saturating packs are exact; they interleave
+             * 128-bit lanes, which one dword permute undoes */
+            __m512i q[4];
+            for (int j = 0; j < 4; ++j) q[j] = rc_requant16(&e, v[j], 0, 0xFFFF);
+            const __m512i w01 = _mm512_packs_epi32(q[0], q[1]), w23 = _mm512_packs_epi32(q[2], q[3]);
+            const __m512i b = e.out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
+            _mm512_mask_storeu_epi8(a->out + o * a->P + p0, m, _mm512_permutexvar_epi32(idx, b));
+            continue;
+        }
+        for (int j = 0; j < 4 && 16 * j < np; ++j) rc_epi16(&e, v[j], o, p0 + 16 * j, rc_mask16(np - 16 * j), a->out, a->P);
     }
 }
 
