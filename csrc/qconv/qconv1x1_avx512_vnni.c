@@ -48,15 +48,8 @@ static void pack_block(const rc_c1_args *a, int64_t p0, uint8_t *xb, int32_t *xs
     const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
     const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
     const uint8_t *x = a->x + p0;
-    const int next = np == PB && p0 + 2 * PB <= a->P;
-    for (int64_t g = 0; g < G; ++g) {
-        /* The rows are C streams P bytes apart, too many for the hardware prefetcher: ask
-         * for the next block's line of each row while this one is packed. */
-        if (next)
-            for (int i = 0; i < 4 && 4 * g + i < a->C; ++i)
-                _mm_prefetch((const char *)(x + (4 * g + i) * a->P + PB), _MM_HINT_T1);
+    for (int64_t g = 0; g < G; ++g)
         pack64(x, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
-    }
     if (!a->any_zw) return;
     /* each pixel's channel sum (of the unsigned values): vpdpbusd against ones */
     const __m512i ones = _mm512_set1_epi8(1);
