@@ -251,53 +251,59 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
 #define C1_MR RC_QCONV1X1_MR
 #define C1_PB RC_QCONV1X1_PB
 
-long long rc_qconv1x1_packed_size(long long OC, long long C) {
-    if (OC < 0 || C < 0) return -1;
-    return (OC + C1_MR - 1) / C1_MR * C1_MR * ((C + 3) / 4 * 4);
+long long rc_qconv1x1_packed_size(long long OC, long long C, int taps) {
+    if (OC < 0 || C < 0 || (taps != 1 && taps != 9)) return -1;
+    return (OC + C1_MR - 1) / C1_MR * C1_MR * ((C + 3) / 4 * 4) * taps;
 }
 
-int rc_qconv1x1_pack(const int8_t *w, long long OC, long long C, int8_t *packed, int32_t *w_sums) {
-    if (OC < 1 || C < 1 || !w || !packed || !w_sums) return RC_ERR_ARG;
-    const int64_t C4 = (C + 3) / 4 * 4, blocks = (OC + C1_MR - 1) / C1_MR;
+int rc_qconv1x1_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums) {
+    if (OC < 1 || C < 1 || (taps != 1 && taps != 9) || !w || !packed || !w_sums) return RC_ERR_ARG;
+    const int64_t G = (C + 3) / 4, blocks = (OC + C1_MR - 1) / C1_MR;
     for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t g = 0; g < C4 / 4; ++g)
-            for (int64_t r = 0; r < C1_MR; ++r)
-                for (int64_t i = 0; i < 4; ++i) {
-                    const int64_t o = b * C1_MR + r, c = 4 * g + i;
-                    packed[((b * (C4 / 4) + g) * C1_MR + r) * 4 + i] = (o < OC && c < C) ? w[o * C + c] : 0;
-                }
+        for (int64_t t = 0; t < taps; ++t)
+            for (int64_t g = 0; g < G; ++g)
+                for (int64_t r = 0; r < C1_MR; ++r)
+                    for (int64_t i = 0; i < 4; ++i) {
+                        const int64_t o = b * C1_MR + r, c = 4 * g + i;
+                        packed[((b * taps * G + t * G + g) * C1_MR + r) * 4 + i] =
+                            (o < OC && c < C) ? w[(o * C + c) * taps + t] : 0;
+                    }
     for (int64_t o = 0; o < OC; ++o) {
         int64_t s = 0;
-        for (int64_t c = 0; c < C; ++c) s += w[o * C + c];
+        for (int64_t k = 0; k < C * taps; ++k) s += w[o * C * taps + k];
         w_sums[o] = (int32_t)(uint32_t)s; /* used modulo 2^32 */
     }
     return RC_OK;
 }
 
-/* One thread's scratch: the interleaved pixel block and its channel sums, 64-byte aligned. */
-static int64_t c1_slot_bytes(int64_t C) { return A64((C + 3) / 4 * 4 * C1_PB) + A64(C1_PB * 4); }
-
-long long rc_qconv1x1_workspace_size(long long C, int slots) {
-    if (C < 1 || slots < 1) return -1;
-    return slots * c1_slot_bytes(C) + 64;
+/* One thread's scratch: the interleaved pixel block (every tap) and its channel sums,
+ * 64-byte aligned. */
+static int64_t c1_slot_bytes(int64_t C, int taps) {
+    return A64((C + 3) / 4 * 4 * taps * C1_PB) + A64(C1_PB * 4);
 }
 
-int rc_qconv1x1(const void *x, int x_type, long long N, long long C, long long P, long long OC,
-                int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums, const int32_t *w_zero_point,
-                int w_zp_per_channel, const rc_epilogue *epi, void *out, void *workspace,
-                long long workspace_bytes, int isa, int threads) {
-    if (N < 0 || C < 1 || P < 1 || OC < 1) return RC_ERR_ARG;
+long long rc_qconv1x1_workspace_size(long long C, int taps, int slots) {
+    if (C < 1 || slots < 1 || (taps != 1 && taps != 9)) return -1;
+    return slots * c1_slot_bytes(C, taps) + 64;
+}
+
+int rc_qconv1x1(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
+                int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
+                const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
+                void *workspace, long long workspace_bytes, int isa, int threads) {
+    if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || (taps != 1 && taps != 9)) return RC_ERR_ARG;
     if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     /* rows are output channels here, so per-row scales and a per-column float bias have no
      * meaning (qconv2d's Dequantize takes neither) */
     if (epi->row_scale || epi->fbias) return RC_ERR_ARG;
     if (N == 0) return RC_OK;
     if (!x || !packed || !w_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
+    const int64_t P = H * W;
     const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
     if (v < 0) return RC_ERR_ISA;
 #if RC_X86
     if (v != RC_ISA_AVX512_VNNI) return RC_ERR_ISA;
-    const int64_t slot = c1_slot_bytes(C);
+    const int64_t slot = c1_slot_bytes(C, taps);
     const int64_t slots = workspace_bytes > 64 ? (workspace_bytes - 64) / slot : 0;
     if (slots < 1) return RC_ERR_ARG;
     uint8_t *base = (uint8_t *)workspace + ((64 - ((uintptr_t)workspace & 63)) & 63);
@@ -327,7 +333,7 @@ int rc_qconv1x1(const void *x, int x_type, long long N, long long C, long long P
         tid = omp_get_thread_num();
 #endif
         uint8_t *xb = base + tid * slot;
-        int32_t *xsum = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * C1_PB));
+        int32_t *xsum = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * taps * C1_PB));
         int64_t have = -1; /* the (image, pixel block) this thread's buffer holds */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -335,7 +341,8 @@ int rc_qconv1x1(const void *x, int x_type, long long N, long long C, long long P
         for (int64_t it = 0; it < items; ++it) {
             const int64_t n = it / (pblocks * split), pb = it / split % pblocks, s = it % split;
             const rc_c1_args a = {(const uint8_t *)x + n * C * P, flip, zxu, packed, w_sums, w_zero_point,
-                                  w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC};
+                                  w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC,
+                                  W, taps};
             const int64_t key = n * pblocks + pb;
             rc_qconv1x1_block_avx512_vnni(&a, pb * C1_PB, s * oblocks / split, (s + 1) * oblocks / split,
                                           key != have, xb, xsum);

@@ -39,11 +39,13 @@ typedef struct {
     const rc_epilogue *epi;
     uint8_t *out;           /* this image, [OC, P] of out_bytes each              */
     int64_t C, P, OC;
+    int64_t W;              /* image width (the 3x3 taps' row shift)               */
+    int taps;               /* 1 (1x1) or 9 (3x3, padding 1)                       */
 } rc_c1_args;
 
 /* Pixels [p0, p0 + RC_QCONV1X1_PB) x output-channel blocks [ob0, ob1).  `pack`: interleave
  * this pixel block into xb (and its channel sums into xsum) first; 0 when xb already holds
- * it.  xb: RC_QCONV1X1_PB * C4 bytes, xsum: RC_QCONV1X1_PB int32. */
+ * it.  xb: RC_QCONV1X1_PB * C4 * taps bytes, xsum: RC_QCONV1X1_PB int32. */
 #if RC_X86
 void rc_qconv1x1_block_avx512_vnni(const rc_c1_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
                                    uint8_t *xb, int32_t *xsum);

@@ -1,10 +1,13 @@
-/* AVX-512 VNNI direct 1x1 convolution, NCHW in and out: C[OC, P] = W[OC, C] . X[C, P].
+/* AVX-512 VNNI direct convolution, NCHW in and out: C[OC, P] = W[OC, K] . X[K, P] per image,
+ * K = C for 1x1 (stride 1, no padding) and K = 9 C for 3x3 (stride 1, padding 1: the nine
+ * taps are the image shifted by (kh - 1) rows and (kw - 1) columns, the zero point where
+ * the shift reads padding).
  *
- * Lanes are pixels.  A block of 64 pixels is packed once as [C4/4][64 pixels][4 channels]
+ * Lanes are pixels.  A block of 64 pixels is packed once as [K4/4][64 pixels][4 channels]
  * (each 32-bit lane holds 4 consecutive channels of one pixel, vpdpbusd's unsigned
  * operand); a micro-tile is 6 output channels x 4 vectors of 16 pixels = 24 accumulators,
  * each channel group adding 24 vpdpbusd against 6 broadcast int8 weight quadruples.  The
- * block (64 * C4 bytes) and the layer's weights stay in L1/L2 while all output-channel
+ * block (64 * K4 bytes) and the layer's weights stay in L1/L2 while all output-channel
  * blocks walk over it.  vpdpbusd does not saturate, so every step is exact modulo 2^32. */
 #include "../rc_common.h"
 #if RC_X86
@@ -24,11 +27,7 @@ _Static_assert(PB == 64, "pack64 and the 4-vector tile are written for 64-pixel 
  * 16v .. 16v + 15 in vector v.  Pixels past the image (mask m) load as 0 (0x80 after the
  * int8 flip): they feed only accumulator lanes that are never stored.  Channels past C are
  * 0 in both operands, so they add nothing. */
-static inline void pack64(const uint8_t *x, int64_t P, int64_t c, int64_t C, __mmask64 m, __m512i fl,
-                          uint8_t *dst) {
-    __m512i r[4];
-    for (int i = 0; i < 4; ++i)
-        r[i] = c + i < C ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x + (c + i) * P), fl) : _mm512_setzero_si512();
+static inline void interleave64(const __m512i r[4], uint8_t *dst) {
     const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
     const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
     const __m512i q0 = _mm512_unpacklo_epi16(t0, t2), q1 = _mm512_unpackhi_epi16(t0, t2);
@@ -43,21 +42,80 @@ static inline void pack64(const uint8_t *x, int64_t P, int64_t c, int64_t C, __m
     _mm512_storeu_si512(dst + 192, _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+static inline void pack64(const uint8_t *x, int64_t P, int64_t c, int64_t C, __mmask64 m, __m512i fl,
+                          uint8_t *dst) {
+    __m512i r[4];
+    for (int i = 0; i < 4; ++i)
+        r[i] = c + i < C ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x + (c + i) * P), fl) : _mm512_setzero_si512();
+    interleave64(r, dst);
+}
+
+/* One 3x3 tap: lane j reads flat index s + j of each channel plane (s = p0 + the tap's
+ * shift (kh - 1) * W + (kw - 1)); lanes whose read falls in the padding (`ok` clear: a
+ * column off the row's edge, or a row off the image) hold the zero point, so they add
+ * (zx - zx) * w = 0 like the reference's padding.  Blocks whose 64 reads leave the plane
+ * (the image's first and last rows) gather them one by one, so no read leaves it. */
+static inline void pack64_tap(const uint8_t *x, int64_t P, int64_t c, int64_t C, int64_t s, __mmask64 ok,
+                              __m512i zpad, __m512i fl, uint8_t *dst) {
+    __m512i r[4];
+    for (int i = 0; i < 4; ++i) {
+        if (c + i >= C) {
+            r[i] = _mm512_setzero_si512();
+            continue;
+        }
+        const uint8_t *row = x + (c + i) * P;
+        __m512i v;
+        if (s >= 0 && s + 64 <= P) {
+            v = _mm512_loadu_si512(row + s);
+        } else {
+            /* the part inside the plane, copied into a zeroed line */
+            uint8_t tmp[64] = {0};
+            const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
+            if (hi > lo) memcpy(tmp + lo, row + s + lo, (size_t)(hi - lo));
+            v = _mm512_loadu_si512(tmp);
+        }
+        r[i] = _mm512_mask_blend_epi8(ok, zpad, _mm512_xor_si512(v, fl));
+    }
+    interleave64(r, dst);
+}
+
 static void pack_block(const rc_c1_args *a, int64_t p0, uint8_t *xb, int32_t *xsum) {
     const int64_t G = (a->C + 3) / 4, np = a->P - p0 < PB ? a->P - p0 : PB;
     const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
-    const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
-    const uint8_t *x = a->x + p0;
-    for (int64_t g = 0; g < G; ++g)
-        pack64(x, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
+    if (a->taps == 1) {
+        const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
+        for (int64_t g = 0; g < G; ++g)
+            pack64(a->x + p0, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
+    } else {
+        /* lanes whose pixel has a left / right neighbour in its row (the kw = 0 / kw = 2
+         * taps read it) */
+        __mmask64 col[3] = {0, ~(__mmask64)0, 0};
+        for (int j = 0; j < 64; ++j) {
+            const int64_t ow = (p0 + j) % a->W;
+            if (ow > 0) col[0] |= (__mmask64)1 << j;
+            if (ow < a->W - 1) col[2] |= (__mmask64)1 << j;
+        }
+        const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
+        for (int t = 0; t < 9; ++t) {
+            const int64_t s = p0 + (t / 3 - 1) * a->W + (t % 3 - 1);
+            /* with the column inside the row, the flat read is inside the plane exactly
+             * when the row is inside the image */
+            const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > a->P ? a->P - s : 64;
+            const __mmask64 in = hi <= lo ? 0
+                                          : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
+            for (int64_t g = 0; g < G; ++g)
+                pack64_tap(a->x, a->P, 4 * g, a->C, s, in & col[t % 3], zpad, fl, xb + (t * G + g) * PB * 4);
+        }
+    }
     if (!a->any_zw) return;
-    /* each pixel's channel sum (of the unsigned values): vpdpbusd against ones */
+    /* each pixel's channel sum over every tap (of the unsigned values, the zero point where
+     * a tap reads padding): vpdpbusd against ones */
     const __m512i ones = _mm512_set1_epi8(1);
     for (int v = 0; v < PB / 16; ++v) {
-        __m512i s = _mm512_setzero_si512();
-        for (int64_t g = 0; g < G; ++g)
-            s = _mm512_dpbusd_epi32(s, _mm512_loadu_si512(xb + (g * PB + 16 * v) * 4), ones);
-        _mm512_storeu_si512(xsum + 16 * v, s);
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t g = 0; g < G * a->taps; ++g)
+            sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + (g * PB + 16 * v) * 4), ones);
+        _mm512_storeu_si512(xsum + 16 * v, sum);
     }
 }
 
@@ -84,7 +142,7 @@ static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, cons
                                                        const int32_t *xsum, int64_t p0, int64_t o0,
                                                        const int mr, const int8_t *wb) {
     C1_DECL(0); C1_DECL(1); C1_DECL(2); C1_DECL(3); C1_DECL(4); C1_DECL(5);
-    const int64_t G = (a->C + 3) / 4;
+    const int64_t G = (a->C + 3) / 4 * a->taps;
     for (int64_t g = 0; g < G; ++g) {
         const uint8_t *xg = xb + g * PB * 4;
         const int8_t *wg = wb + g * MR * 4;
@@ -101,7 +159,7 @@ static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, cons
         int32_t bias;
         const rc_epilogue e = rc_channel_epilogue(a->epi, o, &bias);
         const int32_t zwo = a->zw[a->zw_per_channel ? o : 0];
-        const uint32_t rowterm = (uint32_t)a->zxu * ((uint32_t)a->C * (uint32_t)zwo - (uint32_t)a->wsum[o]) +
+        const uint32_t rowterm = (uint32_t)a->zxu * ((uint32_t)(a->C * a->taps) * (uint32_t)zwo - (uint32_t)a->wsum[o]) +
                                  (uint32_t)bias;
         const __m512i rt = _mm512_set1_epi32((int32_t)rowterm), zv = _mm512_set1_epi32(zwo);
         __m512i v[4];
@@ -129,7 +187,7 @@ static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, cons
 void rc_qconv1x1_block_avx512_vnni(const rc_c1_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
                                    uint8_t *xb, int32_t *xsum) {
     if (pack) pack_block(a, p0, xb, xsum);
-    const int64_t C4 = (a->C + 3) / 4 * 4;
+    const int64_t C4 = (a->C + 3) / 4 * 4 * a->taps;
     for (int64_t ob = ob0; ob < ob1; ++ob) {
         const int64_t o0 = ob * MR;
         const int8_t *wb = a->wpk + ob * MR * C4;

@@ -9,10 +9,10 @@ where x_pad is x padded with z_x (so padding contributes exactly 0), then the ou
 of :mod:`refcompress.kernels.qgemm` per output channel (int32, requantize by the float or
 fixed-point rule, or dequantize).  Groups include depthwise (groups = channels).
 
-C paths (NCHW at the interface): 1x1 convolutions with stride 1, no padding and groups 1
-run a direct NCHW kernel when the AVX-512 VNNI variant is active (C[OC, P] = W . X per
-image, no transposes, no im2col); other dense convolutions (and 1x1 under the other
-variants) pack each output pixel's patch straight into the packed qgemm's activation
+C paths (NCHW at the interface): dense 1x1 convolutions with stride 1 and no padding, and
+dense 3x3 ones with stride 1 and padding 1, run a direct NCHW kernel when the AVX-512 VNNI
+variant is active (C[OC, P] = W . X per image, the 3x3 taps as shifted rows; no
+transposes, no im2col); other dense convolutions (and those under the other variants) pack each output pixel's patch straight into the packed qgemm's activation
 layout (implicit im2col, NHWC inside) and run its micro-tiles and epilogue; depthwise
 convolutions run a direct kernel over each channel plane; other grouped convolutions go
 group by group through im2col + qgemm.
@@ -57,8 +57,8 @@ class PackedConvWeights:
     for the C path that fits the geometry:
 
     * ``"dense"`` (groups = 1): w transposed to [OC, KH, KW, C] and packed as the qgemm
-      operand [KH*KW*C, OC] (the NHWC implicit-im2col driver's order); a 1x1 layer also
-      keeps w [OC, C] in the direct kernel's layout (``direct``);
+      operand [KH*KW*C, OC] (the NHWC implicit-im2col driver's order); a 1x1 or 3x3 layer
+      also keeps w [OC, C, KH*KW] in the direct kernel's layout (``direct``);
     * ``"depthwise"`` (groups = C = OC): w as [C, KH*KW] for the direct kernel;
     * ``"grouped"`` (anything else): one qgemm operand [C_g*KH*KW, OC_g] per group.
     """
@@ -86,8 +86,8 @@ class PackedConvWeights:
             self.mode = "dense"
             flat = w.transpose(0, 2, 3, 1).reshape(OC, -1)
             self.parts.append(PackedWeights(np.ascontiguousarray(flat.T), zw))
-            if w.shape[2:] == (1, 1) and _native.lib is not None:
-                self._pack_direct_1x1(w.reshape(OC, Cg))
+            if w.shape[2:] in ((1, 1), (3, 3)) and _native.lib is not None:
+                self._pack_direct(w)
         elif Cg == 1 and ocg == 1:
             self.mode = "depthwise"
             self.w_dw = np.ascontiguousarray(w.reshape(OC, -1))
@@ -101,16 +101,17 @@ class PackedConvWeights:
         zw64 = self.zero_point
         self.max_abs_w = int(np.max(np.maximum(zw64 + 128, 127 - zw64)))
 
-    def _pack_direct_1x1(self, w2):
-        """The direct 1x1 kernel's operand: w [OC, C] in blocks of RC_QCONV1X1_MR output
-        channels, groups of 4 input channels (csrc/refcompress.h), with the row sums
-        sum_c w[o, c] of its zero-point correction."""
+    def _pack_direct(self, w):
+        """The direct NCHW kernel's operand (1x1, or 3x3 for stride 1 / padding 1): w
+        [OC, C, taps] in blocks of RC_QCONV1X1_MR output channels, groups of 4 input
+        channels per tap (csrc/refcompress.h), with the sums sum_{c,t} w[o, c, t] of its
+        zero-point correction."""
         lib = _native.lib
-        OC, C = w2.shape
-        packed = np.empty(lib.rc_qconv1x1_packed_size(OC, C), np.int8)
+        OC, C, KH, KW = w.shape
+        taps = KH * KW
+        packed = np.empty(lib.rc_qconv1x1_packed_size(OC, C, taps), np.int8)
         sums = np.empty(OC, np.int32)
-        w2 = np.ascontiguousarray(w2)
-        check_rc(lib.rc_qconv1x1_pack(_native.ptr("int8_t *", w2), OC, C, _native.ptr("int8_t *", packed),
+        check_rc(lib.rc_qconv1x1_pack(_native.ptr("int8_t *", w), OC, C, taps, _native.ptr("int8_t *", packed),
                                       _native.ptr("int32_t *", sums)), "pack_conv_weights")
         zp = np.ascontiguousarray(np.atleast_1d(self.zero_point if self.per_channel else self.zero_point[:1])
                                   .astype(np.int32))
@@ -173,17 +174,24 @@ def _slice_spec(spec, lo, hi):
     return (kind, (cut(params[0]), cut(params[1])) + tuple(params[2:]))
 
 
-#: Route 1x1 / stride 1 / no padding / groups 1 through the direct NCHW kernel when the
-#: VNNI variant runs (tests switch it off to force the implicit-im2col path on the same shapes).
+#: Route 1x1 / stride 1 / no padding and 3x3 / stride 1 / padding 1 (groups 1) through the
+#: direct NCHW kernel when the VNNI variant runs (tests switch them off to force the
+#: implicit-im2col path on the same shapes).
 DIRECT_1X1 = True
+DIRECT_3X3 = True
 _VNNI = _native.ISA_NAMES.index("avx512_vnni")
 _VNNI_RUNNABLE = []
 
 
 def _direct_1x1_applies(pw, geo, isa):
-    """True when this call runs the direct 1x1 kernel: a dense 1x1 layer, stride 1, no
-    padding (dilation is moot for 1x1), and the VNNI variant selected or chosen by auto."""
-    if not (DIRECT_1X1 and pw.direct is not None and geo.stride == (1, 1) and geo.padding == (0, 0)):
+    """True when this call runs the direct kernel: a dense layer with stride 1, either 1x1
+    without padding (dilation is moot for 1x1) or 3x3 with padding 1 and no dilation, and
+    the VNNI variant selected or chosen by auto."""
+    if not (DIRECT_1X1 and pw.direct is not None and geo.stride == (1, 1)):
+        return False
+    k = pw.shape[2:]
+    if not ((k == (1, 1) and geo.padding == (0, 0)) or
+            (DIRECT_3X3 and k == (3, 3) and geo.padding == (1, 1) and geo.dilation == (1, 1))):
         return False
     if isa == _native.ISA_AUTO:
         if not _VNNI_RUNNABLE:
@@ -195,13 +203,13 @@ def _direct_1x1_applies(pw, geo, isa):
 def _qconv1x1_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
     lib = _native.lib
     N, C, H, W = x.shape
-    OC = pw.shape[0]
+    OC, _, KH, KW = pw.shape
     e, keep, out_dtype = _epilogue(spec, bias, OC)
     out = np.empty((N, OC, H, W), dtype=out_dtype)
     slots = threads if threads > 0 else lib.rc_max_threads()
-    nbytes = lib.rc_qconv1x1_workspace_size(C, slots)
+    nbytes = lib.rc_qconv1x1_workspace_size(C, KH * KW, slots)
     ws = np.empty(nbytes, np.uint8)
-    rc = lib.rc_qconv1x1(_native.ptr("void *", x), 0 if x.dtype == np.int8 else 1, N, C, H * W, OC,
+    rc = lib.rc_qconv1x1(_native.ptr("void *", x), 0 if x.dtype == np.int8 else 1, N, C, H, W, OC, KH * KW,
                          int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
                          _native.ptr("void *", ws), nbytes, isa, threads)
     del keep

@@ -291,10 +291,11 @@ QCONV1X1_HW = ((1, 1), (1, 13), (3, 5), (4, 4), (1, 17), (7, 9), (8, 8), (5, 13)
 
 
 @st.composite
-def qconv1x1_cases(draw):
-    """1x1 convolutions with stride 1 and no padding (the direct NCHW kernel's domain):
-    tile-breaking channel and pixel counts, batch up to 3, values and zero points at their
-    extremes, and inputs that are not C-contiguous."""
+def qconv1x1_cases(draw, kernel: int = 1):
+    """The direct NCHW kernel's domain: 1x1 convolutions with stride 1 and no padding, or
+    (``kernel=3``) 3x3 with stride 1 and padding 1.  Tile-breaking channel and pixel
+    counts (rows wider than a 64-pixel block included), batch up to 3, values and zero
+    points at their extremes, and inputs that are not C-contiguous."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     C, OC = draw(st.sampled_from(QCONV1X1_C)), draw(st.sampled_from(QCONV1X1_OC))
     H, W = draw(st.sampled_from(QCONV1X1_HW))
@@ -310,15 +311,18 @@ def qconv1x1_cases(draw):
         wide = np.zeros((N, C, H, 2 * W), x_dtype)
         wide[..., ::2] = x
         x = wide[..., ::2]
-    w = _extreme_ints(rng, wi, (OC, C, 1, 1), draw(mode)).astype(np.int8)
+    w = _extreme_ints(rng, wi, (OC, C, kernel, kernel), draw(mode)).astype(np.int8)
     zx = draw(st.sampled_from([int(xi.min), int(xi.max), draw(st.integers(int(xi.min), int(xi.max)))]))
     if draw(st.booleans()):
         zw = _extreme_ints(rng, wi, OC, draw(mode))
     else:
         zw = draw(st.sampled_from([-128, 127, 0, draw(st.integers(-128, 127))]))
     bias = rng.integers(-(2**20), 2**20, OC).astype(np.int32) if draw(st.booleans()) else None
-    dilation = draw(st.sampled_from([(1, 1), (2, 3)]))  # no effect on a 1x1 kernel
-    return QconvCase(x, w, zx, zw, bias, (1, 1), (0, 0), dilation, 1, draw(output_specs(OC)))
+    if kernel == 1:
+        dilation, padding = draw(st.sampled_from([(1, 1), (2, 3)])), (0, 0)  # dilation: no effect on 1x1
+    else:
+        dilation, padding = (1, 1), (1, 1)
+    return QconvCase(x, w, zx, zw, bias, (1, 1), padding, dilation, 1, draw(output_specs(OC)))
 
 
 #: quantize_rows: row lengths around the 8/16-lane vectors, the 16/32-element unrolled

@@ -198,28 +198,23 @@ class _DirectSpy:
         self.enabled, self.calls = enabled, 0
 
     def __enter__(self):
-        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct)
+        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct, qconv_module.DIRECT_3X3)
         inner = self._saved[1]
 
         def counted(*args, **kwargs):
             self.calls += 1
             return inner(*args, **kwargs)
 
-        qconv_module.DIRECT_1X1 = self.enabled
+        qconv_module.DIRECT_1X1 = qconv_module.DIRECT_3X3 = self.enabled
         qconv_module._qconv1x1_direct = counted
         return self
 
     def __exit__(self, *exc):
-        qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct = self._saved
+        qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct = self._saved[:2]
+        qconv_module.DIRECT_3X3 = self._saved[2]
 
 
-@pytest.mark.skipif(not VNNI, reason="the direct 1x1 kernel needs AVX-512 VNNI")
-@settings(max_examples=150, deadline=None)
-@given(case=qconv1x1_cases())
-def test_direct_1x1_and_its_fallback_match_reference(case):
-    """The direct NCHW 1x1 kernel (forced) and the implicit-im2col path it replaces (forced
-    by switching the route off) against the reference, bit for bit, on shapes that break
-    the 6 x 64 tile and the groups of 4 channels, one and two threads."""
+def _check_direct_and_fallback(case):
     kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
               output=make_output(case.output))
     with kernels.use("numpy"):
@@ -231,6 +226,26 @@ def test_direct_1x1_and_its_fallback_match_reference(case):
                 got = kernels.qconv2d(case.x, pw, case.x_zero_point, **kw)
             assert spy.calls == int(enabled)
             assert_exact(got, want)
+
+
+@pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
+@settings(max_examples=150, deadline=None)
+@given(case=qconv1x1_cases())
+def test_direct_1x1_and_its_fallback_match_reference(case):
+    """The direct NCHW 1x1 kernel (forced) and the implicit-im2col path it replaces (forced
+    by switching the route off) against the reference, bit for bit, on shapes that break
+    the 6 x 64 tile and the groups of 4 channels, one and two threads."""
+    _check_direct_and_fallback(case)
+
+
+@pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
+@settings(max_examples=150, deadline=None)
+@given(case=qconv1x1_cases(kernel=3))
+def test_direct_3x3_and_its_fallback_match_reference(case):
+    """The same for 3x3 / stride 1 / padding 1: the shifted reads, the zero point where a
+    tap reads padding (first and last rows and columns, blocks that straddle rows, images
+    one pixel wide or tall, rows wider than a block)."""
+    _check_direct_and_fallback(case)
 
 
 @pytest.mark.skipif(not VNNI, reason="the direct 1x1 kernel needs AVX-512 VNNI")
@@ -254,13 +269,16 @@ def test_direct_1x1_bench_shape_and_tile_split():
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
-def test_direct_1x1_route_only_where_it_applies(variant):
-    """Only VNNI (forced or chosen by auto) routes a 1x1 / stride 1 / pad 0 / groups 1
-    convolution directly; other variants, strides, paddings and kernel sizes keep the
-    implicit-im2col path, and all of them give the reference's answer."""
+def test_direct_route_only_where_it_applies(variant):
+    """Only VNNI routes 1x1 / stride 1 / pad 0 and 3x3 / stride 1 / pad 1 (groups 1)
+    convolutions directly; other variants, strides, paddings, dilations and kernel sizes
+    keep the implicit-im2col path, and all of them give the reference's answer."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (1, 8, 6, 7)).astype(np.uint8)
-    cases = [((1, 1), dict()), ((1, 1), dict(stride=2)), ((1, 1), dict(padding=1)), ((3, 3), dict(padding=1))]
+    cases = [((1, 1), dict()), ((1, 1), dict(stride=2)), ((1, 1), dict(padding=1)), ((3, 3), dict(padding=1)),
+             ((3, 3), dict(padding=1, stride=2)), ((3, 3), dict(padding=2)), ((3, 3), dict(padding=1, dilation=2)),
+             ((3, 3), dict()), ((2, 2), dict())]
+    direct_cases = [((1, 1), dict()), ((3, 3), dict(padding=1))]
     for k, kw in cases:
         w = rng.integers(-128, 128, (5, 8) + k).astype(np.int8)
         with kernels.use("numpy"):
@@ -268,5 +286,5 @@ def test_direct_1x1_route_only_where_it_applies(variant):
         with _DirectSpy(True) as spy, kernels.use(*variant):
             got = kernels.qconv2d(x, w, 7, 3, **kw)
         direct = variant[1] == "avx512_vnni"
-        assert spy.calls == int(direct and k == (1, 1) and not kw)
+        assert spy.calls == int(direct and (k, kw) in direct_cases)
         assert_exact(got, want)
