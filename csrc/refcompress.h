@@ -141,18 +141,18 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
  * 3x3 kernel with padding 1 (taps = 9; output H x W): per image
  * C[OC, P] = sum over taps t of W_t[OC, C] . X_t[C, P] (P = H*W, X_t the image shifted by
  * the tap, the zero point where it reads padding).  Weights w [OC, C, taps] are packed
- * once by rc_qconv1x1_pack into blocks of RC_QCONV1X1_MR output channels:
+ * once by rc_qconv_direct_pack into blocks of RC_QCONV_DIRECT_MR output channels:
  *   packed[b][t*C4/4 + g][r][i] = w[MR*b + r, 4g + i, t]   (int8; zero past OC and C)
- * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv1x1_workspace_size(C, taps,
+ * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv_direct_workspace_size(C, taps,
  * slots) bytes hold `slots` per-thread buffers; the call runs at most that many threads
  * (pass the same byte count as workspace_bytes).  Returns RC_ERR_ISA unless `isa`
  * resolves to VNNI. */
-#define RC_QCONV1X1_MR 6
-#define RC_QCONV1X1_PB 64
-long long rc_qconv1x1_packed_size(long long OC, long long C, int taps);
-int rc_qconv1x1_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums);
-long long rc_qconv1x1_workspace_size(long long C, int taps, int slots);
-int rc_qconv1x1(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
+#define RC_QCONV_DIRECT_MR 6
+#define RC_QCONV_DIRECT_PB 64
+long long rc_qconv_direct_packed_size(long long OC, long long C, int taps);
+int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums);
+long long rc_qconv_direct_workspace_size(long long C, int taps, int slots);
+int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                 int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
                 const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
                 void *out, void *workspace, long long workspace_bytes, int isa, int threads);

@@ -24,14 +24,14 @@ void rc_dw_plane_portable(const rc_dw_args *d, int64_t c);
 void rc_dw_plane_avx512(const rc_dw_args *d, int64_t c);
 #endif
 
-/* Direct 1x1 convolution, one image: C[OC, P] = W[OC, C] . X[C, P] straight from NCHW.
+/* Direct convolution, one image: C[OC, P] = W[OC, K] . X[K, P] straight from NCHW (K = C * taps).
  * vpdpbusd takes the activations as its unsigned operand: uint8 as is, int8 flipped by
  * x ^ 0x80 (= x + 128, its zero point moving with it), so (x - zx) is unchanged. */
 typedef struct {
     const uint8_t *x;       /* this image, [C, P]                                  */
     int flip;               /* int8 input: xor 0x80 while packing                  */
     int32_t zxu;            /* the activation zero point on the unsigned scale     */
-    const int8_t *wpk;      /* rc_qconv1x1_pack layout                             */
+    const int8_t *wpk;      /* rc_qconv_direct_pack layout                             */
     const int32_t *wsum;    /* [OC] sum_c w[o, c]                                  */
     const int32_t *zw;      /* [OC] or [1]                                         */
     int zw_per_channel;
@@ -41,13 +41,13 @@ typedef struct {
     int64_t C, P, OC;
     int64_t W;              /* image width (the 3x3 taps' row shift)               */
     int taps;               /* 1 (1x1) or 9 (3x3, padding 1)                       */
-} rc_c1_args;
+} rc_direct_args;
 
-/* Pixels [p0, p0 + RC_QCONV1X1_PB) x output-channel blocks [ob0, ob1).  `pack`: interleave
+/* Pixels [p0, p0 + RC_QCONV_DIRECT_PB) x output-channel blocks [ob0, ob1).  `pack`: interleave
  * this pixel block into xb (and its channel sums into xsum) first; 0 when xb already holds
- * it.  xb: RC_QCONV1X1_PB * C4 * taps bytes, xsum: RC_QCONV1X1_PB int32. */
+ * it.  xb: RC_QCONV_DIRECT_PB * C4 * taps bytes, xsum: RC_QCONV_DIRECT_PB int32. */
 #if RC_X86
-void rc_qconv1x1_block_avx512_vnni(const rc_c1_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
+void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
                                    uint8_t *xb, int32_t *xsum);
 #endif
 

@@ -103,15 +103,15 @@ class PackedConvWeights:
 
     def _pack_direct(self, w):
         """The direct NCHW kernel's operand (1x1, or 3x3 for stride 1 / padding 1): w
-        [OC, C, taps] in blocks of RC_QCONV1X1_MR output channels, groups of 4 input
+        [OC, C, taps] in blocks of RC_QCONV_DIRECT_MR output channels, groups of 4 input
         channels per tap (csrc/refcompress.h), with the sums sum_{c,t} w[o, c, t] of its
         zero-point correction."""
         lib = _native.lib
         OC, C, KH, KW = w.shape
         taps = KH * KW
-        packed = np.empty(lib.rc_qconv1x1_packed_size(OC, C, taps), np.int8)
+        packed = np.empty(lib.rc_qconv_direct_packed_size(OC, C, taps), np.int8)
         sums = np.empty(OC, np.int32)
-        check_rc(lib.rc_qconv1x1_pack(_native.ptr("int8_t *", w), OC, C, taps, _native.ptr("int8_t *", packed),
+        check_rc(lib.rc_qconv_direct_pack(_native.ptr("int8_t *", w), OC, C, taps, _native.ptr("int8_t *", packed),
                                       _native.ptr("int32_t *", sums)), "pack_conv_weights")
         zp = np.ascontiguousarray(np.atleast_1d(self.zero_point if self.per_channel else self.zero_point[:1])
                                   .astype(np.int32))
@@ -183,7 +183,7 @@ _VNNI = _native.ISA_NAMES.index("avx512_vnni")
 _VNNI_RUNNABLE = []
 
 
-def _direct_1x1_applies(pw, geo, isa):
+def _direct_applies(pw, geo, isa):
     """True when this call runs the direct kernel: a dense layer with stride 1, either 1x1
     without padding (dilation is moot for 1x1) or 3x3 with padding 1 and no dilation, and
     the VNNI variant selected or chosen by auto."""
@@ -200,16 +200,16 @@ def _direct_1x1_applies(pw, geo, isa):
     return isa == _VNNI
 
 
-def _qconv1x1_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
+def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
     lib = _native.lib
     N, C, H, W = x.shape
     OC, _, KH, KW = pw.shape
     e, keep, out_dtype = _epilogue(spec, bias, OC)
     out = np.empty((N, OC, H, W), dtype=out_dtype)
     slots = threads if threads > 0 else lib.rc_max_threads()
-    nbytes = lib.rc_qconv1x1_workspace_size(C, KH * KW, slots)
+    nbytes = lib.rc_qconv_direct_workspace_size(C, KH * KW, slots)
     ws = np.empty(nbytes, np.uint8)
-    rc = lib.rc_qconv1x1(_native.ptr("void *", x), 0 if x.dtype == np.int8 else 1, N, C, H, W, OC, KH * KW,
+    rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == np.int8 else 1, N, C, H, W, OC, KH * KW,
                          int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
                          _native.ptr("void *", ws), nbytes, isa, threads)
     del keep
@@ -218,8 +218,8 @@ def _qconv1x1_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
 
 
 def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
-    if _direct_1x1_applies(pw, geo, isa):
-        return _qconv1x1_direct(x, pw, x_zero_point, bias, spec, isa=isa, threads=threads)
+    if _direct_applies(pw, geo, isa):
+        return _qconv_direct(x, pw, x_zero_point, bias, spec, isa=isa, threads=threads)
     lib = _native.lib
     N, C, H, W = x.shape
     OC, Cg, KH, KW = pw.shape

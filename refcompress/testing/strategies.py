@@ -283,22 +283,22 @@ def qconv_cases(draw):
     return QconvCase(x, w, zx, zw, bias, stride, padding, dilation, groups, draw(output_specs(ocg * groups)))
 
 
-#: The direct 1x1 kernel's tiles: 6 output channels x 64 pixels, channels in groups of 4.
+#: The direct kernel's tiles: 6 output channels x 64 pixels, channels in groups of 4.
 #: Sizes below, at and above each, primes, and 1.
-QCONV1X1_C = (1, 2, 3, 4, 5, 7, 8, 13, 63, 64, 65, 131)
-QCONV1X1_OC = (1, 2, 5, 6, 7, 11, 12, 13, 64, 67)
-QCONV1X1_HW = ((1, 1), (1, 13), (3, 5), (4, 4), (1, 17), (7, 9), (8, 8), (5, 13), (9, 15), (2, 97))
+QCONV_DIRECT_C = (1, 2, 3, 4, 5, 7, 8, 13, 63, 64, 65, 131)
+QCONV_DIRECT_OC = (1, 2, 5, 6, 7, 11, 12, 13, 64, 67)
+QCONV_DIRECT_HW = ((1, 1), (1, 13), (3, 5), (4, 4), (1, 17), (7, 9), (8, 8), (5, 13), (9, 15), (2, 97))
 
 
 @st.composite
-def qconv1x1_cases(draw, kernel: int = 1):
+def qconv_direct_cases(draw, kernel: int = 1):
     """The direct NCHW kernel's domain: 1x1 convolutions with stride 1 and no padding, or
     (``kernel=3``) 3x3 with stride 1 and padding 1.  Tile-breaking channel and pixel
     counts (rows wider than a 64-pixel block included), batch up to 3, values and zero
     points at their extremes, and inputs that are not C-contiguous."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    C, OC = draw(st.sampled_from(QCONV1X1_C)), draw(st.sampled_from(QCONV1X1_OC))
-    H, W = draw(st.sampled_from(QCONV1X1_HW))
+    C, OC = draw(st.sampled_from(QCONV_DIRECT_C)), draw(st.sampled_from(QCONV_DIRECT_OC))
+    H, W = draw(st.sampled_from(QCONV_DIRECT_HW))
     N = draw(st.sampled_from([1, 2, 3]))
     x_dtype = draw(st.sampled_from([np.uint8, np.int8]))
     xi, wi = np.iinfo(x_dtype), np.iinfo(np.int8)

@@ -180,25 +180,25 @@ def test_dense_transpose_tiles(variant, cin, hw, cout, k, stride, padding, dilat
                 assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
 
 
-# ---- the direct 1x1 kernel (AVX-512 VNNI) ---------------------------------------------------
+# ---- the direct NCHW kernel: 1x1 and 3x3 (AVX-512 VNNI) ------------------------------------
 
 from hypothesis import given, settings  # noqa: E402
 
 from refcompress.kernels import qconv as qconv_module  # noqa: E402
 from refcompress.testing.checks import make_output  # noqa: E402
-from refcompress.testing.strategies import qconv1x1_cases  # noqa: E402
+from refcompress.testing.strategies import qconv_direct_cases  # noqa: E402
 
 VNNI = "avx512_vnni" in kernels.variants("qconv2d")
 
 
 class _DirectSpy:
-    """Force the direct 1x1 route on or off and count how often it ran."""
+    """Force the direct routes (1x1 and 3x3) on or off and count how often they ran."""
 
     def __init__(self, enabled):
         self.enabled, self.calls = enabled, 0
 
     def __enter__(self):
-        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct, qconv_module.DIRECT_3X3)
+        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv_direct, qconv_module.DIRECT_3X3)
         inner = self._saved[1]
 
         def counted(*args, **kwargs):
@@ -206,11 +206,11 @@ class _DirectSpy:
             return inner(*args, **kwargs)
 
         qconv_module.DIRECT_1X1 = qconv_module.DIRECT_3X3 = self.enabled
-        qconv_module._qconv1x1_direct = counted
+        qconv_module._qconv_direct = counted
         return self
 
     def __exit__(self, *exc):
-        qconv_module.DIRECT_1X1, qconv_module._qconv1x1_direct = self._saved[:2]
+        qconv_module.DIRECT_1X1, qconv_module._qconv_direct = self._saved[:2]
         qconv_module.DIRECT_3X3 = self._saved[2]
 
 
@@ -230,7 +230,7 @@ def _check_direct_and_fallback(case):
 
 @pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
 @settings(max_examples=150, deadline=None)
-@given(case=qconv1x1_cases())
+@given(case=qconv_direct_cases())
 def test_direct_1x1_and_its_fallback_match_reference(case):
     """The direct NCHW 1x1 kernel (forced) and the implicit-im2col path it replaces (forced
     by switching the route off) against the reference, bit for bit, on shapes that break
@@ -240,7 +240,7 @@ def test_direct_1x1_and_its_fallback_match_reference(case):
 
 @pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
 @settings(max_examples=150, deadline=None)
-@given(case=qconv1x1_cases(kernel=3))
+@given(case=qconv_direct_cases(kernel=3))
 def test_direct_3x3_and_its_fallback_match_reference(case):
     """The same for 3x3 / stride 1 / padding 1: the shifted reads, the zero point where a
     tap reads padding (first and last rows and columns, blocks that straddle rows, images

@@ -17,8 +17,8 @@
 #include "../qgemm/qgemm_epi_avx512.h"
 #include "qconv.h"
 
-#define MR RC_QCONV1X1_MR
-#define PB RC_QCONV1X1_PB
+#define MR RC_QCONV_DIRECT_MR
+#define PB RC_QCONV_DIRECT_PB
 _Static_assert(PB == 64, "pack64 and the 4-vector tile are written for 64-pixel blocks");
 
 /* Interleave channels 4g..4g+3 of 64 pixels into 4 vectors of 16 lanes (c0, c1, c2, c3):
@@ -79,7 +79,7 @@ static inline void pack64_tap(const uint8_t *x, int64_t P, int64_t c, int64_t C,
     interleave64(r, dst);
 }
 
-static void pack_block(const rc_c1_args *a, int64_t p0, uint8_t *xb, int32_t *xsum) {
+static void pack_block(const rc_direct_args *a, int64_t p0, uint8_t *xb, int32_t *xsum) {
     const int64_t G = (a->C + 3) / 4, np = a->P - p0 < PB ? a->P - p0 : PB;
     const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
     if (a->taps == 1) {
@@ -138,7 +138,7 @@ static void pack_block(const rc_c1_args *a, int64_t p0, uint8_t *xb, int32_t *xs
 /* Output channels [o0, o0 + mr) over the packed pixel block at p0.  The exact value is
  *   sum_c (w - zw)(xu - zxu) = acc - zxu * wsum[o] - zw[o] * xsum[p] + C * zw[o] * zxu
  * (acc = sum_c w * xu), every term taken modulo 2^32; the result fits int32 (K bound). */
-static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, const uint8_t *xb,
+static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, const uint8_t *xb,
                                                        const int32_t *xsum, int64_t p0, int64_t o0,
                                                        const int mr, const int8_t *wb) {
     C1_DECL(0); C1_DECL(1); C1_DECL(2); C1_DECL(3); C1_DECL(4); C1_DECL(5);
@@ -184,7 +184,7 @@ static inline __attribute__((always_inline)) void tile(const rc_c1_args *a, cons
     }
 }
 
-void rc_qconv1x1_block_avx512_vnni(const rc_c1_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
+void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
                                    uint8_t *xb, int32_t *xsum) {
     if (pack) pack_block(a, p0, xb, xsum);
     const int64_t C4 = (a->C + 3) / 4 * 4 * a->taps;
