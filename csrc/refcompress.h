@@ -153,9 +153,9 @@ long long rc_qconv_direct_packed_size(long long OC, long long C, int taps);
 int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums);
 long long rc_qconv_direct_workspace_size(long long C, int taps, int slots);
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
-                int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
-                const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
-                void *out, void *workspace, long long workspace_bytes, int isa, int threads);
+                    int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
+                    const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
+                    void *out, void *workspace, long long workspace_bytes, int isa, int threads);
 
 /* Depthwise quantized convolution (groups = C = OC), NCHW throughout: a direct kernel per
  * channel plane, 16 output columns per vector, exact int32 sums of (x - zx)(w - zw[c]).

@@ -288,9 +288,9 @@ long long rc_qconv_direct_workspace_size(long long C, int taps, int slots) {
 }
 
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
-                int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
-                const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
-                void *workspace, long long workspace_bytes, int isa, int threads) {
+                    int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
+                    const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
+                    void *workspace, long long workspace_bytes, int isa, int threads) {
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || (taps != 1 && taps != 9)) return RC_ERR_ARG;
     if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     /* rows are output channels here, so per-row scales and a per-column float bias have no
@@ -345,7 +345,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
                                   W, taps};
             const int64_t key = n * pblocks + pb;
             rc_qconv_direct_block_avx512_vnni(&a, pb * CD_PB, s * oblocks / split, (s + 1) * oblocks / split,
-                                          key != have, xb, xsum);
+                                              key != have, xb, xsum);
             have = key;
         }
     }

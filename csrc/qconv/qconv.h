@@ -48,7 +48,7 @@ typedef struct {
  * it.  xb: RC_QCONV_DIRECT_PB * C4 * taps bytes, xsum: RC_QCONV_DIRECT_PB int32. */
 #if RC_X86
 void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
-                                   uint8_t *xb, int32_t *xsum);
+                                       uint8_t *xb, int32_t *xsum);
 #endif
 
 /* The epilogue of channel c alone (its scale / multiplier / shift made per tensor; its

@@ -185,7 +185,7 @@ static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, 
 }
 
 void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
-                                   uint8_t *xb, int32_t *xsum) {
+                                       uint8_t *xb, int32_t *xsum) {
     if (pack) pack_block(a, p0, xb, xsum);
     const int64_t C4 = (a->C + 3) / 4 * 4 * a->taps;
     for (int64_t ob = ob0; ob < ob1; ++ob) {
