@@ -136,6 +136,27 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                int w_zero_point_per_channel, const rc_epilogue *epi, void *out, void *workspace,
                int isa, int threads);
 
+/* Direct dense convolution, NCHW in and out, no transposes (AVX-512 VNNI only), for
+ * groups 1, stride 1, dilation 1 and either a 1x1 kernel without padding (taps = 1) or a
+ * 3x3 kernel with padding 1 (taps = 9; output H x W): per image
+ * C[OC, P] = sum over taps t of W_t[OC, C] . X_t[C, P] (P = H*W, X_t the image shifted by
+ * the tap, the zero point where it reads padding).  Weights w [OC, C, taps] are packed
+ * once by rc_qconv_direct_pack into blocks of RC_QCONV_DIRECT_MR output channels:
+ *   packed[b][t*C4/4 + g][r][i] = w[MR*b + r, 4g + i, t]   (int8; zero past OC and C)
+ * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv_direct_workspace_size(C, taps,
+ * slots) bytes hold `slots` per-thread buffers; the call runs at most that many threads
+ * (pass the same byte count as workspace_bytes).  Returns RC_ERR_ISA unless `isa`
+ * resolves to VNNI. */
+#define RC_QCONV_DIRECT_MR 6
+#define RC_QCONV_DIRECT_PB 64
+long long rc_qconv_direct_packed_size(long long OC, long long C, int taps);
+int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums);
+long long rc_qconv_direct_workspace_size(long long C, int taps, int slots);
+int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
+                    int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
+                    const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
+                    void *out, void *workspace, long long workspace_bytes, int isa, int threads);
+
 /* Depthwise quantized convolution (groups = C = OC), NCHW throughout: a direct kernel per
  * channel plane, 16 output columns per vector, exact int32 sums of (x - zx)(w - zw[c]).
  * w: [C, KH, KW]. */

@@ -79,9 +79,11 @@ def check_array(
 
 def check_int(value, name: str, *, min_value=None, max_value=None) -> int:
     """Return ``value`` as a Python int in [min_value, max_value] or raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DTypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
+    # a plain int skips the abstract-class check (slow next to a small kernel call)
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise DTypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+        value = int(value)
     if (min_value is not None and value < min_value) or (
         max_value is not None and value > max_value
     ):

@@ -245,3 +245,113 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
     }
     return RC_OK;
 }
+
+/* ---- direct: 1x1 without padding, 3x3 with padding 1 (stride 1, groups 1) ------------------- */
+
+#define CD_MR RC_QCONV_DIRECT_MR
+#define CD_PB RC_QCONV_DIRECT_PB
+
+long long rc_qconv_direct_packed_size(long long OC, long long C, int taps) {
+    if (OC < 0 || C < 0 || (taps != 1 && taps != 9)) return -1;
+    return (OC + CD_MR - 1) / CD_MR * CD_MR * ((C + 3) / 4 * 4) * taps;
+}
+
+int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums) {
+    if (OC < 1 || C < 1 || (taps != 1 && taps != 9) || !w || !packed || !w_sums) return RC_ERR_ARG;
+    const int64_t G = (C + 3) / 4, blocks = (OC + CD_MR - 1) / CD_MR;
+    for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t t = 0; t < taps; ++t)
+            for (int64_t g = 0; g < G; ++g)
+                for (int64_t r = 0; r < CD_MR; ++r)
+                    for (int64_t i = 0; i < 4; ++i) {
+                        const int64_t o = b * CD_MR + r, c = 4 * g + i;
+                        packed[((b * taps * G + t * G + g) * CD_MR + r) * 4 + i] =
+                            (o < OC && c < C) ? w[(o * C + c) * taps + t] : 0;
+                    }
+    for (int64_t o = 0; o < OC; ++o) {
+        int64_t s = 0;
+        for (int64_t k = 0; k < C * taps; ++k) s += w[o * C * taps + k];
+        w_sums[o] = (int32_t)(uint32_t)s; /* used modulo 2^32 */
+    }
+    return RC_OK;
+}
+
+/* One thread's scratch: the interleaved pixel block (every tap) and its channel sums,
+ * 64-byte aligned. */
+static int64_t cd_slot_bytes(int64_t C, int taps) {
+    return A64((C + 3) / 4 * 4 * taps * CD_PB) + A64(CD_PB * 4);
+}
+
+long long rc_qconv_direct_workspace_size(long long C, int taps, int slots) {
+    if (C < 1 || slots < 1 || (taps != 1 && taps != 9)) return -1;
+    return slots * cd_slot_bytes(C, taps) + 64;
+}
+
+int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
+                    int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
+                    const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
+                    void *workspace, long long workspace_bytes, int isa, int threads) {
+    if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || (taps != 1 && taps != 9)) return RC_ERR_ARG;
+    if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    /* rows are output channels here, so per-row scales and a per-column float bias have no
+     * meaning (qconv2d's Dequantize takes neither) */
+    if (epi->row_scale || epi->fbias) return RC_ERR_ARG;
+    if (N == 0) return RC_OK;
+    if (!x || !packed || !w_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
+    const int64_t P = H * W;
+    const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+#if RC_X86
+    if (v != RC_ISA_AVX512_VNNI) return RC_ERR_ISA;
+    const int64_t slot = cd_slot_bytes(C, taps);
+    const int64_t slots = workspace_bytes > 64 ? (workspace_bytes - 64) / slot : 0;
+    if (slots < 1) return RC_ERR_ARG;
+    uint8_t *base = (uint8_t *)workspace + ((64 - ((uintptr_t)workspace & 63)) & 63);
+    const int bytes = out_bytes_of(epi);
+    int any_zw = 0;
+    for (int64_t o = 0; o < (w_zp_per_channel ? OC : 1); ++o) any_zw |= w_zero_point[o] != 0;
+    const int flip = x_type == RC_INT8;
+    const int32_t zxu = flip ? x_zero_point + 128 : x_zero_point;
+    const int64_t pblocks = (P + CD_PB - 1) / CD_PB, oblocks = (OC + CD_MR - 1) / CD_MR;
+    int nt = 1;
+#ifdef _OPENMP
+    nt = threads > 0 ? threads : omp_get_max_threads();
+#endif
+    if (nt > slots) nt = (int)slots;
+    /* Work items are (image, pixel block, share of the output-channel blocks); the OC blocks
+     * are split only when images x pixel blocks alone give fewer than 4 items per thread. */
+    int64_t split = (4 * nt + N * pblocks - 1) / (N * pblocks);
+    if (split > oblocks) split = oblocks;
+    if (split < 1) split = 1;
+    const int64_t items = N * pblocks * split;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1 && N * P * C * OC >= RC_MIN_PARALLEL_WORK)
+#endif
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        uint8_t *xb = base + tid * slot;
+        int32_t *xsum = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * taps * CD_PB));
+        int64_t have = -1; /* the (image, pixel block) this thread's buffer holds */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t it = 0; it < items; ++it) {
+            const int64_t n = it / (pblocks * split), pb = it / split % pblocks, s = it % split;
+            const rc_direct_args a = {(const uint8_t *)x + n * C * P, flip, zxu, packed, w_sums, w_zero_point,
+                                  w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC,
+                                  W, taps};
+            const int64_t key = n * pblocks + pb;
+            rc_qconv_direct_block_avx512_vnni(&a, pb * CD_PB, s * oblocks / split, (s + 1) * oblocks / split,
+                                              key != have, xb, xsum);
+            have = key;
+        }
+    }
+    return RC_OK;
+#else
+    (void)threads; (void)workspace_bytes;
+    return RC_ERR_ISA;
+#endif
+}

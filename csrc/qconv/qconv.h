@@ -24,6 +24,33 @@ void rc_dw_plane_portable(const rc_dw_args *d, int64_t c);
 void rc_dw_plane_avx512(const rc_dw_args *d, int64_t c);
 #endif
 
+/* Direct convolution, one image: C[OC, P] = W[OC, K] . X[K, P] straight from NCHW (K = C * taps).
+ * vpdpbusd takes the activations as its unsigned operand: uint8 as is, int8 flipped by
+ * x ^ 0x80 (= x + 128, its zero point moving with it), so (x - zx) is unchanged. */
+typedef struct {
+    const uint8_t *x;       /* this image, [C, P]                                  */
+    int flip;               /* int8 input: xor 0x80 while packing                  */
+    int32_t zxu;            /* the activation zero point on the unsigned scale     */
+    const int8_t *wpk;      /* rc_qconv_direct_pack layout                             */
+    const int32_t *wsum;    /* [OC] sum_c w[o, c]                                  */
+    const int32_t *zw;      /* [OC] or [1]                                         */
+    int zw_per_channel;
+    int any_zw;             /* some zw != 0: the per-pixel channel sums are needed */
+    const rc_epilogue *epi;
+    uint8_t *out;           /* this image, [OC, P] of out_bytes each              */
+    int64_t C, P, OC;
+    int64_t W;              /* image width (the 3x3 taps' row shift)               */
+    int taps;               /* 1 (1x1) or 9 (3x3, padding 1)                       */
+} rc_direct_args;
+
+/* Pixels [p0, p0 + RC_QCONV_DIRECT_PB) x output-channel blocks [ob0, ob1).  `pack`: interleave
+ * this pixel block into xb (and its channel sums into xsum) first; 0 when xb already holds
+ * it.  xb: RC_QCONV_DIRECT_PB * C4 * taps bytes, xsum: RC_QCONV_DIRECT_PB int32. */
+#if RC_X86
+void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
+                                       uint8_t *xb, int32_t *xsum);
+#endif
+
 /* The epilogue of channel c alone (its scale / multiplier / shift made per tensor; its
  * bias returned separately for the caller to add). */
 static inline rc_epilogue rc_channel_epilogue(const rc_epilogue *e, int64_t c, int32_t *bias) {

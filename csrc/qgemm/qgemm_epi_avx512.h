@@ -46,6 +46,24 @@ static inline __m512i rc_fixed16(__m512i v, __m512i m0, __m512i shift) {
     return _mm512_mask_add_epi32(h, _mm512_cmpgt_epi32_mask(rem, thr), h, _mm512_set1_epi32(1));
 }
 
+/* The requantized values (int32 lanes in [qmin, qmax]) of 16 accumulators v that already
+ * include the bias, for columns n0.. (the REQUANT_FLOAT / REQUANT_FIXED kinds). */
+static inline __m512i rc_requant16(const rc_epilogue *e, __m512i v, int64_t n0, __mmask16 m) {
+    const __m512i z = _mm512_set1_epi32(e->out_zero_point);
+    if (e->kind == RC_EPI_REQUANT_FLOAT) {
+        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), rc_param_ps(e->scale, e->per_channel, n0, m));
+        __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm512_max_ps(r, _mm512_set1_ps((float)(e->qmin - e->out_zero_point)));
+        r = _mm512_min_ps(r, _mm512_set1_ps((float)(e->qmax - e->out_zero_point)));
+        return _mm512_add_epi32(_mm512_cvtps_epi32(r), z);
+    }
+    __m512i q = rc_fixed16(v, rc_param_epi32(e->multiplier, e->per_channel, n0, m),
+                           rc_param_epi32(e->shift, e->per_channel, n0, m));
+    q = _mm512_add_epi32(q, z);
+    q = _mm512_max_epi32(q, _mm512_set1_epi32(e->qmin));
+    return _mm512_min_epi32(q, _mm512_set1_epi32(e->qmax));
+}
+
 /* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */
 static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_t n0, __mmask16 m,
                             void *out, int64_t ldo) {
@@ -63,25 +81,9 @@ static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_
         _mm512_mask_storeu_ps((float *)out + at, m, f);
         return;
     }
-    default: {
-        __m512i q;
-        const __m512i z = _mm512_set1_epi32(e->out_zero_point);
-        if (e->kind == RC_EPI_REQUANT_FLOAT) {
-            const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), rc_param_ps(e->scale, e->per_channel, n0, m));
-            __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            r = _mm512_max_ps(r, _mm512_set1_ps((float)(e->qmin - e->out_zero_point)));
-            r = _mm512_min_ps(r, _mm512_set1_ps((float)(e->qmax - e->out_zero_point)));
-            q = _mm512_add_epi32(_mm512_cvtps_epi32(r), z);
-        } else {
-            q = rc_fixed16(v, rc_param_epi32(e->multiplier, e->per_channel, n0, m),
-                           rc_param_epi32(e->shift, e->per_channel, n0, m));
-            q = _mm512_add_epi32(q, z);
-            q = _mm512_max_epi32(q, _mm512_set1_epi32(e->qmin));
-            q = _mm512_min_epi32(q, _mm512_set1_epi32(e->qmax));
-        }
-        _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + at, m, q);
+    default:
+        _mm512_mask_cvtepi32_storeu_epi8((int8_t *)out + at, m, rc_requant16(e, v, n0, m));
         return;
-    }
     }
 }
 

@@ -9,10 +9,13 @@ where x_pad is x padded with z_x (so padding contributes exactly 0), then the ou
 of :mod:`refcompress.kernels.qgemm` per output channel (int32, requantize by the float or
 fixed-point rule, or dequantize).  Groups include depthwise (groups = channels).
 
-C paths (NCHW at the interface, NHWC inside): dense convolutions pack each output
-pixel's patch straight into the packed qgemm's activation layout (implicit im2col) and
-run its micro-tiles and epilogue; depthwise convolutions run a direct kernel over
-channel plane; other grouped convolutions go group by group through im2col + qgemm.
+C paths (NCHW at the interface): dense 1x1 convolutions with stride 1 and no padding, and
+dense 3x3 ones with stride 1 and padding 1, run a direct NCHW kernel when the AVX-512 VNNI
+variant is active (C[OC, P] = W . X per image, the 3x3 taps as shifted rows; no
+transposes, no im2col); other dense convolutions (and those under the other variants) pack each output pixel's patch straight into the packed qgemm's activation
+layout (implicit im2col, NHWC inside) and run its micro-tiles and epilogue; depthwise
+convolutions run a direct kernel over each channel plane; other grouped convolutions go
+group by group through im2col + qgemm.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .._conv import conv_output_size
 from .._validation import check_array, check_int
 from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _native
-from ._registry import Op, check_rc, dispatch, register
+from ._registry import Op, check_rc, dispatch, register, runnable_isas
 from .qgemm import (
     _RANGE,
     Dequantize,
@@ -54,7 +57,8 @@ class PackedConvWeights:
     for the C path that fits the geometry:
 
     * ``"dense"`` (groups = 1): w transposed to [OC, KH, KW, C] and packed as the qgemm
-      operand [KH*KW*C, OC] (the NHWC implicit-im2col driver's order);
+      operand [KH*KW*C, OC] (the NHWC implicit-im2col driver's order); a 1x1 or 3x3 layer
+      also keeps w [OC, C, KH*KW] in the direct kernel's layout (``direct``);
     * ``"depthwise"`` (groups = C = OC): w as [C, KH*KW] for the direct kernel;
     * ``"grouped"`` (anything else): one qgemm operand [C_g*KH*KW, OC_g] per group.
     """
@@ -77,10 +81,13 @@ class PackedConvWeights:
         self.zero_point = np.broadcast_to(zw, (OC,)).astype(np.int64)
         ocg = OC // self.groups
         self.parts = []
+        self.direct = None
         if self.groups == 1:
             self.mode = "dense"
             flat = w.transpose(0, 2, 3, 1).reshape(OC, -1)
             self.parts.append(PackedWeights(np.ascontiguousarray(flat.T), zw))
+            if w.shape[2:] in ((1, 1), (3, 3)) and _native.lib is not None:
+                self._pack_direct(w)
         elif Cg == 1 and ocg == 1:
             self.mode = "depthwise"
             self.w_dw = np.ascontiguousarray(w.reshape(OC, -1))
@@ -93,6 +100,24 @@ class PackedConvWeights:
                 self.parts.append(PackedWeights(np.ascontiguousarray(wg.T), zp))
         zw64 = self.zero_point
         self.max_abs_w = int(np.max(np.maximum(zw64 + 128, 127 - zw64)))
+
+    def _pack_direct(self, w):
+        """The direct NCHW kernel's operand (1x1, or 3x3 for stride 1 / padding 1): w
+        [OC, C, taps] in blocks of RC_QCONV_DIRECT_MR output channels, groups of 4 input
+        channels per tap (csrc/refcompress.h), with the sums sum_{c,t} w[o, c, t] of its
+        zero-point correction."""
+        lib = _native.lib
+        OC, C, KH, KW = w.shape
+        taps = KH * KW
+        packed = np.empty(lib.rc_qconv_direct_packed_size(OC, C, taps), np.int8)
+        sums = np.empty(OC, np.int32)
+        check_rc(lib.rc_qconv_direct_pack(_native.ptr("int8_t *", w), OC, C, taps, _native.ptr("int8_t *", packed),
+                                      _native.ptr("int32_t *", sums)), "pack_conv_weights")
+        zp = np.ascontiguousarray(np.atleast_1d(self.zero_point if self.per_channel else self.zero_point[:1])
+                                  .astype(np.int32))
+        self.direct = (packed, sums, zp)
+        self._direct_args = (_native.ptr("int8_t *", packed), _native.ptr("int32_t *", sums),
+                             _native.ptr("int32_t *", zp), int(self.per_channel))
 
     @property
     def shape(self):
@@ -149,7 +174,52 @@ def _slice_spec(spec, lo, hi):
     return (kind, (cut(params[0]), cut(params[1])) + tuple(params[2:]))
 
 
+#: Route 1x1 / stride 1 / no padding and 3x3 / stride 1 / padding 1 (groups 1) through the
+#: direct NCHW kernel when the VNNI variant runs (tests switch them off to force the
+#: implicit-im2col path on the same shapes).
+DIRECT_1X1 = True
+DIRECT_3X3 = True
+_VNNI = _native.ISA_NAMES.index("avx512_vnni")
+_VNNI_RUNNABLE = []
+
+
+def _direct_applies(pw, geo, isa):
+    """True when this call runs the direct kernel: a dense layer with stride 1, either 1x1
+    without padding (dilation is moot for 1x1) or 3x3 with padding 1 and no dilation, and
+    the VNNI variant selected or chosen by auto."""
+    if not (DIRECT_1X1 and pw.direct is not None and geo.stride == (1, 1)):
+        return False
+    k = pw.shape[2:]
+    if not ((k == (1, 1) and geo.padding == (0, 0)) or
+            (DIRECT_3X3 and k == (3, 3) and geo.padding == (1, 1) and geo.dilation == (1, 1))):
+        return False
+    if isa == _native.ISA_AUTO:
+        if not _VNNI_RUNNABLE:
+            _VNNI_RUNNABLE.append("avx512_vnni" in runnable_isas())
+        return _VNNI_RUNNABLE[0]
+    return isa == _VNNI
+
+
+def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
+    lib = _native.lib
+    N, C, H, W = x.shape
+    OC, _, KH, KW = pw.shape
+    e, keep, out_dtype = _epilogue(spec, bias, OC)
+    out = np.empty((N, OC, H, W), dtype=out_dtype)
+    slots = threads if threads > 0 else lib.rc_max_threads()
+    nbytes = lib.rc_qconv_direct_workspace_size(C, KH * KW, slots)
+    ws = np.empty(nbytes, np.uint8)
+    rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == np.int8 else 1, N, C, H, W, OC, KH * KW,
+                         int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
+                         _native.ptr("void *", ws), nbytes, isa, threads)
+    del keep
+    check_rc(rc, "qconv2d (direct 1x1)")
+    return out
+
+
 def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
+    if _direct_applies(pw, geo, isa):
+        return _qconv_direct(x, pw, x_zero_point, bias, spec, isa=isa, threads=threads)
     lib = _native.lib
     N, C, H, W = x.shape
     OC, Cg, KH, KW = pw.shape

@@ -283,6 +283,48 @@ def qconv_cases(draw):
     return QconvCase(x, w, zx, zw, bias, stride, padding, dilation, groups, draw(output_specs(ocg * groups)))
 
 
+#: The direct kernel's tiles: 6 output channels x 64 pixels, channels in groups of 4.
+#: Sizes below, at and above each, primes, and 1.
+QCONV_DIRECT_C = (1, 2, 3, 4, 5, 7, 8, 13, 63, 64, 65, 131)
+QCONV_DIRECT_OC = (1, 2, 5, 6, 7, 11, 12, 13, 64, 67)
+QCONV_DIRECT_HW = ((1, 1), (1, 13), (3, 5), (4, 4), (1, 17), (7, 9), (8, 8), (5, 13), (9, 15), (2, 97))
+
+
+@st.composite
+def qconv_direct_cases(draw, kernel: int = 1):
+    """The direct NCHW kernel's domain: 1x1 convolutions with stride 1 and no padding, or
+    (``kernel=3``) 3x3 with stride 1 and padding 1.  Tile-breaking channel and pixel
+    counts (rows wider than a 64-pixel block included), batch up to 3, values and zero
+    points at their extremes, and inputs that are not C-contiguous."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    C, OC = draw(st.sampled_from(QCONV_DIRECT_C)), draw(st.sampled_from(QCONV_DIRECT_OC))
+    H, W = draw(st.sampled_from(QCONV_DIRECT_HW))
+    N = draw(st.sampled_from([1, 2, 3]))
+    x_dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    xi, wi = np.iinfo(x_dtype), np.iinfo(np.int8)
+    mode = st.sampled_from(["random", "random", "ends", "min", "max"])
+    x = _extreme_ints(rng, xi, (N, C, H, W), draw(mode)).astype(x_dtype)
+    layout = draw(st.sampled_from(["c", "channels_last", "strided"]))
+    if layout == "channels_last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # same values, NHWC memory
+    elif layout == "strided":
+        wide = np.zeros((N, C, H, 2 * W), x_dtype)
+        wide[..., ::2] = x
+        x = wide[..., ::2]
+    w = _extreme_ints(rng, wi, (OC, C, kernel, kernel), draw(mode)).astype(np.int8)
+    zx = draw(st.sampled_from([int(xi.min), int(xi.max), draw(st.integers(int(xi.min), int(xi.max)))]))
+    if draw(st.booleans()):
+        zw = _extreme_ints(rng, wi, OC, draw(mode))
+    else:
+        zw = draw(st.sampled_from([-128, 127, 0, draw(st.integers(-128, 127))]))
+    bias = rng.integers(-(2**20), 2**20, OC).astype(np.int32) if draw(st.booleans()) else None
+    if kernel == 1:
+        dilation, padding = draw(st.sampled_from([(1, 1), (2, 3)])), (0, 0)  # dilation: no effect on 1x1
+    else:
+        dilation, padding = (1, 1), (1, 1)
+    return QconvCase(x, w, zx, zw, bias, (1, 1), padding, dilation, 1, draw(output_specs(OC)))
+
+
 #: quantize_rows: row lengths around the 8/16-lane vectors, the 16/32-element unrolled
 #: loops and the K of a BERT layer, and primes.
 ROWS_K = (0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 127, 383, 384, 385, 1531, 1536, 2053)

@@ -178,3 +178,113 @@ def test_dense_transpose_tiles(variant, cin, hw, cout, k, stride, padding, dilat
                 want = kernels.qconv2d(x, w, zx, zw, **kw)
             with kernels.use(*variant, threads=2):
                 assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
+
+
+# ---- the direct NCHW kernel: 1x1 and 3x3 (AVX-512 VNNI) ------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+
+from refcompress.kernels import qconv as qconv_module  # noqa: E402
+from refcompress.testing.checks import make_output  # noqa: E402
+from refcompress.testing.strategies import qconv_direct_cases  # noqa: E402
+
+VNNI = "avx512_vnni" in kernels.variants("qconv2d")
+
+
+class _DirectSpy:
+    """Force the direct routes (1x1 and 3x3) on or off and count how often they ran."""
+
+    def __init__(self, enabled):
+        self.enabled, self.calls = enabled, 0
+
+    def __enter__(self):
+        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv_direct, qconv_module.DIRECT_3X3)
+        inner = self._saved[1]
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return inner(*args, **kwargs)
+
+        qconv_module.DIRECT_1X1 = qconv_module.DIRECT_3X3 = self.enabled
+        qconv_module._qconv_direct = counted
+        return self
+
+    def __exit__(self, *exc):
+        qconv_module.DIRECT_1X1, qconv_module._qconv_direct = self._saved[:2]
+        qconv_module.DIRECT_3X3 = self._saved[2]
+
+
+def _check_direct_and_fallback(case):
+    kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+              output=make_output(case.output))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+    pw = kernels.pack_conv_weights(case.w, case.w_zero_point)
+    for enabled in (True, False):
+        for threads in (1, 2):
+            with _DirectSpy(enabled) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+                got = kernels.qconv2d(case.x, pw, case.x_zero_point, **kw)
+            assert spy.calls == int(enabled)
+            assert_exact(got, want)
+
+
+@pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
+@settings(max_examples=150, deadline=None)
+@given(case=qconv_direct_cases())
+def test_direct_1x1_and_its_fallback_match_reference(case):
+    """The direct NCHW 1x1 kernel (forced) and the implicit-im2col path it replaces (forced
+    by switching the route off) against the reference, bit for bit, on shapes that break
+    the 6 x 64 tile and the groups of 4 channels, one and two threads."""
+    _check_direct_and_fallback(case)
+
+
+@pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
+@settings(max_examples=150, deadline=None)
+@given(case=qconv_direct_cases(kernel=3))
+def test_direct_3x3_and_its_fallback_match_reference(case):
+    """The same for 3x3 / stride 1 / padding 1: the shifted reads, the zero point where a
+    tap reads padding (first and last rows and columns, blocks that straddle rows, images
+    one pixel wide or tall, rows wider than a block)."""
+    _check_direct_and_fallback(case)
+
+
+@pytest.mark.skipif(not VNNI, reason="the direct 1x1 kernel needs AVX-512 VNNI")
+def test_direct_1x1_bench_shape_and_tile_split():
+    """The benchmark's 1x1 256 -> 64 at 56 x 56 (49 full pixel blocks, 10 full and one
+    4-row output-channel block), and a 7 x 7 image with many output channels, where the
+    output-channel blocks are split between work items."""
+    rng = np.random.default_rng(11)
+    for N, C, OC, H in [(2, 256, 64, 56), (1, 96, 512, 7)]:
+        x = rng.integers(0, 256, (N, C, H, H)).astype(np.uint8)
+        w = rng.integers(-128, 128, (OC, C, 1, 1)).astype(np.int8)
+        zw = rng.integers(-128, 128, OC)
+        for out in (None, Requantize(np.float32(1e-4), 128, np.uint8)):
+            with kernels.use("numpy"):
+                want = kernels.qconv2d(x, w, 131, zw, output=out)
+            for threads in (1, 2):
+                with _DirectSpy(True) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+                    got = kernels.qconv2d(x, w, 131, zw, output=out)
+                assert spy.calls == 1
+                assert_exact(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+def test_direct_route_only_where_it_applies(variant):
+    """Only VNNI routes 1x1 / stride 1 / pad 0 and 3x3 / stride 1 / pad 1 (groups 1)
+    convolutions directly; other variants, strides, paddings, dilations and kernel sizes
+    keep the implicit-im2col path, and all of them give the reference's answer."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (1, 8, 6, 7)).astype(np.uint8)
+    cases = [((1, 1), dict()), ((1, 1), dict(stride=2)), ((1, 1), dict(padding=1)), ((3, 3), dict(padding=1)),
+             ((3, 3), dict(padding=1, stride=2)), ((3, 3), dict(padding=2)), ((3, 3), dict(padding=1, dilation=2)),
+             ((3, 3), dict()), ((2, 2), dict())]
+    direct_cases = [((1, 1), dict()), ((3, 3), dict(padding=1))]
+    for k, kw in cases:
+        w = rng.integers(-128, 128, (5, 8) + k).astype(np.int8)
+        with kernels.use("numpy"):
+            want = kernels.qconv2d(x, w, 7, 3, **kw)
+        with _DirectSpy(True) as spy, kernels.use(*variant):
+            got = kernels.qconv2d(x, w, 7, 3, **kw)
+        direct = variant[1] == "avx512_vnni"
+        assert spy.calls == int(direct and (k, kw) in direct_cases)
+        assert_exact(got, want)
