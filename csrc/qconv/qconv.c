@@ -171,8 +171,9 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
 
 long long rc_qdwconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
                                       long long pad_h, long long pad_w) {
-    /* padded int16 planes [C, H + 2 pad_h, W + 2 pad_w] and int32 weights [C, KH*KW] */
-    return A64(C * (H + 2 * pad_h) * (W + 2 * pad_w) * 2) + A64(C * KH * KW * 4) + 64;
+    /* padded planes [C, H + 2 pad_h, W + 2 pad_w] (int16, or int32 row pairs for the
+     * AVX-512 stride-1 kernel) and int32 weights [C, KH*KW] */
+    return A64(C * (H + 2 * pad_h) * (W + 2 * pad_w) * 4) + A64(C * KH * KW * 4) + 64;
 }
 
 void rc_dw_plane_portable(const rc_dw_args *d, int64_t c) {
@@ -202,26 +203,50 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
     if (!x || !w || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
     const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
     if (v < 0) return RC_ERR_ISA;
-    /* one direct kernel per vector width; VNNI has nothing to add to 9-tap sums */
+    /* one direct kernel per vector width; VNNI fuses the stride-1 kernel's multiply-adds */
     rc_dw_plane_fn plane = rc_dw_plane_portable;
+    int raw = 0; /* the kernel reads the uint8 / int8 plane itself */
 #if RC_X86
-    if (v == RC_ISA_AVX512 || v == RC_ISA_AVX512_VNNI) plane = rc_dw_plane_avx512;
+    if (v == RC_ISA_AVX512 || v == RC_ISA_AVX512_VNNI) {
+        plane = rc_dw_plane_avx512;
+        if (rc_dw_raw_ok(sw, KH, KW))
+            plane = v == RC_ISA_AVX512_VNNI ? rc_dw_plane_raw_avx512_vnni : rc_dw_plane_raw_avx512, raw = 1;
+    }
 #endif
     const int64_t OH = out_size(H, KH, sh, ph, dh), OW = out_size(W, KW, sw, pw, dw);
     const int64_t PH = H + 2 * ph, PW = W + 2 * pw, T = KH * KW, HW = H * W;
     const int bytes = out_bytes_of(epi);
     int16_t *xp = (int16_t *)workspace;
-    int32_t *wz = (int32_t *)((uint8_t *)workspace + A64(C * PH * PW * 2));
+    int32_t *wz = (int32_t *)((uint8_t *)workspace + A64(C * PH * PW * 4));
     for (int64_t i = 0; i < C * T; ++i) wz[i] = (int32_t)w[i] - w_zero_point[w_zp_per_channel ? i / T : 0];
     (void)threads;
 #ifdef _OPENMP
-    const int nt = threads > 0 ? threads : omp_get_max_threads();
+    /* at most C threads: the raw kernel's per-thread buffers live in the C plane slots */
+    const int nt0 = threads > 0 ? threads : omp_get_max_threads();
+    const int nt = nt0 < C ? nt0 : (int)C;
 #pragma omp parallel num_threads(nt) if (nt > 1 && N * OH * OW * C * T >= RC_MIN_PARALLEL_WORK)
 #endif
-    {
+    if (raw) {
+        /* threads over (image, channel) planes, each building its row-pair buffer in its
+         * own plane slot (L1-resident, reused plane after plane) */
+#ifdef _OPENMP
+        int16_t *mine = xp + (int64_t)omp_get_thread_num() * PH * PW * 2;
+#pragma omp for schedule(static)
+#else
+        int16_t *mine = xp;
+#endif
+        for (int64_t i = 0; i < N * C; ++i) {
+            const int64_t n = i / C;
+            const rc_dw_args d = {mine, wz, epi, (uint8_t *)out + n * C * OH * OW * bytes, bytes,
+                                  C, PH, PW, KH, KW, sh, sw, dh, dw, OH, OW,
+                                  (const uint8_t *)x + n * C * HW, x_type == RC_INT8, x_zero_point, H, W, ph, pw};
+            plane(&d, i - n * C);
+        }
+    } else {
         for (int64_t n = 0; n < N; ++n) {
             const rc_dw_args d = {xp, wz, epi, (uint8_t *)out + n * C * OH * OW * bytes, bytes,
-                                  C, PH, PW, KH, KW, sh, sw, dh, dw, OH, OW};
+                                  C, PH, PW, KH, KW, sh, sw, dh, dw, OH, OW,
+                                  (const uint8_t *)x + n * C * HW, x_type == RC_INT8, x_zero_point, H, W, ph, pw};
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

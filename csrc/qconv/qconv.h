@@ -6,22 +6,37 @@
 #define RC_QCONV_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
                            (1 << RC_ISA_AVX512_VNNI))
 
-/* Depthwise, NCHW throughout (no transposes): per channel, the plane of (x - zx) is
- * copied as int16 into a zero-padded [PH, PW] buffer (padding contributes exactly 0), and
- * each output row is accumulated tap by tap along W. */
+/* Depthwise, NCHW throughout (no transposes).  Stride 1 along W on AVX-512: the kernel
+ * reads the plane itself into a per-thread buffer of kh-paired rows (rc_dw_plane_raw_*).
+ * Otherwise, per channel, the plane of (x - zx) is copied as int16 into a zero-padded
+ * [PH, PW] buffer (padding contributes exactly 0), and each output row is accumulated tap
+ * by tap along W. */
 typedef struct {
-    const int16_t *xp;      /* padded planes, [C, PH, PW]                 */
+    const int16_t *xp;      /* padded planes, [C, PH, PW]; raw: this thread's buffer */
     const int32_t *wz;      /* (w - zw[c]) as int32, [C, KH*KW]            */
     const rc_epilogue *epi;
     uint8_t *out;           /* NCHW output of this image                   */
     int out_bytes;
     int64_t C, PH, PW, KH, KW, sh, sw, dh, dw, OH, OW;
+    /* the raw plane source, for the kernels that read it themselves (rc_dw_plane_raw_avx512) */
+    const uint8_t *src;     /* this image, [C, H, W] uint8 or int8         */
+    int int8_in;
+    int32_t zx;
+    int64_t H, W, ph, pw;
 } rc_dw_args;
 
 typedef void (*rc_dw_plane_fn)(const rc_dw_args *d, int64_t c);
 void rc_dw_plane_portable(const rc_dw_args *d, int64_t c);
 #if RC_X86
 void rc_dw_plane_avx512(const rc_dw_args *d, int64_t c);
+/* Stride 1 along W: builds its own row-pair buffer in xp (this thread's, as int32
+ * [PH, PW]) straight from src, no int16 copy first. */
+#define RC_DW_RAW_MAX_PAIRS 128
+static inline int rc_dw_raw_ok(int64_t sw, int64_t KH, int64_t KW) {
+    return sw == 1 && (KH + 1) / 2 * KW <= RC_DW_RAW_MAX_PAIRS;
+}
+void rc_dw_plane_raw_avx512(const rc_dw_args *d, int64_t c);
+void rc_dw_plane_raw_avx512_vnni(const rc_dw_args *d, int64_t c);
 #endif
 
 /* Direct convolution, one image: C[OC, P] = W[OC, K] . X[K, P] straight from NCHW (K = C * taps).

@@ -115,4 +115,9 @@ void rc_dw_plane_avx512(const rc_dw_args *d, int64_t c) {
             rc_epi16(&e, acc, oh, ow, m, out, d->OW);
         }
 }
+/* ---- stride 1 along W, straight from the uint8 / int8 plane (qconv_dw_raw_avx512.h) ---- */
+
+#define RC_DW_DOT(acc, x, w) _mm512_add_epi32((acc), _mm512_madd_epi16((x), (w)))
+#define RC_DW_RAW_FN rc_dw_plane_raw_avx512
+#include "qconv_dw_raw_avx512.h"
 #endif

@@ -46,22 +46,52 @@ static inline __m512i rc_fixed16(__m512i v, __m512i m0, __m512i shift) {
     return _mm512_mask_add_epi32(h, _mm512_cmpgt_epi32_mask(rem, thr), h, _mm512_set1_epi32(1));
 }
 
+/* The requantization parameters of 16 columns n0.. as vectors, made once where a kernel
+ * requantizes many vectors with the same parameters (a depthwise plane), then applied. */
+typedef struct {
+    int fixed;
+    __m512 scale, lo, hi;
+    __m512i z, m0, shift, qmin, qmax;
+} rc_requant16_params;
+
+static inline rc_requant16_params rc_requant16_prepare(const rc_epilogue *e, int64_t n0, __mmask16 m) {
+    rc_requant16_params p;
+    p.z = _mm512_set1_epi32(e->out_zero_point);
+    p.fixed = e->kind != RC_EPI_REQUANT_FLOAT;
+    if (!p.fixed) {
+        p.scale = rc_param_ps(e->scale, e->per_channel, n0, m);
+        p.lo = _mm512_set1_ps((float)(e->qmin - e->out_zero_point));
+        p.hi = _mm512_set1_ps((float)(e->qmax - e->out_zero_point));
+        p.m0 = p.shift = p.qmin = p.qmax = _mm512_setzero_si512();
+    } else {
+        p.scale = p.lo = p.hi = _mm512_setzero_ps();
+        p.m0 = rc_param_epi32(e->multiplier, e->per_channel, n0, m);
+        p.shift = rc_param_epi32(e->shift, e->per_channel, n0, m);
+        p.qmin = _mm512_set1_epi32(e->qmin);
+        p.qmax = _mm512_set1_epi32(e->qmax);
+    }
+    return p;
+}
+
+static inline __m512i rc_requant16_apply(const rc_requant16_params *p, __m512i v) {
+    if (!p->fixed) {
+        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
+        __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm512_max_ps(r, p->lo);
+        r = _mm512_min_ps(r, p->hi);
+        return _mm512_add_epi32(_mm512_cvtps_epi32(r), p->z);
+    }
+    __m512i q = rc_fixed16(v, p->m0, p->shift);
+    q = _mm512_add_epi32(q, p->z);
+    q = _mm512_max_epi32(q, p->qmin);
+    return _mm512_min_epi32(q, p->qmax);
+}
+
 /* The requantized values (int32 lanes in [qmin, qmax]) of 16 accumulators v that already
  * include the bias, for columns n0.. (the REQUANT_FLOAT / REQUANT_FIXED kinds). */
 static inline __m512i rc_requant16(const rc_epilogue *e, __m512i v, int64_t n0, __mmask16 m) {
-    const __m512i z = _mm512_set1_epi32(e->out_zero_point);
-    if (e->kind == RC_EPI_REQUANT_FLOAT) {
-        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), rc_param_ps(e->scale, e->per_channel, n0, m));
-        __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        r = _mm512_max_ps(r, _mm512_set1_ps((float)(e->qmin - e->out_zero_point)));
-        r = _mm512_min_ps(r, _mm512_set1_ps((float)(e->qmax - e->out_zero_point)));
-        return _mm512_add_epi32(_mm512_cvtps_epi32(r), z);
-    }
-    __m512i q = rc_fixed16(v, rc_param_epi32(e->multiplier, e->per_channel, n0, m),
-                           rc_param_epi32(e->shift, e->per_channel, n0, m));
-    q = _mm512_add_epi32(q, z);
-    q = _mm512_max_epi32(q, _mm512_set1_epi32(e->qmin));
-    return _mm512_min_epi32(q, _mm512_set1_epi32(e->qmax));
+    const rc_requant16_params p = rc_requant16_prepare(e, n0, m);
+    return rc_requant16_apply(&p, v);
 }
 
 /* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */

@@ -127,6 +127,43 @@ def test_depthwise_zero_point_is_validated_like_the_others():
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), ((2, 1), 1), (1, (2, 1)), (1, 2), (1, (1, 3))])
+def test_depthwise_plane_borders(variant, threads, padding, stride, dilation):
+    """The AVX-512 stride-1 depthwise kernel reads the uint8 / int8 plane itself (masked
+    loads, zero point for padding) into kh-paired rows: heights and widths of 1, 2, primes
+    and around the 16- and 32-column passes, N > 1, extreme values and zero points, the
+    requantized and the int32 outputs."""
+    rng = np.random.default_rng(padding * 7 + threads)
+    C, k = 3, 3
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    for H, W in [(1, 1), (2, 2), (1, 17), (5, 3), (7, 15), (3, 16), (4, 31), (2, 32), (3, 33), (13, 48), (6, 56)]:
+        OH = H + 2 * padding - dh * (k - 1)
+        OW = W + 2 * padding - dw * (k - 1)
+        if OH < 1 or OW < 1:
+            continue
+        for xt, zx in [(np.uint8, 0), (np.uint8, 255), (np.int8, -128), (np.int8, 127)]:
+            lo, hi = (0, 256) if xt == np.uint8 else (-128, 128)
+            x = rng.integers(lo, hi, (3, C, H, W)).astype(xt)
+            x[0, 0] = lo
+            x[1, 1] = hi - 1
+            w = rng.integers(-128, 128, (C, 1, k, k)).astype(np.int8)
+            w[0] = -128
+            w[1] = 127
+            zw = np.array([127, -128, 3])
+            kw = dict(stride=stride, padding=padding, dilation=dilation, groups=C)
+            for out in (None, Requantize(np.float32(0.37), 128, np.uint8)):
+                if out is not None:
+                    kw["output"] = out
+                with kernels.use("numpy"):
+                    want = kernels.qconv2d(x, w, zx, zw, **kw)
+                with kernels.use(*variant, threads=threads):
+                    got = kernels.qconv2d(x, w, zx, zw, **kw)
+                assert_exact(got, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
 @pytest.mark.parametrize(
     "k,stride,padding,dilation,width",
     [((3, 3), 1, 1, 1, 56), ((3, 2), 1, 0, 1, 17), ((1, 5), 1, 4, 1, 1), ((2, 4), 1, 3, 2, 33),
