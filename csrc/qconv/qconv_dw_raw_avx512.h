@@ -7,22 +7,22 @@
 #error "define RC_DW_DOT and RC_DW_RAW_FN before including qconv_dw_raw_avx512.h"
 #endif
 
-/* Lanes l of the 16 columns j.. whose input column j + l - pw lies in [0, W). */
-static inline __mmask16 dw_col_mask(int64_t j, int64_t pw, int64_t W) {
-    const int64_t lo = pw - j > 0 ? pw - j : 0, hi = pw + W - j < 16 ? pw + W - j : 16;
+/* Lanes l of the 32 columns j.. whose input column j + l - pw lies in [0, W). */
+static inline __mmask32 dw_col_mask(int64_t j, int64_t pw, int64_t W) {
+    const int64_t lo = pw - j > 0 ? pw - j : 0, hi = pw + W - j < 32 ? pw + W - j : 32;
     if (hi <= lo) return 0;
-    return (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+    return (__mmask32)(((1ull << hi) - 1u) & ~((1ull << lo) - 1u));
 }
 
-/* 16 values (x - zx) of input row a (0 when the row or the column is padding), as int32. */
-static inline __m512i dw_row16(const uint8_t *plane, int64_t a, int64_t H, int64_t W, int64_t col, __mmask16 cm,
+/* 32 values (x - zx) of input row a (0 when the row or the column is padding), as int16. */
+static inline __m512i dw_row32(const uint8_t *plane, int64_t a, int64_t H, int64_t W, int64_t col, __mmask32 cm,
                                int int8_in, __m512i vzx) {
     if (a < 0 || a >= H || !cm) return _mm512_setzero_si512();
     /* masked lanes are not read; the address is formed as an integer (it may precede the row) */
     const void *p = (const void *)((uintptr_t)(plane + a * W) + (uintptr_t)col);
-    const __m128i b = _mm_maskz_loadu_epi8(cm, p);
-    const __m512i v = int8_in ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
-    return _mm512_maskz_sub_epi32(cm, v, vzx);
+    const __m256i b = _mm256_maskz_loadu_epi8(cm, p);
+    const __m512i v = int8_in ? _mm512_cvtepi8_epi16(b) : _mm512_cvtepu8_epi16(b);
+    return _mm512_maskz_sub_epi16(cm, v, vzx);
 }
 
 /* Rows paired along kh: dword [r, col] of the buffer holds the int16 pair
@@ -45,14 +45,23 @@ static inline __attribute__((always_inline)) void dw_plane_raw_k(const rc_dw_arg
     const uint8_t *plane = d->src + c * H * W;
     const int32_t *wz = d->wz + c * KH * KW;
     uint8_t *out = d->out + c * OH * OW * d->out_bytes;
-    const __m512i vzx = _mm512_set1_epi32(d->zx), lo16 = _mm512_set1_epi32(0xFFFF);
+    const __m512i vzx = _mm512_set1_epi16((int16_t)d->zx);
+    /* word 2i <- a[i], word 2i+1 <- b[i]: columns 0..15 (lo) and 16..31 (hi) as pairs */
+    int16_t il[32], ih[32];
+    for (int i = 0; i < 16; ++i) {
+        il[2 * i] = (int16_t)i, il[2 * i + 1] = (int16_t)(32 + i);
+        ih[2 * i] = (int16_t)(16 + i), ih[2 * i + 1] = (int16_t)(48 + i);
+    }
+    const __m512i idx_lo = _mm512_loadu_si512(il), idx_hi = _mm512_loadu_si512(ih);
     for (int64_t r = 0; r < PH; ++r) {
         int32_t *qr = q + r * PW;
-        for (int64_t j = 0; j < PW; j += 16) {
-            const __mmask16 cm = dw_col_mask(j, pw, W), sm = rc_mask16(PW - j);
-            const __m512i a = dw_row16(plane, r - ph, H, W, j - pw, cm, int8_in, vzx);
-            const __m512i b = dw_row16(plane, r - ph + dh, H, W, j - pw, cm, int8_in, vzx);
-            _mm512_mask_storeu_epi32(qr + j, sm, _mm512_or_si512(_mm512_and_si512(a, lo16), _mm512_slli_epi32(b, 16)));
+        for (int64_t j = 0; j < PW; j += 32) {
+            const __mmask32 cm = dw_col_mask(j, pw, W);
+            const __m512i a = dw_row32(plane, r - ph, H, W, j - pw, cm, int8_in, vzx);
+            const __m512i b = dw_row32(plane, r - ph + dh, H, W, j - pw, cm, int8_in, vzx);
+            _mm512_mask_storeu_epi32(qr + j, rc_mask16(PW - j), _mm512_permutex2var_epi16(a, idx_lo, b));
+            if (PW - j > 16)
+                _mm512_mask_storeu_epi32(qr + j + 16, rc_mask16(PW - j - 16), _mm512_permutex2var_epi16(a, idx_hi, b));
         }
     }
     int32_t wp[RC_DW_RAW_MAX_PAIRS];
