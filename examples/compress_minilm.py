@@ -26,12 +26,15 @@ GOALS = {
     "W8A8 static SmoothQuant": ("min", 0.99, None),
     "int4 per-channel GPTQ": ("min", 0.95, None),
     "int4 g32 GPTQ": ("min", 0.97, None),
+    "int4 per-channel GPTQ rotated": ("min", 0.95, None),
     "int4 per-channel AWQ": ("min", 0.95, None),
     "int4 g32 AWQ": ("min", 0.97, None),
     "50% SparseGPT": ("halve", None, "50% magnitude"),
     "50% Wanda": ("halve", None, "50% magnitude"),
+    "50% Wanda + bias correction": ("halve", None, "50% magnitude"),
     "2:4 SparseGPT": ("halve", None, "2:4 magnitude"),
     "2:4 Wanda": ("halve", None, "2:4 magnitude"),
+    "2:4 Wanda + bias correction": ("halve", None, "2:4 magnitude"),
     "data-aware SVD 50% FFN": ("halve", None, "SVD 50% FFN"),
 }
 

@@ -31,9 +31,10 @@ from ..errors import ArgumentError
 from ..lowrank import LowRankLinear, truncated_svd, whitened_svd
 from ..prune import nm_mask, sparsegpt, wanda
 from ..prune.magnitude import mask_by_amount
-from ..quant import QuantSpec, awq, gptq, smoothquant_scales
+from ..quant import QuantSpec, awq, bias_correction, gptq, smoothquant_scales
 from ..quant.modules import WeightOnlyLinear
 from ..quant.qparams import calibrate, dequantize, quantize
+from ..quant.rotation import hadamard_rotate, random_signs
 from ..quant.w8a8 import W8A8Linear
 from .metrics import embedding_fidelity
 
@@ -108,12 +109,25 @@ def _bias(lin):
     return None if lin.bias is None else lin.bias.data.astype(np.float32)
 
 
-def _weight_only(lin, bits, group_size, codes=None, qparams=None, input_scale=None, symmetric=True):
+def _weight_only(lin, bits, group_size, codes=None, qparams=None, input_scale=None, symmetric=True,
+                 input_signs=None, rotate=False):
     layer = WeightOnlyLinear(lin.in_features, lin.out_features, lin.bias is not None, bits=bits,
-                             group_size=group_size, input_scale=input_scale is not None, symmetric=symmetric)
+                             group_size=group_size, input_scale=input_scale is not None, symmetric=symmetric,
+                             rotate=rotate or input_signs is not None)
     if codes is None:
         return layer.set_weight(lin.weight.data.astype(np.float32), _bias(lin)).eval()
-    return layer.set_quantized(codes, qparams, bias=_bias(lin), input_scale=input_scale).eval()
+    return layer.set_quantized(codes, qparams, bias=_bias(lin), input_scale=input_scale,
+                               input_signs=input_signs).eval()
+
+
+def _rotated(lin, x, rotate):
+    """(W Q, X Q, signs) under the randomized Hadamard rotation Q of the layer's inputs
+    (quant.rotation; the signs a WeightOnlyLinear(rotate=True) draws), or (W, X, None)."""
+    w = lin.weight.data.astype(np.float32)
+    if not rotate:
+        return w, x, None
+    d = random_signs(lin.in_features, 0)
+    return hadamard_rotate(w, d), hadamard_rotate(x, d), d
 
 
 def _spec(bits, group_size, symmetric=True):
@@ -123,7 +137,9 @@ def _spec(bits, group_size, symmetric=True):
     return QuantSpec(bits, granularity="group", group_size=group_size, **form)
 
 
-def _rtn(lin, x, bits=8, group_size=None, per_tensor=False, symmetric=True):
+def _rtn(lin, x, bits=8, group_size=None, per_tensor=False, symmetric=True, rotate=False):
+    if per_tensor and rotate:
+        raise ArgumentError("rotate: not with per_tensor (the per-tensor method is a float simulation)")
     if per_tensor:  # WeightOnlyLinear stores per row or per group: simulate one scale
         w = lin.weight.data.astype(np.float32)
         qp = calibrate(w, QuantSpec(bits))
@@ -132,18 +148,21 @@ def _rtn(lin, x, bits=8, group_size=None, per_tensor=False, symmetric=True):
         if lin.bias is not None:
             out.bias.data = lin.bias.data.astype(np.float32).copy()
         return out.eval()
-    return _weight_only(lin, bits, group_size, symmetric=symmetric)
+    return _weight_only(lin, bits, group_size, symmetric=symmetric, rotate=rotate)
 
 
-def _gptq(lin, x, bits=4, group_size=None, act_order=True, clip_search="hessian", damp=0.01, symmetric=False):
-    r = gptq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size, symmetric), act_order=act_order,
-             clip_search=clip_search, damp=damp)
-    return _weight_only(lin, bits, group_size, r.codes, r.qparams, symmetric=symmetric)
+def _gptq(lin, x, bits=4, group_size=None, act_order=True, clip_search="hessian", damp=0.01, symmetric=False,
+          rotate=False):
+    w, x, d = _rotated(lin, x, rotate)
+    r = gptq(w, x, spec=_spec(bits, group_size, symmetric), act_order=act_order, clip_search=clip_search, damp=damp)
+    return _weight_only(lin, bits, group_size, r.codes, r.qparams, symmetric=symmetric, input_signs=d)
 
 
-def _awq(lin, x, bits=4, group_size=None, symmetric=False):
-    r = awq(lin.weight.data.astype(np.float32), x, spec=_spec(bits, group_size, symmetric))
-    return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=r.input_scale, symmetric=symmetric)
+def _awq(lin, x, bits=4, group_size=None, symmetric=False, rotate=False):
+    w, x, d = _rotated(lin, x, rotate)
+    r = awq(w, x, spec=_spec(bits, group_size, symmetric))
+    return _weight_only(lin, bits, group_size, r.codes, r.qparams, input_scale=r.input_scale, symmetric=symmetric,
+                        input_signs=d)
 
 
 def _w8a8(lin, x, activation="static", alpha=None):
@@ -171,8 +190,18 @@ def _sparsegpt(lin, x, sparsity=None, n=None, m=None):
     return _with_weight(lin, sparsegpt(lin.weight.data.astype(np.float32), x, sparsity=sparsity, n=n, m=m).weight)
 
 
-def _wanda(lin, x, sparsity=None, n=None, m=None):
-    return _with_weight(lin, wanda(lin.weight.data.astype(np.float32), x, sparsity=sparsity, n=n, m=m).weight)
+def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False):
+    w = lin.weight.data.astype(np.float32)
+    out = _with_weight(lin, wanda(w, x, sparsity=sparsity, n=n, m=m).weight)
+    if correct_bias:
+        # Nagel et al. 2019's bias correction, b += -(W~ - W) E[x]: the kept weights stay
+        # Wanda's; only the mean output shift of the pruned ones is put back.  Under the
+        # "mean" weighting, x.mean(0) is the mean over sentences of each sentence's mean input.
+        corr = bias_correction(w, out.weight.data, x.mean(axis=0))
+        if out.bias is None:
+            raise ArgumentError("correct_bias: the layer has no bias to correct")
+        out.bias.data = (out.bias.data + corr).astype(out.bias.data.dtype)
+    return out
 
 
 def _low_rank(lin, a, b):
@@ -208,10 +237,11 @@ class Method:
 
 #: How each kind of method weighs calibration tokens (:func:`capture_inputs`): ranges and
 #: abs-max statistics need the tokens as they are; the weight quantizers fit the error of the
-#: mean-pooled embedding ("mean", measured best for GPTQ and AWQ); pruning and low rank
+#: mean-pooled embedding ("mean", measured best for GPTQ and AWQ), and so does Wanda's bias
+#: correction (its E[x] is then the mean of the sentences' mean inputs); pruning and low rank
 #: weigh sentences equally ("sentence": "mean" was measured slightly worse for SparseGPT
-#: and Wanda, docs/transformers.md).
-WEIGHTING = {"w8a8": "token", "gptq": "mean", "awq": "mean"}
+#: and plain Wanda, docs/transformers.md).
+WEIGHTING = {"w8a8": "token", "gptq": "mean", "awq": "mean", "wanda_bc": "mean"}
 
 
 METHODS = {
@@ -224,6 +254,8 @@ METHODS = {
     "int4 g32 RTN affine": Method(_rtn, dict(bits=4, group_size=32, symmetric=False)),
     "int4 per-channel GPTQ": Method(_gptq, dict(bits=4), True, weighting=WEIGHTING["gptq"]),
     "int4 g32 GPTQ": Method(_gptq, dict(bits=4, group_size=32), True, weighting=WEIGHTING["gptq"]),
+    "int4 per-channel GPTQ rotated": Method(_gptq, dict(bits=4, rotate=True), True, weighting=WEIGHTING["gptq"],
+                                            description="randomized Hadamard rotation of each layer's inputs"),
     "int4 per-channel AWQ": Method(_awq, dict(bits=4), True, weighting=WEIGHTING["awq"]),
     "int4 g32 AWQ": Method(_awq, dict(bits=4, group_size=32), True, weighting=WEIGHTING["awq"]),
     "W8A8 static": Method(_w8a8, dict(activation="static"), True, weighting=WEIGHTING["w8a8"]),
@@ -236,9 +268,13 @@ METHODS = {
     "50% magnitude": Method(_magnitude, dict(sparsity=0.5)),
     "50% SparseGPT": Method(_sparsegpt, dict(sparsity=0.5), True),
     "50% Wanda": Method(_wanda, dict(sparsity=0.5), True),
+    "50% Wanda + bias correction": Method(_wanda, dict(sparsity=0.5, correct_bias=True), True,
+                                          weighting=WEIGHTING["wanda_bc"]),
     "2:4 magnitude": Method(_magnitude, dict(n=2, m=4)),
     "2:4 SparseGPT": Method(_sparsegpt, dict(n=2, m=4), True),
     "2:4 Wanda": Method(_wanda, dict(n=2, m=4), True),
+    "2:4 Wanda + bias correction": Method(_wanda, dict(n=2, m=4, correct_bias=True), True,
+                                          weighting=WEIGHTING["wanda_bc"]),
     "SVD 50% FFN": Method(_svd, dict(fraction=0.5), layers=FFN_LINEARS),
     "data-aware SVD 50% FFN": Method(_svd_data, dict(fraction=0.5), True, layers=FFN_LINEARS),
 }
@@ -300,8 +336,9 @@ def fidelity_table(encoder, methods=None, *, sentences=EVAL_SENTENCES, calibrati
 _STAGE_KEYS = {
     "quantize": {"method": ("rtn", "gptq", "awq", "w8a8"), "bits": (4, 8), "group_size": int,
                  "activation": ("static", "tensor", "token"), "alpha": float, "per_tensor": bool,
-                 "symmetric": bool},
-    "prune": {"method": ("magnitude", "sparsegpt", "wanda"), "sparsity": float, "n": int, "m": int},
+                 "symmetric": bool, "rotate": bool},
+    "prune": {"method": ("magnitude", "sparsegpt", "wanda"), "sparsity": float, "n": int, "m": int,
+              "correct_bias": bool},
     "lowrank": {"method": ("svd", "data_aware"), "ffn_fraction": float},
 }
 _MAKERS = {("quantize", "rtn"): (_rtn, False), ("quantize", "gptq"): (_gptq, True),
@@ -309,19 +346,22 @@ _MAKERS = {("quantize", "rtn"): (_rtn, False), ("quantize", "gptq"): (_gptq, Tru
            ("prune", "magnitude"): (_magnitude, False), ("prune", "sparsegpt"): (_sparsegpt, True),
            ("prune", "wanda"): (_wanda, True), ("lowrank", "svd"): (_svd, False),
            ("lowrank", "data_aware"): (_svd_data, True)}
-_ALLOWED = {"rtn": {"bits", "group_size", "per_tensor", "symmetric"}, "gptq": {"bits", "group_size", "symmetric"},
-            "awq": {"bits", "group_size", "symmetric"}, "w8a8": {"activation", "alpha"},
+_ALLOWED = {"rtn": {"bits", "group_size", "per_tensor", "symmetric", "rotate"},
+            "gptq": {"bits", "group_size", "symmetric", "rotate"},
+            "awq": {"bits", "group_size", "symmetric", "rotate"}, "w8a8": {"activation", "alpha"},
             "magnitude": {"sparsity", "n", "m"}, "sparsegpt": {"sparsity", "n", "m"},
-            "wanda": {"sparsity", "n", "m"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
+            "wanda": {"sparsity", "n", "m", "correct_bias"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
 
 
 def stage_method(stage: dict, where: str = "stage") -> Method:
     """The :class:`Method` of one transformer recipe stage, validated.
 
     ``{"kind": "quantize", "method": "gptq", "bits": 4, "group_size": 32}`` (``"symmetric": false``
-    for unsigned codes with zero points; rtn, gptq and awq),
+    for unsigned codes with zero points, ``"rotate": true`` for a randomized Hadamard rotation
+    of each layer's inputs; rtn, gptq and awq),
     ``{"kind": "quantize", "method": "w8a8", "activation": "token", "alpha": 0.5}``,
-    ``{"kind": "prune", "method": "sparsegpt", "n": 2, "m": 4}`` or ``"sparsity": 0.5``,
+    ``{"kind": "prune", "method": "sparsegpt", "n": 2, "m": 4}`` or ``"sparsity": 0.5``
+    (wanda: ``"correct_bias": true`` adds the bias correction),
     ``{"kind": "lowrank", "method": "data_aware", "ffn_fraction": 0.5}``.
     Errors name ``where``, the key, the value and what was expected.
     """
@@ -363,7 +403,8 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
         kwargs.setdefault("activation", "static")
     make, needs_data = _MAKERS[(kind, method)]
     return Method(make, kwargs, needs_data, FFN_LINEARS if kind == "lowrank" else ENCODER_LINEARS,
-                  description=f"{kind} {method} {kwargs}", weighting=WEIGHTING.get(method, "sentence"))
+                  description=f"{kind} {method} {kwargs}",
+                  weighting=WEIGHTING.get("wanda_bc" if kwargs.get("correct_bias") else method, "sentence"))
 
 
 def load_transformer_recipe(path) -> tuple:

@@ -21,6 +21,7 @@ from .observers import (
     PercentileObserver,
 )
 from .packing import pack_bits, packed_nbytes, unpack_bits
+from .rotation import hadamard_matrix, hadamard_order, hadamard_rotate, random_signs
 from .qparams import QParams, calibrate, choose_qparams, dequantize, fake_quantize, quantize, tensor_minmax
 from .spec import ACT_UINT8, WEIGHT_INT8, QuantSpec
 from . import convert, modules, qat
@@ -54,6 +55,10 @@ __all__ = [
     "quantize_weights_corrected",
     "adaround",
     "bias_correction",
+    "hadamard_matrix",
+    "hadamard_order",
+    "hadamard_rotate",
+    "random_signs",
     "equalization_scales",
     "equalize_pair",
     "ACT_UINT8",

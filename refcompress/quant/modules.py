@@ -27,6 +27,7 @@ from ..nn import functional as F
 from ..nn.module import Module
 from ..nn.spec import register_module
 from .packing import pack_bits, unpack_bits
+from .rotation import hadamard_order, hadamard_rotate, random_signs
 from .spec import QuantSpec
 
 RULES = ("float", "fixedpoint")
@@ -246,6 +247,12 @@ class _WeightOnly(Module):
     Optionally a per-input-channel ``input_scale`` (float32 [in], AWQ's 1 / s) multiplies
     the input before the product, y = (x * input_scale) W_hat^T + b, when it is not folded
     into the previous op; it is a buffer, so it is saved and counted in the stored bytes.
+
+    WeightOnlyLinear(..., rotate=True) also rotates the input by a randomized Hadamard
+    transform Q = diag(input_signs) H / sqrt(in) (:mod:`refcompress.quant.rotation`) and
+    stores W_hat ~ W Q: y = ((x Q) * input_scale) W_hat^T + b, which equals x W^T + b up to
+    the quantization error, because Q is orthogonal.  ``input_signs`` (int8 +-1 [in], random
+    from seed 0 unless set) is a buffer, saved with the layer.
     """
 
     def _init_state(self, weight_shape, bias, bits, group_size, n_inputs=None, input_scale=False,
@@ -282,11 +289,13 @@ class _WeightOnly(Module):
 
     def set_weight(self, w, bias=None):
         """Quantize float weights by round to nearest (per channel or group, this layer's
-        :meth:`spec`) and store them packed."""
+        :meth:`spec`) and store them packed (rotated first, W Q, if the layer rotates)."""
         from .qparams import calibrate, quantize
 
         w = np.asarray(w, np.float32)
         w2 = w.reshape(w.shape[0], -1)
+        if getattr(self, "input_signs", None) is not None:
+            w2 = hadamard_rotate(w2, self.input_signs)
         qp = calibrate(w2, self.spec())
         self.weight_packed = pack_bits(quantize(w2, qp), self.bits)
         self.weight_scale = qp.scale.reshape(-1).astype(np.float32)
@@ -296,7 +305,7 @@ class _WeightOnly(Module):
             self.bias = np.asarray(bias, np.float32).copy()
         return self
 
-    def set_quantized(self, codes, scale, bias=None, input_scale=None, zero_point=None):
+    def set_quantized(self, codes, scale, bias=None, input_scale=None, zero_point=None, input_signs=None):
         """Store precomputed integer weights (e.g. from GPTQ or AWQ) exactly as given.
 
         codes       : the weight's shape [out, ...]; symmetric layer: int8 holding signed
@@ -311,6 +320,8 @@ class _WeightOnly(Module):
                       product (AWQ's 1 / s); registers the buffer if the layer had none.
         zero_point  : integers in [0, 2^b - 1], one per scale (``symmetric=False`` layers,
                       when ``scale`` is an array); ignored when ``scale`` is a QParams.
+        input_signs : +-1 [in] or None (keep the current ones): the signs of the rotation
+                      the codes were computed under (layers built with ``rotate=True``).
         """
         from .qparams import QParams
 
@@ -362,12 +373,21 @@ class _WeightOnly(Module):
                                  f"got {z.dtype} {z.shape}")
             if z.size and (int(z.min()) < 0 or int(z.max()) > hi):
                 raise ArgumentError(f"zero_point: expected values in [0, {hi}], got {int(z.min())}..{int(z.max())}")
+        if input_signs is not None:
+            if getattr(self, "input_signs", None) is None:
+                raise ArgumentError("input_signs: the layer does not rotate its input; "
+                                    "build a WeightOnlyLinear with rotate=True")
+            d = check_array(input_signs, "input_signs", shape=(self.n_inputs,))
+            if not np.all(np.abs(d) == 1):
+                raise ArgumentError("input_signs: expected values +1 or -1")
         if input_scale is not None:
             a = check_array(input_scale, "input_scale", dtypes=[np.float32], shape=(self.n_inputs,), finite=True)
             if self.input_scale is None:
                 self.register_buffer("input_scale", a.copy())
             else:
                 self.input_scale = a.copy()
+        if input_signs is not None:
+            self.input_signs = d.astype(np.int8)
         self.weight_packed = pack_bits(np.ascontiguousarray(q), self.bits)
         self.weight_scale = s.copy()
         if zero_point is not None:
@@ -408,13 +428,25 @@ class WeightOnlyLinear(_WeightOnly):
     """Linear with b-bit weights (int8, int4, ... per channel or per group), float activations."""
 
     def __init__(self, in_features, out_features, bias=True, bits=8, group_size=None, input_scale=False,
-                 symmetric=True):
+                 symmetric=True, rotate=False):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._init_state((self.out_features, self.in_features), bias, bits, group_size,
                          self.in_features, input_scale, symmetric)
+        if not isinstance(rotate, (bool, np.bool_)):
+            raise ArgumentError(f"rotate: expected True or False, got {rotate!r}")
+        if rotate:
+            try:
+                hadamard_order(self.in_features)
+            except ArgumentError as e:
+                raise ArgumentError(f"rotate: in_features = {self.in_features} cannot be rotated ({e})") from None
+            self.register_buffer("input_signs", random_signs(self.in_features, 0))
+        else:
+            self.input_signs = None
 
     def forward(self, x):
+        if self.input_signs is not None:
+            x = hadamard_rotate(x, self.input_signs)
         return F.linear(self._scaled_input(x, -1), self.dense_weight(), self.bias)
 
     def get_config(self):
@@ -422,6 +454,8 @@ class WeightOnlyLinear(_WeightOnly):
                "bits": self.bits, "group_size": self.group_size}
         if self.input_scale is not None:
             cfg["input_scale"] = True
+        if self.input_signs is not None:
+            cfg["rotate"] = True
         if not self.symmetric:
             cfg["symmetric"] = False
         return cfg

@@ -144,10 +144,38 @@ def test_recipe_validation_names_the_key(tmp_path):
         tr.load_transformer_recipe(p)
 
 
+def test_rotation_and_wanda_bias_correction_options(tiny):
+    m = tr.stage_method({"kind": "quantize", "method": "gptq", "bits": 4, "rotate": True})
+    assert m.kwargs == {"bits": 4, "rotate": True} and m.weighting == "mean"
+    q = tr.compress_encoder(tiny, m, calibration=CALIB)
+    for n in ("encoder.layer.0.output.dense", "encoder.layer.1.attention.self.query"):
+        g = q.model.get_submodule(n)
+        assert isinstance(g, WeightOnlyLinear) and g.input_signs is not None and g.get_config()["rotate"] is True
+    a = tr.compress_encoder(tiny, tr.stage_method({"kind": "quantize", "method": "awq", "bits": 4, "rotate": True}),
+                            calibration=CALIB)
+    g = a.model.get_submodule("encoder.layer.0.intermediate.dense")
+    assert g.input_signs is not None and g.input_scale is not None
+    with pytest.raises(ArgumentError, match="rotate: not with per_tensor"):
+        tr.compress_encoder(tiny, "int8 per-tensor RTN", calibration=CALIB, rotate=True)
+    with pytest.raises(ArgumentError, match="rotate: expected a bool"):
+        tr.stage_method({"kind": "quantize", "method": "gptq", "rotate": "yes"})
+    # Wanda's bias correction: the kept weights are Wanda's, the bias moves by (W - W~) E[x]
+    w = tr.stage_method({"kind": "prune", "method": "wanda", "sparsity": 0.5, "correct_bias": True})
+    assert w.kwargs["correct_bias"] is True and w.weighting == "mean"
+    name = "encoder.layer.0.intermediate.dense"
+    lin = tiny.model.get_submodule(name)
+    x = tr.capture_inputs(tiny, CALIB, [name], weighting="mean")[name]
+    plain, fixed = tr._wanda(lin, x, sparsity=0.5), tr._wanda(lin, x, sparsity=0.5, correct_bias=True)
+    np.testing.assert_array_equal(fixed.weight.data, plain.weight.data)
+    want = (lin.weight.data.astype(np.float64) - plain.weight.data) @ x.astype(np.float64).mean(0)
+    np.testing.assert_allclose(fixed.bias.data - plain.bias.data, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(want).max() > 1e-3  # a real correction, not a no-op
+
+
 def test_cli_compress_and_report_a_bert_directory(tiny_dir, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('name = "t"\nmodel = "bert"\n[[stage]]\nkind = "prune"\nmethod = "wanda"\nsparsity = 0.5\n'
-                      '[[stage]]\nkind = "quantize"\nmethod = "rtn"\nbits = 8\n')
+                      'correct_bias = true\n[[stage]]\nkind = "quantize"\nmethod = "rtn"\nbits = 8\nrotate = true\n')
     out = tmp_path / "out.npz"
     run = lambda *a: subprocess.run([sys.executable, "-m", "refcompress", *a], capture_output=True,  # noqa: E731
                                     text=True, timeout=300, cwd=tmp_path)
@@ -191,6 +219,24 @@ def test_minilm_gptq_int4_g32_affine_keeps_min_cos_above_0965(real):
     from refcompress.data import EVAL_SENTENCES
     f = tr.fidelity_lines(real, tr.compress_encoder(real, "int4 g32 GPTQ"), EVAL_SENTENCES)
     assert f["min_cos"] >= 0.965
+
+
+def test_minilm_gptq_int4_per_channel_rotated_keeps_min_cos_above_0948(real):
+    """GPTQ int4 per channel on Hadamard-rotated inputs: the issue asks >= 0.95 and the
+    table's run gives 0.954; 0.948 leaves room for BLAS rounding while still failing GPTQ
+    without the rotation (0.942) or round to nearest (0.73)."""
+    from refcompress.data import EVAL_SENTENCES
+    f = tr.fidelity_lines(real, tr.compress_encoder(real, "int4 per-channel GPTQ rotated"), EVAL_SENTENCES)
+    assert f["min_cos"] >= 0.948
+
+
+def test_minilm_wanda_with_bias_correction_halves_the_loss_of_magnitude_pruning(real):
+    """50% Wanda + bias correction: (1 - mean cos) at most half of 50% magnitude pruning's
+    (the issue's bar; the table's run gives 0.46x, plain Wanda 0.52x)."""
+    from refcompress.data import EVAL_SENTENCES
+    mag = tr.fidelity_lines(real, tr.compress_encoder(real, "50% magnitude"), EVAL_SENTENCES)
+    wbc = tr.fidelity_lines(real, tr.compress_encoder(real, "50% Wanda + bias correction"), EVAL_SENTENCES)
+    assert 1 - wbc["mean_cos"] <= 0.5 * (1 - mag["mean_cos"])
 
 
 def test_the_fidelity_script_prints_its_table(real, capsys):
