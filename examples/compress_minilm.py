@@ -55,7 +55,7 @@ def verdict(name, row, by_name):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
+    ap.add_argument("--methods", nargs="*", default=None, help="subset of " + str(list(METHODS)).replace("%", "%%"))
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     names = args.methods or list(METHODS)
@@ -66,14 +66,15 @@ def main(argv=None) -> int:
     encoder = load_minilm()
     print(f"all-MiniLM-L6-v2: {len(EVAL_SENTENCES)} evaluation sentences, "
           f"{len(CALIBRATION_SENTENCES)} calibration sentences (disjoint)\n")
-    head = f"{'method':<28} {'min cos':>8} {'mean cos':>8} {'Spearman':>8} {'seconds':>7}  goal"
+    w = max(28, *map(len, names))
+    head = f"{'method':<{w}} {'min cos':>8} {'mean cos':>8} {'Spearman':>8} {'seconds':>7}  goal"
     print(head)
     print("-" * len(head))
     rows = {}
 
     def show(row):
         rows[row.method] = row
-        print(f"{row.method:<28} {row.min_cos:8.4f} {row.mean_cos:8.4f} {row.spearman:8.4f} {row.seconds:7.1f}  "
+        print(f"{row.method:<{w}} {row.min_cos:8.4f} {row.mean_cos:8.4f} {row.spearman:8.4f} {row.seconds:7.1f}  "
               f"{verdict(row.method, row, rows)}", flush=True)
 
     fidelity_table(encoder, names, progress=show)
