@@ -443,11 +443,32 @@ class WeightOnlyLinear(_WeightOnly):
             self.register_buffer("input_signs", random_signs(self.in_features, 0))
         else:
             self.input_signs = None
+        self._unrotated = _Cached()
 
     def forward(self, x):
-        if self.input_signs is not None:
-            x = hadamard_rotate(x, self.input_signs)
-        return F.linear(self._scaled_input(x, -1), self.dense_weight(), self.bias)
+        if self.input_signs is None:
+            return F.linear(self._scaled_input(x, -1), self.dense_weight(), self.bias)
+        return F.linear(x, self.unrotated_weight(), self.bias)
+
+    def unrotated_weight(self) -> np.ndarray:
+        """The float weight in the input's own basis, (W_hat diag(input_scale)) Q^T, so that
+        x (.)^T = ((x Q) * input_scale) W_hat^T: computed once from the stored codes (cached
+        like :meth:`dense_weight`), so the float forward costs what an unrotated layer's does.
+        A kernel working on the int4 codes themselves would rotate x instead
+        (``hadamard_rotate``, n (m + a + ...) operations per row)."""
+        if self.input_signs is None:
+            w = self.dense_weight()
+            return w if self.input_scale is None else w * self.input_scale
+
+        def build(src):
+            w = self.dense_weight()
+            if self.input_scale is not None:
+                w = w * self.input_scale
+            return hadamard_rotate(w, self.input_signs, inverse=True)
+
+        zp = () if self.symmetric else (self.weight_zero_point,)
+        return self._unrotated.get((self.weight_packed, self.weight_scale, self.input_signs, self.input_scale, *zp),
+                                   build)
 
     def get_config(self):
         cfg = {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,

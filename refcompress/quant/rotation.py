@@ -22,8 +22,11 @@ Hadamard matrix (entries +-1, H H^T = n I):
 * H = H_m (x) H_p, p = 2^k (Sylvester: H_2p = [[H_p, H_p], [H_p, -H_p]]) and m = 1 or
   m = q + 1 for a prime q = 3 (mod 4) (Paley's first construction); 384 = 12 * 32 and
   1536 = 12 * 128 are of this form.
-* x Q costs n (log2 p + m) additions per row (a fast Walsh-Hadamard transform over p and a
-  small m x m product), not n^2 multiply-adds, so the rotated layer stays cheap.
+* x Q costs n (m + a + b + ...) operations per row, with p = a b ... split into powers of
+  two <= 128 (one small matrix product per Kronecker factor), not n^2: for
+  n = 1536 = 12 * 128 that is 140 n.  A layer that dequantizes its weight anyway can
+  instead turn the dequantized weight back once, W_hat Q^T (``inverse=True``), and run the
+  float product unchanged (WeightOnlyLinear(rotate=True) does).
 """
 
 from __future__ import annotations
@@ -77,10 +80,7 @@ def hadamard_matrix(n) -> np.ndarray:
     """The Hadamard matrix H_m (x) H_p of order n (int64 [n, n], entries +-1, H H^T = n I);
     the reference the fast transform is checked against."""
     m, p = hadamard_order(n)
-    hp = np.ones((1, 1), np.int64)
-    while hp.shape[0] < p:
-        hp = np.block([[hp, hp], [hp, -hp]])
-    return np.kron(_small_hadamard(m), hp)
+    return np.kron(_small_hadamard(m), _factor(p))
 
 
 def random_signs(n, seed=0) -> np.ndarray:
@@ -89,8 +89,9 @@ def random_signs(n, seed=0) -> np.ndarray:
     return np.where(np.random.default_rng(seed).random(n) < 0.5, -1, 1).astype(np.int8)
 
 
-def hadamard_rotate(x, signs) -> np.ndarray:
-    """x Q along the last axis, Q = diag(signs) H / sqrt(n), H = :func:`hadamard_matrix`.
+def hadamard_rotate(x, signs, *, inverse=False) -> np.ndarray:
+    """x Q along the last axis, Q = diag(signs) H / sqrt(n), H = :func:`hadamard_matrix`;
+    with ``inverse=True``, x Q^T = (x H^T / sqrt(n)) diag(signs), which undoes it.
 
     x     : float [..., n] (inputs, or a weight [out, n] to rotate its input axis);
     signs : +-1 [n] (:func:`random_signs`).
@@ -105,15 +106,40 @@ def hadamard_rotate(x, signs) -> np.ndarray:
     if d.shape[0] != n or not np.all(np.abs(d) == 1):
         raise ArgumentError(f"signs: expected {n} values of +1 or -1 (one per input feature), got {d.shape}")
     m, p = hadamard_order(n)
-    lead = x.shape[:-1]
-    # float64 internally: the transform is exact in it for float32 inputs up to n = 2^29
-    z = (x.astype(np.float64) * d).reshape(-1, m, p)
-    h = 1
-    while h < p:  # fast Walsh-Hadamard transform over p: log2(p) butterfly passes
-        z = z.reshape(-1, m, p // (2 * h), 2, h)
-        z = np.stack((z[:, :, :, 0] + z[:, :, :, 1], z[:, :, :, 0] - z[:, :, :, 1]), axis=3)
-        h *= 2
-    z = z.reshape(-1, m, p)
-    if m > 1:  # (x H)[c p + t] = sum_a H_m[a, c] (x_a H_p)[t]
-        z = np.einsum("ac,bat->bct", _small_hadamard(m).astype(np.float64), z)
-    return (z.reshape(*lead, n) / np.sqrt(n)).astype(x.dtype)
+    # H = H_m (x) H_a (x) H_b ..., the Sylvester factor split into powers of two <= 128:
+    # one matrix product per Kronecker factor along its own axis of x seen as
+    # [rows, m, a, b, ...] -- n (m + a + b + ...) additions per row, run by BLAS, and no
+    # transposed copy: the last factor is one GEMM, the others batched k x k products.
+    sizes = [m] if m > 1 else []
+    while p > 1:
+        sizes.append(min(p, _CHUNK))
+        p //= sizes[-1]
+    rows = int(np.prod(x.shape[:-1]))
+    z = x if inverse else x * d.astype(x.dtype)
+    post = n
+    for k in sizes:
+        post //= k
+        h = _factor(k).astype(x.dtype)
+        if inverse:  # H^T = H_m^T (x) H_a^T (x) ...
+            h = h.T
+        if post == 1:
+            z = z.reshape(-1, k) @ h
+        else:  # (x H)[.., c, ..] = sum_a H[a, c] x[.., a, ..]: H^T times each [k, post] block
+            z = np.matmul(h.T, z.reshape(-1, k, post))
+    z = (z.reshape(rows, n) if rows else np.zeros((0, n), x.dtype)) / x.dtype.type(np.sqrt(n))
+    if inverse:
+        z = z * d.astype(x.dtype)
+    return z.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+_CHUNK = 128
+
+
+def _factor(k: int) -> np.ndarray:
+    """H_k for one Kronecker factor: Sylvester when k is a power of two, else Paley."""
+    if k & (k - 1):
+        return _small_hadamard(k)
+    h = np.ones((1, 1), np.int64)
+    while h.shape[0] < k:
+        h = np.block([[h, h], [h, -h]])
+    return h
