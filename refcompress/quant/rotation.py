@@ -115,21 +115,24 @@ def hadamard_rotate(x, signs, *, inverse=False) -> np.ndarray:
         sizes.append(min(p, _CHUNK))
         p //= sizes[-1]
     rows = int(np.prod(x.shape[:-1]))
-    z = x if inverse else x * d.astype(x.dtype)
+    # float64 inside and one rounding to x's dtype at the end: the result is the exact
+    # rotation rounded once, whatever order BLAS sums in (the calibration data GPTQ sees
+    # then does not depend on that order)
+    z = x.astype(np.float64) if inverse else x * d.astype(np.float64)
     post = n
     for k in sizes:
         post //= k
-        h = _factor(k).astype(x.dtype)
+        h = _factor(k).astype(np.float64)
         if inverse:  # H^T = H_m^T (x) H_a^T (x) ...
             h = h.T
         if post == 1:
             z = z.reshape(-1, k) @ h
         else:  # (x H)[.., c, ..] = sum_a H[a, c] x[.., a, ..]: H^T times each [k, post] block
             z = np.matmul(h.T, z.reshape(-1, k, post))
-    z = (z.reshape(rows, n) if rows else np.zeros((0, n), x.dtype)) / x.dtype.type(np.sqrt(n))
+    z = (z.reshape(rows, n) if rows else np.zeros((0, n))) / np.sqrt(n)
     if inverse:
-        z = z * d.astype(x.dtype)
-    return z.reshape(x.shape).astype(x.dtype, copy=False)
+        z = z * d
+    return z.reshape(x.shape).astype(x.dtype)
 
 
 _CHUNK = 128

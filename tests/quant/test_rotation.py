@@ -45,20 +45,24 @@ def test_fast_transform_equals_the_dense_product(n, rows, seed, dtype):
     x64 = x.astype(np.float64)
     want = (x64 * d) @ h / np.sqrt(n)
     want_inv = (x64 @ h.T / np.sqrt(n)) * d  # x Q^T
-    # The fast transform sums +-x_i in x's dtype, one Kronecker factor at a time: every output
+    # The fast transform sums +-x_i in float64, one Kronecker factor at a time: every output
     # is a nested sum whose longest chain of additions is at most m + p (the factors' sizes
-    # add up to at most that), so it is off by at most (m + p + 2) eps sum_i |x_i| / sqrt(n)
-    # (+2: the final scaling and the reference's own float64 error, far smaller).
+    # add up to at most that), so before the final rounding it is off by at most
+    # (m + p + 2) eps64 sum_i |x_i| / sqrt(n) (+2: the scaling and the reference's own float64
+    # error); the rounding to dtype adds at most half an ulp, eps(dtype) / 2 |value|.
     m, p = hadamard_order(n)
-    bound = (m + p + 2) * np.finfo(dtype).eps / np.sqrt(n)
-    tol = bound * float(np.abs(x64).sum(axis=1).max())
-    assert float(np.abs(got.astype(np.float64) - want).max()) <= tol
-    assert float(np.abs(inv.astype(np.float64) - want_inv).max()) <= tol
-    # the inverse undoes the rotation: got's error e (|e_i| <= tol) reaches each output of the
-    # second pass as sum_i +-e_i / sqrt(n), at most sqrt(n) tol, and that pass adds its own bound
+    e64, e = np.finfo(np.float64).eps, np.finfo(dtype).eps
+
+    def tol(src, ref):
+        return (m + p + 2) * e64 * float(np.abs(src).sum(axis=1).max()) / np.sqrt(n) + e * float(np.abs(ref).max())
+
+    assert float(np.abs(got.astype(np.float64) - want).max()) <= tol(x64, want)
+    assert float(np.abs(inv.astype(np.float64) - want_inv).max()) <= tol(x64, want_inv)
+    # the inverse undoes the rotation: got's error e (|e_i| <= t) reaches each output of the
+    # second pass as sum_i +-e_i / sqrt(n), at most sqrt(n) t, and that pass adds its own bound
     back = hadamard_rotate(got, d, inverse=True).astype(np.float64)
-    assert float(np.abs(back - x64).max()) <= (np.sqrt(n) * tol
-                                               + bound * float(np.abs(got.astype(np.float64)).sum(axis=1).max()))
+    g64 = got.astype(np.float64)
+    assert float(np.abs(back - x64).max()) <= np.sqrt(n) * tol(x64, want) + tol(g64, x64)
     # orthogonal: norms kept
     np.testing.assert_allclose(np.linalg.norm(got.astype(np.float64), axis=1), np.linalg.norm(x64, axis=1),
                                rtol=1e-5)
