@@ -613,10 +613,14 @@ def _spmm_csr_c(x, p, *, isa, threads):
     batch, in_f = x.shape
     y = np.empty((batch, p.out_features), np.float32)
     lib = _native.lib
-    if batch == 1 and p._sell is not None:
-        rc = lib.rc_spmv_csr_sell_f32(_native.ptr("float *", x), in_f, p.out_features, p._sell_c, p._bias_c,
-                                      _native.ptr("float *", y), isa, threads)
-    elif batch <= 1:
+    if batch == 1 and p._sell is not None:  # the whole call is a few microseconds: no helper layers
+        fb = _native.ffi.from_buffer
+        rc = lib.rc_spmv_csr_sell_f32(fb("float[]", x), in_f, p.out_features, p._sell_c, p._bias_c,
+                                      fb("float[]", y), isa, threads)
+        if rc:
+            check_rc(rc, "spmm_csr")
+        return y
+    if batch <= 1:
         rc = lib.rc_spmm_csr_f32(_native.ptr("float *", x), batch, in_f, p.out_features, *p._c_args,
                                  _native.ptr("float *", y), _native.ffi.NULL, isa, threads)
     else:
