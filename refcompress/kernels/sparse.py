@@ -445,14 +445,18 @@ _SAME = object()
 
 class PackedCSR:
     """A CSR weight ``W [out, in]`` (and optional bias) validated once and prepared for
-    :func:`spmm_csr`: contiguous arrays, their C pointers, and the block-mask form when
-    ``form`` asks for it (or "auto" finds the weight dense enough).  ``spmm_csr(x, packed)``
-    then skips the O(nnz) structure check; :meth:`with_values` swaps in new values of the same
-    structure (fine-tuning) without re-checking it.
+    :func:`spmm_csr`: contiguous arrays, their C pointers, and the batch-1 form ``form``
+    asks for ("auto": by density and ISA).  ``spmm_csr(x, packed)`` then skips the O(nnz)
+    structure check; :meth:`with_values` swaps in new values of the same structure
+    (fine-tuning) without re-checking it.
 
     Build it with :func:`pack_csr`.  The arrays are held, not copied (when already
-    contiguous and of an accepted type): changing ``values`` in place is seen by the next call,
-    changing ``indptr`` / ``indices`` in place is not allowed (the structure is trusted).
+    contiguous and of an accepted type): changing ``indptr`` / ``indices`` in place is not
+    allowed (the structure is trusted); changing ``values`` in place is seen by the next call,
+    **except by the batch-1 product of the "sell" form**, which runs from its own slice-ordered
+    copy of the values (made here and by :meth:`with_values`): after changing values in place,
+    take them in with ``packed = packed.with_values(values)``.  (SparseLinear does this for
+    every new values array; its optimisers assign new arrays.)
     """
 
     def __init__(self, indptr, indices, values, shape, bias=None, *, form="auto", colblock="auto"):
@@ -588,7 +592,10 @@ def pack_csr(indptr, indices, values, shape, bias=None, *, form="auto", colblock
     """Validate a CSR weight once and prepare it for :func:`spmm_csr` (see :class:`PackedCSR`).
 
     shape    : (out_features, in_features) of W.
-    form     : batch-1 form, "auto" (by density and ISA), "rows" or "blockmask".
+    form     : batch-1 form: "auto" (AVX-512: "sell" up to density SELL_MAX_DENSITY,
+               "blockmask" from BMASK_MIN_DENSITY, else "rows"; other variants "rows"),
+               "rows", "blockmask" or "sell" (a slice-ordered copy of the values: see
+               :class:`PackedCSR` on in-place changes).
     colblock : column-blocked panels for batches > 1: "auto", "on" or "off" (the variants
                without that kernel, portable and AVX2, ignore it).
     """
