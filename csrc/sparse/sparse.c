@@ -322,7 +322,8 @@ static int scan_nm_portable(const uint8_t *indices, int64_t total, int64_t n, in
 static void sell_portable(const rc_sell_args *a, int64_t s0, int64_t s1) { rc_sp_sell_slices_scalar(a, s0, s1); }
 
 const rc_sparse_kernels rc_sparse_portable = {gather_portable, pack_portable, panel_portable, scan_csr_portable,
-                                              scan_nm_portable, 8, 32, 1, bmask_portable, NULL, 0, sell_portable};
+                                              scan_nm_portable, 8, 32, 1, bmask_portable, NULL, 0, sell_portable,
+                                              NULL};
 
 /* ---- driver -------------------------------------------------------------------------------- */
 
@@ -366,6 +367,8 @@ static int64_t pow2_at_least(int64_t v, int64_t lo) {
  * 1.2x faster at density 1/2, 1.08x at 0.3, 0.8x at 0.1, and slower at batch 16
  * (docs/sparse_kernels.md).  The same rule serves N:M, whose density is n / m. */
 #define RC_SP_CB_MIN_BATCH 64
+/* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512). */
+#define RC_SP_NMRV_MIN_BATCH 64
 static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;
     return a->batch >= RC_SP_CB_MIN_BATCH && 4 * nnz >= a->out * a->in;
@@ -408,6 +411,23 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
 #pragma omp parallel for schedule(static, 1) num_threads(nt) if (nt > 1)
 #endif
         for (int t = 0; t < nt; ++t) row_kernel(a, bounds[t], bounds[t + 1]);
+        return RC_OK;
+    }
+
+    if (a->format == RC_SP_NM && k->nm_rowvec && a->batch >= RC_SP_NMRV_MIN_BATCH && 16 % a->m == 0 &&
+        colblock == RC_SP_COLBLOCK_AUTO) {
+        /* rows in the vector lanes: threads take contiguous blocks of 16 rows (every row has the
+         * same number of entries) */
+        const int64_t nblk = (a->out + 15) / 16;
+        if (nt > nblk) nt = (int)nblk;
+        if (nt <= 1) {
+            k->nm_rowvec(a, 0, nblk);
+            return RC_OK;
+        }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+#endif
+        for (int t = 0; t < nt; ++t) k->nm_rowvec(a, nblk * t / nt, nblk * (t + 1) / nt);
         return RC_OK;
     }
 

@@ -620,3 +620,36 @@ def test_sell_form_index_width_at_the_uint16_limit(in_f):
             assert p._sell["indices"].dtype == (np.uint16 if in_f <= 65536 else np.int32)
             assert_within_error_bound(kernels.spmm_csr(x, p), spmm_csr_exact(x, *c[:3]),
                                       spmm_csr_error_bound(x, *c[:3]))
+
+
+# ---- N:M, rows in the vector lanes (AVX-512, m dividing 16, batch >= 64) -------------------------
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8), (4, 8), (1, 2), (4, 16), (3, 5)])
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
+    # Row blocks of 16 with a ragged last one (out = 37), 16-column chunks with a ragged last
+    # one and several 256-column spans (in = 37 * m... up to 592), batches around the 8-row
+    # passes (64, 65, 71, 130); groups with fewer than n nonzeros store explicit zeros.  1 and
+    # 2 threads agree bit for bit (a row block is computed by one thread with the same code).
+    rng = np.random.default_rng(10 * n + m)
+    out_f, groups = 37, 37
+    in_f = groups * m
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    g = W.reshape(out_f, groups, m)
+    keep = rng.integers(0, n + 1, size=(out_f, groups))
+    g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= keep[..., None]] = 0
+    nm = kernels.nm_from_dense(W, n, m)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    for batch in (64, 65, 71, 130):
+        x = rng.standard_normal((batch, in_f)).astype(np.float32)
+        with kernels.use(backend, isa=isa, threads=1):
+            y1 = kernels.spmm_nm(x, *nm, bias=b)
+        with kernels.use(backend, isa=isa, threads=2):
+            y2 = kernels.spmm_nm(x, *nm, bias=b)
+        np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
+        assert_within_error_bound(y1, spmm_nm_exact(x, *nm, b), spmm_nm_error_bound(x, *nm, b))
+        with kernels.use(backend, isa=isa, threads=1):
+            y0 = kernels.spmm_nm(x, *nm)  # no bias
+        assert_within_error_bound(y0, spmm_nm_exact(x, *nm), spmm_nm_error_bound(x, *nm))
