@@ -351,8 +351,9 @@ static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t wid
  * x (one per 16 columns and batch row) and of the buffer (shared by 8 batch rows).  The
  * column-blocked panel kernel needs a broadcast and a 64-byte panel load per FMA.  On 2:4
  * (kernel alone, one thread, min of 15-21 calls each, alternating) batch 256 measured 4.2-4.3
- * against 5.0-5.4 ms (1024 x 1024) and 9.6-9.7 against 12.9-17.7 ms (3072 x 768); batch 64
- * level (1.13-1.17 against 1.12-1.20 ms) and 2.65-2.84 against 2.98-3.14 ms.
+ * against 5.0-5.4 ms (1024 x 1024) and 9.6-9.7 against 12.9-17.7 ms (3072 x 768), batch
+ * 96-192 1.08-1.3x faster; batch 64 level (1.13-1.17 against 1.12-1.20 ms; 2 % slower in the
+ * benchmark), so it starts at RC_SP_NMRV_MIN_BATCH = 96.
  * Columns are taken a span of RC_SP_NMRV_SPAN at a time (buffers of 32 KB on the stack);
  * partial sums go through y between spans and the bias is added after the last. */
 #define RC_SP_NMRV_SPAN 256 /* input columns per span: at most 256 entry slots */
