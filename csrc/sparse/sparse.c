@@ -368,9 +368,9 @@ static int64_t pow2_at_least(int64_t v, int64_t lo) {
  * (docs/sparse_kernels.md).  The same rule serves N:M, whose density is n / m. */
 #define RC_SP_CB_MIN_BATCH 64
 /* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512): 2:4
- * measured 1.08-1.3x faster at batch 96-256, level or 2 % slower at 64, where the 64-lane
- * column-blocked panel is exactly one panel (docs/sparse_kernels.md). */
-#define RC_SP_NMRV_MIN_BATCH 96
+ * measured 1.08x faster at batch 32, 1.1x at 64, 1.3-1.4x at 48-256, level at 16
+ * (docs/sparse_kernels.md). */
+#define RC_SP_NMRV_MIN_BATCH 32
 static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;
     return a->batch >= RC_SP_CB_MIN_BATCH && 4 * nnz >= a->out * a->in;
@@ -420,16 +420,24 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
         colblock == RC_SP_COLBLOCK_AUTO) {
         /* rows in the vector lanes: threads take contiguous blocks of 16 rows (every row has the
          * same number of entries) */
+        if (!workspace) return RC_ERR_ARG;
         const int64_t nblk = (a->out + 15) / 16;
         if (nt > nblk) nt = (int)nblk;
+        /* a whole row block per thread in the workspace (rc_spmm_workspace_size bytes, any
+         * alignment): 32 * row_len <= 32 * in floats each, and the workspace holds
+         * (batch + 64) * in >= 96 * in, so at least 3 threads fit; more are capped */
+        const int64_t per = 32 * a->row_len; /* floats per thread, a multiple of 16 */
+        const int64_t have = (int64_t)((rc_spmm_workspace_size(a->batch, a->in) - 64) / (long long)sizeof(float));
+        if ((int64_t)nt * per > have) nt = (int)(have / per);
+        float *wb = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
         if (nt <= 1) {
-            k->nm_rowvec(a, 0, nblk);
+            k->nm_rowvec(a, 0, nblk, wb);
             return RC_OK;
         }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
 #endif
-        for (int t = 0; t < nt; ++t) k->nm_rowvec(a, nblk * t / nt, nblk * (t + 1) / nt);
+        for (int t = 0; t < nt; ++t) k->nm_rowvec(a, nblk * t / nt, nblk * (t + 1) / nt, wb + t * per);
         return RC_OK;
     }
 

@@ -227,8 +227,9 @@ typedef struct {
     /* y for the rows of slices [s0, s1) of the sliced-ELLPACK form (batch 1). */
     void (*sell)(const rc_sell_args *a, int64_t s0, int64_t s1);
     /* N:M with m dividing 16 and batches >= RC_SP_NMRV_MIN_BATCH (sparse.c): y for row blocks [blk0, blk1)
-     * of 16 rows, rows in the vector lanes (no panels; NULL if the variant has none). */
-    void (*nm_rowvec)(const rc_sparse_args *a, int64_t blk0, int64_t blk1);
+     * of 16 rows, rows in the vector lanes (no panels; NULL if the variant has none); buf:
+     * 64-byte aligned scratch of 32 * row_len floats. */
+    void (*nm_rowvec)(const rc_sparse_args *a, int64_t blk0, int64_t blk1, float *buf);
 } rc_sparse_kernels;
 
 extern const rc_sparse_kernels rc_sparse_portable;

@@ -349,14 +349,14 @@ static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t wid
  * (each lane picks its row's column) and one FMA into a vector of 16 rows' sums, stored as is
  * to y[b, i0 .. i0 + 16).  No broadcast and no panel: per FMA one shuffle, and loads only of
  * x (one per 16 columns and batch row) and of the buffer (shared by 8 batch rows).  The
- * column-blocked panel kernel needs a broadcast and a 64-byte panel load per FMA.  On 2:4
- * (kernel alone, one thread, min of 15-21 calls each, alternating) batch 256 measured 4.2-4.3
- * against 5.0-5.4 ms (1024 x 1024) and 9.6-9.7 against 12.9-17.7 ms (3072 x 768), batch
- * 96-192 1.08-1.3x faster; batch 64 level (1.13-1.17 against 1.12-1.20 ms; 2 % slower in the
- * benchmark), so it starts at RC_SP_NMRV_MIN_BATCH = 96.
- * Columns are taken a span of RC_SP_NMRV_SPAN at a time (buffers of 32 KB on the stack);
- * partial sums go through y between spans and the bias is added after the last. */
-#define RC_SP_NMRV_SPAN 256 /* input columns per span: at most 256 entry slots */
+ * panel kernels need a broadcast and a panel load per FMA.  On 2:4 (kernel alone, one thread,
+ * min of 15-21 calls, alternating with the panel kernel in one process): batch 256 3.76-3.95
+ * against 5.0-5.4 ms (1024 x 1024), 8.7 against 13-17 ms (3072 x 768); batch 64 1.04-1.10
+ * against 1.12-1.24 ms and 2.39-2.77 against 2.64-3.20; batch 32 600 against 650 us; batch 16
+ * level, so it starts at RC_SP_NMRV_MIN_BATCH = 32 (sparse.c).
+ * A row block is transposed whole into the caller's workspace (128 bytes per entry of a row
+ * and thread); spans of 256 columns through 32 KB on the stack instead, partial sums going
+ * through y between spans, measured ~10 % slower. */
 #define RC_SP_NMRV_NB 8     /* batch rows sharing one pass over the buffer */
 
 /* Slots [slot, slot + ns) against x columns [c, c + 16) of NB batch rows. */
@@ -371,68 +371,61 @@ AI void nmrv_chunk(const rc_sparse_args *a, const float *bv, const int32_t *bp, 
     }
 }
 
-/* Columns [c0, c1) for NB batch rows from b0; PC slots per full 16-column chunk (a constant
- * where it can be: the slot loop then unrolls completely). */
-AI void nmrv_batch(const rc_sparse_args *a, const float *bv, const int32_t *bp, int64_t c0, int64_t c1, const int64_t PC,
-                   int64_t b0, const int NB, int64_t i0, __mmask16 rows_m, int first, int last) {
+/* All columns for NB batch rows from b0, then the bias; PC slots per full 16-column chunk (a
+ * constant where it can be: the slot loop then unrolls completely). */
+AI void nmrv_batch(const rc_sparse_args *a, const float *bv, const int32_t *bp, const int64_t PC, int64_t b0,
+                   const int NB, int64_t i0, __mmask16 rows_m) {
     __m512 acc[RC_SP_NMRV_NB];
-    for (int b = 0; b < NB; ++b)
-        acc[b] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rows_m, a->y + (b0 + b) * a->out + i0);
-    int64_t slot = 0, c = c0;
-    for (; c + 16 <= c1; c += 16, slot += PC) nmrv_chunk(a, bv, bp, slot, PC, c, (__mmask16)0xFFFF, b0, NB, acc);
-    if (c < c1) nmrv_chunk(a, bv, bp, slot, (c1 - c) / a->m * a->n, c, tail16(c1 - c), b0, NB, acc);
-    const __m512 bias = last && a->bias ? _mm512_maskz_loadu_ps(rows_m, a->bias + i0) : _mm512_setzero_ps();
-    for (int b = 0; b < NB; ++b)
-        _mm512_mask_storeu_ps(a->y + (b0 + b) * a->out + i0, rows_m, last ? _mm512_add_ps(acc[b], bias) : acc[b]);
+    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_ps();
+    int64_t slot = 0, c = 0;
+    for (; c + 16 <= a->in; c += 16, slot += PC) nmrv_chunk(a, bv, bp, slot, PC, c, (__mmask16)0xFFFF, b0, NB, acc);
+    if (c < a->in) nmrv_chunk(a, bv, bp, slot, (a->in - c) / a->m * a->n, c, tail16(a->in - c), b0, NB, acc);
+    const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(rows_m, a->bias + i0) : _mm512_setzero_ps();
+    for (int b = 0; b < NB; ++b) _mm512_mask_storeu_ps(a->y + (b0 + b) * a->out + i0, rows_m, _mm512_add_ps(acc[b], bias));
 }
 
-AI void nmrv_span(const rc_sparse_args *a, const float *bv, const int32_t *bp, int64_t c0, int64_t c1, const int64_t PC,
-                  int64_t bb0, int64_t bb1, int64_t i0, __mmask16 rows_m, int first, int last) {
-    int64_t b0 = bb0;
-    for (; b0 + RC_SP_NMRV_NB <= bb1; b0 += RC_SP_NMRV_NB)
-        nmrv_batch(a, bv, bp, c0, c1, PC, b0, RC_SP_NMRV_NB, i0, rows_m, first, last);
-    for (; b0 < bb1; ++b0) nmrv_batch(a, bv, bp, c0, c1, PC, b0, 1, i0, rows_m, first, last);
+AI void nmrv_rows(const rc_sparse_args *a, const float *bv, const int32_t *bp, const int64_t PC, int64_t i0,
+                  __mmask16 rows_m) {
+    int64_t b0 = 0;
+    for (; b0 + RC_SP_NMRV_NB <= a->batch; b0 += RC_SP_NMRV_NB) nmrv_batch(a, bv, bp, PC, b0, RC_SP_NMRV_NB, i0, rows_m);
+    for (; b0 < a->batch; ++b0) nmrv_batch(a, bv, bp, PC, b0, 1, i0, rows_m);
 }
 
-/* Row blocks [blk0, blk1) of 16 rows (the last may be short). */
-static void nm_rowvec_avx512(const rc_sparse_args *a, int64_t blk0, int64_t blk1) {
-    float bv[RC_SP_NMRV_SPAN * 16] __attribute__((aligned(64)));
-    int32_t bp[RC_SP_NMRV_SPAN * 16] __attribute__((aligned(64)));
-    const int64_t n = a->n, m = a->m, per_chunk = 16 / m * n;
-    const int64_t bb0 = 0, bb1 = a->batch; /* (blocking the batch, so that x stays in L2, measured slower:
-                                               * every block transposes the weights again) */
+/* Row blocks [blk0, blk1) of 16 rows (the last may be short).  buf: 64-byte aligned room for
+ * 32 * row_len floats, a whole row block transposed (values, then column indices). */
+static void nm_rowvec_avx512(const rc_sparse_args *a, int64_t blk0, int64_t blk1, float *buf) {
+    float *bv = buf;
+    int32_t *bp = (int32_t *)(buf + 16 * a->row_len);
+    const int64_t n = a->n, m = a->m, K = a->row_len, per_chunk = 16 / m * n;
+    /* (blocking the batch, so that x stays in L2, measured slower: every block transposes the
+     * weights again) */
     for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t i0 = 16 * blk, rows = a->out - i0 < 16 ? a->out - i0 : 16;
         const __mmask16 rows_m = tail16(rows);
-        for (int64_t c0 = 0; c0 < a->in; c0 += RC_SP_NMRV_SPAN) {
-            const int64_t c1 = a->in - c0 < RC_SP_NMRV_SPAN ? a->in : c0 + RC_SP_NMRV_SPAN;
-            const int64_t e0 = c0 / m * n, ne = (c1 - c0) / m * n; /* this span's entries of a row */
-            for (int64_t j = 0; j < ne; j += 16) { /* 16 rows x 16 entries, transposed */
-                const int64_t nj = ne - j < 16 ? ne - j : 16;
-                const __mmask16 em = tail16(nj);
-                __m512 r[16];
-                __m128i pr[16];
-                for (int q = 0; q < 16; ++q) {
-                    const int64_t off = (i0 + q) * a->row_len + e0 + j;
-                    r[q] = q < rows ? _mm512_maskz_loadu_ps(em, a->values + off) : _mm512_setzero_ps();
-                    pr[q] = q < rows ? _mm_maskz_loadu_epi8(em, (const uint8_t *)a->indices + off) : _mm_setzero_si128();
-                }
-                transpose16(r);
-                for (int64_t u = 0; u < nj; ++u) {
-                    _mm512_store_ps(bv + 16 * (j + u), r[u]);
-                    /* column inside its 16-column chunk: ((e0 + j + u) / n) * m % 16 + position */
-                    const int32_t base = (int32_t)((((e0 + j + u) / n) * m) & 15);
-                    uint8_t col[16];
-                    for (int q = 0; q < 16; ++q) col[q] = ((const uint8_t *)&pr[q])[u];
-                    const __m512i pos = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)col));
-                    _mm512_store_si512(bp + 16 * (j + u), _mm512_add_epi32(pos, _mm512_set1_epi32(base)));
-                }
+        for (int64_t j = 0; j < K; j += 16) { /* 16 rows x 16 entries, transposed */
+            const int64_t nj = K - j < 16 ? K - j : 16;
+            const __mmask16 em = tail16(nj);
+            __m512 r[16];
+            __m128i pr[16];
+            for (int q = 0; q < 16; ++q) {
+                const int64_t off = (i0 + q) * K + j;
+                r[q] = q < rows ? _mm512_maskz_loadu_ps(em, a->values + off) : _mm512_setzero_ps();
+                pr[q] = q < rows ? _mm_maskz_loadu_epi8(em, (const uint8_t *)a->indices + off) : _mm_setzero_si128();
             }
-            const int first = c0 == 0, last = c1 == a->in;
-            if (per_chunk == 8) nmrv_span(a, bv, bp, c0, c1, 8, bb0, bb1, i0, rows_m, first, last); /* 2:4, 4:8, 1:2 */
-            else if (per_chunk == 4) nmrv_span(a, bv, bp, c0, c1, 4, bb0, bb1, i0, rows_m, first, last);
-            else nmrv_span(a, bv, bp, c0, c1, per_chunk, bb0, bb1, i0, rows_m, first, last);
+            transpose16(r);
+            for (int64_t u = 0; u < nj; ++u) {
+                _mm512_store_ps(bv + 16 * (j + u), r[u]);
+                /* column inside its 16-column chunk: ((j + u) / n) * m % 16 + position */
+                const int32_t base = (int32_t)((((j + u) / n) * m) & 15);
+                uint8_t col[16];
+                for (int q = 0; q < 16; ++q) col[q] = ((const uint8_t *)&pr[q])[u];
+                const __m512i pos = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)col));
+                _mm512_store_si512(bp + 16 * (j + u), _mm512_add_epi32(pos, _mm512_set1_epi32(base)));
+            }
         }
+        if (per_chunk == 8) nmrv_rows(a, bv, bp, 8, i0, rows_m); /* 2:4, 4:8, 1:2 */
+        else if (per_chunk == 4) nmrv_rows(a, bv, bp, 4, i0, rows_m);
+        else nmrv_rows(a, bv, bp, per_chunk, i0, rows_m);
     }
 }
 

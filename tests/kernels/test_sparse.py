@@ -622,7 +622,7 @@ def test_sell_form_index_width_at_the_uint16_limit(in_f):
                                       spmm_csr_error_bound(x, *c[:3]))
 
 
-# ---- N:M, rows in the vector lanes (AVX-512, m dividing 16, batch >= 96) -------------------------
+# ---- N:M, rows in the vector lanes (AVX-512, m dividing 16, batch >= 32) -------------------------
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8), (4, 8), (1, 2), (4, 16), (3, 5)])
@@ -630,10 +630,10 @@ def test_sell_form_index_width_at_the_uint16_limit(in_f):
                          ids=[i for b, i in NM_VARIANTS if b != "numpy"])
 def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
     # Row blocks of 16 with a ragged last one (out = 37), 16-column chunks with a ragged last
-    # one and several 256-column spans (in = 37 m, up to 592), batches on both sides of the
-    # switch to this kernel (96) and around its 8-row passes (97, 103, 130); groups with fewer
-    # than n nonzeros store explicit zeros.  1 and 2 threads agree bit for bit (a row block is
-    # computed by one thread with the same code).
+    # one (in = 37 m), batches on both sides of the switch to this kernel (32) and around its
+    # 8-row passes (33, 39, 64, 130); groups with fewer than n nonzeros store explicit zeros.
+    # 1 and 2 threads agree bit for bit (a row block is computed by one thread with the same
+    # code).
     rng = np.random.default_rng(10 * n + m)
     out_f, groups = 37, 37
     in_f = groups * m
@@ -643,7 +643,7 @@ def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
     g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= keep[..., None]] = 0
     nm = kernels.nm_from_dense(W, n, m)
     b = rng.standard_normal(out_f).astype(np.float32)
-    for batch in (64, 95, 96, 97, 103, 130):
+    for batch in (16, 31, 32, 33, 39, 64, 130):
         x = rng.standard_normal((batch, in_f)).astype(np.float32)
         with kernels.use(backend, isa=isa, threads=1):
             y1 = kernels.spmm_nm(x, *nm, bias=b)
