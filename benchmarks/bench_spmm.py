@@ -86,6 +86,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one shape, batches 1 and 64, 70/90%% sparsity, 1 thread")
     ap.add_argument("--threads", type=int, nargs="+", default=None)
+    ap.add_argument("--shapes", nargs="+", default=None, metavar="OUTxIN", help="only these weights, e.g. 1024x1024")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="only these batch sizes")
+    ap.add_argument("--sparsities", type=float, nargs="+", default=None, help="only these, e.g. 0.95 0.98")
+    ap.add_argument("--no-nm", action="store_true", help="skip the 2:4 table")
+    ap.add_argument("--no-csr", action="store_true", help="skip the CSR tables (only 2:4)")
     args = ap.parse_args(argv)
     shapes, batches, sparsities = SHAPES, BATCHES, SPARSITIES
     threads_list = args.threads or [1, 2]
@@ -94,6 +99,10 @@ def main(argv=None):
         shapes, batches, sparsities = SHAPES[:1], [1, 64], [0.7, 0.9]
         threads_list = args.threads or [1]
         min_time = 0.05
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+    batches = args.batches or batches
+    sparsities = sorted(args.sparsities) if args.sparsities else sparsities
     torch = optional("torch")
     print(f"NumPy BLAS: {blas_report()}")
     print(f"refcompress spmm_csr variant: {K.available()['ops']['spmm_csr']['selected'] or 'numpy'}")
@@ -103,7 +112,7 @@ def main(argv=None):
     g = rng(0)
     rows, summary, goals = [], [], []
     worst_peer = {}
-    for out_f, in_f in shapes:
+    for out_f, in_f in ([] if args.no_csr else shapes):
         Wd = {s: masked_weight(g, out_f, in_f, s) for s in sparsities}
         csr = {s: K.csr_from_dense(Wd[s]) for s in sparsities}
         packed = {s: K.pack_csr(*csr[s]) for s in sparsities}
@@ -154,7 +163,7 @@ def main(argv=None):
 
     # N:M 2:4 against dense (the same dense product, half the weights stored).
     nm_rows = []
-    for out_f, in_f in shapes:
+    for out_f, in_f in ([] if args.no_nm else shapes):
         W = g.standard_normal((out_f, in_f)).astype(np.float32)
         grp = W.reshape(out_f, -1, 4)
         np.put_along_axis(grp, np.argsort(np.abs(grp), axis=-1)[..., :2], 0.0, axis=-1)

@@ -211,6 +211,34 @@ int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long 
                    const float *values, const uint8_t *indices, int n, int m, const float *bias,
                    int colblock, float *y, void *workspace, int isa, int threads);
 
+/* Sliced-ELLPACK form of a CSR weight for batch 1 (SELL-16-sigma; Kreutzer et al., SIAM J. Sci.
+ * Comput. 36(5), 2014): rows sorted by length (longest first, then by row) inside windows of
+ * RC_SP_SELL_WINDOW rows and cut into slices of RC_SP_SELL_C; slice s stores its rows' entries
+ * step-major, entry p of lane r at [off[s] + RC_SP_SELL_C * p + r], so one step is a vector of
+ * RC_SP_SELL_C rows and needs no horizontal sum.  Lanes past a row's length hold column 0 and
+ * value 0 and are masked off (never 0 * inf).  Built once: rc_csr_sell_layout fills off, rows,
+ * lens and returns the entry count (off[nslices]); rc_csr_sell_fill copies indices and / or
+ * values into slice order (values again whenever they change: the form holds a copy). */
+#define RC_SP_SELL_C 16
+#define RC_SP_SELL_WINDOW 256
+typedef struct {
+    long long nslices;     /* ceil(out / RC_SP_SELL_C)                                      */
+    const long long *off;  /* [nslices + 1] first entry of each slice                        */
+    const int32_t *rows;   /* [nslices * C] output row of each lane, -1 past out_features    */
+    const int32_t *lens;   /* [nslices * C] entries of each lane, non-increasing in a slice  */
+    const void *indices;   /* [off[nslices]] RC_UINT16 or RC_INT32 columns, step-major       */
+    int index_type;
+    const float *values;   /* [off[nslices]] step-major                                      */
+} rc_csr_sell;
+long long rc_csr_sell_slices(long long out_features);
+long long rc_csr_sell_layout(const void *indptr, int indptr_bytes, long long out_features, long long *off,
+                             int32_t *rows, int32_t *lens);
+int rc_csr_sell_fill(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
+                     int index_type, const float *values, const rc_csr_sell *layout, void *sell_indices,
+                     int sell_index_type, float *sell_values);
+int rc_spmv_csr_sell_f32(const float *x, long long in_features, long long out_features, const rc_csr_sell *sell,
+                         const float *bias, float *y, int isa, int threads);
+
 /* ---- factored (low-rank) Linear (csrc/lowrank/) ---------------------------------------- *
  *   h[b, j] = sum_k v[j, k] x[b, k]           (j < r)
  *   y[b, i] = bias[i] + sum_j u[i, j] h[b, j] (i < m)

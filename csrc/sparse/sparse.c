@@ -9,6 +9,7 @@
  *    batch lanes, so an entry (j, w) of row i is one broadcast-multiply-add of w with the
  *    contiguous panel row j into `width` accumulators held in registers;
  *  - threads take contiguous row ranges holding about equal numbers of entries. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "sparse.h"
@@ -137,6 +138,91 @@ int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_featu
     return RC_OK;
 }
 
+/* ---- sliced-ELLPACK form (batch 1) -------------------------------------------------------- *
+ * Rows of similar length share a slice, so a slice's RC_SP_SELL_C lanes stay busy for about
+ * the same number of steps (padding measured 4-5 % at 98 % sparsity with windows of 256 rows,
+ * 40-47 % without sorting).  Sorting stays inside windows so that a slice's outputs land in a
+ * few cache lines of y. */
+
+long long rc_csr_sell_slices(long long out_features) {
+    return out_features < 0 ? -1 : (out_features + RC_SP_SELL_C - 1) / RC_SP_SELL_C;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    const int64_t u = *(const int64_t *)a, v = *(const int64_t *)b;
+    return (u > v) - (u < v);
+}
+
+long long rc_csr_sell_layout(const void *indptr, int indptr_bytes, long long out_features, long long *off,
+                             int32_t *rows, int32_t *lens) {
+    if (!indptr || out_features < 0 || out_features >= INT32_MAX || !off || (out_features > 0 && (!rows || !lens)))
+        return -1;
+    if (indptr_bytes != 4 && indptr_bytes != 8) return -1;
+    const int64_t C = RC_SP_SELL_C, nsl = (out_features + C - 1) / C;
+    int64_t key[RC_SP_SELL_WINDOW];
+    for (int64_t w0 = 0; w0 < nsl * C; w0 += RC_SP_SELL_WINDOW) {
+        const int64_t w1 = w0 + RC_SP_SELL_WINDOW < nsl * C ? w0 + RC_SP_SELL_WINDOW : nsl * C;
+        /* longest first, then by row: key = (INT32_MAX - len) << 32 | row; lanes past the last
+         * row have length 0 and sort last */
+        for (int64_t i = w0; i < w1; ++i) {
+            int64_t len = 0;
+            if (i < out_features) {
+                len = iptr_at(indptr, indptr_bytes, i + 1) - iptr_at(indptr, indptr_bytes, i);
+                if (len < 0 || len >= INT32_MAX) return -1;
+            }
+            key[i - w0] = ((int64_t)(INT32_MAX - len) << 32) | i;
+        }
+        qsort(key, (size_t)(w1 - w0), sizeof(int64_t), cmp_i64);
+        for (int64_t i = w0; i < w1; ++i) {
+            const int64_t row = key[i - w0] & 0xFFFFFFFF, len = INT32_MAX - (key[i - w0] >> 32);
+            rows[i] = row < out_features ? (int32_t)row : -1;
+            lens[i] = (int32_t)len;
+        }
+    }
+    off[0] = 0;
+    for (int64_t s = 0; s < nsl; ++s) off[s + 1] = off[s] + C * (int64_t)lens[s * C]; /* lane 0 is the longest */
+    return off[nsl];
+}
+
+int rc_csr_sell_fill(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
+                     int index_type, const float *values, const rc_csr_sell *layout, void *sell_indices,
+                     int sell_index_type, float *sell_values) {
+    if (!indptr || out_features < 0 || !layout || (indptr_bytes != 4 && indptr_bytes != 8)) return RC_ERR_ARG;
+    if (index_type != RC_UINT8 && index_type != RC_UINT16 && index_type != RC_INT32) return RC_ERR_ARG;
+    if (sell_index_type != RC_UINT16 && sell_index_type != RC_INT32) return RC_ERR_ARG;
+    const int64_t C = RC_SP_SELL_C, nsl = layout->nslices;
+    if (nsl != (out_features + C - 1) / C || !layout->off || (nsl > 0 && (!layout->rows || !layout->lens)))
+        return RC_ERR_ARG;
+    const int64_t total = layout->off[nsl];
+    if (total > 0 && ((sell_indices && !indices) || (sell_values && !values))) return RC_ERR_ARG;
+    /* padding lanes: column 0, value 0 */
+    if (sell_indices) memset(sell_indices, 0, (size_t)total * (sell_index_type == RC_UINT16 ? 2 : 4));
+    if (sell_values) memset(sell_values, 0, (size_t)total * sizeof(float));
+    for (int64_t s = 0; s < nsl; ++s)
+        for (int64_t r = 0; r < C; ++r) {
+            const int64_t row = layout->rows[s * C + r];
+            if (row < 0) continue;
+            const int64_t start = iptr_at(indptr, indptr_bytes, row), n = layout->lens[s * C + r];
+            /* refuse a layout that does not fit its slice or its row: never write outside */
+            if (row >= out_features || n != iptr_at(indptr, indptr_bytes, row + 1) - start ||
+                layout->off[s] + C * n > layout->off[s + 1])
+                return RC_ERR_ARG;
+            for (int64_t p = 0; p < n; ++p) {
+                const int64_t q = layout->off[s] + C * p + r;
+                if (sell_values) sell_values[q] = values[start + p];
+                if (!sell_indices) continue;
+                const int64_t j = ind_at(indices, index_type, start + p);
+                if (sell_index_type == RC_UINT16) {
+                    if (j < 0 || j > 65535) return RC_ERR_ARG;
+                    ((uint16_t *)sell_indices)[q] = (uint16_t)j;
+                } else {
+                    ((int32_t *)sell_indices)[q] = (int32_t)j;
+                }
+            }
+        }
+    return RC_OK;
+}
+
 /* ---- portable variant -------------------------------------------------------------------- */
 
 /* Four partial sums break the add latency chain (the sum order is not the reference's,
@@ -233,8 +319,11 @@ static int scan_nm_portable(const uint8_t *indices, int64_t total, int64_t n, in
     return rc_sp_scan_nm(indices, total, n, m);
 }
 
+static void sell_portable(const rc_sell_args *a, int64_t s0, int64_t s1) { rc_sp_sell_slices_scalar(a, s0, s1); }
+
 const rc_sparse_kernels rc_sparse_portable = {gather_portable, pack_portable, panel_portable, scan_csr_portable,
-                                              scan_nm_portable, 8, 32, 1, bmask_portable, NULL, 0};
+                                              scan_nm_portable, 8, 32, 1, bmask_portable, NULL, 0, sell_portable,
+                                              NULL};
 
 /* ---- driver -------------------------------------------------------------------------------- */
 
@@ -278,6 +367,10 @@ static int64_t pow2_at_least(int64_t v, int64_t lo) {
  * 1.2x faster at density 1/2, 1.08x at 0.3, 0.8x at 0.1, and slower at batch 16
  * (docs/sparse_kernels.md).  The same rule serves N:M, whose density is n / m. */
 #define RC_SP_CB_MIN_BATCH 64
+/* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512): 2:4
+ * measured 1.08x faster at batch 32, 1.1x at 64, 1.3-1.4x at 48-256, level at 16
+ * (docs/sparse_kernels.md). */
+#define RC_SP_NMRV_MIN_BATCH 32
 static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;
     return a->batch >= RC_SP_CB_MIN_BATCH && 4 * nnz >= a->out * a->in;
@@ -323,6 +416,31 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
         return RC_OK;
     }
 
+    if (a->format == RC_SP_NM && k->nm_rowvec && a->batch >= RC_SP_NMRV_MIN_BATCH && 16 % a->m == 0 &&
+        colblock == RC_SP_COLBLOCK_AUTO) {
+        /* rows in the vector lanes: threads take contiguous blocks of 16 rows (every row has the
+         * same number of entries) */
+        if (!workspace) return RC_ERR_ARG;
+        const int64_t nblk = (a->out + 15) / 16;
+        if (nt > nblk) nt = (int)nblk;
+        /* a whole row block per thread in the workspace (rc_spmm_workspace_size bytes, any
+         * alignment): 32 * row_len <= 32 * in floats each, and the workspace holds
+         * (batch + 64) * in >= 96 * in, so at least 3 threads fit; more are capped */
+        const int64_t per = 32 * a->row_len; /* floats per thread, a multiple of 16 */
+        const int64_t have = (int64_t)((rc_spmm_workspace_size(a->batch, a->in) - 64) / (long long)sizeof(float));
+        if ((int64_t)nt * per > have) nt = (int)(have / per);
+        float *wb = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+        if (nt <= 1) {
+            k->nm_rowvec(a, 0, nblk, wb);
+            return RC_OK;
+        }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+#endif
+        for (int t = 0; t < nt; ++t) k->nm_rowvec(a, nblk * t / nt, nblk * (t + 1) / nt, wb + t * per);
+        return RC_OK;
+    }
+
     if (!workspace) return RC_ERR_ARG;
     float *base = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
     /* Blocks of max_width batch lanes, then one narrower block for the rest. */
@@ -356,6 +474,52 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
                 (cb ? k->panel_cb : k->panel)(a, base + blk * W * a->in, w, blk * W, nb, bounds[t], bounds[t + 1]);
             }
     }
+    return RC_OK;
+}
+
+int rc_spmv_csr_sell_f32(const float *x, long long in_features, long long out_features, const rc_csr_sell *sell,
+                         const float *bias, float *y, int isa, int threads) {
+    if (in_features < 0 || out_features < 0 || !sell || !sell->off) return RC_ERR_ARG;
+    const int64_t C = RC_SP_SELL_C, nsl = sell->nslices;
+    if (nsl != (out_features + C - 1) / C || (nsl > 0 && (!sell->rows || !sell->lens || !y))) return RC_ERR_ARG;
+    if (sell->index_type != RC_UINT16 && sell->index_type != RC_INT32) return RC_ERR_ARG;
+    const int64_t total = sell->off[nsl];
+    if (total > 0 && (!x || !sell->indices || !sell->values || in_features == 0)) return RC_ERR_ARG;
+    const int v = rc_isa_resolve(isa, RC_SPARSE_VARIANTS);
+    if (v < 0) return RC_ERR_ISA;
+    const rc_sparse_kernels *k = pick(v);
+    const rc_sell_args a = {x, sell, bias, y};
+    int nt = 1;
+#ifdef _OPENMP
+    nt = threads > 0 ? threads : omp_get_max_threads();
+#endif
+    (void)threads;
+    if (total < RC_SP_MIN_PARALLEL_GEMV) nt = 1;
+    if (nt > RC_SP_MAX_PARTS) nt = RC_SP_MAX_PARTS;
+    if (nt > nsl) nt = (int)nsl;
+    if (nt <= 1) { /* no team at all: even a one-thread parallel region costs ~1 us */
+        k->sell(&a, 0, nsl);
+        return RC_OK;
+    }
+    /* contiguous slice ranges of about equal entries (padding included) + RC_SP_ROW_COST per row */
+    int64_t bounds[RC_SP_MAX_PARTS + 1];
+    const int64_t cost_all = total + RC_SP_ROW_COST * C * nsl;
+    bounds[0] = 0;
+    for (int t = 1; t < nt; ++t) {
+        const int64_t target = cost_all * t / nt;
+        int64_t lo = 0, hi = nsl;
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (sell->off[mid] + RC_SP_ROW_COST * C * mid < target) lo = mid + 1;
+            else hi = mid;
+        }
+        bounds[t] = lo;
+    }
+    bounds[nt] = nsl;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+#endif
+    for (int t = 0; t < nt; ++t) k->sell(&a, bounds[t], bounds[t + 1]);
     return RC_OK;
 }
 

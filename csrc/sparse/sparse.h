@@ -169,6 +169,36 @@ static inline void rc_sp_bmask_rows_scalar(const rc_sparse_args *a, int64_t r0, 
     }
 }
 
+/* Sliced-ELLPACK form, batch 1 (csrc/refcompress.h, rc_csr_sell): one call's arguments. */
+typedef struct {
+    const float *x;       /* [in] */
+    const rc_csr_sell *f;
+    const float *bias;    /* [out] or NULL */
+    float *y;             /* [out] */
+} rc_sell_args;
+
+/* Column of slice entry q. */
+static inline int64_t rc_sp_sell_col(const rc_csr_sell *f, int64_t q) {
+    return f->index_type == RC_UINT16 ? (int64_t)((const uint16_t *)f->indices)[q]
+                                      : (int64_t)((const int32_t *)f->indices)[q];
+}
+
+/* Slices [s0, s1), the scalar definition (portable and AVX2 variants): each lane's row summed
+ * over its own entries only, in step order. */
+static inline void rc_sp_sell_slices_scalar(const rc_sell_args *a, int64_t s0, int64_t s1) {
+    const rc_csr_sell *f = a->f;
+    for (int64_t s = s0; s < s1; ++s)
+        for (int r = 0; r < RC_SP_SELL_C; ++r) {
+            const int64_t row = f->rows[s * RC_SP_SELL_C + r];
+            if (row < 0) continue;
+            const int64_t n = f->lens[s * RC_SP_SELL_C + r], q0 = f->off[s] + r;
+            float acc = 0.0f;
+            for (int64_t p = 0; p < n; ++p)
+                acc += f->values[q0 + RC_SP_SELL_C * p] * a->x[rc_sp_sell_col(f, q0 + RC_SP_SELL_C * p)];
+            a->y[row] = acc + (a->bias ? a->bias[row] : 0.0f);
+        }
+}
+
 /* The per-ISA kernels.  Panels: x rows [b0, b0 + nb) transposed to [in][width] floats
  * (64-byte aligned, lanes >= nb zero), so that one entry (j, w) is `acc += w * panel[j]`
  * over `width` batch lanes at once. */
@@ -194,6 +224,12 @@ typedef struct {
     void (*panel_cb)(const rc_sparse_args *a, const float *panel, int64_t width, int64_t b0, int64_t nb,
                      int64_t r0, int64_t r1);
     int64_t cb_width;
+    /* y for the rows of slices [s0, s1) of the sliced-ELLPACK form (batch 1). */
+    void (*sell)(const rc_sell_args *a, int64_t s0, int64_t s1);
+    /* N:M with m dividing 16 and batches >= RC_SP_NMRV_MIN_BATCH (sparse.c): y for row blocks [blk0, blk1)
+     * of 16 rows, rows in the vector lanes (no panels; NULL if the variant has none); buf:
+     * 64-byte aligned scratch of 32 * row_len floats. */
+    void (*nm_rowvec)(const rc_sparse_args *a, int64_t blk0, int64_t blk1, float *buf);
 } rc_sparse_kernels;
 
 extern const rc_sparse_kernels rc_sparse_portable;

@@ -201,6 +201,10 @@ static int scan_nm_avx2(const uint8_t *indices, int64_t total, int64_t n, int64_
 /* AVX2 has no expand: the block-mask form runs the scalar bit walk (compiled for AVX2). */
 static void bmask_avx2(const rc_sparse_args *a, int64_t r0, int64_t r1) { rc_sp_bmask_rows_scalar(a, r0, r1); }
 
+/* The sliced-ELLPACK form likewise runs its scalar definition here (pack_csr's "auto" picks it
+ * only for AVX-512, where it was measured; forced, it is correct and tested). */
+static void sell_avx2(const rc_sell_args *a, int64_t s0, int64_t s1) { rc_sp_sell_slices_scalar(a, s0, s1); }
+
 const rc_sparse_kernels rc_sparse_avx2 = {gather_avx2, pack_avx2, panel_avx2, scan_csr_avx2, scan_nm_avx2, 8, 32, 1,
-                                          bmask_avx2, NULL, 0};
+                                          bmask_avx2, NULL, 0, sell_avx2, NULL};
 #endif

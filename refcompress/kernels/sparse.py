@@ -48,7 +48,7 @@ import numpy as np
 from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, DTypeError, ShapeError
 from . import _native
-from ._registry import Op, check_rc, dispatch, register, selected_variant
+from ._registry import Op, check_rc, current, dispatch, register, resolve, selected_variant
 
 __all__ = [
     "CSR",
@@ -418,14 +418,25 @@ def spmm_nm_reference(x, values, indices, n, m, bias):
 # ---- packed CSR: validated once, laid out for the kernels -------------------------------------
 
 #: pack_csr's batch-1 forms: "rows" (a row's entries, x gathered by index), "blockmask" (per
-#: 16-column block a mask of the stored columns; no gather).  "auto" picks by density.
-FORMS = ("auto", "rows", "blockmask")
+#: 16-column block a mask of the stored columns; no gather), "sell" (sliced ELLPACK: rows
+#: sorted by length in windows of 256, 16 rows a slice, their entries step-major, so one
+#: vector step serves 16 rows and no row needs a horizontal sum or a loop exit of its own).
+#: "auto" picks by density.
+FORMS = ("auto", "rows", "blockmask", "sell")
 #: Density (stored / out*in) from which "auto" builds the block-mask form on AVX-512: its
 #: cost is per 16-column block (~125 us for 1024 x 1024 here whatever the density), the row
 #: form's per entry; they cross at density 0.5 (docs/sparse_kernels.md).  The portable and
 #: AVX2 variants have no expand instruction and walk the mask bits in scalar code, 3-8x slower
 #: than their row form at every density, so "auto" never picks it for them.
 BMASK_MIN_DENSITY = 0.5
+#: Density up to which "auto" builds the sliced-ELLPACK form on AVX-512.  Measured here (one
+#: thread, kernel alone): 1024 x 1024 at density 0.02 10.2 -> 5.4 us, 0.05 17.0 -> 11.8,
+#: 0.2 52 -> 45; 3072 x 768 at 0.02 26.6 -> 12.5 us.  It keeps a slice-ordered copy of the
+#: values and indices (+6 bytes per entry, 2 for uint16 indices), which above this density buys
+#: less than 10 % (0.3: 72 -> 67 us); the portable and AVX2 variants run it as scalar code.
+SELL_MAX_DENSITY = 0.25
+#: Lanes per slice of the sliced-ELLPACK form (RC_SP_SELL_C in csrc/refcompress.h).
+SELL_C = 16
 #: Column-blocked panels for batches > 1: "auto" (CSR from batch 64 and density 1/3, N:M
 #: always), "on", "off".  Values are the C constants RC_SP_COLBLOCK_*.
 COLBLOCK = {"auto": -1, "off": 0, "on": 1}
@@ -434,14 +445,18 @@ _SAME = object()
 
 class PackedCSR:
     """A CSR weight ``W [out, in]`` (and optional bias) validated once and prepared for
-    :func:`spmm_csr`: contiguous arrays, their C pointers, and the block-mask form when
-    ``form`` asks for it (or "auto" finds the weight dense enough).  ``spmm_csr(x, packed)``
-    then skips the O(nnz) structure check; :meth:`with_values` swaps in new values of the same
-    structure (fine-tuning) without re-checking it.
+    :func:`spmm_csr`: contiguous arrays, their C pointers, and the batch-1 form ``form``
+    asks for ("auto": by density and ISA).  ``spmm_csr(x, packed)`` then skips the O(nnz)
+    structure check; :meth:`with_values` swaps in new values of the same structure
+    (fine-tuning) without re-checking it.
 
     Build it with :func:`pack_csr`.  The arrays are held, not copied (when already
-    contiguous and of an accepted type): changing ``values`` in place is seen by the next call,
-    changing ``indptr`` / ``indices`` in place is not allowed (the structure is trusted).
+    contiguous and of an accepted type): changing ``indptr`` / ``indices`` in place is not
+    allowed (the structure is trusted); changing ``values`` in place is seen by the next call,
+    **except by the batch-1 product of the "sell" form**, which runs from its own slice-ordered
+    copy of the values (made here and by :meth:`with_values`): after changing values in place,
+    take them in with ``packed = packed.with_values(values)``.  (SparseLinear does this for
+    every new values array; its optimisers assign new arrays.)
     """
 
     def __init__(self, indptr, indices, values, shape, bias=None, *, form="auto", colblock="auto"):
@@ -473,6 +488,9 @@ class PackedCSR:
         self.colblock = colblock
         self.form = self._choose_form(form)
         self.bmask = None
+        self._sell = None
+        if self.form == "sell" and _native.lib is not None:
+            self._sell = _sell_layout(indptr, indices, out_f, in_f)
         if self.form == "blockmask" and _native.lib is not None:
             lib = _native.lib
             self.bmask = np.empty((out_f, lib.rc_csr_bmask_blocks(in_f)), np.uint16)
@@ -487,7 +505,11 @@ class PackedCSR:
         if _native.lib is None or self.out_features * self.in_features == 0:
             return "rows"
         density = self.nnz / (self.out_features * self.in_features)
-        return "blockmask" if selected_variant("spmm_csr") == "avx512" and density >= BMASK_MIN_DENSITY else "rows"
+        if selected_variant("spmm_csr") != "avx512":
+            return "rows"
+        if density >= BMASK_MIN_DENSITY:
+            return "blockmask"
+        return "sell" if density <= SELL_MAX_DENSITY else "rows"
 
     def _set_values(self, values, bias):
         self.values, self.bias = values, bias
@@ -496,6 +518,9 @@ class PackedCSR:
             self._c_args = None
             return
         null = _native.ffi.NULL
+        if self._sell is not None:  # the form's own copy of the values, in slice order
+            self._sell_values, self._sell_c = _sell_values(self._sell, self.indptr, values)
+            self._bias_c = null if bias is None else _native.ptr("float *", bias)
         self._c_args = (
             _native.ptr("void *", self.indptr), self.indptr.itemsize, _native.ptr("void *", self.indices),
             INDEX_DTYPES[self.indices.dtype], _native.ptr("float *", values),
@@ -520,6 +545,45 @@ class PackedCSR:
                 f"bias={self.bias is not None})")
 
 
+def _sell_layout(indptr, indices, out_f, in_f):
+    """The sliced-ELLPACK layout of a checked CSR structure: (struct, arrays it points to)."""
+    lib, ffi, ptr = _native.lib, _native.ffi, _native.ptr
+    if out_f >= 2**31 - 1:
+        raise ShapeError(f"shape: the sell form takes fewer than 2**31 - 1 output features, got {out_f}")
+    nsl = lib.rc_csr_sell_slices(out_f)
+    off = np.empty(nsl + 1, np.int64)
+    rows = np.empty(max(nsl * SELL_C, 1), np.int32)
+    lens = np.empty(max(nsl * SELL_C, 1), np.int32)
+    total = lib.rc_csr_sell_layout(ptr("void *", indptr), indptr.itemsize, out_f, ptr("long long *", off),
+                                   ptr("int32_t *", rows), ptr("int32_t *", lens))
+    if total < 0:
+        raise RuntimeError("rc_csr_sell_layout rejected a checked structure; this is a bug")
+    sdt = np.dtype(np.uint16) if in_f <= 65536 else np.dtype(np.int32)
+    sind = np.empty(max(total, 1), sdt)
+    layout = ffi.new("rc_csr_sell *")
+    layout.nslices, layout.off, layout.rows, layout.lens = nsl, ptr("long long *", off), \
+        ptr("int32_t *", rows), ptr("int32_t *", lens)
+    layout.indices, layout.index_type = ptr("void *", sind), INDEX_DTYPES[sdt]
+    check_rc(lib.rc_csr_sell_fill(ptr("void *", indptr), indptr.itemsize, out_f, ptr("void *", indices),
+                                  INDEX_DTYPES[indices.dtype], ffi.NULL, layout, ptr("void *", sind),
+                                  INDEX_DTYPES[sdt], ffi.NULL), "pack_csr")
+    return {"c": layout, "off": off, "rows": rows, "lens": lens, "indices": sind, "total": total}
+
+
+def _sell_values(sell, indptr, values):
+    """values copied into the slice order of ``sell``, and the C struct that runs them."""
+    lib, ffi, ptr = _native.lib, _native.ffi, _native.ptr
+    sval = np.empty(max(sell["total"], 1), np.float32)
+    lay = sell["c"]
+    c = ffi.new("rc_csr_sell *", {"nslices": lay.nslices, "off": lay.off, "rows": lay.rows, "lens": lay.lens,
+                                  "indices": lay.indices, "index_type": lay.index_type,
+                                  "values": ptr("float *", sval)})
+    check_rc(lib.rc_csr_sell_fill(ptr("void *", indptr), indptr.itemsize, indptr.shape[0] - 1,
+                                  ffi.NULL, INDEX_DTYPES[np.dtype(np.uint8)], ptr("float *", values), lay, ffi.NULL, lay.index_type,
+                                  ptr("float *", sval)), "pack_csr")
+    return sval, c
+
+
 def _repack(indptr, indices, values, shape, bias, form, colblock):
     return PackedCSR(indptr, indices, values, shape, bias, form=form, colblock=colblock)
 
@@ -528,7 +592,10 @@ def pack_csr(indptr, indices, values, shape, bias=None, *, form="auto", colblock
     """Validate a CSR weight once and prepare it for :func:`spmm_csr` (see :class:`PackedCSR`).
 
     shape    : (out_features, in_features) of W.
-    form     : batch-1 form, "auto" (by density and ISA), "rows" or "blockmask".
+    form     : batch-1 form: "auto" (AVX-512: "sell" up to density SELL_MAX_DENSITY,
+               "blockmask" from BMASK_MIN_DENSITY, else "rows"; other variants "rows"),
+               "rows", "blockmask" or "sell" (a slice-ordered copy of the values: see
+               :class:`PackedCSR` on in-place changes).
     colblock : column-blocked panels for batches > 1: "auto", "on" or "off" (the variants
                without that kernel, portable and AVX2, ignore it).
     """
@@ -553,6 +620,13 @@ def _spmm_csr_c(x, p, *, isa, threads):
     batch, in_f = x.shape
     y = np.empty((batch, p.out_features), np.float32)
     lib = _native.lib
+    if batch == 1 and p._sell is not None:  # the whole call is a few microseconds: no helper layers
+        fb = _native.ffi.from_buffer
+        rc = lib.rc_spmv_csr_sell_f32(fb("float[]", x), in_f, p.out_features, p._sell_c, p._bias_c,
+                                      fb("float[]", y), isa, threads)
+        if rc:
+            check_rc(rc, "spmm_csr")
+        return y
     if batch <= 1:
         rc = lib.rc_spmm_csr_f32(_native.ptr("float *", x), batch, in_f, p.out_features, *p._c_args,
                                  _native.ptr("float *", y), _native.ffi.NULL, isa, threads)
@@ -600,6 +674,22 @@ register(Op("spmm_nm", spmm_nm_reference, _spmm_nm_c, _VARIANTS, tolerance=UNIT_
 
 # ---- public entry points -----------------------------------------------------------------------
 
+_RESOLVED = (None, None, None)
+
+
+def _resolved():
+    """``resolve("spmm_csr")``, kept while the setting and the loaded library are the same
+    objects (as resolve allows): the lookup costs ~0.2 us of a ~2 us batch-1 call."""
+    global _RESOLVED
+    s, lib = current(), _native.lib
+    c = _RESOLVED
+    if c[0] is s and c[1] is lib:
+        return c[2]
+    r = resolve("spmm_csr")
+    _RESOLVED = (s, lib, r)
+    return r
+
+
 
 def spmm_csr(x, indptr, indices=None, values=None, bias=None, *, out_features=None, in_features=None):
     """y = x @ W.T + bias for a pruned weight W [out, in] stored as CSR (Han et al. 2015).
@@ -631,7 +721,8 @@ def spmm_csr(x, indptr, indices=None, values=None, bias=None, *, out_features=No
         # the common case checked inline: at batch 1 the generic checks cost as much as the product
         if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous \
                 and x.shape[1] == in_f:
-            return dispatch("spmm_csr", x, p)
+            impl, isa, threads = _resolved()
+            return impl(x, p) if isa is None else impl(x, p, isa=isa, threads=threads)
         x2, lead = _x2d(x, in_f)
         return dispatch("spmm_csr", x2, p).reshape(lead + (p.out_features,))
     if out_features is not None:

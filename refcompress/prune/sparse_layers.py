@@ -120,6 +120,7 @@ class SparseLinear(Module):
         self.register_buffer("indices", cols)
         self._cache = None
         self._packed = None  # kernels.PackedCSR of the current indptr / indices / values / bias
+        self._packed_training = None  # the mode it was packed for (its form depends on it)
 
     @classmethod
     def from_dense(cls, weight, bias=None) -> "SparseLinear":
@@ -167,7 +168,11 @@ class SparseLinear(Module):
         """The layer's weight as a :class:`~refcompress.kernels.PackedCSR`: the structure is
         validated and laid out once (again only when ``indptr`` / ``indices`` are replaced, e.g.
         by loading a state dict); new ``values`` or ``bias`` arrays (fine-tuning) are swapped in
-        with ``with_values``.  In-place changes to ``values`` are seen without either."""
+        with ``with_values``.  In training mode the layout is "rows" (it reads the held values,
+        so in-place changes to ``values.data`` are seen without either); in eval mode it is
+        ``pack_csr``'s "auto", which for a sparse layer on AVX-512 is the batch-1 "sell" form:
+        that runs from a slice-ordered copy of the values, so in eval mode assign a new
+        ``values.data`` array (as the optimisers do) rather than changing it in place."""
         # the registries read directly: Module.__getattr__ per attribute would cost more than a
         # small batch-1 product
         d = self.__dict__
@@ -176,9 +181,12 @@ class SparseLinear(Module):
         bias = params.get("bias")
         b = None if bias is None else bias.data
         p = d["_packed"]
-        if p is None or p.indptr is not buffers["indptr"] or p.indices is not buffers["indices"]:
+        if p is None or p.indptr is not buffers["indptr"] or p.indices is not buffers["indices"] \
+                or d["_packed_training"] is not d["training"]:
+            form = "rows" if d["training"] else "auto"
             p = self._packed = kernels.pack_csr(self.indptr, self.indices, vals,
-                                                (self.out_features, self.in_features), b)
+                                                (self.out_features, self.in_features), b, form=form)
+            self._packed_training = d["training"]
         elif p.values is not vals or p.bias is not b:
             p = self._packed = p.with_values(vals, b)
         return p

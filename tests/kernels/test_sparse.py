@@ -339,7 +339,7 @@ def test_checker_catches_an_nm_kernel_that_misplaces_groups():
 
 # ---- packed CSR: pack_csr once, spmm_csr(x, packed) many times ----------------------------------
 
-FORMS = [("rows", "off"), ("rows", "on"), ("blockmask", "off"), ("blockmask", "auto")]
+FORMS = [("rows", "off"), ("rows", "on"), ("blockmask", "off"), ("blockmask", "auto"), ("sell", "off")]
 # The reference ignores the layout: once; every C variant with every forced layout, 1 and 2 threads.
 PACKED_RUNS = [(b, i, t, f, cb) for b, i, t in CSR_RUNS for f, cb in (FORMS[:1] if b == "numpy" else FORMS)]
 
@@ -406,8 +406,13 @@ def test_packed_forms_split_over_threads_identically(backend, isa, form, colbloc
 
 def test_pack_csr_auto_picks_the_form_by_density():
     rng = np.random.default_rng(2)
-    sparse_w, dense_w = (_random_csr(rng, 40, 70, s)[1] for s in (0.9, 0.2))
-    assert kernels.pack_csr(*sparse_w).form == "rows"
+    sparse_w, mid_w, dense_w = (_random_csr(rng, 40, 70, s)[1] for s in (0.9, 0.6, 0.2))
+    for isa in kernels.variants("spmm_csr"):  # only AVX-512 has the vector kernels of both extra forms
+        with kernels.use("c", isa=isa):
+            assert kernels.pack_csr(*sparse_w).form == ("sell" if isa == "avx512" else "rows")
+            assert kernels.pack_csr(*mid_w).form == "rows"  # density 0.4: between the two
+    with kernels.use("numpy"):
+        assert kernels.pack_csr(*sparse_w).form == "rows"
     with kernels.use("c", isa="avx512") if "avx512" in kernels.variants("spmm_csr") else kernels.use("numpy"):
         want = "blockmask" if kernels.selected_variant("spmm_csr") == "avx512" else "rows"
         p = kernels.pack_csr(*dense_w)
@@ -426,7 +431,7 @@ def test_with_values_keeps_the_structure_and_swaps_values_and_bias(backend, isa)
     b = rng.standard_normal(33).astype(np.float32)
     x = rng.standard_normal((5, 50)).astype(np.float32)
     with kernels.use(backend, isa=isa):
-        for form in ("rows", "blockmask"):
+        for form in ("rows", "blockmask", "sell"):
             p = kernels.pack_csr(*c, bias=b, form=form)
             v2 = rng.standard_normal(c.values.shape).astype(np.float32)
             q = p.with_values(v2)
@@ -441,7 +446,12 @@ def test_with_values_keeps_the_structure_and_swaps_values_and_bias(backend, isa)
             assert q.with_values(v2, bias=None).bias is None
             np.testing.assert_array_equal(kernels.spmm_csr(x, q.with_values(v2, bias=None)),
                                           kernels.spmm_csr(x, fresh(v2, None)))
-            v2 *= 2  # in place: seen by the next call without repacking
+            v2 *= 2  # in place: seen by the next call without repacking ...
+            if form == "sell" and backend != "numpy":
+                # ... except by the sell form's batch-1 kernel, which reads its slice-ordered copy
+                # (batches > 1 read the held array): with_values takes the new values in.
+                np.testing.assert_array_equal(kernels.spmm_csr(x[:1], q), kernels.spmm_csr(x[:1], fresh(v2 / 2, b)))
+                q = q.with_values(v2)
             np.testing.assert_array_equal(kernels.spmm_csr(x[:1], q), kernels.spmm_csr(x[:1], fresh(v2.copy(), b)))
 
 
@@ -507,3 +517,140 @@ def test_bad_packed_input_names_the_argument():
         p.with_values(c.values, bias=np.ones(7, np.float32))
     with pytest.raises(ArgumentError, match="^indices, values"):
         kernels.spmm_csr(x, c.indptr)
+
+
+# ---- the sliced-ELLPACK form: shapes that break slicing ------------------------------------------
+
+#: Row lengths around the 16-lane step and the two-chain pairs: empty, 1, 15, 16, 17, 31-33, primes.
+SELL_ROW_LENGTHS = (0, 1, 2, 3, 7, 13, 15, 16, 17, 31, 32, 33, 97)
+SELL_RUNS = [(b, i, t) for b, i, t in CSR_RUNS if b != "numpy"]
+
+
+@st.composite
+def _ragged_csr(draw):
+    """A CSR weight whose rows have chosen lengths (all alike, a few kinds, or every kind; some
+    rows full or empty), columns often at the extremes 0 and in - 1; out around 16-row slices
+    and 256-row sort windows."""
+    out_f = draw(st.sampled_from([1, 2, 15, 16, 17, 31, 33, 255, 256, 257, 300]))
+    in_f = draw(st.sampled_from([1, 2, 15, 16, 17, 97, 256, 257, 1031]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kinds = draw(st.sampled_from(["one", "few", "all"]))
+    pool = list(SELL_ROW_LENGTHS) + [in_f]
+    if kinds == "one":
+        pool = [draw(st.sampled_from(pool))]
+    elif kinds == "few":
+        pool = list(rng.choice(pool, size=3))
+    lengths = np.minimum(rng.choice(pool, size=out_f), in_f)
+    extremes = draw(st.booleans())
+    W = np.zeros((out_f, in_f), np.float32)
+    for i, n in enumerate(lengths):
+        cols = rng.choice(in_f, size=n, replace=False)
+        if extremes and n >= 2:
+            cols[:2] = [0, in_f - 1] if in_f > 1 else [0, 0]
+            cols = np.unique(cols)
+        W[i, cols] = rng.standard_normal(cols.size).astype(np.float32) + 3  # never 0: stored
+    batch = draw(st.sampled_from([1, 1, 2, 17]))
+    x = rng.standard_normal((batch, in_f)).astype(np.float32)
+    bias = rng.standard_normal(out_f).astype(np.float32) if draw(st.booleans()) else None
+    index_dtype = draw(st.sampled_from([None, np.uint16, np.int32]))  # None: the narrowest (uint8 / uint16)
+    return W, kernels.csr_from_dense(W, index_dtype=index_dtype), x, bias
+
+
+@pytest.mark.parametrize("run", SELL_RUNS, ids=[_id(r) for r in SELL_RUNS])
+@given(case=_ragged_csr())
+def test_sell_form_within_bound_on_ragged_rows(run, case):
+    W, c, x, bias = case
+    with kernels.use(*run):
+        p = kernels.pack_csr(*c, bias=bias, form="sell")
+        y = kernels.spmm_csr(x, p)
+    assert_within_error_bound(y, spmm_csr_exact(x, *c[:3], bias), spmm_csr_error_bound(x, *c[:3], bias))
+
+
+@pytest.mark.parametrize("backend,isa", [v for v in CSR_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in CSR_VARIANTS if b != "numpy"])
+def test_sell_layout_and_non_finite_x_outside_the_stored_columns(backend, isa):
+    # Lanes past a row's end hold column 0 and value 0: they must be masked off, not added as
+    # 0 * x[0] (NaN when x[0] is inf).  Rows sorted by length inside 256-row windows, longest
+    # first; the slice-ordered values are the CSR values in that order.
+    rng = np.random.default_rng(12)
+    out_f, in_f = 300, 70
+    W = np.zeros((out_f, in_f), np.float32)
+    lengths = rng.integers(0, in_f + 1, out_f)
+    lengths[:20] = 0
+    for i, n in enumerate(lengths):
+        W[i, rng.choice(np.arange(1, in_f), size=min(n, in_f - 1), replace=False)] = rng.standard_normal(min(n, in_f - 1))
+    W[7, 0] = 2.0  # only row 7 reads x[0]
+    c = kernels.csr_from_dense(W)
+    x = rng.standard_normal((1, in_f)).astype(np.float32)
+    x[0, 0] = np.inf
+    with kernels.use(backend, isa=isa):
+        p = kernels.pack_csr(*c, form="sell")
+        y = kernels.spmm_csr(x, p)
+    assert np.isposinf(y[0, 7]) and np.all(np.isfinite(np.delete(y[0], 7)))
+    x0 = x.copy()
+    x0[0, 0] = 0
+    exact = spmm_csr_exact(x0, *c[:3])
+    keep = np.arange(out_f) != 7
+    assert_within_error_bound(y[:, keep], exact[:, keep], spmm_csr_error_bound(x0, *c[:3])[:, keep])
+    s = p._sell
+    nrows = np.diff(c.indptr)
+    for w0 in range(0, out_f, 256):  # each window: longest first, then by row; every row once
+        rows = s["rows"][w0:min(w0 + 256, s["rows"].size)]
+        rows = rows[rows >= 0]
+        assert list(rows) == sorted(range(w0, min(w0 + 256, out_f)), key=lambda r: (-nrows[r], r))
+    sl, lane = divmod(int(np.flatnonzero(s["rows"] == 7)[0]), 16)
+    q = s["off"][sl] + 16 * np.arange(nrows[7]) + lane
+    np.testing.assert_array_equal(p._sell_values[q], c.values[c.indptr[7]:c.indptr[8]])
+    np.testing.assert_array_equal(s["indices"][q], c.indices[c.indptr[7]:c.indptr[8]])
+
+
+@pytest.mark.parametrize("in_f", [65536, 65537])
+def test_sell_form_index_width_at_the_uint16_limit(in_f):
+    # Columns up to 65535 fit the form's uint16 indices; one more input and it keeps int32.
+    rng = np.random.default_rng(in_f)
+    W = np.zeros((19, in_f), np.float32)
+    for i in range(19):
+        W[i, rng.choice(in_f, size=i % 5 + 1, replace=False)] = rng.standard_normal(i % 5 + 1)
+    W[3, in_f - 1] = W[4, 0] = 1.5
+    c = kernels.csr_from_dense(W)
+    x = rng.standard_normal((1, in_f)).astype(np.float32)
+    for backend, isa in [v for v in CSR_VARIANTS if v[0] != "numpy"]:
+        with kernels.use(backend, isa=isa):
+            p = kernels.pack_csr(*c, form="sell")
+            assert p._sell["indices"].dtype == (np.uint16 if in_f <= 65536 else np.int32)
+            assert_within_error_bound(kernels.spmm_csr(x, p), spmm_csr_exact(x, *c[:3]),
+                                      spmm_csr_error_bound(x, *c[:3]))
+
+
+# ---- N:M, rows in the vector lanes (AVX-512, m dividing 16, batch >= 32) -------------------------
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8), (4, 8), (1, 2), (4, 16), (3, 5)])
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
+    # Row blocks of 16 with a ragged last one (out = 37), 16-column chunks with a ragged last
+    # one (in = 37 m), batches on both sides of the switch to this kernel (32) and around its
+    # 8-row passes (33, 39, 64, 130); groups with fewer than n nonzeros store explicit zeros.
+    # 1 and 2 threads agree bit for bit (a row block is computed by one thread with the same
+    # code).
+    rng = np.random.default_rng(10 * n + m)
+    out_f, groups = 37, 37
+    in_f = groups * m
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    g = W.reshape(out_f, groups, m)
+    keep = rng.integers(0, n + 1, size=(out_f, groups))
+    g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= keep[..., None]] = 0
+    nm = kernels.nm_from_dense(W, n, m)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    for batch in (16, 31, 32, 33, 39, 64, 130):
+        x = rng.standard_normal((batch, in_f)).astype(np.float32)
+        with kernels.use(backend, isa=isa, threads=1):
+            y1 = kernels.spmm_nm(x, *nm, bias=b)
+        with kernels.use(backend, isa=isa, threads=2):
+            y2 = kernels.spmm_nm(x, *nm, bias=b)
+        np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
+        assert_within_error_bound(y1, spmm_nm_exact(x, *nm, b), spmm_nm_error_bound(x, *nm, b))
+        with kernels.use(backend, isa=isa, threads=1):
+            y0 = kernels.spmm_nm(x, *nm)  # no bias
+        assert_within_error_bound(y0, spmm_nm_exact(x, *nm), spmm_nm_error_bound(x, *nm))

@@ -203,3 +203,28 @@ def test_sparse_linear_packs_once_and_follows_new_values_and_bias():
     layer.bias = None
     assert layer.packed().bias is None
     assert np.all(np.abs(layer(x) - exact) <= bound + 1e-12)
+
+
+def test_sparse_linear_form_follows_the_mode():
+    # Training packs the "rows" form, which reads the held values (in-place updates are seen);
+    # eval packs pack_csr's "auto", on AVX-512 the batch-1 "sell" form for a sparse layer,
+    # which runs from its own copy: a new values array is taken in, as with any form.
+    rng = np.random.default_rng(5)
+    w = sparse_weight(40, 30, 0.1, seed=5)  # density 0.1
+    layer = P.SparseLinear.from_dense(w)
+    x = rng.standard_normal((1, 30)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    bound = kernels.sparse.spmm_csr_error_bound(x, layer.indptr, layer.indices, layer.values.data)
+    layer.train()
+    assert layer.packed().form == "rows"
+    layer.values.data *= 2  # in place, seen
+    assert np.all(np.abs(layer(x) - 2 * exact) <= 2 * bound + 1e-12)
+    layer.values.data = layer.values.data / 2
+    layer.eval()
+    with kernels.use("c", isa="avx512") if "avx512" in kernels.variants("spmm_csr") else kernels.use("numpy"):
+        want = "sell" if kernels.selected_variant("spmm_csr") == "avx512" else "rows"
+        assert layer.packed().form == want
+        assert np.all(np.abs(layer(x) - exact) <= bound + 1e-12)
+        layer.values.data = layer.values.data * 3  # a new array: with_values
+        assert layer.packed().form == want
+        assert np.all(np.abs(layer(x) - 3 * exact) <= 3 * bound + 1e-12)
