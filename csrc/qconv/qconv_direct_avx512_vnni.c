@@ -3,12 +3,17 @@
  * taps are the image shifted by (kh - 1) rows and (kw - 1) columns, the zero point where
  * the shift reads padding).
  *
- * Lanes are pixels.  A block of 64 pixels is packed once as [K4/4][64 pixels][4 channels]
- * (each 32-bit lane holds 4 consecutive channels of one pixel, vpdpbusd's unsigned
- * operand); a micro-tile is 6 output channels x 4 vectors of 16 pixels = 24 accumulators,
- * each channel group adding 24 vpdpbusd against 6 broadcast int8 weight quadruples.  The
- * block (64 * K4 bytes) and the layer's weights stay in L1/L2 while all output-channel
- * blocks walk over it.  vpdpbusd does not saturate, so every step is exact modulo 2^32. */
+ * Lanes are pixels; each 32-bit lane holds 4 consecutive channels of one pixel
+ * (vpdpbusd's unsigned operand).  1x1: a block of 64 pixels is packed once as
+ * [C4/4][64 pixels][4 channels].  3x3: a band of pixel blocks is packed once, with a halo
+ * of at least W + 1 pixels on each side, as [C4/4][positions][4 channels] - one copy
+ * shared by the nine taps, which read it at the offsets (kh - 1) W + (kw - 1) (the kw
+ * shifts are loads 4 bytes off, the kh shifts row offsets); rows above and below the
+ * image are the zero point in the buffer, and the lanes whose kw = 0 / kw = 2 read wraps
+ * to the neighbouring row take the zero point by a merge-masked load.  A micro-tile is 6
+ * output channels x up to 4 vectors of 16 pixels = 24 accumulators, each channel group
+ * adding 24 vpdpbusd against 6 broadcast int8 weight quadruples.  vpdpbusd does not
+ * saturate, so every step is exact modulo 2^32. */
 #include "../rc_common.h"
 #if RC_X86
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
@@ -50,11 +55,10 @@ static inline void pack64(const uint8_t *x, int64_t P, int64_t c, int64_t C, __m
     interleave64(r, dst);
 }
 
-/* One 3x3 tap: lane j reads flat index s + j of each channel plane (s = p0 + the tap's
- * shift (kh - 1) * W + (kw - 1)); lanes whose read falls in the padding (`ok` clear: a
- * column off the row's edge, or a row off the image) hold the zero point, so they add
- * (zx - zx) * w = 0 like the reference's padding.  Blocks whose 64 reads leave the plane
- * (the image's first and last rows) gather them one by one, so no read leaves it. */
+/* 3x3 band: lane j holds flat index s + j of each channel plane; lanes off the plane
+ * (`ok` clear: the rows above and below the image) hold the zero point, so a tap reading
+ * them adds (zx - zx) * w = 0 like the reference's padding.  Chunks whose 64 reads leave
+ * the plane copy the part inside it into a zeroed line first, so no read leaves it. */
 static inline void pack64_tap(const uint8_t *x, int64_t P, int64_t c, int64_t C, int64_t s, __mmask64 ok,
                               __m512i zpad, __m512i fl, uint8_t *dst) {
     __m512i r[4];
@@ -79,79 +83,28 @@ static inline void pack64_tap(const uint8_t *x, int64_t P, int64_t c, int64_t C,
     interleave64(r, dst);
 }
 
+/* 1x1: the 64 pixels at p0, every channel group, and (some zw != 0) each pixel's channel
+ * sum (vpdpbusd against ones). */
 static void pack_block(const rc_direct_args *a, int64_t p0, uint8_t *xb, int32_t *xsum) {
     const int64_t G = (a->C + 3) / 4, np = a->P - p0 < PB ? a->P - p0 : PB;
     const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
-    if (a->taps == 1) {
-        const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
-        for (int64_t g = 0; g < G; ++g)
-            pack64(a->x + p0, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
-    } else {
-        /* lanes whose pixel has a left / right neighbour in its row (the kw = 0 / kw = 2
-         * taps read it) */
-        __mmask64 col[3] = {0, ~(__mmask64)0, 0};
-        for (int j = 0; j < 64; ++j) {
-            const int64_t ow = (p0 + j) % a->W;
-            if (ow > 0) col[0] |= (__mmask64)1 << j;
-            if (ow < a->W - 1) col[2] |= (__mmask64)1 << j;
-        }
-        const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
-        for (int t = 0; t < 9; ++t) {
-            const int64_t s = p0 + (t / 3 - 1) * a->W + (t % 3 - 1);
-            /* with the column inside the row, the flat read is inside the plane exactly
-             * when the row is inside the image */
-            const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > a->P ? a->P - s : 64;
-            const __mmask64 in = hi <= lo ? 0
-                                          : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
-            for (int64_t g = 0; g < G; ++g)
-                pack64_tap(a->x, a->P, 4 * g, a->C, s, in & col[t % 3], zpad, fl, xb + (t * G + g) * PB * 4);
-        }
-    }
+    const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
+    for (int64_t g = 0; g < G; ++g) pack64(a->x + p0, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
     if (!a->any_zw) return;
-    /* each pixel's channel sum over every tap (of the unsigned values, the zero point where
-     * a tap reads padding): vpdpbusd against ones */
     const __m512i ones = _mm512_set1_epi8(1);
     for (int v = 0; v < PB / 16; ++v) {
         __m512i sum = _mm512_setzero_si512();
-        for (int64_t g = 0; g < G * a->taps; ++g)
-            sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + (g * PB + 16 * v) * 4), ones);
+        for (int64_t g = 0; g < G; ++g) sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + (g * PB + 16 * v) * 4), ones);
         _mm512_storeu_si512(xsum + 16 * v, sum);
     }
 }
 
-/* Accumulators are named variables (an indexed array of vectors would live on the stack,
- * see qgemm_avx512_vnni.c); `mr` is a constant after inlining, so the row guards fold. */
-#define C1_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
-#define C1_STEP(r)                                                                             \
-    if (mr > r) {                                                                              \
-        int32_t w;                                                                             \
-        memcpy(&w, wg + 4 * r, 4);                                                             \
-        const __m512i wv = _mm512_set1_epi32(w);                                               \
-        c##r##0 = _mm512_dpbusd_epi32(c##r##0, x0, wv);                                        \
-        c##r##1 = _mm512_dpbusd_epi32(c##r##1, x1, wv);                                        \
-        c##r##2 = _mm512_dpbusd_epi32(c##r##2, x2, wv);                                        \
-        c##r##3 = _mm512_dpbusd_epi32(c##r##3, x3, wv);                                        \
-    }
-#define C1_SAVE(r) \
-    if (mr > r) { acc[r][0] = c##r##0; acc[r][1] = c##r##1; acc[r][2] = c##r##2; acc[r][3] = c##r##3; }
-
-/* Output channels [o0, o0 + mr) over the packed pixel block at p0.  The exact value is
- *   sum_c (w - zw)(xu - zxu) = acc - zxu * wsum[o] - zw[o] * xsum[p] + C * zw[o] * zxu
- * (acc = sum_c w * xu), every term taken modulo 2^32; the result fits int32 (K bound). */
-static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, const uint8_t *xb,
-                                                       const int32_t *xsum, int64_t p0, int64_t o0,
-                                                       const int mr, const int8_t *wb) {
-    C1_DECL(0); C1_DECL(1); C1_DECL(2); C1_DECL(3); C1_DECL(4); C1_DECL(5);
-    const int64_t G = (a->C + 3) / 4 * a->taps;
-    for (int64_t g = 0; g < G; ++g) {
-        const uint8_t *xg = xb + g * PB * 4;
-        const int8_t *wg = wb + g * MR * 4;
-        const __m512i x0 = _mm512_loadu_si512(xg), x1 = _mm512_loadu_si512(xg + 64);
-        const __m512i x2 = _mm512_loadu_si512(xg + 128), x3 = _mm512_loadu_si512(xg + 192);
-        C1_STEP(0) C1_STEP(1) C1_STEP(2) C1_STEP(3) C1_STEP(4) C1_STEP(5)
-    }
-    __m512i acc[MR][4];
-    C1_SAVE(0) C1_SAVE(1) C1_SAVE(2) C1_SAVE(3) C1_SAVE(4) C1_SAVE(5)
+/* The exact value of output channels [o0, o0 + mr) at the pixels p0.. from acc = sum_k w * xu:
+ *   sum_k (w - zw)(xu - zxu) = acc - zxu * wsum[o] - zw[o] * xsum[p] + K * zw[o] * zxu
+ * (K = taps * C), every term taken modulo 2^32; the result fits int32 (K bound).  Then the
+ * channel's epilogue, and the row stored (pixels past P masked off). */
+static inline __attribute__((always_inline)) void finish(const rc_direct_args *a, __m512i acc[MR][4], const int mr,
+                                                         const int32_t *xsum, int64_t p0, int64_t o0) {
     const int requant = a->epi->kind == RC_EPI_REQUANT_FLOAT || a->epi->kind == RC_EPI_REQUANT_FIXED;
     const int64_t np = a->P - p0 < PB ? a->P - p0 : PB;
     for (int r = 0; r < mr; ++r) {
@@ -184,10 +137,46 @@ static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, 
     }
 }
 
+/* Accumulators are named variables (an indexed array of vectors would live on the stack,
+ * see qgemm_avx512_vnni.c); `mr` and `nv` are constants after inlining, so the guards fold. */
+#define C1_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
+#define C1_STEP(r)                                                                             \
+    if (mr > r) {                                                                              \
+        int32_t w;                                                                             \
+        memcpy(&w, wg + 4 * r, 4);                                                             \
+        const __m512i wv = _mm512_set1_epi32(w);                                               \
+        if (nv > 0) c##r##0 = _mm512_dpbusd_epi32(c##r##0, x0, wv);                            \
+        if (nv > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, x1, wv);                            \
+        if (nv > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, x2, wv);                            \
+        if (nv > 3) c##r##3 = _mm512_dpbusd_epi32(c##r##3, x3, wv);                            \
+    }
+#define C1_STEPS C1_STEP(0) C1_STEP(1) C1_STEP(2) C1_STEP(3) C1_STEP(4) C1_STEP(5)
+#define C1_SAVE(r) \
+    if (mr > r) { acc[r][0] = c##r##0; acc[r][1] = c##r##1; acc[r][2] = c##r##2; acc[r][3] = c##r##3; }
+
+/* 1x1: output channels [o0, o0 + mr) over the packed pixel block at p0. */
+static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, const uint8_t *xb,
+                                                       const int32_t *xsum, int64_t p0, int64_t o0,
+                                                       const int mr, const int8_t *wb) {
+    const int nv = 4;
+    C1_DECL(0); C1_DECL(1); C1_DECL(2); C1_DECL(3); C1_DECL(4); C1_DECL(5);
+    const int64_t G = (a->C + 3) / 4;
+    for (int64_t g = 0; g < G; ++g) {
+        const uint8_t *xg = xb + g * PB * 4;
+        const int8_t *wg = wb + g * MR * 4;
+        const __m512i x0 = _mm512_loadu_si512(xg), x1 = _mm512_loadu_si512(xg + 64);
+        const __m512i x2 = _mm512_loadu_si512(xg + 128), x3 = _mm512_loadu_si512(xg + 192);
+        C1_STEPS
+    }
+    __m512i acc[MR][4];
+    C1_SAVE(0) C1_SAVE(1) C1_SAVE(2) C1_SAVE(3) C1_SAVE(4) C1_SAVE(5)
+    finish(a, acc, mr, xsum, p0, o0);
+}
+
 void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
                                        uint8_t *xb, int32_t *xsum) {
     if (pack) pack_block(a, p0, xb, xsum);
-    const int64_t C4 = (a->C + 3) / 4 * 4 * a->taps;
+    const int64_t C4 = (a->C + 3) / 4 * 4;
     for (int64_t ob = ob0; ob < ob1; ++ob) {
         const int64_t o0 = ob * MR;
         const int8_t *wb = a->wpk + ob * MR * C4;
@@ -198,6 +187,122 @@ void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int6
         case 3: tile(a, xb, xsum, p0, o0, 3, wb); break;
         case 2: tile(a, xb, xsum, p0, o0, 2, wb); break;
         default: tile(a, xb, xsum, p0, o0, 1, wb); break;
+        }
+    }
+}
+
+/* ---- 3x3 --------------------------------------------------------------------------------- */
+
+/* One tap over every channel group: vector v of the block reads 16 quadruples at
+ * xt + g S + 64 v; kw = 0 / kw = 2 (`kind`) take the zero point in the lanes whose read
+ * wraps to the neighbouring row (masks k0v / k2v clear). */
+#define T3_LOAD(v, kind)                                                                      \
+    (nv > v ? ((kind) == 1 ? _mm512_loadu_si512(xg + 64 * v)                                  \
+                           : _mm512_mask_loadu_epi32(zpv, (kind) == 0 ? k0##v : k2##v, xg + 64 * v)) \
+            : _mm512_setzero_si512())
+#define T3_TAP(xt, kind)                                                                      \
+    for (int64_t g = 0; g < G; ++g, wg += MR * 4) {                                           \
+        const uint8_t *xg = (xt) + g * S;                                                     \
+        const __m512i x0 = T3_LOAD(0, kind), x1 = T3_LOAD(1, kind);                           \
+        const __m512i x2 = T3_LOAD(2, kind), x3 = T3_LOAD(3, kind);                           \
+        C1_STEPS                                                                              \
+    }
+
+/* 3x3: output channels [o0, o0 + mr) over the nv vectors of the block at p0, whose first
+ * pixel sits at xc in the band buffer (group stride S bytes). */
+static inline __attribute__((always_inline)) void tile3(const rc_direct_args *a, const uint8_t *xc, int64_t S,
+                                                        const __mmask16 k0[4], const __mmask16 k2[4],
+                                                        const int32_t *xsum, int64_t p0, int64_t o0,
+                                                        const int mr, const int nv, const int8_t *wb) {
+    C1_DECL(0); C1_DECL(1); C1_DECL(2); C1_DECL(3); C1_DECL(4); C1_DECL(5);
+    const __mmask16 k00 = k0[0], k01 = k0[1], k02 = k0[2], k03 = k0[3];
+    const __mmask16 k20 = k2[0], k21 = k2[1], k22 = k2[2], k23 = k2[3];
+    const __m512i zpv = _mm512_set1_epi8((char)(uint8_t)a->zxu);
+    const int64_t G = (a->C + 3) / 4;
+    const int8_t *wg = wb; /* taps in (kh, kw) order, each over every group */
+    for (int kh = 0; kh < 3; ++kh) {
+        const uint8_t *xr = xc + 4 * (kh - 1) * a->W;
+        T3_TAP(xr - 4, 0)
+        T3_TAP(xr, 1)
+        T3_TAP(xr + 4, 2)
+    }
+    __m512i acc[MR][4];
+    C1_SAVE(0) C1_SAVE(1) C1_SAVE(2) C1_SAVE(3) C1_SAVE(4) C1_SAVE(5)
+    finish(a, acc, mr, xsum, p0, o0);
+}
+
+#define TILE3_NV(mr)                                                                          \
+    switch (nv) {                                                                             \
+    case 4: tile3(a, xc, S, k0, k2, xsum, p0, o0, mr, 4, wb); break;                          \
+    case 3: tile3(a, xc, S, k0, k2, xsum, p0, o0, mr, 3, wb); break;                          \
+    case 2: tile3(a, xc, S, k0, k2, xsum, p0, o0, mr, 2, wb); break;                          \
+    default: tile3(a, xc, S, k0, k2, xsum, p0, o0, mr, 1, wb); break;                         \
+    }
+
+void rc_qconv_direct3_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64_t b1, int64_t ob0, int64_t ob1,
+                                       int pack, uint8_t *xb, int32_t *chs, int32_t *xsum) {
+    const int64_t W = a->W, P = a->P, G = (a->C + 3) / 4;
+    const int64_t halo = rc_direct3_halo(W), L = rc_direct3_positions(b1 - b0, W), S = 4 * L;
+    const int64_t q0 = b0 * PB - halo; /* the pixel at buffer position 0 */
+    const int64_t chunks = (L - 16) / 64;
+    if (pack) {
+        /* every position the band's taps read, the zero point off the image (rows above
+         * and below it); pack64_tap keeps every read inside the plane */
+        const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
+        const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
+        for (int64_t k = 0; k < chunks; ++k) {
+            const int64_t s = q0 + 64 * k;
+            const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
+            const __mmask64 in =
+                hi <= lo ? 0 : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
+            for (int64_t g = 0; g < G; ++g) pack64_tap(a->x, P, 4 * g, a->C, s, in, zpad, fl, xb + g * S + 256 * k);
+        }
+        if (a->any_zw) {
+            /* each position's channel sum (vpdpbusd against ones; padded channels are 0) */
+            const __m512i ones = _mm512_set1_epi8(1);
+            for (int64_t q = 0; q < 64 * chunks; q += 16) {
+                __m512i sum = _mm512_setzero_si512();
+                for (int64_t g = 0; g < G; ++g) sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + g * S + 4 * q), ones);
+                _mm512_storeu_si512(chs + q, sum);
+            }
+        }
+    }
+    for (int64_t b = b0; b < b1; ++b) {
+        const int64_t p0 = b * PB, np = P - p0 < PB ? P - p0 : PB, nv = (np + 15) / 16, pos = p0 - q0;
+        const uint8_t *xc = xb + 4 * pos;
+        /* lanes with a left (kw = 0) / right (kw = 2) neighbour in their row */
+        __mmask16 k0[4] = {0, 0, 0, 0}, k2[4] = {0, 0, 0, 0};
+        int64_t col = p0 % W;
+        for (int j = 0; j < 64; ++j, col = col + 1 == W ? 0 : col + 1) {
+            if (col > 0) k0[j / 16] |= (__mmask16)(1u << (j % 16));
+            if (col < W - 1) k2[j / 16] |= (__mmask16)(1u << (j % 16));
+        }
+        if (a->any_zw) {
+            /* each pixel's channel sum over the nine taps, the zero point (C zxu) where a
+             * tap reads padding */
+            const __m512i czx = _mm512_set1_epi32((int32_t)((uint32_t)a->C * (uint32_t)a->zxu));
+            for (int v = 0; v < 4; ++v) {
+                __m512i sum = _mm512_setzero_si512();
+                for (int kh = 0; kh < 3; ++kh) {
+                    const int32_t *r = chs + pos + 16 * v + (kh - 1) * W;
+                    sum = _mm512_add_epi32(sum, _mm512_mask_loadu_epi32(czx, k0[v], r - 1));
+                    sum = _mm512_add_epi32(sum, _mm512_loadu_si512(r));
+                    sum = _mm512_add_epi32(sum, _mm512_mask_loadu_epi32(czx, k2[v], r + 1));
+                }
+                _mm512_storeu_si512(xsum + 16 * v, sum);
+            }
+        }
+        for (int64_t ob = ob0; ob < ob1; ++ob) {
+            const int64_t o0 = ob * MR;
+            const int8_t *wb = a->wpk + ob * MR * G * 4 * 9;
+            switch (a->OC - o0 < MR ? a->OC - o0 : MR) {
+            case 6: TILE3_NV(6) break;
+            case 5: TILE3_NV(5) break;
+            case 4: TILE3_NV(4) break;
+            case 3: TILE3_NV(3) break;
+            case 2: TILE3_NV(2) break;
+            default: TILE3_NV(1) break;
+            }
         }
     }
 }
