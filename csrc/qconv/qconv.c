@@ -301,14 +301,11 @@ int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, i
     return RC_OK;
 }
 
-/* One thread's scratch, 64-byte aligned parts.  1x1: the interleaved pixel block and its
- * channel sums.  3x3: the interleaved band with its halo, each position's channel sum and
- * the block's nine-tap sums. */
+/* One thread's scratch, 64-byte aligned parts: the interleaved band, each position's
+ * channel sum, and a block's nine-tap sums. */
 static int64_t cd_slot_bytes(int64_t C, int64_t H, int64_t W, int taps) {
-    const int64_t C4 = (C + 3) / 4 * 4;
-    if (taps == 1) return A64(C4 * CD_PB) + A64(CD_PB * 4);
-    const int64_t L = rc_direct3_positions(rc_direct3_band_blocks(C, H * W, W), W);
-    return A64(C4 * L) + A64(L * 4) + A64(CD_PB * 4);
+    const int64_t L = rc_direct_positions(rc_direct_band_blocks(C, H * W, W, taps), W, taps);
+    return A64((C + 3) / 4 * 4 * L) + A64(L * 4) + A64(CD_PB * 4);
 }
 
 long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, int taps, int slots) {
@@ -348,17 +345,14 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
 #endif
     if (nt > slots) nt = (int)slots;
     /* Work items are (image, band of pixel blocks, share of the output-channel blocks).
-     * 1x1: a band is one block.  3x3: as few bands per image as the buffer allows (each
-     * band is interleaved once with its halo), more when images alone do not spread evenly
-     * over the threads.  The OC blocks are split only when the bands alone give fewer than
-     * 4 items per thread (1x1) or fewer than one (3x3). */
-    int64_t bands = pblocks;
-    if (taps == 9) {
-        const int64_t most = rc_direct3_band_blocks(C, P, W);
-        bands = (pblocks + most - 1) / most;
-        while ((N * bands) % nt != 0 && bands < pblocks && N * bands < 4 * nt) ++bands;
-    }
-    const int64_t want = taps == 9 ? nt : 4 * nt;
+     * 3x3: as few bands per image as the buffer allows (each band is interleaved once with
+     * its halo), more when the images alone do not spread evenly over the threads.  The OC
+     * blocks are split only when the bands alone give fewer than 4 items per thread (1x1,
+     * one block per band) or fewer than one (3x3). */
+    const int64_t most = rc_direct_band_blocks(C, P, W, taps);
+    int64_t bands = (pblocks + most - 1) / most;
+    while ((N * bands) % nt != 0 && bands < pblocks && N * bands < 4 * nt) ++bands;
+    const int64_t want = taps == 1 ? 4 * nt : nt;
     int64_t split = (want + N * bands - 1) / (N * bands);
     if (split > oblocks) split = oblocks;
     if (split < 1) split = 1;
@@ -372,14 +366,9 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
         tid = omp_get_thread_num();
 #endif
         uint8_t *xb = base + tid * slot;
-        int32_t *chs = 0, *xsum;
-        if (taps == 1) {
-            xsum = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * CD_PB));
-        } else {
-            const int64_t L = rc_direct3_positions(rc_direct3_band_blocks(C, P, W), W);
-            chs = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * L));
-            xsum = (int32_t *)(void *)((uint8_t *)chs + A64(L * 4));
-        }
+        const int64_t L = rc_direct_positions(most, W, taps);
+        int32_t *chs = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * L));
+        int32_t *xsum = (int32_t *)(void *)((uint8_t *)chs + A64(L * 4));
         int64_t have = -1; /* the (image, band) this thread's buffer holds */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -390,11 +379,8 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
                                   w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC,
                                   W, taps};
             const int64_t key = n * bands + band, ob0 = s * oblocks / split, ob1 = (s + 1) * oblocks / split;
-            if (taps == 1)
-                rc_qconv_direct_block_avx512_vnni(&a, band * CD_PB, ob0, ob1, key != have, xb, xsum);
-            else
-                rc_qconv_direct3_band_avx512_vnni(&a, band * pblocks / bands, (band + 1) * pblocks / bands, ob0, ob1,
-                                                  key != have, xb, chs, xsum);
+            rc_qconv_direct_band_avx512_vnni(&a, band * pblocks / bands, (band + 1) * pblocks / bands, ob0, ob1,
+                                             key != have, xb, chs, xsum);
             have = key;
         }
     }

@@ -58,34 +58,32 @@ typedef struct {
     int taps;               /* 1 (1x1) or 9 (3x3, padding 1)                       */
 } rc_direct_args;
 
-/* 1x1: pixels [p0, p0 + RC_QCONV_DIRECT_PB) x output-channel blocks [ob0, ob1).  `pack`:
- * interleave this pixel block into xb (and its channel sums into xsum) first; 0 when xb
- * already holds it.  xb: RC_QCONV_DIRECT_PB * C4 bytes, xsum: RC_QCONV_DIRECT_PB int32.
+/* The pixel blocks [b0, b1) (a band) x output-channel blocks [ob0, ob1).  `pack`:
+ * interleave the band (3x3: with its halo) into xb first, and, some zw != 0, each
+ * position's channel sum into chs; 0 when xb already holds this band.  xb: C4 *
+ * rc_direct_positions(b1 - b0, W, taps) bytes (group stride 4 * positions), chs: as many
+ * int32 as positions, xsum: RC_QCONV_DIRECT_PB int32 (3x3: the block's nine-tap sums).
  *
- * 3x3: the pixel blocks [b0, b1) (a band) x output-channel blocks [ob0, ob1).  `pack`:
- * interleave the band with its halo into xb first (and, some zw != 0, each position's
- * channel sum into chs); 0 when xb already holds this band.  xb: C4 * rc_direct3_positions
- * (b1 - b0, W) bytes (group stride 4 * positions), chs: as many int32 as positions, xsum:
- * RC_QCONV_DIRECT_PB int32.  The halo (a multiple of 64 pixels, at least W + 1) covers
- * every tap's row and column shift; the 16 extra positions make the group stride an odd
- * number of cache lines, so the groups of one tap do not compete for the same L1 sets. */
-#define RC_DIRECT3_BAND_BYTES (256 * 1024)
-static inline int64_t rc_direct3_halo(int64_t W) { return (W + 1 + 63) / 64 * 64; }
-static inline int64_t rc_direct3_positions(int64_t blocks, int64_t W) {
-    return RC_QCONV_DIRECT_PB * blocks + 2 * rc_direct3_halo(W) + 16;
+ * 1x1: a band is one block (16 KB for C = 256, beside as many bytes of weights for
+ * OC = 64: together they just fit L1, and any padding of the group stride spills).
+ * 3x3: bands of up to RC_DIRECT_BAND_BYTES (L2); the halo (a multiple of 64 pixels, at
+ * least W + 1) covers every tap's row and column shift, and the 16 extra positions make
+ * the group stride an odd number of cache lines, so the groups of one tap do not compete
+ * for the same L1 sets. */
+#define RC_DIRECT_BAND_BYTES (256 * 1024)
+static inline int64_t rc_direct_halo(int64_t W, int taps) { return taps == 1 ? 0 : (W + 1 + 63) / 64 * 64; }
+static inline int64_t rc_direct_positions(int64_t blocks, int64_t W, int taps) {
+    return RC_QCONV_DIRECT_PB * blocks + (taps == 1 ? 0 : 2 * rc_direct_halo(W, taps) + 16);
 }
-/* the most pixel blocks a band holds: its buffer near RC_DIRECT3_BAND_BYTES (L2), at least
- * one block, at most the image */
-static inline int64_t rc_direct3_band_blocks(int64_t C, int64_t P, int64_t W) {
+static inline int64_t rc_direct_band_blocks(int64_t C, int64_t P, int64_t W, int taps) {
     const int64_t C4 = (C + 3) / 4 * 4, pblocks = (P + RC_QCONV_DIRECT_PB - 1) / RC_QCONV_DIRECT_PB;
-    const int64_t nb = (RC_DIRECT3_BAND_BYTES / C4 - 2 * rc_direct3_halo(W) - 16) / RC_QCONV_DIRECT_PB;
+    if (taps == 1) return 1;
+    const int64_t nb = (RC_DIRECT_BAND_BYTES / C4 - 2 * rc_direct_halo(W, taps) - 16) / RC_QCONV_DIRECT_PB;
     return nb < 1 ? 1 : nb > pblocks ? pblocks : nb;
 }
 #if RC_X86
-void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
-                                       uint8_t *xb, int32_t *xsum);
-void rc_qconv_direct3_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64_t b1, int64_t ob0, int64_t ob1,
-                                       int pack, uint8_t *xb, int32_t *chs, int32_t *xsum);
+void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64_t b1, int64_t ob0, int64_t ob1,
+                                      int pack, uint8_t *xb, int32_t *chs, int32_t *xsum);
 #endif
 
 /* The epilogue of channel c alone (its scale / multiplier / shift made per tensor; its
