@@ -106,8 +106,9 @@ static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m5
             const __m512i w01 = _mm512_packs_epi32(q[0], q[1]), w23 = _mm512_packs_epi32(q[2], q[3]);
             const __m512i b = e.out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
             const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-            const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
-            _mm512_mask_storeu_epi8(a->out + o * a->P + p0, m, _mm512_permutexvar_epi32(idx, b));
+            /* a plain store for a full block (a masked byte store is slow on some cores) */
+            if (np >= 64) _mm512_storeu_si512(a->out + o * a->P + p0, _mm512_permutexvar_epi32(idx, b));
+            else _mm512_mask_storeu_epi8(a->out + o * a->P + p0, ((__mmask64)1 << np) - 1, _mm512_permutexvar_epi32(idx, b));
             continue;
         }
         for (int j = 0; j < 4 && 16 * j < np; ++j) rc_epi16(&e, v[j], o, p0 + 16 * j, rc_mask16(np - 16 * j), a->out, a->P);
