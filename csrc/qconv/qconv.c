@@ -352,7 +352,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     const int64_t most = rc_direct_band_blocks(C, P, W, taps);
     int64_t bands = (pblocks + most - 1) / most;
     while ((N * bands) % nt != 0 && bands < pblocks && N * bands < 4 * nt) ++bands;
-    const int64_t want = taps == 1 ? 4 * nt : nt;
+    const int64_t want = nt;
     int64_t split = (want + N * bands - 1) / (N * bands);
     if (split > oblocks) split = oblocks;
     if (split < 1) split = 1;

@@ -73,11 +73,10 @@ typedef struct {
 #define RC_DIRECT_BAND_BYTES (256 * 1024)
 static inline int64_t rc_direct_halo(int64_t W, int taps) { return taps == 1 ? 0 : (W + 1 + 63) / 64 * 64; }
 static inline int64_t rc_direct_positions(int64_t blocks, int64_t W, int taps) {
-    return RC_QCONV_DIRECT_PB * blocks + (taps == 1 ? 0 : 2 * rc_direct_halo(W, taps) + 16);
+    return RC_QCONV_DIRECT_PB * blocks + 2 * rc_direct_halo(W, taps) + 16;
 }
 static inline int64_t rc_direct_band_blocks(int64_t C, int64_t P, int64_t W, int taps) {
     const int64_t C4 = (C + 3) / 4 * 4, pblocks = (P + RC_QCONV_DIRECT_PB - 1) / RC_QCONV_DIRECT_PB;
-    if (taps == 1) return 1;
     const int64_t nb = (RC_DIRECT_BAND_BYTES / C4 - 2 * rc_direct_halo(W, taps) - 16) / RC_QCONV_DIRECT_PB;
     return nb < 1 ? 1 : nb > pblocks ? pblocks : nb;
 }

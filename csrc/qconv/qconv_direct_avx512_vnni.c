@@ -78,15 +78,23 @@ static inline __attribute__((always_inline)) void pack64(const uint8_t *x, int64
  * (K = taps * C), every term taken modulo 2^32; the result fits int32 (K bound).  Then the
  * channel's epilogue, and the row stored (pixels past P masked off).  One out-of-line copy
  * for every tile shape: it runs once per tile, and inlined 48 times it pushed the
- * requantization itself out of line. */
+ * requantization itself out of line.  The bias goes into the row term, so the epilogues
+ * run without it. */
 static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m512i acc[MR][4], int mr,
                                              const int32_t *xsum, int64_t p0, int64_t o0) {
-    const int requant = a->epi->kind == RC_EPI_REQUANT_FLOAT || a->epi->kind == RC_EPI_REQUANT_FIXED;
+    const rc_epilogue *epi = a->epi;
+    const int requant = epi->kind == RC_EPI_REQUANT_FLOAT || epi->kind == RC_EPI_REQUANT_FIXED;
     const int64_t np = a->P - p0 < PB ? a->P - p0 : PB;
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    /* a per-tensor requantization is prepared once for the tile, a per-channel one per row */
+    rc_requant16_params rq;
+    if (requant && !epi->per_channel) rq = rc_requant16_prepare(epi, 0, 0xFFFF);
+    __m512i xs[4];
+    if (a->any_zw)
+        for (int j = 0; j < 4; ++j) xs[j] = _mm512_loadu_si512(xsum + 16 * j);
     for (int r = 0; r < mr; ++r) {
         const int64_t o = o0 + r;
-        int32_t bias;
-        const rc_epilogue e = rc_channel_epilogue(a->epi, o, &bias);
+        const int32_t bias = epi->bias ? epi->bias[o] : 0;
         const int32_t zwo = a->zw[a->zw_per_channel ? o : 0];
         const uint32_t rowterm = (uint32_t)a->zxu * ((uint32_t)(a->C * a->taps) * (uint32_t)zwo - (uint32_t)a->wsum[o]) +
                                  (uint32_t)bias;
@@ -94,23 +102,28 @@ static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m5
         __m512i v[4];
         for (int j = 0; j < 4; ++j) {
             v[j] = _mm512_add_epi32(acc[r][j], rt);
-            if (a->any_zw) v[j] = _mm512_sub_epi32(v[j], _mm512_mullo_epi32(zv, _mm512_loadu_si512(xsum + 16 * j)));
+            if (a->any_zw) v[j] = _mm512_sub_epi32(v[j], _mm512_mullo_epi32(zv, xs[j]));
         }
         if (requant) {
+            if (epi->per_channel) {
+                int32_t unused;
+                const rc_epilogue e = rc_channel_epilogue(epi, o, &unused);
+                rq = rc_requant16_prepare(&e, 0, 0xFFFF);
+            }
             /* the 64 bytes of the row in one store: the requantized lanes lie in [qmin, qmax]
              * (inside the output type), so the saturating packs are exact; they interleave
              * 128-bit lanes, which one dword permute undoes */
-            const rc_requant16_params rq = rc_requant16_prepare(&e, 0, 0xFFFF);
             __m512i q[4];
             for (int j = 0; j < 4; ++j) q[j] = rc_requant16_apply(&rq, v[j]);
             const __m512i w01 = _mm512_packs_epi32(q[0], q[1]), w23 = _mm512_packs_epi32(q[2], q[3]);
-            const __m512i b = e.out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
-            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            const __m512i b = epi->out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
             /* a plain store for a full block (a masked byte store is slow on some cores) */
             if (np >= 64) _mm512_storeu_si512(a->out + o * a->P + p0, _mm512_permutexvar_epi32(idx, b));
             else _mm512_mask_storeu_epi8(a->out + o * a->P + p0, ((__mmask64)1 << np) - 1, _mm512_permutexvar_epi32(idx, b));
             continue;
         }
+        int32_t unused;
+        const rc_epilogue e = rc_channel_epilogue(epi, o, &unused);
         for (int j = 0; j < 4 && 16 * j < np; ++j) rc_epi16(&e, v[j], o, p0 + 16 * j, rc_mask16(np - 16 * j), a->out, a->P);
     }
 }
@@ -198,7 +211,6 @@ static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, 
                                                const __mmask16 k0[4], const __mmask16 k2[4],   \
                                                const int32_t *xs, int64_t p0, int64_t nv, int64_t ob0, \
                                                int64_t ob1) {                                  \
-        if ((taps) == 1) S = PB * 4; /* a one-block band: a constant stride */               \
         for (int64_t ob = ob0; ob < ob1; ++ob) {                                              \
             const int64_t o0 = ob * MR;                                                       \
             const int8_t *wb = a->wpk + ob * MR * ((a->C + 3) / 4 * 4) * (taps);            \
@@ -218,13 +230,14 @@ void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64
         /* every position the band's taps read, the zero point off the image */
         const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
         const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
-        for (int64_t k = 0; k < chunks; ++k) {
-            const int64_t s = q0 + 64 * k;
-            const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
-            const __mmask64 in =
-                hi <= lo ? 0 : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
-            for (int64_t g = 0; g < G; ++g) pack64(a->x, P, 4 * g, a->C, s, in, zpad, fl, xb + g * S + 256 * k);
-        }
+        for (int64_t g = 0; g < G; ++g)
+            for (int64_t k = 0; k < chunks; ++k) {
+                const int64_t s = q0 + 64 * k;
+                const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
+                const __mmask64 in =
+                    hi <= lo ? 0 : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
+                pack64(a->x, P, 4 * g, a->C, s, in, zpad, fl, xb + g * S + 256 * k);
+            }
         if (a->any_zw) {
             /* each position's channel sum (vpdpbusd against ones; padded channels are 0) */
             const __m512i ones = _mm512_set1_epi8(1);
