@@ -64,12 +64,10 @@ typedef struct {
  * rc_direct_positions(b1 - b0, W, taps) bytes (group stride 4 * positions), chs: as many
  * int32 as positions, xsum: RC_QCONV_DIRECT_PB int32 (3x3: the block's nine-tap sums).
  *
- * 1x1: a band is one block (16 KB for C = 256, beside as many bytes of weights for
- * OC = 64: together they just fit L1, and any padding of the group stride spills).
- * 3x3: bands of up to RC_DIRECT_BAND_BYTES (L2); the halo (a multiple of 64 pixels, at
- * least W + 1) covers every tap's row and column shift, and the 16 extra positions make
- * the group stride an odd number of cache lines, so the groups of one tap do not compete
- * for the same L1 sets. */
+ * Bands hold up to RC_DIRECT_BAND_BYTES (L2; at least one block).  The 3x3 halo (a
+ * multiple of 64 pixels, at least W + 1; none for 1x1) covers every tap's row and column
+ * shift, and the 16 extra positions make the group stride an odd number of cache lines,
+ * so the channel groups a tile reads do not compete for the same L1 sets. */
 #define RC_DIRECT_BAND_BYTES (256 * 1024)
 static inline int64_t rc_direct_halo(int64_t W, int taps) { return taps == 1 ? 0 : (W + 1 + 63) / 64 * 64; }
 static inline int64_t rc_direct_positions(int64_t blocks, int64_t W, int taps) {
