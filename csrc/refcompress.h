@@ -143,15 +143,15 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
  * the tap, the zero point where it reads padding).  Weights w [OC, C, taps] are packed
  * once by rc_qconv_direct_pack into blocks of RC_QCONV_DIRECT_MR output channels:
  *   packed[b][t*C4/4 + g][r][i] = w[MR*b + r, 4g + i, t]   (int8; zero past OC and C)
- * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv_direct_workspace_size(C, taps,
- * slots) bytes hold `slots` per-thread buffers; the call runs at most that many threads
+ * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv_direct_workspace_size(C, H, W,
+ * taps, slots) bytes hold `slots` per-thread buffers; the call runs at most that many threads
  * (pass the same byte count as workspace_bytes).  Returns RC_ERR_ISA unless `isa`
  * resolves to VNNI. */
 #define RC_QCONV_DIRECT_MR 6
 #define RC_QCONV_DIRECT_PB 64
 long long rc_qconv_direct_packed_size(long long OC, long long C, int taps);
 int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums);
-long long rc_qconv_direct_workspace_size(long long C, int taps, int slots);
+long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, int taps, int slots);
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                     int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
                     const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,

@@ -301,15 +301,16 @@ int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, i
     return RC_OK;
 }
 
-/* One thread's scratch: the interleaved pixel block (every tap) and its channel sums,
- * 64-byte aligned. */
-static int64_t cd_slot_bytes(int64_t C, int taps) {
-    return A64((C + 3) / 4 * 4 * taps * CD_PB) + A64(CD_PB * 4);
+/* One thread's scratch, 64-byte aligned parts: the interleaved band, each position's
+ * channel sum, and a block's nine-tap sums. */
+static int64_t cd_slot_bytes(int64_t C, int64_t H, int64_t W, int taps) {
+    const int64_t L = rc_direct_positions(rc_direct_band_blocks(C, H * W, W, taps), W, taps);
+    return A64((C + 3) / 4 * 4 * L) + A64(L * 4) + A64(CD_PB * 4);
 }
 
-long long rc_qconv_direct_workspace_size(long long C, int taps, int slots) {
-    if (C < 1 || slots < 1 || (taps != 1 && taps != 9)) return -1;
-    return slots * cd_slot_bytes(C, taps) + 64;
+long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, int taps, int slots) {
+    if (C < 1 || H < 1 || W < 1 || slots < 1 || (taps != 1 && taps != 9)) return -1;
+    return slots * cd_slot_bytes(C, H, W, taps) + 64;
 }
 
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
@@ -328,7 +329,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     if (v < 0) return RC_ERR_ISA;
 #if RC_X86
     if (v != RC_ISA_AVX512_VNNI) return RC_ERR_ISA;
-    const int64_t slot = cd_slot_bytes(C, taps);
+    const int64_t slot = cd_slot_bytes(C, H, W, taps);
     const int64_t slots = workspace_bytes > 64 ? (workspace_bytes - 64) / slot : 0;
     if (slots < 1) return RC_ERR_ARG;
     uint8_t *base = (uint8_t *)workspace + ((64 - ((uintptr_t)workspace & 63)) & 63);
@@ -343,12 +344,19 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     nt = threads > 0 ? threads : omp_get_max_threads();
 #endif
     if (nt > slots) nt = (int)slots;
-    /* Work items are (image, pixel block, share of the output-channel blocks); the OC blocks
-     * are split only when images x pixel blocks alone give fewer than 4 items per thread. */
-    int64_t split = (4 * nt + N * pblocks - 1) / (N * pblocks);
+    /* Work items are (image, band of pixel blocks, share of the output-channel blocks).
+     * 3x3: as few bands per image as the buffer allows (each band is interleaved once with
+     * its halo), more when the images alone do not spread evenly over the threads.  The OC
+     * blocks are split only when the bands alone give fewer than 4 items per thread (1x1,
+     * one block per band) or fewer than one (3x3). */
+    const int64_t most = rc_direct_band_blocks(C, P, W, taps);
+    int64_t bands = (pblocks + most - 1) / most;
+    while ((N * bands) % nt != 0 && bands < pblocks && N * bands < 4 * nt) ++bands;
+    const int64_t want = nt;
+    int64_t split = (want + N * bands - 1) / (N * bands);
     if (split > oblocks) split = oblocks;
     if (split < 1) split = 1;
-    const int64_t items = N * pblocks * split;
+    const int64_t items = N * bands * split;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1 && N * P * C * OC >= RC_MIN_PARALLEL_WORK)
 #endif
@@ -358,19 +366,21 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
         tid = omp_get_thread_num();
 #endif
         uint8_t *xb = base + tid * slot;
-        int32_t *xsum = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * taps * CD_PB));
-        int64_t have = -1; /* the (image, pixel block) this thread's buffer holds */
+        const int64_t L = rc_direct_positions(most, W, taps);
+        int32_t *chs = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * L));
+        int32_t *xsum = (int32_t *)(void *)((uint8_t *)chs + A64(L * 4));
+        int64_t have = -1; /* the (image, band) this thread's buffer holds */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int64_t it = 0; it < items; ++it) {
-            const int64_t n = it / (pblocks * split), pb = it / split % pblocks, s = it % split;
+            const int64_t n = it / (bands * split), band = it / split % bands, s = it % split;
             const rc_direct_args a = {(const uint8_t *)x + n * C * P, flip, zxu, packed, w_sums, w_zero_point,
                                   w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC,
                                   W, taps};
-            const int64_t key = n * pblocks + pb;
-            rc_qconv_direct_block_avx512_vnni(&a, pb * CD_PB, s * oblocks / split, (s + 1) * oblocks / split,
-                                              key != have, xb, xsum);
+            const int64_t key = n * bands + band, ob0 = s * oblocks / split, ob1 = (s + 1) * oblocks / split;
+            rc_qconv_direct_band_avx512_vnni(&a, band * pblocks / bands, (band + 1) * pblocks / bands, ob0, ob1,
+                                             key != have, xb, chs, xsum);
             have = key;
         }
     }

@@ -58,12 +58,29 @@ typedef struct {
     int taps;               /* 1 (1x1) or 9 (3x3, padding 1)                       */
 } rc_direct_args;
 
-/* Pixels [p0, p0 + RC_QCONV_DIRECT_PB) x output-channel blocks [ob0, ob1).  `pack`: interleave
- * this pixel block into xb (and its channel sums into xsum) first; 0 when xb already holds
- * it.  xb: RC_QCONV_DIRECT_PB * C4 * taps bytes, xsum: RC_QCONV_DIRECT_PB int32. */
+/* The pixel blocks [b0, b1) (a band) x output-channel blocks [ob0, ob1).  `pack`:
+ * interleave the band (3x3: with its halo) into xb first, and, some zw != 0, each
+ * position's channel sum into chs; 0 when xb already holds this band.  xb: C4 *
+ * rc_direct_positions(b1 - b0, W, taps) bytes (group stride 4 * positions), chs: as many
+ * int32 as positions, xsum: RC_QCONV_DIRECT_PB int32 (3x3: the block's nine-tap sums).
+ *
+ * Bands hold up to RC_DIRECT_BAND_BYTES (L2; at least one block).  The 3x3 halo (a
+ * multiple of 64 pixels, at least W + 1; none for 1x1) covers every tap's row and column
+ * shift, and the 16 extra positions make the group stride an odd number of cache lines,
+ * so the channel groups a tile reads do not compete for the same L1 sets. */
+#define RC_DIRECT_BAND_BYTES (256 * 1024)
+static inline int64_t rc_direct_halo(int64_t W, int taps) { return taps == 1 ? 0 : (W + 1 + 63) / 64 * 64; }
+static inline int64_t rc_direct_positions(int64_t blocks, int64_t W, int taps) {
+    return RC_QCONV_DIRECT_PB * blocks + 2 * rc_direct_halo(W, taps) + 16;
+}
+static inline int64_t rc_direct_band_blocks(int64_t C, int64_t P, int64_t W, int taps) {
+    const int64_t C4 = (C + 3) / 4 * 4, pblocks = (P + RC_QCONV_DIRECT_PB - 1) / RC_QCONV_DIRECT_PB;
+    const int64_t nb = (RC_DIRECT_BAND_BYTES / C4 - 2 * rc_direct_halo(W, taps) - 16) / RC_QCONV_DIRECT_PB;
+    return nb < 1 ? 1 : nb > pblocks ? pblocks : nb;
+}
 #if RC_X86
-void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
-                                       uint8_t *xb, int32_t *xsum);
+void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64_t b1, int64_t ob0, int64_t ob1,
+                                      int pack, uint8_t *xb, int32_t *chs, int32_t *xsum);
 #endif
 
 /* The epilogue of channel c alone (its scale / multiplier / shift made per tensor; its

@@ -3,12 +3,16 @@
  * taps are the image shifted by (kh - 1) rows and (kw - 1) columns, the zero point where
  * the shift reads padding).
  *
- * Lanes are pixels.  A block of 64 pixels is packed once as [K4/4][64 pixels][4 channels]
- * (each 32-bit lane holds 4 consecutive channels of one pixel, vpdpbusd's unsigned
- * operand); a micro-tile is 6 output channels x 4 vectors of 16 pixels = 24 accumulators,
- * each channel group adding 24 vpdpbusd against 6 broadcast int8 weight quadruples.  The
- * block (64 * K4 bytes) and the layer's weights stay in L1/L2 while all output-channel
- * blocks walk over it.  vpdpbusd does not saturate, so every step is exact modulo 2^32. */
+ * Lanes are pixels; each 32-bit lane holds 4 consecutive channels of one pixel
+ * (vpdpbusd's unsigned operand).  A band of 64-pixel blocks is interleaved once, as
+ * [C4/4][positions][4 channels], into a per-thread buffer; for 3x3 it carries a halo of at
+ * least W + 1 pixels on each side, and the one copy serves the nine taps, which read it at
+ * the offsets (kh - 1) W + (kw - 1) (the kw shifts are loads 4 bytes off, the kh shifts
+ * row offsets).  Rows above and below the image are the zero point in the buffer; the lanes
+ * whose kw = 0 / kw = 2 read wraps to the neighbouring row take the zero point by a
+ * merge-masked load.  A micro-tile is 6 output channels x up to 4 vectors of 16 pixels =
+ * 24 accumulators, each channel group adding 24 vpdpbusd against 6 broadcast int8 weight
+ * quadruples.  vpdpbusd does not saturate, so every step is exact modulo 2^32. */
 #include "../rc_common.h"
 #if RC_X86
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
@@ -24,10 +28,8 @@ _Static_assert(PB == 64, "pack64 and the 4-vector tile are written for 64-pixel 
 /* Interleave channels 4g..4g+3 of 64 pixels into 4 vectors of 16 lanes (c0, c1, c2, c3):
  * bytes then words interleave within each 128-bit lane (lane L of q_k holds pixels
  * 16L + 4k .. 16L + 4k + 3), then a 4 x 4 transpose of 128-bit lanes puts pixels
- * 16v .. 16v + 15 in vector v.  Pixels past the image (mask m) load as 0 (0x80 after the
- * int8 flip): they feed only accumulator lanes that are never stored.  Channels past C are
- * 0 in both operands, so they add nothing. */
-static inline void interleave64(const __m512i r[4], uint8_t *dst) {
+ * 16v .. 16v + 15 in vector v. */
+static inline __attribute__((always_inline)) void interleave64(const __m512i r[4], uint8_t *dst) {
     const __m512i t0 = _mm512_unpacklo_epi8(r[0], r[1]), t1 = _mm512_unpackhi_epi8(r[0], r[1]);
     const __m512i t2 = _mm512_unpacklo_epi8(r[2], r[3]), t3 = _mm512_unpackhi_epi8(r[2], r[3]);
     const __m512i q0 = _mm512_unpacklo_epi16(t0, t2), q1 = _mm512_unpackhi_epi16(t0, t2);
@@ -42,21 +44,13 @@ static inline void interleave64(const __m512i r[4], uint8_t *dst) {
     _mm512_storeu_si512(dst + 192, _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-static inline void pack64(const uint8_t *x, int64_t P, int64_t c, int64_t C, __mmask64 m, __m512i fl,
-                          uint8_t *dst) {
-    __m512i r[4];
-    for (int i = 0; i < 4; ++i)
-        r[i] = c + i < C ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, x + (c + i) * P), fl) : _mm512_setzero_si512();
-    interleave64(r, dst);
-}
-
-/* One 3x3 tap: lane j reads flat index s + j of each channel plane (s = p0 + the tap's
- * shift (kh - 1) * W + (kw - 1)); lanes whose read falls in the padding (`ok` clear: a
- * column off the row's edge, or a row off the image) hold the zero point, so they add
- * (zx - zx) * w = 0 like the reference's padding.  Blocks whose 64 reads leave the plane
- * (the image's first and last rows) gather them one by one, so no read leaves it. */
-static inline void pack64_tap(const uint8_t *x, int64_t P, int64_t c, int64_t C, int64_t s, __mmask64 ok,
-                              __m512i zpad, __m512i fl, uint8_t *dst) {
+/* Channels c..c+3 at the flat positions s..s+63 of the plane.  Lanes off the plane (`ok`
+ * clear: the 3x3 halo's rows above and below the image, and past its end) hold the zero
+ * point, so a tap reading them adds (zx - zx) * w = 0 like the reference's padding.
+ * Chunks whose 64 reads leave the plane copy the part inside it into a zeroed line first,
+ * so no read leaves it.  Channels past C are 0 in both operands, so they add nothing. */
+static inline __attribute__((always_inline)) void pack64(const uint8_t *x, int64_t P, int64_t c, int64_t C, int64_t s,
+                                                         __mmask64 ok, __m512i zpad, __m512i fl, uint8_t *dst) {
     __m512i r[4];
     for (int i = 0; i < 4; ++i) {
         if (c + i >= C) {
@@ -79,85 +73,28 @@ static inline void pack64_tap(const uint8_t *x, int64_t P, int64_t c, int64_t C,
     interleave64(r, dst);
 }
 
-static void pack_block(const rc_direct_args *a, int64_t p0, uint8_t *xb, int32_t *xsum) {
-    const int64_t G = (a->C + 3) / 4, np = a->P - p0 < PB ? a->P - p0 : PB;
-    const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
-    if (a->taps == 1) {
-        const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
-        for (int64_t g = 0; g < G; ++g)
-            pack64(a->x + p0, a->P, 4 * g, a->C, m, fl, xb + g * PB * 4);
-    } else {
-        /* lanes whose pixel has a left / right neighbour in its row (the kw = 0 / kw = 2
-         * taps read it) */
-        __mmask64 col[3] = {0, ~(__mmask64)0, 0};
-        for (int j = 0; j < 64; ++j) {
-            const int64_t ow = (p0 + j) % a->W;
-            if (ow > 0) col[0] |= (__mmask64)1 << j;
-            if (ow < a->W - 1) col[2] |= (__mmask64)1 << j;
-        }
-        const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
-        for (int t = 0; t < 9; ++t) {
-            const int64_t s = p0 + (t / 3 - 1) * a->W + (t % 3 - 1);
-            /* with the column inside the row, the flat read is inside the plane exactly
-             * when the row is inside the image */
-            const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > a->P ? a->P - s : 64;
-            const __mmask64 in = hi <= lo ? 0
-                                          : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
-            for (int64_t g = 0; g < G; ++g)
-                pack64_tap(a->x, a->P, 4 * g, a->C, s, in & col[t % 3], zpad, fl, xb + (t * G + g) * PB * 4);
-        }
-    }
-    if (!a->any_zw) return;
-    /* each pixel's channel sum over every tap (of the unsigned values, the zero point where
-     * a tap reads padding): vpdpbusd against ones */
-    const __m512i ones = _mm512_set1_epi8(1);
-    for (int v = 0; v < PB / 16; ++v) {
-        __m512i sum = _mm512_setzero_si512();
-        for (int64_t g = 0; g < G * a->taps; ++g)
-            sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + (g * PB + 16 * v) * 4), ones);
-        _mm512_storeu_si512(xsum + 16 * v, sum);
-    }
-}
-
-/* Accumulators are named variables (an indexed array of vectors would live on the stack,
- * see qgemm_avx512_vnni.c); `mr` is a constant after inlining, so the row guards fold. */
-#define C1_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
-#define C1_STEP(r)                                                                             \
-    if (mr > r) {                                                                              \
-        int32_t w;                                                                             \
-        memcpy(&w, wg + 4 * r, 4);                                                             \
-        const __m512i wv = _mm512_set1_epi32(w);                                               \
-        c##r##0 = _mm512_dpbusd_epi32(c##r##0, x0, wv);                                        \
-        c##r##1 = _mm512_dpbusd_epi32(c##r##1, x1, wv);                                        \
-        c##r##2 = _mm512_dpbusd_epi32(c##r##2, x2, wv);                                        \
-        c##r##3 = _mm512_dpbusd_epi32(c##r##3, x3, wv);                                        \
-    }
-#define C1_SAVE(r) \
-    if (mr > r) { acc[r][0] = c##r##0; acc[r][1] = c##r##1; acc[r][2] = c##r##2; acc[r][3] = c##r##3; }
-
-/* Output channels [o0, o0 + mr) over the packed pixel block at p0.  The exact value is
- *   sum_c (w - zw)(xu - zxu) = acc - zxu * wsum[o] - zw[o] * xsum[p] + C * zw[o] * zxu
- * (acc = sum_c w * xu), every term taken modulo 2^32; the result fits int32 (K bound). */
-static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, const uint8_t *xb,
-                                                       const int32_t *xsum, int64_t p0, int64_t o0,
-                                                       const int mr, const int8_t *wb) {
-    C1_DECL(0); C1_DECL(1); C1_DECL(2); C1_DECL(3); C1_DECL(4); C1_DECL(5);
-    const int64_t G = (a->C + 3) / 4 * a->taps;
-    for (int64_t g = 0; g < G; ++g) {
-        const uint8_t *xg = xb + g * PB * 4;
-        const int8_t *wg = wb + g * MR * 4;
-        const __m512i x0 = _mm512_loadu_si512(xg), x1 = _mm512_loadu_si512(xg + 64);
-        const __m512i x2 = _mm512_loadu_si512(xg + 128), x3 = _mm512_loadu_si512(xg + 192);
-        C1_STEP(0) C1_STEP(1) C1_STEP(2) C1_STEP(3) C1_STEP(4) C1_STEP(5)
-    }
-    __m512i acc[MR][4];
-    C1_SAVE(0) C1_SAVE(1) C1_SAVE(2) C1_SAVE(3) C1_SAVE(4) C1_SAVE(5)
-    const int requant = a->epi->kind == RC_EPI_REQUANT_FLOAT || a->epi->kind == RC_EPI_REQUANT_FIXED;
+/* The exact value of output channels [o0, o0 + mr) at the pixels p0.. from acc = sum_k w * xu:
+ *   sum_k (w - zw)(xu - zxu) = acc - zxu * wsum[o] - zw[o] * xsum[p] + K * zw[o] * zxu
+ * (K = taps * C), every term taken modulo 2^32; the result fits int32 (K bound).  Then the
+ * channel's epilogue, and the row stored (pixels past P masked off).  One out-of-line copy
+ * for every tile shape: it runs once per tile, and inlined 48 times it pushed the
+ * requantization itself out of line.  The bias goes into the row term, so the epilogues
+ * run without it. */
+static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m512i acc[MR][4], int mr,
+                                             const int32_t *xsum, int64_t p0, int64_t o0) {
+    const rc_epilogue *epi = a->epi;
+    const int requant = epi->kind == RC_EPI_REQUANT_FLOAT || epi->kind == RC_EPI_REQUANT_FIXED;
     const int64_t np = a->P - p0 < PB ? a->P - p0 : PB;
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    /* a per-tensor requantization is prepared once for the tile, a per-channel one per row */
+    rc_requant16_params rq;
+    if (requant && !epi->per_channel) rq = rc_requant16_prepare(epi, 0, 0xFFFF);
+    __m512i xs[4];
+    if (a->any_zw)
+        for (int j = 0; j < 4; ++j) xs[j] = _mm512_loadu_si512(xsum + 16 * j);
     for (int r = 0; r < mr; ++r) {
         const int64_t o = o0 + r;
-        int32_t bias;
-        const rc_epilogue e = rc_channel_epilogue(a->epi, o, &bias);
+        const int32_t bias = epi->bias ? epi->bias[o] : 0;
         const int32_t zwo = a->zw[a->zw_per_channel ? o : 0];
         const uint32_t rowterm = (uint32_t)a->zxu * ((uint32_t)(a->C * a->taps) * (uint32_t)zwo - (uint32_t)a->wsum[o]) +
                                  (uint32_t)bias;
@@ -165,40 +102,182 @@ static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, 
         __m512i v[4];
         for (int j = 0; j < 4; ++j) {
             v[j] = _mm512_add_epi32(acc[r][j], rt);
-            if (a->any_zw) v[j] = _mm512_sub_epi32(v[j], _mm512_mullo_epi32(zv, _mm512_loadu_si512(xsum + 16 * j)));
+            if (a->any_zw) v[j] = _mm512_sub_epi32(v[j], _mm512_mullo_epi32(zv, xs[j]));
         }
         if (requant) {
+            if (epi->per_channel) {
+                int32_t unused;
+                const rc_epilogue e = rc_channel_epilogue(epi, o, &unused);
+                rq = rc_requant16_prepare(&e, 0, 0xFFFF);
+            }
             /* the 64 bytes of the row in one store: the requantized lanes lie in [qmin, qmax]
              * (inside the output type), so the saturating packs are exact; they interleave
              * 128-bit lanes, which one dword permute undoes */
             __m512i q[4];
-            for (int j = 0; j < 4; ++j) q[j] = rc_requant16(&e, v[j], 0, 0xFFFF);
+            for (int j = 0; j < 4; ++j) q[j] = rc_requant16_apply(&rq, v[j]);
             const __m512i w01 = _mm512_packs_epi32(q[0], q[1]), w23 = _mm512_packs_epi32(q[2], q[3]);
-            const __m512i b = e.out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
-            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-            const __mmask64 m = np >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << np) - 1);
-            _mm512_mask_storeu_epi8(a->out + o * a->P + p0, m, _mm512_permutexvar_epi32(idx, b));
+            const __m512i b = epi->out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+            /* a plain store for a full block (a masked byte store is slow on some cores) */
+            if (np >= 64) _mm512_storeu_si512(a->out + o * a->P + p0, _mm512_permutexvar_epi32(idx, b));
+            else _mm512_mask_storeu_epi8(a->out + o * a->P + p0, ((__mmask64)1 << np) - 1, _mm512_permutexvar_epi32(idx, b));
             continue;
         }
+        int32_t unused;
+        const rc_epilogue e = rc_channel_epilogue(epi, o, &unused);
         for (int j = 0; j < 4 && 16 * j < np; ++j) rc_epi16(&e, v[j], o, p0 + 16 * j, rc_mask16(np - 16 * j), a->out, a->P);
     }
 }
 
-void rc_qconv_direct_block_avx512_vnni(const rc_direct_args *a, int64_t p0, int64_t ob0, int64_t ob1, int pack,
-                                       uint8_t *xb, int32_t *xsum) {
-    if (pack) pack_block(a, p0, xb, xsum);
-    const int64_t C4 = (a->C + 3) / 4 * 4 * a->taps;
-    for (int64_t ob = ob0; ob < ob1; ++ob) {
-        const int64_t o0 = ob * MR;
-        const int8_t *wb = a->wpk + ob * MR * C4;
-        switch (a->OC - o0 < MR ? a->OC - o0 : MR) {
-        case 6: tile(a, xb, xsum, p0, o0, 6, wb); break;
-        case 5: tile(a, xb, xsum, p0, o0, 5, wb); break;
-        case 4: tile(a, xb, xsum, p0, o0, 4, wb); break;
-        case 3: tile(a, xb, xsum, p0, o0, 3, wb); break;
-        case 2: tile(a, xb, xsum, p0, o0, 2, wb); break;
-        default: tile(a, xb, xsum, p0, o0, 1, wb); break;
+/* Accumulators are named variables (an indexed array of vectors would live on the stack,
+ * see qgemm_avx512_vnni.c); `mr`, `nv` and `taps` are constants after inlining, so the
+ * guards fold. */
+#define C_DECL(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0, c##r##3 = c##r##0
+#define C_STEP(r)                                                                              \
+    if (mr > r) {                                                                              \
+        int32_t w;                                                                             \
+        memcpy(&w, wg + 4 * r, 4);                                                             \
+        const __m512i wv = _mm512_set1_epi32(w);                                               \
+        if (nv > 0) c##r##0 = _mm512_dpbusd_epi32(c##r##0, x0, wv);                            \
+        if (nv > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, x1, wv);                            \
+        if (nv > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, x2, wv);                            \
+        if (nv > 3) c##r##3 = _mm512_dpbusd_epi32(c##r##3, x3, wv);                            \
+    }
+#define C_SAVE(r) \
+    if (mr > r) { acc[r][0] = c##r##0; acc[r][1] = c##r##1; acc[r][2] = c##r##2; acc[r][3] = c##r##3; }
+
+/* One tap over every channel group: vector v of the block reads 16 quadruples at
+ * xt + g S + 64 v; the kw = 0 / kw = 2 taps (`kind` 0 / 2) take the zero point in the
+ * lanes whose read wraps to the neighbouring row (masks k0v / k2v clear). */
+#define T_LOAD(v, kind)                                                                       \
+    (nv > v ? ((kind) == 1 ? _mm512_loadu_si512(xg + 64 * v)                                  \
+                           : _mm512_mask_loadu_epi32(zpv, (kind) == 0 ? k0##v : k2##v, xg + 64 * v)) \
+            : _mm512_setzero_si512())
+#define T_TAP(xt, kind)                                                                       \
+    for (int64_t g = 0; g < G; ++g, wg += MR * 4) {                                           \
+        const uint8_t *xg = (xt) + g * S;                                                     \
+        const __m512i x0 = T_LOAD(0, kind), x1 = T_LOAD(1, kind);                             \
+        const __m512i x2 = T_LOAD(2, kind), x3 = T_LOAD(3, kind);                             \
+        C_STEP(0) C_STEP(1) C_STEP(2) C_STEP(3) C_STEP(4) C_STEP(5)                           \
+    }
+
+/* Output channels [o0, o0 + mr) over the nv vectors of the block at p0, whose first pixel
+ * sits at xc in the band buffer (group stride S bytes). */
+static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, const uint8_t *xc, int64_t S,
+                                                       const __mmask16 k0[4], const __mmask16 k2[4],
+                                                       const int32_t *xsum, int64_t p0, int64_t o0,
+                                                       const int taps, const int mr, const int nv, const int8_t *wb) {
+    C_DECL(0); C_DECL(1); C_DECL(2); C_DECL(3); C_DECL(4); C_DECL(5);
+    const int64_t G = (a->C + 3) / 4;
+    const int8_t *wg = wb; /* taps in (kh, kw) order, each over every group */
+    const __mmask16 k00 = k0[0], k01 = k0[1], k02 = k0[2], k03 = k0[3];
+    const __mmask16 k20 = k2[0], k21 = k2[1], k22 = k2[2], k23 = k2[3];
+    const __m512i zpv = _mm512_set1_epi8((char)(uint8_t)a->zxu);
+    if (taps == 1) {
+        T_TAP(xc, 1)
+    } else {
+        for (int kh = 0; kh < 3; ++kh) {
+            const uint8_t *xr = xc + 4 * (kh - 1) * a->W;
+            T_TAP(xr - 4, 0)
+            T_TAP(xr, 1)
+            T_TAP(xr + 4, 2)
         }
+    }
+    __m512i acc[MR][4];
+    C_SAVE(0) C_SAVE(1) C_SAVE(2) C_SAVE(3) C_SAVE(4) C_SAVE(5)
+    finish(a, acc, mr, xsum, p0, o0);
+}
+
+#define TILE_NV(taps, mr)                                                                     \
+    switch (nv) {                                                                             \
+    case 4: tile(a, xc, S, k0, k2, xs, p0, o0, taps, mr, 4, wb); break;                     \
+    case 3: tile(a, xc, S, k0, k2, xs, p0, o0, taps, mr, 3, wb); break;                     \
+    case 2: tile(a, xc, S, k0, k2, xs, p0, o0, taps, mr, 2, wb); break;                     \
+    default: tile(a, xc, S, k0, k2, xs, p0, o0, taps, mr, 1, wb); break;                    \
+    }
+#define TILE_MR(taps)                                                                         \
+    switch (a->OC - o0 < MR ? a->OC - o0 : MR) {                                              \
+    case 6: TILE_NV(taps, 6) break;                                                           \
+    case 5: TILE_NV(taps, 5) break;                                                           \
+    case 4: TILE_NV(taps, 4) break;                                                           \
+    case 3: TILE_NV(taps, 3) break;                                                           \
+    case 2: TILE_NV(taps, 2) break;                                                           \
+    default: TILE_NV(taps, 1) break;                                                          \
+    }
+
+/* The output-channel blocks [ob0, ob1) over one pixel block, one function per kernel size
+ * (each holds its 24 tile shapes; one function with both spills the loop's operands). */
+#define TILES(name, taps)                                                                     \
+    static __attribute__((noinline)) void name(const rc_direct_args *a, const uint8_t *xc, int64_t S, \
+                                               const __mmask16 k0[4], const __mmask16 k2[4],   \
+                                               const int32_t *xs, int64_t p0, int64_t nv, int64_t ob0, \
+                                               int64_t ob1) {                                  \
+        for (int64_t ob = ob0; ob < ob1; ++ob) {                                              \
+            const int64_t o0 = ob * MR;                                                       \
+            const int8_t *wb = a->wpk + ob * MR * ((a->C + 3) / 4 * 4) * (taps);            \
+            TILE_MR(taps)                                                                     \
+        }                                                                                     \
+    }
+TILES(tiles1, 1)
+TILES(tiles9, 9)
+
+void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64_t b1, int64_t ob0, int64_t ob1,
+                                      int pack, uint8_t *xb, int32_t *chs, int32_t *xsum) {
+    const int64_t W = a->W, P = a->P, G = (a->C + 3) / 4;
+    const int64_t halo = rc_direct_halo(W, a->taps), L = rc_direct_positions(b1 - b0, W, a->taps), S = 4 * L;
+    const int64_t q0 = b0 * PB - halo; /* the pixel at buffer position 0 */
+    const int64_t chunks = (b1 - b0) + 2 * halo / PB;
+    if (pack) {
+        /* every position the band's taps read, the zero point off the image */
+        const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
+        const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
+        for (int64_t g = 0; g < G; ++g)
+            for (int64_t k = 0; k < chunks; ++k) {
+                const int64_t s = q0 + 64 * k;
+                const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
+                const __mmask64 in =
+                    hi <= lo ? 0 : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
+                pack64(a->x, P, 4 * g, a->C, s, in, zpad, fl, xb + g * S + 256 * k);
+            }
+        if (a->any_zw) {
+            /* each position's channel sum (vpdpbusd against ones; padded channels are 0) */
+            const __m512i ones = _mm512_set1_epi8(1);
+            for (int64_t q = 0; q < 64 * chunks; q += 16) {
+                __m512i sum = _mm512_setzero_si512();
+                for (int64_t g = 0; g < G; ++g) sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + g * S + 4 * q), ones);
+                _mm512_storeu_si512(chs + q, sum);
+            }
+        }
+    }
+    for (int64_t b = b0; b < b1; ++b) {
+        const int64_t p0 = b * PB, np = P - p0 < PB ? P - p0 : PB, nv = (np + 15) / 16, pos = p0 - q0;
+        const uint8_t *xc = xb + 4 * pos;
+        const int32_t *xs = chs + pos;
+        /* 3x3: lanes with a left (kw = 0) / right (kw = 2) neighbour in their row */
+        __mmask16 k0[4] = {0, 0, 0, 0}, k2[4] = {0, 0, 0, 0};
+        if (a->taps == 9) {
+            int64_t col = p0 % W;
+            for (int j = 0; j < 64; ++j, col = col + 1 == W ? 0 : col + 1) {
+                if (col > 0) k0[j / 16] |= (__mmask16)(1u << (j % 16));
+                if (col < W - 1) k2[j / 16] |= (__mmask16)(1u << (j % 16));
+            }
+        }
+        if (a->any_zw && a->taps == 9) {
+            /* each pixel's channel sum over the nine taps, C zxu where a tap reads padding */
+            const __m512i czx = _mm512_set1_epi32((int32_t)((uint32_t)a->C * (uint32_t)a->zxu));
+            for (int v = 0; v < 4; ++v) {
+                __m512i sum = _mm512_setzero_si512();
+                for (int kh = 0; kh < 3; ++kh) {
+                    const int32_t *r = xs + 16 * v + (kh - 1) * W;
+                    sum = _mm512_add_epi32(sum, _mm512_mask_loadu_epi32(czx, k0[v], r - 1));
+                    sum = _mm512_add_epi32(sum, _mm512_loadu_si512(r));
+                    sum = _mm512_add_epi32(sum, _mm512_mask_loadu_epi32(czx, k2[v], r + 1));
+                }
+                _mm512_storeu_si512(xsum + 16 * v, sum);
+            }
+            xs = xsum;
+        }
+        if (a->taps == 1) tiles1(a, xc, S, k0, k2, xs, p0, nv, ob0, ob1);
+        else tiles9(a, xc, S, k0, k2, xs, p0, nv, ob0, ob1);
     }
 }
 #endif

@@ -207,13 +207,13 @@ def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
     e, keep, out_dtype = _epilogue(spec, bias, OC)
     out = np.empty((N, OC, H, W), dtype=out_dtype)
     slots = threads if threads > 0 else lib.rc_max_threads()
-    nbytes = lib.rc_qconv_direct_workspace_size(C, KH * KW, slots)
+    nbytes = lib.rc_qconv_direct_workspace_size(C, H, W, KH * KW, slots)
     ws = np.empty(nbytes, np.uint8)
     rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == np.int8 else 1, N, C, H, W, OC, KH * KW,
                          int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
                          _native.ptr("void *", ws), nbytes, isa, threads)
     del keep
-    check_rc(rc, "qconv2d (direct 1x1)")
+    check_rc(rc, "qconv2d (direct)")
     return out
 
 

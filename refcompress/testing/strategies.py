@@ -287,7 +287,12 @@ def qconv_cases(draw):
 #: Sizes below, at and above each, primes, and 1.
 QCONV_DIRECT_C = (1, 2, 3, 4, 5, 7, 8, 13, 63, 64, 65, 131)
 QCONV_DIRECT_OC = (1, 2, 5, 6, 7, 11, 12, 13, 64, 67)
-QCONV_DIRECT_HW = ((1, 1), (1, 13), (3, 5), (4, 4), (1, 17), (7, 9), (8, 8), (5, 13), (9, 15), (2, 97))
+#: (H, W): single rows and columns, primes, widths around the 64-pixel block and the 3x3
+#: halo (a multiple of 64 pixels, at least W + 1: W = 63 -> 64, 64 -> 128, 128 -> 192), and
+#: images whose last block holds 1, 16 or 63 pixels.
+QCONV_DIRECT_HW = ((1, 1), (1, 13), (3, 5), (4, 4), (1, 17), (7, 9), (8, 8), (5, 13), (9, 15), (2, 97),
+                   (2, 2), (2, 1), (17, 1), (64, 1), (1, 63), (1, 64), (1, 65), (2, 63), (3, 64), (5, 127),
+                   (2, 128), (1, 193), (11, 29), (13, 31), (28, 28), (7, 73))
 
 
 @st.composite

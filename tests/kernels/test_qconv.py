@@ -305,6 +305,37 @@ def test_direct_1x1_bench_shape_and_tile_split():
                 assert_exact(got, want)
 
 
+@pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
+@pytest.mark.parametrize("C, OC, k, N, H, W", [
+    (1024, 13, 3, 2, 6, 37),   # 3x3 (256 KB bands): one block per band, 4 bands per image
+    (520, 7, 3, 1, 9, 61),     # 3x3: bands of 5 blocks, a band boundary inside a row
+    (1000, 5, 3, 1, 3, 200),   # 3x3: a halo (256 pixels) wider than the band's one block
+    (2048, 7, 1, 2, 5, 31),    # 1x1: one block per band, 3 bands per image
+    (700, 13, 1, 3, 10, 41),   # 1x1: bands of 5 blocks
+])
+def test_direct_bands(C, OC, k, N, H, W):
+    """Images split into several bands (each interleaved on its own, 3x3 with its halo of
+    rows from the neighbouring bands): wide channel counts, band boundaries inside a row,
+    a halo wider than a band, and 1, 2 and 3 threads sharing the bands; zero points at
+    their extremes (every tap sum in play), int8 and uint8 inputs."""
+    rng = np.random.default_rng(C + W)
+    for x_dtype, zx in ((np.uint8, 255), (np.int8, -128)):
+        xi = np.iinfo(x_dtype)
+        x = rng.integers(int(xi.min), int(xi.max) + 1, (N, C, H, W)).astype(x_dtype)
+        w = rng.integers(-128, 128, (OC, C, k, k)).astype(np.int8)
+        zw = rng.integers(-128, 128, OC)
+        pw = kernels.pack_conv_weights(w, zw)
+        for out in (None, Requantize(np.float32(3e-5), 3, np.uint8)):
+            kw = dict(padding=k // 2, output=out)
+            with kernels.use("numpy"):
+                want = kernels.qconv2d(x, w, zx, zw, **kw)
+            for threads in (1, 2, 3):
+                with _DirectSpy(True) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+                    got = kernels.qconv2d(x, pw, zx, **kw)
+                assert spy.calls == 1
+                assert_exact(got, want)
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
 def test_direct_route_only_where_it_applies(variant):
     """Only VNNI routes 1x1 / stride 1 / pad 0 and 3x3 / stride 1 / pad 1 (groups 1)
