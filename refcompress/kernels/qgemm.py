@@ -145,7 +145,7 @@ class PackedWeights:
         self.max_abs_b = int(np.max(np.maximum(zb64 + 128, 127 - zb64)))
         self.packed = None
         self.col_sums = None
-        self._bounds = {}  # (a dtype, z_a, max|bias|) -> the K bound (see _k_bound)
+        self._bounds = {}  # (a dtype, z_a, max|bias|) -> the K bound (see _k_bound_cached)
         self._epilogues = {}  # see _epilogue_cached
         self._max_bias = None  # see _max_abs_bias
         if _native.lib is not None:
