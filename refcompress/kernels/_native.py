@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
+
 try:  # pragma: no branch - which arm runs depends on the build
     from refcompress._native import ffi, lib  # type: ignore[attr-defined]
 
@@ -35,3 +39,22 @@ def ptr(ctype: str, array):
     if t is None:
         t = _ARRAY_OF[ctype] = "char[]" if ctype == "void *" else ctype.replace(" *", "[]")
     return ffi.from_buffer(t, array)
+
+
+# Kernel scratch space, reused across calls (of every op), one buffer per Python thread: the
+# kernels release the GIL, so two threads must never share one.  Buffers up to _WS_KEEP
+# bytes are kept (a larger one is allocated for its call only).
+_tls = threading.local()
+_WS_KEEP = 1 << 22
+
+
+def workspace(nbytes):
+    """(size, array, cffi pointer) of this thread's workspace of at least ``nbytes``."""
+    ws = getattr(_tls, "ws", None)
+    if ws is not None and ws[0] >= nbytes:
+        return ws
+    buf = np.empty(max(nbytes, 1), np.uint8)
+    ws = (nbytes, buf, ptr("void *", buf))
+    if nbytes <= _WS_KEEP:
+        _tls.ws = ws
+    return ws

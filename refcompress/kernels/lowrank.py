@@ -37,8 +37,6 @@ tolerance 0).
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from .._validation import check_array, check_float, check_int
@@ -116,31 +114,12 @@ def lowrank_linear_reference(x, p):
     return y + p.bias if p.bias is not None else y
 
 
-# The workspace is reused across calls (of both ops), one per Python thread: the kernels
-# release the GIL, so two threads must never share one.  Buffers up to _WS_KEEP bytes are
-# kept.
-_tls = threading.local()
-_WS_KEEP = 1 << 22
-
-
-def _workspace(nbytes):
-    """(size, array, cffi pointer) of this thread's workspace of at least ``nbytes``."""
-    ws = getattr(_tls, "ws", None)
-    if ws is not None and ws[0] >= nbytes:
-        return ws
-    buf = np.empty(nbytes, np.uint8)
-    ws = (nbytes, buf, _native.ptr("void *", buf))
-    if nbytes <= _WS_KEEP:
-        _tls.ws = ws
-    return ws
-
-
 def _lowrank_linear_c(x, p, *, isa, threads):
     lib, ffi = _native.lib, _native.ffi
     c_args = p._c_args or p._pack()
     B = x.shape[0]
     y = np.empty((B, p.m), _F32)
-    ws = _workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
+    ws = _native.workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
     rc = lib.rc_lowrank_f32(ffi.from_buffer("float[]", x), B, p.n, p.r, p.m, *c_args,
                             ffi.from_buffer("float[]", y), ws[2], isa, threads)
     if rc:
@@ -317,7 +296,7 @@ def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
     c_args = q._c_args or q._prepare_c()
     B = x_q.shape[0]
     y = np.empty((B, q.m), np.float32)
-    ws = _workspace(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+    ws = _native.workspace(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
     rc = lib.rc_lowrank_q8(ptr("uint8_t *", x_q), B, q.n, q.r, q.m, *c_args, ptr("float *", y), ws[2],
                            isa, threads)
     if rc:

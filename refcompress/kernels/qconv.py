@@ -31,13 +31,18 @@ from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _native
 from ._registry import Op, check_rc, dispatch, register, runnable_isas
 from .qgemm import (
+    _I8,
+    _KEPT,
     _RANGE,
+    _U8,
     Dequantize,
     PackedWeights,
-    _epilogue,
-    _output_spec,
+    _bias,
+    _epilogue_cached,
+    _k_bound_cached,
+    _max_abs_bias,
+    _output_spec_cached,
     _qgemm_c,
-    k_bound,
     requantize_reference,
 )
 
@@ -92,6 +97,9 @@ class PackedConvWeights:
             self.mode = "depthwise"
             self.w_dw = np.ascontiguousarray(w.reshape(OC, -1))
             self.zp32 = np.ascontiguousarray(np.atleast_1d(zw).astype(np.int32))
+            if _native.lib is not None:  # the C views of the constant arrays, made once
+                self._dw_args = (_native.ptr("int8_t *", self.w_dw), _native.ptr("int32_t *", self.zp32),
+                                 int(self.per_channel))
         else:
             self.mode = "grouped"
             for g in range(self.groups):
@@ -100,6 +108,13 @@ class PackedConvWeights:
                 self.parts.append(PackedWeights(np.ascontiguousarray(wg.T), zp))
         zw64 = self.zero_point
         self.max_abs_w = int(np.max(np.maximum(zw64 + 128, 127 - zw64)))
+        # What qconv2d derives from these weights and the call's other arguments, kept
+        # (see _geometry_cached, _k_bound_cached, _max_abs_bias, _epilogue_cached, _group_args).
+        self._geometries = {}
+        self._bounds = {}
+        self._epilogues = {}
+        self._groups = {}
+        self._max_bias = None
 
     def _pack_direct(self, w):
         """The direct NCHW kernel's operand (1x1, or 3x3 for stride 1 / padding 1): w
@@ -174,6 +189,24 @@ def _slice_spec(spec, lo, hi):
     return (kind, (cut(params[0]), cut(params[1])) + tuple(params[2:]))
 
 
+def _group_args(pw, spec, bias):
+    """Each group's (output spec, bias) slice for the grouped path, kept on ``pw`` by the
+    identity of ``spec`` and ``bias`` (as :func:`_epilogue_cached` keeps epilogues, so the
+    per-group qgemm finds its epilogue kept too).  A bias slice is a view of ``bias``: writes
+    into it are seen."""
+    key = (id(spec), id(bias))
+    hit = pw._groups.get(key)
+    if hit is None:
+        ocg = pw.shape[0] // pw.groups
+        args = [(_slice_spec(spec, g * ocg, (g + 1) * ocg),
+                 None if bias is None else np.ascontiguousarray(bias[g * ocg:(g + 1) * ocg]))
+                for g in range(pw.groups)]
+        if len(pw._groups) >= _KEPT:
+            pw._groups.clear()
+        hit = pw._groups[key] = (args, spec, bias)
+    return hit[0]
+
+
 #: Route 1x1 / stride 1 / no padding and 3x3 / stride 1 / padding 1 (groups 1) through the
 #: direct NCHW kernel when the VNNI variant runs (tests switch them off to force the
 #: implicit-im2col path on the same shapes).
@@ -204,16 +237,17 @@ def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
     lib = _native.lib
     N, C, H, W = x.shape
     OC, _, KH, KW = pw.shape
-    e, keep, out_dtype = _epilogue(spec, bias, OC)
+    e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
     out = np.empty((N, OC, H, W), dtype=out_dtype)
     slots = threads if threads > 0 else lib.rc_max_threads()
     nbytes = lib.rc_qconv_direct_workspace_size(C, H, W, KH * KW, slots)
-    ws = np.empty(nbytes, np.uint8)
-    rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == np.int8 else 1, N, C, H, W, OC, KH * KW,
+    ws = _native.workspace(nbytes)
+    rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH * KW,
                          int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
-                         _native.ptr("void *", ws), nbytes, isa, threads)
+                         ws[2], nbytes, isa, threads)
     del keep
-    check_rc(rc, "qconv2d (direct)")
+    if rc:
+        check_rc(rc, "qconv2d (direct)")
     return out
 
 
@@ -226,23 +260,22 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
     (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
     OH = conv_output_size(H, KH, sh, ph, dh)
     OW = conv_output_size(W, KW, sw, pw_, dw)
-    xt = 0 if x.dtype == np.int8 else 1
+    xt = 0 if x.dtype == _I8 else 1
     if pw.mode in ("dense", "depthwise"):
-        e, keep, out_dtype = _epilogue(spec, bias, OC)
+        e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
         out = np.empty((N, OC, OH, OW), dtype=out_dtype)
         nbytes = np.dtype(out_dtype).itemsize
         if pw.mode == "dense":
             part = pw.parts[0]
-            ws = np.empty(lib.rc_qconv2d_workspace_size(C, H, W, KH, KW, OH, OW, OC, nbytes), np.uint8)
+            ws = _native.workspace(lib.rc_qconv2d_workspace_size(C, H, W, KH, KW, OH, OW, OC, nbytes))
             rc = lib.rc_qconv2d(_native.ptr("void *", x), xt, N, C, H, W, OC, KH, KW, sh, sw, ph, pw_, dh, dw,
                                 int(x_zero_point), *part._c_args, e, _native.ptr("void *", out),
-                                _native.ptr("void *", ws), isa, threads)
+                                ws[2], isa, threads)
         else:
-            ws = np.empty(lib.rc_qdwconv2d_workspace_size(C, H, W, KH, KW, ph, pw_), np.uint8)
+            ws = _native.workspace(lib.rc_qdwconv2d_workspace_size(C, H, W, KH, KW, ph, pw_))
             rc = lib.rc_qdwconv2d(_native.ptr("void *", x), xt, N, C, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
-                                  int(x_zero_point), _native.ptr("int8_t *", pw.w_dw),
-                                  _native.ptr("int32_t *", pw.zp32), int(pw.per_channel), e,
-                                  _native.ptr("void *", out), _native.ptr("void *", ws), isa, threads)
+                                  int(x_zero_point), *pw._dw_args, e, _native.ptr("void *", out), ws[2], isa,
+                                  threads)
         del keep
         check_rc(rc, "qconv2d")
         return out
@@ -251,9 +284,7 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
     P, Kg = OH * OW, Cg * KH * KW
     out = None
     cols = np.empty((P, Kg), dtype=x.dtype)
-    for g in range(geo.groups):
-        spec_g = _slice_spec(spec, g * ocg, (g + 1) * ocg)
-        bias_g = None if bias is None else np.ascontiguousarray(bias[g * ocg:(g + 1) * ocg])
+    for g, (spec_g, bias_g) in enumerate(_group_args(pw, spec, bias)):
         for n in range(N):
             xg = x[n, g * Cg:(g + 1) * Cg]
             rc = lib.rc_im2col_u8(_native.ptr("uint8_t *", xg), Cg, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
@@ -268,6 +299,34 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
 
 register(Op("qconv2d", qconv2d_reference, _qconv2d_c, ("portable", "avx2", "avx512", "avx512_vnni"),
             doc=__doc__))
+
+
+def _plain_pair(v):
+    return type(v) is int or (type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int)
+
+
+def _geometry_cached(pw, stride, padding, dilation, H, W):
+    """The validated ConvGeometry of a call, after checking that the dilated kernel fits the
+    padded H x W input (ShapeError otherwise).  Kept on ``pw`` per (stride, padding,
+    dilation, H, W) when each of the three is a plain int or a pair of plain ints (so equal
+    keys are equal arguments: 1.0 or True, equal to 1 but refused by as_pair, take the
+    general path and raise every time)."""
+    key = None
+    if _plain_pair(stride) and _plain_pair(padding) and _plain_pair(dilation):
+        key = (stride, padding, dilation, H, W)
+        geo = pw._geometries.get(key)
+        if geo is not None:
+            return geo
+    geo = ConvGeometry(_conv.as_pair(stride, "stride", 1), _conv.as_pair(padding, "padding", 0),
+                       _conv.as_pair(dilation, "dilation", 1), pw.groups)
+    KH, KW = pw.shape[2:]
+    for k in range(2):  # raises ShapeError when the dilated kernel does not fit
+        conv_output_size((H, W)[k], (KH, KW)[k], geo.stride[k], geo.padding[k], geo.dilation[k])
+    if key is not None:
+        if len(pw._geometries) >= _KEPT:
+            pw._geometries.clear()
+        pw._geometries[key] = geo
+    return geo
 
 
 # ---- public entry point ---------------------------------------------------------------------
@@ -285,9 +344,12 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
     Returns [N, OC, OH, OW].  Bit-exact across backends; OverflowRiskError past the int32
     bound on C/groups * KH * KW.
     """
-    x = check_array(x, "x", dtypes=[np.uint8, np.int8], ndim=4, contiguous=True)
+    # check_array's checks inline for an x it would pass unchanged, as in qgemm
+    if not (type(x) is np.ndarray and (x.dtype is _U8 or x.dtype is _I8) and x.ndim == 4 and x.flags.c_contiguous):
+        x = check_array(x, "x", dtypes=[np.uint8, np.int8], ndim=4, contiguous=True)
     if isinstance(w, PackedConvWeights):
-        if not (np.ndim(w_zero_point) == 0 and w_zero_point == 0) or groups not in (1, w.groups):
+        if not ((type(w_zero_point) is int and w_zero_point == 0 or np.ndim(w_zero_point) == 0 and w_zero_point == 0)
+                and groups in (1, w.groups)):
             raise ArgumentError("w_zero_point, groups: pass them to pack_conv_weights, not with packed weights")
         pw = w
     else:
@@ -298,21 +360,16 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
         raise ShapeError(
             f"x, w: x has {C} channels but w expects {Cg} per group x {pw.groups} groups = {Cg * pw.groups}"
         )
-    geo = ConvGeometry(_conv.as_pair(stride, "stride", 1), _conv.as_pair(padding, "padding", 0),
-                       _conv.as_pair(dilation, "dilation", 1), pw.groups)
-    for k in range(2):  # raises ShapeError when the dilated kernel does not fit
-        conv_output_size((H, W)[k], (KH, KW)[k], geo.stride[k], geo.padding[k], geo.dilation[k])
+    geo = _geometry_cached(pw, stride, padding, dilation, H, W)
     lo, hi = _RANGE[x.dtype]
     za = check_int(x_zero_point, "x_zero_point", min_value=lo, max_value=hi)
-    if bias is not None:
-        bias = check_array(bias, "bias", dtypes=[np.int32], shape=(OC,), contiguous=True)
-    max_bias = int(np.max(np.abs(bias.astype(np.int64)))) if bias is not None else 0
-    bound = k_bound(x.dtype, za, pw.max_abs_w, max_bias)
+    bias = _bias(bias, OC)
+    bound = _k_bound_cached(pw._bounds, x.dtype, za, pw.max_abs_w, _max_abs_bias(bias, pw))
     if Cg * KH * KW > bound:
         raise OverflowRiskError(
             f"w: C/groups*KH*KW = {Cg * KH * KW} exceeds the int32 accumulation bound {bound}"
         )
     if isinstance(output, Dequantize) and (output.row_scale is not None or output.bias is not None):
         raise ArgumentError("output: qconv2d's Dequantize takes scale and relu only (pass an int32 bias)")
-    spec = _output_spec(output, OC)
+    spec = _output_spec_cached(output, OC)
     return dispatch("qconv2d", x, pw, za, bias, geo, spec)

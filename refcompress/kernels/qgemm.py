@@ -145,7 +145,9 @@ class PackedWeights:
         self.max_abs_b = int(np.max(np.maximum(zb64 + 128, 127 - zb64)))
         self.packed = None
         self.col_sums = None
-        self._bounds = {}
+        self._bounds = {}  # (a dtype, z_a, max|bias|) -> the K bound (see _k_bound_cached)
+        self._epilogues = {}  # see _epilogue_cached
+        self._max_bias = None  # see _max_abs_bias
         if _native.lib is not None:
             lib = _native.lib
             self.packed = np.zeros(lib.rc_qgemm_packed_size(self.K, self.N), np.uint8)
@@ -284,19 +286,41 @@ def _epilogue(spec, bias, n_cols):
     return e, keep, out_dtype
 
 
+_KEPT = 8  # entries of each memo kept per object (a layer uses one or two), then cleared
+
+
+def _epilogue_cached(cache, spec, bias, n_cols):
+    """``_epilogue(spec, bias, n_cols)`` memoised in ``cache`` (a dict on the packed weights)
+    by the identity of ``spec`` and ``bias``.  Sound because a spec is never modified
+    after :func:`_output_spec` builds it, and the struct points into ``bias`` rather than
+    copying it (writes into a bias array are seen); the entry holds both objects, so their
+    ids cannot be reused by others while it lives.  Returns (struct, out dtype, the objects
+    the struct points into): hold the third until the C call returns (another Python thread
+    may evict the entry meanwhile)."""
+    key = (id(spec), id(bias))
+    hit = cache.get(key)
+    if hit is None:
+        e, keep, out_dtype = _epilogue(spec, bias, n_cols)
+        if len(cache) >= _KEPT:
+            cache.clear()
+        hit = cache[key] = (e, out_dtype, (spec, bias, keep))
+    return hit
+
+
 def _qgemm_c(a, b, a_zero_point, bias, spec, *, isa, threads):
     lib = _native.lib
     M, K = a.shape
     pw = b
-    e, keep, out_dtype = _epilogue(spec, bias, pw.N)
+    e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, pw.N)
     out = np.empty((M, pw.N), dtype=out_dtype)
-    ws = np.empty(max(lib.rc_qgemm_workspace_size(M, K, pw.N), 1), np.uint8)
+    ws = _native.workspace(lib.rc_qgemm_workspace_size(M, K, pw.N))
     rc = lib.rc_qgemm(
-        _native.ptr("void *", a), 0 if a.dtype == np.int8 else 1, M, K, pw.N, int(a_zero_point),
-        *pw._c_args, e, _native.ptr("void *", out), _native.ptr("void *", ws), isa, threads,
+        _native.ptr("void *", a), 0 if a.dtype == _I8 else 1, M, K, pw.N, int(a_zero_point),
+        *pw._c_args, e, _native.ptr("void *", out), ws[2], isa, threads,
     )
     del keep
-    check_rc(rc, "qgemm")
+    if rc:
+        check_rc(rc, "qgemm")
     return out
 
 
@@ -383,10 +407,13 @@ def _scales(scale, n_cols, name):
 def _bias(bias, n_cols):
     if bias is None:
         return None
+    if type(bias) is np.ndarray and bias.dtype is _I32 and bias.shape == (n_cols,) and bias.flags.c_contiguous:
+        return bias  # what check_array would return, without its general path
     return check_array(bias, "bias", dtypes=[np.int32], shape=(n_cols,), contiguous=True)
 
 
 _RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+_U8, _I8, _I32 = np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int32)
 
 
 def k_bound(a_dtype, a_zero_point, max_abs_b, max_abs_bias=0) -> int:
@@ -394,6 +421,99 @@ def k_bound(a_dtype, a_zero_point, max_abs_b, max_abs_bias=0) -> int:
     lo, hi = _RANGE[np.dtype(a_dtype)]
     max_abs_a = max(a_zero_point - lo, hi - a_zero_point)
     return (INT32_MAX - max_abs_bias) // max(max_abs_a * max_abs_b, 1)
+
+
+def _max_abs_bias(bias, packed) -> int:
+    """max |bias| as a Python int (0 without a bias).  Kept on ``packed`` (the packed
+    weights) with a snapshot of the bias, and reused only while the same array holds the
+    same bytes: comparing them costs a tenth of the two reductions, and a write into the
+    bias array is seen."""
+    if bias is None:
+        return 0
+    kept = packed._max_bias
+    if kept is not None and _unchanged(kept[0], (bias,)):
+        return kept[1]
+    m = max(int(bias.max()), -int(bias.min())) if bias.size else 0
+    packed._max_bias = (_snapshot((bias,)), m)
+    return m
+
+
+def _k_bound_cached(cache, a_dtype, za, max_abs_b, max_bias) -> int:
+    """:func:`k_bound`, memoised in ``cache`` (a dict on the packed weights): a layer calls
+    with the same few (dtype, zero point, max|bias|) keys."""
+    key = (a_dtype.char, za, max_bias)
+    bound = cache.get(key)
+    if bound is None:
+        bound = cache[key] = k_bound(a_dtype, za, max_abs_b, max_bias)
+    return bound
+
+
+# ---- validated output specs, kept on the spec object ---------------------------------------
+
+# Field values a spec object may hold that cannot change after construction (compared by
+# identity); an ndarray field is compared by dtype, shape and contents; anything else
+# (a list, say) makes the object uncacheable.
+_IMMUTABLE = (type(None), bool, int, float, str, type, np.generic, np.dtype)
+
+
+def _spec_fields(output):
+    """The values ``_output_spec(output, ...)`` is computed from, or None when its result
+    is not to be kept (other types, or per-call row scales)."""
+    t = type(output)
+    if t is Requantize:
+        return (output.scale, output.zero_point, output.dtype, output.rule, output.qmin, output.qmax)
+    if t is Dequantize and output.row_scale is None:
+        return (output.scale, output.relu, output.row_scale, output.bias)
+    return None
+
+
+def _snapshot(values):
+    snap = []
+    for v in values:
+        if type(v) is np.ndarray:
+            snap.append((v, v.dtype, v.shape, v.tobytes()))
+        elif isinstance(v, _IMMUTABLE):
+            snap.append(v)
+        else:
+            return None
+    return snap
+
+
+def _unchanged(snap, values):
+    for s, v in zip(snap, values):
+        if type(v) is np.ndarray:
+            if not (type(s) is tuple and s[0] is v and v.dtype == s[1] and v.shape == s[2] and v.tobytes() == s[3]):
+                return False
+        elif s is not v:
+            return False
+    return True
+
+
+def _output_spec_cached(output, n_cols, n_rows=None):
+    """``_output_spec(output, n_cols, n_rows)``, kept on the Requantize / Dequantize object
+    itself (a layer passes the same one at every call), per ``n_cols``.  A kept spec is
+    reused only while every field is the same object and every array field holds the same
+    dtype, shape and bytes as when it was validated, so a caller that writes into a scale
+    array gets it validated again.  Errors are never kept: bad specs raise at every call.
+    (Dequantize with row_scale, whose scales are per call, is validated every time.)"""
+    values = _spec_fields(output)
+    if values is None:
+        return _output_spec(output, n_cols, n_rows)
+    kept = output.__dict__.get("_rc_specs")
+    if kept is not None:
+        hit = kept.get(n_cols)
+        if hit is not None and _unchanged(hit[0], values):
+            return hit[1]
+    spec = _output_spec(output, n_cols, n_rows)
+    snap = _snapshot(values)
+    if snap is not None:
+        if kept is None:
+            kept = {}
+            object.__setattr__(output, "_rc_specs", kept)  # frozen dataclass: not a field
+        elif len(kept) >= _KEPT:
+            kept.clear()
+        kept[n_cols] = (snap, spec)
+    return spec
 
 
 def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
@@ -412,10 +532,18 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
 
     Bit-exact across NumPy and every C variant.  Raises OverflowRiskError when K exceeds
     the int32 bound for these types, zero points and bias.
+
+    With packed weights, what depends only on them and on the (unchanged) output spec is
+    validated once and kept (the K bound per zero point and max|bias|, the validated spec,
+    the C epilogue); each call checks the arguments that can change.
     """
-    a = check_array(a, "a", dtypes=[np.uint8, np.int8], ndim=2, contiguous=True)
+    # check_array's checks inline for an array it would pass unchanged (batch-1 calls are
+    # a few tens of microseconds in all); anything else takes the general path.
+    if not (type(a) is np.ndarray and (a.dtype is _U8 or a.dtype is _I8) and a.ndim == 2 and a.flags.c_contiguous):
+        a = check_array(a, "a", dtypes=[np.uint8, np.int8], ndim=2, contiguous=True)
     if isinstance(b, PackedWeights):
-        if not (np.ndim(b_zero_point) == 0 and b_zero_point == 0):
+        if not (type(b_zero_point) is int and b_zero_point == 0
+                or np.ndim(b_zero_point) == 0 and b_zero_point == 0):
             raise ArgumentError("b_zero_point: pass the zero point to pack_weights, not with packed weights")
         pw = b
     else:
@@ -425,18 +553,15 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
     lo, hi = _RANGE[a.dtype]
     za = check_int(a_zero_point, "a_zero_point", min_value=lo, max_value=hi)
     bias = _bias(bias, pw.N)
-    max_bias = int(np.max(np.abs(bias.astype(np.int64)))) if bias is not None and bias.size else 0
-    key = (a.dtype.char, za, max_bias)
-    bound = pw._bounds.get(key)
-    if bound is None:  # a layer calls with the same few keys: compute each once
-        bound = pw._bounds[key] = k_bound(a.dtype, za, pw.max_abs_b, max_bias)
+    max_bias = _max_abs_bias(bias, pw)
+    bound = _k_bound_cached(pw._bounds, a.dtype, za, pw.max_abs_b, max_bias)
     if pw.K > bound:
         raise OverflowRiskError(
             f"a, b: K = {pw.K} exceeds the int32 accumulation bound K <= {bound} for "
             f"{a.dtype.name} activations with zero point {za}, weights with max|b - z_b| = "
             f"{pw.max_abs_b} and max|bias| = {max_bias}; split K and accumulate in int64"
         )
-    spec = _output_spec(output, pw.N, a.shape[0])
+    spec = _output_spec_cached(output, pw.N, a.shape[0])
     return dispatch("qgemm", a, pw, za, bias, spec)
 
 

@@ -18,6 +18,8 @@ run time, output float).
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .. import _conv, kernels
@@ -53,8 +55,9 @@ class _Cached:
         self.value = None
 
     def get(self, src, build):
-        same = self.src is not None and (self.src is src if not isinstance(src, tuple)
-                                         else len(src) == len(self.src) and all(a is b for a, b in zip(src, self.src)))
+        kept = self.src
+        same = kept is not None and (kept is src if type(src) is not tuple
+                                     else len(src) == len(kept) and all(map(operator.is_, src, kept)))
         if not same:
             self.src, self.value = src, build(src)
         return self.value
@@ -126,14 +129,18 @@ class _QuantizedLayer(Module):
         return self
 
     def _output(self):
-        def build(_):
-            ws = self.weight_scale if self.per_channel else np.full(self.weight_q.shape[0], self.weight_scale[0])
-            m = requant_multiplier(self.input_scale[0], ws, self.output_scale[0])
-            z = int(self.output_zero_point[0])
-            return kernels.Requantize(m.astype(np.float32), z, np.uint8, self.rule, qmin=z if self.relu else 0,
-                                      qmax=2**self.act_bits - 1)
+        """The layer's Requantize spec (the same object at every call until a buffer it is
+        derived from is replaced, so qgemm / qconv2d keep its validated form)."""
+        b = self._buffers  # the registry itself: Module.__getattr__ costs ~0.5 us a name
+        return self._spec.get((b["weight_scale"], b["input_scale"], b["output_scale"], b["output_zero_point"]),
+                              self._build_output)
 
-        return self._spec.get((self.weight_scale, self.input_scale, self.output_scale, self.output_zero_point), build)
+    def _build_output(self, _):
+        ws = self.weight_scale if self.per_channel else np.full(self.weight_q.shape[0], self.weight_scale[0])
+        m = requant_multiplier(self.input_scale[0], ws, self.output_scale[0])
+        z = int(self.output_zero_point[0])
+        return kernels.Requantize(m.astype(np.float32), z, np.uint8, self.rule, qmin=z if self.relu else 0,
+                                  qmax=2**self.act_bits - 1)
 
     def backward(self, grad_out):
         raise NotDifferentiableError(
@@ -152,8 +159,13 @@ class QuantizedLinear(_QuantizedLayer):
                          per_channel)
 
     def forward(self, x):
-        pw = self._packed.get(self.weight_q, lambda w: kernels.pack_weights(np.ascontiguousarray(w.T)))
-        return kernels.qgemm(x, pw, int(self.input_zero_point[0]), bias=self.bias_q, output=self._output())
+        b = self._buffers
+        pw = self._packed.get(b["weight_q"], self._pack)
+        return kernels.qgemm(x, pw, int(b["input_zero_point"][0]), bias=self.bias_q, output=self._output())
+
+    @staticmethod
+    def _pack(w):
+        return kernels.pack_weights(np.ascontiguousarray(w.T))
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -178,9 +190,13 @@ class QuantizedConv2d(_QuantizedLayer):
         self._init_state(self.out_channels, shape, bias, rule, relu, act_bits, per_channel)
 
     def forward(self, x):
-        pw = self._packed.get(self.weight_q, lambda w: kernels.pack_conv_weights(w, 0, self.groups))
-        return kernels.qconv2d(x, pw, int(self.input_zero_point[0]), bias=self.bias_q, stride=self.stride,
+        b = self._buffers
+        pw = self._packed.get(b["weight_q"], self._pack)
+        return kernels.qconv2d(x, pw, int(b["input_zero_point"][0]), bias=self.bias_q, stride=self.stride,
                                padding=self.padding, dilation=self.dilation, output=self._output())
+
+    def _pack(self, w):
+        return kernels.pack_conv_weights(w, 0, self.groups)
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
