@@ -453,10 +453,11 @@ class PackedCSR:
     Build it with :func:`pack_csr`.  The arrays are held, not copied (when already
     contiguous and of an accepted type): changing ``indptr`` / ``indices`` in place is not
     allowed (the structure is trusted); changing ``values`` in place is seen by the next call,
-    **except by the batch-1 product of the "sell" form**, which runs from its own slice-ordered
-    copy of the values (made here and by :meth:`with_values`): after changing values in place,
-    take them in with ``packed = packed.with_values(values)``.  (SparseLinear does this for
-    every new values array; its optimisers assign new arrays.)
+    **except in the "sell" form**, which holds copies of the values (made here and by
+    :meth:`with_values`; every product of it, at any batch and on any backend, uses the
+    values as packed): after changing values in place, take them in with
+    ``packed = packed.with_values(values)``.  ``source_values`` is the array given.
+    (SparseLinear does this for every new values array; its optimisers assign new arrays.)
     """
 
     def __init__(self, indptr, indices, values, shape, bias=None, *, form="auto", colblock="auto"):
@@ -512,6 +513,12 @@ class PackedCSR:
         return "sell" if density <= SELL_MAX_DENSITY else "rows"
 
     def _set_values(self, values, bias):
+        self.source_values = values  # the array given (SparseLinear compares it to see new values)
+        if self.form == "sell":
+            # The sell form's batch-1 kernel runs from its own slice-ordered copy; every other
+            # product (batches > 1, the NumPy backend) runs from this copy, so that a PackedCSR
+            # gives one answer whatever the batch: values as they were when packed.
+            values = values.copy()
         self.values, self.bias = values, bias
         self._ws = None  # panel workspace, reused between calls (taken while a call runs)
         if _native.lib is None:

@@ -389,6 +389,8 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
             want = f"one of {list(rule)}" if isinstance(rule, tuple) else f"a{'n' if rule is int else ''} {rule.__name__}"
             raise ArgumentError(f"{where}.{key}: expected {want}, got {value!r}")
         kwargs[key] = value
+    if kwargs.get("rotate") and kwargs.get("per_tensor"):  # _rtn refuses it too; here before any work
+        raise ArgumentError(f"{where}.rotate: not with per_tensor (the per-tensor method is a float simulation)")
     if kind == "prune" and ("sparsity" in kwargs) == ("n" in kwargs or "m" in kwargs):
         raise ArgumentError(f"{where}: give either sparsity or both n and m")
     if kind == "prune" and "sparsity" in kwargs and not 0.0 <= kwargs["sparsity"] < 1.0:

@@ -170,9 +170,10 @@ class SparseLinear(Module):
         by loading a state dict); new ``values`` or ``bias`` arrays (fine-tuning) are swapped in
         with ``with_values``.  In training mode the layout is "rows" (it reads the held values,
         so in-place changes to ``values.data`` are seen without either); in eval mode it is
-        ``pack_csr``'s "auto", which for a sparse layer on AVX-512 is the batch-1 "sell" form:
-        that runs from a slice-ordered copy of the values, so in eval mode assign a new
-        ``values.data`` array (as the optimisers do) rather than changing it in place."""
+        ``pack_csr``'s "auto", which for a sparse layer on AVX-512 is the "sell" form: that
+        holds copies of the values (every batch uses the values as packed), so in eval mode
+        assign a new ``values.data`` array (as the optimisers do) rather than changing it in
+        place."""
         # the registries read directly: Module.__getattr__ per attribute would cost more than a
         # small batch-1 product
         d = self.__dict__
@@ -187,7 +188,7 @@ class SparseLinear(Module):
             p = self._packed = kernels.pack_csr(self.indptr, self.indices, vals,
                                                 (self.out_features, self.in_features), b, form=form)
             self._packed_training = d["training"]
-        elif p.values is not vals or p.bias is not b:
+        elif p.source_values is not vals or p.bias is not b:
             p = self._packed = p.with_values(vals, b)
         return p
 

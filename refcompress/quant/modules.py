@@ -54,6 +54,15 @@ class _Cached:
         self.src = None
         self.value = None
 
+    # A copy or a pickle starts empty and rebuilds from its own buffers on first use: the
+    # value may hold C pointers (packed weights, epilogue structs), which cannot be copied,
+    # and would point into the original's arrays anyway.
+    def __deepcopy__(self, memo):
+        return _Cached()
+
+    def __reduce__(self):
+        return (_Cached, ())
+
     def get(self, src, build):
         kept = self.src
         same = kept is not None and (kept is src if type(src) is not tuple
@@ -469,7 +478,9 @@ class WeightOnlyLinear(_WeightOnly):
     def unrotated_weight(self) -> np.ndarray:
         """The float weight in the input's own basis, (W_hat diag(input_scale)) Q^T, so that
         x (.)^T = ((x Q) * input_scale) W_hat^T: computed once from the stored codes (cached
-        like :meth:`dense_weight`), so the float forward costs what an unrotated layer's does.
+        like :meth:`dense_weight`: rebuilt when a buffer is replaced, so assign new arrays
+        rather than writing into ``input_scale`` or the codes in place), so the float
+        forward costs what an unrotated layer's does.
         A kernel working on the int4 codes themselves would rotate x instead
         (``hadamard_rotate``, n (m + a + ...) operations per row)."""
         if self.input_signs is None:

@@ -157,6 +157,8 @@ def test_rotation_and_wanda_bias_correction_options(tiny):
     assert g.input_signs is not None and g.input_scale is not None
     with pytest.raises(ArgumentError, match="rotate: not with per_tensor"):
         tr.compress_encoder(tiny, "int8 per-tensor RTN", calibration=CALIB, rotate=True)
+    with pytest.raises(ArgumentError, match="stage.rotate: not with per_tensor"):
+        tr.stage_method({"kind": "quantize", "method": "rtn", "per_tensor": True, "rotate": True})
     with pytest.raises(ArgumentError, match="rotate: expected a bool"):
         tr.stage_method({"kind": "quantize", "method": "gptq", "rotate": "yes"})
     # Wanda's bias correction: the kept weights are Wanda's, the bias moves by (W - W~) E[x]

@@ -188,11 +188,11 @@ def test_sparse_linear_packs_once_and_follows_new_values_and_bias():
     x = rng.standard_normal((4, 30)).astype(np.float32)
     layer(x)
     p = layer.packed()
-    assert layer.packed() is p and p.values is layer.values.data  # reused: no re-check per call
+    assert layer.packed() is p and p.source_values is layer.values.data  # reused: no re-check per call
     # the optimiser's two ways: a new array (with_values, same structure) or an in-place update
     layer.values.data = layer.values.data * 2
     q = layer.packed()
-    assert q is not p and q.indices is p.indices and q.values is layer.values.data
+    assert q is not p and q.indices is p.indices and q.source_values is layer.values.data
     layer.values.data *= 0.5
     assert layer.packed() is q
     layer.bias.data = np.zeros(40, np.float32)
@@ -228,3 +228,9 @@ def test_sparse_linear_form_follows_the_mode():
         layer.values.data = layer.values.data * 3  # a new array: with_values
         assert layer.packed().form == want
         assert np.all(np.abs(layer(x) - 3 * exact) <= 3 * bound + 1e-12)
+        # in place in eval mode: the sell form keeps the packed values for every batch (one
+        # answer, never batch 1 stale and batch 2 fresh); the rows form sees the change
+        layer.values.data *= 2
+        factor = 3 if want == "sell" else 6
+        for xb in (x, np.repeat(x, 2, axis=0)):
+            assert np.all(np.abs(layer(xb)[:1] - factor * exact) <= factor * bound + 1e-12)

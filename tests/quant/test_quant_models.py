@@ -187,3 +187,29 @@ def test_converting_an_untrained_qat_model_is_refused(toy):
     model, _, _ = toy
     with pytest.raises(ArgumentError, match="never saw data"):
         qat.convert_qat(qat.prepare_qat(model))
+
+
+def test_used_quantized_models_deep_copy_and_pickle():
+    """Layers keep derived state between calls (packed weights, C epilogue structs holding
+    pointers); a copy or a pickle must rebuild it from its own buffers, not fail on the
+    pointers or share them."""
+    import copy
+    import pickle
+
+    from refcompress.models import mlp_300_100, small_cnn
+    from refcompress.quant import w8a8
+
+    rng = np.random.default_rng(0)
+    for make, shape in ((small_cnn, (4, 1, 8, 8)), (mlp_300_100, (4, 64))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        q = C.quantize_static(make(np.random.default_rng(0)).eval(), x)
+        y = q(x)  # used: its caches are filled
+        for c in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+            np.testing.assert_array_equal(c(x), y)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    w = rng.standard_normal((8, 96)).astype(np.float32)
+    for layer in (w8a8.W8A8Linear.from_float(w, None, activation="token"),
+                  M.WeightOnlyLinear(96, 8, bits=4, rotate=True).set_weight(w)):
+        y = layer(x)
+        for c in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            np.testing.assert_array_equal(c(x), y)
