@@ -191,6 +191,8 @@ def _sparsegpt(lin, x, sparsity=None, n=None, m=None):
 
 
 def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False):
+    if correct_bias and lin.bias is None:
+        raise ArgumentError("correct_bias: the layer has no bias to correct")
     w = lin.weight.data.astype(np.float32)
     out = _with_weight(lin, wanda(w, x, sparsity=sparsity, n=n, m=m).weight)
     if correct_bias:
@@ -198,8 +200,6 @@ def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False):
         # Wanda's; only the mean output shift of the pruned ones is put back.  Under the
         # "mean" weighting, x.mean(0) is the mean over sentences of each sentence's mean input.
         corr = bias_correction(w, out.weight.data, x.mean(axis=0))
-        if out.bias is None:
-            raise ArgumentError("correct_bias: the layer has no bias to correct")
         out.bias.data = (out.bias.data + corr).astype(out.bias.data.dtype)
     return out
 

@@ -72,15 +72,11 @@ def _paley(m: int) -> np.ndarray:
     return np.eye(m, dtype=np.int64) + s
 
 
-def _small_hadamard(m: int) -> np.ndarray:
-    return np.ones((1, 1), np.int64) if m == 1 else _paley(m)
-
-
 def hadamard_matrix(n) -> np.ndarray:
     """The Hadamard matrix H_m (x) H_p of order n (int64 [n, n], entries +-1, H H^T = n I);
     the reference the fast transform is checked against."""
     m, p = hadamard_order(n)
-    return np.kron(_small_hadamard(m), _factor(p))
+    return np.kron(_factor(m), _factor(p))
 
 
 def random_signs(n, seed=0) -> np.ndarray:
@@ -114,7 +110,6 @@ def hadamard_rotate(x, signs, *, inverse=False) -> np.ndarray:
     while p > 1:
         sizes.append(min(p, _CHUNK))
         p //= sizes[-1]
-    rows = int(np.prod(x.shape[:-1]))
     # float64 inside and one rounding to x's dtype at the end: the result is the exact
     # rotation rounded once, whatever order BLAS sums in (the calibration data GPTQ sees
     # then does not depend on that order)
@@ -129,19 +124,19 @@ def hadamard_rotate(x, signs, *, inverse=False) -> np.ndarray:
             z = z.reshape(-1, k) @ h
         else:  # (x H)[.., c, ..] = sum_a H[a, c] x[.., a, ..]: H^T times each [k, post] block
             z = np.matmul(h.T, z.reshape(-1, k, post))
-    z = (z.reshape(rows, n) if rows else np.zeros((0, n))) / np.sqrt(n)
+    z = z.reshape(x.shape) / np.sqrt(n)
     if inverse:
         z = z * d
-    return z.reshape(x.shape).astype(x.dtype)
+    return z.astype(x.dtype)
 
 
 _CHUNK = 128
 
 
 def _factor(k: int) -> np.ndarray:
-    """H_k for one Kronecker factor: Sylvester when k is a power of two, else Paley."""
+    """H_k for one Kronecker factor: Sylvester when k is a power of two (1 included), else Paley."""
     if k & (k - 1):
-        return _small_hadamard(k)
+        return _paley(k)
     h = np.ones((1, 1), np.int64)
     while h.shape[0] < k:
         h = np.block([[h, h], [h, -h]])
