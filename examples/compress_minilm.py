@@ -35,6 +35,7 @@ GOALS = {
     "2:4 SparseGPT": ("halve", None, "2:4 magnitude"),
     "2:4 Wanda": ("halve", None, "2:4 magnitude"),
     "2:4 Wanda + bias correction": ("halve", None, "2:4 magnitude"),
+    "2:4 Wanda permuted + bias correction": ("halve", None, "2:4 magnitude"),
     "data-aware SVD 50% FFN": ("halve", None, "SVD 50% FFN"),
 }
 

@@ -27,9 +27,10 @@ import numpy as np
 from .. import nn
 from ..models import blas_threads
 from ..data.sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES
+from .._hessian import layer_hessian_diag
 from ..errors import ArgumentError
 from ..lowrank import LowRankLinear, truncated_svd, whitened_svd
-from ..prune import nm_mask, sparsegpt, wanda
+from ..prune import NMLinear, nm_mask, nm_permutation, sparsegpt, wanda, wanda_scores
 from ..prune.magnitude import mask_by_amount
 from ..quant import QuantSpec, awq, bias_correction, gptq, smoothquant_scales
 from ..quant.modules import WeightOnlyLinear
@@ -190,17 +191,32 @@ def _sparsegpt(lin, x, sparsity=None, n=None, m=None):
     return _with_weight(lin, sparsegpt(lin.weight.data.astype(np.float32), x, sparsity=sparsity, n=n, m=m).weight)
 
 
-def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False):
+def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False, permute=False):
     if correct_bias and lin.bias is None:
         raise ArgumentError("correct_bias: the layer has no bias to correct")
+    if permute and n is None:
+        raise ArgumentError("permute: only for an N:M pattern (give n and m, not sparsity)")
     w = lin.weight.data.astype(np.float32)
-    out = _with_weight(lin, wanda(w, x, sparsity=sparsity, n=n, m=m).weight)
+    perm = None
+    if permute:
+        # Pool & Yu 2021: choose which inputs share an N:M group so the mask keeps more of
+        # Wanda's score; the pattern then holds along x[:, perm] (an NMLinear gathers it).
+        perm = nm_permutation(wanda_scores(w, np.sqrt(layer_hessian_diag(x, None, w.shape[1]))), n, m)
+        pruned = np.empty_like(w)
+        pruned[:, perm] = wanda(w[:, perm], x[:, perm], n=n, m=m).weight
+    else:
+        pruned = wanda(w, x, sparsity=sparsity, n=n, m=m).weight
+    bias = _bias(lin)
     if correct_bias:
         # Nagel et al. 2019's bias correction, b += -(W~ - W) E[x]: the kept weights stay
         # Wanda's; only the mean output shift of the pruned ones is put back.  Under the
         # "mean" weighting, x.mean(0) is the mean over sentences of each sentence's mean input.
-        corr = bias_correction(w, out.weight.data, x.mean(axis=0))
-        out.bias.data = (out.bias.data + corr).astype(out.bias.data.dtype)
+        bias = (bias + bias_correction(w, pruned, x.mean(axis=0))).astype(np.float32)
+    if perm is not None:
+        return NMLinear.from_dense(pruned, n, m, bias, input_perm=perm).eval()
+    out = _with_weight(lin, pruned)
+    if bias is not None:
+        out.bias.data = bias.astype(out.bias.data.dtype)
     return out
 
 
@@ -275,6 +291,9 @@ METHODS = {
     "2:4 Wanda": Method(_wanda, dict(n=2, m=4), True),
     "2:4 Wanda + bias correction": Method(_wanda, dict(n=2, m=4, correct_bias=True), True,
                                           weighting=WEIGHTING["wanda_bc"]),
+    "2:4 Wanda permuted + bias correction": Method(
+        _wanda, dict(n=2, m=4, correct_bias=True, permute=True), True, weighting=WEIGHTING["wanda_bc"],
+        description="input channels permuted for the 2:4 groups (Pool & Yu 2021); NMLinear layers"),
     "SVD 50% FFN": Method(_svd, dict(fraction=0.5), layers=FFN_LINEARS),
     "data-aware SVD 50% FFN": Method(_svd_data, dict(fraction=0.5), True, layers=FFN_LINEARS),
 }
@@ -338,7 +357,7 @@ _STAGE_KEYS = {
                  "activation": ("static", "tensor", "token"), "alpha": float, "per_tensor": bool,
                  "symmetric": bool, "rotate": bool},
     "prune": {"method": ("magnitude", "sparsegpt", "wanda"), "sparsity": float, "n": int, "m": int,
-              "correct_bias": bool},
+              "correct_bias": bool, "permute": bool},
     "lowrank": {"method": ("svd", "data_aware"), "ffn_fraction": float},
 }
 _MAKERS = {("quantize", "rtn"): (_rtn, False), ("quantize", "gptq"): (_gptq, True),
@@ -350,7 +369,7 @@ _ALLOWED = {"rtn": {"bits", "group_size", "per_tensor", "symmetric", "rotate"},
             "gptq": {"bits", "group_size", "symmetric", "rotate"},
             "awq": {"bits", "group_size", "symmetric", "rotate"}, "w8a8": {"activation", "alpha"},
             "magnitude": {"sparsity", "n", "m"}, "sparsegpt": {"sparsity", "n", "m"},
-            "wanda": {"sparsity", "n", "m", "correct_bias"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
+            "wanda": {"sparsity", "n", "m", "correct_bias", "permute"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
 
 
 def stage_method(stage: dict, where: str = "stage") -> Method:
@@ -361,7 +380,8 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
     of each layer's inputs; rtn, gptq and awq),
     ``{"kind": "quantize", "method": "w8a8", "activation": "token", "alpha": 0.5}``,
     ``{"kind": "prune", "method": "sparsegpt", "n": 2, "m": 4}`` or ``"sparsity": 0.5``
-    (wanda: ``"correct_bias": true`` adds the bias correction),
+    (wanda: ``"correct_bias": true`` adds the bias correction, ``"permute": true`` with n and m
+    permutes each layer's inputs for the groups and writes NMLinear layers),
     ``{"kind": "lowrank", "method": "data_aware", "ffn_fraction": 0.5}``.
     Errors name ``where``, the key, the value and what was expected.
     """
@@ -395,6 +415,8 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
         raise ArgumentError(f"{where}: give either sparsity or both n and m")
     if kind == "prune" and "sparsity" in kwargs and not 0.0 <= kwargs["sparsity"] < 1.0:
         raise ArgumentError(f"{where}.sparsity: expected a number in [0, 1), got {kwargs['sparsity']!r}")
+    if kwargs.get("permute") and "n" not in kwargs:  # _wanda refuses it too; here before any work
+        raise ArgumentError(f"{where}.permute: only for an N:M pattern (give n and m, not sparsity)")
     if kind == "prune" and "n" in kwargs and not ("m" in kwargs and 0 < kwargs["n"] <= kwargs["m"]):
         raise ArgumentError(f"{where}: expected 0 < n <= m, got n={kwargs.get('n')!r}, m={kwargs.get('m')!r}")
     if "ffn_fraction" in kwargs:
@@ -411,8 +433,8 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
 
 def load_transformer_recipe(path) -> tuple:
     """(name, [Method, ...]) from a TOML recipe with ``model = "bert"`` and ``[[stage]]``
-    tables (see :func:`stage_method`).  Stages run in order; a quantize or lowrank stage
-    replaces the Linear layers, so it must be the last stage."""
+    tables (see :func:`stage_method`).  Stages run in order; a quantize or lowrank stage, or a
+    prune stage with ``permute``, replaces the Linear layers, so it must be the last stage."""
     import os
     import tomllib
 
@@ -435,6 +457,9 @@ def load_transformer_recipe(path) -> tuple:
         methods.append(stage_method(st, where))
         if st.get("kind") in ("quantize", "lowrank") and i != len(stages) - 1:
             raise ArgumentError(f"{where}: a {st['kind']} stage replaces the Linear layers; it must be the last stage")
+        if st.get("permute") and i != len(stages) - 1:
+            raise ArgumentError(f"{where}: a permuted prune stage replaces the Linear layers by NMLinear; "
+                                f"it must be the last stage")
     return str(doc.get("name", os.path.splitext(os.path.basename(path))[0])), methods
 
 

@@ -18,7 +18,7 @@ from .magnitude import (global_magnitude_prune, global_masks, han_threshold, lay
                         magnitude_prune, magnitude_scores, mask_by_amount, mask_by_threshold)
 from .masks import (apply_mask, apply_masks, get_mask, masked_layers, model_sparsity,
                     prunable_layers, remove_mask, remove_masks, sparsity)
-from .nm import is_nm_sparse, nm_mask, nm_masks, nm_prune
+from .nm import is_nm_sparse, nm_mask, nm_masks, nm_permutation, nm_prune, nm_retained
 from .schedules import (AGPPruner, IterativeResult, agp_sparsity, cubic_sparsities, geometric_sparsities,
                         iterative_prune)
 from .sparsegpt import PruneResult, sparsegpt
@@ -34,7 +34,7 @@ __all__ = [
     "layer_masks", "global_masks", "magnitude_prune", "global_magnitude_prune",
     "apply_mask", "apply_masks", "get_mask", "remove_mask", "remove_masks", "masked_layers",
     "prunable_layers", "sparsity", "model_sparsity",
-    "nm_mask", "nm_masks", "nm_prune", "is_nm_sparse",
+    "nm_mask", "nm_masks", "nm_prune", "is_nm_sparse", "nm_permutation", "nm_retained",
     "agp_sparsity", "geometric_sparsities", "cubic_sparsities", "AGPPruner", "IterativeResult", "iterative_prune",
     "SensitivityResult", "sensitivity_analysis",
     "SparseLinear", "NMLinear", "to_sparse", "to_nm", "to_dense",

@@ -37,7 +37,7 @@ from ..nn.module import Module, Parameter
 from ..nn.spec import register_module
 from .magnitude import check_amount
 from .masks import prunable_layers, remove_mask
-from .nm import check_nm
+from .nm import check_nm, check_perm
 
 __all__ = ["SparseLinear", "NMLinear", "to_sparse", "to_nm", "to_dense", "csr_stored_bytes",
            "nm_stored_bytes", "dense_stored_bytes"]
@@ -223,9 +223,15 @@ class NMLinear(Module):
 
     State: ``values`` (Parameter [out, in/M*N] float32), ``bias`` (Parameter [out] or None),
     buffer ``indices`` [out, in/M*N] uint8 (position of each kept weight in its group).
+
+    ``permuted=True`` adds buffer ``input_perm`` [in] int32, a permutation pi of the inputs
+    (Pool & Yu 2021, :func:`refcompress.prune.nm_permutation`): the N:M groups run over
+    x[:, pi], y = x[:, pi] W_pi^T + b with W_pi = W[:, pi], so the pattern holds in permuted
+    order and the layer gathers its input once per call (one pass over x).
     """
 
-    def __init__(self, in_features: int, out_features: int, n: int = 2, m: int = 4, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, n: int = 2, m: int = 4, bias: bool = True,
+                 permuted: bool = False):
         super().__init__()
         self.in_features = check_int(in_features, "in_features", min_value=1)
         self.out_features = check_int(out_features, "out_features", min_value=1)
@@ -237,21 +243,33 @@ class NMLinear(Module):
         self.bias = Parameter(np.zeros(self.out_features, np.float32)) if bias else None
         self.register_buffer("indices", np.tile(np.arange(self.n, dtype=np.uint8),
                                                 (self.out_features, k // self.n)))
+        if not isinstance(permuted, (bool, np.bool_)):
+            raise ArgumentError(f"permuted: expected True or False, got {permuted!r}")
+        if permuted:
+            self.register_buffer("input_perm", np.arange(self.in_features, dtype=np.int32))
+        else:
+            self.input_perm = None
         self._cache = None
 
     @classmethod
-    def from_dense(cls, weight, n: int, m: int, bias=None) -> "NMLinear":
+    def from_dense(cls, weight, n: int, m: int, bias=None, input_perm=None) -> "NMLinear":
         """N:M layer of ``weight [out, in]`` float32, which must already satisfy the pattern
-        (prune with :func:`refcompress.prune.nm_prune` first)."""
+        (prune with :func:`refcompress.prune.nm_prune` first) -- along the permuted inputs
+        ``weight[:, input_perm]`` when ``input_perm`` (a permutation of 0 .. in - 1) is given."""
         w = check_array(weight, "weight", dtypes=(np.float32,), ndim=2, finite=True)
         n, m = check_nm(n, m)
         if w.shape[1] % m:
             raise ShapeError(f"weight: expected in_features (shape[1]) divisible by m = {m}, got shape {w.shape}")
+        if input_perm is not None:
+            input_perm = check_perm(input_perm, w.shape[1], "input_perm")
+            w = w[:, input_perm]
         nm = nm_from_dense(np.ascontiguousarray(w), n, m)
-        layer = cls(w.shape[1], w.shape[0], n, m, bias=bias is not None)
+        layer = cls(w.shape[1], w.shape[0], n, m, bias=bias is not None, permuted=input_perm is not None)
         layer.values = Parameter(np.ascontiguousarray(nm.values))
         layer.indices = np.ascontiguousarray(nm.indices)
         layer.bias = _bias_param(bias, w.shape[0])
+        if input_perm is not None:
+            layer.input_perm = input_perm.astype(np.int32)
         return layer
 
     @classmethod
@@ -261,20 +279,29 @@ class NMLinear(Module):
         return cls.from_dense(linear.weight.data, n, m, None if linear.bias is None else linear.bias.data)
 
     def dense_weight(self) -> np.ndarray:
-        return nm_to_dense(self.values.data, self.indices, self.n, self.m)
+        """W [out, in] float32 in the original input order (W[:, pi] = W_pi when permuted)."""
+        wp = nm_to_dense(self.values.data, self.indices, self.n, self.m)
+        if self.input_perm is None:
+            return wp
+        w = np.empty_like(wp)
+        w[:, self.input_perm] = wp
+        return w
 
     def to_linear(self) -> Linear:
         return _dense_linear(self)
 
     def stored_bytes(self) -> int:
         b = self.values.data.nbytes + self.indices.nbytes
+        b += self.input_perm.nbytes if self.input_perm is not None else 0
         return b + (self.bias.data.nbytes if self.bias is not None else 0)
 
     def forward(self, x):
         x = _float32_x(x, self.in_features)
+        if self.input_perm is not None:
+            x = np.take(x, self.input_perm, axis=-1)
         b = None if self.bias is None else self.bias.data
         y = kernels.spmm_nm(x, self.values.data, self.indices, self.n, self.m, b)
-        self._cache = x if self.training else None
+        self._cache = x if self.training else None  # the permuted input, which the values meet
         return y
 
     def backward(self, grad_out):
@@ -290,7 +317,8 @@ class NMLinear(Module):
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "n": self.n, "m": self.m, "bias": self.bias is not None}
+                "n": self.n, "m": self.m, "bias": self.bias is not None,
+                "permuted": self.input_perm is not None}
 
 
 def _convert(model, layers, build):

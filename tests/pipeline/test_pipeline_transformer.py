@@ -14,9 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from refcompress import nn
+from refcompress import nn, prune as P
 from refcompress.errors import ArgumentError
 from refcompress.lowrank import LowRankLinear
+from refcompress.prune import NMLinear
 from refcompress.pipeline import transformer as tr
 from refcompress.quant.modules import WeightOnlyLinear
 from refcompress.quant.w8a8 import W8A8Linear
@@ -67,7 +68,8 @@ def test_every_method_replaces_the_right_layers(tiny, name):
             layer = out.model.get_submodule(n)
             replaced = n.split(".", 3)[3] in method.layers
             assert (type(layer) is nn.Linear) == (not replaced or "magnitude" in name or "SparseGPT" in name
-                                                  or "Wanda" in name or "per-tensor RTN" in name)
+                                                  or ("Wanda" in name and "permuted" not in name)
+                                                  or "per-tensor RTN" in name)
     for group in tr.encoder_linear_names(tiny.model):  # the original is untouched
         assert all(type(tiny.model.get_submodule(n)) is nn.Linear for n in group)
     f = _fid(tiny, out)
@@ -172,6 +174,43 @@ def test_rotation_and_wanda_bias_correction_options(tiny):
     want = (lin.weight.data.astype(np.float64) - plain.weight.data) @ x.astype(np.float64).mean(0)
     np.testing.assert_allclose(fixed.bias.data - plain.bias.data, want, rtol=1e-5, atol=1e-6)
     assert np.abs(want).max() > 1e-3  # a real correction, not a no-op
+
+
+def test_wanda_with_permuted_inputs_writes_nm_layers(tiny, tiny_dir, tmp_path):
+    m = tr.stage_method({"kind": "prune", "method": "wanda", "n": 2, "m": 4, "permute": True, "correct_bias": True})
+    assert m.kwargs["permute"] is True and m.weighting == "mean"
+    out = tr.compress_encoder(tiny, m, calibration=CALIB)
+    name = "encoder.layer.1.output.dense"
+    lin, layer = tiny.model.get_submodule(name), out.model.get_submodule(name)
+    assert isinstance(layer, NMLinear) and layer.input_perm is not None
+    w, dense = lin.weight.data, layer.dense_weight()
+    assert P.is_nm_sparse(dense[:, layer.input_perm], 2, 4)
+    assert np.all((dense == 0) | (dense == w)) and np.count_nonzero(dense) == w.size // 2  # kept weights as they were
+    # the permutation keeps at least the Wanda score of the round-robin start
+    x = tr.capture_inputs(out, CALIB, [name], weighting="mean")[name]
+    assert out.encode(EVAL).shape == tiny.encode(EVAL).shape
+    plain = tr._wanda(lin, x, n=2, m=4, correct_bias=True)
+    permuted = tr._wanda(lin, x, n=2, m=4, correct_bias=True, permute=True)
+    scores = P.wanda_scores(w, np.sqrt((x.astype(np.float64) ** 2).sum(0)))
+    assert scores[permuted.dense_weight() != 0].sum() >= scores[plain.weight.data != 0].sum()
+    with pytest.raises(ArgumentError, match="stage.permute: only for an N:M pattern"):
+        tr.stage_method({"kind": "prune", "method": "wanda", "sparsity": 0.5, "permute": True})
+    with pytest.raises(ArgumentError, match="permute: only for an N:M pattern"):
+        tr._wanda(lin, x, sparsity=0.5, permute=True)
+    recipe = tmp_path / "p.toml"
+    recipe.write_text('model = "bert"\n[[stage]]\nkind = "prune"\nmethod = "wanda"\nn = 2\nm = 4\npermute = true\n'
+                      '[[stage]]\nkind = "quantize"\nmethod = "rtn"\nbits = 8\n')
+    with pytest.raises(ArgumentError, match="permuted prune stage .* must be the last stage"):
+        tr.load_transformer_recipe(recipe)
+    # the CLI writes the NMLinear layers (permutation included) and reads them back
+    recipe.write_text('model = "bert"\n[[stage]]\nkind = "prune"\nmethod = "wanda"\nn = 2\nm = 4\npermute = true\n')
+    saved = tmp_path / "p.npz"
+    r = subprocess.run([sys.executable, "-m", "refcompress", "compress", str(tiny_dir), "-r", str(recipe), "-o",
+                        str(saved)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "refcompress", "report", str(saved), "--repeats", "1"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and "mean cos" in r.stdout, r.stderr
 
 
 def test_cli_compress_and_report_a_bert_directory(tiny_dir, tmp_path):

@@ -234,3 +234,46 @@ def test_sparse_linear_form_follows_the_mode():
         factor = 3 if want == "sell" else 6
         for xb in (x, np.repeat(x, 2, axis=0)):
             assert np.all(np.abs(layer(xb)[:1] - factor * exact) <= factor * bound + 1e-12)
+
+
+@pytest.mark.parametrize("backend, isa", kernel_variants("spmm_nm"))
+def test_permuted_nm_linear_equals_dense_and_trains_saves_loads(backend, isa):
+    # the 2:4 pattern holds along x[:, perm] only; the layer gathers its input
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(16)
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    w[:, perm] *= P.nm_mask(w[:, perm], 2, 4)
+    assert not P.is_nm_sparse(w, 2, 4)
+    b = rng.standard_normal(6).astype(np.float32)
+    layer = P.NMLinear.from_dense(w, 2, 4, b, input_perm=perm).eval()
+    np.testing.assert_array_equal(layer.dense_weight(), w)
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    with kernels.use(backend, isa=isa):
+        y = layer(x)
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-5, atol=1e-5)
+    assert layer.stored_bytes() == P.nm_stored_bytes(6, 16, 2, 4) + 4 * 16
+    # backward: the gradient of the dense layer it stands for, in the original input order
+    dense = nn.Linear(16, 6)
+    dense.weight.data, dense.bias.data = w.copy(), b.copy()
+    g = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    ddx, dgrads = _grads(dense, x, g)
+    ndx, ngrads = _grads(layer, x, g)
+    np.testing.assert_allclose(ndx, ddx, rtol=1e-5, atol=1e-5)
+    cols = kernels.sparse.nm_columns(layer.indices, 2, 4)
+    np.testing.assert_allclose(ngrads["values"], np.take_along_axis(dgrads["weight"][:, perm], cols, 1),
+                               rtol=1e-5, atol=1e-5)
+    m2 = nn.from_spec(json.loads(json.dumps(nn.to_spec(layer))))
+    m2.load_state_dict({k: v.copy() for k, v in layer.state_dict().items()})
+    np.testing.assert_array_equal(m2.eval()(x), layer.eval()(x))
+    assert m2.input_perm.dtype == np.int32 and P.NMLinear(16, 6).input_perm is None
+
+
+def test_permuted_nm_linear_bad_input():
+    w = np.zeros((3, 8), np.float32)
+    with pytest.raises(ArgumentError, match="input_perm"):
+        P.NMLinear.from_dense(w, 2, 4, input_perm=np.arange(7))
+    with pytest.raises(ArgumentError, match="permuted"):
+        P.NMLinear(8, 3, permuted="yes")
+    w[0, :3] = 1  # three nonzeros in one group of the permuted order
+    with pytest.raises(Exception, match="2:4|pattern|group"):
+        P.NMLinear.from_dense(w, 2, 4, input_perm=np.arange(8))
