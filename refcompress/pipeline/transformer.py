@@ -201,6 +201,9 @@ def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False, permute=Fa
     if permute:
         # Pool & Yu 2021: choose which inputs share an N:M group so the mask keeps more of
         # Wanda's score; the pattern then holds along x[:, perm] (an NMLinear gathers it).
+        if sparsity is not None or m is None or w.shape[1] % m:
+            raise ArgumentError(f"permute: expected n and m (not sparsity) with the layer's "
+                                f"{w.shape[1]} inputs divisible by m, got sparsity={sparsity}, m={m}")
         perm = nm_permutation(wanda_scores(w, np.sqrt(layer_hessian_diag(x, None, w.shape[1]))), n, m)
         pruned = np.empty_like(w)
         pruned[:, perm] = wanda(w[:, perm], x[:, perm], n=n, m=m).weight

@@ -112,11 +112,14 @@ def nm_permutation(scores, n: int, m: int, *, sweeps: int = 2, seed: int = 0) ->
 
     Start: channels sorted by total importance sum_i scores[i, j] and dealt round-robin to
     the in/m groups, so the in/m most important channels land in different groups (two
-    important channels sharing a group is what forces a mask to drop one).  Then ``sweeps``
+    important channels sharing a group is what forces a mask to drop one) -- or the identity,
+    if that keeps more, so the result never keeps less than no permutation.  Then ``sweeps``
     rounds of greedy swaps (the paper's channel-swap search, over random pairs of groups
     instead of all pairs): each round pairs the groups at random and, for each pair, applies
     the best of the m^2 single-channel exchanges if it raises the objective.  The objective
     never decreases.  Prune ``W[:, pi]`` and run the layer on ``x[:, pi]``.
+
+    The search is greedy: it finds a better grouping, not the best one.
 
     scores : [out, in] importances >= 0 (float), in divisible by m.
     sweeps : rounds of swaps (0: the round-robin start only).
@@ -124,9 +127,13 @@ def nm_permutation(scores, n: int, m: int, *, sweeps: int = 2, seed: int = 0) ->
     n, m = check_nm(n, m)
     s = _check_scores(scores, m)
     sweeps = check_int(sweeps, "sweeps", min_value=0)
+    seed = check_int(seed, "seed", min_value=0)
     ng = s.shape[1] // m
     order = np.argsort(-s.sum(axis=0), kind="stable")
     groups = order.reshape(m, ng).T.copy()  # [groups, m]: group g holds the ranks g, g + ng, ...
+    identity = np.arange(s.shape[1]).reshape(ng, m)
+    if _top_n_sum(s[:, identity], n).sum() >= _top_n_sum(s[:, groups], n).sum():
+        groups = identity
     # Candidate exchanges of a pair (A, B): index 0 is "no exchange", so ties keep the pair.
     ia, ib = np.divmod(np.arange(m * m), m)
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ the survivors and runs the sparse kernels of :mod:`refcompress.kernels.sparse`
   against 4 out in + 4 out dense: CSR with uint8 indices wins below ~80 % density.
 * :class:`NMLinear` — N:M (Mishra et al. 2021): ``values [out, in/M*N]`` float32,
   ``indices [out, in/M*N]`` uint8 positions inside each group of M.  Stored bytes =
-  5 out in N/M + 4 out; for 2:4 that is 62.5 % of dense.
+  5 out in N/M + 4 out (+ 4 in for an input permutation); for 2:4 that is 62.5 % of dense.
 
 Both compute y = x W^T + b, x [*, in] float32 -> y [*, out] float32, and have a backward
 (so a converted model can be fine-tuned with its sparsity structure fixed):
@@ -58,9 +58,12 @@ def csr_stored_bytes(out_features: int, in_features: int, nnz: int, bias: bool =
     return 4 * nnz + b_idx * nnz + b_ptr * (out_features + 1) + (4 * out_features if bias else 0)
 
 
-def nm_stored_bytes(out_features: int, in_features: int, n: int, m: int, bias: bool = True) -> int:
-    """(4 + 1) out in n / m (+ 4 out): float32 values and uint8 positions."""
-    return 5 * out_features * (in_features // m) * n + (4 * out_features if bias else 0)
+def nm_stored_bytes(out_features: int, in_features: int, n: int, m: int, bias: bool = True,
+                    permuted: bool = False) -> int:
+    """(4 + 1) out in n / m (+ 4 out) (+ 4 in): float32 values, uint8 positions, the bias and
+    an int32 input permutation."""
+    return (5 * out_features * (in_features // m) * n + (4 * out_features if bias else 0)
+            + (4 * in_features if permuted else 0))
 
 
 def _float32_x(x, in_features):
@@ -227,7 +230,9 @@ class NMLinear(Module):
     ``permuted=True`` adds buffer ``input_perm`` [in] int32, a permutation pi of the inputs
     (Pool & Yu 2021, :func:`refcompress.prune.nm_permutation`): the N:M groups run over
     x[:, pi], y = x[:, pi] W_pi^T + b with W_pi = W[:, pi], so the pattern holds in permuted
-    order and the layer gathers its input once per call (one pass over x).
+    order and the layer gathers its input once per call (one pass over x).  Build such a layer
+    with ``from_dense(..., input_perm=pi)`` (or ``permuted=True`` and a loaded state dict);
+    ``input_perm`` is checked to be a permutation whenever the array is replaced.
     """
 
     def __init__(self, in_features: int, out_features: int, n: int = 2, m: int = 4, bias: bool = True,
@@ -249,6 +254,7 @@ class NMLinear(Module):
             self.register_buffer("input_perm", np.arange(self.in_features, dtype=np.int32))
         else:
             self.input_perm = None
+        self._perm_checked = None  # the input_perm array last validated (checked again when replaced)
         self._cache = None
 
     @classmethod
@@ -263,7 +269,12 @@ class NMLinear(Module):
         if input_perm is not None:
             input_perm = check_perm(input_perm, w.shape[1], "input_perm")
             w = w[:, input_perm]
-        nm = nm_from_dense(np.ascontiguousarray(w), n, m)
+        try:
+            nm = nm_from_dense(np.ascontiguousarray(w), n, m)
+        except ArgumentError as e:
+            if input_perm is None:
+                raise
+            raise ArgumentError(f"weight, input_perm: in the permuted order weight[:, input_perm], {e}") from None
         layer = cls(w.shape[1], w.shape[0], n, m, bias=bias is not None, permuted=input_perm is not None)
         layer.values = Parameter(np.ascontiguousarray(nm.values))
         layer.indices = np.ascontiguousarray(nm.indices)
@@ -281,24 +292,33 @@ class NMLinear(Module):
     def dense_weight(self) -> np.ndarray:
         """W [out, in] float32 in the original input order (W[:, pi] = W_pi when permuted)."""
         wp = nm_to_dense(self.values.data, self.indices, self.n, self.m)
-        if self.input_perm is None:
+        perm = self._checked_perm()
+        if perm is None:
             return wp
         w = np.empty_like(wp)
-        w[:, self.input_perm] = wp
+        w[:, perm] = wp
         return w
+
+    def _checked_perm(self):
+        perm = self.input_perm
+        if perm is not None and perm is not self._perm_checked:
+            check_perm(perm, self.in_features, "input_perm")
+            self._perm_checked = perm
+        return perm
 
     def to_linear(self) -> Linear:
         return _dense_linear(self)
 
     def stored_bytes(self) -> int:
         b = self.values.data.nbytes + self.indices.nbytes
-        b += self.input_perm.nbytes if self.input_perm is not None else 0
+        b += self.input_perm.nbytes if self.input_perm is not None else 0  # int32, 4 in
         return b + (self.bias.data.nbytes if self.bias is not None else 0)
 
     def forward(self, x):
         x = _float32_x(x, self.in_features)
-        if self.input_perm is not None:
-            x = np.take(x, self.input_perm, axis=-1)
+        perm = self._checked_perm()
+        if perm is not None:
+            x = np.take(x, perm, axis=-1)
         b = None if self.bias is None else self.bias.data
         y = kernels.spmm_nm(x, self.values.data, self.indices, self.n, self.m, b)
         self._cache = x if self.training else None  # the permuted input, which the values meet

@@ -186,7 +186,8 @@ def test_wanda_with_permuted_inputs_writes_nm_layers(tiny, tiny_dir, tmp_path):
     w, dense = lin.weight.data, layer.dense_weight()
     assert P.is_nm_sparse(dense[:, layer.input_perm], 2, 4)
     assert np.all((dense == 0) | (dense == w)) and np.count_nonzero(dense) == w.size // 2  # kept weights as they were
-    # the permutation keeps at least the Wanda score of the round-robin start
+    # the permuted mask keeps at least the Wanda score of the plain 2:4 mask (nm_permutation
+    # never keeps less than no permutation)
     x = tr.capture_inputs(out, CALIB, [name], weighting="mean")[name]
     assert out.encode(EVAL).shape == tiny.encode(EVAL).shape
     plain = tr._wanda(lin, x, n=2, m=4, correct_bias=True)
@@ -197,6 +198,8 @@ def test_wanda_with_permuted_inputs_writes_nm_layers(tiny, tiny_dir, tmp_path):
         tr.stage_method({"kind": "prune", "method": "wanda", "sparsity": 0.5, "permute": True})
     with pytest.raises(ArgumentError, match="permute: only for an N:M pattern"):
         tr._wanda(lin, x, sparsity=0.5, permute=True)
+    with pytest.raises(ArgumentError, match="permute: expected n and m"):
+        tr._wanda(lin, x, sparsity=0.5, n=2, m=4, permute=True)
     recipe = tmp_path / "p.toml"
     recipe.write_text('model = "bert"\n[[stage]]\nkind = "prune"\nmethod = "wanda"\nn = 2\nm = 4\npermute = true\n'
                       '[[stage]]\nkind = "quantize"\nmethod = "rtn"\nbits = 8\n')

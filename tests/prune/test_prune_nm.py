@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from refcompress import nn, prune as P
-from refcompress.errors import ArgumentError, ShapeError
+from refcompress.errors import ArgumentError, DTypeError, ShapeError
 
 
 @given(st.integers(1, 8), st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31))
@@ -89,8 +89,10 @@ def test_nm_permutation_is_a_permutation_that_never_keeps_less(nm, groups, rows,
     start = P.nm_permutation(s, n, m, sweeps=0)
     perm = P.nm_permutation(s, n, m, sweeps=sweeps, seed=seed)
     assert perm.dtype == np.int64 and np.array_equal(np.sort(perm), np.arange(groups * m))
-    # the swaps only ever raise the retained importance of the round-robin start
+    # the swaps only ever raise the retained importance of their start, which is the better of
+    # the round-robin deal and no permutation at all
     assert P.nm_retained(s, n, m, perm) >= P.nm_retained(s, n, m, start) - 1e-9 * s.sum()
+    assert P.nm_retained(s, n, m, perm) >= P.nm_retained(s, n, m) - 1e-9 * s.sum()
     # nm_retained is the sum of what nm_mask keeps of the permuted scores
     kept = P.nm_mask(s[:, perm], n, m)
     assert P.nm_retained(s, n, m, perm) == pytest.approx(s[:, perm][kept].sum())
@@ -109,6 +111,14 @@ def test_nm_permutation_separates_important_channels():
         assert P.nm_retained(s, 2, 4, perm) == pytest.approx(9.02 + 12.01 + 9.02)
 
 
+def test_nm_permutation_never_keeps_less_than_no_permutation():
+    # a case where the round-robin deal keeps less than the identity (13.1 < 13.3)
+    s = np.array([[1.9, 0, 1.2, 1.1, 1.3, 0.7, 1.4, 0.3], [0.4, 1.5, 0.5, 1.3, 1.7, 0.2, 0, 0.7],
+                  [1, 0.5, 0.4, 0.4, 0.1, 0.4, 0.4, 0.5]])
+    for sweeps in (0, 1, 3):
+        assert P.nm_retained(s, 1, 2, P.nm_permutation(s, 1, 2, sweeps=sweeps)) >= P.nm_retained(s, 1, 2)
+
+
 def test_nm_permutation_bad_input():
     with pytest.raises(ShapeError, match="scores"):
         P.nm_permutation(np.ones((2, 6)), 2, 4)
@@ -116,6 +126,8 @@ def test_nm_permutation_bad_input():
         P.nm_permutation(-np.ones((2, 8)), 2, 4)
     with pytest.raises(ArgumentError, match="sweeps"):
         P.nm_permutation(np.ones((2, 8)), 2, 4, sweeps=-1)
+    with pytest.raises(DTypeError, match="seed"):
+        P.nm_permutation(np.ones((2, 8)), 2, 4, seed="x")
     with pytest.raises(ArgumentError, match="perm"):
         P.nm_retained(np.ones((2, 8)), 2, 4, perm=np.array([0, 0, 1, 2, 3, 4, 5, 6]))
     with pytest.raises(ArgumentError, match="perm"):

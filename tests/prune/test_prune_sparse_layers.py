@@ -251,7 +251,7 @@ def test_permuted_nm_linear_equals_dense_and_trains_saves_loads(backend, isa):
     with kernels.use(backend, isa=isa):
         y = layer(x)
     np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-5, atol=1e-5)
-    assert layer.stored_bytes() == P.nm_stored_bytes(6, 16, 2, 4) + 4 * 16
+    assert layer.stored_bytes() == P.nm_stored_bytes(6, 16, 2, 4, permuted=True) == P.nm_stored_bytes(6, 16, 2, 4) + 64
     # backward: the gradient of the dense layer it stands for, in the original input order
     dense = nn.Linear(16, 6)
     dense.weight.data, dense.bias.data = w.copy(), b.copy()
@@ -274,6 +274,16 @@ def test_permuted_nm_linear_bad_input():
         P.NMLinear.from_dense(w, 2, 4, input_perm=np.arange(7))
     with pytest.raises(ArgumentError, match="permuted"):
         P.NMLinear(8, 3, permuted="yes")
-    w[0, :3] = 1  # three nonzeros in one group of the permuted order
-    with pytest.raises(Exception, match="2:4|pattern|group"):
-        P.NMLinear.from_dense(w, 2, 4, input_perm=np.arange(8))
+    w[0, [0, 2, 4, 6]] = 1  # 2:4 in the original order, four nonzeros in one permuted group
+    P.NMLinear.from_dense(w, 2, 4)
+    with pytest.raises(ArgumentError, match=r"permuted order weight\[:, input_perm\].*4 nonzeros"):
+        P.NMLinear.from_dense(w, 2, 4, input_perm=np.array([0, 2, 4, 6, 1, 3, 5, 7]))
+    # a replaced input_perm (a loaded state dict) is checked before it is used
+    layer = P.NMLinear.from_dense(w, 2, 4, input_perm=np.arange(8)[::-1].copy())
+    state = layer.state_dict()
+    state["input_perm"] = np.zeros(8, np.int32)
+    layer.load_state_dict(state)
+    with pytest.raises(ArgumentError, match="input_perm"):
+        layer(np.ones((1, 8), np.float32))
+    with pytest.raises(ArgumentError, match="input_perm"):
+        layer.dense_weight()
