@@ -208,12 +208,15 @@ def test_wanda_with_permuted_inputs_writes_nm_layers(tiny, tiny_dir, tmp_path):
     # the CLI writes the NMLinear layers (permutation included) and reads them back
     recipe.write_text('model = "bert"\n[[stage]]\nkind = "prune"\nmethod = "wanda"\nn = 2\nm = 4\npermute = true\n')
     saved = tmp_path / "p.npz"
-    r = subprocess.run([sys.executable, "-m", "refcompress", "compress", str(tiny_dir), "-r", str(recipe), "-o",
-                        str(saved)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = _cli(tmp_path, "compress", str(tiny_dir), "-r", str(recipe), "-o", str(saved))
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "refcompress", "report", str(saved), "--repeats", "1"],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = _cli(tmp_path, "report", str(saved), "--repeats", "1")
     assert r.returncode == 0 and "mean cos" in r.stdout, r.stderr
+
+
+def _cli(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "refcompress", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
 
 
 def test_cli_compress_and_report_a_bert_directory(tiny_dir, tmp_path):
@@ -221,12 +224,10 @@ def test_cli_compress_and_report_a_bert_directory(tiny_dir, tmp_path):
     recipe.write_text('name = "t"\nmodel = "bert"\n[[stage]]\nkind = "prune"\nmethod = "wanda"\nsparsity = 0.5\n'
                       'correct_bias = true\n[[stage]]\nkind = "quantize"\nmethod = "rtn"\nbits = 8\nrotate = true\n')
     out = tmp_path / "out.npz"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "refcompress", *a], capture_output=True,  # noqa: E731
-                                    text=True, timeout=300, cwd=tmp_path)
-    r = run("compress", str(tiny_dir), "-r", str(recipe), "-o", str(out))
+    r = _cli(tmp_path, "compress", str(tiny_dir), "-r", str(recipe), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert "min cos" in r.stdout and out.exists()
-    r = run("report", str(out), "--repeats", "1")
+    r = _cli(tmp_path, "report", str(out), "--repeats", "1")
     assert r.returncode == 0, r.stderr
     assert "mean cos" in r.stdout and "recipe       t" in r.stdout
 
