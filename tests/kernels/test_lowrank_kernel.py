@@ -307,6 +307,20 @@ def test_empty_factors_give_empty_or_bias_only_outputs(variant):
         assert kernels.lowrank_linear_q8(np.ones((3, 4), np.uint8), q).shape == (3, 0)
 
 
+def test_int8_refuses_a_bias_that_would_overflow_the_int32_sum():
+    # bias / (s_h s_u) near 2^31: acc + bias would wrap in C and not in the reference
+    v, u = np.ones((1, 3), np.float32), np.ones((1, 1), np.float32)
+    with pytest.raises(ArgumentError, match="u: inner dimension 1 exceeds the int32 bound .* quantized bias"):
+        kernels.QuantizedLowRank(v, u, np.array([-3e4], np.float32), 0.5, 0, 1e-3, 0)
+    q = kernels.QuantizedLowRank(v, u, np.array([-3.0], np.float32), 0.5, 0, 1e-3, 0)
+    x_q = np.array([[255, 255, 255]], np.uint8)
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(x_q, q)
+    for variant in Q8:
+        with kernels.use(*variant):
+            assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=str(variant))
+
+
 def test_bad_inputs_name_the_argument():
     v = np.ones((3, 5), np.float32)
     u = np.ones((4, 3), np.float32)
