@@ -166,30 +166,21 @@ static inline __attribute__((always_inline)) void tile(const lq_panel *P, const 
  * 16 columns -- and epilogue (requantizing, or the plain dequantization); a lone row goes
  * to qgemm's own one-row tile, which splits K to hide the latency. */
 #define LQ_CASE(MR, NV, DEQ) case MR: tile(P, a, K4, m0, MR, NV, DEQ, bp); break;
-#define LQ_LONE default: rc_qgemm_tile_avx512_vnni(P->x, a, K4, m0, mr, bp, P->n0);
-#define LQ_SHAPES(DEQ)                                                                                      \
-    static void tile_nv4_##DEQ(const lq_panel *P, const int8_t *a, int64_t K4, int64_t m0, int mr,          \
-                               const uint8_t *bp) {                                                         \
-        switch (mr) { LQ_CASE(6, 4, DEQ) LQ_CASE(5, 4, DEQ) LQ_CASE(4, 4, DEQ) LQ_CASE(3, 4, DEQ)           \
-                      LQ_CASE(2, 4, DEQ) LQ_LONE }                                                          \
-    }                                                                                                       \
-    static void tile_nv3_##DEQ(const lq_panel *P, const int8_t *a, int64_t K4, int64_t m0, int mr,          \
-                               const uint8_t *bp) {                                                         \
-        switch (mr) { LQ_CASE(8, 3, DEQ) LQ_CASE(7, 3, DEQ) LQ_CASE(6, 3, DEQ) LQ_CASE(5, 3, DEQ)           \
-                      LQ_CASE(4, 3, DEQ) LQ_CASE(3, 3, DEQ) LQ_CASE(2, 3, DEQ) LQ_LONE }                    \
-    }                                                                                                       \
-    static void tile_nv2_##DEQ(const lq_panel *P, const int8_t *a, int64_t K4, int64_t m0, int mr,          \
-                               const uint8_t *bp) {                                                         \
-        switch (mr) { LQ_CASE(12, 2, DEQ) LQ_CASE(11, 2, DEQ) LQ_CASE(10, 2, DEQ) LQ_CASE(9, 2, DEQ)        \
-                      LQ_CASE(8, 2, DEQ) LQ_CASE(7, 2, DEQ) LQ_CASE(6, 2, DEQ) LQ_CASE(5, 2, DEQ)           \
-                      LQ_CASE(4, 2, DEQ) LQ_CASE(3, 2, DEQ) LQ_CASE(2, 2, DEQ) LQ_LONE }                    \
-    }                                                                                                       \
-    static void tile_nv1_##DEQ(const lq_panel *P, const int8_t *a, int64_t K4, int64_t m0, int mr,          \
-                               const uint8_t *bp) {                                                         \
-        switch (mr) { LQ_CASE(12, 1, DEQ) LQ_CASE(11, 1, DEQ) LQ_CASE(10, 1, DEQ) LQ_CASE(9, 1, DEQ)        \
-                      LQ_CASE(8, 1, DEQ) LQ_CASE(7, 1, DEQ) LQ_CASE(6, 1, DEQ) LQ_CASE(5, 1, DEQ)           \
-                      LQ_CASE(4, 1, DEQ) LQ_CASE(3, 1, DEQ) LQ_CASE(2, 1, DEQ) LQ_LONE }                    \
+#define LQ_UPTO6(NV, DEQ) LQ_CASE(6, NV, DEQ) LQ_CASE(5, NV, DEQ) LQ_CASE(4, NV, DEQ) LQ_CASE(3, NV, DEQ) \
+                          LQ_CASE(2, NV, DEQ)
+#define LQ_UPTO8(NV, DEQ) LQ_CASE(8, NV, DEQ) LQ_CASE(7, NV, DEQ) LQ_UPTO6(NV, DEQ)
+#define LQ_UPTO12(NV, DEQ) LQ_CASE(12, NV, DEQ) LQ_CASE(11, NV, DEQ) LQ_CASE(10, NV, DEQ) LQ_CASE(9, NV, DEQ) \
+                           LQ_UPTO8(NV, DEQ)
+#define LQ_TILE_FN(NV, DEQ, UPTO)                                                                           \
+    static void tile_nv##NV##_##DEQ(const lq_panel *P, const int8_t *a, int64_t K4, int64_t m0, int mr,     \
+                                    const uint8_t *bp) {                                                    \
+        switch (mr) {                                                                                       \
+        UPTO(NV, DEQ)                                                                                       \
+        default: rc_qgemm_tile_avx512_vnni(P->x, a, K4, m0, mr, bp, P->n0);                                 \
+        }                                                                                                   \
     }
+#define LQ_SHAPES(DEQ) \
+    LQ_TILE_FN(4, DEQ, LQ_UPTO6) LQ_TILE_FN(3, DEQ, LQ_UPTO8) LQ_TILE_FN(2, DEQ, LQ_UPTO12) LQ_TILE_FN(1, DEQ, LQ_UPTO12)
 LQ_SHAPES(0)
 LQ_SHAPES(1)
 

@@ -224,34 +224,13 @@ def test_bound_is_tight_enough_to_catch_a_kernel_that_rounds_h_to_bfloat16():
     assert gamma(1) == pytest.approx(2.0**-24, rel=1e-6)
 
 
-@st.composite
-def q8_cases(draw):
-    B, n, r, m = draw(ROWS), draw(COLS), draw(COLS), draw(COLS)
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    v = rng.standard_normal((r, n)).astype(np.float32)
-    u = rng.standard_normal((m, r)).astype(np.float32)
-    b = rng.standard_normal(m).astype(np.float32) if draw(st.booleans()) else None
-    xs = draw(st.floats(1e-3, 1.0))
-    hs = draw(st.floats(1e-3, 10.0))
-    q = kernels.QuantizedLowRank(v, u, b, xs, draw(st.integers(0, 255)), hs, draw(st.integers(0, 255)))
-    # x_q across the whole uint8 range, so requantization saturates in some cases
-    x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
-    return x_q, q
 
-
-@pytest.mark.parametrize("variant", Q8, ids=_id)
-def test_int8_bit_exact_against_the_reference(variant):
-    @settings(max_examples=40)
-    @given(case=q8_cases(), threads=st.sampled_from([1, 2]))
-    def run(case, threads):
-        x_q, q = case
-        with kernels.use("numpy"):
-            want = kernels.lowrank_linear_q8(x_q, q)
-        with kernels.use(*variant, threads=threads):
-            got = kernels.lowrank_linear_q8(x_q, q)
-        assert_exact(got, want, what="lowrank_linear_q8")
-
-    run()
+def _assert_q8_matches_the_reference(x_q, q, variant, threads):
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(x_q, q)
+    with kernels.use(*variant, threads=threads):
+        got = kernels.lowrank_linear_q8(x_q, q)
+    assert_exact(got, want, what=f"lowrank_linear_q8 B={x_q.shape[0]} n={q.n} r={q.r} m={q.m} threads={threads}")
 
 
 @pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
@@ -284,19 +263,24 @@ EDGE_INNER = st.sampled_from([1, 3, 4, 5, 61, 62, 63, 64, 65, 67, 127, 128, 131]
 
 
 @st.composite
-def q8_edge_cases(draw):
-    B, n, r, m = draw(EDGE_ROWS), draw(EDGE_INNER), draw(EDGE_COLS), draw(EDGE_COLS)
+def q8_cases(draw, rows=ROWS, inner=COLS, cols=COLS, extremes=False):
+    """x_q across the whole uint8 range (requantization saturates in some cases); with
+    `extremes`, zero points at the ends of the range, x_q all 0 or all 255, large biases."""
+    B, n, r, m = draw(rows), draw(inner), draw(cols), draw(cols)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     v = rng.standard_normal((r, n)).astype(np.float32)
     u = rng.standard_normal((m, r)).astype(np.float32)
-    b = rng.standard_normal(m).astype(np.float32) * np.float32(draw(st.sampled_from([0.01, 1.0, 1e4])))
-    zx, zh = draw(st.sampled_from([0, 255, 128])), draw(st.sampled_from([0, 255, 37]))
+    b = rng.standard_normal(m).astype(np.float32) if draw(st.booleans()) else None
+    if extremes:
+        zx, zh = draw(st.sampled_from([0, 255, 128])), draw(st.sampled_from([0, 255, 37]))
+        b = None if b is None else b * np.float32(draw(st.sampled_from([0.01, 1.0, 1e4])))
+    else:
+        zx, zh = draw(st.integers(0, 255)), draw(st.integers(0, 255))
     try:
-        q = kernels.QuantizedLowRank(v, u, b if draw(st.booleans()) else None, draw(st.floats(1e-3, 1.0)), zx,
-                                     draw(st.floats(1e-3, 10.0)), zh)
+        q = kernels.QuantizedLowRank(v, u, b, draw(st.floats(1e-3, 1.0)), zx, draw(st.floats(1e-3, 10.0)), zh)
     except ArgumentError:  # a bias too large for int32 at s_h s_u (tested below)
         assume(False)
-    fill = draw(st.sampled_from(["random", "zeros", "max"]))
+    fill = draw(st.sampled_from(["random", "zeros", "max"])) if extremes else "random"
     if fill == "random":
         x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
     else:
@@ -304,17 +288,15 @@ def q8_edge_cases(draw):
     return x_q, q
 
 
-@pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
-def test_int8_tile_shapes_bit_exact(variant):
-    @settings(max_examples=60)
-    @given(case=q8_edge_cases(), threads=st.sampled_from([1, 2]))
+@pytest.mark.parametrize("cases", ["mixed", "tile_edges"])
+@pytest.mark.parametrize("variant", Q8, ids=_id)
+def test_int8_bit_exact_against_the_reference(variant, cases):
+    strategy = q8_cases() if cases == "mixed" else q8_cases(EDGE_ROWS, EDGE_INNER, EDGE_COLS, extremes=True)
+
+    @settings(max_examples=50)
+    @given(case=strategy, threads=st.sampled_from([1, 2]))
     def run(case, threads):
-        x_q, q = case
-        with kernels.use("numpy"):
-            want = kernels.lowrank_linear_q8(x_q, q)
-        with kernels.use(*variant, threads=threads):
-            got = kernels.lowrank_linear_q8(x_q, q)
-        assert_exact(got, want, what=f"B={x_q.shape[0]} n={q.n} r={q.r} m={q.m}")
+        _assert_q8_matches_the_reference(*case, variant, threads)
 
     run()
 
