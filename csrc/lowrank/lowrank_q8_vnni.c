@@ -190,6 +190,11 @@ typedef void (*lq_tile_fn)(const lq_panel *, const int8_t *, int64_t, int64_t, i
  * block's rows while in cache), the tile shape chosen by the panel's valid columns. */
 static void run_tiles(const rc_qgemm_ctx *x, const int8_t *a, int64_t K4, int64_t rows, const void *packed) {
     const int64_t panels = rc_qgemm_npad(x->N) / RC_QGEMM_NR;
+    if (rows == 1) { /* a lone row: qgemm's one-row tile, nothing to prepare per panel */
+        for (int64_t p = 0; p < panels; ++p)
+            rc_qgemm_tile_avx512_vnni(x, a, K4, 0, 1, (const uint8_t *)packed + p * K4 * RC_QGEMM_NR, p * RC_QGEMM_NR);
+        return;
+    }
     const int deq = x->epi->kind == RC_EPI_DEQUANT; /* then without fbias and relu */
     lq_panel P;
     for (int64_t p = 0; p < panels; ++p) {
