@@ -5,7 +5,7 @@ For each weight [m, n], rank r = K/16 .. K/2 (K = min(m, n)), batch and thread c
   dense   x @ W^T + b                      (NumPy, BLAS)
   two     (x @ V^T) @ U^T + b              (NumPy, two BLAS calls)
   fp32    kernels.lowrank_linear           (one C call, packed factors)
-  int8    kernels.lowrank_linear_q8        (two exact qgemm calls; x already uint8)
+  int8    kernels.lowrank_linear_q8        (one fused C call = two exact qgemm products; x already uint8)
 
 and prints  speedup = dense / fp32,  ideal = m n / ((m + n) r)  (the flop ratio),
 efficiency = speedup / ideal,  vs_two = two / fp32 (>= 1: not slower than NumPy's two

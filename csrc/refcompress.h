@@ -267,8 +267,11 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
  * v_q^T [n, r] and u_q^T [r, m] are packed by rc_qgemm_pack_b (zero point 0).  The
  * zero-point corrections of both products depend on the layer only: rc_lowrank_q8_prepare
  * computes them once into `cols` (rc_lowrank_q8_cols_size(r, m) int32).  epi_h must write
- * uint8 (it is the second product's input); epi_y must write float32 (RC_EPI_DEQUANT).
- * Row blocks run h then y while h is in cache.  Scratch: rc_lowrank_q8_workspace_size. */
+ * uint8 (it is the second product's input); epi_y must write float32 (RC_EPI_DEQUANT,
+ * without row_scale).  Row blocks run h then y while h is in cache; on AVX-512 VNNI with
+ * tiles shaped for the short products (csrc/lowrank/lowrank_q8_vnni.c; an epi_y with fbias
+ * or relu takes qgemm's tiles), the same values bit for bit.
+ * Scratch: rc_lowrank_q8_workspace_size. */
 long long rc_lowrank_q8_cols_size(long long r, long long m);
 int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_point, int32_t h_zero_point,
                           const int32_t *col_sums_v, const int32_t *col_sums_u, int32_t *cols);

@@ -6,9 +6,10 @@
  * cost of a call (Python, allocation, epilogue set-up) is paid once instead of twice.
  * The arithmetic is qgemm's own: its row packing, its zero-point corrections
  * (rc_qgemm_prep_cols, done once per layer by rc_lowrank_q8_prepare), its micro-tiles and
- * epilogues (rc_qgemm_pick), so the result is that of two rc_qgemm calls bit for bit. */
-#include "../qgemm/qgemm.h"
-#include "lowrank.h"
+ * epilogues (rc_qgemm_pick), so the result is that of two rc_qgemm calls bit for bit.
+ * On AVX-512 VNNI the block is lowrank_q8_vnni.c's: the same values, with tiles shaped for
+ * the short products (a y epilogue with a float bias or ReLU keeps qgemm's tiles). */
+#include "lowrank_q8.h"
 
 /* Rows per block, a multiple of the micro-tile's rows: a block's packed x (Q8_MB x n
  * bytes) and h stay in L1/L2 while the panels of both factors stream past. */
@@ -52,22 +53,8 @@ static void run_tiles(const rc_qgemm_ctx *c, rc_qgemm_tile_fn tile, const int8_t
                  (const uint8_t *)packed + p * K4 * RC_QGEMM_NR, p * RC_QGEMM_NR);
 }
 
-/* One call's operands, shared by its row blocks. */
-typedef struct {
-    const uint8_t *x;
-    int64_t n, r, m, K4n, K4r;
-    const void *packed_v, *packed_u;
-    const int32_t *zbp1, *ct1, *zbp2, *ct2;
-    const rc_epilogue *epi_h, *epi_y;
-    rc_qgemm_tile_fn tile;
-    int8_t *a1, *a2; /* packed x rows, packed h_q rows */
-    uint8_t *h;
-    int32_t *ra1, *ra2;
-    float *y;
-} q8_call;
-
 /* Rows [i0, i0 + rows): both products, h_q of the block made and used while in cache. */
-static void run_block(const q8_call *c, int64_t i0, int64_t rows) {
+static void run_block(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows) {
     int8_t *ap1 = c->a1 + i0 * c->K4n, *ap2 = c->a2 + i0 * c->K4r;
     uint8_t *hb = c->h + i0 * c->r;
     for (int64_t i = 0; i < rows; ++i)
@@ -105,8 +92,8 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     uint8_t *h = ws + al64(batch * K4n);
     int8_t *a2 = (int8_t *)(h + al64(batch * r));
     int32_t *ra1 = (int32_t *)((uint8_t *)a2 + al64(batch * K4r));
-    const q8_call c = {x, n, r, m, K4n, K4r, packed_v, packed_u, cols, cols + R, cols + 2 * R, cols + 2 * R + M,
-                       epi_h, epi_y, tile, a1, a2, h, ra1, ra1 + batch, y};
+    const rc_lowrank_q8_call c = {x, n, r, m, K4n, K4r, packed_v, packed_u, cols, cols + R, cols + 2 * R,
+                                  cols + 2 * R + M, epi_h, epi_y, tile, a1, a2, h, ra1, ra1 + batch, y};
 
     int nt = 1;
 #ifdef _OPENMP
@@ -117,13 +104,17 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     int64_t mb = ((batch + nt - 1) / nt + RC_QGEMM_MR - 1) / RC_QGEMM_MR * RC_QGEMM_MR;
     if (mb > Q8_MB) mb = Q8_MB;
     const int64_t blocks = (batch + mb - 1) / mb;
+    void (*block)(const rc_lowrank_q8_call *, int64_t, int64_t) = run_block;
+#if RC_X86
+    if (v == RC_ISA_AVX512_VNNI && !epi_y->fbias && !epi_y->relu) block = rc_lowrank_q8_block_vnni;
+#endif
     if (nt == 1 || blocks == 1) { /* no team to wake */
-        for (int64_t blk = 0; blk < blocks; ++blk) run_block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+        for (int64_t blk = 0; blk < blocks; ++blk) block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
         return RC_OK;
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t blk = 0; blk < blocks; ++blk) run_block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+    for (int64_t blk = 0; blk < blocks; ++blk) block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
 #endif
     return RC_OK;
 }

@@ -94,6 +94,32 @@ static inline __m512i rc_requant16(const rc_epilogue *e, __m512i v, int64_t n0, 
     return rc_requant16_apply(&p, v);
 }
 
+/* The dequantization parameters of 16 columns n0.. (the DEQUANT kind), made once where a
+ * kernel dequantizes many rows with the same columns, then applied. */
+typedef struct {
+    __m512 scale, fbias;
+    int has_fbias, relu;
+} rc_dequant16_params;
+
+static inline rc_dequant16_params rc_dequant16_prepare(const rc_epilogue *e, int64_t n0, __mmask16 m) {
+    rc_dequant16_params p;
+    p.scale = rc_param_ps(e->scale, e->per_channel, n0, m);
+    p.has_fbias = e->fbias != NULL;
+    p.fbias = p.has_fbias ? _mm512_maskz_loadu_ps(m, e->fbias + n0) : _mm512_setzero_ps();
+    p.relu = e->relu;
+    return p;
+}
+
+/* float(v) * scale [* *row_scale] [+ fbias] [relu] of accumulators v that already include
+ * the bias (row_scale: this row's factor, or NULL). */
+static inline __m512 rc_dequant16_apply(const rc_dequant16_params *p, __m512i v, const float *row_scale) {
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
+    if (row_scale) f = _mm512_mul_ps(f, _mm512_set1_ps(*row_scale));
+    if (p->has_fbias) f = _mm512_add_ps(f, p->fbias);
+    if (p->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
+    return f;
+}
+
 /* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */
 static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_t n0, __mmask16 m,
                             void *out, int64_t ldo) {
@@ -104,11 +130,8 @@ static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_
         _mm512_mask_storeu_epi32((int32_t *)out + at, m, v);
         return;
     case RC_EPI_DEQUANT: {
-        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), rc_param_ps(e->scale, e->per_channel, n0, m));
-        if (e->row_scale) f = _mm512_mul_ps(f, _mm512_set1_ps(e->row_scale[row]));
-        if (e->fbias) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(m, e->fbias + n0));
-        if (e->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
-        _mm512_mask_storeu_ps((float *)out + at, m, f);
+        const rc_dequant16_params p = rc_dequant16_prepare(e, n0, m);
+        _mm512_mask_storeu_ps((float *)out + at, m, rc_dequant16_apply(&p, v, e->row_scale ? e->row_scale + row : NULL));
         return;
     }
     default:

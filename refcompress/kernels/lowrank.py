@@ -223,16 +223,21 @@ class QuantizedLowRank:
         self.h_zero_point = check_int(h_zero_point, "h_zero_point", min_value=0, max_value=255)
         self.v_q, self.v_scale = _sym_int8(p.v)
         self.u_q, self.u_scale = _sym_int8(p.u)
-        for K, name in ((self.n, "v"), (self.r, "u")):
-            bound = k_bound(np.uint8, 255, 127)
-            if K > bound:
-                raise ArgumentError(f"{name}: inner dimension {K} exceeds the int32 bound {bound}")
         out_scale = (self.h_scale * self.u_scale).astype(np.float32)
         if p.bias is None:
             self.bias_q = None
         else:
             bq = np.rint(p.bias.astype(np.float64) / out_scale.astype(np.float64))
             self.bias_q = np.clip(bq, -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
+        # Both int32 sums (the second with the bias) must fit for any input, or the C kernel
+        # would wrap where the reference does not.
+        max_bias = 0 if self.bias_q is None or self.m == 0 else int(np.max(np.abs(self.bias_q.astype(np.int64))))
+        for K, name, z, mb in ((self.n, "v", self.x_zero_point, 0), (self.r, "u", self.h_zero_point, max_bias)):
+            bound = k_bound(np.uint8, z, 127, mb)
+            if K > bound:
+                extra = (f" with the quantized bias (max |bias / (s_h s_u)| = {mb}): expected a smaller bias "
+                         "or a larger h_scale") if mb else ""
+                raise ArgumentError(f"{name}: inner dimension {K} exceeds the int32 bound {bound}{extra}")
         self.packed_v = pack_weights(np.ascontiguousarray(self.v_q.T))
         self.packed_u = pack_weights(np.ascontiguousarray(self.u_q.T))
         mult = (self.x_scale * self.v_scale / self.h_scale).astype(np.float32)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import refcompress.kernels as kernels
 from refcompress.errors import ArgumentError, BackendError, DTypeError, ShapeError
@@ -224,34 +224,13 @@ def test_bound_is_tight_enough_to_catch_a_kernel_that_rounds_h_to_bfloat16():
     assert gamma(1) == pytest.approx(2.0**-24, rel=1e-6)
 
 
-@st.composite
-def q8_cases(draw):
-    B, n, r, m = draw(ROWS), draw(COLS), draw(COLS), draw(COLS)
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    v = rng.standard_normal((r, n)).astype(np.float32)
-    u = rng.standard_normal((m, r)).astype(np.float32)
-    b = rng.standard_normal(m).astype(np.float32) if draw(st.booleans()) else None
-    xs = draw(st.floats(1e-3, 1.0))
-    hs = draw(st.floats(1e-3, 10.0))
-    q = kernels.QuantizedLowRank(v, u, b, xs, draw(st.integers(0, 255)), hs, draw(st.integers(0, 255)))
-    # x_q across the whole uint8 range, so requantization saturates in some cases
-    x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
-    return x_q, q
 
-
-@pytest.mark.parametrize("variant", Q8, ids=_id)
-def test_int8_bit_exact_against_the_reference(variant):
-    @settings(max_examples=40)
-    @given(case=q8_cases(), threads=st.sampled_from([1, 2]))
-    def run(case, threads):
-        x_q, q = case
-        with kernels.use("numpy"):
-            want = kernels.lowrank_linear_q8(x_q, q)
-        with kernels.use(*variant, threads=threads):
-            got = kernels.lowrank_linear_q8(x_q, q)
-        assert_exact(got, want, what="lowrank_linear_q8")
-
-    run()
+def _assert_q8_matches_the_reference(x_q, q, variant, threads):
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(x_q, q)
+    with kernels.use(*variant, threads=threads):
+        got = kernels.lowrank_linear_q8(x_q, q)
+    assert_exact(got, want, what=f"lowrank_linear_q8 B={x_q.shape[0]} n={q.n} r={q.r} m={q.m} threads={threads}")
 
 
 @pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
@@ -271,6 +250,95 @@ def test_int8_fused_row_blocks_and_threads_bit_exact(variant):
             for threads in (1, 2):
                 with kernels.use(*variant, threads=threads):
                     assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"B={B} threads={threads}")
+
+
+# The AVX-512 VNNI block picks its tile by a panel's valid columns (6 x 64 above 48, 8 x 48
+# above 32, 12 x 32 above 16, else 12 x 16) and hands a lone row to qgemm's one-row tile:
+# ranks and outputs around 16 / 32 / 48 / 64 (and a panel beyond), batches around the 6-,
+# 8- and 12-row tiles and the 48-row blocks, inner sizes around the 64-byte row packing
+# (61..63 pad a whole 64-byte group).  Every variant runs them (the others must agree too).
+EDGE_COLS = st.sampled_from([1, 2, 3, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 80, 96, 97, 112, 113, 127, 131])
+EDGE_ROWS = st.sampled_from([1, 2, 3, 5, 7, 8, 9, 11, 12, 13, 23, 24, 25, 47, 48, 49, 61, 97])
+EDGE_INNER = st.sampled_from([1, 3, 4, 5, 61, 62, 63, 64, 65, 67, 127, 128, 131])
+
+
+@st.composite
+def q8_cases(draw, rows=ROWS, inner=COLS, cols=COLS, extremes=False):
+    """x_q across the whole uint8 range (requantization saturates in some cases); with
+    `extremes`, zero points at the ends of the range, x_q all 0 or all 255, large biases."""
+    B, n, r, m = draw(rows), draw(inner), draw(cols), draw(cols)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    v = rng.standard_normal((r, n)).astype(np.float32)
+    u = rng.standard_normal((m, r)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32) if draw(st.booleans()) else None
+    if extremes:
+        zx, zh = draw(st.sampled_from([0, 255, 128])), draw(st.sampled_from([0, 255, 37]))
+        b = None if b is None else b * np.float32(draw(st.sampled_from([0.01, 1.0, 1e4])))
+    else:
+        zx, zh = draw(st.integers(0, 255)), draw(st.integers(0, 255))
+    try:
+        q = kernels.QuantizedLowRank(v, u, b, draw(st.floats(1e-3, 1.0)), zx, draw(st.floats(1e-3, 10.0)), zh)
+    except ArgumentError:  # a bias too large for int32 at s_h s_u (tested below)
+        assume(False)
+    fill = draw(st.sampled_from(["random", "zeros", "max"])) if extremes else "random"
+    if fill == "random":
+        x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
+    else:
+        x_q = np.full((B, n), 0 if fill == "zeros" else 255, np.uint8)
+    return x_q, q
+
+
+@pytest.mark.parametrize("cases", ["mixed", "tile_edges"])
+@pytest.mark.parametrize("variant", Q8, ids=_id)
+def test_int8_bit_exact_against_the_reference(variant, cases):
+    strategy = q8_cases() if cases == "mixed" else q8_cases(EDGE_ROWS, EDGE_INNER, EDGE_COLS, extremes=True)
+
+    @settings(max_examples=50)
+    @given(case=strategy, threads=st.sampled_from([1, 2]))
+    def run(case, threads):
+        _assert_q8_matches_the_reference(*case, variant, threads)
+
+    run()
+
+
+def _with_epilogues(q, requant, dequant):
+    """q with other epilogues (the C API takes any requantizing h and any dequantizing y
+    without a per-row scale; QuantizedLowRank itself makes float-rule h and plain y)."""
+    from refcompress.kernels.qgemm import _output_spec
+
+    q.requant, q.dequant = requant, dequant
+    q._spec1, q._spec2 = _output_spec(requant, q.r), _output_spec(dequant, q.m)
+    q._c_args = None
+    return q
+
+
+@pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
+def test_int8_fixed_point_h_and_relu_or_float_bias_y_bit_exact(variant):
+    # gemmlowp's rule for h, and y with ReLU / a float bias: the VNNI block takes the first,
+    # the generic block the others; both must equal the reference.
+    from refcompress.kernels.qgemm import Dequantize, Requantize
+
+    rng = np.random.default_rng(11)
+    for n, r, m, B in ((131, 48, 70, 25), (64, 17, 129, 13), (300, 65, 33, 50)):
+        v = rng.standard_normal((r, n)).astype(np.float32)
+        u = rng.standard_normal((m, r)).astype(np.float32)
+        q = kernels.QuantizedLowRank(v, u, rng.standard_normal(m).astype(np.float32), 0.05, 3, 0.3, 250)
+        mult = (q.x_scale * q.v_scale / q.h_scale).astype(np.float32)
+        out_scale = (q.h_scale * q.u_scale).astype(np.float32)
+        fbias = rng.standard_normal(m).astype(np.float32)
+        x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
+        for requant, dequant in ((Requantize(mult, 250, np.uint8, "fixedpoint"), Dequantize(out_scale)),
+                                 (Requantize(mult, 250, np.uint8, "float"), Dequantize(out_scale, relu=True)),
+                                 (Requantize(mult, 250, np.uint8, "fixedpoint"), Dequantize(out_scale, bias=fbias)),
+                                 (Requantize(mult[0], 250, np.uint8, "float", qmin=10, qmax=200),
+                                  Dequantize(out_scale[0]))):
+            _with_epilogues(q, requant, dequant)
+            with kernels.use("numpy"):
+                want = kernels.lowrank_linear_q8(x_q, q)
+            for threads in (1, 2):
+                with kernels.use(*variant, threads=threads):
+                    got = kernels.lowrank_linear_q8(x_q, q)
+                assert_exact(got, want, what=f"{requant.rule} relu={dequant.relu} fbias={dequant.bias is not None}")
 
 
 def test_int8_reference_is_the_written_out_integer_arithmetic():
@@ -305,6 +373,20 @@ def test_empty_factors_give_empty_or_bias_only_outputs(variant):
     q = kernels.QuantizedLowRank(np.ones((2, 4), np.float32), np.ones((0, 2), np.float32), None, 0.1, 3, 0.1, 4)
     with kernels.use(*variant):
         assert kernels.lowrank_linear_q8(np.ones((3, 4), np.uint8), q).shape == (3, 0)
+
+
+def test_int8_refuses_a_bias_that_would_overflow_the_int32_sum():
+    # bias / (s_h s_u) near 2^31: acc + bias would wrap in C and not in the reference
+    v, u = np.ones((1, 3), np.float32), np.ones((1, 1), np.float32)
+    with pytest.raises(ArgumentError, match="u: inner dimension 1 exceeds the int32 bound .* quantized bias"):
+        kernels.QuantizedLowRank(v, u, np.array([-3e4], np.float32), 0.5, 0, 1e-3, 0)
+    q = kernels.QuantizedLowRank(v, u, np.array([-3.0], np.float32), 0.5, 0, 1e-3, 0)
+    x_q = np.array([[255, 255, 255]], np.uint8)
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(x_q, q)
+    for variant in Q8:
+        with kernels.use(*variant):
+            assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=str(variant))
 
 
 def test_bad_inputs_name_the_argument():

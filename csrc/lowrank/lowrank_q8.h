@@ -1,0 +1,30 @@
+/* Internal interface of the int8 factored Linear (lowrank_q8.c) and its AVX-512 VNNI block
+ * kernel (lowrank_q8_vnni.c). */
+#ifndef RC_LOWRANK_Q8_H
+#define RC_LOWRANK_Q8_H
+
+#include "../qgemm/qgemm.h"
+
+/* One call's operands, shared by its row blocks.  zbp* / ct* are the zero-point corrections
+ * of the two products (rc_lowrank_q8_prepare): both factors are symmetric, so every entry
+ * of zbp1 and zbp2 is 128 (0 + the packing's offset). */
+typedef struct {
+    const uint8_t *x;
+    int64_t n, r, m, K4n, K4r;
+    const void *packed_v, *packed_u;
+    const int32_t *zbp1, *ct1, *zbp2, *ct2;
+    const rc_epilogue *epi_h, *epi_y;
+    rc_qgemm_tile_fn tile;
+    int8_t *a1, *a2; /* packed x rows, packed h_q rows */
+    uint8_t *h;
+    int32_t *ra1, *ra2;
+    float *y;
+} rc_lowrank_q8_call;
+
+#if RC_X86
+/* Rows [i0, i0 + rows) of the call on AVX-512 VNNI: the same values as the generic block
+ * (qgemm's tiles), bit for bit, with micro-tiles shaped for the short products. */
+void rc_lowrank_q8_block_vnni(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows);
+#endif
+
+#endif
