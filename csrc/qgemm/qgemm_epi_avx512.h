@@ -94,6 +94,16 @@ static inline __m512i rc_requant16(const rc_epilogue *e, __m512i v, int64_t n0, 
     return rc_requant16_apply(&p, v);
 }
 
+/* Four requantized vectors (int32 lanes in [qmin, qmax], inside the output type) as 64
+ * bytes in lane order: the saturating packs (vpackssdw, then vpackuswb / vpacksswb) are
+ * exact on such values; they interleave 128-bit lanes, which one vpermd undoes. */
+static inline __m512i rc_pack64(__m512i q0, __m512i q1, __m512i q2, __m512i q3, int out_type) {
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i w01 = _mm512_packs_epi32(q0, q1), w23 = _mm512_packs_epi32(q2, q3);
+    const __m512i b = out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+    return _mm512_permutexvar_epi32(idx, b);
+}
+
 /* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */
 static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_t n0, __mmask16 m,
                             void *out, int64_t ldo) {

@@ -338,8 +338,9 @@ def test_direct_bands(C, OC, k, N, H, W):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
 def test_direct_route_only_where_it_applies(variant):
-    """Only VNNI routes 1x1 / stride 1 / pad 0 and 3x3 / stride 1 / pad 1 (groups 1)
-    convolutions directly; other variants, strides, paddings, dilations and kernel sizes
+    """Only VNNI (and VBMI, which runs VNNI's code for dense layers) routes 1x1 / stride 1 /
+    pad 0 and 3x3 / stride 1 / pad 1 (groups 1) convolutions directly; other variants,
+    strides, paddings, dilations and kernel sizes
     keep the implicit-im2col path, and all of them give the reference's answer."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (1, 8, 6, 7)).astype(np.uint8)
@@ -353,6 +354,6 @@ def test_direct_route_only_where_it_applies(variant):
             want = kernels.qconv2d(x, w, 7, 3, **kw)
         with _DirectSpy(True) as spy, kernels.use(*variant):
             got = kernels.qconv2d(x, w, 7, 3, **kw)
-        direct = variant[1] == "avx512_vnni"
+        direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
         assert spy.calls == int(direct and (k, kw) in direct_cases)
         assert_exact(got, want)
