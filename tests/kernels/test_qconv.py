@@ -357,3 +357,62 @@ def test_direct_route_only_where_it_applies(variant):
         direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
         assert spy.calls == int(direct and (k, kw) in direct_cases)
         assert_exact(got, want)
+
+
+# ---- the depthwise 3x3 byte-quad kernel (AVX-512 VBMI + VNNI) --------------------------------
+
+from refcompress.testing.strategies import qconv_depthwise3x3_cases  # noqa: E402
+
+VBMI = "avx512_vbmi" in kernels.variants("qconv2d")
+
+
+def _check_dw3(case, variants):
+    """``case`` under each forced variant, one and two threads, equals the reference."""
+    kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+              groups=case.groups, output=make_output(case.output))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+    pw = kernels.pack_conv_weights(case.w, case.w_zero_point, groups=case.groups)
+    kw.pop("groups")
+    for variant in variants:
+        for threads in (1, 2):
+            with kernels.use(*variant, threads=threads):
+                assert_exact(kernels.qconv2d(case.x, pw, case.x_zero_point, **kw), want)
+
+
+@pytest.mark.skipif(not VBMI, reason="the byte-quad depthwise kernel needs AVX-512 VBMI and VNNI")
+@settings(max_examples=300, deadline=None)
+@given(case=qconv_depthwise3x3_cases())
+def test_depthwise_3x3_vbmi_matches_reference(case):
+    """The VBMI depthwise 3x3 / stride 1 kernel (forced), one and two threads, against the
+    reference bit for bit: widths around its 16-output vectors and 64-output strips (the
+    18 bytes a vector reads, masked at the row ends), heights down to 1, paddings 0 to 2
+    (whole vectors and rows of zero points), 1 and prime channel counts, N up to 3, weight
+    zero points 0 and not 0 mixed across channels, every output rule."""
+    _check_dw3(case, [("c", "avx512_vbmi")])
+
+
+@pytest.mark.skipif(not VBMI, reason="the byte-quad depthwise kernel needs AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("x_dtype,zx,zw", [(np.uint8, 128, 0), (np.uint8, 255, -128), (np.int8, -128, 127),
+                                           (np.int8, 127, 0)])
+def test_depthwise_3x3_vbmi_bench_shape(x_dtype, zx, zw):
+    """The benchmark's 128 channels at 56 x 56 (a 64-output strip holding 56), N = 2, every
+    input value and weight at an extreme somewhere, per-channel float and fixed-point
+    requantization to both output types, and the old VNNI kernel on the same inputs."""
+    rng = np.random.default_rng(zx & 0xFF)
+    xi = np.iinfo(x_dtype)
+    x = rng.integers(int(xi.min), int(xi.max) + 1, (2, 128, 56, 56)).astype(x_dtype)
+    x[0, :8] = xi.min
+    x[1, :8] = xi.max
+    w = rng.integers(-128, 128, (128, 1, 3, 3)).astype(np.int8)
+    w[:4], w[4:8] = -128, 127
+    bias = rng.integers(-5000, 5000, 128).astype(np.int32)
+    for out in (None, Requantize(rng.uniform(1e-4, 1e-2, 128).astype(np.float32), 128, np.uint8),
+                Requantize(np.float32(3e-4), -5, np.int8, "fixedpoint")):
+        kw = dict(bias=bias, padding=1, groups=128, output=out)
+        with kernels.use("numpy"):
+            want = kernels.qconv2d(x, w, zx, zw, **kw)
+        for isa in ("avx512_vbmi", "avx512_vnni"):
+            for threads in (1, 2):
+                with kernels.use("c", isa=isa, threads=threads):
+                    assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
