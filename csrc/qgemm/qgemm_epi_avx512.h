@@ -75,11 +75,13 @@ static inline rc_requant16_params rc_requant16_prepare(const rc_epilogue *e, int
 
 static inline __m512i rc_requant16_apply(const rc_requant16_params *p, __m512i v) {
     if (!p->fixed) {
-        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
-        __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        r = _mm512_max_ps(r, p->lo);
-        r = _mm512_min_ps(r, p->hi);
-        return _mm512_add_epi32(_mm512_cvtps_epi32(r), p->z);
+        /* clamping before rounding gives the same as after it (lo and hi are integers and
+         * rounding is monotone), and then one conversion rounds half to even (embedded
+         * rounding, whatever MXCSR says) exactly inside int32.  NaN: max_ps returns lo
+         * either way. */
+        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
+        f = _mm512_min_ps(_mm512_max_ps(f, p->lo), p->hi);
+        return _mm512_add_epi32(_mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), p->z);
     }
     __m512i q = rc_fixed16(v, p->m0, p->shift);
     q = _mm512_add_epi32(q, p->z);
