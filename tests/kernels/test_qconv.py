@@ -416,3 +416,23 @@ def test_depthwise_3x3_vbmi_bench_shape(x_dtype, zx, zw):
             for threads in (1, 2):
                 with kernels.use("c", isa=isa, threads=threads):
                     assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
+
+
+@pytest.mark.skipif(not VBMI, reason="the byte-quad depthwise kernel needs AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("H,W,padding", [(1, 1, 5), (2, 16, (3, 17)), (3, 17, (20, 1)), (1, 64, (1, 40)),
+                                         (4, 5, (0, 33))])
+def test_depthwise_3x3_vbmi_wide_padding(H, W, padding):
+    """Padding wider than a vector: whole 16-output vectors and strips that read only zero
+    points (load masks that are empty), rows that are all padding."""
+    rng = np.random.default_rng(W)
+    for x_dtype, zx, zw in [(np.uint8, 255, 0), (np.int8, -128, -128), (np.uint8, 3, 127)]:
+        xi = np.iinfo(x_dtype)
+        x = rng.integers(int(xi.min), int(xi.max) + 1, (2, 3, H, W)).astype(x_dtype)
+        w = rng.integers(-128, 128, (3, 1, 3, 3)).astype(np.int8)
+        for out in (None, Requantize(np.float32(0.011), 7, np.uint8)):
+            kw = dict(padding=padding, groups=3, output=out)
+            with kernels.use("numpy"):
+                want = kernels.qconv2d(x, w, zx, zw, **kw)
+            for threads in (1, 2):
+                with kernels.use("c", isa="avx512_vbmi", threads=threads):
+                    assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
