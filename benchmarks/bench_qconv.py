@@ -2,6 +2,10 @@
 quantized conv (x86/fbgemm) when installed, 1 and 2 threads, batch 1 and 8, in one run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_qconv.py [--quick]
+        [--only dw3x3 ...] [--isa avx512_vnni avx512_vbmi ...]
+
+``--isa`` times ours under each named variant (an A/B of two kernels in one run: the
+variants alternate round by round within each shape, so the machine's load hits them alike).
 
 All three integer paths requantize to uint8 (the QLinearConv contract); weights are packed
 once.  GOP/s counts 2 * MACs.  Ratios > 1 mean ours is faster.
