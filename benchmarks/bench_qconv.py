@@ -2,6 +2,10 @@
 quantized conv (x86/fbgemm) when installed, 1 and 2 threads, batch 1 and 8, in one run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_qconv.py [--quick]
+        [--only dw3x3 ...] [--isa avx512_vnni avx512_vbmi ...]
+
+``--isa`` times ours under each named variant (an A/B of two kernels in one run: the
+variants alternate round by round within each shape, so the machine's load hits them alike).
 
 All three integer paths requantize to uint8 (the QLinearConv contract); weights are packed
 once.  GOP/s counts 2 * MACs.  Ratios > 1 mean ours is faster.
@@ -85,11 +89,30 @@ def torch_qconv(x, w, pad, groups, threads):
     return run
 
 
+def ab_times(fns, settings, rounds: int = 5):
+    """Median time of each fn under its kernel setting (``settings[i]()`` makes the context),
+    the variants alternating round by round so that a change in the machine's load hits all
+    of them alike."""
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, (fn, setting) in enumerate(zip(fns, settings)):
+            with setting():
+                times[i].append(median_time(fn, min_repeats=3, min_time=0.05))
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="batch 1 only")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--only", nargs="+", metavar="PREFIX",
+                    help="only the shapes whose name starts with one of these (e.g. dw3x3)")
+    ap.add_argument("--isa", nargs="+", metavar="VARIANT",
+                    help="time ours under each of these ISA variants (A/B in one run, alternating "
+                         "within each shape), one column pair per variant; default: auto")
     args = ap.parse_args(argv)
+    shapes = [s for s in SHAPES if not args.only or any(s[0].startswith(p) for p in args.only)]
+    isas = args.isa or [None]
     print(f"NumPy BLAS: {blas_report()}")
     print(f"refcompress qconv2d variant: {K.available()['ops']['qconv2d']['selected'] or 'numpy'}")
     peak = measured_peak()
@@ -99,14 +122,14 @@ def main(argv=None):
     rows = []
     for threads in args.threads:
         for batch in ([1] if args.quick else [1, 8]):
-            for name, C, OC, k, hw, groups in SHAPES:
+            for name, C, OC, k, hw, groups in shapes:
                 pad = k // 2
                 x = g.integers(0, 256, (batch, C, hw, hw)).astype(np.uint8)
                 w = g.integers(-127, 128, (OC, C // groups, k, k)).astype(np.int8)
                 pw = K.pack_conv_weights(w, 0, groups)
                 out = K.Requantize(np.float32(0.02 * 0.01 / 0.05), 128, np.uint8)
-                with K.use(threads=threads):
-                    t_ours = median_time(lambda: K.qconv2d(x, pw, 128, padding=pad, output=out), min_repeats=3)
+                t_isa = ab_times([lambda isa=isa: K.qconv2d(x, pw, 128, padding=pad, output=out) for isa in isas],
+                                 [lambda isa=isa: K.use("c" if isa else None, isa=isa, threads=threads) for isa in isas])
                 xf, wf = x.astype(np.float32), w.astype(np.float32)
                 with blas_threads(threads):
                     t_np = median_time(lambda: numpy_conv(xf, wf, pad, groups), min_repeats=3)
@@ -116,13 +139,16 @@ def main(argv=None):
                 t_torch = median_time(tq, min_repeats=3) if tq else None
                 ops = 2.0 * batch * OC * hw * hw * (C // groups) * k * k
                 best = min([t for t in (t_ort, t_torch) if t], default=None)
-                rows.append([name, batch, threads, f"{t_ours * 1e3:.2f}", f"{ops / t_ours / 1e9:.0f}",
-                             f"{100 * ops / t_ours / (peak * threads):.0f}%" if peak else "-",
-                             fmt_ratio(t_np / t_ours), fmt_ratio(t_ort / t_ours if t_ort else None),
-                             fmt_ratio(t_torch / t_ours if t_torch else None),
-                             fmt_ratio(best / t_ours if best else None)])
-    print_table(["conv", "N", "thr", "ours ms", "GOP/s", "% peak", "vs numpy f32", "vs ort", "vs torch",
-                 "vs best peer"], rows, title="qconv2d (uint8 x int8 -> requantized uint8); ratios = their time / ours")
+                for isa, t_ours in zip(isas, t_isa):
+                    rows.append([name, batch, threads] + ([isa] if args.isa else []) +
+                                [f"{t_ours * 1e3:.2f}", f"{ops / t_ours / 1e9:.0f}",
+                                 f"{100 * ops / t_ours / (peak * threads):.0f}%" if peak else "-",
+                                 fmt_ratio(t_np / t_ours), fmt_ratio(t_ort / t_ours if t_ort else None),
+                                 fmt_ratio(t_torch / t_ours if t_torch else None),
+                                 fmt_ratio(best / t_ours if best else None)])
+    print_table(["conv", "N", "thr"] + (["isa"] if args.isa else []) +
+                ["ours ms", "GOP/s", "% peak", "vs numpy f32", "vs ort", "vs torch", "vs best peer"], rows,
+                title="qconv2d (uint8 x int8 -> requantized uint8); ratios = their time / ours")
 
 
 if __name__ == "__main__":

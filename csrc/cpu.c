@@ -11,8 +11,11 @@ int rc_cpu_isa_mask(void) {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
         mask |= 1 << RC_ISA_AVX512;
-        if (__builtin_cpu_supports("avx512vnni"))
+        if (__builtin_cpu_supports("avx512vnni")) {
             mask |= 1 << RC_ISA_AVX512_VNNI;
+            if (__builtin_cpu_supports("avx512vbmi"))
+                mask |= 1 << RC_ISA_AVX512_VBMI;
+        }
     }
 #endif
     return mask;
@@ -21,7 +24,7 @@ int rc_cpu_isa_mask(void) {
 int rc_compiled_isa_mask(void) {
 #if RC_X86 && defined(__GNUC__)
     return (1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) |
-           (1 << RC_ISA_AVX512_VNNI);
+           (1 << RC_ISA_AVX512_VNNI) | (1 << RC_ISA_AVX512_VBMI);
 #else
     return 1 << RC_ISA_PORTABLE;
 #endif

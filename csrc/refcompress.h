@@ -20,7 +20,8 @@
 #define RC_ISA_AVX2 1
 #define RC_ISA_AVX512 2
 #define RC_ISA_AVX512_VNNI 3
-#define RC_ISA_COUNT 4
+#define RC_ISA_AVX512_VBMI 4  /* AVX-512 VNNI + VBMI (byte permutes); only qconv2d has it */
+#define RC_ISA_COUNT 5
 
 /* Integer storage types of quantized tensors. */
 #define RC_INT8 0

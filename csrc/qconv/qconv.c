@@ -201,16 +201,18 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
     if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     if (N == 0) return RC_OK;
     if (!x || !w || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
-    const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
+    const int v = rc_isa_resolve(isa, RC_QDW_VARIANTS);
     if (v < 0) return RC_ERR_ISA;
-    /* one direct kernel per vector width; VNNI fuses the stride-1 kernel's multiply-adds */
+    /* one direct kernel per vector width; VNNI fuses the stride-1 kernel's multiply-adds;
+     * VBMI runs 3x3 / stride 1 as byte quads (other geometries: the VNNI kernels) */
     rc_dw_plane_fn plane = rc_dw_plane_portable;
     int raw = 0; /* the kernel reads the uint8 / int8 plane itself */
 #if RC_X86
-    if (v == RC_ISA_AVX512 || v == RC_ISA_AVX512_VNNI) {
+    if (v >= RC_ISA_AVX512) {
         plane = rc_dw_plane_avx512;
         if (rc_dw_raw_ok(sw, KH, KW))
-            plane = v == RC_ISA_AVX512_VNNI ? rc_dw_plane_raw_avx512_vnni : rc_dw_plane_raw_avx512, raw = 1;
+            plane = v >= RC_ISA_AVX512_VNNI ? rc_dw_plane_raw_avx512_vnni : rc_dw_plane_raw_avx512, raw = 1;
+        if (v == RC_ISA_AVX512_VBMI && rc_dw_vbmi3x3_ok(KH, KW, sh, sw, dh, dw)) plane = rc_dw_plane_vbmi3x3, raw = 1;
     }
 #endif
     const int64_t OH = out_size(H, KH, sh, ph, dh), OW = out_size(W, KW, sw, pw, dw);
@@ -239,14 +241,16 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
             const int64_t n = i / C;
             const rc_dw_args d = {mine, wz, epi, (uint8_t *)out + n * C * OH * OW * bytes, bytes,
                                   C, PH, PW, KH, KW, sh, sw, dh, dw, OH, OW,
-                                  (const uint8_t *)x + n * C * HW, x_type == RC_INT8, x_zero_point, H, W, ph, pw};
+                                  (const uint8_t *)x + n * C * HW, x_type == RC_INT8, x_zero_point, H, W, ph, pw,
+                                  w, w_zero_point, w_zp_per_channel};
             plane(&d, i - n * C);
         }
     } else {
         for (int64_t n = 0; n < N; ++n) {
             const rc_dw_args d = {xp, wz, epi, (uint8_t *)out + n * C * OH * OW * bytes, bytes,
                                   C, PH, PW, KH, KW, sh, sw, dh, dw, OH, OW,
-                                  (const uint8_t *)x + n * C * HW, x_type == RC_INT8, x_zero_point, H, W, ph, pw};
+                                  (const uint8_t *)x + n * C * HW, x_type == RC_INT8, x_zero_point, H, W, ph, pw,
+                                  w, w_zero_point, w_zp_per_channel};
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

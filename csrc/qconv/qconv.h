@@ -5,6 +5,8 @@
 
 #define RC_QCONV_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
                            (1 << RC_ISA_AVX512_VNNI))
+/* depthwise alone has a VBMI variant (the Python side runs the other paths' VNNI code) */
+#define RC_QDW_VARIANTS (RC_QCONV_VARIANTS | (1 << RC_ISA_AVX512_VBMI))
 
 /* Depthwise, NCHW throughout (no transposes).  Stride 1 along W on AVX-512: the kernel
  * reads the plane itself into a per-thread buffer of kh-paired rows (rc_dw_plane_raw_*).
@@ -23,6 +25,11 @@ typedef struct {
     int int8_in;
     int32_t zx;
     int64_t H, W, ph, pw;
+    /* the raw weights and their zero points (rc_dw_plane_vbmi3x3 splits the zero-point terms
+     * off, as the direct kernel does) */
+    const int8_t *w;        /* [C, KH*KW]                                  */
+    const int32_t *zw;      /* [C] or [1]                                  */
+    int zw_per_channel;
 } rc_dw_args;
 
 typedef void (*rc_dw_plane_fn)(const rc_dw_args *d, int64_t c);
@@ -37,6 +44,12 @@ static inline int rc_dw_raw_ok(int64_t sw, int64_t KH, int64_t KW) {
 }
 void rc_dw_plane_raw_avx512(const rc_dw_args *d, int64_t c);
 void rc_dw_plane_raw_avx512_vnni(const rc_dw_args *d, int64_t c);
+/* 3x3, stride 1, no dilation, any padding: byte quads by vpermb, three taps per vpdpbusd,
+ * straight from src (no buffer).  Other geometries run the VNNI kernels under VBMI. */
+static inline int rc_dw_vbmi3x3_ok(int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw) {
+    return KH == 3 && KW == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1;
+}
+void rc_dw_plane_vbmi3x3(const rc_dw_args *d, int64_t c);
 #endif
 
 /* Direct convolution, one image: C[OC, P] = W[OC, K] . X[K, P] straight from NCHW (K = C * taps).

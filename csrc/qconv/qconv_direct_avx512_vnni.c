@@ -85,7 +85,6 @@ static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m5
     const rc_epilogue *epi = a->epi;
     const int requant = epi->kind == RC_EPI_REQUANT_FLOAT || epi->kind == RC_EPI_REQUANT_FIXED;
     const int64_t np = a->P - p0 < PB ? a->P - p0 : PB;
-    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     /* a per-tensor requantization is prepared once for the tile, a per-channel one per row */
     rc_requant16_params rq;
     if (requant && !epi->per_channel) rq = rc_requant16_prepare(epi, 0, 0xFFFF);
@@ -110,16 +109,13 @@ static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m5
                 const rc_epilogue e = rc_channel_epilogue(epi, o, &unused);
                 rq = rc_requant16_prepare(&e, 0, 0xFFFF);
             }
-            /* the 64 bytes of the row in one store: the requantized lanes lie in [qmin, qmax]
-             * (inside the output type), so the saturating packs are exact; they interleave
-             * 128-bit lanes, which one dword permute undoes */
+            /* the 64 bytes of the row in one store (rc_pack64) */
             __m512i q[4];
             for (int j = 0; j < 4; ++j) q[j] = rc_requant16_apply(&rq, v[j]);
-            const __m512i w01 = _mm512_packs_epi32(q[0], q[1]), w23 = _mm512_packs_epi32(q[2], q[3]);
-            const __m512i b = epi->out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+            const __m512i b = rc_pack64(q[0], q[1], q[2], q[3], epi->out_type);
             /* a plain store for a full block (a masked byte store is slow on some cores) */
-            if (np >= 64) _mm512_storeu_si512(a->out + o * a->P + p0, _mm512_permutexvar_epi32(idx, b));
-            else _mm512_mask_storeu_epi8(a->out + o * a->P + p0, ((__mmask64)1 << np) - 1, _mm512_permutexvar_epi32(idx, b));
+            if (np >= 64) _mm512_storeu_si512(a->out + o * a->P + p0, b);
+            else _mm512_mask_storeu_epi8(a->out + o * a->P + p0, ((__mmask64)1 << np) - 1, b);
             continue;
         }
         int32_t unused;

@@ -75,11 +75,13 @@ static inline rc_requant16_params rc_requant16_prepare(const rc_epilogue *e, int
 
 static inline __m512i rc_requant16_apply(const rc_requant16_params *p, __m512i v) {
     if (!p->fixed) {
-        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
-        __m512 r = _mm512_roundscale_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        r = _mm512_max_ps(r, p->lo);
-        r = _mm512_min_ps(r, p->hi);
-        return _mm512_add_epi32(_mm512_cvtps_epi32(r), p->z);
+        /* clamping before rounding gives the same as after it (lo and hi are integers and
+         * rounding is monotone), and then one conversion rounds half to even (embedded
+         * rounding, whatever MXCSR says) exactly inside int32.  NaN: max_ps returns lo
+         * either way. */
+        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
+        f = _mm512_min_ps(_mm512_max_ps(f, p->lo), p->hi);
+        return _mm512_add_epi32(_mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), p->z);
     }
     __m512i q = rc_fixed16(v, p->m0, p->shift);
     q = _mm512_add_epi32(q, p->z);
@@ -118,6 +120,16 @@ static inline __m512 rc_dequant16_apply(const rc_dequant16_params *p, __m512i v,
     if (p->has_fbias) f = _mm512_add_ps(f, p->fbias);
     if (p->relu) f = _mm512_max_ps(f, _mm512_setzero_ps());
     return f;
+}
+
+/* Four requantized vectors (int32 lanes in [qmin, qmax], inside the output type) as 64
+ * bytes in lane order: the saturating packs (vpackssdw, then vpackuswb / vpacksswb) are
+ * exact on such values; they interleave 128-bit lanes, which one vpermd undoes. */
+static inline __m512i rc_pack64(__m512i q0, __m512i q1, __m512i q2, __m512i q3, int out_type) {
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i w01 = _mm512_packs_epi32(q0, q1), w23 = _mm512_packs_epi32(q2, q3);
+    const __m512i b = out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+    return _mm512_permutexvar_epi32(idx, b);
 }
 
 /* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */

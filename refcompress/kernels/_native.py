@@ -15,8 +15,9 @@ except ImportError as exc:  # no compiler at install time, or a broken build
     lib = None
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
-#: ISA variant names, indexed by the C constants RC_ISA_PORTABLE .. RC_ISA_AVX512_VNNI.
-ISA_NAMES = ("portable", "avx2", "avx512", "avx512_vnni")
+#: ISA variant names, indexed by the C constants RC_ISA_PORTABLE .. RC_ISA_AVX512_VBMI
+#: ("avx512_vbmi" is AVX-512 VNNI plus VBMI's byte permutes; only qconv2d has that variant).
+ISA_NAMES = ("portable", "avx2", "avx512", "avx512_vnni", "avx512_vbmi")
 ISA_AUTO = -1
 RC_OK = 0
 RC_ERR_ARG = 1

@@ -14,8 +14,10 @@ dense 3x3 ones with stride 1 and padding 1, run a direct NCHW kernel when the AV
 variant is active (C[OC, P] = W . X per image, the 3x3 taps as shifted rows; no
 transposes, no im2col); other dense convolutions (and those under the other variants) pack each output pixel's patch straight into the packed qgemm's activation
 layout (implicit im2col, NHWC inside) and run its micro-tiles and epilogue; depthwise
-convolutions run a direct kernel over each channel plane; other grouped convolutions go
-group by group through im2col + qgemm.
+convolutions run a direct kernel over each channel plane (3x3 with stride 1 and no
+dilation as byte quads, three taps per vpdpbusd, under the AVX-512 VBMI variant, which runs
+the VNNI code everywhere else); other grouped convolutions go group by group through
+im2col + qgemm.
 """
 
 from __future__ import annotations
@@ -213,6 +215,7 @@ def _group_args(pw, spec, bias):
 DIRECT_1X1 = True
 DIRECT_3X3 = True
 _VNNI = _native.ISA_NAMES.index("avx512_vnni")
+_VBMI = _native.ISA_NAMES.index("avx512_vbmi")
 _VNNI_RUNNABLE = []
 
 
@@ -252,6 +255,8 @@ def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
 
 
 def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
+    if pw.mode != "depthwise" and isa == _VBMI:
+        isa = _VNNI  # only the depthwise kernel has a VBMI variant; the rest is VNNI's code
     if _direct_applies(pw, geo, isa):
         return _qconv_direct(x, pw, x_zero_point, bias, spec, isa=isa, threads=threads)
     lib = _native.lib
@@ -297,7 +302,7 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
     return out
 
 
-register(Op("qconv2d", qconv2d_reference, _qconv2d_c, ("portable", "avx2", "avx512", "avx512_vnni"),
+register(Op("qconv2d", qconv2d_reference, _qconv2d_c, ("portable", "avx2", "avx512", "avx512_vnni", "avx512_vbmi"),
             doc=__doc__))
 
 

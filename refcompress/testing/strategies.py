@@ -330,6 +330,49 @@ def qconv_direct_cases(draw, kernel: int = 1):
     return QconvCase(x, w, zx, zw, bias, (1, 1), padding, dilation, 1, draw(output_specs(OC)))
 
 
+#: The AVX-512 VBMI depthwise 3x3 kernel: 16-output vectors in strips of 64, each vector
+#: reading 18 input bytes.  Widths below, at and above 16, 32, 48, 64, 128 and primes;
+#: heights of 1 (only with padding) up to a few rows; 1 and prime channel counts.
+QCONV_DW3_C = (1, 2, 3, 5, 7, 13, 16, 17)
+QCONV_DW3_H = (1, 2, 3, 4, 5, 7, 13)
+QCONV_DW3_W = (1, 2, 3, 5, 7, 13, 15, 16, 17, 18, 31, 32, 33, 47, 48, 49, 56, 63, 64, 65, 66, 79, 127, 128, 129)
+
+
+@st.composite
+def qconv_depthwise3x3_cases(draw):
+    """Depthwise 3x3 convolutions with stride 1 and no dilation (the VBMI kernel's domain):
+    any padding from 0 to 2 per side that leaves an output, zero points at their extremes
+    (the weight zero point 0 and not 0, per tensor or per channel with zeros among them:
+    the kernel sums windows only where it is not 0), every output spec, inputs that are not
+    C-contiguous."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    C, H, W = draw(st.sampled_from(QCONV_DW3_C)), draw(st.sampled_from(QCONV_DW3_H)), draw(st.sampled_from(QCONV_DW3_W))
+    ph = draw(st.integers(max(0, (4 - H) // 2), 2))
+    pw = draw(st.integers(max(0, (4 - W) // 2), 2))
+    N = draw(st.sampled_from([1, 2, 3]))
+    x_dtype = draw(st.sampled_from([np.uint8, np.int8]))
+    xi, wi = np.iinfo(x_dtype), np.iinfo(np.int8)
+    mode = st.sampled_from(["random", "random", "ends", "min", "max"])
+    x = _extreme_ints(rng, xi, (N, C, H, W), draw(mode)).astype(x_dtype)
+    if draw(st.booleans()):
+        wide = np.zeros((N, C, H, 2 * W), x_dtype)
+        wide[..., ::2] = x
+        x = wide[..., ::2]
+    w = _extreme_ints(rng, wi, (C, 1, 3, 3), draw(mode)).astype(np.int8)
+    zx = draw(st.sampled_from([int(xi.min), int(xi.max), draw(st.integers(int(xi.min), int(xi.max)))]))
+    zw_kind = draw(st.sampled_from(["zero", "zero", "scalar", "channels", "some zero"]))
+    if zw_kind == "zero":
+        zw = 0
+    elif zw_kind == "scalar":
+        zw = draw(st.sampled_from([-128, 127, draw(st.integers(-128, 127))]))
+    else:
+        zw = _extreme_ints(rng, wi, C, draw(mode))
+        if zw_kind == "some zero":
+            zw[rng.random(C) < 0.5] = 0
+    bias = rng.integers(-(2**20), 2**20, C).astype(np.int32) if draw(st.booleans()) else None
+    return QconvCase(x, w, zx, zw, bias, (1, 1), (ph, pw), (1, 1), C, draw(output_specs(C)))
+
+
 #: quantize_rows: row lengths around the 8/16-lane vectors, the 16/32-element unrolled
 #: loops and the K of a BERT layer, and primes.
 ROWS_K = (0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 127, 383, 384, 385, 1531, 1536, 2053)

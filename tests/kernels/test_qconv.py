@@ -338,8 +338,9 @@ def test_direct_bands(C, OC, k, N, H, W):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
 def test_direct_route_only_where_it_applies(variant):
-    """Only VNNI routes 1x1 / stride 1 / pad 0 and 3x3 / stride 1 / pad 1 (groups 1)
-    convolutions directly; other variants, strides, paddings, dilations and kernel sizes
+    """Only VNNI (and VBMI, which runs VNNI's code for dense layers) routes 1x1 / stride 1 /
+    pad 0 and 3x3 / stride 1 / pad 1 (groups 1) convolutions directly; other variants,
+    strides, paddings, dilations and kernel sizes
     keep the implicit-im2col path, and all of them give the reference's answer."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (1, 8, 6, 7)).astype(np.uint8)
@@ -353,6 +354,85 @@ def test_direct_route_only_where_it_applies(variant):
             want = kernels.qconv2d(x, w, 7, 3, **kw)
         with _DirectSpy(True) as spy, kernels.use(*variant):
             got = kernels.qconv2d(x, w, 7, 3, **kw)
-        direct = variant[1] == "avx512_vnni"
+        direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
         assert spy.calls == int(direct and (k, kw) in direct_cases)
         assert_exact(got, want)
+
+
+# ---- the depthwise 3x3 byte-quad kernel (AVX-512 VBMI + VNNI) --------------------------------
+
+from refcompress.testing.strategies import qconv_depthwise3x3_cases  # noqa: E402
+
+VBMI = "avx512_vbmi" in kernels.variants("qconv2d")
+
+
+def _check_dw3(case, variants):
+    """``case`` under each forced variant, one and two threads, equals the reference."""
+    kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+              groups=case.groups, output=make_output(case.output))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+    pw = kernels.pack_conv_weights(case.w, case.w_zero_point, groups=case.groups)
+    kw.pop("groups")
+    for variant in variants:
+        for threads in (1, 2):
+            with kernels.use(*variant, threads=threads):
+                assert_exact(kernels.qconv2d(case.x, pw, case.x_zero_point, **kw), want)
+
+
+@pytest.mark.skipif(not VBMI, reason="the byte-quad depthwise kernel needs AVX-512 VBMI and VNNI")
+@settings(max_examples=300, deadline=None)
+@given(case=qconv_depthwise3x3_cases())
+def test_depthwise_3x3_vbmi_matches_reference(case):
+    """The VBMI depthwise 3x3 / stride 1 kernel (forced), one and two threads, against the
+    reference bit for bit: widths around its 16-output vectors and 64-output strips (the
+    18 bytes a vector reads, masked at the row ends), heights down to 1, paddings 0 to 2
+    (whole vectors and rows of zero points), 1 and prime channel counts, N up to 3, weight
+    zero points 0 and not 0 mixed across channels, every output rule."""
+    _check_dw3(case, [("c", "avx512_vbmi")])
+
+
+@pytest.mark.skipif(not VBMI, reason="the byte-quad depthwise kernel needs AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("x_dtype,zx,zw", [(np.uint8, 128, 0), (np.uint8, 255, -128), (np.int8, -128, 127),
+                                           (np.int8, 127, 0)])
+def test_depthwise_3x3_vbmi_bench_shape(x_dtype, zx, zw):
+    """The benchmark's 128 channels at 56 x 56 (a 64-output strip holding 56), N = 2, every
+    input value and weight at an extreme somewhere, per-channel float and fixed-point
+    requantization to both output types, and the old VNNI kernel on the same inputs."""
+    rng = np.random.default_rng(zx & 0xFF)
+    xi = np.iinfo(x_dtype)
+    x = rng.integers(int(xi.min), int(xi.max) + 1, (2, 128, 56, 56)).astype(x_dtype)
+    x[0, :8] = xi.min
+    x[1, :8] = xi.max
+    w = rng.integers(-128, 128, (128, 1, 3, 3)).astype(np.int8)
+    w[:4], w[4:8] = -128, 127
+    bias = rng.integers(-5000, 5000, 128).astype(np.int32)
+    for out in (None, Requantize(rng.uniform(1e-4, 1e-2, 128).astype(np.float32), 128, np.uint8),
+                Requantize(np.float32(3e-4), -5, np.int8, "fixedpoint")):
+        kw = dict(bias=bias, padding=1, groups=128, output=out)
+        with kernels.use("numpy"):
+            want = kernels.qconv2d(x, w, zx, zw, **kw)
+        for isa in ("avx512_vbmi", "avx512_vnni"):
+            for threads in (1, 2):
+                with kernels.use("c", isa=isa, threads=threads):
+                    assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
+
+
+@pytest.mark.skipif(not VBMI, reason="the byte-quad depthwise kernel needs AVX-512 VBMI and VNNI")
+@pytest.mark.parametrize("H,W,padding", [(1, 1, 5), (2, 16, (3, 17)), (3, 17, (20, 1)), (1, 64, (1, 40)),
+                                         (4, 5, (0, 33))])
+def test_depthwise_3x3_vbmi_wide_padding(H, W, padding):
+    """Padding wider than a vector: whole 16-output vectors and strips that read only zero
+    points (load masks that are empty), rows that are all padding."""
+    rng = np.random.default_rng(W)
+    for x_dtype, zx, zw in [(np.uint8, 255, 0), (np.int8, -128, -128), (np.uint8, 3, 127)]:
+        xi = np.iinfo(x_dtype)
+        x = rng.integers(int(xi.min), int(xi.max) + 1, (2, 3, H, W)).astype(x_dtype)
+        w = rng.integers(-128, 128, (3, 1, 3, 3)).astype(np.int8)
+        for out in (None, Requantize(np.float32(0.011), 7, np.uint8)):
+            kw = dict(padding=padding, groups=3, output=out)
+            with kernels.use("numpy"):
+                want = kernels.qconv2d(x, w, zx, zw, **kw)
+            for threads in (1, 2):
+                with kernels.use("c", isa="avx512_vbmi", threads=threads):
+                    assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
