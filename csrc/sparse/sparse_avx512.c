@@ -255,7 +255,7 @@ AI void panel_rows(const rc_sparse_args *a, const float *P, const int64_t W, int
  * tile and then hit in L1 by the other rows, instead of each entry pulling its 256-byte
  * panel row from L2.  W / 16 zmm per entry, two entries in flight.  A row's slice end: for
  * N:M with m dividing the slice a count (n / m * RC_SP_CB_COLS entries per slice), otherwise
- * 16 indices per step (cb_slice_end); the scalar scan it replaced (a compare and an
+ * 64 / 32 / 16 indices per step (cb_slice_end); the scalar scan it replaced (a compare and an
  * unpredictable exit branch per entry) made this kernel lose at batch 16 (2:4: 454 -> 666 us),
  * the count makes it win there (docs/sparse_kernels.md). */
 AI void cb_entries(const rc_sparse_args *a, const float *P, const int64_t W, rc_sp_row r, int mode, int64_t p,
@@ -283,23 +283,41 @@ AI void cb_entries(const rc_sparse_args *a, const float *P, const int64_t W, rc_
     for (int64_t u = 0; u < NV; ++u) _mm512_store_ps(acc + 16 * u, _mm512_add_ps(s0[u], s1[u]));
 }
 
-/* The first entry at or after e whose column is >= j1 (CSR: columns increase within a row),
- * 16 indices per step: their columns < j1 form a prefix, counted by one compare. */
+/* The first entry at or after e whose column is >= j1 (CSR: columns increase within a row):
+ * the indices at their own width, 64 / 32 / 16 per step, compared with j1 - 1 in one
+ * instruction; the columns < j1 form a prefix, so their count is the step's advance. */
 AI int64_t cb_slice_end(const rc_sparse_args *a, rc_sp_row r, int mode, int64_t e, int64_t j1) {
     if (mode == RC_SP_COL_NM_POW2 || mode == RC_SP_COL_NM_ANY) {
         while (e < r.n && rc_sp_col(a, r.ind, mode, e) < j1) ++e;
         return e;
     }
-    const __m512i lim = _mm512_set1_epi32((int32_t)(j1 < INT32_MAX ? j1 : INT32_MAX)); /* columns are int32 */
-    while (e < r.n) {
-        const __mmask16 m = tail16(r.n - e);
-        __m512i c;
-        if (mode == RC_SP_COL_U8) c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, (const uint8_t *)r.ind + e));
-        else if (mode == RC_SP_COL_U16) c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)r.ind + e));
-        else c = _mm512_maskz_loadu_epi32(m, (const int32_t *)r.ind + e);
-        const int cnt = __builtin_popcount((unsigned)_mm512_mask_cmplt_epi32_mask(m, c, lim));
-        e += cnt;
-        if (cnt < 16) break;
+    const int64_t lim = j1 - 1; /* j1 >= RC_SP_CB_COLS > 0 */
+    if (mode == RC_SP_COL_U8) {
+        const __m512i l = _mm512_set1_epi8((char)(lim < 255 ? lim : 255));
+        while (e < r.n) {
+            const int64_t left = r.n - e;
+            const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+            const int cnt = __builtin_popcountll(_mm512_mask_cmple_epu8_mask(m, _mm512_maskz_loadu_epi8(m, (const uint8_t *)r.ind + e), l));
+            e += cnt;
+            if (cnt < 64) break;
+        }
+    } else if (mode == RC_SP_COL_U16) {
+        const __m512i l = _mm512_set1_epi16((short)(lim < 65535 ? lim : 65535));
+        while (e < r.n) {
+            const int64_t left = r.n - e;
+            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << left) - 1);
+            const int cnt = __builtin_popcount(_mm512_mask_cmple_epu16_mask(m, _mm512_maskz_loadu_epi16(m, (const uint16_t *)r.ind + e), l));
+            e += cnt;
+            if (cnt < 32) break;
+        }
+    } else {
+        const __m512i l = _mm512_set1_epi32((int32_t)(lim < INT32_MAX ? lim : INT32_MAX)); /* columns are int32 */
+        while (e < r.n) {
+            const __mmask16 m = tail16(r.n - e);
+            const int cnt = __builtin_popcount(_mm512_mask_cmple_epi32_mask(m, _mm512_maskz_loadu_epi32(m, (const int32_t *)r.ind + e), l));
+            e += cnt;
+            if (cnt < 16) break;
+        }
     }
     return e;
 }

@@ -692,10 +692,10 @@ def test_nm_column_blocked_panels_on_shapes_that_break_slices(n, m, backend, isa
 @pytest.mark.parametrize("in_f,index_dtype", [(200, None), (389, None), (300, np.int32)],
                          ids=["uint8", "uint16", "int32"])
 def test_csr_column_blocked_slice_ends_for_every_index_type(backend, isa, in_f, index_dtype):
-    # The AVX-512 column-blocked kernel finds a row's slice end 16 indices at a time (a
-    # compare and a count): rows with exactly 16, 32 and 128 entries in a slice (the step after
-    # a full one counts 0), rows ending on a multiple of 16, a full row, empty rows, a row
-    # whose entries all lie in the last slice; every index width.
+    # The AVX-512 column-blocked kernel finds a row's slice end 64 / 32 / 16 indices at a time
+    # (uint8 / uint16 / int32: a compare and a count): rows with at most 16, exactly 32 and 128
+    # entries in a slice (the step after a full one counts 0), a row ending on a multiple of
+    # 16, a full row, empty rows, a row whose entries all lie in the second slice; every width.
     rng = np.random.default_rng(in_f)
     out_f = 40
     W = rng.standard_normal((out_f, in_f)).astype(np.float32)
