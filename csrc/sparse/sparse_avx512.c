@@ -291,33 +291,26 @@ AI int64_t cb_slice_end(const rc_sparse_args *a, rc_sp_row r, int mode, int64_t 
         while (e < r.n && rc_sp_col(a, r.ind, mode, e) < j1) ++e;
         return e;
     }
-    const int64_t lim = j1 - 1; /* j1 >= RC_SP_CB_COLS > 0 */
-    if (mode == RC_SP_COL_U8) {
-        const __m512i l = _mm512_set1_epi8((char)(lim < 255 ? lim : 255));
-        while (e < r.n) {
-            const int64_t left = r.n - e;
-            const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
-            const int cnt = __builtin_popcountll(_mm512_mask_cmple_epu8_mask(m, _mm512_maskz_loadu_epi8(m, (const uint8_t *)r.ind + e), l));
-            e += cnt;
-            if (cnt < 64) break;
-        }
-    } else if (mode == RC_SP_COL_U16) {
-        const __m512i l = _mm512_set1_epi16((short)(lim < 65535 ? lim : 65535));
-        while (e < r.n) {
-            const int64_t left = r.n - e;
-            const __mmask32 m = left >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << left) - 1);
-            const int cnt = __builtin_popcount(_mm512_mask_cmple_epu16_mask(m, _mm512_maskz_loadu_epi16(m, (const uint16_t *)r.ind + e), l));
-            e += cnt;
-            if (cnt < 32) break;
-        }
-    } else {
-        const __m512i l = _mm512_set1_epi32((int32_t)(lim < INT32_MAX ? lim : INT32_MAX)); /* columns are int32 */
-        while (e < r.n) {
-            const __mmask16 m = tail16(r.n - e);
-            const int cnt = __builtin_popcount(_mm512_mask_cmple_epi32_mask(m, _mm512_maskz_loadu_epi32(m, (const int32_t *)r.ind + e), l));
-            e += cnt;
-            if (cnt < 16) break;
-        }
+    /* j1 >= RC_SP_CB_COLS > 0; clamped to the index type's range, which holds every column */
+    const int64_t lim = j1 - 1;
+    const int VL = mode == RC_SP_COL_U8 ? 64 : (mode == RC_SP_COL_U16 ? 32 : 16);
+    while (e < r.n) {
+        const int64_t left = r.n - e;
+        const uint64_t m = left >= VL ? ~(uint64_t)0 >> (64 - VL) : ((uint64_t)1 << left) - 1;
+        int cnt;
+        if (mode == RC_SP_COL_U8)
+            cnt = __builtin_popcountll(_mm512_mask_cmple_epu8_mask(
+                m, _mm512_maskz_loadu_epi8(m, (const uint8_t *)r.ind + e), _mm512_set1_epi8((char)(lim < 255 ? lim : 255))));
+        else if (mode == RC_SP_COL_U16)
+            cnt = __builtin_popcount(_mm512_mask_cmple_epu16_mask(
+                (__mmask32)m, _mm512_maskz_loadu_epi16((__mmask32)m, (const uint16_t *)r.ind + e),
+                _mm512_set1_epi16((short)(lim < 65535 ? lim : 65535))));
+        else
+            cnt = __builtin_popcount(_mm512_mask_cmple_epi32_mask(
+                (__mmask16)m, _mm512_maskz_loadu_epi32((__mmask16)m, (const int32_t *)r.ind + e),
+                _mm512_set1_epi32((int32_t)(lim < INT32_MAX ? lim : INT32_MAX))));
+        e += cnt;
+        if (cnt < VL) break;
     }
     return e;
 }
