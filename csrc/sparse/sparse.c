@@ -371,9 +371,10 @@ static int64_t pow2_at_least(int64_t v, int64_t lo) {
  * row-vectorised kernel at 32-64. */
 #define RC_SP_CB_MIN_BATCH 64
 #define RC_SP_NM_CB_MIN_BATCH 16
-/* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512): level
- * with the column-blocked panels at 96-256 (within the noise of a shared machine, either way
- * by up to 8 %), slower at 32-64 (docs/sparse_kernels.md). */
+/* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512): at
+ * 128-256 the column-blocked panels measured 2-9 % faster in separate processes but 5-15 %
+ * slower alternating with dense NumPy in one process (the benchmark's setting); at 32-64
+ * they are 1.16-1.21x faster (docs/sparse_kernels.md). */
 #define RC_SP_NMRV_MIN_BATCH 128
 static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;

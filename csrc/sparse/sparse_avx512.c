@@ -393,8 +393,8 @@ static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t wid
  * min of 15-21 calls, alternating with the panel kernel in one process): batch 256 3.76-3.95
  * against 5.0-5.4 ms (1024 x 1024), 8.7 against 13-17 ms (3072 x 768); batch 64 1.04-1.10
  * against 1.12-1.24 ms and 2.39-2.77 against 2.64-3.20; batch 32 600 against 650 us; batch 16
- * level.  The column-blocked panels with the counted slice ends beat it at 16-64 and are level
- * with it at 96-256, so it starts at RC_SP_NMRV_MIN_BATCH = 128 (sparse.c).
+ * level.  The column-blocked panels with the counted slice ends beat it at 32-64 and not at
+ * 128-256, so it starts at RC_SP_NMRV_MIN_BATCH = 128 (sparse.c).
  * A row block is transposed whole into the caller's workspace (128 bytes per entry of a row
  * and thread); spans of 256 columns through 32 KB on the stack instead, partial sums going
  * through y between spans, measured ~10 % slower. */
