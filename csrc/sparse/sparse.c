@@ -364,16 +364,22 @@ static int64_t pow2_at_least(int64_t v, int64_t lo) {
 
 /* Column blocking pays where an entry's panel row no longer stays near the core and a row has
  * enough entries per column slice to amortise the slice walk: measured (1024 x 1024, AVX-512)
- * 1.2x faster at density 1/2, 1.08x at 0.3, 0.8x at 0.1, and slower at batch 16
- * (docs/sparse_kernels.md).  The same rule serves N:M, whose density is n / m. */
+ * 1.2x faster at density 1/2, 1.08x at 0.3, 0.8x at 0.1 (docs/sparse_kernels.md).  CSR from
+ * batch 64 (at 16 it lost while the slice end was a scalar scan).  N:M (density n / m) from
+ * batch 16: with m dividing the slice a row's entries per slice are counted, not scanned, and
+ * 2:4 measured 1.04-1.09x faster than plain panels at batch 16 and 1.06-1.15x faster than the
+ * row-vectorised kernel at 32-64. */
 #define RC_SP_CB_MIN_BATCH 64
-/* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512): 2:4
- * measured 1.08x faster at batch 32, 1.1x at 64, 1.3-1.4x at 48-256, level at 16
- * (docs/sparse_kernels.md). */
-#define RC_SP_NMRV_MIN_BATCH 32
+#define RC_SP_NM_CB_MIN_BATCH 16
+/* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512): at
+ * 128-256 the column-blocked panels measured 2-9 % faster in separate processes but 5-15 %
+ * slower alternating with dense NumPy in one process (the benchmark's setting); at 32-64
+ * they are 1.16-1.21x faster (docs/sparse_kernels.md). */
+#define RC_SP_NMRV_MIN_BATCH 128
 static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;
-    return a->batch >= RC_SP_CB_MIN_BATCH && 4 * nnz >= a->out * a->in;
+    const int64_t from = a->format == RC_SP_NM ? RC_SP_NM_CB_MIN_BATCH : RC_SP_CB_MIN_BATCH;
+    return a->batch >= from && 4 * nnz >= a->out * a->in;
 }
 
 static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, int colblock) {

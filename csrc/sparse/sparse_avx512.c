@@ -253,7 +253,11 @@ AI void panel_rows(const rc_sparse_args *a, const float *P, const int64_t W, int
  * tile takes its entries inside the slice (its cursor moves on), adding into its W partial
  * sums kept in `tile`.  The slice (128 columns x 64 lanes = 32 KB) is read from L2 once per
  * tile and then hit in L1 by the other rows, instead of each entry pulling its 256-byte
- * panel row from L2.  W / 16 zmm per entry, two entries in flight. */
+ * panel row from L2.  W / 16 zmm per entry, two entries in flight.  A row's slice end: for
+ * N:M with m dividing the slice a count (n / m * RC_SP_CB_COLS entries per slice), otherwise
+ * 64 / 32 / 16 indices per step (cb_slice_end); the scalar scan it replaced (a compare and an
+ * unpredictable exit branch per entry) made this kernel lose at batch 16 (2:4: 454 -> 666 us),
+ * the count makes it win there (docs/sparse_kernels.md). */
 AI void cb_entries(const rc_sparse_args *a, const float *P, const int64_t W, rc_sp_row r, int mode, int64_t p,
                    int64_t e, float *acc) {
     enum { NV_MAX = 4 };
@@ -279,12 +283,47 @@ AI void cb_entries(const rc_sparse_args *a, const float *P, const int64_t W, rc_
     for (int64_t u = 0; u < NV; ++u) _mm512_store_ps(acc + 16 * u, _mm512_add_ps(s0[u], s1[u]));
 }
 
+/* The first entry at or after e whose column is >= j1 (CSR: columns increase within a row):
+ * the indices at their own width, 64 / 32 / 16 per step, compared with j1 - 1 in one
+ * instruction; the columns < j1 form a prefix, so their count is the step's advance. */
+AI int64_t cb_slice_end(const rc_sparse_args *a, rc_sp_row r, int mode, int64_t e, int64_t j1) {
+    if (mode == RC_SP_COL_NM_POW2 || mode == RC_SP_COL_NM_ANY) {
+        while (e < r.n && rc_sp_col(a, r.ind, mode, e) < j1) ++e;
+        return e;
+    }
+    /* j1 >= RC_SP_CB_COLS > 0; clamped to the index type's range, which holds every column */
+    const int64_t lim = j1 - 1;
+    const int VL = mode == RC_SP_COL_U8 ? 64 : (mode == RC_SP_COL_U16 ? 32 : 16);
+    while (e < r.n) {
+        const int64_t left = r.n - e;
+        const uint64_t m = left >= VL ? ~(uint64_t)0 >> (64 - VL) : ((uint64_t)1 << left) - 1;
+        int cnt;
+        if (mode == RC_SP_COL_U8)
+            cnt = __builtin_popcountll(_mm512_mask_cmple_epu8_mask(
+                m, _mm512_maskz_loadu_epi8(m, (const uint8_t *)r.ind + e), _mm512_set1_epi8((char)(lim < 255 ? lim : 255))));
+        else if (mode == RC_SP_COL_U16)
+            cnt = __builtin_popcount(_mm512_mask_cmple_epu16_mask(
+                (__mmask32)m, _mm512_maskz_loadu_epi16((__mmask32)m, (const uint16_t *)r.ind + e),
+                _mm512_set1_epi16((short)(lim < 65535 ? lim : 65535))));
+        else
+            cnt = __builtin_popcount(_mm512_mask_cmple_epi32_mask(
+                (__mmask16)m, _mm512_maskz_loadu_epi32((__mmask16)m, (const int32_t *)r.ind + e),
+                _mm512_set1_epi32((int32_t)(lim < INT32_MAX ? lim : INT32_MAX))));
+        e += cnt;
+        if (cnt < VL) break;
+    }
+    return e;
+}
+
 AI void cb_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_t b0, int64_t nb, int64_t r0,
                 int64_t r1, int mode) {
     enum { TR = 32 }; /* rows per tile: two store tiles */
     float tile[TR * 64] __attribute__((aligned(64)));
     rc_sp_row rows_[TR];
     int64_t cur[TR];
+    /* N:M with m dividing the slice: every row has exactly RC_SP_CB_COLS / m * n entries in
+     * each slice (the last may be cut short by the row's end), so no scan for the slice end */
+    const int64_t per = a->format == RC_SP_NM && RC_SP_CB_COLS % a->m == 0 ? RC_SP_CB_COLS / a->m * a->n : 0;
     for (int64_t i0 = r0; i0 < r1; i0 += TR) {
         const int64_t rows = r1 - i0 < TR ? r1 - i0 : TR;
         memset(tile, 0, sizeof(tile));
@@ -296,7 +335,8 @@ AI void cb_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_
             for (int64_t q = 0; q < rows; ++q) {
                 const rc_sp_row r = rows_[q];
                 int64_t e = cur[q];
-                while (e < r.n && rc_sp_col(a, r.ind, mode, e) < j1) ++e; /* columns increase */
+                if (per) e = r.n - e < per ? r.n : e + per;
+                else e = cb_slice_end(a, r, mode, e, j1);
                 if (e > cur[q]) cb_entries(a, P, W, r, mode, cur[q], e, tile + q * W);
                 cur[q] = e;
             }
@@ -353,7 +393,8 @@ static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t wid
  * min of 15-21 calls, alternating with the panel kernel in one process): batch 256 3.76-3.95
  * against 5.0-5.4 ms (1024 x 1024), 8.7 against 13-17 ms (3072 x 768); batch 64 1.04-1.10
  * against 1.12-1.24 ms and 2.39-2.77 against 2.64-3.20; batch 32 600 against 650 us; batch 16
- * level, so it starts at RC_SP_NMRV_MIN_BATCH = 32 (sparse.c).
+ * level.  The column-blocked panels with the counted slice ends beat it at 32-64 and not at
+ * 128-256, so it starts at RC_SP_NMRV_MIN_BATCH = 128 (sparse.c).
  * A row block is transposed whole into the caller's workspace (128 bytes per entry of a row
  * and thread); spans of 256 columns through 32 KB on the stack instead, partial sums going
  * through y between spans, measured ~10 % slower. */
@@ -405,22 +446,20 @@ static void nm_rowvec_avx512(const rc_sparse_args *a, int64_t blk0, int64_t blk1
         for (int64_t j = 0; j < K; j += 16) { /* 16 rows x 16 entries, transposed */
             const int64_t nj = K - j < 16 ? K - j : 16;
             const __mmask16 em = tail16(nj);
-            __m512 r[16];
-            __m128i pr[16];
+            __m512 r[16], pr[16]; /* values; positions widened to int32 (transposed as bits) */
             for (int q = 0; q < 16; ++q) {
                 const int64_t off = (i0 + q) * K + j;
                 r[q] = q < rows ? _mm512_maskz_loadu_ps(em, a->values + off) : _mm512_setzero_ps();
-                pr[q] = q < rows ? _mm_maskz_loadu_epi8(em, (const uint8_t *)a->indices + off) : _mm_setzero_si128();
+                pr[q] = _mm512_castsi512_ps(_mm512_cvtepu8_epi32(
+                    q < rows ? _mm_maskz_loadu_epi8(em, (const uint8_t *)a->indices + off) : _mm_setzero_si128()));
             }
             transpose16(r);
+            transpose16(pr);
             for (int64_t u = 0; u < nj; ++u) {
                 _mm512_store_ps(bv + 16 * (j + u), r[u]);
                 /* column inside its 16-column chunk: ((j + u) / n) * m % 16 + position */
                 const int32_t base = (int32_t)((((j + u) / n) * m) & 15);
-                uint8_t col[16];
-                for (int q = 0; q < 16; ++q) col[q] = ((const uint8_t *)&pr[q])[u];
-                const __m512i pos = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)col));
-                _mm512_store_si512(bp + 16 * (j + u), _mm512_add_epi32(pos, _mm512_set1_epi32(base)));
+                _mm512_store_si512(bp + 16 * (j + u), _mm512_add_epi32(_mm512_castps_si512(pr[u]), _mm512_set1_epi32(base)));
             }
         }
         if (per_chunk == 8) nmrv_rows(a, bv, bp, 8, i0, rows_m); /* 2:4, 4:8, 1:2 */

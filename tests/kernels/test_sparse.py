@@ -625,7 +625,8 @@ def test_sell_form_index_width_at_the_uint16_limit(in_f):
                                       spmm_csr_error_bound(x, *c[:3]))
 
 
-# ---- N:M, rows in the vector lanes (AVX-512, m dividing 16, batch >= 32) -------------------------
+# ---- N:M: column-blocked panels (AVX-512, batch 16-127) and rows in the vector lanes (m dividing
+# 16, batch >= 128) ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8), (4, 8), (1, 2), (4, 16), (3, 5)])
@@ -633,10 +634,10 @@ def test_sell_form_index_width_at_the_uint16_limit(in_f):
                          ids=[i for b, i in NM_VARIANTS if b != "numpy"])
 def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
     # Row blocks of 16 with a ragged last one (out = 37), 16-column chunks with a ragged last
-    # one (in = 37 m), batches on both sides of the switch to this kernel (32) and around its
-    # 8-row passes (33, 39, 64, 130); groups with fewer than n nonzeros store explicit zeros.
-    # 1 and 2 threads agree bit for bit (a row block is computed by one thread with the same
-    # code).
+    # one (in = 37 m), batches on both sides of the switch to column-blocked panels (16) and to
+    # the row-vectorised kernel (128) and around its 8-row passes (129, 137); groups with fewer
+    # than n nonzeros store explicit zeros.  1 and 2 threads agree bit for bit (a row block is
+    # computed by one thread with the same code).
     rng = np.random.default_rng(10 * n + m)
     out_f, groups = 37, 37
     in_f = groups * m
@@ -646,14 +647,78 @@ def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
     g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= keep[..., None]] = 0
     nm = kernels.nm_from_dense(W, n, m)
     b = rng.standard_normal(out_f).astype(np.float32)
-    for batch in (16, 31, 32, 33, 39, 64, 130):
+    for batch in (15, 16, 33, 64, 127, 128, 129, 137):
+        _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
+
+
+def _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f):
+    x = rng.standard_normal((batch, in_f)).astype(np.float32)
+    with kernels.use(backend, isa=isa, threads=1):
+        y1 = kernels.spmm_nm(x, *nm, bias=b)
+    with kernels.use(backend, isa=isa, threads=2):
+        y2 = kernels.spmm_nm(x, *nm, bias=b)
+    np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
+    assert_within_error_bound(y1, spmm_nm_exact(x, *nm, b), spmm_nm_error_bound(x, *nm, b))
+    with kernels.use(backend, isa=isa, threads=1):
+        y0 = kernels.spmm_nm(x, *nm)  # no bias
+    assert_within_error_bound(y0, spmm_nm_exact(x, *nm), spmm_nm_error_bound(x, *nm))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16), (3, 5)])
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+def test_nm_column_blocked_panels_on_shapes_that_break_slices(n, m, backend, isa):
+    # The column-blocked panels take each row's entries slice by slice (128 columns): counted
+    # when m divides 128 (n / m * 128 per slice, the last one cut by the row's end), found by
+    # a scan otherwise (3:5).  Inputs one group below, at and above one and two slices, rows
+    # around the 32-row tile and the 16-row store tile, batches around the 16-, 32- and
+    # 64-lane panels with a narrower last panel; all-zero rows, and an all-zero weight.
+    rng = np.random.default_rng(100 * n + m)
+    for out_f in (1, 31, 33):
+        for in_f in sorted({m, 128 - 128 % m, 128 - 128 % m + m, 256 - 256 % m + m}):
+            W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+            g = W.reshape(out_f, in_f // m, m)
+            g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= n] = 0
+            W[out_f // 2] = 0
+            for weight in (W, np.zeros_like(W)):
+                nm = kernels.nm_from_dense(weight, n, m)
+                b = rng.standard_normal(out_f).astype(np.float32)
+                for batch in (16, 31, 65, 97):
+                    _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
+
+
+@pytest.mark.parametrize("backend,isa", [v for v in CSR_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in CSR_VARIANTS if b != "numpy"])
+@pytest.mark.parametrize("in_f,index_dtype", [(200, None), (389, None), (300, np.int32)],
+                         ids=["uint8", "uint16", "int32"])
+def test_csr_column_blocked_slice_ends_for_every_index_type(backend, isa, in_f, index_dtype):
+    # The AVX-512 column-blocked kernel finds a row's slice end 64 / 32 / 16 indices at a time
+    # (uint8 / uint16 / int32: a compare and a count): rows with at most 16, exactly 32 and 128
+    # entries in a slice (the step after a full one counts 0), a row ending on a multiple of
+    # 16, a full row, empty rows, a row whose entries all lie in the second slice; every width.
+    rng = np.random.default_rng(in_f)
+    out_f = 40
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    W[rng.random((out_f, in_f)) < 0.6] = 0
+    W[0] = 0
+    W[1, 16:] = 0
+    W[2, :128] = rng.standard_normal(128).astype(np.float32) + 8
+    W[2, 128:] = 0
+    W[3] = rng.standard_normal(in_f).astype(np.float32) + 8
+    W[4, :] = 0
+    W[4, 128:160] = 1.5
+    W[5, :] = 0
+    W[5, [0, 127, 128, in_f - 1]] = 2.0
+    W[6, :] = 0
+    W[6, 96:128] = -1.0
+    c = kernels.csr_from_dense(W, index_dtype=index_dtype)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    p = kernels.pack_csr(*c, bias=b, form="rows", colblock="on")
+    for batch in (2, 16, 64, 65):
         x = rng.standard_normal((batch, in_f)).astype(np.float32)
         with kernels.use(backend, isa=isa, threads=1):
-            y1 = kernels.spmm_nm(x, *nm, bias=b)
+            y1 = kernels.spmm_csr(x, p)
         with kernels.use(backend, isa=isa, threads=2):
-            y2 = kernels.spmm_nm(x, *nm, bias=b)
+            y2 = kernels.spmm_csr(x, p)
         np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
-        assert_within_error_bound(y1, spmm_nm_exact(x, *nm, b), spmm_nm_error_bound(x, *nm, b))
-        with kernels.use(backend, isa=isa, threads=1):
-            y0 = kernels.spmm_nm(x, *nm)  # no bias
-        assert_within_error_bound(y0, spmm_nm_exact(x, *nm), spmm_nm_error_bound(x, *nm))
+        assert_within_error_bound(y1, spmm_csr_exact(x, *c[:3], b), spmm_csr_error_bound(x, *c[:3], b))
