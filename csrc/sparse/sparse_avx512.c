@@ -27,7 +27,64 @@ AI void gather_rows(const rc_sparse_args *a, int64_t r0, int64_t r1, int mode) {
     }
 }
 
+/* ---- N:M with m <= 2n, batch 1 ------------------------------------------------------------ *
+ * 16 consecutive entries of a row (n | 16) cover 16/n whole groups, S = 16 m / n <= 32
+ * columns starting at col0: two x vectors hold all of them, and one vpermt2ps puts each
+ * entry's x (index = its position in its group + m * its group within the step) into the
+ * entry's lane, for one FMA with 16 values.  No scalar x loads (the general batch-1 kernel
+ * spends one per entry); the selected lanes never go past S, so the masked upper load
+ * never reads beyond the row's last group.  2:4, 1:2, 4:8, 8:16 and e.g. 4:6. */
+static int nm_perm_ok(const rc_sparse_args *a) {
+    return a->format == RC_SP_NM && 16 % a->n == 0 && 16 / a->n * a->m <= 32;
+}
+
+AI float nm_perm_dot(const rc_sparse_args *a, const float *x, rc_sp_row r, __m512i off, __mmask16 hmask,
+                     int64_t step) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    const uint8_t *ind = (const uint8_t *)r.ind;
+    int64_t p = 0, col0 = 0;
+    for (; p + 32 <= r.n; p += 32, col0 += 2 * step) {
+        const __m512i i0 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ind + p))), off);
+        const __m512i i1 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ind + p + 16))), off);
+        const __m512 x0 = _mm512_permutex2var_ps(_mm512_loadu_ps(x + col0), i0,
+                                                 _mm512_maskz_loadu_ps(hmask, x + col0 + 16));
+        const __m512 x1 = _mm512_permutex2var_ps(_mm512_loadu_ps(x + col0 + step), i1,
+                                                 _mm512_maskz_loadu_ps(hmask, x + col0 + step + 16));
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(r.v + p), x0, s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(r.v + p + 16), x1, s1);
+    }
+    if (p + 16 <= r.n) {
+        const __m512i i0 = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ind + p))), off);
+        const __m512 x0 = _mm512_permutex2var_ps(_mm512_loadu_ps(x + col0), i0,
+                                                 _mm512_maskz_loadu_ps(hmask, x + col0 + 16));
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(r.v + p), x0, s0);
+        p += 16;
+    }
+    float t = 0.0f;
+    for (; p < r.n; ++p) t = __builtin_fmaf(r.v[p], x[rc_sp_col(a, r.ind, RC_SP_COL_NM_ANY, p)], t);
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) + t;
+}
+
+static void gather_nm_perm(const rc_sparse_args *a, int64_t r0, int64_t r1) {
+    const int64_t step = 16 / a->n * a->m; /* columns per 16 entries */
+    int32_t o[16];
+    for (int l = 0; l < 16; ++l) o[l] = (int32_t)(l / a->n * a->m);
+    const __m512i off = _mm512_loadu_si512(o);
+    /* upper x vector: columns [col0 + 16, col0 + step) only; nothing when step <= 16 */
+    const __mmask16 hmask = step > 16 ? (__mmask16)((1u << (step - 16)) - 1u) : 0;
+    for (int64_t i = r0; i < r1; ++i) {
+        const rc_sp_row r = rc_sp_get_row(a, i);
+        const float b = a->bias ? a->bias[i] : 0.0f;
+        for (int64_t s = 0; s < a->batch; ++s)
+            a->y[s * a->out + i] = nm_perm_dot(a, a->x + s * a->in, r, off, hmask, step) + b;
+    }
+}
+
 static void gather_avx512(const rc_sparse_args *a, int64_t r0, int64_t r1) {
+    if (nm_perm_ok(a)) {
+        gather_nm_perm(a, r0, r1);
+        return;
+    }
     switch (a->col_mode) {
     case RC_SP_COL_U8:      gather_rows(a, r0, r1, RC_SP_COL_U8); break;
     case RC_SP_COL_U16:     gather_rows(a, r0, r1, RC_SP_COL_U16); break;

@@ -722,3 +722,22 @@ def test_csr_column_blocked_slice_ends_for_every_index_type(backend, isa, in_f, 
             y2 = kernels.spmm_csr(x, p)
         np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
         assert_within_error_bound(y1, spmm_csr_exact(x, *c[:3], b), spmm_csr_error_bound(x, *c[:3], b))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 2), (4, 8), (8, 16), (4, 6), (4, 4), (3, 4), (1, 4)])
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+def test_nm_batch_one_on_rows_around_the_permute_steps(n, m, backend, isa):
+    # Batch 1 with m <= 2n and n | 16 runs AVX-512's vpermt2ps kernel: 16 entries per step
+    # over 16 m / n columns (an upper x vector masked to the step when that is under 32; none
+    # at m = n), two steps per loop, a scalar tail.  Rows of 1 to 3 steps around each edge
+    # (entries 15-17, 31-33, 47-49, 64); other patterns (3:4, 1:4) take the general kernel.
+    rng = np.random.default_rng(100 * n + m)
+    for entries in (n, 15, 16, 17, 31, 32, 33, 47, 48, 49, 64):
+        groups = max(1, entries // n)
+        in_f = groups * m
+        W = rng.standard_normal((23, in_f)).astype(np.float32)
+        g = W.reshape(23, groups, m)
+        g[np.argsort(rng.random(g.shape), axis=-1) >= n] = 0
+        nm = kernels.nm_from_dense(W, n, m)
+        _check_nm_threads_and_bias(backend, isa, rng, nm, rng.standard_normal(23).astype(np.float32), 1, in_f)
