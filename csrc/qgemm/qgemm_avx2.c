@@ -51,6 +51,7 @@ static inline void epi8(const rc_epilogue *e, __m256i v, int64_t row, int64_t n0
             return;
         }
         __m256 r = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm256_and_ps(r, _mm256_cmp_ps(r, r, _CMP_ORD_Q)); /* NaN -> 0, as rc_round_saturate */
         r = _mm256_max_ps(r, _mm256_set1_ps((float)(e->qmin - e->out_zero_point)));
         r = _mm256_min_ps(r, _mm256_set1_ps((float)(e->qmax - e->out_zero_point)));
         v = _mm256_add_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(e->out_zero_point));

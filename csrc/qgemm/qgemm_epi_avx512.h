@@ -77,9 +77,11 @@ static inline __m512i rc_requant16_apply(const rc_requant16_params *p, __m512i v
     if (!p->fixed) {
         /* clamping before rounding gives the same as after it (lo and hi are integers and
          * rounding is monotone), and then one conversion rounds half to even (embedded
-         * rounding, whatever MXCSR says) exactly inside int32.  NaN: max_ps returns lo
-         * either way. */
+         * rounding, whatever MXCSR says) exactly inside int32.  NaN (a NaN or infinite
+         * scale reaching the C API) becomes 0 first, as in rc_round_saturate: max_ps alone
+         * would make it lo. */
         __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
+        f = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(f, f, _CMP_ORD_Q), f);
         f = _mm512_min_ps(_mm512_max_ps(f, p->lo), p->hi);
         return _mm512_add_epi32(_mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), p->z);
     }

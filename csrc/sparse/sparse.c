@@ -431,7 +431,8 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
         if (nt > nblk) nt = (int)nblk;
         /* a whole row block per thread in the workspace (rc_spmm_workspace_size bytes, any
          * alignment): 32 * row_len <= 32 * in floats each, and the workspace holds
-         * (batch + 64) * in >= 96 * in, so at least 3 threads fit; more are capped */
+         * (batch + 64) * in >= 192 * in (batch >= RC_SP_NMRV_MIN_BATCH = 128), so at least 6
+         * threads fit; more are capped */
         const int64_t per = 32 * a->row_len; /* floats per thread, a multiple of 16 */
         const int64_t have = (int64_t)((rc_spmm_workspace_size(a->batch, a->in) - 64) / (long long)sizeof(float));
         if ((int64_t)nt * per > have) nt = (int)(have / per);

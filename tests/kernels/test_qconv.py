@@ -366,6 +366,19 @@ from refcompress.testing.strategies import qconv_depthwise3x3_cases  # noqa: E40
 VBMI = "avx512_vbmi" in kernels.variants("qconv2d")
 
 
+def test_vbmi_is_offered_exactly_when_the_cpu_reports_it():
+    # the VBMI tests below skip when the variant is absent: a broken detection must not turn
+    # them into silent skips on a CPU that has the instructions (Linux: /proc/cpuinfo flags)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None or not kernels.available()["c_built"]:
+        pytest.skip("no /proc/cpuinfo flags or no C build")
+    assert VBMI == ({"avx512vbmi", "avx512_vnni", "avx512bw"} <= flags)
+
+
 def _check_dw3(case, variants):
     """``case`` under each forced variant, one and two threads, equals the reference."""
     kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,

@@ -178,3 +178,23 @@ def test_checker_catches_a_kernel_with_the_saturating_shortcut():
 
     with pytest.raises(AssertionError):
         check_qgemm(saturating, max_examples=200)
+
+
+@pytest.mark.parametrize("variant", kernel_variants("requantize"), ids=lambda v: v[1] or v[0])
+def test_float_requantize_of_nan_and_inf_follows_the_one_rounding_rule(variant):
+    # The public functions refuse such scales; the C epilogue is also reached by C callers,
+    # so every variant must still follow round_saturate: NaN -> 0 (then + z), +-inf clamped.
+    from refcompress.kernels._registry import dispatch
+    from refcompress.kernels.qgemm import _requantize_ref
+
+    acc = np.array([[0, 1, -1, 7, 0, 3, -5, 2, 0, 1, 1, -1, 0, 9, 4, 1, 0, 2, -2]], np.int32)
+    m = np.array([np.nan, np.inf, np.inf, -np.inf, np.inf, 0.5, -0.5, 1e30, np.nan, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+                 np.float32)
+    spec = ("float", (m, 100, 0, 255, np.uint8))
+    backend, isa = variant
+    with kernels.use(backend, isa=isa):
+        got = dispatch("requantize", acc, spec)
+    with np.errstate(invalid="ignore"):  # the reference's 0 * inf
+        want = _requantize_ref(acc, spec)
+    assert_exact(got, want)
+    assert got[0, 0] == 100 and got[0, 8] == 100 and got[0, 4] == 100  # 0 * inf and NaN scales: z
