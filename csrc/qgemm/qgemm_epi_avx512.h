@@ -2,6 +2,7 @@
  * pragma).  Lane for lane it computes rc_epi_store_one (qgemm.h); see the notes there. */
 #ifndef RC_QGEMM_EPI_AVX512_H
 #define RC_QGEMM_EPI_AVX512_H
+#include <math.h>
 #include <immintrin.h>
 
 #include "qgemm.h"
@@ -50,6 +51,7 @@ static inline __m512i rc_fixed16(__m512i v, __m512i m0, __m512i shift) {
  * requantizes many vectors with the same parameters (a depthwise plane), then applied. */
 typedef struct {
     int fixed;
+    int nonfinite; /* a scale lane is NaN or +-inf: products may be NaN (0 * inf) */
     __m512 scale, lo, hi;
     __m512i z, m0, shift, qmin, qmax;
 } rc_requant16_params;
@@ -60,10 +62,13 @@ static inline rc_requant16_params rc_requant16_prepare(const rc_epilogue *e, int
     p.fixed = e->kind != RC_EPI_REQUANT_FLOAT;
     if (!p.fixed) {
         p.scale = rc_param_ps(e->scale, e->per_channel, n0, m);
+        /* |s| < inf is false for NaN and +-inf: only then can s * acc be NaN */
+        p.nonfinite = _mm512_cmp_ps_mask(_mm512_abs_ps(p.scale), _mm512_set1_ps(INFINITY), _CMP_LT_OQ) != 0xFFFF;
         p.lo = _mm512_set1_ps((float)(e->qmin - e->out_zero_point));
         p.hi = _mm512_set1_ps((float)(e->qmax - e->out_zero_point));
         p.m0 = p.shift = p.qmin = p.qmax = _mm512_setzero_si512();
     } else {
+        p.nonfinite = 0;
         p.scale = p.lo = p.hi = _mm512_setzero_ps();
         p.m0 = rc_param_epi32(e->multiplier, e->per_channel, n0, m);
         p.shift = rc_param_epi32(e->shift, e->per_channel, n0, m);
@@ -78,10 +83,11 @@ static inline __m512i rc_requant16_apply(const rc_requant16_params *p, __m512i v
         /* clamping before rounding gives the same as after it (lo and hi are integers and
          * rounding is monotone), and then one conversion rounds half to even (embedded
          * rounding, whatever MXCSR says) exactly inside int32.  NaN (a NaN or infinite
-         * scale reaching the C API) becomes 0 first, as in rc_round_saturate: max_ps alone
-         * would make it lo. */
+         * scale reaching the C API; the Python layer refuses them) becomes 0 first, as in
+         * rc_round_saturate: max_ps alone would make it lo.  Finite scales (the flag,
+         * set once per 16 columns) cannot make NaN, so they skip that step. */
         __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), p->scale);
-        f = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(f, f, _CMP_ORD_Q), f);
+        if (p->nonfinite) f = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(f, f, _CMP_ORD_Q), f);
         f = _mm512_min_ps(_mm512_max_ps(f, p->lo), p->hi);
         return _mm512_add_epi32(_mm512_cvt_roundps_epi32(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), p->z);
     }
