@@ -32,10 +32,12 @@ GOALS = {
     "50% SparseGPT": ("halve", None, "50% magnitude"),
     "50% Wanda": ("halve", None, "50% magnitude"),
     "50% Wanda + bias correction": ("halve", None, "50% magnitude"),
+    "50% Wanda + weight update": ("halve", None, "50% magnitude"),
     "2:4 SparseGPT": ("halve", None, "2:4 magnitude"),
     "2:4 Wanda": ("halve", None, "2:4 magnitude"),
     "2:4 Wanda + bias correction": ("halve", None, "2:4 magnitude"),
     "2:4 Wanda permuted + bias correction": ("halve", None, "2:4 magnitude"),
+    "2:4 Wanda + weight update": ("halve", None, "2:4 magnitude"),
     "data-aware SVD 50% FFN": ("halve", None, "SVD 50% FFN"),
 }
 

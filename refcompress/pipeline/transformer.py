@@ -191,7 +191,7 @@ def _sparsegpt(lin, x, sparsity=None, n=None, m=None):
     return _with_weight(lin, sparsegpt(lin.weight.data.astype(np.float32), x, sparsity=sparsity, n=n, m=m).weight)
 
 
-def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False, permute=False):
+def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False, permute=False, update=False):
     if correct_bias and lin.bias is None:
         raise ArgumentError("correct_bias: the layer has no bias to correct")
     if permute and n is None:
@@ -206,9 +206,9 @@ def _wanda(lin, x, sparsity=None, n=None, m=None, correct_bias=False, permute=Fa
                                 f"{w.shape[1]} inputs divisible by m, got sparsity={sparsity}, m={m}")
         perm = nm_permutation(wanda_scores(w, np.sqrt(layer_hessian_diag(x, None, w.shape[1]))), n, m)
         pruned = np.empty_like(w)
-        pruned[:, perm] = wanda(w[:, perm], x[:, perm], n=n, m=m).weight
+        pruned[:, perm] = wanda(w[:, perm], x[:, perm], n=n, m=m, update=update).weight
     else:
-        pruned = wanda(w, x, sparsity=sparsity, n=n, m=m).weight
+        pruned = wanda(w, x, sparsity=sparsity, n=n, m=m, update=update).weight
     bias = _bias(lin)
     if correct_bias:
         # Nagel et al. 2019's bias correction, b += -(W~ - W) E[x]: the kept weights stay
@@ -289,6 +289,8 @@ METHODS = {
     "50% Wanda": Method(_wanda, dict(sparsity=0.5), True),
     "50% Wanda + bias correction": Method(_wanda, dict(sparsity=0.5, correct_bias=True), True,
                                           weighting=WEIGHTING["wanda_bc"]),
+    "50% Wanda + weight update": Method(_wanda, dict(sparsity=0.5, update=True), True,
+                                        description="Wanda's mask, SparseGPT's OBS update of the kept weights"),
     "2:4 magnitude": Method(_magnitude, dict(n=2, m=4)),
     "2:4 SparseGPT": Method(_sparsegpt, dict(n=2, m=4), True),
     "2:4 Wanda": Method(_wanda, dict(n=2, m=4), True),
@@ -297,6 +299,8 @@ METHODS = {
     "2:4 Wanda permuted + bias correction": Method(
         _wanda, dict(n=2, m=4, correct_bias=True, permute=True), True, weighting=WEIGHTING["wanda_bc"],
         description="input channels permuted for the 2:4 groups (Pool & Yu 2021); NMLinear layers"),
+    "2:4 Wanda + weight update": Method(_wanda, dict(n=2, m=4, update=True), True,
+                                        description="Wanda's mask, SparseGPT's OBS update of the kept weights"),
     "SVD 50% FFN": Method(_svd, dict(fraction=0.5), layers=FFN_LINEARS),
     "data-aware SVD 50% FFN": Method(_svd_data, dict(fraction=0.5), True, layers=FFN_LINEARS),
 }
@@ -360,7 +364,7 @@ _STAGE_KEYS = {
                  "activation": ("static", "tensor", "token"), "alpha": float, "per_tensor": bool,
                  "symmetric": bool, "rotate": bool},
     "prune": {"method": ("magnitude", "sparsegpt", "wanda"), "sparsity": float, "n": int, "m": int,
-              "correct_bias": bool, "permute": bool},
+              "correct_bias": bool, "permute": bool, "update": bool},
     "lowrank": {"method": ("svd", "data_aware"), "ffn_fraction": float},
 }
 _MAKERS = {("quantize", "rtn"): (_rtn, False), ("quantize", "gptq"): (_gptq, True),
@@ -372,7 +376,7 @@ _ALLOWED = {"rtn": {"bits", "group_size", "per_tensor", "symmetric", "rotate"},
             "gptq": {"bits", "group_size", "symmetric", "rotate"},
             "awq": {"bits", "group_size", "symmetric", "rotate"}, "w8a8": {"activation", "alpha"},
             "magnitude": {"sparsity", "n", "m"}, "sparsegpt": {"sparsity", "n", "m"},
-            "wanda": {"sparsity", "n", "m", "correct_bias", "permute"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
+            "wanda": {"sparsity", "n", "m", "correct_bias", "permute", "update"}, "svd": {"ffn_fraction"}, "data_aware": {"ffn_fraction"}}
 
 
 def stage_method(stage: dict, where: str = "stage") -> Method:
@@ -383,7 +387,8 @@ def stage_method(stage: dict, where: str = "stage") -> Method:
     of each layer's inputs; rtn, gptq and awq),
     ``{"kind": "quantize", "method": "w8a8", "activation": "token", "alpha": 0.5}``,
     ``{"kind": "prune", "method": "sparsegpt", "n": 2, "m": 4}`` or ``"sparsity": 0.5``
-    (wanda: ``"correct_bias": true`` adds the bias correction, ``"permute": true`` with n and m
+    (wanda: ``"correct_bias": true`` adds the bias correction, ``"update": true`` SparseGPT's
+    reconstruction of the kept weights under Wanda's mask, ``"permute": true`` with n and m
     permutes each layer's inputs for the groups and writes NMLinear layers),
     ``{"kind": "lowrank", "method": "data_aware", "ffn_fraction": 0.5}``.
     Errors name ``where``, the key, the value and what was expected.

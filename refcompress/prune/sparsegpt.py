@@ -33,6 +33,12 @@ weight with the lower row-major index (within the block) is pruned first (as
 :func:`refcompress.prune.nm_mask`).  Lazy batch updates: as GPTQ, the columns after a block
 receive its errors at once (``block_size`` is both the mask block and the update block).
 Inputs with H_jj = 0 get W[:, j] = 0 (:mod:`refcompress._hessian`).
+
+A fixed ``mask`` skips the selection and runs only the reconstruction: the same sweep, with
+every weight outside the mask pruned when its column is reached.  Given the mask SparseGPT
+itself chose, it repeats SparseGPT's arithmetic exactly.  The Wanda authors' weight-update
+ablation (Sun et al. 2024, their code's ``ablate_wanda_seq``) runs this update under
+Wanda's mask (:func:`refcompress.prune.wanda` with ``update=True``).
 """
 
 from __future__ import annotations
@@ -104,13 +110,15 @@ def keep_nm(scores, n: int, m: int) -> np.ndarray:
     return keep.reshape(rows, cols)
 
 
-def sparsegpt(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None, block_size: int = 128,
-              damp: float = 0.01) -> PruneResult:
+def sparsegpt(weight, x=None, *, sparsity=None, n=None, m=None, mask=None, hessian=None,
+              block_size: int = 128, damp: float = 0.01) -> PruneResult:
     """Prune a Linear weight [out, in] with SparseGPT (Algorithm 1).
 
     x          : calibration inputs [N, in] (or [..., in]); or ``hessian`` = X^T X [in, in].
     sparsity   : unstructured: the fraction in [0, 1) of the layer's weights to prune; or
-    n, m       : N:M semi-structured (keep n of every m consecutive inputs; in % m == 0).
+    n, m       : N:M semi-structured (keep n of every m consecutive inputs; in % m == 0); or
+    mask       : bool [out, in], a fixed mask (True = kept): only the OBS reconstruction of
+                 the kept weights runs (the mask is returned unchanged).
     block_size : B_s, the mask-selection and lazy-update block (128 in the paper).
     damp       : lambda = damp * mean(diag H) (1% in the paper).
 
@@ -118,7 +126,14 @@ def sparsegpt(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None, bl
     """
     w = check_array(weight, "weight", dtypes=FLOAT_DTYPES, ndim=2, finite=True)
     rows, cols = w.shape
-    p, n, m = _pattern(sparsity, n, m, cols)
+    fixed = None
+    if mask is not None:
+        if sparsity is not None or n is not None or m is not None:
+            raise ArgumentError("mask: expected either a fixed mask or a pattern (sparsity, or n and m), not both")
+        fixed = check_array(mask, "mask", dtypes=(np.bool_,), shape=(rows, cols))
+        p = None
+    else:
+        p, n, m = _pattern(sparsity, n, m, cols)
     bs = check_int(block_size, "block_size", min_value=1)
     h, dead = _hessian.dead_inputs(_hessian.layer_hessian(x, hessian, cols))
     U = _hessian.inverse_cholesky_upper(h, damp)
@@ -126,7 +141,7 @@ def sparsegpt(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None, bl
 
     W = w.astype(np.float64)
     W[:, dead] = 0.0
-    mask = np.ones((rows, cols), bool)
+    mask = np.ones((rows, cols), bool) if fixed is None else fixed.copy()
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
         W1 = W[:, i1:i2].copy()
@@ -136,7 +151,7 @@ def sparsegpt(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None, bl
             mask[:, i1:i2] = prune_lowest(W1**2 / d2[i1:i2], k)
         for i in range(i2 - i1):
             j = i1 + i
-            if sparsity is None and j % m == 0:
+            if fixed is None and sparsity is None and j % m == 0:
                 # N:M: the group's mask from its current weights (in-block: W1 is current,
                 # as the group never straddles blocks when m divides the block; else the
                 # rest of the group still owes this block's lazy update)

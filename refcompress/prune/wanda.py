@@ -10,7 +10,13 @@ over the calibration tokens X [N, in] (their eq. 1):
 
 and scores are compared *per output row* (sec. 3, "comparison group"): every row i loses
 its own round(p * in) lowest-scoring weights; for N:M, every group of M consecutive inputs of
-a row keeps its N highest scores.  The kept weights are not changed.
+a row keeps its N highest scores.  The kept weights are not changed, unless ``update=True``:
+then the authors' weight-update ablation runs (their code's ``ablate_wanda_seq``): the mask
+is chosen once by the scores above, and SparseGPT's OBS sweep reconstructs the kept weights
+under it (:func:`refcompress.prune.sparsegpt` with ``mask=``), which needs the full
+H = X^T X instead of its diagonal.  That is no longer "pruning without weight update", the
+point of the method; it is here because at 2:4 Wanda's mask alone loses much more than
+SparseGPT (docs/transformers.md).
 
 Ties follow refcompress.prune's conventions: a stable sort, so within a row the lower
 input index is pruned first among equal scores (as :func:`refcompress.prune.mask_by_amount`),
@@ -25,7 +31,7 @@ from .. import _hessian
 from .._validation import check_array
 from ..errors import ArgumentError, ShapeError
 from ..nn.functional import FLOAT_DTYPES
-from .sparsegpt import PruneResult, _pattern, keep_nm, prune_lowest
+from .sparsegpt import PruneResult, _pattern, keep_nm, prune_lowest, sparsegpt
 
 __all__ = ["wanda_scores", "wanda"]
 
@@ -41,16 +47,19 @@ def wanda_scores(weight, input_norm) -> np.ndarray:
     return np.abs(w.astype(np.float64)) * a.astype(np.float64)
 
 
-def wanda(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None) -> PruneResult:
+def wanda(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None, update: bool = False,
+          damp: float = 0.01) -> PruneResult:
     """Prune a Linear weight [out, in] by Wanda scores |W_ij| ||X_j||_2, per output row.
 
     x        : calibration inputs [N, in] (or [..., in]); or ``hessian`` = X^T X [in, in]
-               (only its diagonal, sum_t X_tj^2, is used).
+               (without ``update`` only its diagonal, sum_t X_tj^2, is used).
     sparsity : unstructured, the fraction in [0, 1) pruned from every row; or
     n, m     : N:M (keep n of every m consecutive inputs of each row; in % m == 0).
+    update   : reconstruct the kept weights by SparseGPT's OBS update under this mask;
+               ``damp`` is then its lambda / mean(diag H).
 
-    Returns :class:`PruneResult` (weight, mask), weight in ``weight``'s dtype; no weight
-    is updated (weight = W . mask).
+    Returns :class:`PruneResult` (weight, mask), weight in ``weight``'s dtype; without
+    ``update`` no weight is changed (weight = W . mask).
     """
     w = check_array(weight, "weight", dtypes=FLOAT_DTYPES, ndim=2, finite=True)
     rows, cols = w.shape
@@ -61,4 +70,6 @@ def wanda(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None) -> Pru
         mask = np.stack([prune_lowest(s, k) for s in scores]) if rows else np.ones(w.shape, bool)
     else:
         mask = keep_nm(scores, n, m)
+    if update:
+        return sparsegpt(w, x, mask=mask, hessian=hessian, damp=damp)
     return PruneResult(np.where(mask, w, 0).astype(w.dtype), mask)

@@ -174,6 +174,17 @@ def test_rotation_and_wanda_bias_correction_options(tiny):
     want = (lin.weight.data.astype(np.float64) - plain.weight.data) @ x.astype(np.float64).mean(0)
     np.testing.assert_allclose(fixed.bias.data - plain.bias.data, want, rtol=1e-5, atol=1e-6)
     assert np.abs(want).max() > 1e-3  # a real correction, not a no-op
+    # Wanda + weight update: Wanda's mask, SparseGPT's reconstruction of the kept weights
+    u = tr.stage_method({"kind": "prune", "method": "wanda", "n": 2, "m": 4, "update": True})
+    assert u.kwargs["update"] is True
+    updated, masked = tr._wanda(lin, x, n=2, m=4, update=True), tr._wanda(lin, x, n=2, m=4)
+    np.testing.assert_array_equal(updated.weight.data != 0, masked.weight.data != 0)
+    want = P.sparsegpt(lin.weight.data.astype(np.float32), x, mask=masked.weight.data != 0).weight
+    np.testing.assert_array_equal(updated.weight.data, want)
+    with pytest.raises(ArgumentError, match="update: expected a bool"):
+        tr.stage_method({"kind": "prune", "method": "wanda", "sparsity": 0.5, "update": 1})
+    with pytest.raises(ArgumentError, match="stage.update: not a key of method 'sparsegpt'"):
+        tr.stage_method({"kind": "prune", "method": "sparsegpt", "sparsity": 0.5, "update": True})
 
 
 def test_wanda_with_permuted_inputs_writes_nm_layers(tiny, tiny_dir, tmp_path):
@@ -282,6 +293,16 @@ def test_minilm_wanda_with_bias_correction_halves_the_loss_of_magnitude_pruning(
     mag = tr.fidelity_lines(real, tr.compress_encoder(real, "50% magnitude"), EVAL_SENTENCES)
     wbc = tr.fidelity_lines(real, tr.compress_encoder(real, "50% Wanda + bias correction"), EVAL_SENTENCES)
     assert 1 - wbc["mean_cos"] <= 0.5 * (1 - mag["mean_cos"])
+
+
+def test_minilm_wanda_with_weight_update_halves_the_loss_of_2_4_magnitude_pruning(real):
+    """2:4 Wanda's mask with SparseGPT's reconstruction of the kept weights: (1 - mean cos)
+    at most half of 2:4 magnitude pruning's (the issue's bar; the table's run gives 0.47x,
+    plain Wanda 0.70x, Wanda + bias correction 0.64x)."""
+    from refcompress.data import EVAL_SENTENCES
+    mag = tr.fidelity_lines(real, tr.compress_encoder(real, "2:4 magnitude"), EVAL_SENTENCES)
+    wu = tr.fidelity_lines(real, tr.compress_encoder(real, "2:4 Wanda + weight update"), EVAL_SENTENCES)
+    assert 1 - wu["mean_cos"] <= 0.5 * (1 - mag["mean_cos"])
 
 
 def test_the_fidelity_script_prints_its_table(real, capsys):
