@@ -67,6 +67,12 @@ static void run_block(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows) {
     run_tiles(&c2, c->tile, ap2, c->K4r, rows, c->packed_u);
 }
 
+/* Rows [i0, i1) in blocks of up to Q8_MB rows. */
+static void run_rows(const rc_lowrank_q8_call *c, void (*block)(const rc_lowrank_q8_call *, int64_t, int64_t),
+                     int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += Q8_MB) block(c, i, i1 - i < Q8_MB ? i1 - i : Q8_MB);
+}
+
 int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
                   const void *packed_v, const void *packed_u, const int32_t *cols, const rc_epilogue *epi_h,
                   const rc_epilogue *epi_y, float *y, void *workspace, int isa, int threads) {
@@ -100,21 +106,25 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     nt = threads > 0 ? threads : omp_get_max_threads();
     if ((int64_t)batch * r * (n + m) < RC_MIN_PARALLEL_WORK) nt = 1;
 #endif
-    /* Blocks of up to Q8_MB rows, at least one per thread when there are enough rows. */
-    int64_t mb = ((batch + nt - 1) / nt + RC_QGEMM_MR - 1) / RC_QGEMM_MR * RC_QGEMM_MR;
-    if (mb > Q8_MB) mb = Q8_MB;
-    const int64_t blocks = (batch + mb - 1) / mb;
     void (*block)(const rc_lowrank_q8_call *, int64_t, int64_t) = run_block;
 #if RC_X86
     if (v == RC_ISA_AVX512_VNNI && !epi_y->fbias && !epi_y->relu) block = rc_lowrank_q8_block_vnni;
 #endif
-    if (nt == 1 || blocks == 1) { /* no team to wake */
-        for (int64_t blk = 0; blk < blocks; ++blk) block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+    const int64_t tiles = (batch + RC_QGEMM_MR - 1) / RC_QGEMM_MR;
+    if (nt > tiles) nt = (int)tiles;
+    if (nt == 1) { /* no team to wake */
+        run_rows(&c, block, 0, batch);
         return RC_OK;
     }
+    /* Each thread one contiguous share of the micro-tiles (whole blocks per thread gave,
+     * on two threads, 36 / 28 rows at batch 64 and 144 / 112 at batch 256). */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t blk = 0; blk < blocks; ++blk) block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t i0 = tiles * t / T * RC_QGEMM_MR, i1 = tiles * (t + 1) / T * RC_QGEMM_MR;
+        run_rows(&c, block, i0, i1 < batch ? i1 : batch);
+    }
 #endif
     return RC_OK;
 }

@@ -84,7 +84,9 @@ static inline __attribute__((always_inline)) void out_requant(const lq_panel *P,
 static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask16 mask, __m512 scale, __m512i v) {
     if (!mask) return;
     const rc_dequant16_params d = {scale, _mm512_setzero_ps(), 0, 0};
-    _mm512_mask_storeu_ps(o, mask, rc_dequant16_apply(&d, v, NULL));
+    const __m512 f = rc_dequant16_apply(&d, v, NULL);
+    if (mask == 0xFFFF) _mm512_storeu_ps(o, f); /* a masked store is slower on Zen, even with all lanes on */
+    else _mm512_mask_storeu_ps(o, mask, f);
 }
 
 /* Accumulators of up to 12 rows x 4 vectors, as named variables (see qgemm_avx512_vnni.c:
@@ -179,12 +181,24 @@ static inline __attribute__((always_inline)) void tile(const lq_panel *P, const 
         default: rc_qgemm_tile_avx512_vnni(P->x, a, K4, m0, mr, bp, P->n0);                                 \
         }                                                                                                   \
     }
-#define LQ_SHAPES(DEQ) \
-    LQ_TILE_FN(4, DEQ, LQ_UPTO6) LQ_TILE_FN(3, DEQ, LQ_UPTO8) LQ_TILE_FN(2, DEQ, LQ_UPTO12) LQ_TILE_FN(1, DEQ, LQ_UPTO12)
+/* All rows [0, rows) of one panel: the full tiles with their row count a constant of the
+ * loop (no call and no switch per tile: with K = r = 64 a tile is only ~200 cycles of
+ * vpdpbusd, and the per-tile dispatch cost ~2% of the product), then the remainder. */
+#define LQ_RUN_FN(NV, DEQ, MR)                                                                              \
+    static void run_nv##NV##_##DEQ(const lq_panel *P, const int8_t *a, int64_t K4, int64_t rows,           \
+                                   const uint8_t *bp) {                                                     \
+        int64_t m0 = 0;                                                                                     \
+        for (; m0 + MR <= rows; m0 += MR) tile(P, a, K4, m0, MR, NV, DEQ, bp);                             \
+        if (m0 < rows) tile_nv##NV##_##DEQ(P, a, K4, m0, (int)(rows - m0), bp);                             \
+    }
+#define LQ_SHAPES(DEQ)                                                                                      \
+    LQ_TILE_FN(4, DEQ, LQ_UPTO6) LQ_TILE_FN(3, DEQ, LQ_UPTO8) LQ_TILE_FN(2, DEQ, LQ_UPTO12)                 \
+    LQ_TILE_FN(1, DEQ, LQ_UPTO12) LQ_RUN_FN(4, DEQ, 6) LQ_RUN_FN(3, DEQ, 8) LQ_RUN_FN(2, DEQ, 12)          \
+    LQ_RUN_FN(1, DEQ, 12)
 LQ_SHAPES(0)
 LQ_SHAPES(1)
 
-typedef void (*lq_tile_fn)(const lq_panel *, const int8_t *, int64_t, int64_t, int, const uint8_t *);
+typedef void (*lq_run_fn)(const lq_panel *, const int8_t *, int64_t, int64_t, const uint8_t *);
 
 /* Every tile of rows [0, rows) of packed A, panel by panel (each panel reused by all the
  * block's rows while in cache), the tile shape chosen by the panel's valid columns. */
@@ -201,13 +215,11 @@ static void run_tiles(const rc_qgemm_ctx *x, const int8_t *a, int64_t K4, int64_
         const int64_t n0 = p * RC_QGEMM_NR, valid = x->N - n0;
         const uint8_t *bp = (const uint8_t *)packed + p * K4 * RC_QGEMM_NR;
         lq_panel_prepare(&P, x, n0);
-        lq_tile_fn f;
-        int64_t mr;
-        if (valid > 48) f = deq ? tile_nv4_1 : tile_nv4_0, mr = 6;
-        else if (valid > 32) f = deq ? tile_nv3_1 : tile_nv3_0, mr = 8;
-        else if (valid > 16) f = deq ? tile_nv2_1 : tile_nv2_0, mr = 12;
-        else f = deq ? tile_nv1_1 : tile_nv1_0, mr = 12;
-        for (int64_t m0 = 0; m0 < rows; m0 += mr) f(&P, a, K4, m0, (int)(rows - m0 < mr ? rows - m0 : mr), bp);
+        const lq_run_fn f = valid > 48   ? (deq ? run_nv4_1 : run_nv4_0)
+                            : valid > 32 ? (deq ? run_nv3_1 : run_nv3_0)
+                            : valid > 16 ? (deq ? run_nv2_1 : run_nv2_0)
+                                         : (deq ? run_nv1_1 : run_nv1_0);
+        f(&P, a, K4, rows, bp);
     }
 }
 
