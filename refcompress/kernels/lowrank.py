@@ -115,13 +115,13 @@ def lowrank_linear_reference(x, p):
 
 
 def _lowrank_linear_c(x, p, *, isa, threads):
-    lib, ffi = _native.lib, _native.ffi
+    lib, fb = _native.lib, _native.ffi.from_buffer
     c_args = p._c_args or p._pack()
     B = x.shape[0]
     y = np.empty((B, p.m), _F32)
     ws = _native.workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
-    rc = lib.rc_lowrank_f32(ffi.from_buffer("float[]", x), B, p.n, p.r, p.m, *c_args,
-                            ffi.from_buffer("float[]", y), ws[2], isa, threads)
+    t = _native.F32_ARRAY
+    rc = lib.rc_lowrank_f32(fb(t, x), B, p.n, p.r, p.m, *c_args, fb(t, y), ws[2], isa, threads)
     if rc:
         check_rc(rc, "lowrank_linear")
     return y
@@ -247,6 +247,7 @@ class QuantizedLowRank:
         self._spec2 = _output_spec(self.dequant, self.m)
         self.empty = self.m == 0  # nothing for C to do (r = 0 or n = 0 cannot be quantized)
         self._c_args = None
+        self._ws_last = (-1, 0)
         if _native.lib is not None and not self.empty:
             self._prepare_c()
 
@@ -297,13 +298,16 @@ def lowrank_linear_q8_reference(x_q, q):
 
 
 def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
-    lib, ptr = _native.lib, _native.ptr
+    lib, fb = _native.lib, _native.ffi.from_buffer
     c_args = q._c_args or q._prepare_c()
     B = x_q.shape[0]
-    y = np.empty((B, q.m), np.float32)
-    ws = _native.workspace(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
-    rc = lib.rc_lowrank_q8(ptr("uint8_t *", x_q), B, q.n, q.r, q.m, *c_args, ptr("float *", y), ws[2],
-                           isa, threads)
+    y = np.empty((B, q.m), _F32)
+    last = q._ws_last  # (batch, workspace bytes) of the previous call: a layer mostly sees one batch
+    if last[0] != B:
+        last = q._ws_last = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+    ws = _native.workspace(last[1])
+    rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),
+                           ws[2], isa, threads)
     if rc:
         check_rc(rc, "lowrank_linear_q8")
     return y
