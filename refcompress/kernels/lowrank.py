@@ -30,9 +30,11 @@ with bias_q = round_half_even(bias / (s_h s_u)) (int32).  The intermediate is re
 to uint8, as an integer-only pipeline must do anyway.  The C kernel (csrc/lowrank/
 lowrank_q8.c) runs both products in one call, block of rows by block of rows so that h_q
 stays in cache, with qgemm's own row packing, zero-point corrections (precomputed per
-layer), micro-tiles (VNNI on AVX-512 VNNI CPUs) and epilogues: it is the same arithmetic,
-so it is bit-exact against the NumPy reference on every ISA variant (tests check it with
-tolerance 0).
+layer), micro-tiles and epilogues; on AVX-512 VNNI CPUs the uint8 activations are
+vpdpbusd's unsigned operand as they are and a signed copy of the packed factors (kept by
+the layer, as many bytes again as the packed factors) the other, which saves the row packing
+and the per-row correction.  Every integer sum is exact, so it is bit-exact against the
+NumPy reference on every ISA variant (tests check it with tolerance 0).
 """
 
 from __future__ import annotations
@@ -253,18 +255,21 @@ class QuantizedLowRank:
 
     def _prepare_c(self):
         """Everything of the fused C call that depends on the layer only: the epilogues,
-        and both products' zero-point corrections (rc_lowrank_q8_prepare)."""
+        both products' zero-point corrections, and the signed copy of the packed factors
+        the AVX-512 VNNI block multiplies (rc_lowrank_q8_prepare)."""
         lib, ptr = _native.lib, _native.ptr
         epi_h, keep_h, _ = _epilogue(self._spec1, None, self.r)
         epi_y, keep_y, _ = _epilogue(self._spec2, self.bias_q, self.m)
         self._cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
+        self._signed = np.empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
+        pv, pu = ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed)
         check_rc(lib.rc_lowrank_q8_prepare(self.n, self.r, self.m, self.x_zero_point, self.h_zero_point,
                                            ptr("int32_t *", self.packed_v.col_sums),
-                                           ptr("int32_t *", self.packed_u.col_sums),
-                                           ptr("int32_t *", self._cols)), "QuantizedLowRank")
+                                           ptr("int32_t *", self.packed_u.col_sums), pv, pu,
+                                           ptr("int32_t *", self._cols), ptr("void *", self._signed)),
+                 "QuantizedLowRank")
         self._keep = (keep_h, keep_y)  # the arrays the epilogues point into
-        self._c_args = (ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed),
-                        ptr("int32_t *", self._cols), epi_h, epi_y)
+        self._c_args = (pv, pu, ptr("int32_t *", self._cols), ptr("void *", self._signed), epi_h, epi_y)
         return self._c_args
 
     @classmethod
