@@ -7,7 +7,8 @@
  * The arithmetic is qgemm's own: its row packing, its zero-point corrections
  * (rc_qgemm_prep_cols, done once per layer by rc_lowrank_q8_prepare), its micro-tiles and
  * epilogues (rc_qgemm_pick), so the result is that of two rc_qgemm calls bit for bit.
- * On AVX-512 VNNI the block is lowrank_q8_vnni.c's: the same values, with tiles shaped for
+ * On AVX-512 VNNI, given the signed copy of the factors, the block is lowrank_q8_vnni.c's:
+ * the same values, with vpdpbusd's operands swapped (no row packing) and tiles shaped for
  * the short products (a y epilogue with a float bias or ReLU keeps qgemm's tiles). */
 #include "lowrank_q8.h"
 
