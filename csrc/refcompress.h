@@ -267,19 +267,25 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
  * with the same micro-tiles and epilogues, so the result is identical to the two calls.
  * v_q^T [n, r] and u_q^T [r, m] are packed by rc_qgemm_pack_b (zero point 0).  The
  * zero-point corrections of both products depend on the layer only: rc_lowrank_q8_prepare
- * computes them once into `cols` (rc_lowrank_q8_cols_size(r, m) int32).  epi_h must write
+ * computes them once into `cols` (rc_lowrank_q8_cols_size(r, m) int32) and, when
+ * signed_packed is not NULL, a copy of both packed factors as signed weights
+ * (rc_lowrank_q8_signed_size(n, r, m) bytes) for the AVX-512 VNNI block.  epi_h must write
  * uint8 (it is the second product's input); epi_y must write float32 (RC_EPI_DEQUANT,
- * without row_scale).  Row blocks run h then y while h is in cache; on AVX-512 VNNI with
- * tiles shaped for the short products (csrc/lowrank/lowrank_q8_vnni.c; an epi_y with fbias
- * or relu takes qgemm's tiles), the same values bit for bit.
- * Scratch: rc_lowrank_q8_workspace_size. */
+ * without row_scale).  Row blocks run h then y while h is in cache; on AVX-512 VNNI, given
+ * signed_packed, with the activations as vpdpbusd's unsigned operand (no row packing) and
+ * tiles shaped for the short products (csrc/lowrank/lowrank_q8_vnni.c; without
+ * signed_packed, or with an epi_y with fbias or relu, qgemm's tiles), the same values bit
+ * for bit.  Scratch: rc_lowrank_q8_workspace_size. */
 long long rc_lowrank_q8_cols_size(long long r, long long m);
+long long rc_lowrank_q8_signed_size(long long n, long long r, long long m);
 int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_point, int32_t h_zero_point,
-                          const int32_t *col_sums_v, const int32_t *col_sums_u, int32_t *cols);
+                          const int32_t *col_sums_v, const int32_t *col_sums_u, const void *packed_v,
+                          const void *packed_u, int32_t *cols, void *signed_packed);
 long long rc_lowrank_q8_workspace_size(long long batch, long long n, long long r);
 int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
-                  const void *packed_v, const void *packed_u, const int32_t *cols, const rc_epilogue *epi_h,
-                  const rc_epilogue *epi_y, float *y, void *workspace, int isa, int threads);
+                  const void *packed_v, const void *packed_u, const int32_t *cols, const void *signed_packed,
+                  const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y, void *workspace, int isa,
+                  int threads);
 
 /* ---- transformer element-wise / row ops, float32 (csrc/nnops/) ------------------------- *
  * The NumPy definitions are refcompress.kernels.nnops (erf by A&S 7.1.26, GELU in its erf

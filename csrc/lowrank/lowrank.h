@@ -24,6 +24,8 @@ typedef struct {
     /* Panels per gemv_y pass (LR_YP of lowrank_gemv.h): a pass and a lone panel sum in
      * different orders, so thread shares of the panels start at multiples of it. */
     int64_t gemv_y_panels;
+    /* Rows of gemm's micro-tile: thread shares of the rows start at multiples of it. */
+    int64_t gemm_rows;
 } rc_lowrank_kernels;
 
 extern const rc_lowrank_kernels rc_lowrank_portable;

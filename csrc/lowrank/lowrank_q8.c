@@ -7,7 +7,8 @@
  * The arithmetic is qgemm's own: its row packing, its zero-point corrections
  * (rc_qgemm_prep_cols, done once per layer by rc_lowrank_q8_prepare), its micro-tiles and
  * epilogues (rc_qgemm_pick), so the result is that of two rc_qgemm calls bit for bit.
- * On AVX-512 VNNI the block is lowrank_q8_vnni.c's: the same values, with tiles shaped for
+ * On AVX-512 VNNI, given the signed copy of the factors, the block is lowrank_q8_vnni.c's:
+ * the same values, with vpdpbusd's operands swapped (no row packing) and tiles shaped for
  * the short products (a y epilogue with a float bias or ReLU keeps qgemm's tiles). */
 #include "lowrank_q8.h"
 
@@ -19,12 +20,25 @@ static int64_t al64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
 
 long long rc_lowrank_q8_cols_size(long long r, long long m) {
     if (r < 0 || m < 0) return -1;
-    return 2 * (rc_qgemm_npad(r) + rc_qgemm_npad(m));
+    return 3 * (rc_qgemm_npad(r) + rc_qgemm_npad(m));
+}
+
+long long rc_lowrank_q8_signed_size(long long n, long long r, long long m) {
+    if (n < 0 || r < 0 || m < 0) return -1;
+    return rc_qgemm_packed_size(n, r) + rc_qgemm_packed_size(r, m);
+}
+
+/* start[j] = -z sum_k w[k, j] for the VNNI block, wrapping; col_sums hold sum_k (w + 128). */
+static void prep_start(int64_t K, int64_t N, int32_t z, const int32_t *col_sums, int32_t *start) {
+    for (int64_t j = 0; j < rc_qgemm_npad(N); ++j)
+        start[j] = j < N ? (int32_t)(0u - (uint32_t)z * ((uint32_t)col_sums[j] - 128u * (uint32_t)K)) : 0;
 }
 
 int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_point, int32_t h_zero_point,
-                          const int32_t *col_sums_v, const int32_t *col_sums_u, int32_t *cols) {
+                          const int32_t *col_sums_v, const int32_t *col_sums_u, const void *packed_v,
+                          const void *packed_u, int32_t *cols, void *signed_packed) {
     if (n < 1 || r < 1 || m < 1 || !col_sums_v || !col_sums_u || !cols) return RC_ERR_ARG;
+    if (signed_packed && (!packed_v || !packed_u)) return RC_ERR_ARG;
     if (x_zero_point < 0 || x_zero_point > 255 || h_zero_point < 0 || h_zero_point > 255) return RC_ERR_ARG;
     const int32_t zero = 0; /* symmetric factors */
     const int64_t R = rc_qgemm_npad(r), M = rc_qgemm_npad(m);
@@ -32,6 +46,14 @@ int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_
      * points move with them (z - 128), as in rc_qgemm. */
     rc_qgemm_prep_cols(n, r, x_zero_point - 128, col_sums_v, &zero, 0, cols, cols + R);
     rc_qgemm_prep_cols(r, m, h_zero_point - 128, col_sums_u, &zero, 0, cols + 2 * R, cols + 2 * R + M);
+    prep_start(n, r, x_zero_point, col_sums_v, cols + 2 * (R + M));
+    prep_start(r, m, h_zero_point, col_sums_u, cols + 2 * (R + M) + R);
+    if (signed_packed) { /* the packed bytes are w + 128: w as int8 is the byte ^ 0x80 */
+        const int64_t sv = rc_qgemm_packed_size(n, r), su = rc_qgemm_packed_size(r, m);
+        uint8_t *out = (uint8_t *)signed_packed;
+        for (int64_t i = 0; i < sv; ++i) out[i] = ((const uint8_t *)packed_v)[i] ^ 0x80u;
+        for (int64_t i = 0; i < su; ++i) out[sv + i] = ((const uint8_t *)packed_u)[i] ^ 0x80u;
+    }
     return RC_OK;
 }
 
@@ -54,7 +76,7 @@ static void run_tiles(const rc_qgemm_ctx *c, rc_qgemm_tile_fn tile, const int8_t
 }
 
 /* Rows [i0, i0 + rows): both products, h_q of the block made and used while in cache. */
-static void run_block(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows) {
+void rc_lowrank_q8_block_generic(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows) {
     int8_t *ap1 = c->a1 + i0 * c->K4n, *ap2 = c->a2 + i0 * c->K4r;
     uint8_t *hb = c->h + i0 * c->r;
     for (int64_t i = 0; i < rows; ++i)
@@ -67,9 +89,16 @@ static void run_block(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows) {
     run_tiles(&c2, c->tile, ap2, c->K4r, rows, c->packed_u);
 }
 
+/* Rows [i0, i1) in blocks of up to Q8_MB rows. */
+static void run_rows(const rc_lowrank_q8_call *c, void (*block)(const rc_lowrank_q8_call *, int64_t, int64_t),
+                     int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += Q8_MB) block(c, i, i1 - i < Q8_MB ? i1 - i : Q8_MB);
+}
+
 int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
-                  const void *packed_v, const void *packed_u, const int32_t *cols, const rc_epilogue *epi_h,
-                  const rc_epilogue *epi_y, float *y, void *workspace, int isa, int threads) {
+                  const void *packed_v, const void *packed_u, const int32_t *cols, const void *signed_packed,
+                  const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y, void *workspace, int isa,
+                  int threads) {
     if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed_v || !packed_u || !cols) return RC_ERR_ARG;
     if (rc_check_epilogue(epi_h) != RC_OK || rc_check_epilogue(epi_y) != RC_OK) return RC_ERR_ARG;
     /* h_q is the second product's uint8 input; y is float32, and a per-row factor would be
@@ -92,29 +121,36 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     uint8_t *h = ws + al64(batch * K4n);
     int8_t *a2 = (int8_t *)(h + al64(batch * r));
     int32_t *ra1 = (int32_t *)((uint8_t *)a2 + al64(batch * K4r));
+    const uint8_t *sv = (const uint8_t *)signed_packed;
     const rc_lowrank_q8_call c = {x, n, r, m, K4n, K4r, packed_v, packed_u, cols, cols + R, cols + 2 * R,
-                                  cols + 2 * R + M, epi_h, epi_y, tile, a1, a2, h, ra1, ra1 + batch, y};
+                                  cols + 2 * R + M, sv, sv ? sv + rc_qgemm_packed_size(n, r) : NULL,
+                                  cols + 2 * (R + M), cols + 2 * (R + M) + R, epi_h, epi_y, tile, a1, a2, h,
+                                  ra1, ra1 + batch, y};
 
     int nt = 1;
 #ifdef _OPENMP
     nt = threads > 0 ? threads : omp_get_max_threads();
     if ((int64_t)batch * r * (n + m) < RC_MIN_PARALLEL_WORK) nt = 1;
 #endif
-    /* Blocks of up to Q8_MB rows, at least one per thread when there are enough rows. */
-    int64_t mb = ((batch + nt - 1) / nt + RC_QGEMM_MR - 1) / RC_QGEMM_MR * RC_QGEMM_MR;
-    if (mb > Q8_MB) mb = Q8_MB;
-    const int64_t blocks = (batch + mb - 1) / mb;
-    void (*block)(const rc_lowrank_q8_call *, int64_t, int64_t) = run_block;
+    void (*block)(const rc_lowrank_q8_call *, int64_t, int64_t) = rc_lowrank_q8_block_generic;
 #if RC_X86
-    if (v == RC_ISA_AVX512_VNNI && !epi_y->fbias && !epi_y->relu) block = rc_lowrank_q8_block_vnni;
+    if (v == RC_ISA_AVX512_VNNI && sv && !epi_y->fbias && !epi_y->relu) block = rc_lowrank_q8_block_vnni;
 #endif
-    if (nt == 1 || blocks == 1) { /* no team to wake */
-        for (int64_t blk = 0; blk < blocks; ++blk) block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+    const int64_t tiles = (batch + RC_QGEMM_MR - 1) / RC_QGEMM_MR;
+    if (nt > tiles) nt = (int)tiles;
+    if (nt == 1) { /* no team to wake */
+        run_rows(&c, block, 0, batch);
         return RC_OK;
     }
+    /* Each thread one contiguous share of the micro-tiles (whole blocks per thread gave,
+     * on two threads, 36 / 28 rows at batch 64 and 144 / 112 at batch 256). */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t blk = 0; blk < blocks; ++blk) block(&c, blk * mb, batch - blk * mb < mb ? batch - blk * mb : mb);
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t i0 = tiles * t / T * RC_QGEMM_MR, i1 = tiles * (t + 1) / T * RC_QGEMM_MR;
+        run_rows(&c, block, i0, i1 < batch ? i1 : batch);
+    }
 #endif
     return RC_OK;
 }

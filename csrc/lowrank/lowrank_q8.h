@@ -13,6 +13,10 @@ typedef struct {
     int64_t n, r, m, K4n, K4r;
     const void *packed_v, *packed_u;
     const int32_t *zbp1, *ct1, *zbp2, *ct2;
+    /* The VNNI block's operands (NULL without them): the factors' packed panels minus 128
+     * (signed weights) and both products' start values -za sum_k w[k, n] per column. */
+    const uint8_t *sv, *su;
+    const int32_t *s1, *s2;
     const rc_epilogue *epi_h, *epi_y;
     rc_qgemm_tile_fn tile;
     int8_t *a1, *a2; /* packed x rows, packed h_q rows */
@@ -21,9 +25,11 @@ typedef struct {
     float *y;
 } rc_lowrank_q8_call;
 
+/* Rows [i0, i0 + rows) of the call with qgemm's row packing and micro-tiles. */
+void rc_lowrank_q8_block_generic(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows);
 #if RC_X86
-/* Rows [i0, i0 + rows) of the call on AVX-512 VNNI: the same values as the generic block
- * (qgemm's tiles), bit for bit, with micro-tiles shaped for the short products. */
+/* The same on AVX-512 VNNI (needs sv, su, s1, s2): the same values as the generic block,
+ * bit for bit, with the operands swapped and micro-tiles shaped for the short products. */
 void rc_lowrank_q8_block_vnni(const rc_lowrank_q8_call *c, int64_t i0, int64_t rows);
 #endif
 

@@ -30,9 +30,11 @@ with bias_q = round_half_even(bias / (s_h s_u)) (int32).  The intermediate is re
 to uint8, as an integer-only pipeline must do anyway.  The C kernel (csrc/lowrank/
 lowrank_q8.c) runs both products in one call, block of rows by block of rows so that h_q
 stays in cache, with qgemm's own row packing, zero-point corrections (precomputed per
-layer), micro-tiles (VNNI on AVX-512 VNNI CPUs) and epilogues: it is the same arithmetic,
-so it is bit-exact against the NumPy reference on every ISA variant (tests check it with
-tolerance 0).
+layer), micro-tiles and epilogues; on AVX-512 VNNI CPUs the uint8 activations are
+vpdpbusd's unsigned operand as they are and a signed copy of the packed factors (kept by
+the layer, as many bytes again as the packed factors) the other, which saves the row packing
+and the per-row correction.  Every integer sum is exact, so it is bit-exact against the
+NumPy reference on every ISA variant (tests check it with tolerance 0).
 """
 
 from __future__ import annotations
@@ -115,13 +117,13 @@ def lowrank_linear_reference(x, p):
 
 
 def _lowrank_linear_c(x, p, *, isa, threads):
-    lib, ffi = _native.lib, _native.ffi
+    lib, fb = _native.lib, _native.ffi.from_buffer
     c_args = p._c_args or p._pack()
     B = x.shape[0]
     y = np.empty((B, p.m), _F32)
     ws = _native.workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
-    rc = lib.rc_lowrank_f32(ffi.from_buffer("float[]", x), B, p.n, p.r, p.m, *c_args,
-                            ffi.from_buffer("float[]", y), ws[2], isa, threads)
+    t = _native.F32_ARRAY
+    rc = lib.rc_lowrank_f32(fb(t, x), B, p.n, p.r, p.m, *c_args, fb(t, y), ws[2], isa, threads)
     if rc:
         check_rc(rc, "lowrank_linear")
     return y
@@ -247,23 +249,27 @@ class QuantizedLowRank:
         self._spec2 = _output_spec(self.dequant, self.m)
         self.empty = self.m == 0  # nothing for C to do (r = 0 or n = 0 cannot be quantized)
         self._c_args = None
+        self._ws_last = (-1, 0)
         if _native.lib is not None and not self.empty:
             self._prepare_c()
 
     def _prepare_c(self):
         """Everything of the fused C call that depends on the layer only: the epilogues,
-        and both products' zero-point corrections (rc_lowrank_q8_prepare)."""
+        both products' zero-point corrections, and the signed copy of the packed factors
+        the AVX-512 VNNI block multiplies (rc_lowrank_q8_prepare)."""
         lib, ptr = _native.lib, _native.ptr
         epi_h, keep_h, _ = _epilogue(self._spec1, None, self.r)
         epi_y, keep_y, _ = _epilogue(self._spec2, self.bias_q, self.m)
         self._cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
+        self._signed = np.empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
+        pv, pu = ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed)
         check_rc(lib.rc_lowrank_q8_prepare(self.n, self.r, self.m, self.x_zero_point, self.h_zero_point,
                                            ptr("int32_t *", self.packed_v.col_sums),
-                                           ptr("int32_t *", self.packed_u.col_sums),
-                                           ptr("int32_t *", self._cols)), "QuantizedLowRank")
+                                           ptr("int32_t *", self.packed_u.col_sums), pv, pu,
+                                           ptr("int32_t *", self._cols), ptr("void *", self._signed)),
+                 "QuantizedLowRank")
         self._keep = (keep_h, keep_y)  # the arrays the epilogues point into
-        self._c_args = (ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed),
-                        ptr("int32_t *", self._cols), epi_h, epi_y)
+        self._c_args = (pv, pu, ptr("int32_t *", self._cols), ptr("void *", self._signed), epi_h, epi_y)
         return self._c_args
 
     @classmethod
@@ -297,13 +303,16 @@ def lowrank_linear_q8_reference(x_q, q):
 
 
 def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
-    lib, ptr = _native.lib, _native.ptr
+    lib, fb = _native.lib, _native.ffi.from_buffer
     c_args = q._c_args or q._prepare_c()
     B = x_q.shape[0]
-    y = np.empty((B, q.m), np.float32)
-    ws = _native.workspace(lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
-    rc = lib.rc_lowrank_q8(ptr("uint8_t *", x_q), B, q.n, q.r, q.m, *c_args, ptr("float *", y), ws[2],
-                           isa, threads)
+    y = np.empty((B, q.m), _F32)
+    last = q._ws_last  # (batch, workspace bytes) of the previous call: a layer mostly sees one batch
+    if last[0] != B:
+        last = q._ws_last = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+    ws = _native.workspace(last[1])
+    rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),
+                           ws[2], isa, threads)
     if rc:
         check_rc(rc, "lowrank_linear_q8")
     return y

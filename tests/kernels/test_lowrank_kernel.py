@@ -71,7 +71,9 @@ def test_fp32_large_batch_parallel_paths_and_packed_reuse(variant):
     u = rng.standard_normal((130, 40)).astype(np.float32)
     b = rng.standard_normal(130).astype(np.float32)
     p = kernels.pack_lowrank(v, u, b)
-    for B in (1, 20, 300):  # column split with a barrier; row blocks
+    # column split with a barrier; row blocks in per-thread shares of the 6- (3-, 4-) row
+    # tiles, around the 145-row switch and with a partial last tile
+    for B in (1, 20, 144, 145, 146, 193, 300):
         x = rng.standard_normal((B, 300)).astype(np.float32)
         for threads in (1, 2):
             with kernels.use(*variant, threads=threads):
@@ -235,15 +237,15 @@ def _assert_q8_matches_the_reference(x_q, q, variant, threads):
 
 @pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
 def test_int8_fused_row_blocks_and_threads_bit_exact(variant):
-    # The C kernel runs both products per block of up to 48 rows (at least one block per
-    # thread): batches around the block and 6-row tile edges, ranks off the 4-group and
+    # The C kernel runs both products per block of up to 48 rows, each thread a contiguous
+    # share of the 6-row tiles: batches around the block and tile edges, ranks off the 4-group and
     # 64-column panel edges, zero points at both ends of the uint8 range.
     rng = np.random.default_rng(6)
     for n, r, m, zx, zh in ((131, 67, 70, 0, 255), (64, 4, 129, 255, 0), (300, 65, 64, 128, 7)):
         v = rng.standard_normal((r, n)).astype(np.float32)
         u = rng.standard_normal((m, r)).astype(np.float32)
         q = kernels.QuantizedLowRank(v, u, rng.standard_normal(m).astype(np.float32), 0.05, zx, 0.3, zh)
-        for B in (1, 5, 6, 7, 47, 48, 49, 97, 300):
+        for B in (1, 5, 6, 7, 13, 47, 48, 49, 97, 145, 300):
             x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
             with kernels.use("numpy"):
                 want = kernels.lowrank_linear_q8(x_q, q)
