@@ -146,8 +146,11 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
  *   packed[b][t*C4/4 + g][r][i] = w[MR*b + r, 4g + i, t]   (int8; zero past OC and C)
  * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv_direct_workspace_size(C, H, W,
  * taps, slots) bytes hold `slots` per-thread buffers; the call runs at most that many threads
- * (pass the same byte count as workspace_bytes).  Returns RC_ERR_ISA unless `isa`
- * resolves to VNNI. */
+ * (pass the same byte count as workspace_bytes).  `stream` (1x1 only): 1 interleaves each
+ * block of 64 pixels while the previous block's tiles run, prefetching ahead (for inputs
+ * that stream from L3 or memory), 0 interleaves each band in a separate pass first, -1
+ * chooses 1 when N*C*H*W exceeds 1 MiB (RC_DIRECT_STREAM_BYTES); the result is the same.  Returns
+ * RC_ERR_ISA unless `isa` resolves to VNNI. */
 #define RC_QCONV_DIRECT_MR 6
 #define RC_QCONV_DIRECT_PB 64
 long long rc_qconv_direct_packed_size(long long OC, long long C, int taps);
@@ -156,7 +159,7 @@ long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, 
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                     int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
                     const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
-                    void *out, void *workspace, long long workspace_bytes, int isa, int threads);
+                    void *out, void *workspace, long long workspace_bytes, int stream, int isa, int threads);
 
 /* Depthwise quantized convolution (groups = C = OC), NCHW throughout: a direct kernel per
  * channel plane, 16 output columns per vector, exact int32 sums of (x - zx)(w - zw[c]).

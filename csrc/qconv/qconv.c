@@ -320,7 +320,7 @@ long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, 
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                     int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
                     const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
-                    void *workspace, long long workspace_bytes, int isa, int threads) {
+                    void *workspace, long long workspace_bytes, int stream, int isa, int threads) {
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || (taps != 1 && taps != 9)) return RC_ERR_ARG;
     if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     /* rows are output channels here, so per-row scales and a per-column float bias have no
@@ -342,6 +342,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     for (int64_t o = 0; o < (w_zp_per_channel ? OC : 1); ++o) any_zw |= w_zero_point[o] != 0;
     const int flip = x_type == RC_INT8;
     const int32_t zxu = flip ? x_zero_point + 128 : x_zero_point;
+    const int streamed = stream < 0 ? N * C * P > RC_DIRECT_STREAM_BYTES : stream != 0;
     const int64_t pblocks = (P + CD_PB - 1) / CD_PB, oblocks = (OC + CD_MR - 1) / CD_MR;
     int nt = 1;
 #ifdef _OPENMP
@@ -381,7 +382,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
             const int64_t n = it / (bands * split), band = it / split % bands, s = it % split;
             const rc_direct_args a = {(const uint8_t *)x + n * C * P, flip, zxu, packed, w_sums, w_zero_point,
                                   w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC,
-                                  W, taps};
+                                  W, taps, streamed};
             const int64_t key = n * bands + band, ob0 = s * oblocks / split, ob1 = (s + 1) * oblocks / split;
             rc_qconv_direct_band_avx512_vnni(&a, band * pblocks / bands, (band + 1) * pblocks / bands, ob0, ob1,
                                              key != have, xb, chs, xsum);
@@ -390,7 +391,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     }
     return RC_OK;
 #else
-    (void)threads; (void)workspace_bytes;
+    (void)threads; (void)workspace_bytes; (void)stream;
     return RC_ERR_ISA;
 #endif
 }

@@ -200,21 +200,84 @@ static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, 
     default: TILE_NV(taps, 1) break;                                                          \
     }
 
+/* Channel groups [g0, g1) of the 64 pixels from flat position s, interleaved at dst (group
+ * stride S; see pack64).  Lines wholly inside the plane with all four channels present
+ * (every chunk but an image's last, C a multiple of 4) skip pack64's blend and copy. */
+static inline __attribute__((always_inline)) void pack_groups(const rc_direct_args *a, int64_t s, int64_t g0,
+                                                              int64_t g1, uint8_t *dst, int64_t S) {
+    const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
+    const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
+    const int64_t P = a->P, lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
+    const __mmask64 in = hi <= lo ? 0 : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
+    int64_t g = g0;
+    if (in == ~(__mmask64)0) {
+        const int64_t gf = a->C / 4 < g1 ? a->C / 4 : g1;
+        const uint8_t *row = a->x + s + 4 * g * P;
+        for (; g < gf; ++g, row += 4 * P) {
+            __m512i r[4];
+            for (int i = 0; i < 4; ++i) r[i] = _mm512_xor_si512(_mm512_loadu_si512(row + i * P), fl);
+            interleave64(r, dst + g * S);
+        }
+    }
+    for (; g < g1; ++g) pack64(a->x, P, 4 * g, a->C, s, in, zpad, fl, dst + g * S);
+}
+
+/* Prefetch the input lines of channel groups [g0, g1) (clipped to the channels) at the 64
+ * pixels from s (clipped to the plane); `hint` is a _MM_HINT_* constant after inlining. */
+static inline __attribute__((always_inline)) void prefetch_groups(const rc_direct_args *a, int64_t s, int64_t g0,
+                                                                  int64_t g1, const int hint) {
+    if (s >= a->P) return;
+    const int64_t e = s + 63 < a->P ? s + 63 : a->P - 1; /* the chunk may straddle two lines */
+    for (int64_t c = 4 * g0; c < 4 * g1 && c < a->C; ++c) {
+        if (hint == _MM_HINT_T0) {
+            _mm_prefetch((const char *)(a->x + c * a->P + s), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a->x + c * a->P + e), _MM_HINT_T0);
+        } else {
+            _mm_prefetch((const char *)(a->x + c * a->P + s), _MM_HINT_T1);
+            _mm_prefetch((const char *)(a->x + c * a->P + e), _MM_HINT_T1);
+        }
+    }
+}
+
 /* The output-channel blocks [ob0, ob1) over one pixel block, one function per kernel size
- * (each holds its 24 tile shapes; one function with both spills the loop's operands). */
+ * (each holds its 24 tile shapes; one function with both spills the loop's operands).
+ * `next` (1x1 on a streamed input, else NULL): after the tile of each output-channel block
+ * the next share of the channel groups of the following pixel block (pixels from next_s) is
+ * interleaved into `next`; the share after that is prefetched into L1 and the same share
+ * of the block after next into L2.  So the input's reads overlap the tiles' vpdpbusd
+ * instead of stalling a separate interleave pass. */
 #define TILES(name, taps)                                                                     \
     static __attribute__((noinline)) void name(const rc_direct_args *a, const uint8_t *xc, int64_t S, \
                                                const __mmask16 k0[4], const __mmask16 k2[4],   \
                                                const int32_t *xs, int64_t p0, int64_t nv, int64_t ob0, \
-                                               int64_t ob1) {                                  \
+                                               int64_t ob1, uint8_t *next, int64_t next_s) {   \
+        const int64_t G = (a->C + 3) / 4, nob = ob1 - ob0;                                    \
         for (int64_t ob = ob0; ob < ob1; ++ob) {                                              \
             const int64_t o0 = ob * MR;                                                       \
             const int8_t *wb = a->wpk + ob * MR * ((a->C + 3) / 4 * 4) * (taps);            \
             TILE_MR(taps)                                                                     \
+            if (next) {                                                                       \
+                const int64_t g0 = (ob - ob0) * G / nob, g1 = (ob - ob0 + 1) * G / nob;       \
+                const int64_t g2 = (ob - ob0 + 2) * G / nob;                                  \
+                pack_groups(a, next_s, g0, g1, next, S);                                      \
+                prefetch_groups(a, next_s, g1, g2 < G ? g2 : G, _MM_HINT_T0);                 \
+                prefetch_groups(a, next_s + PB, g0, g1, _MM_HINT_T1);                         \
+            }                                                                                 \
         }                                                                                     \
     }
 TILES(tiles1, 1)
 TILES(tiles9, 9)
+
+/* Each position's channel sum for the n positions at xb (vpdpbusd against ones; padded
+ * channels are 0). */
+static void channel_sums(const uint8_t *xb, int64_t S, int64_t G, int64_t n, int32_t *chs) {
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t q = 0; q < n; q += 16) {
+        __m512i sum = _mm512_setzero_si512();
+        for (int64_t g = 0; g < G; ++g) sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + g * S + 4 * q), ones);
+        _mm512_storeu_si512(chs + q, sum);
+    }
+}
 
 void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64_t b1, int64_t ob0, int64_t ob1,
                                       int pack, uint8_t *xb, int32_t *chs, int32_t *xsum) {
@@ -222,7 +285,14 @@ void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64
     const int64_t halo = rc_direct_halo(W, a->taps), L = rc_direct_positions(b1 - b0, W, a->taps), S = 4 * L;
     const int64_t q0 = b0 * PB - halo; /* the pixel at buffer position 0 */
     const int64_t chunks = (b1 - b0) + 2 * halo / PB;
-    if (pack) {
+    /* 1x1 on a streamed input interleaves the band's first block here and each following
+     * one during the tiles of the block before it (tiles1's `next`); otherwise the whole
+     * band (3x3: with its halo) is interleaved here */
+    const int lazy = pack && a->taps == 1 && a->stream;
+    if (lazy) {
+        pack_groups(a, q0, 0, G, xb, S);
+        if (a->any_zw) channel_sums(xb, S, G, PB, chs);
+    } else if (pack) {
         /* every position the band's taps read, the zero point off the image */
         const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
         const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
@@ -234,15 +304,7 @@ void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64
                     hi <= lo ? 0 : ((hi - lo >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (hi - lo)) - 1)) << lo);
                 pack64(a->x, P, 4 * g, a->C, s, in, zpad, fl, xb + g * S + 256 * k);
             }
-        if (a->any_zw) {
-            /* each position's channel sum (vpdpbusd against ones; padded channels are 0) */
-            const __m512i ones = _mm512_set1_epi8(1);
-            for (int64_t q = 0; q < 64 * chunks; q += 16) {
-                __m512i sum = _mm512_setzero_si512();
-                for (int64_t g = 0; g < G; ++g) sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(xb + g * S + 4 * q), ones);
-                _mm512_storeu_si512(chs + q, sum);
-            }
-        }
+        if (a->any_zw) channel_sums(xb, S, G, 64 * chunks, chs);
     }
     for (int64_t b = b0; b < b1; ++b) {
         const int64_t p0 = b * PB, np = P - p0 < PB ? P - p0 : PB, nv = (np + 15) / 16, pos = p0 - q0;
@@ -272,8 +334,13 @@ void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64
             }
             xs = xsum;
         }
-        if (a->taps == 1) tiles1(a, xc, S, k0, k2, xs, p0, nv, ob0, ob1);
-        else tiles9(a, xc, S, k0, k2, xs, p0, nv, ob0, ob1);
+        if (a->taps == 1) {
+            uint8_t *next = lazy && b + 1 < b1 ? xb + 4 * (pos + PB) : NULL;
+            tiles1(a, xc, S, k0, k2, xs, p0, nv, ob0, ob1, next, p0 + PB);
+            if (next && a->any_zw) channel_sums(next, S, G, PB, chs + pos + PB);
+        } else {
+            tiles9(a, xc, S, k0, k2, xs, p0, nv, ob0, ob1, NULL, 0);
+        }
     }
 }
 #endif

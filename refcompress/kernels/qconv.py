@@ -214,6 +214,10 @@ def _group_args(pw, spec, bias):
 #: implicit-im2col path on the same shapes).
 DIRECT_1X1 = True
 DIRECT_3X3 = True
+#: How the direct 1x1 kernel interleaves its input (rc_qconv_direct's ``stream``): None lets
+#: C choose by input size (block by block, overlapping the tiles, for a batch larger than
+#: L2), True / False force block by block / one pass per band (the tests force both).
+STREAM_1X1 = None
 _VNNI = _native.ISA_NAMES.index("avx512_vnni")
 _VBMI = _native.ISA_NAMES.index("avx512_vbmi")
 _VNNI_RUNNABLE = []
@@ -247,7 +251,7 @@ def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
     ws = _native.workspace(nbytes)
     rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH * KW,
                          int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
-                         ws[2], nbytes, isa, threads)
+                         ws[2], nbytes, -1 if STREAM_1X1 is None else int(STREAM_1X1), isa, threads)
     del keep
     if rc:
         check_rc(rc, "qconv2d (direct)")

@@ -1,6 +1,8 @@
 """qconv2d: every backend and ISA variant, bit-exact against the reference, and the
 reference against a loop written straight from the definition."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -229,13 +231,16 @@ VNNI = "avx512_vnni" in kernels.variants("qconv2d")
 
 
 class _DirectSpy:
-    """Force the direct routes (1x1 and 3x3) on or off and count how often they ran."""
+    """Force the direct routes (1x1 and 3x3) on or off, and the 1x1 kernel's interleave
+    (``stream``: block by block during the tiles, or a pass per band; None: by input size),
+    and count how often the direct route ran."""
 
-    def __init__(self, enabled):
-        self.enabled, self.calls = enabled, 0
+    def __init__(self, enabled, stream=None):
+        self.enabled, self.stream, self.calls = enabled, stream, 0
 
     def __enter__(self):
-        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv_direct, qconv_module.DIRECT_3X3)
+        self._saved = (qconv_module.DIRECT_1X1, qconv_module._qconv_direct, qconv_module.DIRECT_3X3,
+                       qconv_module.STREAM_1X1)
         inner = self._saved[1]
 
         def counted(*args, **kwargs):
@@ -243,12 +248,18 @@ class _DirectSpy:
             return inner(*args, **kwargs)
 
         qconv_module.DIRECT_1X1 = qconv_module.DIRECT_3X3 = self.enabled
+        qconv_module.STREAM_1X1 = self.stream
         qconv_module._qconv_direct = counted
         return self
 
     def __exit__(self, *exc):
         qconv_module.DIRECT_1X1, qconv_module._qconv_direct = self._saved[:2]
-        qconv_module.DIRECT_3X3 = self._saved[2]
+        qconv_module.DIRECT_3X3, qconv_module.STREAM_1X1 = self._saved[2:]
+
+
+#: (direct route, 1x1 interleave) settings every direct-kernel test runs: both interleaves
+#: forced, then the route off (the implicit-im2col fallback).
+_ROUTES = [(True, True), (True, False), (False, None)]
 
 
 def _check_direct_and_fallback(case):
@@ -257,9 +268,9 @@ def _check_direct_and_fallback(case):
     with kernels.use("numpy"):
         want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
     pw = kernels.pack_conv_weights(case.w, case.w_zero_point)
-    for enabled in (True, False):
+    for enabled, stream in _ROUTES:
         for threads in (1, 2):
-            with _DirectSpy(enabled) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+            with _DirectSpy(enabled, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
                 got = kernels.qconv2d(case.x, pw, case.x_zero_point, **kw)
             assert spy.calls == int(enabled)
             assert_exact(got, want)
@@ -269,7 +280,8 @@ def _check_direct_and_fallback(case):
 @settings(max_examples=150, deadline=None)
 @given(case=qconv_direct_cases())
 def test_direct_1x1_and_its_fallback_match_reference(case):
-    """The direct NCHW 1x1 kernel (forced) and the implicit-im2col path it replaces (forced
+    """The direct NCHW 1x1 kernel (forced, with each of its two interleaves: block by block
+    during the tiles, and a pass per band) and the implicit-im2col path it replaces (forced
     by switching the route off) against the reference, bit for bit, on shapes that break
     the 6 x 64 tile and the groups of 4 channels, one and two threads."""
     _check_direct_and_fallback(case)
@@ -289,7 +301,9 @@ def test_direct_3x3_and_its_fallback_match_reference(case):
 def test_direct_1x1_bench_shape_and_tile_split():
     """The benchmark's 1x1 256 -> 64 at 56 x 56 (49 full pixel blocks, 10 full and one
     4-row output-channel block), and a 7 x 7 image with many output channels, where the
-    output-channel blocks are split between work items."""
+    output-channel blocks are split between work items; each with the 1x1 input
+    interleaved block by block during the tiles, in a pass per band, and as chosen by
+    size (the first shape's 1.6 MB streams)."""
     rng = np.random.default_rng(11)
     for N, C, OC, H in [(2, 256, 64, 56), (1, 96, 512, 7)]:
         x = rng.integers(0, 256, (N, C, H, H)).astype(np.uint8)
@@ -298,8 +312,8 @@ def test_direct_1x1_bench_shape_and_tile_split():
         for out in (None, Requantize(np.float32(1e-4), 128, np.uint8)):
             with kernels.use("numpy"):
                 want = kernels.qconv2d(x, w, 131, zw, output=out)
-            for threads in (1, 2):
-                with _DirectSpy(True) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+            for threads, stream in itertools.product((1, 2), (None, True, False)):
+                with _DirectSpy(True, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
                     got = kernels.qconv2d(x, w, 131, zw, output=out)
                 assert spy.calls == 1
                 assert_exact(got, want)
@@ -317,7 +331,8 @@ def test_direct_bands(C, OC, k, N, H, W):
     """Images split into several bands (each interleaved on its own, 3x3 with its halo of
     rows from the neighbouring bands): wide channel counts, band boundaries inside a row,
     a halo wider than a band, and 1, 2 and 3 threads sharing the bands; zero points at
-    their extremes (every tap sum in play), int8 and uint8 inputs."""
+    their extremes (every tap sum in play), int8 and uint8 inputs; 1x1 interleaved block by
+    block and per band (3x3 ignores the setting)."""
     rng = np.random.default_rng(C + W)
     for x_dtype, zx in ((np.uint8, 255), (np.int8, -128)):
         xi = np.iinfo(x_dtype)
@@ -329,8 +344,8 @@ def test_direct_bands(C, OC, k, N, H, W):
             kw = dict(padding=k // 2, output=out)
             with kernels.use("numpy"):
                 want = kernels.qconv2d(x, w, zx, zw, **kw)
-            for threads in (1, 2, 3):
-                with _DirectSpy(True) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
+            for threads, stream in itertools.product((1, 2, 3), (True, False)):
+                with _DirectSpy(True, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
                     got = kernels.qconv2d(x, pw, zx, **kw)
                 assert spy.calls == 1
                 assert_exact(got, want)
