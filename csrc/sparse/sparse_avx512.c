@@ -447,14 +447,14 @@ static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t wid
  * to y[b, i0 .. i0 + 16).  No broadcast and no panel: per FMA one shuffle, and loads only of
  * x (one per 16 columns and batch row) and of the buffer (shared by 8 batch rows).  The
  * panel kernels need a broadcast and a panel load per FMA.  On 2:4 (kernel alone, one thread,
- * min of 15-21 calls, alternating with the panel kernel in one process): batch 256 3.76-3.95
- * against 5.0-5.4 ms (1024 x 1024), 8.7 against 13-17 ms (3072 x 768); batch 64 1.04-1.10
- * against 1.12-1.24 ms and 2.39-2.77 against 2.64-3.20; batch 32 600 against 650 us; batch 16
- * level.  The column-blocked panels with the counted slice ends beat it at 32-64 and not at
- * 128-256, so it starts at RC_SP_NMRV_MIN_BATCH = 128 (sparse.c).
+ * min of 15-21 calls, alternating with the panel kernel in one process, Zen 4): batch 256
+ * 3.76-3.95 against 5.0-5.4 ms (1024 x 1024), 8.7 against 13-17 ms (3072 x 768).  With the
+ * next block's weights prefetched (nmrv_pf) it beats the panels from batch 2 (sparse.c,
+ * RC_SP_NMRV_MIN_BATCH).
  * A row block is transposed whole into the caller's workspace (128 bytes per entry of a row
  * and thread); spans of 256 columns through 32 KB on the stack instead, partial sums going
- * through y between spans, measured ~10 % slower. */
+ * through y between spans, measured ~10 % slower (Zen 4; on Zen 5 spans with the sums
+ * through y or through a tile after the buffer measured 1.1x faster to 1.2x slower). */
 #define RC_SP_NMRV_NB 8     /* batch rows sharing one pass over the buffer */
 
 /* Slots [slot, slot + ns) against x columns [c, c + 16) of NB batch rows. */
@@ -509,9 +509,12 @@ AI void nmrv_prefetch(nmrv_pf *f, int64_t lines) {
     for (; lines > 0 && f->left > 0; --lines, f->p += 64, f->left -= 64) _mm_prefetch(f->p, _MM_HINT_T0);
 }
 
+/* Batch rows in passes of 8, then one of 4, 2 and 1 for the rest (a pass loads each slot's
+ * values and positions once for its rows). */
 AI void nmrv_rows(const rc_sparse_args *a, const float *bv, const int32_t *bp, const int64_t PC, int64_t i0,
                   __mmask16 rows_m, nmrv_pf *pv, nmrv_pf *pi) {
-    const int64_t passes = a->batch / RC_SP_NMRV_NB + a->batch % RC_SP_NMRV_NB;
+    const int64_t rest = a->batch % RC_SP_NMRV_NB;
+    const int64_t passes = a->batch / RC_SP_NMRV_NB + (rest >> 2) + ((rest >> 1) & 1) + (rest & 1);
     const int64_t sv = (pv->left / 64 + passes) / passes, si = (pi->left / 64 + passes) / passes;
     int64_t b0 = 0;
     for (; b0 + RC_SP_NMRV_NB <= a->batch; b0 += RC_SP_NMRV_NB) {
@@ -519,11 +522,15 @@ AI void nmrv_rows(const rc_sparse_args *a, const float *bv, const int32_t *bp, c
         nmrv_prefetch(pi, si);
         nmrv_batch(a, bv, bp, PC, b0, RC_SP_NMRV_NB, i0, rows_m);
     }
-    for (; b0 < a->batch; ++b0) {
-        nmrv_prefetch(pv, sv);
-        nmrv_prefetch(pi, si);
-        nmrv_batch(a, bv, bp, PC, b0, 1, i0, rows_m);
-    }
+    for (int nb = 4; nb >= 1; nb /= 2)
+        if (a->batch - b0 >= nb) {
+            nmrv_prefetch(pv, sv);
+            nmrv_prefetch(pi, si);
+            if (nb == 4) nmrv_batch(a, bv, bp, PC, b0, 4, i0, rows_m);
+            else if (nb == 2) nmrv_batch(a, bv, bp, PC, b0, 2, i0, rows_m);
+            else nmrv_batch(a, bv, bp, PC, b0, 1, i0, rows_m);
+            b0 += nb;
+        }
 }
 
 /* Row blocks [blk0, blk1) of 16 rows (the last may be short).  buf: 64-byte aligned room for
