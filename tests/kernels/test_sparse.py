@@ -652,6 +652,23 @@ def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
         _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
 
 
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+def test_nm_small_batches_split_across_threads(backend, isa):
+    # Large enough (96 x 1024, 2:4) that even batch 2 is cut between two threads (6 row blocks
+    # of 16, 3 each): every batch tail of the row-vectorised kernel (passes of 4, 2, 1) with
+    # each thread prefetching its own next block, and the last block of each thread with none.
+    rng = np.random.default_rng(96)
+    out_f, in_f = 96, 1024
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    g = W.reshape(out_f, -1, 4)
+    np.put_along_axis(g, np.argsort(np.abs(g), axis=-1)[..., :2], 0.0, axis=-1)
+    nm = kernels.nm_from_dense(W, 2, 4)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    for batch in (2, 3, 5, 6, 7, 9, 15):
+        _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
+
+
 def _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f):
     x = rng.standard_normal((batch, in_f)).astype(np.float32)
     with kernels.use(backend, isa=isa, threads=1):
