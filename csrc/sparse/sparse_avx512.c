@@ -501,12 +501,12 @@ AI void nmrv_batch(const rc_sparse_args *a, const float *bv, const int32_t *bp, 
  * did not follow: with the weights out of L2 (3072 x 768) that read cost ~20 % of the kernel
  * (measured by skipping it); the prefetch took batch 128-256 10-20 % faster. */
 typedef struct {
-    const char *p;
-    int64_t left; /* bytes */
+    const char *p;    /* NULL when there is no next block */
+    int64_t done, len; /* bytes */
 } nmrv_pf;
 
 AI void nmrv_prefetch(nmrv_pf *f, int64_t lines) {
-    for (; lines > 0 && f->left > 0; --lines, f->p += 64, f->left -= 64) _mm_prefetch(f->p, _MM_HINT_T0);
+    for (; lines > 0 && f->done < f->len; --lines, f->done += 64) _mm_prefetch(f->p + f->done, _MM_HINT_T0);
 }
 
 /* Batch rows in passes of 8, then one of 4, 2 and 1 for the rest (a pass loads each slot's
@@ -515,7 +515,7 @@ AI void nmrv_rows(const rc_sparse_args *a, const float *bv, const int32_t *bp, c
                   __mmask16 rows_m, nmrv_pf *pv, nmrv_pf *pi) {
     const int64_t rest = a->batch % RC_SP_NMRV_NB;
     const int64_t passes = a->batch / RC_SP_NMRV_NB + (rest >> 2) + ((rest >> 1) & 1) + (rest & 1);
-    const int64_t sv = (pv->left / 64 + passes) / passes, si = (pi->left / 64 + passes) / passes;
+    const int64_t sv = (pv->len / 64 + passes) / passes, si = (pi->len / 64 + passes) / passes;
     int64_t b0 = 0;
     for (; b0 + RC_SP_NMRV_NB <= a->batch; b0 += RC_SP_NMRV_NB) {
         nmrv_prefetch(pv, sv);
@@ -565,8 +565,8 @@ static void nm_rowvec_avx512(const rc_sparse_args *a, int64_t blk0, int64_t blk1
             }
         }
         const int64_t next = blk + 1 < blk1 ? (a->out - i0 - 16 < 16 ? a->out - i0 - 16 : 16) : 0;
-        nmrv_pf pv = {(const char *)(a->values + (i0 + 16) * K), next * K * 4};
-        nmrv_pf pi = {(const char *)a->indices + (i0 + 16) * K, next * K};
+        nmrv_pf pv = {next ? (const char *)(a->values + (i0 + 16) * K) : NULL, 0, next * K * 4};
+        nmrv_pf pi = {next ? (const char *)a->indices + (i0 + 16) * K : NULL, 0, next * K};
         if (per_chunk == 8) nmrv_rows(a, bv, bp, 8, i0, rows_m, &pv, &pi); /* 2:4, 4:8, 1:2 */
         else if (per_chunk == 4) nmrv_rows(a, bv, bp, 4, i0, rows_m, &pv, &pi);
         else nmrv_rows(a, bv, bp, per_chunk, i0, rows_m, &pv, &pi);
