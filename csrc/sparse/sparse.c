@@ -367,15 +367,16 @@ static int64_t pow2_at_least(int64_t v, int64_t lo) {
  * 1.2x faster at density 1/2, 1.08x at 0.3, 0.8x at 0.1 (docs/sparse_kernels.md).  CSR from
  * batch 64 (at 16 it lost while the slice end was a scalar scan).  N:M (density n / m) from
  * batch 16: with m dividing the slice a row's entries per slice are counted, not scanned, and
- * 2:4 measured 1.04-1.09x faster than plain panels at batch 16 and 1.06-1.15x faster than the
- * row-vectorised kernel at 32-64. */
+ * 2:4 measured 1.04-1.09x faster than plain panels at batch 16 (N:M with m dividing 16 runs
+ * the row-vectorised kernel instead on AVX-512). */
 #define RC_SP_CB_MIN_BATCH 64
 #define RC_SP_NM_CB_MIN_BATCH 16
-/* N:M (m dividing 16) moves to the row-vectorised kernel from this batch on (AVX-512): at
- * 128-256 the column-blocked panels measured 2-9 % faster in separate processes but 5-15 %
- * slower alternating with dense NumPy in one process (the benchmark's setting); at 32-64
- * they are 1.16-1.21x faster (docs/sparse_kernels.md). */
-#define RC_SP_NMRV_MIN_BATCH 128
+/* N:M (m dividing 16) runs the row-vectorised kernel from this batch on (AVX-512; batch 1 is
+ * the gather kernel).  Since that kernel prefetches the next row block's weights it beats the
+ * panels at every batch measured, 2-256 (on Zen 5, 2:4: batch 2 1.6-2.0x, 16 1.5-2.3x, 64
+ * 1.2-1.5x, 96 1.6-2.0x; docs/sparse_kernels.md); before, it lost to the column-blocked panels
+ * below batch 128. */
+#define RC_SP_NMRV_MIN_BATCH 2
 static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;
     const int64_t from = a->format == RC_SP_NM ? RC_SP_NM_CB_MIN_BATCH : RC_SP_CB_MIN_BATCH;
@@ -431,8 +432,8 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
         if (nt > nblk) nt = (int)nblk;
         /* a whole row block per thread in the workspace (rc_spmm_workspace_size bytes, any
          * alignment): 32 * row_len <= 32 * in floats each, and the workspace holds
-         * (batch + 64) * in >= 192 * in (batch >= RC_SP_NMRV_MIN_BATCH = 128), so at least 6
-         * threads fit; more are capped */
+         * (batch + 64) * in >= 66 * in (batch >= RC_SP_NMRV_MIN_BATCH = 2), so at least 2
+         * threads fit (4 for n <= m / 2); more are capped */
         const int64_t per = 32 * a->row_len; /* floats per thread, a multiple of 16 */
         const int64_t have = (int64_t)((rc_spmm_workspace_size(a->batch, a->in) - 64) / (long long)sizeof(float));
         if ((int64_t)nt * per > have) nt = (int)(have / per);

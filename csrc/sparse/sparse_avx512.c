@@ -447,22 +447,32 @@ static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t wid
  * to y[b, i0 .. i0 + 16).  No broadcast and no panel: per FMA one shuffle, and loads only of
  * x (one per 16 columns and batch row) and of the buffer (shared by 8 batch rows).  The
  * panel kernels need a broadcast and a panel load per FMA.  On 2:4 (kernel alone, one thread,
- * min of 15-21 calls, alternating with the panel kernel in one process): batch 256 3.76-3.95
- * against 5.0-5.4 ms (1024 x 1024), 8.7 against 13-17 ms (3072 x 768); batch 64 1.04-1.10
- * against 1.12-1.24 ms and 2.39-2.77 against 2.64-3.20; batch 32 600 against 650 us; batch 16
- * level.  The column-blocked panels with the counted slice ends beat it at 32-64 and not at
- * 128-256, so it starts at RC_SP_NMRV_MIN_BATCH = 128 (sparse.c).
+ * min of 15-21 calls, alternating with the panel kernel in one process, Zen 4): batch 256
+ * 3.76-3.95 against 5.0-5.4 ms (1024 x 1024), 8.7 against 13-17 ms (3072 x 768).  With the
+ * next block's weights prefetched (nmrv_pf) it beats the panels from batch 2 (sparse.c,
+ * RC_SP_NMRV_MIN_BATCH).
  * A row block is transposed whole into the caller's workspace (128 bytes per entry of a row
  * and thread); spans of 256 columns through 32 KB on the stack instead, partial sums going
- * through y between spans, measured ~10 % slower. */
+ * through y between spans, measured ~10 % slower (Zen 4; on Zen 5 spans with the sums
+ * through y or through a tile after the buffer measured 1.1x faster to 1.2x slower). */
 #define RC_SP_NMRV_NB 8     /* batch rows sharing one pass over the buffer */
 
 /* Slots [slot, slot + ns) against x columns [c, c + 16) of NB batch rows. */
-AI void nmrv_chunk(const rc_sparse_args *a, const float *bv, const int32_t *bp, int64_t slot, const int64_t ns,
-                   int64_t c, __mmask16 cm, int64_t b0, const int NB, __m512 *acc) {
+AI void nmrv_chunk(const float *bv, const int32_t *bp, int64_t slot, const int64_t ns, const float *xc, int64_t ld,
+                   __mmask16 cm, const int NB, __m512 *acc) {
     __m512 xv[RC_SP_NMRV_NB];
-    for (int b = 0; b < NB; ++b) xv[b] = _mm512_maskz_loadu_ps(cm, a->x + (b0 + b) * a->in + c);
-    for (int64_t k = 0; k < ns; ++k) {
+    for (int b = 0; b < NB; ++b) xv[b] = _mm512_maskz_loadu_ps(cm, xc + b * ld);
+    int64_t k = 0;
+    /* Even and odd slots go to two sets of sums: with one set, every batch row's sum is one FMA
+     * chain, eight chains in all, and on Zen 5 (two 512-bit FMAs per cycle) that left the loop
+     * waiting on FMA latency; two sets measured 3-5 % faster (docs/sparse_kernels.md). */
+    for (; k + 2 <= ns; k += 2) {
+        const __m512 w0 = _mm512_load_ps(bv + 16 * (slot + k)), w1 = _mm512_load_ps(bv + 16 * (slot + k + 1));
+        const __m512i p0 = _mm512_load_si512(bp + 16 * (slot + k)), p1 = _mm512_load_si512(bp + 16 * (slot + k + 1));
+        for (int b = 0; b < NB; ++b) acc[b] = _mm512_fmadd_ps(w0, _mm512_permutexvar_ps(p0, xv[b]), acc[b]);
+        for (int b = 0; b < NB; ++b) acc[NB + b] = _mm512_fmadd_ps(w1, _mm512_permutexvar_ps(p1, xv[b]), acc[NB + b]);
+    }
+    if (k < ns) {
         const __m512 w = _mm512_load_ps(bv + 16 * (slot + k));
         const __m512i p = _mm512_load_si512(bp + 16 * (slot + k));
         for (int b = 0; b < NB; ++b) acc[b] = _mm512_fmadd_ps(w, _mm512_permutexvar_ps(p, xv[b]), acc[b]);
@@ -473,20 +483,54 @@ AI void nmrv_chunk(const rc_sparse_args *a, const float *bv, const int32_t *bp, 
  * constant where it can be: the slot loop then unrolls completely). */
 AI void nmrv_batch(const rc_sparse_args *a, const float *bv, const int32_t *bp, const int64_t PC, int64_t b0,
                    const int NB, int64_t i0, __mmask16 rows_m) {
-    __m512 acc[RC_SP_NMRV_NB];
-    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_ps();
+    __m512 acc[2 * RC_SP_NMRV_NB];
+    for (int b = 0; b < 2 * NB; ++b) acc[b] = _mm512_setzero_ps();
     int64_t slot = 0, c = 0;
-    for (; c + 16 <= a->in; c += 16, slot += PC) nmrv_chunk(a, bv, bp, slot, PC, c, (__mmask16)0xFFFF, b0, NB, acc);
-    if (c < a->in) nmrv_chunk(a, bv, bp, slot, (a->in - c) / a->m * a->n, c, tail16(a->in - c), b0, NB, acc);
+    const int64_t in = a->in;
+    const float *xb = a->x + b0 * in;
+    for (; c + 16 <= in; c += 16, slot += PC) nmrv_chunk(bv, bp, slot, PC, xb + c, in, (__mmask16)0xFFFF, NB, acc);
+    if (c < in) nmrv_chunk(bv, bp, slot, (in - c) / a->m * a->n, xb + c, in, tail16(in - c), NB, acc);
     const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(rows_m, a->bias + i0) : _mm512_setzero_ps();
-    for (int b = 0; b < NB; ++b) _mm512_mask_storeu_ps(a->y + (b0 + b) * a->out + i0, rows_m, _mm512_add_ps(acc[b], bias));
+    for (int b = 0; b < NB; ++b)
+        _mm512_mask_storeu_ps(a->y + (b0 + b) * a->out + i0, rows_m, _mm512_add_ps(_mm512_add_ps(acc[b], acc[NB + b]), bias));
 }
 
+/* The next row block's values or positions (one contiguous range each: rows are stored one
+ * after another), prefetched a share per batch pass while this block computes.  The
+ * transpose reads them 16 rows at a time, 16 strided streams that the hardware prefetcher
+ * did not follow: with the weights out of L2 (3072 x 768) that read cost ~20 % of the kernel
+ * (measured by skipping it); the prefetch took batch 128-256 10-20 % faster. */
+typedef struct {
+    const char *p;    /* NULL when there is no next block */
+    int64_t done, len; /* bytes */
+} nmrv_pf;
+
+AI void nmrv_prefetch(nmrv_pf *f, int64_t lines) {
+    for (; lines > 0 && f->done < f->len; --lines, f->done += 64) _mm_prefetch(f->p + f->done, _MM_HINT_T0);
+}
+
+/* Batch rows in passes of 8, then one of 4, 2 and 1 for the rest (a pass loads each slot's
+ * values and positions once for its rows). */
 AI void nmrv_rows(const rc_sparse_args *a, const float *bv, const int32_t *bp, const int64_t PC, int64_t i0,
-                  __mmask16 rows_m) {
+                  __mmask16 rows_m, nmrv_pf *pv, nmrv_pf *pi) {
+    const int64_t rest = a->batch % RC_SP_NMRV_NB;
+    const int64_t passes = a->batch / RC_SP_NMRV_NB + (rest >> 2) + ((rest >> 1) & 1) + (rest & 1);
+    const int64_t sv = (pv->len / 64 + passes) / passes, si = (pi->len / 64 + passes) / passes;
     int64_t b0 = 0;
-    for (; b0 + RC_SP_NMRV_NB <= a->batch; b0 += RC_SP_NMRV_NB) nmrv_batch(a, bv, bp, PC, b0, RC_SP_NMRV_NB, i0, rows_m);
-    for (; b0 < a->batch; ++b0) nmrv_batch(a, bv, bp, PC, b0, 1, i0, rows_m);
+    for (; b0 + RC_SP_NMRV_NB <= a->batch; b0 += RC_SP_NMRV_NB) {
+        nmrv_prefetch(pv, sv);
+        nmrv_prefetch(pi, si);
+        nmrv_batch(a, bv, bp, PC, b0, RC_SP_NMRV_NB, i0, rows_m);
+    }
+    for (int nb = 4; nb >= 1; nb /= 2)
+        if (a->batch - b0 >= nb) {
+            nmrv_prefetch(pv, sv);
+            nmrv_prefetch(pi, si);
+            if (nb == 4) nmrv_batch(a, bv, bp, PC, b0, 4, i0, rows_m);
+            else if (nb == 2) nmrv_batch(a, bv, bp, PC, b0, 2, i0, rows_m);
+            else nmrv_batch(a, bv, bp, PC, b0, 1, i0, rows_m);
+            b0 += nb;
+        }
 }
 
 /* Row blocks [blk0, blk1) of 16 rows (the last may be short).  buf: 64-byte aligned room for
@@ -495,8 +539,9 @@ static void nm_rowvec_avx512(const rc_sparse_args *a, int64_t blk0, int64_t blk1
     float *bv = buf;
     int32_t *bp = (int32_t *)(buf + 16 * a->row_len);
     const int64_t n = a->n, m = a->m, K = a->row_len, per_chunk = 16 / m * n;
-    /* (blocking the batch, so that x stays in L2, measured slower: every block transposes the
-     * weights again) */
+    /* (blocking the batch, so that x stays in L2, measured slower on Zen 4, where every block
+     * transposes the weights again; with the prefetch, batch blocks of 128 measured level on
+     * Zen 5 at batch 256) */
     for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t i0 = 16 * blk, rows = a->out - i0 < 16 ? a->out - i0 : 16;
         const __mmask16 rows_m = tail16(rows);
@@ -519,9 +564,12 @@ static void nm_rowvec_avx512(const rc_sparse_args *a, int64_t blk0, int64_t blk1
                 _mm512_store_si512(bp + 16 * (j + u), _mm512_add_epi32(_mm512_castps_si512(pr[u]), _mm512_set1_epi32(base)));
             }
         }
-        if (per_chunk == 8) nmrv_rows(a, bv, bp, 8, i0, rows_m); /* 2:4, 4:8, 1:2 */
-        else if (per_chunk == 4) nmrv_rows(a, bv, bp, 4, i0, rows_m);
-        else nmrv_rows(a, bv, bp, per_chunk, i0, rows_m);
+        const int64_t next = blk + 1 < blk1 ? (a->out - i0 - 16 < 16 ? a->out - i0 - 16 : 16) : 0;
+        nmrv_pf pv = {next ? (const char *)(a->values + (i0 + 16) * K) : NULL, 0, next * K * 4};
+        nmrv_pf pi = {next ? (const char *)a->indices + (i0 + 16) * K : NULL, 0, next * K};
+        if (per_chunk == 8) nmrv_rows(a, bv, bp, 8, i0, rows_m, &pv, &pi); /* 2:4, 4:8, 1:2 */
+        else if (per_chunk == 4) nmrv_rows(a, bv, bp, 4, i0, rows_m, &pv, &pi);
+        else nmrv_rows(a, bv, bp, per_chunk, i0, rows_m, &pv, &pi);
     }
 }
 

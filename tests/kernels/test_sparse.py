@@ -625,8 +625,8 @@ def test_sell_form_index_width_at_the_uint16_limit(in_f):
                                       spmm_csr_error_bound(x, *c[:3]))
 
 
-# ---- N:M: column-blocked panels (AVX-512, batch 16-127) and rows in the vector lanes (m dividing
-# 16, batch >= 128) ------------------------------------------------------------------------------
+# ---- N:M: rows in the vector lanes (AVX-512, m dividing 16, batch >= 2) and column-blocked panels
+# (AVX-512, other m, batch >= 16) ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (2, 8), (4, 8), (1, 2), (4, 16), (3, 5)])
@@ -634,10 +634,11 @@ def test_sell_form_index_width_at_the_uint16_limit(in_f):
                          ids=[i for b, i in NM_VARIANTS if b != "numpy"])
 def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
     # Row blocks of 16 with a ragged last one (out = 37), 16-column chunks with a ragged last
-    # one (in = 37 m), batches on both sides of the switch to column-blocked panels (16) and to
-    # the row-vectorised kernel (128) and around its 8-row passes (129, 137); groups with fewer
-    # than n nonzeros store explicit zeros.  1 and 2 threads agree bit for bit (a row block is
-    # computed by one thread with the same code).
+    # one (in = 37 m), batches on both sides of the switch from the batch-1 kernel to the
+    # row-vectorised one (2) and of the column-blocked panels' (16, for 3:5), and every tail
+    # after the row-vectorised kernel's 8-row passes (passes of 4, 2, 1: batches 2, 3, 5, 6, 15,
+    # 129); groups with fewer than n nonzeros store explicit zeros.  1 and 2 threads agree bit
+    # for bit (a row block is computed by one thread with the same code).
     rng = np.random.default_rng(10 * n + m)
     out_f, groups = 37, 37
     in_f = groups * m
@@ -647,7 +648,24 @@ def test_nm_large_batches_on_shapes_that_break_row_blocks(n, m, backend, isa):
     g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= keep[..., None]] = 0
     nm = kernels.nm_from_dense(W, n, m)
     b = rng.standard_normal(out_f).astype(np.float32)
-    for batch in (15, 16, 33, 64, 127, 128, 129, 137):
+    for batch in (1, 2, 3, 5, 6, 15, 16, 33, 64, 127, 128, 129, 137):
+        _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
+
+
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+def test_nm_small_batches_split_across_threads(backend, isa):
+    # Large enough (96 x 1024, 2:4) that even batch 2 is cut between two threads (6 row blocks
+    # of 16, 3 each): every batch tail of the row-vectorised kernel (passes of 4, 2, 1) with
+    # each thread prefetching its own next block, and the last block of each thread with none.
+    rng = np.random.default_rng(96)
+    out_f, in_f = 96, 1024
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    g = W.reshape(out_f, -1, 4)
+    np.put_along_axis(g, np.argsort(np.abs(g), axis=-1)[..., :2], 0.0, axis=-1)
+    nm = kernels.nm_from_dense(W, 2, 4)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    for batch in (2, 3, 5, 6, 7, 9, 15):
         _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
 
 
@@ -664,15 +682,17 @@ def _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f):
     assert_within_error_bound(y0, spmm_nm_exact(x, *nm), spmm_nm_error_bound(x, *nm))
 
 
-@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16), (3, 5)])
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16), (8, 32), (2, 64), (3, 5)])
 @pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
                          ids=[i for b, i in NM_VARIANTS if b != "numpy"])
 def test_nm_column_blocked_panels_on_shapes_that_break_slices(n, m, backend, isa):
-    # The column-blocked panels take each row's entries slice by slice (128 columns): counted
-    # when m divides 128 (n / m * 128 per slice, the last one cut by the row's end), found by
-    # a scan otherwise (3:5).  Inputs one group below, at and above one and two slices, rows
-    # around the 32-row tile and the 16-row store tile, batches around the 16-, 32- and
-    # 64-lane panels with a narrower last panel; all-zero rows, and an all-zero weight.
+    # The column-blocked panels (AVX-512, m not dividing 16: 8:32, 2:64, 3:5) take each row's
+    # entries slice by slice (128 columns): counted when m divides 128 (n / m * 128 per slice,
+    # the last one cut by the row's end), found by a scan otherwise (3:5); for m dividing 16
+    # the same shapes run the row-vectorised kernel.  Inputs one group below, at and above one
+    # and two slices, rows around the 32-row tile and the 16-row store tile, batches around the
+    # 16-, 32- and 64-lane panels with a narrower last panel; all-zero rows, and an all-zero
+    # weight.
     rng = np.random.default_rng(100 * n + m)
     for out_f in (1, 31, 33):
         for in_f in sorted({m, 128 - 128 % m, 128 - 128 % m + m, 256 - 256 % m + m}):
