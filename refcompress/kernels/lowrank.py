@@ -88,6 +88,10 @@ class PackedLowRank:
         if _native.lib is not None and not self.empty:
             self._pack()
 
+    def __reduce__(self):
+        # pickle / deepcopy: cffi pointers cannot be copied, so the copy is packed anew
+        return (PackedLowRank, (self.v, self.u, self.bias))
+
     def _pack(self):
         """Pack for C and keep the cffi pointers the kernel takes (v, packed, bias) and the
         batch-1 workspace size: per call, only x, y and the workspace are new pointers."""
@@ -208,6 +212,15 @@ def _sym_int8(w):
     return q, s
 
 
+def _rebuild_quantized_lowrank(state):
+    q = object.__new__(QuantizedLowRank)
+    q.__dict__.update(state)
+    q._c_args = None
+    if _native.lib is not None and not q.empty:
+        q._prepare_c()
+    return q
+
+
 class QuantizedLowRank:
     """An int8 factored Linear: quantized factors packed for qgemm, and the scales.
 
@@ -252,6 +265,15 @@ class QuantizedLowRank:
         self._ws_last = (-1, 0)
         if _native.lib is not None and not self.empty:
             self._prepare_c()
+
+    #: what _prepare_c derives (cffi pointers and the arrays they point into)
+    _C_STATE = ("_c_args", "_keep", "_cols", "_signed")
+
+    def __reduce__(self):
+        # pickle / deepcopy: everything but the C state (cffi pointers cannot be copied);
+        # the copy prepares its own from its copied packed factors
+        state = {k: v for k, v in self.__dict__.items() if k not in self._C_STATE}
+        return (_rebuild_quantized_lowrank, (state,))
 
     def _prepare_c(self):
         """Everything of the fused C call that depends on the layer only: the epilogues,

@@ -160,6 +160,10 @@ class PackedWeights:
             self._c_args = (_native.ptr("void *", self.packed), _native.ptr("int32_t *", self.col_sums),
                             _native.ptr("int32_t *", self.zero_point), int(self.per_column))
 
+    def __reduce__(self):
+        # pickle / deepcopy: cffi pointers cannot be copied, so the copy is packed anew
+        return (PackedWeights, (self.b, self.zero_point if self.per_column else int(self.zero_point[0])))
+
     def __repr__(self):
         zp = "per-column" if self.per_column else int(self.zero_point[0])
         return f"PackedWeights(K={self.K}, N={self.N}, zero_point={zp})"

@@ -350,3 +350,37 @@ def test_layers_give_the_kernels_results_and_follow_replaced_buffers():
         assert_exact(layer(inp), expect(layer, inp))
         layer.weight_q = np.ascontiguousarray(-layer.weight_q)  # repacked
         assert_exact(layer(inp), expect(layer, inp))
+
+
+def test_packed_objects_and_a_used_low_rank_layer_copy_and_pickle():
+    """Packed weights hold cffi pointers, which neither copy nor pickle: a copy is packed
+    anew from its own arrays and gives the original's results, bit for bit, and runs on
+    its own buffers (the original's can go)."""
+    import copy
+    import pickle
+
+    from refcompress.lowrank import LowRankLinear
+
+    rng = np.random.default_rng(5)
+    b = rng.integers(-128, 128, (37, 19)).astype(np.int8)
+    a = rng.integers(0, 256, (3, 37)).astype(np.uint8)
+    for zb in (-3, rng.integers(-128, 128, 19)):
+        pw = kernels.pack_weights(b, zb)
+        want = kernels.qgemm(a, pw, 7)
+        for dup in (copy.deepcopy(pw), pickle.loads(pickle.dumps(pw))):
+            assert dup.packed is not pw.packed and dup.per_column == pw.per_column
+            assert_exact(kernels.qgemm(a, dup, 7), want)
+    v, u = rng.standard_normal((5, 24)).astype(np.float32), rng.standard_normal((11, 5)).astype(np.float32)
+    bias, x = rng.standard_normal(11).astype(np.float32), rng.standard_normal((4, 24)).astype(np.float32)
+    packed = kernels.pack_lowrank(v, u, bias)
+    q = kernels.QuantizedLowRank.calibrate(v, u, bias, x)
+    want_f, want_q = kernels.lowrank_linear(x, packed), kernels.lowrank_linear_q8(q.quantize_input(x), q)
+    for dup in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
+        np.testing.assert_array_equal(kernels.lowrank_linear(x, dup), want_f)
+    for dup in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert dup.packed_v.packed is not q.packed_v.packed
+        assert_exact(kernels.lowrank_linear_q8(q.quantize_input(x), dup), want_q)
+    layer = LowRankLinear(24, 11, 5).eval()
+    y = layer(x)  # caches the packed factors
+    for dup in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        np.testing.assert_array_equal(dup(x), y)

@@ -249,16 +249,39 @@ def test_int8_fused_row_blocks_and_threads_bit_exact(variant):
             x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
             with kernels.use("numpy"):
                 want = kernels.lowrank_linear_q8(x_q, q)
-            for threads in (1, 2):
+            for threads in (1, 2, 3):
                 with kernels.use(*variant, threads=threads):
                     assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"B={B} threads={threads}")
 
 
+@pytest.mark.skipif(("c", "avx512_vnni") not in Q8,
+                    reason="the signed-copy block needs AVX-512 VNNI")
+def test_int8_vnni_signed_copy_is_passed_and_its_absence_falls_back_exactly():
+    # The VNNI block multiplies the signed copy of the packed factors; the layer must hand
+    # it to C (a NULL there silently takes the generic block, exact but slower), and the C
+    # API's NULL fallback must stay exact too.
+    rng = np.random.default_rng(8)
+    n, r, m = 131, 67, 70
+    q = kernels.QuantizedLowRank(rng.standard_normal((r, n)).astype(np.float32),
+                                 rng.standard_normal((m, r)).astype(np.float32),
+                                 rng.standard_normal(m).astype(np.float32), 0.05, 3, 0.3, 250)
+    x_q = rng.integers(0, 256, (53, n)).astype(np.uint8)
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(x_q, q)
+    with kernels.use("c", isa="avx512_vnni"):
+        assert_exact(kernels.lowrank_linear_q8(x_q, q), want)
+    assert q._c_args[3] != _native.ffi.NULL and q._signed.size > 0
+    q._c_args = q._c_args[:3] + (_native.ffi.NULL,) + q._c_args[4:]
+    for threads in (1, 2):
+        with kernels.use("c", isa="avx512_vnni", threads=threads):
+            assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"NULL signed copy, threads={threads}")
+
+
 # The AVX-512 VNNI block picks its tile by a panel's valid columns (6 x 64 above 48, 8 x 48
-# above 32, 12 x 32 above 16, else 12 x 16) and hands a lone row to qgemm's one-row tile:
+# above 32, 12 x 32 above 16, else 12 x 16) and hands a lone row to the generic block:
 # ranks and outputs around 16 / 32 / 48 / 64 (and a panel beyond), batches around the 6-,
-# 8- and 12-row tiles and the 48-row blocks, inner sizes around the 64-byte row packing
-# (61..63 pad a whole 64-byte group).  Every variant runs them (the others must agree too).
+# 8- and 12-row tiles and the 48-row blocks, inner sizes off the groups of 4 that vpdpbusd
+# sums (n % 4 and r % 4).  Every variant runs them (the others must agree too).
 EDGE_COLS = st.sampled_from([1, 2, 3, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 80, 96, 97, 112, 113, 127, 131])
 EDGE_ROWS = st.sampled_from([1, 2, 3, 5, 7, 8, 9, 11, 12, 13, 23, 24, 25, 47, 48, 49, 61, 97])
 EDGE_INNER = st.sampled_from([1, 3, 4, 5, 61, 62, 63, 64, 65, 67, 127, 128, 131])

@@ -326,6 +326,7 @@ def test_direct_1x1_bench_shape_and_tile_split():
     (1000, 5, 3, 1, 3, 200),   # 3x3: a halo (256 pixels) wider than the band's one block
     (2048, 7, 1, 2, 5, 31),    # 1x1: one block per band, 3 bands per image
     (700, 13, 1, 3, 10, 41),   # 1x1: bands of 5 blocks
+    (701, 13, 1, 3, 10, 41),   # 1x1: the same with a channel group of 1 (C % 4 != 0)
 ])
 def test_direct_bands(C, OC, k, N, H, W):
     """Images split into several bands (each interleaved on its own, 3x3 with its halo of
