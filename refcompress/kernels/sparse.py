@@ -652,13 +652,20 @@ def _spmm_csr_c(x, p, *, isa, threads):
     return y
 
 
+#: Which kernel an N:M product of batch > 1 takes (rc_spmm_nm_f32's ``colblock``): "auto"
+#: lets C choose (on AVX-512 the row-vectorised kernel when m divides 16, else the
+#: column-blocked panels from batch 16); "on" / "off" force the panels / the plain row
+#: kernel, which "auto" no longer reaches for some patterns (the tests force each).
+NM_COLBLOCK = "auto"
+
+
 def _spmm_nm_c(x, values, indices, n, m, bias, *, isa, threads):
     batch, in_f = x.shape
     out_f = values.shape[0]
     y = np.empty((batch, out_f), np.float32)
     rc = _native.lib.rc_spmm_nm_f32(
         _native.ptr("float *", x), batch, in_f, out_f, _native.ptr("float *", values),
-        _native.ptr("uint8_t *", indices), n, m, _f32_or_null(bias), COLBLOCK["auto"], _native.ptr("float *", y),
+        _native.ptr("uint8_t *", indices), n, m, _f32_or_null(bias), COLBLOCK[NM_COLBLOCK], _native.ptr("float *", y),
         _workspace(batch, in_f), isa, threads)
     check_rc(rc, "spmm_nm")
     return y

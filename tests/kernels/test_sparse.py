@@ -707,6 +707,58 @@ def test_nm_column_blocked_panels_on_shapes_that_break_slices(n, m, backend, isa
                     _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
 
 
+@pytest.mark.parametrize("colblock", ["on", "off"])
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (8, 16), (1, 16), (4, 4)])
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+def test_nm_forced_panels_and_row_kernel_where_auto_takes_the_row_vectorised_one(n, m, backend, isa, colblock):
+    # For m dividing 16, "auto" sends every batch >= 2 to the row-vectorised kernel on
+    # AVX-512; the column-blocked panels and the plain row kernel stay reachable through the
+    # C API's colblock, and must stay right: slices, tiles and panel edges as above.
+    rng = np.random.default_rng(7 * n + m)
+    saved = S.NM_COLBLOCK
+    S.NM_COLBLOCK = colblock
+    try:
+        for out_f in (1, 33):
+            for in_f in (m, 128 + m, 256 + m):
+                W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+                g = W.reshape(out_f, in_f // m, m)
+                g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= n] = 0
+                nm = kernels.nm_from_dense(W, n, m)
+                b = rng.standard_normal(out_f).astype(np.float32)
+                for batch in (2, 16, 65):
+                    _check_nm_threads_and_bias(backend, isa, rng, nm, b, batch, in_f)
+    finally:
+        S.NM_COLBLOCK = saved
+
+
+@pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in NM_VARIANTS if b != "numpy"])
+@pytest.mark.parametrize("n,m", [(4, 4), (2, 4), (1, 16)])
+def test_nm_small_batches_on_more_threads_than_the_workspace_holds(n, m, backend, isa):
+    # The row-vectorised kernel gives each thread a whole row block of the workspace, sized
+    # for the panels ((batch + 64) * in floats): at batch 2 with n = m only two fit, so more
+    # threads must be capped, not overrun it.  Batches 2-7 and 12 (the 4-, 2- and 1-row
+    # passes and a 4-row pass with nothing after it), 3, 4 and 7 threads, bit for bit
+    # against one thread.
+    rng = np.random.default_rng(n * 31 + m)
+    out_f, in_f = 128, 1024
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    g = W.reshape(out_f, in_f // m, m)
+    g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= n] = 0
+    nm = kernels.nm_from_dense(W, n, m)
+    b = rng.standard_normal(out_f).astype(np.float32)
+    for batch in (2, 3, 4, 5, 6, 7, 12):
+        x = rng.standard_normal((batch, in_f)).astype(np.float32)
+        with kernels.use(backend, isa=isa, threads=1):
+            y1 = kernels.spmm_nm(x, *nm, bias=b)
+        assert_within_error_bound(y1, spmm_nm_exact(x, *nm, b), spmm_nm_error_bound(x, *nm, b))
+        for threads in (3, 4, 7):
+            with kernels.use(backend, isa=isa, threads=threads):
+                y = kernels.spmm_nm(x, *nm, bias=b)
+            np.testing.assert_array_equal(y.view(np.uint32), y1.view(np.uint32), err_msg=f"B={batch} t={threads}")
+
+
 @pytest.mark.parametrize("backend,isa", [v for v in CSR_VARIANTS if v[0] != "numpy"],
                          ids=[i for b, i in CSR_VARIANTS if b != "numpy"])
 @pytest.mark.parametrize("in_f,index_dtype", [(200, None), (389, None), (300, np.int32)],
