@@ -1,0 +1,69 @@
+"""refcompress.io.atomic_write: the one way refcompress writes a file (models, plots, ONNX
+graphs, the CLI's JSON reports): complete new file or untouched old one, never a temporary left."""
+
+import os
+
+import pytest
+
+from refcompress.errors import ArgumentError, DTypeError
+from refcompress.io import atomic_write, check_output_path
+
+
+def test_writes_the_content_and_leaves_nothing_else(tmp_path):
+    target = tmp_path / "a.bin"
+    with atomic_write(target) as f:
+        f.write(b"new")
+        assert not target.exists()  # nothing under the target name until the block ends
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+@pytest.mark.parametrize("exc", [OSError("disk full (simulated)"), KeyboardInterrupt()])
+def test_failure_in_the_block_keeps_the_old_file_and_removes_the_temporary(tmp_path, exc):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(type(exc)):
+        with atomic_write(target) as f:
+            f.write(b"half of the new")
+            raise exc
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_failure_in_fsync_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+
+    def fsync(fd):
+        raise OSError("I/O error (simulated)")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="simulated"):
+        with atomic_write(target) as f:
+            f.write(b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_fsync_comes_before_replace(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    with atomic_write(tmp_path / "a.bin") as f:
+        f.write(b"x")
+    assert events[:2] == ["fsync", "replace"]
+
+
+def test_bad_targets_are_refused_naming_the_argument(tmp_path):
+    with pytest.raises(ArgumentError, match=r"--output: .* is a directory; expected a file path"):
+        check_output_path(tmp_path, "--output")
+    with pytest.raises(ArgumentError, match=r"out: directory .*missing.* does not exist"):
+        with atomic_write(tmp_path / "missing" / "a.bin", "out"):
+            pass
+    with pytest.raises(ArgumentError, match="path: expected a file path, got an empty string"):
+        check_output_path("")
+    with pytest.raises(DTypeError, match="path: expected a str or os.PathLike, got int"):
+        check_output_path(3)
+    assert os.listdir(tmp_path) == []
