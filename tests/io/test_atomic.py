@@ -67,3 +67,22 @@ def test_bad_targets_are_refused_naming_the_argument(tmp_path):
     with pytest.raises(DTypeError, match="path: expected a str or os.PathLike, got int"):
         check_output_path(3)
     assert os.listdir(tmp_path) == []
+
+
+def test_every_writer_in_the_package_goes_through_atomic_write():
+    # One idea, one place: a file written any other way could be left half-written.
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    writes = re.compile(r"os\.replace\(|mkstemp|NamedTemporaryFile|np\.save|savez|onnx\.save|"
+                        r"\.write_(text|bytes)\(|open\([^)]*['\"][wax]b?\+?['\"]|O_WRONLY|\.tofile\(")
+    offenders = []
+    for folder in ("refcompress", "examples", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.name == "atomic.py" and path.parent.name == "io":
+                continue
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if writes.search(line):
+                    offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert offenders == []
