@@ -128,3 +128,12 @@ def test_report_json_is_written_atomically(files, monkeypatch):
     assert (files / "r.json").read_text() == "old"
     assert (files / "o.npz").exists()
     assert not [p for p in files.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_report_names_a_missing_source_of_a_compressed_bert_file(files, capsys):
+    nn.manual_seed(0)
+    path = files / "bert-like.npz"
+    rc_io.save(nn.Sequential(nn.Linear(2, 2)), path, metadata={"kind": "bert", "source": str(files / "gone")})
+    assert main(["report", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was compressed from" in err and "gone" in err

@@ -133,6 +133,9 @@ def _run_report_transformer(args) -> int:
 
     meta = rc_io.read_metadata(args.model).get("user", {}) if os.path.isfile(args.model) else {}
     source = meta.get("source", "minilm") if meta else args.model
+    if meta and not (source == "minilm" or (isinstance(source, str) and os.path.isdir(source))):
+        raise RefcompressError(f"MODEL: {args.model!r} was compressed from {source!r}, which is not a model "
+                               f"directory here; expected the directory the file was made from")
     reference = tr.load_encoder(source)
     if os.path.isfile(args.model):
         import copy

@@ -86,3 +86,31 @@ def test_every_writer_in_the_package_goes_through_atomic_write():
                 if writes.search(line):
                     offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL")
+def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
+    # SIGKILL runs no cleanup: the old file must still be whole; the stray temporary (a
+    # dot file named after the target) is all that is left, as docs/io.md says.
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"old")
+    code = ("import sys, time\nfrom refcompress.io import atomic_write\n"
+            "with atomic_write(sys.argv[1]) as f:\n"
+            "    f.write(b'x' * 65536); f.flush(); print('writing', flush=True)\n"
+            "    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stdout.close()
+    assert target.read_bytes() == b"old"
+    stray = [n for n in os.listdir(tmp_path) if n != "m.npz"]
+    assert len(stray) == 1 and stray[0].startswith(".m.npz.") and stray[0].endswith(".tmp")
