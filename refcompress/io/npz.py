@@ -35,7 +35,6 @@ import hashlib
 import importlib
 import json
 import math
-import os
 import zipfile
 import zlib
 

@@ -164,7 +164,7 @@ def test_interrupt_before_replace_keeps_the_old_file(saved, monkeypatch):
     def crash(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(npz_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         rio.save(_trained_like(small_cnn, seed=9), path)
     monkeypatch.undo()
@@ -175,8 +175,8 @@ def test_interrupt_before_replace_keeps_the_old_file(saved, monkeypatch):
 def test_new_file_is_fsynced_before_it_replaces_the_old(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(npz_mod.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(npz_mod.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     rio.save(_trained_like(mlp_300_100), tmp_path / "m.npz")
     assert events[:2] == ["fsync", "replace"]
 
