@@ -18,6 +18,7 @@ import sys
 
 from refcompress.bert import load_minilm
 from refcompress.data import CALIBRATION_SENTENCES, EVAL_SENTENCES
+from refcompress.io import atomic_write, check_output_path
 from refcompress.pipeline.transformer import METHODS, fidelity_table
 
 #: The issue's goals: (kind, threshold, baseline method for "halve (1 - mean cos)").
@@ -65,6 +66,11 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         ap.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if args.json is not None:
+        try:
+            check_output_path(args.json, "--json")  # before minutes of work, not after
+        except ValueError as e:
+            ap.error(str(e))
 
     encoder = load_minilm()
     print(f"all-MiniLM-L6-v2: {len(EVAL_SENTENCES)} evaluation sentences, "
@@ -82,8 +88,8 @@ def main(argv=None) -> int:
 
     fidelity_table(encoder, names, progress=show)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([vars(r) for r in rows.values()], f, indent=2)
+        with atomic_write(args.json, "--json") as f:
+            f.write(json.dumps([vars(r) for r in rows.values()], indent=2).encode("utf-8"))
     return 0
 
 

@@ -82,8 +82,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (RefcompressError, FileNotFoundError) as exc:
+    except (RefcompressError, OSError, ImportError) as exc:
+        # Expected failures (bad input, a damaged or unreadable file, a missing optional
+        # package) are one line naming the cause; anything else is a bug and keeps its traceback.
         print(f"refcompress {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:
+        print(f"refcompress {args.command}: out of memory ({exc})", file=sys.stderr)
         return 1
 
 

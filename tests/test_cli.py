@@ -3,12 +3,15 @@
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
+import pytest
 
 from refcompress import io as rc_io
 from refcompress import nn
 from refcompress.cli import main
+from refcompress.pipeline import cli_commands
 
 
 def test_info_lists_ops_and_variants(capsys):
@@ -53,3 +56,84 @@ def test_bad_recipe_fails_before_any_work_and_writes_nothing(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "refcompress", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "compress" in r.stdout
+
+
+# -- every expected failure: one line on stderr naming the cause, exit 1, nothing written --
+@pytest.fixture
+def files(tmp_path):
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    rc_io.save(model, tmp_path / "tiny.npz")
+    (tmp_path / "r.toml").write_text('name = "int8"\n[[stage]]\nkind = "quantize"\nmethod = "static"\n')
+    (tmp_path / "latin1.toml").write_bytes(b'name = "\xe9"\n')
+    (tmp_path / "adir").mkdir()
+    data = (tmp_path / "tiny.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    return tmp_path
+
+
+CLI_FAILURES = [
+    (["compress", "tiny.npz", "-r", "adir", "-o", "o.npz"], "recipe: cannot read 'adir': Is a directory"),
+    (["compress", "tiny.npz", "-r", "latin1.toml", "-o", "o.npz"], "latin1.toml: not valid TOML"),
+    (["compress", "tiny.npz", "-r", "absent.toml", "-o", "o.npz"], "recipe: no such file"),
+    (["compress", "tiny.npz", "-r", "r.toml", "-o", "adir"], "--output: 'adir' is a directory; expected a file path"),
+    (["compress", "tiny.npz", "-r", "r.toml", "-o", "no/o.npz"], "--output: directory '.*no' does not exist"),
+    (["compress", "tiny.npz", "-r", "r.toml", "-o", "o.npz", "--report-json", "adir"],
+     "--report-json: 'adir' is a directory"),
+    (["compress", "tiny.npz", "-r", "r.toml", "-o", "o.npz", "--report-json", "no/r.json"],
+     "--report-json: directory '.*no' does not exist"),
+    (["compress", "tiny.npz", "-r", "r.toml", "-o", "o.npz", "--report-json", "o.npz"],
+     "--report-json: the same file as --output"),
+    (["compress", "tiny.npz", "-r", "r.toml", "-o", "o.npz", "--threads", "0"],
+     r"--threads: expected an integer in \[1, inf\], got 0"),
+    (["compress", "cut.npz", "-r", "r.toml", "-o", "o.npz"], "cut.npz: not a readable ZIP/npz archive"),
+    (["report", "cut.npz"], "cut.npz: not a readable ZIP/npz archive"),
+    (["report", "absent.npz"], "MODEL: no file 'absent.npz'"),
+    (["report", "adir"], "no config file at 'adir/config.json'"),
+    (["demo", "--out", "tiny.npz", "--no-compress"], "out_dir: 'tiny.npz' exists and is not a directory"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLI_FAILURES, ids=[" ".join(a) for a, _ in CLI_FAILURES])
+def test_expected_failures_are_one_line_and_write_nothing(files, monkeypatch, capsys, argv, message):
+    import re
+
+    monkeypatch.chdir(files)
+    before = sorted(p.name for p in files.iterdir())
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"refcompress {argv[0]}: "), err
+    assert re.search(message, err), err
+    assert sorted(p.name for p in files.iterdir()) == before  # checked before any work
+
+
+def test_a_damaged_file_gives_no_traceback_from_the_command_line(files):
+    r = subprocess.run([sys.executable, "-m", "refcompress", "report", str(files / "cut.npz")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert "cut.npz" in r.stderr
+
+
+def test_report_json_is_written_atomically(files, monkeypatch):
+    monkeypatch.chdir(files)
+    (files / "r.json").write_text("old")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    # only the report's serialisation fails (io.save's own json stays intact)
+    monkeypatch.setattr(cli_commands, "json", types.SimpleNamespace(dumps=fail))
+    assert main(["compress", "tiny.npz", "-r", "r.toml", "-o", "o.npz", "--report-json", "r.json"]) == 1
+    assert (files / "r.json").read_text() == "old"
+    assert (files / "o.npz").exists()
+    assert not [p for p in files.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_report_names_a_missing_source_of_a_compressed_bert_file(files, capsys):
+    nn.manual_seed(0)
+    path = files / "bert-like.npz"
+    rc_io.save(nn.Sequential(nn.Linear(2, 2)), path, metadata={"kind": "bert", "source": str(files / "gone")})
+    assert main(["report", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was compressed from" in err and "gone" in err

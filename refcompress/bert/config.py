@@ -16,7 +16,16 @@ from dataclasses import asdict, dataclass
 
 from ..errors import ArgumentError, CorruptFileError, DTypeError
 
-__all__ = ["BertConfig"]
+__all__ = ["BertConfig", "read_json"]
+
+
+def read_json(path: str, name: str):
+    """The JSON document in the file ``path`` (argument ``name``), or CorruptFileError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise CorruptFileError(f"{name}: {path!r} is not valid UTF-8 JSON ({type(e).__name__}: {e})") from None
 
 _INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                "intermediate_size", "max_position_embeddings", "type_vocab_size")
@@ -91,11 +100,9 @@ class BertConfig:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"path: no config file at {path!r}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CorruptFileError(f"path: {path!r} is not valid JSON ({e})") from None
+        d = read_json(path, "path")
+        if not isinstance(d, dict):
+            raise CorruptFileError(f"path: {path!r} holds a JSON {type(d).__name__}, expected an object")
         return cls.from_dict(d)
 
     def to_dict(self) -> dict:

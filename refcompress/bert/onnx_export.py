@@ -17,12 +17,11 @@ package.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import numpy as np
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, DTypeError
+from ..io.atomic import atomic_write, check_output_path
 
 __all__ = ["export_onnx", "to_onnx_model"]
 
@@ -34,8 +33,10 @@ def to_onnx_model(model):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..nn import Linear
+    from ..nn import BertModel, Linear
 
+    if not isinstance(model, BertModel):
+        raise DTypeError(f"model: expected a refcompress.nn.BertModel, got {type(model).__name__}")
     nodes, inits = [], []
     counter = [0]
 
@@ -112,17 +113,9 @@ def to_onnx_model(model):
 
 
 def export_onnx(model, path) -> str:
-    """Write ``model`` to ``path`` (.onnx) atomically (a temporary file, then a rename)."""
-    import onnx
-
+    """Write ``model`` to ``path`` (.onnx) atomically (``refcompress.io.atomic_write``)."""
+    path = check_output_path(path)  # before the graph is built
     m = to_onnx_model(model)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        onnx.save(m, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(m.SerializeToString())
     return path

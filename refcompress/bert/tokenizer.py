@@ -14,13 +14,13 @@ to ``[CLS] [SEP]``.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from .._validation import check_int
-from ..errors import ArgumentError, DTypeError
+from ..errors import ArgumentError, CorruptFileError, DTypeError
+from .config import read_json
 from .loader import _require
 
 __all__ = ["Tokenizer"]
@@ -40,7 +40,10 @@ class Tokenizer:
             raise FileNotFoundError(f"tokenizer_file: no file at {path!r}")
         self.tokenizer_file = path
         self.max_seq_length = check_int(max_seq_length, "max_seq_length", min_value=2)
-        tok = tokenizers.Tokenizer.from_file(path)
+        try:
+            tok = tokenizers.Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+            raise CorruptFileError(f"tokenizer_file: {path!r} is not a readable tokenizer.json ({e})") from None
         pad_id = tok.token_to_id(pad_token)
         if pad_id is None:
             raise ArgumentError(f"pad_token: {pad_token!r} is not in the vocabulary of {path!r}")
@@ -59,8 +62,11 @@ class Tokenizer:
         max_len = 256
         sb = os.path.join(model_dir, "sentence_bert_config.json")
         if os.path.isfile(sb):
-            with open(sb, encoding="utf-8") as f:
-                max_len = json.load(f).get("max_seq_length", max_len)
+            doc = read_json(sb, "sentence_bert_config")
+            if not isinstance(doc, dict):
+                raise CorruptFileError(f"sentence_bert_config: {sb!r} holds a JSON {type(doc).__name__}, "
+                                       "expected an object")
+            max_len = doc.get("max_seq_length", max_len)
         return cls(os.path.join(model_dir, "tokenizer.json"), max_seq_length=max_len)
 
     @property

@@ -34,8 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
-import secrets
+import math
 import zipfile
 import zlib
 
@@ -43,6 +42,7 @@ import numpy as np
 
 from .. import __version__, nn
 from ..errors import ArgumentError, CorruptFileError, DTypeError, RefcompressError, ShapeError
+from .atomic import atomic_write, check_output_path, check_path
 
 __all__ = ["save", "load", "read_metadata", "FORMAT_NAME", "FORMAT_VERSION", "METADATA_ENTRY"]
 
@@ -51,20 +51,17 @@ FORMAT_VERSION = 1
 METADATA_ENTRY = "refcompress.json"
 # A fixed timestamp in every ZIP entry: the same model always gives the same bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-# What a damaged archive or .npy entry can raise while being read.
+# What a damaged archive or .npy entry can raise while being read: zipfile raises
+# NotImplementedError for a damaged "version needed" field and RuntimeError for a damaged
+# "encrypted" flag; json raises RecursionError (a RuntimeError) for absurd nesting.
 _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
-                ValueError, KeyError, UnicodeDecodeError, NotImplementedError)
+                ValueError, KeyError, UnicodeDecodeError, NotImplementedError, RuntimeError)
 
 
-def _check_path(path, name="path") -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise DTypeError(f"{name}: expected a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not path:
-        raise ArgumentError(f"{name}: expected a file path, got an empty string")
-    return path
+def _storable(dtype: np.dtype) -> bool:
+    # Plain little-endian (or byte-order-free) numbers and booleans: what state dicts hold,
+    # and what load_state_dict can compare by dtype without surprises.
+    return dtype.kind in "biufc" and dtype.fields is None and dtype.byteorder != ">"
 
 
 def _sha256(a: np.ndarray) -> str:
@@ -95,20 +92,6 @@ def _write_container(fileobj, meta_bytes: bytes, arrays: dict) -> None:
             _write_array(zf, name, arr)
 
 
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save(model, path, *, metadata=None) -> str:
     """Write ``model`` (architecture and state dict) to ``path`` atomically; return the path.
 
@@ -121,7 +104,7 @@ def save(model, path, *, metadata=None) -> str:
     """
     if not isinstance(model, nn.Module):
         raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
-    path = _check_path(path)
+    path = check_output_path(path)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -129,8 +112,9 @@ def save(model, path, *, metadata=None) -> str:
     spec = nn.to_spec(model)
     arrays = {}
     for name, arr in model.state_dict().items():
-        if arr.dtype.hasobject:
-            raise DTypeError(f"model: state-dict array {name!r} has dtype object, which cannot be saved")
+        if not _storable(arr.dtype):
+            raise DTypeError(f"model: state-dict array {name!r} has dtype {arr.dtype.str!r}; expected a "
+                             "little-endian bool, integer, float or complex dtype")
         arrays[name] = np.asarray(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     meta = {
         "format": FORMAT_NAME,
@@ -147,24 +131,8 @@ def save(model, path, *, metadata=None) -> str:
     except (TypeError, ValueError) as e:
         raise ArgumentError(f"metadata: expected a JSON-serialisable dict: {e}") from None
 
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never write into a file someone else owns; mode 0o666 lets the umask decide
-    # the final permissions, as for any newly created file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_container(f, meta_bytes, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
+    with atomic_write(path) as f:
+        _write_container(f, meta_bytes, arrays)
     return path
 
 
@@ -199,8 +167,11 @@ def _check_metadata(meta, where: str) -> None:
             dt = np.dtype(entry["dtype"])
         except TypeError:
             bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a NumPy dtype")
-        if dt.hasobject or not isinstance(entry["dtype"], str):
-            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a plain numeric dtype")
+        if not isinstance(entry["dtype"], str) or not _storable(dt):
+            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a little-endian bool, integer, "
+                "float or complex dtype")
+        if math.prod(shape) * dt.itemsize >= 2**63:
+            bad(f"arrays[{i}] ({name}): shape {shape!r} of {dt.str} needs more than 2**63 bytes")
         if not (isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64):
             bad(f"arrays[{i}] ({name}): sha256 {entry['sha256']!r} is not a 64-digit hex digest")
 
@@ -243,6 +214,10 @@ def _read_verified(path: str):
         zf = zipfile.ZipFile(path, "r")
     except zipfile.BadZipFile as e:
         raise CorruptFileError(f"{where}: not a readable ZIP/npz archive (truncated or damaged: {e})") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # not about the file's content
+    except _READ_ERRORS as e:
+        raise CorruptFileError(f"{where}: damaged archive ({type(e).__name__}: {e})") from None
     with zf:
         try:
             names = zf.namelist()
@@ -285,7 +260,7 @@ def read_metadata(path) -> dict:
     The whole file is verified as by :func:`load` (except building the model); the
     caller's ``metadata`` from :func:`save` is under ``"user"``.
     """
-    meta, _ = _read_verified(_check_path(path))
+    meta, _ = _read_verified(check_path(path))
     return meta
 
 
@@ -299,7 +274,7 @@ def load(path):
     random generator of ``nn.manual_seed`` is left as it was (building the layers draws
     initial weights that the saved ones then replace).
     """
-    path = _check_path(path)
+    path = check_path(path)
     meta, arrays = _read_verified(path)
     _import_layer_modules(meta)
     gen = nn.init.get_rng()

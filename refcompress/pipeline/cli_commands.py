@@ -41,22 +41,46 @@ def add_compress_arguments(p):
     p.add_argument("--progress", action="store_true", help="show training progress bars")
 
 
+def _check_arguments(args) -> None:
+    # Before any work: a bad option found after minutes of compression loses them.
+    from .._validation import check_int
+    from ..io import check_output_path
+
+    if args.threads is not None:
+        check_int(args.threads, "--threads", min_value=1)
+    check_output_path(args.output, "--output")
+    if args.report_json is not None:
+        check_output_path(args.report_json, "--report-json")
+        if os.path.abspath(args.report_json) == os.path.abspath(args.output):
+            raise RefcompressError("--report-json: the same file as --output; expected another path")
+
+
+def _threads(args):
+    from .. import kernels
+
+    return kernels.use(threads=args.threads) if args.threads is not None else contextlib.nullcontext()
+
+
+def _write_json(path, obj) -> None:
+    from ..io import atomic_write
+
+    with atomic_write(path, "--report-json") as f:
+        f.write(json.dumps(obj, indent=2).encode("utf-8"))
+
+
 def _is_transformer(model_spec: str) -> bool:
     return model_spec == "minilm" or os.path.isdir(model_spec)
 
 
 def _run_compress_transformer(args) -> int:
     from .. import io as rc_io
-    from .. import kernels
     from . import transformer as tr
     from .metrics import stored_bytes
 
     name, methods = tr.load_transformer_recipe(args.recipe)  # refused before any work if invalid
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise RefcompressError(f"--output: directory {out_dir!r} does not exist")
+    _check_arguments(args)
     encoder = tr.load_encoder(args.model)
-    with kernels.use(threads=args.threads) if args.threads else contextlib.nullcontext():
+    with _threads(args):
         compressed = tr.compress_with_recipe(encoder, methods)
         fid = tr.fidelity_lines(encoder, compressed)
     before, after = stored_bytes(encoder.model), stored_bytes(compressed.model)
@@ -67,15 +91,13 @@ def _run_compress_transformer(args) -> int:
     rc_io.save(compressed.model, args.output,
                metadata={"recipe": name, "source": args.model, "fidelity": fid, "kind": "bert"})
     if args.report_json:
-        with open(args.report_json, "w") as f:
-            json.dump({"recipe": name, "fidelity": fid, "bytes_before": before, "bytes_after": after}, f, indent=2)
+        _write_json(args.report_json, {"recipe": name, "fidelity": fid, "bytes_before": before, "bytes_after": after})
     print(f"wrote {args.output}")
     return 0
 
 
 def run_compress(args) -> int:
     from .. import io as rc_io
-    from .. import kernels
     from ..data import load_digits
     from .compress import compress
     from .recipe import load_recipe
@@ -83,20 +105,17 @@ def run_compress(args) -> int:
     if _is_transformer(args.model):
         return _run_compress_transformer(args)
     recipe = load_recipe(args.recipe)  # refused before any work if invalid
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise RefcompressError(f"--output: directory {out_dir!r} does not exist")
+    _check_arguments(args)
     data = load_digits()
     model = _load_model(args.model, args.seed, data)
-    with kernels.use(threads=args.threads) if args.threads else contextlib.nullcontext():
+    with _threads(args):
         result = compress(model, recipe, data, seed=args.seed, progress=args.progress)
     print(f"recipe {recipe.name} ({recipe.source})")
     print(result.table())
     # the file appears only when complete (io.save writes atomically)
     rc_io.save(result.final, args.output, metadata={"recipe": recipe.name, "reports": result.to_dicts()})
     if args.report_json:
-        with open(args.report_json, "w") as f:
-            json.dump(result.to_dicts(), f, indent=2)
+        _write_json(args.report_json, result.to_dicts())
     print(f"wrote {args.output}")
     return 0
 
@@ -114,6 +133,9 @@ def _run_report_transformer(args) -> int:
 
     meta = rc_io.read_metadata(args.model).get("user", {}) if os.path.isfile(args.model) else {}
     source = meta.get("source", "minilm") if meta else args.model
+    if meta and not (source == "minilm" or (isinstance(source, str) and os.path.isdir(source))):
+        raise RefcompressError(f"MODEL: {args.model!r} was compressed from {source!r}, which is not a model "
+                               f"directory here; expected the directory the file was made from")
     reference = tr.load_encoder(source)
     if os.path.isfile(args.model):
         import copy

@@ -28,7 +28,7 @@ import numpy as np
 from .. import io as rc_io
 from .._validation import check_int
 from ..data import load_digits
-from ..errors import CorruptFileError, DTypeError
+from ..errors import ArgumentError, CorruptFileError, DTypeError
 from ..models import REFERENCE_MODELS, TRAINING_RECIPE, blas_threads, train_reference
 from .metrics import accuracy, count_macs, count_parameters, measure_latency, stored_bytes
 
@@ -144,6 +144,8 @@ def run(seed: int = 0, seeds: int = 1, threads: int | None = None, out_dir=DEFAU
     latency_repeats = check_int(latency_repeats, "latency_repeats", min_value=1)
     if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
         raise DTypeError(f"out_dir: expected a str, os.PathLike or None, got {type(out_dir).__name__}")
+    if out_dir is not None and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ArgumentError(f"out_dir: {os.fspath(out_dir)!r} exists and is not a directory")
     if not isinstance(use_cache, (bool, np.bool_)):
         raise DTypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
     stream = sys.stdout if stream is None else stream

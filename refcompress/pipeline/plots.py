@@ -8,19 +8,19 @@
   (pruning leaves a spike at zero; quantization and sharing leave a comb).
 * :func:`singular_values` - each Linear layer's singular value spectrum, with chosen ranks.
 
-Every function writes one PNG atomically (a temp file, then os.replace) and returns its
+Every function writes one PNG atomically (``refcompress.io.atomic_write``) and returns its
 path.  The Agg backend is used, so no display is needed.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from .. import nn
 from ..errors import ArgumentError
+from ..io import atomic_write
 
 
 def _pyplot():
@@ -36,18 +36,12 @@ def _pyplot():
 
 def _save(fig, path):
     plt = _pyplot()
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return os.fspath(path)
 
 
 def pareto(results: dict, path) -> str:

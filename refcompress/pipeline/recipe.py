@@ -209,6 +209,8 @@ def load_recipe(path) -> Recipe:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ArgumentError(f"recipe: no such file {path!r}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except OSError as exc:
+        raise ArgumentError(f"recipe: cannot read {path!r}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ArgumentError(f"{path}: not valid TOML ({exc})") from None
     return recipe_from_dict(data, path)

@@ -452,7 +452,7 @@ def load_transformer_recipe(path) -> tuple:
             doc = tomllib.load(f)
     except OSError as e:
         raise ArgumentError(f"recipe: cannot read {path!r}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ArgumentError(f"recipe: {path!r} is not valid TOML: {e}") from None
     if doc.get("model") != "bert":
         raise ArgumentError(f"recipe {path!r}: model: expected \"bert\" for a transformer recipe, got {doc.get('model')!r}")
@@ -478,7 +478,7 @@ def is_transformer_recipe(path) -> bool:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f).get("model") == "bert"
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return False
 
 

@@ -192,3 +192,67 @@ def test_matches_hugging_face_transformers(encoder, embeddings, minilm_dir):
     m = torch.from_numpy(b["attention_mask"]).unsqueeze(-1).float()
     ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1).numpy()
     assert np.max(np.abs(embeddings - ref)) <= 1e-5               # measured: 2.5e-7
+
+
+# -- damaged files: refused with a clear error naming the file, never half-loaded ----------
+
+def test_damaged_config_json_is_refused_naming_the_file(tmp_path):
+    d, _ = write_tiny(tmp_path)
+    for content, why in [(b'{"vocab_size": "\xff"}', "UnicodeDecodeError"), (b"[1, 2]", "holds a JSON list"),
+                         (b"[" * 100_000 + b"]" * 100_000, "RecursionError"), (b"", "JSONDecodeError")]:
+        (d / "config.json").write_bytes(content)
+        with pytest.raises(CorruptFileError, match=f"config.json.*{why}"):
+            load_bert(d)
+
+
+def test_damaged_tokenizer_files_are_refused_naming_the_file(tmp_path):
+    pytest.importorskip("tokenizers")
+    from refcompress.bert import Tokenizer
+
+    (tmp_path / "tokenizer.json").write_text('{"version": ')
+    with pytest.raises(CorruptFileError, match="tokenizer_file: .*tokenizer.json.* is not a readable tokenizer.json"):
+        Tokenizer(tmp_path / "tokenizer.json")
+    (tmp_path / "sentence_bert_config.json").write_text("[256]")
+    with pytest.raises(CorruptFileError, match="sentence_bert_config: .* holds a JSON list"):
+        Tokenizer.from_model_dir(tmp_path)
+
+
+def test_every_damaged_safetensors_header_byte_is_refused(tmp_path):
+    """safetensors carries no checksum of the tensor data (a flipped data byte loads: see
+    docs/io.md), but its header (JSON names, dtypes, shapes, offsets) is fully checked: one
+    flipped bit anywhere in it, or a cut anywhere, is refused with a refcompress error."""
+    from refcompress.errors import RefcompressError
+
+    d, state = write_tiny(tmp_path, config=dict(TINY, num_hidden_layers=1),
+                          drop=[k for k in _tiny_state_keys() if k.startswith("encoder.layer.1.")])
+    path = d / "model.safetensors"
+    data = path.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    loaded_same = 0
+    cases = [(i, bit) for i in range(header_end) for bit in (0x01, 0x20)]
+    cases += [(n, None) for n in list(range(0, header_end + 16)) + list(range(header_end + 16, len(data), 97))]
+    for pos, bit in cases:
+        if bit is None:
+            target = tmp_path / f"cut{pos}"
+            target.mkdir()
+            (target / "config.json").write_bytes((d / "config.json").read_bytes())
+            (target / "model.safetensors").write_bytes(data[:pos])
+        else:
+            target = d
+            b = bytearray(data)
+            b[pos] ^= bit
+            with open(path, "r+b") as f:  # in place: rewriting a truncated file is slow on ext4
+                f.write(b)
+        try:
+            model = load_bert(target)
+        except RefcompressError:
+            continue
+        # a flip the format ignores (e.g. JSON whitespace) must not change any tensor
+        assert all(np.array_equal(model.state_dict()[k], v) for k, v in state.items())
+        loaded_same += 1
+    assert loaded_same < 0.05 * len(cases)
+
+
+def _tiny_state_keys():
+    kw = {k: v for k, v in TINY.items() if k not in ("hidden_act", "model_type")}
+    return list(nn.BertModel(**kw, rng=np.random.default_rng(0)).state_dict())

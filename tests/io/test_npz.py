@@ -164,7 +164,7 @@ def test_interrupt_before_replace_keeps_the_old_file(saved, monkeypatch):
     def crash(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(npz_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         rio.save(_trained_like(small_cnn, seed=9), path)
     monkeypatch.undo()
@@ -175,8 +175,8 @@ def test_interrupt_before_replace_keeps_the_old_file(saved, monkeypatch):
 def test_new_file_is_fsynced_before_it_replaces_the_old(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(npz_mod.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(npz_mod.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     rio.save(_trained_like(mlp_300_100), tmp_path / "m.npz")
     assert events[:2] == ["fsync", "replace"]
 
@@ -316,11 +316,31 @@ def test_wrong_dtype_in_metadata(saved):
         rio.load(path)
 
 
-def test_object_dtype_in_metadata_is_refused(saved):
-    _, path = saved
-    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("dtype", "|O"))
-    with pytest.raises(CorruptFileError, match="plain numeric dtype"):
+@pytest.mark.parametrize("dtype", ["|O", "<U3", "|V12", "<M8[s]", ">f4"])
+def test_non_numeric_or_big_endian_dtype_is_refused(saved, dtype):
+    # Consistent metadata and .npy header (with a matching checksum): the dtype check alone
+    # must refuse it, before the data could reach load_state_dict.
+    model, path = saved
+    name = "0.weight"
+    arr = np.zeros(model.state_dict()[name].shape, dtype=dtype)
+
+    def edit(m):
+        rec = next(r for r in m["arrays"] if r["name"] == name)
+        rec["dtype"], rec["sha256"] = dtype, npz_mod._sha256(arr) if dtype != "|O" else "0" * 64
+
+    _rewrite(path, edit_meta=edit,
+             edit_entries=lambda e: e.__setitem__(name + ".npy", _npy_bytes(arr) if dtype != "|O" else b""))
+    with pytest.raises(CorruptFileError, match=r"arrays\[0\] \(0.weight\): dtype .* is not a little-endian "
+                       "bool, integer, float or complex dtype"):
         rio.load(path)
+
+
+def test_a_model_holding_an_unstorable_dtype_is_refused_and_nothing_written(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 2))
+    model[0].bias.data = model[0].bias.data.astype(">f4")
+    with pytest.raises(DTypeError, match="'0.bias' has dtype '>f4'; expected a little-endian"):
+        rio.save(model, tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
 
 
 def test_consistent_arrays_that_do_not_fit_the_architecture(saved):
@@ -411,3 +431,66 @@ def test_file_layer_modules_outside_refcompress_are_never_imported(saved, monkey
     rio.load(path)
     assert "os_evil_module_xyz" not in imported
     assert all(n.startswith("refcompress") for n in imported)
+
+
+def test_absurdly_nested_metadata_json(saved):
+    _, path = saved
+    _rewrite(path, edit_entries=lambda e: e.__setitem__(rio.METADATA_ENTRY, b"[" * 100_000 + b"]" * 100_000))
+    with pytest.raises(CorruptFileError, match="RecursionError"):
+        rio.load(path)
+
+
+def test_shape_too_large_for_any_file(saved):
+    _, path = saved
+    shape = [2**70]
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("shape", shape))
+    with pytest.raises(CorruptFileError, match=r"shape \[1180591620717411303424\] of <f4 needs more than 2\*\*63"):
+        rio.load(path)
+
+
+def test_every_single_byte_damage_and_truncation_is_refused_or_harmless(tmp_path):
+    """Flip one bit (low and high) of every byte and cut the file at many lengths (every
+    one in the last 100 bytes, where the ZIP directory is): load either refuses it with
+    CorruptFileError or returns the saved model bit for bit (bytes nothing reads, such as
+    the ZIP entries' timestamps, may change freely)."""
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)).eval()
+    path = tmp_path / "m.npz"
+    rio.save(model, path)
+    data = path.read_bytes()
+    x = np.random.default_rng(0).random((4, 3), dtype=np.float32)
+    want_y, want_state = model(x), model.state_dict()
+    # (Flips rewrite the file in place and cuts go to new files: on ext4, truncating a file
+    # and writing it again forces a flush each time, which would make this test crawl.)
+    cuts = sorted(set(range(0, len(data), 5)) | set(range(len(data) - 100, len(data))))
+    flips = [(i, bit) for i in range(len(data)) for bit in (0x01, 0x80)]
+    refused = 0
+    for case in cuts + flips:
+        if isinstance(case, int):
+            target = tmp_path / f"cut{case}.npz"
+            target.write_bytes(data[:case])
+        else:
+            target = path
+            b = bytearray(data)
+            b[case[0]] ^= case[1]
+            with open(path, "r+b") as f:
+                f.write(b)
+        try:
+            got = rio.load(target)
+        except CorruptFileError:
+            refused += 1
+            continue
+        state = got.state_dict()
+        assert all(state[k].dtype == v.dtype and np.array_equal(state[k], v) for k, v in want_state.items())
+        assert np.array_equal(got(x), want_y)
+    assert refused > 0.9 * (len(cuts) + len(flips))
+
+
+def test_a_directory_is_not_a_model_file(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        rio.load(tmp_path)
+    with pytest.raises(ArgumentError, match="path: .* is a directory; expected a file path"):
+        rio.save(mlp_300_100(), tmp_path)
+    with pytest.raises(ArgumentError, match="path: directory .* does not exist"):
+        rio.save(mlp_300_100(), tmp_path / "no" / "m.npz")
+    assert os.listdir(tmp_path) == []

@@ -52,6 +52,31 @@ def test_plots_write_pngs(tmp_path):
         plots.pareto({}, tmp_path / "x.png")
 
 
+def test_a_plot_that_fails_mid_write_keeps_the_old_png(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from refcompress.pipeline import plots
+
+    model, _ = _problem()
+    target = tmp_path / "s.png"
+    plots.singular_values(model, target)
+    old = target.read_bytes()
+
+    def half_then_fail(self, f, **kwargs):
+        f.write(PNG)
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    with pytest.raises(OSError, match="simulated"):
+        plots.singular_values(model, target)
+    assert target.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]
+    monkeypatch.undo()
+    with pytest.raises(ArgumentError, match="path: .* is a directory"):
+        plots.singular_values(model, tmp_path)
+
+
 def test_recipe_grid_through_a_process_pool_matches_serial():
     model, d = _problem(1)
     grid = {"1.sparsity": [0.3, 0.8]}
