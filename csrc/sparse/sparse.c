@@ -15,7 +15,7 @@
 #include "sparse.h"
 
 #define RC_SPARSE_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512))
-#define RC_SP_MAX_WIDTH 64 /* the widest panel of any variant (workspace bound) */
+#define RC_SP_MAX_WIDTH 128 /* the widest panel of any variant (workspace bound): AVX-512's 2:4 panels */
 #define RC_SP_MAX_PARTS 256
 /* Column chunk of one packing work item. */
 #define RC_SP_PACK_COLS 256
@@ -322,7 +322,7 @@ static int scan_nm_portable(const uint8_t *indices, int64_t total, int64_t n, in
 static void sell_portable(const rc_sell_args *a, int64_t s0, int64_t s1) { rc_sp_sell_slices_scalar(a, s0, s1); }
 
 const rc_sparse_kernels rc_sparse_portable = {gather_portable, pack_portable, panel_portable, scan_csr_portable,
-                                              scan_nm_portable, 8, 32, 1, bmask_portable, NULL, 0, sell_portable,
+                                              scan_nm_portable, 8, 32, 1, bmask_portable, NULL, 0, 0, sell_portable,
                                               NULL};
 
 /* ---- driver -------------------------------------------------------------------------------- */
@@ -377,6 +377,13 @@ static int64_t pow2_at_least(int64_t v, int64_t lo) {
  * 1.2-1.5x, 96 1.6-2.0x; docs/sparse_kernels.md); before, it lost to the column-blocked panels
  * below batch 128. */
 #define RC_SP_NMRV_MIN_BATCH 2
+/* ... except 2:4 at batches [RC_SP_NMRB_MIN_BATCH, RC_SP_NMRB_END_BATCH) where a variant has a
+ * 2:4 panel kernel of its own (nm_cb_width): AVX-512's register-blocked panels measured
+ * 1.05-1.17x faster than the row-vectorised kernel at batch 64 and level to 1.05x at 128 on
+ * Zen 5, but slower at 16 and level or slower at 256 (docs/sparse_kernels.md). */
+#define RC_SP_NMRB_MIN_BATCH 64
+#define RC_SP_NMRB_END_BATCH 256
+static int is_24(const rc_sparse_args *a) { return a->format == RC_SP_NM && a->n == 2 && a->m == 4; }
 static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;
     const int64_t from = a->format == RC_SP_NM ? RC_SP_NM_CB_MIN_BATCH : RC_SP_CB_MIN_BATCH;
@@ -423,8 +430,9 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
         return RC_OK;
     }
 
+    const int nm_panels = k->nm_cb_width && is_24(a) && a->batch >= RC_SP_NMRB_MIN_BATCH && a->batch < RC_SP_NMRB_END_BATCH;
     if (a->format == RC_SP_NM && k->nm_rowvec && a->batch >= RC_SP_NMRV_MIN_BATCH && 16 % a->m == 0 &&
-        colblock == RC_SP_COLBLOCK_AUTO) {
+        colblock == RC_SP_COLBLOCK_AUTO && !nm_panels) {
         /* rows in the vector lanes: threads take contiguous blocks of 16 rows (every row has the
          * same number of entries) */
         if (!workspace) return RC_ERR_ARG;
@@ -432,8 +440,8 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
         if (nt > nblk) nt = (int)nblk;
         /* a whole row block per thread in the workspace (rc_spmm_workspace_size bytes, any
          * alignment): 32 * row_len <= 32 * in floats each, and the workspace holds
-         * (batch + 64) * in >= 66 * in (batch >= RC_SP_NMRV_MIN_BATCH = 2), so at least 2
-         * threads fit (4 for n <= m / 2); more are capped */
+         * (batch + RC_SP_MAX_WIDTH) * in >= 130 * in (batch >= RC_SP_NMRV_MIN_BATCH = 2), so
+         * at least 4 threads fit (8 for n <= m / 2); more are capped */
         const int64_t per = 32 * a->row_len; /* floats per thread, a multiple of 16 */
         const int64_t have = (int64_t)((rc_spmm_workspace_size(a->batch, a->in) - 64) / (long long)sizeof(float));
         if ((int64_t)nt * per > have) nt = (int)(have / per);
@@ -453,7 +461,7 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
     float *base = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
     /* Blocks of max_width batch lanes, then one narrower block for the rest. */
     const int cb = k->panel_cb && want_colblock(a, nnz, colblock);
-    const int64_t W = cb ? k->cb_width : k->max_width;
+    const int64_t W = cb && k->nm_cb_width && is_24(a) ? k->nm_cb_width : (cb ? k->cb_width : k->max_width);
     const int64_t nfull = a->batch / W, rem = a->batch % W;
     const int64_t tail_w = rem ? pow2_at_least(rem, k->min_width) : 0;
     const int64_t nblocks = nfull + (rem > 0);

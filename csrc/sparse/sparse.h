@@ -224,6 +224,7 @@ typedef struct {
     void (*panel_cb)(const rc_sparse_args *a, const float *panel, int64_t width, int64_t b0, int64_t nb,
                      int64_t r0, int64_t r1);
     int64_t cb_width;
+    int64_t nm_cb_width; /* panel_cb's widest panel for 2:4 (0: none of its own) */
     /* y for the rows of slices [s0, s1) of the sliced-ELLPACK form (batch 1). */
     void (*sell)(const rc_sell_args *a, int64_t s0, int64_t s1);
     /* N:M with m dividing 16 and batches >= RC_SP_NMRV_MIN_BATCH (sparse.c): y for row blocks [blk0, blk1)

@@ -272,20 +272,25 @@ AI void row32(const rc_sparse_args *a, const float *P, rc_sp_row r, int mode, fl
     _mm512_store_ps(out + 16, _mm512_add_ps(a1, b1));
 }
 
-/* The sums of rows [i0, i0 + rows) (tile[q][W], q < 16; rows past `rows` are ignored) to y:
- * transposed 16 x 16 so that each store writes 16 consecutive outputs y[b, i0 .. i0 + 16). */
-AI void store_tile(const rc_sparse_args *a, const float *tile, const int64_t W, int64_t b0, int64_t nb, int64_t i0,
-                   int64_t rows) {
+/* Lanes [l0, l0 + 16) of the sums of rows [i0, i0 + rows) (tile[q][W], q < 16; rows past
+ * `rows` are ignored) to y: transposed 16 x 16 so that each store writes 16 consecutive
+ * outputs y[b, i0 .. i0 + 16). */
+AI void store_chunk(const rc_sparse_args *a, const float *tile, const int64_t W, int64_t b0, int64_t nb, int64_t i0,
+                    int64_t rows, int64_t l0) {
     __m512 t[16];
     const __mmask16 m = tail16(rows);
     const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(m, a->bias + i0) : _mm512_setzero_ps();
-    for (int64_t l0 = 0; l0 < nb; l0 += 16) {
-        for (int q = 0; q < 16; ++q) t[q] = _mm512_load_ps(tile + q * W + l0);
-        transpose16(t);
-        const int64_t nl = nb - l0 < 16 ? nb - l0 : 16;
-        for (int64_t l = 0; l < nl; ++l)
-            _mm512_mask_storeu_ps(a->y + (b0 + l0 + l) * a->out + i0, m, _mm512_add_ps(t[l], bias));
-    }
+    for (int q = 0; q < 16; ++q) t[q] = _mm512_load_ps(tile + q * W + l0);
+    transpose16(t);
+    const int64_t nl = nb - l0 < 16 ? nb - l0 : 16;
+    for (int64_t l = 0; l < nl; ++l)
+        _mm512_mask_storeu_ps(a->y + (b0 + l0 + l) * a->out + i0, m, _mm512_add_ps(t[l], bias));
+}
+
+/* All nb lanes of a tile's sums to y. */
+AI void store_tile(const rc_sparse_args *a, const float *tile, const int64_t W, int64_t b0, int64_t nb, int64_t i0,
+                   int64_t rows) {
+    for (int64_t l0 = 0; l0 < nb; l0 += 16) store_chunk(a, tile, W, b0, nb, i0, rows, l0);
 }
 
 /* Rows in tiles of 16: each row's W sums go to tile[row][W], then to y by store_tile. */
@@ -420,6 +425,142 @@ static void panel_avx512(const rc_sparse_args *a, const float *P, int64_t width,
     }
 }
 
+/* The next row block's values or positions (one contiguous range each: rows are stored one
+ * after another), prefetched a share per batch pass while this block computes.  The
+ * transpose reads them 16 rows at a time, 16 strided streams that the hardware prefetcher
+ * did not follow: with the weights out of L2 (3072 x 768) that read cost ~20 % of the kernel
+ * (measured by skipping it); the prefetch took batch 128-256 10-20 % faster. */
+typedef struct {
+    const char *p;    /* NULL when there is no next block */
+    int64_t done, len; /* bytes */
+} nmrv_pf;
+
+AI void nmrv_prefetch(nmrv_pf *f, int64_t lines) {
+    for (; lines > 0 && f->done < f->len; --lines, f->done += 64) _mm_prefetch(f->p + f->done, _MM_HINT_T0);
+}
+
+/* ---- column-blocked panels for 2:4: rows in registers ---------------------------------------- *
+ * The x operand of every FMA is a panel row read from L1 as the FMA's memory operand, never
+ * rearranged.  On Zen 5 two 512-bit FMAs and two loads issue per cycle, but a shuffle shares
+ * issue with the FMAs: the row-vectorised kernel's FMA plus vpermps measured 0.18 ns against
+ * 0.12 for the FMA alone, and dense OpenBLAS runs at 0.14 ns per FMA, so 2:4 at 1.6x dense
+ * asks <= 0.175 ns per FMA of its own, everything included.  Here the limit is the loads: per
+ * entry W/16 panel loads, a weight broadcast and 1/8 of a 64-bit position load (8 of a row's
+ * positions, split by shifts), ~1.16 loads per FMA, 0.15 ns per FMA in L1 (W = 128).  R rows
+ * share each pass over a slice of the panel (32 KB), their R x W/16 sums in registers (16
+ * chains at W = 32..128), going through a tile between slices (1/32 of the FMAs' loads and
+ * stores).  A tile's sums go to y 16 lanes per block call during the next tile: stored at
+ * once, its W x 16 rows of y (same 4 KB offset) thrashed one L1 set (1024 x 128 batch 256:
+ * 313 -> 229 us).  The next tile's weights are prefetched like the row-vectorised kernel's. */
+/* One entry: its weight times the panel row `pos` of the group at `base`, W / 16 FMAs. */
+AI void nmrb_entry(__m512 *acc, const int64_t T, const char *base, float w, int64_t pos, const int64_t W) {
+    const __m512 wv = _mm512_set1_ps(w);
+    const float *xr = (const float *)(base + pos * W * 4);
+    /* one register for the row's address: without this GCC keeps a pointer per 64-byte
+     * offset as separate induction variables, spills them to xmm registers and moves them
+     * back before every FMA (twice as slow) */
+    __asm__("" : "+r"(xr));
+#pragma GCC unroll 8
+    for (int64_t t = 0; t < T; ++t) FMA(acc[t], wv, xr + 16 * t);
+}
+
+AI void nmrb_block(const float *P, const int64_t W, const int R, const float *const *v, const uint8_t *const *ix,
+                   const int64_t n, const int64_t m, int64_t g0, int64_t g1, int first, float *tile) {
+    enum { RMAX = 8, TMAX = 8 };
+    const int64_t T = W / 16;
+    __m512 acc[RMAX][TMAX];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+        for (int64_t t = 0; t < T; ++t)
+            acc[r][t] = first ? _mm512_setzero_ps() : _mm512_load_ps(tile + r * W + 16 * t);
+    /* groups [g0, g1) of R rows; their sums start from the tile unless this is the first slice */
+    int64_t g = g0;
+    if (8 % n == 0) { /* a row's positions of 8 / n groups in one 64-bit load, split by shifts */
+        const int64_t G8 = 8 / n;
+        for (; g + G8 <= g1; g += G8) {
+            uint64_t q[RMAX];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) memcpy(&q[r], ix[r] + g * n, 8);
+#pragma GCC unroll 8
+            for (int64_t u = 0; u < G8; ++u) {
+                const char *base = (const char *)(P + (g + u) * m * W);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+                    for (int64_t e = 0; e < n; ++e)
+                        nmrb_entry(acc[r], T, base, v[r][(g + u) * n + e], (int64_t)((q[r] >> (8 * (u * n + e))) & 255), W);
+            }
+        }
+    }
+    for (; g < g1; ++g) {
+        const char *base = (const char *)(P + g * m * W);
+        for (int r = 0; r < R; ++r)
+            for (int64_t e = 0; e < n; ++e) nmrb_entry(acc[r], T, base, v[r][g * n + e], ix[r][g * n + e], W);
+    }
+    for (int r = 0; r < R; ++r)
+        for (int64_t t = 0; t < T; ++t) _mm512_store_ps(tile + r * W + 16 * t, acc[r][t]);
+}
+
+AI void nmrb_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_t b0, int64_t nb, int64_t r0,
+                  int64_t r1, const int64_t n, const int64_t m) {
+    enum { TR = 16 }; /* rows per tile: one store tile, a multiple of every R */
+    const int R = W == 128 ? 2 : (W == 64 ? 4 : 8);
+    /* two tiles: the sums of one go to y 16 lanes per block call while the next computes */
+    float tiles[2][TR * 128] __attribute__((aligned(64)));
+    memset(tiles, 0, sizeof(tiles)); /* tile rows past a short tile's last block are transposed too */
+    const int64_t K = a->row_len, groups = a->in / m;
+    /* groups per slice: a slice of the panel is 32 KB, or one group when a group is wider */
+    const int64_t gps = 8192 / W / m > 0 ? 8192 / W / m : 1;
+    int64_t pend_i0 = -1, pend_rows = 0, pend_l0 = 0; /* the previous tile, lanes [pend_l0, nb) still to store */
+    int cur = 0;
+    for (int64_t i0 = r0; i0 < r1; i0 += TR, cur ^= 1) {
+        const int64_t rows = r1 - i0 < TR ? r1 - i0 : TR;
+        float *tile = tiles[cur];
+        /* the next tile's weights (two contiguous ranges), a share per block call */
+        const int64_t next = r1 - i0 - TR > 0 ? (r1 - i0 - TR < TR ? r1 - i0 - TR : TR) : 0;
+        nmrv_pf pv = {next ? (const char *)(a->values + (i0 + TR) * K) : NULL, 0, next * K * 4};
+        nmrv_pf pi = {next ? (const char *)a->indices + (i0 + TR) * K : NULL, 0, next * K};
+        const int64_t calls = (groups + gps - 1) / gps * ((rows + R - 1) / R);
+        const int64_t sv = (pv.len / 64 + calls) / calls, si = (pi.len / 64 + calls) / calls;
+        for (int64_t g0 = 0; g0 < groups; g0 += gps) {
+            const int64_t g1 = groups - g0 < gps ? groups : g0 + gps;
+            for (int64_t q0 = 0; q0 < rows; q0 += R) {
+                const float *v[8];
+                const uint8_t *ix[8];
+                for (int r = 0; r < R; ++r) { /* a short block repeats its last row; its sums are never stored */
+                    const int64_t row = i0 + (q0 + r < rows ? q0 + r : rows - 1);
+                    v[r] = a->values + row * K;
+                    ix[r] = (const uint8_t *)a->indices + row * K;
+                }
+                nmrv_prefetch(&pv, sv);
+                nmrv_prefetch(&pi, si);
+                if (R == 2) nmrb_block(P, W, 2, v, ix, n, m, g0, g1, g0 == 0, tile + q0 * W);
+                else if (R == 4) nmrb_block(P, W, 4, v, ix, n, m, g0, g1, g0 == 0, tile + q0 * W);
+                else nmrb_block(P, W, 8, v, ix, n, m, g0, g1, g0 == 0, tile + q0 * W);
+                if (pend_i0 >= 0 && pend_l0 < nb) {
+                    store_chunk(a, tiles[cur ^ 1], W, b0, nb, pend_i0, pend_rows, pend_l0);
+                    pend_l0 += 16;
+                }
+            }
+        }
+        if (pend_i0 >= 0)
+            for (; pend_l0 < nb; pend_l0 += 16) store_chunk(a, tiles[cur ^ 1], W, b0, nb, pend_i0, pend_rows, pend_l0);
+        pend_i0 = i0;
+        pend_rows = rows;
+        pend_l0 = 0;
+    }
+    if (pend_i0 >= 0) store_tile(a, tiles[cur ^ 1], W, b0, nb, pend_i0, pend_rows);
+}
+
+AI void nmrb_widths(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb, int64_t r0,
+                    int64_t r1, const int64_t n, const int64_t m) {
+    if (width == 16) nmrb_rows(a, P, 16, b0, nb, r0, r1, n, m);
+    else if (width == 32) nmrb_rows(a, P, 32, b0, nb, r0, r1, n, m);
+    else if (width == 64) nmrb_rows(a, P, 64, b0, nb, r0, r1, n, m);
+    else nmrb_rows(a, P, 128, b0, nb, r0, r1, n, m);
+}
+
 #define CB_WIDTHS(MODE)                                                       \
     case MODE:                                                                \
         if (width == 16) cb_rows(a, P, 16, b0, nb, r0, r1, MODE);             \
@@ -429,6 +570,10 @@ static void panel_avx512(const rc_sparse_args *a, const float *P, int64_t width,
 
 static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
                             int64_t r0, int64_t r1) {
+    if (a->format == RC_SP_NM && a->n == 2 && a->m == 4) {
+        nmrb_widths(a, P, width, b0, nb, r0, r1, 2, 4);
+        return;
+    }
     switch (a->col_mode) {
         CB_WIDTHS(RC_SP_COL_U8)
         CB_WIDTHS(RC_SP_COL_U16)
@@ -493,20 +638,6 @@ AI void nmrv_batch(const rc_sparse_args *a, const float *bv, const int32_t *bp, 
     const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(rows_m, a->bias + i0) : _mm512_setzero_ps();
     for (int b = 0; b < NB; ++b)
         _mm512_mask_storeu_ps(a->y + (b0 + b) * a->out + i0, rows_m, _mm512_add_ps(_mm512_add_ps(acc[b], acc[NB + b]), bias));
-}
-
-/* The next row block's values or positions (one contiguous range each: rows are stored one
- * after another), prefetched a share per batch pass while this block computes.  The
- * transpose reads them 16 rows at a time, 16 strided streams that the hardware prefetcher
- * did not follow: with the weights out of L2 (3072 x 768) that read cost ~20 % of the kernel
- * (measured by skipping it); the prefetch took batch 128-256 10-20 % faster. */
-typedef struct {
-    const char *p;    /* NULL when there is no next block */
-    int64_t done, len; /* bytes */
-} nmrv_pf;
-
-AI void nmrv_prefetch(nmrv_pf *f, int64_t lines) {
-    for (; lines > 0 && f->done < f->len; --lines, f->done += 64) _mm_prefetch(f->p + f->done, _MM_HINT_T0);
 }
 
 /* Batch rows in passes of 8, then one of 4, 2 and 1 for the rest (a pass loads each slot's
@@ -582,6 +713,6 @@ static int scan_nm_avx512(const uint8_t *indices, int64_t total, int64_t n, int6
 }
 
 const rc_sparse_kernels rc_sparse_avx512 = {gather_avx512, pack_avx512, panel_avx512, scan_csr_avx512, scan_nm_avx512,
-                                            16, 32, 1, bmask_avx512, panel_cb_avx512, 64,
+                                            16, 32, 1, bmask_avx512, panel_cb_avx512, 64, 128,
                                             sell_avx512, nm_rowvec_avx512};
 #endif

@@ -653,8 +653,8 @@ def _spmm_csr_c(x, p, *, isa, threads):
 
 
 #: Which kernel an N:M product of batch > 1 takes (rc_spmm_nm_f32's ``colblock``): "auto"
-#: lets C choose (on AVX-512 the row-vectorised kernel when m divides 16, else the
-#: column-blocked panels from batch 16); "on" / "off" force the panels / the plain row
+#: lets C choose (on AVX-512 the row-vectorised kernel when m divides 16 but for 2:4 at batch
+#: 64-255, else the column-blocked panels from batch 16); "on" / "off" force the panels / the plain row
 #: kernel, which "auto" no longer reaches for some patterns (the tests force each).
 NM_COLBLOCK = "auto"
 

@@ -732,12 +732,54 @@ def test_nm_forced_panels_and_row_kernel_where_auto_takes_the_row_vectorised_one
         S.NM_COLBLOCK = saved
 
 
+# Edges of AVX-512's 2:4 register-blocked panels (forced with NM_COLBLOCK "on"; "auto" from
+# batch 64 to 255): rows in blocks of 2 / 4 / 8 (panels of 128 / 64 / 16-32 lanes) inside
+# 16-row tiles whose sums are stored during the next tile; slices of 16 / 32 / 64 / 128 groups;
+# positions read 4 groups at a time with a group-by-group tail.
+_RB_ROWS = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 47]
+_RB_GROUPS = [1, 3, 4, 5, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129]
+_RB_BATCHES = [2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 137, 255]
+
+
+@given(data=st.data())
+def test_nm_24_register_blocked_panels_on_shapes_that_break_their_blocks(data):
+    variants = [v for v in NM_VARIANTS if v[0] != "numpy"]
+    out_f = data.draw(st.sampled_from(_RB_ROWS), label="out_f")
+    groups = data.draw(st.sampled_from(_RB_GROUPS), label="groups")
+    batch = data.draw(st.sampled_from(_RB_BATCHES), label="batch")
+    colblock = data.draw(st.sampled_from(["on", "auto"]), label="colblock")
+    scale = data.draw(st.sampled_from([1.0, 2.0 ** 60, 2.0 ** -60]), label="scale")
+    seed = data.draw(st.integers(0, 2 ** 32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    in_f = 4 * groups
+    W = (rng.standard_normal((out_f, in_f)) * scale).astype(np.float32)
+    g = W.reshape(out_f, groups, 4)
+    keep = rng.integers(0, 3, size=(out_f, groups))  # 0, 1 or 2 nonzeros: explicit zeros stored
+    g[np.argsort(np.argsort(rng.random(g.shape), axis=-1), axis=-1) >= keep[..., None]] = 0
+    W[rng.random(out_f) < 0.2] = 0  # empty rows
+    nm = kernels.nm_from_dense(W, 2, 4)
+    b = None if data.draw(st.booleans(), label="no bias") else rng.standard_normal(out_f).astype(np.float32)
+    x = (rng.standard_normal((batch, in_f)) / scale).astype(np.float32)
+    saved = S.NM_COLBLOCK
+    S.NM_COLBLOCK = colblock
+    try:
+        for backend, isa in variants:
+            with kernels.use(backend, isa=isa, threads=1):
+                y1 = kernels.spmm_nm(x, *nm, bias=b)
+            with kernels.use(backend, isa=isa, threads=2):
+                y2 = kernels.spmm_nm(x, *nm, bias=b)
+            np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32), err_msg=isa)
+            assert_within_error_bound(y1, spmm_nm_exact(x, *nm, b), spmm_nm_error_bound(x, *nm, b))
+    finally:
+        S.NM_COLBLOCK = saved
+
+
 @pytest.mark.parametrize("backend,isa", [v for v in NM_VARIANTS if v[0] != "numpy"],
                          ids=[i for b, i in NM_VARIANTS if b != "numpy"])
 @pytest.mark.parametrize("n,m", [(4, 4), (2, 4), (1, 16)])
 def test_nm_small_batches_on_more_threads_than_the_workspace_holds(n, m, backend, isa):
     # The row-vectorised kernel gives each thread a whole row block of the workspace, sized
-    # for the panels ((batch + 64) * in floats): at batch 2 with n = m only two fit, so more
+    # for the panels ((batch + 128) * in floats): at batch 2 with n = m only four fit, so more
     # threads must be capped, not overrun it.  Batches 2-7 and 12 (the 4-, 2- and 1-row
     # passes and a 4-row pass with nothing after it), 3, 4 and 7 threads, bit for bit
     # against one thread.
