@@ -129,12 +129,22 @@ int32_t rc_qgemm_pack_a_row(const uint8_t *src, int flip, int64_t K, int8_t *dst
     return s;
 }
 
-void rc_qgemm_pack_a_rows(const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap, int32_t *ra) {
+rc_pack_a_row_fn rc_qgemm_pick_pack(int isa) {
+#if RC_X86
+    /* The AVX-512 packer needs only AVX-512BW, which both 512-bit variants have. */
+    if (isa == RC_ISA_AVX512 || isa == RC_ISA_AVX512_VNNI) return rc_qgemm_pack_a_row_avx512;
+#endif
+    (void)isa;
+    return rc_qgemm_pack_a_row;
+}
+
+void rc_qgemm_pack_a_rows(rc_pack_a_row_fn pack, const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap,
+                          int32_t *ra) {
     const int64_t K4 = rc_qgemm_k4(K);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-    for (int64_t m = 0; m < M; ++m) ra[m] = rc_qgemm_pack_a_row(a + m * K, flip, K, ap + m * K4);
+    for (int64_t m = 0; m < M; ++m) ra[m] = pack(a + m * K, flip, K, ap + m * K4);
 }
 
 void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_sums, const int32_t *zb,
@@ -193,6 +203,7 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
     rc_qgemm_tile_fn tile;
     rc_epi_row_fn row;
     rc_qgemm_pick(v, &tile, &row);
+    const rc_pack_a_row_fn pack = rc_qgemm_pick_pack(v);
     int8_t *ap;
     int32_t *ra, *zbp, *colterm;
     rc_qgemm_workspace_split(workspace, M, K, N, &ap, &ra, &zbp, &colterm);
@@ -205,7 +216,7 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
 #pragma omp parallel num_threads(nt) if (nt > 1 && M * K * N >= RC_MIN_PARALLEL_WORK)
 #endif
     {
-        rc_qgemm_pack_a_rows((const uint8_t *)a, flip, M, K, ap, ra);
+        rc_qgemm_pack_a_rows(pack, (const uint8_t *)a, flip, M, K, ap, ra);
         rc_qgemm_prep_cols(K, N, za_s, col_sums, b_zero_point, b_zero_point_per_col, zbp, colterm);
         rc_qgemm_run_tiles(&x, tile, ap, M, K, packed); /* the omp for's barrier above separates the stages */
     }
