@@ -54,7 +54,7 @@ def test_packed_weights_reused_across_calls_and_threads(variant, threads):
 @pytest.mark.parametrize("M, K, N", [
     (97, 67, 64),    # one panel: the threads split the row tiles (17, the last of 1 row)
     (13, 259, 200),  # 4 panels, 3 row tiles: 2 threads split the panels, 3 the rows
-    (200, 131, 193), # 34 row tiles: 2 threads split the 4 panels, 3 the rows
+    (200, 131, 193), # 34 row tiles, 4 panels: equal shares either way, the rows taken
     (1, 700, 300),   # one row, 5 panels: unequal panel shares (2 and 3)
 ])
 def test_threads_share_rows_or_panels_and_cover_every_tile(variant, threads, M, K, N):
