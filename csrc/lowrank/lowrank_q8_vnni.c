@@ -11,8 +11,8 @@
  * the last term one start value per column (prepared per layer, bias included).  Rows of x
  * are read in place when n % 4 == 0 (copied into a zero-padded buffer otherwise), h_q is
  * written where the second product reads it.  Further:
- *   - the epilogue's parameters are made once per panel (rc_requant16_prepare,
- *     rc_dequant16_prepare) and applied to the registers of a finished tile;
+ *   - the epilogue's parameters are made once per panel (rc_panel_prepare, which qgemm's
+ *     tiles use too) and applied to the registers of a finished tile;
  *   - a panel with 33..48 valid columns runs 8 x 48 tiles, 17..32 12 x 32, <= 16 12 x 16
  *     (the full panel 6 x 64: 24 accumulators), so padding columns cost nothing.
  * Every sum is the same int32 modulo 2^32 as qgemm's (vpdpbusd wraps, it does not saturate,
@@ -27,37 +27,11 @@
 #include "../qgemm/qgemm_epi_avx512.h"
 #include "lowrank_q8.h"
 
-/* A panel's columns n0 .. n0 + 63 as a tile needs them: the accumulators' starting value
- * (colterm + bias, wrapping) and the epilogue's parameters, per vector of 16 columns. */
-typedef struct {
-    const rc_qgemm_ctx *x; /* colterm (the start values), the output and its N */
-    int64_t n0;
-    __mmask16 mask[4];     /* 0 for a vector past N */
-    __m512i init[4];
-    rc_dequant16_params d[4]; /* DEQUANT */
-    rc_requant16_params q[4]; /* REQUANT_FLOAT / REQUANT_FIXED */
-} lq_panel;
-
-static void lq_panel_prepare(lq_panel *P, const rc_qgemm_ctx *x, int64_t n0) {
-    const rc_epilogue *e = x->epi;
-    P->x = x;
-    P->n0 = n0;
-    for (int j = 0; j < 4; ++j) {
-        const int64_t n = n0 + 16 * j;
-        const __mmask16 m = n < x->N ? rc_mask16(x->N - n) : 0;
-        P->mask[j] = m;
-        P->init[j] = _mm512_loadu_si512(x->colterm + n);
-        if (e->bias) P->init[j] = _mm512_add_epi32(P->init[j], _mm512_maskz_loadu_epi32(m, e->bias + n));
-        if (e->kind == RC_EPI_DEQUANT) P->d[j] = rc_dequant16_prepare(e, n, m);
-        else P->q[j] = rc_requant16_prepare(e, n, m);
-    }
-}
-
 /* The epilogues of one accumulator vector (already corrected, bias included): requantize
  * vector j of row m, or dequantize into o (no float bias, no ReLU: rc_lowrank_q8 sends
  * those to the generic block).  The tile shapes leave no vector without a valid column,
  * but the `!mask` tests stay: without them GCC 12 spills accumulators in the K loop. */
-static inline __attribute__((always_inline)) void out_requant(const lq_panel *P, __m512i v, int64_t m, int j) {
+static inline __attribute__((always_inline)) void out_requant(const rc_panel *P, __m512i v, int64_t m, int j) {
     if (!P->mask[j]) return;
     _mm512_mask_cvtepi32_storeu_epi8((int8_t *)P->x->c + m * P->x->N + P->n0 + 16 * j, P->mask[j],
                                      rc_requant16_apply(&P->q[j], v));
@@ -113,7 +87,7 @@ static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask1
 
 /* Rows [m0, m0 + mr) of A (row stride lda bytes, K4 of them read) x the first 16 nv
  * columns of panel bp, mr <= 12; `deq`: the panel's epilogue is DEQUANT (else requantizing). */
-static inline __attribute__((always_inline)) void tile(const lq_panel *P, const uint8_t *a, int64_t lda,
+static inline __attribute__((always_inline)) void tile(const rc_panel *P, const uint8_t *a, int64_t lda,
                                                        int64_t K4, int64_t m0, const int mr, const int nv,
                                                        const int deq, const uint8_t *bp) {
     const __m512i zero = _mm512_setzero_si512();
@@ -152,7 +126,7 @@ static inline __attribute__((always_inline)) void tile(const lq_panel *P, const 
 #define LQ_UPTO12(NV, DEQ) LQ_CASE(12, NV, DEQ) LQ_CASE(11, NV, DEQ) LQ_CASE(10, NV, DEQ) LQ_CASE(9, NV, DEQ) \
                            LQ_UPTO8(NV, DEQ)
 #define LQ_TILE_FN(NV, DEQ, UPTO)                                                                           \
-    static void tile_nv##NV##_##DEQ(const lq_panel *P, const uint8_t *a, int64_t lda, int64_t K4, int64_t m0, \
+    static void tile_nv##NV##_##DEQ(const rc_panel *P, const uint8_t *a, int64_t lda, int64_t K4, int64_t m0, \
                                     int mr, const uint8_t *bp) {                                            \
         switch (mr) {                                                                                       \
         UPTO(NV, DEQ)                                                                                       \
@@ -163,7 +137,7 @@ static inline __attribute__((always_inline)) void tile(const lq_panel *P, const 
  * loop (no call and no switch per tile: with K = r = 64 a tile is only ~200 cycles of
  * vpdpbusd, and the per-tile dispatch cost ~2% of the product), then the remainder. */
 #define LQ_RUN_FN(NV, DEQ, MR)                                                                              \
-    static void run_nv##NV##_##DEQ(const lq_panel *P, const uint8_t *a, int64_t lda, int64_t K4,           \
+    static void run_nv##NV##_##DEQ(const rc_panel *P, const uint8_t *a, int64_t lda, int64_t K4,           \
                                    int64_t rows, const uint8_t *bp) {                                       \
         int64_t m0 = 0;                                                                                     \
         for (; m0 + MR <= rows; m0 += MR) tile(P, a, lda, K4, m0, MR, NV, DEQ, bp);                        \
@@ -176,7 +150,7 @@ static inline __attribute__((always_inline)) void tile(const lq_panel *P, const 
 LQ_SHAPES(0)
 LQ_SHAPES(1)
 
-typedef void (*lq_run_fn)(const lq_panel *, const uint8_t *, int64_t, int64_t, int64_t, const uint8_t *);
+typedef void (*lq_run_fn)(const rc_panel *, const uint8_t *, int64_t, int64_t, int64_t, const uint8_t *);
 
 /* Every tile of rows [0, rows) of A (row stride lda, K4 bytes of each read), panel by panel
  * (each panel reused by all the block's rows while in cache), the tile shape chosen by the
@@ -185,10 +159,10 @@ static void run_tiles(const rc_qgemm_ctx *x, const uint8_t *a, int64_t lda, int6
                       const uint8_t *packed) {
     const int64_t panels = rc_qgemm_npad(x->N) / RC_QGEMM_NR;
     const int deq = x->epi->kind == RC_EPI_DEQUANT; /* then without fbias and relu */
-    lq_panel P;
+    rc_panel P;
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * RC_QGEMM_NR, valid = x->N - n0;
-        lq_panel_prepare(&P, x, n0);
+        rc_panel_prepare(&P, x, n0);
         const lq_run_fn f = valid > 48   ? (deq ? run_nv4_1 : run_nv4_0)
                             : valid > 32 ? (deq ? run_nv3_1 : run_nv3_0)
                             : valid > 16 ? (deq ? run_nv2_1 : run_nv2_0)

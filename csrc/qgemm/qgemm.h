@@ -45,13 +45,19 @@ void rc_epi_row_avx2(const rc_epilogue *, const int32_t *, int64_t, int64_t, int
 void rc_qgemm_tile_avx512(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_qgemm_tile_avx512_vnni(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_epi_row_avx512(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);
+int32_t rc_qgemm_pack_a_row_avx512(const uint8_t *src, int flip, int64_t K, int8_t *dst);
 #endif
+
+/* One row of activations into the packed layout (no OpenMP): returns the row sum ra[m]. */
+typedef int32_t (*rc_pack_a_row_fn)(const uint8_t *src, int flip, int64_t K, int8_t *dst);
 
 /* Driver stages shared by qgemm and qconv2d (qgemm.c). */
 int rc_check_epilogue(const rc_epilogue *e);
 void rc_qgemm_pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row);
-void rc_qgemm_pack_a_rows(const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap, int32_t *ra);
-/* One row of it (no OpenMP): returns the row sum ra[m]. */
+/* The row packer of ISA variant `isa` (resolved): the same bytes and sum for every one. */
+rc_pack_a_row_fn rc_qgemm_pick_pack(int isa);
+void rc_qgemm_pack_a_rows(rc_pack_a_row_fn pack, const uint8_t *a, int flip, int64_t M, int64_t K, int8_t *ap,
+                          int32_t *ra);
 int32_t rc_qgemm_pack_a_row(const uint8_t *src, int flip, int64_t K, int8_t *dst);
 void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_sums, const int32_t *zb,
                         int zb_per_col, int32_t *zbp, int32_t *colterm);

@@ -160,22 +160,86 @@ static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_
     }
 }
 
-/* Corrected accumulator: acc - zbp[n] * ra[m] + colterm[n] (wrapping int32). */
-static inline __m512i rc_correct16(const rc_qgemm_ctx *x, __m512i acc, int64_t row, int64_t n0) {
-    const __m512i zb = _mm512_loadu_si512(x->zbp + n0);
-    const __m512i ct = _mm512_loadu_si512(x->colterm + n0);
-    return _mm512_add_epi32(_mm512_sub_epi32(acc, _mm512_mullo_epi32(zb, _mm512_set1_epi32(x->ra[row]))), ct);
+/* A panel's columns n0 .. n0 + 63 as a tile needs them: the accumulators' starting value
+ * (colterm + bias, wrapping) and the epilogue's parameters, per vector of 16 columns, made
+ * once per tile (per vector they were a quarter of a K = 768 tile's time). */
+typedef struct {
+    const rc_qgemm_ctx *x; /* colterm (the start values), the output and its N */
+    int64_t n0;
+    __mmask16 mask[4];     /* 0 for a vector past N */
+    int full;              /* all 64 columns valid */
+    __m512i init[4];
+    rc_dequant16_params d[4]; /* DEQUANT */
+    rc_requant16_params q[4]; /* REQUANT_FLOAT / REQUANT_FIXED */
+} rc_panel;
+
+static inline __attribute__((always_inline)) void rc_panel_prepare(rc_panel *P, const rc_qgemm_ctx *x, int64_t n0) {
+    const rc_epilogue *e = x->epi;
+    P->x = x;
+    P->n0 = n0;
+    P->full = x->N - n0 >= 64;
+    for (int j = 0; j < 4; ++j) {
+        const int64_t n = n0 + 16 * j;
+        const __mmask16 m = n < x->N ? rc_mask16(x->N - n) : 0;
+        P->mask[j] = m;
+        P->init[j] = _mm512_loadu_si512(x->colterm + n);
+        if (e->bias) P->init[j] = _mm512_add_epi32(P->init[j], _mm512_maskz_loadu_epi32(m, e->bias + n));
+        if (e->kind == RC_EPI_DEQUANT) P->d[j] = rc_dequant16_prepare(e, n, m);
+        else if (e->kind != RC_EPI_INT32) P->q[j] = rc_requant16_prepare(e, n, m);
+    }
 }
 
-/* Write an mr x 64 tile of raw accumulators through correction and epilogue. */
-#define RC_TILE_EPILOGUE_512(x, acc, m0, mr, n0)                                              \
-    do {                                                                                     \
-        for (int r_ = 0; r_ < (mr); ++r_)                                                    \
-            for (int j_ = 0; j_ < 4; ++j_) {                                                 \
-                const int64_t n_ = (n0) + 16 * j_;                                           \
-                if (n_ >= (x)->N) break;                                                     \
-                rc_epi16((x)->epi, rc_correct16((x), (acc)[r_][j_], (m0) + r_, n_), (m0) + r_, n_, \
-                         rc_mask16((x)->N - n_), (x)->c, (x)->N);                            \
-            }                                                                                \
-    } while (0)
+/* Start value of row m's vector j: colterm + bias - zbp * ra[m] (wrapping int32), so the
+ * finished accumulator is the corrected value; made before the K loop, off its chains. */
+static inline __m512i rc_panel_start(const rc_panel *P, int j, int64_t m) {
+    const __m512i zb = _mm512_loadu_si512(P->x->zbp + P->n0 + 16 * j);
+    return _mm512_sub_epi32(P->init[j], _mm512_mullo_epi32(zb, _mm512_set1_epi32(P->x->ra[m])));
+}
+
+/* A plain store where all 16 lanes are valid: a masked store is slower on Zen, even with
+ * every lane on. */
+static inline void rc_store16(void *o, __mmask16 m, __m512i v) {
+    if (m == 0xFFFF) _mm512_storeu_si512(o, v);
+    else if (m) _mm512_mask_storeu_epi32(o, m, v);
+}
+
+/* Row m of a tile (four corrected accumulators, bias included) through the epilogue. */
+static inline __attribute__((always_inline)) void rc_panel_row(const rc_panel *P, int64_t m, __m512i v0,
+                                                               __m512i v1, __m512i v2, __m512i v3) {
+    const rc_epilogue *e = P->x->epi;
+    const int64_t at = m * P->x->N + P->n0;
+    switch (e->kind) {
+    case RC_EPI_INT32: {
+        int32_t *o = (int32_t *)P->x->c + at;
+        rc_store16(o, P->mask[0], v0);
+        rc_store16(o + 16, P->mask[1], v1);
+        rc_store16(o + 32, P->mask[2], v2);
+        rc_store16(o + 48, P->mask[3], v3);
+        return;
+    }
+    case RC_EPI_DEQUANT: {
+        float *o = (float *)P->x->c + at;
+        const float *rs = e->row_scale ? e->row_scale + m : NULL;
+        rc_store16(o, P->mask[0], _mm512_castps_si512(rc_dequant16_apply(&P->d[0], v0, rs)));
+        rc_store16(o + 16, P->mask[1], _mm512_castps_si512(rc_dequant16_apply(&P->d[1], v1, rs)));
+        rc_store16(o + 32, P->mask[2], _mm512_castps_si512(rc_dequant16_apply(&P->d[2], v2, rs)));
+        rc_store16(o + 48, P->mask[3], _mm512_castps_si512(rc_dequant16_apply(&P->d[3], v3, rs)));
+        return;
+    }
+    default: {
+        int8_t *o = (int8_t *)P->x->c + at;
+        const __m512i q0 = rc_requant16_apply(&P->q[0], v0);
+        if (P->full) {
+            _mm512_storeu_si512(o, rc_pack64(q0, rc_requant16_apply(&P->q[1], v1), rc_requant16_apply(&P->q[2], v2),
+                                             rc_requant16_apply(&P->q[3], v3), e->out_type));
+            return;
+        }
+        _mm512_mask_cvtepi32_storeu_epi8(o, P->mask[0], q0);
+        if (P->mask[1]) _mm512_mask_cvtepi32_storeu_epi8(o + 16, P->mask[1], rc_requant16_apply(&P->q[1], v1));
+        if (P->mask[2]) _mm512_mask_cvtepi32_storeu_epi8(o + 32, P->mask[2], rc_requant16_apply(&P->q[2], v2));
+        if (P->mask[3]) _mm512_mask_cvtepi32_storeu_epi8(o + 48, P->mask[3], rc_requant16_apply(&P->q[3], v3));
+        return;
+    }
+    }
+}
 #endif

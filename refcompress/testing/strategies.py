@@ -144,7 +144,7 @@ def dequantize_cases(draw, dtypes=QUANT_DTYPES + (np.int32,), max_elements: int 
 #: Sizes around the qgemm tiles: MR = 6 rows, 8/16-lane vectors, 64-column panels, K groups of 4.
 QGEMM_M = (1, 2, 5, 6, 7, 11, 12, 13, 97)
 QGEMM_N = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)
-QGEMM_K = (1, 2, 3, 4, 5, 7, 8, 13, 31, 64, 127, 300)
+QGEMM_K = (1, 2, 3, 4, 5, 7, 8, 13, 31, 63, 64, 65, 127, 128, 129, 300)
 
 
 @dataclass

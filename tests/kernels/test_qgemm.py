@@ -50,6 +50,27 @@ def test_packed_weights_reused_across_calls_and_threads(variant, threads):
 
 
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("M, K, N", [
+    (97, 67, 64),    # one panel: the threads split the row tiles (17, the last of 1 row)
+    (13, 259, 200),  # 4 panels, 3 row tiles: 2 threads split the panels, 3 the rows
+    (200, 131, 193), # 34 row tiles, 4 panels: equal shares either way, the rows taken
+    (1, 700, 300),   # one row, 5 panels: unequal panel shares (2 and 3)
+])
+def test_threads_share_rows_or_panels_and_cover_every_tile(variant, threads, M, K, N):
+    rng = np.random.default_rng(M * N + K)
+    a = rng.integers(0, 256, (M, K)).astype(np.uint8)
+    b = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    pw = kernels.pack_weights(b, rng.integers(-3, 3, N))
+    out = Requantize(np.float32(3e-5), 120, np.uint8)
+    for output in (None, out):
+        with kernels.use(*variant, threads=threads):
+            got = kernels.qgemm(a, pw, 131, output=output)
+        with kernels.use("numpy"):
+            assert_exact(got, kernels.qgemm(a, pw, 131, output=output))
+
+
+@pytest.mark.parametrize("variant", QGEMM, ids=_id)
 def test_k_at_the_int32_bound_is_exact_and_one_more_is_refused(variant):
     # int8 activations at -128 with zero point 0 and weights at -128: every product is
     # 2^14, so K = bound gives the largest representable accumulator.
