@@ -123,11 +123,20 @@ int rc_im2col_u8(const uint8_t *x, long long C, long long H, long long W, long l
                  long long stride_h, long long stride_w, long long pad_h, long long pad_w,
                  long long dil_h, long long dil_w, uint8_t pad_value, uint8_t *out, int threads);
 
-/* Dense (groups = 1) quantized convolution, NCHW in and out, NHWC inside: per image the
- * input is transposed to [H, W, C] and each output pixel's patch is packed straight into
- * qgemm's activation layout (no separate im2col pass), then the packed-weight micro-tiles
- * and epilogue run and the [OH*OW, OC] result is transposed back.  Weights are packed by
- * rc_qgemm_pack_b from w transposed to [OC, KH, KW, C] and flattened to [KH*KW*C, OC]. */
+/* Per image, src[n] [rows, cols] -> dst[n] [cols, rows] (elem_bytes 1 or 4; NCHW <-> NHWC
+ * with rows, cols = C, H*W or H*W, C): 16 x 16 tiles, OpenMP over the tiles of each image. */
+int rc_transpose_images(const void *src, int elem_bytes, long long N, long long rows, long long cols, void *dst,
+                        int threads);
+
+/* Dense (groups = 1) quantized convolution, NHWC inside: per image each output pixel's
+ * patch is packed straight from [H, W, C] into qgemm's activation layout (no separate
+ * im2col pass), then the packed-weight micro-tiles and epilogue run.  layout
+ * RC_LAYOUT_NCHW: x [N, C, H, W] is transposed to [H, W, C] per image and the [OH*OW, OC]
+ * result back to out [N, OC, OH, OW]; RC_LAYOUT_NHWC: x [N, H, W, C] is read as it is and
+ * the tiles write out [N, OH, OW, OC] in place.  Weights are packed by rc_qgemm_pack_b from
+ * w transposed to [OC, KH, KW, C] and flattened to [KH*KW*C, OC]. */
+#define RC_LAYOUT_NCHW 0
+#define RC_LAYOUT_NHWC 1
 long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
                                     long long OH, long long OW, long long OC, int out_bytes);
 int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W,
@@ -135,7 +144,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                long long pad_h, long long pad_w, long long dil_h, long long dil_w, int32_t x_zero_point,
                const void *packed, const int32_t *col_sums, const int32_t *w_zero_point,
                int w_zero_point_per_channel, const rc_epilogue *epi, void *out, void *workspace,
-               int isa, int threads);
+               int layout, int isa, int threads);
 
 /* Direct dense convolution, NCHW in and out, no transposes (AVX-512 VNNI only), for
  * groups 1, stride 1, dilation 1 and either a 1x1 kernel without padding (taps = 1) or a

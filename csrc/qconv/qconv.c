@@ -1,5 +1,5 @@
 /* Quantized convolution drivers: dense via the packed qgemm machinery with an implicit
- * im2col, depthwise via a direct kernel.  NCHW at the interface, NHWC inside. */
+ * im2col (NCHW or NHWC at the interface, NHWC inside), depthwise via a direct kernel (NCHW). */
 #include <string.h>
 
 #include "../qgemm/qgemm.h"
@@ -76,6 +76,25 @@ static void transpose_out(const void *src, int64_t P, int64_t OC, void *dst, int
     else rc_transpose_4((const uint32_t *)src, P, OC, (uint32_t *)dst);
 }
 
+int rc_transpose_images(const void *src, int elem_bytes, long long N, long long rows, long long cols, void *dst,
+                        int threads) {
+    if (N < 0 || rows < 0 || cols < 0 || (elem_bytes != 1 && elem_bytes != 4)) return RC_ERR_ARG;
+    if (N * rows * cols == 0) return RC_OK;
+    if (!src || !dst) return RC_ERR_ARG;
+    (void)threads;
+#ifdef _OPENMP
+    const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt) if (nt > 1 && N * rows * cols >= RC_MIN_PARALLEL_WORK)
+#endif
+    for (int64_t n = 0; n < N; ++n) {
+        const int64_t at = n * rows * cols * elem_bytes;
+        if (elem_bytes == 1) rc_transpose_bytes((const uint8_t *)src + at, rows, cols, (uint8_t *)dst + at, 0);
+        else rc_transpose_4((const uint32_t *)(const void *)((const uint8_t *)src + at), rows, cols,
+                            (uint32_t *)(void *)((uint8_t *)dst + at));
+    }
+    return RC_OK;
+}
+
 /* ---- dense ------------------------------------------------------------------------------ */
 
 long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
@@ -89,8 +108,9 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                long long KH, long long KW, long long sh, long long sw, long long ph, long long pw,
                long long dh, long long dw, int32_t x_zero_point, const void *packed, const int32_t *col_sums,
                const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
-               void *workspace, int isa, int threads) {
+               void *workspace, int layout, int isa, int threads) {
     if (N < 0 || OC < 1 || bad_geometry(C, H, W, KH, KW, sh, sw, ph, pw, dh, dw)) return RC_ERR_ARG;
+    if (layout != RC_LAYOUT_NCHW && layout != RC_LAYOUT_NHWC) return RC_ERR_ARG;
     if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     if (N == 0) return RC_OK;
     if (!x || !packed || !col_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
@@ -114,7 +134,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     const int flip = x_type == RC_UINT8;
     const int32_t za_s = flip ? x_zero_point - 128 : x_zero_point;
     const int8_t pad_s = (int8_t)za_s; /* padding holds the zero point: (z - z) = 0 */
-    const rc_qgemm_ctx ctx = {epi, ra, zbp, colterm, out_nhwc, OC};
+    const int nhwc = layout == RC_LAYOUT_NHWC;
     (void)threads;
 #ifdef _OPENMP
     const int nt = threads > 0 ? threads : omp_get_max_threads();
@@ -123,13 +143,27 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     {
         rc_qgemm_prep_cols(K, OC, za_s, col_sums, w_zero_point, w_zp_per_channel, zbp, colterm);
         for (int64_t n = 0; n < N; ++n) {
-            rc_transpose_bytes((const uint8_t *)x + n * C * HW, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
+            /* NHWC int8 is read where it lies; NHWC uint8 takes one flat flipping copy (no
+             * transpose), cheaper than flipping each pixel again in every patch it is in */
+            const uint8_t *img = (const uint8_t *)x + n * C * HW;
+            const int8_t *xs_n = nhwc && !flip ? (const int8_t *)img : xs;
+            if (!nhwc) {
+                rc_transpose_bytes(img, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
+            } else if (flip) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (int64_t q = 0; q < HW; ++q)
+                    for (int64_t c = 0; c < C; ++c) xs[q * C + c] = (int8_t)(img[q * C + c] ^ 0x80);
+            }
+            rc_qgemm_ctx ctx = {epi, ra, zbp, colterm, out_nhwc, OC};
+            if (nhwc) ctx.c = (uint8_t *)out + n * P * OC * bytes;
             /* each input pixel's channel sum once, so a patch's row sum is KH*KW lookups */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
             for (int64_t q = 0; q < HW; ++q) {
-                const int8_t *src = xs + q * C;
+                const int8_t *src = xs_n + q * C;
                 int32_t t = 0;
                 for (int64_t c = 0; c < C; ++c) t += src[c];
                 pixsum[q] = t;
@@ -151,7 +185,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                             memset(dst, (uint8_t)pad_s, (size_t)C);
                             s += (int32_t)C * pad_s;
                         } else {
-                            const int8_t *src = xs + (ih * W + iw) * C;
+                            const int8_t *src = xs_n + (ih * W + iw) * C;
                             memcpy(dst, src, (size_t)C);
                             s += pixsum[ih * W + iw];
                         }
@@ -161,7 +195,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                 ra[p] = s;
             }
             rc_qgemm_run_tiles(&ctx, tile, ap, P, K, packed);
-            transpose_out(out_nhwc, P, OC, (uint8_t *)out + n * OC * P * bytes, bytes);
+            if (!nhwc) transpose_out(out_nhwc, P, OC, (uint8_t *)out + n * OC * P * bytes, bytes);
         }
     }
     return RC_OK;

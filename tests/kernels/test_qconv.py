@@ -225,7 +225,7 @@ from hypothesis import given, settings  # noqa: E402
 
 from refcompress.kernels import qconv as qconv_module  # noqa: E402
 from refcompress.testing.checks import make_output  # noqa: E402
-from refcompress.testing.strategies import qconv_direct_cases  # noqa: E402
+from refcompress.testing.strategies import QconvCase, qconv_direct_cases  # noqa: E402
 
 VNNI = "avx512_vnni" in kernels.variants("qconv2d")
 
@@ -465,3 +465,158 @@ def test_depthwise_3x3_vbmi_wide_padding(H, W, padding):
             for threads in (1, 2):
                 with kernels.use("c", isa="avx512_vbmi", threads=threads):
                     assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
+
+
+# ---- NHWC at the interface --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+def test_qconv2d_nhwc_matches_transposed_reference(variant):
+    """layout="NHWC" under every backend and variant: the NCHW reference transposed, bit for
+    bit, over the general strategy (dense, grouped, depthwise, stride, padding, dilation)."""
+    def forced(*args, **kwargs):
+        with kernels.use(*variant):
+            return kernels.qconv2d(*args, **kwargs)
+
+    check_qconv2d(forced, max_examples=60, layout="NHWC")
+
+
+class _NhwcRoutes:
+    """Force the NHWC dense routes on (qgemm / implicit im2col / direct 3x3 between
+    transposes) or off (every layer through the transposes), counting the calls that take
+    the pointwise qgemm, the NHWC implicit-im2col driver and the C transposes."""
+
+    def __init__(self, direct):
+        self.direct = direct
+        self.calls = {"qgemm": 0, "nhwc_im2col": 0, "transpose": 0}
+
+    def __enter__(self):
+        m = qconv_module
+        self._saved = (m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c)
+        qgemm_c, dense_c, transpose_c = self._saved[1:]
+
+        def qgemm(*args, **kwargs):
+            self.calls["qgemm"] += 1
+            return qgemm_c(*args, **kwargs)
+
+        def dense(x, pw, zx, bias, geo, spec, layout, **kwargs):
+            self.calls["nhwc_im2col"] += layout == kernels._native.lib.RC_LAYOUT_NHWC
+            return dense_c(x, pw, zx, bias, geo, spec, layout, **kwargs)
+
+        def transpose(*args):
+            self.calls["transpose"] += 1
+            return transpose_c(*args)
+
+        m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c = self.direct, qgemm, dense, transpose
+        return self
+
+    def __exit__(self, *exc):
+        m = qconv_module
+        m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c = self._saved
+
+
+C_VARIANTS = [v for v in VARIANTS if v[0] == "c"]
+
+
+def _check_nhwc_routes(case, variants=C_VARIANTS):
+    """``case`` in NHWC (from an NHWC copy and from a channels-last view of the NCHW data)
+    under each C variant, one and two threads, with the NHWC routes on and off, equals the
+    NCHW reference transposed; returns the route counts of the last run with them on."""
+    kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+              groups=case.groups, output=make_output(case.output))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw).transpose(0, 2, 3, 1)
+    pw = kernels.pack_conv_weights(case.w, case.w_zero_point, groups=case.groups)
+    kw.pop("groups")
+    xs = (np.ascontiguousarray(case.x.transpose(0, 2, 3, 1)), case.x.transpose(0, 2, 3, 1))
+    for variant, threads, direct, x in itertools.product(variants, (1, 2), (True, False), xs):
+        with _NhwcRoutes(direct) as routes, kernels.use(*variant, threads=threads):
+            got = kernels.qconv2d(x, pw, case.x_zero_point, layout="NHWC", **kw)
+        assert_exact(got, want)
+        if direct:
+            seen = routes.calls
+    return seen
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=qconv_direct_cases())
+def test_nhwc_pointwise_is_one_qgemm(case):
+    """NHWC 1x1 / stride 1 / no padding runs as one qgemm (M = N*H*W; no transpose) under
+    every C variant, on shapes that break the qgemm tiles (6 rows, 64-column panels) and
+    the 4-channel groups; switched off, the transposes around the NCHW routes; both exact."""
+    seen = _check_nhwc_routes(case)
+    assert seen == {"qgemm": 1, "nhwc_im2col": 0, "transpose": 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=qconv_direct_cases(kernel=3))
+def test_nhwc_3x3_routes(case):
+    """NHWC 3x3 / stride 1 / padding 1: under VNNI the direct NCHW kernel between two C
+    transposes, under the other variants the NHWC implicit-im2col driver; exact either way
+    (the transposes' 16 x 16 tiles and ragged edges: channel and pixel counts around 16)."""
+    for variant in C_VARIANTS:
+        seen = _check_nhwc_routes(case, [variant])
+        direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
+        assert seen == ({"qgemm": 0, "nhwc_im2col": 0, "transpose": 2} if direct else
+                        {"qgemm": 0, "nhwc_im2col": 1, "transpose": 0})
+
+
+@pytest.mark.parametrize("cin,hw,cout,k,stride,padding,dilation,groups", [
+    (19, (13, 11), 70, 3, (2, 1), (1, 2), 1, 1),   # dense: the NHWC implicit-im2col driver
+    (16, (16, 16), 16, 1, 2, 0, 1, 1),             # 1x1 with stride: implicit im2col, not qgemm
+    (64, (9, 7), 33, 1, 1, 1, 1, 1),               # 1x1 with padding
+    (32, (20, 16), 48, 3, 2, 3, 2, 1),
+    (1, (5, 40), 3, 3, 1, 4, 1, 1),                # one channel
+    (37, (13, 11), 37, 3, (2, 1), (1, 2), 1, 37),  # depthwise: transposes
+    (17, (16, 17), 17, 3, 1, 1, 1, 17),            # depthwise 3x3 / stride 1 (VBMI's domain)
+    (8, (13, 11), 12, 3, 1, 1, 1, 4),              # grouped: transposes
+])
+def test_nhwc_each_path(cin, hw, cout, k, stride, padding, dilation, groups):
+    """Every NHWC route, uint8 and int8 at their extreme zero points, int32 and requantized
+    outputs, N = 2."""
+    rng = np.random.default_rng(cin + cout)
+    for xt, zx in [(np.uint8, 255), (np.uint8, 0), (np.int8, -128), (np.int8, 127)]:
+        xi = np.iinfo(xt)
+        x = rng.integers(int(xi.min), int(xi.max) + 1, (2, cin) + hw).astype(xt)
+        x[1, 0] = xi.min
+        w = rng.integers(-128, 128, (cout, cin // groups, k, k)).astype(np.int8)
+        zw = rng.integers(-128, 128, cout)
+        bias = rng.integers(-1000, 1000, cout).astype(np.int32)
+        for out in (None, ("float", dict(scale=np.float32(3e-5), zero_point=100, dtype=np.uint8))):
+            case = QconvCase(x, w, zx, zw, bias, stride, padding, dilation, groups, out)
+            _check_nhwc_routes(case)
+
+
+@pytest.mark.parametrize("N,C,OC,k,H", [(2, 256, 64, 1, 56), (1, 64, 64, 3, 56), (2, 128, 128, 3, 28)])
+def test_nhwc_bench_shapes(N, C, OC, k, H):
+    """The benchmark's dense shapes in NHWC, uint8 at zero point 131, per-channel weight zero
+    points, requantized, each C variant, one and two threads."""
+    rng = np.random.default_rng(C)
+    x = rng.integers(0, 256, (N, H, H, C)).astype(np.uint8)
+    w = rng.integers(-128, 128, (OC, C, k, k)).astype(np.int8)
+    zw = rng.integers(-128, 128, OC)
+    out = Requantize(np.float32(1e-4), 128, np.uint8)
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), w, 131, zw, padding=k // 2,
+                               output=out).transpose(0, 2, 3, 1)
+    pw = kernels.pack_conv_weights(w, zw)
+    for variant, threads in itertools.product(C_VARIANTS, (1, 2)):
+        with kernels.use(*variant, threads=threads):
+            assert_exact(kernels.qconv2d(x, pw, 131, padding=k // 2, output=out, layout="NHWC"), want)
+
+
+def test_nhwc_bad_inputs_name_the_argument():
+    x = np.zeros((1, 5, 5, 4), np.uint8)  # NHWC, 4 channels
+    w = np.zeros((6, 2, 3, 3), np.int8)
+    for bad in ("nhwc", "NCWH", "", None, 1, ["NHWC"]):
+        with pytest.raises(ArgumentError, match="layout"):
+            kernels.qconv2d(x, w, groups=2, layout=bad)
+    with pytest.raises(ShapeError, match=r"x has 5 channels \(axis 1, layout NCHW\)"):
+        kernels.qconv2d(x, w, groups=2)  # NHWC data passed as NCHW: axis 1 is H
+    with pytest.raises(ShapeError, match=r"x has 4 channels \(axis 3, layout NHWC\).*expects 2 per group x 1"):
+        kernels.qconv2d(x, w, layout="NHWC")
+    with pytest.raises(ShapeError, match="x: expected a 4-D"):
+        kernels.qconv2d(x[0], w, groups=2, layout="NHWC")
+    with pytest.raises(ShapeError, match="smaller than the dilated kernel"):
+        kernels.qconv2d(np.zeros((1, 2, 9, 4), np.uint8), w, groups=2, layout="NHWC")  # H = 2 < 3
+    assert kernels.qconv2d(x, w, groups=2, layout="NHWC").shape == (1, 3, 3, 6)
