@@ -146,16 +146,19 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                int w_zero_point_per_channel, const rc_epilogue *epi, void *out, void *workspace,
                int layout, int isa, int threads);
 
-/* Direct dense convolution, NCHW in and out, no transposes (AVX-512 VNNI only), for
+/* Direct dense convolution, NCHW (or NHWC) in and out, no transposes (AVX-512 VNNI only), for
  * groups 1, stride 1, dilation 1 and either a 1x1 kernel without padding (taps = 1) or a
  * 3x3 kernel with padding 1 (taps = 9; output H x W): per image
  * C[OC, P] = sum over taps t of W_t[OC, C] . X_t[C, P] (P = H*W, X_t the image shifted by
  * the tap, the zero point where it reads padding).  Weights w [OC, C, taps] are packed
  * once by rc_qconv_direct_pack into blocks of RC_QCONV_DIRECT_MR output channels:
  *   packed[b][t*C4/4 + g][r][i] = w[MR*b + r, 4g + i, t]   (int8; zero past OC and C)
- * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv_direct_workspace_size(C, H, W,
- * taps, slots) bytes hold `slots` per-thread buffers; the call runs at most that many threads
- * (pass the same byte count as workspace_bytes).  `stream` (1x1 only): 1 interleaves each
+ * with w_sums[o] = sum_{c,t} w[o, c, t].  layout RC_LAYOUT_NHWC: x [N, H, W, C] and out
+ * [N, H, W, OC] (the input is interleaved from pixel rows by 16 x 16 dword transposes, and
+ * each block's results are transposed out of a per-thread [OC, 64] stage).  Scratch:
+ * rc_qconv_direct_workspace_size(C, H, W, OC, taps, layout, slots) bytes hold `slots`
+ * per-thread buffers; the call runs at most that many threads (pass the same byte count as
+ * workspace_bytes).  `stream` (1x1 only): 1 interleaves each
  * block of 64 pixels while the previous block's tiles run, prefetching ahead (for inputs
  * that stream from L3 or memory), 0 interleaves each band in a separate pass first, -1
  * chooses 1 when N*C*H*W exceeds 1 MiB (RC_DIRECT_STREAM_BYTES); the result is the same.  Returns
@@ -164,11 +167,13 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
 #define RC_QCONV_DIRECT_PB 64
 long long rc_qconv_direct_packed_size(long long OC, long long C, int taps);
 int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums);
-long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, int taps, int slots);
+long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, long long OC, int taps, int layout,
+                                         int slots);
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                     int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
                     const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
-                    void *out, void *workspace, long long workspace_bytes, int stream, int isa, int threads);
+                    void *out, void *workspace, long long workspace_bytes, int layout, int stream, int isa,
+                    int threads);
 
 /* Depthwise quantized convolution (groups = C = OC), NCHW throughout: a direct kernel per
  * channel plane, 16 output columns per vector, exact int32 sums of (x - zx)(w - zw[c]).

@@ -21,10 +21,12 @@ dilation as byte quads, three taps per vpdpbusd, under the AVX-512 VBMI variant,
 the VNNI code everywhere else); other grouped convolutions go group by group through
 im2col + qgemm.
 
-C paths, NHWC: a dense 1x1 convolution with stride 1 and no padding is one qgemm, M =
-N*H*W, over the same packed operand (no transform); other dense convolutions run the
-implicit-im2col driver on the NHWC data, except where the direct 3x3 kernel applies; that
-one, depthwise and grouped convolutions run their NCHW kernels between two C transposes.
+C paths, NHWC: where the direct kernel applies (VNNI) it reads the pixel rows itself (16 x
+16 dword transposes into its interleaved buffer) and writes NHWC (each 64-pixel block's
+results transposed out of a per-thread stage); elsewhere a dense 1x1 convolution with
+stride 1 and no padding is one qgemm, M = N*H*W, over the same packed operand, and other
+dense convolutions run the implicit-im2col driver on the NHWC data; depthwise and grouped
+convolutions, whose kernels are NCHW, run between two C transposes.
 """
 
 from __future__ import annotations
@@ -229,9 +231,9 @@ DIRECT_3X3 = True
 #: C choose by input size (block by block, overlapping the tiles, for a batch larger than
 #: L2), True / False force block by block / one pass per band (the tests force both).
 STREAM_1X1 = None
-#: Run dense NHWC layers on NHWC data (a pointwise layer as one qgemm, others but the
-#: direct 3x3 kernel's through the implicit-im2col driver); False sends every NHWC layer
-#: through transposes to the NCHW routes (tests force both).
+#: Run dense NHWC layers on NHWC data (the direct kernel, one qgemm or the implicit-im2col
+#: driver); False sends every NHWC layer through transposes to the NCHW routes (tests force
+#: both).
 NHWC_DIRECT = True
 _VNNI = _native.ISA_NAMES.index("avx512_vnni")
 _VBMI = _native.ISA_NAMES.index("avx512_vbmi")
@@ -255,18 +257,22 @@ def _direct_applies(pw, geo, isa):
     return isa == _VNNI
 
 
-def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
+def _qconv_direct(x, pw, x_zero_point, bias, spec, nhwc=False, *, isa, threads):
     lib = _native.lib
-    N, C, H, W = x.shape
+    if nhwc:
+        N, H, W, C = x.shape
+    else:
+        N, C, H, W = x.shape
     OC, _, KH, KW = pw.shape
     e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
-    out = np.empty((N, OC, H, W), dtype=out_dtype)
+    out = np.empty((N, H, W, OC) if nhwc else (N, OC, H, W), dtype=out_dtype)
     slots = threads if threads > 0 else lib.rc_max_threads()
-    nbytes = lib.rc_qconv_direct_workspace_size(C, H, W, KH * KW, slots)
+    layout = lib.RC_LAYOUT_NHWC if nhwc else lib.RC_LAYOUT_NCHW
+    nbytes = lib.rc_qconv_direct_workspace_size(C, H, W, OC, KH * KW, layout, slots)
     ws = _native.workspace(nbytes)
     rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH * KW,
                          int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
-                         ws[2], nbytes, -1 if STREAM_1X1 is None else int(STREAM_1X1), isa, threads)
+                         ws[2], nbytes, layout, -1 if STREAM_1X1 is None else int(STREAM_1X1), isa, threads)
     del keep
     if rc:
         check_rc(rc, "qconv2d (direct)")
@@ -279,20 +285,21 @@ def _is_pointwise(pw, geo):
 
 
 def _qconv2d_nhwc_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
-    """NHWC in and out.  A pointwise layer is one qgemm, M = N*H*W, over the dense packed
-    operand [C, OC] as it is; other dense layers run the implicit-im2col driver on the NHWC
-    data directly, except those the direct 3x3 kernel takes (faster than the implicit
-    im2col even with the two transposes: docs/benchmarks.md); those, and depthwise and
-    grouped layers, whose kernels are NCHW, go through two transposes."""
+    """NHWC in and out, no transposes for dense layers: the direct kernel on the pixel rows
+    where it applies (VNNI; faster than the other two: docs/benchmarks.md), else a
+    pointwise layer is one qgemm, M = N*H*W, over the dense packed operand [C, OC] as it
+    is, and other dense layers run the implicit-im2col driver on the NHWC data; depthwise
+    and grouped layers, whose kernels are NCHW, go through two C transposes."""
     N, H, W, C = x.shape
     OC = pw.shape[0]
     if pw.mode == "dense" and NHWC_DIRECT:
+        if _direct_applies(pw, geo, isa):
+            return _qconv_direct(x, pw, x_zero_point, bias, spec, True, isa=isa, threads=threads)
         if _is_pointwise(pw, geo):
             y = _qgemm_c(x.reshape(N * H * W, C), pw.parts[0], x_zero_point, bias, spec, isa=isa, threads=threads)
             return y.reshape(N, H, W, OC)
-        if not _direct_applies(pw, geo, isa):
-            return _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, _native.lib.RC_LAYOUT_NHWC, isa=isa,
-                                    threads=threads)
+        return _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, _native.lib.RC_LAYOUT_NHWC, isa=isa,
+                                threads=threads)
     y = _qconv2d_c(_transpose_c(x, False, threads), pw, x_zero_point, bias, geo, spec, isa=isa, threads=threads)
     return _transpose_c(y, True, threads)
 

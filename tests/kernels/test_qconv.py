@@ -263,27 +263,34 @@ _ROUTES = [(True, True), (True, False), (False, None)]
 
 
 def _check_direct_and_fallback(case):
+    """Each route of ``_ROUTES``, one and two threads, on NCHW data and on the same data in
+    NHWC (the direct kernel's pixel-row interleave and staged output; off: the qgemm or the
+    NHWC implicit-im2col driver)."""
     kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
               output=make_output(case.output))
     with kernels.use("numpy"):
         want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
     pw = kernels.pack_conv_weights(case.w, case.w_zero_point)
+    layouts = [(case.x, "NCHW", want), (np.ascontiguousarray(case.x.transpose(0, 2, 3, 1)), "NHWC",
+                                        want.transpose(0, 2, 3, 1))]
     for enabled, stream in _ROUTES:
-        for threads in (1, 2):
+        for threads, (x, layout, expect) in itertools.product((1, 2), layouts):
             with _DirectSpy(enabled, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
-                got = kernels.qconv2d(case.x, pw, case.x_zero_point, **kw)
+                got = kernels.qconv2d(x, pw, case.x_zero_point, layout=layout, **kw)
             assert spy.calls == int(enabled)
-            assert_exact(got, want)
+            assert_exact(got, expect)
 
 
 @pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
 @settings(max_examples=150, deadline=None)
 @given(case=qconv_direct_cases())
 def test_direct_1x1_and_its_fallback_match_reference(case):
-    """The direct NCHW 1x1 kernel (forced, with each of its two interleaves: block by block
-    during the tiles, and a pass per band) and the implicit-im2col path it replaces (forced
-    by switching the route off) against the reference, bit for bit, on shapes that break
-    the 6 x 64 tile and the groups of 4 channels, one and two threads."""
+    """The direct 1x1 kernel (forced, with each of its two interleaves: block by block
+    during the tiles, and a pass per band) and the path it replaces (forced by switching
+    the route off: implicit im2col for NCHW, one qgemm for NHWC) against the reference, bit
+    for bit, on shapes that break the 6 x 64 tile, the groups of 4 channels and (NHWC) the
+    16-group pixel-row transposes and 16 x 16 output tiles, one and two threads, NCHW and
+    NHWC."""
     _check_direct_and_fallback(case)
 
 
@@ -293,7 +300,8 @@ def test_direct_1x1_and_its_fallback_match_reference(case):
 def test_direct_3x3_and_its_fallback_match_reference(case):
     """The same for 3x3 / stride 1 / padding 1: the shifted reads, the zero point where a
     tap reads padding (first and last rows and columns, blocks that straddle rows, images
-    one pixel wide or tall, rows wider than a block)."""
+    one pixel wide or tall, rows wider than a block; NHWC: the halo's pixels off the image
+    in the pixel-row interleave)."""
     _check_direct_and_fallback(case)
 
 
@@ -303,7 +311,8 @@ def test_direct_1x1_bench_shape_and_tile_split():
     4-row output-channel block), and a 7 x 7 image with many output channels, where the
     output-channel blocks are split between work items; each with the 1x1 input
     interleaved block by block during the tiles, in a pass per band, and as chosen by
-    size (the first shape's 1.6 MB streams)."""
+    size (the first shape's 1.6 MB streams); NCHW and NHWC (whose split output-channel
+    ranges reach the staged transpose at multiples of 6, not of its 16-row tiles)."""
     rng = np.random.default_rng(11)
     for N, C, OC, H in [(2, 256, 64, 56), (1, 96, 512, 7)]:
         x = rng.integers(0, 256, (N, C, H, H)).astype(np.uint8)
@@ -312,11 +321,13 @@ def test_direct_1x1_bench_shape_and_tile_split():
         for out in (None, Requantize(np.float32(1e-4), 128, np.uint8)):
             with kernels.use("numpy"):
                 want = kernels.qconv2d(x, w, 131, zw, output=out)
-            for threads, stream in itertools.product((1, 2), (None, True, False)):
+            xn, want_n = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), want.transpose(0, 2, 3, 1)
+            for threads, stream, (xl, layout, expect) in itertools.product(
+                    (1, 2), (None, True, False), [(x, "NCHW", want), (xn, "NHWC", want_n)]):
                 with _DirectSpy(True, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
-                    got = kernels.qconv2d(x, w, 131, zw, output=out)
+                    got = kernels.qconv2d(xl, w, 131, zw, output=out, layout=layout)
                 assert spy.calls == 1
-                assert_exact(got, want)
+                assert_exact(got, expect)
 
 
 @pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
@@ -333,7 +344,7 @@ def test_direct_bands(C, OC, k, N, H, W):
     rows from the neighbouring bands): wide channel counts, band boundaries inside a row,
     a halo wider than a band, and 1, 2 and 3 threads sharing the bands; zero points at
     their extremes (every tap sum in play), int8 and uint8 inputs; 1x1 interleaved block by
-    block and per band (3x3 ignores the setting)."""
+    block and per band (3x3 ignores the setting); NCHW and NHWC."""
     rng = np.random.default_rng(C + W)
     for x_dtype, zx in ((np.uint8, 255), (np.int8, -128)):
         xi = np.iinfo(x_dtype)
@@ -345,11 +356,13 @@ def test_direct_bands(C, OC, k, N, H, W):
             kw = dict(padding=k // 2, output=out)
             with kernels.use("numpy"):
                 want = kernels.qconv2d(x, w, zx, zw, **kw)
-            for threads, stream in itertools.product((1, 2, 3), (True, False)):
+            xn, want_n = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), want.transpose(0, 2, 3, 1)
+            for threads, stream, (xl, layout, expect) in itertools.product(
+                    (1, 2, 3), (True, False), [(x, "NCHW", want), (xn, "NHWC", want_n)]):
                 with _DirectSpy(True, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
-                    got = kernels.qconv2d(x, pw, zx, **kw)
+                    got = kernels.qconv2d(xl, pw, zx, layout=layout, **kw)
                 assert spy.calls == 1
-                assert_exact(got, want)
+                assert_exact(got, expect)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
@@ -482,18 +495,23 @@ def test_qconv2d_nhwc_matches_transposed_reference(variant):
 
 
 class _NhwcRoutes:
-    """Force the NHWC dense routes on (qgemm / implicit im2col / direct 3x3 between
-    transposes) or off (every layer through the transposes), counting the calls that take
-    the pointwise qgemm, the NHWC implicit-im2col driver and the C transposes."""
+    """Force the NHWC dense routes on (the direct kernel / one qgemm / implicit im2col) or
+    off (every layer through the transposes), counting the calls that take the direct
+    kernel on NHWC data, the pointwise qgemm, the NHWC implicit-im2col driver and the C
+    transposes."""
 
     def __init__(self, direct):
         self.direct = direct
-        self.calls = {"qgemm": 0, "nhwc_im2col": 0, "transpose": 0}
+        self.calls = {"direct": 0, "qgemm": 0, "nhwc_im2col": 0, "transpose": 0}
 
     def __enter__(self):
         m = qconv_module
-        self._saved = (m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c)
-        qgemm_c, dense_c, transpose_c = self._saved[1:]
+        self._saved = (m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c, m._qconv_direct)
+        qgemm_c, dense_c, transpose_c, direct_c = self._saved[1:]
+
+        def direct(*args, **kwargs):
+            self.calls["direct"] += len(args) > 5 and args[5] is True
+            return direct_c(*args, **kwargs)
 
         def qgemm(*args, **kwargs):
             self.calls["qgemm"] += 1
@@ -508,11 +526,12 @@ class _NhwcRoutes:
             return transpose_c(*args)
 
         m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c = self.direct, qgemm, dense, transpose
+        m._qconv_direct = direct
         return self
 
     def __exit__(self, *exc):
         m = qconv_module
-        m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c = self._saved
+        m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c, m._qconv_direct = self._saved
 
 
 C_VARIANTS = [v for v in VARIANTS if v[0] == "c"]
@@ -538,27 +557,33 @@ def _check_nhwc_routes(case, variants=C_VARIANTS):
     return seen
 
 
+def _no_calls(**some):
+    return {"direct": 0, "qgemm": 0, "nhwc_im2col": 0, "transpose": 0} | some
+
+
 @settings(max_examples=60, deadline=None)
 @given(case=qconv_direct_cases())
-def test_nhwc_pointwise_is_one_qgemm(case):
-    """NHWC 1x1 / stride 1 / no padding runs as one qgemm (M = N*H*W; no transpose) under
-    every C variant, on shapes that break the qgemm tiles (6 rows, 64-column panels) and
-    the 4-channel groups; switched off, the transposes around the NCHW routes; both exact."""
-    seen = _check_nhwc_routes(case)
-    assert seen == {"qgemm": 1, "nhwc_im2col": 0, "transpose": 0}
+def test_nhwc_pointwise_routes(case):
+    """NHWC 1x1 / stride 1 / no padding, no transposes: under VNNI (and VBMI) the direct
+    kernel on the pixel rows, under the other variants one qgemm (M = N*H*W) over the
+    packed operand; on shapes that break the qgemm tiles (6 rows, 64-column panels) and the
+    4-channel groups; switched off, the transposes around the NCHW routes; all exact."""
+    for variant in C_VARIANTS:
+        seen = _check_nhwc_routes(case, [variant])
+        direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
+        assert seen == (_no_calls(direct=1) if direct else _no_calls(qgemm=1))
 
 
 @settings(max_examples=60, deadline=None)
 @given(case=qconv_direct_cases(kernel=3))
 def test_nhwc_3x3_routes(case):
-    """NHWC 3x3 / stride 1 / padding 1: under VNNI the direct NCHW kernel between two C
-    transposes, under the other variants the NHWC implicit-im2col driver; exact either way
-    (the transposes' 16 x 16 tiles and ragged edges: channel and pixel counts around 16)."""
+    """NHWC 3x3 / stride 1 / padding 1, no transposes: under VNNI the direct kernel on the
+    pixel rows, under the other variants the NHWC implicit-im2col driver; switched off, the
+    C transposes (16 x 16 tiles and ragged edges: channel and pixel counts around 16)."""
     for variant in C_VARIANTS:
         seen = _check_nhwc_routes(case, [variant])
         direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
-        assert seen == ({"qgemm": 0, "nhwc_im2col": 0, "transpose": 2} if direct else
-                        {"qgemm": 0, "nhwc_im2col": 1, "transpose": 0})
+        assert seen == (_no_calls(direct=1) if direct else _no_calls(nhwc_im2col=1))
 
 
 @pytest.mark.parametrize("cin,hw,cout,k,stride,padding,dilation,groups", [
