@@ -161,7 +161,8 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
  * workspace_bytes).  `stream` (1x1 only): 1 interleaves each
  * block of 64 pixels while the previous block's tiles run, prefetching ahead (for inputs
  * that stream from L3 or memory), 0 interleaves each band in a separate pass first, -1
- * chooses 1 when N*C*H*W exceeds 1 MiB (RC_DIRECT_STREAM_BYTES); the result is the same.  Returns
+ * chooses 1 when N*C*H*W exceeds 1 MiB (RC_DIRECT_STREAM_BYTES) for NCHW, 0 for NHWC; the
+ * result is the same.  Returns
  * RC_ERR_ISA unless `isa` resolves to VNNI. */
 #define RC_QCONV_DIRECT_MR 6
 #define RC_QCONV_DIRECT_PB 64
