@@ -81,15 +81,17 @@ def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def ort_session(graph, threads: int):
-    """An onnxruntime CPU session of a one-graph ONNX model (opset 13), ``threads`` intra-op
-    threads; None when onnxruntime / onnx are not installed."""
+def ort_session(graph, threads: int, domains=()):
+    """An onnxruntime CPU session of a one-graph ONNX model (opset 13, and version 1 of each
+    contrib op domain named in ``domains``), ``threads`` intra-op threads; None when
+    onnxruntime / onnx are not installed."""
     ort, onnx = optional("onnxruntime"), optional("onnx")
     if ort is None or onnx is None:
         return None
     from onnx import helper
 
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)] +
+                              [helper.make_opsetid(d, 1) for d in domains])
     model.ir_version = 8
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

@@ -1,14 +1,23 @@
 """qconv2d speed: ours vs NumPy fp32 (im2col + BLAS), onnxruntime QLinearConv and PyTorch
-quantized conv (x86/fbgemm) when installed, 1 and 2 threads, batch 1 and 8, in one run.
+quantized conv (x86/fbgemm) when installed, 1 and 2 threads, batch 1 and 8, in one run,
+in two tables, each like for like:
+
+* NCHW: ours on NCHW data; onnxruntime's QLinearConv (NCHW); torch handed a plain
+  NCHW-contiguous quantized tensor (what a user with NCHW data pays: its conversion to
+  channels-last inside the call is timed; it returns a channels-last tensor).
+* NHWC: ours with layout="NHWC"; onnxruntime's com.microsoft QLinearConv with
+  channels_last=1; torch handed a channels-last tensor (converted outside the timed call),
+  returning channels-last.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_qconv.py [--quick]
-        [--only dw3x3 ...] [--isa avx512_vnni avx512_vbmi ...]
+        [--only dw3x3 ...] [--isa avx512_vnni avx512_vbmi ...] [--layout NCHW NHWC]
 
 ``--isa`` times ours under each named variant (an A/B of two kernels in one run: the
 variants alternate round by round within each shape, so the machine's load hits them alike).
 
 All three integer paths requantize to uint8 (the QLinearConv contract); weights are packed
-once.  GOP/s counts 2 * MACs.  Ratios > 1 mean ours is faster.
+once.  GOP/s counts 2 * MACs.  Ratios > 1 mean ours is faster.  NumPy fp32 (the same
+im2col + BLAS in both tables) is timed once per cell.
 """
 
 from __future__ import annotations
@@ -49,28 +58,32 @@ def numpy_conv(x, w, pad, groups):
     return np.concatenate(outs, axis=1)
 
 
-def ort_qlinearconv(x, w, zx, pad, groups, threads):
+def ort_qlinearconv(x, w, zx, pad, groups, threads, nhwc=False):
+    """onnxruntime QLinearConv on NCHW ``x``, or (``nhwc``) its com.microsoft QLinearConv with
+    channels_last=1 on NHWC ``x`` (the kernel its NHWC transformer rewrites graphs to)."""
     ort, onnx = optional("onnxruntime"), optional("onnx")
     if ort is None or onnx is None:
         return None
     from onnx import TensorProto, helper, numpy_helper
 
-    N, C, H, W = x.shape
     OC = w.shape[0]
     inits = [numpy_helper.from_array(a, n) for a, n in [
         (np.array(0.02, np.float32), "xs"), (np.array(zx, np.uint8), "xz"),
         (np.full(OC, 0.01, np.float32), "ws"), (np.zeros(OC, np.int8), "wz"), (w, "W"),
         (np.array(0.05, np.float32), "ys"), (np.array(128, np.uint8), "yz")]]
     k = w.shape[2]
+    extra = dict(domain="com.microsoft", channels_last=1) if nhwc else {}
     node = helper.make_node("QLinearConv", ["X", "xs", "xz", "W", "ws", "wz", "ys", "yz"], ["Y"],
-                            pads=[pad] * 4, group=groups, kernel_shape=[k, k])
+                            pads=[pad] * 4, group=groups, kernel_shape=[k, k], **extra)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.UINT8, list(x.shape))],
                               [helper.make_tensor_value_info("Y", TensorProto.UINT8, None)], initializer=inits)
-    sess = ort_session(graph, threads)
+    sess = ort_session(graph, threads, domains=("com.microsoft",) if nhwc else ())
     return lambda: sess.run(None, {"X": x})
 
 
-def torch_qconv(x, w, pad, groups, threads):
+def torch_qconv(x, w, pad, groups, threads, channels_last):
+    """torch's quantized conv on NCHW ``x`` as a plain contiguous tensor, or (``channels_last``)
+    converted to channels-last (fbgemm's native layout) outside the timed call."""
     torch = torch_quantized(threads)
     if torch is None:
         return None
@@ -80,7 +93,8 @@ def torch_qconv(x, w, pad, groups, threads):
     conv.set_weight_bias(qw, None)
     conv.scale, conv.zero_point = 0.05, 128
     qx = torch.quantize_per_tensor(torch.from_numpy((x.astype(np.float32) - 128) * 0.02), 0.02, 128, torch.quint8)
-    qx = qx.contiguous(memory_format=torch.channels_last)  # fbgemm's native layout
+    if channels_last:
+        qx = qx.contiguous(memory_format=torch.channels_last)
 
     def run():
         with torch.no_grad():
@@ -110,6 +124,8 @@ def main(argv=None):
     ap.add_argument("--isa", nargs="+", metavar="VARIANT",
                     help="time ours under each of these ISA variants (A/B in one run, alternating "
                          "within each shape), one column pair per variant; default: auto")
+    ap.add_argument("--layout", nargs="+", choices=["NCHW", "NHWC"], default=["NCHW", "NHWC"],
+                    help="the tables to print (default both)")
     args = ap.parse_args(argv)
     shapes = [s for s in SHAPES if not args.only or any(s[0].startswith(p) for p in args.only)]
     isas = args.isa or [None]
@@ -119,7 +135,8 @@ def main(argv=None):
     print(f"measured int8 peak (vpdpbusd, 1 core): {peak / 1e9:.0f} GOP/s" if peak else "no VNNI")
     print()
     g = rng(0)
-    rows = []
+    rows = {"NCHW": [], "NHWC": []}
+    layouts = args.layout
     for threads in args.threads:
         for batch in ([1] if args.quick else [1, 8]):
             for name, C, OC, k, hw, groups in shapes:
@@ -128,27 +145,42 @@ def main(argv=None):
                 w = g.integers(-127, 128, (OC, C // groups, k, k)).astype(np.int8)
                 pw = K.pack_conv_weights(w, 0, groups)
                 out = K.Requantize(np.float32(0.02 * 0.01 / 0.05), 128, np.uint8)
-                t_isa = ab_times([lambda isa=isa: K.qconv2d(x, pw, 128, padding=pad, output=out) for isa in isas],
-                                 [lambda isa=isa: K.use("c" if isa else None, isa=isa, threads=threads) for isa in isas])
+                xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                # ours in both layouts (and each --isa) alternate round by round
+                runs = [(layout, isa) for layout in layouts for isa in isas]
+                t_isa = ab_times(
+                    [lambda isa=isa, lay=lay: K.qconv2d(xn if lay == "NHWC" else x, pw, 128, padding=pad, output=out,
+                                                        layout=lay) for lay, isa in runs],
+                    [lambda isa=isa: K.use("c" if isa else None, isa=isa, threads=threads) for _, isa in runs])
                 xf, wf = x.astype(np.float32), w.astype(np.float32)
                 with blas_threads(threads):
                     t_np = median_time(lambda: numpy_conv(xf, wf, pad, groups), min_repeats=3)
-                o = ort_qlinearconv(x, w, 128, pad, groups, threads)
-                t_ort = median_time(o, min_repeats=3) if o else None
-                tq = torch_qconv(x, w, pad, groups, threads)
-                t_torch = median_time(tq, min_repeats=3) if tq else None
                 ops = 2.0 * batch * OC * hw * hw * (C // groups) * k * k
-                best = min([t for t in (t_ort, t_torch) if t], default=None)
-                for isa, t_ours in zip(isas, t_isa):
-                    rows.append([name, batch, threads] + ([isa] if args.isa else []) +
-                                [f"{t_ours * 1e3:.2f}", f"{ops / t_ours / 1e9:.0f}",
-                                 f"{100 * ops / t_ours / (peak * threads):.0f}%" if peak else "-",
-                                 fmt_ratio(t_np / t_ours), fmt_ratio(t_ort / t_ours if t_ort else None),
-                                 fmt_ratio(t_torch / t_ours if t_torch else None),
-                                 fmt_ratio(best / t_ours if best else None)])
-    print_table(["conv", "N", "thr"] + (["isa"] if args.isa else []) +
-                ["ours ms", "GOP/s", "% peak", "vs numpy f32", "vs ort", "vs torch", "vs best peer"], rows,
-                title="qconv2d (uint8 x int8 -> requantized uint8); ratios = their time / ours")
+                for layout in layouts:
+                    nhwc = layout == "NHWC"
+                    o = ort_qlinearconv(xn if nhwc else x, w, 128, pad, groups, threads, nhwc=nhwc)
+                    t_ort = median_time(o, min_repeats=3) if o else None
+                    tq = torch_qconv(x, w, pad, groups, threads, channels_last=nhwc)
+                    t_torch = median_time(tq, min_repeats=3) if tq else None
+                    best = min([t for t in (t_ort, t_torch) if t], default=None)
+                    for (lay, isa), t_ours in zip(runs, t_isa):
+                        if lay != layout:
+                            continue
+                        rows[layout].append(
+                            [name, batch, threads] + ([isa] if args.isa else []) +
+                            [f"{t_ours * 1e3:.2f}", f"{ops / t_ours / 1e9:.0f}",
+                             f"{100 * ops / t_ours / (peak * threads):.0f}%" if peak else "-",
+                             fmt_ratio(t_np / t_ours), fmt_ratio(t_ort / t_ours if t_ort else None),
+                             fmt_ratio(t_torch / t_ours if t_torch else None),
+                             fmt_ratio(best / t_ours if best else None)])
+    titles = {"NCHW": "qconv2d, NCHW data (ort QLinearConv; torch given NCHW-contiguous, converts inside)",
+              "NHWC": "qconv2d, NHWC data (layout=\"NHWC\"; ort com.microsoft QLinearConv channels_last; "
+                      "torch given channels-last)"}
+    for layout in layouts:
+        print_table(["conv", "N", "thr"] + (["isa"] if args.isa else []) +
+                    ["ours ms", "GOP/s", "% peak", "vs numpy f32", "vs ort", "vs torch", "vs best peer"],
+                    rows[layout], title=titles[layout] + "; uint8 x int8 -> requantized uint8; ratios = their "
+                                                         "time / ours")
 
 
 if __name__ == "__main__":

@@ -123,11 +123,20 @@ int rc_im2col_u8(const uint8_t *x, long long C, long long H, long long W, long l
                  long long stride_h, long long stride_w, long long pad_h, long long pad_w,
                  long long dil_h, long long dil_w, uint8_t pad_value, uint8_t *out, int threads);
 
-/* Dense (groups = 1) quantized convolution, NCHW in and out, NHWC inside: per image the
- * input is transposed to [H, W, C] and each output pixel's patch is packed straight into
- * qgemm's activation layout (no separate im2col pass), then the packed-weight micro-tiles
- * and epilogue run and the [OH*OW, OC] result is transposed back.  Weights are packed by
- * rc_qgemm_pack_b from w transposed to [OC, KH, KW, C] and flattened to [KH*KW*C, OC]. */
+/* Per image, src[n] [rows, cols] -> dst[n] [cols, rows] (elem_bytes 1 or 4; NCHW <-> NHWC
+ * with rows, cols = C, H*W or H*W, C): 16 x 16 tiles, OpenMP over the tiles of each image. */
+int rc_transpose_images(const void *src, int elem_bytes, long long N, long long rows, long long cols, void *dst,
+                        int threads);
+
+/* Dense (groups = 1) quantized convolution, NHWC inside: per image each output pixel's
+ * patch is packed straight from [H, W, C] into qgemm's activation layout (no separate
+ * im2col pass), then the packed-weight micro-tiles and epilogue run.  layout
+ * RC_LAYOUT_NCHW: x [N, C, H, W] is transposed to [H, W, C] per image and the [OH*OW, OC]
+ * result back to out [N, OC, OH, OW]; RC_LAYOUT_NHWC: x [N, H, W, C] is read as it is and
+ * the tiles write out [N, OH, OW, OC] in place.  Weights are packed by rc_qgemm_pack_b from
+ * w transposed to [OC, KH, KW, C] and flattened to [KH*KW*C, OC]. */
+#define RC_LAYOUT_NCHW 0
+#define RC_LAYOUT_NHWC 1
 long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
                                     long long OH, long long OW, long long OC, int out_bytes);
 int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W,
@@ -135,31 +144,37 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                long long pad_h, long long pad_w, long long dil_h, long long dil_w, int32_t x_zero_point,
                const void *packed, const int32_t *col_sums, const int32_t *w_zero_point,
                int w_zero_point_per_channel, const rc_epilogue *epi, void *out, void *workspace,
-               int isa, int threads);
+               int layout, int isa, int threads);
 
-/* Direct dense convolution, NCHW in and out, no transposes (AVX-512 VNNI only), for
+/* Direct dense convolution, NCHW (or NHWC) in and out, no transposes (AVX-512 VNNI only), for
  * groups 1, stride 1, dilation 1 and either a 1x1 kernel without padding (taps = 1) or a
  * 3x3 kernel with padding 1 (taps = 9; output H x W): per image
  * C[OC, P] = sum over taps t of W_t[OC, C] . X_t[C, P] (P = H*W, X_t the image shifted by
  * the tap, the zero point where it reads padding).  Weights w [OC, C, taps] are packed
  * once by rc_qconv_direct_pack into blocks of RC_QCONV_DIRECT_MR output channels:
  *   packed[b][t*C4/4 + g][r][i] = w[MR*b + r, 4g + i, t]   (int8; zero past OC and C)
- * with w_sums[o] = sum_{c,t} w[o, c, t].  Scratch: rc_qconv_direct_workspace_size(C, H, W,
- * taps, slots) bytes hold `slots` per-thread buffers; the call runs at most that many threads
- * (pass the same byte count as workspace_bytes).  `stream` (1x1 only): 1 interleaves each
+ * with w_sums[o] = sum_{c,t} w[o, c, t].  layout RC_LAYOUT_NHWC: x [N, H, W, C] and out
+ * [N, H, W, OC] (the input is interleaved from pixel rows by 16 x 16 dword transposes, and
+ * each block's results are transposed out of a per-thread [OC, 64] stage).  Scratch:
+ * rc_qconv_direct_workspace_size(C, H, W, OC, taps, layout, slots) bytes hold `slots`
+ * per-thread buffers; the call runs at most that many threads (pass the same byte count as
+ * workspace_bytes).  `stream` (1x1 only): 1 interleaves each
  * block of 64 pixels while the previous block's tiles run, prefetching ahead (for inputs
  * that stream from L3 or memory), 0 interleaves each band in a separate pass first, -1
- * chooses 1 when N*C*H*W exceeds 1 MiB (RC_DIRECT_STREAM_BYTES); the result is the same.  Returns
+ * chooses 1 when N*C*H*W exceeds 1 MiB (RC_DIRECT_STREAM_BYTES) for NCHW, 0 for NHWC; the
+ * result is the same.  Returns
  * RC_ERR_ISA unless `isa` resolves to VNNI. */
 #define RC_QCONV_DIRECT_MR 6
 #define RC_QCONV_DIRECT_PB 64
 long long rc_qconv_direct_packed_size(long long OC, long long C, int taps);
 int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, int8_t *packed, int32_t *w_sums);
-long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, int taps, int slots);
+long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, long long OC, int taps, int layout,
+                                         int slots);
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                     int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
                     const int32_t *w_zero_point, int w_zero_point_per_channel, const rc_epilogue *epi,
-                    void *out, void *workspace, long long workspace_bytes, int stream, int isa, int threads);
+                    void *out, void *workspace, long long workspace_bytes, int layout, int stream, int isa,
+                    int threads);
 
 /* Depthwise quantized convolution (groups = C = OC), NCHW throughout: a direct kernel per
  * channel plane, 16 output columns per vector, exact int32 sums of (x - zx)(w - zw[c]).

@@ -1,5 +1,5 @@
 /* Quantized convolution drivers: dense via the packed qgemm machinery with an implicit
- * im2col, depthwise via a direct kernel.  NCHW at the interface, NHWC inside. */
+ * im2col (NCHW or NHWC at the interface, NHWC inside), depthwise via a direct kernel (NCHW). */
 #include <string.h>
 
 #include "../qgemm/qgemm.h"
@@ -21,26 +21,6 @@ static int out_bytes_of(const rc_epilogue *e) {
     return (e->kind == RC_EPI_REQUANT_FLOAT || e->kind == RC_EPI_REQUANT_FIXED) ? 1 : 4;
 }
 
-#if RC_X86
-#include <emmintrin.h>
-/* A full 16 x 16 byte tile by the perfect shuffle: interleaving the bytes of register i
- * with register i + 8 (low halves into 2i, high halves into 2i + 1) four times transposes
- * the tile.  SSE2 (the x86-64 baseline); a pure byte permutation, so every ISA variant
- * shares it. */
-static void transpose_tile16(const uint8_t *src, int64_t ls, uint8_t *dst, int64_t ld, uint8_t xor_mask) {
-    const __m128i fl = _mm_set1_epi8((char)xor_mask);
-    __m128i r[16], t[16];
-    for (int i = 0; i < 16; ++i) r[i] = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i * ls)), fl);
-    for (int s = 0; s < 4; ++s) {
-        for (int i = 0; i < 8; ++i) {
-            t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
-            t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
-        }
-        for (int i = 0; i < 16; ++i) r[i] = t[i];
-    }
-    for (int j = 0; j < 16; ++j) _mm_storeu_si128((__m128i *)(void *)(dst + j * ld), r[j]);
-}
-#endif
 
 /* [C, HW] -> [HW, C] for one image (bytes, or 4-byte results), flipping uint8 to int8 on
  * the way in when asked.  16 x 16 tiles (SSE2 on x86), scalar at the ragged edges. */
@@ -52,7 +32,7 @@ void rc_transpose_bytes(const uint8_t *src, int64_t rows, int64_t cols, uint8_t 
         for (int64_t r0 = 0; r0 < rows; r0 += 16) {
 #if RC_X86
             if (c0 + 16 <= cols && r0 + 16 <= rows) {
-                transpose_tile16(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows, xor_mask);
+                rc_transpose_tile16(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows, xor_mask);
                 continue;
             }
 #endif
@@ -76,6 +56,25 @@ static void transpose_out(const void *src, int64_t P, int64_t OC, void *dst, int
     else rc_transpose_4((const uint32_t *)src, P, OC, (uint32_t *)dst);
 }
 
+int rc_transpose_images(const void *src, int elem_bytes, long long N, long long rows, long long cols, void *dst,
+                        int threads) {
+    if (N < 0 || rows < 0 || cols < 0 || (elem_bytes != 1 && elem_bytes != 4)) return RC_ERR_ARG;
+    if (N * rows * cols == 0) return RC_OK;
+    if (!src || !dst) return RC_ERR_ARG;
+    (void)threads;
+#ifdef _OPENMP
+    const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt) if (nt > 1 && N * rows * cols >= RC_MIN_PARALLEL_WORK)
+#endif
+    for (int64_t n = 0; n < N; ++n) {
+        const int64_t at = n * rows * cols * elem_bytes;
+        if (elem_bytes == 1) rc_transpose_bytes((const uint8_t *)src + at, rows, cols, (uint8_t *)dst + at, 0);
+        else rc_transpose_4((const uint32_t *)(const void *)((const uint8_t *)src + at), rows, cols,
+                            (uint32_t *)(void *)((uint8_t *)dst + at));
+    }
+    return RC_OK;
+}
+
 /* ---- dense ------------------------------------------------------------------------------ */
 
 long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
@@ -89,8 +88,9 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                long long KH, long long KW, long long sh, long long sw, long long ph, long long pw,
                long long dh, long long dw, int32_t x_zero_point, const void *packed, const int32_t *col_sums,
                const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
-               void *workspace, int isa, int threads) {
+               void *workspace, int layout, int isa, int threads) {
     if (N < 0 || OC < 1 || bad_geometry(C, H, W, KH, KW, sh, sw, ph, pw, dh, dw)) return RC_ERR_ARG;
+    if (layout != RC_LAYOUT_NCHW && layout != RC_LAYOUT_NHWC) return RC_ERR_ARG;
     if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     if (N == 0) return RC_OK;
     if (!x || !packed || !col_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
@@ -114,7 +114,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     const int flip = x_type == RC_UINT8;
     const int32_t za_s = flip ? x_zero_point - 128 : x_zero_point;
     const int8_t pad_s = (int8_t)za_s; /* padding holds the zero point: (z - z) = 0 */
-    const rc_qgemm_ctx ctx = {epi, ra, zbp, colterm, out_nhwc, OC};
+    const int nhwc = layout == RC_LAYOUT_NHWC;
     (void)threads;
 #ifdef _OPENMP
     const int nt = threads > 0 ? threads : omp_get_max_threads();
@@ -123,13 +123,27 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     {
         rc_qgemm_prep_cols(K, OC, za_s, col_sums, w_zero_point, w_zp_per_channel, zbp, colterm);
         for (int64_t n = 0; n < N; ++n) {
-            rc_transpose_bytes((const uint8_t *)x + n * C * HW, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
+            /* NHWC int8 is read where it lies; NHWC uint8 takes one flat flipping copy (no
+             * transpose), cheaper than flipping each pixel again in every patch it is in */
+            const uint8_t *img = (const uint8_t *)x + n * C * HW;
+            const int8_t *xs_n = nhwc && !flip ? (const int8_t *)img : xs;
+            if (!nhwc) {
+                rc_transpose_bytes(img, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
+            } else if (flip) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (int64_t q = 0; q < HW; ++q)
+                    for (int64_t c = 0; c < C; ++c) xs[q * C + c] = (int8_t)(img[q * C + c] ^ 0x80);
+            }
+            rc_qgemm_ctx ctx = {epi, ra, zbp, colterm, out_nhwc, OC};
+            if (nhwc) ctx.c = (uint8_t *)out + n * P * OC * bytes;
             /* each input pixel's channel sum once, so a patch's row sum is KH*KW lookups */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
             for (int64_t q = 0; q < HW; ++q) {
-                const int8_t *src = xs + q * C;
+                const int8_t *src = xs_n + q * C;
                 int32_t t = 0;
                 for (int64_t c = 0; c < C; ++c) t += src[c];
                 pixsum[q] = t;
@@ -151,7 +165,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                             memset(dst, (uint8_t)pad_s, (size_t)C);
                             s += (int32_t)C * pad_s;
                         } else {
-                            const int8_t *src = xs + (ih * W + iw) * C;
+                            const int8_t *src = xs_n + (ih * W + iw) * C;
                             memcpy(dst, src, (size_t)C);
                             s += pixsum[ih * W + iw];
                         }
@@ -161,7 +175,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                 ra[p] = s;
             }
             rc_qgemm_run_tiles(&ctx, tile, ap, P, K, packed);
-            transpose_out(out_nhwc, P, OC, (uint8_t *)out + n * OC * P * bytes, bytes);
+            if (!nhwc) transpose_out(out_nhwc, P, OC, (uint8_t *)out + n * OC * P * bytes, bytes);
         }
     }
     return RC_OK;
@@ -306,22 +320,27 @@ int rc_qconv_direct_pack(const int8_t *w, long long OC, long long C, int taps, i
 }
 
 /* One thread's scratch, 64-byte aligned parts: the interleaved band, each position's
- * channel sum, and a block's nine-tap sums. */
-static int64_t cd_slot_bytes(int64_t C, int64_t H, int64_t W, int taps) {
+ * channel sum, a block's nine-tap sums, and (NHWC) a block's [OC, PB] results of up to 4
+ * bytes each. */
+static int64_t cd_slot_bytes(int64_t C, int64_t H, int64_t W, int64_t OC, int taps, int nhwc) {
     const int64_t L = rc_direct_positions(rc_direct_band_blocks(C, H * W, W, taps), W, taps);
-    return A64((C + 3) / 4 * 4 * L) + A64(L * 4) + A64(CD_PB * 4);
+    return A64((C + 3) / 4 * 4 * L) + A64(L * 4) + A64(CD_PB * 4) + (nhwc ? OC * CD_PB * 4 : 0);
 }
 
-long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, int taps, int slots) {
-    if (C < 1 || H < 1 || W < 1 || slots < 1 || (taps != 1 && taps != 9)) return -1;
-    return slots * cd_slot_bytes(C, H, W, taps) + 64;
+long long rc_qconv_direct_workspace_size(long long C, long long H, long long W, long long OC, int taps, int layout,
+                                         int slots) {
+    if (C < 1 || H < 1 || W < 1 || OC < 1 || slots < 1 || (taps != 1 && taps != 9) ||
+        (layout != RC_LAYOUT_NCHW && layout != RC_LAYOUT_NHWC))
+        return -1;
+    return slots * cd_slot_bytes(C, H, W, OC, taps, layout == RC_LAYOUT_NHWC) + 64;
 }
 
 int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                     int taps, int32_t x_zero_point, const int8_t *packed, const int32_t *w_sums,
                     const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
-                    void *workspace, long long workspace_bytes, int stream, int isa, int threads) {
+                    void *workspace, long long workspace_bytes, int layout, int stream, int isa, int threads) {
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || (taps != 1 && taps != 9)) return RC_ERR_ARG;
+    if (layout != RC_LAYOUT_NCHW && layout != RC_LAYOUT_NHWC) return RC_ERR_ARG;
     if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     /* rows are output channels here, so per-row scales and a per-column float bias have no
      * meaning (qconv2d's Dequantize takes neither) */
@@ -333,7 +352,8 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     if (v < 0) return RC_ERR_ISA;
 #if RC_X86
     if (v != RC_ISA_AVX512_VNNI) return RC_ERR_ISA;
-    const int64_t slot = cd_slot_bytes(C, H, W, taps);
+    const int nhwc = layout == RC_LAYOUT_NHWC;
+    const int64_t slot = cd_slot_bytes(C, H, W, OC, taps, nhwc);
     const int64_t slots = workspace_bytes > 64 ? (workspace_bytes - 64) / slot : 0;
     if (slots < 1) return RC_ERR_ARG;
     uint8_t *base = (uint8_t *)workspace + ((64 - ((uintptr_t)workspace & 63)) & 63);
@@ -342,7 +362,10 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     for (int64_t o = 0; o < (w_zp_per_channel ? OC : 1); ++o) any_zw |= w_zero_point[o] != 0;
     const int flip = x_type == RC_INT8;
     const int32_t zxu = flip ? x_zero_point + 128 : x_zero_point;
-    const int streamed = stream < 0 ? N * C * P > RC_DIRECT_STREAM_BYTES : stream != 0;
+    /* NHWC keeps the band pass on streamed inputs too: its reads are whole pixel rows in
+     * address order, and it measured faster than the block-by-block interleave there
+     * (1x1 256->64 @56, N = 8, one thread: 1.72 against 1.88-1.91 ms) */
+    const int streamed = stream < 0 ? !nhwc && N * C * P > RC_DIRECT_STREAM_BYTES : stream != 0;
     const int64_t pblocks = (P + CD_PB - 1) / CD_PB, oblocks = (OC + CD_MR - 1) / CD_MR;
     int nt = 1;
 #ifdef _OPENMP
@@ -374,6 +397,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
         const int64_t L = rc_direct_positions(most, W, taps);
         int32_t *chs = (int32_t *)(void *)(xb + A64((C + 3) / 4 * 4 * L));
         int32_t *xsum = (int32_t *)(void *)((uint8_t *)chs + A64(L * 4));
+        uint8_t *stage = nhwc ? (uint8_t *)xsum + A64(CD_PB * 4) : NULL;
         int64_t have = -1; /* the (image, band) this thread's buffer holds */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -382,7 +406,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
             const int64_t n = it / (bands * split), band = it / split % bands, s = it % split;
             const rc_direct_args a = {(const uint8_t *)x + n * C * P, flip, zxu, packed, w_sums, w_zero_point,
                                   w_zp_per_channel, any_zw, epi, (uint8_t *)out + n * OC * P * bytes, C, P, OC,
-                                  W, taps, streamed};
+                                  W, taps, streamed, nhwc, stage};
             const int64_t key = n * bands + band, ob0 = s * oblocks / split, ob1 = (s + 1) * oblocks / split;
             rc_qconv_direct_band_avx512_vnni(&a, band * pblocks / bands, (band + 1) * pblocks / bands, ob0, ob1,
                                              key != have, xb, chs, xsum);
@@ -391,7 +415,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
     }
     return RC_OK;
 #else
-    (void)threads; (void)workspace_bytes; (void)stream;
+    (void)threads; (void)workspace_bytes; (void)stream; (void)layout;
     return RC_ERR_ISA;
 #endif
 }

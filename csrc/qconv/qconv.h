@@ -70,6 +70,10 @@ typedef struct {
     int64_t W;              /* image width (the 3x3 taps' row shift)               */
     int taps;               /* 1 (1x1) or 9 (3x3, padding 1)                       */
     int stream;             /* 1x1: interleave block by block (rc_qconv_direct)    */
+    /* NHWC: x is [P, C] and out [P, OC]; the tiles write a block's [OC, PB] results
+     * into `stage` (this thread's), then they are transposed into out */
+    int nhwc;
+    uint8_t *stage;
 } rc_direct_args;
 
 /* The pixel blocks [b0, b1) (a band) x output-channel blocks [ob0, ob1).  `pack`:
@@ -101,6 +105,27 @@ static inline int64_t rc_direct_band_blocks(int64_t C, int64_t P, int64_t W, int
 #if RC_X86
 void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64_t b1, int64_t ob0, int64_t ob1,
                                       int pack, uint8_t *xb, int32_t *chs, int32_t *xsum);
+#endif
+
+#if RC_X86
+#include <emmintrin.h>
+/* A full 16 x 16 byte tile by the perfect shuffle: interleaving the bytes of register i
+ * with register i + 8 (low halves into 2i, high halves into 2i + 1) four times transposes
+ * the tile.  SSE2 (the x86-64 baseline); a pure byte permutation, so every ISA variant
+ * shares it. */
+static inline void rc_transpose_tile16(const uint8_t *src, int64_t ls, uint8_t *dst, int64_t ld, uint8_t xor_mask) {
+    const __m128i fl = _mm_set1_epi8((char)xor_mask);
+    __m128i r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(src + i * ls)), fl);
+    for (int s = 0; s < 4; ++s) {
+        for (int i = 0; i < 8; ++i) {
+            t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
+            t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
+        }
+        for (int i = 0; i < 16; ++i) r[i] = t[i];
+    }
+    for (int j = 0; j < 16; ++j) _mm_storeu_si128((__m128i *)(void *)(dst + j * ld), r[j]);
+}
 #endif
 
 /* The epilogue of channel c alone (its scale / multiplier / shift made per tensor; its

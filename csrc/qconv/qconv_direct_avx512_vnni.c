@@ -85,6 +85,9 @@ static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m5
     const rc_epilogue *epi = a->epi;
     const int requant = epi->kind == RC_EPI_REQUANT_FLOAT || epi->kind == RC_EPI_REQUANT_FIXED;
     const int64_t np = a->P - p0 < PB ? a->P - p0 : PB;
+    /* NCHW: rows of out; NHWC: rows of the block's stage, transposed into out afterwards */
+    uint8_t *const dst = a->stage ? a->stage : a->out;
+    const int64_t ldo = a->stage ? PB : a->P, col = a->stage ? 0 : p0;
     /* a per-tensor requantization is prepared once for the tile, a per-channel one per row */
     rc_requant16_params rq;
     if (requant && !epi->per_channel) rq = rc_requant16_prepare(epi, 0, 0xFFFF);
@@ -114,13 +117,13 @@ static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m5
             for (int j = 0; j < 4; ++j) q[j] = rc_requant16_apply(&rq, v[j]);
             const __m512i b = rc_pack64(q[0], q[1], q[2], q[3], epi->out_type);
             /* a plain store for a full block (a masked byte store is slow on some cores) */
-            if (np >= 64) _mm512_storeu_si512(a->out + o * a->P + p0, b);
-            else _mm512_mask_storeu_epi8(a->out + o * a->P + p0, ((__mmask64)1 << np) - 1, b);
+            if (np >= 64) _mm512_storeu_si512(dst + o * ldo + col, b);
+            else _mm512_mask_storeu_epi8(dst + o * ldo + col, ((__mmask64)1 << np) - 1, b);
             continue;
         }
         int32_t unused;
         const rc_epilogue e = rc_channel_epilogue(epi, o, &unused);
-        for (int j = 0; j < 4 && 16 * j < np; ++j) rc_epi16(&e, v[j], o, p0 + 16 * j, rc_mask16(np - 16 * j), a->out, a->P);
+        for (int j = 0; j < 4 && 16 * j < np; ++j) rc_epi16(&e, v[j], o, col + 16 * j, rc_mask16(np - 16 * j), dst, ldo);
     }
 }
 
@@ -200,11 +203,93 @@ static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, 
     default: TILE_NV(taps, 1) break;                                                          \
     }
 
+/* A 16 x 16 transpose of 32-bit elements: r[j] lane k becomes r[k] lane j. */
+static inline __attribute__((always_inline)) void transpose16x16_epi32(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* then r[4i + m], 128-bit lane L: element 4L + m of rows 4i .. 4i + 3 */
+    for (int i = 0; i < 4; ++i) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* element 4L + m of all rows: lane L of r[m], r[4 + m], r[8 + m], r[12 + m] */
+    for (int m = 0; m < 4; ++m) {
+        const __m512i a0 = _mm512_shuffle_i32x4(r[m], r[4 + m], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i a1 = _mm512_shuffle_i32x4(r[m], r[4 + m], _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512i a2 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512i a3 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], _MM_SHUFFLE(3, 1, 3, 1));
+        t[m] = _mm512_shuffle_i32x4(a0, a2, _MM_SHUFFLE(2, 0, 2, 0));
+        t[8 + m] = _mm512_shuffle_i32x4(a0, a2, _MM_SHUFFLE(3, 1, 3, 1));
+        t[4 + m] = _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(2, 0, 2, 0));
+        t[12 + m] = _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    for (int k = 0; k < 16; ++k) r[k] = t[k];
+}
+
+/* NHWC: channel groups [g0, g1) of the 64 pixels from flat position s, from the pixel rows
+ * [P, C]: 16 groups (64 bytes) of 16 pixels at a time, one dword transpose each.  The
+ * byte-masked loads stop at the last channel (channels past C are 0, as in pack64), and
+ * pixels off the plane hold the zero point. */
+static inline __attribute__((always_inline)) void pack_nhwc(const rc_direct_args *a, int64_t s, int64_t g0,
+                                                            int64_t g1, uint8_t *dst, int64_t S) {
+    const int64_t C = a->C, P = a->P;
+    const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
+    const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
+    for (int64_t g = g0; g < g1; g += 16) {
+        const int64_t ng = g1 - g < 16 ? g1 - g : 16, nc = C - 4 * g < 4 * ng ? C - 4 * g : 4 * ng;
+        const __mmask64 cm = nc >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << nc) - 1;
+        const __m512i flm = _mm512_maskz_mov_epi8(cm, fl), zpm = _mm512_maskz_mov_epi8(cm, zpad);
+        for (int v = 0; v < 4; ++v) {
+            __m512i r[16];
+            for (int j = 0; j < 16; ++j) {
+                const int64_t p = s + 16 * v + j;
+                r[j] = p >= 0 && p < P ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(cm, a->x + p * C + 4 * g), flm)
+                                       : zpm;
+            }
+            transpose16x16_epi32(r);
+            for (int k = 0; k < ng; ++k) _mm512_storeu_si512(dst + (g + k) * S + 64 * v, r[k]);
+        }
+    }
+}
+
+/* NHWC: the stage's rows [o0, o1) x the block's np pixels into out [P, OC] at pixel p0
+ * (16 x 16 byte tiles, scalar at the ragged edges; 4-byte results scalar). */
+static void stage_out(const rc_direct_args *a, int64_t p0, int64_t np, int64_t o0, int64_t o1) {
+    const rc_epilogue *epi = a->epi;
+    const int64_t OC = a->OC;
+    if (epi->kind == RC_EPI_REQUANT_FLOAT || epi->kind == RC_EPI_REQUANT_FIXED) {
+        uint8_t *out = a->out + p0 * OC;
+        int64_t o = o0;
+        for (; o + 16 <= o1; o += 16) {
+            int64_t j = 0;
+            for (; j + 16 <= np; j += 16) rc_transpose_tile16(a->stage + o * PB + j, PB, out + j * OC + o, OC, 0);
+            for (; j < np; ++j)
+                for (int64_t r = o; r < o + 16; ++r) out[j * OC + r] = a->stage[r * PB + j];
+        }
+        for (; o < o1; ++o)
+            for (int64_t j = 0; j < np; ++j) out[j * OC + o] = a->stage[o * PB + j];
+        return;
+    }
+    const uint32_t *st = (const uint32_t *)(const void *)a->stage;
+    uint32_t *out = (uint32_t *)(void *)a->out + p0 * OC;
+    for (int64_t j = 0; j < np; ++j)
+        for (int64_t o = o0; o < o1; ++o) out[j * OC + o] = st[o * PB + j];
+}
+
 /* Channel groups [g0, g1) of the 64 pixels from flat position s, interleaved at dst (group
  * stride S; see pack64).  Lines wholly inside the plane with all four channels present
  * (every chunk but an image's last, C a multiple of 4) skip pack64's blend and copy. */
 static inline __attribute__((always_inline)) void pack_groups(const rc_direct_args *a, int64_t s, int64_t g0,
                                                               int64_t g1, uint8_t *dst, int64_t S) {
+    if (a->nhwc) {
+        pack_nhwc(a, s, g0, g1, dst, S);
+        return;
+    }
     const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
     const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
     const int64_t P = a->P, lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
@@ -226,7 +311,7 @@ static inline __attribute__((always_inline)) void pack_groups(const rc_direct_ar
  * pixels from s (clipped to the plane); `hint` is a _MM_HINT_* constant after inlining. */
 static inline __attribute__((always_inline)) void prefetch_groups(const rc_direct_args *a, int64_t s, int64_t g0,
                                                                   int64_t g1, const int hint) {
-    if (s >= a->P) return;
+    if (s >= a->P || a->nhwc) return; /* NHWC: the pixel rows are read in order */
     const int64_t e = s + 63 < a->P ? s + 63 : a->P - 1; /* the chunk may straddle two lines */
     for (int64_t c = 4 * g0; c < 4 * g1 && c < a->C; ++c) {
         if (hint == _MM_HINT_T0) {
@@ -296,7 +381,8 @@ void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64
         /* every position the band's taps read, the zero point off the image */
         const __m512i fl = _mm512_set1_epi8(a->flip ? (char)0x80 : 0);
         const __m512i zpad = _mm512_set1_epi8((char)(uint8_t)a->zxu);
-        for (int64_t g = 0; g < G; ++g)
+        for (int64_t k = 0; a->nhwc && k < chunks; ++k) pack_nhwc(a, q0 + 64 * k, 0, G, xb + 256 * k, S);
+        for (int64_t g = 0; !a->nhwc && g < G; ++g)
             for (int64_t k = 0; k < chunks; ++k) {
                 const int64_t s = q0 + 64 * k;
                 const int64_t lo = s < 0 ? -s : 0, hi = s + 64 > P ? P - s : 64;
@@ -341,6 +427,7 @@ void rc_qconv_direct_band_avx512_vnni(const rc_direct_args *a, int64_t b0, int64
         } else {
             tiles9(a, xc, S, k0, k2, xs, p0, nv, ob0, ob1, NULL, 0);
         }
+        if (a->nhwc) stage_out(a, p0, np, ob0 * MR, ob1 * MR < a->OC ? ob1 * MR : a->OC);
     }
 }
 #endif

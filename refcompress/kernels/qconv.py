@@ -1,4 +1,5 @@
-"""Quantized 2-D convolution (NCHW), exact: the ConvInteger / QLinearConv contract.
+"""Quantized 2-D convolution (NCHW, or NHWC by ``layout``), exact: the ConvInteger /
+QLinearConv contract.
 
 Reference semantics, for output channel o in group g (channels c of that group):
 
@@ -7,9 +8,10 @@ Reference semantics, for output channel o in group g (channels c of that group):
 
 where x_pad is x padded with z_x (so padding contributes exactly 0), then the output rule
 of :mod:`refcompress.kernels.qgemm` per output channel (int32, requantize by the float or
-fixed-point rule, or dequantize).  Groups include depthwise (groups = channels).
+fixed-point rule, or dequantize).  Groups include depthwise (groups = channels).  The
+NHWC result is, by definition, the NCHW one transposed to [N, OH, OW, OC].
 
-C paths (NCHW at the interface): dense 1x1 convolutions with stride 1 and no padding, and
+C paths, NCHW: dense 1x1 convolutions with stride 1 and no padding, and
 dense 3x3 ones with stride 1 and padding 1, run a direct NCHW kernel when the AVX-512 VNNI
 variant is active (C[OC, P] = W . X per image, the 3x3 taps as shifted rows; no
 transposes, no im2col); other dense convolutions (and those under the other variants) pack each output pixel's patch straight into the packed qgemm's activation
@@ -18,6 +20,13 @@ convolutions run a direct kernel over each channel plane (3x3 with stride 1 and 
 dilation as byte quads, three taps per vpdpbusd, under the AVX-512 VBMI variant, which runs
 the VNNI code everywhere else); other grouped convolutions go group by group through
 im2col + qgemm.
+
+C paths, NHWC: where the direct kernel applies (VNNI) it reads the pixel rows itself (16 x
+16 dword transposes into its interleaved buffer) and writes NHWC (each 64-pixel block's
+results transposed out of a per-thread stage); elsewhere a dense 1x1 convolution with
+stride 1 and no padding is one qgemm, M = N*H*W, over the same packed operand, and other
+dense convolutions run the implicit-im2col driver on the NHWC data; depthwise and grouped
+convolutions, whose kernels are NCHW, run between two C transposes.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import numpy as np
 
 from .. import _conv
 from .._conv import conv_output_size
-from .._validation import check_array, check_int
+from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _native
 from ._registry import Op, check_rc, dispatch, register, runnable_isas
@@ -149,9 +158,13 @@ def pack_conv_weights(w, w_zero_point=0, groups: int = 1) -> PackedConvWeights:
 # ---- reference ------------------------------------------------------------------------------
 
 
-def qconv2d_reference(x, pw, x_zero_point, bias, geo, spec):
+def qconv2d_reference(x, pw, x_zero_point, bias, geo, spec, nhwc=False):
     """The definition, summed kernel offset by kernel offset in float64 (exact: integers
-    below 2^53).  Output [N, OC, OH, OW]."""
+    below 2^53).  Output [N, OC, OH, OW]; ``nhwc``: x is [N, H, W, C] and the output the
+    NCHW one transposed to [N, OH, OW, OC] (the definition is the NCHW one)."""
+    if nhwc:
+        out = qconv2d_reference(x.transpose(0, 3, 1, 2), pw, x_zero_point, bias, geo, spec)
+        return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
     N, C, H, W = x.shape
     OC, Cg, KH, KW = pw.shape
     (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
@@ -218,6 +231,10 @@ DIRECT_3X3 = True
 #: C choose by input size (block by block, overlapping the tiles, for a batch larger than
 #: L2), True / False force block by block / one pass per band (the tests force both).
 STREAM_1X1 = None
+#: Run dense NHWC layers on NHWC data (the direct kernel, one qgemm or the implicit-im2col
+#: driver); False sends every NHWC layer through transposes to the NCHW routes (tests force
+#: both).
+NHWC_DIRECT = True
 _VNNI = _native.ISA_NAMES.index("avx512_vnni")
 _VBMI = _native.ISA_NAMES.index("avx512_vbmi")
 _VNNI_RUNNABLE = []
@@ -240,27 +257,96 @@ def _direct_applies(pw, geo, isa):
     return isa == _VNNI
 
 
-def _qconv_direct(x, pw, x_zero_point, bias, spec, *, isa, threads):
+def _qconv_direct(x, pw, x_zero_point, bias, spec, nhwc=False, *, isa, threads):
     lib = _native.lib
-    N, C, H, W = x.shape
+    if nhwc:
+        N, H, W, C = x.shape
+    else:
+        N, C, H, W = x.shape
     OC, _, KH, KW = pw.shape
     e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
-    out = np.empty((N, OC, H, W), dtype=out_dtype)
+    out = np.empty((N, H, W, OC) if nhwc else (N, OC, H, W), dtype=out_dtype)
     slots = threads if threads > 0 else lib.rc_max_threads()
-    nbytes = lib.rc_qconv_direct_workspace_size(C, H, W, KH * KW, slots)
+    layout = lib.RC_LAYOUT_NHWC if nhwc else lib.RC_LAYOUT_NCHW
+    nbytes = lib.rc_qconv_direct_workspace_size(C, H, W, OC, KH * KW, layout, slots)
     ws = _native.workspace(nbytes)
     rc = lib.rc_qconv_direct(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH * KW,
                          int(x_zero_point), *pw._direct_args, e, _native.ptr("void *", out),
-                         ws[2], nbytes, -1 if STREAM_1X1 is None else int(STREAM_1X1), isa, threads)
+                         ws[2], nbytes, layout, -1 if STREAM_1X1 is None else int(STREAM_1X1), isa, threads)
     del keep
     if rc:
         check_rc(rc, "qconv2d (direct)")
     return out
 
 
-def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
+def _is_pointwise(pw, geo):
+    """A 1x1 dense layer with stride 1 and no padding (dilation is moot for 1x1)."""
+    return pw.mode == "dense" and pw.shape[2:] == (1, 1) and geo.stride == (1, 1) and geo.padding == (0, 0)
+
+
+def _qconv2d_nhwc_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
+    """NHWC in and out, no transposes for dense layers: the direct kernel on the pixel rows
+    where it applies (VNNI; faster than the other two: docs/benchmarks.md), else a
+    pointwise layer is one qgemm, M = N*H*W, over the dense packed operand [C, OC] as it
+    is, and other dense layers run the implicit-im2col driver on the NHWC data; depthwise
+    and grouped layers, whose kernels are NCHW, go through two C transposes."""
+    N, H, W, C = x.shape
+    OC = pw.shape[0]
+    if pw.mode == "dense" and NHWC_DIRECT:
+        if _direct_applies(pw, geo, isa):
+            return _qconv_direct(x, pw, x_zero_point, bias, spec, True, isa=isa, threads=threads)
+        if _is_pointwise(pw, geo):
+            y = _qgemm_c(x.reshape(N * H * W, C), pw.parts[0], x_zero_point, bias, spec, isa=isa, threads=threads)
+            return y.reshape(N, H, W, OC)
+        return _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, _native.lib.RC_LAYOUT_NHWC, isa=isa,
+                                threads=threads)
+    y = _qconv2d_c(_transpose_c(x, False, threads), pw, x_zero_point, bias, geo, spec, isa=isa, threads=threads)
+    return _transpose_c(y, True, threads)
+
+
+def _transpose_c(a, to_nhwc, threads):
+    """[N, C, H, W] -> [N, H, W, C] (``to_nhwc``) or back, by the C 16 x 16 tile transpose
+    (NumPy's strided copy is several times slower on bytes)."""
+    N = a.shape[0]
+    if to_nhwc:
+        C, H, W = a.shape[1:]
+        rows, cols, shape = C, H * W, (N, H, W, C)
+    else:
+        H, W, C = a.shape[1:]
+        rows, cols, shape = H * W, C, (N, C, H, W)
+    out = np.empty(shape, a.dtype)
+    check_rc(_native.lib.rc_transpose_images(_native.ptr("void *", a), a.itemsize, N, rows, cols,
+                                              _native.ptr("void *", out), threads), "qconv2d (transpose)")
+    return out
+
+
+def _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, layout, *, isa, threads):
+    """The implicit-im2col driver (rc_qconv2d) on NCHW or NHWC ``x``, output in the same layout."""
+    lib = _native.lib
+    nhwc = layout == lib.RC_LAYOUT_NHWC
+    N, C, H, W = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+    OC, _, KH, KW = pw.shape
+    (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    OH = conv_output_size(H, KH, sh, ph, dh)
+    OW = conv_output_size(W, KW, sw, pw_, dw)
+    e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
+    out = np.empty((N, OH, OW, OC) if nhwc else (N, OC, OH, OW), dtype=out_dtype)
+    part = pw.parts[0]
+    ws = _native.workspace(lib.rc_qconv2d_workspace_size(C, H, W, KH, KW, OH, OW, OC,
+                                                         np.dtype(out_dtype).itemsize))
+    rc = lib.rc_qconv2d(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH, KW, sh, sw, ph,
+                        pw_, dh, dw, int(x_zero_point), *part._c_args, e, _native.ptr("void *", out), ws[2], layout,
+                        isa, threads)
+    del keep
+    check_rc(rc, "qconv2d")
+    return out
+
+
+def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads):
     if pw.mode != "depthwise" and isa == _VBMI:
         isa = _VNNI  # only the depthwise kernel has a VBMI variant; the rest is VNNI's code
+    if nhwc:
+        return _qconv2d_nhwc_c(x, pw, x_zero_point, bias, geo, spec, isa=isa, threads=threads)
     if _direct_applies(pw, geo, isa):
         return _qconv_direct(x, pw, x_zero_point, bias, spec, isa=isa, threads=threads)
     lib = _native.lib
@@ -270,21 +356,14 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
     OH = conv_output_size(H, KH, sh, ph, dh)
     OW = conv_output_size(W, KW, sw, pw_, dw)
     xt = 0 if x.dtype == _I8 else 1
-    if pw.mode in ("dense", "depthwise"):
+    if pw.mode == "dense":
+        return _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, lib.RC_LAYOUT_NCHW, isa=isa, threads=threads)
+    if pw.mode == "depthwise":
         e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
         out = np.empty((N, OC, OH, OW), dtype=out_dtype)
-        nbytes = np.dtype(out_dtype).itemsize
-        if pw.mode == "dense":
-            part = pw.parts[0]
-            ws = _native.workspace(lib.rc_qconv2d_workspace_size(C, H, W, KH, KW, OH, OW, OC, nbytes))
-            rc = lib.rc_qconv2d(_native.ptr("void *", x), xt, N, C, H, W, OC, KH, KW, sh, sw, ph, pw_, dh, dw,
-                                int(x_zero_point), *part._c_args, e, _native.ptr("void *", out),
-                                ws[2], isa, threads)
-        else:
-            ws = _native.workspace(lib.rc_qdwconv2d_workspace_size(C, H, W, KH, KW, ph, pw_))
-            rc = lib.rc_qdwconv2d(_native.ptr("void *", x), xt, N, C, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
-                                  int(x_zero_point), *pw._dw_args, e, _native.ptr("void *", out), ws[2], isa,
-                                  threads)
+        ws = _native.workspace(lib.rc_qdwconv2d_workspace_size(C, H, W, KH, KW, ph, pw_))
+        rc = lib.rc_qdwconv2d(_native.ptr("void *", x), xt, N, C, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
+                              int(x_zero_point), *pw._dw_args, e, _native.ptr("void *", out), ws[2], isa, threads)
         del keep
         check_rc(rc, "qconv2d")
         return out
@@ -341,18 +420,29 @@ def _geometry_cached(pw, stride, padding, dilation, H, W):
 # ---- public entry point ---------------------------------------------------------------------
 
 
-def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, padding=0, dilation=1,
-            groups=1, output=None):
-    """Exact quantized convolution of NCHW ``x`` with int8 weights, then ``output``.
+_LAYOUTS = ("NCHW", "NHWC")
 
-    x : [N, C, H, W] uint8 or int8 (any memory layout); x_zero_point per tensor.
+
+def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, padding=0, dilation=1,
+            groups=1, output=None, layout="NCHW"):
+    """Exact quantized convolution of ``x`` with int8 weights, then ``output``.
+
+    x : [N, C, H, W] uint8 or int8 (any memory layout), or [N, H, W, C] with
+        ``layout="NHWC"``; x_zero_point per tensor.
     w : [OC, C/groups, KH, KW] int8, or :class:`PackedConvWeights` (then ``w_zero_point``
         and ``groups`` come from it).  w_zero_point: scalar or one per output channel.
     bias : int32 [OC] or None.  stride, padding, dilation: int or (h, w) pair.
     output : None (int32), ``Requantize`` or ``Dequantize`` (per output channel), as in qgemm.
-    Returns [N, OC, OH, OW].  Bit-exact across backends; OverflowRiskError past the int32
-    bound on C/groups * KH * KW.
+    layout : "NCHW" or "NHWC", of x and of the result.
+    Returns [N, OC, OH, OW] (NHWC: [N, OH, OW, OC], the NCHW result transposed, bit for
+    bit).  Bit-exact across backends; OverflowRiskError past the int32 bound on
+    C/groups * KH * KW.
     """
+    if type(layout) is not str:
+        raise ArgumentError(f"layout: expected one of 'NCHW', 'NHWC', got {type(layout).__name__} {layout!r}")
+    nhwc = layout == "NHWC"
+    if not nhwc:
+        check_choice(layout, "layout", _LAYOUTS)
     # check_array's checks inline for an x it would pass unchanged, as in qgemm
     if not (type(x) is np.ndarray and (x.dtype is _U8 or x.dtype is _I8) and x.ndim == 4 and x.flags.c_contiguous):
         x = check_array(x, "x", dtypes=[np.uint8, np.int8], ndim=4, contiguous=True)
@@ -363,11 +453,15 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
         pw = w
     else:
         pw = PackedConvWeights(w, w_zero_point, groups)
-    N, C, H, W = x.shape
+    if nhwc:
+        N, H, W, C = x.shape
+    else:
+        N, C, H, W = x.shape
     OC, Cg, KH, KW = pw.shape
     if Cg * pw.groups != C:
         raise ShapeError(
-            f"x, w: x has {C} channels but w expects {Cg} per group x {pw.groups} groups = {Cg * pw.groups}"
+            f"x, w: x has {C} channels (axis {3 if nhwc else 1}, layout {'NHWC' if nhwc else 'NCHW'}) but w "
+            f"expects {Cg} per group x {pw.groups} groups = {Cg * pw.groups}"
         )
     geo = _geometry_cached(pw, stride, padding, dilation, H, W)
     lo, hi = _RANGE[x.dtype]
@@ -381,4 +475,6 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
     if isinstance(output, Dequantize) and (output.row_scale is not None or output.bias is not None):
         raise ArgumentError("output: qconv2d's Dequantize takes scale and relu only (pass an int32 bias)")
     spec = _output_spec_cached(output, OC)
+    if nhwc:
+        return dispatch("qconv2d", x, pw, za, bias, geo, spec, True)
     return dispatch("qconv2d", x, pw, za, bias, geo, spec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings, HealthCheck
 
+from .._validation import check_choice
 from ..kernels import use
 from ..kernels.quantize import dequantize as _dequantize, quantize as _quantize
 from .asserts import assert_bitwise_equal, assert_exact
@@ -125,11 +126,15 @@ def check_requantize(fn, *, max_examples: int = 200) -> None:
     run()
 
 
-def check_qconv2d(fn, *, max_examples: int = 100) -> None:
+def check_qconv2d(fn, *, max_examples: int = 100, layout: str = "NCHW") -> None:
     """Check ``fn(x, w, x_zero_point, w_zero_point, bias=, stride=, padding=, dilation=,
-    groups=, output=)`` against the reference quantized convolution, bit for bit."""
+    groups=, output=)`` against the reference quantized convolution, bit for bit.
+    ``layout="NHWC"``: ``fn`` is also passed ``layout="NHWC"`` and x as [N, H, W, C], and
+    its result must be the NCHW reference's transposed to [N, OH, OW, OC]."""
     from ..kernels import qconv2d as _qconv2d
     from .strategies import qconv_cases
+
+    check_choice(layout, "layout", ("NCHW", "NHWC"))
 
     @_settings(max_examples)
     @given(case=qconv_cases())
@@ -138,7 +143,12 @@ def check_qconv2d(fn, *, max_examples: int = 100) -> None:
                   groups=case.groups, output=make_output(case.output))
         with use("numpy"):
             want = _qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
-        got = fn(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+        if layout == "NHWC":
+            got = fn(case.x.transpose(0, 2, 3, 1), case.w, case.x_zero_point, case.w_zero_point, layout="NHWC",
+                     **kw)
+            want = want.transpose(0, 2, 3, 1)
+        else:
+            got = fn(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
         assert_bitwise_equal(np.asarray(got), want, what="qconv2d")
 
     run()

@@ -225,7 +225,7 @@ from hypothesis import given, settings  # noqa: E402
 
 from refcompress.kernels import qconv as qconv_module  # noqa: E402
 from refcompress.testing.checks import make_output  # noqa: E402
-from refcompress.testing.strategies import qconv_direct_cases  # noqa: E402
+from refcompress.testing.strategies import QconvCase, qconv_direct_cases  # noqa: E402
 
 VNNI = "avx512_vnni" in kernels.variants("qconv2d")
 
@@ -263,27 +263,34 @@ _ROUTES = [(True, True), (True, False), (False, None)]
 
 
 def _check_direct_and_fallback(case):
+    """Each route of ``_ROUTES``, one and two threads, on NCHW data and on the same data in
+    NHWC (the direct kernel's pixel-row interleave and staged output; off: the qgemm or the
+    NHWC implicit-im2col driver)."""
     kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
               output=make_output(case.output))
     with kernels.use("numpy"):
         want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
     pw = kernels.pack_conv_weights(case.w, case.w_zero_point)
+    layouts = [(case.x, "NCHW", want), (np.ascontiguousarray(case.x.transpose(0, 2, 3, 1)), "NHWC",
+                                        want.transpose(0, 2, 3, 1))]
     for enabled, stream in _ROUTES:
-        for threads in (1, 2):
+        for threads, (x, layout, expect) in itertools.product((1, 2), layouts):
             with _DirectSpy(enabled, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
-                got = kernels.qconv2d(case.x, pw, case.x_zero_point, **kw)
+                got = kernels.qconv2d(x, pw, case.x_zero_point, layout=layout, **kw)
             assert spy.calls == int(enabled)
-            assert_exact(got, want)
+            assert_exact(got, expect)
 
 
 @pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
 @settings(max_examples=150, deadline=None)
 @given(case=qconv_direct_cases())
 def test_direct_1x1_and_its_fallback_match_reference(case):
-    """The direct NCHW 1x1 kernel (forced, with each of its two interleaves: block by block
-    during the tiles, and a pass per band) and the implicit-im2col path it replaces (forced
-    by switching the route off) against the reference, bit for bit, on shapes that break
-    the 6 x 64 tile and the groups of 4 channels, one and two threads."""
+    """The direct 1x1 kernel (forced, with each of its two interleaves: block by block
+    during the tiles, and a pass per band) and the path it replaces (forced by switching
+    the route off: implicit im2col for NCHW, one qgemm for NHWC) against the reference, bit
+    for bit, on shapes that break the 6 x 64 tile, the groups of 4 channels and (NHWC) the
+    16-group pixel-row transposes and 16 x 16 output tiles, one and two threads, NCHW and
+    NHWC."""
     _check_direct_and_fallback(case)
 
 
@@ -293,7 +300,8 @@ def test_direct_1x1_and_its_fallback_match_reference(case):
 def test_direct_3x3_and_its_fallback_match_reference(case):
     """The same for 3x3 / stride 1 / padding 1: the shifted reads, the zero point where a
     tap reads padding (first and last rows and columns, blocks that straddle rows, images
-    one pixel wide or tall, rows wider than a block)."""
+    one pixel wide or tall, rows wider than a block; NHWC: the halo's pixels off the image
+    in the pixel-row interleave)."""
     _check_direct_and_fallback(case)
 
 
@@ -303,7 +311,8 @@ def test_direct_1x1_bench_shape_and_tile_split():
     4-row output-channel block), and a 7 x 7 image with many output channels, where the
     output-channel blocks are split between work items; each with the 1x1 input
     interleaved block by block during the tiles, in a pass per band, and as chosen by
-    size (the first shape's 1.6 MB streams)."""
+    size (the first shape's 1.6 MB streams); NCHW and NHWC (whose split output-channel
+    ranges reach the staged transpose at multiples of 6, not of its 16-row tiles)."""
     rng = np.random.default_rng(11)
     for N, C, OC, H in [(2, 256, 64, 56), (1, 96, 512, 7)]:
         x = rng.integers(0, 256, (N, C, H, H)).astype(np.uint8)
@@ -312,11 +321,13 @@ def test_direct_1x1_bench_shape_and_tile_split():
         for out in (None, Requantize(np.float32(1e-4), 128, np.uint8)):
             with kernels.use("numpy"):
                 want = kernels.qconv2d(x, w, 131, zw, output=out)
-            for threads, stream in itertools.product((1, 2), (None, True, False)):
+            xn, want_n = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), want.transpose(0, 2, 3, 1)
+            for threads, stream, (xl, layout, expect) in itertools.product(
+                    (1, 2), (None, True, False), [(x, "NCHW", want), (xn, "NHWC", want_n)]):
                 with _DirectSpy(True, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
-                    got = kernels.qconv2d(x, w, 131, zw, output=out)
+                    got = kernels.qconv2d(xl, w, 131, zw, output=out, layout=layout)
                 assert spy.calls == 1
-                assert_exact(got, want)
+                assert_exact(got, expect)
 
 
 @pytest.mark.skipif(not VNNI, reason="the direct kernel needs AVX-512 VNNI")
@@ -333,7 +344,7 @@ def test_direct_bands(C, OC, k, N, H, W):
     rows from the neighbouring bands): wide channel counts, band boundaries inside a row,
     a halo wider than a band, and 1, 2 and 3 threads sharing the bands; zero points at
     their extremes (every tap sum in play), int8 and uint8 inputs; 1x1 interleaved block by
-    block and per band (3x3 ignores the setting)."""
+    block and per band (3x3 ignores the setting); NCHW and NHWC."""
     rng = np.random.default_rng(C + W)
     for x_dtype, zx in ((np.uint8, 255), (np.int8, -128)):
         xi = np.iinfo(x_dtype)
@@ -345,11 +356,13 @@ def test_direct_bands(C, OC, k, N, H, W):
             kw = dict(padding=k // 2, output=out)
             with kernels.use("numpy"):
                 want = kernels.qconv2d(x, w, zx, zw, **kw)
-            for threads, stream in itertools.product((1, 2, 3), (True, False)):
+            xn, want_n = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), want.transpose(0, 2, 3, 1)
+            for threads, stream, (xl, layout, expect) in itertools.product(
+                    (1, 2, 3), (True, False), [(x, "NCHW", want), (xn, "NHWC", want_n)]):
                 with _DirectSpy(True, stream) as spy, kernels.use("c", isa="avx512_vnni", threads=threads):
-                    got = kernels.qconv2d(x, pw, zx, **kw)
+                    got = kernels.qconv2d(xl, pw, zx, layout=layout, **kw)
                 assert spy.calls == 1
-                assert_exact(got, want)
+                assert_exact(got, expect)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_id)
@@ -465,3 +478,170 @@ def test_depthwise_3x3_vbmi_wide_padding(H, W, padding):
             for threads in (1, 2):
                 with kernels.use("c", isa="avx512_vbmi", threads=threads):
                     assert_exact(kernels.qconv2d(x, w, zx, zw, **kw), want)
+
+
+# ---- NHWC at the interface --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+def test_qconv2d_nhwc_matches_transposed_reference(variant):
+    """layout="NHWC" under every backend and variant: the NCHW reference transposed, bit for
+    bit, over the general strategy (dense, grouped, depthwise, stride, padding, dilation)."""
+    def forced(*args, **kwargs):
+        with kernels.use(*variant):
+            return kernels.qconv2d(*args, **kwargs)
+
+    check_qconv2d(forced, max_examples=60, layout="NHWC")
+
+
+class _NhwcRoutes:
+    """Force the NHWC dense routes on (the direct kernel / one qgemm / implicit im2col) or
+    off (every layer through the transposes), counting the calls that take the direct
+    kernel on NHWC data, the pointwise qgemm, the NHWC implicit-im2col driver and the C
+    transposes."""
+
+    def __init__(self, direct):
+        self.direct = direct
+        self.calls = {"direct": 0, "qgemm": 0, "nhwc_im2col": 0, "transpose": 0}
+
+    def __enter__(self):
+        m = qconv_module
+        self._saved = (m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c, m._qconv_direct)
+        qgemm_c, dense_c, transpose_c, direct_c = self._saved[1:]
+
+        def direct(*args, **kwargs):
+            self.calls["direct"] += len(args) > 5 and args[5] is True
+            return direct_c(*args, **kwargs)
+
+        def qgemm(*args, **kwargs):
+            self.calls["qgemm"] += 1
+            return qgemm_c(*args, **kwargs)
+
+        def dense(x, pw, zx, bias, geo, spec, layout, **kwargs):
+            self.calls["nhwc_im2col"] += layout == kernels._native.lib.RC_LAYOUT_NHWC
+            return dense_c(x, pw, zx, bias, geo, spec, layout, **kwargs)
+
+        def transpose(*args):
+            self.calls["transpose"] += 1
+            return transpose_c(*args)
+
+        m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c = self.direct, qgemm, dense, transpose
+        m._qconv_direct = direct
+        return self
+
+    def __exit__(self, *exc):
+        m = qconv_module
+        m.NHWC_DIRECT, m._qgemm_c, m._qconv2d_dense_c, m._transpose_c, m._qconv_direct = self._saved
+
+
+C_VARIANTS = [v for v in VARIANTS if v[0] == "c"]
+
+
+def _check_nhwc_routes(case, variants=C_VARIANTS):
+    """``case`` in NHWC (from an NHWC copy and from a channels-last view of the NCHW data)
+    under each C variant, one and two threads, with the NHWC routes on and off, equals the
+    NCHW reference transposed; returns the route counts of the last run with them on."""
+    kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+              groups=case.groups, output=make_output(case.output))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw).transpose(0, 2, 3, 1)
+    pw = kernels.pack_conv_weights(case.w, case.w_zero_point, groups=case.groups)
+    kw.pop("groups")
+    xs = (np.ascontiguousarray(case.x.transpose(0, 2, 3, 1)), case.x.transpose(0, 2, 3, 1))
+    for variant, threads, direct, x in itertools.product(variants, (1, 2), (True, False), xs):
+        with _NhwcRoutes(direct) as routes, kernels.use(*variant, threads=threads):
+            got = kernels.qconv2d(x, pw, case.x_zero_point, layout="NHWC", **kw)
+        assert_exact(got, want)
+        if direct:
+            seen = routes.calls
+    return seen
+
+
+def _no_calls(**some):
+    return {"direct": 0, "qgemm": 0, "nhwc_im2col": 0, "transpose": 0} | some
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=qconv_direct_cases())
+def test_nhwc_pointwise_routes(case):
+    """NHWC 1x1 / stride 1 / no padding, no transposes: under VNNI (and VBMI) the direct
+    kernel on the pixel rows, under the other variants one qgemm (M = N*H*W) over the
+    packed operand; on shapes that break the qgemm tiles (6 rows, 64-column panels) and the
+    4-channel groups; switched off, the transposes around the NCHW routes; all exact."""
+    for variant in C_VARIANTS:
+        seen = _check_nhwc_routes(case, [variant])
+        direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
+        assert seen == (_no_calls(direct=1) if direct else _no_calls(qgemm=1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=qconv_direct_cases(kernel=3))
+def test_nhwc_3x3_routes(case):
+    """NHWC 3x3 / stride 1 / padding 1, no transposes: under VNNI the direct kernel on the
+    pixel rows, under the other variants the NHWC implicit-im2col driver; switched off, the
+    C transposes (16 x 16 tiles and ragged edges: channel and pixel counts around 16)."""
+    for variant in C_VARIANTS:
+        seen = _check_nhwc_routes(case, [variant])
+        direct = variant[1] in ("avx512_vnni", "avx512_vbmi")
+        assert seen == (_no_calls(direct=1) if direct else _no_calls(nhwc_im2col=1))
+
+
+@pytest.mark.parametrize("cin,hw,cout,k,stride,padding,dilation,groups", [
+    (19, (13, 11), 70, 3, (2, 1), (1, 2), 1, 1),   # dense: the NHWC implicit-im2col driver
+    (16, (16, 16), 16, 1, 2, 0, 1, 1),             # 1x1 with stride: implicit im2col, not qgemm
+    (64, (9, 7), 33, 1, 1, 1, 1, 1),               # 1x1 with padding
+    (32, (20, 16), 48, 3, 2, 3, 2, 1),
+    (1, (5, 40), 3, 3, 1, 4, 1, 1),                # one channel
+    (37, (13, 11), 37, 3, (2, 1), (1, 2), 1, 37),  # depthwise: transposes
+    (17, (16, 17), 17, 3, 1, 1, 1, 17),            # depthwise 3x3 / stride 1 (VBMI's domain)
+    (8, (13, 11), 12, 3, 1, 1, 1, 4),              # grouped: transposes
+])
+def test_nhwc_each_path(cin, hw, cout, k, stride, padding, dilation, groups):
+    """Every NHWC route, uint8 and int8 at their extreme zero points, int32 and requantized
+    outputs, N = 2."""
+    rng = np.random.default_rng(cin + cout)
+    for xt, zx in [(np.uint8, 255), (np.uint8, 0), (np.int8, -128), (np.int8, 127)]:
+        xi = np.iinfo(xt)
+        x = rng.integers(int(xi.min), int(xi.max) + 1, (2, cin) + hw).astype(xt)
+        x[1, 0] = xi.min
+        w = rng.integers(-128, 128, (cout, cin // groups, k, k)).astype(np.int8)
+        zw = rng.integers(-128, 128, cout)
+        bias = rng.integers(-1000, 1000, cout).astype(np.int32)
+        for out in (None, ("float", dict(scale=np.float32(3e-5), zero_point=100, dtype=np.uint8))):
+            case = QconvCase(x, w, zx, zw, bias, stride, padding, dilation, groups, out)
+            _check_nhwc_routes(case)
+
+
+@pytest.mark.parametrize("N,C,OC,k,H", [(2, 256, 64, 1, 56), (1, 64, 64, 3, 56), (2, 128, 128, 3, 28)])
+def test_nhwc_bench_shapes(N, C, OC, k, H):
+    """The benchmark's dense shapes in NHWC, uint8 at zero point 131, per-channel weight zero
+    points, requantized, each C variant, one and two threads."""
+    rng = np.random.default_rng(C)
+    x = rng.integers(0, 256, (N, H, H, C)).astype(np.uint8)
+    w = rng.integers(-128, 128, (OC, C, k, k)).astype(np.int8)
+    zw = rng.integers(-128, 128, OC)
+    out = Requantize(np.float32(1e-4), 128, np.uint8)
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), w, 131, zw, padding=k // 2,
+                               output=out).transpose(0, 2, 3, 1)
+    pw = kernels.pack_conv_weights(w, zw)
+    for variant, threads in itertools.product(C_VARIANTS, (1, 2)):
+        with kernels.use(*variant, threads=threads):
+            assert_exact(kernels.qconv2d(x, pw, 131, padding=k // 2, output=out, layout="NHWC"), want)
+
+
+def test_nhwc_bad_inputs_name_the_argument():
+    x = np.zeros((1, 5, 5, 4), np.uint8)  # NHWC, 4 channels
+    w = np.zeros((6, 2, 3, 3), np.int8)
+    for bad in ("nhwc", "NCWH", "", None, 1, ["NHWC"]):
+        with pytest.raises(ArgumentError, match="layout"):
+            kernels.qconv2d(x, w, groups=2, layout=bad)
+    with pytest.raises(ShapeError, match=r"x has 5 channels \(axis 1, layout NCHW\)"):
+        kernels.qconv2d(x, w, groups=2)  # NHWC data passed as NCHW: axis 1 is H
+    with pytest.raises(ShapeError, match=r"x has 4 channels \(axis 3, layout NHWC\).*expects 2 per group x 1"):
+        kernels.qconv2d(x, w, layout="NHWC")
+    with pytest.raises(ShapeError, match="x: expected a 4-D"):
+        kernels.qconv2d(x[0], w, groups=2, layout="NHWC")
+    with pytest.raises(ShapeError, match="smaller than the dilated kernel"):
+        kernels.qconv2d(np.zeros((1, 2, 9, 4), np.uint8), w, groups=2, layout="NHWC")  # H = 2 < 3
+    assert kernels.qconv2d(x, w, groups=2, layout="NHWC").shape == (1, 3, 3, 6)
