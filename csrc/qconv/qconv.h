@@ -52,11 +52,12 @@ static inline int rc_dw_vbmi3x3_ok(int64_t KH, int64_t KW, int64_t sh, int64_t s
 void rc_dw_plane_vbmi3x3(const rc_dw_args *d, int64_t c);
 #endif
 
-/* Direct convolution, one image: C[OC, P] = W[OC, K] . X[K, P] straight from NCHW (K = C * taps).
+/* Direct convolution, one image: C[OC, P] = W[OC, K] . X[K, P] straight from NCHW, or from NHWC
+ * pixel rows (K = C * taps).
  * vpdpbusd takes the activations as its unsigned operand: uint8 as is, int8 flipped by
  * x ^ 0x80 (= x + 128, its zero point moving with it), so (x - zx) is unchanged. */
 typedef struct {
-    const uint8_t *x;       /* this image, [C, P]                                  */
+    const uint8_t *x;       /* this image, [C, P] (NHWC: [P, C])                   */
     int flip;               /* int8 input: xor 0x80 while packing                  */
     int32_t zxu;            /* the activation zero point on the unsigned scale     */
     const int8_t *wpk;      /* rc_qconv_direct_pack layout                             */
@@ -65,7 +66,7 @@ typedef struct {
     int zw_per_channel;
     int any_zw;             /* some zw != 0: the per-pixel channel sums are needed */
     const rc_epilogue *epi;
-    uint8_t *out;           /* this image, [OC, P] of out_bytes each              */
+    uint8_t *out;           /* this image, [OC, P] (NHWC: [P, OC]), out_bytes each */
     int64_t C, P, OC;
     int64_t W;              /* image width (the 3x3 taps' row shift)               */
     int taps;               /* 1 (1x1) or 9 (3x3, padding 1)                       */

@@ -1,4 +1,4 @@
-/* AVX-512 VNNI direct convolution, NCHW in and out: C[OC, P] = W[OC, K] . X[K, P] per image,
+/* AVX-512 VNNI direct convolution, NCHW or NHWC in and out (rc_direct_args.nhwc): C[OC, P] = W[OC, K] . X[K, P] per image,
  * K = C for 1x1 (stride 1, no padding) and K = 9 C for 3x3 (stride 1, padding 1: the nine
  * taps are the image shifted by (kh - 1) rows and (kw - 1) columns, the zero point where
  * the shift reads padding).

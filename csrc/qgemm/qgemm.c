@@ -174,10 +174,12 @@ void rc_qgemm_run_tiles(const rc_qgemm_ctx *x, rc_qgemm_tile_fn tile, const int8
      * 24 of 48 panels, against 6 of 11 row tiles).  Row shares measured faster than panel
      * shares of equal size (two threads, C loop: 1024^3 8 %, 256 x 1024^2 9 %), and than the
      * earlier (row block, panel) items under a static schedule, which left one thread up to
-     * 5 % more work at M = 256..1024. */
+     * 5 % more work at M = 256..1024.  Shares are compared in rows, not tiles: a short last
+     * tile is a short share (M = 8 on two threads: rows give 6 and 2, panels half each). */
     int64_t p0 = 0, p1 = panels, r0 = 0, r1 = M;
     if (nt > 1) {
-        if ((panels + nt - 1) / nt * tiles * 32 < (tiles + nt - 1) / nt * panels * 31) {
+        const int64_t row_share = (tiles + nt - 1) / nt * MR < M ? (tiles + nt - 1) / nt * MR : M;
+        if ((panels + nt - 1) / nt * M * 32 < row_share * panels * 31) {
             p0 = panels * t / nt;
             p1 = panels * (t + 1) / nt;
         } else {

@@ -223,13 +223,14 @@ def _group_args(pw, spec, bias):
 
 
 #: Route 1x1 / stride 1 / no padding and 3x3 / stride 1 / padding 1 (groups 1) through the
-#: direct NCHW kernel when the VNNI variant runs (tests switch them off to force the
+#: direct kernel (NCHW, or NHWC pixel rows) when the VNNI variant runs (tests switch them off to force the
 #: implicit-im2col path on the same shapes).
 DIRECT_1X1 = True
 DIRECT_3X3 = True
-#: How the direct 1x1 kernel interleaves its input (rc_qconv_direct's ``stream``): None lets
-#: C choose by input size (block by block, overlapping the tiles, for a batch larger than
-#: L2), True / False force block by block / one pass per band (the tests force both).
+#: How the direct 1x1 kernel interleaves NCHW input (rc_qconv_direct's ``stream``): None
+#: lets C choose by input size (block by block, overlapping the tiles, for a batch larger
+#: than L2), True / False force block by block / one pass per band (the tests force both).
+#: NHWC input always takes the band pass (measured faster there).
 STREAM_1X1 = None
 #: Run dense NHWC layers on NHWC data (the direct kernel, one qgemm or the implicit-im2col
 #: driver); False sends every NHWC layer through transposes to the NCHW routes (tests force
@@ -368,6 +369,8 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads
         check_rc(rc, "qconv2d")
         return out
     # grouped: per group and image, im2col in (c, kh, kw) order times the group's weights
+    if N == 0:  # no image to take the output dtype from
+        return np.empty((0, OC, OH, OW), dtype=_epilogue_cached(pw._epilogues, spec, bias, OC)[1])
     ocg = OC // geo.groups
     P, Kg = OH * OW, Cg * KH * KW
     out = None
@@ -438,7 +441,7 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
     bit).  Bit-exact across backends; OverflowRiskError past the int32 bound on
     C/groups * KH * KW.
     """
-    if type(layout) is not str:
+    if not isinstance(layout, str):
         raise ArgumentError(f"layout: expected one of 'NCHW', 'NHWC', got {type(layout).__name__} {layout!r}")
     nhwc = layout == "NHWC"
     if not nhwc:

@@ -645,3 +645,22 @@ def test_nhwc_bad_inputs_name_the_argument():
     with pytest.raises(ShapeError, match="smaller than the dilated kernel"):
         kernels.qconv2d(np.zeros((1, 2, 9, 4), np.uint8), w, groups=2, layout="NHWC")  # H = 2 < 3
     assert kernels.qconv2d(x, w, groups=2, layout="NHWC").shape == (1, 3, 3, 6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("groups, w_shape, padding", [
+    (1, (4, 8, 1, 1), 0),  # pointwise (direct kernel / one qgemm)
+    (1, (4, 8, 3, 3), 1),  # dense 3x3
+    (1, (4, 8, 2, 3), 0),  # dense, implicit im2col
+    (8, (8, 1, 3, 3), 1),  # depthwise
+    (2, (4, 4, 3, 3), 1),  # grouped (its output was made from the first image)
+])
+def test_batch_of_zero_images_gives_an_empty_result(variant, layout, groups, w_shape, padding):
+    x = np.zeros((0, 9, 9, 8) if layout == "NHWC" else (0, 8, 9, 9), np.uint8)
+    w = np.ones(w_shape, np.int8)
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(x, w, groups=groups, padding=padding, layout=layout)
+    with kernels.use(*variant):
+        got = kernels.qconv2d(x, w, groups=groups, padding=padding, layout=layout)
+    assert isinstance(got, np.ndarray) and got.shape == want.shape and got.dtype == want.dtype

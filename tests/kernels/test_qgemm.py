@@ -25,8 +25,11 @@ def _forced(fn, backend, isa, threads=None):
 
 
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
-def test_qgemm_matches_reference(variant):
-    check_qgemm(_forced(kernels.qgemm, *variant), max_examples=120)
+@pytest.mark.parametrize("threads", [None, 3])
+def test_qgemm_matches_reference(variant, threads):
+    # threads=None is the machine's default; 3 splits unevenly and often leaves a thread
+    # with an empty share of rows or panels
+    check_qgemm(_forced(kernels.qgemm, *variant, threads=threads), max_examples=120 if threads is None else 40)
 
 
 @pytest.mark.parametrize("variant", REQ, ids=_id)
@@ -54,20 +57,27 @@ def test_packed_weights_reused_across_calls_and_threads(variant, threads):
 @pytest.mark.parametrize("M, K, N", [
     (97, 67, 64),    # one panel: the threads split the row tiles (17, the last of 1 row)
     (13, 259, 200),  # 4 panels, 3 row tiles: 2 threads split the panels, 3 the rows
-    (200, 131, 193), # 34 row tiles, 4 panels: equal shares either way, the rows taken
+    (200, 131, 193), # 34 row tiles, 4 panels: the rows (2 threads: equal shares either way)
     (1, 700, 300),   # one row, 5 panels: unequal panel shares (2 and 3)
+    (8, 300, 640),   # 2 row tiles, the last of 2 rows: the panels (rows would give 6 and 2)
+    (5, 600, 64),    # one row tile, one panel: every thread but one has an empty share
 ])
 def test_threads_share_rows_or_panels_and_cover_every_tile(variant, threads, M, K, N):
     rng = np.random.default_rng(M * N + K)
-    a = rng.integers(0, 256, (M, K)).astype(np.uint8)
     b = rng.integers(-128, 128, (K, N)).astype(np.int8)
     pw = kernels.pack_weights(b, rng.integers(-3, 3, N))
-    out = Requantize(np.float32(3e-5), 120, np.uint8)
-    for output in (None, out):
-        with kernels.use(*variant, threads=threads):
-            got = kernels.qgemm(a, pw, 131, output=output)
-        with kernels.use("numpy"):
-            assert_exact(got, kernels.qgemm(a, pw, 131, output=output))
+    outputs = (None, Requantize(np.float32(3e-5), 120, np.uint8),
+               Requantize(np.float32(2e-5), -3, np.int8, "fixedpoint"),
+               Dequantize(rng.uniform(1e-4, 2e-4, N).astype(np.float32), relu=True,
+                          row_scale=rng.uniform(0.5, 2, M).astype(np.float32),
+                          bias=rng.standard_normal(N).astype(np.float32)))
+    for a, za in ((rng.integers(0, 256, (M, K)).astype(np.uint8), 131),
+                  (rng.integers(-128, 128, (M, K)).astype(np.int8), -7)):
+        for output in outputs:
+            with kernels.use(*variant, threads=threads):
+                got = kernels.qgemm(a, pw, za, output=output)
+            with kernels.use("numpy"):
+                assert_exact(got, kernels.qgemm(a, pw, za, output=output))
 
 
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
