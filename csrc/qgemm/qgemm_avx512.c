@@ -10,13 +10,6 @@
 #include "qgemm_epi_avx512.h"
 
 /* Named accumulators (see the VNNI file for why not an array). */
-#define RC_ROW_DECL(r) __m512i c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;              \
-    if (mr > r) {                                                                              \
-        c##r##0 = rc_panel_start(&P, 0, m0 + r);                                               \
-        c##r##1 = rc_panel_start(&P, 1, m0 + r);                                               \
-        c##r##2 = rc_panel_start(&P, 2, m0 + r);                                               \
-        c##r##3 = rc_panel_start(&P, 3, m0 + r);                                               \
-    }
 #define RC_ROW_A(r)                                                                            \
     __m512i alo##r = _mm512_setzero_si512(), ahi##r = alo##r;                                  \
     if (mr > r) {                                                                              \

@@ -14,13 +14,6 @@
 /* Accumulators are named variables, not an array: GCC keeps an indexed array of vectors
  * on the stack (a store per vpdpbusd), which halves throughput.  `mr` is a constant after
  * inlining, so the row guards fold away. */
-#define RC_ROW_DECL(r) __m512i c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;              \
-    if (mr > r) {                                                                              \
-        c##r##0 = rc_panel_start(&P, 0, m0 + r);                                               \
-        c##r##1 = rc_panel_start(&P, 1, m0 + r);                                               \
-        c##r##2 = rc_panel_start(&P, 2, m0 + r);                                               \
-        c##r##3 = rc_panel_start(&P, 3, m0 + r);                                               \
-    }
 #define RC_ROW_STEP(r)                                                                         \
     if (mr > r) {                                                                              \
         int32_t w;                                                                             \

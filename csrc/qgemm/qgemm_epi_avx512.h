@@ -196,6 +196,17 @@ static inline __m512i rc_panel_start(const rc_panel *P, int j, int64_t m) {
     return _mm512_sub_epi32(P->init[j], _mm512_mullo_epi32(zb, _mm512_set1_epi32(P->x->ra[m])));
 }
 
+/* The four named accumulators of a 6 x 64 tile's row r (c<r>0 .. c<r>3), at their start
+ * values when the tile has that row; expects `zero`, `mr`, `m0` and the tile's rc_panel `P`
+ * in scope (the qgemm AVX-512 and VNNI tiles). */
+#define RC_ROW_DECL(r) __m512i c##r##0 = zero, c##r##1 = zero, c##r##2 = zero, c##r##3 = zero;              \
+    if (mr > r) {                                                                              \
+        c##r##0 = rc_panel_start(&P, 0, m0 + r);                                               \
+        c##r##1 = rc_panel_start(&P, 1, m0 + r);                                               \
+        c##r##2 = rc_panel_start(&P, 2, m0 + r);                                               \
+        c##r##3 = rc_panel_start(&P, 3, m0 + r);                                               \
+    }
+
 /* A plain store where all 16 lanes are valid: a masked store is slower on Zen, even with
  * every lane on. */
 static inline void rc_store16(void *o, __mmask16 m, __m512i v) {
