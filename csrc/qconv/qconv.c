@@ -68,9 +68,7 @@ int rc_transpose_images(const void *src, int elem_bytes, long long N, long long 
 #endif
     for (int64_t n = 0; n < N; ++n) {
         const int64_t at = n * rows * cols * elem_bytes;
-        if (elem_bytes == 1) rc_transpose_bytes((const uint8_t *)src + at, rows, cols, (uint8_t *)dst + at, 0);
-        else rc_transpose_4((const uint32_t *)(const void *)((const uint8_t *)src + at), rows, cols,
-                            (uint32_t *)(void *)((uint8_t *)dst + at));
+        transpose_out((const uint8_t *)src + at, rows, cols, (uint8_t *)dst + at, elem_bytes);
     }
     return RC_OK;
 }

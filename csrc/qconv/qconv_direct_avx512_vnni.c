@@ -20,6 +20,7 @@
 
 #include "../qgemm/qgemm_epi_avx512.h"
 #include "qconv.h"
+#include "../rc_transpose_avx512.h"
 
 #define MR RC_QCONV_DIRECT_MR
 #define PB RC_QCONV_DIRECT_PB
@@ -203,34 +204,6 @@ static inline __attribute__((always_inline)) void tile(const rc_direct_args *a, 
     default: TILE_NV(taps, 1) break;                                                          \
     }
 
-/* A 16 x 16 transpose of 32-bit elements: r[j] lane k becomes r[k] lane j. */
-static inline __attribute__((always_inline)) void transpose16x16_epi32(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    /* then r[4i + m], 128-bit lane L: element 4L + m of rows 4i .. 4i + 3 */
-    for (int i = 0; i < 4; ++i) {
-        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    /* element 4L + m of all rows: lane L of r[m], r[4 + m], r[8 + m], r[12 + m] */
-    for (int m = 0; m < 4; ++m) {
-        const __m512i a0 = _mm512_shuffle_i32x4(r[m], r[4 + m], _MM_SHUFFLE(2, 0, 2, 0));
-        const __m512i a1 = _mm512_shuffle_i32x4(r[m], r[4 + m], _MM_SHUFFLE(3, 1, 3, 1));
-        const __m512i a2 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], _MM_SHUFFLE(2, 0, 2, 0));
-        const __m512i a3 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], _MM_SHUFFLE(3, 1, 3, 1));
-        t[m] = _mm512_shuffle_i32x4(a0, a2, _MM_SHUFFLE(2, 0, 2, 0));
-        t[8 + m] = _mm512_shuffle_i32x4(a0, a2, _MM_SHUFFLE(3, 1, 3, 1));
-        t[4 + m] = _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(2, 0, 2, 0));
-        t[12 + m] = _mm512_shuffle_i32x4(a1, a3, _MM_SHUFFLE(3, 1, 3, 1));
-    }
-    for (int k = 0; k < 16; ++k) r[k] = t[k];
-}
-
 /* NHWC: channel groups [g0, g1) of the 64 pixels from flat position s, from the pixel rows
  * [P, C]: 16 groups (64 bytes) of 16 pixels at a time, one dword transpose each.  The
  * byte-masked loads stop at the last channel (channels past C are 0, as in pack64), and
@@ -245,14 +218,14 @@ static inline __attribute__((always_inline)) void pack_nhwc(const rc_direct_args
         const __mmask64 cm = nc >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << nc) - 1;
         const __m512i flm = _mm512_maskz_mov_epi8(cm, fl), zpm = _mm512_maskz_mov_epi8(cm, zpad);
         for (int v = 0; v < 4; ++v) {
-            __m512i r[16];
+            __m512 r[16];
             for (int j = 0; j < 16; ++j) {
                 const int64_t p = s + 16 * v + j;
-                r[j] = p >= 0 && p < P ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(cm, a->x + p * C + 4 * g), flm)
-                                       : zpm;
+                r[j] = _mm512_castsi512_ps(
+                    p >= 0 && p < P ? _mm512_xor_si512(_mm512_maskz_loadu_epi8(cm, a->x + p * C + 4 * g), flm) : zpm);
             }
-            transpose16x16_epi32(r);
-            for (int k = 0; k < ng; ++k) _mm512_storeu_si512(dst + (g + k) * S + 64 * v, r[k]);
+            rc_transpose16_ps(r);
+            for (int k = 0; k < ng; ++k) _mm512_storeu_si512(dst + (g + k) * S + 64 * v, _mm512_castps_si512(r[k]));
         }
     }
 }

@@ -18,6 +18,7 @@ static inline __mmask16 tail16(int64_t left) {
 }
 
 #include "sparse_dot8.h"
+#include "../rc_transpose_avx512.h"
 
 AI void gather_rows(const rc_sparse_args *a, int64_t r0, int64_t r1, int mode) {
     for (int64_t i = r0; i < r1; ++i) {
@@ -190,32 +191,6 @@ static void sell_avx512(const rc_sell_args *a, int64_t s0, int64_t s1) {
     else sell_slices(a, s0, s1, RC_SP_COL_I32);
 }
 
-/* ---- 16 x 16 transpose: r[q] lane l  ->  r[l] lane q ------------------------------------- */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    /* u[4i + k]: rows 4i..4i+3, column k of each 128-bit lane */
-    for (int i = 0; i < 4; ++i) {
-        const __m512d t0 = _mm512_castps_pd(t[4 * i]), t1 = _mm512_castps_pd(t[4 * i + 1]);
-        const __m512d t2 = _mm512_castps_pd(t[4 * i + 2]), t3 = _mm512_castps_pd(t[4 * i + 3]);
-        u[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
-        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
-        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
-        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
-    }
-    for (int k = 0; k < 4; ++k) {
-        const __m512 s0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), s1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
-        const __m512 s2 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88), s3 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
-        r[k] = _mm512_shuffle_f32x4(s0, s2, 0x88);
-        r[8 + k] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
-        r[4 + k] = _mm512_shuffle_f32x4(s1, s3, 0x88);
-        r[12 + k] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
-    }
-}
-
 /* x rows [b0, b0 + nb), columns [j0, j1) -> panel[j][l]; lanes l >= nb are zero. */
 static void pack_avx512(const rc_sparse_args *a, int64_t b0, int64_t nb, int64_t width, int64_t j0, int64_t j1,
                         float *panel) {
@@ -226,7 +201,7 @@ static void pack_avx512(const rc_sparse_args *a, int64_t b0, int64_t nb, int64_t
             const __mmask16 m = tail16(nj);
             for (int q = 0; q < 16; ++q)
                 r[q] = l0 + q < nb ? _mm512_maskz_loadu_ps(m, a->x + (b0 + l0 + q) * a->in + j) : _mm512_setzero_ps();
-            transpose16(r);
+            rc_transpose16_ps(r);
             for (int64_t c = 0; c < nj; ++c) _mm512_store_ps(panel + (j + c) * width + l0, r[c]);
         }
     }
@@ -281,7 +256,7 @@ AI void store_chunk(const rc_sparse_args *a, const float *tile, const int64_t W,
     const __mmask16 m = tail16(rows);
     const __m512 bias = a->bias ? _mm512_maskz_loadu_ps(m, a->bias + i0) : _mm512_setzero_ps();
     for (int q = 0; q < 16; ++q) t[q] = _mm512_load_ps(tile + q * W + l0);
-    transpose16(t);
+    rc_transpose16_ps(t);
     const int64_t nl = nb - l0 < 16 ? nb - l0 : 16;
     for (int64_t l = 0; l < nl; ++l)
         _mm512_mask_storeu_ps(a->y + (b0 + l0 + l) * a->out + i0, m, _mm512_add_ps(t[l], bias));
@@ -686,8 +661,8 @@ static void nm_rowvec_avx512(const rc_sparse_args *a, int64_t blk0, int64_t blk1
                 pr[q] = _mm512_castsi512_ps(_mm512_cvtepu8_epi32(
                     q < rows ? _mm_maskz_loadu_epi8(em, (const uint8_t *)a->indices + off) : _mm_setzero_si128()));
             }
-            transpose16(r);
-            transpose16(pr);
+            rc_transpose16_ps(r);
+            rc_transpose16_ps(pr);
             for (int64_t u = 0; u < nj; ++u) {
                 _mm512_store_ps(bv + 16 * (j + u), r[u]);
                 /* column inside its 16-column chunk: ((j + u) / n) * m % 16 + position */

@@ -441,11 +441,7 @@ def qconv2d(x, w, x_zero_point=0, w_zero_point=0, *, bias=None, stride=1, paddin
     bit).  Bit-exact across backends; OverflowRiskError past the int32 bound on
     C/groups * KH * KW.
     """
-    if not isinstance(layout, str):
-        raise ArgumentError(f"layout: expected one of 'NCHW', 'NHWC', got {type(layout).__name__} {layout!r}")
-    nhwc = layout == "NHWC"
-    if not nhwc:
-        check_choice(layout, "layout", _LAYOUTS)
+    nhwc = check_choice(layout, "layout", _LAYOUTS) == "NHWC"
     # check_array's checks inline for an x it would pass unchanged, as in qgemm
     if not (type(x) is np.ndarray and (x.dtype is _U8 or x.dtype is _I8) and x.ndim == 4 and x.flags.c_contiguous):
         x = check_array(x, "x", dtypes=[np.uint8, np.int8], ndim=4, contiguous=True)
