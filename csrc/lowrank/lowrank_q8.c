@@ -80,11 +80,11 @@ void rc_lowrank_q8_block_generic(const rc_lowrank_q8_call *c, int64_t i0, int64_
     int8_t *ap1 = c->a1 + i0 * c->K4n, *ap2 = c->a2 + i0 * c->K4r;
     uint8_t *hb = c->h + i0 * c->r;
     for (int64_t i = 0; i < rows; ++i)
-        c->ra1[i0 + i] = rc_qgemm_pack_a_row(c->x + (i0 + i) * c->n, 1, c->n, ap1 + i * c->K4n);
+        c->ra1[i0 + i] = c->pack(c->x + (i0 + i) * c->n, 1, c->n, ap1 + i * c->K4n);
     const rc_qgemm_ctx c1 = {c->epi_h, c->ra1 + i0, c->zbp1, c->ct1, hb, c->r};
     run_tiles(&c1, c->tile, ap1, c->K4n, rows, c->packed_v);
     for (int64_t i = 0; i < rows; ++i)
-        c->ra2[i0 + i] = rc_qgemm_pack_a_row(hb + i * c->r, 1, c->r, ap2 + i * c->K4r);
+        c->ra2[i0 + i] = c->pack(hb + i * c->r, 1, c->r, ap2 + i * c->K4r);
     const rc_qgemm_ctx c2 = {c->epi_y, c->ra2 + i0, c->zbp2, c->ct2, c->y + i0 * c->m, c->m};
     run_tiles(&c2, c->tile, ap2, c->K4r, rows, c->packed_u);
 }
@@ -124,7 +124,7 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     const uint8_t *sv = (const uint8_t *)signed_packed;
     const rc_lowrank_q8_call c = {x, n, r, m, K4n, K4r, packed_v, packed_u, cols, cols + R, cols + 2 * R,
                                   cols + 2 * R + M, sv, sv ? sv + rc_qgemm_packed_size(n, r) : NULL,
-                                  cols + 2 * (R + M), cols + 2 * (R + M) + R, epi_h, epi_y, tile, a1, a2, h,
+                                  cols + 2 * (R + M), cols + 2 * (R + M) + R, epi_h, epi_y, tile, rc_qgemm_pick_pack(v), a1, a2, h,
                                   ra1, ra1 + batch, y};
 
     int nt = 1;

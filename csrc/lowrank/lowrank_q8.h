@@ -19,6 +19,7 @@ typedef struct {
     const int32_t *s1, *s2;
     const rc_epilogue *epi_h, *epi_y;
     rc_qgemm_tile_fn tile;
+    rc_pack_a_row_fn pack; /* qgemm's row packer for the variant */
     int8_t *a1, *a2; /* packed x rows, packed h_q rows */
     uint8_t *h;
     int32_t *ra1, *ra2;
