@@ -61,7 +61,8 @@ def _code(name: str, arr: np.ndarray, what: str) -> str:
     if code is None:
         raise DTypeError(
             f"{what}: array {name!r} has dtype {arr.dtype.str!r}, which safetensors cannot hold; expected "
-            f"one of {', '.join(dt.name for dt in _DTYPES.values())} (a model with it can be saved as .npz)")
+            f"one of {', '.join(dt.name for dt in _DTYPES.values())}"
+            + ("; save the model as .npz instead" if what == "model" else ""))
     return code
 
 
@@ -91,9 +92,8 @@ def save_arrays(arrays, path, metadata=None) -> str:
     """Write ``arrays`` (a dict of name -> ndarray) to ``path`` as a safetensors file,
     atomically; return the path.
 
-    Any reader of the format (the ``safetensors`` package for NumPy, PyTorch, JAX; the
-    Rust crate; safetensors.js) gets the arrays back with the same names, shapes, dtypes
-    and bits.  Big-endian or non-contiguous arrays are stored as little-endian C-order
+    Any reader of the format (the tests check the ``safetensors`` package's) gets the
+    arrays back with the same names, shapes, dtypes and bits.  Big-endian or non-contiguous arrays are stored as little-endian C-order
     copies (same values).  ``metadata`` is the format's ``__metadata__``: a dict of str to
     str (or None for none).  The file is safetensors whatever ``path``'s extension.
     """
@@ -257,12 +257,9 @@ def _verify_checksums(meta: dict, arrays: dict, where: str) -> dict:
     return {e["name"]: arrays[e["name"]] for e in meta["arrays"]}
 
 
-def read(path):
-    """(arrays, metadata) of any safetensors file after every check of docs/io.md:
-    arrays name -> ndarray in file order (a refcompress model's: state-dict order),
-    metadata the ``__metadata__`` dict (or {}).  When the file carries refcompress
-    metadata, it is verified too, checksums included."""
-    path = check_path(path)
+def _read(path: str):
+    """(arrays, metadata, meta): as :func:`read`, and the verified refcompress metadata
+    dict (None for a file without it)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         tensors, metadata = _read_header(f, size, path)
@@ -272,7 +269,16 @@ def read(path):
         arrays = _read_data(f, tensors, path)
     if meta is not None:
         arrays = _verify_checksums(meta, arrays, path)
-    return arrays, ({} if metadata is None else metadata)
+    return arrays, ({} if metadata is None else metadata), meta
+
+
+def read(path):
+    """(arrays, metadata) of any safetensors file after every check of docs/io.md:
+    arrays name -> ndarray in file order (a refcompress model's: state-dict order),
+    metadata the ``__metadata__`` dict (or {}).  When the file carries refcompress
+    metadata, it is verified too, checksums included."""
+    arrays, metadata, _ = _read(check_path(path))
+    return arrays, metadata
 
 
 def load_arrays(path) -> dict:
@@ -289,25 +295,25 @@ def load_arrays(path) -> dict:
     return read(path)[0]
 
 
-def _model_meta(metadata: dict, where: str) -> None:
-    if METADATA_KEY not in metadata:
+def _read_model(path: str):
+    """(meta, arrays) of a refcompress model file, verified."""
+    arrays, _, meta = _read(path)
+    if meta is None:
         raise CorruptFileError(
-            f"{where}: no {METADATA_KEY!r} entry in the safetensors __metadata__ (not a refcompress model "
+            f"{path}: no {METADATA_KEY!r} entry in the safetensors __metadata__ (not a refcompress model "
             "file); read its tensors with refcompress.io.load_arrays and put them in a model with "
             "model.load_state_dict")
+    return meta, arrays
 
 
 def read_metadata(path) -> dict:
     """The verified refcompress metadata of a model saved as safetensors (as npz's)."""
-    arrays, metadata = read(path)
-    _model_meta(metadata, path)
-    return json.loads(metadata[METADATA_KEY])
+    return _read_model(check_path(path))[0]
 
 
 def load(path):
     """Rebuild the model saved at ``path`` by :func:`save`, in eval mode, after every
     check (as :func:`refcompress.io.npz.load`)."""
     path = check_path(path)
-    arrays, metadata = read(path)
-    _model_meta(metadata, path)
-    return npz.build_model(path, json.loads(metadata[METADATA_KEY]), arrays)
+    meta, arrays = _read_model(path)
+    return npz.build_model(path, meta, arrays)
