@@ -1,12 +1,14 @@
 """Load a BERT checkpoint (Hugging Face layout: config.json + model.safetensors) into
 :class:`refcompress.nn.BertModel`, offline, with NumPy only.
 
-The tensors are read with ``safetensors.numpy`` (no PyTorch).  Loading is strict: the file
+The tensors are read by refcompress's own safetensors reader (:func:`refcompress.io.load_arrays`:
+NumPy only, the header checked completely before any data is read).  Loading is strict: the file
 must hold exactly the tensors the config describes, with the shapes the config implies,
 or nothing is loaded and the error names each offending tensor.  Two allowances, both
 exact: ``embeddings.position_ids`` may be absent (it is then arange(max_position_embeddings),
 its only possible value), and the pooler is built only when the file has
-``pooler.dense.*``.  Float16 tensors are widened to float32 (exact); other dtypes are refused.
+``pooler.dense.*``.  Float16 and bfloat16 tensors are widened to float32 (exact); other
+dtypes are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import numpy as np
 
 from ..errors import CorruptFileError, DTypeError, ShapeError
+from ..io import load_arrays
 from ..nn import BertModel
 from .config import BertConfig
 
@@ -54,15 +57,12 @@ def minilm_path() -> str:
 
 
 def read_safetensors(path) -> dict:
-    """All tensors of a safetensors file as NumPy arrays (name -> ndarray)."""
+    """All tensors of a safetensors file as NumPy arrays (name -> ndarray): see
+    :func:`refcompress.io.load_arrays`, which this is."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no safetensors file at {path!r}")
-    st = _require("safetensors.numpy")
-    try:
-        return dict(st.load_file(path))
-    except Exception as e:  # safetensors raises its own SafetensorError (and others) on bad files
-        raise CorruptFileError(f"path: {path!r} is not a readable safetensors file ({e})") from None
+    return load_arrays(path)
 
 
 def _check_tensors(tensors: dict, expected: dict, where: str) -> dict:

@@ -1,10 +1,14 @@
-"""refcompress.io: save and load models (one npz file: arrays + verified JSON metadata).
+"""refcompress.io: save and load models (npz or safetensors, with verified metadata) and
+plain arrays (safetensors).
 
-See docs/io.md for the format, the atomic-write guarantee and the checks made on load.
+See docs/io.md for the formats, the atomic-write guarantee and the checks made on load.
 """
 
 from .atomic import atomic_write, check_output_path
-from .npz import FORMAT_NAME, FORMAT_VERSION, METADATA_ENTRY, load, read_metadata, save
+from .formats import MODEL_FORMATS, check_model_path, load, read_metadata, save
+from .npz import FORMAT_NAME, FORMAT_VERSION, METADATA_ENTRY
+from .safetensors import load_arrays, save_arrays
 
-__all__ = ["save", "load", "read_metadata", "atomic_write", "check_output_path",
+__all__ = ["save", "load", "read_metadata", "save_arrays", "load_arrays", "atomic_write",
+           "check_output_path", "check_model_path", "MODEL_FORMATS",
            "FORMAT_NAME", "FORMAT_VERSION", "METADATA_ENTRY"]

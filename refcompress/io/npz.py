@@ -92,19 +92,11 @@ def _write_container(fileobj, meta_bytes: bytes, arrays: dict) -> None:
             _write_array(zf, name, arr)
 
 
-def save(model, path, *, metadata=None) -> str:
-    """Write ``model`` (architecture and state dict) to ``path`` atomically; return the path.
-
-    model    : a refcompress.nn.Module whose every layer type is registered
-               (``nn.register_module``), so that ``nn.to_spec`` can describe it.
-    path     : target file (conventionally ``*.npz``); its directory must exist.  An
-               existing file is replaced only once the new one is complete on disk.
-    metadata : optional JSON-serialisable dict stored under "user" (e.g. the accuracy
-               and seed of a trained model); :func:`read_metadata` returns it.
-    """
+def describe_model(model, metadata):
+    """(meta, arrays): the metadata dict of the module docstring and the state dict to
+    store, after every check that can refuse ``model`` or ``metadata`` (both formats)."""
     if not isinstance(model, nn.Module):
         raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
-    path = check_output_path(path)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -126,18 +118,38 @@ def save(model, path, *, metadata=None) -> str:
                    for k, a in arrays.items()],
         "user": metadata,
     }
+    return meta, arrays
+
+
+def encode_metadata(meta: dict, **json_options) -> str:
+    """``meta`` as JSON text; a user ``metadata`` JSON cannot hold is an ArgumentError."""
     try:
-        meta_bytes = json.dumps(meta, indent=1, allow_nan=False).encode("utf-8")
+        return json.dumps(meta, allow_nan=False, **json_options)
     except (TypeError, ValueError) as e:
         raise ArgumentError(f"metadata: expected a JSON-serialisable dict: {e}") from None
 
+
+def save(model, path, *, metadata=None) -> str:
+    """Write ``model`` (architecture and state dict) to ``path`` as an npz file, atomically;
+    return the path.  (``refcompress.io.save`` picks this format for a ``.npz`` path.)
+
+    model    : a refcompress.nn.Module whose every layer type is registered
+               (``nn.register_module``), so that ``nn.to_spec`` can describe it.
+    path     : target file (conventionally ``*.npz``); its directory must exist.  An
+               existing file is replaced only once the new one is complete on disk.
+    metadata : optional JSON-serialisable dict stored under "user" (e.g. the accuracy
+               and seed of a trained model); :func:`read_metadata` returns it.
+    """
+    path = check_output_path(path)
+    meta, arrays = describe_model(model, metadata)
+    meta_bytes = encode_metadata(meta, indent=1).encode("utf-8")
     with atomic_write(path) as f:
         _write_container(f, meta_bytes, arrays)
     return path
 
 
 # -- reading ---------------------------------------------------------------------------
-def _check_metadata(meta, where: str) -> None:
+def check_metadata(meta, where: str) -> None:
     def bad(msg):
         raise CorruptFileError(f"{where}: {msg}")
 
@@ -227,7 +239,7 @@ def _read_verified(path: str):
                 meta = json.loads(zf.read(METADATA_ENTRY).decode("utf-8"))
             except json.JSONDecodeError as e:
                 raise CorruptFileError(f"{where}: {METADATA_ENTRY} is not valid JSON ({e})") from None
-            _check_metadata(meta, where)
+            check_metadata(meta, where)
             expected = {e["name"] + ".npy" for e in meta["arrays"]} | {METADATA_ENTRY}
             missing = sorted(expected - set(names))
             extra = sorted(set(names) - expected)
@@ -254,6 +266,30 @@ def _import_layer_modules(meta) -> None:
                 pass
 
 
+def build_model(path: str, meta: dict, arrays: dict):
+    """The model of verified ``meta`` holding ``arrays``, in eval mode (steps 7-8 of
+    docs/io.md, shared by both formats); CorruptFileError naming ``path`` otherwise."""
+    _import_layer_modules(meta)
+    gen = nn.init.get_rng()
+    rng_state = gen.bit_generator.state
+    try:
+        model = nn.from_spec(meta["architecture"])
+    except (RefcompressError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CorruptFileError(f"{path}: the architecture cannot be built: {e}") from None
+    finally:
+        gen.bit_generator.state = rng_state
+    # A model saved after model.to(float64) rebuilds as float32; follow the saved dtype.
+    float_dtypes = {a.dtype for a in arrays.values() if a.dtype.kind == "f"}
+    params = list(model.parameters())
+    if len(float_dtypes) == 1 and params and params[0].dtype not in float_dtypes:
+        model.to(next(iter(float_dtypes)))
+    try:
+        model.load_state_dict(arrays, strict=True)
+    except (ArgumentError, ShapeError, DTypeError) as e:
+        raise CorruptFileError(f"{path}: the arrays do not fit the architecture: {e}") from None
+    return model.eval()
+
+
 def read_metadata(path) -> dict:
     """The verified metadata dict of a saved model (the fields of the module docstring).
 
@@ -276,22 +312,4 @@ def load(path):
     """
     path = check_path(path)
     meta, arrays = _read_verified(path)
-    _import_layer_modules(meta)
-    gen = nn.init.get_rng()
-    rng_state = gen.bit_generator.state
-    try:
-        model = nn.from_spec(meta["architecture"])
-    except (RefcompressError, TypeError, ValueError, KeyError, AttributeError) as e:
-        raise CorruptFileError(f"{path}: the architecture cannot be built: {e}") from None
-    finally:
-        gen.bit_generator.state = rng_state
-    # A model saved after model.to(float64) rebuilds as float32; follow the saved dtype.
-    float_dtypes = {a.dtype for a in arrays.values() if a.dtype.kind == "f"}
-    params = list(model.parameters())
-    if len(float_dtypes) == 1 and params and params[0].dtype not in float_dtypes:
-        model.to(next(iter(float_dtypes)))
-    try:
-        model.load_state_dict(arrays, strict=True)
-    except (ArgumentError, ShapeError, DTypeError) as e:
-        raise CorruptFileError(f"{path}: the arrays do not fit the architecture: {e}") from None
-    return model.eval()
+    return build_model(path, meta, arrays)

@@ -129,10 +129,29 @@ def test_wrong_dtype_and_corrupt_file_are_refused(tmp_path):
     d, _ = write_tiny(tmp_path)
     raw = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(CorruptFileError, match="not a readable safetensors file"):
+    with pytest.raises(CorruptFileError, match=r"model.safetensors: the tensors end at byte \d+ but the file has \d+ bytes \(truncated\)"):
         load_bert(d)
     with pytest.raises(FileNotFoundError, match="model_dir"):
         load_bert(tmp_path / "nope")
+
+
+def test_a_bfloat16_checkpoint_loads_widened_exactly(tmp_path):
+    d, state = write_tiny(tmp_path)
+    header, chunks, end = {}, [], 0
+    for k, v in state.items():
+        if v.dtype == np.float32:
+            raw, code = (v.view(np.uint32) >> 16).astype("<u2").tobytes(), "BF16"
+        else:
+            raw, code = v.tobytes(), {"<i8": "I64", "<i4": "I32"}[v.dtype.str]
+        header[k] = {"dtype": code, "shape": list(v.shape), "data_offsets": [end, end + len(raw)]}
+        chunks.append(raw)
+        end += len(raw)
+    text = json.dumps(header).encode()
+    (d / "model.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + b"".join(chunks))
+    got = load_bert(d).state_dict()
+    for k, v in state.items():
+        want = (v.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32) if v.dtype == np.float32 else v
+        assert got[k].dtype == v.dtype and got[k].tobytes() == want.tobytes(), k
 
 
 def test_pooling_helpers():

@@ -3,7 +3,8 @@
 The digits pipeline's stages (pruning to CSR / N:M / smaller layers, every quantization
 method, Deep Compression's Huffman streams, every low-rank factorisation) on a small CNN
 and MLP, and every layer replacement of the transformer methods (GPTQ, AWQ, W8A8 with
-SmoothQuant, SparseGPT, Wanda, SVD) on one Linear."""
+SmoothQuant, SparseGPT, Wanda, SVD) on one Linear, and a BERT; each through both formats
+(the path's extension chooses npz or safetensors)."""
 
 from types import SimpleNamespace
 
@@ -64,18 +65,23 @@ STAGES = {
 }
 
 
+FORMATS = [".npz", ".safetensors"]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
 @pytest.mark.parametrize("name", list(STAGES))
-def test_pipeline_stages_round_trip_bit_for_bit(tmp_path, name):
+def test_pipeline_stages_round_trip_bit_for_bit(tmp_path, name, ext):
     d = _data()
     builders = [_cnn] if name in ("tucker2", "cp") else [_cnn, _mlp]
     for build in builders:
         model = compress(build(), {"name": name, "stage": STAGES[name]}, d, repeats=1).final.eval()
-        path = rio.save(model, tmp_path / f"{build.__name__}.npz")
+        path = rio.save(model, tmp_path / f"{build.__name__}{ext}")
         _assert_same(model, rio.load(path), d.X_test)
 
 
+@pytest.mark.parametrize("ext", FORMATS)
 @pytest.mark.parametrize("name", list(METHODS))
-def test_transformer_layer_replacements_round_trip_bit_for_bit(tmp_path, name):
+def test_transformer_layer_replacements_round_trip_bit_for_bit(tmp_path, name, ext):
     method = METHODS[name]
     rng = np.random.default_rng(1)
     nn.manual_seed(1)
@@ -83,5 +89,14 @@ def test_transformer_layer_replacements_round_trip_bit_for_bit(tmp_path, name):
     calib = rng.standard_normal((256, 64)).astype(np.float32) if method.needs_data else None
     layer = method.make(lin, calib, **method.kwargs)
     layer.eval()
-    path = rio.save(layer, tmp_path / "layer.npz")
+    path = rio.save(layer, tmp_path / f"layer{ext}")
     _assert_same(layer, rio.load(path), rng.standard_normal((3, 5, 64)).astype(np.float32))
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_bert_round_trips_bit_for_bit(tmp_path, ext):
+    model = nn.BertModel(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=24, max_position_embeddings=12, type_vocab_size=2,
+                         rng=np.random.default_rng(3)).eval()
+    path = rio.save(model, tmp_path / f"bert{ext}")
+    _assert_same(model, rio.load(path), np.random.default_rng(4).integers(0, 40, (2, 12)))
