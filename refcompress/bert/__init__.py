@@ -11,7 +11,8 @@
 
 The model's 36 encoder Linear layers are ordinary :class:`refcompress.nn.Linear` children
 (``encoder.layer.N.attention.self.query`` ...), so pruning, quantization and low-rank
-packages swap or hook them by name.  Needs the ``bert`` extra (safetensors, tokenizers);
+packages swap or hook them by name.  Needs the ``bert`` extra (tokenizers; the weights are read by
+refcompress's own safetensors reader);
 never imports PyTorch.  See docs/transformers.md.
 
 >>> from refcompress.bert import load_minilm
