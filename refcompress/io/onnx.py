@@ -215,6 +215,15 @@ class _Exporter:
             attrs = dict(axis=1, block_size=int(m.group_size))
         zp = (np.zeros(scale.shape, zp_dtype) if m.symmetric
               else m.weight_zero_point.reshape(scale.shape).astype(np.uint8))
+        if m.bits <= 4 and self.opset >= BLOCKED_OPSET:
+            # ONNX's own 4-bit types (opset 21): stored two codes a byte, as the layer holds them
+            try:
+                import ml_dtypes  # onnx's own dependency for these types (onnx >= 1.17)
+            except ImportError:
+                ml_dtypes = None
+            if ml_dtypes is not None:
+                t4 = ml_dtypes.int4 if m.symmetric else ml_dtypes.uint4
+                codes, zp = codes.astype(t4), zp.astype(t4)
         w = g.op("DequantizeLinear", [g.const(codes, path + ".weight_codes"), g.const(scale, path + ".weight_scale"),
                                       g.const(zp, path + ".weight_zero_point")], path + "/weight", **attrs)
         inp = x.name

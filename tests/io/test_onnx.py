@@ -146,22 +146,29 @@ def test_sparse_and_low_rank_layers_export_what_they_compute():
     assert sum(n.op_type == "Conv" for n in m.graph.node) == 7  # the factors, not a rebuilt kernel
 
 
-@needs_ort
-@pytest.mark.parametrize("bits,group_size,symmetric", [(8, None, True), (4, None, True), (4, 4, True),
-                                                       (3, None, False), (4, 4, False)])
-def test_weight_only_layers_are_dequantized_codes(bits, group_size, symmetric):
+@pytest.mark.parametrize("bits,group_size,symmetric,opset", [
+    (8, None, True, 17), (4, None, True, 17), (4, None, True, 21), (4, 4, True, 21), (3, None, False, 17),
+    (3, None, False, 21), (4, 4, False, 21), (8, 4, False, 21)])
+def test_weight_only_layers_are_dequantized_codes(bits, group_size, symmetric, opset):
     # group-wise: the MLP (every row length a multiple of 4); per channel: the CNN's convs too
     model = _trained_like(mlp_300_100 if group_size else small_cnn)
     wo = quantize_weight_only(model, bits, group_size=group_size, symmetric=symmetric)
-    opset = 21 if group_size else 17
     m = to_onnx_model(wo, IMG, opset=opset)
     dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
     assert len(dq) == 3  # the codes are stored, not float weights
-    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    codes = inits[dq[0].input[0]]
-    assert codes.dtype == (np.int8 if symmetric else np.uint8)
+    tensors = {t.name: t for t in m.graph.initializer}
+    codes = numpy_helper.to_array(tensors[dq[0].input[0]]).astype(np.int16)
+    # opset 21 has 4-bit types: codes of <= 4 bits are stored two a byte, as the layer holds them
+    four = bits <= 4 and opset >= 21
+    want = {(True, False): TensorProto.INT8, (False, False): TensorProto.UINT8, (True, True): TensorProto.INT4,
+            (False, True): TensorProto.UINT4}[(symmetric, four)]
+    assert tensors[dq[0].input[0]].data_type == want
+    if four:
+        assert len(tensors[dq[0].input[0]].raw_data) == (codes.size + 1) // 2
     assert codes.min() >= (-(2 ** (bits - 1)) if symmetric else 0)
     assert codes.max() <= (2 ** (bits - 1) - 1 if symmetric else 2**bits - 1)
+    if ort is None:
+        return
     x = _imgs(6)
     np.testing.assert_allclose(_run(m, x), wo(x), rtol=0, atol=_dot_lengths(m) * U * max(1, np.abs(wo(x)).max()))
 
