@@ -68,7 +68,8 @@ def test_export_a_saved_quantized_model(tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_array_equal(got, q(x))  # ends on DequantizeLinear of identical codes
-    assert main(["export", str(tmp_path / "q.npz"), "-o", str(tmp_path / "rows.onnx"), "--input-shape", "64"]) == 0
+    assert main(["export", str(tmp_path / "q.npz"), "-o", str(tmp_path / "rows.onnx"), "--input-shape", "64",
+                 "--weight-dtype", "uint8"]) == 0
     got = ort.InferenceSession(str(tmp_path / "rows.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input": x.reshape(6, 64)})[0]
     np.testing.assert_array_equal(got, q(x))

@@ -124,9 +124,10 @@ class _Stream:
 
 
 class _Exporter:
-    def __init__(self, opset):
+    def __init__(self, opset, weight_dtype):
         self.g = Graph()
         self.opset = opset
+        self.weight_dtype = weight_dtype
 
     def unsupported(self, path, m, why=""):
         raise ArgumentError(f"model: layer {path or '<root>'!r} ({type(m).__name__}) cannot be exported to ONNX"
@@ -262,6 +263,11 @@ class _Exporter:
         z_in = np.uint8(m.input_zero_point[0])
         z_out = int(spec.zero_point)
         w = np.ascontiguousarray(m.weight_q, np.int8)
+        wz = np.int8(0)
+        if self.weight_dtype == "uint8":
+            # w + 128 with zero point 128: the same products (w' - 128 = w), and runtimes take
+            # their u8 x u8 kernels, which cannot saturate (see docs/io.md)
+            w, wz = (w.astype(np.int16) + 128).astype(np.uint8), np.uint8(128)
         O = w.shape[0]
         bias = None if m.bias_q is None else np.asarray(m.bias_q, np.int32)
         per_channel = M.size > 1 and not np.all(M == M[0])
@@ -272,10 +278,10 @@ class _Exporter:
             cattrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride), pads=[ph, pw, ph, pw],
                           dilations=list(m.dilation), group=int(m.groups))
         if m.rule == "float" and (conv or bias is None):
-            wz = np.zeros(M_c.shape, np.int8)
             ins = [x.name, one, g.const(z_in, path + ".input_zero_point"), g.const(w if conv else w.T.copy(),
                                                                                     path + ".weight_q"),
-                   g.const(M_c, path + ".multiplier"), g.const(wz, path + ".weight_zero_point"), one,
+                   g.const(M_c, path + ".multiplier"),
+                   g.const(np.full(M_c.shape, wz, w.dtype), path + ".weight_zero_point"), one,
                    g.const(np.uint8(z_out), path + ".output_zero_point")]
             if conv:
                 if bias is not None:
@@ -284,12 +290,12 @@ class _Exporter:
             else:
                 y = g.op("QLinearMatMul", ins, path)
         else:
-            zx = g.const(z_in, path + ".input_zero_point")
+            zs = [g.const(z_in, path + ".input_zero_point"), g.const(wz, path + ".weight_zero_point")]
             if conv:
-                acc = g.op("ConvInteger", [x.name, g.const(w, path + ".weight_q"), zx], path, **cattrs)
+                acc = g.op("ConvInteger", [x.name, g.const(w, path + ".weight_q"), *zs], path, **cattrs)
                 cshape = (O, 1, 1)
             else:
-                acc = g.op("MatMulInteger", [x.name, g.const(w.T.copy(), path + ".weight_q"), zx], path)
+                acc = g.op("MatMulInteger", [x.name, g.const(w.T.copy(), path + ".weight_q"), *zs], path)
                 cshape = (O,)
             if bias is not None:
                 acc = g.op("Add", [acc, g.const(bias.reshape(cshape), path + ".bias_q")], path + "/bias")
@@ -471,7 +477,10 @@ def _eval_forward(model, x):
             object.__setattr__(m, "training", mode)
 
 
-def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET):
+WEIGHT_DTYPES = ("int8", "uint8")
+
+
+def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: str = "int8"):
     """The checked ``onnx.ModelProto`` of ``model`` (see :func:`export_onnx`)."""
     from ..nn import Module
 
@@ -479,10 +488,12 @@ def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET):
         raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
     dims = _check_input_shape(input_shape)
     opset = _check_opset(opset)
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ArgumentError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
     _onnx()
     from onnx import helper
 
-    ex = _Exporter(opset)
+    ex = _Exporter(opset, weight_dtype)
     y = ex.layer(_Stream("input", len(dims), np.float32), model, "")
     ex.g.nodes.append(helper.make_node("Identity", [y.name], ["output"], name="output"))
     # The output's static dims come from running the model once (batch 1, eval mode).
@@ -496,19 +507,23 @@ def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET):
     return ex.g.model([inp], [out], opset, "refcompress")
 
 
-def export_onnx(model, path, input_shape, opset: int = DEFAULT_OPSET) -> str:
+def export_onnx(model, path, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: str = "int8") -> str:
     """Write ``model`` (a chain of refcompress layers, float or compressed) as ONNX.
 
     input_shape : the float32 input's shape, batch first and None for a dynamic batch:
                   (None, F) or (None, C, H, W).
     opset       : ONNX opset, >= 13 (>= 21 for group-wise weight-only layers).
+    weight_dtype: how integer layers' int8 weights are stored: "int8" (the usual u8 x s8
+                  form), or "uint8" (w + 128, zero point 128: the same products, and
+                  onnxruntime runs its u8 x u8 kernels, exact also on x86 CPUs without
+                  VNNI, where its u8 x s8 kernels can saturate).
     The graph's input is "input" (float32), its output "output" (float32, or uint8 codes
     when the model ends on an integer layer).  The model is checked with ``onnx.checker``
     and written atomically.  A layer with no ONNX form is an ArgumentError naming its path
     and type.  Returns ``path``.
     """
     path = check_output_path(path)  # before the graph is built
-    return write_model(to_onnx_model(model, input_shape, opset), path)
+    return write_model(to_onnx_model(model, input_shape, opset, weight_dtype), path)
 
 
 # ---- import -------------------------------------------------------------------------------

@@ -183,6 +183,9 @@ def add_export_arguments(p):
                    "the digits images; e.g. 64 for rows of 64 features); the batch stays dynamic")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; group-wise "
                    "weight-only layers need 21)")
+    p.add_argument("--weight-dtype", choices=("int8", "uint8"), default="int8",
+                   help="integer layers' weights as int8 (default) or uint8 = w + 128 with zero point 128 "
+                   "(exact in onnxruntime on x86 CPUs without VNNI too; docs/io.md)")
     p.add_argument("--seed", type=int, default=0, help="seed for training a reference model")
 
 
@@ -205,7 +208,7 @@ def run_export(args) -> int:
     rc_io.check_output_path(args.output, "--output")
     model = _load_model(args.model, args.seed, None)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
-    rc_io.export_onnx(model, args.output, input_shape=(None, *dims), opset=opset)
+    rc_io.export_onnx(model, args.output, input_shape=(None, *dims), opset=opset, weight_dtype=args.weight_dtype)
     print(f"wrote {args.output} (ONNX opset {opset}, input [batch, {', '.join(map(str, dims))}])")
     return 0
 

@@ -236,6 +236,8 @@ def test_bad_arguments_are_refused(tmp_path):
         to_onnx_model(model, (None, None))
     with pytest.raises(ArgumentError, match=r"opset: expected an int in \[13, "):
         to_onnx_model(model, (None, 4), opset=11)
+    with pytest.raises(ArgumentError, match=r"weight_dtype: expected one of \('int8', 'uint8'\), got 'int4'"):
+        to_onnx_model(model, (None, 4), weight_dtype="int4")
     with pytest.raises(DTypeError, match="model: expected a refcompress.nn.Module"):
         to_onnx_model("model", (None, 4))
     with pytest.raises(ArgumentError, match="path: .* is a directory"):
@@ -302,11 +304,11 @@ def _quant_cases(draw, conv):
     x = rng.integers(0, hi + 1, shape).astype(np.float32)
     if draw(st.booleans()):  # the extremes of the code range
         x.reshape(-1)[:: max(1, x.size // 7)] = draw(st.sampled_from([0, hi]))
-    return _codes_model(layer, shape, z_in), x
+    return _codes_model(layer, shape, z_in), x, draw(st.sampled_from(["int8", "uint8"]))
 
 
-def _check_codes(model, x):
-    m = to_onnx_model(model, (None,) + x.shape[1:])
+def _check_codes(model, x, weight_dtype="int8"):
+    m = to_onnx_model(model, (None,) + x.shape[1:], weight_dtype=weight_dtype)
     with kernels.use("numpy"):
         want = model(x)
     assert want.dtype == np.uint8
@@ -332,9 +334,10 @@ def test_quantized_conv_codes_match_bit_for_bit(case):
 
 
 @needs_ort
+@pytest.mark.parametrize("weight_dtype", ["int8", "uint8"])
 @pytest.mark.parametrize("rule", ["float", "fixedpoint"])
 @pytest.mark.parametrize("builder", [mlp_300_100, small_cnn])
-def test_digits_models_after_ptq_give_the_same_codes(rule, builder):
+def test_digits_models_after_ptq_give_the_same_codes(rule, builder, weight_dtype):
     from refcompress.data import load_digits
 
     data = load_digits().as_images()
@@ -343,12 +346,14 @@ def test_digits_models_after_ptq_give_the_same_codes(rule, builder):
     assert isinstance(q[-1], qm.DequantizeStub)
     codes = nn.Sequential(*list(q)[:-1]).eval()  # up to the last integer layer's codes
     x = data.X_test
-    m = to_onnx_model(codes, IMG)
+    m = to_onnx_model(codes, IMG, weight_dtype=weight_dtype)
     with kernels.use("numpy"):
         want = codes(x)
     np.testing.assert_array_equal(_run(m, x), want)
     # the full model ends on DequantizeLinear: the same floats, (q - z) * s
-    full = to_onnx_model(q, IMG)
+    full = to_onnx_model(q, IMG, weight_dtype=weight_dtype)
+    inits = {t.name: numpy_helper.to_array(t) for t in full.graph.initializer}
+    assert {v.dtype for k, v in inits.items() if ".weight_q" in k} == {np.dtype(weight_dtype)}
     np.testing.assert_array_equal(_run(full, x), q(x))
     ops = {n.op_type for n in full.graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
