@@ -137,8 +137,9 @@ class _Exporter:
         if dtype is not None and x.dtype != np.dtype(dtype):
             what = "float32 values" if np.dtype(dtype) == np.float32 else f"{np.dtype(dtype).name} codes"
             self.unsupported(path, m, f"it takes {what}, but the layer before it gives {x.dtype.name}")
-        if rank is not None and x.rank not in np.atleast_1d(rank):
-            self.unsupported(path, m, f"it takes rank-{rank} input, but gets rank {x.rank}")
+        ranks = (rank,) if isinstance(rank, int) else rank
+        if rank is not None and x.rank not in ranks:
+            self.unsupported(path, m, f"it takes rank-{' or '.join(map(str, ranks))} input, but gets rank {x.rank}")
 
     # -- float layers --
 
@@ -235,8 +236,8 @@ class _Exporter:
             # per input channel: the last axis of a Linear's input, axis 1 of NCHW
             s = m.input_scale.astype(np.float32).reshape((-1,) if len(m.weight_shape) == 2 else (-1, 1, 1))
             inp = g.op("Mul", [inp, g.const(s, path + ".input_scale")], path + "/input_scale")
-        bias = None if m.bias is None else g.const(np.asarray(m.bias, np.float32), path + ".bias")
         if len(m.weight_shape) == 2:
+            bias = None if m.bias is None else g.const(np.asarray(m.bias, np.float32), path + ".bias")
             if x.rank == 2:
                 y = g.op("Gemm", [inp, w] + ([bias] if bias else []), path, transB=1)
             else:

@@ -41,7 +41,13 @@ U = 2.0**-24
 IMG = (None, 1, 8, 8)
 
 
+def _unused_initializers(model_proto):
+    used = {i for n in model_proto.graph.node for i in n.input}
+    return [t.name for t in model_proto.graph.initializer if t.name not in used]
+
+
 def _run(model_proto, x, optimize=True):
+    assert _unused_initializers(model_proto) == []
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if not optimize:
@@ -156,6 +162,7 @@ def test_weight_only_layers_are_dequantized_codes(bits, group_size, symmetric, o
     m = to_onnx_model(wo, IMG, opset=opset)
     dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
     assert len(dq) == 3  # the codes are stored, not float weights
+    assert _unused_initializers(m) == []
     tensors = {t.name: t for t in m.graph.initializer}
     codes = numpy_helper.to_array(tensors[dq[0].input[0]]).astype(np.int16)
     # opset 21 has 4-bit types: codes of <= 4 bits are stored two a byte, as the layer holds them
@@ -182,6 +189,11 @@ def test_weight_only_linear_with_input_scale_and_rotation():
                         input_scale=rng.uniform(0.5, 2, 16).astype(np.float32))
     model = nn.Sequential(layer).eval()
     _assert_float_close(model, (None, 16), rng.standard_normal((3, 16)).astype(np.float32))
+    conv = qm.WeightOnlyConv2d(3, 4, 3, padding=1, groups=1, bits=4, input_scale=True)
+    conv.set_weight(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), np.ones(4, np.float32))
+    conv.set_quantized(np.ones((4, 3, 3, 3), np.int8), np.full(4, 0.1, np.float32),
+                       input_scale=np.float32([0.5, 1.0, 3.0]))
+    _assert_float_close(nn.Sequential(conv).eval(), (None, 3, 5, 5), rng.standard_normal((2, 3, 5, 5)).astype(np.float32))
 
 
 def test_group_wise_weight_only_needs_opset_21():
