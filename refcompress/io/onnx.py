@@ -594,8 +594,9 @@ class _Importer:
             raise ArgumentError(f"{self.path}: expected one graph input and one output (a chain), got inputs "
                                 f"{[i.name for i in real_inputs]} and outputs {[o.name for o in g.output]}")
         cur = real_inputs[0].name
-        rank = len(real_inputs[0].type.tensor_type.shape.dim)
-        elem = real_inputs[0].type.tensor_type.elem_type
+        tt = real_inputs[0].type.tensor_type  # onnx.checker has made sure it has a shape
+        rank = len(tt.shape.dim)
+        elem = tt.elem_type
         from onnx import TensorProto
 
         if elem != TensorProto.FLOAT:

@@ -519,6 +519,21 @@ def test_import_refuses_integer_graphs_and_computed_weights(tmp_path):
         rio.import_onnx(path)
 
 
+def test_import_refuses_a_shapeless_or_integer_input(tmp_path):
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    (tmp_path / "s.onnx").write_bytes(helper.make_model(g).SerializeToString())
+    with pytest.raises(CorruptFileError, match=r"s.onnx: the ONNX model does not pass onnx.checker \(Field 'shape'"):
+        rio.import_onnx(tmp_path / "s.onnx")
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.UINT8, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, ["n", 4])])
+    (tmp_path / "u.onnx").write_bytes(helper.make_model(g).SerializeToString())
+    with pytest.raises(ArgumentError, match="input 'x' is UINT8; import reads float32 graphs"):
+        rio.import_onnx(tmp_path / "u.onnx")
+
+
 @pytest.mark.parametrize("content", [b"", b"not an onnx file at all", None])
 def test_damaged_or_foreign_files_are_corrupt_file_errors(tmp_path, content):
     path = tmp_path / "bad.onnx"
