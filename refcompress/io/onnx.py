@@ -304,6 +304,11 @@ class _Exporter:
                 f = g.op("Cast", [acc], path + "/to_float", to=_onnx_elem(np.float32))
                 f = g.op("Mul", [f, g.const(M_c.reshape(cshape) if per_channel else M_c, path + ".multiplier")],
                          path + "/requant")
+                # clamped to [-z, 255 - z] before rounding, as round_saturate does: the same
+                # codes, and no runtime has to convert a float beyond int32 (onnx's reference
+                # evaluator does not saturate those)
+                f = g.op("Clip", [f, g.const(np.float32(-z_out), path + ".low"),
+                                  g.const(np.float32(255 - z_out), path + ".high")], path + "/saturate")
                 y = g.op("QuantizeLinear", [f, one, g.const(np.uint8(z_out), path + ".output_zero_point")],
                          path + "/round")
             else:

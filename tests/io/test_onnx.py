@@ -271,13 +271,13 @@ def _codes_model(layer, in_shape, z_in):
 
 
 @st.composite
-def _quant_cases(draw, conv):
+def _quant_cases(draw, conv, rules=("float", "fixedpoint"), bias=(False, True)):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n = draw(st.sampled_from([1, 2, 5]))
-    rule = draw(st.sampled_from(["float", "fixedpoint"]))
+    rule = draw(st.sampled_from(rules))
     relu = draw(st.booleans())
     per_channel = draw(st.booleans())
-    bias = draw(st.booleans())
+    bias = draw(st.sampled_from(bias))
     act_bits = draw(st.sampled_from([8, 8, 6]))
     if conv:
         groups = draw(st.sampled_from([1, 1, 2, 3]))
@@ -304,16 +304,26 @@ def _quant_cases(draw, conv):
     hi = 2**act_bits - 1
     z_in = int(draw(st.sampled_from([0, 1, hi // 2, hi])))
     z_out = int(draw(st.sampled_from([0, 3, hi // 2, hi])))
-    # s_in s_w / s_out around 1 / (typical |acc|): mostly in range, some saturating, and the
-    # extremes of the multiplier (tiny ones give z_out, M > 1 shifts left and saturates int32)
-    typical = np.sqrt(K) * 127 * 128
-    m_exp = draw(st.sampled_from([-3.0, -1.0, 0.0, 0.5, 2.0, 6.0, -12.0, 24.0]))
     s_in = np.float32(draw(st.sampled_from([0.02, 1.0, 0.0037])))
-    ws = (rng.uniform(0.5, 2.0, cout) if per_channel else rng.uniform(0.5, 2.0, 1)).astype(np.float32)
-    s_out = np.float32(s_in * float(ws.mean()) * typical / 2**m_exp / 64)
-    bq = rng.integers(-(2**20), 2**20, cout).astype(np.int32) if bias else None
+    if draw(st.booleans()):
+        # small: codes near z_in, small weights and bias, power-of-two scales so M is 2^-4 .. 4
+        # exactly -- the outputs land in range with small right shifts, where the rounding
+        # details show (SRDHM's nudge, RDBPOT's ties, the float rule's ties at M = 1/2)
+        wq = rng.integers(-4, 5, wq.shape).astype(np.int8)
+        ws = (2.0 ** rng.integers(-1, 2, cout if per_channel else 1)).astype(np.float32)
+        s_out = np.float32(s_in * 2.0 ** draw(st.sampled_from([-1, 0, 1, 2, 3])))
+        bq = rng.integers(-64, 65, cout).astype(np.int32) if bias else None
+        x = np.clip(z_in + rng.integers(-6, 7, shape), 0, hi).astype(np.float32)
+    else:
+        # s_in s_w / s_out around 1 / (typical |acc|): mostly in range, some saturating, and the
+        # extremes of the multiplier (tiny ones give z_out, M > 1 shifts left and saturates int32)
+        typical = np.sqrt(K) * 127 * 128
+        m_exp = draw(st.sampled_from([-3.0, -1.0, 0.0, 0.5, 2.0, 6.0, -12.0, 24.0]))
+        ws = (rng.uniform(0.5, 2.0, cout) if per_channel else rng.uniform(0.5, 2.0, 1)).astype(np.float32)
+        s_out = np.float32(s_in * float(ws.mean()) * typical / 2**m_exp / 64)
+        bq = rng.integers(-(2**20), 2**20, cout).astype(np.int32) if bias else None
+        x = rng.integers(0, hi + 1, shape).astype(np.float32)
     layer.set_quantized(wq, ws, bq, (s_in, z_in), (s_out, z_out))
-    x = rng.integers(0, hi + 1, shape).astype(np.float32)
     if draw(st.booleans()):  # the extremes of the code range
         x.reshape(-1)[:: max(1, x.size // 7)] = draw(st.sampled_from([0, hi]))
     return _codes_model(layer, shape, z_in), x, draw(st.sampled_from(["int8", "uint8"]))
@@ -343,6 +353,23 @@ def test_quantized_linear_codes_match_bit_for_bit(case):
 @given(_quant_cases(conv=True))
 def test_quantized_conv_codes_match_bit_for_bit(case):
     _check_codes(*case)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_quant_cases(conv=False, rules=("fixedpoint",)), _quant_cases(conv=True, rules=("fixedpoint",)),
+                 _quant_cases(conv=False, rules=("float",), bias=(True,))))
+def test_integer_graphs_in_onnx_reference_evaluator(case):
+    """No runtime needed (this runs wherever onnx is installed): onnx's own NumPy evaluator
+    runs the integer-op graphs -- the fixed-point rule's int64 steps, and the float rule's
+    MatMulInteger / Mul / QuantizeLinear form -- to refcompress's codes.  (The QLinear ops
+    are left out: the evaluator computes them in its own float precision, not MLAS's.)"""
+    from onnx.reference import ReferenceEvaluator
+
+    model, x, weight_dtype = case
+    m = to_onnx_model(model, (None,) + x.shape[1:], weight_dtype=weight_dtype)
+    with kernels.use("numpy"):
+        want = model(x)
+    np.testing.assert_array_equal(ReferenceEvaluator(m).run(None, {"input": x})[0], want)
 
 
 @needs_ort
