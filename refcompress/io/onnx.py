@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from ..errors import ArgumentError, CorruptFileError, DTypeError
+from ..errors import ArgumentError, CorruptFileError, DTypeError, ShapeError
 from .atomic import atomic_write, check_output_path, check_path
 
 __all__ = ["export_onnx", "import_onnx", "to_onnx_model", "Graph", "write_model",
@@ -503,7 +503,11 @@ def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: 
     y = ex.layer(_Stream("input", len(dims), np.float32), model, "")
     ex.g.nodes.append(helper.make_node("Identity", [y.name], ["output"], name="output"))
     # The output's static dims come from running the model once (batch 1, eval mode).
-    probe = _eval_forward(model, np.zeros((1,) + dims[1:], np.float32))
+    try:
+        probe = _eval_forward(model, np.zeros((1,) + dims[1:], np.float32))
+    except (ArgumentError, DTypeError, ShapeError) as e:
+        raise ShapeError(f"input_shape: the model does not run on an input of shape {(1,) + dims[1:]} "
+                         f"({e})") from None
     if np.dtype(probe.dtype) != y.dtype or probe.ndim != y.rank:
         raise ArgumentError(f"model: the exported graph gives rank-{y.rank} {y.dtype.name}, the model "
                             f"rank-{probe.ndim} {probe.dtype.name}; a layer is not a plain chain")

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from refcompress import io as rio  # noqa: E402
 from refcompress import kernels, nn  # noqa: E402
-from refcompress.errors import ArgumentError, CorruptFileError, DTypeError  # noqa: E402
+from refcompress.errors import ArgumentError, CorruptFileError, DTypeError, ShapeError  # noqa: E402
 from refcompress.io.onnx import to_onnx_model  # noqa: E402
 from refcompress.lowrank import CPConv2d, LowRankLinear, Tucker2Conv2d  # noqa: E402
 from refcompress.models import mlp_300_100, small_cnn  # noqa: E402
@@ -254,6 +254,9 @@ def test_bad_arguments_are_refused(tmp_path):
         to_onnx_model("model", (None, 4))
     with pytest.raises(ArgumentError, match="path: .* is a directory"):
         rio.export_onnx(model, tmp_path, input_shape=(None, 4))
+    with pytest.raises(ShapeError, match=r"input_shape: the model does not run on an input of shape \(1, 5\) "
+                                         r"\(x: expected last dimension 4"):
+        to_onnx_model(model, (None, 5))
     with pytest.raises(ArgumentError, match=r"layer '0' \(Conv2d\).*takes rank-4 input, but gets rank 2"):
         to_onnx_model(nn.Sequential(nn.Conv2d(1, 1, 1)), (None, 4))
 
