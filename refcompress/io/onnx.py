@@ -373,7 +373,6 @@ class _Exporter:
     def layer(self, x, m, path):
         from .. import nn
         from ..lowrank.layers import CPConv2d, LowRankLinear, Tucker2Conv2d
-        from ..nn.container import Chain
         from ..pipeline.deep_compression import DeepCompressedConv2d, DeepCompressedLinear
         from ..prune.sparse_layers import NMLinear, SparseLinear
         from ..quant import modules as qm
