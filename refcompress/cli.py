@@ -5,6 +5,7 @@ Commands
   demo      the main job on the embedded digits data set
   compress  run a recipe on a model and write the compressed model
   report    parameters, bytes, MACs, accuracy and latency of a model
+  export    write a model as ONNX (integer layers as exact integer ops)
   bench     the kernel benchmarks (from a source checkout)
 Exit codes: 0 success, 1 failure (an error message names the cause), 2 bad usage.
 """
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="measure a saved (or reference) model on digits")
     cli_commands.add_report_arguments(p)
     p.set_defaults(func=cli_commands.run_report)
+
+    p = sub.add_parser("export", help="write a saved (or reference) model as an ONNX file")
+    cli_commands.add_export_arguments(p)
+    p.set_defaults(func=cli_commands.run_export)
 
     p = sub.add_parser("bench", help="run the kernel benchmarks (quick subsets unless --full)")
     cli_commands.add_bench_arguments(p)

@@ -53,6 +53,28 @@ def test_bad_recipe_fails_before_any_work_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_export_a_saved_quantized_model(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from refcompress.quant.convert import quantize_static
+
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = np.random.default_rng(0).random((6, 1, 8, 8)).astype(np.float32)
+    q = quantize_static(model, x, rule="fixedpoint")
+    rc_io.save(q, tmp_path / "q.npz")
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(tmp_path / "q.npz"), "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and out.exists()
+    ort = pytest.importorskip("onnxruntime")
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(got, q(x))  # ends on DequantizeLinear of identical codes
+    assert main(["export", str(tmp_path / "q.npz"), "-o", str(tmp_path / "rows.onnx"), "--input-shape", "64",
+                 "--weight-dtype", "uint8"]) == 0
+    got = ort.InferenceSession(str(tmp_path / "rows.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.reshape(6, 64)})[0]
+    np.testing.assert_array_equal(got, q(x))
+
+
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "refcompress", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "compress" in r.stdout
@@ -64,6 +86,7 @@ def files(tmp_path):
     nn.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
     rc_io.save(model, tmp_path / "tiny.npz")
+    rc_io.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.GELU()).eval(), tmp_path / "gelu.npz")
     (tmp_path / "r.toml").write_text('name = "int8"\n[[stage]]\nkind = "quantize"\nmethod = "static"\n')
     (tmp_path / "latin1.toml").write_bytes(b'name = "\xe9"\n')
     (tmp_path / "adir").mkdir()
@@ -84,6 +107,7 @@ CLI_FAILURES = [
      "--report-json: directory '.*no' does not exist"),
     (["compress", "tiny.npz", "-r", "r.toml", "-o", "o.npz", "--report-json", "o.npz"],
      "--report-json: the same file as --output"),
+    (["compress", "tiny.npz", "-r", "r.toml", "-o", "o.onnx"], r"--output: .*o\.onnx.*\.npz"),
     (["compress", "tiny.npz", "-r", "r.toml", "-o", "o.npz", "--threads", "0"],
      r"--threads: expected an integer in \[1, inf\], got 0"),
     (["compress", "cut.npz", "-r", "r.toml", "-o", "o.npz"], "cut.npz: not a readable ZIP/npz archive"),
@@ -91,6 +115,13 @@ CLI_FAILURES = [
     (["report", "absent.npz"], "MODEL: no file 'absent.npz'"),
     (["report", "adir"], "no config file at 'adir/config.json'"),
     (["demo", "--out", "tiny.npz", "--no-compress"], "out_dir: 'tiny.npz' exists and is not a directory"),
+    (["export", "tiny.npz", "-o", "adir"], "--output: 'adir' is a directory"),
+    (["export", "tiny.npz", "-o", "m.onnx", "--input-shape", "1,x"], "--input-shape: expected positive integers"),
+    (["export", "tiny.npz", "-o", "m.onnx", "--input-shape", "0"], "--input-shape: expected positive integers"),
+    (["export", "tiny.npz", "-o", "m.onnx", "--opset", "5"], r"opset: expected an int in \[13, "),
+    (["export", "gelu.npz", "-o", "m.onnx"], r"layer '2' \(GELU\) cannot be exported to ONNX"),
+    (["export", "cut.npz", "-o", "m.onnx"], "cut.npz: not a readable ZIP/npz archive"),
+    (["export", "absent.npz", "-o", "m.onnx"], "MODEL: no file 'absent.npz'"),
 ]
 
 

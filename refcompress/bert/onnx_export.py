@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..errors import ArgumentError, DTypeError
-from ..io.atomic import atomic_write, check_output_path
+from ..io.atomic import check_output_path
 
 __all__ = ["export_onnx", "to_onnx_model"]
 
@@ -30,29 +30,15 @@ OPSET = 17
 
 def to_onnx_model(model):
     """The ``onnx.ModelProto`` of ``model`` (a BertModel with plain Linear layers)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
+    from ..io.onnx import Graph
     from ..nn import BertModel, Linear
 
     if not isinstance(model, BertModel):
         raise DTypeError(f"model: expected a refcompress.nn.BertModel, got {type(model).__name__}")
-    nodes, inits = [], []
-    counter = [0]
-
-    def name(prefix):
-        counter[0] += 1
-        return f"{prefix}_{counter[0]}"
-
-    def const(value, prefix="c"):
-        n = name(prefix)
-        inits.append(numpy_helper.from_array(np.asarray(value), n))
-        return n
-
-    def op(kind, inputs, **attrs):
-        out = name(kind.lower())
-        nodes.append(helper.make_node(kind, inputs, [out], **attrs))
-        return out
+    g = Graph()
+    const, op = g.const, g.op
 
     def linear(x, lin, prefix):
         if not isinstance(lin, Linear):
@@ -102,20 +88,16 @@ def to_onnx_model(model):
         x = layer_norm(op("Add", [linear(h, layer.output.dense, p + ".output.dense"), x]),
                        layer.output.LayerNorm, p + ".output.LayerNorm")
 
-    nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+    g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="last_hidden_state"))
     int_in = lambda n: helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])  # noqa: E731
-    graph = helper.make_graph(
-        nodes, "bert", [int_in("input_ids"), int_in("attention_mask"), int_in("token_type_ids")],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", H])], inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="refcompress")
-    onnx.checker.check_model(m)
-    return m
+    return g.model([int_in("input_ids"), int_in("attention_mask"), int_in("token_type_ids")],
+                   [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", H])],
+                   OPSET, "bert")
 
 
 def export_onnx(model, path) -> str:
     """Write ``model`` to ``path`` (.onnx) atomically (``refcompress.io.atomic_write``)."""
+    from ..io.onnx import write_model
+
     path = check_output_path(path)  # before the graph is built
-    m = to_onnx_model(model)
-    with atomic_write(path) as f:
-        f.write(m.SerializeToString())
-    return path
+    return write_model(to_onnx_model(model), path)

@@ -1,4 +1,4 @@
-"""The ``compress``, ``report`` and ``bench`` commands of ``refcompress`` (wired in cli.py).
+"""The ``compress``, ``report``, ``export`` and ``bench`` commands of ``refcompress`` (wired in cli.py).
 
 MODEL arguments are a file written by :func:`refcompress.io.save`, or the name of a
 reference model (``mlp_300_100``, ``small_cnn``), which is then trained first.  The data
@@ -31,10 +31,10 @@ def _load_model(spec: str, seed: int, data):
 
 
 def add_compress_arguments(p):
-    p.add_argument("model", metavar="MODEL", help="saved model file (.npz), reference model name, or "
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz / .safetensors), reference model name, or "
                    "'minilm' / a sentence-transformers BERT directory (with a model = \"bert\" recipe)")
     p.add_argument("--recipe", "-r", required=True, help="TOML recipe (see examples/recipes/)")
-    p.add_argument("-o", "--output", required=True, help="where to write the compressed model (.npz)")
+    p.add_argument("-o", "--output", required=True, help="where to write the compressed model (.npz or .safetensors, by extension)")
     p.add_argument("--report-json", help="also write the per-stage reports as JSON here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="threads for the C kernels")
@@ -44,11 +44,11 @@ def add_compress_arguments(p):
 def _check_arguments(args) -> None:
     # Before any work: a bad option found after minutes of compression loses them.
     from .._validation import check_int
-    from ..io import check_output_path
+    from ..io import check_model_path, check_output_path
 
     if args.threads is not None:
         check_int(args.threads, "--threads", min_value=1)
-    check_output_path(args.output, "--output")
+    check_model_path(args.output, "--output")
     if args.report_json is not None:
         check_output_path(args.report_json, "--report-json")
         if os.path.abspath(args.report_json) == os.path.abspath(args.output):
@@ -121,7 +121,7 @@ def run_compress(args) -> int:
 
 
 def add_report_arguments(p):
-    p.add_argument("model", metavar="MODEL", help="saved model file (.npz) or reference model name")
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz / .safetensors) or reference model name")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=30, help="latency repeats (median)")
 
@@ -172,6 +172,44 @@ def run_report(args) -> int:
     for h, v in zip(HEADERS, rep.row()):
         if "speedup" not in h and h != "ratio":
             print(f"{h:<12} {v}")
+    return 0
+
+
+def add_export_arguments(p):
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz / .safetensors) or reference model name")
+    p.add_argument("-o", "--output", required=True, help="where to write the ONNX model (.onnx)")
+    p.add_argument("--input-shape", default="1,8,8", metavar="DIMS",
+                   help="the input's shape after the batch dimension, comma-separated (default 1,8,8: "
+                   "the digits images; e.g. 64 for rows of 64 features); the batch stays dynamic")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; group-wise "
+                   "weight-only layers need 21)")
+    p.add_argument("--weight-dtype", choices=("int8", "uint8"), default="int8",
+                   help="integer layers' weights as int8 (default) or uint8 = w + 128 with zero point 128 "
+                   "(exact in onnxruntime on x86 CPUs without VNNI too; docs/io.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed for training a reference model")
+
+
+def _parse_dims(text: str) -> tuple:
+    try:
+        dims = tuple(int(d) for d in text.replace(" ", "").split(","))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise RefcompressError(f"--input-shape: expected positive integers separated by commas "
+                               f"(e.g. 1,8,8), got {text!r}")
+    return dims
+
+
+def run_export(args) -> int:
+    from .. import io as rc_io
+    from ..io.onnx import DEFAULT_OPSET
+
+    dims = _parse_dims(args.input_shape)  # refused before any work
+    rc_io.check_output_path(args.output, "--output")
+    model = _load_model(args.model, args.seed, None)
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    rc_io.export_onnx(model, args.output, input_shape=(None, *dims), opset=opset, weight_dtype=args.weight_dtype)
+    print(f"wrote {args.output} (ONNX opset {opset}, input [batch, {', '.join(map(str, dims))}])")
     return 0
 
 
