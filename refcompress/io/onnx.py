@@ -20,6 +20,11 @@ output codes equal refcompress's bit for bit:
 
 Import reads a float graph that is a single chain of the ops in ``IMPORT_OPS`` back into
 refcompress.nn modules.  docs/io.md has the op table, the exactness story and examples.
+
+Where it sits: the exporter knows the layer types of every technique package, so it sits
+beside the pipeline, above them (no technique package imports it).  It imports them inside
+the functions that need them: the pipeline imports ``refcompress.io`` to save files, and
+``import refcompress.io`` must not import the pipeline back.
 """
 
 from __future__ import annotations
