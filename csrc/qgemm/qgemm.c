@@ -260,6 +260,18 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
     return RC_OK;
 }
 
+int rc_qgemm_repeat(long long iters, const void *a, int a_type, long long M, long long K, long long N,
+                    int32_t a_zero_point, const void *packed, const int32_t *col_sums,
+                    const int32_t *b_zero_point, int b_zero_point_per_col, const rc_epilogue *epi, void *c,
+                    void *workspace, int isa, int threads) {
+    if (iters < 1) return RC_ERR_ARG;
+    int rc = RC_OK;
+    for (long long i = 0; i < iters; ++i)
+        rc = rc_qgemm(a, a_type, M, K, N, a_zero_point, packed, col_sums, b_zero_point, b_zero_point_per_col, epi,
+                      c, workspace, isa, threads);
+    return rc;
+}
+
 int rc_requantize(const int32_t *acc, long long M, long long N, const rc_epilogue *epi, void *out,
                   int isa, int threads) {
     if (M < 0 || N < 0 || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
