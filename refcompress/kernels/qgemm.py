@@ -42,7 +42,7 @@ import numpy as np
 from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _native
-from ._registry import Op, check_rc, dispatch, register
+from ._registry import Op, check_rc, dispatch, register, resolve_kept
 from .quantize import round_saturate
 
 INT32_MAX = 2**31 - 1
@@ -607,7 +607,10 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
     if a.shape[1] != pw.K:
         raise ShapeError(f"a, b: inner dimensions differ, a is {a.shape} and b is ({pw.K}, {pw.N})")
     za, bias, spec = _call_args(pw, a.dtype, a.shape[0], a_zero_point, bias, output)
-    return dispatch("qgemm", a, pw, za, bias, spec)
+    impl, isa, threads = resolve_kept("qgemm")  # what dispatch would run, without its generic call
+    if isa is None:
+        return impl(a, pw, za, bias, spec)
+    return impl(a, pw, za, bias, spec, isa=isa, threads=threads)
 
 
 def requantize(acc, output):

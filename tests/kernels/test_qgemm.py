@@ -254,3 +254,35 @@ def test_repeat_helper_of_the_call_path_benchmark_runs_the_same_call():
     out[:] = -1
     assert lib.rc_qgemm_repeat(0, *args) == _native.RC_ERR_ARG
     assert np.all(out == -1)
+
+
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
+def test_the_kept_dispatch_decision_follows_every_new_setting(monkeypatch):
+    # qgemm keeps resolve's answer while the setting is the same object; each use() block
+    # is a new setting, so each must reach the implementation with its own ISA and threads
+    import dataclasses
+
+    from refcompress.kernels import _registry
+
+    op = _registry.ops()["qgemm"]
+    seen = []
+
+    def spy(*args, isa, threads):
+        seen.append((isa, threads))
+        return op.c(*args, isa=isa, threads=threads)
+
+    monkeypatch.setitem(_registry._REGISTRY, "qgemm", dataclasses.replace(op, c=spy))
+    monkeypatch.setattr(_registry, "_kept", {})
+    rng = np.random.default_rng(22)
+    a = rng.integers(0, 256, (2, 9)).astype(np.uint8)
+    b = rng.integers(-128, 128, (9, 5)).astype(np.int8)
+    pw = kernels.pack_weights(b)
+    want = []
+    for threads, isa in enumerate(kernels.variants("qgemm"), start=1):
+        with kernels.use("c", isa=isa, threads=threads):
+            for _ in range(2):
+                assert_exact(kernels.qgemm(a, pw), (a.astype(np.int64) @ b).astype(np.int32))
+        want += [(_native.ISA_NAMES.index(isa), threads)] * 2
+    with kernels.use("numpy"):
+        kernels.qgemm(a, pw)
+    assert seen == want
