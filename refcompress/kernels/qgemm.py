@@ -547,7 +547,7 @@ def _call_args(pw, a_dtype, n_rows, a_zero_point, bias, output):
     arrays with the same dtype, shape and bytes), so a write into a scale or the bias is
     validated again; a zero point other than a plain int, a spec with per-call row scales,
     or a field of a mutable type is validated at every call, and errors are never kept.
-    One lookup in place of the four memos it would consult (≈ 1 µs a call at batch 1)."""
+    One lookup and one snapshot test in place of the four memos it would consult."""
     if type(a_zero_point) is not int:
         return _validate_call(pw, a_dtype, n_rows, a_zero_point, bias, output)
     if output is None:
