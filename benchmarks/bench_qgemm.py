@@ -80,11 +80,67 @@ def torch_qlinear(a_f, b_f, threads):
     return run
 
 
+def call_path(threads_list):
+    """Batch-1 call cost: the kernel alone (rc_qgemm_repeat: the same call repeated in C),
+    one cffi call with its arguments made in advance, qgemm with packed weights (int32; bias
+    and a per-column Requantize), and QuantizedLinear.forward, in alternating rounds."""
+    from importlib import import_module
+
+    from refcompress.quant.modules import QuantizedLinear
+
+    qg = import_module("refcompress.kernels.qgemm")
+    lib = _native.lib
+    g = rng(1)
+    rows = []
+    for threads in threads_list:
+        for M, Kd, N in [s for s in SHAPES if s[0] == 1]:
+            a = g.integers(0, 256, (M, Kd)).astype(np.uint8)
+            w = g.integers(-127, 128, (N, Kd)).astype(np.int8)
+            pw = K.pack_weights(np.ascontiguousarray(w.T))
+            bias = g.integers(-5000, 5000, N).astype(np.int32)
+            req = K.Requantize(np.full(N, 2e-4, np.float32), 128, np.uint8)
+            lin = QuantizedLinear(Kd, N).set_quantized(w, np.full(N, 0.01, np.float32), bias, (0.02, 128),
+                                                         (0.05, 128))
+            e = qg._epilogue_cached(pw._epilogues, None, None, N)[0]
+            out = np.empty((M, N), np.int32)
+            ws = _native.workspace(lib.rc_qgemm_workspace_size(M, Kd, N))
+            args = (_native.ptr("void *", a), 1, M, Kd, N, 128, *pw._c_args, e, _native.ptr("void *", out), ws[2],
+                    -1, threads)
+            reps = 20  # a short window: a loaded machine preempts long ones
+
+            def in_c():
+                lib.rc_qgemm_repeat(reps, *args)
+
+            steps = {
+                "C loop": in_c,
+                "one cffi call": lambda: lib.rc_qgemm(*args),
+                "qgemm int32": lambda: K.qgemm(a, pw, 128),
+                "qgemm bias+req": lambda: K.qgemm(a, pw, 128, bias=bias, output=req),
+                "QuantizedLinear": lambda: lin.forward(a),
+            }
+            best = {k: float("inf") for k in steps}
+            with K.use(threads=threads):
+                for _ in range(7):  # alternating rounds, the minimum of each step's medians
+                    for k, fn in steps.items():
+                        best[k] = min(best[k], median_time(fn, min_time=0.05))
+            best["C loop"] /= reps
+            rows.append([f"{M}x{Kd}x{N}", threads] + [f"{best[k] * 1e6:.1f}" for k in steps]
+                        + [f"{(best['qgemm int32'] - best['C loop']) * 1e6:.1f}"])
+    print_table(["M x K x N", "thr", "C loop us", "1 cffi call", "qgemm int32", "qgemm bias+req",
+                 "QuantizedLinear", "int32 - C loop"], rows,
+                title="batch-1 call path (min over 7 alternating rounds of medians; us per call)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--call-path", action="store_true",
+                    help="only the batch-1 call-path table (the kernel in a C loop against each Python layer)")
     args = ap.parse_args(argv)
+    if args.call_path:
+        call_path(args.threads)
+        return
     shapes = SHAPES[:3] if args.quick else SHAPES
     print(f"NumPy BLAS: {blas_report()}")
     info = K.available()

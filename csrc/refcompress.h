@@ -113,6 +113,12 @@ int rc_requantize(const int32_t *acc, long long M, long long N, const rc_epilogu
  * performed (2 per multiply-add), or -1 if AVX-512 VNNI cannot run: the measured peak
  * that benchmarks quote percentages of. */
 long long rc_bench_vnni_peak(long long iters);
+/* rc_qgemm with these arguments `iters` times (iters >= 1), returning the last call's code:
+ * the kernel's time per call without the caller's per-call cost (bench_qgemm --call-path). */
+int rc_qgemm_repeat(long long iters, const void *a, int a_type, long long M, long long K, long long N,
+                    int32_t a_zero_point, const void *packed, const int32_t *col_sums,
+                    const int32_t *b_zero_point, int b_zero_point_per_col, const rc_epilogue *epi, void *c,
+                    void *workspace, int isa, int threads);
 
 /* ---- quantized convolution support ---------------------------------------------------- *
  * im2col of one image's channels [C, H, W] (bytes: uint8 or int8) into rows of patches

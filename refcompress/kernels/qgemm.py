@@ -34,6 +34,7 @@ range, two's-complement wrap-around still gives it exactly.)
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,7 @@ import numpy as np
 from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _native
-from ._registry import Op, check_rc, dispatch, register
+from ._registry import Op, check_rc, dispatch, register, resolve_kept
 from .quantize import round_saturate
 
 INT32_MAX = 2**31 - 1
@@ -148,6 +149,7 @@ class PackedWeights:
         self._bounds = {}  # (a dtype, z_a, max|bias|) -> the K bound (see _k_bound_cached)
         self._epilogues = {}  # see _epilogue_cached
         self._max_bias = None  # see _max_abs_bias
+        self._calls = {}  # see _call_args
         if _native.lib is not None:
             lib = _native.lib
             self.packed = np.zeros(lib.rc_qgemm_packed_size(self.K, self.N), np.uint8)
@@ -319,7 +321,7 @@ def _qgemm_c(a, b, a_zero_point, bias, spec, *, isa, threads):
     out = np.empty((M, pw.N), dtype=out_dtype)
     ws = _native.workspace(lib.rc_qgemm_workspace_size(M, K, pw.N))
     rc = lib.rc_qgemm(
-        _native.ptr("void *", a), 0 if a.dtype == _I8 else 1, M, K, pw.N, int(a_zero_point),
+        _native.ptr("void *", a), 0 if a.dtype is _I8 else 1, M, K, pw.N, int(a_zero_point),
         *pw._c_args, e, _native.ptr("void *", out), ws[2], isa, threads,
     )
     del keep
@@ -472,23 +474,25 @@ def _spec_fields(output):
 
 
 def _snapshot(values):
-    snap = []
+    """What :func:`_unchanged` compares ``values`` against later: the objects themselves
+    (compared by identity) and, for each ndarray among them, its dtype, shape and bytes.
+    None when a value is neither an ndarray nor of an immutable type."""
+    arrays = []
     for v in values:
         if type(v) is np.ndarray:
-            snap.append((v, v.dtype, v.shape, v.tobytes()))
-        elif isinstance(v, _IMMUTABLE):
-            snap.append(v)
-        else:
+            arrays.append((v, v.dtype, v.shape, v.tobytes()))
+        elif not isinstance(v, _IMMUTABLE):
             return None
-    return snap
+    return tuple(values), tuple(arrays)
 
 
 def _unchanged(snap, values):
-    for s, v in zip(snap, values):
-        if type(v) is np.ndarray:
-            if not (type(s) is tuple and s[0] is v and v.dtype == s[1] and v.shape == s[2] and v.tobytes() == s[3]):
-                return False
-        elif s is not v:
+    objs, arrays = snap
+    # identity first, in one C-level pass; then the arrays' contents (a write is seen)
+    if len(objs) != len(values) or not all(map(operator.is_, objs, values)):
+        return False
+    for v, dtype, shape, data in arrays:
+        if not (v.dtype == dtype and v.shape == shape and v.tobytes() == data):
             return False
     return True
 
@@ -518,6 +522,54 @@ def _output_spec_cached(output, n_cols, n_rows=None):
             kept.clear()
         kept[n_cols] = (snap, spec)
     return spec
+
+
+def _validate_call(pw, a_dtype, n_rows, a_zero_point, bias, output):
+    """(z_a, bias, spec) of a qgemm call with packed weights ``pw``, validated."""
+    lo, hi = _RANGE[a_dtype]
+    za = check_int(a_zero_point, "a_zero_point", min_value=lo, max_value=hi)
+    bias = _bias(bias, pw.N)
+    max_bias = _max_abs_bias(bias, pw)
+    bound = _k_bound_cached(pw._bounds, a_dtype, za, pw.max_abs_b, max_bias)
+    if pw.K > bound:
+        raise OverflowRiskError(
+            f"a, b: K = {pw.K} exceeds the int32 accumulation bound K <= {bound} for "
+            f"{a_dtype.name} activations with zero point {za}, weights with max|b - z_b| = "
+            f"{pw.max_abs_b} and max|bias| = {max_bias}; split K and accumulate in int64"
+        )
+    return za, bias, _output_spec_cached(output, pw.N, n_rows)
+
+
+def _call_args(pw, a_dtype, n_rows, a_zero_point, bias, output):
+    """:func:`_validate_call`, kept on ``pw`` per (output, bias, activation dtype, zero
+    point): a layer passes the same objects at every call.  An entry is reused only while
+    :func:`_unchanged` holds for the output spec's fields and the bias (the same objects,
+    arrays with the same dtype, shape and bytes), so a write into a scale or the bias is
+    validated again; a zero point other than a plain int, a spec with per-call row scales,
+    or a field of a mutable type is validated at every call, and errors are never kept.
+    One lookup and one snapshot test in place of the four memos it would consult."""
+    if type(a_zero_point) is not int:
+        return _validate_call(pw, a_dtype, n_rows, a_zero_point, bias, output)
+    if output is None:
+        values = (bias,)
+    else:
+        fields = _spec_fields(output)
+        if fields is None:
+            return _validate_call(pw, a_dtype, n_rows, a_zero_point, bias, output)
+        values = (*fields, bias)
+    key = (id(output), id(bias), a_dtype, a_zero_point)
+    plans = pw._calls
+    hit = plans.get(key)
+    # the entry holds output too: its id cannot be reused by another object while it lives
+    if hit is not None and _unchanged(hit[0], values):
+        return hit[2]
+    args = _validate_call(pw, a_dtype, n_rows, a_zero_point, bias, output)
+    snap = _snapshot(values)
+    if snap is not None:
+        if len(plans) >= _KEPT:
+            plans.clear()
+        plans[key] = (snap, output, args)
+    return args
 
 
 def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
@@ -554,19 +606,11 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0, *, bias=None, output=None):
         pw = PackedWeights(b, b_zero_point)
     if a.shape[1] != pw.K:
         raise ShapeError(f"a, b: inner dimensions differ, a is {a.shape} and b is ({pw.K}, {pw.N})")
-    lo, hi = _RANGE[a.dtype]
-    za = check_int(a_zero_point, "a_zero_point", min_value=lo, max_value=hi)
-    bias = _bias(bias, pw.N)
-    max_bias = _max_abs_bias(bias, pw)
-    bound = _k_bound_cached(pw._bounds, a.dtype, za, pw.max_abs_b, max_bias)
-    if pw.K > bound:
-        raise OverflowRiskError(
-            f"a, b: K = {pw.K} exceeds the int32 accumulation bound K <= {bound} for "
-            f"{a.dtype.name} activations with zero point {za}, weights with max|b - z_b| = "
-            f"{pw.max_abs_b} and max|bias| = {max_bias}; split K and accumulate in int64"
-        )
-    spec = _output_spec_cached(output, pw.N, a.shape[0])
-    return dispatch("qgemm", a, pw, za, bias, spec)
+    za, bias, spec = _call_args(pw, a.dtype, a.shape[0], a_zero_point, bias, output)
+    impl, isa, threads = resolve_kept("qgemm")  # what dispatch would run, without its generic call
+    if isa is None:
+        return impl(a, pw, za, bias, spec)
+    return impl(a, pw, za, bias, spec, isa=isa, threads=threads)
 
 
 def requantize(acc, output):

@@ -117,6 +117,9 @@ def test_qgemm_bad_arguments_raise_the_same_errors_with_a_warm_cache():
         kernels.qgemm(a.view(np.int8), pw, 200, output=out)
     with pytest.raises(DTypeError, match="a_zero_point: expected an integer"):
         kernels.qgemm(a, pw, 1.0, output=out)
+    # equal to the warm call's zero point and hashed alike, but not an integer
+    with pytest.raises(DTypeError, match="a_zero_point: expected an integer"):
+        kernels.qgemm(a, pw, 0.0, bias=bias, output=out)
     with pytest.raises(ArgumentError, match="b_zero_point"):
         kernels.qgemm(a, pw, 0, 1, output=out)
     with pytest.raises(DTypeError, match="bias: expected dtype int32"):

@@ -5,7 +5,7 @@ import pytest
 
 import refcompress.kernels as kernels
 from refcompress.errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
-from refcompress.kernels import Dequantize, Requantize
+from refcompress.kernels import Dequantize, Requantize, _native
 from refcompress.kernels.qgemm import _rdbpot, _srdhm, k_bound
 from refcompress.testing import assert_exact, check_qgemm, check_requantize, kernel_variants
 
@@ -229,3 +229,60 @@ def test_float_requantize_of_nan_and_inf_follows_the_one_rounding_rule(variant):
         want = _requantize_ref(acc, spec)
     assert_exact(got, want)
     assert got[0, 0] == 100 and got[0, 8] == 100 and got[0, 4] == 100  # 0 * inf and NaN scales: z
+
+
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
+def test_repeat_helper_of_the_call_path_benchmark_runs_the_same_call():
+    # bench_qgemm --call-path times the kernel with rc_qgemm_repeat: it must compute what
+    # rc_qgemm does, and refuse a count below one
+    import importlib
+
+    qg = importlib.import_module("refcompress.kernels.qgemm")
+    lib = _native.lib
+    rng = np.random.default_rng(21)
+    a = rng.integers(0, 256, (3, 70)).astype(np.uint8)
+    b = rng.integers(-128, 128, (70, 67)).astype(np.int8)
+    pw = kernels.pack_weights(b, 5)
+    e = qg._epilogue_cached(pw._epilogues, None, None, 67)[0]
+    out = np.full((3, 67), -1, np.int32)
+    ws = np.empty(lib.rc_qgemm_workspace_size(3, 70, 67), np.uint8)
+    args = (_native.ptr("void *", a), 1, 3, 70, 67, 9, *pw._c_args, e, _native.ptr("void *", out),
+            _native.ptr("void *", ws), -1, 1)
+    assert lib.rc_qgemm_repeat(3, *args) == _native.RC_OK
+    with kernels.use("numpy"):
+        assert_exact(out, kernels.qgemm(a, pw, 9))
+    out[:] = -1
+    assert lib.rc_qgemm_repeat(0, *args) == _native.RC_ERR_ARG
+    assert np.all(out == -1)
+
+
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
+def test_the_kept_dispatch_decision_follows_every_new_setting(monkeypatch):
+    # qgemm keeps resolve's answer while the setting is the same object; each use() block
+    # is a new setting, so each must reach the implementation with its own ISA and threads
+    import dataclasses
+
+    from refcompress.kernels import _registry
+
+    op = _registry.ops()["qgemm"]
+    seen = []
+
+    def spy(*args, isa, threads):
+        seen.append((isa, threads))
+        return op.c(*args, isa=isa, threads=threads)
+
+    monkeypatch.setitem(_registry._REGISTRY, "qgemm", dataclasses.replace(op, c=spy))
+    monkeypatch.setattr(_registry, "_kept", {})
+    rng = np.random.default_rng(22)
+    a = rng.integers(0, 256, (2, 9)).astype(np.uint8)
+    b = rng.integers(-128, 128, (9, 5)).astype(np.int8)
+    pw = kernels.pack_weights(b)
+    want = []
+    for threads, isa in enumerate(kernels.variants("qgemm"), start=1):
+        with kernels.use("c", isa=isa, threads=threads):
+            for _ in range(2):
+                assert_exact(kernels.qgemm(a, pw), (a.astype(np.int64) @ b).astype(np.int32))
+        want += [(_native.ISA_NAMES.index(isa), threads)] * 2
+    with kernels.use("numpy"):
+        kernels.qgemm(a, pw)
+    assert seen == want
