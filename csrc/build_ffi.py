@@ -26,7 +26,11 @@ def _rel(path: pathlib.Path) -> str:
 
 def compile_flags():
     """(extra_compile_args, extra_link_args, define_macros) for the current switches."""
-    cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+    # -fno-wrapv undoes the -fwrapv that Python's own CFLAGS pass to every extension: with
+    # it GCC 12 leaves some int loops scalar (qgemm's column-sum loop ran 4x slower), and
+    # UBSan cannot report a signed overflow it has been told is defined.  The kernels are
+    # written so that no signed int overflows (docs/kernels.md: the int32 bound on K).
+    cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing", "-fno-wrapv"]
     ldflags = []
     macros = []
     if os.environ.get("REFCOMPRESS_SANITIZE") == "1":
