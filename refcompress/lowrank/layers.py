@@ -82,11 +82,13 @@ class LowRankLinear(Module):
         return self.second(self.first(x))
 
     def _factors(self):
-        """(first weight, second weight, bias or None) arrays: each submodule and parameter
-        looked up once (every lookup is a Python-level Module.__getattr__)."""
-        second = self.second
-        b = second.bias
-        return self.first.weight.data, second.weight.data, None if b is None else b.data
+        """(first weight, second weight, bias or None) arrays, read from the Module registries
+        (``_modules``, ``_parameters``): ``self.first`` and the like first fail the normal
+        attribute lookup and then run Module.__getattr__, ~0.45 us each."""
+        mods = self._modules
+        first, second = mods["first"]._parameters, mods["second"]._parameters
+        b = second.get("bias")  # a Linear without bias has None outside the registry
+        return first["weight"].data, second["weight"].data, None if b is None else b.data
 
     def _packed(self, key=None):
         """The factors packed for the kernel, cached against the identity of the parameter
