@@ -275,7 +275,8 @@ int rc_spmv_csr_sell_f32(const float *x, long long in_features, long long out_fe
  * two products.  Float sums
  * in any order: every variant's error is within
  * gamma_n (|x||v|^T)|u|^T + gamma_{r+1} (|h||u|^T + |bias|), element-wise (docs/lowrank.md).
- * Scratch: rc_lowrank_workspace_size(batch, r) bytes. */
+ * Scratch: rc_lowrank_workspace_size(batch, r) bytes; when that is 0 (batch 1, r <= 2048:
+ * h lives on the stack) workspace may be NULL. */
 #define RC_LOWRANK_NR 32
 long long rc_lowrank_packed_size(long long n, long long r, long long m);
 long long rc_lowrank_workspace_size(long long batch, long long r);

@@ -120,14 +120,16 @@ def lowrank_linear_reference(x, p):
     return y + p.bias if p.bias is not None else y
 
 
-def _lowrank_linear_c(x, p, *, isa, threads):
+def _lowrank_linear_c(x, p, isa, threads):
     lib, fb = _native.lib, _native.ffi.from_buffer
     c_args = p._c_args or p._pack()
-    B = x.shape[0]
+    B = len(x)
     y = np.empty((B, p.m), _F32)
-    ws = _native.workspace(p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r))
+    # batch 1 of a rank <= 2048 needs no workspace (h on the C stack: _ws1 is 0)
+    nbytes = p._ws1 if B == 1 else lib.rc_lowrank_workspace_size(B, p.r)
+    ws = _native.workspace(nbytes)[2] if nbytes else _native.ffi.NULL
     t = _native.F32_ARRAY
-    rc = lib.rc_lowrank_f32(fb(t, x), B, p.n, p.r, p.m, *c_args, fb(t, y), ws[2], isa, threads)
+    rc = lib.rc_lowrank_f32(fb(t, x), B, p.n, p.r, p.m, *c_args, fb(t, y), ws, isa, threads)
     if rc:
         check_rc(rc, "lowrank_linear")
     return y
@@ -171,7 +173,7 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     impl, isa, threads = decided
     if isa is None or p.empty:  # the reference, or an empty factor (nothing for C to do)
         return lowrank_linear_reference(x, p)
-    return impl(x, p, isa=isa, threads=threads)
+    return impl(x, p, isa, threads)  # positional: keywords cost ~40 ns of a ~1.2 us call
 
 
 def _check_args(x, v, u, bias):
@@ -324,10 +326,10 @@ def lowrank_linear_q8_reference(x_q, q):
     return qgemm_reference(h_q, q.packed_u, q.h_zero_point, q.bias_q, q._spec2)
 
 
-def _lowrank_linear_q8_c(x_q, q, *, isa, threads):
+def _lowrank_linear_q8_c(x_q, q, isa, threads):
     lib, fb = _native.lib, _native.ffi.from_buffer
     c_args = q._c_args or q._prepare_c()
-    B = x_q.shape[0]
+    B = len(x_q)
     y = np.empty((B, q.m), _F32)
     last = q._ws_last  # (batch, workspace bytes) of the previous call: a layer mostly sees one batch
     if last[0] != B:
@@ -361,4 +363,4 @@ def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:
     impl, isa, threads = decided
     if isa is None or q.empty:
         return lowrank_linear_q8_reference(x_q, q)
-    return impl(x_q, q, isa=isa, threads=threads)
+    return impl(x_q, q, isa, threads)

@@ -124,6 +124,26 @@ def test_batch1_within_the_summation_bound(variant):
     run()
 
 
+@pytest.mark.parametrize("variant", [v for v in F32 if v[0] == "c"], ids=_id)
+@pytest.mark.parametrize("r", [2016, 2048, 2049, 2080, 2081])
+def test_batch1_h_on_the_stack_up_to_2048_floats_and_in_the_workspace_above(variant, r):
+    # ranks padded to 2048 floats keep h on the C stack (no workspace); one panel more needs
+    # the workspace, and the C call refuses a NULL one there
+    lib, ffi = _native.lib, _native.ffi
+    assert (lib.rc_lowrank_workspace_size(1, r) == 0) == (r <= 2048)
+    rng = np.random.default_rng(r)
+    x, v = rng.standard_normal((1, 5)).astype(np.float32), rng.standard_normal((r, 5)).astype(np.float32)
+    u, b = rng.standard_normal((3, r)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    p = kernels.pack_lowrank(v, u, b)
+    for threads in (1, 2):
+        with kernels.use(*variant, threads=threads):
+            _check_bound(kernels.lowrank_linear(x, p), x, v, u, b)
+    y = np.empty((1, 3), np.float32)
+    rc = lib.rc_lowrank_f32(_native.ptr("float *", x), 1, 5, r, 3, *p._c_args, _native.ptr("float *", y),
+                            ffi.NULL, _native.ISA_AUTO, 1)
+    assert rc == (_native.RC_OK if r <= 2048 else _native.RC_ERR_ARG)
+
+
 # Large enough that batch 1 splits the rank across threads (r (n + m) > 65536 and at least
 # 8 rows per thread), with ranks that are not multiples of the 4-row pass.
 SPLIT = batch1_cases(n=st.sampled_from([509, 1021, 1024, 1031]), r=st.sampled_from([64, 67, 73, 96, 101]),

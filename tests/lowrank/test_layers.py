@@ -105,6 +105,19 @@ def test_low_rank_linear_eval_uses_the_kernel_and_matches_training_path():
     # an assigned new array (what optimizers do) is repacked
     layer.second.weight.data = layer.second.weight.data * np.float32(2)
     np.testing.assert_allclose(layer(x), 2 * y_train - layer.second.bias.data, rtol=1e-5, atol=1e-5)
+    # so is a new bias array, or first factor, also in a 2-D call (the branch without reshapes)
+    x2 = x.reshape(6, 40)
+    y2 = layer(x2)
+    layer.second.bias.data = layer.second.bias.data + np.float32(1)
+    np.testing.assert_allclose(layer(x2), y2 + 1, rtol=1e-5, atol=1e-5)
+    layer.first.weight.data = -layer.first.weight.data
+    np.testing.assert_allclose(layer(x2), -y2 + 2 * layer.second.bias.data - 1, rtol=1e-5, atol=1e-5)
+    # a layer without bias, and the bias Parameter given to it later
+    nobias = lr.LowRankLinear(40, 30, 8, bias=False, rng=rng)
+    want = nobias.train()(x2)
+    np.testing.assert_allclose(nobias.eval()(x2), want, rtol=1e-5, atol=1e-5)
+    nobias.second.bias = nn.Parameter(np.ones(30, np.float32))
+    np.testing.assert_allclose(nobias(x2), want + 1, rtol=1e-5, atol=1e-5)
 
 
 def test_data_aware_from_linear_reduces_output_error():
