@@ -246,8 +246,17 @@ class _Exporter:
             if x.rank == 2:
                 y = g.op("Gemm", [inp, w] + ([bias] if bias else []), path, transB=1)
             else:
-                y = g.op("MatMul", [inp, g.op("Transpose", [w], path + "/transpose", perm=[1, 0])], path)
-                y = y if bias is None else g.op("Add", [y, bias], path + "/bias")
+                # Rows through Gemm, not DequantizeLinear -> Transpose -> MatMul: onnxruntime's
+                # default optimizations (1.32) fuse that chain wrongly for rank >= 3 input.
+                rows_in = g.op("Reshape", [inp, g.const(np.array([-1, m.weight_shape[1]], np.int64),
+                                                        path + ".rows_shape")], path + "/rows")
+                y2 = g.op("Gemm", [rows_in, w] + ([bias] if bias else []), path, transB=1)
+                lead = g.op("Slice", [g.op("Shape", [x.name], path + "/shape"),
+                                      g.const(np.array([0], np.int64), path + ".lead_start"),
+                                      g.const(np.array([-1], np.int64), path + ".lead_end")], path + "/lead")
+                out_shape = g.op("Concat", [lead, g.const(np.array([rows], np.int64), path + ".out_features")],
+                                 path + "/out_shape", axis=0)
+                y = g.op("Reshape", [y2, out_shape], path + "/unrows")
             return _Stream(y, x.rank, np.float32)
         self.expect(x, path, m, None, 4)
         w4 = g.op("Reshape", [w, g.const(np.array(m.weight_shape, np.int64), path + ".weight_shape")],
@@ -451,27 +460,29 @@ def _onnx_elem_int64():
     return TensorProto.INT64
 
 
-def _check_input_shape(input_shape):
+def check_input_shape(input_shape, name: str = "input_shape"):
+    """``input_shape`` as a tuple (None for a dynamic batch) once export can take it."""
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (2, 3, 4):
-        raise ArgumentError(f"input_shape: expected (None, F), (None, C, L) or (None, C, H, W), got {input_shape!r}")
+        raise ArgumentError(f"{name}: expected (None, F), (None, C, L) or (None, C, H, W), got {input_shape!r}")
     dims = []
     for i, d in enumerate(input_shape):
         if d is None and i == 0:
             dims.append(None)
             continue
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise ArgumentError(f"input_shape: expected positive ints (None for the batch dimension only), "
+            raise ArgumentError(f"{name}: expected positive ints (None for the batch dimension only), "
                                 f"got {input_shape!r}")
         dims.append(int(d))
     return tuple(dims)
 
 
-def _check_opset(opset):
+def check_opset(opset, name: str = "opset"):
+    """``opset`` as an int once export can write it (needs the onnx package)."""
     onnx = _onnx()
     top = onnx.defs.onnx_opset_version()
     if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)) \
             or not MIN_OPSET <= opset <= top:
-        raise ArgumentError(f"opset: expected an int in [{MIN_OPSET}, {top}] (this onnx package's newest), "
+        raise ArgumentError(f"{name}: expected an int in [{MIN_OPSET}, {top}] (this onnx package's newest), "
                             f"got {opset!r}")
     return int(opset)
 
@@ -496,13 +507,19 @@ def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: 
 
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
-    dims = _check_input_shape(input_shape)
-    opset = _check_opset(opset)
+    dims = check_input_shape(input_shape)
+    opset = check_opset(opset)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ArgumentError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
     _onnx()
     from onnx import helper
 
+    for pname, p in model.named_parameters():
+        if np.dtype(p.data.dtype) != np.float32:
+            # else the probe run below fails on its float32 input, blaming input_shape
+            layer = pname.rpartition(".")[0] or "<root>"
+            raise DTypeError(f"model: parameter {pname!r} of layer {layer!r} is {np.dtype(p.data.dtype).name}; "
+                             "ONNX export writes float32 graphs (convert the model's parameters to float32)")
     ex = _Exporter(opset, weight_dtype)
     y = ex.layer(_Stream("input", len(dims), np.float32), model, "")
     ex.g.nodes.append(helper.make_node("Identity", [y.name], ["output"], name="output"))
