@@ -578,6 +578,17 @@ def _read_model(path):
     if not m.HasField("graph") or not m.graph.node:
         raise CorruptFileError(f"{path}: not an ONNX model (no graph with nodes)")
     try:
+        # external data files are named relative to the model's directory, not the cwd
+        onnx.load_external_data_for_model(m, os.path.dirname(os.path.abspath(path)))
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise CorruptFileError(f"{path}: cannot read the model's external data ({type(e).__name__}: {e})") from None
+    try:
+        # onnx's shape inference fills in an output declared without a shape, which the
+        # checker would refuse and runtimes accept; the import reads the inferred shapes too
+        m = onnx.shape_inference.infer_shapes(m)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError):
+        pass  # the checker below names what is wrong
+    try:
         onnx.checker.check_model(m)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -587,17 +598,28 @@ def _read_model(path):
 
 class _Importer:
     def __init__(self, m, path):
-        from onnx import numpy_helper
-
         self.path = path
         g = m.graph
-        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.consts = {t.name: self.array(t, "initializer") for t in g.initializer}
         for n in g.node:
             if n.op_type == "Constant":
-                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t) \
+                self.consts[n.output[0]] = self.array(n.attribute[0].t, f"Constant node {n.name!r}, tensor") \
                     if n.attribute and n.attribute[0].name == "value" else None
         self.nodes = [n for n in g.node if n.op_type != "Constant"]
         self.graph = g
+        # Softmax changed meaning at opset 13 (before: flatten from axis on, default 1)
+        self.opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
+        self.shapes = _static_shapes(g)
+
+    def array(self, t, what):
+        """A TensorProto's values; onnx.checker does not compare raw data with the shape."""
+        from onnx import numpy_helper
+
+        try:
+            return numpy_helper.to_array(t)
+        except (ValueError, TypeError) as e:
+            raise CorruptFileError(f"{self.path}: {what} {t.name!r} cannot be read: its data does not "
+                                   f"fit its shape {list(t.dims)} ({e})") from None
 
     def fail(self, node, why):
         label = node.name or (node.output[0] if node.output else "?")
@@ -664,6 +686,8 @@ class _Importer:
 
         op = n.op_type
         a = self.attrs(n)
+        if n.domain not in ("", "ai.onnx"):
+            self.fail(n, f"is in domain {n.domain!r}; import reads the standard ONNX ops (domain '' or 'ai.onnx')")
         if op not in IMPORT_OPS:
             self.fail(n, f"is not supported by import_onnx (supported: {', '.join(IMPORT_OPS)})")
         if op == "Gemm":
@@ -683,8 +707,9 @@ class _Importer:
             if np.ndim(w) != 2:
                 self.fail(n, f"has a weight of shape {np.shape(w)}, expected a matrix")
             bias, used = None, 1
-            if nxt is not None and nxt.op_type == "Add":
-                bias, used = self.row_bias(nxt, self.const(nxt, 1, "bias"), w.shape[1], 1.0), 2
+            if nxt is not None and nxt.op_type == "Add" and nxt.domain in ("", "ai.onnx"):
+                other = 1 if nxt.input[0] == n.output[0] else 0  # Add is commutative: either order
+                bias, used = self.row_bias(nxt, self.const(nxt, other, "bias"), w.shape[1], 1.0), 2
             return [self.make_linear(np.asarray(w, np.float64).T, bias)], rank, used
         if op == "Add":
             self.fail(n, "is an Add that does not follow a MatMul (only MatMul + Add, a Linear, is read)")
@@ -692,11 +717,19 @@ class _Importer:
             return [self.conv(n, a, rank)], 4, 1
         if op in ("Relu", "Tanh"):
             return [nn.ReLU() if op == "Relu" else nn.Tanh()], rank, 1
+        if op == "Dropout" and np.any(self.const(n, 2, "training_mode") or False):
+            self.fail(n, "has training_mode=True (it would drop values at random); import reads inference graphs")
         if op in ("Identity", "Dropout"):
             return [], rank, 1
         if op == "Softmax":
-            axis = int(a.get("axis", -1))
-            return [nn.Softmax(dim=axis)], rank, 1
+            if self.opset < 13:
+                axis = int(a.get("axis", 1))
+                if axis % rank != rank - 1:
+                    self.fail(n, f"has axis {axis} at opset {self.opset} on a rank-{rank} tensor: before opset 13 "
+                              f"Softmax normalises over all axes from {axis} on together; only the last axis "
+                              f"(axis={rank - 1}) has a refcompress.nn.Softmax form")
+                return [nn.Softmax(dim=-1)], rank, 1
+            return [nn.Softmax(dim=int(a.get("axis", -1)))], rank, 1
         if op in ("MaxPool", "AveragePool"):
             return [self.pool(n, a, rank)], 4, 1
         if op == "GlobalAveragePool":
@@ -705,8 +738,9 @@ class _Importer:
             return [nn.GlobalAvgPool2d()], 2, 2
         if op in ("Flatten", "Reshape"):
             if not self.is_flatten(n, rank):
-                self.fail(n, "is not a flatten to [batch, -1] (axis 1, or a constant shape [0 or -1, -1 or "
-                          "the product]); other reshapes have no refcompress.nn layer")
+                self.fail(n, "is not a flatten to [batch, -1] (axis 1, or a constant shape [0, -1], or [0 or -1, F] "
+                          "with F the product of the input's statically known dims after the batch); other "
+                          "reshapes have no refcompress.nn layer")
             return [nn.Flatten()], 2, 1
         if op == "BatchNormalization":
             return [self.batchnorm(n, a, rank)], rank, 1
@@ -717,9 +751,9 @@ class _Importer:
         if b is None:
             return None
         b = np.asarray(b, np.float64)
-        if b.shape not in ((), (1,), (out_features,), (1, out_features)):
+        if b.shape not in ((), (1,), (1, 1), (out_features,), (1, out_features)):
             self.fail(n, f"has a bias of shape {b.shape}; expected ({out_features},), (1, {out_features}) "
-                      f"or a scalar")
+                      f"or a single value")
         return np.broadcast_to(b.reshape(-1) * beta, (out_features,))
 
     def is_flatten(self, n, rank):
@@ -727,10 +761,16 @@ class _Importer:
             return int(self.attrs(n).get("axis", 1)) in (1, 1 - rank)
         if n.op_type == "Reshape":
             s = self.const(n, 1, "shape")
-            # [0, -1] keeps the batch and flattens the rest; [-1, F] flattens the rest when F is
-            # their product, which the Linear after it checks on every forward
-            return s is not None and np.ndim(s) == 1 and len(s) == 2 and (
-                (s[0] == 0 and s[1] in (-1,)) or (s[0] in (0, -1) and s[1] > 0))
+            if s is None or np.ndim(s) != 1 or len(s) != 2:
+                return False
+            if s[0] == 0 and s[1] == -1:  # keeps the batch, flattens the rest
+                return True
+            # [0 or -1, F] flattens only when F is the product of the dims after the batch, which
+            # must be known here: later layers need not notice (a Softmax takes any row length)
+            dims = self.shapes.get(n.input[0])
+            rest = None if not dims else dims[1:]
+            return (s[0] in (0, -1) and s[1] > 0 and rest is not None and None not in rest
+                    and int(np.prod(rest, dtype=np.int64)) == s[1])
         return False
 
     def make_linear(self, W, bias):
@@ -805,6 +845,9 @@ class _Importer:
     def batchnorm(self, n, a, rank):
         from .. import nn
 
+        if a.get("spatial", 1) == 0:
+            self.fail(n, "has spatial=0 (opset 7-8: statistics per element, not per channel); refcompress "
+                      "BatchNorm normalises per channel")
         if a.get("training_mode", 0):
             self.fail(n, "has training_mode=1; import reads inference graphs")
         if len(n.output) > 1 and any(n.output[1:]):
@@ -819,6 +862,17 @@ class _Importer:
         bn.weight.data, bn.bias.data = scale.copy(), bias.copy()
         bn.running_mean, bn.running_var = mean.copy(), var.copy()
         return bn.eval()
+
+
+def _static_shapes(g):
+    """Tensor name -> dims (None for a symbolic one) of the graph's (inferred) tensors;
+    a tensor shape inference did not reach is absent, so nothing depending on it is accepted."""
+    out = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return out
 
 
 def import_onnx(path):
