@@ -669,9 +669,17 @@ def test_import_reads_external_data_beside_the_model_not_in_the_cwd(tmp_path, mo
     monkeypatch.chdir(tmp_path / "elsewhere")
     x = rng.standard_normal((2, 4)).astype(np.float32)
     np.testing.assert_array_equal(rio.import_onnx(tmp_path / "m" / "e.onnx")(x), x @ w + c)
-    os.remove(tmp_path / "m" / "e.bin")
+    os.rename(tmp_path / "m" / "e.bin", tmp_path / "e.bin")
     with pytest.raises(CorruptFileError, match=r"e.onnx: cannot read the model's external data"):
         rio.import_onnx(tmp_path / "m" / "e.onnx")
+    m = onnx.load(str(tmp_path / "m" / "e.onnx"), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../e.bin"  # a file that exists, outside the model's directory
+    (tmp_path / "m" / "out.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(CorruptFileError, match=r"out.onnx: cannot read the model's external data.*outside"):
+        rio.import_onnx(tmp_path / "m" / "out.onnx")
 
 
 def test_an_initializer_with_more_data_than_its_shape_is_corrupt(tmp_path):
