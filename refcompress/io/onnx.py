@@ -717,14 +717,15 @@ class _Importer:
             return [self.conv(n, a, rank)], 4, 1
         if op in ("Relu", "Tanh"):
             return [nn.ReLU() if op == "Relu" else nn.Tanh()], rank, 1
-        if op == "Dropout" and np.any(self.const(n, 2, "training_mode") or False):
+        training = self.const(n, 2, "training_mode") if op == "Dropout" else None
+        if training is not None and np.any(training):
             self.fail(n, "has training_mode=True (it would drop values at random); import reads inference graphs")
         if op in ("Identity", "Dropout"):
             return [], rank, 1
         if op == "Softmax":
             if self.opset < 13:
                 axis = int(a.get("axis", 1))
-                if axis % rank != rank - 1:
+                if not -rank <= axis < rank or axis % rank != rank - 1:
                     self.fail(n, f"has axis {axis} at opset {self.opset} on a rank-{rank} tensor: before opset 13 "
                               f"Softmax normalises over all axes from {axis} on together; only the last axis "
                               f"(axis={rank - 1}) has a refcompress.nn.Softmax form")

@@ -79,10 +79,9 @@ def _check_utf8(text: str, what: str) -> None:
 def _write(path: str, arrays: dict, metadata) -> None:
     """``arrays`` (name -> C-order ndarray, dtypes checked) and the ``__metadata__`` dict
     (or None) as one safetensors file at ``path``, atomically."""
-    # Data in decreasing alignment, then a header padded to a multiple of 8: every tensor
-    # then starts at an offset its itemsize divides, so a reader can map it in place.
-    # (itemsize, not dtype.alignment: complex64 has alignment 4 but itemsize 8; the itemsizes
-    # are powers of two, so decreasing itemsize keeps every offset a multiple of each.)
+    # Data in decreasing itemsize (powers of two), then a header padded to a multiple of 8:
+    # every tensor then starts at an offset its itemsize divides, so a reader can map it in
+    # place.  (Not dtype.alignment: complex64's is 4, its itemsize 8.)
     order = sorted(arrays, key=lambda k: -arrays[k].dtype.itemsize)
     offsets, end = {}, 0
     for k in order:

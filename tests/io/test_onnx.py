@@ -626,7 +626,7 @@ def _softmax(x, axis):
 
 
 @pytest.mark.parametrize("opset,axis,ok", [(11, None, False), (11, 1, False), (11, 2, True), (11, -1, True),
-                                           (13, None, True), (13, 1, True)])
+                                           (11, 5, False), (13, None, True), (13, 1, True)])
 def test_import_reads_softmax_by_the_graphs_opset(tmp_path, opset, axis, ok):
     # before opset 13 Softmax flattens the axes from `axis` (default 1) on and normalises them together
     attrs = {} if axis is None else {"axis": axis}

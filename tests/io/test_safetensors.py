@@ -519,7 +519,8 @@ def test_a_name_repeated_in_the_refcompress_json(saved):
     text = header["__metadata__"]["refcompress"]
     header["__metadata__"]["refcompress"] = text[:-1] + ',"user":{"acc":0.1}}'
     path.write_bytes(_raw(header, data))
-    with pytest.raises(CorruptFileError, match=r"__metadata__\['refcompress'\] is not valid JSON \(name 'user' appears twice"):
+    with pytest.raises(CorruptFileError,
+                       match=r"__metadata__\['refcompress'\] is not valid JSON \(name 'user' appears twice"):
         rio.load(path)
 
 
