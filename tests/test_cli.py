@@ -118,7 +118,11 @@ CLI_FAILURES = [
     (["export", "tiny.npz", "-o", "adir"], "--output: 'adir' is a directory"),
     (["export", "tiny.npz", "-o", "m.onnx", "--input-shape", "1,x"], "--input-shape: expected positive integers"),
     (["export", "tiny.npz", "-o", "m.onnx", "--input-shape", "0"], "--input-shape: expected positive integers"),
-    (["export", "tiny.npz", "-o", "m.onnx", "--opset", "5"], r"opset: expected an int in \[13, "),
+    (["export", "tiny.npz", "-o", "m.onnx", "--opset", "5"], r"--opset: expected an int in \[13, "),
+    # both checked before the model is loaded (or a reference model trained)
+    (["export", "absent.npz", "-o", "m.onnx", "--opset", "99"], r"--opset: expected an int in \[13, "),
+    (["export", "absent.npz", "-o", "m.onnx", "--input-shape", "1,2,3,4"],
+     r"--input-shape: expected \(None, F\), \(None, C, L\) or \(None, C, H, W\), got \(None, 1, 2, 3, 4\)"),
     (["export", "gelu.npz", "-o", "m.onnx"], r"layer '2' \(GELU\) cannot be exported to ONNX"),
     (["export", "cut.npz", "-o", "m.onnx"], "cut.npz: not a readable ZIP/npz archive"),
     (["export", "absent.npz", "-o", "m.onnx"], "MODEL: no file 'absent.npz'"),

@@ -149,6 +149,28 @@ def save(model, path, *, metadata=None) -> str:
 
 
 # -- reading ---------------------------------------------------------------------------
+def unique_object(pairs) -> dict:
+    """``json.loads``' object_pairs_hook for file headers: a repeated name is damage (plain
+    ``json.loads`` would keep the last value silently)."""
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"name {k!r} appears twice")
+        d[k] = v
+    return d
+
+
+def shape_problem(shape, itemsize: int):
+    """Why NumPy cannot allocate an array of ``shape`` (a list of non-negative ints) and
+    ``itemsize``, or None.  NumPy multiplies the nonzero dims, so a 0 dim does not excuse
+    the others from its limits."""
+    if len(shape) > 64:
+        return f"has {len(shape)} dimensions, more than NumPy's 64"
+    if math.prod(d or 1 for d in shape) * itemsize >= 2**63:
+        return f"shape {shape!r:.200} is beyond NumPy's array size limit (2**63 bytes, counting the nonzero dims)"
+    return None
+
+
 def check_metadata(meta, where: str) -> None:
     def bad(msg):
         raise CorruptFileError(f"{where}: {msg}")
@@ -182,8 +204,9 @@ def check_metadata(meta, where: str) -> None:
         if not isinstance(entry["dtype"], str) or not _storable(dt):
             bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a little-endian bool, integer, "
                 "float or complex dtype")
-        if math.prod(shape) * dt.itemsize >= 2**63:
-            bad(f"arrays[{i}] ({name}): shape {shape!r} of {dt.str} needs more than 2**63 bytes")
+        problem = shape_problem(shape, dt.itemsize)
+        if problem:
+            bad(f"arrays[{i}] ({name}): {dt.str} array {problem}")
         if not (isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64):
             bad(f"arrays[{i}] ({name}): sha256 {entry['sha256']!r} is not a 64-digit hex digest")
 
@@ -236,8 +259,8 @@ def _read_verified(path: str):
             if METADATA_ENTRY not in names:
                 raise CorruptFileError(f"{where}: no {METADATA_ENTRY} entry (not a refcompress model file)")
             try:
-                meta = json.loads(zf.read(METADATA_ENTRY).decode("utf-8"))
-            except json.JSONDecodeError as e:
+                meta = json.loads(zf.read(METADATA_ENTRY).decode("utf-8"), object_pairs_hook=unique_object)
+            except ValueError as e:  # JSONDecodeError, bad UTF-8, or a repeated name
                 raise CorruptFileError(f"{where}: {METADATA_ENTRY} is not valid JSON ({e})") from None
             check_metadata(meta, where)
             expected = {e["name"] + ".npy" for e in meta["arrays"]} | {METADATA_ENTRY}

@@ -246,8 +246,17 @@ class _Exporter:
             if x.rank == 2:
                 y = g.op("Gemm", [inp, w] + ([bias] if bias else []), path, transB=1)
             else:
-                y = g.op("MatMul", [inp, g.op("Transpose", [w], path + "/transpose", perm=[1, 0])], path)
-                y = y if bias is None else g.op("Add", [y, bias], path + "/bias")
+                # Rows through Gemm, not DequantizeLinear -> Transpose -> MatMul: onnxruntime's
+                # default optimizations (1.32) fuse that chain wrongly for rank >= 3 input.
+                rows_in = g.op("Reshape", [inp, g.const(np.array([-1, m.weight_shape[1]], np.int64),
+                                                        path + ".rows_shape")], path + "/rows")
+                y2 = g.op("Gemm", [rows_in, w] + ([bias] if bias else []), path, transB=1)
+                lead = g.op("Slice", [g.op("Shape", [x.name], path + "/shape"),
+                                      g.const(np.array([0], np.int64), path + ".lead_start"),
+                                      g.const(np.array([-1], np.int64), path + ".lead_end")], path + "/lead")
+                out_shape = g.op("Concat", [lead, g.const(np.array([rows], np.int64), path + ".out_features")],
+                                 path + "/out_shape", axis=0)
+                y = g.op("Reshape", [y2, out_shape], path + "/unrows")
             return _Stream(y, x.rank, np.float32)
         self.expect(x, path, m, None, 4)
         w4 = g.op("Reshape", [w, g.const(np.array(m.weight_shape, np.int64), path + ".weight_shape")],
@@ -451,27 +460,29 @@ def _onnx_elem_int64():
     return TensorProto.INT64
 
 
-def _check_input_shape(input_shape):
+def check_input_shape(input_shape, name: str = "input_shape"):
+    """``input_shape`` as a tuple (None for a dynamic batch) once export can take it."""
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (2, 3, 4):
-        raise ArgumentError(f"input_shape: expected (None, F), (None, C, L) or (None, C, H, W), got {input_shape!r}")
+        raise ArgumentError(f"{name}: expected (None, F), (None, C, L) or (None, C, H, W), got {input_shape!r}")
     dims = []
     for i, d in enumerate(input_shape):
         if d is None and i == 0:
             dims.append(None)
             continue
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 1:
-            raise ArgumentError(f"input_shape: expected positive ints (None for the batch dimension only), "
+            raise ArgumentError(f"{name}: expected positive ints (None for the batch dimension only), "
                                 f"got {input_shape!r}")
         dims.append(int(d))
     return tuple(dims)
 
 
-def _check_opset(opset):
+def check_opset(opset, name: str = "opset"):
+    """``opset`` as an int once export can write it (needs the onnx package)."""
     onnx = _onnx()
     top = onnx.defs.onnx_opset_version()
     if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)) \
             or not MIN_OPSET <= opset <= top:
-        raise ArgumentError(f"opset: expected an int in [{MIN_OPSET}, {top}] (this onnx package's newest), "
+        raise ArgumentError(f"{name}: expected an int in [{MIN_OPSET}, {top}] (this onnx package's newest), "
                             f"got {opset!r}")
     return int(opset)
 
@@ -496,13 +507,19 @@ def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: 
 
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
-    dims = _check_input_shape(input_shape)
-    opset = _check_opset(opset)
+    dims = check_input_shape(input_shape)
+    opset = check_opset(opset)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ArgumentError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
     _onnx()
     from onnx import helper
 
+    for pname, p in model.named_parameters():
+        if np.dtype(p.data.dtype) != np.float32:
+            # else the probe run below fails on its float32 input, blaming input_shape
+            layer = pname.rpartition(".")[0] or "<root>"
+            raise DTypeError(f"model: parameter {pname!r} of layer {layer!r} is {np.dtype(p.data.dtype).name}; "
+                             "ONNX export writes float32 graphs (convert the model's parameters to float32)")
     ex = _Exporter(opset, weight_dtype)
     y = ex.layer(_Stream("input", len(dims), np.float32), model, "")
     ex.g.nodes.append(helper.make_node("Identity", [y.name], ["output"], name="output"))
@@ -561,6 +578,17 @@ def _read_model(path):
     if not m.HasField("graph") or not m.graph.node:
         raise CorruptFileError(f"{path}: not an ONNX model (no graph with nodes)")
     try:
+        # external data files are named relative to the model's directory, not the cwd
+        onnx.load_external_data_for_model(m, os.path.dirname(os.path.abspath(path)))
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise CorruptFileError(f"{path}: cannot read the model's external data ({type(e).__name__}: {e})") from None
+    try:
+        # onnx's shape inference fills in an output declared without a shape, which the
+        # checker would refuse and runtimes accept; the import reads the inferred shapes too
+        m = onnx.shape_inference.infer_shapes(m)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError):
+        pass  # the checker below names what is wrong
+    try:
         onnx.checker.check_model(m)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -570,17 +598,28 @@ def _read_model(path):
 
 class _Importer:
     def __init__(self, m, path):
-        from onnx import numpy_helper
-
         self.path = path
         g = m.graph
-        self.consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.consts = {t.name: self.array(t, "initializer") for t in g.initializer}
         for n in g.node:
             if n.op_type == "Constant":
-                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t) \
+                self.consts[n.output[0]] = self.array(n.attribute[0].t, f"Constant node {n.name!r}, tensor") \
                     if n.attribute and n.attribute[0].name == "value" else None
         self.nodes = [n for n in g.node if n.op_type != "Constant"]
         self.graph = g
+        # Softmax changed meaning at opset 13 (before: flatten from axis on, default 1)
+        self.opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
+        self.shapes = _static_shapes(g)
+
+    def array(self, t, what):
+        """A TensorProto's values; onnx.checker does not compare raw data with the shape."""
+        from onnx import numpy_helper
+
+        try:
+            return numpy_helper.to_array(t)
+        except (ValueError, TypeError) as e:
+            raise CorruptFileError(f"{self.path}: {what} {t.name!r} cannot be read: its data does not "
+                                   f"fit its shape {list(t.dims)} ({e})") from None
 
     def fail(self, node, why):
         label = node.name or (node.output[0] if node.output else "?")
@@ -647,6 +686,8 @@ class _Importer:
 
         op = n.op_type
         a = self.attrs(n)
+        if n.domain not in ("", "ai.onnx"):
+            self.fail(n, f"is in domain {n.domain!r}; import reads the standard ONNX ops (domain '' or 'ai.onnx')")
         if op not in IMPORT_OPS:
             self.fail(n, f"is not supported by import_onnx (supported: {', '.join(IMPORT_OPS)})")
         if op == "Gemm":
@@ -666,8 +707,9 @@ class _Importer:
             if np.ndim(w) != 2:
                 self.fail(n, f"has a weight of shape {np.shape(w)}, expected a matrix")
             bias, used = None, 1
-            if nxt is not None and nxt.op_type == "Add":
-                bias, used = self.row_bias(nxt, self.const(nxt, 1, "bias"), w.shape[1], 1.0), 2
+            if nxt is not None and nxt.op_type == "Add" and nxt.domain in ("", "ai.onnx"):
+                other = 1 if nxt.input[0] == n.output[0] else 0  # Add is commutative: either order
+                bias, used = self.row_bias(nxt, self.const(nxt, other, "bias"), w.shape[1], 1.0), 2
             return [self.make_linear(np.asarray(w, np.float64).T, bias)], rank, used
         if op == "Add":
             self.fail(n, "is an Add that does not follow a MatMul (only MatMul + Add, a Linear, is read)")
@@ -675,11 +717,20 @@ class _Importer:
             return [self.conv(n, a, rank)], 4, 1
         if op in ("Relu", "Tanh"):
             return [nn.ReLU() if op == "Relu" else nn.Tanh()], rank, 1
+        training = self.const(n, 2, "training_mode") if op == "Dropout" else None
+        if training is not None and np.any(training):
+            self.fail(n, "has training_mode=True (it would drop values at random); import reads inference graphs")
         if op in ("Identity", "Dropout"):
             return [], rank, 1
         if op == "Softmax":
-            axis = int(a.get("axis", -1))
-            return [nn.Softmax(dim=axis)], rank, 1
+            if self.opset < 13:
+                axis = int(a.get("axis", 1))
+                if not -rank <= axis < rank or axis % rank != rank - 1:
+                    self.fail(n, f"has axis {axis} at opset {self.opset} on a rank-{rank} tensor: before opset 13 "
+                              f"Softmax normalises over all axes from {axis} on together; only the last axis "
+                              f"(axis={rank - 1}) has a refcompress.nn.Softmax form")
+                return [nn.Softmax(dim=-1)], rank, 1
+            return [nn.Softmax(dim=int(a.get("axis", -1)))], rank, 1
         if op in ("MaxPool", "AveragePool"):
             return [self.pool(n, a, rank)], 4, 1
         if op == "GlobalAveragePool":
@@ -688,8 +739,9 @@ class _Importer:
             return [nn.GlobalAvgPool2d()], 2, 2
         if op in ("Flatten", "Reshape"):
             if not self.is_flatten(n, rank):
-                self.fail(n, "is not a flatten to [batch, -1] (axis 1, or a constant shape [0 or -1, -1 or "
-                          "the product]); other reshapes have no refcompress.nn layer")
+                self.fail(n, "is not a flatten to [batch, -1] (axis 1, or a constant shape [0, -1], or [0 or -1, F] "
+                          "with F the product of the input's statically known dims after the batch); other "
+                          "reshapes have no refcompress.nn layer")
             return [nn.Flatten()], 2, 1
         if op == "BatchNormalization":
             return [self.batchnorm(n, a, rank)], rank, 1
@@ -700,9 +752,9 @@ class _Importer:
         if b is None:
             return None
         b = np.asarray(b, np.float64)
-        if b.shape not in ((), (1,), (out_features,), (1, out_features)):
+        if b.shape not in ((), (1,), (1, 1), (out_features,), (1, out_features)):
             self.fail(n, f"has a bias of shape {b.shape}; expected ({out_features},), (1, {out_features}) "
-                      f"or a scalar")
+                      f"or a single value")
         return np.broadcast_to(b.reshape(-1) * beta, (out_features,))
 
     def is_flatten(self, n, rank):
@@ -710,10 +762,16 @@ class _Importer:
             return int(self.attrs(n).get("axis", 1)) in (1, 1 - rank)
         if n.op_type == "Reshape":
             s = self.const(n, 1, "shape")
-            # [0, -1] keeps the batch and flattens the rest; [-1, F] flattens the rest when F is
-            # their product, which the Linear after it checks on every forward
-            return s is not None and np.ndim(s) == 1 and len(s) == 2 and (
-                (s[0] == 0 and s[1] in (-1,)) or (s[0] in (0, -1) and s[1] > 0))
+            if s is None or np.ndim(s) != 1 or len(s) != 2:
+                return False
+            if s[0] == 0 and s[1] == -1:  # keeps the batch, flattens the rest
+                return True
+            # [0 or -1, F] flattens only when F is the product of the dims after the batch, which
+            # must be known here: later layers need not notice (a Softmax takes any row length)
+            dims = self.shapes.get(n.input[0])
+            rest = None if not dims else dims[1:]
+            return (s[0] in (0, -1) and s[1] > 0 and rest is not None and None not in rest
+                    and int(np.prod(rest, dtype=np.int64)) == s[1])
         return False
 
     def make_linear(self, W, bias):
@@ -788,6 +846,9 @@ class _Importer:
     def batchnorm(self, n, a, rank):
         from .. import nn
 
+        if a.get("spatial", 1) == 0:
+            self.fail(n, "has spatial=0 (opset 7-8: statistics per element, not per channel); refcompress "
+                      "BatchNorm normalises per channel")
         if a.get("training_mode", 0):
             self.fail(n, "has training_mode=1; import reads inference graphs")
         if len(n.output) > 1 and any(n.output[1:]):
@@ -802,6 +863,17 @@ class _Importer:
         bn.weight.data, bn.bias.data = scale.copy(), bias.copy()
         bn.running_mean, bn.running_var = mean.copy(), var.copy()
         return bn.eval()
+
+
+def _static_shapes(g):
+    """Tensor name -> dims (None for a symbolic one) of the graph's (inferred) tensors;
+    a tensor shape inference did not reach is absent, so nothing depending on it is accepted."""
+    out = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return out
 
 
 def import_onnx(path):

@@ -66,12 +66,23 @@ def _code(name: str, arr: np.ndarray, what: str) -> str:
     return code
 
 
+def _check_utf8(text: str, what: str) -> None:
+    """The header is UTF-8: a str with a lone surrogate (e.g. from a mis-decoded file name)
+    has no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ArgumentError(f"{what} {text!r:.200} is not valid Unicode ({e.reason} at index {e.start}); "
+                            "safetensors headers are UTF-8") from None
+
+
 def _write(path: str, arrays: dict, metadata) -> None:
     """``arrays`` (name -> C-order ndarray, dtypes checked) and the ``__metadata__`` dict
     (or None) as one safetensors file at ``path``, atomically."""
-    # Data in decreasing alignment, then a header padded to a multiple of 8: every tensor
-    # then starts at an offset its itemsize divides, so a reader can map it in place.
-    order = sorted(arrays, key=lambda k: -arrays[k].dtype.alignment)
+    # Data in decreasing itemsize (powers of two), then a header padded to a multiple of 8:
+    # every tensor then starts at an offset its itemsize divides, so a reader can map it in
+    # place.  (Not dtype.alignment: complex64's is 4, its itemsize 8.)
+    order = sorted(arrays, key=lambda k: -arrays[k].dtype.itemsize)
     offsets, end = {}, 0
     for k in order:
         offsets[k] = (end, end + arrays[k].nbytes)
@@ -105,16 +116,29 @@ def save_arrays(arrays, path, metadata=None) -> str:
             raise DTypeError(f"arrays: names must be str, got {k!r}")
         if k == "__metadata__":
             raise ArgumentError("arrays: the name '__metadata__' is reserved by the safetensors format")
+        _check_utf8(k, "arrays: name")
         if not isinstance(a, (np.ndarray, np.generic)):
             raise DTypeError(f"arrays[{k!r}]: expected a numpy.ndarray, got {type(a).__name__}")
         a = np.asarray(a)
         _code(k, a, "arrays")
+        if a.dtype == np.bool_:
+            # NumPy's bool is a byte that may hold any value (a view of uint8 data); the format
+            # allows only 0 and 1, and load_arrays refuses others
+            a = a.view(np.uint8) != 0
         out[k] = np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C") if a.dtype.byteorder == ">" \
             else np.asarray(a, order="C")
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise DTypeError(f"metadata: expected a dict of str to str (the safetensors __metadata__) or None, "
                          f"got {metadata!r:.200}")
+    if metadata is not None:
+        if METADATA_KEY in metadata:
+            # load_arrays reads this key as a refcompress model's metadata and verifies it
+            raise ArgumentError(f"metadata: the key {METADATA_KEY!r} is reserved for refcompress model "
+                                "files (refcompress.io.save writes it)")
+        for k, v in metadata.items():
+            _check_utf8(k, "metadata: key")
+            _check_utf8(v, f"metadata[{k!r}]: value")
     path = check_output_path(path)
     _write(path, out, metadata)
     return path
@@ -133,15 +157,6 @@ def save(model, path, *, metadata=None) -> str:
 
 
 # -- reading ---------------------------------------------------------------------------
-def _unique_object(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise ValueError(f"name {k!r} appears twice")
-        d[k] = v
-    return d
-
-
 def _read_header(f, size: int, where: str):
     """(tensors, metadata, header_end): tensors is [(name, code, shape, begin, end)] in
     offset order after every layout check; metadata the ``__metadata__`` dict or None."""
@@ -162,10 +177,10 @@ def _read_header(f, size: int, where: str):
     if not raw.startswith(b"{"):
         bad("header does not start with '{' (not a safetensors file)")
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_object)
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=npz.unique_object)
     except UnicodeDecodeError as e:
         bad(f"header is not UTF-8 ({e})")
-    except ValueError as e:  # JSONDecodeError, or a repeated name from _unique_object
+    except ValueError as e:  # JSONDecodeError, or a repeated name from unique_object
         bad(f"header is not valid JSON ({e})")
     except RecursionError:
         bad("header JSON is nested too deeply")
@@ -197,6 +212,9 @@ def _read_header(f, size: int, where: str):
         if nbytes != offs[1] - offs[0]:
             bad(f"tensor {name!r}: {code} {tuple(shape)} needs {nbytes} bytes but data_offsets {offs} span "
                 f"{offs[1] - offs[0]}")
+        problem = npz.shape_problem(shape, itemsize)  # a 0 dim passes the size check above
+        if problem:
+            bad(f"tensor {name!r}: {code} tensor {problem}")
         tensors.append((name, code, tuple(shape), offs[0], offs[1]))
     tensors.sort(key=lambda t: (t[3], t[4]))
     end = 0
@@ -230,7 +248,7 @@ def _read_data(f, tensors, where: str) -> dict:
 def _check_refcompress(meta_text: str, tensors, where: str) -> dict:
     """The verified refcompress metadata, consistent with the header's tensors."""
     try:
-        meta = json.loads(meta_text)
+        meta = json.loads(meta_text, object_pairs_hook=npz.unique_object)
     except ValueError as e:
         raise CorruptFileError(f"{where}: __metadata__[{METADATA_KEY!r}] is not valid JSON ({e})") from None
     except RecursionError:

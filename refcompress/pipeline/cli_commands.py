@@ -202,12 +202,14 @@ def _parse_dims(text: str) -> tuple:
 
 def run_export(args) -> int:
     from .. import io as rc_io
-    from ..io.onnx import DEFAULT_OPSET
+    from ..io.onnx import DEFAULT_OPSET, check_input_shape, check_opset
 
-    dims = _parse_dims(args.input_shape)  # refused before any work
+    # every argument is refused before the model is loaded (or a reference model trained)
+    dims = _parse_dims(args.input_shape)
+    check_input_shape((None, *dims), "--input-shape")
+    opset = check_opset(DEFAULT_OPSET if args.opset is None else args.opset, "--opset")
     rc_io.check_output_path(args.output, "--output")
     model = _load_model(args.model, args.seed, None)
-    opset = DEFAULT_OPSET if args.opset is None else args.opset
     rc_io.export_onnx(model, args.output, input_shape=(None, *dims), opset=opset, weight_dtype=args.weight_dtype)
     print(f"wrote {args.output} (ONNX opset {opset}, input [batch, {', '.join(map(str, dims))}])")
     return 0

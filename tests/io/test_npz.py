@@ -440,11 +440,26 @@ def test_absurdly_nested_metadata_json(saved):
         rio.load(path)
 
 
-def test_shape_too_large_for_any_file(saved):
+@pytest.mark.parametrize("shape,match", [
+    ([2**70], r"shape \[1180591620717411303424\] is beyond NumPy's array size limit"),
+    # a 0 dim makes the array empty, but NumPy still refuses to make it
+    ([0, 2**70], r"shape \[0, 1180591620717411303424\] is beyond NumPy's array size limit"),
+    ([0, 2**62, 2**62], r"shape \[0, 4611686018427387904, 4611686018427387904\] is beyond"),
+    ([1] * 70, r"has 70 dimensions, more than NumPy's 64"),
+])
+def test_shape_too_large_for_any_file(saved, shape, match):
     _, path = saved
-    shape = [2**70]
     _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("shape", shape))
-    with pytest.raises(CorruptFileError, match=r"shape \[1180591620717411303424\] of <f4 needs more than 2\*\*63"):
+    with pytest.raises(CorruptFileError, match=r"arrays\[0\] \(0.weight\): <f4 array " + match):
+        rio.load(path)
+
+
+def test_a_name_repeated_in_the_metadata_json(saved):
+    _, path = saved
+    text = json.dumps({"user": {"acc": 0.1}})[1:-1]
+    _rewrite(path, edit_entries=lambda e: e.__setitem__(
+        rio.METADATA_ENTRY, e[rio.METADATA_ENTRY][:-1] + b", " + text.encode() + b"}"))
+    with pytest.raises(CorruptFileError, match=r"refcompress.json is not valid JSON \(name 'user' appears twice\)"):
         rio.load(path)
 
 
