@@ -173,7 +173,7 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
                    const float *packed, const float *bias, float *y, void *workspace, int isa, int threads) {
     if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed || (batch > 0 && (!x || !v || !y)))
         return RC_ERR_ARG;
-    if (!workspace && rc_lowrank_workspace_size(batch, r) > 0) return RC_ERR_ARG;
+    if (batch > 0 && !workspace && rc_lowrank_workspace_size(batch, r) > 0) return RC_ERR_ARG;
     const int iv = rc_isa_resolve(isa, LR_VARIANTS);
     if (iv < 0) return RC_ERR_ISA;
     const rc_lowrank_kernels *kr = pick(iv);
@@ -186,8 +186,10 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
     nt = threads > 0 ? threads : omp_get_max_threads();
 #endif
     if (batch == 1) {
+        /* Whenever the size function says 0 bytes, h lives here: a caller's workspace of
+         * that documented size may be empty. */
         float h1[LR_H1_STACK];
-        run_batch1(kr, x, n, r, m, v, b2, bias, y, h ? h : h1, nt);
+        run_batch1(kr, x, n, r, m, v, b2, bias, y, rc_lowrank_workspace_size(1, r) == 0 ? h1 : h, nt);
         return RC_OK;
     }
     /* A team costs a few microseconds to wake: small problems stay on one thread. */

@@ -89,7 +89,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
                void *workspace, int layout, int isa, int threads) {
     if (N < 0 || OC < 1 || bad_geometry(C, H, W, KH, KW, sh, sw, ph, pw, dh, dw)) return RC_ERR_ARG;
     if (layout != RC_LAYOUT_NCHW && layout != RC_LAYOUT_NHWC) return RC_ERR_ARG;
-    if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    if (!rc_activation_ok(x_type, x_zero_point) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     if (N == 0) return RC_OK;
     if (!x || !packed || !col_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
     const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
@@ -210,7 +210,7 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
                  int32_t x_zero_point, const int8_t *w, const int32_t *w_zero_point, int w_zp_per_channel,
                  const rc_epilogue *epi, void *out, void *workspace, int isa, int threads) {
     if (N < 0 || bad_geometry(C, H, W, KH, KW, sh, sw, ph, pw, dh, dw)) return RC_ERR_ARG;
-    if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    if (!rc_activation_ok(x_type, x_zero_point) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     if (N == 0) return RC_OK;
     if (!x || !w || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
     const int v = rc_isa_resolve(isa, RC_QDW_VARIANTS);
@@ -339,7 +339,7 @@ int rc_qconv_direct(const void *x, int x_type, long long N, long long C, long lo
                     void *workspace, long long workspace_bytes, int layout, int stream, int isa, int threads) {
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || (taps != 1 && taps != 9)) return RC_ERR_ARG;
     if (layout != RC_LAYOUT_NCHW && layout != RC_LAYOUT_NHWC) return RC_ERR_ARG;
-    if ((x_type != RC_INT8 && x_type != RC_UINT8) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    if (!rc_activation_ok(x_type, x_zero_point) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
     /* rows are output channels here, so per-row scales and a per-column float bias have no
      * meaning (qconv2d's Dequantize takes neither) */
     if (epi->row_scale || epi->fbias) return RC_ERR_ARG;

@@ -232,7 +232,7 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
              const void *packed, const int32_t *col_sums, const int32_t *b_zero_point,
              int b_zero_point_per_col, const rc_epilogue *epi, void *c, void *workspace, int isa,
              int threads) {
-    if (M < 0 || K < 0 || N < 0 || (a_type != RC_INT8 && a_type != RC_UINT8)) return RC_ERR_ARG;
+    if (M < 0 || K < 0 || N < 0 || !rc_activation_ok(a_type, a_zero_point)) return RC_ERR_ARG;
     if (rc_check_epilogue(epi) != RC_OK || !b_zero_point) return RC_ERR_ARG;
     if (M * N == 0) return RC_OK;
     if (!c || !workspace || (K > 0 && (!a || !packed || !col_sums))) return RC_ERR_ARG;

@@ -53,6 +53,12 @@ typedef int32_t (*rc_pack_a_row_fn)(const uint8_t *src, int flip, int64_t K, int
 
 /* Driver stages shared by qgemm and qconv2d (qgemm.c). */
 int rc_check_epilogue(const rc_epilogue *e);
+/* An activation type (RC_INT8 / RC_UINT8) and a zero point inside that type's range: the
+ * kernels form z - 128, x - z and the like in int32 / int16, which a zero point outside
+ * the range could overflow (Python checks it too; this guards the C entry points). */
+static inline int rc_activation_ok(int type, int32_t z) {
+    return type == RC_UINT8 ? z >= 0 && z <= 255 : type == RC_INT8 && z >= -128 && z <= 127;
+}
 void rc_qgemm_pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row);
 /* The row packer of ISA variant `isa` (resolved): the same bytes and sum for every one. */
 rc_pack_a_row_fn rc_qgemm_pick_pack(int isa);

@@ -269,18 +269,19 @@ def resolve(op_name: str):
     return op.c, isa_code, s.threads if s.threads is not None else 0
 
 
-_kept = {}  # op name -> (setting, lib, resolve's answer); see resolve_kept
+_kept = {}  # op name -> (setting, lib, registered Op, resolve's answer); see resolve_kept
 
 
 def resolve_kept(op_name: str):
-    """:func:`resolve`, kept per op while :func:`current` and ``_native.lib`` are the same
-    objects (the condition resolve documents): an op on a per-call latency budget calls this
-    and then its implementation directly, instead of :func:`dispatch`."""
+    """:func:`resolve`, kept per op while :func:`current`, ``_native.lib`` and the registered
+    :class:`Op` are the same objects (what resolve's answer depends on): an op on a per-call
+    latency budget calls this and then its implementation directly, instead of
+    :func:`dispatch`."""
     kept = _kept.get(op_name)
-    if kept is not None and kept[0] is current() and kept[1] is _native.lib:
-        return kept[2]
+    if kept is not None and kept[0] is current() and kept[1] is _native.lib and kept[2] is _REGISTRY.get(op_name):
+        return kept[3]
     decided = resolve(op_name)
-    _kept[op_name] = (current(), _native.lib, decided)
+    _kept[op_name] = (current(), _native.lib, _REGISTRY.get(op_name), decided)
     return decided
 
 

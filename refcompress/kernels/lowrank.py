@@ -141,18 +141,6 @@ register(Op("lowrank_linear", lowrank_linear_reference, _lowrank_linear_c, ("por
             tolerance=U32, tolerance_doc=_TOL_DOC, doc=__doc__))
 
 
-# The dispatch decision per op, kept while the setting and the extension are the same
-# objects (see _registry.resolve): op -> (setting, lib, (impl, isa, threads)).
-_NO_PLAN = (None, None, None)
-_plans = {"lowrank_linear": _NO_PLAN, "lowrank_linear_q8": _NO_PLAN}
-
-
-def _decide(op_name):
-    decided = _registry.resolve(op_name)
-    _plans[op_name] = (_registry.current(), _native.lib, decided)
-    return decided
-
-
 def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     """y = (x v^T) u^T + bias for float32 x [B, n], v [r, n], u [m, r], bias [m] -> y [B, m].
 
@@ -167,10 +155,7 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
         p = v
     else:
         x, p = _check_args(x, v, u, bias)
-    setting, lib, decided = _plans["lowrank_linear"]
-    if setting is not _registry.current() or lib is not _native.lib:
-        decided = _decide("lowrank_linear")
-    impl, isa, threads = decided
+    impl, isa, threads = _registry.resolve_kept("lowrank_linear")
     if isa is None or p.empty:  # the reference, or an empty factor (nothing for C to do)
         return lowrank_linear_reference(x, p)
     return impl(x, p, isa, threads)  # positional: keywords cost ~40 ns of a ~1.2 us call
@@ -357,10 +342,7 @@ def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:
         x_q = check_array(x_q, "x_q", dtypes=[np.uint8], ndim=2, contiguous=True)
         if x_q.shape[1] != q.n:
             raise ShapeError(f"x_q: expected shape (batch, {q.n}), got {x_q.shape}")
-    setting, lib, decided = _plans["lowrank_linear_q8"]
-    if setting is not _registry.current() or lib is not _native.lib:
-        decided = _decide("lowrank_linear_q8")
-    impl, isa, threads = decided
+    impl, isa, threads = _registry.resolve_kept("lowrank_linear_q8")
     if isa is None or q.empty:
         return lowrank_linear_q8_reference(x_q, q)
     return impl(x_q, q, isa, threads)

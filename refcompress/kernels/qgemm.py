@@ -28,8 +28,9 @@ ReLU on a requantized output is fused through the range: pass ``qmin=z_y``.
 Overflow: with A = max|a - z_a| and B = max|b - z_b| over the types' ranges, the result fits
 in int32 for every input when K * A * B + max|bias| <= 2^31 - 1; larger problems are
 refused with :class:`~refcompress.errors.OverflowRiskError` naming the bound, never
-computed wrongly.  (The C kernels' intermediate sums may wrap; with the final value in
-range, two's-complement wrap-around still gives it exactly.)
+computed wrongly.  (The C kernels' intermediate sums may wrap, in uint32 scalars or SIMD
+lanes, never in a signed C int; with the final value in range, two's-complement
+wrap-around still gives it exactly.)
 """
 
 from __future__ import annotations
@@ -321,7 +322,7 @@ def _qgemm_c(a, b, a_zero_point, bias, spec, *, isa, threads):
     out = np.empty((M, pw.N), dtype=out_dtype)
     ws = _native.workspace(lib.rc_qgemm_workspace_size(M, K, pw.N))
     rc = lib.rc_qgemm(
-        _native.ptr("void *", a), 0 if a.dtype is _I8 else 1, M, K, pw.N, int(a_zero_point),
+        _native.ptr("void *", a), 0 if a.dtype == _I8 else 1, M, K, pw.N, int(a_zero_point),
         *pw._c_args, e, _native.ptr("void *", out), ws[2], isa, threads,
     )
     del keep

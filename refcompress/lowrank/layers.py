@@ -74,7 +74,7 @@ class LowRankLinear(Module):
         if not self.training:
             xa = np.asarray(x)
             key = self._factors()
-            if xa.dtype == np.float32 and key[0].dtype == np.float32 and xa.ndim >= 1:
+            if key is not None and xa.dtype == np.float32 and key[0].dtype == np.float32 and xa.ndim >= 1:
                 if xa.ndim == 2:  # the usual call: no reshape either way (~0.6 us of a few)
                     return kernels.lowrank_linear(xa, self._packed(key))
                 y = kernels.lowrank_linear(np.reshape(xa, (-1, xa.shape[-1])), self._packed(key))
@@ -84,8 +84,13 @@ class LowRankLinear(Module):
     def _factors(self):
         """(first weight, second weight, bias or None) arrays, read from the Module registries
         (``_modules``, ``_parameters``): ``self.first`` and the like first fail the normal
-        attribute lookup and then run Module.__getattr__, ~0.45 us each."""
+        attribute lookup and then run Module.__getattr__, ~0.45 us each.  None when a
+        factor is no longer a plain Linear."""
         mods = self._modules
+        # Children replaced by other layers (prune.to_sparse makes them SparseLinear) run
+        # their own forwards: the fused kernel is for two dense factors.
+        if type(mods["first"]) is not Linear or type(mods["second"]) is not Linear:
+            return None
         first, second = mods["first"]._parameters, mods["second"]._parameters
         b = second.get("bias")  # a Linear without bias has None outside the registry
         return first["weight"].data, second["weight"].data, None if b is None else b.data

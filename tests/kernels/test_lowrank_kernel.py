@@ -142,6 +142,16 @@ def test_batch1_h_on_the_stack_up_to_2048_floats_and_in_the_workspace_above(vari
     rc = lib.rc_lowrank_f32(_native.ptr("float *", x), 1, 5, r, 3, *p._c_args, _native.ptr("float *", y),
                             ffi.NULL, _native.ISA_AUTO, 1)
     assert rc == (_native.RC_OK if r <= 2048 else _native.RC_ERR_ARG)
+    # A workspace of the documented size (0 bytes: the caller passes a 1-byte buffer) is
+    # never written: the guard bytes after it (room for a whole h) stay as they were.
+    if r <= 2048:
+        ws = np.full(4 * 2048 + 64, 0x5A, np.uint8)
+        rc = lib.rc_lowrank_f32(_native.ptr("float *", x), 1, 5, r, 3, *p._c_args, _native.ptr("float *", y),
+                                _native.ptr("void *", ws[:1]), _native.ISA_AUTO, 1)
+        assert rc == _native.RC_OK and (ws == 0x5A).all()
+        _check_bound(y, x, v, u, b)
+    # batch 0 needs no workspace at all
+    assert lib.rc_lowrank_f32(ffi.NULL, 0, 5, r, 3, *p._c_args, ffi.NULL, ffi.NULL, _native.ISA_AUTO, 1) == _native.RC_OK
 
 
 # Large enough that batch 1 splits the rank across threads (r (n + m) > 65536 and at least

@@ -254,6 +254,12 @@ def test_repeat_helper_of_the_call_path_benchmark_runs_the_same_call():
     out[:] = -1
     assert lib.rc_qgemm_repeat(0, *args) == _native.RC_ERR_ARG
     assert np.all(out == -1)
+    # the C entry point refuses an activation zero point outside its type's range (the
+    # kernel forms z - 128 and x - z in int32), and an unknown activation type
+    for a_type, z in [(1, -1), (1, 256), (0, -129), (0, 128), (1, -2**31), (2, 0)]:
+        bad = (args[0], a_type, 3, 70, 67, z) + args[6:]
+        assert lib.rc_qgemm(*bad) == _native.RC_ERR_ARG
+    assert np.all(out == -1)
 
 
 @pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
@@ -271,8 +277,9 @@ def test_the_kept_dispatch_decision_follows_every_new_setting(monkeypatch):
         seen.append((isa, threads))
         return op.c(*args, isa=isa, threads=threads)
 
+    kernels.qgemm(np.zeros((1, 1), np.uint8), kernels.pack_weights(np.zeros((1, 1), np.int8)))
+    # a new Op registered under the name is noticed without resetting what was kept
     monkeypatch.setitem(_registry._REGISTRY, "qgemm", dataclasses.replace(op, c=spy))
-    monkeypatch.setattr(_registry, "_kept", {})
     rng = np.random.default_rng(22)
     a = rng.integers(0, 256, (2, 9)).astype(np.uint8)
     b = rng.integers(-128, 128, (9, 5)).astype(np.int8)
@@ -286,3 +293,21 @@ def test_the_kept_dispatch_decision_follows_every_new_setting(monkeypatch):
     with kernels.use("numpy"):
         kernels.qgemm(a, pw)
     assert seen == want
+
+
+
+def test_int8_activations_with_an_equal_but_not_identical_dtype():
+    # a pickled array (multiprocessing, joblib) has an int8 dtype equal to, but not the same
+    # object as, np.dtype(np.int8): every backend must still read it as int8
+    import pickle
+
+    rng = np.random.default_rng(23)
+    a = pickle.loads(pickle.dumps(rng.integers(-128, 128, (3, 40)).astype(np.int8)))
+    b = rng.integers(-128, 128, (40, 7)).astype(np.int8)
+    pw = kernels.pack_weights(b)
+    want = ((a.astype(np.int64) + 100) @ b).astype(np.int32)
+    with kernels.use("numpy"):
+        assert_exact(kernels.qgemm(a, pw, -100), want)
+    for isa in kernels.variants("qgemm"):
+        with kernels.use("c", isa=isa):
+            assert_exact(kernels.qgemm(a, pw, -100), want)

@@ -118,6 +118,11 @@ def test_low_rank_linear_eval_uses_the_kernel_and_matches_training_path():
     np.testing.assert_allclose(nobias.eval()(x2), want, rtol=1e-5, atol=1e-5)
     nobias.second.bias = nn.Parameter(np.ones(30, np.float32))
     np.testing.assert_allclose(nobias(x2), want + 1, rtol=1e-5, atol=1e-5)
+    # factors replaced by other layers (prune.to_sparse puts SparseLinear there) run their
+    # own forwards in eval mode, not the dense kernel
+    y2 = layer(x2)
+    layer.first = nn.Sequential(layer.first)
+    np.testing.assert_allclose(layer(x2), y2, rtol=1e-5, atol=1e-5)
 
 
 def test_data_aware_from_linear_reduces_output_error():
