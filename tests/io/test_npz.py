@@ -13,20 +13,7 @@ from refcompress.errors import ArgumentError, CorruptFileError, DTypeError
 from refcompress.io import npz as npz_mod
 from refcompress.models import mlp_300_100, small_cnn
 
-
-def _trained_like(builder, seed=0):
-    """A model whose weights and BatchNorm statistics differ from any fresh one."""
-    model = builder(rng=np.random.default_rng(seed))
-    x = np.random.default_rng(seed + 1).random((16, 1, 8, 8), dtype=np.float32)
-    model.train()
-    model(x)  # updates BatchNorm running statistics and num_batches_tracked
-    for p in model.parameters():
-        p.data = p.data + np.float32(0.01)
-    return model.eval()
-
-
-def _x(n=7):
-    return np.random.default_rng(5).random((n, 1, 8, 8), dtype=np.float32)
+from _io_models import images as _x, trained_like as _trained_like
 
 
 @pytest.fixture
@@ -158,8 +145,11 @@ def test_failure_mid_write_keeps_the_old_file_and_no_temporary(saved, monkeypatc
     assert os.listdir(path.parent) == [path.name]
 
 
-def test_interrupt_before_replace_keeps_the_old_file(saved, monkeypatch):
-    old_model, path = saved
+@pytest.mark.parametrize("ext", [".npz", ".safetensors"])
+def test_interrupt_before_replace_keeps_the_old_file(tmp_path, monkeypatch, ext):
+    # both formats write through atomic_write: the old file survives whole
+    old_model, path = _trained_like(small_cnn), tmp_path / f"cnn{ext}"
+    rio.save(old_model, path)
 
     def crash(src, dst):
         raise KeyboardInterrupt

@@ -19,25 +19,14 @@ from refcompress.errors import ArgumentError, CorruptFileError, DTypeError, Shap
 from refcompress.io import safetensors as st_mod
 from refcompress.models import mlp_300_100, small_cnn
 
+from _io_models import images as _x, trained_like as _trained_like
+
 stnp = pytest.importorskip("safetensors.numpy")
 
 # Every dtype the format and NumPy share, with its code.
 DTYPES = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16,
           "F16": np.float16, "U32": np.uint32, "I32": np.int32, "F32": np.float32, "U64": np.uint64,
           "I64": np.int64, "F64": np.float64, "C64": np.complex64}
-
-
-def _trained_like(builder, seed=0):
-    model = builder(rng=np.random.default_rng(seed))
-    model.train()
-    model(np.random.default_rng(seed + 1).random((16, 1, 8, 8), dtype=np.float32))
-    for p in model.parameters():
-        p.data = p.data + np.float32(0.01)
-    return model.eval()
-
-
-def _x(n=7):
-    return np.random.default_rng(5).random((n, 1, 8, 8), dtype=np.float32)
 
 
 def _same_arrays(a: dict, b: dict):
@@ -243,20 +232,6 @@ def test_save_argument_errors(tmp_path):
         rio.load(tmp_path / "absent.safetensors")
     with pytest.raises(IsADirectoryError):
         rio.load(tmp_path)
-
-
-def test_failure_before_the_replace_keeps_the_old_file(saved, monkeypatch):
-    old_model, path = saved
-
-    def crash(src, dst):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(KeyboardInterrupt):
-        rio.save(_trained_like(small_cnn, seed=9), path)
-    monkeypatch.undo()
-    np.testing.assert_array_equal(rio.load(path)(_x()), old_model(_x()))
-    assert os.listdir(path.parent) == [path.name]
 
 
 # -- plain arrays -----------------------------------------------------------------------
