@@ -236,7 +236,7 @@ def _warn_fallback_once(reason: str) -> None:
             f"refcompress: C kernels unavailable ({reason}); running the NumPy reference. "
             "Reinstall with a C compiler for speed.",
             RuntimeWarning,
-            stacklevel=4,  # _warn_fallback_once <- resolve <- dispatch <- the op's public function
+            stacklevel=5,  # _warn_fallback_once <- resolve <- resolve_kept <- dispatch <- the op's public function
         )
 
 
@@ -287,7 +287,7 @@ def resolve_kept(op_name: str):
 
 def dispatch(op_name: str, *args, **kwargs):
     """Run ``op_name`` on already-validated arguments with the current setting."""
-    impl, isa_code, threads = resolve(op_name)
+    impl, isa_code, threads = resolve_kept(op_name)
     if isa_code is None:
         return impl(*args, **kwargs)
     return impl(*args, isa=isa_code, threads=threads, **kwargs)

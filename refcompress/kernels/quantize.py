@@ -24,6 +24,8 @@ Inference", CVPR 2018, eq. (1).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._validation import check_array, check_axis, check_int
@@ -53,6 +55,15 @@ ROWS_QMAX = 127
 def _qparams(scale, zero_point, shape, axis, lo, hi):
     """Validate scale / zero point against ``shape`` and ``axis``; return
     (axis or None, scale float32 1-D, zero_point int32 1-D)."""
+    if axis is None and type(scale) is float and type(zero_point) is int:
+        # The quantize / dequantize stubs' call, once per layer call: the same checks and
+        # errors on plain Python numbers, without the array round trips (~8 us of them).
+        s = np.float32(scale)
+        if not (math.isfinite(s) and s > 0):
+            raise ArgumentError(f"scale: expected finite values > 0 (as float32), got {s!r}")
+        if not lo <= zero_point <= hi:
+            raise ArgumentError(f"zero_point: expected values in [{lo}, {hi}], got {zero_point}")
+        return None, np.array([s], np.float32), np.array([zero_point], np.int32)
     if axis is None:
         n = 1
     else:
@@ -83,9 +94,9 @@ def _qparams(scale, zero_point, shape, axis, lo, hi):
 def _split(shape, axis):
     """(outer, channels, inner) of a C-contiguous array viewed around ``axis``."""
     if axis is None:
-        return 1, 1, int(np.prod(shape, dtype=np.int64))
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        return 1, 1, math.prod(shape)
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1:])
     return outer, shape[axis], inner
 
 
