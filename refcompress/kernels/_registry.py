@@ -243,9 +243,9 @@ def _warn_fallback_once(reason: str) -> None:
 def resolve(op_name: str):
     """What ``dispatch`` runs for ``op_name`` under the current setting, without running it:
     ``(c_impl, isa_code, threads)`` or ``(reference, None, None)``.  Raises and warns exactly
-    as ``dispatch`` does.  An op on a per-call latency budget may keep the answer for as
-    long as :func:`current` and ``_native.lib`` are the same objects (a new setting is a
-    new object)."""
+    as ``dispatch`` does.  The answer holds for as long as :func:`current`, ``_native.lib``
+    and the registered :class:`Op` are the same objects (a new setting is a new object):
+    :func:`resolve_kept` keeps it on those terms, and ``dispatch`` uses that."""
     op = _get(op_name)
     s = current()
     if s.backend == "numpy":
