@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -236,8 +237,18 @@ def _warn_fallback_once(reason: str) -> None:
             f"refcompress: C kernels unavailable ({reason}); running the NumPy reference. "
             "Reinstall with a C compiler for speed.",
             RuntimeWarning,
-            stacklevel=5,  # _warn_fallback_once <- resolve <- resolve_kept <- dispatch <- the op's public function
+            stacklevel=_caller_stacklevel(),
         )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised here at the first frame outside
+    refcompress: ops reach the fallback through different depths (dispatch, resolve_kept
+    called directly, layers calling ops), and the user's line is what the warning is for."""
+    level, f = 2, sys._getframe(2)  # 1 = the function calling warnings.warn
+    while f is not None and f.f_globals.get("__name__", "").partition(".")[0] == "refcompress":
+        level, f = level + 1, f.f_back
+    return level
 
 
 def resolve(op_name: str):

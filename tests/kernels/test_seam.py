@@ -87,8 +87,9 @@ def test_explicit_c_without_build_raises_and_auto_falls_back_with_one_warning(mo
         with pytest.raises(BackendError, match="simulated"):
             kernels.quantize(x, 1.0)
     with kernels.use("auto"):
-        with pytest.warns(RuntimeWarning, match="NumPy reference"):
+        with pytest.warns(RuntimeWarning, match="NumPy reference") as rec:
             q1 = kernels.quantize(x, 1.0)
+        assert rec[0].filename == __file__  # the warning points at the user's line
         import warnings
 
         with warnings.catch_warnings():
@@ -96,6 +97,32 @@ def test_explicit_c_without_build_raises_and_auto_falls_back_with_one_warning(mo
             q2 = kernels.quantize(x, 1.0)  # the second call must not warn again
     np.testing.assert_array_equal(q1, [1, 2])
     np.testing.assert_array_equal(q2, [1, 2])
+
+
+@pytest.mark.parametrize("call", ["lowrank", "qgemm", "layer"])
+def test_fallback_warning_points_at_the_callers_line(monkeypatch, call):
+    # Ops reach the fallback warning through different depths (dispatch, resolve_kept
+    # called directly, a layer's forward): each must name the caller's file, not ours.
+    from refcompress.kernels import _registry
+    from refcompress.lowrank import LowRankLinear
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    v, u = rng.standard_normal((3, 8)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)
+    qa = rng.integers(0, 256, (2, 8), dtype=np.uint8)
+    pw = kernels.pack_weights(rng.integers(-127, 128, (8, 5), dtype=np.int8))
+    layer = LowRankLinear(8, 5, 3, rng=rng).eval()
+    monkeypatch.setattr(_native, "lib", None)
+    monkeypatch.setattr(_native, "LOAD_ERROR", "ImportError: simulated")
+    monkeypatch.setattr(_registry, "_warned_fallback", False)
+    with kernels.use("auto"), pytest.warns(RuntimeWarning, match="NumPy reference") as rec:
+        if call == "lowrank":
+            kernels.lowrank_linear(x, v, u)
+        elif call == "qgemm":
+            kernels.qgemm(qa, pw, 3)
+        else:
+            layer(x)
+    assert [w.filename for w in rec if "NumPy reference" in str(w.message)] == [__file__]
 
 
 def test_env_setting_is_validated(monkeypatch):
