@@ -213,7 +213,7 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
  * colblock: RC_SP_COLBLOCK_AUTO, _OFF or _ON: whether batches > 1 use column-blocked panels
  * (variants without that kernel ignore it; docs/sparse_kernels.md).
  * tiles (CSR only, may be NULL): the row-tile headers built once by rc_csr_tiles_build
- * (rc_csr_tiles_bytes(out, in) bytes): for every 32 rows and 128-column slice, the rows in
+ * (rc_csr_tiles_bytes(out, in) bytes): for every 32 rows and 256-column slice, the rows in
  * blocks of 4 of about equal entry counts in the slice, with their counts and offsets; with
  * them the column-blocked panels run 4 rows at a time without finding slice ends.  They
  * describe the structure only (the values and indices are still read from the CSR arrays). */

@@ -139,11 +139,11 @@ int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_featu
 }
 
 /* ---- row tiles (column-blocked panels, CSR) ------------------------------------------------ *
- * The column-blocked panel kernel walks a tile's rows slice by slice; at density 0.1 a row has
- * about 13 entries in a 128-column slice, so per row and slice the partial sums' loads and
- * stores, the search for the slice end and a mispredicted loop exit cost about as much as the
- * entries.  Built once here: per tile and slice, the rows sorted by count and cut into blocks
- * of 4, so the kernel runs 4 rows' entries together (16 chains at 64 lanes) with no search. */
+ * The column-blocked panel kernel walks a tile's rows one at a time per slice; at density 0.1
+ * (about 13 entries per row and 128-column slice) it was no faster than the plain panels.
+ * Built once here: per tile and slice, the rows sorted by count and cut into blocks of 4, so
+ * the kernel runs 4 rows' entries together (16 chains at 64 lanes) with no slice-end search
+ * (docs/sparse_kernels.md has what each part was measured to give). */
 
 long long rc_csr_tiles_bytes(long long out_features, long long in_features) {
     if (out_features < 0 || in_features < 0) return -1;

@@ -47,15 +47,15 @@ typedef struct {
 #define RC_SP_CB_COLS 128
 
 /* Row tiles of a CSR weight for the column-blocked panels (rc_csr_tiles_build): for every tile
- * of RC_SP_TL_ROWS rows and every slice of RC_SP_CB_COLS columns, RC_SP_TL_ROWS / 4 blocks.  A
+ * of RC_SP_TL_ROWS rows and every slice of RC_SP_TL_COLS columns, RC_SP_TL_ROWS / 4 blocks.  A
  * block is 4 of the tile's rows, sorted by their entry count in the slice (largest first;
  * blocks take consecutive rows of that order, so their counts are about equal), each with its
  * count and the offset of its first entry in the slice from the tile's first entry.  Padding
  * rows (past the weight's last row) have count 0 and row RC_SP_TL_ROWS, a scratch row. */
 #define RC_SP_TL_ROWS 32
-#ifndef RC_SP_TL_COLS
+/* 256 columns x 64 lanes is a 64 KB slice, larger than L1, but measured level with 128 (32 KB)
+ * at half the blocks (docs/sparse_kernels.md) */
 #define RC_SP_TL_COLS 256
-#endif
 typedef struct {
     uint16_t row[4]; /* row within the tile */
     uint16_t cnt[4]; /* entries in the slice: cnt[0] >= cnt[1] >= cnt[2] >= cnt[3] */

@@ -541,9 +541,10 @@ AI void nmrb_widths(const rc_sparse_args *a, const float *P, int64_t width, int6
  * about equal entry counts in the slice: the 4 rows' W / 16 sums each stay in registers (16
  * chains at 64 lanes) while their entries are taken together, in phases of 4, 3, 2 and 1 rows
  * as the rows (sorted by count) run out.  No slice end is searched, and the sums go through
- * the tile once per block and slice instead of once per row and slice; at density 0.1 (about
- * 13 entries per row and slice) those per-row costs were as large as the entries themselves
- * in cb_rows.  Per entry: its index, its value broadcast and W / 16 panel rows, all loads. */
+ * the tile once per block and slice instead of once per row and slice.  Per entry: its index,
+ * its value broadcast and W / 16 panel rows, all loads.  A tile's sums go to y during the next
+ * tile, a 16 x 16 chunk per block: stored at once, its 64 lanes x 32 rows of y (4 KB apart in
+ * the benchmark's layers) thrashed one L1 set, 20-25 % of the kernel at density 0.1. */
 AI void tl_phase(const rc_sparse_args *a, const float *P, const int64_t W, const int R, const float *const *v,
                  const char *const *ix, int mode, int64_t k0, int64_t k1, __m512 (*acc)[4]) {
     const int64_t T = W / 16;
