@@ -211,7 +211,12 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
  * (rc_csr_bmask_blocks(in) masks per row); with it batch 1 runs without gathers.  The values
  * stay the CSR values: in row order they are each block's stored values, lowest column first.
  * colblock: RC_SP_COLBLOCK_AUTO, _OFF or _ON: whether batches > 1 use column-blocked panels
- * (variants without that kernel ignore it; docs/sparse_kernels.md). */
+ * (variants without that kernel ignore it; docs/sparse_kernels.md).
+ * tiles (CSR only, may be NULL): the row-tile headers built once by rc_csr_tiles_build
+ * (rc_csr_tiles_bytes(out, in) bytes): for every 32 rows and 256-column slice, the rows in
+ * blocks of 4 of about equal entry counts in the slice, with their counts and offsets; with
+ * them the column-blocked panels run 4 rows at a time without finding slice ends.  They
+ * describe the structure only (the values and indices are still read from the CSR arrays). */
 #define RC_SPCHK_INDPTR_START 1 /* indptr[0] != 0                                      */
 #define RC_SPCHK_INDPTR_ORDER 2 /* indptr[where + 1] < indptr[where]                   */
 #define RC_SPCHK_INDPTR_END 3   /* indptr[out] != nnz                                  */
@@ -227,11 +232,14 @@ int rc_nm_check(const uint8_t *indices, long long rows, long long row_len, int n
 long long rc_csr_bmask_blocks(long long in_features);
 int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
                        int index_type, long long in_features, uint16_t *bmask);
+long long rc_csr_tiles_bytes(long long out_features, long long in_features);
+int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
+                       int index_type, long long in_features, void *tiles);
 long long rc_spmm_workspace_size(long long batch, long long in_features);
 int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long long out_features,
                     const void *indptr, int indptr_bytes, const void *indices, int index_type,
-                    const float *values, const float *bias, const uint16_t *bmask, int colblock, float *y,
-                    void *workspace, int isa, int threads);
+                    const float *values, const float *bias, const uint16_t *bmask, const void *tiles,
+                    int colblock, float *y, void *workspace, int isa, int threads);
 int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long long out_features,
                    const float *values, const uint8_t *indices, int n, int m, const float *bias,
                    int colblock, float *y, void *workspace, int isa, int threads);

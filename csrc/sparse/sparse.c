@@ -138,6 +138,85 @@ int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_featu
     return RC_OK;
 }
 
+/* ---- row tiles (column-blocked panels, CSR) ------------------------------------------------ *
+ * The column-blocked panel kernel walks a tile's rows one at a time per slice; at density 0.1
+ * (about 13 entries per row and 128-column slice) it was no faster than the plain panels.
+ * Built once here: per tile and slice, the rows sorted by count and cut into blocks of 4, so
+ * the kernel runs 4 rows' entries together (16 chains at 64 lanes) with no slice-end search
+ * (docs/sparse_kernels.md has what each part was measured to give). */
+
+long long rc_csr_tiles_bytes(long long out_features, long long in_features) {
+    if (out_features < 0 || in_features < 0) return -1;
+    const int64_t tiles = (out_features + RC_SP_TL_ROWS - 1) / RC_SP_TL_ROWS;
+    const int64_t slices = (in_features + RC_SP_TL_COLS - 1) / RC_SP_TL_COLS;
+    return (long long)(tiles * slices * (RC_SP_TL_ROWS / 4) * (int64_t)sizeof(rc_sp_tl_blk));
+}
+
+int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
+                       int index_type, long long in_features, void *tiles) {
+    if (!indptr || out_features < 0 || in_features < 0) return RC_ERR_ARG;
+    if (indptr_bytes != 4 && indptr_bytes != 8) return RC_ERR_ARG;
+    if (index_type != RC_UINT8 && index_type != RC_UINT16 && index_type != RC_INT32) return RC_ERR_ARG;
+    const int64_t TR = RC_SP_TL_ROWS, ntl = (out_features + TR - 1) / TR;
+    const int64_t nsl = (in_features + RC_SP_TL_COLS - 1) / RC_SP_TL_COLS;
+    if (ntl * nsl > 0 && !tiles) return RC_ERR_ARG;
+    if (iptr_at(indptr, indptr_bytes, out_features) > 0 && !indices) return RC_ERR_ARG;
+    /* offsets within a tile are int32: a tile holds at most TR * in entries */
+    if (TR * in_features > INT32_MAX) return RC_ERR_ARG;
+    rc_sp_tl_blk *blk = (rc_sp_tl_blk *)tiles;
+    for (int64_t t = 0; t < ntl; ++t) {
+        const int64_t i0 = t * TR, rows = out_features - i0 < TR ? out_features - i0 : TR;
+        const int64_t base = iptr_at(indptr, indptr_bytes, i0);
+        int64_t cur[RC_SP_TL_ROWS], end[RC_SP_TL_ROWS];
+        for (int64_t q = 0; q < rows; ++q) {
+            cur[q] = iptr_at(indptr, indptr_bytes, i0 + q);
+            end[q] = iptr_at(indptr, indptr_bytes, i0 + q + 1);
+        }
+        for (int64_t s = 0; s < nsl; ++s, blk += TR / 4) {
+            const int64_t j1 = (s + 1) * RC_SP_TL_COLS;
+            int cnt[RC_SP_TL_ROWS], ord[RC_SP_TL_ROWS];
+            int32_t off[RC_SP_TL_ROWS];
+            for (int64_t q = 0; q < TR; ++q) {
+                int64_t e = q < rows ? cur[q] : 0;
+                if (q < rows) {
+                    off[q] = (int32_t)(cur[q] - base);
+                    int64_t prev = -1;
+                    for (; e < end[q]; ++e) {
+                        const int64_t j = ind_at(indices, index_type, e);
+                        /* unchecked input: refuse what would make a count or an address wrong */
+                        if (j < 0 || j >= in_features || j <= prev) return RC_ERR_ARG;
+                        if (j >= j1) break;
+                        prev = j;
+                    }
+                    if (e > cur[q] && ind_at(indices, index_type, cur[q]) < s * RC_SP_TL_COLS) return RC_ERR_ARG;
+                    cnt[q] = (int)(e - cur[q]);
+                    cur[q] = e;
+                } else {
+                    off[q] = 0;
+                    cnt[q] = 0;
+                }
+                ord[q] = (int)q;
+            }
+            for (int q = 1; q < TR; ++q) { /* insertion sort: count descending, then row */
+                const int v = ord[q];
+                int u = q;
+                for (; u > 0 && cnt[ord[u - 1]] < cnt[v]; --u) ord[u] = ord[u - 1];
+                ord[u] = v;
+            }
+            for (int b = 0; b < TR / 4; ++b)
+                for (int r = 0; r < 4; ++r) {
+                    const int q = ord[4 * b + r];
+                    blk[b].row[r] = (uint16_t)(q < rows ? q : TR);
+                    blk[b].cnt[r] = (uint16_t)cnt[q];
+                    blk[b].off[r] = off[q];
+                }
+        }
+        for (int64_t q = 0; q < rows; ++q)
+            if (cur[q] != end[q]) return RC_ERR_ARG; /* entries past the last slice */
+    }
+    return RC_OK;
+}
+
 /* ---- sliced-ELLPACK form (batch 1) -------------------------------------------------------- *
  * Rows of similar length share a slice, so a slice's RC_SP_SELL_C lanes stay busy for about
  * the same number of steps (padding measured 4-5 % at 98 % sparsity with windows of 256 rows,
@@ -323,7 +402,7 @@ static void sell_portable(const rc_sell_args *a, int64_t s0, int64_t s1) { rc_sp
 
 const rc_sparse_kernels rc_sparse_portable = {gather_portable, pack_portable, panel_portable, scan_csr_portable,
                                               scan_nm_portable, 8, 32, 1, bmask_portable, NULL, 0, 0, sell_portable,
-                                              NULL};
+                                              NULL, NULL};
 
 /* ---- driver -------------------------------------------------------------------------------- */
 
@@ -388,6 +467,18 @@ static int want_colblock(const rc_sparse_args *a, int64_t nnz, int colblock) {
     if (colblock != RC_SP_COLBLOCK_AUTO) return colblock == RC_SP_COLBLOCK_ON;
     const int64_t from = a->format == RC_SP_NM ? RC_SP_NM_CB_MIN_BATCH : RC_SP_CB_MIN_BATCH;
     return a->batch >= from && 4 * nnz >= a->out * a->in;
+}
+
+/* CSR with row tiles (AVX-512) from batch 64 and density 1/32 (8 entries per row and 256-column
+ * slice): against the kernels "auto" took before, measured 1.05-1.2x faster at density 0.05-0.5
+ * and batch 64-256 (3072 x 768 at 0.2 and batch 64 5 % slower), but 0.85-0.67x at density 0.02,
+ * where a block's few entries do not pay for its set-up (docs/sparse_kernels.md). */
+#define RC_SP_TL_MIN_BATCH 64
+#define RC_SP_TL_MIN_DENSITY_INV 32
+static int want_tiles(const rc_sparse_args *a, const rc_sparse_kernels *k, int64_t nnz, int colblock) {
+    if (!a->tiles || !k->panel_tiles || colblock == RC_SP_COLBLOCK_OFF) return 0;
+    if (colblock == RC_SP_COLBLOCK_ON) return 1;
+    return a->batch >= RC_SP_TL_MIN_BATCH && RC_SP_TL_MIN_DENSITY_INV * nnz >= a->out * a->in;
 }
 
 static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, int colblock) {
@@ -460,8 +551,16 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
     if (!workspace) return RC_ERR_ARG;
     float *base = (float *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
     /* Blocks of max_width batch lanes, then one narrower block for the rest. */
-    const int cb = k->panel_cb && want_colblock(a, nnz, colblock);
+    const int tl = want_tiles(a, k, nnz, colblock);
+    const int cb = tl || (k->panel_cb && want_colblock(a, nnz, colblock));
     const int64_t W = cb && k->nm_cb_width && is_24(a) ? k->nm_cb_width : (cb ? k->cb_width : k->max_width);
+    if (tl) /* a tile's rows go to one thread: its blocks mix them */
+        for (int t = 1; t < nt; ++t) {
+            const int64_t r = (bounds[t] + RC_SP_TL_ROWS / 2) / RC_SP_TL_ROWS * RC_SP_TL_ROWS;
+            bounds[t] = r < bounds[t - 1] ? bounds[t - 1] : (r > a->out ? a->out : r);
+        }
+    void (*panel_kernel)(const rc_sparse_args *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t) =
+        tl ? k->panel_tiles : (cb ? k->panel_cb : k->panel);
     const int64_t nfull = a->batch / W, rem = a->batch % W;
     const int64_t tail_w = rem ? pow2_at_least(rem, k->min_width) : 0;
     const int64_t nblocks = nfull + (rem > 0);
@@ -487,7 +586,7 @@ static int run(const rc_sparse_args *a, int isa, void *workspace, int threads, i
         for (int t = 0; t < nt; ++t)
             for (int64_t blk = 0; blk < nblocks; ++blk) {
                 const int64_t w = blk < nfull ? W : tail_w, nb = blk < nfull ? W : rem;
-                (cb ? k->panel_cb : k->panel)(a, base + blk * W * a->in, w, blk * W, nb, bounds[t], bounds[t + 1]);
+                panel_kernel(a, base + blk * W * a->in, w, blk * W, nb, bounds[t], bounds[t + 1]);
             }
     }
     return RC_OK;
@@ -549,8 +648,8 @@ static int log2i(int64_t v) {
 
 int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long long out_features,
                     const void *indptr, int indptr_bytes, const void *indices, int index_type,
-                    const float *values, const float *bias, const uint16_t *bmask, int colblock, float *y,
-                    void *workspace, int isa, int threads) {
+                    const float *values, const float *bias, const uint16_t *bmask, const void *tiles,
+                    int colblock, float *y, void *workspace, int isa, int threads) {
     if (batch < 0 || in_features < 0 || out_features < 0 || !indptr) return RC_ERR_ARG;
     if (indptr_bytes != 4 && indptr_bytes != 8) return RC_ERR_ARG;
     int mode;
@@ -566,7 +665,7 @@ int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long
     if (nnz < 0 || (nnz > 0 && (!indices || !values))) return RC_ERR_ARG;
     if (colblock < RC_SP_COLBLOCK_AUTO || colblock > RC_SP_COLBLOCK_ON) return RC_ERR_ARG;
     rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_CSR, mode, indptr, indptr_bytes,
-                        indices, values, 0, 0, 0, 0, 0, bias, y, bmask, (in_features + 15) / 16};
+                        indices, values, 0, 0, 0, 0, 0, bias, y, bmask, (in_features + 15) / 16, tiles};
     return run(&a, isa, workspace, threads, colblock);
 }
 
@@ -582,7 +681,7 @@ int rc_spmm_nm_f32(const float *x, long long batch, long long in_features, long 
     const int pow2 = is_pow2(n) && is_pow2(m);
     rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_NM,
                         pow2 ? RC_SP_COL_NM_POW2 : RC_SP_COL_NM_ANY, NULL, 8, indices, values, row_len,
-                        n, m, pow2 ? log2i(n) : 0, pow2 ? log2i(m) : 0, bias, y, NULL, 0};
+                        n, m, pow2 ? log2i(n) : 0, pow2 ? log2i(m) : 0, bias, y, NULL, 0, NULL};
     if (colblock < RC_SP_COLBLOCK_AUTO || colblock > RC_SP_COLBLOCK_ON) return RC_ERR_ARG;
     return run(&a, isa, workspace, threads, colblock);
 }

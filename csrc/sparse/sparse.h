@@ -39,11 +39,28 @@ typedef struct {
     float *y;          /* [batch, out] */
     const uint16_t *bmask; /* CSR block-mask form: [out][nblk] masks, or NULL */
     int64_t nblk;          /* 16-column blocks per row: ceil(in / 16) */
+    const void *tiles;     /* CSR row-tile headers (rc_csr_tiles_build), or NULL */
 } rc_sparse_args;
 
 /* Column block of the column-blocked panel kernels: a 128-column slice of a 64-lane panel
  * is 32 KB, the L1 data cache of the cores this was tuned on (docs/sparse_kernels.md). */
 #define RC_SP_CB_COLS 128
+
+/* Row tiles of a CSR weight for the column-blocked panels (rc_csr_tiles_build): for every tile
+ * of RC_SP_TL_ROWS rows and every slice of RC_SP_TL_COLS columns, RC_SP_TL_ROWS / 4 blocks.  A
+ * block is 4 of the tile's rows, sorted by their entry count in the slice (largest first;
+ * blocks take consecutive rows of that order, so their counts are about equal), each with its
+ * count and the offset of its first entry in the slice from the tile's first entry.  Padding
+ * rows (past the weight's last row) have count 0 and row RC_SP_TL_ROWS, a scratch row. */
+#define RC_SP_TL_ROWS 32
+/* 256 columns x 64 lanes is a 64 KB slice, larger than L1, but measured level with 128 (32 KB)
+ * at half the blocks (docs/sparse_kernels.md) */
+#define RC_SP_TL_COLS 256
+typedef struct {
+    uint16_t row[4]; /* row within the tile */
+    uint16_t cnt[4]; /* entries in the slice: cnt[0] >= cnt[1] >= cnt[2] >= cnt[3] */
+    int32_t off[4];  /* first entry in the slice - indptr[tile's first row] */
+} rc_sp_tl_blk;
 
 /* One row's entries: p in [0, n) indexes `ind` (element type by mode) and `v`. */
 typedef struct {
@@ -231,6 +248,10 @@ typedef struct {
      * of 16 rows, rows in the vector lanes (no panels; NULL if the variant has none); buf:
      * 64-byte aligned scratch of 32 * row_len floats. */
     void (*nm_rowvec)(const rc_sparse_args *a, int64_t blk0, int64_t blk1, float *buf);
+    /* Like panel_cb for CSR with a->tiles: rows [r0, r1) (r0 a multiple of RC_SP_TL_ROWS) from
+     * one panel of up to cb_width lanes, 4 rows at a time; NULL if the variant has none. */
+    void (*panel_tiles)(const rc_sparse_args *a, const float *panel, int64_t width, int64_t b0, int64_t nb,
+                        int64_t r0, int64_t r1);
 } rc_sparse_kernels;
 
 extern const rc_sparse_kernels rc_sparse_portable;

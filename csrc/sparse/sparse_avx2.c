@@ -206,5 +206,5 @@ static void bmask_avx2(const rc_sparse_args *a, int64_t r0, int64_t r1) { rc_sp_
 static void sell_avx2(const rc_sell_args *a, int64_t s0, int64_t s1) { rc_sp_sell_slices_scalar(a, s0, s1); }
 
 const rc_sparse_kernels rc_sparse_avx2 = {gather_avx2, pack_avx2, panel_avx2, scan_csr_avx2, scan_nm_avx2, 8, 32, 1,
-                                          bmask_avx2, NULL, 0, 0, sell_avx2, NULL};
+                                          bmask_avx2, NULL, 0, 0, sell_avx2, NULL, NULL};
 #endif

@@ -440,6 +440,15 @@ SELL_C = 16
 #: Column-blocked panels for batches > 1: "auto" (CSR from batch 64 and density 1/3, N:M
 #: always), "on", "off".  Values are the C constants RC_SP_COLBLOCK_*.
 COLBLOCK = {"auto": -1, "off": 0, "on": 1}
+#: Rows per tile of the row-tile headers pack_csr builds for the column-blocked panels
+#: (RC_SP_TL_ROWS in csrc/sparse/sparse.h): for every 32 rows and 128-column slice, the rows in
+#: blocks of 4 of about equal entry counts, which AVX-512 runs together from batch 64 (any
+#: density; colblock "on" from batch 2, "off" never).  Structure only: values are still read
+#: from the held array.
+TILE_ROWS = 32
+#: Whether pack_csr builds the row tiles (when colblock is not "off"); tests set it False to
+#: reach the column-blocked and plain panel kernels the tiles replace.
+CSR_TILES = True
 _SAME = object()
 
 
@@ -474,12 +483,13 @@ class PackedCSR:
 
     @classmethod
     def _from_checked(cls, indptr, indices, values, in_f, bias, form, colblock):
-        """From arrays that passed _csr_arrays and _bias (spmm_csr's one-off calls)."""
+        """From arrays that passed _csr_arrays and _bias (spmm_csr's one-off calls: no row
+        tiles, whose O(nnz) build only pays back over many calls)."""
         p = object.__new__(cls)
-        p._setup(indptr, indices, values, in_f, bias, form, colblock)
+        p._setup(indptr, indices, values, in_f, bias, form, colblock, tiles=False)
         return p
 
-    def _setup(self, indptr, indices, values, in_f, bias, form, colblock):
+    def _setup(self, indptr, indices, values, in_f, bias, form, colblock, tiles=True):
         out_f = indptr.shape[0] - 1
         _check_csr_structure(indptr, indices, in_f)
         self.indptr, self.indices = indptr, indices
@@ -498,6 +508,9 @@ class PackedCSR:
             check_rc(lib.rc_csr_bmask_build(_native.ptr("void *", indptr), indptr.itemsize, out_f,
                                             _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], in_f,
                                             _native.ptr("uint16_t *", self.bmask)), "pack_csr")
+        self.tiles = None
+        if tiles and CSR_TILES and colblock != "off" and _native.lib is not None and 0 < in_f < 2**31 // TILE_ROWS:
+            self.tiles = _csr_tiles(indptr, indices, out_f, in_f)
         self._set_values(values, bias)
 
     def _choose_form(self, form):
@@ -532,7 +545,8 @@ class PackedCSR:
             _native.ptr("void *", self.indptr), self.indptr.itemsize, _native.ptr("void *", self.indices),
             INDEX_DTYPES[self.indices.dtype], _native.ptr("float *", values),
             null if bias is None else _native.ptr("float *", bias),
-            null if self.bmask is None else _native.ptr("uint16_t *", self.bmask), COLBLOCK[self.colblock])
+            null if self.bmask is None else _native.ptr("uint16_t *", self.bmask),
+            null if self.tiles is None else _native.ptr("void *", self.tiles), COLBLOCK[self.colblock])
 
     def with_values(self, values, bias=_SAME) -> "PackedCSR":
         """A PackedCSR of the same structure (and layout) with new ``values [nnz]`` float32
@@ -550,6 +564,16 @@ class PackedCSR:
     def __repr__(self):
         return (f"PackedCSR(shape={self.shape}, nnz={self.nnz}, form={self.form!r}, colblock={self.colblock!r}, "
                 f"bias={self.bias is not None})")
+
+
+def _csr_tiles(indptr, indices, out_f, in_f):
+    """The row-tile headers of a checked CSR structure (rc_csr_tiles_build)."""
+    lib = _native.lib
+    tiles = np.empty(lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
+    check_rc(lib.rc_csr_tiles_build(_native.ptr("void *", indptr), indptr.itemsize, out_f,
+                                    _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], in_f,
+                                    _native.ptr("void *", tiles)), "pack_csr")
+    return tiles
 
 
 def _sell_layout(indptr, indices, out_f, in_f):

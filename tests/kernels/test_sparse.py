@@ -827,7 +827,13 @@ def test_csr_column_blocked_slice_ends_for_every_index_type(backend, isa, in_f, 
     W[6, 96:128] = -1.0
     c = kernels.csr_from_dense(W, index_dtype=index_dtype)
     b = rng.standard_normal(out_f).astype(np.float32)
-    p = kernels.pack_csr(*c, bias=b, form="rows", colblock="on")
+    saved = S.CSR_TILES
+    S.CSR_TILES = False  # the row tiles replace the slice-end search; this test is about the search
+    try:
+        p = kernels.pack_csr(*c, bias=b, form="rows", colblock="on")
+    finally:
+        S.CSR_TILES = saved
+    assert p.tiles is None
     for batch in (2, 16, 64, 65):
         x = rng.standard_normal((batch, in_f)).astype(np.float32)
         with kernels.use(backend, isa=isa, threads=1):
@@ -836,6 +842,105 @@ def test_csr_column_blocked_slice_ends_for_every_index_type(backend, isa, in_f, 
             y2 = kernels.spmm_csr(x, p)
         np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32))
         assert_within_error_bound(y1, spmm_csr_exact(x, *c[:3], b), spmm_csr_error_bound(x, *c[:3], b))
+
+
+# Edges of AVX-512's CSR row tiles (pack_csr builds them; "auto" runs them from batch 64 at density
+# >= 1/32, colblock "on" from batch 2): tiles of 32 rows, blocks of 4 rows sorted by their count
+# in each 256-column slice, phases of 4 / 3 / 2 / 1 rows as they run out, panels of 64 lanes with
+# a narrower last one, a tile's sums stored during the next tile.
+_TL_ROWS = [1, 3, 4, 5, 31, 32, 33, 36, 63, 65]
+_TL_IN = [1, 7, 200, 255, 256, 257, 300, 511, 513]
+_TL_BATCHES = [1, 2, 15, 16, 17, 63, 64, 65, 100, 128, 129, 200]
+
+
+@given(data=st.data())
+def test_csr_row_tiles_on_shapes_that_break_them(data):
+    variants = [v for v in CSR_VARIANTS if v[0] != "numpy"]
+    out_f = data.draw(st.sampled_from(_TL_ROWS), label="out_f")
+    in_f = data.draw(st.sampled_from(_TL_IN), label="in_f")
+    batch = data.draw(st.sampled_from(_TL_BATCHES), label="batch")
+    colblock = data.draw(st.sampled_from(["on", "auto"]), label="colblock")
+    density = data.draw(st.sampled_from([0.0, 0.02, 0.05, 0.1, 0.5, 1.0]), label="density")
+    index_dtype = data.draw(st.sampled_from([None, np.int32]), label="index_dtype")
+    scale = data.draw(st.sampled_from([1.0, 2.0 ** 60, 2.0 ** -60]), label="scale")
+    seed = data.draw(st.integers(0, 2 ** 32 - 1), label="seed")
+    rng = np.random.default_rng(seed)
+    W = (rng.standard_normal((out_f, in_f)) * scale).astype(np.float32)
+    # rows of very different counts in one tile (sorted into blocks per slice), empty and full rows
+    W[rng.random((out_f, in_f)) >= density * rng.uniform(0.2, 1.8, size=(out_f, 1))] = 0
+    W[rng.random(out_f) < 0.15] = 0
+    W[rng.random(out_f) < 0.1] = (rng.standard_normal(in_f) * scale).astype(np.float32)
+    c = kernels.csr_from_dense(W, index_dtype=index_dtype)
+    b = None if data.draw(st.booleans(), label="no bias") else rng.standard_normal(out_f).astype(np.float32)
+    x = (rng.standard_normal((batch, in_f)) / scale).astype(np.float32)
+    for backend, isa in variants:
+        with kernels.use(backend, isa=isa):
+            p = kernels.pack_csr(*c, bias=b, form="rows", colblock=colblock)
+        assert p.tiles is not None
+        with kernels.use(backend, isa=isa, threads=1):
+            y1 = kernels.spmm_csr(x, p)
+        with kernels.use(backend, isa=isa, threads=2):
+            y2 = kernels.spmm_csr(x, p)
+        np.testing.assert_array_equal(y1.view(np.uint32), y2.view(np.uint32), err_msg=isa)
+        assert_within_error_bound(y1, spmm_csr_exact(x, *c[:3], b), spmm_csr_error_bound(x, *c[:3], b))
+
+
+def test_csr_row_tiles_headers_and_their_refusals():
+    # The headers: per tile and slice, blocks of 4 rows by count (largest first), their offsets
+    # from the tile's first entry, padding rows past the last row as the scratch row 32 with
+    # count 0; the builder refuses columns out of range or out of order and a truncated indptr.
+    from refcompress.kernels import _native
+    rng = np.random.default_rng(3)
+    out_f, in_f = 37, 300
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    W[rng.random((out_f, in_f)) < 0.8] = 0
+    c = kernels.csr_from_dense(W)
+    p = kernels.pack_csr(*c)
+    blk = np.dtype([("row", "<u2", 4), ("cnt", "<u2", 4), ("off", "<i4", 4)])
+    h = p.tiles.view(blk).reshape(2, 2, 8)  # 2 tiles of 32 rows, 2 slices of 256 columns
+    for t in range(2):
+        base = c.indptr[32 * t]
+        for s in range(2):
+            rows, cnts = h["row"][t, s].ravel(), h["cnt"][t, s].ravel()
+            assert list(cnts) == sorted(cnts, reverse=True)
+            n_rows = min(32, out_f - 32 * t)
+            assert sorted(r for r in rows if r < 32) == list(range(n_rows))
+            for r, k, off in zip(rows, cnts, h["off"][t, s].ravel()):
+                if r == 32:
+                    assert k == 0
+                    continue
+                i = 32 * t + r
+                cols = c.indices[c.indptr[i]:c.indptr[i + 1]]
+                in_slice = np.flatnonzero((cols >= 256 * s) & (cols < 256 * (s + 1)))
+                assert k == len(in_slice)
+                if k:
+                    assert off == c.indptr[i] + in_slice[0] - base
+    lib, ptr = _native.lib, _native.ptr
+    buf = np.empty(lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
+
+    def build(indptr, indices):
+        return lib.rc_csr_tiles_build(ptr("void *", indptr), indptr.itemsize, out_f, ptr("void *", indices),
+                                      S.INDEX_DTYPES[indices.dtype], in_f, ptr("void *", buf))
+    assert build(c.indptr, c.indices) == 0
+    bad = c.indices.copy()
+    bad[c.indptr[3]] = in_f  # out of range
+    assert build(c.indptr, bad) != 0
+    bad = c.indices.copy()
+    i = np.flatnonzero(np.diff(c.indptr) >= 2)[0]
+    bad[c.indptr[i]], bad[c.indptr[i] + 1] = bad[c.indptr[i] + 1], bad[c.indptr[i]]  # out of order
+    assert build(c.indptr, bad) != 0
+
+
+def test_csr_row_tiles_not_built_when_asked_not_to():
+    c = kernels.csr_from_dense(np.eye(40, 300, dtype=np.float32))
+    assert kernels.pack_csr(*c, colblock="off").tiles is None
+    saved = S.CSR_TILES
+    S.CSR_TILES = False
+    try:
+        assert kernels.pack_csr(*c).tiles is None
+    finally:
+        S.CSR_TILES = saved
+    assert kernels.pack_csr(*c).tiles is not None
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 2), (4, 8), (8, 16), (4, 6), (4, 4), (3, 4), (1, 4)])
