@@ -39,7 +39,8 @@ from .atomic import atomic_write, check_output_path, check_path
 __all__ = ["export_onnx", "import_onnx", "to_onnx_model", "Graph", "write_model",
            "DEFAULT_OPSET", "MIN_OPSET", "IMPORT_OPS"]
 
-#: The default opset (the BERT exporter's too: the first with LayerNormalization).
+#: The default opset (the BERT exporter's too: the first with LayerNormalization); a
+#: group-wise weight-only layer raises it to BLOCKED_OPSET when no opset is given.
 DEFAULT_OPSET = 17
 #: QuantizeLinear / DequantizeLinear with per-axis scales need opset 13.
 MIN_OPSET = 13
@@ -506,6 +507,15 @@ class _Exporter:
 
     # -- the walk --
 
+    def linear_like(self, x, m, path):
+        """A layer that stands for a Linear (float, sparse, low rank, weight-only, W8A8) on
+        float input of any rank: the BERT exporter's entry to the same per-layer code.
+        Anything else at such a place is refused, naming the layer."""
+        if type(m) not in _linear_like_types():
+            self.unsupported(path, m, "expected a Linear-like layer here ("
+                             + ", ".join(t.__name__ for t in _linear_like_types()) + ")")
+        return self.layer(x, m, path)
+
     def layer(self, x, m, path):
         from .. import nn
         from ..lowrank.layers import CPConv2d, LowRankLinear, Tucker2Conv2d
@@ -579,6 +589,29 @@ class _Exporter:
         self.unsupported(path, m, "no ONNX mapping for this layer type (docs/io.md lists the supported ones)")
 
 
+def _linear_like_types():
+    """The layer types that compute x W^T + b (in some stored form) and take any rank."""
+    from .. import nn
+    from ..lowrank.layers import LowRankLinear
+    from ..pipeline.deep_compression import DeepCompressedLinear
+    from ..prune.sparse_layers import NMLinear, SparseLinear
+    from ..quant import modules as qm
+    from ..quant.w8a8 import W8A8Linear
+
+    return (nn.Linear, SparseLinear, NMLinear, DeepCompressedLinear, LowRankLinear, qm.WeightOnlyLinear,
+            W8A8Linear, qm.DynamicQuantizedLinear)
+
+
+def required_opset(model) -> int:
+    """The lowest opset every layer of ``model`` can be written in: BLOCKED_OPSET when a
+    weight-only layer has group-wise scales, else MIN_OPSET."""
+    from ..quant import modules as qm
+
+    grouped = any(type(m) in (qm.WeightOnlyLinear, qm.WeightOnlyConv2d) and m.group_size is not None
+                  for _, m in model.named_modules())
+    return BLOCKED_OPSET if grouped else MIN_OPSET
+
+
 def _onnx_elem_int64():
     from onnx import TensorProto
 
@@ -626,13 +659,21 @@ def _eval_forward(model, x):
 WEIGHT_DTYPES = ("int8", "uint8")
 
 
-def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: str = "int8"):
+def to_onnx_model(model, input_shape=None, opset=None, weight_dtype: str = "int8"):
     """The checked ``onnx.ModelProto`` of ``model`` (see :func:`export_onnx`)."""
-    from ..nn import Module
+    from ..nn import BertModel, Module
 
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
+    if isinstance(model, BertModel):
+        from ..bert import onnx_export
+
+        if input_shape is not None:
+            raise ArgumentError(f"input_shape: a BertModel reads token ids (input_ids, attention_mask, "
+                                f"token_type_ids: int64 [batch, seq]); expected None, got {input_shape!r}")
+        return onnx_export.to_onnx_model(model, opset, weight_dtype)
     dims = check_input_shape(input_shape)
+    opset = max(DEFAULT_OPSET, required_opset(model)) if opset is None else opset
     opset = check_opset(opset)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ArgumentError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
@@ -663,18 +704,23 @@ def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: 
     return ex.g.model([inp], [out], opset, "refcompress")
 
 
-def export_onnx(model, path, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: str = "int8") -> str:
-    """Write ``model`` (a chain of refcompress layers, float or compressed) as ONNX.
+def export_onnx(model, path, input_shape=None, opset=None, weight_dtype: str = "int8") -> str:
+    """Write ``model`` (a chain of refcompress layers, or a BertModel; float or compressed)
+    as ONNX.
 
     input_shape : the float32 input's shape, batch first and None for a dynamic batch:
-                  (None, F) or (None, C, H, W).
-    opset       : ONNX opset, >= 13 (>= 21 for group-wise weight-only layers).
+                  (None, F) or (None, C, H, W).  None for a BertModel, whose graph reads
+                  int64 token ids (refcompress.bert.onnx_export writes it).
+    opset       : ONNX opset, >= 13 (>= 17 for a BertModel, >= 21 for group-wise
+                  weight-only layers); None (the default): 17, or 21 when a group-wise
+                  weight-only layer needs it.
     weight_dtype: how integer layers' int8 weights are stored: "int8" (the usual u8 x s8
                   form), or "uint8" (w + 128, zero point 128: the same products, and
                   onnxruntime runs its u8 x u8 kernels, exact also on x86 CPUs without
                   VNNI, where its u8 x s8 kernels can saturate).
     The graph's input is "input" (float32), its output "output" (float32, or uint8 codes
-    when the model ends on an integer layer).  The model is checked with ``onnx.checker``
+    when the model ends on an integer layer); a BertModel's graph reads "input_ids",
+    "attention_mask", "token_type_ids" and gives "last_hidden_state".  The model is checked with ``onnx.checker``
     and written atomically.  A layer with no ONNX form is an ArgumentError naming its path
     and type.  Returns ``path``.
     """

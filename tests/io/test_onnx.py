@@ -212,7 +212,8 @@ def test_weight_only_linear_on_rank_3_input_with_default_optimizations(bias):
 def test_group_wise_weight_only_needs_opset_21():
     wo = quantize_weight_only(_trained_like(mlp_300_100), 4, group_size=4)
     with pytest.raises(ArgumentError, match=r"layer '1' \(WeightOnlyLinear\).*opset >= 21 \(got opset 17\)"):
-        to_onnx_model(wo, IMG)
+        to_onnx_model(wo, IMG, opset=17)
+    assert to_onnx_model(wo, IMG).opset_import[0].version == 21  # chosen when not given
 
 
 def test_batch_dimension_stays_dynamic_and_names_are_stable(tmp_path):
