@@ -68,7 +68,8 @@ def _near_ties(layer, kind, shape, rng, e):
     elif kind == "static":
         s = layer._static_params()[0]
     else:
-        x.reshape(-1)[:2] = (-40 * c, 215 * c)
+        pins = np.array([-40 * c, 215 * c], np.float32)[: x.size]  # one element: pinned at -40 c
+        x.reshape(-1)[: pins.size] = pins
         s = choose_qparams(np.float32(x.min()), np.float32(x.max()), ACTIVATION_SPEC).scale
     t = (rng.integers(-100, 100, shape) + 0.5).astype(np.float32) * s
     t = np.where(rng.random(shape) < 0.5, np.nextafter(t, np.float32(np.inf) * rng.choice([-1, 1], shape)), t)
