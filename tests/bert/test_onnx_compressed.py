@@ -169,3 +169,25 @@ def test_layers_without_an_onnx_form_keep_their_named_errors():
         to_onnx_model(tiny_bert(), (None, 8))
     with pytest.raises(ArgumentError, match=r"weight_dtype: expected one of"):
         to_onnx_model(tiny_bert(), weight_dtype="int4")
+
+
+@pytest.mark.parametrize("method", ["W8A8 per-token SmoothQuant", "int4 g32 GPTQ"])
+def test_the_export_command_writes_a_saved_compressed_bert(method, tmp_path, capsys):
+    """What `refcompress compress` writes (a BertModel saved with io.save), through
+    `refcompress export` (no --input-shape: the graph reads token ids)."""
+    from refcompress.cli import main
+
+    model = _compressed(method)
+    rio.save(model, tmp_path / "bert.npz")
+    out = tmp_path / "bert.onnx"
+    assert main(["export", str(tmp_path / "bert.npz"), "-o", str(out)]) == 0
+    opset = 21 if "g32" in method else 17
+    assert f"(ONNX opset {opset}, input_ids, attention_mask, token_type_ids [batch, seq])" in capsys.readouterr().out
+    feeds = _batch(6)
+    want = model(feeds["input_ids"], feeds["attention_mask"], feeds["token_type_ids"])
+    real = feeds["attention_mask"].astype(bool)
+    for who, got in _runs(onnx.load(str(out)), feeds).items():
+        np.testing.assert_allclose(got[real], want[real], rtol=0,
+                                   atol=_tolerance(model, feeds["input_ids"].shape[1], want), err_msg=who)
+    assert main(["export", str(tmp_path / "bert.npz"), "-o", str(tmp_path / "x.onnx"), "--input-shape", "8"]) == 1
+    assert "--input-shape: " in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
