@@ -176,7 +176,8 @@ def run_report(args) -> int:
 
 
 def add_export_arguments(p):
-    p.add_argument("model", metavar="MODEL", help="saved model file (.npz / .safetensors) or reference model name")
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz / .safetensors) or reference model name; "
+                   "a saved BertModel (what `refcompress compress minilm` writes) too")
     p.add_argument("-o", "--output", required=True, help="where to write the ONNX model (.onnx)")
     p.add_argument("--input-shape", default=None, metavar="DIMS",
                    help="the input's shape after the batch dimension, comma-separated (default 1,8,8: "
