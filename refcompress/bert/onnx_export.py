@@ -42,7 +42,7 @@ def to_onnx_model(model, opset=None, weight_dtype: str = "int8"):
     weight_dtype: how int8 weights of W8A8 layers are stored (see io.export_onnx)."""
     from onnx import TensorProto, helper
 
-    from ..io.onnx import WEIGHT_DTYPES, _Exporter, _Stream, check_opset, required_opset
+    from ..io.onnx import _Exporter, _Stream, check_opset, check_weight_dtype, required_opset
     from ..nn import BertModel
 
     if not isinstance(model, BertModel):
@@ -50,8 +50,7 @@ def to_onnx_model(model, opset=None, weight_dtype: str = "int8"):
     opset = check_opset(max(OPSET, required_opset(model)) if opset is None else opset)
     if opset < OPSET:
         raise ArgumentError(f"opset: a BertModel needs opset >= {OPSET} (LayerNormalization), got {opset}")
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ArgumentError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
+    check_weight_dtype(weight_dtype)
     ex = _Exporter(opset, weight_dtype)
     g = ex.g
     const, op = g.const, g.op

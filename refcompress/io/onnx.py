@@ -659,6 +659,12 @@ def _eval_forward(model, x):
 WEIGHT_DTYPES = ("int8", "uint8")
 
 
+def check_weight_dtype(weight_dtype, name: str = "weight_dtype") -> str:
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ArgumentError(f"{name}: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
+    return weight_dtype
+
+
 def to_onnx_model(model, input_shape=None, opset=None, weight_dtype: str = "int8"):
     """The checked ``onnx.ModelProto`` of ``model`` (see :func:`export_onnx`)."""
     from ..nn import BertModel, Module
@@ -675,8 +681,7 @@ def to_onnx_model(model, input_shape=None, opset=None, weight_dtype: str = "int8
     dims = check_input_shape(input_shape)
     opset = max(DEFAULT_OPSET, required_opset(model)) if opset is None else opset
     opset = check_opset(opset)
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ArgumentError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
+    check_weight_dtype(weight_dtype)
     _onnx()
     from onnx import helper
 
