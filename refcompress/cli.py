@@ -5,7 +5,8 @@ Commands
   demo      the main job on the embedded digits data set
   compress  run a recipe on a model and write the compressed model
   report    parameters, bytes, MACs, accuracy and latency of a model
-  export    write a model as ONNX (integer layers as exact integer ops)
+  export    write a model as ONNX: a chain of layers or a (compressed) BertModel, integer
+            and W8A8 layers as exact integer ops
   bench     the kernel benchmarks (from a source checkout)
 Exit codes: 0 success, 1 failure (an error message names the cause), 2 bad usage.
 """
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_commands.add_report_arguments(p)
     p.set_defaults(func=cli_commands.run_report)
 
-    p = sub.add_parser("export", help="write a saved (or reference) model as an ONNX file")
+    p = sub.add_parser("export", help="write a saved (or reference) model, or a saved BertModel, as an ONNX file")
     cli_commands.add_export_arguments(p)
     p.set_defaults(func=cli_commands.run_export)
 

@@ -9,9 +9,16 @@ Add, LayerNormalization), then per layer
 with M = (1 - mask) * min(float32) broadcast over queries and GELU written as
 x/2 (1 + Erf(x / sqrt 2)).  Inputs ``input_ids``, ``attention_mask``, ``token_type_ids``
 (int64 [B, S]), output ``last_hidden_state`` (float32 [B, S, H]).  Opset 17 (the first
-with LayerNormalization).  Used to measure onnxruntime on the very same model
+with LayerNormalization), or 21 when a group-wise weight-only layer needs blocked
+DequantizeLinear.  Used to measure onnxruntime on the very same model
 (benchmarks/bench_minilm.py) and to hand the model to ONNX tools; needs the ``onnx``
 package.
+
+The six Linear layers of each encoder layer may be compressed (W8A8Linear, WeightOnlyLinear,
+SparseLinear, NMLinear, LowRankLinear, ...: what the transformer recipes write): each is
+written by the per-layer emitter of :mod:`refcompress.io.onnx` (``_Exporter.linear_like``),
+the code :func:`refcompress.io.export_onnx` uses for the same layers, here on the rank-3
+[B, S, H] stream.  ``refcompress.io.export_onnx(model, path)`` routes a BertModel here.
 """
 
 from __future__ import annotations
@@ -28,23 +35,29 @@ __all__ = ["export_onnx", "to_onnx_model"]
 OPSET = 17
 
 
-def to_onnx_model(model):
-    """The ``onnx.ModelProto`` of ``model`` (a BertModel with plain Linear layers)."""
+def to_onnx_model(model, opset=None, weight_dtype: str = "int8"):
+    """The ``onnx.ModelProto`` of ``model`` (a BertModel, its Linear layers float or
+    compressed).  opset: None for the lowest that fits (17, or 21 with group-wise weight-only
+    layers), or an int (checked as :func:`refcompress.io.export_onnx` checks it);
+    weight_dtype: how int8 weights of W8A8 layers are stored (see io.export_onnx)."""
     from onnx import TensorProto, helper
 
-    from ..io.onnx import Graph
-    from ..nn import BertModel, Linear
+    from ..io.onnx import _Exporter, _Stream, check_opset, check_weight_dtype, required_opset
+    from ..nn import BertModel
 
     if not isinstance(model, BertModel):
         raise DTypeError(f"model: expected a refcompress.nn.BertModel, got {type(model).__name__}")
-    g = Graph()
+    opset = check_opset(max(OPSET, required_opset(model)) if opset is None else opset)
+    if opset < OPSET:
+        raise ArgumentError(f"opset: a BertModel needs opset >= {OPSET} (LayerNormalization), got {opset}")
+    check_weight_dtype(weight_dtype)
+    ex = _Exporter(opset, weight_dtype)
+    g = ex.g
     const, op = g.const, g.op
 
-    def linear(x, lin, prefix):
-        if not isinstance(lin, Linear):
-            raise ArgumentError(f"model: {prefix} is a {type(lin).__name__}; export needs float Linear layers")
-        y = op("MatMul", [x, const(lin.weight.data.T.astype(np.float32).copy(), prefix + ".weightT")])
-        return y if lin.bias is None else op("Add", [y, const(lin.bias.data.astype(np.float32), prefix + ".bias")])
+    def linear(x, lin, path):
+        # the one per-layer emitter of io.onnx, on the [B, S, in] stream
+        return ex.linear_like(_Stream(x, 3, np.float32), lin, path).name
 
     def layer_norm(x, ln, prefix):
         return op("LayerNormalization", [x, const(ln.weight.data.astype(np.float32), prefix + ".weight"),
@@ -74,9 +87,9 @@ def to_onnx_model(model):
         def heads_of(t, perm):
             return op("Transpose", [op("Reshape", [t, split])], perm=perm)
 
-        q = heads_of(linear(x, att.query, p + ".query"), [0, 2, 1, 3])
-        k = heads_of(linear(x, att.key, p + ".key"), [0, 2, 3, 1])
-        v = heads_of(linear(x, att.value, p + ".value"), [0, 2, 1, 3])
+        q = heads_of(linear(x, att.query, p + ".attention.self.query"), [0, 2, 1, 3])
+        k = heads_of(linear(x, att.key, p + ".attention.self.key"), [0, 2, 3, 1])
+        v = heads_of(linear(x, att.value, p + ".attention.self.value"), [0, 2, 1, 3])
         scores = op("Add", [op("Mul", [op("MatMul", [q, k]), const(np.float32(1.0 / math.sqrt(d)))]), add_mask])
         ctx = op("MatMul", [op("Softmax", [scores], axis=-1), v])
         ctx = op("Reshape", [op("Transpose", [ctx], perm=[0, 2, 1, 3]), const(np.array([0, 0, H], np.int64))])
@@ -92,12 +105,13 @@ def to_onnx_model(model):
     int_in = lambda n: helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])  # noqa: E731
     return g.model([int_in("input_ids"), int_in("attention_mask"), int_in("token_type_ids")],
                    [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", H])],
-                   OPSET, "bert")
+                   opset, "bert")
 
 
-def export_onnx(model, path) -> str:
-    """Write ``model`` to ``path`` (.onnx) atomically (``refcompress.io.atomic_write``)."""
+def export_onnx(model, path, opset=None, weight_dtype: str = "int8") -> str:
+    """Write ``model`` to ``path`` (.onnx) atomically (``refcompress.io.atomic_write``);
+    opset and weight_dtype as for :func:`to_onnx_model`."""
     from ..io.onnx import write_model
 
     path = check_output_path(path)  # before the graph is built
-    return write_model(to_onnx_model(model), path)
+    return write_model(to_onnx_model(model, opset, weight_dtype), path)

@@ -39,7 +39,8 @@ from .atomic import atomic_write, check_output_path, check_path
 __all__ = ["export_onnx", "import_onnx", "to_onnx_model", "Graph", "write_model",
            "DEFAULT_OPSET", "MIN_OPSET", "IMPORT_OPS"]
 
-#: The default opset (the BERT exporter's too: the first with LayerNormalization).
+#: The default opset (the BERT exporter's too: the first with LayerNormalization); a
+#: group-wise weight-only layer raises it to BLOCKED_OPSET when no opset is given.
 DEFAULT_OPSET = 17
 #: QuantizeLinear / DequantizeLinear with per-axis scales need opset 13.
 MIN_OPSET = 13
@@ -117,8 +118,8 @@ def write_model(m, path, name: str = "path") -> str:
 def _onnx_elem(dtype):
     from onnx import TensorProto
 
-    return {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint8): TensorProto.UINT8,
-            np.dtype(np.int8): TensorProto.INT8}[np.dtype(dtype)]
+    return {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+            np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}[np.dtype(dtype)]
 
 
 class _Stream:
@@ -277,12 +278,7 @@ class _Exporter:
         M = np.asarray(spec.scale, np.float32).reshape(-1)
         z_in = np.uint8(m.input_zero_point[0])
         z_out = int(spec.zero_point)
-        w = np.ascontiguousarray(m.weight_q, np.int8)
-        wz = np.int8(0)
-        if self.weight_dtype == "uint8":
-            # w + 128 with zero point 128: the same products (w' - 128 = w), and runtimes take
-            # their u8 x u8 kernels, which cannot saturate (see docs/io.md)
-            w, wz = (w.astype(np.int16) + 128).astype(np.uint8), np.uint8(128)
+        w, wz = self.int_weight(m.weight_q)
         O = w.shape[0]
         bias = None if m.bias_q is None else np.asarray(m.bias_q, np.int32)
         per_channel = M.size > 1 and not np.all(M == M[0])
@@ -331,6 +327,15 @@ class _Exporter:
         qmax = 255 if spec.qmax is None else int(spec.qmax)
         y = self.clip_codes(y, qmin, qmax, path)
         return _Stream(y, x.rank, np.uint8)
+
+    def int_weight(self, weight_q):
+        """The int8 weight codes as stored in the graph, and their zero point."""
+        w = np.ascontiguousarray(weight_q, np.int8)
+        if self.weight_dtype == "uint8":
+            # w + 128 with zero point 128: the same products (w' - 128 = w), and runtimes take
+            # their u8 x u8 kernels, which cannot saturate (see docs/io.md)
+            return (w.astype(np.int16) + 128).astype(np.uint8), np.uint8(128)
+        return w, np.int8(0)
 
     def clip_codes(self, y, qmin, qmax, path):
         """The layer's saturation range inside [0, 255] (fused ReLU: qmin = z; fewer than 8
@@ -382,7 +387,134 @@ class _Exporter:
         y = g.op("Clip", [y, i64(0, "u8_min"), i64(255, "u8_max")], p)
         return g.op("Cast", [y], p, to=_onnx_elem(np.uint8))
 
+    # -- float in, float out through exact integer products --
+
+    def reduce(self, kind, x, path, axes=None, keepdims=0):
+        """ReduceMax / ReduceMin over ``axes`` (all axes when None); the axes are an
+        attribute before opset 18 and an input from 18 on."""
+        g = self.g
+        if axes is None:
+            return g.op(kind, [x], path, keepdims=keepdims)
+        if self.opset >= 18:
+            return g.op(kind, [x, g.const(np.array(axes, np.int64), path + ".axes")], path, keepdims=keepdims)
+        return g.op(kind, [x], path, axes=list(axes), keepdims=keepdims)
+
+    def round_codes(self, v, zero_point, lo, hi, path):
+        """uint8 codes of v = x / s (float32): Clip to [lo, hi] = [qmin - z, qmax - z], then
+        QuantizeLinear with scale 1 and zero point z, i.e. ONNX's round half to even plus z.
+        That is kernels.quantize's round_saturate, clamped first (rounding commutes with a
+        clamp to integers) so that no runtime converts a value beyond int32."""
+        g = self.g
+        v = g.op("Clip", [v, lo, hi], path + "/saturate")
+        return g.op("QuantizeLinear", [v, g.const(np.float32(1.0), path + ".unit_scale"), zero_point],
+                    path + "/quantize")
+
+    def dynamic_qparams(self, xs, path):
+        """quant.choose_qparams(min(xs), max(xs), ACTIVATION_SPEC) in graph ops, step for step
+        in its precisions: lo = min(min xs, 0) and hi = max(max xs, 0) as float64,
+        s = (hi - lo) / (qmax - qmin) in float64, 1 where that is not > 0, rounded once to
+        float32 and raised to float32's smallest normal; z = clip(qmin - rint(lo / s), qmin,
+        qmax) with s back in float64.  ONNX's DynamicQuantizeLinear rounds in float32 twice
+        and gives s = 0 for an all-zero input, so it is not used.
+        Returns the names of s (float32 scalar), s (float64) and z (float64, integral)."""
+        from ..quant.w8a8 import ACTIVATION_SPEC
+
+        g = self.g
+        p = path + "/qparams"
+        f32, f64 = _onnx_elem(np.float32), _onnx_elem(np.float64)
+        c64 = lambda v, n: g.const(np.float64(v), f"{path}.{n}")  # noqa: E731
+        qmin, qmax = ACTIVATION_SPEC.qmin, ACTIVATION_SPEC.qmax
+        zero = c64(0.0, "zero")
+        lo = g.op("Min", [g.op("Cast", [self.reduce("ReduceMin", xs, p)], p, to=f64), zero], p)
+        hi = g.op("Max", [g.op("Cast", [self.reduce("ReduceMax", xs, p)], p, to=f64), zero], p)
+        s = g.op("Div", [g.op("Sub", [hi, lo], p), c64(qmax - qmin, "levels")], p)
+        s = g.op("Where", [g.op("Greater", [s, zero], p), s, c64(1.0, "empty_range_scale")], p)
+        s32 = g.op("Max", [g.op("Cast", [s], p, to=f32), g.const(np.finfo(np.float32).tiny, path + ".min_scale")], p)
+        s64 = g.op("Cast", [s32], p, to=f64)
+        r = g.op("Round", [g.op("Div", [lo, s64], p)], p)
+        z = g.op("Clip", [g.op("Sub", [c64(qmin, "qmin"), r], p), c64(qmin, "zp_min"), c64(qmax, "zp_max")], p)
+        return s32, s64, z
+
+    def w8a8(self, x, m, path):
+        """W8A8Linear (static, dynamic per-tensor and per-token activations, SmoothQuant
+        factors) and DynamicQuantizedLinear: the activation codes and the int32 products of
+        refcompress exactly, and the float epilogue float32(acc) * s [* s_i] + b as the same
+        float32 operations in the same order (the C epilogue multiplies and adds separately,
+        no FMA), so the output is bit for bit the layer's.  docs/io.md has the argument."""
+        from ..kernels.quantize import ROWS_QMAX
+        from ..quant.modules import DynamicQuantizedLinear
+        from ..quant.w8a8 import ACTIVATION_SPEC
+
+        dynamic_layer = type(m) is DynamicQuantizedLinear
+        self.expect(x, path, m, np.float32, 2 if dynamic_layer else None)
+        g = self.g
+        f32 = _onnx_elem(np.float32)
+        mode = "tensor" if dynamic_layer else m.activation
+        smooth = None if dynamic_layer or np.all(m.smooth == 1) else m.smooth  # x / 1 and s * 1 are exact
+        qmin, qmax = ACTIVATION_SPEC.qmin, ACTIVATION_SPEC.qmax
+        row_scale = None
+        if mode == "token":
+            # kernels.quantize_rows: xs = x * float32(1 / m), s_i = max_j |xs_ij| / 127 (1 where
+            # 0), q = clamp(rint(xs / s_i), -127, 127); stored as q + 128 with zero point 128,
+            # so the product runs on the runtime's u8 kernels (the same products)
+            inv = m._token_inv_smooth()
+            xs = x.name if inv is None else g.op("Mul", [x.name, g.const(inv, path + ".inv_smooth")], path + "/smooth")
+            a = self.reduce("ReduceMax", g.op("Abs", [xs], path + "/abs"), path + "/row_max", axes=[-1], keepdims=1)
+            s = g.op("Div", [a, g.const(np.float32(ROWS_QMAX), path + ".rows_qmax")], path + "/row_scale")
+            one = g.const(np.float32(1.0), path + ".empty_row_scale")
+            row_scale = g.op("Where", [g.op("Equal", [s, g.const(np.float32(0.0), path + ".zero")], path + "/row_scale"),
+                                       one, s], path + "/row_scale")
+            zq = g.const(np.uint8(128), path + ".input_zero_point")
+            q = self.round_codes(g.op("Div", [xs, row_scale], path + "/divide"), zq,
+                                 g.const(np.float32(-ROWS_QMAX), path + ".qmin"),
+                                 g.const(np.float32(ROWS_QMAX), path + ".qmax"), path)
+            out_scale = g.const(m.weight_scale.astype(np.float32), path + ".weight_scale")
+        elif mode == "static":
+            chan_scale, _, s_out = m._static_params()  # the layer's own float32 s_a m_j and s_a s_w
+            z = int(m.input_zero_point)
+            zq = g.const(np.uint8(z), path + ".input_zero_point")
+            chan = chan_scale[:1].reshape(()) if np.all(chan_scale == chan_scale[0]) else chan_scale
+            q = self.round_codes(g.op("Div", [x.name, g.const(chan, path + ".input_scale")], path + "/divide"), zq,
+                                 g.const(np.float32(qmin - z), path + ".qmin"),
+                                 g.const(np.float32(qmax - z), path + ".qmax"), path)
+            out_scale = g.const(s_out, path + ".output_scale")
+        else:
+            # per tensor, each call: the qparams of min / max of x / m, then x / (s_a m_j)
+            xs = x.name if smooth is None else g.op("Div", [x.name, g.const(smooth, path + ".smooth")],
+                                                    path + "/smooth")
+            s32, s64, z = self.dynamic_qparams(xs, path)
+            zq = g.op("Cast", [z], path + "/zero_point", to=_onnx_elem(np.uint8))
+            zf = g.op("Cast", [z], path + "/zero_point", to=f32)
+            chan = s32 if smooth is None else g.op("Mul", [s32, g.const(smooth, path + ".smooth_scale")],
+                                                   path + "/input_scale")
+            q = self.round_codes(g.op("Div", [x.name, chan], path + "/divide"), zq,
+                                 g.op("Sub", [g.const(np.float32(qmin), path + ".qmin"), zf], path + "/low"),
+                                 g.op("Sub", [g.const(np.float32(qmax), path + ".qmax"), zf], path + "/high"), path)
+            # float32(float64(s_a) * float64(s_w)), as the layer forms it
+            out_scale = g.op("Cast", [g.op("Mul", [s64, g.const(m.weight_scale.astype(np.float64),
+                                                                  path + ".weight_scale")], path + "/output_scale")],
+                             path + "/output_scale", to=f32)
+        w, wz = self.int_weight(m.weight_q)
+        acc = g.op("MatMulInteger", [q, g.const(w.T.copy(), path + ".weight_q"), zq,
+                                     g.const(wz, path + ".weight_zero_point")], path)
+        y = g.op("Cast", [acc], path + "/to_float", to=f32)
+        y = g.op("Mul", [y, out_scale], path + "/dequantize")
+        if row_scale is not None:
+            y = g.op("Mul", [y, row_scale], path + "/dequantize_rows")
+        if m.bias is not None:
+            y = g.op("Add", [y, g.const(np.asarray(m.bias, np.float32), path + ".bias")], path + "/bias")
+        return _Stream(y, x.rank, np.float32)
+
     # -- the walk --
+
+    def linear_like(self, x, m, path):
+        """A layer that stands for a Linear (float, sparse, low rank, weight-only, W8A8) on
+        float input of any rank: the BERT exporter's entry to the same per-layer code.
+        Anything else at such a place is refused, naming the layer."""
+        if type(m) not in _linear_like_types():
+            self.unsupported(path, m, "expected a Linear-like layer here ("
+                             + ", ".join(t.__name__ for t in _linear_like_types()) + ")")
+        return self.layer(x, m, path)
 
     def layer(self, x, m, path):
         from .. import nn
@@ -390,6 +522,7 @@ class _Exporter:
         from ..pipeline.deep_compression import DeepCompressedConv2d, DeepCompressedLinear
         from ..prune.sparse_layers import NMLinear, SparseLinear
         from ..quant import modules as qm
+        from ..quant.w8a8 import W8A8Linear
 
         g = self.g
         t = type(m)
@@ -451,7 +584,32 @@ class _Exporter:
             return _Stream(self.clip_codes(x.name, m.zero_point, 255, path), x.rank, np.uint8)
         if t in (qm.WeightOnlyLinear, qm.WeightOnlyConv2d):
             return self.weight_only(x, m, path)
+        if t in (W8A8Linear, qm.DynamicQuantizedLinear):
+            return self.w8a8(x, m, path)
         self.unsupported(path, m, "no ONNX mapping for this layer type (docs/io.md lists the supported ones)")
+
+
+def _linear_like_types():
+    """The layer types that compute x W^T + b (in some stored form) and take any rank."""
+    from .. import nn
+    from ..lowrank.layers import LowRankLinear
+    from ..pipeline.deep_compression import DeepCompressedLinear
+    from ..prune.sparse_layers import NMLinear, SparseLinear
+    from ..quant import modules as qm
+    from ..quant.w8a8 import W8A8Linear
+
+    return (nn.Linear, SparseLinear, NMLinear, DeepCompressedLinear, LowRankLinear, qm.WeightOnlyLinear,
+            W8A8Linear, qm.DynamicQuantizedLinear)
+
+
+def required_opset(model) -> int:
+    """The lowest opset every layer of ``model`` can be written in: BLOCKED_OPSET when a
+    weight-only layer has group-wise scales, else MIN_OPSET."""
+    from ..quant import modules as qm
+
+    grouped = any(type(m) in (qm.WeightOnlyLinear, qm.WeightOnlyConv2d) and m.group_size is not None
+                  for _, m in model.named_modules())
+    return BLOCKED_OPSET if grouped else MIN_OPSET
 
 
 def _onnx_elem_int64():
@@ -501,16 +659,29 @@ def _eval_forward(model, x):
 WEIGHT_DTYPES = ("int8", "uint8")
 
 
-def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: str = "int8"):
+def check_weight_dtype(weight_dtype, name: str = "weight_dtype") -> str:
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ArgumentError(f"{name}: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
+    return weight_dtype
+
+
+def to_onnx_model(model, input_shape=None, opset=None, weight_dtype: str = "int8"):
     """The checked ``onnx.ModelProto`` of ``model`` (see :func:`export_onnx`)."""
-    from ..nn import Module
+    from ..nn import BertModel, Module
 
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a refcompress.nn.Module, got {type(model).__name__}")
+    if isinstance(model, BertModel):
+        from ..bert import onnx_export
+
+        if input_shape is not None:
+            raise ArgumentError(f"input_shape: a BertModel reads token ids (input_ids, attention_mask, "
+                                f"token_type_ids: int64 [batch, seq]); expected None, got {input_shape!r}")
+        return onnx_export.to_onnx_model(model, opset, weight_dtype)
     dims = check_input_shape(input_shape)
+    opset = max(DEFAULT_OPSET, required_opset(model)) if opset is None else opset
     opset = check_opset(opset)
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ArgumentError(f"weight_dtype: expected one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
+    check_weight_dtype(weight_dtype)
     _onnx()
     from onnx import helper
 
@@ -538,18 +709,23 @@ def to_onnx_model(model, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: 
     return ex.g.model([inp], [out], opset, "refcompress")
 
 
-def export_onnx(model, path, input_shape, opset: int = DEFAULT_OPSET, weight_dtype: str = "int8") -> str:
-    """Write ``model`` (a chain of refcompress layers, float or compressed) as ONNX.
+def export_onnx(model, path, input_shape=None, opset=None, weight_dtype: str = "int8") -> str:
+    """Write ``model`` (a chain of refcompress layers, or a BertModel; float or compressed)
+    as ONNX.
 
     input_shape : the float32 input's shape, batch first and None for a dynamic batch:
-                  (None, F) or (None, C, H, W).
-    opset       : ONNX opset, >= 13 (>= 21 for group-wise weight-only layers).
+                  (None, F) or (None, C, H, W).  None for a BertModel, whose graph reads
+                  int64 token ids (refcompress.bert.onnx_export writes it).
+    opset       : ONNX opset, >= 13 (>= 17 for a BertModel, >= 21 for group-wise
+                  weight-only layers); None (the default): 17, or 21 when a group-wise
+                  weight-only layer needs it.
     weight_dtype: how integer layers' int8 weights are stored: "int8" (the usual u8 x s8
                   form), or "uint8" (w + 128, zero point 128: the same products, and
                   onnxruntime runs its u8 x u8 kernels, exact also on x86 CPUs without
                   VNNI, where its u8 x s8 kernels can saturate).
     The graph's input is "input" (float32), its output "output" (float32, or uint8 codes
-    when the model ends on an integer layer).  The model is checked with ``onnx.checker``
+    when the model ends on an integer layer); a BertModel's graph reads "input_ids",
+    "attention_mask", "token_type_ids" and gives "last_hidden_state".  The model is checked with ``onnx.checker``
     and written atomically.  A layer with no ONNX form is an ArgumentError naming its path
     and type.  Returns ``path``.
     """

@@ -176,13 +176,15 @@ def run_report(args) -> int:
 
 
 def add_export_arguments(p):
-    p.add_argument("model", metavar="MODEL", help="saved model file (.npz / .safetensors) or reference model name")
+    p.add_argument("model", metavar="MODEL", help="saved model file (.npz / .safetensors) or reference model name; "
+                   "a saved BertModel (what `refcompress compress minilm` writes) too")
     p.add_argument("-o", "--output", required=True, help="where to write the ONNX model (.onnx)")
-    p.add_argument("--input-shape", default="1,8,8", metavar="DIMS",
+    p.add_argument("--input-shape", default=None, metavar="DIMS",
                    help="the input's shape after the batch dimension, comma-separated (default 1,8,8: "
-                   "the digits images; e.g. 64 for rows of 64 features); the batch stays dynamic")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; group-wise "
-                   "weight-only layers need 21)")
+                   "the digits images; e.g. 64 for rows of 64 features); the batch stays dynamic.  Not "
+                   "for a BertModel, whose graph reads token ids [batch, seq]")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, or 21 when "
+                   "group-wise weight-only layers need it)")
     p.add_argument("--weight-dtype", choices=("int8", "uint8"), default="int8",
                    help="integer layers' weights as int8 (default) or uint8 = w + 128 with zero point 128 "
                    "(exact in onnxruntime on x86 CPUs without VNNI too; docs/io.md)")
@@ -202,16 +204,27 @@ def _parse_dims(text: str) -> tuple:
 
 def run_export(args) -> int:
     from .. import io as rc_io
-    from ..io.onnx import DEFAULT_OPSET, check_input_shape, check_opset
+    from ..io.onnx import check_input_shape, check_opset, to_onnx_model, write_model
+    from ..nn import BertModel
 
-    # every argument is refused before the model is loaded (or a reference model trained)
-    dims = _parse_dims(args.input_shape)
+    # every argument is refused before the model is loaded (or a reference model trained),
+    # but for --input-shape with a BertModel, which only the loaded model tells
+    dims = _parse_dims("1,8,8" if args.input_shape is None else args.input_shape)
     check_input_shape((None, *dims), "--input-shape")
-    opset = check_opset(DEFAULT_OPSET if args.opset is None else args.opset, "--opset")
+    opset = None if args.opset is None else check_opset(args.opset, "--opset")
     rc_io.check_output_path(args.output, "--output")
     model = _load_model(args.model, args.seed, None)
-    rc_io.export_onnx(model, args.output, input_shape=(None, *dims), opset=opset, weight_dtype=args.weight_dtype)
-    print(f"wrote {args.output} (ONNX opset {opset}, input [batch, {', '.join(map(str, dims))}])")
+    bert = isinstance(model, BertModel)
+    if bert and args.input_shape is not None:
+        raise RefcompressError(f"--input-shape: {args.model!r} holds a BertModel, whose graph reads token ids "
+                               f"(input_ids, attention_mask, token_type_ids [batch, seq]); leave the option out")
+    m = to_onnx_model(model, input_shape=None if bert else (None, *dims), opset=opset,
+                      weight_dtype=args.weight_dtype)
+    write_model(m, args.output, "--output")
+    written = m.opset_import[0].version
+    inputs = "input_ids, attention_mask, token_type_ids [batch, seq]" if bert else \
+        f"input [batch, {', '.join(map(str, dims))}]"
+    print(f"wrote {args.output} (ONNX opset {written}, {inputs})")
     return 0
 
 

@@ -30,6 +30,7 @@ from refcompress.models import mlp_300_100, small_cnn  # noqa: E402
 from refcompress.prune.sparse_layers import NMLinear, SparseLinear  # noqa: E402
 from refcompress.quant import modules as qm  # noqa: E402
 from refcompress.quant.convert import quantize_static, quantize_weight_only  # noqa: E402
+from refcompress.quant.qat import QATLinear  # noqa: E402
 
 try:
     import onnxruntime as ort
@@ -211,7 +212,8 @@ def test_weight_only_linear_on_rank_3_input_with_default_optimizations(bias):
 def test_group_wise_weight_only_needs_opset_21():
     wo = quantize_weight_only(_trained_like(mlp_300_100), 4, group_size=4)
     with pytest.raises(ArgumentError, match=r"layer '1' \(WeightOnlyLinear\).*opset >= 21 \(got opset 17\)"):
-        to_onnx_model(wo, IMG)
+        to_onnx_model(wo, IMG, opset=17)
+    assert to_onnx_model(wo, IMG).opset_import[0].version == 21  # chosen when not given
 
 
 def test_batch_dimension_stays_dynamic_and_names_are_stable(tmp_path):
@@ -239,9 +241,10 @@ def test_unsupported_layers_are_named_with_their_path():
     model = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(64, 8), nn.GELU()))
     with pytest.raises(ArgumentError, match=r"layer '1\.1' \(GELU\) cannot be exported to ONNX: no ONNX mapping"):
         to_onnx_model(model, IMG)
-    dyn = nn.Sequential(nn.Flatten(), qm.DynamicQuantizedLinear(64, 4))
-    with pytest.raises(ArgumentError, match=r"layer '1' \(DynamicQuantizedLinear\)"):
-        to_onnx_model(dyn, IMG)
+    # a subclass with its own forward is refused, not exported as its parent
+    qat = nn.Sequential(nn.Flatten(), QATLinear(64, 4))
+    with pytest.raises(ArgumentError, match=r"layer '1' \(QATLinear\) cannot be exported to ONNX: no ONNX mapping"):
+        to_onnx_model(qat, IMG)
 
 
 def test_a_failed_export_writes_nothing_and_keeps_the_old_file(tmp_path):
