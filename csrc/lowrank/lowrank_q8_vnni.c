@@ -36,8 +36,13 @@ static inline __attribute__((always_inline)) void out_requant(const rc_panel *P,
     _mm512_mask_cvtepi32_storeu_epi8((int8_t *)P->x->c + m * P->x->N + P->n0 + 16 * j, P->mask[j],
                                      rc_requant16_apply(&P->q[j], v));
 }
-static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask16 mask, __m512 scale, __m512i v) {
+static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask16 mask, __m512 scale, __m512i v,
+                                                              const int full) {
     if (!mask) return;
+    if (full) { /* a full panel: every lane on, no test of the mask */
+        _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale));
+        return;
+    }
     const rc_dequant16_params d = {scale, _mm512_setzero_ps(), 0, 0};
     const __m512 f = rc_dequant16_apply(&d, v, NULL);
     if (mask == 0xFFFF) _mm512_storeu_ps(o, f); /* a masked store is slower on Zen, even with all lanes on */
@@ -78,10 +83,10 @@ static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask1
 #define LQ_DEQ(r)                                                                             \
     if (mr > r) {                                                                             \
         float *o = out + (m0 + r) * ldo;                                                      \
-        out_dequant(o, q0, s0, c##r##_0);                                                     \
-        if (nv > 1) out_dequant(o + 16, q1, s1, c##r##_1);                                    \
-        if (nv > 2) out_dequant(o + 32, q2, s2, c##r##_2);                                    \
-        if (nv > 3) out_dequant(o + 48, q3, s3, c##r##_3);                                    \
+        out_dequant(o, q0, s0, c##r##_0, full);                                               \
+        if (nv > 1) out_dequant(o + 16, q1, s1, c##r##_1, full);                              \
+        if (nv > 2) out_dequant(o + 32, q2, s2, c##r##_2, full);                              \
+        if (nv > 3) out_dequant(o + 48, q3, s3, c##r##_3, full);                              \
     }
 #define LQ_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11)
 
@@ -107,6 +112,7 @@ static inline __attribute__((always_inline)) void tile(const rc_panel *P, const 
         LQ_ROWS(LQ_STEP)
     }
     if (deq) {
+        const int full = deq == 2;
         const __mmask16 q0 = P->mask[0], q1 = P->mask[1], q2 = P->mask[2], q3 = P->mask[3];
         const __m512 s0 = P->d[0].scale, s1 = P->d[1].scale, s2 = P->d[2].scale, s3 = P->d[3].scale;
         float *const out = (float *)P->x->c + P->n0;
@@ -135,12 +141,24 @@ static inline __attribute__((always_inline)) void tile(const rc_panel *P, const 
     }
 /* All rows [0, rows) of one panel: the full tiles with their row count a constant of the
  * loop (no call and no switch per tile: with K = r = 64 a tile is only ~200 cycles of
- * vpdpbusd, and the per-tile dispatch cost ~2% of the product), then the remainder. */
+ * vpdpbusd, and the per-tile dispatch cost ~2% of the product), then the remainder.  A
+ * remainder of fewer than 12 accumulators after a full tile is merged with that tile and
+ * the two run as halves (32 rows of 6 x 64 tiles: 6 6 6 6 4 4, not 6 6 6 6 6 2): so few
+ * chains cannot hide vpdpbusd's latency, and a thread's share of the batch need not be a
+ * multiple of the tile. */
 #define LQ_RUN_FN(NV, DEQ, MR)                                                                              \
     static void run_nv##NV##_##DEQ(const rc_panel *P, const uint8_t *a, int64_t lda, int64_t K4,           \
                                    int64_t rows, const uint8_t *bp) {                                       \
+        int64_t full = rows / MR;                                                                           \
+        const int64_t rem = rows - full * MR;                                                               \
+        if (full > 0 && rem > 0 && rem * NV < 12) --full;                                                   \
         int64_t m0 = 0;                                                                                     \
-        for (; m0 + MR <= rows; m0 += MR) tile(P, a, lda, K4, m0, MR, NV, DEQ, bp);                        \
+        for (; m0 < full * MR; m0 += MR) tile(P, a, lda, K4, m0, MR, NV, DEQ, bp);                          \
+        if (rows - m0 > MR) { /* the merged pair: halves of at most MR rows each */                        \
+            const int half = (int)((rows - m0 + 1) / 2);                                                    \
+            tile_nv##NV##_##DEQ(P, a, lda, K4, m0, half, bp);                                               \
+            m0 += half;                                                                                     \
+        }                                                                                                   \
         if (m0 < rows) tile_nv##NV##_##DEQ(P, a, lda, K4, m0, (int)(rows - m0), bp);                        \
     }
 #define LQ_SHAPES(DEQ)                                                                                      \
@@ -149,6 +167,7 @@ static inline __attribute__((always_inline)) void tile(const rc_panel *P, const 
     LQ_RUN_FN(1, DEQ, 12)
 LQ_SHAPES(0)
 LQ_SHAPES(1)
+LQ_TILE_FN(4, 2, LQ_UPTO6) LQ_RUN_FN(4, 2, 6)
 
 typedef void (*lq_run_fn)(const rc_panel *, const uint8_t *, int64_t, int64_t, int64_t, const uint8_t *);
 
@@ -163,7 +182,8 @@ static void run_tiles(const rc_qgemm_ctx *x, const uint8_t *a, int64_t lda, int6
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * RC_QGEMM_NR, valid = x->N - n0;
         rc_panel_prepare(&P, x, n0);
-        const lq_run_fn f = valid > 48   ? (deq ? run_nv4_1 : run_nv4_0)
+        const lq_run_fn f = valid >= 64  ? (deq ? run_nv4_2 : run_nv4_0)
+                            : valid > 48 ? (deq ? run_nv4_1 : run_nv4_0)
                             : valid > 32 ? (deq ? run_nv3_1 : run_nv3_0)
                             : valid > 16 ? (deq ? run_nv2_1 : run_nv2_0)
                                          : (deq ? run_nv1_1 : run_nv1_0);
