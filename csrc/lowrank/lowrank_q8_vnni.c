@@ -36,13 +36,8 @@ static inline __attribute__((always_inline)) void out_requant(const rc_panel *P,
     _mm512_mask_cvtepi32_storeu_epi8((int8_t *)P->x->c + m * P->x->N + P->n0 + 16 * j, P->mask[j],
                                      rc_requant16_apply(&P->q[j], v));
 }
-static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask16 mask, __m512 scale, __m512i v,
-                                                              const int full) {
+static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask16 mask, __m512 scale, __m512i v) {
     if (!mask) return;
-    if (full) { /* a full panel: every lane on, no test of the mask */
-        _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale));
-        return;
-    }
     const rc_dequant16_params d = {scale, _mm512_setzero_ps(), 0, 0};
     const __m512 f = rc_dequant16_apply(&d, v, NULL);
     if (mask == 0xFFFF) _mm512_storeu_ps(o, f); /* a masked store is slower on Zen, even with all lanes on */
@@ -83,10 +78,10 @@ static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask1
 #define LQ_DEQ(r)                                                                             \
     if (mr > r) {                                                                             \
         float *o = out + (m0 + r) * ldo;                                                      \
-        out_dequant(o, q0, s0, c##r##_0, full);                                               \
-        if (nv > 1) out_dequant(o + 16, q1, s1, c##r##_1, full);                              \
-        if (nv > 2) out_dequant(o + 32, q2, s2, c##r##_2, full);                              \
-        if (nv > 3) out_dequant(o + 48, q3, s3, c##r##_3, full);                              \
+        out_dequant(o, q0, s0, c##r##_0);                                                     \
+        if (nv > 1) out_dequant(o + 16, q1, s1, c##r##_1);                                    \
+        if (nv > 2) out_dequant(o + 32, q2, s2, c##r##_2);                                    \
+        if (nv > 3) out_dequant(o + 48, q3, s3, c##r##_3);                                    \
     }
 #define LQ_ROWS(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11)
 
@@ -112,7 +107,6 @@ static inline __attribute__((always_inline)) void tile(const rc_panel *P, const 
         LQ_ROWS(LQ_STEP)
     }
     if (deq) {
-        const int full = deq == 2;
         const __mmask16 q0 = P->mask[0], q1 = P->mask[1], q2 = P->mask[2], q3 = P->mask[3];
         const __m512 s0 = P->d[0].scale, s1 = P->d[1].scale, s2 = P->d[2].scale, s3 = P->d[3].scale;
         float *const out = (float *)P->x->c + P->n0;
@@ -167,7 +161,6 @@ static inline __attribute__((always_inline)) void tile(const rc_panel *P, const 
     LQ_RUN_FN(1, DEQ, 12)
 LQ_SHAPES(0)
 LQ_SHAPES(1)
-LQ_TILE_FN(4, 2, LQ_UPTO6) LQ_RUN_FN(4, 2, 6)
 
 typedef void (*lq_run_fn)(const rc_panel *, const uint8_t *, int64_t, int64_t, int64_t, const uint8_t *);
 
@@ -182,8 +175,7 @@ static void run_tiles(const rc_qgemm_ctx *x, const uint8_t *a, int64_t lda, int6
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * RC_QGEMM_NR, valid = x->N - n0;
         rc_panel_prepare(&P, x, n0);
-        const lq_run_fn f = valid >= 64  ? (deq ? run_nv4_2 : run_nv4_0)
-                            : valid > 48 ? (deq ? run_nv4_1 : run_nv4_0)
+        const lq_run_fn f = valid > 48   ? (deq ? run_nv4_1 : run_nv4_0)
                             : valid > 32 ? (deq ? run_nv3_1 : run_nv3_0)
                             : valid > 16 ? (deq ? run_nv2_1 : run_nv2_0)
                                          : (deq ? run_nv1_1 : run_nv1_0);

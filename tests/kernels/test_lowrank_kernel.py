@@ -310,13 +310,12 @@ def test_int8_vnni_signed_copy_is_passed_and_its_absence_falls_back_exactly():
 
 
 # The AVX-512 VNNI block picks its tile by a panel's valid columns (6 x 64 above 48, 8 x 48
-# above 32, 12 x 32 above 16, else 12 x 16; a full panel of y stores without masks),
-# merges a short last tile with the full one before it (6 + 1, 6 + 2, 8 + 1..3, 12 + 1..5,
-# 12 + 1..11 rows run as two halves) and hands a lone row to the generic block: ranks and
-# outputs around 16 / 32 / 48 / 64 (and a panel beyond), batches around the 6-, 8- and
-# 12-row tiles, their merged remainders and the 48-row blocks, inner sizes off the groups
-# of 4 that vpdpbusd sums (n % 4 and r % 4).  Every variant runs them (the others must
-# agree too).
+# above 32, 12 x 32 above 16, else 12 x 16), merges a short last tile with the full one
+# before it (6 + 1, 6 + 2, 8 + 1..3, 12 + 1..5, 12 + 1..11 rows run as two halves) and
+# hands a lone row to the generic block: ranks and outputs around 16 / 32 / 48 / 64 (and a
+# panel beyond), batches around the 6-, 8- and 12-row tiles, their merged remainders and
+# the 48-row blocks, inner sizes off the groups of 4 that vpdpbusd sums (n % 4 and r % 4).
+# Every variant runs them (the others must agree too).
 EDGE_COLS = st.sampled_from([1, 2, 3, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 80, 96, 97, 112, 113, 127, 131])
 EDGE_ROWS = st.sampled_from([1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 17, 19, 23, 24, 25, 26, 29, 32, 47, 48, 49,
                              61, 64, 97])
