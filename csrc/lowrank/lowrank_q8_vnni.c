@@ -135,12 +135,24 @@ static inline __attribute__((always_inline)) void tile(const rc_panel *P, const 
     }
 /* All rows [0, rows) of one panel: the full tiles with their row count a constant of the
  * loop (no call and no switch per tile: with K = r = 64 a tile is only ~200 cycles of
- * vpdpbusd, and the per-tile dispatch cost ~2% of the product), then the remainder. */
+ * vpdpbusd, and the per-tile dispatch cost ~2% of the product), then the remainder.  A
+ * remainder of fewer than 12 accumulators after a full tile is merged with that tile and
+ * the two run as halves (32 rows of 6 x 64 tiles: 6 6 6 6 4 4, not 6 6 6 6 6 2): so few
+ * chains cannot hide vpdpbusd's latency, and a thread's share of the batch need not be a
+ * multiple of the tile. */
 #define LQ_RUN_FN(NV, DEQ, MR)                                                                              \
     static void run_nv##NV##_##DEQ(const rc_panel *P, const uint8_t *a, int64_t lda, int64_t K4,           \
                                    int64_t rows, const uint8_t *bp) {                                       \
+        int64_t full = rows / MR;                                                                           \
+        const int64_t rem = rows - full * MR;                                                               \
+        if (full > 0 && rem > 0 && rem * NV < 12) --full;                                                   \
         int64_t m0 = 0;                                                                                     \
-        for (; m0 + MR <= rows; m0 += MR) tile(P, a, lda, K4, m0, MR, NV, DEQ, bp);                        \
+        for (; m0 < full * MR; m0 += MR) tile(P, a, lda, K4, m0, MR, NV, DEQ, bp);                          \
+        if (rows - m0 > MR) { /* the merged pair: halves of at most MR rows each */                        \
+            const int half = (int)((rows - m0 + 1) / 2);                                                    \
+            tile_nv##NV##_##DEQ(P, a, lda, K4, m0, half, bp);                                               \
+            m0 += half;                                                                                     \
+        }                                                                                                   \
         if (m0 < rows) tile_nv##NV##_##DEQ(P, a, lda, K4, m0, (int)(rows - m0), bp);                        \
     }
 #define LQ_SHAPES(DEQ)                                                                                      \

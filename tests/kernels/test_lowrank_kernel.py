@@ -267,15 +267,17 @@ def _assert_q8_matches_the_reference(x_q, q, variant, threads):
 
 @pytest.mark.parametrize("variant", [v for v in Q8 if v[0] == "c"], ids=_id)
 def test_int8_fused_row_blocks_and_threads_bit_exact(variant):
-    # The C kernel runs both products per block of up to 48 rows, each thread a contiguous
-    # share of the 6-row tiles: batches around the block and tile edges, ranks off the 4-group and
-    # 64-column panel edges, zero points at both ends of the uint8 range.
+    # The C kernel runs both products per block of up to 48 rows, each thread an equal
+    # contiguous share of the rows: batches around the block and tile edges (and shares of
+    # 7, 8, 14, 16, 32, 33 rows, whose short last tile the VNNI block merges with the full
+    # one before it), ranks off the 4-group and 64-column panel edges, zero points at both
+    # ends of the uint8 range.
     rng = np.random.default_rng(6)
     for n, r, m, zx, zh in ((131, 67, 70, 0, 255), (64, 4, 129, 255, 0), (300, 65, 64, 128, 7)):
         v = rng.standard_normal((r, n)).astype(np.float32)
         u = rng.standard_normal((m, r)).astype(np.float32)
         q = kernels.QuantizedLowRank(v, u, rng.standard_normal(m).astype(np.float32), 0.05, zx, 0.3, zh)
-        for B in (1, 5, 6, 7, 13, 47, 48, 49, 97, 145, 300):
+        for B in (1, 5, 6, 7, 8, 13, 14, 16, 28, 32, 47, 48, 49, 64, 65, 97, 145, 300):
             x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
             with kernels.use("numpy"):
                 want = kernels.lowrank_linear_q8(x_q, q)
@@ -308,12 +310,15 @@ def test_int8_vnni_signed_copy_is_passed_and_its_absence_falls_back_exactly():
 
 
 # The AVX-512 VNNI block picks its tile by a panel's valid columns (6 x 64 above 48, 8 x 48
-# above 32, 12 x 32 above 16, else 12 x 16) and hands a lone row to the generic block:
-# ranks and outputs around 16 / 32 / 48 / 64 (and a panel beyond), batches around the 6-,
-# 8- and 12-row tiles and the 48-row blocks, inner sizes off the groups of 4 that vpdpbusd
-# sums (n % 4 and r % 4).  Every variant runs them (the others must agree too).
+# above 32, 12 x 32 above 16, else 12 x 16), merges a short last tile with the full one
+# before it (6 + 1, 6 + 2, 8 + 1..3, 12 + 1..5, 12 + 1..11 rows run as two halves) and
+# hands a lone row to the generic block: ranks and outputs around 16 / 32 / 48 / 64 (and a
+# panel beyond), batches around the 6-, 8- and 12-row tiles, their merged remainders and
+# the 48-row blocks, inner sizes off the groups of 4 that vpdpbusd sums (n % 4 and r % 4).
+# Every variant runs them (the others must agree too).
 EDGE_COLS = st.sampled_from([1, 2, 3, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 80, 96, 97, 112, 113, 127, 131])
-EDGE_ROWS = st.sampled_from([1, 2, 3, 5, 7, 8, 9, 11, 12, 13, 23, 24, 25, 47, 48, 49, 61, 97])
+EDGE_ROWS = st.sampled_from([1, 2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 17, 19, 23, 24, 25, 26, 29, 32, 47, 48, 49,
+                             61, 64, 97])
 EDGE_INNER = st.sampled_from([1, 3, 4, 5, 61, 62, 63, 64, 65, 67, 127, 128, 131])
 
 
