@@ -53,6 +53,29 @@ def test_packed_weights_reused_across_calls_and_threads(variant, threads):
 
 
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M", [1, 64])  # a panel share and a row share on two threads
+def test_column_terms_follow_each_call_in_the_shared_workspace(variant, threads, M):
+    # Under threads the column terms are rewritten only where they changed since the last
+    # call in this thread's workspace: calls that change one input at a time must each get
+    # their own terms (activation zero point, weight zero points, column sums) and repeats
+    # the same ones.
+    rng = np.random.default_rng(M + 11)
+    K, N = 400, 200  # M * K * N >= RC_MIN_PARALLEL_WORK at M = 1: both threads run
+    b1 = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    b2 = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    a = rng.integers(0, 256, (M, K)).astype(np.uint8)
+    calls = [(b1, 0, 131), (b1, 0, 131), (b1, 0, 5), (b1, 3, 5), (b2, 3, 5),
+             (b2, rng.integers(-4, 4, N), 5), (b1, 0, 131)]
+    for b, zb, za in calls:
+        pw = kernels.pack_weights(b, zb)
+        with kernels.use(*variant, threads=threads):
+            got = kernels.qgemm(a, pw, za)
+        with kernels.use("numpy"):
+            assert_exact(got, kernels.qgemm(a, pw, za))
+
+
+@pytest.mark.parametrize("variant", QGEMM, ids=_id)
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("M, K, N", [
     (97, 67, 64),    # one panel: the rows, 48 + 49 on two threads (8 tiles of 6; 4 of 6, 5 of 5)
