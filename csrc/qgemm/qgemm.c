@@ -153,8 +153,9 @@ void rc_qgemm_pack_a_rows(rc_pack_a_row_fn pack, const uint8_t *a, int flip, int
  * layer calls with the same weights and zero points every time, so after the first call
  * nothing is written and the lines stay shared in both cores' caches, where rewriting
  * them made every call pull each line across cores, once to write it and once to read it
- * in the other thread's tiles (64 x 768 x 768 on two threads: 48 -> 41 us).  One thread
- * stores them plainly (the compare cost 0.15 us of a 3 us 1 x 768 x 768 call). */
+ * in the other thread's tiles (two threads, C loop: 1 x 768 x 3072 10.4 -> 10.1 us,
+ * 64 x 768 x 3072 156 -> 150 us).  One thread stores them plainly (the compare cost
+ * 0.15 us of a 3 us 1 x 768 x 768 call). */
 static void prep_panel(int64_t p, int64_t K, int64_t N, uint32_t uza, const int32_t *col_sums, const int32_t *zb,
                        int zb_per_col, uint32_t zb0, int shared, int32_t *zbp, int32_t *colterm) {
     const uint32_t uk = (uint32_t)K;
@@ -191,23 +192,26 @@ void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_s
         prep_panel(p, K, N, (uint32_t)za_s, col_sums, zb, zb_per_col, zb0, shared, zbp, colterm);
 }
 
-/* What one thread of nt computes: rows [r0, r1) of panels [p0, p1). */
+/* What one thread of nt computes: rows [r0, r1) of panels [p0, p1); by_panels is the
+ * same for every thread of a call (the threads split the panels, not the rows). */
 typedef struct {
     int64_t r0, r1, p0, p1;
+    int by_panels;
 } share;
 
 /* Each thread takes an equal contiguous share of the rows (all panels), or of the panels
- * (all rows) when that makes the largest share over 3 % smaller (batch 1 and other M below
- * 2 * nt or so).  Row shares are exact (M * t / nt), not whole 6-row tiles: a share is cut
- * into tiles of equal height (tiles_of), so 256 rows on two threads are 128 + 128 rows in
- * 22 tiles each, where whole-tile shares gave 126 and 130 (21 and 22 tiles).  Row shares
+ * (all rows) when that makes the largest share over 3 % smaller (batch 1, and small odd M
+ * against few panels).  Row shares are exact (M * t / nt), not whole 6-row tiles: a share
+ * is cut into tiles of equal height (tile_row), so 256 rows on two threads are 128 + 128
+ * rows in 22 tiles each, where whole-tile shares gave 126 and 130 (21 and 22 tiles).  Row shares
  * measured faster than panel shares of equal size (two threads, C loop: 1024^3 8 %,
  * 256 x 1024^2 9 %): each thread keeps its A rows and reads every panel once per row
  * block, as on one thread. */
 static share share_of(int64_t M, int64_t panels, int t, int nt) {
-    share s = {0, M, 0, panels};
+    share s = {0, M, 0, panels, 0};
     if (nt > 1) {
         if ((panels + nt - 1) / nt * M * 32 < (M + nt - 1) / nt * panels * 31) {
+            s.by_panels = 1;
             s.p0 = panels * t / nt;
             s.p1 = panels * (t + 1) / nt;
         } else {
@@ -302,7 +306,7 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
         /* One barrier a call: a thread packs the A rows its own tiles read (a row share) or
          * makes the column terms of its own panels (a panel share) and waits only for the
          * stage the others share with it.  The region's end joins the threads. */
-        if (s.p0 == 0 && s.p1 == panels) {
+        if (!s.by_panels) {
             for (int64_t m = s.r0; m < s.r1; ++m)
                 ra[m] = pack((const uint8_t *)a + m * K, flip, K, ap + m * K4);
             rc_qgemm_prep_cols(K, N, za_s, col_sums, b_zero_point, b_zero_point_per_col, zbp, colterm);
