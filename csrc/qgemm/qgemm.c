@@ -148,71 +148,113 @@ void rc_qgemm_pack_a_rows(rc_pack_a_row_fn pack, const uint8_t *a, int flip, int
     for (int64_t m = 0; m < M; ++m) ra[m] = pack(a + m * K, flip, K, ap + m * K4);
 }
 
+/* The zero-point terms of panel p (qgemm.h: zbp, colterm).  Under several threads
+ * (`shared`) they are stored only where they differ from what the workspace holds: a
+ * layer calls with the same weights and zero points every time, so after the first call
+ * nothing is written and the lines stay shared in both cores' caches, where rewriting
+ * them made every call pull each line across cores, once to write it and once to read it
+ * in the other thread's tiles (two threads, C loop: 1 x 768 x 3072 10.4 -> 10.1 us,
+ * 64 x 768 x 3072 156 -> 150 us).  One thread stores them plainly (the compare cost
+ * 0.15 us of a 3 us 1 x 768 x 768 call). */
+static void prep_panel(int64_t p, int64_t K, int64_t N, uint32_t uza, const int32_t *col_sums, const int32_t *zb,
+                       int zb_per_col, uint32_t zb0, int shared, int32_t *zbp, int32_t *colterm) {
+    const uint32_t uk = (uint32_t)K;
+    const int64_t n0 = p * NR, nv = N - n0 < NR ? N - n0 : NR;
+    int32_t zp[NR], ct[NR];
+    const int32_t *cs = col_sums + n0;
+    /* Straight loops over one panel's columns: under -fwrapv (Python's flag, which the
+     * build now overrides) GCC 12 left the earlier single loop over all columns (index
+     * select for zb, padding test per column) scalar, ~1.2 us of a 1 x 768 x 3072 call;
+     * these loops vectorise with or without it. */
+    if (zb_per_col)
+        for (int64_t j = 0; j < nv; ++j) zp[j] = (int32_t)((uint32_t)zb[n0 + j] + 128u);
+    else
+        for (int64_t j = 0; j < nv; ++j) zp[j] = (int32_t)zb0;
+    for (int64_t j = 0; j < nv; ++j) ct[j] = (int32_t)(uza * (uk * (uint32_t)zp[j] - (uint32_t)cs[j]));
+    for (int64_t j = nv; j < NR; ++j) {
+        zp[j] = (int32_t)zb0; /* padding columns: any zero point, a zero column term */
+        ct[j] = 0;
+    }
+    if (!shared || memcmp(zbp + n0, zp, sizeof zp)) memcpy(zbp + n0, zp, sizeof zp);
+    if (!shared || memcmp(colterm + n0, ct, sizeof ct)) memcpy(colterm + n0, ct, sizeof ct);
+}
+
 void rc_qgemm_prep_cols(int64_t K, int64_t N, int32_t za_s, const int32_t *col_sums, const int32_t *zb,
                         int zb_per_col, int32_t *zbp, int32_t *colterm) {
     const int64_t panels = rc_qgemm_npad(N) / NR;
-    const uint32_t uk = (uint32_t)K, uza = (uint32_t)za_s, zb0 = panels ? (uint32_t)zb[0] + 128u : 0;
-    /* Per panel, in straight loops over its columns: under -fwrapv (Python's flag, which
-     * the build now overrides) GCC 12 left the earlier single loop over all columns (index
-     * select for zb, padding test per column) scalar, ~1.2 us of a 1 x 768 x 3072 call;
-     * these loops vectorise with or without it. */
+    const uint32_t zb0 = panels ? (uint32_t)zb[0] + 128u : 0;
+    int shared = 0;
 #ifdef _OPENMP
+    shared = omp_get_num_threads() > 1;
 #pragma omp for schedule(static)
 #endif
-    for (int64_t p = 0; p < panels; ++p) {
-        const int64_t n0 = p * NR, nv = N - n0 < NR ? N - n0 : NR;
-        int32_t *zp = zbp + n0, *ct = colterm + n0;
-        const int32_t *cs = col_sums + n0;
-        if (zb_per_col)
-            for (int64_t j = 0; j < nv; ++j) zp[j] = (int32_t)((uint32_t)zb[n0 + j] + 128u);
-        else
-            for (int64_t j = 0; j < nv; ++j) zp[j] = (int32_t)zb0;
-        for (int64_t j = 0; j < nv; ++j) ct[j] = (int32_t)(uza * (uk * (uint32_t)zp[j] - (uint32_t)cs[j]));
-        for (int64_t j = nv; j < NR; ++j) {
-            zp[j] = (int32_t)zb0; /* padding columns: any zero point, a zero column term */
-            ct[j] = 0;
+    for (int64_t p = 0; p < panels; ++p)
+        prep_panel(p, K, N, (uint32_t)za_s, col_sums, zb, zb_per_col, zb0, shared, zbp, colterm);
+}
+
+/* What one thread of nt computes: rows [r0, r1) of panels [p0, p1); by_panels is the
+ * same for every thread of a call (the threads split the panels, not the rows). */
+typedef struct {
+    int64_t r0, r1, p0, p1;
+    int by_panels;
+} share;
+
+/* Each thread takes an equal contiguous share of the rows (all panels), or of the panels
+ * (all rows) when that makes the largest share over 3 % smaller (batch 1, and small odd M
+ * against few panels).  Row shares are exact (M * t / nt), not whole 6-row tiles: a share
+ * is cut into tiles of equal height (tile_row), so 256 rows on two threads are 128 + 128
+ * rows in 22 tiles each, where whole-tile shares gave 126 and 130 (21 and 22 tiles).  Row shares
+ * measured faster than panel shares of equal size (two threads, C loop: 1024^3 8 %,
+ * 256 x 1024^2 9 %): each thread keeps its A rows and reads every panel once per row
+ * block, as on one thread. */
+static share share_of(int64_t M, int64_t panels, int t, int nt) {
+    share s = {0, M, 0, panels, 0};
+    if (nt > 1) {
+        if ((panels + nt - 1) / nt * M * 32 < (M + nt - 1) / nt * panels * 31) {
+            s.by_panels = 1;
+            s.p0 = panels * t / nt;
+            s.p1 = panels * (t + 1) / nt;
+        } else {
+            s.r0 = M * t / nt;
+            s.r1 = M * (t + 1) / nt;
         }
+    }
+    return s;
+}
+
+/* Rows r0.. of a share cut into `tiles` tiles as equal as can be (heights h and h + 1,
+ * the taller first): tile i starts at row r0 + tile_row(i). */
+static inline int64_t tile_row(int64_t i, int64_t h, int64_t taller) {
+    return i * h + (i < taller ? i : taller);
+}
+
+static void run_share(const rc_qgemm_ctx *x, rc_qgemm_tile_fn tile, const int8_t *ap, int64_t K4, const void *packed,
+                      share s) {
+    const int64_t rows = s.r1 - s.r0, tiles = (rows + MR - 1) / MR;
+    if (tiles == 0 || s.p1 <= s.p0) return;
+    const int64_t h = rows / tiles, taller = rows % tiles;
+    /* Row blocks of at most MC / MR tiles, equal in tiles, outermost, so that a thread keeps
+     * its A rows in L2 while it walks its panels. */
+    const int64_t mblocks = (tiles + MC / MR - 1) / (MC / MR);
+    for (int64_t mb = 0; mb < mblocks; ++mb) {
+        const int64_t i0 = tiles * mb / mblocks, i1 = tiles * (mb + 1) / mblocks;
+        for (int64_t p = s.p0; p < s.p1; ++p)
+            for (int64_t i = i0; i < i1; ++i) {
+                const int64_t m0 = s.r0 + tile_row(i, h, taller);
+                tile(x, ap, K4, m0, (int)(tile_row(i + 1, h, taller) - tile_row(i, h, taller)),
+                     (const uint8_t *)packed + p * K4 * NR, p * NR);
+            }
     }
 }
 
 void rc_qgemm_run_tiles(const rc_qgemm_ctx *x, rc_qgemm_tile_fn tile, const int8_t *ap, int64_t M, int64_t K,
                         const void *packed) {
-    const int64_t K4 = rc_qgemm_k4(K), panels = rc_qgemm_npad(x->N) / NR, tiles = (M + MR - 1) / MR;
     int t = 0, nt = 1;
 #ifdef _OPENMP
     t = omp_get_thread_num();
     nt = omp_get_num_threads();
 #endif
-    /* Each thread takes one contiguous share of the row tiles (all panels), or of the panels
-     * (all rows) when that makes the largest share over 3 % smaller (M = 64 on two threads:
-     * 24 of 48 panels, against 6 of 11 row tiles).  Row shares measured faster than panel
-     * shares of equal size (two threads, C loop: 1024^3 8 %, 256 x 1024^2 9 %), and than the
-     * earlier (row block, panel) items under a static schedule, which left one thread up to
-     * 5 % more work at M = 256..1024.  Shares are compared in rows, not tiles: a short last
-     * tile is a short share (M = 8 on two threads: rows give 6 and 2, panels half each). */
-    int64_t p0 = 0, p1 = panels, r0 = 0, r1 = M;
-    if (nt > 1) {
-        const int64_t row_share = (tiles + nt - 1) / nt * MR < M ? (tiles + nt - 1) / nt * MR : M;
-        if ((panels + nt - 1) / nt * M * 32 < row_share * panels * 31) {
-            p0 = panels * t / nt;
-            p1 = panels * (t + 1) / nt;
-        } else {
-            r0 = tiles * t / nt * MR;
-            r1 = tiles * (t + 1) / nt * MR < M ? tiles * (t + 1) / nt * MR : M;
-        }
-    }
-    /* Equal row blocks of at most MC rows (a multiple of MR), outermost, so that a thread
-     * keeps its A rows in L2 while it walks its panels. */
-    const int64_t rows = r1 - r0, mblocks = (rows + MC - 1) / MC;
-    const int64_t mc = mblocks ? ((rows + mblocks - 1) / mblocks + MR - 1) / MR * MR : 0;
-    for (int64_t mb = 0; mb < mblocks; ++mb) {
-        const int64_t mbeg = r0 + mb * mc, mend = mbeg + mc < r1 ? mbeg + mc : r1;
-        for (int64_t p = p0; p < p1; ++p)
-            for (int64_t m0 = mbeg; m0 < mend; m0 += MR) {
-                const int mr = (int)((mend - m0) < MR ? (mend - m0) : MR);
-                tile(x, ap, K4, m0, mr, (const uint8_t *)packed + p * K4 * NR, p * NR);
-            }
-    }
+    run_share(x, tile, ap, rc_qgemm_k4(K), packed, share_of(M, rc_qgemm_npad(x->N) / NR, t, nt));
 #ifdef _OPENMP
     /* callers read the whole result next (qconv2d transposes it) */
 #pragma omp barrier
@@ -254,9 +296,28 @@ int rc_qgemm(const void *a, int a_type, long long M, long long K, long long N, i
 #pragma omp parallel num_threads(nt) if (nt > 1 && M * K * N >= RC_MIN_PARALLEL_WORK)
 #endif
     {
-        rc_qgemm_pack_a_rows(pack, (const uint8_t *)a, flip, M, K, ap, ra);
-        rc_qgemm_prep_cols(K, N, za_s, col_sums, b_zero_point, b_zero_point_per_col, zbp, colterm);
-        rc_qgemm_run_tiles(&x, tile, ap, M, K, packed); /* the omp for's barrier above separates the stages */
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t K4 = rc_qgemm_k4(K), panels = rc_qgemm_npad(N) / NR;
+        const share s = share_of(M, panels, t, nt);
+        /* One barrier a call: a thread packs the A rows its own tiles read (a row share) or
+         * makes the column terms of its own panels (a panel share) and waits only for the
+         * stage the others share with it.  The region's end joins the threads. */
+        if (!s.by_panels) {
+            for (int64_t m = s.r0; m < s.r1; ++m)
+                ra[m] = pack((const uint8_t *)a + m * K, flip, K, ap + m * K4);
+            rc_qgemm_prep_cols(K, N, za_s, col_sums, b_zero_point, b_zero_point_per_col, zbp, colterm);
+        } else {
+            rc_qgemm_pack_a_rows(pack, (const uint8_t *)a, flip, M, K, ap, ra);
+            const uint32_t zb0 = (uint32_t)b_zero_point[0] + 128u;
+            for (int64_t p = s.p0; p < s.p1; ++p)
+                prep_panel(p, K, N, (uint32_t)za_s, col_sums, b_zero_point, b_zero_point_per_col, zb0, nt > 1, zbp,
+                           colterm);
+        }
+        run_share(&x, tile, ap, K4, packed, s);
     }
     return RC_OK;
 }

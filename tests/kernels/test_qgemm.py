@@ -53,16 +53,44 @@ def test_packed_weights_reused_across_calls_and_threads(variant, threads):
 
 
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M", [1, 64])  # a panel share and a row share on two threads
+def test_column_terms_follow_each_call_in_the_shared_workspace(variant, threads, M):
+    # Under threads the column terms are rewritten only where they changed since the last
+    # call in this thread's workspace: calls that change one input at a time must each get
+    # their own terms (activation zero point, weight zero points, column sums) and repeats
+    # the same ones.
+    rng = np.random.default_rng(M + 11)
+    K, N = 400, 200  # M * K * N >= RC_MIN_PARALLEL_WORK at M = 1: both threads run
+    b1 = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    b2 = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    a = rng.integers(0, 256, (M, K)).astype(np.uint8)
+    calls = [(b1, 0, 131), (b1, 0, 131), (b1, 0, 5), (b1, 3, 5), (b2, 3, 5),
+             (b2, rng.integers(-4, 4, N), 5), (b1, 0, 131)]
+    for b, zb, za in calls:
+        pw = kernels.pack_weights(b, zb)
+        with kernels.use(*variant, threads=threads):
+            got = kernels.qgemm(a, pw, za)
+        with kernels.use("numpy"):
+            assert_exact(got, kernels.qgemm(a, pw, za))
+
+
+@pytest.mark.parametrize("variant", QGEMM, ids=_id)
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("M, K, N", [
-    (97, 67, 64),    # one panel: the threads split the row tiles (17, the last of 1 row)
-    (13, 259, 200),  # 4 panels, 3 row tiles: 2 threads split the panels, 3 the rows
-    (200, 131, 193), # 34 row tiles, 4 panels: the rows (2 threads: equal shares either way)
+    (97, 67, 64),    # one panel: the rows, 48 + 49 on two threads (8 tiles of 6; 4 of 6, 5 of 5)
+    (13, 259, 200),  # 4 panels: 2 threads split the panels, 3 the rows (4, 4, 5: one tile each)
+    (200, 131, 193), # 4 panels: the rows, 100 each on two threads (15 tiles of 6, 2 of 5)
+    (256, 40, 70),   # 128 + 128 rows (18 tiles of 6, 4 of 5); three threads 85, 85, 86
+    (31, 97, 130),   # 3 panels: two threads the rows (15 and 16: tiles 5, 5, 5 and 6, 5, 5),
+                     # three the panels
     (1, 700, 300),   # one row, 5 panels: unequal panel shares (2 and 3)
-    (8, 300, 640),   # 2 row tiles, the last of 2 rows: the panels (rows would give 6 and 2)
-    (5, 600, 64),    # one row tile, one panel: every thread but one has an empty share
+    (7, 300, 640),   # 10 panels: the panels (rows would give 4 and 3)
+    (8, 300, 640),   # the rows, 4 + 4 (one 4-row tile each); three threads 2, 3, 3
+    (2, 500, 128),   # one row a thread (the one-row tile); three threads: one empty share
+    (5, 600, 64),    # one panel, 2 + 3 rows; three threads 1, 2, 2 (the one-row tile beside others)
 ])
-def test_threads_share_rows_or_panels_and_cover_every_tile(variant, threads, M, K, N):
+def test_threads_share_rows_or_panels_and_cover_every_row(variant, threads, M, K, N):
     rng = np.random.default_rng(M * N + K)
     b = rng.integers(-128, 128, (K, N)).astype(np.int8)
     pw = kernels.pack_weights(b, rng.integers(-3, 3, N))
