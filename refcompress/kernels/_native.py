@@ -66,7 +66,10 @@ def workspace(nbytes):
     ws = getattr(_tls, "ws", None)
     if ws is not None and ws[0] >= nbytes:
         return ws
-    buf = np.empty(max(nbytes, 1), np.uint8)
+    # zeroed (calloc: free for fresh pages): qgemm compares per-call column terms with the
+    # workspace's previous bytes and stores only what changed, so a first call must not read
+    # uninitialised memory (harmless to the result, but noise for Valgrind / MSan)
+    buf = np.zeros(max(nbytes, 1), np.uint8)
     ws = (nbytes, buf, ptr("void *", buf))
     if nbytes <= _WS_KEEP:
         _tls.ws = ws

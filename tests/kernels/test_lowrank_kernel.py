@@ -281,7 +281,7 @@ def test_int8_fused_row_blocks_and_threads_bit_exact(variant):
             x_q = rng.integers(0, 256, (B, n)).astype(np.uint8)
             with kernels.use("numpy"):
                 want = kernels.lowrank_linear_q8(x_q, q)
-            for threads in (1, 2, 3):
+            for threads in (1, 2, 3, 4):
                 with kernels.use(*variant, threads=threads):
                     assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"B={B} threads={threads}")
 

@@ -408,6 +408,29 @@ def test_vbmi_is_offered_exactly_when_the_cpu_reports_it():
     assert VBMI == ({"avx512vbmi", "avx512_vnni", "avx512bw"} <= flags)
 
 
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[0] == "c"], ids=lambda v: f"{v[0]}-{v[1]}")
+@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("N, C, HW, OC, k", [
+    (1, 16, 9, 40, 3),   # 7 x 7 = 49 output pixels: 3 / 4 thread shares end inside 6-row tiles
+    (2, 24, 11, 70, 3),  # 2 x 81 pixels, OC across two panels
+    (1, 64, 3, 640, 3),  # one output pixel, 10 panels of output channels: a panel share
+    (1, 100, 2, 200, 1), # 4 pixels, a 1 x 1 conv: fewer rows than threads
+])
+def test_qconv_threads_beyond_two_match_reference(variant, threads, N, C, HW, OC, k):
+    # The im2col path shares output pixels (rows) or output-channel panels between threads
+    # like qgemm; three and four threads put the share boundaries inside tiles and leave
+    # threads with empty shares.
+    rng = np.random.default_rng(N * 1000 + OC + threads)
+    x = rng.integers(0, 256, (N, C, HW, HW)).astype(np.uint8)
+    w = rng.integers(-128, 128, (OC, C, k, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, OC).astype(np.int32)
+    kw = dict(bias=bias, padding=0, output=Requantize(np.float32(2e-5), 9, np.uint8))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(x, w, 77, 3, **kw)
+    with kernels.use(*variant, threads=threads):
+        assert_exact(kernels.qconv2d(x, w, 77, 3, **kw), want)
+
+
 def _check_dw3(case, variants):
     """``case`` under each forced variant, one and two threads, equals the reference."""
     kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,

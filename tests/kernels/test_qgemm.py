@@ -75,8 +75,32 @@ def test_column_terms_follow_each_call_in_the_shared_workspace(variant, threads,
             assert_exact(got, kernels.qgemm(a, pw, za))
 
 
+@pytest.mark.parametrize("variant", [v for v in QGEMM if v[0] == "c"], ids=_id)
+def test_column_terms_survive_mixed_thread_counts_shapes_and_convs(variant):
+    # The "store only what changed" column terms depend on what the last call left in the
+    # workspace: thread counts alternating on one layer, layers of other shapes (the terms at
+    # other offsets) and a qconv2d in between must each leave every later call exact.
+    rng = np.random.default_rng(23)
+    layers = [(kernels.pack_weights(rng.integers(-128, 128, (K, N)).astype(np.int8), rng.integers(-3, 3, N)),
+               rng.integers(0, 256, (M, K)).astype(np.uint8))
+              for M, K, N in ((1, 700, 300), (64, 400, 200), (5, 600, 130), (1, 700, 300))]
+    x = rng.integers(0, 256, (1, 16, 9, 9)).astype(np.uint8)
+    w = rng.integers(-128, 128, (70, 16, 3, 3)).astype(np.int8)
+    steps = [(0, 2), (0, 1), (0, 2), (1, 2), (0, 3), ("conv", 2), (0, 2), (2, 4), (3, 2), (1, 1), (1, 2), (2, 2)]
+    for step, threads in steps:
+        with kernels.use(*variant, threads=threads):
+            if step == "conv":
+                got = kernels.qconv2d(x, w, 50, 1)
+            else:
+                pw, a = layers[step]
+                got = kernels.qgemm(a, pw, 40 + step)
+        with kernels.use("numpy"):
+            want = kernels.qconv2d(x, w, 50, 1) if step == "conv" else kernels.qgemm(a, pw, 40 + step)
+        assert_exact(got, want, what=f"step {step} on {threads} threads")
+
+
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
-@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("threads", [2, 3, 4])
 @pytest.mark.parametrize("M, K, N", [
     (97, 67, 64),    # one panel: the rows, 48 + 49 on two threads (8 tiles of 6; 4 of 6, 5 of 5)
     (13, 259, 200),  # 4 panels: 2 threads split the panels, 3 the rows (4, 4, 5: one tile each)
@@ -106,6 +130,37 @@ def test_threads_share_rows_or_panels_and_cover_every_row(variant, threads, M, K
                 got = kernels.qgemm(a, pw, za, output=output)
             with kernels.use("numpy"):
                 assert_exact(got, kernels.qgemm(a, pw, za, output=output))
+
+
+@pytest.mark.parametrize("variant", [v for v in QGEMM if v[0] == "c"], ids=_id)
+def test_threaded_splits_match_reference_property(variant):
+    # check_qgemm's shapes mostly fall below the work that goes parallel, so the row / panel
+    # shares are drawn here: K is raised until M * K * N passes RC_MIN_PARALLEL_WORK, and
+    # 2 to 4 threads split M and N around the 6-row tiles and 64-column panels.
+    from hypothesis import assume, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=25, deadline=None)
+    @given(M=st.sampled_from([1, 2, 5, 6, 7, 13, 25, 61, 97]), N=st.sampled_from([1, 63, 64, 65, 129, 200, 320]),
+           threads=st.integers(2, 4), seed=st.integers(0, 2**31 - 1), out=st.integers(0, 3))
+    def run(M, N, threads, seed, out):
+        assume(M * N >= 16)  # K <= 4100: far inside the int32 bound at any zero points
+        rng = np.random.default_rng(seed)
+        K = max(-(-65536 // (M * N)), 8) + int(rng.integers(0, 5))
+        b = rng.integers(-128, 128, (K, N)).astype(np.int8)
+        pw = kernels.pack_weights(b, rng.integers(-128, 128, N))
+        output = (None, Requantize(np.float32(1e-5), 7, np.uint8),
+                  Requantize(np.float32(3e-6), -1, np.int8, "fixedpoint"),
+                  Dequantize(rng.uniform(1e-4, 2e-4, N).astype(np.float32), bias=rng.standard_normal(N)
+                             .astype(np.float32)))[out]
+        a, za = ((rng.integers(0, 256, (M, K)).astype(np.uint8), int(rng.integers(0, 256))) if seed % 2 else
+                 (rng.integers(-128, 128, (M, K)).astype(np.int8), int(rng.integers(-128, 128))))
+        with kernels.use(*variant, threads=threads):
+            got = kernels.qgemm(a, pw, za, output=output)
+        with kernels.use("numpy"):
+            assert_exact(got, kernels.qgemm(a, pw, za, output=output))
+
+    run()
 
 
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
