@@ -466,9 +466,10 @@ class PackedCSR:
 
     Build it with :func:`pack_csr`.  The structure is copied: every product runs from
     read-only copies of ``indptr`` / ``indices`` checked here (``indptr`` / ``indices`` stay
-    the arrays given), so changing the given arrays in place changes nothing (the kernels and
-    the layouts built from the structure never see it: nothing can send them outside their
-    arrays); pack again to take in a new structure.  The values are held, not copied (when
+    the arrays given), so changing the given arrays in place changes nothing, and no in-place
+    change can send a kernel outside its arrays; pack again to take in a new structure.  The
+    row tiles (``tiles``, read-only) are built only where a product can run them (see
+    TILE_MIN_DENSITY_INV).  The values are held, not copied (when
     already contiguous float32): changing ``values`` in place is seen by the next call,
     **except in the "sell" form**, which holds copies of the values (made here and by
     :meth:`with_values`; every product of it, at any batch and on any backend, uses the
