@@ -216,7 +216,13 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
  * (rc_csr_tiles_bytes(out, in) bytes): for every 32 rows and 256-column slice, the rows in
  * blocks of 4 of about equal entry counts in the slice, with their counts and offsets; with
  * them the column-blocked panels run 4 rows at a time without finding slice ends.  They
- * describe the structure only (the values and indices are still read from the CSR arrays). */
+ * describe the structure only (the values and indices are still read from the CSR arrays):
+ * indptr and indices must not change after the build.  They open with the out, in and nnz
+ * they were built for; a call whose weight differs returns RC_ERR_ARG.
+ * rc_csr_tiles_bytes returns -1 for in >= 2^26 (offsets within a tile are int32) or a size
+ * past int64; rc_csr_tiles_build (nnz = the length of indices) checks indptr (starts at 0,
+ * non-decreasing, ends at nnz) and the indices (in range, increasing within a row) and
+ * returns RC_ERR_ARG otherwise. */
 #define RC_SPCHK_INDPTR_START 1 /* indptr[0] != 0                                      */
 #define RC_SPCHK_INDPTR_ORDER 2 /* indptr[where + 1] < indptr[where]                   */
 #define RC_SPCHK_INDPTR_END 3   /* indptr[out] != nnz                                  */
@@ -234,7 +240,7 @@ int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_featu
                        int index_type, long long in_features, uint16_t *bmask);
 long long rc_csr_tiles_bytes(long long out_features, long long in_features);
 int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
-                       int index_type, long long in_features, void *tiles);
+                       int index_type, long long in_features, long long nnz, void *tiles);
 long long rc_spmm_workspace_size(long long batch, long long in_features);
 int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long long out_features,
                     const void *indptr, int indptr_bytes, const void *indices, int index_type,

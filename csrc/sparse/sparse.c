@@ -145,25 +145,36 @@ int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_featu
  * the kernel runs 4 rows' entries together (16 chains at 64 lanes) with no slice-end search
  * (docs/sparse_kernels.md has what each part was measured to give). */
 
+/* Offsets within a tile are int32 (a tile holds at most RC_SP_TL_ROWS * in entries). */
+#define RC_SP_TL_MAX_IN (INT32_MAX / RC_SP_TL_ROWS)
+
 long long rc_csr_tiles_bytes(long long out_features, long long in_features) {
-    if (out_features < 0 || in_features < 0) return -1;
-    const int64_t tiles = (out_features + RC_SP_TL_ROWS - 1) / RC_SP_TL_ROWS;
+    if (out_features < 0 || in_features < 0 || in_features > RC_SP_TL_MAX_IN) return -1;
+    const int64_t tiles = out_features / RC_SP_TL_ROWS + (out_features % RC_SP_TL_ROWS != 0);
     const int64_t slices = (in_features + RC_SP_TL_COLS - 1) / RC_SP_TL_COLS;
-    return (long long)(tiles * slices * (RC_SP_TL_ROWS / 4) * (int64_t)sizeof(rc_sp_tl_blk));
+    int64_t n;
+    if (__builtin_mul_overflow(tiles, slices, &n) ||
+        __builtin_mul_overflow(n, (int64_t)(RC_SP_TL_ROWS / 4 * sizeof(rc_sp_tl_blk)), &n) ||
+        __builtin_add_overflow(n, (int64_t)sizeof(rc_sp_tl_head), &n))
+        return -1;
+    return (long long)n;
 }
 
 int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_features, const void *indices,
-                       int index_type, long long in_features, void *tiles) {
-    if (!indptr || out_features < 0 || in_features < 0) return RC_ERR_ARG;
+                       int index_type, long long in_features, long long nnz, void *tiles) {
+    if (!indptr || !tiles || out_features < 0 || nnz < 0) return RC_ERR_ARG;
+    if (rc_csr_tiles_bytes(out_features, in_features) < 0) return RC_ERR_ARG;
     if (indptr_bytes != 4 && indptr_bytes != 8) return RC_ERR_ARG;
     if (index_type != RC_UINT8 && index_type != RC_UINT16 && index_type != RC_INT32) return RC_ERR_ARG;
+    /* unchecked input: the loop below reads indices[indptr[i] .. indptr[i + 1]) */
+    if (iptr_at(indptr, indptr_bytes, 0) != 0 || iptr_at(indptr, indptr_bytes, out_features) != nnz) return RC_ERR_ARG;
+    for (int64_t i = 0; i < out_features; ++i)
+        if (iptr_at(indptr, indptr_bytes, i + 1) < iptr_at(indptr, indptr_bytes, i)) return RC_ERR_ARG;
+    if (nnz > 0 && !indices) return RC_ERR_ARG;
     const int64_t TR = RC_SP_TL_ROWS, ntl = (out_features + TR - 1) / TR;
     const int64_t nsl = (in_features + RC_SP_TL_COLS - 1) / RC_SP_TL_COLS;
-    if (ntl * nsl > 0 && !tiles) return RC_ERR_ARG;
-    if (iptr_at(indptr, indptr_bytes, out_features) > 0 && !indices) return RC_ERR_ARG;
-    /* offsets within a tile are int32: a tile holds at most TR * in entries */
-    if (TR * in_features > INT32_MAX) return RC_ERR_ARG;
-    rc_sp_tl_blk *blk = (rc_sp_tl_blk *)tiles;
+    *(rc_sp_tl_head *)tiles = (rc_sp_tl_head){RC_SP_TL_MAGIC, out_features, in_features, nnz};
+    rc_sp_tl_blk *blk = (rc_sp_tl_blk *)rc_sp_tl_blocks(tiles);
     for (int64_t t = 0; t < ntl; ++t) {
         const int64_t i0 = t * TR, rows = out_features - i0 < TR ? out_features - i0 : TR;
         const int64_t base = iptr_at(indptr, indptr_bytes, i0);
@@ -664,6 +675,11 @@ int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long
     const int64_t nnz = iptr_at(indptr, indptr_bytes, out_features);
     if (nnz < 0 || (nnz > 0 && (!indices || !values))) return RC_ERR_ARG;
     if (colblock < RC_SP_COLBLOCK_AUTO || colblock > RC_SP_COLBLOCK_ON) return RC_ERR_ARG;
+    if (tiles) {
+        const rc_sp_tl_head *h = (const rc_sp_tl_head *)tiles;
+        if (h->magic != RC_SP_TL_MAGIC || h->out != out_features || h->in != in_features || h->nnz != nnz)
+            return RC_ERR_ARG;
+    }
     rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_CSR, mode, indptr, indptr_bytes,
                         indices, values, 0, 0, 0, 0, 0, bias, y, bmask, (in_features + 15) / 16, tiles};
     return run(&a, isa, workspace, threads, colblock);

@@ -61,6 +61,16 @@ typedef struct {
     uint16_t cnt[4]; /* entries in the slice: cnt[0] >= cnt[1] >= cnt[2] >= cnt[3] */
     int32_t off[4];  /* first entry in the slice - indptr[tile's first row] */
 } rc_sp_tl_blk;
+/* The headers open with the weight they were built for, checked by every call that gets them:
+ * headers of another weight would send the kernel past its arrays. */
+#define RC_SP_TL_MAGIC 0x31544C4950534352ull /* "RCSPILT1" */
+typedef struct {
+    uint64_t magic;
+    int64_t out, in, nnz;
+} rc_sp_tl_head;
+static inline const rc_sp_tl_blk *rc_sp_tl_blocks(const void *tiles) {
+    return (const rc_sp_tl_blk *)((const char *)tiles + sizeof(rc_sp_tl_head));
+}
 
 /* One row's entries: p in [0, n) indexes `ind` (element type by mode) and `v`. */
 typedef struct {

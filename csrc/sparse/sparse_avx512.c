@@ -537,7 +537,7 @@ AI void nmrb_widths(const rc_sparse_args *a, const float *P, int64_t width, int6
 }
 
 /* ---- column-blocked panels from row tiles (CSR) -------------------------------------------- *
- * The tiles (rc_csr_tiles_build) give, per 32 rows and 128-column slice, blocks of 4 rows with
+ * The tiles (rc_csr_tiles_build) give, per 32 rows and 256-column slice, blocks of 4 rows with
  * about equal entry counts in the slice: the 4 rows' W / 16 sums each stay in registers (16
  * chains at 64 lanes) while their entries are taken together, in phases of 4, 3, 2 and 1 rows
  * as the rows (sorted by count) run out.  No slice end is searched, and the sums go through
@@ -575,7 +575,7 @@ AI void tl_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_
         const int64_t rows = a->out - i0 < TR ? a->out - i0 : TR;
         float *tile = tiles[cur];
         const float *prev = tiles[cur ^ 1];
-        const rc_sp_tl_blk *blk = (const rc_sp_tl_blk *)a->tiles + i0 / TR * nsl * (TR / 4);
+        const rc_sp_tl_blk *blk = rc_sp_tl_blocks(a->tiles) + i0 / TR * nsl * (TR / 4);
         const int64_t base = rc_sp_indptr(a, i0);
         memset(tile, 0, sizeof(tiles[0]));
         for (int64_t s = 0; s < nsl; ++s)

@@ -437,15 +437,20 @@ BMASK_MIN_DENSITY = 0.5
 SELL_MAX_DENSITY = 0.25
 #: Lanes per slice of the sliced-ELLPACK form (RC_SP_SELL_C in csrc/refcompress.h).
 SELL_C = 16
-#: Column-blocked panels for batches > 1: "auto" (CSR from batch 64 and density 1/3, N:M
+#: Column-blocked panels for batches > 1: "auto" (CSR from batch 64 and density 1/4, N:M
 #: always), "on", "off".  Values are the C constants RC_SP_COLBLOCK_*.
 COLBLOCK = {"auto": -1, "off": 0, "on": 1}
 #: Rows per tile of the row-tile headers pack_csr builds for the column-blocked panels
-#: (RC_SP_TL_ROWS in csrc/sparse/sparse.h): for every 32 rows and 128-column slice, the rows in
-#: blocks of 4 of about equal entry counts, which AVX-512 runs together from batch 64 (any
-#: density; colblock "on" from batch 2, "off" never).  Structure only: values are still read
-#: from the held array.
+#: (RC_SP_TL_ROWS in csrc/sparse/sparse.h): for every 32 rows and 256-column slice, the rows in
+#: blocks of 4 of about equal entry counts, which AVX-512 runs together (colblock "auto": from
+#: batch 64 and density 1 / TILE_MIN_DENSITY_INV; "on": from batch 2; "off": never).
+#: Structure only: values are still read from the held array.
 TILE_ROWS = 32
+#: "auto" runs the row tiles from density 1 / 32 (RC_SP_TL_MIN_DENSITY_INV in
+#: csrc/sparse/sparse.c); below it pack_csr does not build them (out * in / 32 bytes).
+TILE_MIN_DENSITY_INV = 32
+#: The widest weight the row tiles take (offsets within a tile are int32).
+TILE_MAX_IN = (2**31 - 1) // TILE_ROWS
 #: Whether pack_csr builds the row tiles (when colblock is not "off"); tests set it False to
 #: reach the column-blocked and plain panel kernels the tiles replace.
 CSR_TILES = True
@@ -459,9 +464,13 @@ class PackedCSR:
     structure check; :meth:`with_values` swaps in new values of the same structure
     (fine-tuning) without re-checking it.
 
-    Build it with :func:`pack_csr`.  The arrays are held, not copied (when already
-    contiguous and of an accepted type): changing ``indptr`` / ``indices`` in place is not
-    allowed (the structure is trusted); changing ``values`` in place is seen by the next call,
+    Build it with :func:`pack_csr`.  The structure is copied: every product runs from
+    read-only copies of ``indptr`` / ``indices`` checked here (``indptr`` / ``indices`` stay
+    the arrays given), so changing the given arrays in place changes nothing, and no in-place
+    change can send a kernel outside its arrays; pack again to take in a new structure.  The
+    row tiles (``tiles``, read-only) are built only where a product can run them (see
+    TILE_MIN_DENSITY_INV).  The values are held, not copied (when
+    already contiguous float32): changing ``values`` in place is seen by the next call,
     **except in the "sell" form**, which holds copies of the values (made here and by
     :meth:`with_values`; every product of it, at any batch and on any backend, uses the
     values as packed): after changing values in place, take them in with
@@ -486,13 +495,17 @@ class PackedCSR:
         """From arrays that passed _csr_arrays and _bias (spmm_csr's one-off calls: no row
         tiles, whose O(nnz) build only pays back over many calls)."""
         p = object.__new__(cls)
-        p._setup(indptr, indices, values, in_f, bias, form, colblock, tiles=False)
+        p._setup(indptr, indices, values, in_f, bias, form, colblock, kept=False)
         return p
 
-    def _setup(self, indptr, indices, values, in_f, bias, form, colblock, tiles=True):
+    def _setup(self, indptr, indices, values, in_f, bias, form, colblock, kept=True):
         out_f = indptr.shape[0] - 1
-        _check_csr_structure(indptr, indices, in_f)
+        # the arrays given (SparseLinear compares them to see a new structure)
         self.indptr, self.indices = indptr, indices
+        if kept:  # checked and used from copies no one else holds (a one-off call uses it at once)
+            indptr, indices = _frozen_copy(indptr), _frozen_copy(indices)
+        _check_csr_structure(indptr, indices, in_f)
+        self._indptr, self._indices = indptr, indices
         self.shape = (out_f, in_f)
         self.out_features, self.in_features = out_f, in_f
         self.nnz = int(indices.shape[0])
@@ -508,10 +521,22 @@ class PackedCSR:
             check_rc(lib.rc_csr_bmask_build(_native.ptr("void *", indptr), indptr.itemsize, out_f,
                                             _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], in_f,
                                             _native.ptr("uint16_t *", self.bmask)), "pack_csr")
+            self.bmask.flags.writeable = False
         self.tiles = None
-        if tiles and CSR_TILES and colblock != "off" and _native.lib is not None and 0 < in_f < 2**31 // TILE_ROWS:
+        if kept and CSR_TILES and self._tiles_can_run():
             self.tiles = _csr_tiles(indptr, indices, out_f, in_f)
         self._set_values(values, bias)
+
+    def _tiles_can_run(self):
+        """Whether a product may take the row tiles: only the AVX-512 variant has their kernel,
+        and "auto" takes them only from density 1 / TILE_MIN_DENSITY_INV (out * in / 32 bytes
+        of headers, more than the CSR below that density, would never be read)."""
+        out_f, in_f = self.shape
+        if _native.lib is None or self.colblock == "off" or not (out_f > 0 and 0 < in_f <= TILE_MAX_IN):
+            return False
+        if selected_variant("spmm_csr") != "avx512":
+            return False
+        return self.colblock == "on" or TILE_MIN_DENSITY_INV * self.nnz >= out_f * in_f
 
     def _choose_form(self, form):
         if form != "auto":
@@ -539,11 +564,11 @@ class PackedCSR:
             return
         null = _native.ffi.NULL
         if self._sell is not None:  # the form's own copy of the values, in slice order
-            self._sell_values, self._sell_c = _sell_values(self._sell, self.indptr, values)
+            self._sell_values, self._sell_c = _sell_values(self._sell, self._indptr, values)
             self._bias_c = null if bias is None else _native.ptr("float *", bias)
         self._c_args = (
-            _native.ptr("void *", self.indptr), self.indptr.itemsize, _native.ptr("void *", self.indices),
-            INDEX_DTYPES[self.indices.dtype], _native.ptr("float *", values),
+            _native.ptr("void *", self._indptr), self._indptr.itemsize, _native.ptr("void *", self._indices),
+            INDEX_DTYPES[self._indices.dtype], _native.ptr("float *", values),
             null if bias is None else _native.ptr("float *", bias),
             null if self.bmask is None else _native.ptr("uint16_t *", self.bmask),
             null if self.tiles is None else _native.ptr("void *", self.tiles), COLBLOCK[self.colblock])
@@ -559,20 +584,27 @@ class PackedCSR:
 
     def __reduce__(self):
         # pickle / deepcopy: cffi pointers cannot be copied, so the copy is packed (and checked) anew
-        return (_repack, (self.indptr, self.indices, self.values, self.shape, self.bias, self.form, self.colblock))
+        return (_repack, (self._indptr, self._indices, self.values, self.shape, self.bias, self.form, self.colblock))
 
     def __repr__(self):
         return (f"PackedCSR(shape={self.shape}, nnz={self.nnz}, form={self.form!r}, colblock={self.colblock!r}, "
                 f"bias={self.bias is not None})")
 
 
+def _frozen_copy(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
 def _csr_tiles(indptr, indices, out_f, in_f):
-    """The row-tile headers of a checked CSR structure (rc_csr_tiles_build)."""
+    """The row-tile headers of a checked CSR structure (rc_csr_tiles_build), read-only."""
     lib = _native.lib
     tiles = np.empty(lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
     check_rc(lib.rc_csr_tiles_build(_native.ptr("void *", indptr), indptr.itemsize, out_f,
                                     _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], in_f,
-                                    _native.ptr("void *", tiles)), "pack_csr")
+                                    indices.shape[0], _native.ptr("void *", tiles)), "pack_csr")
+    tiles.flags.writeable = False
     return tiles
 
 
@@ -696,7 +728,7 @@ def _spmm_nm_c(x, values, indices, n, m, bias, *, isa, threads):
 
 
 def _spmm_csr_packed_reference(x, p):
-    return spmm_csr_reference(x, p.indptr, p.indices, p.values, p.bias)
+    return spmm_csr_reference(x, p._indptr, p._indices, p.values, p.bias)
 
 
 _VARIANTS = ("portable", "avx2", "avx512")

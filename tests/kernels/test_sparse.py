@@ -876,7 +876,9 @@ def test_csr_row_tiles_on_shapes_that_break_them(data):
     for backend, isa in variants:
         with kernels.use(backend, isa=isa):
             p = kernels.pack_csr(*c, bias=b, form="rows", colblock=colblock)
-        assert p.tiles is not None
+        # built only where a product can take them (AVX-512; "auto" from density 1/32)
+        can_run = isa == "avx512" and (colblock == "on" or 32 * c.indices.size >= out_f * in_f)
+        assert (p.tiles is not None) == can_run
         with kernels.use(backend, isa=isa, threads=1):
             y1 = kernels.spmm_csr(x, p)
         with kernels.use(backend, isa=isa, threads=2):
@@ -885,19 +887,35 @@ def test_csr_row_tiles_on_shapes_that_break_them(data):
         assert_within_error_bound(y1, spmm_csr_exact(x, *c[:3], b), spmm_csr_error_bound(x, *c[:3], b))
 
 
+_needs_c = pytest.mark.skipif(S._native.lib is None, reason="C extension not built")
+_TL_BLK = np.dtype([("row", "<u2", 4), ("cnt", "<u2", 4), ("off", "<i4", 4)])
+_TL_HEAD = np.dtype([("magic", "<u8"), ("out", "<i8"), ("in", "<i8"), ("nnz", "<i8")])
+
+
+def _tiles_build(indptr, indices, out_f, in_f, nnz, buf, *, indptr_bytes=None, index_type=None):
+    lib, ptr = S._native.lib, S._native.ptr
+    return lib.rc_csr_tiles_build(ptr("void *", indptr), indptr.itemsize if indptr_bytes is None else indptr_bytes,
+                                  out_f, ptr("void *", indices),
+                                  S.INDEX_DTYPES[indices.dtype] if index_type is None else index_type, in_f, nnz,
+                                  S._native.ffi.NULL if buf is None else ptr("void *", buf))
+
+
+@_needs_c
 def test_csr_row_tiles_headers_and_their_refusals():
-    # The headers: per tile and slice, blocks of 4 rows by count (largest first), their offsets
-    # from the tile's first entry, padding rows past the last row as the scratch row 32 with
-    # count 0; the builder refuses columns out of range or out of order and a truncated indptr.
-    from refcompress.kernels import _native
+    # The headers: the weight they were built for, then per tile and slice, blocks of 4 rows by
+    # count (largest first), their offsets from the tile's first entry, padding rows past the
+    # last row as the scratch row 32 with count 0.
     rng = np.random.default_rng(3)
     out_f, in_f = 37, 300
     W = rng.standard_normal((out_f, in_f)).astype(np.float32)
     W[rng.random((out_f, in_f)) < 0.8] = 0
     c = kernels.csr_from_dense(W)
-    p = kernels.pack_csr(*c)
-    blk = np.dtype([("row", "<u2", 4), ("cnt", "<u2", 4), ("off", "<i4", 4)])
-    h = p.tiles.view(blk).reshape(2, 2, 8)  # 2 tiles of 32 rows, 2 slices of 256 columns
+    with kernels.use("c", isa="avx512"):
+        p = kernels.pack_csr(*c, colblock="on")
+    assert not p.tiles.flags.writeable
+    head = p.tiles[:_TL_HEAD.itemsize].view(_TL_HEAD)[0]
+    assert (head["out"], head["in"], head["nnz"]) == (out_f, in_f, c.indices.size)
+    h = p.tiles[_TL_HEAD.itemsize:].view(_TL_BLK).reshape(2, 2, 8)  # 2 tiles of 32 rows, 2 slices of 256 columns
     for t in range(2):
         base = c.indptr[32 * t]
         for s in range(2):
@@ -915,32 +933,199 @@ def test_csr_row_tiles_headers_and_their_refusals():
                 assert k == len(in_slice)
                 if k:
                     assert off == c.indptr[i] + in_slice[0] - base
-    lib, ptr = _native.lib, _native.ptr
-    buf = np.empty(lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
 
-    def build(indptr, indices):
-        return lib.rc_csr_tiles_build(ptr("void *", indptr), indptr.itemsize, out_f, ptr("void *", indices),
-                                      S.INDEX_DTYPES[indices.dtype], in_f, ptr("void *", buf))
-    assert build(c.indptr, c.indices) == 0
+
+@_needs_c
+def test_csr_row_tiles_builder_refuses_what_would_send_it_outside():
+    # Unchecked input through the C API: every refusal is one the loop would otherwise turn
+    # into a read past indices (bad indptr) or a wrong count / address (bad columns).
+    lib = S._native.lib
+    rng = np.random.default_rng(4)
+    out_f, in_f = 37, 300
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    W[rng.random((out_f, in_f)) < 0.8] = 0
+    c = kernels.csr_from_dense(W)
+    nnz = c.indices.size
+    buf = np.empty(lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
+    assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz, buf) == 0
     bad = c.indices.copy()
     bad[c.indptr[3]] = in_f  # out of range
-    assert build(c.indptr, bad) != 0
+    assert _tiles_build(c.indptr, bad, out_f, in_f, nnz, buf) != 0
     bad = c.indices.copy()
     i = np.flatnonzero(np.diff(c.indptr) >= 2)[0]
     bad[c.indptr[i]], bad[c.indptr[i] + 1] = bad[c.indptr[i] + 1], bad[c.indptr[i]]  # out of order
-    assert build(c.indptr, bad) != 0
+    assert _tiles_build(c.indptr, bad, out_f, in_f, nnz, buf) != 0
+    assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz - 1, buf) != 0  # indptr[out] past nnz
+    assert _tiles_build(c.indptr[:-1], c.indices, out_f - 1, in_f, nnz, buf) != 0  # truncated indptr
+    assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz, None) != 0
+    assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz, buf, indptr_bytes=2) != 0
+    assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz, buf, index_type=99) != 0
+    assert _tiles_build(c.indptr, c.indices, out_f, 2 ** 26, nnz, buf) != 0
+    # the reviewer's indptr over 2 entries: a negative start, a row running past nnz
+    two = np.array([0, 1], np.uint8)
+    small = np.empty(lib.rc_csr_tiles_bytes(2, 256), np.uint8)
+    for ip in ([-6, 2], [0, 50, 2]):
+        ip = np.array(ip, np.int64)
+        assert _tiles_build(ip, two, ip.size - 1, 256, 2, small) != 0
+    assert _tiles_build(np.array([0, 2], np.int64), two, 1, 256, 2, small) == 0
 
 
+@_needs_c
+def test_csr_row_tiles_bytes_refuses_overflow_and_widths_the_builder_refuses():
+    lib = S._native.lib
+    assert lib.rc_csr_tiles_bytes(2 ** 40, 2 ** 40) == -1
+    assert lib.rc_csr_tiles_bytes(2 ** 62, 256) == -1
+    assert lib.rc_csr_tiles_bytes(1, 2 ** 26) == -1
+    assert lib.rc_csr_tiles_bytes(-1, 1) == -1
+    assert lib.rc_csr_tiles_bytes(1, 2 ** 26 - 1) == _TL_HEAD.itemsize + 2 ** 18 * 8 * _TL_BLK.itemsize
+    assert lib.rc_csr_tiles_bytes(33, 257) == _TL_HEAD.itemsize + 2 * 2 * 8 * _TL_BLK.itemsize
+
+
+@_needs_c
+def test_csr_row_tiles_of_another_weight_are_refused():
+    lib, ffi, ptr = S._native.lib, S._native.ffi, S._native.ptr
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((40, 300)).astype(np.float32)
+    W[rng.random(W.shape) < 0.5] = 0
+    c = kernels.csr_from_dense(W)
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+
+    def call(tiles, in_f=300):
+        y = np.empty((64, 40), np.float32)
+        return lib.rc_spmm_csr_f32(ptr("float *", x), 64, in_f, 40, ptr("void *", c.indptr), c.indptr.itemsize,
+                                   ptr("void *", c.indices), S.INDEX_DTYPES[c.indices.dtype],
+                                   ptr("float *", c.values), ffi.NULL, ffi.NULL, ptr("void *", tiles), 1,
+                                   ptr("float *", y), ptr("void *", np.empty(lib.rc_spmm_workspace_size(64, 300),
+                                                                              np.uint8)), 0, 1)
+    buf = np.empty(lib.rc_csr_tiles_bytes(40, 300), np.uint8)
+    assert _tiles_build(c.indptr, c.indices, 40, 300, c.indices.size, buf) == 0
+    assert call(buf) == 0
+    assert call(buf, in_f=299) != 0
+    for field, delta in (("magic", 1), ("out", 1), ("in", -1), ("nnz", -1)):
+        other = buf.copy()
+        other[:_TL_HEAD.itemsize].view(_TL_HEAD)[0][field] += delta
+        assert call(other) != 0, field
+
+
+def _tl_reviewer_weight(index_dtype=np.int32):
+    # out 64, in 512, the CSR's last entry in row 63 (so a read past it leaves the arrays)
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((64, 512)).astype(np.float32)
+    W[rng.random(W.shape) < 0.7] = 0
+    W[63, :] = 0
+    W[63, 500] = 1.0
+    return kernels.csr_from_dense(W, index_dtype=index_dtype), rng
+
+
+@pytest.mark.parametrize("backend,isa", [v for v in CSR_VARIANTS if v[0] != "numpy"],
+                         ids=[i for b, i in CSR_VARIANTS if b != "numpy"])
+@pytest.mark.parametrize("form", ["rows", "auto"])
+def test_csr_packed_structure_is_immune_to_in_place_changes(backend, isa, form):
+    # The reviewer's trigger (under `make sanitize` a read past the heap arrays when the
+    # headers followed the live indptr): still a valid CSR with the same nnz, row 32's first
+    # entry moved to row 31; then indices pointing outside x.  The packed weight runs from its
+    # own copies: the same bits as before.
+    c, rng = _tl_reviewer_weight()
+    indptr, indices, values = c.indptr.copy(), c.indices.copy(), c.values.copy()
+    with kernels.use(backend, isa=isa):
+        p = kernels.pack_csr(indptr, indices, values, (64, 512), form=form)
+    assert p.indptr is indptr and p.indices is indices  # SparseLinear's identity check
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    with kernels.use(backend, isa=isa, threads=1):
+        y0 = {batch: kernels.spmm_csr(x[:batch], p) for batch in (1, 64)}
+    indptr[32] += 1
+    indices[:] = 2 ** 31 - 1
+    for batch in (1, 64):
+        with kernels.use(backend, isa=isa, threads=1):
+            y1 = kernels.spmm_csr(x[:batch], p)
+        np.testing.assert_array_equal(y1.view(np.uint32), y0[batch].view(np.uint32))
+    with kernels.use("numpy"):
+        np.testing.assert_array_equal(kernels.spmm_csr(x, p), kernels.spmm_csr(x, kernels.pack_csr(*c)))
+    for a in (p._indptr, p._indices, p.tiles, p.bmask):
+        assert a is None or not a.flags.writeable
+    values *= 2  # values stay shared: seen by the next call
+    if p.form != "sell":
+        with kernels.use(backend, isa=isa, threads=1):
+            np.testing.assert_array_equal(kernels.spmm_csr(x, p), 2 * y0[64])
+
+
+def _tl_weight(nnz, rng):
+    W = np.zeros((64, 256), np.float32)
+    W.flat[rng.choice(W.size, nnz, replace=False)] = rng.standard_normal(nnz)
+    return kernels.csr_from_dense(W)
+
+
+@pytest.mark.skipif("avx512" not in [i for b, i in CSR_VARIANTS], reason="no AVX-512 variant here")
+def test_csr_row_tiles_auto_boundary_takes_the_documented_path():
+    # "auto" runs the tiles from batch 64 and nnz * 32 >= out * in: 64 x 256 with 512 entries
+    # (density exactly 1/32) at batch 64 is colblock "on"'s sum order, batch 63 or 511 entries
+    # the one without tiles (the two orders give different bits on these draws).
+    rng = np.random.default_rng(6)
+
+    def run(c, batch, **kw):
+        x = np.random.default_rng(batch).standard_normal((batch, 256)).astype(np.float32)
+        with kernels.use("c", isa="avx512", threads=1):
+            return kernels.spmm_csr(x, kernels.pack_csr(*c, form="rows", **kw))
+
+    def no_tiles(c, batch):
+        saved, S.CSR_TILES = S.CSR_TILES, False
+        try:
+            return run(c, batch)
+        finally:
+            S.CSR_TILES = saved
+    for nnz, batch, tiled in ((512, 64, True), (512, 63, False), (511, 64, False)):
+        c = _tl_weight(nnz, rng)
+        y, on, off = run(c, batch), run(c, batch, colblock="on"), no_tiles(c, batch)
+        assert not np.array_equal(on, off)
+        np.testing.assert_array_equal(y, on if tiled else off, err_msg=f"{nnz} {batch}")
+    with kernels.use("c", isa="avx512"):  # below 1/32 "auto" never reads them: none built
+        assert kernels.pack_csr(*_tl_weight(511, rng)).tiles is None
+        assert kernels.pack_csr(*_tl_weight(511, rng), colblock="on").tiles is not None
+        assert kernels.pack_csr(*_tl_weight(512, rng)).tiles is not None
+    for isa in [i for b, i in CSR_VARIANTS if b == "c" and i != "avx512"]:
+        with kernels.use("c", isa=isa):
+            assert kernels.pack_csr(*_tl_weight(512, rng), colblock="on").tiles is None
+
+
+@_needs_c
+@pytest.mark.parametrize("out_f", [33, 40, 64, 65, 96])
+def test_csr_row_tiles_with_values_and_three_threads(out_f):
+    # with_values keeps the headers (same structure) at batches >= 64; 3 threads over 2-3 tiles
+    # (split points rounded to tiles collapse, some threads get no rows) give 1 thread's bits.
+    rng = np.random.default_rng(out_f)
+    W = rng.standard_normal((out_f, 300)).astype(np.float32)
+    W[rng.random(W.shape) < 0.6] = 0
+    c = kernels.csr_from_dense(W)
+    v2 = rng.standard_normal(c.values.size).astype(np.float32)
+    for backend, isa in [v for v in CSR_VARIANTS if v[0] != "numpy"]:
+        with kernels.use(backend, isa=isa):
+            p = kernels.pack_csr(*c, form="rows").with_values(v2)
+            fresh = kernels.pack_csr(c.indptr, c.indices, v2, (out_f, 300), form="rows")
+        assert (p.tiles is None) == (fresh.tiles is None) == (isa != "avx512")
+        for batch in (64, 65, 128, 200):
+            x = rng.standard_normal((batch, 300)).astype(np.float32)
+            with kernels.use(backend, isa=isa, threads=1):
+                y1, yf = kernels.spmm_csr(x, p), kernels.spmm_csr(x, fresh)
+            with kernels.use(backend, isa=isa, threads=3):
+                y3 = kernels.spmm_csr(x, p)
+            np.testing.assert_array_equal(y1.view(np.uint32), yf.view(np.uint32), err_msg=isa)
+            np.testing.assert_array_equal(y1.view(np.uint32), y3.view(np.uint32), err_msg=isa)
+            assert_within_error_bound(y1, spmm_csr_exact(x, c.indptr, c.indices, v2),
+                                      spmm_csr_error_bound(x, c.indptr, c.indices, v2))
+
+
+@_needs_c
 def test_csr_row_tiles_not_built_when_asked_not_to():
     c = kernels.csr_from_dense(np.eye(40, 300, dtype=np.float32))
-    assert kernels.pack_csr(*c, colblock="off").tiles is None
-    saved = S.CSR_TILES
-    S.CSR_TILES = False
-    try:
-        assert kernels.pack_csr(*c).tiles is None
-    finally:
-        S.CSR_TILES = saved
-    assert kernels.pack_csr(*c).tiles is not None
+    with kernels.use("c", isa="avx512"):
+        assert kernels.pack_csr(*c, colblock="off").tiles is None
+        saved = S.CSR_TILES
+        S.CSR_TILES = False
+        try:
+            assert kernels.pack_csr(*c, colblock="on").tiles is None
+        finally:
+            S.CSR_TILES = saved
+        assert kernels.pack_csr(*c, colblock="on").tiles is not None
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 2), (4, 8), (8, 16), (4, 6), (4, 4), (3, 4), (1, 4)])
