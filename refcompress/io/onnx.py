@@ -435,6 +435,27 @@ class _Exporter:
         z = g.op("Clip", [g.op("Sub", [c64(qmin, "qmin"), r], p), c64(qmin, "zp_min"), c64(qmax, "zp_max")], p)
         return s32, s64, z
 
+    def check_w8a8_params(self, m, path, dynamic_layer):
+        """Refuse the parameters refcompress's forward refuses, or that no graph can hold (a
+        uint8 zero point outside [0, 255]), naming the layer and the parameter: the graph
+        is built before any probe run (none for a BertModel), so nothing else would catch
+        them, and a chain's probe would blame input_shape."""
+        def positive(name, v):
+            v = np.asarray(v)
+            bad = ~(np.isfinite(v) & (v > 0))
+            if np.any(bad):
+                self.unsupported(path, m, f"{name}: expected finite values > 0, got {float(v[bad].ravel()[0])!r}")
+
+        positive("weight_scale", m.weight_scale)
+        if dynamic_layer:
+            return
+        positive("smooth", m.smooth)
+        if m.activation == "static":
+            positive("input_scale", m.input_scale)
+            z = int(m.input_zero_point)
+            if not 0 <= z <= 255:
+                self.unsupported(path, m, f"input_zero_point: expected an int in [0, 255] (a uint8 code), got {z}")
+
     def w8a8(self, x, m, path):
         """W8A8Linear (static, dynamic per-tensor and per-token activations, SmoothQuant
         factors) and DynamicQuantizedLinear: the activation codes and the int32 products of
@@ -447,6 +468,7 @@ class _Exporter:
 
         dynamic_layer = type(m) is DynamicQuantizedLinear
         self.expect(x, path, m, np.float32, 2 if dynamic_layer else None)
+        self.check_w8a8_params(m, path, dynamic_layer)
         g = self.g
         f32 = _onnx_elem(np.float32)
         mode = "tensor" if dynamic_layer else m.activation
@@ -457,7 +479,10 @@ class _Exporter:
             # kernels.quantize_rows: xs = x * float32(1 / m), s_i = max_j |xs_ij| / 127 (1 where
             # 0), q = clamp(rint(xs / s_i), -127, 127); stored as q + 128 with zero point 128,
             # so the product runs on the runtime's u8 kernels (the same products)
-            inv = m._token_inv_smooth()
+            try:
+                inv = m._token_inv_smooth()
+            except ArgumentError as e:
+                self.unsupported(path, m, str(e))
             xs = x.name if inv is None else g.op("Mul", [x.name, g.const(inv, path + ".inv_smooth")], path + "/smooth")
             a = self.reduce("ReduceMax", g.op("Abs", [xs], path + "/abs"), path + "/row_max", axes=[-1], keepdims=1)
             s = g.op("Div", [a, g.const(np.float32(ROWS_QMAX), path + ".rows_qmax")], path + "/row_scale")
