@@ -18,6 +18,17 @@ output codes equal refcompress's bit for bit:
                     int64 ops (Mul, Mod, Div of exact multiples, comparisons): no rounding
                     is left to the runtime.
 
+``W8A8Linear`` (static, per-tensor and per-token activations, SmoothQuant factors) and
+``DynamicQuantizedLinear`` become explicit ops (``_Exporter.w8a8``): the activation
+quantizer as the same float32 / float64 operations refcompress performs, MatMulInteger,
+and the float epilogue float32(acc) * s [* s_i] + b in the same order, so the float output
+is bit for bit the layer's; parameters no graph can hold (a zero point outside [0, 255],
+scales or smoothing factors not finite > 0) are refused naming the layer.  A
+``BertModel`` is handed to :mod:`refcompress.bert.onnx_export`, which writes the
+embeddings, attention and LayerNorm ops and every encoder Linear through
+``_Exporter.linear_like`` -- the same per-layer code as in a chain.  ``weight_dtype``
+"int8" (default) is exact in onnxruntime on x86 CPUs with VNNI; "uint8" on every CPU.
+
 Import reads a float graph that is a single chain of the ops in ``IMPORT_OPS`` back into
 refcompress.nn modules.  docs/io.md has the op table, the exactness story and examples.
 
@@ -744,10 +755,12 @@ def export_onnx(model, path, input_shape=None, opset=None, weight_dtype: str = "
     opset       : ONNX opset, >= 13 (>= 17 for a BertModel, >= 21 for group-wise
                   weight-only layers); None (the default): 17, or 21 when a group-wise
                   weight-only layer needs it.
-    weight_dtype: how integer layers' int8 weights are stored: "int8" (the usual u8 x s8
-                  form), or "uint8" (w + 128, zero point 128: the same products, and
-                  onnxruntime runs its u8 x u8 kernels, exact also on x86 CPUs without
-                  VNNI, where its u8 x s8 kernels can saturate).
+    weight_dtype: how integer layers' int8 weights are stored: "int8" (the default, the
+                  usual u8 x s8 form: exact in onnxruntime on x86 CPUs with VNNI, but
+                  without VNNI its u8 x s8 kernels saturate pairs of products to int16
+                  and outputs can differ), or "uint8" (w + 128, zero point 128: the same
+                  products on onnxruntime's u8 x u8 kernels, exact on every CPU, about
+                  1.3x slower on a VNNI CPU; docs/io.md).
     The graph's input is "input" (float32), its output "output" (float32, or uint8 codes
     when the model ends on an integer layer); a BertModel's graph reads "input_ids",
     "attention_mask", "token_type_ids" and gives "last_hidden_state".  The model is checked with ``onnx.checker``

@@ -186,8 +186,10 @@ def add_export_arguments(p):
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, or 21 when "
                    "group-wise weight-only layers need it)")
     p.add_argument("--weight-dtype", choices=("int8", "uint8"), default="int8",
-                   help="integer layers' weights as int8 (default) or uint8 = w + 128 with zero point 128 "
-                   "(exact in onnxruntime on x86 CPUs without VNNI too; docs/io.md)")
+                   help="integer layers' weights as int8 (default; bit-exact in onnxruntime on x86 CPUs "
+                   "with VNNI, while its u8 x s8 kernels can saturate on x86 CPUs without VNNI) or "
+                   "uint8 = w + 128 with zero point 128 (exact on every CPU; ~1.3x slower in onnxruntime "
+                   "on a VNNI CPU; docs/io.md)")
     p.add_argument("--seed", type=int, default=0, help="seed for training a reference model")
 
 
