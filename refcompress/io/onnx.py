@@ -447,10 +447,11 @@ class _Exporter:
         return s32, s64, z
 
     def check_w8a8_params(self, m, path, dynamic_layer):
-        """Refuse the parameters refcompress's forward refuses, or that no graph can hold (a
-        uint8 zero point outside [0, 255]), naming the layer and the parameter: the graph
-        is built before any probe run (none for a BertModel), so nothing else would catch
-        them, and a chain's probe would blame input_shape."""
+        """Refuse parameters that make no valid layer (scales and SmoothQuant factors not
+        finite > 0) or that no graph can hold (a zero point outside [0, 255], no uint8
+        constant), naming the layer and the parameter: the graph is built before any probe
+        run (none for a BertModel), so nothing else would catch them, and a chain's probe
+        would blame input_shape."""
         def positive(name, v):
             v = np.asarray(v)
             bad = ~(np.isfinite(v) & (v > 0))

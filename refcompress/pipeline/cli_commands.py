@@ -206,8 +206,8 @@ def _parse_dims(text: str) -> tuple:
 
 def run_export(args) -> int:
     from .. import io as rc_io
-    from ..io.onnx import check_input_shape, check_opset, to_onnx_model, write_model
     from ..bert.onnx_export import OPSET as BERT_OPSET
+    from ..io.onnx import check_input_shape, check_opset, to_onnx_model, write_model
     from ..nn import BertModel
 
     # every argument is refused before the model is loaded (or a reference model trained),
