@@ -15,7 +15,10 @@ The W8A8 model is the one the fidelity table scores ("W8A8 per-token SmoothQuant
 per-token activations; another with --method); its fidelity on the evaluation set is
 printed too, and so is how far onnxruntime running its exported graph ("ort ours") is from
 refcompress on the evaluation sentences (last hidden state at real tokens, and the pooled
-unit embeddings).
+unit embeddings).  "ort ours" is the default export (int8 weights: onnxruntime's u8 x s8
+kernels, exact on CPUs with VNNI; on x86 CPUs without VNNI they can saturate, and
+weight_dtype="uint8", exact everywhere, measured 1.31-1.39x slower on this VNNI machine --
+docs/io.md).
 """
 
 from __future__ import annotations

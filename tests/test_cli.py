@@ -126,6 +126,9 @@ CLI_FAILURES = [
     (["export", "gelu.npz", "-o", "m.onnx"], r"layer '2' \(GELU\) cannot be exported to ONNX"),
     (["export", "cut.npz", "-o", "m.onnx"], "cut.npz: not a readable ZIP/npz archive"),
     (["export", "absent.npz", "-o", "m.onnx"], "MODEL: no file 'absent.npz'"),
+    # the saved model is not overwritten by its own export, however the path is spelled
+    (["export", "tiny.npz", "-o", "tiny.npz"], "--output: 'tiny.npz' is MODEL itself"),
+    (["export", "tiny.npz", "-o", "./adir/../tiny.npz"], r"--output: '\./adir/\.\./tiny\.npz' is MODEL itself"),
 ]
 
 

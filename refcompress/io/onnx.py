@@ -18,6 +18,17 @@ output codes equal refcompress's bit for bit:
                     int64 ops (Mul, Mod, Div of exact multiples, comparisons): no rounding
                     is left to the runtime.
 
+``W8A8Linear`` (static, per-tensor and per-token activations, SmoothQuant factors) and
+``DynamicQuantizedLinear`` become explicit ops (``_Exporter.w8a8``): the activation
+quantizer as the same float32 / float64 operations refcompress performs, MatMulInteger,
+and the float epilogue float32(acc) * s [* s_i] + b in the same order, so the float output
+is bit for bit the layer's; parameters no graph can hold (a zero point outside [0, 255],
+scales or smoothing factors not finite > 0) are refused naming the layer.  A
+``BertModel`` is handed to :mod:`refcompress.bert.onnx_export`, which writes the
+embeddings, attention and LayerNorm ops and every encoder Linear through
+``_Exporter.linear_like`` -- the same per-layer code as in a chain.  ``weight_dtype``
+"int8" (default) is exact in onnxruntime on x86 CPUs with VNNI; "uint8" on every CPU.
+
 Import reads a float graph that is a single chain of the ops in ``IMPORT_OPS`` back into
 refcompress.nn modules.  docs/io.md has the op table, the exactness story and examples.
 
@@ -435,6 +446,28 @@ class _Exporter:
         z = g.op("Clip", [g.op("Sub", [c64(qmin, "qmin"), r], p), c64(qmin, "zp_min"), c64(qmax, "zp_max")], p)
         return s32, s64, z
 
+    def check_w8a8_params(self, m, path, dynamic_layer):
+        """Refuse parameters that make no valid layer (scales and SmoothQuant factors not
+        finite > 0) or that no graph can hold (a zero point outside [0, 255], no uint8
+        constant), naming the layer and the parameter: the graph is built before any probe
+        run (none for a BertModel), so nothing else would catch them, and a chain's probe
+        would blame input_shape."""
+        def positive(name, v):
+            v = np.asarray(v)
+            bad = ~(np.isfinite(v) & (v > 0))
+            if np.any(bad):
+                self.unsupported(path, m, f"{name}: expected finite values > 0, got {float(v[bad].ravel()[0])!r}")
+
+        positive("weight_scale", m.weight_scale)
+        if dynamic_layer:
+            return
+        positive("smooth", m.smooth)
+        if m.activation == "static":
+            positive("input_scale", m.input_scale)
+            z = int(m.input_zero_point)
+            if not 0 <= z <= 255:
+                self.unsupported(path, m, f"input_zero_point: expected an int in [0, 255] (a uint8 code), got {z}")
+
     def w8a8(self, x, m, path):
         """W8A8Linear (static, dynamic per-tensor and per-token activations, SmoothQuant
         factors) and DynamicQuantizedLinear: the activation codes and the int32 products of
@@ -447,6 +480,7 @@ class _Exporter:
 
         dynamic_layer = type(m) is DynamicQuantizedLinear
         self.expect(x, path, m, np.float32, 2 if dynamic_layer else None)
+        self.check_w8a8_params(m, path, dynamic_layer)
         g = self.g
         f32 = _onnx_elem(np.float32)
         mode = "tensor" if dynamic_layer else m.activation
@@ -457,7 +491,10 @@ class _Exporter:
             # kernels.quantize_rows: xs = x * float32(1 / m), s_i = max_j |xs_ij| / 127 (1 where
             # 0), q = clamp(rint(xs / s_i), -127, 127); stored as q + 128 with zero point 128,
             # so the product runs on the runtime's u8 kernels (the same products)
-            inv = m._token_inv_smooth()
+            try:
+                inv = m._token_inv_smooth()
+            except ArgumentError as e:
+                self.unsupported(path, m, str(e))
             xs = x.name if inv is None else g.op("Mul", [x.name, g.const(inv, path + ".inv_smooth")], path + "/smooth")
             a = self.reduce("ReduceMax", g.op("Abs", [xs], path + "/abs"), path + "/row_max", axes=[-1], keepdims=1)
             s = g.op("Div", [a, g.const(np.float32(ROWS_QMAX), path + ".rows_qmax")], path + "/row_scale")
@@ -719,10 +756,12 @@ def export_onnx(model, path, input_shape=None, opset=None, weight_dtype: str = "
     opset       : ONNX opset, >= 13 (>= 17 for a BertModel, >= 21 for group-wise
                   weight-only layers); None (the default): 17, or 21 when a group-wise
                   weight-only layer needs it.
-    weight_dtype: how integer layers' int8 weights are stored: "int8" (the usual u8 x s8
-                  form), or "uint8" (w + 128, zero point 128: the same products, and
-                  onnxruntime runs its u8 x u8 kernels, exact also on x86 CPUs without
-                  VNNI, where its u8 x s8 kernels can saturate).
+    weight_dtype: how integer layers' int8 weights are stored: "int8" (the default, the
+                  usual u8 x s8 form: exact in onnxruntime on x86 CPUs with VNNI, but
+                  without VNNI its u8 x s8 kernels saturate pairs of products to int16
+                  and outputs can differ), or "uint8" (w + 128, zero point 128: the same
+                  products on onnxruntime's u8 x u8 kernels, exact on every CPU, about
+                  1.3x slower on a VNNI CPU; docs/io.md).
     The graph's input is "input" (float32), its output "output" (float32, or uint8 codes
     when the model ends on an integer layer); a BertModel's graph reads "input_ids",
     "attention_mask", "token_type_ids" and gives "last_hidden_state".  The model is checked with ``onnx.checker``

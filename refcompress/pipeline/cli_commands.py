@@ -186,8 +186,10 @@ def add_export_arguments(p):
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17, or 21 when "
                    "group-wise weight-only layers need it)")
     p.add_argument("--weight-dtype", choices=("int8", "uint8"), default="int8",
-                   help="integer layers' weights as int8 (default) or uint8 = w + 128 with zero point 128 "
-                   "(exact in onnxruntime on x86 CPUs without VNNI too; docs/io.md)")
+                   help="integer layers' weights as int8 (default; bit-exact in onnxruntime on x86 CPUs "
+                   "with VNNI, while its u8 x s8 kernels can saturate on x86 CPUs without VNNI) or "
+                   "uint8 = w + 128 with zero point 128 (exact on every CPU; ~1.3x slower in onnxruntime "
+                   "on a VNNI CPU; docs/io.md)")
     p.add_argument("--seed", type=int, default=0, help="seed for training a reference model")
 
 
@@ -204,20 +206,28 @@ def _parse_dims(text: str) -> tuple:
 
 def run_export(args) -> int:
     from .. import io as rc_io
+    from ..bert.onnx_export import OPSET as BERT_OPSET
     from ..io.onnx import check_input_shape, check_opset, to_onnx_model, write_model
     from ..nn import BertModel
 
     # every argument is refused before the model is loaded (or a reference model trained),
-    # but for --input-shape with a BertModel, which only the loaded model tells
+    # but for --input-shape and an --opset below 17 with a BertModel: only the loaded model
+    # tells that it is one
     dims = _parse_dims("1,8,8" if args.input_shape is None else args.input_shape)
     check_input_shape((None, *dims), "--input-shape")
     opset = None if args.opset is None else check_opset(args.opset, "--opset")
     rc_io.check_output_path(args.output, "--output")
+    if os.path.exists(args.model) and (os.path.realpath(args.output) == os.path.realpath(args.model) or (
+            os.path.exists(args.output) and os.path.samefile(args.output, args.model))):
+        raise RefcompressError(f"--output: {args.output!r} is MODEL itself; writing the ONNX file there "
+                               f"would destroy the saved model (expected another path, e.g. a .onnx file)")
     model = _load_model(args.model, args.seed, None)
     bert = isinstance(model, BertModel)
     if bert and args.input_shape is not None:
         raise RefcompressError(f"--input-shape: {args.model!r} holds a BertModel, whose graph reads token ids "
                                f"(input_ids, attention_mask, token_type_ids [batch, seq]); leave the option out")
+    if bert and opset is not None and opset < BERT_OPSET:
+        raise RefcompressError(f"--opset: a BertModel needs opset >= {BERT_OPSET} (LayerNormalization), got {opset}")
     m = to_onnx_model(model, input_shape=None if bert else (None, *dims), opset=opset,
                       weight_dtype=args.weight_dtype)
     write_model(m, args.output, "--output")

@@ -152,7 +152,9 @@ class W8A8Linear(Module):
                 z = int(self.input_zero_point)
             else:
                 xs = x2 / self.smooth
-                aq = choose_qparams(np.float32(xs.min()), np.float32(xs.max()), ACTIVATION_SPEC)
+                # no rows, no range: any qparams give the (0, N) output the other modes give
+                lo, hi = (np.float32(xs.min()), np.float32(xs.max())) if xs.size else (np.float32(0), np.float32(0))
+                aq = choose_qparams(lo, hi, ACTIVATION_SPEC)
                 z = int(aq.zero_point)
                 zeros = np.full(self.in_features, z, np.int32)
                 chan_scale = (np.float32(aq.scale) * self.smooth).astype(np.float32)

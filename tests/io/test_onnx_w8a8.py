@@ -56,24 +56,43 @@ def _captured_qgemm():
 
 
 def _near_ties(layer, kind, shape, rng, e):
-    """Inputs whose x / s is within an ulp of k + 1/2 for an activation scale s that is not
-    a power of two: where a division and a multiply by float32(1 / s) round differently (a
-    few in a hundred), so the graph must divide as refcompress does.  For the dynamic modes
-    the scale is pinned by the row's / tensor's extremes (needs smooth = 1)."""
+    """Inputs whose quantizer argument is within an ulp of k + 1/2 for an activation scale
+    that is not a power of two: where a division and a multiply by float32(1 / s) round
+    differently (a few in a hundred), so the graph must divide as refcompress does.  For
+    the dynamic modes the scale is pinned by the row's / tensor's extremes, taken after the
+    SmoothQuant factors as the layer takes them (x / m per tensor, x * float32(1 / m) per
+    token), and the ties are placed in what the quantizer divides: x / (s m_j) per tensor,
+    x * float32(1 / m_j) / s_i per token."""
+    m = np.asarray(getattr(layer, "smooth", np.ones(shape[-1], np.float32)), np.float32)
     x = np.zeros(shape, np.float32)
     c = np.float32(e * rng.uniform(1.01, 1.99))
     if kind == "token":
-        x[..., 0] = np.float32(127) * c
-        s = x[..., :1] / np.float32(127)
+        inv = (np.float32(1) / m).astype(np.float32)
+        x[..., 0] = np.float32(127) * c / inv[0]
+
+        def scale(x):
+            return (np.abs(x * inv).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+
+        s = scale(x)
+        t = ((rng.integers(-100, 100, shape) + 0.5).astype(np.float32) * s) / inv  # |k + 1/2| < 127
     elif kind == "static":
-        s = layer._static_params()[0]
+        t = (rng.integers(-100, 100, shape) + 0.5).astype(np.float32) * layer._static_params()[0]
     else:
-        pins = np.array([-40 * c, 215 * c], np.float32)[: x.size]  # one element: pinned at -40 c
-        x.reshape(-1)[: pins.size] = pins
-        s = choose_qparams(np.float32(x.min()), np.float32(x.max()), ACTIVATION_SPEC).scale
-    t = (rng.integers(-100, 100, shape) + 0.5).astype(np.float32) * s
+        # one element: pinned at -40 c; codes k + 1/2 in [-35, 200) stay inside the pins
+        pins = np.array([-40 * c, 215 * c], np.float32)[: x.size]
+        x.reshape(-1)[: pins.size] = pins * np.broadcast_to(m, shape).reshape(-1)[: pins.size]
+
+        def scale(x):
+            xs = x / m
+            return np.float32(choose_qparams(np.float32(xs.min()), np.float32(xs.max()), ACTIVATION_SPEC).scale)
+
+        s = scale(x)
+        t = (rng.integers(-35, 200, shape) + 0.5).astype(np.float32) * (s * m).astype(np.float32)
     t = np.where(rng.random(shape) < 0.5, np.nextafter(t, np.float32(np.inf) * rng.choice([-1, 1], shape)), t)
-    return np.where(x != 0, x, t).astype(np.float32)
+    x = np.where(x != 0, x, t).astype(np.float32)
+    if kind != "static":  # else the ties are not at the scale the layer takes
+        np.testing.assert_array_equal(scale(x), s)
+    return x
 
 
 @st.composite
@@ -133,7 +152,7 @@ def _cases(draw):
             flat[0], flat[-1] = -z * e, (255 - z) * e
         elif kind == "token" and smooth is None:
             x[..., 0] = 127 * e  # row max 127 e: s_i = e exactly
-    if data == "near ties" and (kind == "static" or smooth is None):
+    if data == "near ties":
         x = _near_ties(layer, kind, shape, rng, e)
     return layer.eval(), x, draw(st.sampled_from(["int8", "uint8"])), draw(st.sampled_from([13, 17, 18, 21]))
 
@@ -204,8 +223,9 @@ def test_every_mode_with_and_without_smoothing_and_bias(activation, smooth, bias
     _check(layer, (rng.standard_normal((2, 5, k)) * 2).astype(np.float32), "int8", 17)
 
 
-@pytest.mark.parametrize("kind", ["static", "tensor", "token", "dynamic"])
-def test_quantizers_divide_by_the_scale_as_refcompress_does(kind):
+@pytest.mark.parametrize("kind, smooth", [("static", False), ("tensor", False), ("token", False), ("dynamic", False),
+                                          ("static", True), ("tensor", True), ("token", True)])
+def test_quantizers_divide_by_the_scale_as_refcompress_does(kind, smooth):
     rng = np.random.default_rng(11)
     k, n = 64, 16
     if kind == "dynamic":
@@ -213,8 +233,9 @@ def test_quantizers_divide_by_the_scale_as_refcompress_does(kind):
         layer.weight_q = rng.integers(-127, 128, (n, k), dtype=np.int8)
         shape = (40, k)
     else:
+        m = np.exp(rng.uniform(-3, 3, k)).astype(np.float32) if smooth else None
         layer = W8A8Linear.from_float(rng.standard_normal((n, k)).astype(np.float32), None, activation=kind,
-                                      calibration=rng.standard_normal((8, k)).astype(np.float32))
+                                      smooth=m, calibration=rng.standard_normal((8, k)).astype(np.float32))
         shape = (4, 10, k)
     _check(layer.eval(), _near_ties(layer, kind, shape, rng, 0.37), "int8", 17)
 
@@ -228,3 +249,77 @@ def test_the_graph_uses_only_standard_ops_and_no_dynamic_quantize_linear():
     assert {"MatMulInteger", "QuantizeLinear", "ReduceMin", "ReduceMax"} <= ops
     assert "DynamicQuantizeLinear" not in ops  # it rounds the scale in float32 twice
     assert all(n.domain in ("", "ai.onnx") for n in m.graph.node)
+
+
+def _static_layer(k=8, n=3):
+    rng = np.random.default_rng(5)
+    return W8A8Linear.from_float(rng.standard_normal((n, k)).astype(np.float32), None, activation="static",
+                                 calibration=rng.standard_normal((16, k)).astype(np.float32))
+
+
+@pytest.mark.parametrize("param, value, message", [
+    ("input_zero_point", 256, r"input_zero_point: expected an int in \[0, 255\] \(a uint8 code\), got 256"),
+    ("input_zero_point", -1, r"input_zero_point: expected an int in \[0, 255\] \(a uint8 code\), got -1"),
+    ("input_scale", 0.0, r"input_scale: expected finite values > 0, got 0\.0"),
+    ("input_scale", np.nan, r"input_scale: expected finite values > 0, got nan"),
+    ("input_scale", -1.0, r"input_scale: expected finite values > 0, got -1\.0"),
+    ("weight_scale", np.inf, r"weight_scale: expected finite values > 0, got inf"),
+    ("smooth", 0.0, r"smooth: expected finite values > 0, got 0\.0"),
+])
+@pytest.mark.parametrize("in_bert", [False, True])
+def test_parameters_no_graph_can_hold_are_refused_naming_layer_and_parameter(param, value, message, in_bert):
+    """Caught while the graph is built: a chain's probe run would blame input_shape, and a
+    BertModel's export has no probe run at all."""
+    from refcompress.errors import ArgumentError
+
+    layer = _static_layer(32, 64)
+    buf = getattr(layer, param)
+    bad = np.array(buf, copy=True)
+    bad.reshape(-1)[0] = value
+    setattr(layer, param, bad.astype(buf.dtype))
+    if in_bert:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).parents[1] / "bert"))
+        from _tiny_bert import tiny_bert
+
+        model, where = tiny_bert(hidden_size=32, num_attention_heads=4, intermediate_size=64), \
+            "encoder.layer.0.intermediate.dense"
+        model.encoder.layer[0].intermediate.dense = layer
+        export = lambda: to_onnx_model(model)  # noqa: E731
+    else:
+        where = "1"
+        export = lambda: to_onnx_model(nn.Sequential(nn.Flatten(), layer), (None, 32))  # noqa: E731
+    with pytest.raises(ArgumentError, match=rf"layer '{where}' \(W8A8Linear\) cannot be exported to ONNX: {message}"):
+        export()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the layer forms 1 / m
+def test_a_token_layer_whose_smoothing_reciprocal_overflows_is_refused_naming_it():
+    from refcompress.errors import ArgumentError
+
+    rng = np.random.default_rng(2)
+    layer = W8A8Linear.from_float(rng.standard_normal((3, 4)).astype(np.float32), None, activation="token")
+    layer.smooth = np.array([1e-39, 1, 1, 1], np.float32)  # float32(1 / m) is inf
+    with pytest.raises(ArgumentError, match=r"layer '0' \(W8A8Linear\) cannot be exported to ONNX: smooth: "
+                                            r"expected factors whose float32 reciprocal is finite"):
+        to_onnx_model(nn.Sequential(layer), (None, 4))
+
+
+@pytest.mark.parametrize("activation", ["static", "tensor", "token"])
+def test_no_rows_give_no_rows_in_every_mode(activation):
+    """A (0, K) input gives (0, N) in refcompress (the per-tensor range of nothing included)
+    and in the graph."""
+    rng = np.random.default_rng(3)
+    layer = W8A8Linear.from_float(rng.standard_normal((5, 7)).astype(np.float32),
+                                  rng.standard_normal(5).astype(np.float32), activation=activation,
+                                  calibration=rng.standard_normal((8, 7)).astype(np.float32))
+    x = np.zeros((0, 7), np.float32)
+    y = layer(x)
+    assert y.shape == (0, 5) and y.dtype == np.float32
+    m = to_onnx_model(nn.Sequential(layer), (None, 7))
+    assert ReferenceEvaluator(m).run(None, {"input": x})[0].shape == (0, 5)
+    if ort is not None:
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        assert sess.run(None, {"input": x})[0].shape == (0, 5)
