@@ -295,7 +295,6 @@ def test_parameters_no_graph_can_hold_are_refused_naming_layer_and_parameter(par
         export()
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the layer forms 1 / m
 def test_a_token_layer_whose_smoothing_reciprocal_overflows_is_refused_naming_it():
     from refcompress.errors import ArgumentError
 

@@ -109,3 +109,15 @@ def test_bad_input_names_the_argument():
     layer = W8A8Linear.from_float(w, b, activation="token")
     with pytest.raises(ShapeError, match="x: expected last dimension 40"):
         layer(x[..., :39])
+
+
+def test_a_smoothing_factor_whose_reciprocal_overflows_is_refused_without_a_stray_warning():
+    import warnings
+
+    rng = np.random.default_rng(3)
+    layer = W8A8Linear.from_float(rng.standard_normal((3, 4)).astype(np.float32), None, activation="token")
+    layer.smooth = np.array([1e-39, 1, 1, 1], np.float32)  # float32(1 / m) is inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the clear error, not NumPy's overflow warning first
+        with pytest.raises(ArgumentError, match="smooth: expected factors whose float32 reciprocal is finite"):
+            layer(np.ones((2, 4), np.float32))
