@@ -377,20 +377,13 @@ static inline __attribute__((always_inline)) void panel_rows_portable(const rc_s
     }
 }
 
-#define RC_SP_PANEL_WIDTHS(MODE)                                                     \
-    case MODE:                                                                       \
-        if (width == 8) panel_rows_portable(a, P, 8, b0, nb, r0, r1, MODE);          \
-        else if (width == 16) panel_rows_portable(a, P, 16, b0, nb, r0, r1, MODE);   \
-        else panel_rows_portable(a, P, 32, b0, nb, r0, r1, MODE);                    \
-        break;
-
 static void panel_portable(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
                            int64_t r0, int64_t r1) {
     switch (a->col_mode) {
-        RC_SP_PANEL_WIDTHS(RC_SP_COL_U8)
-        RC_SP_PANEL_WIDTHS(RC_SP_COL_U16)
-        RC_SP_PANEL_WIDTHS(RC_SP_COL_I32)
-        RC_SP_PANEL_WIDTHS(RC_SP_COL_NM_POW2)
+        RC_SP_WIDTH_CASE(panel_rows_portable, RC_SP_COL_U8, 8, 16, 32)
+        RC_SP_WIDTH_CASE(panel_rows_portable, RC_SP_COL_U16, 8, 16, 32)
+        RC_SP_WIDTH_CASE(panel_rows_portable, RC_SP_COL_I32, 8, 16, 32)
+        RC_SP_WIDTH_CASE(panel_rows_portable, RC_SP_COL_NM_POW2, 8, 16, 32)
     default:
         if (width == 8) panel_rows_portable(a, P, 8, b0, nb, r0, r1, RC_SP_COL_NM_ANY);
         else if (width == 16) panel_rows_portable(a, P, 16, b0, nb, r0, r1, RC_SP_COL_NM_ANY);

@@ -23,6 +23,23 @@
 #define RC_SP_COL_NM_POW2 3 /* n and m powers of two: shifts instead of divide / multiply */
 #define RC_SP_COL_NM_ANY 4
 
+/* One case of a panel kernel's dispatch: FN(a, P, width, b0, nb, r0, r1, MODE) called with
+ * a compile-time width W1, W2 or (otherwise) W3 and column mode MODE, so each (width,
+ * mode) pair is its own inlined specialisation.  Expects a, P, width, b0, nb, r0, r1 in
+ * scope. */
+#define RC_SP_WIDTH_CASE(FN, MODE, W1, W2, W3)                                        \
+    case MODE:                                                                       \
+        if (width == (W1)) FN(a, P, W1, b0, nb, r0, r1, MODE);                       \
+        else if (width == (W2)) FN(a, P, W2, b0, nb, r0, r1, MODE);                  \
+        else FN(a, P, W3, b0, nb, r0, r1, MODE);                                     \
+        break;
+/* The same with two widths: W1, or (otherwise) W2. */
+#define RC_SP_WIDTH_CASE2(FN, MODE, W1, W2)                                           \
+    case MODE:                                                                       \
+        if (width == (W1)) FN(a, P, W1, b0, nb, r0, r1, MODE);                       \
+        else FN(a, P, W2, b0, nb, r0, r1, MODE);                                     \
+        break;
+
 typedef struct {
     const float *x; /* [batch, in], C-contiguous */
     int64_t batch, in, out;

@@ -172,21 +172,14 @@ AI void panel_rows(const rc_sparse_args *a, const float *P, const int64_t W, int
     }
 }
 
-#define WIDTHS(MODE)                                                         \
-    case MODE:                                                               \
-        if (width == 8) panel_rows(a, P, 8, b0, nb, r0, r1, MODE);           \
-        else if (width == 16) panel_rows(a, P, 16, b0, nb, r0, r1, MODE);    \
-        else panel_rows(a, P, 32, b0, nb, r0, r1, MODE);                     \
-        break;
-
 static void panel_avx2(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
                        int64_t r0, int64_t r1) {
     switch (a->col_mode) {
-        WIDTHS(RC_SP_COL_U8)
-        WIDTHS(RC_SP_COL_U16)
-        WIDTHS(RC_SP_COL_I32)
-        WIDTHS(RC_SP_COL_NM_POW2)
-        WIDTHS(RC_SP_COL_NM_ANY)
+        RC_SP_WIDTH_CASE(panel_rows, RC_SP_COL_U8, 8, 16, 32)
+        RC_SP_WIDTH_CASE(panel_rows, RC_SP_COL_U16, 8, 16, 32)
+        RC_SP_WIDTH_CASE(panel_rows, RC_SP_COL_I32, 8, 16, 32)
+        RC_SP_WIDTH_CASE(panel_rows, RC_SP_COL_NM_POW2, 8, 16, 32)
+        RC_SP_WIDTH_CASE(panel_rows, RC_SP_COL_NM_ANY, 8, 16, 32)
     }
 }
 

@@ -383,20 +383,14 @@ AI void cb_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_
     }
 }
 
-#define WIDTHS(MODE)                                                          \
-    case MODE:                                                                \
-        if (width == 16) panel_rows(a, P, 16, b0, nb, r0, r1, MODE);          \
-        else panel_rows(a, P, 32, b0, nb, r0, r1, MODE);                      \
-        break;
-
 static void panel_avx512(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
                          int64_t r0, int64_t r1) {
     switch (a->col_mode) {
-        WIDTHS(RC_SP_COL_U8)
-        WIDTHS(RC_SP_COL_U16)
-        WIDTHS(RC_SP_COL_I32)
-        WIDTHS(RC_SP_COL_NM_POW2)
-        WIDTHS(RC_SP_COL_NM_ANY)
+        RC_SP_WIDTH_CASE2(panel_rows, RC_SP_COL_U8, 16, 32)
+        RC_SP_WIDTH_CASE2(panel_rows, RC_SP_COL_U16, 16, 32)
+        RC_SP_WIDTH_CASE2(panel_rows, RC_SP_COL_I32, 16, 32)
+        RC_SP_WIDTH_CASE2(panel_rows, RC_SP_COL_NM_POW2, 16, 32)
+        RC_SP_WIDTH_CASE2(panel_rows, RC_SP_COL_NM_ANY, 16, 32)
     }
 }
 
@@ -624,29 +618,15 @@ AI void tl_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_
     }
 }
 
-#define TL_WIDTHS(MODE)                                                       \
-    case MODE:                                                                \
-        if (width == 16) tl_rows(a, P, 16, b0, nb, r0, r1, MODE);             \
-        else if (width == 32) tl_rows(a, P, 32, b0, nb, r0, r1, MODE);        \
-        else tl_rows(a, P, 64, b0, nb, r0, r1, MODE);                         \
-        break;
-
 static void panel_tiles_avx512(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
                                int64_t r0, int64_t r1) {
     switch (a->col_mode) {
-        TL_WIDTHS(RC_SP_COL_U8)
-        TL_WIDTHS(RC_SP_COL_U16)
-        TL_WIDTHS(RC_SP_COL_I32)
+        RC_SP_WIDTH_CASE(tl_rows, RC_SP_COL_U8, 16, 32, 64)
+        RC_SP_WIDTH_CASE(tl_rows, RC_SP_COL_U16, 16, 32, 64)
+        RC_SP_WIDTH_CASE(tl_rows, RC_SP_COL_I32, 16, 32, 64)
     default: break; /* tiles are built for CSR only */
     }
 }
-
-#define CB_WIDTHS(MODE)                                                       \
-    case MODE:                                                                \
-        if (width == 16) cb_rows(a, P, 16, b0, nb, r0, r1, MODE);             \
-        else if (width == 32) cb_rows(a, P, 32, b0, nb, r0, r1, MODE);        \
-        else cb_rows(a, P, 64, b0, nb, r0, r1, MODE);                         \
-        break;
 
 static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t width, int64_t b0, int64_t nb,
                             int64_t r0, int64_t r1) {
@@ -655,11 +635,11 @@ static void panel_cb_avx512(const rc_sparse_args *a, const float *P, int64_t wid
         return;
     }
     switch (a->col_mode) {
-        CB_WIDTHS(RC_SP_COL_U8)
-        CB_WIDTHS(RC_SP_COL_U16)
-        CB_WIDTHS(RC_SP_COL_I32)
-        CB_WIDTHS(RC_SP_COL_NM_POW2)
-        CB_WIDTHS(RC_SP_COL_NM_ANY)
+        RC_SP_WIDTH_CASE(cb_rows, RC_SP_COL_U8, 16, 32, 64)
+        RC_SP_WIDTH_CASE(cb_rows, RC_SP_COL_U16, 16, 32, 64)
+        RC_SP_WIDTH_CASE(cb_rows, RC_SP_COL_I32, 16, 32, 64)
+        RC_SP_WIDTH_CASE(cb_rows, RC_SP_COL_NM_POW2, 16, 32, 64)
+        RC_SP_WIDTH_CASE(cb_rows, RC_SP_COL_NM_ANY, 16, 32, 64)
     }
 }
 
