@@ -29,6 +29,27 @@ def median_time(fn, *, min_time: float = 0.15, min_repeats: int = 5, max_repeats
     return statistics.median(times)
 
 
+def alternating_medians(timed, *, rounds: int = 5, min_time: float = 0.05) -> list:
+    """Median seconds of each contender, the contenders taking turns round by round.
+
+    ``timed`` is a list of ``(fn, context)`` pairs (``context()`` makes the setting a
+    contender runs under, e.g. a thread count; None for none) or None for an absent peer.
+    Each round times every contender once (``median_time`` over ``min_time``); a
+    contender's result is the median of its rounds.  A burst of load from another job then
+    falls on all contenders alike instead of on whichever one it happened to overlap, which
+    is what a ratio between them needs.  Absent peers give None.
+    """
+    times = [[] for _ in timed]
+    for _ in range(rounds):
+        for i, entry in enumerate(timed):
+            if entry is None:
+                continue
+            fn, context = entry
+            with (context() if context is not None else contextlib.nullcontext()):
+                times[i].append(median_time(fn, min_repeats=3, min_time=min_time))
+    return [statistics.median(t) if t else None for t in times]
+
+
 def optional(module: str):
     """Import a peer if installed, else None (benchmarks never require peers)."""
     try:

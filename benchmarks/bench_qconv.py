@@ -12,12 +12,14 @@ in two tables, each like for like:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_qconv.py [--quick]
         [--only dw3x3 ...] [--isa avx512_vnni avx512_vbmi ...] [--layout NCHW NHWC]
 
-``--isa`` times ours under each named variant (an A/B of two kernels in one run: the
-variants alternate round by round within each shape, so the machine's load hits them alike).
+Per cell, ours (in each layout, and under each ``--isa`` variant: an A/B of two kernels in
+one run), NumPy and the peers take turns over ``--rounds`` rounds, and each time is the
+median of its rounds (``_harness.alternating_medians``), so the machine's load hits them
+alike.
 
 All three integer paths requantize to uint8 (the QLinearConv contract); weights are packed
 once.  GOP/s counts 2 * MACs.  Ratios > 1 mean ours is faster.  NumPy fp32 (the same
-im2col + BLAS in both tables) is timed once per cell.
+im2col + BLAS in both tables) is timed once per cell, with both layouts.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import (blas_report, blas_threads, fmt_ratio, median_time, optional, ort_session,  # noqa: E402
-                      print_table, rng, torch_quantized)
+from _harness import (alternating_medians, blas_report, blas_threads, fmt_ratio, optional,  # noqa: E402
+                      ort_session, print_table, rng, torch_quantized)
 from bench_qgemm import measured_peak  # noqa: E402
 
 import refcompress.kernels as K  # noqa: E402
@@ -103,18 +105,6 @@ def torch_qconv(x, w, pad, groups, threads, channels_last):
     return run
 
 
-def ab_times(fns, settings, rounds: int = 5):
-    """Median time of each fn under its kernel setting (``settings[i]()`` makes the context),
-    the variants alternating round by round so that a change in the machine's load hits all
-    of them alike."""
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, (fn, setting) in enumerate(zip(fns, settings)):
-            with setting():
-                times[i].append(median_time(fn, min_repeats=3, min_time=0.05))
-    return [sorted(t)[len(t) // 2] for t in times]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="batch 1 only")
@@ -126,7 +116,11 @@ def main(argv=None):
                          "within each shape), one column pair per variant; default: auto")
     ap.add_argument("--layout", nargs="+", choices=["NCHW", "NHWC"], default=["NCHW", "NHWC"],
                     help="the tables to print (default both)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds in which ours, NumPy and the peers take turns (each result is the "
+                         "median of its rounds; default 5)")
     args = ap.parse_args(argv)
+    rounds = args.rounds
     shapes = [s for s in SHAPES if not args.only or any(s[0].startswith(p) for p in args.only)]
     isas = args.isa or [None]
     print(f"NumPy BLAS: {blas_report()}")
@@ -146,22 +140,25 @@ def main(argv=None):
                 pw = K.pack_conv_weights(w, 0, groups)
                 out = K.Requantize(np.float32(0.02 * 0.01 / 0.05), 128, np.uint8)
                 xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-                # ours in both layouts (and each --isa) alternate round by round
-                runs = [(layout, isa) for layout in layouts for isa in isas]
-                t_isa = ab_times(
-                    [lambda isa=isa, lay=lay: K.qconv2d(xn if lay == "NHWC" else x, pw, 128, padding=pad, output=out,
-                                                        layout=lay) for lay, isa in runs],
-                    [lambda isa=isa: K.use("c" if isa else None, isa=isa, threads=threads) for _, isa in runs])
                 xf, wf = x.astype(np.float32), w.astype(np.float32)
-                with blas_threads(threads):
-                    t_np = median_time(lambda: numpy_conv(xf, wf, pad, groups), min_repeats=3)
                 ops = 2.0 * batch * OC * hw * hw * (C // groups) * k * k
+                # ours in both layouts (and each --isa), NumPy and the peers take turns
+                runs = [(layout, isa) for layout in layouts for isa in isas]
+                peers = []
                 for layout in layouts:
                     nhwc = layout == "NHWC"
                     o = ort_qlinearconv(xn if nhwc else x, w, 128, pad, groups, threads, nhwc=nhwc)
-                    t_ort = median_time(o, min_repeats=3) if o else None
                     tq = torch_qconv(x, w, pad, groups, threads, channels_last=nhwc)
-                    t_torch = median_time(tq, min_repeats=3) if tq else None
+                    peers += [(o, None) if o else None, (tq, None) if tq else None]
+                times = alternating_medians(
+                    [(lambda lay=lay: K.qconv2d(xn if lay == "NHWC" else x, pw, 128, padding=pad, output=out,
+                                                layout=lay),
+                      lambda isa=isa: K.use("c" if isa else None, isa=isa, threads=threads)) for lay, isa in runs]
+                    + [(lambda: numpy_conv(xf, wf, pad, groups), lambda: blas_threads(threads))] + peers,
+                    rounds=rounds)
+                t_isa, t_np, t_peers = times[:len(runs)], times[len(runs)], times[len(runs) + 1:]
+                for li, layout in enumerate(layouts):
+                    t_ort, t_torch = t_peers[2 * li], t_peers[2 * li + 1]
                     best = min([t for t in (t_ort, t_torch) if t], default=None)
                     for (lay, isa), t_ours in zip(runs, t_isa):
                         if lay != layout:
