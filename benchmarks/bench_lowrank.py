@@ -12,6 +12,8 @@ efficiency = speedup / ideal,  vs_two = two / fp32 (>= 1: not slower than NumPy'
 matmuls),  q8x = fp32 / int8.  BLAS gets the same thread count as the kernel.
 Run with  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE  (make bench does) so NumPy uses
 its best BLAS kernel; the kernel that ran is printed.  --quick: fewer cells, shorter runs.
+In each cell the four take turns over --rounds rounds and each time is the median of its
+rounds (_harness.alternating_medians), so that load from other jobs hits them alike.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import blas_report, blas_threads, median_time  # noqa: E402
+from _harness import alternating_medians, blas_report, blas_threads  # noqa: E402
 
 import refcompress.kernels as K  # noqa: E402
 
@@ -31,12 +33,16 @@ import refcompress.kernels as K  # noqa: E402
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds in which the four contenders of a cell take turns (each time is the "
+                         "median of its rounds; default 5)")
     args = ap.parse_args(argv)
+    rounds = args.rounds
     shapes = [(1024, 1024), (768, 3072)]
     batches = [1, 16, 64, 256]
     threads_list = [1, 2]
     fracs = [16, 8, 4, 2]
-    min_time = 0.03 if args.quick else 0.12
+    min_time = 0.01 if args.quick else 0.03  # per round
     if args.quick:
         shapes, batches, fracs = shapes[:1], [1, 64], [16, 4]
     print(f"NumPy BLAS: {blas_report()}")
@@ -64,12 +70,13 @@ def main(argv=None):
                 x = rng.standard_normal((B, n)).astype(np.float32)
                 xq = q.quantize_input(x)
                 for t in threads_list:
-                    with blas_threads(t):
-                        td = median_time(lambda: x @ w.T + b, min_time=min_time)
-                        t2 = median_time(lambda: (x @ v.T) @ u.T + b, min_time=min_time)
-                    with K.use("c", threads=t):
-                        tf = median_time(lambda: K.lowrank_linear(x, packed), min_time=min_time)
-                        tq = median_time(lambda: K.lowrank_linear_q8(xq, q), min_time=min_time)
+                    blas, ours = (lambda t=t: blas_threads(t)), (lambda t=t: K.use("c", threads=t))
+                    td, t2, tf, tq = alternating_medians([
+                        (lambda: x @ w.T + b, blas),
+                        (lambda: (x @ v.T) @ u.T + b, blas),
+                        (lambda: K.lowrank_linear(x, packed), ours),
+                        (lambda: K.lowrank_linear_q8(xq, q), ours),
+                    ], rounds=rounds, min_time=min_time)
                     sp = td / tf
                     row = (m, n, r, B, t, td, t2, tf, tq, sp, ideal, sp / ideal, t2 / tf, tf / tq)
                     rows.append(row)

@@ -10,7 +10,10 @@ once by pack_csr; each timed call checks x and crosses into C.  Peers get their 
 (single-threaded whatever the column says), torch a sparse CSR tensor @ x.T with
 torch.set_num_threads matched; neither result is transposed back.  Ratios are their time
 divided by ours (> 1: ours is faster).  "break-even" is the lowest measured sparsity from
-which ours beats dense at every higher sparsity too.
+which ours beats dense at every higher sparsity too.  For one weight shape, thread count and
+batch, dense and every sparsity's ours and peers take turns over --rounds rounds, and each
+time is the median of its rounds (_harness.alternating_medians), so load from other jobs
+hits them alike.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import blas_report, blas_threads, fmt_ratio, median_time, optional, print_table, rng  # noqa: E402
+from _harness import (alternating_medians, blas_report, blas_threads, fmt_ratio, optional, print_table,  # noqa: E402
+                      rng)
 
 import refcompress.kernels as K  # noqa: E402
 
@@ -91,14 +95,17 @@ def main(argv=None):
     ap.add_argument("--sparsities", type=float, nargs="+", default=None, help="only these, e.g. 0.95 0.98")
     ap.add_argument("--no-nm", action="store_true", help="skip the 2:4 table")
     ap.add_argument("--no-csr", action="store_true", help="skip the CSR tables (only 2:4)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds in which dense, ours and the peers of one weight and batch take turns "
+                         "(each time is the median of its rounds; default 5, at most 3 with --quick)")
     args = ap.parse_args(argv)
     shapes, batches, sparsities = SHAPES, BATCHES, SPARSITIES
     threads_list = args.threads or [1, 2]
-    min_time = 0.2
+    min_time, rounds = 0.04, args.rounds  # per round
     if args.quick:
         shapes, batches, sparsities = SHAPES[:1], [1, 64], [0.7, 0.9]
         threads_list = args.threads or [1]
-        min_time = 0.05
+        min_time, rounds = 0.02, min(rounds, 3)
     if args.shapes:
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     batches = args.batches or batches
@@ -120,22 +127,24 @@ def main(argv=None):
             for batch in batches:
                 x = g.standard_normal((batch, in_f)).astype(np.float32)
                 W0 = Wd[sparsities[0]]
-                with blas_threads(threads):
-                    t_dense = median_time(lambda: x @ W0.T, min_time=min_time)
-                ratios = {}
+                blas, ours = (lambda: blas_threads(threads)), (lambda: K.use(threads=threads))
+                timed = [(lambda: x @ W0.T, blas)]
                 for s in sparsities:
                     c, p = csr[s], packed[s]
                     with K.use(threads=threads):
-                        ours = K.spmm_csr(x, p)
-                        t_ours = median_time(lambda: K.spmm_csr(x, p), min_time=min_time)
+                        got = K.spmm_csr(x, p)
                     sp, th = scipy_peer(c, x), torch_peer(c, x, threads)
-                    t_sp = t_th = None
                     if sp:
-                        check_agrees(ours, sp, "scipy")
-                        t_sp = median_time(sp, min_time=min_time)
+                        check_agrees(got, sp, "scipy")
                     if th:
-                        check_agrees(ours, th, "torch")
-                        t_th = median_time(th, min_time=min_time)
+                        check_agrees(got, th, "torch")
+                    timed += [(lambda p=p: K.spmm_csr(x, p), ours), (sp, None) if sp else None,
+                              (th, None) if th else None]
+                times = alternating_medians(timed, rounds=rounds, min_time=min_time)
+                t_dense = times[0]
+                ratios = {}
+                for i, s in enumerate(sparsities):
+                    t_ours, t_sp, t_th = times[1 + 3 * i:4 + 3 * i]
                     best = min([t for t in (t_sp, t_th) if t], default=None)
                     ratios[s] = t_dense / t_ours
                     if best and s >= 0.7:
@@ -171,10 +180,9 @@ def main(argv=None):
         for threads in threads_list:
             for batch in batches:
                 x = g.standard_normal((batch, in_f)).astype(np.float32)
-                with blas_threads(threads):
-                    t_dense = median_time(lambda: x @ W.T, min_time=min_time)
-                with K.use(threads=threads):
-                    t_nm = median_time(lambda: K.spmm_nm(x, *nm), min_time=min_time)
+                t_dense, t_nm = alternating_medians([(lambda: x @ W.T, lambda: blas_threads(threads)),
+                                                     (lambda: K.spmm_nm(x, *nm), lambda: K.use(threads=threads))],
+                                                    rounds=rounds, min_time=min_time)
                 nm_rows.append([f"{out_f}x{in_f}", threads, batch, f"{t_nm * 1e6:.0f}", f"{t_dense * 1e6:.0f}",
                                 fmt_ratio(t_dense / t_nm)])
                 if batch >= 16:
