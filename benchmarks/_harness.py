@@ -29,15 +29,24 @@ def median_time(fn, *, min_time: float = 0.15, min_repeats: int = 5, max_repeats
     return statistics.median(times)
 
 
-def alternating_medians(timed, *, rounds: int = 5, min_time: float = 0.05) -> list:
+#: Seconds to wait before timing a contender on several threads.  A thread pool keeps its
+#: idle workers spinning for a while after a call -- OpenBLAS about 2^28 cycles (~0.1 s),
+#: libgomp and onnxruntime far less -- and on 2 cores a spinning worker of the previous
+#: contender's pool halves the next contender's speed.  Without the pause the contender
+#: timed right after NumPy paid for NumPy's pool.
+SETTLE = 0.15
+
+
+def alternating_medians(timed, *, rounds: int = 5, min_time: float = 0.05, settle: float = 0.0) -> list:
     """Median seconds of each contender, the contenders taking turns round by round.
 
     ``timed`` is a list of ``(fn, context)`` pairs (``context()`` makes the setting a
     contender runs under, e.g. a thread count; None for none) or None for an absent peer.
-    Each round times every contender once (``median_time`` over ``min_time``); a
-    contender's result is the median of its rounds.  A burst of load from another job then
-    falls on all contenders alike instead of on whichever one it happened to overlap, which
-    is what a ratio between them needs.  Absent peers give None.
+    Each round times every contender once (``median_time`` over ``min_time``, after
+    ``settle`` seconds of sleep: pass :data:`SETTLE` when the contenders run on several
+    threads); a contender's result is the median of its rounds.  A burst of load from
+    another job then falls on all contenders alike instead of on whichever one it happened
+    to overlap, which is what a ratio between them needs.  Absent peers give None.
     """
     times = [[] for _ in timed]
     for _ in range(rounds):
@@ -45,6 +54,8 @@ def alternating_medians(timed, *, rounds: int = 5, min_time: float = 0.05) -> li
             if entry is None:
                 continue
             fn, context = entry
+            if settle:
+                time.sleep(settle)
             with (context() if context is not None else contextlib.nullcontext()):
                 times[i].append(median_time(fn, min_repeats=3, min_time=min_time))
     return [statistics.median(t) if t else None for t in times]

@@ -10,7 +10,10 @@ GEMMs, the C element-wise ops); the pure NumPy reference backend is slower still
 GELU and LayerNorm compute in float64).  The timed call is the transformer forward
 (embeddings and 6 encoder layers -> last hidden state); pooling is not timed.  Every
 column runs with the same thread count (2 = the machine's cores; onnxruntime's intra-op
-threads, our OpenMP threads and NumPy's BLAS threads).  Ratios are *their time / ours*.
+threads, our OpenMP threads and NumPy's BLAS threads); the five take turns over rounds and
+each time is the median of its rounds (_harness.alternating_medians, with a pause before
+each so that the previous one's idle pool has stopped spinning).  Ratios are *their time /
+ours*.
 The W8A8 model is the one the fidelity table scores ("W8A8 per-token SmoothQuant": alpha 0.5,
 per-token activations; another with --method); its fidelity on the evaluation set is
 printed too, and so is how far onnxruntime running its exported graph ("ort ours") is from
@@ -24,6 +27,7 @@ docs/io.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -31,7 +35,8 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import blas_report, blas_threads, fmt_ratio, median_time, optional, print_table  # noqa: E402
+from _harness import (SETTLE, alternating_medians, blas_report, blas_threads, fmt_ratio, optional,  # noqa: E402
+                      print_table)
 
 import refcompress.kernels as K  # noqa: E402
 from refcompress.bert import Tokenizer, l2_normalize, load_minilm, mean_pool, minilm_path  # noqa: E402
@@ -103,6 +108,12 @@ def ort_agreement(q, sess) -> str:
             f"  refcompress NumPy reference:   {line(ref)}")
 
 
+@contextlib.contextmanager
+def _both(first, second):
+    with first, second:
+        yield
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -110,7 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="W8A8 per-token SmoothQuant",
                     help="the fidelity-table method for the int8 model")
     args = ap.parse_args(argv)
-    min_time = 0.3 if args.quick else 1.0
+    min_time, rounds = (0.1, 2) if args.quick else (0.3, 5)  # per round
 
     enc = load_minilm()
     print(f"NumPy BLAS: {blas_report()}")
@@ -134,14 +145,13 @@ def main(argv=None) -> int:
             # fp32: NumPy's BLAS does the GEMMs with `threads` threads; our element-wise C
             # ops run on one thread there, because OpenBLAS's idle workers spin for a while
             # after each call and two thread pools on 2 cores slow each other 2x.
-            with blas_threads(threads), K.use(threads=1):
-                t_np = median_time(lambda: enc.model(*args3), min_time=min_time)
             # int8: no BLAS call is left in the forward; our kernels get every thread.
-            with blas_threads(1), K.use(threads=threads):
-                t_q = median_time(lambda: q.model(*args3), min_time=min_time)
-            t_of = median_time(lambda: fp32_sess.run(None, feed), min_time=min_time) if fp32_sess else None
-            t_oq = median_time(lambda: int8_sess.run(None, feed), min_time=min_time) if int8_sess else None
-            t_oo = median_time(lambda: ours_sess.run(None, feed), min_time=min_time) if ours_sess else None
+            ort_run = lambda sess: None if sess is None else (lambda: sess.run(None, feed), None)  # noqa: E731
+            t_np, t_q, t_of, t_oq, t_oo = alternating_medians([
+                (lambda: enc.model(*args3), lambda: _both(blas_threads(threads), K.use(threads=1))),
+                (lambda: q.model(*args3), lambda: _both(blas_threads(1), K.use(threads=threads))),
+                ort_run(fp32_sess), ort_run(int8_sess), ort_run(ours_sess),
+            ], rounds=rounds, min_time=min_time, settle=SETTLE if threads > 1 else 0)
             ratio = lambda t: None if t is None else t / t_q  # noqa: E731
             ms = lambda t: "-" if t is None else f"{t * 1e3:.1f}"  # noqa: E731
             rows.append([f"32 x {tokens}", threads, ms(t_np), ms(t_q), ms(t_of), ms(t_oq), ms(t_oo),

@@ -31,7 +31,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import (alternating_medians, blas_report, blas_threads, fmt_ratio, optional,  # noqa: E402
+from _harness import (SETTLE, alternating_medians, blas_report, blas_threads, fmt_ratio, optional,  # noqa: E402
                       ort_session, print_table, rng, torch_quantized)
 from bench_qgemm import measured_peak  # noqa: E402
 
@@ -155,7 +155,7 @@ def main(argv=None):
                                                 layout=lay),
                       lambda isa=isa: K.use("c" if isa else None, isa=isa, threads=threads)) for lay, isa in runs]
                     + [(lambda: numpy_conv(xf, wf, pad, groups), lambda: blas_threads(threads))] + peers,
-                    rounds=rounds)
+                    rounds=rounds, settle=SETTLE if threads > 1 else 0)
                 t_isa, t_np, t_peers = times[:len(runs)], times[len(runs)], times[len(runs) + 1:]
                 for li, layout in enumerate(layouts):
                     t_ort, t_torch = t_peers[2 * li], t_peers[2 * li + 1]

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import (alternating_medians, blas_report, blas_threads, fmt_ratio, median_time,  # noqa: E402
+from _harness import (SETTLE, alternating_medians, blas_report, blas_threads, fmt_ratio, median_time,  # noqa: E402
                       optional, ort_session, print_table, rng, torch_quantized)
 
 import refcompress.kernels as K  # noqa: E402
@@ -183,7 +183,7 @@ def main(argv=None):
                 (lambda: a_f @ b_f, lambda: blas_threads(threads)),
                 (ort, None) if ort else None,
                 (tq, None) if tq else None,
-            ], rounds=rounds)
+            ], rounds=rounds, settle=SETTLE if threads > 1 else 0)
             ops = 2.0 * M * Kd * N
             best_peer = min([t for t in (t_ort, t_torch) if t], default=None)
             rows.append([

@@ -26,8 +26,8 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import (alternating_medians, blas_report, blas_threads, fmt_ratio, optional, print_table,  # noqa: E402
-                      rng)
+from _harness import (SETTLE, alternating_medians, blas_report, blas_threads, fmt_ratio,  # noqa: E402
+                      optional, print_table, rng)
 
 import refcompress.kernels as K  # noqa: E402
 
@@ -140,7 +140,8 @@ def main(argv=None):
                         check_agrees(got, th, "torch")
                     timed += [(lambda p=p: K.spmm_csr(x, p), ours), (sp, None) if sp else None,
                               (th, None) if th else None]
-                times = alternating_medians(timed, rounds=rounds, min_time=min_time)
+                times = alternating_medians(timed, rounds=rounds, min_time=min_time,
+                                            settle=SETTLE if threads > 1 else 0)
                 t_dense = times[0]
                 ratios = {}
                 for i, s in enumerate(sparsities):
@@ -182,7 +183,8 @@ def main(argv=None):
                 x = g.standard_normal((batch, in_f)).astype(np.float32)
                 t_dense, t_nm = alternating_medians([(lambda: x @ W.T, lambda: blas_threads(threads)),
                                                      (lambda: K.spmm_nm(x, *nm), lambda: K.use(threads=threads))],
-                                                    rounds=rounds, min_time=min_time)
+                                                    rounds=rounds, min_time=min_time,
+                                                    settle=SETTLE if threads > 1 else 0)
                 nm_rows.append([f"{out_f}x{in_f}", threads, batch, f"{t_nm * 1e6:.0f}", f"{t_dense * 1e6:.0f}",
                                 fmt_ratio(t_dense / t_nm)])
                 if batch >= 16:
