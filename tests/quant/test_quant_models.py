@@ -64,6 +64,39 @@ def test_integer_layers_are_bit_exact_across_backends(toy):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.skipif(not kernels.available()["c_built"], reason="needs the C extension")
+def test_integer_layers_run_on_the_c_kernels_by_default(toy, monkeypatch):
+    # the kernels give the reference's bits, so only a spy can tell that QuantizedConv2d
+    # and QuantizedLinear reach the C qconv2d / qgemm when nothing is set
+    import dataclasses
+
+    from refcompress.kernels import _registry
+
+    model, x, _ = toy
+    q = C.quantize_static(model, x[:200], rule="fixedpoint")
+    calls = []
+    for name in ("qgemm", "qconv2d"):
+        op = _registry.ops()[name]
+
+        def c_spy(*args, _op=op, _name=name, **kwargs):
+            calls.append((_name, "c"))
+            return _op.c(*args, **kwargs)
+
+        def ref_spy(*args, _op=op, _name=name, **kwargs):
+            calls.append((_name, "numpy"))
+            return _op.reference(*args, **kwargs)
+
+        monkeypatch.setitem(_registry._REGISTRY, name, dataclasses.replace(op, c=c_spy, reference=ref_spy))
+    q(x[:8])
+    kinds = {type(m).__name__ for m in q if isinstance(m, (M.QuantizedConv2d, M.QuantizedLinear))}
+    assert kinds == {"QuantizedConv2d", "QuantizedLinear"}
+    assert sorted(set(calls)) == [("qconv2d", "c"), ("qgemm", "c")]
+    calls.clear()
+    with kernels.use("numpy"):
+        q(x[:8])
+    assert sorted(set(calls)) == [("qconv2d", "numpy"), ("qgemm", "numpy")]
+
+
 def test_integer_model_round_trips_through_spec_and_state_dict(toy):
     model, x, _ = toy
     q = C.quantize_static(model, x[:200])
