@@ -3,7 +3,8 @@
 1. MLP 300-100: the two hidden Linear layers are factored by truncated SVD with ranks from
    the global allocator so that the FC weights kept are <= 30% of the original (the output
    Linear 100->10 stays dense and is counted); plain SVD and data-aware (whitened) SVD are
-   compared on the same budget before fine-tuning, then the plain one is fine-tuned.
+   compared on the same budget before fine-tuning, then each is fine-tuned (the latency
+   columns time the plain one; both have the same shapes).
 2. Small CNN: the second conv (16->32, 3x3; 97% of the conv MACs) is replaced by Tucker-2
    or by CP with ranks chosen so that the model's total conv MACs are <= 50% of the
    original; each is fine-tuned.

@@ -213,7 +213,8 @@ class QuantizedLowRank:
 
     v_q [r, n] int8 with s_v [r], u_q [m, r] int8 with s_u [m] (symmetric per row), the
     input's (s_x, z_x) and the intermediate's (s_h, z_h) (uint8, affine), bias_q [m] int32.
-    Build with :meth:`from_float` (given the activation ranges) or :meth:`calibrate`.
+    Build with the constructor (given the activation quantizers) or :meth:`calibrate`
+    (which measures them on calibration inputs).
     """
 
     def __init__(self, v, u, bias, x_scale, x_zero_point, h_scale, h_zero_point):

@@ -12,7 +12,7 @@
 See docs/lowrank.md.
 """
 
-from .cp import CP, cp_als, cp_conv_macs, cp_rank_for_macs, cp_reconstruct, khatri_rao
+from .cp import CP, cp_als, cp_conv_macs, cp_rank_bound, cp_rank_for_macs, cp_reconstruct, khatri_rao
 from .data_aware import calibration_gram, output_error, whitened_svd
 from .layers import CPConv2d, LowRankLinear, Tucker2Conv2d
 from .ranks import allocate_ranks, evbmf, rank_by_budget, rank_by_energy, rank_by_vbmf, select_rank
@@ -27,7 +27,7 @@ __all__ = [
     "whitened_svd", "output_error", "calibration_gram",
     "Tucker2", "tucker2", "tucker2_reconstruct", "tucker2_ranks_vbmf", "tucker2_macs",
     "tucker2_ranks_for_macs", "conv_macs",
-    "CP", "cp_als", "cp_reconstruct", "khatri_rao", "cp_conv_macs", "cp_rank_for_macs",
+    "CP", "cp_als", "cp_reconstruct", "khatri_rao", "cp_conv_macs", "cp_rank_for_macs", "cp_rank_bound",
     "LowRankLinear", "Tucker2Conv2d", "CPConv2d",
     "decompose", "factorize", "replace_layers", "to_dense",
 ]

@@ -36,7 +36,7 @@ import numpy as np
 from .._validation import check_array, check_choice, check_float, check_int
 from ..errors import ArgumentError, DTypeError
 
-__all__ = ["CP", "cp_als", "cp_reconstruct", "khatri_rao", "cp_conv_macs", "cp_rank_for_macs"]
+__all__ = ["CP", "cp_als", "cp_reconstruct", "khatri_rao", "cp_conv_macs", "cp_rank_for_macs", "cp_rank_bound"]
 
 
 @dataclass
@@ -71,6 +71,15 @@ def _rel_loss(x, factors, norm):
     return float(np.linalg.norm(x - cp_reconstruct(factors)) / norm)
 
 
+def cp_rank_bound(shape) -> int:
+    """An upper bound on the CP rank of any tensor of ``shape``: the product of every mode
+    but the largest (the tensor is a sum of that many rank-one terms: one per fibre along the
+    largest mode, i.e. per column of that unfolding).  A larger ``rank`` cannot fit better,
+    only cost more, so it is refused."""
+    dims = sorted(int(d) for d in shape)
+    return int(np.prod(dims[:-1], dtype=object)) if len(dims) > 1 else 1
+
+
 def cp_als(tensor, rank, *, n_iter: int = 500, tol: float = 1e-10, damping: float = 0.0,
            line_search: bool = True, init: str = "svd", seed: int = 0) -> CP:
     """Rank-``rank`` CP of ``tensor`` (N-way, float) by ALS with proximal damping and line
@@ -85,7 +94,7 @@ def cp_als(tensor, rank, *, n_iter: int = 500, tol: float = 1e-10, damping: floa
     if x.dtype.kind != "f":
         raise DTypeError(f"tensor: expected a float array, got dtype {x.dtype.name}")
     x = x.astype(np.float64)
-    R = check_int(rank, "rank", min_value=1)
+    R = check_int(rank, "rank", min_value=1, max_value=cp_rank_bound(x.shape))
     n_iter = check_int(n_iter, "n_iter", min_value=0)
     tol = check_float(tol, "tol", min_value=0.0)
     damping = check_float(damping, "damping", min_value=0.0)
@@ -158,7 +167,8 @@ def cp_conv_macs(out_channels, in_channels, kh, kw, rank, in_hw, mid_hw, out_hw)
 
 
 def cp_rank_for_macs(weight_shape, fraction, in_hw, mid_hw, out_hw) -> int:
-    """Largest R whose CP conv MACs are <= ``fraction`` of the dense conv's."""
+    """Largest R whose CP conv MACs are <= ``fraction`` of the dense conv's (and at most
+    :func:`cp_rank_bound` of the kernel, beyond which a rank buys nothing)."""
     T, S, kh, kw = (int(v) for v in weight_shape)
     frac = check_float(fraction, "fraction", min_value=0.0, max_value=1.0, min_inclusive=False)
     dense = T * S * kh * kw * out_hw[0] * out_hw[1]
@@ -166,4 +176,4 @@ def cp_rank_for_macs(weight_shape, fraction, in_hw, mid_hw, out_hw) -> int:
     r = int(frac * dense // per_rank)
     if r < 1:
         raise ArgumentError(f"fraction: {frac} of the conv's MACs is below the rank-1 CP conv")
-    return r
+    return min(r, cp_rank_bound((T, S, kh, kw)))

@@ -35,7 +35,7 @@ from .._validation import check_int
 from ..errors import ArgumentError, DTypeError
 from ..nn import Conv2d, Linear, Module, register_module
 from ..nn.container import Chain
-from .cp import cp_als, cp_reconstruct
+from .cp import cp_als, cp_rank_bound, cp_reconstruct
 from .data_aware import whitened_svd
 from .ranks import select_rank
 from .svd import check_rank, truncated_svd
@@ -256,8 +256,9 @@ class CPConv2d(Chain):
                  dilation=1, bias: bool = True, rng=None):
         super().__init__()
         _conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation)
-        self.rank = R = check_int(rank, "rank", min_value=1)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        self.rank = R = check_int(rank, "rank", min_value=1,
+                                  max_value=cp_rank_bound((self.out_channels, self.in_channels, kh, kw)))
         self.pointwise_in = Conv2d(self.in_channels, R, 1, bias=False, rng=rng)
         self.vertical = Conv2d(R, R, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1),
                                groups=R, bias=False, rng=rng)

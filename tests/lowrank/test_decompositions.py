@@ -70,6 +70,27 @@ def test_rank_outside_range_is_refused():
         lr.truncated_svd(np.ones(4, np.float32), 1)
 
 
+def test_cp_rank_above_the_bound_is_refused_before_any_allocation():
+    # any tensor of shape (6, 4, 3, 3) is a sum of 4 * 3 * 3 = 36 rank-one terms (one per
+    # column of its mode-0 unfolding), so rank 36 is the largest accepted; a huge rank used
+    # to reach a 7 TiB allocation instead of an error naming it
+    from refcompress import nn
+
+    assert lr.cp_rank_bound((6, 4, 3, 3)) == 36 and lr.cp_rank_bound((4, 6)) == 4
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 4, 3, 3))
+    assert lr.cp_als(x, 36, n_iter=2).factors[0].shape == (6, 36)
+    for bad in (37, 10**6):
+        with pytest.raises(ArgumentError, match=r"rank: expected an integer in \[1, 36\]"):
+            lr.cp_als(x, bad)
+        with pytest.raises(ArgumentError, match=r"rank: expected an integer in \[1, 36\]"):
+            lr.CPConv2d(4, 6, 3, bad)
+        with pytest.raises(ArgumentError, match=r"rank: expected an integer in \[1, 36\]"):
+            lr.CPConv2d.from_conv(nn.Conv2d(4, 6, 3), bad)
+    # the MAC-budget rank never exceeds it either (a 1 -> 1 channel 3x3 conv: bound 3)
+    assert lr.cp_rank_for_macs((1, 1, 3, 3), 1.0, (8, 8), (8, 8), (8, 8)) <= lr.cp_rank_bound((1, 1, 3, 3))
+
+
 def test_evbmf_recovers_rank_and_noise_of_a_noisy_low_rank_matrix():
     rng = np.random.default_rng(2)
     y = _low_rank(rng, 60, 90, 5) + 0.1 * rng.standard_normal((60, 90))
