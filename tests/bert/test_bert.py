@@ -17,16 +17,8 @@ from refcompress import nn
 from refcompress.bert import BertConfig, load_bert, mean_pool, l2_normalize
 from refcompress.errors import ArgumentError, CorruptFileError, DTypeError, ShapeError
 
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "",
-    "Hello!",
-    "Model compression makes neural networks smaller and faster without losing much accuracy.",
-    "Ünïcödé façade — naïve café; 東京は日本の首都です。",
-    "Is this the real life? Is this just fantasy?",
-    "1234 5678 90 #hashtag @mention http://example.com/a?b=c",
-    "Pruning, quantization, distillation and low-rank factorisation compose.",
-]
+from _sentences import SENTENCES  # noqa: E402  (shared with make_hf_reference.py)
+
 
 TINY = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=16, max_position_embeddings=12, type_vocab_size=2,
@@ -216,6 +208,20 @@ def test_sentence_bert_max_length_beyond_the_models_positions_truncates_to_them(
     assert out.shape == (1, 384) and np.all(np.isfinite(out))
     (tmp_path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 100}))
     assert load_minilm(tmp_path).tokenizer.max_seq_length == 100  # a smaller one is kept
+
+
+def test_matches_stored_hugging_face_reference(encoder, embeddings):
+    # the check against an independent implementation, on every machine: ids and
+    # embeddings Hugging Face transformers + PyTorch computed for these sentences, stored by
+    # tests/bert/make_hf_reference.py (the live comparison below needs both installed)
+    ref = np.load(os.path.join(os.path.dirname(__file__), "data", "minilm_hf_reference.npz"), allow_pickle=False)
+    assert list(ref["sentences"]) == SENTENCES
+    b = encoder.tokenizer(SENTENCES)
+    S = ref["input_ids"].shape[1]
+    np.testing.assert_array_equal(b["attention_mask"][:, :S], ref["attention_mask"])
+    np.testing.assert_array_equal(np.where(ref["attention_mask"] == 1, b["input_ids"][:, :S], 0),
+                                  np.where(ref["attention_mask"] == 1, ref["input_ids"], 0))
+    assert np.max(np.abs(embeddings - ref["embeddings"])) <= 1e-5               # measured: 2.5e-7
 
 
 def test_matches_hugging_face_transformers(encoder, embeddings, minilm_dir):
