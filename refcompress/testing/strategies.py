@@ -142,8 +142,8 @@ def dequantize_cases(draw, dtypes=QUANT_DTYPES + (np.int32,), max_elements: int 
 
 
 #: Sizes around the qgemm tiles: MR = 6 rows, 8/16-lane vectors, 64-column panels, K groups of 4.
-QGEMM_M = (1, 2, 5, 6, 7, 11, 12, 13, 97)
-QGEMM_N = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)
+QGEMM_M = (1, 2, 5, 6, 7, 11, 12, 13, 95, 96, 97, 193)  # 96: the C driver's row block
+QGEMM_N = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129)
 QGEMM_K = (1, 2, 3, 4, 5, 7, 8, 13, 31, 63, 64, 65, 127, 128, 129, 300)
 
 
@@ -217,9 +217,22 @@ def qgemm_cases(draw, max_k: int = 300):
     bias = None
     if draw(st.booleans()):
         bias = rng.integers(-(2**20), 2**20, size=N).astype(np.int32)
-    if M > 1 and draw(st.booleans()):
-        a = np.asfortranarray(a)  # another memory layout, same values
+    a = _relaid(a, draw(st.sampled_from(["c", "c", "fortran", "strided"])))
+    b = _relaid(b, draw(st.sampled_from(["c", "c", "fortran", "strided"])))
     return QgemmCase(a, b, za, zb, bias, draw(output_specs(N, M)))
+
+
+def _relaid(x, layout: str):
+    """The same values in another memory layout: ``"fortran"`` order, or ``"strided"`` (a
+    view with a column step of 2 and the rows reversed, so both strides are unusual and
+    one is negative)."""
+    if layout == "fortran":
+        return np.asfortranarray(x)
+    if layout == "strided":
+        big = np.zeros((x.shape[0], 2 * x.shape[1]), x.dtype)
+        big[::-1, ::2] = x
+        return big[::-1, ::2]
+    return x
 
 
 @st.composite
