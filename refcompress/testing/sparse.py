@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ..kernels.sparse import csr_to_dense, nm_to_dense, spmm_csr_error_bound, spmm_nm_error_bound
 from .checks import _settings
+from .strategies import relaid
 
 __all__ = [
     "CsrCase",
@@ -125,14 +126,7 @@ def _mask(draw, rng, out_f, in_f):
 
 def _x(draw, rng, kind, batch, in_f, ex):
     x = _fill(rng, kind, (batch, in_f), ex)
-    layout = draw(st.sampled_from(["c", "c", "fortran", "strided"]))
-    if layout == "fortran":
-        return np.asfortranarray(x)
-    if layout == "strided":  # a view with column stride 2
-        wide = np.zeros((batch, 2 * in_f), np.float32)
-        wide[:, ::2] = x
-        return wide[:, ::2]
-    return x
+    return relaid(x, draw(st.sampled_from(["c", "c", "fortran", "strided"])))
 
 
 def _bias(draw, rng, kind, out_f, eb):

@@ -217,12 +217,12 @@ def qgemm_cases(draw, max_k: int = 300):
     bias = None
     if draw(st.booleans()):
         bias = rng.integers(-(2**20), 2**20, size=N).astype(np.int32)
-    a = _relaid(a, draw(st.sampled_from(["c", "c", "fortran", "strided"])))
-    b = _relaid(b, draw(st.sampled_from(["c", "c", "fortran", "strided"])))
+    a = relaid(a, draw(st.sampled_from(["c", "c", "fortran", "strided"])))
+    b = relaid(b, draw(st.sampled_from(["c", "c", "fortran", "strided"])))
     return QgemmCase(a, b, za, zb, bias, draw(output_specs(N, M)))
 
 
-def _relaid(x, layout: str):
+def relaid(x, layout: str):
     """The same values in another memory layout: ``"fortran"`` order, or ``"strided"`` (a
     view with a column step of 2 and the rows reversed, so both strides are unusual and
     one is negative)."""
