@@ -308,6 +308,25 @@ def test_minilm_wanda_with_weight_update_halves_the_loss_of_2_4_magnitude_prunin
     assert 1 - wu["mean_cos"] <= 0.5 * (1 - mag["mean_cos"])
 
 
+def test_minilm_sparsegpt_halves_the_loss_of_magnitude_pruning(real):
+    """50% SparseGPT on the real model: (1 - mean cos) at most half of 50% magnitude
+    pruning's (the issue's bar; the table's run gives 0.31x).  It needs the whole
+    calibration set: with 48 sentences it measured 0.49x at 50 % and 0.58x at 2:4."""
+    from refcompress.data import EVAL_SENTENCES
+    mag = tr.fidelity_lines(real, tr.compress_encoder(real, "50% magnitude"), EVAL_SENTENCES)
+    sg = tr.fidelity_lines(real, tr.compress_encoder(real, "50% SparseGPT"), EVAL_SENTENCES)
+    assert 1 - sg["mean_cos"] <= 0.5 * (1 - mag["mean_cos"])
+
+
+def test_minilm_data_aware_svd_halves_the_loss_of_plain_svd(real):
+    """Whitened (data-aware) SVD keeping 50% of the FFN parameters: (1 - mean cos) at most
+    half of plain SVD's at the same ranks (the issue's bar; the table's run gives 0.33x)."""
+    from refcompress.data import EVAL_SENTENCES
+    plain = tr.fidelity_lines(real, tr.compress_encoder(real, "SVD 50% FFN"), EVAL_SENTENCES)
+    aware = tr.fidelity_lines(real, tr.compress_encoder(real, "data-aware SVD 50% FFN"), EVAL_SENTENCES)
+    assert 1 - aware["mean_cos"] <= 0.5 * (1 - plain["mean_cos"])
+
+
 def test_the_fidelity_script_prints_its_table(real, capsys):
     import importlib.util
     path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "compress_minilm.py")
