@@ -162,7 +162,27 @@ def main(argv=None):
               f"{pct(mean(cnn, key + '_ft')):>10} {100 * (b - mean(cnn, key + '_ft')):8.2f} "
               f"{us(mean(cnn, 'lat_' + key, 0))} {us(mean(cnn, 'lat_' + key, 1)):>7} "
               f"{us(mean(cnn, 'lat_dense', 0)):>9} {us(mean(cnn, 'lat_dense', 1)):>8}")
+    goals = goal_lines(mlp, cnn)
+    print("\nGoals (the low-rank issue; means over the seeds above):")
+    for line, _ in goals:
+        print("  " + line)
+    return 0 if all(ok for _, ok in goals) else 1
+
+
+def goal_lines(mlp, cnn):
+    """(text, met) for the issue's three bars: SVD keeping <= 30 % of the FC parameters,
+    Tucker-2 and CP each keeping <= 50 % of the conv MACs, each within 1 pp of the dense
+    model's accuracy after fine-tuning."""
+    out = []
+    for label, rows, kept, key, bound in (("SVD, FC params", mlp, "kept", "svd_ft", 0.30),
+                                          ("Tucker-2, conv MACs", cnn, "tucker_macs", "tucker_ft", 0.50),
+                                          ("CP, conv MACs", cnn, "cp_macs", "cp_ft", 0.50)):
+        k, drop = mean(rows, kept), 100 * (mean(rows, "base") - mean(rows, key))
+        ok = k <= bound and drop <= 1.0
+        out.append((f"{label} kept {100 * k:.2f}% (<= {100 * bound:.0f}%), drop {drop:.2f} pp (<= 1): "
+                    f"{'met' if ok else 'MISSED'}", ok))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
