@@ -10,7 +10,9 @@ once by pack_csr; each timed call checks x and crosses into C.  Peers get their 
 (single-threaded whatever the column says), torch a sparse CSR tensor @ x.T with
 torch.set_num_threads matched; neither result is transposed back.  Ratios are their time
 divided by ours (> 1: ours is faster).  "break-even" is the lowest measured sparsity from
-which ours beats dense at every higher sparsity too.  For one weight shape, thread count and
+which ours beats dense at every higher sparsity too; the goal line judges a batch's
+break-even only when the goal's sparsity (80 % at batch 1, else 50 %) was among
+those measured, and says so otherwise.  For one weight shape, thread count and
 batch, dense and every sparsity's ours and peers take turns over --rounds rounds, and each
 time is the median of its rounds (_harness.alternating_medians), so load from other jobs
 hits them alike.
@@ -86,6 +88,35 @@ def break_even(ratios):
     return "none" if best is None else f"{best:.0%}"
 
 
+def break_even_goal(ratios, out_f, in_f, threads, batch):
+    """The issue's break-even goal for one cell (break-even at most 80 % at batch 1, else 50 %;
+    the issue asks 50 % from batch 16) as ("break-even", out, in, threads, batch, ok, break-even).
+
+    ok is None when the goal's sparsity is not among the measured ones (--quick,
+    --sparsities): the break-even then lands on a neighbouring measured sparsity, and whether
+    ours beats dense at the goal's own sparsity is not known.
+    """
+    goal = 0.8 if batch == 1 else 0.5
+    be = break_even(ratios)
+    measured = any(abs(s - goal) < 1e-9 for s in ratios)
+    ok = (be != "none" and float(be.rstrip("%")) / 100 <= goal + 1e-9) if measured else None
+    return ("break-even", out_f, in_f, threads, batch, ok, be)
+
+
+def goal_line(name, cells):
+    """One goal's summary line; cells whose verdict is None were not judged and are listed
+    apart, so a sparsity left out of the run never counts as a miss."""
+    judged = [gl for gl in cells if gl[5] is not None]
+    missed = [f"{o}x{i} thr{t} b{b}: {v}" for _, o, i, t, b, ok, v in judged if not ok]
+    unmeasured = [f"{o}x{i} thr{t} b{b}" for _, o, i, t, b, ok, _v in cells if ok is None]
+    not_measured = f"not measured (goal's sparsity not in this run): {', '.join(unmeasured)}"
+    if unmeasured and not judged:
+        return f"  {name}: {not_measured}"
+    return (f"  {name}: met in {len(judged) - len(missed)} of {len(judged)} cells"
+            + (f"; missed: {', '.join(missed)}" if missed else "")
+            + (f"; {not_measured}" if unmeasured else ""))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one shape, batches 1 and 64, 70/90%% sparsity, 1 thread")
@@ -157,12 +188,7 @@ def main(argv=None):
                                  fmt_ratio(best / t_ours if best else None)])
                 summary.append([f"{out_f}x{in_f}", threads, batch, break_even(ratios),
                                 fmt_ratio(ratios.get(0.9))])
-                goal = 0.8 if batch == 1 else 0.5
-                be = break_even(ratios)
-                # (--quick measures too few sparsities to place a break-even below its lowest one)
-                if min(sparsities) <= goal or be == "none" or float(be.rstrip("%")) / 100 > min(sparsities) + 1e-9:
-                    goals.append(("break-even", out_f, in_f, threads, batch,
-                                  be != "none" and float(be.rstrip("%")) / 100 <= goal + 1e-9, be))
+                goals.append(break_even_goal(ratios, out_f, in_f, threads, batch))
                 if batch >= 16 and 0.9 in ratios:
                     goals.append(("5x at 90%", out_f, in_f, threads, batch, ratios[0.9] >= 5, f"{ratios[0.9]:.2f}x"))
     print_table(["W (out x in)", "thr", "batch", "sparsity", "ours us", "dense us", "vs dense",
@@ -195,10 +221,7 @@ def main(argv=None):
 
     print("Goals (from the pruning issue):")
     for name in ("break-even", "5x at 90%", "2:4 1.6x dense"):
-        cells = [gl for gl in goals if gl[0] == name]
-        missed = [f"{o}x{i} thr{t} b{b}: {v}" for _, o, i, t, b, ok, v in cells if not ok]
-        print(f"  {name}: met in {len(cells) - len(missed)} of {len(cells)} cells"
-              + (f"; missed: {', '.join(missed)}" if missed else ""))
+        print(goal_line(name, [gl for gl in goals if gl[0] == name]))
     if worst_peer:
         key = min(worst_peer, key=worst_peer.get)
         n_ok = sum(v >= 1.5 for v in worst_peer.values())
