@@ -71,7 +71,7 @@ static inline void rc_epi8(const rc_epilogue *e, __m256i v, int64_t row, int64_t
  * correction (qgemm.h: - zbp[n] * ra[m] + colterm[n]; ra_m = ra[m] broadcast) and go
  * through the epilogue, columns past N through the scalar one.  zbp and colterm are padded
  * to whole panels, so their 8-lane loads stay inside. */
-static inline void rc_tile_out8(const rc_qgemm_ctx *x, __m256i acc, __m256i ra_m, int64_t m, int64_t n) {
+static inline __attribute__((always_inline)) void rc_tile_out8(const rc_qgemm_ctx *x, __m256i acc, __m256i ra_m, int64_t m, int64_t n) {
     const __m256i zb = _mm256_loadu_si256((const __m256i *)(x->zbp + n));
     const __m256i ct = _mm256_loadu_si256((const __m256i *)(x->colterm + n));
     const __m256i v = _mm256_add_epi32(_mm256_sub_epi32(acc, _mm256_mullo_epi32(zb, ra_m)), ct);
