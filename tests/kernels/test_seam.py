@@ -9,6 +9,7 @@ import pytest
 import refcompress.kernels as kernels
 from refcompress.errors import ArgumentError, BackendError
 from refcompress.kernels import _native
+from refcompress.testing import kernel_variants
 
 
 def test_c_extension_built_when_required():
@@ -185,6 +186,13 @@ def test_selected_variant_on_each_cpu_class(monkeypatch, cpu, qgemm, qconv2d, qu
         assert kernels.selected_variant("quantize") == quantize
     with kernels.use("c", isa="portable"):  # a forced variant is the one that runs
         assert kernels.selected_variant("qgemm") == "portable"
+    # a CPU without AVX-VNNI: its tests are not generated, and forcing it is refused by name
+    assert (("c", "avx_vnni") in kernel_variants("qgemm")) == ("avx_vnni" in cpu)
+    if "avx_vnni" not in cpu:
+        a = np.zeros((1, 4), np.uint8)
+        pw = kernels.pack_weights(np.zeros((4, 3), np.int8))
+        with kernels.use("c", isa="avx_vnni"), pytest.raises(BackendError, match="avx_vnni"):
+            kernels.qgemm(a, pw)
 
 
 @pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
