@@ -14,14 +14,17 @@
 #define RC_ERR_ISA 2
 #define RC_ERR_NONFINITE 3  /* an input row holds NaN or Inf (rc_quantize_rows_f32)   */
 
-/* ISA variants, also bit positions in the masks returned by the probes. */
+/* ISA variants, also bit positions in the masks returned by the probes.  The codes are
+ * fixed (callers store them); they are not the order of preference: AUTO prefers
+ * portable < avx2 < avx512 < avx_vnni < avx512_vnni < avx512_vbmi (rc_isa_best). */
 #define RC_ISA_AUTO -1
 #define RC_ISA_PORTABLE 0
 #define RC_ISA_AVX2 1
 #define RC_ISA_AVX512 2
 #define RC_ISA_AVX512_VNNI 3
 #define RC_ISA_AVX512_VBMI 4  /* AVX-512 VNNI + VBMI (byte permutes); only qconv2d has it */
-#define RC_ISA_COUNT 5
+#define RC_ISA_AVX_VNNI 5     /* AVX2 + AVX-VNNI (256-bit VEX vpdpbusd), no AVX-512 needed */
+#define RC_ISA_COUNT 6
 
 /* Integer storage types of quantized tensors. */
 #define RC_INT8 0
@@ -36,6 +39,7 @@ int rc_compiled_isa_mask(void); /* variants compiled into this build            
 int rc_has_openmp(void);        /* 1 if built with OpenMP                              */
 int rc_max_threads(void);       /* OpenMP's default team size (1 without OpenMP)       */
 int rc_is_sanitized(void);      /* 1 if built with AddressSanitizer + UBSan            */
+int rc_isa_best(int mask);      /* the variant AUTO picks among those in mask, or -1   */
 
 /* ---- affine quantization (ONNX QuantizeLinear / DequantizeLinear) ------------------ *
  * x is viewed as [outer, channels, inner]; channel c uses scale[c], zero_point[c]

@@ -4,9 +4,13 @@
 #include "../qgemm/qgemm.h"
 
 #define RC_QCONV_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
-                           (1 << RC_ISA_AVX512_VNNI))
-/* depthwise alone has a VBMI variant (the Python side runs the other paths' VNNI code) */
-#define RC_QDW_VARIANTS (RC_QCONV_VARIANTS | (1 << RC_ISA_AVX512_VBMI))
+                           (1 << RC_ISA_AVX512_VNNI) | (1 << RC_ISA_AVX_VNNI))
+/* depthwise alone has a VBMI variant (the Python side runs the other paths' VNNI code); it
+ * has no AVX-VNNI one (the Python side runs AVX2's code for it, and AUTO picks AVX2 on a
+ * CPU with AVX-VNNI but no AVX-512): its kernel choice tests v >= RC_ISA_AVX512, which
+ * RC_ISA_AVX_VNNI's code would pass. */
+#define RC_QDW_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
+                         (1 << RC_ISA_AVX512_VNNI) | (1 << RC_ISA_AVX512_VBMI))
 
 /* Depthwise, NCHW throughout (no transposes).  Stride 1 along W on AVX-512: the kernel
  * reads the plane itself into a per-thread buffer of kh-paired rows (rc_dw_plane_raw_*).

@@ -4,7 +4,7 @@
 #include "../rc_common.h"
 
 #define RC_QGEMM_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) | \
-                           (1 << RC_ISA_AVX512_VNNI))
+                           (1 << RC_ISA_AVX512_VNNI) | (1 << RC_ISA_AVX_VNNI))
 
 /* Rows per micro-tile (the variants all use it, so one driver tiles for all of them). */
 #define RC_QGEMM_MR 6
@@ -42,6 +42,7 @@ void rc_epi_row_portable(const rc_epilogue *, const int32_t *, int64_t, int64_t,
 #if RC_X86
 void rc_qgemm_tile_avx2(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_epi_row_avx2(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);
+void rc_qgemm_tile_avx_vnni(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_qgemm_tile_avx512(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_qgemm_tile_avx512_vnni(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_epi_row_avx512(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);

@@ -15,9 +15,11 @@ except ImportError as exc:  # no compiler at install time, or a broken build
     lib = None
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
-#: ISA variant names, indexed by the C constants RC_ISA_PORTABLE .. RC_ISA_AVX512_VBMI
-#: ("avx512_vbmi" is AVX-512 VNNI plus VBMI's byte permutes; only qconv2d has that variant).
-ISA_NAMES = ("portable", "avx2", "avx512", "avx512_vnni", "avx512_vbmi")
+#: ISA variant names, indexed by the C constants RC_ISA_PORTABLE .. RC_ISA_AVX_VNNI
+#: ("avx512_vbmi" is AVX-512 VNNI plus VBMI's byte permutes; only qconv2d has that variant;
+#: "avx_vnni" is AVX2 plus the 256-bit VEX vpdpbusd, no AVX-512).  The index is the code C
+#: takes, not the order of preference: "auto" asks C (rc_isa_best).
+ISA_NAMES = ("portable", "avx2", "avx512", "avx512_vnni", "avx512_vbmi", "avx_vnni")
 ISA_AUTO = -1
 RC_OK = 0
 RC_ERR_ARG = 1
@@ -27,6 +29,10 @@ RC_ERR_NONFINITE = 3
 
 def mask_to_names(mask: int) -> list[str]:
     return [name for i, name in enumerate(ISA_NAMES) if mask & (1 << i)]
+
+
+def names_to_mask(names) -> int:
+    return sum(1 << ISA_NAMES.index(name) for name in set(names))
 
 
 _ARRAY_OF = {}  # "float *" -> ffi.typeof("float[]") (array_type)

@@ -189,7 +189,9 @@ def selected_variant(op_name: str) -> str | None:
     runnable = variants(op_name)
     if s.isa is not None:
         return s.isa if s.isa in runnable else None
-    return runnable[-1] if runnable else None
+    # the C resolver's own preference order, so that this answer is what "auto" runs
+    best = _native.lib.rc_isa_best(_native.names_to_mask(runnable))
+    return _native.ISA_NAMES[best] if best >= 0 else None
 
 
 def available() -> dict:

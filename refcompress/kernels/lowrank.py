@@ -329,7 +329,7 @@ def _lowrank_linear_q8_c(x_q, q, isa, threads):
 
 
 register(Op("lowrank_linear_q8", lowrank_linear_q8_reference, _lowrank_linear_q8_c,
-            ("portable", "avx2", "avx512", "avx512_vnni"), doc=__doc__))
+            ("portable", "avx2", "avx512", "avx_vnni", "avx512_vnni"), doc=__doc__))
 
 
 def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:

@@ -238,6 +238,8 @@ STREAM_1X1 = None
 NHWC_DIRECT = True
 _VNNI = _native.ISA_NAMES.index("avx512_vnni")
 _VBMI = _native.ISA_NAMES.index("avx512_vbmi")
+_AVX2 = _native.ISA_NAMES.index("avx2")
+_AVX_VNNI = _native.ISA_NAMES.index("avx_vnni")
 _VNNI_RUNNABLE = []
 
 
@@ -346,6 +348,8 @@ def _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, layout, *, isa, threa
 def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads):
     if pw.mode != "depthwise" and isa == _VBMI:
         isa = _VNNI  # only the depthwise kernel has a VBMI variant; the rest is VNNI's code
+    elif pw.mode == "depthwise" and isa == _AVX_VNNI:
+        isa = _AVX2  # the depthwise kernel has no AVX-VNNI variant; AVX2's is the one it can run
     if nhwc:
         return _qconv2d_nhwc_c(x, pw, x_zero_point, bias, geo, spec, isa=isa, threads=threads)
     if _direct_applies(pw, geo, isa):
@@ -388,8 +392,8 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads
     return out
 
 
-register(Op("qconv2d", qconv2d_reference, _qconv2d_c, ("portable", "avx2", "avx512", "avx512_vnni", "avx512_vbmi"),
-            doc=__doc__))
+register(Op("qconv2d", qconv2d_reference, _qconv2d_c,
+            ("portable", "avx2", "avx512", "avx_vnni", "avx512_vnni", "avx512_vbmi"), doc=__doc__))
 
 
 def _plain_pair(v):

@@ -346,7 +346,7 @@ def _requantize_ref(acc, spec):
     return requantize_reference(acc.astype(np.int64), spec)
 
 
-register(Op("qgemm", qgemm_reference, _qgemm_c, ("portable", "avx2", "avx512", "avx512_vnni"),
+register(Op("qgemm", qgemm_reference, _qgemm_c, ("portable", "avx2", "avx512", "avx_vnni", "avx512_vnni"),
             doc=__doc__))
 register(Op("requantize", _requantize_ref, _requantize_c, ("portable", "avx2", "avx512"), doc=__doc__))
 

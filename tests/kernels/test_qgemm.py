@@ -37,6 +37,37 @@ def test_requantize_matches_reference(variant):
     check_requantize(_forced(kernels.requantize, *variant), max_examples=120)
 
 
+@pytest.mark.parametrize("variant", [v for v in QGEMM if v[0] == "c"], ids=_id)
+def test_every_tile_height_and_column_pass(variant):
+    # One thread cuts M rows into tiles of 1..6 (RC_QGEMM_MR) rows, and each variant walks a
+    # 64-column panel in passes of its own width (avx2: 32 columns; avx_vnni: 16 for tiles of
+    # 4-6 rows, 32 for 2-3, the whole panel for one): every M up to three tiles against N
+    # just below, at and above each pass and panel edge, K one group (3) and 130 (33 groups, the last one part padding).
+    rng = np.random.default_rng(41)
+    for K in (3, 130):
+        b = rng.integers(-128, 128, (K, 130)).astype(np.int8)
+        zb = rng.integers(-128, 128, 130)
+        a = rng.integers(0, 256, (18, K)).astype(np.uint8)
+        for N in (1, 8, 15, 16, 17, 31, 33, 47, 48, 49, 63, 64, 65, 130):
+            pw = kernels.pack_weights(np.ascontiguousarray(b[:, :N]), zb[:N])
+            for M in range(1, 19):
+                with kernels.use(*variant, threads=1):
+                    got = kernels.qgemm(a[:M], pw, 77)
+                with kernels.use("numpy"):
+                    assert_exact(got, kernels.qgemm(a[:M], pw, 77), what=f"M={M} K={K} N={N}")
+
+
+@pytest.mark.parametrize("op", ["qgemm", "qconv2d", "lowrank_linear_q8"])
+def test_forced_variants_are_the_ones_selected(op):
+    from refcompress.kernels import _registry
+
+    # the ops that run qgemm's micro-tiles offer the AVX-VNNI one (it runs where the CPU has it)
+    assert "avx_vnni" in _registry.ops()[op].variants
+    for isa in kernels.variants(op):
+        with kernels.use("c", isa=isa):
+            assert kernels.selected_variant(op) == isa
+
+
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_packed_weights_reused_across_calls_and_threads(variant, threads):

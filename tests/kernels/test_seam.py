@@ -9,6 +9,7 @@ import pytest
 import refcompress.kernels as kernels
 from refcompress.errors import ArgumentError, BackendError
 from refcompress.kernels import _native
+from refcompress.testing import kernel_variants
 
 
 def test_c_extension_built_when_required():
@@ -143,3 +144,76 @@ def test_sanitized_build_when_expected():
     # `make sanitize` sets REFCOMPRESS_EXPECT_SANITIZED=1: prove the ASan/UBSan build ran.
     if os.environ.get("REFCOMPRESS_EXPECT_SANITIZED") == "1":
         assert kernels.available()["sanitized"]
+
+
+# ---- which variant "auto" picks ----------------------------------------------------------------
+
+#: AUTO's order of preference, worst to best (csrc/cpu.c, rc_isa_best); not the order of the
+#: codes, which stay fixed: avx_vnni was added last but ranks below the 512-bit VNNI variants.
+PREFERENCE = ("portable", "avx2", "avx512", "avx_vnni", "avx512_vnni", "avx512_vbmi")
+
+
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
+def test_auto_prefers_variants_in_the_documented_order():
+    assert sorted(PREFERENCE) == sorted(_native.ISA_NAMES)
+    # the codes callers pass keep their meaning (the Python side sends ISA_NAMES.index(name))
+    assert _native.ISA_NAMES[:5] == ("portable", "avx2", "avx512", "avx512_vnni", "avx512_vbmi")
+    lib = _native.lib
+    assert [getattr(lib, "RC_ISA_" + n.upper()) for n in _native.ISA_NAMES] == list(range(len(_native.ISA_NAMES)))
+    assert lib.rc_isa_best(0) == -1
+    for mask in range(1, 1 << len(_native.ISA_NAMES)):  # every set of runnable variants
+        names = _native.mask_to_names(mask)
+        assert _native.ISA_NAMES[lib.rc_isa_best(mask)] == max(names, key=PREFERENCE.index), names
+
+
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
+@pytest.mark.parametrize("cpu, qgemm, qconv2d, quantize", [
+    (PREFERENCE, "avx512_vnni", "avx512_vbmi", "avx512"),  # AVX-512 VNNI + VBMI and AVX-VNNI (Zen 4/5)
+    (("portable", "avx2", "avx512", "avx512_vnni"), "avx512_vnni", "avx512_vnni", "avx512"),  # Cascade Lake
+    (("portable", "avx2", "avx_vnni"), "avx_vnni", "avx_vnni", "avx2"),  # Alder Lake: AVX-VNNI, no AVX-512
+    (("portable", "avx2", "avx512", "avx_vnni"), "avx_vnni", "avx_vnni", "avx512"),
+    (("portable", "avx2"), "avx2", "avx2", "avx2"),
+    (("portable",), "portable", "portable", "portable"),
+])
+def test_selected_variant_on_each_cpu_class(monkeypatch, cpu, qgemm, qconv2d, quantize):
+    from refcompress.kernels import _registry
+
+    monkeypatch.setattr(_registry, "runnable_isas", lambda: list(cpu))
+    with kernels.use("auto"):
+        assert kernels.selected_variant("qgemm") == qgemm
+        assert kernels.selected_variant("lowrank_linear_q8") == qgemm
+        assert kernels.selected_variant("qconv2d") == qconv2d
+        assert kernels.selected_variant("quantize") == quantize
+    with kernels.use("c", isa="portable"):  # a forced variant is the one that runs
+        assert kernels.selected_variant("qgemm") == "portable"
+    # a CPU without AVX-VNNI: its tests are not generated, and forcing it is refused by name
+    assert (("c", "avx_vnni") in kernel_variants("qgemm")) == ("avx_vnni" in cpu)
+    if "avx_vnni" not in cpu:
+        a = np.zeros((1, 4), np.uint8)
+        pw = kernels.pack_weights(np.zeros((4, 3), np.int8))
+        with kernels.use("c", isa="avx_vnni"), pytest.raises(BackendError, match="avx_vnni"):
+            kernels.qgemm(a, pw)
+
+
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
+def test_auto_on_this_cpu_picks_the_widest_vnni_variant():
+    here = kernels.runnable_isas()
+    if "avx512_vnni" in here:
+        assert kernels.selected_variant("qgemm") == "avx512_vnni"
+    elif "avx_vnni" in here:
+        assert kernels.selected_variant("qgemm") == "avx_vnni"
+    if "avx512_vbmi" in here:
+        assert kernels.selected_variant("qconv2d") == "avx512_vbmi"
+
+
+def test_avx_vnni_is_offered_exactly_when_the_cpu_reports_it():
+    # the avx_vnni variant's tests are parametrized away on a CPU without it: a broken probe
+    # must not turn them into silent absences on one that has it (Linux: /proc/cpuinfo flags)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None or not kernels.available()["c_built"]:
+        pytest.skip("no /proc/cpuinfo flags or no C build")
+    assert ("avx_vnni" in kernels.runnable_isas()) == ({"avx2", "fma", "avx_vnni"} <= flags)
