@@ -114,7 +114,7 @@ class PackedConvWeights:
         else:
             self.mode = "grouped"
             for g in range(self.groups):
-                wg = w[g * ocg:(g + 1) * ocg].reshape(ocg, -1)
+                wg = w[g * ocg:(g + 1) * ocg].transpose(0, 2, 3, 1).reshape(ocg, -1)
                 zp = zw[g * ocg:(g + 1) * ocg] if self.per_channel else zw
                 self.parts.append(PackedWeights(np.ascontiguousarray(wg.T), zp))
         zw64 = self.zero_point
@@ -332,15 +332,25 @@ def _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, layout, *, isa, threa
     OW = conv_output_size(W, KW, sw, pw_, dw)
     e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
     out = np.empty((N, OH, OW, OC) if nhwc else (N, OC, OH, OW), dtype=out_dtype)
-    part = pw.parts[0]
-    ws = _native.workspace(lib.rc_qconv2d_workspace_size(C, H, W, KH, KW, OH, OW, OC,
-                                                         np.dtype(out_dtype).itemsize))
-    rc = lib.rc_qconv2d(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH, KW, sh, sw, ph,
-                        pw_, dh, dw, int(x_zero_point), *part._c_args, e, _native.ptr("void *", out), ws[2], layout,
-                        isa, threads)
+    _run_dense(x, N, C, H, W, pw.parts[0], OC, KH, KW, geo, x_zero_point, e, out, layout, isa=isa, threads=threads)
     del keep
-    check_rc(rc, "qconv2d")
     return out
+
+
+def _run_dense(x, N, C, H, W, part, OC, KH, KW, geo, x_zero_point, e, out, layout, *, isa, threads):
+    """rc_qconv2d: N images [C, H, W] (NHWC: [H, W, C]) at C-contiguous ``x`` (a group's
+    channels of one NCHW image, for the grouped path) with the packed operand ``part`` of OC
+    columns, into C-contiguous ``out``; the workspace holds a block slot per thread
+    (rc_qconv2d_workspace_size: no H*W term)."""
+    lib = _native.lib
+    (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    OW = conv_output_size(W, KW, sw, pw_, dw)
+    slots = threads if threads > 0 else lib.rc_max_threads()
+    ws = _native.workspace(lib.rc_qconv2d_workspace_size(C, KH, KW, OW, sw, dw, OC, out.itemsize, slots))
+    rc = lib.rc_qconv2d(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH, KW, sh, sw, ph,
+                        pw_, dh, dw, int(x_zero_point), *part._c_args, e, _native.ptr("void *", out), ws[2], ws[0],
+                        layout, isa, threads)
+    check_rc(rc, "qconv2d")
 
 
 def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads):
@@ -368,23 +378,18 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads
         del keep
         check_rc(rc, "qconv2d")
         return out
-    # grouped: per group and image, im2col in (c, kh, kw) order times the group's weights
-    if N == 0:  # no image to take the output dtype from
-        return np.empty((0, OC, OH, OW), dtype=_epilogue_cached(pw._epilogues, spec, bias, OC)[1])
-    ocg = OC // geo.groups
-    P, Kg = OH * OW, Cg * KH * KW
+    # grouped: each group of each image is a dense convolution of its Cg channels (contiguous
+    # in NCHW), written straight into its ocg output channels (contiguous too)
     out = None
-    cols = np.empty((P, Kg), dtype=x.dtype)
     for g, (spec_g, bias_g) in enumerate(_group_args(pw, spec, bias)):
+        e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec_g, bias_g, OC // geo.groups)
+        if out is None:
+            out = np.empty((N, OC, OH, OW), dtype=out_dtype)
+        ocg = OC // geo.groups
         for n in range(N):
-            xg = x[n, g * Cg:(g + 1) * Cg]
-            rc = lib.rc_im2col_u8(_native.ptr("uint8_t *", xg), Cg, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
-                                  int(x_zero_point) & 0xFF, _native.ptr("uint8_t *", cols), threads)
-            check_rc(rc, "qconv2d (im2col)")
-            y = _qgemm_c(cols, pw.parts[g], x_zero_point, bias_g, spec_g, isa=isa, threads=threads)
-            if out is None:
-                out = np.empty((N, OC, OH, OW), dtype=y.dtype)
-            out[n, g * ocg:(g + 1) * ocg] = y.T.reshape(ocg, OH, OW)
+            _run_dense(x[n, g * Cg:(g + 1) * Cg], 1, Cg, H, W, pw.parts[g], ocg, KH, KW, geo, x_zero_point, e,
+                       out[n, g * ocg:(g + 1) * ocg], lib.RC_LAYOUT_NCHW, isa=isa, threads=threads)
+        del keep
     return out
 
 
