@@ -124,37 +124,35 @@ int rc_qgemm_repeat(long long iters, const void *a, int a_type, long long M, lon
                     const int32_t *b_zero_point, int b_zero_point_per_col, const rc_epilogue *epi, void *c,
                     void *workspace, int isa, int threads);
 
-/* ---- quantized convolution support ---------------------------------------------------- *
- * im2col of one image's channels [C, H, W] (bytes: uint8 or int8) into rows of patches
- * out[P = OH * OW][C * KH * KW] in (c, kh, kw) order -- the order of a [OC, C, KH, KW]
- * weight flattened -- with out-of-image positions set to pad_value (the activation zero
- * point, so that padding contributes (z - z) = 0 to the product). */
-int rc_im2col_u8(const uint8_t *x, long long C, long long H, long long W, long long KH, long long KW,
-                 long long stride_h, long long stride_w, long long pad_h, long long pad_w,
-                 long long dil_h, long long dil_w, uint8_t pad_value, uint8_t *out, int threads);
+/* ---- quantized convolution support ---------------------------------------------------- */
 
 /* Per image, src[n] [rows, cols] -> dst[n] [cols, rows] (elem_bytes 1 or 4; NCHW <-> NHWC
  * with rows, cols = C, H*W or H*W, C): 16 x 16 tiles, OpenMP over the tiles of each image. */
 int rc_transpose_images(const void *src, int elem_bytes, long long N, long long rows, long long cols, void *dst,
                         int threads);
 
-/* Dense (groups = 1) quantized convolution, NHWC inside: per image each output pixel's
- * patch is packed straight from [H, W, C] into qgemm's activation layout (no separate
- * im2col pass), then the packed-weight micro-tiles and epilogue run.  layout
- * RC_LAYOUT_NCHW: x [N, C, H, W] is transposed to [H, W, C] per image and the [OH*OW, OC]
- * result back to out [N, OC, OH, OW]; RC_LAYOUT_NHWC: x [N, H, W, C] is read as it is and
- * the tiles write out [N, OH, OW, OC] in place.  Weights are packed by rc_qgemm_pack_b from
- * w transposed to [OC, KH, KW, C] and flattened to [KH*KW*C, OC]. */
+/* Dense quantized convolution (a group's channels of an NCHW image are such a convolution
+ * too), by the packed qgemm micro-tiles and epilogue over a block im2col: each thread takes
+ * an exact share of every image's OH*OW output pixels, in blocks of at most 96 rows; a
+ * block's patches are packed in (kh, kw, c) order straight from x into the thread's buffer
+ * (K4 bytes a row, with row sums), its tiles run over every weight panel, then the next
+ * block.  layout RC_LAYOUT_NCHW: x [N, C, H, W], each block's [rows, OC] results transposed
+ * into out [N, OC, OH, OW]; RC_LAYOUT_NHWC: x [N, H, W, C], the tiles write out
+ * [N, OH, OW, OC] in place.  Weights are packed by rc_qgemm_pack_b from w transposed to
+ * [OC, KH, KW, C] and flattened to [KH*KW*C, OC].  rc_qconv2d_workspace_size(..., slots)
+ * is the size of a workspace for up to `slots` threads (-1 for bad arguments); it grows
+ * with C*KH*KW, OC and the window of one block's input rows, never with H*W.  rc_qconv2d
+ * runs min(threads, what workspace_bytes holds) threads.  epi->row_scale is refused. */
 #define RC_LAYOUT_NCHW 0
 #define RC_LAYOUT_NHWC 1
-long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
-                                    long long OH, long long OW, long long OC, int out_bytes);
+long long rc_qconv2d_workspace_size(long long C, long long KH, long long KW, long long OW, long long stride_w,
+                                    long long dil_w, long long OC, int out_bytes, int slots);
 int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W,
                long long OC, long long KH, long long KW, long long stride_h, long long stride_w,
                long long pad_h, long long pad_w, long long dil_h, long long dil_w, int32_t x_zero_point,
                const void *packed, const int32_t *col_sums, const int32_t *w_zero_point,
                int w_zero_point_per_channel, const rc_epilogue *epi, void *out, void *workspace,
-               int layout, int isa, int threads);
+               long long workspace_bytes, int layout, int isa, int threads);
 
 /* Direct dense convolution, NCHW (or NHWC) in and out, no transposes (AVX-512 VNNI only), for
  * groups 1, stride 1, dilation 1 and either a 1x1 kernel without padding (taps = 1) or a

@@ -1,5 +1,6 @@
-/* Quantized convolution drivers: dense via the packed qgemm machinery with an implicit
- * im2col (NCHW or NHWC at the interface, NHWC inside), depthwise via a direct kernel (NCHW). */
+/* Quantized convolution drivers: dense via the packed qgemm machinery with a block im2col
+ * (NCHW or NHWC at the interface; a block of patch rows at a time, NHWC inside), depthwise
+ * via a direct kernel (NCHW). */
 #include <string.h>
 
 #include "../qgemm/qgemm.h"
@@ -22,8 +23,28 @@ static int out_bytes_of(const rc_epilogue *e) {
 }
 
 
-/* [C, HW] -> [HW, C] for one image (bytes, or 4-byte results), flipping uint8 to int8 on
- * the way in when asked.  16 x 16 tiles (SSE2 on x86), scalar at the ragged edges. */
+void rc_transpose_block(const uint8_t *src, int64_t ls, int64_t rows, int64_t cols, uint8_t *dst, int64_t ld,
+                        uint8_t xor_mask) {
+#if RC_X86
+    /* Whole tiles only: a ragged last row or column of tiles is moved back to end at the
+     * edge, overlapping the one before (those bytes are written twice, the same each time),
+     * which beat scalar edges on the short, ragged blocks of rc_qconv2d. */
+    if (rows >= 16 && cols >= 16) {
+        for (int64_t c0 = 0; c0 < cols; c0 += 16)
+            for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+                const int64_t c = c0 + 16 <= cols ? c0 : cols - 16, r = r0 + 16 <= rows ? r0 : rows - 16;
+                rc_transpose_tile16(src + r * ls + c, ls, dst + c * ld + r, ld, xor_mask);
+            }
+        return;
+    }
+#endif
+    for (int64_t c = 0; c < cols; ++c)
+        for (int64_t r = 0; r < rows; ++r) dst[c * ld + r] = src[r * ls + c] ^ xor_mask;
+}
+
+/* [C, HW] -> [HW, C] for one image, flipping uint8 to int8 on the way in when asked.  16 x
+ * 16 tiles (SSE2 on x86), scalar at the ragged edges (threads share the column strips, so
+ * no tile may overlap another's). */
 void rc_transpose_bytes(const uint8_t *src, int64_t rows, int64_t cols, uint8_t *dst, uint8_t xor_mask) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -41,14 +62,20 @@ void rc_transpose_bytes(const uint8_t *src, int64_t rows, int64_t cols, uint8_t 
         }
 }
 
+static void transpose_block4(const uint32_t *src, int64_t ls, int64_t rows, int64_t cols, uint32_t *dst,
+                             int64_t ld) {
+    for (int64_t c0 = 0; c0 < cols; c0 += 16)
+        for (int64_t r0 = 0; r0 < rows; r0 += 16)
+            for (int64_t c = c0; c < cols && c < c0 + 16; ++c)
+                for (int64_t r = r0; r < rows && r < r0 + 16; ++r) dst[c * ld + r] = src[r * ls + c];
+}
+
 void rc_transpose_4(const uint32_t *src, int64_t rows, int64_t cols, uint32_t *dst) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
     for (int64_t c0 = 0; c0 < cols; c0 += 16)
-        for (int64_t r0 = 0; r0 < rows; r0 += 16)
-            for (int64_t c = c0; c < cols && c < c0 + 16; ++c)
-                for (int64_t r = r0; r < rows && r < r0 + 16; ++r) dst[c * rows + r] = src[r * cols + c];
+        transpose_block4(src + c0, cols, rows, cols - c0 < 16 ? cols - c0 : 16, dst + c0 * rows, rows);
 }
 
 static void transpose_out(const void *src, int64_t P, int64_t OC, void *dst, int bytes) {
@@ -75,21 +102,55 @@ int rc_transpose_images(const void *src, int elem_bytes, long long N, long long 
 
 /* ---- dense ------------------------------------------------------------------------------ */
 
-long long rc_qconv2d_workspace_size(long long C, long long H, long long W, long long KH, long long KW,
-                                    long long OH, long long OW, long long OC, int out_bytes) {
-    const long long P = OH * OW, K = KH * KW * C;
-    return A64(H * W * C) + rc_qgemm_workspace_size(P, K, OC) + A64(P * OC * (long long)out_bytes) +
-           A64(H * W * 4) + 64;
+/* a * b and a + b for workspace sizes, -1 when an operand is negative or the result would
+ * pass 2^62 (far beyond any real buffer, so the size functions stay overflow-free) */
+static int64_t size_mul(int64_t a, int64_t b) {
+    return a < 0 || b < 0 || (b > 0 && a > ((int64_t)1 << 62) / b) ? -1 : a * b;
+}
+static int64_t size_add(int64_t a, int64_t b) {
+    return a < 0 || b < 0 || a > ((int64_t)1 << 62) - b ? -1 : a + b;
+}
+
+/* One thread's slot of rc_qconv2d, 64-byte aligned parts: a block's packed patch rows and
+ * their sums, the window (rc_patch_window: its rows, pixel sums, tags and slots), and the
+ * block's [rows, OC] results before NCHW output transposes them.  -1 on overflow (the
+ * arguments are at most 2^31 here, so rc_patch_span cannot overflow). */
+static int64_t dense_slot_bytes(int64_t C, int64_t KH, int64_t KW, int64_t OW, int64_t sw, int64_t dw, int64_t OC,
+                                int out_bytes) {
+    const int64_t big = (int64_t)1 << 31; /* far beyond any layer */
+    if (C > big || KH > big || KW > big || OW > big || sw > big || dw > big || OC > big) return -1;
+    const int64_t BR = RC_QCONV_BLOCK_ROWS, span = rc_patch_span(OW, KW, sw, dw);
+    const int64_t K4 = size_mul(size_add(size_mul(size_mul(KH, KW), C), 3) / 4, 4);
+    const int64_t win = size_mul(KH, span);
+    const int64_t parts[6] = {size_mul(BR, K4), BR * 4, size_mul(win, C), size_mul(win, 4), KH * 16,
+                              size_mul(BR * out_bytes, OC)};
+    int64_t total = 0;
+    for (int i = 0; i < 6; ++i) total = size_add(total, size_add(parts[i], 63) / 64 * 64);
+    return total;
+}
+
+/* The call's zero-point column terms zbp and colterm, [Npad] each, shared by the threads. */
+static int64_t dense_shared_bytes(int64_t OC) { return 2 * A64(rc_qgemm_npad(OC) * 4); }
+
+long long rc_qconv2d_workspace_size(long long C, long long KH, long long KW, long long OW, long long sw,
+                                    long long dw, long long OC, int out_bytes, int slots) {
+    if (C < 1 || KH < 1 || KW < 1 || OW < 1 || sw < 1 || dw < 1 || OC < 1 || slots < 1 ||
+        (out_bytes != 1 && out_bytes != 4))
+        return -1;
+    const int64_t slot = dense_slot_bytes(C, KH, KW, OW, sw, dw, OC, out_bytes);
+    return slot < 0 ? -1 : size_add(size_add(size_mul(slots, slot), dense_shared_bytes(OC)), 64);
 }
 
 int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H, long long W, long long OC,
                long long KH, long long KW, long long sh, long long sw, long long ph, long long pw,
                long long dh, long long dw, int32_t x_zero_point, const void *packed, const int32_t *col_sums,
                const int32_t *w_zero_point, int w_zp_per_channel, const rc_epilogue *epi, void *out,
-               void *workspace, int layout, int isa, int threads) {
+               void *workspace, long long workspace_bytes, int layout, int isa, int threads) {
     if (N < 0 || OC < 1 || bad_geometry(C, H, W, KH, KW, sh, sw, ph, pw, dh, dw)) return RC_ERR_ARG;
     if (layout != RC_LAYOUT_NCHW && layout != RC_LAYOUT_NHWC) return RC_ERR_ARG;
     if (!rc_activation_ok(x_type, x_zero_point) || rc_check_epilogue(epi) != RC_OK) return RC_ERR_ARG;
+    /* rows are the pixels of one block here, so a per-row scale has no meaning */
+    if (epi->row_scale) return RC_ERR_ARG;
     if (N == 0) return RC_OK;
     if (!x || !packed || !col_sums || !w_zero_point || !out || !workspace) return RC_ERR_ARG;
     const int v = rc_isa_resolve(isa, RC_QCONV_VARIANTS);
@@ -97,84 +158,79 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     rc_qgemm_tile_fn tile;
     rc_epi_row_fn row;
     rc_qgemm_pick(v, &tile, &row);
+    (void)row;
 
     const int64_t OH = out_size(H, KH, sh, ph, dh), OW = out_size(W, KW, sw, pw, dw);
-    const int64_t P = OH * OW, K = KH * KW * C, K4 = (K + 3) / 4 * 4, HW = H * W;
+    const int64_t P = OH * OW, K = KH * KW * C, K4 = rc_qgemm_k4(K), panels = rc_qgemm_npad(OC) / RC_QGEMM_NR;
     const int bytes = out_bytes_of(epi);
-    uint8_t *ws = (uint8_t *)workspace;
-    int8_t *xs = (int8_t *)ws; /* the image as signed bytes, [H, W, C] */
-    void *gemm_ws = ws + A64(HW * C);
-    uint8_t *out_nhwc = (uint8_t *)gemm_ws + rc_qgemm_workspace_size(P, K, OC);
-    int32_t *pixsum = (int32_t *)(out_nhwc + A64(P * OC * bytes)); /* [HW]: sum over c of xs */
-    int8_t *ap;
-    int32_t *ra, *zbp, *colterm;
-    rc_qgemm_workspace_split(gemm_ws, P, K, OC, &ap, &ra, &zbp, &colterm);
+    const int64_t slot = dense_slot_bytes(C, KH, KW, OW, sw, dw, OC, bytes), shared = dense_shared_bytes(OC);
+    if (slot < 0) return RC_ERR_ARG;
+    const int64_t room = workspace_bytes - 64 - shared, slots = room >= slot ? room / slot : 0;
+    if (slots < 1) return RC_ERR_ARG;
+    uint8_t *base = (uint8_t *)workspace + ((64 - ((uintptr_t)workspace & 63)) & 63);
+    int32_t *zbp = (int32_t *)(void *)base;
+    int32_t *colterm = (int32_t *)(void *)(base + A64(rc_qgemm_npad(OC) * 4));
     const int flip = x_type == RC_UINT8;
     const int32_t za_s = flip ? x_zero_point - 128 : x_zero_point;
-    const int8_t pad_s = (int8_t)za_s; /* padding holds the zero point: (z - z) = 0 */
     const int nhwc = layout == RC_LAYOUT_NHWC;
-    (void)threads;
+    const int64_t BR = RC_QCONV_BLOCK_ROWS, span = rc_patch_span(OW, KW, sw, dw);
+    const rc_patch_src src0 = {NULL, nhwc, (uint8_t)(flip ? 0x80 : 0), (int8_t)za_s, C, H, W, KH, KW, sh, sw, ph,
+                               pw, dh, dw, OW, K4};
+    int nt = 1;
 #ifdef _OPENMP
-    const int nt = threads > 0 ? threads : omp_get_max_threads();
+    nt = threads > 0 ? threads : omp_get_max_threads();
+#else
+    (void)threads;
+#endif
+    if (nt > slots) nt = (int)slots;
+#ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1 && N * P * K * OC >= RC_MIN_PARALLEL_WORK)
 #endif
     {
+        int t = 0, team = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        team = omp_get_num_threads();
+#endif
         rc_qgemm_prep_cols(K, OC, za_s, col_sums, w_zero_point, w_zp_per_channel, zbp, colterm);
-        for (int64_t n = 0; n < N; ++n) {
-            /* NHWC int8 is read where it lies; NHWC uint8 takes one flat flipping copy (no
-             * transpose), cheaper than flipping each pixel again in every patch it is in */
-            const uint8_t *img = (const uint8_t *)x + n * C * HW;
-            const int8_t *xs_n = nhwc && !flip ? (const int8_t *)img : xs;
-            if (!nhwc) {
-                rc_transpose_bytes(img, C, HW, (uint8_t *)xs, flip ? 0x80 : 0);
-            } else if (flip) {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (int64_t q = 0; q < HW; ++q)
-                    for (int64_t c = 0; c < C; ++c) xs[q * C + c] = (int8_t)(img[q * C + c] ^ 0x80);
+        uint8_t *mine = base + shared + t * slot;
+        int8_t *ap = (int8_t *)mine;
+        int32_t *ra = (int32_t *)(void *)(mine + A64(BR * K4));
+        rc_patch_window win;
+        win.rows = (int8_t *)ra + A64(BR * 4);
+        win.sums = (int32_t *)(void *)(win.rows + A64(KH * span * C));
+        win.tag = (int64_t *)(void *)((uint8_t *)win.sums + A64(KH * span * 4));
+        win.slot = win.tag + KH;
+        uint8_t *stage = (uint8_t *)win.tag + A64(KH * 16);
+        /* This thread's exact share of each image's pixels, cut as qgemm cuts a row share:
+         * into tiles of equal height (6 or fewer rows), grouped into blocks of at most
+         * BR / MR tiles equal in tiles. */
+        const int64_t r0 = P * t / team, rows = P * (t + 1) / team - r0;
+        const int64_t tiles = (rows + RC_QGEMM_MR - 1) / RC_QGEMM_MR;
+        const int64_t h = tiles ? rows / tiles : 0, taller = tiles ? rows % tiles : 0;
+        const int64_t mblocks = (tiles + BR / RC_QGEMM_MR - 1) / (BR / RC_QGEMM_MR);
+#define TILE_ROW(i) ((i) * h + ((i) < taller ? (i) : taller))
+        for (int64_t n = 0; n < N && tiles > 0; ++n) {
+            rc_patch_src src = src0;
+            src.img = (const uint8_t *)x + n * C * H * W;
+            win.span = 0;
+            uint8_t *out_n = (uint8_t *)out + n * OC * P * bytes;
+            for (int64_t mb = 0; mb < mblocks; ++mb) {
+                const int64_t i0 = tiles * mb / mblocks, i1 = tiles * (mb + 1) / mblocks;
+                const int64_t b0 = r0 + TILE_ROW(i0), b1 = r0 + TILE_ROW(i1);
+                rc_qconv_pack_block(&src, &win, b0, b1, ap, ra);
+                const rc_qgemm_ctx ctx = {epi, ra, zbp, colterm, nhwc ? out_n + b0 * OC * bytes : stage, OC};
+                for (int64_t p = 0; p < panels; ++p)
+                    for (int64_t i = i0; i < i1; ++i)
+                        tile(&ctx, ap, K4, TILE_ROW(i) - TILE_ROW(i0), (int)(TILE_ROW(i + 1) - TILE_ROW(i)),
+                             (const uint8_t *)packed + p * K4 * RC_QGEMM_NR, p * RC_QGEMM_NR);
+                /* NCHW: the block's [rows, OC] results into columns [b0, b1) of [OC, P] */
+                if (nhwc) continue;
+                if (bytes == 1) rc_transpose_block(stage, OC, b1 - b0, OC, out_n + b0, P, 0);
+                else transpose_block4((const uint32_t *)(void *)stage, OC, b1 - b0, OC, (uint32_t *)(void *)out_n + b0, P);
             }
-            rc_qgemm_ctx ctx = {epi, ra, zbp, colterm, out_nhwc, OC};
-            if (nhwc) ctx.c = (uint8_t *)out + n * P * OC * bytes;
-            /* each input pixel's channel sum once, so a patch's row sum is KH*KW lookups */
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (int64_t q = 0; q < HW; ++q) {
-                const int8_t *src = xs_n + q * C;
-                int32_t t = 0;
-                for (int64_t c = 0; c < C; ++c) t += src[c];
-                pixsum[q] = t;
-            }
-            /* implicit im2col: each output pixel's patch, in (kh, kw, c) order, written
-             * directly in the packed activation layout with its row sum */
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (int64_t p = 0; p < P; ++p) {
-                const int64_t oh = p / OW, ow = p % OW;
-                int8_t *dst = ap + p * K4;
-                int32_t s = 0;
-                for (int64_t kh = 0; kh < KH; ++kh) {
-                    const int64_t ih = oh * sh - ph + kh * dh;
-                    for (int64_t kw = 0; kw < KW; ++kw, dst += C) {
-                        const int64_t iw = ow * sw - pw + kw * dw;
-                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-                            memset(dst, (uint8_t)pad_s, (size_t)C);
-                            s += (int32_t)C * pad_s;
-                        } else {
-                            const int8_t *src = xs_n + (ih * W + iw) * C;
-                            memcpy(dst, src, (size_t)C);
-                            s += pixsum[ih * W + iw];
-                        }
-                    }
-                }
-                for (int64_t k = K; k < K4; ++k) *dst++ = 0;
-                ra[p] = s;
-            }
-            rc_qgemm_run_tiles(&ctx, tile, ap, P, K, packed);
-            if (!nhwc) transpose_out(out_nhwc, P, OC, (uint8_t *)out + n * OC * P * bytes, bytes);
         }
+#undef TILE_ROW
     }
     return RC_OK;
 }

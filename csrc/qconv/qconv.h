@@ -147,4 +147,56 @@ static inline rc_epilogue rc_channel_epilogue(const rc_epilogue *e, int64_t c, i
     }
     return k;
 }
+/* ---- the im2col + qgemm route (rc_qconv2d) -------------------------------------------------- *
+ * Each thread takes an exact share of every image's P = OH*OW output pixels and cuts it into
+ * blocks of at most RC_QCONV_BLOCK_ROWS rows (the qgemm driver's MC: 16 six-row tiles,
+ * their packed rows (a 3x3 64-channel patch row is 576 bytes, 54 KB a block) staying in L2
+ * while every weight panel streams past them).  A block's patches are packed into the
+ * thread's own buffer, its tiles run over all panels, then the next block: no more than a
+ * block of the patch matrix ever exists, and no barrier between blocks. */
+#define RC_QCONV_BLOCK_ROWS (RC_QGEMM_MR * 16)
+
+/* Where a block's patches come from: one image, NCHW [C, H, W] or NHWC [H, W, C]. */
+typedef struct {
+    const uint8_t *img;
+    int nhwc;
+    uint8_t flip;           /* 0x80: uint8 input, made int8 by x ^ 0x80 (its zero point with it) */
+    int8_t pad;             /* the (flipped) zero point: padding contributes (z - z) = 0 */
+    int64_t C, H, W, KH, KW, sh, sw, ph, pw, dh, dw, OW, K4;
+} rc_patch_src;
+
+/* A thread's window: KH input rows at a time as int8 [span, C] (padding filled in), each
+ * pixel's channel sum beside it, tagged with the row they hold so that a later output row
+ * reuses them.  When a whole output row fits a block (OW <= RC_QCONV_BLOCK_ROWS) every
+ * window row spans the output row's full input columns, so each input row is laid out once
+ * per thread and image (stride 1: a 3x3 patch row shares all three input rows with its
+ * neighbours); wider rows are cut into segments of at most a block, each with its own
+ * columns.  rows: [KH, span, C] bytes; sums: [KH, span]; tag, slot: [KH] each. */
+typedef struct {
+    int8_t *rows;
+    int32_t *sums;
+    int64_t *tag;           /* the input row slot i holds (INT64_MIN: none)             */
+    int64_t *slot;          /* the slot holding the current output row's kh-th input row */
+    int64_t iw0, span;      /* the columns every slot holds (span 0: nothing held yet)   */
+} rc_patch_window;
+
+/* The widest window row: the input columns of up to min(OW, RC_QCONV_BLOCK_ROWS)
+ * consecutive output pixels of one output row. */
+static inline int64_t rc_patch_span(int64_t OW, int64_t KW, int64_t sw, int64_t dw) {
+    const int64_t L = OW < RC_QCONV_BLOCK_ROWS ? OW : RC_QCONV_BLOCK_ROWS;
+    return (L - 1) * sw + (KW - 1) * dw + 1;
+}
+
+/* The patches of output pixels [p0, p1) of s->img in (kh, kw, c) order as packed qgemm rows
+ * (K4 bytes each, zero beyond K) into ap, their row sums into ra (im2col.c): a patch is
+ * KH*KW copies of C bytes from the window and its sum KH*KW lookups.  Set w->span = 0 before
+ * the first block of each image. */
+void rc_qconv_pack_block(const rc_patch_src *s, rc_patch_window *w, int64_t p0, int64_t p1, int8_t *ap,
+                         int32_t *ra);
+
+/* src [rows, cols] (row stride ls) -> dst [cols, rows] (row stride ld), bytes xor xor_mask
+ * (qconv.c; no OpenMP: the caller's thread alone). */
+void rc_transpose_block(const uint8_t *src, int64_t ls, int64_t rows, int64_t cols, uint8_t *dst, int64_t ld,
+                        uint8_t xor_mask);
+
 #endif

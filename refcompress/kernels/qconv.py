@@ -14,18 +14,20 @@ NHWC result is, by definition, the NCHW one transposed to [N, OH, OW, OC].
 C paths, NCHW: dense 1x1 convolutions with stride 1 and no padding, and
 dense 3x3 ones with stride 1 and padding 1, run a direct NCHW kernel when the AVX-512 VNNI
 variant is active (C[OC, P] = W . X per image, the 3x3 taps as shifted rows; no
-transposes, no im2col); other dense convolutions (and those under the other variants) pack each output pixel's patch straight into the packed qgemm's activation
-layout (implicit im2col, NHWC inside) and run its micro-tiles and epilogue; depthwise
-convolutions run a direct kernel over each channel plane (3x3 with stride 1 and no
-dilation as byte quads, three taps per vpdpbusd, under the AVX-512 VBMI variant, which runs
-the VNNI code everywhere else); other grouped convolutions go group by group through
-im2col + qgemm.
+transposes, no im2col); other dense convolutions (and those under the other variants) run
+the block-im2col driver (rc_qconv2d): each thread packs the patches of one block of at
+most 96 output pixels at a time into the packed qgemm's activation layout and runs the
+qgemm micro-tiles and epilogue on it, so the whole patch matrix never exists (workspace
+independent of H*W: docs/kernels.md); depthwise convolutions run a direct kernel over each
+channel plane (3x3 with stride 1 and no dilation as byte quads, three taps per vpdpbusd,
+under the AVX-512 VBMI variant, which runs the VNNI code everywhere else); other grouped
+convolutions run the block-im2col driver group by group and image by image.
 
 C paths, NHWC: where the direct kernel applies (VNNI) it reads the pixel rows itself (16 x
 16 dword transposes into its interleaved buffer) and writes NHWC (each 64-pixel block's
 results transposed out of a per-thread stage); elsewhere a dense 1x1 convolution with
 stride 1 and no padding is one qgemm, M = N*H*W, over the same packed operand, and other
-dense convolutions run the implicit-im2col driver on the NHWC data; depthwise and grouped
+dense convolutions run the block-im2col driver on the NHWC data; depthwise and grouped
 convolutions, whose kernels are NCHW, run between two C transposes.
 """
 
@@ -73,10 +75,11 @@ class PackedConvWeights:
     for the C path that fits the geometry:
 
     * ``"dense"`` (groups = 1): w transposed to [OC, KH, KW, C] and packed as the qgemm
-      operand [KH*KW*C, OC] (the NHWC implicit-im2col driver's order); a 1x1 or 3x3 layer
+      operand [KH*KW*C, OC] (the NHWC block-im2col driver's order); a 1x1 or 3x3 layer
       also keeps w [OC, C, KH*KW] in the direct kernel's layout (``direct``);
     * ``"depthwise"`` (groups = C = OC): w as [C, KH*KW] for the direct kernel;
-    * ``"grouped"`` (anything else): one qgemm operand [C_g*KH*KW, OC_g] per group.
+    * ``"grouped"`` (anything else): one qgemm operand [KH*KW*C_g, OC_g] per group (w of the
+      group transposed to [OC_g, KH, KW, C_g], the block-im2col driver's order).
     """
 
     def __init__(self, w, w_zero_point=0, groups: int = 1):
@@ -114,7 +117,7 @@ class PackedConvWeights:
         else:
             self.mode = "grouped"
             for g in range(self.groups):
-                wg = w[g * ocg:(g + 1) * ocg].reshape(ocg, -1)
+                wg = w[g * ocg:(g + 1) * ocg].transpose(0, 2, 3, 1).reshape(ocg, -1)
                 zp = zw[g * ocg:(g + 1) * ocg] if self.per_channel else zw
                 self.parts.append(PackedWeights(np.ascontiguousarray(wg.T), zp))
         zw64 = self.zero_point
@@ -224,7 +227,7 @@ def _group_args(pw, spec, bias):
 
 #: Route 1x1 / stride 1 / no padding and 3x3 / stride 1 / padding 1 (groups 1) through the
 #: direct kernel (NCHW, or NHWC pixel rows) when the VNNI variant runs (tests switch them off to force the
-#: implicit-im2col path on the same shapes).
+#: block-im2col path on the same shapes).
 DIRECT_1X1 = True
 DIRECT_3X3 = True
 #: How the direct 1x1 kernel interleaves NCHW input (rc_qconv_direct's ``stream``): None
@@ -232,7 +235,7 @@ DIRECT_3X3 = True
 #: than L2), True / False force block by block / one pass per band (the tests force both).
 #: NHWC input always takes the band pass (measured faster there).
 STREAM_1X1 = None
-#: Run dense NHWC layers on NHWC data (the direct kernel, one qgemm or the implicit-im2col
+#: Run dense NHWC layers on NHWC data (the direct kernel, one qgemm or the block-im2col
 #: driver); False sends every NHWC layer through transposes to the NCHW routes (tests force
 #: both).
 NHWC_DIRECT = True
@@ -291,7 +294,7 @@ def _qconv2d_nhwc_c(x, pw, x_zero_point, bias, geo, spec, *, isa, threads):
     """NHWC in and out, no transposes for dense layers: the direct kernel on the pixel rows
     where it applies (VNNI; faster than the other two: docs/benchmarks.md), else a
     pointwise layer is one qgemm, M = N*H*W, over the dense packed operand [C, OC] as it
-    is, and other dense layers run the implicit-im2col driver on the NHWC data; depthwise
+    is, and other dense layers run the block-im2col driver on the NHWC data; depthwise
     and grouped layers, whose kernels are NCHW, go through two C transposes."""
     N, H, W, C = x.shape
     OC = pw.shape[0]
@@ -324,7 +327,7 @@ def _transpose_c(a, to_nhwc, threads):
 
 
 def _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, layout, *, isa, threads):
-    """The implicit-im2col driver (rc_qconv2d) on NCHW or NHWC ``x``, output in the same layout."""
+    """The block-im2col driver (rc_qconv2d) on NCHW or NHWC ``x``, output in the same layout."""
     lib = _native.lib
     nhwc = layout == lib.RC_LAYOUT_NHWC
     N, C, H, W = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
@@ -334,15 +337,25 @@ def _qconv2d_dense_c(x, pw, x_zero_point, bias, geo, spec, layout, *, isa, threa
     OW = conv_output_size(W, KW, sw, pw_, dw)
     e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec, bias, OC)
     out = np.empty((N, OH, OW, OC) if nhwc else (N, OC, OH, OW), dtype=out_dtype)
-    part = pw.parts[0]
-    ws = _native.workspace(lib.rc_qconv2d_workspace_size(C, H, W, KH, KW, OH, OW, OC,
-                                                         np.dtype(out_dtype).itemsize))
-    rc = lib.rc_qconv2d(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH, KW, sh, sw, ph,
-                        pw_, dh, dw, int(x_zero_point), *part._c_args, e, _native.ptr("void *", out), ws[2], layout,
-                        isa, threads)
+    _run_dense(x, N, C, H, W, pw.parts[0], OC, KH, KW, geo, x_zero_point, e, out, layout, isa=isa, threads=threads)
     del keep
-    check_rc(rc, "qconv2d")
     return out
+
+
+def _run_dense(x, N, C, H, W, part, OC, KH, KW, geo, x_zero_point, e, out, layout, *, isa, threads):
+    """rc_qconv2d: N images [C, H, W] (NHWC: [H, W, C]) at C-contiguous ``x`` (a group's
+    channels of one NCHW image, for the grouped path) with the packed operand ``part`` of OC
+    columns, into C-contiguous ``out``; the workspace holds a block slot per thread
+    (rc_qconv2d_workspace_size: no H*W term)."""
+    lib = _native.lib
+    (sh, sw), (ph, pw_), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    OW = conv_output_size(W, KW, sw, pw_, dw)
+    slots = threads if threads > 0 else lib.rc_max_threads()
+    ws = _native.workspace(lib.rc_qconv2d_workspace_size(C, KH, KW, OW, sw, dw, OC, out.itemsize, slots))
+    rc = lib.rc_qconv2d(_native.ptr("void *", x), 0 if x.dtype == _I8 else 1, N, C, H, W, OC, KH, KW, sh, sw, ph,
+                        pw_, dh, dw, int(x_zero_point), *part._c_args, e, _native.ptr("void *", out), ws[2], ws[0],
+                        layout, isa, threads)
+    check_rc(rc, "qconv2d")
 
 
 def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads):
@@ -372,23 +385,18 @@ def _qconv2d_c(x, pw, x_zero_point, bias, geo, spec, nhwc=False, *, isa, threads
         del keep
         check_rc(rc, "qconv2d")
         return out
-    # grouped: per group and image, im2col in (c, kh, kw) order times the group's weights
-    if N == 0:  # no image to take the output dtype from
-        return np.empty((0, OC, OH, OW), dtype=_epilogue_cached(pw._epilogues, spec, bias, OC)[1])
-    ocg = OC // geo.groups
-    P, Kg = OH * OW, Cg * KH * KW
+    # grouped: each group of each image is a dense convolution of its Cg channels (contiguous
+    # in NCHW), written straight into its ocg output channels (contiguous too)
     out = None
-    cols = np.empty((P, Kg), dtype=x.dtype)
     for g, (spec_g, bias_g) in enumerate(_group_args(pw, spec, bias)):
+        e, out_dtype, keep = _epilogue_cached(pw._epilogues, spec_g, bias_g, OC // geo.groups)
+        if out is None:
+            out = np.empty((N, OC, OH, OW), dtype=out_dtype)
+        ocg = OC // geo.groups
         for n in range(N):
-            xg = x[n, g * Cg:(g + 1) * Cg]
-            rc = lib.rc_im2col_u8(_native.ptr("uint8_t *", xg), Cg, H, W, KH, KW, sh, sw, ph, pw_, dh, dw,
-                                  int(x_zero_point) & 0xFF, _native.ptr("uint8_t *", cols), threads)
-            check_rc(rc, "qconv2d (im2col)")
-            y = _qgemm_c(cols, pw.parts[g], x_zero_point, bias_g, spec_g, isa=isa, threads=threads)
-            if out is None:
-                out = np.empty((N, OC, OH, OW), dtype=y.dtype)
-            out[n, g * ocg:(g + 1) * ocg] = y.T.reshape(ocg, OH, OW)
+            _run_dense(x[n, g * Cg:(g + 1) * Cg], 1, Cg, H, W, pw.parts[g], ocg, KH, KW, geo, x_zero_point, e,
+                       out[n, g * ocg:(g + 1) * ocg], lib.RC_LAYOUT_NCHW, isa=isa, threads=threads)
+        del keep
     return out
 
 

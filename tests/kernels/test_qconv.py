@@ -258,14 +258,14 @@ class _DirectSpy:
 
 
 #: (direct route, 1x1 interleave) settings every direct-kernel test runs: both interleaves
-#: forced, then the route off (the implicit-im2col fallback).
+#: forced, then the route off (the block-im2col fallback).
 _ROUTES = [(True, True), (True, False), (False, None)]
 
 
 def _check_direct_and_fallback(case):
     """Each route of ``_ROUTES``, one and two threads, on NCHW data and on the same data in
     NHWC (the direct kernel's pixel-row interleave and staged output; off: the qgemm or the
-    NHWC implicit-im2col driver)."""
+    NHWC block-im2col driver)."""
     kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
               output=make_output(case.output))
     with kernels.use("numpy"):
@@ -287,7 +287,7 @@ def _check_direct_and_fallback(case):
 def test_direct_1x1_and_its_fallback_match_reference(case):
     """The direct 1x1 kernel (forced, with each of its two interleaves: block by block
     during the tiles, and a pass per band) and the path it replaces (forced by switching
-    the route off: implicit im2col for NCHW, one qgemm for NHWC) against the reference, bit
+    the route off: block im2col for NCHW, one qgemm for NHWC) against the reference, bit
     for bit, on shapes that break the 6 x 64 tile, the groups of 4 channels and (NHWC) the
     16-group pixel-row transposes and 16 x 16 output tiles, one and two threads, NCHW and
     NHWC."""
@@ -370,7 +370,7 @@ def test_direct_route_only_where_it_applies(variant):
     """Only VNNI (and VBMI, which runs VNNI's code for dense layers) routes 1x1 / stride 1 /
     pad 0 and 3x3 / stride 1 / pad 1 (groups 1) convolutions directly; other variants,
     strides, paddings, dilations and kernel sizes
-    keep the implicit-im2col path, and all of them give the reference's answer."""
+    keep the block-im2col path, and all of them give the reference's answer."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (1, 8, 6, 7)).astype(np.uint8)
     cases = [((1, 1), dict()), ((1, 1), dict(stride=2)), ((1, 1), dict(padding=1)), ((3, 3), dict(padding=1)),
@@ -518,9 +518,9 @@ def test_qconv2d_nhwc_matches_transposed_reference(variant):
 
 
 class _NhwcRoutes:
-    """Force the NHWC dense routes on (the direct kernel / one qgemm / implicit im2col) or
+    """Force the NHWC dense routes on (the direct kernel / one qgemm / block im2col) or
     off (every layer through the transposes), counting the calls that take the direct
-    kernel on NHWC data, the pointwise qgemm, the NHWC implicit-im2col driver and the C
+    kernel on NHWC data, the pointwise qgemm, the NHWC block-im2col driver and the C
     transposes."""
 
     def __init__(self, direct):
@@ -601,7 +601,7 @@ def test_nhwc_pointwise_routes(case):
 @given(case=qconv_direct_cases(kernel=3))
 def test_nhwc_3x3_routes(case):
     """NHWC 3x3 / stride 1 / padding 1, no transposes: under VNNI the direct kernel on the
-    pixel rows, under the other variants the NHWC implicit-im2col driver; switched off, the
+    pixel rows, under the other variants the NHWC block-im2col driver; switched off, the
     C transposes (16 x 16 tiles and ragged edges: channel and pixel counts around 16)."""
     for variant in C_VARIANTS:
         seen = _check_nhwc_routes(case, [variant])
@@ -610,8 +610,8 @@ def test_nhwc_3x3_routes(case):
 
 
 @pytest.mark.parametrize("cin,hw,cout,k,stride,padding,dilation,groups", [
-    (19, (13, 11), 70, 3, (2, 1), (1, 2), 1, 1),   # dense: the NHWC implicit-im2col driver
-    (16, (16, 16), 16, 1, 2, 0, 1, 1),             # 1x1 with stride: implicit im2col, not qgemm
+    (19, (13, 11), 70, 3, (2, 1), (1, 2), 1, 1),   # dense: the NHWC block-im2col driver
+    (16, (16, 16), 16, 1, 2, 0, 1, 1),             # 1x1 with stride: block im2col, not qgemm
     (64, (9, 7), 33, 1, 1, 1, 1, 1),               # 1x1 with padding
     (32, (20, 16), 48, 3, 2, 3, 2, 1),
     (1, (5, 40), 3, 3, 1, 4, 1, 1),                # one channel
@@ -675,7 +675,7 @@ def test_nhwc_bad_inputs_name_the_argument():
 @pytest.mark.parametrize("groups, w_shape, padding", [
     (1, (4, 8, 1, 1), 0),  # pointwise (direct kernel / one qgemm)
     (1, (4, 8, 3, 3), 1),  # dense 3x3
-    (1, (4, 8, 2, 3), 0),  # dense, implicit im2col
+    (1, (4, 8, 2, 3), 0),  # dense, block im2col
     (8, (8, 1, 3, 3), 1),  # depthwise
     (2, (4, 4, 3, 3), 1),  # grouped (its output was made from the first image)
 ])
@@ -687,3 +687,105 @@ def test_batch_of_zero_images_gives_an_empty_result(variant, layout, groups, w_s
     with kernels.use(*variant):
         got = kernels.qconv2d(x, w, groups=groups, padding=padding, layout=layout)
     assert isinstance(got, np.ndarray) and got.shape == want.shape and got.dtype == want.dtype
+
+
+# ---- the im2col + qgemm route's blocks (rc_qconv2d) -----------------------------------------
+
+from hypothesis import strategies as st  # noqa: E402
+
+from refcompress.kernels.qgemm import k_bound  # noqa: E402
+from refcompress.testing.strategies import qconv_cases  # noqa: E402
+
+#: A thread packs at most this many patch rows at a time (RC_QCONV_BLOCK_ROWS: 16 tiles of 6).
+BLOCK_ROWS = 96
+
+
+def _non_contiguous(x, how):
+    """The same values as ``x`` in other memory: NHWC memory seen as NCHW, or every other
+    element of a wider array."""
+    if how == "channels_last":
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    wide = np.zeros(x.shape[:3] + (2 * x.shape[3],), x.dtype)
+    wide[..., ::2] = x
+    return wide[..., ::2]
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[0] == "c"], ids=_id)
+@settings(max_examples=40, deadline=None)
+@given(case=qconv_cases(), how=st.sampled_from(["channels_last", "strided"]), layout=st.sampled_from(["NCHW", "NHWC"]))
+def test_non_contiguous_inputs_match_reference(variant, case, how, layout):
+    """Inputs that are not C-contiguous (NHWC memory seen as NCHW, strided views; NHWC data
+    as a strided view too) give the reference's result on every route, the im2col + qgemm
+    one forced (direct routes off) on one and two threads."""
+    kw = dict(bias=case.bias, stride=case.stride, padding=case.padding, dilation=case.dilation,
+              groups=case.groups, output=make_output(case.output))
+    with kernels.use("numpy"):
+        want = kernels.qconv2d(case.x, case.w, case.x_zero_point, case.w_zero_point, **kw)
+    x = _non_contiguous(case.x, how)
+    if layout == "NHWC":
+        x, want = _non_contiguous(case.x, "strided").transpose(0, 2, 3, 1), want.transpose(0, 2, 3, 1)
+    for threads in (1, 2):
+        with _DirectSpy(False), kernels.use(*variant, threads=threads):
+            assert_exact(kernels.qconv2d(x, case.w, case.x_zero_point, case.w_zero_point, layout=layout, **kw), want)
+
+
+#: (H, W, k, stride, padding, dilation): output pixel counts P just below, at and above one,
+#: two and three blocks per thread share (one, two and three threads) and not multiples of 6
+#: (95, 97, 191, 193, 287, 289, 385), output rows narrower than a block (each window row
+#: spans the whole row, reused by the next output row) and wider (97, 100, 193: windows per
+#: segment), strides, dilation, non-square kernels.
+_BLOCK_SHAPES = [
+    (1, 95, 3, 1, 1, 1), (1, 96, 3, 1, 1, 1), (1, 97, 3, 1, 1, 1), (5, 19, 3, 1, 1, 1), (8, 12, 3, 1, 1, 1),
+    (1, 191, 3, 1, 1, 1), (3, 64, 3, 1, 1, 1), (1, 193, 3, 1, 1, 1), (7, 41, 3, 1, 1, 1), (17, 17, 3, 1, 1, 1),
+    (5, 77, 3, 1, 1, 1), (9, 200, 3, 2, 1, 1), (13, 29, 5, 1, 2, 1), (12, 20, (3, 2), (2, 1), (2, 0), (2, 3)),
+    (11, 35, 3, 1, 2, 2), (1, 1, 1, 1, 0, 1), (2, 3, 3, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[0] == "c"], ids=_id)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("H, W, k, stride, padding, dilation", _BLOCK_SHAPES)
+def test_block_boundaries_match_reference(variant, threads, H, W, k, stride, padding, dilation):
+    """rc_qconv2d's blocks: every thread's exact share of the pixels cut into blocks of at
+    most 96 rows, the last one ragged, its window rows reused across output rows; 3 input
+    channels (K = 27: a ragged K4 group) and 70 output channels (two panels), uint8 and
+    int8 inputs, int32 and requantized outputs (the NCHW stage transposes of 4- and 1-byte
+    results), NCHW and NHWC."""
+    rng = np.random.default_rng(H * 1000 + W + threads)
+    OC, C = 70, 3
+    kh, kw_ = (k, k) if isinstance(k, int) else k
+    w = rng.integers(-128, 128, (OC, C, kh, kw_)).astype(np.int8)
+    zw = rng.integers(-128, 128, OC)
+    pw = kernels.pack_conv_weights(w, zw)
+    bias = rng.integers(-5000, 5000, OC).astype(np.int32)
+    for dtype, zx, out in [(np.uint8, 201, None), (np.int8, -7, Requantize(np.float32(3e-5), 5, np.uint8))]:
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+        x = rng.integers(lo, hi + 1, (2, C, H, W)).astype(dtype)
+        kw = dict(bias=bias, stride=stride, padding=padding, dilation=dilation, output=out)
+        with kernels.use("numpy"):
+            want = kernels.qconv2d(x, pw, zx, **kw)
+        for layout in ("NCHW", "NHWC"):
+            xl, wl = (x, want) if layout == "NCHW" else (x.transpose(0, 2, 3, 1).copy(), want.transpose(0, 2, 3, 1))
+            with _DirectSpy(False), kernels.use(*variant, threads=threads):
+                assert_exact(kernels.qconv2d(xl, pw, zx, layout=layout, **kw), wl)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[0] == "c"], ids=_id)
+def test_k_at_the_int32_bound_is_exact_and_one_more_is_refused(variant):
+    # int8 activations at -128 with zero point 0 and weights at -128: every product is
+    # 2^14.  A bias of 70000 makes the bound 131067 = 9 * 14563, a 3x3 kernel's K; the
+    # centre pixel of a 3 x 3 image (padding 1) sums all 9 taps: the largest accumulator.
+    bias = np.array([70000, -70000], np.int32)
+    bound = k_bound(np.int8, 0, 128, 70000)
+    assert bound == (2**31 - 1 - 70000) // 2**14 == 9 * 14563
+    C = bound // 9
+    x = np.full((1, C, 3, 3), -128, np.int8)
+    w = np.full((2, C, 3, 3), -128, np.int8)
+    with _DirectSpy(False), kernels.use(*variant, threads=2):
+        got = kernels.qconv2d(x, w, bias=bias, padding=1)
+    assert int(got[0, 0, 1, 1]) == bound * 2**14 + 70000 == 2**31 - 1 - 11919
+    assert int(got[0, 1, 0, 0]) == 4 * C * 2**14 - 70000  # a corner: 4 taps inside the image
+    with kernels.use("numpy"):
+        assert_exact(got, kernels.qconv2d(x, w, bias=bias, padding=1))
+    with pytest.raises(OverflowRiskError, match="bound"):
+        kernels.qconv2d(np.zeros((1, C + 1, 3, 3), np.int8), np.zeros((2, C + 1, 3, 3), np.int8), bias=bias)
