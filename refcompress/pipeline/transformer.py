@@ -385,7 +385,8 @@ def distill_loss(student, teacher, batch, *, hidden_weight: float = 1.0, attenti
 
     The attention gradients enter at each layer's ``attention.self.softmax`` (Taps); one
     ``student.backward`` carries both terms.  Padded query rows are in the KL average (their
-    rows are distributions over the real keys, as for real queries).
+    rows are distributions over the real keys, as for real queries).  A student probability
+    that underflowed to 0 is taken as the smallest normal float in the KL.
     """
     hidden_weight = check_float(hidden_weight, "hidden_weight", min_value=0.0)
     attention_weight = check_float(attention_weight, "attention_weight", min_value=0.0)
@@ -409,7 +410,13 @@ def distill_loss(student, teacher, batch, *, hidden_weight: float = 1.0, attenti
         hidden = float(np.sum(d * d) / n)
         attention = 0.0
         for name, pt in zip(names, a_t):
-            v, g = attention_probability_loss(s_taps[name], pt)
+            ps = s_taps[name]
+            # A float32 softmax underflows to exactly 0 about 100 below its row's maximum
+            # score, where the KL is infinite.  Such an entry is evaluated at the smallest
+            # normal float instead (its term P_t log(P_t / P_s) is negligible unless the
+            # teacher puts weight where the student puts none); its gradient -P_t / (M tiny)
+            # stays finite and the softmax backward multiplies it by P_s = 0.
+            v, g = attention_probability_loss(np.maximum(ps, np.finfo(ps.dtype).tiny), pt)
             attention += v / len(names)
             s_taps.add_grad(name, (g * (attention_weight / len(names))).astype(h_s.dtype))
         student.backward((d * (2.0 * hidden_weight / n)).astype(h_s.dtype))

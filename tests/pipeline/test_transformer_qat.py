@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from refcompress import nn
+from refcompress.distill import Taps
 from refcompress.errors import ArgumentError
 from refcompress.pipeline import transformer as tr
 from refcompress.quant import QATInputLinear, prepare_qat_linears
@@ -103,6 +104,22 @@ def test_a_few_qat_steps_reduce_the_distillation_loss_on_random_ids():
     student.zero_grad()
     after = total()
     assert after < 0.5 * before, (before, after)
+
+
+def test_student_attention_that_underflows_to_zero_keeps_the_loss_finite():
+    """Scores 100s apart: the student's float32 softmax has exact zeros where the teacher's
+    is positive; the loss and every gradient stay finite."""
+    teacher = tiny_bert(0)
+    student = tiny_bert(0).train()
+    student.get_submodule("encoder.layer.0.attention.self.query").weight.data *= 2000.0
+    batch = _batch()
+    with Taps(student, ["encoder.layer.0.attention.self.softmax"]) as taps:
+        student(batch["input_ids"], batch["attention_mask"])
+        assert np.any(taps["encoder.layer.0.attention.self.softmax"][:, :, :, :2] == 0)
+    student.zero_grad()
+    out = tr.distill_loss(student, teacher, batch)
+    assert np.isfinite(out["loss"]) and out["attention"] > 0
+    assert all(np.all(np.isfinite(p.grad)) for p in student.parameters() if p.grad is not None)
 
 
 def test_bad_arguments_are_refused_by_name():
