@@ -353,8 +353,10 @@ def prepare_encoder_qat(encoder, *, layers=ENCODER_LINEARS, weight_bits: int = 8
     Linears ``layers`` (names relative to ``encoder.layer.N``; default all six, 36 in
     MiniLM) are :class:`refcompress.quant.QATInputLinear`: the training simulation of a
     static W8A8Linear (:func:`refcompress.quant.prepare_qat_linears`)."""
-    bad = [s for s in layers if s not in ENCODER_LINEARS] if not isinstance(layers, str) else [layers]
-    if bad or not layers:
+    if isinstance(layers, str) or not hasattr(layers, "__iter__"):
+        raise ArgumentError(f"layers: expected a list of names from {list(ENCODER_LINEARS)}, got {layers!r}")
+    layers = tuple(layers)
+    if not layers or any(s not in ENCODER_LINEARS for s in layers):
         raise ArgumentError(f"layers: expected a non-empty list of names from {list(ENCODER_LINEARS)}, got {layers!r}")
     names = [n for group in encoder_linear_names(encoder.model) for n in group if n.split(".", 3)[3] in layers]
     return _with_model(encoder, prepare_qat_linears(encoder.model, names, weight_bits=weight_bits,
@@ -368,7 +370,8 @@ def convert_encoder_qat(encoder):
 
 
 def _softmax_names(model):
-    return [f"encoder.layer.{i}.attention.self.softmax" for i in range(len(model.get_submodule("encoder.layer")._modules))]
+    layers = len(model.get_submodule("encoder.layer")._modules)
+    return [f"encoder.layer.{i}.attention.self.softmax" for i in range(layers)]
 
 
 def distill_loss(student, teacher, batch, *, hidden_weight: float = 1.0, attention_weight: float = 1.0) -> dict:
@@ -429,8 +432,11 @@ def distill_encoder(student, teacher, sentences=CALIBRATION_SENTENCES, *, steps:
     """Train ``student`` (a SentenceEncoder, e.g. :func:`prepare_encoder_qat`'s copy) in
     place for ``steps`` AdamW steps (no weight decay) of :func:`distill_loss` against
     ``teacher`` (the float SentenceEncoder) on batches of ``batch_size`` of ``sentences``,
-    reshuffled (``seed``) each pass.  Returns the per-step loss dicts; the student's model
-    is left in eval mode (input ranges frozen, as ``encode`` and conversion need)."""
+    reshuffled (``seed``) each pass; ``optimizer``: another refcompress.nn Optimizer over the
+    student's parameters instead (``lr`` then unused).  Returns the per-step loss dicts; the
+    student's model is left in eval mode (input ranges frozen: ``encode`` in training mode
+    would move them).  Each batch is cut to its longest sentence; its padded rows run
+    through the quantizers too, so they enter the ranges."""
     steps = check_int(steps, "steps", min_value=1)
     batch_size = check_int(batch_size, "batch_size", min_value=1)
     sentences = list(sentences)

@@ -59,7 +59,8 @@ def test_distill_loss_gradient_is_the_finite_difference():
     grads = {n: params[n].grad.copy() for n in names}  # the loss calls below add to .grad
     for name, analytic in grads.items():
         p = params[name]
-        assert_grad(numeric_grad(lambda: tr.distill_loss(student, teacher, batch, **kw)["loss"], p.data), analytic, name)
+        numeric = numeric_grad(lambda: tr.distill_loss(student, teacher, batch, **kw)["loss"], p.data)
+        assert_grad(numeric, analytic, name)
     assert not teacher.training
 
 
@@ -176,6 +177,8 @@ def test_encoder_qat_bad_layers_and_untrained_conversion_are_refused(encoders):
         tr.prepare_encoder_qat(encoders, layers=("attention.self",))
     with pytest.raises(ArgumentError, match="layers"):
         tr.prepare_encoder_qat(encoders, layers=())
+    with pytest.raises(ArgumentError, match="layers"):
+        tr.prepare_encoder_qat(encoders, layers="output.dense")
     with pytest.raises(ArgumentError, match="act_bits"):
         tr.prepare_encoder_qat(encoders, act_bits=9)
     with pytest.raises(ArgumentError, match="never saw data"):
