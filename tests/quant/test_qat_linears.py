@@ -58,8 +58,9 @@ def _prepared_layer(in_f, out_f, rows, weight_bits, lsq, bias, seed):
     return lin, layer.eval(), x
 
 
-@given(in_f=st.sampled_from([1, 2, 7, 31, 32, 33, 64, 97]), out_f=st.sampled_from([1, 3, 16, 17, 29]),
-       rows=st.sampled_from([1, 5, 13]), weight_bits=st.integers(2, 8), lsq=st.booleans(), bias=st.booleans(),
+# qgemm's tiles: MR = 6 rows (MC = 96 per block), NR = 64 output columns, K in fours
+@given(in_f=st.sampled_from([1, 2, 3, 4, 5, 7, 31, 32, 33, 64, 97]), out_f=st.sampled_from([1, 3, 17, 63, 64, 65]),
+       rows=st.sampled_from([1, 5, 6, 7, 13, 95, 96, 97]), weight_bits=st.integers(2, 8), lsq=st.booleans(), bias=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_the_converted_layer_computes_on_the_codes_the_qat_layer_trained_on(in_f, out_f, rows, weight_bits, lsq,
                                                                            bias, seed):
