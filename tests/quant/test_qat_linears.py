@@ -221,3 +221,16 @@ def test_a_prepared_model_round_trips_through_its_spec():
     q.eval(), clone.eval()
     np.testing.assert_array_equal(clone(*_ids(1)), q(*_ids(1)))
     assert clone.get_submodule("encoder.layer.1.output.dense").linear.weight_bits == 6
+
+
+def test_a_bare_linear_is_prepared_and_converted_itself():
+    lin = nn.Linear(5, 3, rng=np.random.default_rng(0))
+    q = prepare_qat_linears(lin)
+    assert isinstance(q, QATInputLinear) and q.training
+    np.testing.assert_array_equal(q.linear.weight.data, lin.weight.data)
+    assert q.linear.weight.data is not lin.weight.data
+    x = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+    q(x)
+    conv = convert_qat_linears(q)
+    assert isinstance(conv, W8A8Linear)
+    np.testing.assert_array_equal(conv.weight_q, w8a8_from_qat(q).weight_q)
