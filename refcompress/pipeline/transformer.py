@@ -13,6 +13,11 @@ method to a model; :func:`fidelity_table` runs several and compares each compres
 embeddings with the float model's on the evaluation sentences
 (:func:`refcompress.pipeline.metrics.embedding_fidelity`).  The calibration and evaluation
 sentences (:mod:`refcompress.data.sentences`) share no sentence.
+
+Quantization-aware training of the same 36 layers: :func:`prepare_encoder_qat` (fake-quantized
+inputs and weights on W8A8Linear's grid), :func:`distill_encoder` (a few steps against the
+float model: hidden-state MSE plus MiniLM's attention-probability KL, :func:`distill_loss`),
+:func:`convert_encoder_qat` (static W8A8Linear layers on the integer kernels).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from ..errors import ArgumentError
 from ..lowrank import LowRankLinear, truncated_svd, whitened_svd
 from ..prune import NMLinear, nm_mask, nm_permutation, sparsegpt, wanda, wanda_scores
 from ..prune.magnitude import mask_by_amount
-from ..quant import QuantSpec, awq, bias_correction, gptq, smoothquant_scales
+from .._validation import check_float, check_int
+from ..distill import Taps, attention_probability_loss
+from ..quant import QuantSpec, awq, bias_correction, convert_qat_linears, gptq, prepare_qat_linears, smoothquant_scales
 from ..quant.modules import WeightOnlyLinear
 from ..quant.qparams import calibrate, dequantize, quantize
 from ..quant.rotation import hadamard_rotate, random_signs
@@ -40,7 +47,8 @@ from ..quant.w8a8 import W8A8Linear
 from .metrics import embedding_fidelity
 
 __all__ = ["ENCODER_LINEARS", "FFN_LINEARS", "Method", "METHODS", "encoder_linear_names",
-           "capture_inputs", "compress_encoder", "fidelity_table", "FidelityRow", "ffn_rank"]
+           "capture_inputs", "compress_encoder", "fidelity_table", "FidelityRow", "ffn_rank",
+           "prepare_encoder_qat", "convert_encoder_qat", "distill_loss", "distill_encoder"]
 
 #: The Linear layers of one BERT encoder layer, relative to ``encoder.layer.N``.
 ENCODER_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value",
@@ -328,6 +336,131 @@ def compress_encoder(encoder, method, *, calibration=CALIBRATION_SENTENCES, **ov
             for n in names:
                 out.model.set_submodule(n, method.make(out.model.get_submodule(n), inputs.get(n), **kwargs))
     return out
+
+
+# ---- quantization-aware training of the encoder Linears --------------------------------------
+
+
+def _with_model(encoder, model):
+    out = copy.copy(encoder)
+    out.model = model
+    return out
+
+
+def prepare_encoder_qat(encoder, *, layers=ENCODER_LINEARS, weight_bits: int = 8, act_bits: int = 8,
+                        lsq: bool = False):
+    """A copy of ``encoder`` (a SentenceEncoder; its model in training mode) whose encoder
+    Linears ``layers`` (names relative to ``encoder.layer.N``; default all six, 36 in
+    MiniLM) are :class:`refcompress.quant.QATInputLinear`: the training simulation of a
+    static W8A8Linear (:func:`refcompress.quant.prepare_qat_linears`)."""
+    if isinstance(layers, str) or not hasattr(layers, "__iter__"):
+        raise ArgumentError(f"layers: expected a list of names from {list(ENCODER_LINEARS)}, got {layers!r}")
+    layers = tuple(layers)
+    if not layers or any(s not in ENCODER_LINEARS for s in layers):
+        raise ArgumentError(f"layers: expected a non-empty list of names from {list(ENCODER_LINEARS)}, got {layers!r}")
+    names = [n for group in encoder_linear_names(encoder.model) for n in group if n.split(".", 3)[3] in layers]
+    return _with_model(encoder, prepare_qat_linears(encoder.model, names, weight_bits=weight_bits,
+                                                    act_bits=act_bits, lsq=lsq))
+
+
+def convert_encoder_qat(encoder):
+    """A copy of a trained :func:`prepare_encoder_qat` encoder (eval mode) whose QAT layers
+    are static W8A8Linear layers (:func:`refcompress.quant.convert_qat_linears`)."""
+    return _with_model(encoder, convert_qat_linears(encoder.model))
+
+
+def _softmax_names(model):
+    layers = len(model.get_submodule("encoder.layer")._modules)
+    return [f"encoder.layer.{i}.attention.self.softmax" for i in range(layers)]
+
+
+def distill_loss(student, teacher, batch, *, hidden_weight: float = 1.0, attention_weight: float = 1.0) -> dict:
+    """One forward and backward of ``student`` (a BertModel in training mode, e.g. a QAT
+    copy) against ``teacher`` (the float BertModel, run in eval mode) on ``batch`` (a
+    tokenizer output: input_ids, attention_mask, token_type_ids); adds the gradient into
+    the student's ``.grad`` and returns ``{"loss", "hidden", "attention"}``.
+
+        hidden    = (1 / (T H)) sum_{b, s: m[b, s] = 1} ||h_s[b, s] - h_t[b, s]||^2
+                    (last hidden states, T real tokens; TinyBERT's hidden-state loss),
+        attention = (1 / L) sum_l KL(A_t^l || A_s^l)   (refcompress.distill's
+                    attention_probability_loss per layer l, MiniLM's attention transfer),
+        loss      = hidden_weight * hidden + attention_weight * attention.
+
+    The attention gradients enter at each layer's ``attention.self.softmax`` (Taps); one
+    ``student.backward`` carries both terms.  Padded query rows are in the KL average (their
+    rows are distributions over the real keys, as for real queries).  A student probability
+    that underflowed to 0 is taken as the smallest normal float in the KL.
+    """
+    hidden_weight = check_float(hidden_weight, "hidden_weight", min_value=0.0)
+    attention_weight = check_float(attention_weight, "attention_weight", min_value=0.0)
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    names = _softmax_names(student)
+    was = teacher.training
+    teacher.eval()
+    try:
+        with Taps(teacher, names) as t_taps:
+            h_t = teacher(ids, mask, types)
+            a_t = [t_taps[n] for n in names]
+    finally:
+        teacher.train(was)
+    with Taps(student, names, inject=True) as s_taps:
+        h_s = student(ids, mask, types)
+        if h_s.shape != h_t.shape:
+            raise ArgumentError(f"student: hidden states of shape {h_s.shape}, the teacher's are {h_t.shape}")
+        m = np.asarray(mask).astype(h_s.dtype)[:, :, None]
+        n = float(m.sum()) * h_s.shape[-1]
+        d = (h_s - h_t) * m
+        hidden = float(np.sum(d * d) / n)
+        attention = 0.0
+        for name, pt in zip(names, a_t):
+            ps = s_taps[name]
+            # A float32 softmax underflows to exactly 0 about 100 below its row's maximum
+            # score, where the KL is infinite.  Such an entry is evaluated at the smallest
+            # normal float instead (its term P_t log(P_t / P_s) is negligible unless the
+            # teacher puts weight where the student puts none); its gradient -P_t / (M tiny)
+            # stays finite and the softmax backward multiplies it by P_s = 0.
+            v, g = attention_probability_loss(np.maximum(ps, np.finfo(ps.dtype).tiny), pt)
+            attention += v / len(names)
+            s_taps.add_grad(name, (g * (attention_weight / len(names))).astype(h_s.dtype))
+        student.backward((d * (2.0 * hidden_weight / n)).astype(h_s.dtype))
+    return {"loss": hidden_weight * hidden + attention_weight * attention, "hidden": hidden, "attention": attention}
+
+
+def distill_encoder(student, teacher, sentences=CALIBRATION_SENTENCES, *, steps: int = 50, batch_size: int = 8,
+                    lr: float = 1e-5, hidden_weight: float = 1.0, attention_weight: float = 1.0, seed: int = 0,
+                    optimizer=None) -> list:
+    """Train ``student`` (a SentenceEncoder, e.g. :func:`prepare_encoder_qat`'s copy) in
+    place for ``steps`` AdamW steps (no weight decay) of :func:`distill_loss` against
+    ``teacher`` (the float SentenceEncoder) on batches of ``batch_size`` of ``sentences``,
+    reshuffled (``seed``) each pass; ``optimizer``: another refcompress.nn Optimizer over the
+    student's parameters instead (``lr`` then unused).  Returns the per-step loss dicts; the
+    student's model is left in eval mode (input ranges frozen: ``encode`` in training mode
+    would move them).  Each batch is cut to its longest sentence; its padded rows run
+    through the quantizers too, so they enter the ranges."""
+    steps = check_int(steps, "steps", min_value=1)
+    batch_size = check_int(batch_size, "batch_size", min_value=1)
+    sentences = list(sentences)
+    if not sentences:
+        raise ArgumentError("sentences: expected at least one sentence")
+    model = student.model.train()
+    opt = optimizer if optimizer is not None else nn.AdamW(list(model.parameters()), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    order, pos, history = rng.permutation(len(sentences)), 0, []
+    try:
+        for _ in range(steps):
+            if pos >= len(order):
+                order, pos = rng.permutation(len(sentences)), 0
+            enc = student.tokenizer([sentences[i] for i in order[pos:pos + batch_size]])
+            pos += batch_size
+            S = int(enc["attention_mask"].sum(axis=1).max())
+            batch = {k: v[:, :S] for k, v in enc.items()}
+            opt.zero_grad()
+            history.append(distill_loss(model, teacher.model, batch, hidden_weight=hidden_weight,
+                                        attention_weight=attention_weight))
+            opt.step()
+    finally:
+        model.eval()
+    return history
 
 
 @dataclass

@@ -27,7 +27,8 @@ from .spec import ACT_UINT8, WEIGHT_INT8, QuantSpec
 from . import convert, modules, qat
 from .convert import (cross_layer_equalize, fold_batchnorm, quantize_dynamic, quantize_static,
                       quantize_weight_only, quantize_weights_corrected)
-from .qat import FakeQuantize, convert_qat, prepare_qat
+from .qat import (FakeQuantize, QATInputLinear, convert_qat, convert_qat_linears, prepare_qat,
+                  prepare_qat_linears, w8a8_from_qat)
 from .weight_sharing import SharedConv2d, SharedLinear, SharedWeights, centroid_gradients, kmeans_share
 
 __all__ = [
@@ -43,11 +44,15 @@ __all__ = [
     "smoothquant_scales",
     "convert",
     "convert_qat",
+    "convert_qat_linears",
     "cross_layer_equalize",
     "FakeQuantize",
     "fold_batchnorm",
     "modules",
     "prepare_qat",
+    "prepare_qat_linears",
+    "QATInputLinear",
+    "w8a8_from_qat",
     "qat",
     "quantize_dynamic",
     "quantize_static",

@@ -1,13 +1,20 @@
 """Quantization-aware training: fake quantization in the forward, straight-through
 gradients in the backward, then conversion to the integer model.
 
-``prepare_qat(model)`` folds BatchNorm, replaces each Conv2d / Linear by a QAT twin whose
-weights are fake-quantized (symmetric, per output channel) on every forward, and puts a
+Two entry points.  ``prepare_qat(model)`` (a :class:`refcompress.nn.Sequential` chain)
+folds BatchNorm, replaces each Conv2d / Linear by a QAT twin whose weights are fake-quantized (symmetric, per output channel) on every forward, and puts a
 :class:`FakeQuantize` on the model input and on every layer's output (after a fused
 ReLU).  The model trains with the ordinary nn toolkit (``nn.fit``); ``convert_qat`` then
 builds the integer model of :mod:`refcompress.quant.modules` from the trained weights and
 the activation ranges the fake quantizers settled on, so the simulation and the integer
 model agree (see examples/quantize_digits.py for the measured agreement).
+
+``prepare_qat_linears(model, names)`` works on any Module (a BERT, say): each named
+``nn.Linear`` becomes a :class:`QATInputLinear` -- a :class:`FakeQuantize` on its input and a
+:class:`QATLinear` -- which trains through exactly the grid a static
+:class:`refcompress.quant.w8a8.W8A8Linear` computes on (uint8 affine per-tensor inputs,
+int8 symmetric narrow-range weights per output row); ``convert_qat_linears`` swaps each for
+that W8A8Linear, running on the integer qgemm.
 
 Activation ranges are tracked with a moving-average min / max (Jacob et al. 2018, sec. 3)
 or, with ``lsq=True``, learned as step sizes (Esser et al. 2020; see
@@ -16,19 +23,23 @@ or, with ``lsq=True``, learned as step sizes (Esser et al. 2020; see
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .. import nn
 from .._validation import check_int
-from ..errors import ArgumentError
+from ..errors import ArgumentError, DTypeError
+from ..nn.container import Chain
 from ..nn.module import Module, Parameter
 from ..nn.spec import register_module
 from .convert import _check_sequential, _integer_layer, _rebuild, _stub, _units
 from .lsq import lsq_init_step
 from .modules import DequantizeStub, QuantizedMaxPool2d, QuantizeStub
 from .observers import MovingAverageMinMaxObserver
-from .qparams import QParams, calibrate, choose_qparams, fake_quantize
+from .qparams import QParams, calibrate, choose_qparams, fake_quantize, quantize
 from .spec import QuantSpec
+from .w8a8 import ACTIVATION_SPEC, W8A8Linear
 
 
 def _act_spec(bits):
@@ -239,3 +250,148 @@ def convert_qat(model: nn.Sequential, *, rule: str = "float") -> nn.Sequential:
             raise ArgumentError(f"model: layer {i} ({type(m).__name__}) has no integer form")
     out.append(_stub(DequantizeStub(), (float(cur_qp.scale), int(cur_qp.zero_point))))
     return nn.Sequential(*out).eval()
+
+
+# ---- any Module: chosen Linear layers -> fake-quantized input + weights -> W8A8Linear ------------
+
+
+@register_module
+class QATInputLinear(Chain):
+    """x -> ``input_quant`` (:class:`FakeQuantize`, affine uint ``act_bits``, one range per
+    tensor) -> ``linear`` (:class:`QATLinear`, symmetric narrow-range int ``weight_bits``
+    per output row): the forward of a static :class:`~refcompress.quant.w8a8.W8A8Linear`
+    simulated in float, with straight-through gradients (Jacob et al. 2018, sec. 3).  At 8
+    bits both grids are W8A8Linear's own (``ACTIVATION_SPEC``, ``WEIGHT_SPEC``), so
+    :func:`convert_qat_linears` keeps every code the training saw.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_bits: int = 8,
+                 act_bits: int = 8, lsq: bool = False, averaging_constant: float = 0.01, rng=None):
+        super().__init__()
+        self.input_quant = FakeQuantize(act_bits, lsq, averaging_constant)
+        self.linear = QATLinear(in_features, out_features, bias, weight_bits, lsq, rng=rng)
+
+    def get_config(self):
+        lin, fq = self.linear, self.input_quant
+        return {"in_features": lin.in_features, "out_features": lin.out_features, "bias": lin.bias is not None,
+                "weight_bits": lin.weight_bits, "act_bits": fq.bits, "lsq": lin.lsq,
+                "averaging_constant": fq.averaging_constant}
+
+
+def _linear_names(model: Module, names) -> list:
+    if names is None:
+        found = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+        if not found:
+            raise ArgumentError(f"model: a {type(model).__name__} with no nn.Linear submodule to prepare")
+        return found
+    if isinstance(names, str) or not hasattr(names, "__iter__"):
+        raise DTypeError(f"names: expected a list of dotted module names, got {type(names).__name__}")
+    names = list(names)
+    if not names:
+        raise ArgumentError("names: expected at least one module name, got none")
+    if len(set(names)) != len(names):
+        raise ArgumentError(f"names: expected distinct module names, got {names}")
+    for n in names:
+        if not isinstance(n, str):
+            raise DTypeError(f"names: expected str module names, got {type(n).__name__} {n!r}")
+        try:
+            m = model.get_submodule(n)
+        except ArgumentError:
+            raise ArgumentError(f"names: model has no submodule {n!r}") from None
+        # A subclass of Linear (a QAT twin, a shared or masked layer) computes something
+        # else, which the twin would silently drop.
+        if type(m) is not nn.Linear:
+            raise ArgumentError(f"names: {n!r} is a {type(m).__name__}, expected an nn.Linear")
+    return names
+
+
+def prepare_qat_linears(model: Module, names=None, *, weight_bits: int = 8, act_bits: int = 8,
+                        lsq: bool = False) -> Module:
+    """A trainable deep copy of ``model`` (training mode) whose Linear layers ``names``
+    (dotted paths; default: every ``nn.Linear``) are :class:`QATInputLinear` layers with
+    the same weights.  ``model`` is untouched.  Bits 2 to 8; :func:`convert_qat_linears`
+    needs ``act_bits=8`` (any ``weight_bits``: narrower codes are int8 codes).
+
+    Input ranges start from the first training batch each layer sees and follow a moving
+    average of batch min / max (or, with ``lsq``, learned steps): run the copy in training
+    mode on representative data before converting.  Forward is float32 only.
+    """
+    if not isinstance(model, Module):
+        raise DTypeError(f"model: expected a refcompress.nn Module, got {type(model).__name__}")
+    check_int(weight_bits, "weight_bits", min_value=2, max_value=8)
+    check_int(act_bits, "act_bits", min_value=2, max_value=8)
+    names = _linear_names(model, names)
+    out = copy.deepcopy(model)
+    for n in names:
+        lin = out.get_submodule(n)
+        # a seeded generator: the twin's random init is overwritten, and must not advance
+        # the shared generator other code draws from
+        q = QATInputLinear(lin.in_features, lin.out_features, lin.bias is not None, weight_bits, act_bits, lsq,
+                           rng=np.random.default_rng(0))
+        q.linear.weight.data = lin.weight.data.copy()
+        if lin.bias is not None:
+            q.linear.bias.data = lin.bias.data.copy()
+        if lsq:
+            q.linear._init_qat(weight_bits, lsq)  # steps from the copied weights
+        if not n:
+            return q.train()
+        out.set_submodule(n, q)
+    return out.train()
+
+
+def w8a8_from_qat(layer: QATInputLinear) -> W8A8Linear:
+    """The static W8A8Linear that ``layer`` simulates: its weight codes are the QAT weight
+    codes (scales from :meth:`QATLinear.weight_qparams`), its (s_a, z_a) the input
+    quantizer's frozen range."""
+    if not isinstance(layer, QATInputLinear):
+        raise DTypeError(f"layer: expected a QATInputLinear, got {type(layer).__name__}")
+    fq, lin = layer.input_quant, layer.linear
+    if not fq.initialized[0]:
+        raise ArgumentError("layer: its input quantizer never saw data; run it in training mode before converting")
+    if fq.bits != ACTIVATION_SPEC.bits:
+        raise ArgumentError(f"layer: quantizes its input to {fq.bits} bits; W8A8Linear quantizes to "
+                            f"{ACTIVATION_SPEC.bits} (prepare with act_bits={ACTIVATION_SPEC.bits})")
+    wq = lin.weight_qparams()
+    aq = fq.qparams()
+    out = W8A8Linear(lin.in_features, lin.out_features, lin.bias is not None, activation="static")
+    out.weight_q = quantize(lin.weight.data.astype(np.float32), wq).astype(np.int8)
+    out.weight_scale = np.asarray(wq.scale, np.float32).copy()
+    if lin.bias is not None:
+        out.bias = lin.bias.data.astype(np.float32)
+    out.input_scale = np.asarray(aq.scale, np.float32).reshape(())
+    out.input_zero_point = np.asarray(aq.zero_point, np.int32).reshape(())
+    return out.eval()
+
+
+def convert_qat_linears(model: Module) -> Module:
+    """A deep copy of ``model`` (eval mode) with every :class:`QATInputLinear` replaced by
+    its static :class:`~refcompress.quant.w8a8.W8A8Linear` (:func:`w8a8_from_qat`).
+
+    The codes are the ones the fake-quant model computes on; only float rounding differs:
+    the fake-quant layer sums float32 products ((q_a - z_a) s_a)(q_w s_w) in BLAS order,
+    the integer layer sums (q_a - z_a) q_w exactly and scales once by float32(s_a s_w), so
+    one layer's outputs differ by at most about (K + 8) 2^-24 sum_j |x_hat_j w_hat_nj|
+    (tests/quant/test_qat_linears.py derives it).  Through a deep model such a difference
+    can move a later layer's input across a rounding boundary, one code step; the whole
+    model then agrees to the float noise of a step, not bit for bit.
+    """
+    if not isinstance(model, Module):
+        raise DTypeError(f"model: expected a refcompress.nn Module, got {type(model).__name__}")
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, QATInputLinear)]
+    if not found:
+        raise ArgumentError(f"model: a {type(model).__name__} with no QATInputLinear layer; "
+                            f"make it with prepare_qat_linears")
+    never = [n for n, m in found if not m.input_quant.initialized[0]]
+    if never:
+        raise ArgumentError(f"model: the input quantizers of {never} never saw data; run (train) the model in "
+                            f"training mode before converting")
+    narrow = sorted({m.input_quant.bits for _, m in found} - {ACTIVATION_SPEC.bits})
+    if narrow:
+        raise ArgumentError(f"model: its layers quantize inputs to {narrow} bits; W8A8Linear quantizes to "
+                            f"{ACTIVATION_SPEC.bits} (prepare with act_bits={ACTIVATION_SPEC.bits})")
+    if found[0][0] == "":
+        return w8a8_from_qat(model)
+    out = copy.deepcopy(model)
+    for n, _ in found:
+        out.set_submodule(n, w8a8_from_qat(out.get_submodule(n)))
+    return out.eval()
