@@ -49,24 +49,34 @@ def measured_peak() -> float | None:
     return (iters * 24 * 64 * 2) / best
 
 
-def ort_matmul_integer(a, b, za, threads):
-    ort = optional("onnxruntime")
-    onnx = optional("onnx")
-    if ort is None or onnx is None:
+def _ort_one_node(op_type, inputs, initializers, a, out_type, N, threads):
+    """An onnxruntime session of one node reading the uint8 graph input "A" [M, K] (and the
+    named initializers) into the output "Y" [M, N]; None without onnxruntime / onnx."""
+    if optional("onnxruntime") is None or optional("onnx") is None:
         return None
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    M, Kd = a.shape
-    N = b.shape[1]
-    node = helper.make_node("MatMulInteger", ["A", "B", "za", "zb"], ["Y"])
     graph = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [M, Kd])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [M, N])],
-        initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.array(za, np.uint8), "za"),
-                     numpy_helper.from_array(np.array(0, np.int8), "zb")],
+        [helper.make_node(op_type, inputs, ["Y"])], "g",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, list(a.shape))],
+        [helper.make_tensor_value_info("Y", out_type(TensorProto), [a.shape[0], N])],
+        initializer=initializers,
     )
-    sess = ort_session(graph, threads)
+    return ort_session(graph, threads)
+
+
+def ort_matmul_integer(a, b, za, threads):
+    """onnxruntime MatMulInteger (uint8 x int8 -> int32), checked exact."""
+    if optional("onnx") is None:
+        return None
+    from onnx import numpy_helper
+
+    sess = _ort_one_node("MatMulInteger", ["A", "B", "za", "zb"],
+                         [numpy_helper.from_array(b, "B"), numpy_helper.from_array(np.array(za, np.uint8), "za"),
+                          numpy_helper.from_array(np.array(0, np.int8), "zb")],
+                         a, lambda tp: tp.INT32, b.shape[1], threads)
+    if sess is None:
+        return None
     want = (a.astype(np.int64) - za) @ b.astype(np.int64)
     got = sess.run(None, {"A": a})[0]
     assert np.array_equal(got, want), "onnxruntime MatMulInteger disagrees with the exact product"
@@ -78,26 +88,19 @@ def ort_qlinear_matmul(a, b, za, out_scale, out_zp, threads):
     product a_scale * b_scale / y_scale is ``out_scale``): the peer of our fused requantize
     epilogue.  Checked to within one code of the exact requantization (onnxruntime's own
     rounding of the combined scale may differ in the last step)."""
-    ort = optional("onnxruntime")
-    onnx = optional("onnx")
-    if ort is None or onnx is None:
+    if optional("onnx") is None:
         return None
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
-    M, Kd = a.shape
-    N = b.shape[1]
     f32 = lambda v, name: numpy_helper.from_array(np.array(v, np.float32), name)  # noqa: E731
-    node = helper.make_node("QLinearMatMul", ["A", "sa", "za", "B", "sb", "zb", "sy", "zy"], ["Y"])
-    graph = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [M, Kd])],
-        [helper.make_tensor_value_info("Y", TensorProto.UINT8, [M, N])],
-        initializer=[f32(1.0, "sa"), numpy_helper.from_array(np.array(za, np.uint8), "za"),
-                     numpy_helper.from_array(b, "B"), f32(1.0, "sb"),
-                     numpy_helper.from_array(np.array(0, np.int8), "zb"),
-                     f32(1.0 / out_scale, "sy"), numpy_helper.from_array(np.array(out_zp, np.uint8), "zy")],
-    )
-    sess = ort_session(graph, threads)
+    sess = _ort_one_node("QLinearMatMul", ["A", "sa", "za", "B", "sb", "zb", "sy", "zy"],
+                         [f32(1.0, "sa"), numpy_helper.from_array(np.array(za, np.uint8), "za"),
+                          numpy_helper.from_array(b, "B"), f32(1.0, "sb"),
+                          numpy_helper.from_array(np.array(0, np.int8), "zb"),
+                          f32(1.0 / out_scale, "sy"), numpy_helper.from_array(np.array(out_zp, np.uint8), "zy")],
+                         a, lambda tp: tp.UINT8, b.shape[1], threads)
+    if sess is None:
+        return None
     acc = (a.astype(np.int64) - za) @ b.astype(np.int64)
     want = np.clip(np.rint(acc * np.float64(out_scale)) + out_zp, 0, 255)
     got = sess.run(None, {"A": a})[0]

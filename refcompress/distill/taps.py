@@ -45,26 +45,9 @@ class Taps:
     def __init__(self, model: Module, names, *, inject: bool = False):
         if not isinstance(model, Module):
             raise DTypeError(f"model: expected an nn Module, got {type(model).__name__}")
-        if isinstance(names, str) or not hasattr(names, "__iter__"):
-            raise DTypeError(f"names: expected a list of module names, got {type(names).__name__}")
-        names = list(names)
-        if len(set(names)) != len(names):
-            raise ArgumentError(f"names: expected distinct module names, got {names}")
-        modules, seen = {}, {}
-        for n in names:
-            if not isinstance(n, str):
-                raise DTypeError(f"names: expected str module names, got {type(n).__name__} {n!r}")
-            try:
-                m = model.get_submodule(n)
-            except ArgumentError:
-                known = [k for k, _ in model.named_modules()]
-                raise ArgumentError(f"names: model has no submodule {n!r}; it has {known}") from None
-            if id(m) in seen:
-                raise ArgumentError(f"names: {n!r} and {seen[id(m)]!r} are the same module")
-            seen[id(m)] = n
-            modules[n] = m
+        modules = dict(model.get_submodules(names))
         self.model = model
-        self.names = names
+        self.names = list(modules)
         self.inject = bool(inject)
         self._modules = modules
         self._outputs: dict[str, np.ndarray] = {}

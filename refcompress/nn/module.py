@@ -284,6 +284,29 @@ class Module:
             m = m._modules[part]
         return m
 
+    def get_submodules(self, names, what: str = "names") -> "OrderedDict[str, Module]":
+        """The modules at the dotted paths ``names`` (a list of distinct str, each naming a
+        different module), in order.  Errors name the argument ``what``."""
+        if isinstance(names, str) or not hasattr(names, "__iter__"):
+            raise DTypeError(f"{what}: expected a list of dotted module names, got {type(names).__name__}")
+        names = list(names)
+        if len(set(names)) != len(names):
+            raise ArgumentError(f"{what}: expected distinct module names, got {names}")
+        found, seen = OrderedDict(), {}
+        for n in names:
+            if not isinstance(n, str):
+                raise DTypeError(f"{what}: expected str module names, got {type(n).__name__} {n!r}")
+            try:
+                m = self.get_submodule(n)
+            except ArgumentError:
+                known = [k for k, _ in self.named_modules()]
+                raise ArgumentError(f"{what}: model has no submodule {n!r}; it has {known}") from None
+            if id(m) in seen:
+                raise ArgumentError(f"{what}: {n!r} and {seen[id(m)]!r} are the same module")
+            seen[id(m)] = n
+            found[n] = m
+        return found
+
     def set_submodule(self, target: str, module: "Module") -> None:
         """Replace the module at dotted path ``target`` (layer surgery: pruning, low rank)."""
         if not isinstance(module, Module):

@@ -284,25 +284,15 @@ def _linear_names(model: Module, names) -> list:
         if not found:
             raise ArgumentError(f"model: a {type(model).__name__} with no nn.Linear submodule to prepare")
         return found
-    if isinstance(names, str) or not hasattr(names, "__iter__"):
-        raise DTypeError(f"names: expected a list of dotted module names, got {type(names).__name__}")
-    names = list(names)
-    if not names:
+    found = model.get_submodules(names)
+    if not found:
         raise ArgumentError("names: expected at least one module name, got none")
-    if len(set(names)) != len(names):
-        raise ArgumentError(f"names: expected distinct module names, got {names}")
-    for n in names:
-        if not isinstance(n, str):
-            raise DTypeError(f"names: expected str module names, got {type(n).__name__} {n!r}")
-        try:
-            m = model.get_submodule(n)
-        except ArgumentError:
-            raise ArgumentError(f"names: model has no submodule {n!r}") from None
+    for n, m in found.items():
         # A subclass of Linear (a QAT twin, a shared or masked layer) computes something
         # else, which the twin would silently drop.
         if type(m) is not nn.Linear:
             raise ArgumentError(f"names: {n!r} is a {type(m).__name__}, expected an nn.Linear")
-    return names
+    return list(found)
 
 
 def prepare_qat_linears(model: Module, names=None, *, weight_bits: int = 8, act_bits: int = 8,

@@ -10,6 +10,7 @@ import refcompress.kernels as kernels
 from refcompress.errors import ArgumentError, OverflowRiskError, ShapeError
 from refcompress.kernels import Requantize
 from refcompress.testing import assert_exact, check_qconv2d, kernel_variants
+from _cpuinfo import cpu_flags_or_skip  # noqa: E402
 
 VARIANTS = kernel_variants("qconv2d")
 
@@ -398,13 +399,7 @@ VBMI = "avx512_vbmi" in kernels.variants("qconv2d")
 def test_vbmi_is_offered_exactly_when_the_cpu_reports_it():
     # the VBMI tests below skip when the variant is absent: a broken detection must not turn
     # them into silent skips on a CPU that has the instructions (Linux: /proc/cpuinfo flags)
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None)
-    except OSError:
-        flags = None
-    if flags is None or not kernels.available()["c_built"]:
-        pytest.skip("no /proc/cpuinfo flags or no C build")
+    flags = cpu_flags_or_skip()
     assert VBMI == ({"avx512vbmi", "avx512_vnni", "avx512bw"} <= flags)
 
 

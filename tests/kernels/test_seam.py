@@ -10,6 +10,7 @@ import refcompress.kernels as kernels
 from refcompress.errors import ArgumentError, BackendError
 from refcompress.kernels import _native
 from refcompress.testing import kernel_variants
+from _cpuinfo import cpu_flags_or_skip  # noqa: E402
 
 
 def test_c_extension_built_when_required():
@@ -209,11 +210,5 @@ def test_auto_on_this_cpu_picks_the_widest_vnni_variant():
 def test_avx_vnni_is_offered_exactly_when_the_cpu_reports_it():
     # the avx_vnni variant's tests are parametrized away on a CPU without it: a broken probe
     # must not turn them into silent absences on one that has it (Linux: /proc/cpuinfo flags)
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), None)
-    except OSError:
-        flags = None
-    if flags is None or not kernels.available()["c_built"]:
-        pytest.skip("no /proc/cpuinfo flags or no C build")
+    flags = cpu_flags_or_skip()
     assert ("avx_vnni" in kernels.runnable_isas()) == ({"avx2", "fma", "avx_vnni"} <= flags)
