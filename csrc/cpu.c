@@ -10,7 +10,9 @@ int rc_cpu_isa_mask(void) {
         mask |= 1 << RC_ISA_AVX2;
         /* AVX-VNNI is CPUID.(EAX=7,ECX=1):EAX[4]; VEX-encoded, so it needs only the AVX state
          * that the avx2 test above has already found the OS saving. */
+#if RC_HAVE_AVX_VNNI
         if (__builtin_cpu_supports("avxvnni")) mask |= 1 << RC_ISA_AVX_VNNI;
+#endif
     }
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
@@ -28,7 +30,7 @@ int rc_cpu_isa_mask(void) {
 int rc_compiled_isa_mask(void) {
 #if RC_X86 && defined(__GNUC__)
     return (1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512) |
-           (1 << RC_ISA_AVX512_VNNI) | (1 << RC_ISA_AVX512_VBMI) | (1 << RC_ISA_AVX_VNNI);
+           (1 << RC_ISA_AVX512_VNNI) | (1 << RC_ISA_AVX512_VBMI) | (RC_HAVE_AVX_VNNI << RC_ISA_AVX_VNNI);
 #else
     return 1 << RC_ISA_PORTABLE;
 #endif

@@ -19,6 +19,15 @@
 #define RC_X86 0
 #endif
 
+/* The AVX-VNNI variant needs a compiler that knows the avxvnni target (GCC 11, clang 12):
+ * an older one builds everything else and leaves that variant out (compiled mask), rather
+ * than failing the whole extension. */
+#if RC_X86 && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define RC_HAVE_AVX_VNNI 1
+#else
+#define RC_HAVE_AVX_VNNI 0
+#endif
+
 /* Round half to even, as np.rint and ONNX QuantizeLinear: nearbyint under the default
  * rounding mode (FE_TONEAREST), which neither NumPy nor this library ever changes. */
 static inline float rc_round_half_even(float v) { return nearbyintf(v); }

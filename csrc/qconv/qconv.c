@@ -14,6 +14,13 @@ static int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) 
 
 static int bad_geometry(long long C, long long H, long long W, long long KH, long long KW, long long sh,
                         long long sw, long long ph, long long pw, long long dh, long long dw) {
+    /* Every argument at most 2^30 (far beyond any layer), so that what is formed from them
+     * (in + 2 p, d (k - 1), OH * OW < 9 * 2^60) cannot overflow int64; KH * KW * C is
+     * bounded by the workspace size function before it is formed. */
+    const long long big = 1LL << 30;
+    if (C > big || H > big || W > big || KH > big || KW > big || sh > big || sw > big || ph > big || pw > big ||
+        dh > big || dw > big)
+        return 1;
     return C < 1 || H < 1 || W < 1 || KH < 1 || KW < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || dh < 1 ||
            dw < 1 || out_size(H, KH, sh, ph, dh) < 1 || out_size(W, KW, sw, pw, dw) < 1;
 }
@@ -120,12 +127,19 @@ static int64_t dense_slot_bytes(int64_t C, int64_t KH, int64_t KW, int64_t OW, i
     const int64_t big = (int64_t)1 << 31; /* far beyond any layer */
     if (C > big || KH > big || KW > big || OW > big || sw > big || dw > big || OC > big) return -1;
     const int64_t BR = RC_QCONV_BLOCK_ROWS, span = rc_patch_span(OW, KW, sw, dw);
-    const int64_t K4 = size_mul(size_add(size_mul(size_mul(KH, KW), C), 3) / 4, 4);
+    /* -1 (overflow) must stay -1 through every step: (-1 + 3) / 4 would be 0 */
+    const int64_t K = size_mul(size_mul(KH, KW), C);
+    if (K < 0 || K > INT32_MAX) return -1; /* the int32 accumulators bound K far below this */
+    const int64_t K4 = (K + 3) / 4 * 4;
     const int64_t win = size_mul(KH, span);
-    const int64_t parts[6] = {size_mul(BR, K4), BR * 4, size_mul(win, C), size_mul(win, 4), KH * 16,
+    const int64_t parts[6] = {size_mul(BR, K4), BR * 4, size_mul(win, C), size_mul(win, 4), size_mul(KH, 16),
                               size_mul(BR * out_bytes, OC)};
     int64_t total = 0;
-    for (int i = 0; i < 6; ++i) total = size_add(total, size_add(parts[i], 63) / 64 * 64);
+    for (int i = 0; i < 6; ++i) {
+        if (parts[i] < 0) return -1;
+        total = size_add(total, size_add(parts[i], 63) / 64 * 64);
+        if (total < 0) return -1;
+    }
     return total;
 }
 
@@ -161,10 +175,11 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
     (void)row;
 
     const int64_t OH = out_size(H, KH, sh, ph, dh), OW = out_size(W, KW, sw, pw, dw);
-    const int64_t P = OH * OW, K = KH * KW * C, K4 = rc_qgemm_k4(K), panels = rc_qgemm_npad(OC) / RC_QGEMM_NR;
     const int bytes = out_bytes_of(epi);
+    /* -1 also when KH * KW * C would pass the int32 bound: checked before K is formed */
     const int64_t slot = dense_slot_bytes(C, KH, KW, OW, sw, dw, OC, bytes), shared = dense_shared_bytes(OC);
     if (slot < 0) return RC_ERR_ARG;
+    const int64_t P = OH * OW, K = KH * KW * C, K4 = rc_qgemm_k4(K), panels = rc_qgemm_npad(OC) / RC_QGEMM_NR;
     const int64_t room = workspace_bytes - 64 - shared, slots = room >= slot ? room / slot : 0;
     if (slots < 1) return RC_ERR_ARG;
     uint8_t *base = (uint8_t *)workspace + ((64 - ((uintptr_t)workspace & 63)) & 63);
@@ -214,6 +229,7 @@ int rc_qconv2d(const void *x, int x_type, long long N, long long C, long long H,
             rc_patch_src src = src0;
             src.img = (const uint8_t *)x + n * C * H * W;
             win.span = 0;
+            win.iw0 = 0; /* unread while span is 0; set so that no checker sees it undefined */
             uint8_t *out_n = (uint8_t *)out + n * OC * P * bytes;
             for (int64_t mb = 0; mb < mblocks; ++mb) {
                 const int64_t i0 = tiles * mb / mblocks, i1 = tiles * (mb + 1) / mblocks;

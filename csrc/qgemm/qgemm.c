@@ -106,7 +106,9 @@ void rc_qgemm_pick(int isa, rc_qgemm_tile_fn *tile, rc_epi_row_fn *row) {
     switch (isa) {
 #if RC_X86
     case RC_ISA_AVX2: *tile = rc_qgemm_tile_avx2; *row = rc_epi_row_avx2; return;
+#if RC_HAVE_AVX_VNNI
     case RC_ISA_AVX_VNNI: *tile = rc_qgemm_tile_avx_vnni; *row = rc_epi_row_avx2; return;
+#endif
     case RC_ISA_AVX512: *tile = rc_qgemm_tile_avx512; *row = rc_epi_row_avx512; return;
     case RC_ISA_AVX512_VNNI: *tile = rc_qgemm_tile_avx512_vnni; *row = rc_epi_row_avx512; return;
 #endif

@@ -42,7 +42,9 @@ void rc_epi_row_portable(const rc_epilogue *, const int32_t *, int64_t, int64_t,
 #if RC_X86
 void rc_qgemm_tile_avx2(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_epi_row_avx2(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);
+#if RC_HAVE_AVX_VNNI
 void rc_qgemm_tile_avx_vnni(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
+#endif
 void rc_qgemm_tile_avx512(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_qgemm_tile_avx512_vnni(const rc_qgemm_ctx *, const int8_t *, int64_t, int64_t, int, const uint8_t *, int64_t);
 void rc_epi_row_avx512(const rc_epilogue *, const int32_t *, int64_t, int64_t, int64_t, void *, int64_t);

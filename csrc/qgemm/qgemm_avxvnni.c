@@ -12,7 +12,7 @@
  * as 1 x 8 (the whole panel, 8 chains).  Enough independent chains to cover vpdpbusd's
  * latency at two per cycle needs rows * nv >= 8 or so; fewer only at 2 rows and below. */
 #include "../rc_common.h"
-#if RC_X86
+#if RC_HAVE_AVX_VNNI
 #pragma GCC target("avx2,fma,avxvnni")
 #include <string.h>
 

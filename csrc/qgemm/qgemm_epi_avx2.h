@@ -7,7 +7,7 @@
 #include "qgemm.h"
 
 /* gemmlowp fixed-point requantization on 8 lanes (per-lane multiplier and shift). */
-static inline __m256i rc_fixed8(__m256i v, __m256i m0, __m256i shift) {
+static inline __attribute__((always_inline)) __m256i rc_fixed8(__m256i v, __m256i m0, __m256i shift) {
     const __m256i zero = _mm256_setzero_si256();
     const __m256i left = _mm256_max_epi32(shift, zero);
     const __m256i right = _mm256_max_epi32(_mm256_sub_epi32(zero, shift), zero);
@@ -31,7 +31,8 @@ static inline __m256i rc_fixed8(__m256i v, __m256i m0, __m256i shift) {
 }
 
 /* 8 full lanes of the epilogue (tails go through the scalar rc_epi_store_one). */
-static inline void rc_epi8(const rc_epilogue *e, __m256i v, int64_t row, int64_t n0, void *out, int64_t ldo) {
+static inline __attribute__((always_inline)) void rc_epi8(const rc_epilogue *e, __m256i v, int64_t row,
+                                                          int64_t n0, void *out, int64_t ldo) {
     if (e->bias) v = _mm256_add_epi32(v, _mm256_loadu_si256((const __m256i *)(e->bias + n0)));
     const int64_t at = row * ldo + n0;
     if (e->kind == RC_EPI_INT32) {

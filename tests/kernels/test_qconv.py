@@ -784,3 +784,16 @@ def test_k_at_the_int32_bound_is_exact_and_one_more_is_refused(variant):
         assert_exact(got, kernels.qconv2d(x, w, bias=bias, padding=1))
     with pytest.raises(OverflowRiskError, match="bound"):
         kernels.qconv2d(np.zeros((1, C + 1, 3, 3), np.int8), np.zeros((2, C + 1, 3, 3), np.int8), bias=bias)
+
+
+@pytest.mark.skipif(not kernels.available()["c_built"], reason="needs the C extension")
+def test_workspace_size_refuses_sizes_that_overflow_for_c_callers():
+    # C callers size the workspace with rc_qconv2d_workspace_size: arguments whose window or
+    # K = KH * KW * C overflow must give -1, never a small size that the kernel then
+    # overruns (an overflowed part used to round to 0 and drop out of the total)
+    from refcompress.kernels import _native
+
+    size = _native.lib.rc_qconv2d_workspace_size
+    assert size(64, 3, 3, 56, 1, 1, 64, 1, 1) > 0
+    for C, KH, KW in [(2**31, 2, 2**31), (2**31, 2, 2**30), (2**16, 2**8, 2**8)]:  # K >= 2^32
+        assert size(C, KH, KW, 1, 1, 1, 1, 1, 1) == -1
