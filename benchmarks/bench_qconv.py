@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from _harness import (SETTLE, alternating_medians, blas_report, blas_threads, fmt_ratio, optional,  # noqa: E402
                       ort_session, print_table, rng, torch_quantized)
-from bench_qgemm import measured_peak  # noqa: E402
+from bench_qgemm import measured_peak, peak_line  # noqa: E402
 
 import refcompress.kernels as K  # noqa: E402
 
@@ -125,8 +125,8 @@ def main(argv=None):
     isas = args.isa or [None]
     print(f"NumPy BLAS: {blas_report()}")
     print(f"refcompress qconv2d variant: {K.available()['ops']['qconv2d']['selected'] or 'numpy'}")
-    peak = measured_peak()
-    print(f"measured int8 peak (vpdpbusd, 1 core): {peak / 1e9:.0f} GOP/s" if peak else "no VNNI")
+    peaks = {t: measured_peak(t) for t in args.threads}
+    print(peak_line(peaks) if all(peaks.values()) else "no VNNI")
     print()
     g = rng(0)
     rows = {"NCHW": [], "NHWC": []}
@@ -166,7 +166,7 @@ def main(argv=None):
                         rows[layout].append(
                             [name, batch, threads] + ([isa] if args.isa else []) +
                             [f"{t_ours * 1e3:.2f}", f"{ops / t_ours / 1e9:.0f}",
-                             f"{100 * ops / t_ours / (peak * threads):.0f}%" if peak else "-",
+                             f"{100 * ops / t_ours / peaks[threads]:.0f}%" if peaks[threads] else "-",
                              fmt_ratio(t_np / t_ours), fmt_ratio(t_ort / t_ours if t_ort else None),
                              fmt_ratio(t_torch / t_ours if t_torch else None),
                              fmt_ratio(best / t_ours if best else None)])
