@@ -283,6 +283,21 @@ def _linear_names(model: Module, names) -> list:
         found = [n for n, m in model.named_modules() if type(m) is nn.Linear]
         if not found:
             raise ArgumentError(f"model: a {type(model).__name__} with no nn.Linear submodule to prepare")
+        # named_modules lists a module used at two paths once: replacing it at that path
+        # alone would leave the other path float, so such a model is refused by name
+        paths = {}
+
+        def walk(m, prefix):
+            for name, child in m._modules.items():
+                path = f"{prefix}.{name}" if prefix else name
+                paths.setdefault(id(child), []).append(path)
+                walk(child, path)
+
+        walk(model, "")
+        shared = [paths[i] for i in (id(model.get_submodule(n)) for n in found) if len(paths.get(i, ())) > 1]
+        if shared:
+            raise ArgumentError(f"model: the nn.Linear at {shared[0]} is one module used at several paths; "
+                                "QAT would quantize it at one path only (give it separate Linears)")
         return found
     found = model.get_submodules(names)
     if not found:

@@ -219,6 +219,7 @@ def test_matches_stored_hugging_face_reference(encoder, embeddings):
     b = encoder.tokenizer(SENTENCES)
     S = ref["input_ids"].shape[1]
     np.testing.assert_array_equal(b["attention_mask"][:, :S], ref["attention_mask"])
+    assert not b["attention_mask"][:, S:].any()  # and no token of ours beyond theirs
     np.testing.assert_array_equal(np.where(ref["attention_mask"] == 1, b["input_ids"][:, :S], 0),
                                   np.where(ref["attention_mask"] == 1, ref["input_ids"], 0))
     assert np.max(np.abs(embeddings - ref["embeddings"])) <= 1e-5               # measured: 2.5e-7

@@ -234,3 +234,11 @@ def test_a_bare_linear_is_prepared_and_converted_itself():
     conv = convert_qat_linears(q)
     assert isinstance(conv, W8A8Linear)
     np.testing.assert_array_equal(conv.weight_q, w8a8_from_qat(q).weight_q)
+
+
+def test_a_linear_shared_by_two_paths_is_refused_by_default():
+    # named_modules lists a shared module once: preparing "every Linear" would quantize it
+    # at one path and leave the other float, silently
+    lin = nn.Linear(4, 4)
+    with pytest.raises(ArgumentError, match=r"model: the nn.Linear at \['0', '2'\] is one module"):
+        prepare_qat_linears(nn.Sequential(lin, nn.ReLU(), lin))
