@@ -2,7 +2,8 @@
 gradients in the backward, then conversion to the integer model.
 
 Two entry points.  ``prepare_qat(model)`` (a :class:`refcompress.nn.Sequential` chain)
-folds BatchNorm, replaces each Conv2d / Linear by a QAT twin whose weights are fake-quantized (symmetric, per output channel) on every forward, and puts a
+folds BatchNorm, replaces each Conv2d / Linear by a QAT twin whose weights are
+fake-quantized (symmetric, per output channel) on every forward, and puts a
 :class:`FakeQuantize` on the model input and on every layer's output (after a fused
 ReLU).  The model trains with the ordinary nn toolkit (``nn.fit``); ``convert_qat`` then
 builds the integer model of :mod:`refcompress.quant.modules` from the trained weights and
