@@ -5,10 +5,10 @@
  * while it is still in L1/L2 (row blocking), instead of going out to memory between two
  * BLAS calls, and the Python overhead is paid once.
  *
- * Batch 1 is a route of its own: h = V x as r dot products over V's original rows (each
- * load of x feeds four rows; the packed V^T panels would need a broadcast per element of
- * x), then y = U h over the packed U^T panels (each broadcast of h[k] feeds a whole row of
- * panels).  Both are memory-bound GEMVs; what is left to win is the fixed cost. */
+ * Batch 1 is a route of its own: h = V x as r dot products over V's original rows (the
+ * packed V^T panels would need a broadcast per element of x), then y = U h over the packed
+ * U^T panels, each read as one sequential stream (lowrank_gemv.h).  Both are memory-bound
+ * GEMVs. */
 #include <string.h>
 
 #include "lowrank.h"
@@ -22,6 +22,11 @@
 /* Batch 1 keeps h (at most this many floats, 8 KB) on the stack: the caller then needs no
  * workspace, which saves a batch-1 Python call ~0.1 us of its ~1.2 us fixed cost. */
 #define LR_H1_STACK 2048
+/* Batch 1 copies an x of at most this many floats (16 KB) that does not start a cache line
+ * to one that does: NumPy's arrays start 16 bytes past one, and every 64-byte load of the
+ * dot products then touched two lines (docs/lowrank.md section 8, "lr9": 1024 x 1024,
+ * r = 64, 2.9 -> 2.1 us for both products from L2). */
+#define LR_X1_STACK 4096
 
 static int64_t pad_nr(int64_t v) { return (v + LR_NR - 1) / LR_NR * LR_NR; }
 
@@ -111,7 +116,7 @@ static inline void lr_sum4(lr_vec a0, lr_vec a1, lr_vec a2, lr_vec a3, float *ou
 }
 #include "lowrank_gemv.h"
 
-const rc_lowrank_kernels rc_lowrank_portable = {gemm_portable, lr_gemv_h, lr_gemv_y, LR_YP, 4};
+const rc_lowrank_kernels rc_lowrank_portable = {gemm_portable, lr_gemv_h, lr_gemv_y, 4};
 
 /* ---- driver ------------------------------------------------------------------------------ */
 
@@ -124,10 +129,10 @@ static const rc_lowrank_kernels *pick(int v) {
 }
 
 /* Batch 1: h = V x, then y = U h.  With T > 1 threads, thread t makes the h rows of its
- * slice of the rank (a multiple of 4 rows, the dot kernel's pass) and, after one barrier,
- * the y columns of its share of the U^T panels (whole gemv_y passes).  Every h and y
- * element is then summed in the same order whatever T is: the result does not depend on
- * the thread count. */
+ * slice of the rank and, after one barrier, the y columns of its share of the U^T panels.
+ * Every h and y element is summed in the same order whatever T is (a row of h, a panel of
+ * y, is one thread's, made by the same code): the result does not depend on the thread
+ * count. */
 static void run_batch1(const rc_lowrank_kernels *kr, const float *x, int64_t n, int64_t r, int64_t m,
                        const float *v, const float *b2, const float *bias, float *y, float *h, int nt) {
     const int64_t P2 = pad_nr(m) / LR_NR;
@@ -147,11 +152,10 @@ static void run_batch1(const rc_lowrank_kernels *kr, const float *x, int64_t n, 
 #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        const int64_t j0 = (r * t / nth) & ~(int64_t)3, j1 = t + 1 == nth ? r : (r * (t + 1) / nth) & ~(int64_t)3;
+        const int64_t j0 = r * t / nth, j1 = r * (t + 1) / nth;
         kr->gemv_h(v, n, x, j0, j1, h);
 #pragma omp barrier
-        const int64_t G = kr->gemv_y_panels, groups = (P2 + G - 1) / G;
-        const int64_t c0 = groups * t / nth * G, c1 = t + 1 == nth ? P2 : groups * (t + 1) / nth * G;
+        const int64_t c0 = P2 * t / nth, c1 = P2 * (t + 1) / nth;
         if (c1 > c0) kr->gemv_y(h, r, b2, c0, c1, m, bias, y);
     }
 #endif
@@ -188,7 +192,12 @@ int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, lo
     if (batch == 1) {
         /* Whenever the size function says 0 bytes, h lives here: a caller's workspace of
          * that documented size may be empty. */
-        float h1[LR_H1_STACK];
+        float h1[LR_H1_STACK] __attribute__((aligned(64)));
+        float x1[LR_X1_STACK] __attribute__((aligned(64)));
+        if (((uintptr_t)x & 63) != 0 && n <= LR_X1_STACK) {
+            memcpy(x1, x, (size_t)n * sizeof(float));
+            x = x1;
+        }
         run_batch1(kr, x, n, r, m, v, b2, bias, y, rc_lowrank_workspace_size(1, r) == 0 ? h1 : h, nt);
         return RC_OK;
     }

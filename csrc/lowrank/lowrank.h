@@ -21,9 +21,6 @@ typedef struct {
      * of panels p0..p1) of B [K, N], packed as for gemm (bias may be NULL). */
     void (*gemv_y)(const float *h, int64_t K, const float *bp, int64_t p0, int64_t p1, int64_t N,
                    const float *bias, float *y);
-    /* Panels per gemv_y pass (LR_YP of lowrank_gemv.h): a pass and a lone panel sum in
-     * different orders, so thread shares of the panels start at multiples of it. */
-    int64_t gemv_y_panels;
     /* Rows of gemm's micro-tile: thread shares of the rows start at multiples of it. */
     int64_t gemm_rows;
 } rc_lowrank_kernels;

@@ -81,5 +81,5 @@ static inline void lr_sum4(lr_vec a0, lr_vec a1, lr_vec a2, lr_vec a3, float *ou
 }
 #include "lowrank_gemv.h"
 
-const rc_lowrank_kernels rc_lowrank_avx2 = {gemm_avx2, lr_gemv_h, lr_gemv_y, LR_YP, 3};
+const rc_lowrank_kernels rc_lowrank_avx2 = {gemm_avx2, lr_gemv_h, lr_gemv_y, 3};
 #endif

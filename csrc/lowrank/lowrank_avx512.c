@@ -87,5 +87,5 @@ static inline void lr_sum4(lr_vec a0, lr_vec a1, lr_vec a2, lr_vec a3, float *ou
 }
 #include "lowrank_gemv.h"
 
-const rc_lowrank_kernels rc_lowrank_avx512 = {gemm_avx512, lr_gemv_h, lr_gemv_y, LR_YP, 6};
+const rc_lowrank_kernels rc_lowrank_avx512 = {gemm_avx512, lr_gemv_h, lr_gemv_y, 6};
 #endif

@@ -9,7 +9,13 @@
  *   lr_sum4(a0, a1, a2, a3, out) out[i] = the sum of ai's lanes
  *
  * and then includes this file.  Float sums in a variant-specific order: within the
- * documented bound (docs/lowrank.md section 7). */
+ * documented bound (docs/lowrank.md section 7).
+ *
+ * Both products read each weight once, so they run at the rate the core streams its cache.
+ * Each reads the weights as one sequential stream -- a row of v, then the next; a panel of
+ * u^T, then the next: on Zen 5 one stream from L2 ran at 190-260 GB/s, four interleaved
+ * streams (four rows or four panels per pass, the earlier design, which shared each load
+ * of x or h between them) at 125-145 (docs/lowrank.md section 8, "lr9"). */
 #ifndef RC_LOWRANK_GEMV_H
 #define RC_LOWRANK_GEMV_H
 
@@ -17,125 +23,90 @@
 
 #define LR_AI static inline __attribute__((always_inline))
 
-/* h[0..R) (+)= v[0..R) . x over n elements, R <= 4 rows of v (row stride ld).  Four rows
- * per pass so that each load of x feeds four FMAs; two accumulators per row (eight chains
- * at R = 4) so that the FMA latency is hidden; one horizontal reduction for the four rows
- * at the end, added to h when `add` (a later chunk of the rows, see lr_gemv_h). */
-LR_AI void lr_dot_rows(const int R, const float *v, int64_t ld, int64_t n, const float *x, float *h, int add) {
-    lr_vec a[4][2];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) a[i][0] = a[i][1] = lr_zero();
+/* The lanes of v . x over n elements, one row v: four accumulators, so that the FMA
+ * latency is hidden, added in a fixed order at the end (the caller sums the lanes). */
+LR_AI lr_vec lr_dot_row(const float *v, int64_t n, const float *x) {
+    lr_vec a0 = lr_zero(), a1 = lr_zero(), a2 = lr_zero(), a3 = lr_zero();
     int64_t k = 0;
-    for (; k + 2 * LR_W <= n; k += 2 * LR_W) {
-        const lr_vec x0 = lr_load(x + k), x1 = lr_load(x + k + LR_W);
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) {
-            a[i][0] = lr_fma(lr_load(v + i * ld + k), x0, a[i][0]);
-            a[i][1] = lr_fma(lr_load(v + i * ld + k + LR_W), x1, a[i][1]);
-        }
+    for (; k + 4 * LR_W <= n; k += 4 * LR_W) {
+        a0 = lr_fma(lr_load(v + k), lr_load(x + k), a0);
+        a1 = lr_fma(lr_load(v + k + LR_W), lr_load(x + k + LR_W), a1);
+        a2 = lr_fma(lr_load(v + k + 2 * LR_W), lr_load(x + k + 2 * LR_W), a2);
+        a3 = lr_fma(lr_load(v + k + 3 * LR_W), lr_load(x + k + 3 * LR_W), a3);
     }
-    if (k + LR_W <= n) {
-        const lr_vec x0 = lr_load(x + k);
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) a[i][0] = lr_fma(lr_load(v + i * ld + k), x0, a[i][0]);
-        k += LR_W;
-    }
-    if (k < n) {
-        const int rem = (int)(n - k);
-        const lr_vec x0 = lr_load_part(x + k, rem);
-#pragma GCC unroll 4
-        for (int i = 0; i < R; ++i) a[i][1] = lr_fma(lr_load_part(v + i * ld + k, rem), x0, a[i][1]);
-    }
-    float s[4];
-    lr_sum4(lr_add(a[0][0], a[0][1]), lr_add(a[1][0], a[1][1]), lr_add(a[2][0], a[2][1]),
-            lr_add(a[3][0], a[3][1]), s);
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) h[i] = add ? h[i] + s[i] : s[i];
+    for (; k + LR_W <= n; k += LR_W) a0 = lr_fma(lr_load(v + k), lr_load(x + k), a0);
+    if (k < n) a1 = lr_fma(lr_load_part(v + k, (int)(n - k)), lr_load_part(x + k, (int)(n - k)), a1);
+    return lr_add(lr_add(a0, a1), lr_add(a2, a3));
 }
 
-/* Elements of x per chunk: all rows are swept over one 4 KB chunk of x before the next.
- * 4 KB is one way of every L1 set, so the v rows streaming past do not evict x; with
- * whole rows of 12 KB they did, and the re-reads of x cost ~20% of the bandwidth
- * (n = 3072 on Zen 4: 94 -> 113 GB/s from L2 with chunks). */
-#define LR_KC 1024
-
+/* h[j] = v[j, :] . x for j in [j0, j1): rows one after another, their lanes summed four
+ * rows at a time (one lr_sum4; a row's sum does not depend on its neighbours).  The row
+ * loop is left rolled: with the four rows' dot loops inlined one after another this ran at
+ * ~150 GB/s, rolled at ~190 (GCC 12). */
 static void lr_gemv_h(const float *v, int64_t n, const float *x, int64_t j0, int64_t j1, float *h) {
-    for (int64_t k0 = 0; k0 < n; k0 += LR_KC) {
-        const int64_t kn = n - k0 < LR_KC ? n - k0 : LR_KC;
-        const int add = k0 > 0;
-        const float *vk = v + k0, *xk = x + k0;
-        int64_t j = j0;
-        for (; j + 4 <= j1; j += 4) lr_dot_rows(4, vk + j * n, n, kn, xk, h + j, add);
-        switch (j1 - j) {
-        case 3: lr_dot_rows(3, vk + j * n, n, kn, xk, h + j, add); break;
-        case 2: lr_dot_rows(2, vk + j * n, n, kn, xk, h + j, add); break;
-        case 1: lr_dot_rows(1, vk + j * n, n, kn, xk, h + j, add); break;
-        default: break;
-        }
+    lr_vec s[4];
+    int64_t j = j0;
+    for (; j + 4 <= j1; j += 4) {
+        for (int i = 0; i < 4; ++i) s[i] = lr_dot_row(v + (j + i) * n, n, x);
+        lr_sum4(s[0], s[1], s[2], s[3], h + j);
+    }
+    if (j < j1) {
+        float t[4];
+        for (int i = 0; i < 4; ++i) s[i] = j + i < j1 ? lr_dot_row(v + (j + i) * n, n, x) : lr_zero();
+        lr_sum4(s[0], s[1], s[2], s[3], t);
+        for (int i = 0; j + i < j1; ++i) h[j + i] = t[i];
     }
 }
 
-/* Vectors per panel row, and panels per pass: eight accumulators, each broadcast h[k]
- * feeding all of them, with the pass's NP panels read as NP sequential streams. */
+/* Vectors per panel row, and k steps per pass: eight accumulators in all (LR_VP * LR_YK),
+ * each broadcast h[k] feeding one row of the panel. */
 #define LR_VP (LR_NR / LR_W)
-#define LR_YP (LR_VP >= 8 ? 1 : 8 / LR_VP)
+#define LR_YK (LR_VP >= 8 ? 1 : 8 / LR_VP)
 
-/* y over NP panels starting at panel p (column col = p * LR_NR).  A pass of fewer than
- * LR_YP panels (the last ones) has too few accumulators to hide the FMA latency, so it
- * keeps a second set over odd k. */
-LR_AI void lr_panels_y(const int NP, const float *h, int64_t K, const float *b, int64_t col, int64_t N,
-                       const float *bias, float *y) {
-    const int KC = NP < LR_YP ? 2 : 1;
-    lr_vec acc[LR_YP][LR_VP], acc2[LR_YP][LR_VP];
+/* y over panel p (columns p * LR_NR ..): k steps LR_YK at a time into LR_YK sets of sums,
+ * added in a fixed order at the end, so a column's sum does not depend on which thread
+ * makes the panel. */
+LR_AI void lr_panel_y(const float *h, int64_t K, const float *b, int64_t col, int64_t N, const float *bias,
+                      float *y) {
+    lr_vec acc[LR_YK][LR_VP];
 #pragma GCC unroll 8
-    for (int pp = 0; pp < NP; ++pp)
+    for (int s = 0; s < LR_YK; ++s)
 #pragma GCC unroll 8
-        for (int q = 0; q < LR_VP; ++q) acc[pp][q] = acc2[pp][q] = lr_zero();
-    const int64_t ps = K * LR_NR; /* panel stride */
+        for (int q = 0; q < LR_VP; ++q) acc[s][q] = lr_zero();
     int64_t k = 0;
-    if (KC == 2) {
-        for (; k + 2 <= K; k += 2) {
-            const lr_vec h0 = lr_set1(h[k]), h1 = lr_set1(h[k + 1]);
+    for (; k + LR_YK <= K; k += LR_YK)
 #pragma GCC unroll 8
-            for (int pp = 0; pp < NP; ++pp)
-#pragma GCC unroll 8
-                for (int q = 0; q < LR_VP; ++q) {
-                    const float *bk = b + pp * ps + k * LR_NR + q * LR_W;
-                    acc[pp][q] = lr_fma(h0, lr_load(bk), acc[pp][q]);
-                    acc2[pp][q] = lr_fma(h1, lr_load(bk + LR_NR), acc2[pp][q]);
-                }
-        }
-    }
-    for (; k < K; ++k) {
-        const lr_vec h0 = lr_set1(h[k]);
-#pragma GCC unroll 8
-        for (int pp = 0; pp < NP; ++pp)
+        for (int s = 0; s < LR_YK; ++s) {
+            const lr_vec hk = lr_set1(h[k + s]);
 #pragma GCC unroll 8
             for (int q = 0; q < LR_VP; ++q)
-                acc[pp][q] = lr_fma(h0, lr_load(b + pp * ps + k * LR_NR + q * LR_W), acc[pp][q]);
+                acc[s][q] = lr_fma(hk, lr_load(b + (k + s) * LR_NR + q * LR_W), acc[s][q]);
+        }
+    for (; k < K; ++k) { /* into the first set: constant indices keep acc in registers */
+        const lr_vec hk = lr_set1(h[k]);
+#pragma GCC unroll 8
+        for (int q = 0; q < LR_VP; ++q) acc[0][q] = lr_fma(hk, lr_load(b + k * LR_NR + q * LR_W), acc[0][q]);
     }
 #pragma GCC unroll 8
-    for (int pp = 0; pp < NP; ++pp)
+    for (int q = 0; q < LR_VP; ++q) {
+        const int64_t c0 = col + q * LR_W, valid = N - c0;
+        if (valid <= 0) continue;
+        lr_vec sum = acc[0][q];
 #pragma GCC unroll 8
-        for (int q = 0; q < LR_VP; ++q) {
-            const int64_t c0 = col + pp * LR_NR + q * LR_W, valid = N - c0;
-            if (valid <= 0) continue;
-            lr_vec s = KC == 2 ? lr_add(acc[pp][q], acc2[pp][q]) : acc[pp][q];
-            if (valid >= LR_W) {
-                if (bias) s = lr_add(s, lr_load(bias + c0));
-                lr_store(y + c0, s);
-            } else {
-                if (bias) s = lr_add(s, lr_load_part(bias + c0, (int)valid));
-                lr_store_part(y + c0, s, (int)valid);
-            }
+        for (int s = 1; s < LR_YK; ++s) sum = lr_add(sum, acc[s][q]);
+        if (valid >= LR_W) {
+            if (bias) sum = lr_add(sum, lr_load(bias + c0));
+            lr_store(y + c0, sum);
+        } else {
+            if (bias) sum = lr_add(sum, lr_load_part(bias + c0, (int)valid));
+            lr_store_part(y + c0, sum, (int)valid);
         }
+    }
 }
 
 static void lr_gemv_y(const float *h, int64_t K, const float *bp, int64_t p0, int64_t p1, int64_t N,
                       const float *bias, float *y) {
-    int64_t p = p0;
-    for (; p + LR_YP <= p1; p += LR_YP) lr_panels_y(LR_YP, h, K, bp + p * K * LR_NR, p * LR_NR, N, bias, y);
-    for (; p < p1; ++p) lr_panels_y(1, h, K, bp + p * K * LR_NR, p * LR_NR, N, bias, y);
+    for (int64_t p = p0; p < p1; ++p) lr_panel_y(h, K, bp + p * K * LR_NR, p * LR_NR, N, bias, y);
 }
 
 #undef LR_AI

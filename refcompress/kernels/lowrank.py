@@ -97,10 +97,14 @@ class PackedLowRank:
         batch-1 workspace size: per call, only x, y and the workspace are new pointers."""
         lib, ptr = _native.lib, _native.ptr
         n, r, m = self.n, self.r, self.m
-        self.packed = np.empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
+        # Both at cache-line starts: the kernels stream them with 64-byte loads.  v is the
+        # batch-1 route's first factor (its rows are the dot operands); the copy costs the
+        # layer r * n floats more when the caller's v is not aligned.
+        self.packed = _native.aligned_empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
+        self._v_c = _native.aligned_copy(self.v)
         check_rc(lib.rc_lowrank_pack_f32(ptr("float *", self.v), ptr("float *", self.u), n, r, m,
                                          ptr("float *", self.packed)), "pack_lowrank")
-        self._c_args = (ptr("float *", self.v), ptr("float *", self.packed),
+        self._c_args = (ptr("float *", self._v_c), ptr("float *", self.packed),
                         _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
         self._ws1 = lib.rc_lowrank_workspace_size(1, r)
         return self._c_args

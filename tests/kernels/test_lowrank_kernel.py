@@ -82,11 +82,12 @@ def test_fp32_large_batch_parallel_paths_and_packed_reuse(variant):
 
 
 # Batch 1 has a route of its own (csrc/lowrank/lowrank_gemv.h): h as dot products over v's
-# rows, 4 rows per pass and 4 / 8 / 16 float lanes (portable / AVX2 / AVX-512) with a masked
-# tail, in chunks of 1024 elements of x; y over the 32-column u^T panels, 1 / 2 / 4 panels
-# per pass.  Sizes around each edge, and primes.
+# rows, one row at a time in steps of 4 vectors of 4 / 8 / 16 float lanes (portable / AVX2 /
+# AVX-512), then single vectors, then a masked tail, the row sums 4 rows at a time; y over
+# the 32-column u^T panels one at a time, 1 / 2 / 4 k steps per pass.  x is copied to a
+# cache-line start up to 4096 floats.  Sizes around each edge, and primes.
 N1 = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 97, 127, 129,
-                      1023, 1024, 1025, 1039, 2053])
+                      1023, 1024, 1025, 1039, 2053, 4095, 4096, 4097])
 R1 = st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 31, 37])
 M1 = st.sampled_from([1, 2, 3, 5, 15, 16, 17, 31, 32, 33, 63, 64, 65, 96, 97, 127, 128, 129, 161, 193, 257])
 
@@ -152,6 +153,50 @@ def test_batch1_h_on_the_stack_up_to_2048_floats_and_in_the_workspace_above(vari
         _check_bound(y, x, v, u, b)
     # batch 0 needs no workspace at all
     assert lib.rc_lowrank_f32(ffi.NULL, 0, 5, r, 3, *p._c_args, ffi.NULL, ffi.NULL, _native.ISA_AUTO, 1) == _native.RC_OK
+
+
+@pytest.mark.parametrize("variant", [v for v in F32 if v[0] == "c"], ids=_id)
+@pytest.mark.parametrize("n", [1024, 4096, 4097])
+def test_batch1_bits_do_not_depend_on_where_x_and_v_start(variant, n):
+    # The kernel reads x from an aligned copy (n <= 4096) or in place (larger), and v from
+    # the packed layer's aligned copy: the same summation order wherever the caller's
+    # arrays start, so the same bits.
+    rng = np.random.default_rng(n)
+    r, m = 37, 65
+    v, u = rng.standard_normal((r, n)).astype(np.float32), rng.standard_normal((m, r)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    x0 = rng.standard_normal((1, n)).astype(np.float32)
+    buf, vbuf = np.empty(n + 16, np.float32), np.empty(r * n + 16, np.float32)
+    for threads in (1, 2):
+        with kernels.use(*variant, threads=threads):
+            want = None
+            for off in range(16):  # every 4-byte offset within a cache line
+                x = buf[off:off + n].reshape(1, n)
+                x[...] = x0
+                vo = vbuf[off:off + r * n].reshape(r, n)
+                vo[...] = v
+                y = kernels.lowrank_linear(x, kernels.pack_lowrank(vo, u, b))
+                if want is None:
+                    want = y
+                    _check_bound(y, x0, v, u, b)
+                np.testing.assert_array_equal(y, want, err_msg=f"x, v start {4 * off} bytes past a line")
+
+
+def test_packed_factors_start_at_cache_lines():
+    # NumPy puts large arrays 16 bytes past a page: the factors the kernel streams (the
+    # panels, and v for batch 1) are copied to cache-line starts (docs/lowrank.md section 8)
+    rng = np.random.default_rng(0)
+    buf = rng.standard_normal(64 * 1024 + 16).astype(np.float32)
+    start = (16 - buf.ctypes.data % 64) % 64 // 4  # 16 bytes past a line, as NumPy's own
+    v = buf[start:start + 64 * 1024].reshape(64, 1024)
+    assert v.ctypes.data % 64 == 16
+    p = kernels.pack_lowrank(v, rng.standard_normal((100, 64)).astype(np.float32))
+    assert p.packed.ctypes.data % 64 == 0 and p._v_c.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(p._v_c, v)
+    assert _native.aligned_copy(p._v_c) is p._v_c  # an aligned array is not copied again
+    for shape, dtype in [((0,), np.float32), ((3, 5), np.int8), ((7,), np.float64)]:
+        a = _native.aligned_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.ctypes.data % 64 == 0 and a.flags.c_contiguous
 
 
 # Large enough that batch 1 splits the rank across threads (r (n + m) > 65536 and at least
