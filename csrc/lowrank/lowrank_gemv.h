@@ -11,11 +11,12 @@
  * and then includes this file.  Float sums in a variant-specific order: within the
  * documented bound (docs/lowrank.md section 7).
  *
- * Both products read each weight once, so they run at the rate the core streams its cache.
- * Each reads the weights as one sequential stream -- a row of v, then the next; a panel of
- * u^T, then the next: on Zen 5 one stream from L2 ran at 190-260 GB/s, four interleaved
- * streams (four rows or four panels per pass, the earlier design, which shared each load
- * of x or h between them) at 125-145 (docs/lowrank.md section 8, "lr9"). */
+ * Both products read each weight once, so with 8- and 16-lane vectors they run at the rate
+ * the core streams its cache, and read the weights as one sequential stream -- a row of v,
+ * then the next; a panel of u^T, then the next: on Zen 5 one stream from L2 ran at 190-260
+ * GB/s, four interleaved streams (four rows or four panels per pass, the earlier design,
+ * which shared each load of x or h[k] between them) at 125-145 (docs/lowrank.md section 8,
+ * "lr9").  4-lane vectors keep four rows per pass for h (see LR_HR). */
 #ifndef RC_LOWRANK_GEMV_H
 #define RC_LOWRANK_GEMV_H
 
@@ -23,36 +24,67 @@
 
 #define LR_AI static inline __attribute__((always_inline))
 
-/* The lanes of v . x over n elements, one row v: four accumulators, so that the FMA
- * latency is hidden, added in a fixed order at the end (the caller sums the lanes). */
-LR_AI lr_vec lr_dot_row(const float *v, int64_t n, const float *x) {
-    lr_vec a0 = lr_zero(), a1 = lr_zero(), a2 = lr_zero(), a3 = lr_zero();
+/* Rows per pass of the dot products, and accumulators per row.  Wide vectors are bound by
+ * the cache's bandwidth, which one sequential stream uses best: one row at a time, four
+ * accumulators.  4-lane vectors are bound by the load ports instead (two loads per FMA
+ * with one row: the portable variant ran 1.3-1.4x slower so), so four rows share each load
+ * of x, two accumulators each.  A row's sum is made in the same order whether its pass has
+ * LR_HR rows or fewer (a block's last rows), so thread shares may cut anywhere. */
+#define LR_HR (LR_W >= 8 ? 1 : 4)
+#define LR_HA (LR_HR == 1 ? 4 : 2)
+
+/* s[i] = the lanes of v[i, :] . x over n elements for the R <= LR_HR rows of v (row
+ * stride n); the caller sums each vector's lanes. */
+LR_AI void lr_dot_rows(const int R, const float *v, int64_t n, const float *x, lr_vec *s) {
+    lr_vec a[LR_HR][LR_HA];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (int q = 0; q < LR_HA; ++q) a[i][q] = lr_zero();
     int64_t k = 0;
-    for (; k + 4 * LR_W <= n; k += 4 * LR_W) {
-        a0 = lr_fma(lr_load(v + k), lr_load(x + k), a0);
-        a1 = lr_fma(lr_load(v + k + LR_W), lr_load(x + k + LR_W), a1);
-        a2 = lr_fma(lr_load(v + k + 2 * LR_W), lr_load(x + k + 2 * LR_W), a2);
-        a3 = lr_fma(lr_load(v + k + 3 * LR_W), lr_load(x + k + 3 * LR_W), a3);
+    for (; k + LR_HA * LR_W <= n; k += LR_HA * LR_W)
+#pragma GCC unroll 4
+        for (int q = 0; q < LR_HA; ++q) {
+            const lr_vec xq = lr_load(x + k + q * LR_W);
+#pragma GCC unroll 4
+            for (int i = 0; i < R; ++i) a[i][q] = lr_fma(lr_load(v + i * n + k + q * LR_W), xq, a[i][q]);
+        }
+    for (; k + LR_W <= n; k += LR_W) {
+        const lr_vec x0 = lr_load(x + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) a[i][0] = lr_fma(lr_load(v + i * n + k), x0, a[i][0]);
     }
-    for (; k + LR_W <= n; k += LR_W) a0 = lr_fma(lr_load(v + k), lr_load(x + k), a0);
-    if (k < n) a1 = lr_fma(lr_load_part(v + k, (int)(n - k)), lr_load_part(x + k, (int)(n - k)), a1);
-    return lr_add(lr_add(a0, a1), lr_add(a2, a3));
+    if (k < n) {
+        const lr_vec x0 = lr_load_part(x + k, (int)(n - k));
+#pragma GCC unroll 4
+        for (int i = 0; i < R; ++i) a[i][1] = lr_fma(lr_load_part(v + i * n + k, (int)(n - k)), x0, a[i][1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#if LR_HA == 4
+        s[i] = lr_add(lr_add(a[i][0], a[i][1]), lr_add(a[i][2], a[i][3]));
+#else
+        s[i] = lr_add(a[i][0], a[i][1]);
+#endif
 }
 
-/* h[j] = v[j, :] . x for j in [j0, j1): rows one after another, their lanes summed four
- * rows at a time (one lr_sum4; a row's sum does not depend on its neighbours).  The row
- * loop is left rolled: with the four rows' dot loops inlined one after another this ran at
- * ~150 GB/s, rolled at ~190 (GCC 12). */
+/* h[j] = v[j, :] . x for j in [j0, j1): LR_HR rows per pass, the lanes summed four rows at
+ * a time (one lr_sum4; a row's sum does not depend on its neighbours).  With one row per
+ * pass the loop over a group's four rows is left rolled: GCC 12 inlining the four dot
+ * loops one after another ran at ~150 GB/s, rolled at ~190. */
 static void lr_gemv_h(const float *v, int64_t n, const float *x, int64_t j0, int64_t j1, float *h) {
     lr_vec s[4];
     int64_t j = j0;
     for (; j + 4 <= j1; j += 4) {
-        for (int i = 0; i < 4; ++i) s[i] = lr_dot_row(v + (j + i) * n, n, x);
+        for (int i = 0; i < 4; i += LR_HR) lr_dot_rows(LR_HR, v + (j + i) * n, n, x, s + i);
         lr_sum4(s[0], s[1], s[2], s[3], h + j);
     }
     if (j < j1) {
         float t[4];
-        for (int i = 0; i < 4; ++i) s[i] = j + i < j1 ? lr_dot_row(v + (j + i) * n, n, x) : lr_zero();
+        for (int i = 0; i < 4; ++i) {
+            if (j + i < j1) lr_dot_rows(1, v + (j + i) * n, n, x, s + i);
+            else s[i] = lr_zero();
+        }
         lr_sum4(s[0], s[1], s[2], s[3], t);
         for (int i = 0; j + i < j1; ++i) h[j + i] = t[i];
     }
