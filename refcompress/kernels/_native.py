@@ -72,6 +72,8 @@ def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
     (docs/lowrank.md section 8, "lr9")."""
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:  # nothing to load: no address to align (an empty view keeps its base's)
+        return np.empty(shape, dtype)
     buf = np.empty(count * dtype.itemsize + align, np.uint8)
     start = -buf.ctypes.data % align
     return buf[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
