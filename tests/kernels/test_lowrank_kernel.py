@@ -82,8 +82,9 @@ def test_fp32_large_batch_parallel_paths_and_packed_reuse(variant):
 
 
 # Batch 1 has a route of its own (csrc/lowrank/lowrank_gemv.h): h as dot products over v's
-# rows, one row at a time in steps of 4 vectors of 4 / 8 / 16 float lanes (portable / AVX2 /
-# AVX-512), then single vectors, then a masked tail, the row sums 4 rows at a time; y over
+# rows, one row at a time in steps of 4 vectors of 8 / 16 float lanes (AVX2 / AVX-512; the
+# portable variant 4 rows at a time, steps of 2 vectors of 4 lanes), then single vectors,
+# then a masked tail, the row sums 4 rows at a time; y over
 # the 32-column u^T panels one at a time, 1 / 2 / 4 k steps per pass.  x is copied to a
 # cache-line start up to 4096 floats.  Sizes around each edge, and primes.
 N1 = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 97, 127, 129,
