@@ -275,7 +275,7 @@ class QuantizedLowRank:
         epi_h, keep_h, _ = _epilogue(self._spec1, None, self.r)
         epi_y, keep_y, _ = _epilogue(self._spec2, self.bias_q, self.m)
         self._cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
-        self._signed = np.empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
+        self._signed = _native.aligned_empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
         pv, pu = ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed)
         check_rc(lib.rc_lowrank_q8_prepare(self.n, self.r, self.m, self.x_zero_point, self.h_zero_point,
                                            ptr("int32_t *", self.packed_v.col_sums),

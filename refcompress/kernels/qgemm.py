@@ -153,7 +153,10 @@ class PackedWeights:
         self._calls = {}  # see _call_args
         if _native.lib is not None:
             lib = _native.lib
-            self.packed = np.zeros(lib.rc_qgemm_packed_size(self.K, self.N), np.uint8)
+            # at a cache-line start: a 64-byte load of NumPy's usual address (16 bytes past
+            # one) straddles two lines (1 x 768 x 768, C alone: 3.8 -> 3.3 us aligned);
+            # rc_qgemm_pack_b writes every byte, the padding too
+            self.packed = _native.aligned_empty(lib.rc_qgemm_packed_size(self.K, self.N), np.uint8)
             self.col_sums = np.zeros(self.N, np.int32)
             check_rc(lib.rc_qgemm_pack_b(_native.ptr("int8_t *", b), self.K, self.N,
                                          _native.ptr("void *", self.packed),

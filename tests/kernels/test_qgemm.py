@@ -83,6 +83,17 @@ def test_packed_weights_reused_across_calls_and_threads(variant, threads):
             assert_exact(got, kernels.qgemm(a, pw, 130, output=out))
 
 
+def test_packed_layers_start_at_cache_lines():
+    # the packed weights (and the int8 factored layer's signed copy) are streamed with
+    # 64-byte loads, which straddle two lines from NumPy's usual address 16 bytes past one
+    rng = np.random.default_rng(1)
+    for K, N in [(768, 768), (259, 131), (1, 1)]:
+        assert kernels.pack_weights(rng.integers(-128, 128, (K, N)).astype(np.int8)).packed.ctypes.data % 64 == 0
+    v, u = rng.standard_normal((8, 40)).astype(np.float32), rng.standard_normal((24, 8)).astype(np.float32)
+    q = kernels.QuantizedLowRank.calibrate(v, u, None, rng.standard_normal((16, 40)).astype(np.float32))
+    assert q._signed.ctypes.data % 64 == 0
+
+
 @pytest.mark.parametrize("variant", QGEMM, ids=_id)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("M", [1, 64])  # a panel share and a row share on two threads
