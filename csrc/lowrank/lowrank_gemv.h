@@ -15,7 +15,7 @@
  * the core streams its cache, and read the weights as one sequential stream -- a row of v,
  * then the next; a panel of u^T, then the next: on Zen 5 one stream from L2 ran at 190-260
  * GB/s, four interleaved streams (four rows or four panels per pass, the earlier design,
- * which shared each load of x or h[k] between them) at 125-145 (docs/lowrank.md section 8,
+ * which shared each load of x or h[k] between them) at 130-150 (docs/lowrank.md section 8,
  * "lr9").  4-lane vectors keep four rows per pass for h (see LR_HR). */
 #ifndef RC_LOWRANK_GEMV_H
 #define RC_LOWRANK_GEMV_H
@@ -76,6 +76,7 @@ static void lr_gemv_h(const float *v, int64_t n, const float *x, int64_t j0, int
     lr_vec s[4];
     int64_t j = j0;
     for (; j + 4 <= j1; j += 4) {
+#pragma GCC unroll 1
         for (int i = 0; i < 4; i += LR_HR) lr_dot_rows(LR_HR, v + (j + i) * n, n, x, s + i);
         lr_sum4(s[0], s[1], s[2], s[3], h + j);
     }

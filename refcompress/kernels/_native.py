@@ -67,27 +67,18 @@ ALIGN = 64
 def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts at a multiple of ``align``
     bytes.  NumPy places large arrays 16 bytes past a page boundary (glibc's mmap header),
-    so every 64-byte vector load from one straddles two cache lines: on Zen 5 the batch-1
-    factored Linear read its factors from L2 at ~140 GB/s so, at ~200 from aligned ones
-    (docs/lowrank.md section 8, "lr9")."""
+    so every 64-byte vector load from one straddles two cache lines: on Zen 5 that made the
+    batch-1 factored Linear 1.3-1.6x slower (docs/lowrank.md section 8, "lr9")."""
     dtype = np.dtype(dtype)
+    shape = tuple(int(d) for d in np.atleast_1d(shape))
+    if any(d < 0 for d in shape):  # a C size function's -1 must not become a small buffer
+        raise ValueError(f"aligned_empty: negative dimension in shape {shape}")
     count = int(np.prod(shape, dtype=np.int64))
     if count == 0:  # nothing to load: no address to align (an empty view keeps its base's)
         return np.empty(shape, dtype)
     buf = np.empty(count * dtype.itemsize + align, np.uint8)
     start = -buf.ctypes.data % align
     return buf[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
-
-
-def aligned_copy(array, align: int = ALIGN) -> np.ndarray:
-    """``array`` itself when it is C-contiguous and starts at a multiple of ``align`` bytes,
-    else such a copy of it (see :func:`aligned_empty`)."""
-    array = np.asarray(array)
-    if array.flags.c_contiguous and array.ctypes.data % align == 0:
-        return array
-    out = aligned_empty(array.shape, array.dtype, align)
-    out[...] = array
-    return out
 
 
 # Kernel scratch space, reused across calls (of every op), one buffer per Python thread: the

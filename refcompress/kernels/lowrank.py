@@ -68,11 +68,18 @@ _F32, _U8 = np.dtype(np.float32), np.dtype(np.uint8)
 
 class PackedLowRank:
     """float32 factors v [r, n], u [m, r] and bias [m] (or None), validated and packed once
-    for the C kernel (v^T and u^T in 32-column panels; batch 1 reads v itself); the
-    reference reads v, u, bias."""
+    for the C kernel: v^T and u^T in 32-column panels, and v itself, which batch 1 reads
+    row by row, as a copy at a cache-line start (r * n floats more than the caller's v;
+    docs/lowrank.md section 7).  The reference reads the same v, u, bias.  The C kernel
+    reads copies made here: pack again after editing the arrays in place."""
 
     def __init__(self, v, u, bias=None):
         v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True)
+        # a copy always, not only where the caller's v is unaligned: what this object
+        # computes with then does not depend on where the caller's array starts
+        own = _native.aligned_empty(v.shape, np.float32)
+        own[...] = v
+        v = own
         r, n = v.shape
         u = check_array(u, "u", dtypes=[np.float32], ndim=2, contiguous=True)
         if u.shape[1] != r:
@@ -97,14 +104,11 @@ class PackedLowRank:
         batch-1 workspace size: per call, only x, y and the workspace are new pointers."""
         lib, ptr = _native.lib, _native.ptr
         n, r, m = self.n, self.r, self.m
-        # Both at cache-line starts: the kernels stream them with 64-byte loads.  v is the
-        # batch-1 route's first factor (its rows are the dot operands); the copy costs the
-        # layer r * n floats more when the caller's v is not aligned.
+        # at a cache-line start, as v is: the kernels stream both with 64-byte loads
         self.packed = _native.aligned_empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
-        self._v_c = _native.aligned_copy(self.v)
         check_rc(lib.rc_lowrank_pack_f32(ptr("float *", self.v), ptr("float *", self.u), n, r, m,
                                          ptr("float *", self.packed)), "pack_lowrank")
-        self._c_args = (ptr("float *", self._v_c), ptr("float *", self.packed),
+        self._c_args = (ptr("float *", self.v), ptr("float *", self.packed),
                         _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
         self._ws1 = lib.rc_lowrank_workspace_size(1, r)
         return self._c_args

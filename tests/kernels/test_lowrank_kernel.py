@@ -156,49 +156,63 @@ def test_batch1_h_on_the_stack_up_to_2048_floats_and_in_the_workspace_above(vari
     assert lib.rc_lowrank_f32(ffi.NULL, 0, 5, r, 3, *p._c_args, ffi.NULL, ffi.NULL, _native.ISA_AUTO, 1) == _native.RC_OK
 
 
-@pytest.mark.parametrize("variant", [v for v in F32 if v[0] == "c"], ids=_id)
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
 @pytest.mark.parametrize("n", [1024, 4096, 4097])
-def test_batch1_bits_do_not_depend_on_where_x_and_v_start(variant, n):
-    # The kernel reads x from an aligned copy (n <= 4096) or in place (larger), and v from
-    # the packed layer's aligned copy: the same summation order wherever the caller's
-    # arrays start, so the same bits.
+def test_batch1_bits_do_not_depend_on_where_x_and_v_start(n):
+    # The C call copies an x of up to 4096 floats to a cache-line start and reads a larger
+    # one in place, and its kernels sum in an order that does not depend on addresses:
+    # the same bits wherever x and v start (the C entry point is called directly, with
+    # the caller's v at every 4-byte offset, since pack_lowrank hands C an aligned copy).
+    # r (n + m) > 65536: two and three threads split the rank.
+    lib, ptr = _native.lib, _native.ptr
     rng = np.random.default_rng(n)
-    r, m = 37, 65
+    r, m = 67, 65
     v, u = rng.standard_normal((r, n)).astype(np.float32), rng.standard_normal((m, r)).astype(np.float32)
     b = rng.standard_normal(m).astype(np.float32)
     x0 = rng.standard_normal((1, n)).astype(np.float32)
+    p = kernels.pack_lowrank(v, u, b)
     buf, vbuf = np.empty(n + 16, np.float32), np.empty(r * n + 16, np.float32)
-    for threads in (1, 2):
-        with kernels.use(*variant, threads=threads):
-            want = None
+    y = np.empty((1, m), np.float32)
+    for isa in kernels.variants("lowrank_linear"):
+        code = _native.ISA_NAMES.index(isa)
+        want = None
+        for threads in (1, 2, 3):
             for off in range(16):  # every 4-byte offset within a cache line
                 x = buf[off:off + n].reshape(1, n)
                 x[...] = x0
                 vo = vbuf[off:off + r * n].reshape(r, n)
                 vo[...] = v
-                y = kernels.lowrank_linear(x, kernels.pack_lowrank(vo, u, b))
+                rc = lib.rc_lowrank_f32(ptr("float *", x), 1, n, r, m, ptr("float *", vo), *p._c_args[1:],
+                                        ptr("float *", y), _native.ffi.NULL, code, threads)
+                assert rc == _native.RC_OK
                 if want is None:
-                    want = y
-                    _check_bound(y, x0, v, u, b)
-                np.testing.assert_array_equal(y, want, err_msg=f"x, v start {4 * off} bytes past a line")
+                    want = y.copy()
+                    _check_bound(want, x0, v, u, b)
+                np.testing.assert_array_equal(y, want, err_msg=f"{isa}, {threads} threads, x and v "
+                                                               f"{4 * off} bytes past a line")
 
 
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
 def test_packed_factors_start_at_cache_lines():
     # NumPy puts large arrays 16 bytes past a page: the factors the kernel streams (the
-    # panels, and v for batch 1) are copied to cache-line starts (docs/lowrank.md section 8)
+    # panels, and v for batch 1) are copied to cache-line starts (docs/lowrank.md section 7)
     rng = np.random.default_rng(0)
     buf = rng.standard_normal(64 * 1024 + 16).astype(np.float32)
     start = (16 - buf.ctypes.data % 64) % 64 // 4  # 16 bytes past a line, as NumPy's own
     v = buf[start:start + 64 * 1024].reshape(64, 1024)
     assert v.ctypes.data % 64 == 16
     p = kernels.pack_lowrank(v, rng.standard_normal((100, 64)).astype(np.float32))
-    assert p.packed.ctypes.data % 64 == 0 and p._v_c.ctypes.data % 64 == 0
-    np.testing.assert_array_equal(p._v_c, v)
-    assert _native.aligned_copy(p._v_c) is p._v_c  # an aligned array is not copied again
-    for shape, dtype in [((0,), np.float32), ((3, 5), np.int8), ((7,), np.float64)]:
+    addr = [int(_native.ffi.cast("uintptr_t", c)) for c in p._c_args[:2]]  # what C is given: v, panels
+    assert addr[0] % 64 == 0 and addr[1] % 64 == 0
+    np.testing.assert_array_equal(p.v, v)
+    v[0, 0] += 1  # a copy: what the layer computes with does not follow the caller's edits
+    assert p.v[0, 0] != v[0, 0]
+    for shape, dtype in [((0,), np.float32), ((3, 5), np.int8), ((7,), np.float64), (9, np.uint8)]:
         a = _native.aligned_empty(shape, dtype)
-        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert a.shape == np.empty(shape).shape and a.dtype == dtype and a.flags.c_contiguous
         assert a.size == 0 or a.ctypes.data % 64 == 0
+    with pytest.raises(ValueError, match="negative"):
+        _native.aligned_empty(-1, np.float32)  # a C size function's error code
 
 
 # Large enough that batch 1 splits the rank across threads (r (n + m) > 65536 and at least
@@ -216,11 +230,12 @@ def test_batch1_thread_split_within_the_bound_and_independent_of_the_thread_coun
         p = kernels.pack_lowrank(v, u, b)
         with kernels.use(*variant, threads=1):
             y1 = kernels.lowrank_linear(x, p)
-        with kernels.use(*variant, threads=2):
-            y2 = kernels.lowrank_linear(x, p)
-        _check_bound(y2, x, v, u, b)
-        # each y element is summed in the same order whichever thread makes it
-        np.testing.assert_array_equal(y1, y2)
+        for threads in (2, 3):  # three: shares that start at any row, not only multiples of 4
+            with kernels.use(*variant, threads=threads):
+                y2 = kernels.lowrank_linear(x, p)
+            _check_bound(y2, x, v, u, b)
+            # each y element is summed in the same order whichever thread makes it
+            np.testing.assert_array_equal(y1, y2)
 
     run()
 

@@ -83,6 +83,7 @@ def test_packed_weights_reused_across_calls_and_threads(variant, threads):
             assert_exact(got, kernels.qgemm(a, pw, 130, output=out))
 
 
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
 def test_packed_layers_start_at_cache_lines():
     # the packed weights (and the int8 factored layer's signed copy) are streamed with
     # 64-byte loads, which straddle two lines from NumPy's usual address 16 bytes past one
