@@ -69,10 +69,10 @@ typedef struct {
  * first; blocks take consecutive rows of that order, so their counts are about equal), each
  * with its count and the offset of its first entry in the slice from the tile's first entry.
  * Padding rows (past the weight's last row) have count 0 and row RC_SP_TL_ROWS, a scratch row.
- * 64 rows share a slice's panel rows (32 measured 2-8 % slower at density 0.1-0.3). */
+ * 64 rows share a slice's panel rows (32 measured 1-8 % slower at density 0.1-0.3). */
 #define RC_SP_TL_ROWS 64
 /* Slices of 128 columns (x 64 lanes: 32 KB, inside L1) from density 1/8; below it 256 (64 KB):
- * measured 10-20 % faster at density 0.2-0.5, level at 0.1 and 15 % slower at 0.05, where a
+ * measured 8-15 % faster at density 0.2-0.5, level at 0.1 and 15 % slower at 0.05, where a
  * block's few entries per slice do not pay for its set-up (docs/sparse_kernels.md). */
 #define RC_SP_TL_COLS_NARROW 128
 #define RC_SP_TL_COLS_WIDE 256
