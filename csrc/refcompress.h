@@ -215,13 +215,14 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
  * colblock: RC_SP_COLBLOCK_AUTO, _OFF or _ON: whether batches > 1 use column-blocked panels
  * (variants without that kernel ignore it; docs/sparse_kernels.md).
  * tiles (CSR only, may be NULL): the row-tile headers built once by rc_csr_tiles_build
- * (rc_csr_tiles_bytes(out, in) bytes): for every 32 rows and 256-column slice, the rows in
- * blocks of 4 of about equal entry counts in the slice, with their counts and offsets; with
+ * (rc_csr_tiles_bytes(out, in) bytes, enough for either slice width): for every 64 rows and
+ * slice of 128 columns (density >= 1/8) or 256 (below), the rows in blocks of 4 of about equal entry counts in the slice, with their counts and offsets; with
  * them the column-blocked panels run 4 rows at a time without finding slice ends.  They
  * describe the structure only (the values and indices are still read from the CSR arrays):
  * indptr and indices must not change after the build.  They open with the out, in and nnz
- * they were built for; a call whose weight differs returns RC_ERR_ARG.
- * rc_csr_tiles_bytes returns -1 for in >= 2^26 (offsets within a tile are int32) or a size
+ * they were built for and the slice width; a call whose weight differs (or whose headers claim
+ * another width than its density picks) returns RC_ERR_ARG.
+ * rc_csr_tiles_bytes returns -1 for in >= 2^25 (offsets within a tile are int32) or a size
  * past int64; rc_csr_tiles_build (nnz = the length of indices) checks indptr (starts at 0,
  * non-decreasing, ends at nnz) and the indices (in range, increasing within a row) and
  * returns RC_ERR_ARG otherwise. */

@@ -148,10 +148,20 @@ int rc_csr_bmask_build(const void *indptr, int indptr_bytes, long long out_featu
 /* Offsets within a tile are int32 (a tile holds at most RC_SP_TL_ROWS * in entries). */
 #define RC_SP_TL_MAX_IN (INT32_MAX / RC_SP_TL_ROWS)
 
+/* The slice width of a weight's tiles: a function of its shape and nnz only, so that a call can
+ * check the width its headers claim (another width would send the kernel past the blocks).
+ * out * in may pass int64 (rc_csr_tiles_bytes bounds out * in / 16), so the density is compared
+ * in double: only which side of 1/8 it falls on matters, and both sides run correctly. */
+static int64_t tl_cols(int64_t out, int64_t in, int64_t nnz) {
+    return (double)RC_SP_TL_NARROW_DENSITY_INV * (double)nnz >= (double)out * (double)in ? RC_SP_TL_COLS_NARROW
+                                                                                        : RC_SP_TL_COLS_WIDE;
+}
+
 long long rc_csr_tiles_bytes(long long out_features, long long in_features) {
     if (out_features < 0 || in_features < 0 || in_features > RC_SP_TL_MAX_IN) return -1;
     const int64_t tiles = out_features / RC_SP_TL_ROWS + (out_features % RC_SP_TL_ROWS != 0);
-    const int64_t slices = (in_features + RC_SP_TL_COLS - 1) / RC_SP_TL_COLS;
+    /* the narrow slices' count, the larger: the size does not depend on nnz */
+    const int64_t slices = (in_features + RC_SP_TL_COLS_NARROW - 1) / RC_SP_TL_COLS_NARROW;
     int64_t n;
     if (__builtin_mul_overflow(tiles, slices, &n) ||
         __builtin_mul_overflow(n, (int64_t)(RC_SP_TL_ROWS / 4 * sizeof(rc_sp_tl_blk)), &n) ||
@@ -172,8 +182,8 @@ int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_featu
         if (iptr_at(indptr, indptr_bytes, i + 1) < iptr_at(indptr, indptr_bytes, i)) return RC_ERR_ARG;
     if (nnz > 0 && !indices) return RC_ERR_ARG;
     const int64_t TR = RC_SP_TL_ROWS, ntl = (out_features + TR - 1) / TR;
-    const int64_t nsl = (in_features + RC_SP_TL_COLS - 1) / RC_SP_TL_COLS;
-    *(rc_sp_tl_head *)tiles = (rc_sp_tl_head){RC_SP_TL_MAGIC, out_features, in_features, nnz};
+    const int64_t cols = tl_cols(out_features, in_features, nnz), nsl = (in_features + cols - 1) / cols;
+    *(rc_sp_tl_head *)tiles = (rc_sp_tl_head){RC_SP_TL_MAGIC, out_features, in_features, nnz, cols};
     rc_sp_tl_blk *blk = (rc_sp_tl_blk *)rc_sp_tl_blocks(tiles);
     for (int64_t t = 0; t < ntl; ++t) {
         const int64_t i0 = t * TR, rows = out_features - i0 < TR ? out_features - i0 : TR;
@@ -184,7 +194,7 @@ int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_featu
             end[q] = iptr_at(indptr, indptr_bytes, i0 + q + 1);
         }
         for (int64_t s = 0; s < nsl; ++s, blk += TR / 4) {
-            const int64_t j1 = (s + 1) * RC_SP_TL_COLS;
+            const int64_t j1 = (s + 1) * cols;
             int cnt[RC_SP_TL_ROWS], ord[RC_SP_TL_ROWS];
             int32_t off[RC_SP_TL_ROWS];
             for (int64_t q = 0; q < TR; ++q) {
@@ -199,7 +209,7 @@ int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_featu
                         if (j >= j1) break;
                         prev = j;
                     }
-                    if (e > cur[q] && ind_at(indices, index_type, cur[q]) < s * RC_SP_TL_COLS) return RC_ERR_ARG;
+                    if (e > cur[q] && ind_at(indices, index_type, cur[q]) < s * cols) return RC_ERR_ARG;
                     cnt[q] = (int)(e - cur[q]);
                     cur[q] = e;
                 } else {
@@ -670,7 +680,8 @@ int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long
     if (colblock < RC_SP_COLBLOCK_AUTO || colblock > RC_SP_COLBLOCK_ON) return RC_ERR_ARG;
     if (tiles) {
         const rc_sp_tl_head *h = (const rc_sp_tl_head *)tiles;
-        if (h->magic != RC_SP_TL_MAGIC || h->out != out_features || h->in != in_features || h->nnz != nnz)
+        if (h->magic != RC_SP_TL_MAGIC || h->out != out_features || h->in != in_features || h->nnz != nnz ||
+            h->cols != tl_cols(out_features, in_features, nnz))
             return RC_ERR_ARG;
     }
     rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_CSR, mode, indptr, indptr_bytes,

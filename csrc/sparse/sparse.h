@@ -64,26 +64,32 @@ typedef struct {
 #define RC_SP_CB_COLS 128
 
 /* Row tiles of a CSR weight for the column-blocked panels (rc_csr_tiles_build): for every tile
- * of RC_SP_TL_ROWS rows and every slice of RC_SP_TL_COLS columns, RC_SP_TL_ROWS / 4 blocks.  A
- * block is 4 of the tile's rows, sorted by their entry count in the slice (largest first;
- * blocks take consecutive rows of that order, so their counts are about equal), each with its
- * count and the offset of its first entry in the slice from the tile's first entry.  Padding
- * rows (past the weight's last row) have count 0 and row RC_SP_TL_ROWS, a scratch row. */
-#define RC_SP_TL_ROWS 32
-/* 256 columns x 64 lanes is a 64 KB slice, larger than L1, but measured level with 128 (32 KB)
- * at half the blocks (docs/sparse_kernels.md) */
-#define RC_SP_TL_COLS 256
+ * of RC_SP_TL_ROWS rows and every slice of `cols` columns (in the header), RC_SP_TL_ROWS / 4
+ * blocks.  A block is 4 of the tile's rows, sorted by their entry count in the slice (largest
+ * first; blocks take consecutive rows of that order, so their counts are about equal), each
+ * with its count and the offset of its first entry in the slice from the tile's first entry.
+ * Padding rows (past the weight's last row) have count 0 and row RC_SP_TL_ROWS, a scratch row.
+ * 64 rows share a slice's panel rows (32 measured 1-8 % slower at density 0.1-0.3). */
+#define RC_SP_TL_ROWS 64
+/* Slices of 128 columns (x 64 lanes: 32 KB, inside L1) from density 1/8; below it 256 (64 KB):
+ * measured 8-15 % faster at density 0.2-0.5, level at 0.1 and 15 % slower at 0.05, where a
+ * block's few entries per slice do not pay for its set-up (docs/sparse_kernels.md). */
+#define RC_SP_TL_COLS_NARROW 128
+#define RC_SP_TL_COLS_WIDE 256
+#define RC_SP_TL_NARROW_DENSITY_INV 8
 typedef struct {
     uint16_t row[4]; /* row within the tile */
     uint16_t cnt[4]; /* entries in the slice: cnt[0] >= cnt[1] >= cnt[2] >= cnt[3] */
     int32_t off[4];  /* first entry in the slice - indptr[tile's first row] */
 } rc_sp_tl_blk;
 /* The headers open with the weight they were built for, checked by every call that gets them:
- * headers of another weight would send the kernel past its arrays. */
-#define RC_SP_TL_MAGIC 0x31544C4950534352ull /* "RCSPILT1" */
+ * headers of another weight would send the kernel past its arrays.  Then the slice width the
+ * builder chose. */
+#define RC_SP_TL_MAGIC 0x32544C4950534352ull /* "RCSPILT2" */
 typedef struct {
     uint64_t magic;
     int64_t out, in, nnz;
+    int64_t cols; /* RC_SP_TL_COLS_NARROW or RC_SP_TL_COLS_WIDE */
 } rc_sp_tl_head;
 static inline const rc_sp_tl_blk *rc_sp_tl_blocks(const void *tiles) {
     return (const rc_sp_tl_blk *)((const char *)tiles + sizeof(rc_sp_tl_head));

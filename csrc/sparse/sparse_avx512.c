@@ -531,19 +531,56 @@ AI void nmrb_widths(const rc_sparse_args *a, const float *P, int64_t width, int6
 }
 
 /* ---- column-blocked panels from row tiles (CSR) -------------------------------------------- *
- * The tiles (rc_csr_tiles_build) give, per 32 rows and 256-column slice, blocks of 4 rows with
+ * The tiles (rc_csr_tiles_build) give, per 64 rows and slice (128 or 256 columns, by density:
+ * the 128-column slice of a 64-lane panel stays in L1), blocks of 4 rows with
  * about equal entry counts in the slice: the 4 rows' W / 16 sums each stay in registers (16
  * chains at 64 lanes) while their entries are taken together, in phases of 4, 3, 2 and 1 rows
  * as the rows (sorted by count) run out.  No slice end is searched, and the sums go through
  * the tile once per block and slice instead of once per row and slice.  Per entry: its index,
  * its value broadcast and W / 16 panel rows, all loads.  A tile's sums go to y during the next
- * tile, a 16 x 16 chunk per block: stored at once, its 64 lanes x 32 rows of y (4 KB apart in
+ * tile, a 16 x 16 chunk per block: stored at once, 64 lanes x 32 rows of y (4 KB apart in
  * the benchmark's layers) thrashed one L1 set, 20-25 % of the kernel at density 0.1. */
 AI void tl_phase(const rc_sparse_args *a, const float *P, const int64_t W, const int R, const float *const *v,
                  const char *const *ix, int mode, int64_t k0, int64_t k1, __m512 (*acc)[4]) {
     const int64_t T = W / 16;
     const int isz = mode == RC_SP_COL_U8 ? 1 : (mode == RC_SP_COL_U16 ? 2 : 4);
-    for (int64_t k = k0; k < k1; ++k) {
+    int64_t k = k0;
+    /* 4 entries per row and step: their indices from one 64-bit (uint16) or 32-bit (uint8) load
+     * split by shifts, their values from one 128-bit load spread by in-lane shuffles, instead of
+     * 4 index loads and 4 broadcasts.  The load ports are this loop's limit (two loads a cycle,
+     * docs/sparse_kernels.md): 6 loads per 4 FMAs became 4.5, measured 1.10-1.17x faster at
+     * density 0.1-0.3.  int32 indices (in > 65536) keep one load per entry. */
+    if (isz <= 2) {
+        for (; k + 4 <= k1; k += 4) {
+            uint64_t q[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) {
+                if (isz == 2) memcpy(&q[r], ix[r] + k * 2, 8);
+                else {
+                    uint32_t t4;
+                    memcpy(&t4, ix[r] + k, 4);
+                    q[r] = t4;
+                }
+            }
+            __m512 v4[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) v4[r] = _mm512_broadcast_f32x4(_mm_loadu_ps(v[r] + k));
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) {
+                    const __m512 w = u == 0   ? _mm512_shuffle_ps(v4[r], v4[r], 0x00)
+                                     : u == 1 ? _mm512_shuffle_ps(v4[r], v4[r], 0x55)
+                                     : u == 2 ? _mm512_shuffle_ps(v4[r], v4[r], 0xAA)
+                                              : _mm512_shuffle_ps(v4[r], v4[r], 0xFF);
+                    const uint64_t col = isz == 2 ? (q[r] >> (16 * u)) & 0xFFFF : (q[r] >> (8 * u)) & 0xFF;
+                    const float *xr = P + col * W;
+#pragma GCC unroll 4
+                    for (int64_t t = 0; t < T; ++t) FMA(acc[r][t], w, xr + 16 * t);
+                }
+        }
+    }
+    for (; k < k1; ++k) {
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
             const __m512 w = _mm512_set1_ps(v[r][k]);
@@ -560,7 +597,8 @@ AI void tl_rows(const rc_sparse_args *a, const float *P, const int64_t W, int64_
     /* two tiles: the sums of one go to y a 16 x 16 chunk per block while the next computes
      * (row TR of each: the padding rows' scratch) */
     float tiles[2][(TR + 1) * 64] __attribute__((aligned(64)));
-    const int64_t T = W / 16, nsl = (a->in + RC_SP_TL_COLS - 1) / RC_SP_TL_COLS;
+    const int64_t cols = ((const rc_sp_tl_head *)a->tiles)->cols; /* checked by rc_spmm_csr_f32 */
+    const int64_t T = W / 16, nsl = (a->in + cols - 1) / cols;
     const int isz = mode == RC_SP_COL_U8 ? 1 : (mode == RC_SP_COL_U16 ? 2 : 4);
     const int64_t lchunks = (nb + 15) / 16;
     int64_t pend_i0 = -1, pend_rows = 0, pend_c = 0, pend_n = 0; /* chunks [pend_c, pend_n) of the previous tile */

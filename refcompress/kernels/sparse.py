@@ -441,13 +441,18 @@ SELL_C = 16
 #: always), "on", "off".  Values are the C constants RC_SP_COLBLOCK_*.
 COLBLOCK = {"auto": -1, "off": 0, "on": 1}
 #: Rows per tile of the row-tile headers pack_csr builds for the column-blocked panels
-#: (RC_SP_TL_ROWS in csrc/sparse/sparse.h): for every 32 rows and 256-column slice, the rows in
-#: blocks of 4 of about equal entry counts, which AVX-512 runs together (colblock "auto": from
-#: batch 64 and density 1 / TILE_MIN_DENSITY_INV; "on": from batch 2; "off": never).
+#: (RC_SP_TL_ROWS in csrc/sparse/sparse.h): for every 64 rows and slice of columns (128 from
+#: density 1 / TILE_NARROW_DENSITY_INV, 256 below), the rows in blocks of 4 of about equal entry
+#: counts, which AVX-512 runs together (colblock "auto": from batch 64 and density
+#: 1 / TILE_MIN_DENSITY_INV; "on": from batch 2; "off": never).
 #: Structure only: values are still read from the held array.
-TILE_ROWS = 32
+TILE_ROWS = 64
+#: The tiles' slices are TILE_COLS[0] columns wide from density 1 / TILE_NARROW_DENSITY_INV,
+#: TILE_COLS[1] below it (RC_SP_TL_COLS_* in csrc/sparse/sparse.h; the header records it).
+TILE_COLS = (128, 256)
+TILE_NARROW_DENSITY_INV = 8
 #: "auto" runs the row tiles from density 1 / 32 (RC_SP_TL_MIN_DENSITY_INV in
-#: csrc/sparse/sparse.c); below it pack_csr does not build them (out * in / 32 bytes).
+#: csrc/sparse/sparse.c); below it pack_csr does not build them (out * in / 16 bytes).
 TILE_MIN_DENSITY_INV = 32
 #: The widest weight the row tiles take (offsets within a tile are int32).
 TILE_MAX_IN = (2**31 - 1) // TILE_ROWS

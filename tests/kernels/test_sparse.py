@@ -845,11 +845,12 @@ def test_csr_column_blocked_slice_ends_for_every_index_type(backend, isa, in_f, 
 
 
 # Edges of AVX-512's CSR row tiles (pack_csr builds them; "auto" runs them from batch 64 at density
-# >= 1/32, colblock "on" from batch 2): tiles of 32 rows, blocks of 4 rows sorted by their count
-# in each 256-column slice, phases of 4 / 3 / 2 / 1 rows as they run out, panels of 64 lanes with
-# a narrower last one, a tile's sums stored during the next tile.
-_TL_ROWS = [1, 3, 4, 5, 31, 32, 33, 36, 63, 65]
-_TL_IN = [1, 7, 200, 255, 256, 257, 300, 511, 513]
+# >= 1/32, colblock "on" from batch 2): tiles of 64 rows, blocks of 4 rows sorted by their count
+# in each slice (128 columns from density 1/8, 256 below: the densities drawn fall on both
+# sides), phases of 4 / 3 / 2 / 1 rows as they run out, panels of 64 lanes with a narrower last
+# one, a tile's sums stored during the next tile.
+_TL_ROWS = [1, 3, 4, 5, 31, 33, 63, 64, 65, 100, 127, 129]
+_TL_IN = [1, 7, 127, 128, 129, 200, 255, 256, 257, 300, 383, 385, 511, 513]
 _TL_BATCHES = [1, 2, 15, 16, 17, 63, 64, 65, 100, 128, 129, 200]
 
 
@@ -889,7 +890,7 @@ def test_csr_row_tiles_on_shapes_that_break_them(data):
 
 _needs_c = pytest.mark.skipif(S._native.lib is None, reason="C extension not built")
 _TL_BLK = np.dtype([("row", "<u2", 4), ("cnt", "<u2", 4), ("off", "<i4", 4)])
-_TL_HEAD = np.dtype([("magic", "<u8"), ("out", "<i8"), ("in", "<i8"), ("nnz", "<i8")])
+_TL_HEAD = np.dtype([("magic", "<u8"), ("out", "<i8"), ("in", "<i8"), ("nnz", "<i8"), ("cols", "<i8")])
 
 
 def _tiles_build(indptr, indices, out_f, in_f, nnz, buf, *, indptr_bytes=None, index_type=None):
@@ -901,35 +902,39 @@ def _tiles_build(indptr, indices, out_f, in_f, nnz, buf, *, indptr_bytes=None, i
 
 
 @_needs_c
-def test_csr_row_tiles_headers_and_their_refusals():
-    # The headers: the weight they were built for, then per tile and slice, blocks of 4 rows by
-    # count (largest first), their offsets from the tile's first entry, padding rows past the
-    # last row as the scratch row 32 with count 0.
+@pytest.mark.parametrize("zeros, cols", [(0.8, 128), (0.9, 256)])
+def test_csr_row_tiles_headers_and_their_refusals(zeros, cols):
+    # The headers: the weight they were built for and the slice width its density picks, then
+    # per tile and slice, blocks of 4 rows by count (largest first), their offsets from the
+    # tile's first entry, padding rows past the last row as the scratch row 64 with count 0.
     rng = np.random.default_rng(3)
-    out_f, in_f = 37, 300
+    TR = S.TILE_ROWS
+    out_f, in_f = TR + 5, 300
     W = rng.standard_normal((out_f, in_f)).astype(np.float32)
-    W[rng.random((out_f, in_f)) < 0.8] = 0
+    W[rng.random((out_f, in_f)) < zeros] = 0
     c = kernels.csr_from_dense(W)
+    assert (S.TILE_NARROW_DENSITY_INV * c.indices.size >= out_f * in_f) == (cols == S.TILE_COLS[0])
     with kernels.use("c", isa="avx512"):
         p = kernels.pack_csr(*c, colblock="on")
     assert not p.tiles.flags.writeable
     head = p.tiles[:_TL_HEAD.itemsize].view(_TL_HEAD)[0]
-    assert (head["out"], head["in"], head["nnz"]) == (out_f, in_f, c.indices.size)
-    h = p.tiles[_TL_HEAD.itemsize:].view(_TL_BLK).reshape(2, 2, 8)  # 2 tiles of 32 rows, 2 slices of 256 columns
+    assert (head["out"], head["in"], head["nnz"], head["cols"]) == (out_f, in_f, c.indices.size, cols)
+    nsl = -(-in_f // cols)
+    h = p.tiles[_TL_HEAD.itemsize:][:2 * nsl * TR // 4 * _TL_BLK.itemsize].view(_TL_BLK).reshape(2, nsl, TR // 4)
     for t in range(2):
-        base = c.indptr[32 * t]
-        for s in range(2):
+        base = c.indptr[TR * t]
+        for s in range(nsl):
             rows, cnts = h["row"][t, s].ravel(), h["cnt"][t, s].ravel()
             assert list(cnts) == sorted(cnts, reverse=True)
-            n_rows = min(32, out_f - 32 * t)
-            assert sorted(r for r in rows if r < 32) == list(range(n_rows))
+            n_rows = min(TR, out_f - TR * t)
+            assert sorted(r for r in rows if r < TR) == list(range(n_rows))
             for r, k, off in zip(rows, cnts, h["off"][t, s].ravel()):
-                if r == 32:
+                if r == TR:
                     assert k == 0
                     continue
-                i = 32 * t + r
-                cols = c.indices[c.indptr[i]:c.indptr[i + 1]]
-                in_slice = np.flatnonzero((cols >= 256 * s) & (cols < 256 * (s + 1)))
+                i = TR * t + r
+                cols_i = c.indices[c.indptr[i]:c.indptr[i + 1]]
+                in_slice = np.flatnonzero((cols_i >= cols * s) & (cols_i < cols * (s + 1)))
                 assert k == len(in_slice)
                 if k:
                     assert off == c.indptr[i] + in_slice[0] - base
@@ -960,7 +965,7 @@ def test_csr_row_tiles_builder_refuses_what_would_send_it_outside():
     assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz, None) != 0
     assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz, buf, indptr_bytes=2) != 0
     assert _tiles_build(c.indptr, c.indices, out_f, in_f, nnz, buf, index_type=99) != 0
-    assert _tiles_build(c.indptr, c.indices, out_f, 2 ** 26, nnz, buf) != 0
+    assert _tiles_build(c.indptr, c.indices, out_f, 2 ** 25, nnz, buf) != 0
     # the reviewer's indptr over 2 entries: a negative start, a row running past nnz
     two = np.array([0, 1], np.uint8)
     small = np.empty(lib.rc_csr_tiles_bytes(2, 256), np.uint8)
@@ -975,10 +980,11 @@ def test_csr_row_tiles_bytes_refuses_overflow_and_widths_the_builder_refuses():
     lib = S._native.lib
     assert lib.rc_csr_tiles_bytes(2 ** 40, 2 ** 40) == -1
     assert lib.rc_csr_tiles_bytes(2 ** 62, 256) == -1
-    assert lib.rc_csr_tiles_bytes(1, 2 ** 26) == -1
+    assert lib.rc_csr_tiles_bytes(1, 2 ** 25) == -1
     assert lib.rc_csr_tiles_bytes(-1, 1) == -1
-    assert lib.rc_csr_tiles_bytes(1, 2 ** 26 - 1) == _TL_HEAD.itemsize + 2 ** 18 * 8 * _TL_BLK.itemsize
-    assert lib.rc_csr_tiles_bytes(33, 257) == _TL_HEAD.itemsize + 2 * 2 * 8 * _TL_BLK.itemsize
+    # sized for the narrow slices, whatever the density (the builder picks the width by nnz)
+    assert lib.rc_csr_tiles_bytes(1, 2 ** 25 - 1) == _TL_HEAD.itemsize + 2 ** 18 * 16 * _TL_BLK.itemsize
+    assert lib.rc_csr_tiles_bytes(65, 257) == _TL_HEAD.itemsize + 2 * 3 * 16 * _TL_BLK.itemsize
 
 
 @_needs_c
@@ -1001,7 +1007,7 @@ def test_csr_row_tiles_of_another_weight_are_refused():
     assert _tiles_build(c.indptr, c.indices, 40, 300, c.indices.size, buf) == 0
     assert call(buf) == 0
     assert call(buf, in_f=299) != 0
-    for field, delta in (("magic", 1), ("out", 1), ("in", -1), ("nnz", -1)):
+    for field, delta in (("magic", 1), ("out", 1), ("in", -1), ("nnz", -1), ("cols", 128)):
         other = buf.copy()
         other[:_TL_HEAD.itemsize].view(_TL_HEAD)[0][field] += delta
         assert call(other) != 0, field
