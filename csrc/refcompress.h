@@ -220,8 +220,11 @@ int rc_qdwconv2d(const void *x, int x_type, long long N, long long C, long long 
  * them the column-blocked panels run 4 rows at a time without finding slice ends.  They
  * describe the structure only (the values and indices are still read from the CSR arrays):
  * indptr and indices must not change after the build.  They open with the out, in and nnz
- * they were built for and the slice width; a call whose weight differs (or whose headers claim
- * another width than its density picks) returns RC_ERR_ARG.
+ * they were built for and the slice width, and end with indptr[64 t] of every tile t as built;
+ * a call whose weight differs in any of these (or whose headers claim another width than its
+ * density picks) returns RC_ERR_ARG, so another weight's tiles cannot send the kernel outside
+ * the caller's nnz entries.  Edits of indptr inside a tile or of indices are not detected
+ * (wrong results, or columns outside x: the caller's arrays are trusted, as without tiles).
  * rc_csr_tiles_bytes returns -1 for in >= 2^25 (offsets within a tile are int32) or a size
  * past int64; rc_csr_tiles_build (nnz = the length of indices) checks indptr (starts at 0,
  * non-decreasing, ends at nnz) and the indices (in range, increasing within a row) and

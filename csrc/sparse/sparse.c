@@ -157,16 +157,29 @@ static int64_t tl_cols(int64_t out, int64_t in, int64_t nnz) {
                                                                                         : RC_SP_TL_COLS_WIDE;
 }
 
-long long rc_csr_tiles_bytes(long long out_features, long long in_features) {
-    if (out_features < 0 || in_features < 0 || in_features > RC_SP_TL_MAX_IN) return -1;
-    const int64_t tiles = out_features / RC_SP_TL_ROWS + (out_features % RC_SP_TL_ROWS != 0);
-    /* the narrow slices' count, the larger: the size does not depend on nnz */
-    const int64_t slices = (in_features + RC_SP_TL_COLS_NARROW - 1) / RC_SP_TL_COLS_NARROW;
+/* Bytes of the header and the blocks (sized for the narrow slices, the larger count: the
+ * size does not depend on nnz), -1 past int64; the tiles' first-entry positions follow. */
+static int64_t tl_blocks_end(int64_t out, int64_t in) {
+    const int64_t tiles = out / RC_SP_TL_ROWS + (out % RC_SP_TL_ROWS != 0);
+    const int64_t slices = (in + RC_SP_TL_COLS_NARROW - 1) / RC_SP_TL_COLS_NARROW;
     int64_t n;
     if (__builtin_mul_overflow(tiles, slices, &n) ||
         __builtin_mul_overflow(n, (int64_t)(RC_SP_TL_ROWS / 4 * sizeof(rc_sp_tl_blk)), &n) ||
         __builtin_add_overflow(n, (int64_t)sizeof(rc_sp_tl_head), &n))
         return -1;
+    return n;
+}
+
+/* After the blocks: indptr[64 t] for every tile t as built.  A block's offsets are from its
+ * tile's first entry, which the kernel takes from the caller's indptr: a call compares the
+ * two for every tile (O(out / 64)), so another weight of the same out, in and nnz, or an
+ * indptr edited since, cannot send it outside [indptr[64 t], its tile's end as built), which
+ * lies inside the nnz entries the header names. */
+long long rc_csr_tiles_bytes(long long out_features, long long in_features) {
+    if (out_features < 0 || in_features < 0 || in_features > RC_SP_TL_MAX_IN) return -1;
+    const int64_t tiles = out_features / RC_SP_TL_ROWS + (out_features % RC_SP_TL_ROWS != 0);
+    int64_t n = tl_blocks_end(out_features, in_features);
+    if (n < 0 || __builtin_add_overflow(n, tiles * (int64_t)sizeof(int64_t), &n)) return -1;
     return (long long)n;
 }
 
@@ -185,9 +198,11 @@ int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_featu
     const int64_t cols = tl_cols(out_features, in_features, nnz), nsl = (in_features + cols - 1) / cols;
     *(rc_sp_tl_head *)tiles = (rc_sp_tl_head){RC_SP_TL_MAGIC, out_features, in_features, nnz, cols};
     rc_sp_tl_blk *blk = (rc_sp_tl_blk *)rc_sp_tl_blocks(tiles);
+    int64_t *bases = (int64_t *)((char *)tiles + tl_blocks_end(out_features, in_features));
     for (int64_t t = 0; t < ntl; ++t) {
         const int64_t i0 = t * TR, rows = out_features - i0 < TR ? out_features - i0 : TR;
         const int64_t base = iptr_at(indptr, indptr_bytes, i0);
+        bases[t] = base;
         int64_t cur[RC_SP_TL_ROWS], end[RC_SP_TL_ROWS];
         for (int64_t q = 0; q < rows; ++q) {
             cur[q] = iptr_at(indptr, indptr_bytes, i0 + q);
@@ -681,8 +696,11 @@ int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long
     if (tiles) {
         const rc_sp_tl_head *h = (const rc_sp_tl_head *)tiles;
         if (h->magic != RC_SP_TL_MAGIC || h->out != out_features || h->in != in_features || h->nnz != nnz ||
-            h->cols != tl_cols(out_features, in_features, nnz))
+            h->cols != tl_cols(out_features, in_features, nnz) || rc_csr_tiles_bytes(out_features, in_features) < 0)
             return RC_ERR_ARG;
+        const int64_t *bases = (const int64_t *)((const char *)tiles + tl_blocks_end(out_features, in_features));
+        for (int64_t t = 0; t * RC_SP_TL_ROWS < out_features; ++t)
+            if (bases[t] != iptr_at(indptr, indptr_bytes, t * RC_SP_TL_ROWS)) return RC_ERR_ARG;
     }
     rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_CSR, mode, indptr, indptr_bytes,
                         indices, values, 0, 0, 0, 0, 0, bias, y, bmask, (in_features + 15) / 16, tiles};

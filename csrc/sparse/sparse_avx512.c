@@ -538,8 +538,9 @@ AI void nmrb_widths(const rc_sparse_args *a, const float *P, int64_t width, int6
  * as the rows (sorted by count) run out.  No slice end is searched, and the sums go through
  * the tile once per block and slice instead of once per row and slice.  Per entry: its index,
  * its value broadcast and W / 16 panel rows, all loads.  A tile's sums go to y during the next
- * tile, a 16 x 16 chunk per block: stored at once, 64 lanes x 32 rows of y (4 KB apart in
- * the benchmark's layers) thrashed one L1 set, 20-25 % of the kernel at density 0.1. */
+ * tile, a 16 x 16 chunk per block: stored at once, a tile's 64 lanes x 32 rows of y (the
+ * tiles' height then; 4 KB apart in the benchmark's layers) thrashed one L1 set, 20-25 % of
+ * the kernel at density 0.1. */
 AI void tl_phase(const rc_sparse_args *a, const float *P, const int64_t W, const int R, const float *const *v,
                  const char *const *ix, int mode, int64_t k0, int64_t k1, __m512 (*acc)[4]) {
     const int64_t T = W / 16;

@@ -534,8 +534,8 @@ class PackedCSR:
 
     def _tiles_can_run(self):
         """Whether a product may take the row tiles: only the AVX-512 variant has their kernel,
-        and "auto" takes them only from density 1 / TILE_MIN_DENSITY_INV (out * in / 32 bytes
-        of headers, more than the CSR below that density, would never be read)."""
+        and "auto" takes them only from density 1 / TILE_MIN_DENSITY_INV (out * in / 16 bytes
+        of headers would never be read below it)."""
         out_f, in_f = self.shape
         if _native.lib is None or self.colblock == "off" or not (out_f > 0 and 0 < in_f <= TILE_MAX_IN):
             return False

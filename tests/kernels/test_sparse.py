@@ -982,9 +982,10 @@ def test_csr_row_tiles_bytes_refuses_overflow_and_widths_the_builder_refuses():
     assert lib.rc_csr_tiles_bytes(2 ** 62, 256) == -1
     assert lib.rc_csr_tiles_bytes(1, 2 ** 25) == -1
     assert lib.rc_csr_tiles_bytes(-1, 1) == -1
-    # sized for the narrow slices, whatever the density (the builder picks the width by nnz)
-    assert lib.rc_csr_tiles_bytes(1, 2 ** 25 - 1) == _TL_HEAD.itemsize + 2 ** 18 * 16 * _TL_BLK.itemsize
-    assert lib.rc_csr_tiles_bytes(65, 257) == _TL_HEAD.itemsize + 2 * 3 * 16 * _TL_BLK.itemsize
+    # sized for the narrow slices, whatever the density (the builder picks the width by nnz),
+    # then each tile's first-entry position (int64)
+    assert lib.rc_csr_tiles_bytes(1, 2 ** 25 - 1) == _TL_HEAD.itemsize + 2 ** 18 * 16 * _TL_BLK.itemsize + 8
+    assert lib.rc_csr_tiles_bytes(65, 257) == _TL_HEAD.itemsize + 2 * 3 * 16 * _TL_BLK.itemsize + 2 * 8
 
 
 @_needs_c
@@ -1013,34 +1014,103 @@ def test_csr_row_tiles_of_another_weight_are_refused():
         assert call(other) != 0, field
 
 
-def _tl_reviewer_weight(index_dtype=np.int32):
-    # out 64, in 512, the CSR's last entry in row 63 (so a read past it leaves the arrays)
+@_needs_c
+def test_csr_row_tiles_of_a_weight_with_the_same_shape_and_nnz_are_refused():
+    # A review's case: the header names out, in and nnz only, and a block's offsets count
+    # from its tile's first entry, which the kernel takes from the caller's indptr.  Weight A
+    # has all its entries in the second tile (rows 64-127), B as many in the first: B's call
+    # with A's tiles would have read entries nnz .. 2 nnz.  Every tile's first entry as built
+    # is kept and compared, so it is refused, and so is an indptr edited at a tile start;
+    # edits inside a tile stay within the tile's entries (run, not refused).
+    lib, ffi, ptr = S._native.lib, S._native.ffi, S._native.ptr
+    TR, in_f = S.TILE_ROWS, 256
+    rng = np.random.default_rng(8)
+    A = np.zeros((2 * TR, in_f), np.float32)
+    A[TR:, :96] = rng.standard_normal((TR, 96))  # density 3/16: the narrow slices
+    B = np.roll(A, -TR, axis=0)
+    ca, cb = kernels.csr_from_dense(A), kernels.csr_from_dense(B)
+    assert ca.indices.size == cb.indices.size and ca.indices.dtype == cb.indices.dtype
+    x = rng.standard_normal((64, in_f)).astype(np.float32)
+    ws = np.empty(lib.rc_spmm_workspace_size(64, in_f), np.uint8)
+
+    def call(c, tiles, indptr=None):
+        y = np.empty((64, 2 * TR), np.float32)
+        ip = c.indptr if indptr is None else indptr
+        return lib.rc_spmm_csr_f32(ptr("float *", x), 64, in_f, 2 * TR, ptr("void *", ip), ip.itemsize,
+                                   ptr("void *", c.indices), S.INDEX_DTYPES[c.indices.dtype],
+                                   ptr("float *", c.values), ffi.NULL, ffi.NULL, ptr("void *", tiles), 1,
+                                   ptr("float *", y), ptr("void *", ws), 0, 1)
+    ta, tb = (np.empty(lib.rc_csr_tiles_bytes(2 * TR, in_f), np.uint8) for _ in range(2))
+    assert _tiles_build(ca.indptr, ca.indices, 2 * TR, in_f, ca.indices.size, ta) == 0
+    assert _tiles_build(cb.indptr, cb.indices, 2 * TR, in_f, cb.indices.size, tb) == 0
+    assert call(ca, ta) == 0 and call(cb, tb) == 0
+    assert call(cb, ta) != 0 and call(ca, tb) != 0
+    edited = ca.indptr.copy()
+    edited[TR] += 1  # the second tile's start
+    assert call(ca, ta, edited) != 0
+    edited = ca.indptr.copy()
+    edited[TR + 5] += 1  # inside the tile
+    assert call(ca, ta, edited) == 0
+
+
+@_needs_c
+def test_csr_row_tiles_headers_claiming_another_width_are_refused():
+    # Below density 1/8 the builder writes the wide slices' blocks only (half the buffer):
+    # headers that claim the narrow width would send the kernel to blocks never written.
+    lib, ffi, ptr = S._native.lib, S._native.ffi, S._native.ptr
+    rng = np.random.default_rng(9)
+    W = rng.standard_normal((70, 300)).astype(np.float32)
+    W[rng.random(W.shape) < 0.9] = 0
+    c = kernels.csr_from_dense(W)
+    assert S.TILE_NARROW_DENSITY_INV * c.indices.size < W.size
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    buf = np.empty(lib.rc_csr_tiles_bytes(70, 300), np.uint8)
+    assert _tiles_build(c.indptr, c.indices, 70, 300, c.indices.size, buf) == 0
+    assert buf[:_TL_HEAD.itemsize].view(_TL_HEAD)[0]["cols"] == S.TILE_COLS[1]
+    y = np.empty((64, 70), np.float32)
+    ws = np.empty(lib.rc_spmm_workspace_size(64, 300), np.uint8)
+    for cols in (S.TILE_COLS[1], S.TILE_COLS[0], 0, -1):
+        other = buf.copy()
+        other[:_TL_HEAD.itemsize].view(_TL_HEAD)[0]["cols"] = cols
+        rc = lib.rc_spmm_csr_f32(ptr("float *", x), 64, 300, 70, ptr("void *", c.indptr), c.indptr.itemsize,
+                                 ptr("void *", c.indices), S.INDEX_DTYPES[c.indices.dtype],
+                                 ptr("float *", c.values), ffi.NULL, ffi.NULL, ptr("void *", other), 1,
+                                 ptr("float *", y), ptr("void *", ws), 0, 1)
+        assert (rc == 0) == (cols == S.TILE_COLS[1]), cols
+
+
+def _tl_reviewer_weight(index_dtype, in_f, last):
+    # out 2 tiles, the CSR's last `last` entries in the last row, at the end of its last
+    # slice (so a read past them, 4 entries at a time, leaves the arrays)
     rng = np.random.default_rng(0)
-    W = rng.standard_normal((64, 512)).astype(np.float32)
+    out_f = 2 * S.TILE_ROWS
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
     W[rng.random(W.shape) < 0.7] = 0
-    W[63, :] = 0
-    W[63, 500] = 1.0
+    W[-1, :] = 0
+    W[-1, in_f - last:] = 1.0
     return kernels.csr_from_dense(W, index_dtype=index_dtype), rng
 
 
 @pytest.mark.parametrize("backend,isa", [v for v in CSR_VARIANTS if v[0] != "numpy"],
                          ids=[i for b, i in CSR_VARIANTS if b != "numpy"])
 @pytest.mark.parametrize("form", ["rows", "auto"])
-def test_csr_packed_structure_is_immune_to_in_place_changes(backend, isa, form):
+@pytest.mark.parametrize("index_dtype,in_f,last", [(np.int32, 512, 4), (np.uint16, 512, 5), (np.uint8, 256, 7)])
+def test_csr_packed_structure_is_immune_to_in_place_changes(backend, isa, form, index_dtype, in_f, last):
     # The reviewer's trigger (under `make sanitize` a read past the heap arrays when the
-    # headers followed the live indptr): still a valid CSR with the same nnz, row 32's first
-    # entry moved to row 31; then indices pointing outside x.  The packed weight runs from its
-    # own copies: the same bits as before.
-    c, rng = _tl_reviewer_weight()
+    # headers followed the live indptr): still a valid CSR with the same nnz, the second
+    # tile's first entry moved to the first tile's last row; then indices pointing outside x.
+    # The packed weight runs from its own copies: the same bits as before.
+    c, rng = _tl_reviewer_weight(index_dtype, in_f, last)
+    out_f = 2 * S.TILE_ROWS
     indptr, indices, values = c.indptr.copy(), c.indices.copy(), c.values.copy()
     with kernels.use(backend, isa=isa):
-        p = kernels.pack_csr(indptr, indices, values, (64, 512), form=form)
+        p = kernels.pack_csr(indptr, indices, values, (out_f, in_f), form=form)
     assert p.indptr is indptr and p.indices is indices  # SparseLinear's identity check
-    x = rng.standard_normal((64, 512)).astype(np.float32)
+    x = rng.standard_normal((64, in_f)).astype(np.float32)
     with kernels.use(backend, isa=isa, threads=1):
         y0 = {batch: kernels.spmm_csr(x[:batch], p) for batch in (1, 64)}
-    indptr[32] += 1
-    indices[:] = 2 ** 31 - 1
+    indptr[S.TILE_ROWS] += 1
+    indices[:] = np.iinfo(index_dtype).max
     for batch in (1, 64):
         with kernels.use(backend, isa=isa, threads=1):
             y1 = kernels.spmm_csr(x[:batch], p)
@@ -1094,9 +1164,9 @@ def test_csr_row_tiles_auto_boundary_takes_the_documented_path():
 
 
 @_needs_c
-@pytest.mark.parametrize("out_f", [33, 40, 64, 65, 96])
+@pytest.mark.parametrize("out_f", [33, 40, 64, 65, 96, 129, 192, 200])
 def test_csr_row_tiles_with_values_and_three_threads(out_f):
-    # with_values keeps the headers (same structure) at batches >= 64; 3 threads over 2-3 tiles
+    # with_values keeps the headers (same structure) at batches >= 64; 3 threads over 1-4 tiles
     # (split points rounded to tiles collapse, some threads get no rows) give 1 thread's bits.
     rng = np.random.default_rng(out_f)
     W = rng.standard_normal((out_f, 300)).astype(np.float32)
