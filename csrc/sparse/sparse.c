@@ -196,7 +196,7 @@ int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_featu
     if (nnz > 0 && !indices) return RC_ERR_ARG;
     const int64_t TR = RC_SP_TL_ROWS, ntl = (out_features + TR - 1) / TR;
     const int64_t cols = tl_cols(out_features, in_features, nnz), nsl = (in_features + cols - 1) / cols;
-    *(rc_sp_tl_head *)tiles = (rc_sp_tl_head){RC_SP_TL_MAGIC, out_features, in_features, nnz, cols};
+    *(rc_sp_tl_head *)tiles = (rc_sp_tl_head){RC_SP_TL_MAGIC, out_features, in_features, nnz, cols, {0, 0, 0}};
     rc_sp_tl_blk *blk = (rc_sp_tl_blk *)rc_sp_tl_blocks(tiles);
     int64_t *bases = (int64_t *)((char *)tiles + tl_blocks_end(out_features, in_features));
     for (int64_t t = 0; t < ntl; ++t) {

@@ -85,11 +85,12 @@ typedef struct {
 /* The headers open with the weight they were built for, checked by every call that gets them:
  * headers of another weight would send the kernel past its arrays.  Then the slice width the
  * builder chose. */
-#define RC_SP_TL_MAGIC 0x32544C4950534352ull /* "RCSPILT2" */
+#define RC_SP_TL_MAGIC 0x33544C4950534352ull /* "RCSPILT3": the 64-byte header, first entries at the end */
 typedef struct {
     uint64_t magic;
     int64_t out, in, nnz;
-    int64_t cols; /* RC_SP_TL_COLS_NARROW or RC_SP_TL_COLS_WIDE */
+    int64_t cols;        /* RC_SP_TL_COLS_NARROW or RC_SP_TL_COLS_WIDE */
+    int64_t reserved[3]; /* 0: 64 bytes in all, so each 32-byte block sits in one cache line */
 } rc_sp_tl_head;
 static inline const rc_sp_tl_blk *rc_sp_tl_blocks(const void *tiles) {
     return (const rc_sp_tl_blk *)((const char *)tiles + sizeof(rc_sp_tl_head));

@@ -605,7 +605,10 @@ def _frozen_copy(a):
 def _csr_tiles(indptr, indices, out_f, in_f):
     """The row-tile headers of a checked CSR structure (rc_csr_tiles_build), read-only."""
     lib = _native.lib
-    tiles = np.empty(lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
+    # at a cache-line start (with the 64-byte header, every 32-byte block sits in one line);
+    # zeroed, since below density 1/8 the builder writes half of the blocks' room
+    tiles = _native.aligned_empty(lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
+    tiles[...] = 0
     check_rc(lib.rc_csr_tiles_build(_native.ptr("void *", indptr), indptr.itemsize, out_f,
                                     _native.ptr("void *", indices), INDEX_DTYPES[indices.dtype], in_f,
                                     indices.shape[0], _native.ptr("void *", tiles)), "pack_csr")

@@ -890,7 +890,8 @@ def test_csr_row_tiles_on_shapes_that_break_them(data):
 
 _needs_c = pytest.mark.skipif(S._native.lib is None, reason="C extension not built")
 _TL_BLK = np.dtype([("row", "<u2", 4), ("cnt", "<u2", 4), ("off", "<i4", 4)])
-_TL_HEAD = np.dtype([("magic", "<u8"), ("out", "<i8"), ("in", "<i8"), ("nnz", "<i8"), ("cols", "<i8")])
+_TL_HEAD = np.dtype([("magic", "<u8"), ("out", "<i8"), ("in", "<i8"), ("nnz", "<i8"), ("cols", "<i8"),
+                     ("reserved", "<i8", 3)])
 
 
 def _tiles_build(indptr, indices, out_f, in_f, nnz, buf, *, indptr_bytes=None, index_type=None):
@@ -919,6 +920,9 @@ def test_csr_row_tiles_headers_and_their_refusals(zeros, cols):
     assert not p.tiles.flags.writeable
     head = p.tiles[:_TL_HEAD.itemsize].view(_TL_HEAD)[0]
     assert (head["out"], head["in"], head["nnz"], head["cols"]) == (out_f, in_f, c.indices.size, cols)
+    assert _TL_HEAD.itemsize == 64 and p.tiles.ctypes.data % 64 == 0 and not head["reserved"].any()
+    ntl = -(-out_f // TR)  # after the blocks (sized for the narrow slices): indptr at each tile's start
+    np.testing.assert_array_equal(p.tiles[-8 * ntl:].view("<i8"), c.indptr[::TR][:ntl])
     nsl = -(-in_f // cols)
     h = p.tiles[_TL_HEAD.itemsize:][:2 * nsl * TR // 4 * _TL_BLK.itemsize].view(_TL_BLK).reshape(2, nsl, TR // 4)
     for t in range(2):
