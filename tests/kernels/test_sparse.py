@@ -902,6 +902,32 @@ def _tiles_build(indptr, indices, out_f, in_f, nnz, buf, *, indptr_bytes=None, i
                                   S._native.ffi.NULL if buf is None else ptr("void *", buf))
 
 
+def _tl_built(out_f, zeros, seed, in_f=300):
+    """A random CSR [out_f, in_f] with the share `zeros` of zeros, an x [64, in_f], and the
+    CSR's tile headers as built."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    W[rng.random(W.shape) < zeros] = 0
+    c = kernels.csr_from_dense(W)
+    x = rng.standard_normal((64, in_f)).astype(np.float32)
+    buf = np.empty(S._native.lib.rc_csr_tiles_bytes(out_f, in_f), np.uint8)
+    assert _tiles_build(c.indptr, c.indices, out_f, in_f, c.indices.size, buf) == 0
+    return c, x, buf
+
+
+def _spmm_tiles_call(c, x, out_f, tiles, *, in_f=None, indptr=None):
+    """rc_spmm_csr_f32 of CSR c on x [64, in] with the given tile headers (colblock "on", one
+    thread, the AVX-512 variant): its return code."""
+    lib, ffi, ptr = S._native.lib, S._native.ffi, S._native.ptr
+    in_f = x.shape[1] if in_f is None else in_f
+    ip = c.indptr if indptr is None else indptr
+    y = np.empty((x.shape[0], out_f), np.float32)
+    ws = np.empty(lib.rc_spmm_workspace_size(x.shape[0], x.shape[1]), np.uint8)
+    return lib.rc_spmm_csr_f32(ptr("float *", x), x.shape[0], in_f, out_f, ptr("void *", ip), ip.itemsize,
+                               ptr("void *", c.indices), S.INDEX_DTYPES[c.indices.dtype], ptr("float *", c.values),
+                               ffi.NULL, ffi.NULL, ptr("void *", tiles), 1, ptr("float *", y), ptr("void *", ws), 0, 1)
+
+
 @_needs_c
 @pytest.mark.parametrize("zeros, cols", [(0.8, 128), (0.9, 256)])
 def test_csr_row_tiles_headers_and_their_refusals(zeros, cols):
@@ -994,28 +1020,13 @@ def test_csr_row_tiles_bytes_refuses_overflow_and_widths_the_builder_refuses():
 
 @_needs_c
 def test_csr_row_tiles_of_another_weight_are_refused():
-    lib, ffi, ptr = S._native.lib, S._native.ffi, S._native.ptr
-    rng = np.random.default_rng(5)
-    W = rng.standard_normal((40, 300)).astype(np.float32)
-    W[rng.random(W.shape) < 0.5] = 0
-    c = kernels.csr_from_dense(W)
-    x = rng.standard_normal((64, 300)).astype(np.float32)
-
-    def call(tiles, in_f=300):
-        y = np.empty((64, 40), np.float32)
-        return lib.rc_spmm_csr_f32(ptr("float *", x), 64, in_f, 40, ptr("void *", c.indptr), c.indptr.itemsize,
-                                   ptr("void *", c.indices), S.INDEX_DTYPES[c.indices.dtype],
-                                   ptr("float *", c.values), ffi.NULL, ffi.NULL, ptr("void *", tiles), 1,
-                                   ptr("float *", y), ptr("void *", np.empty(lib.rc_spmm_workspace_size(64, 300),
-                                                                              np.uint8)), 0, 1)
-    buf = np.empty(lib.rc_csr_tiles_bytes(40, 300), np.uint8)
-    assert _tiles_build(c.indptr, c.indices, 40, 300, c.indices.size, buf) == 0
-    assert call(buf) == 0
-    assert call(buf, in_f=299) != 0
+    c, x, buf = _tl_built(40, 0.5, 5)
+    assert _spmm_tiles_call(c, x, 40, buf) == 0
+    assert _spmm_tiles_call(c, x, 40, buf, in_f=299) != 0
     for field, delta in (("magic", 1), ("out", 1), ("in", -1), ("nnz", -1), ("cols", 128)):
         other = buf.copy()
         other[:_TL_HEAD.itemsize].view(_TL_HEAD)[0][field] += delta
-        assert call(other) != 0, field
+        assert _spmm_tiles_call(c, x, 40, other) != 0, field
 
 
 @_needs_c
@@ -1026,7 +1037,7 @@ def test_csr_row_tiles_of_a_weight_with_the_same_shape_and_nnz_are_refused():
     # with A's tiles would have read entries nnz .. 2 nnz.  Every tile's first entry as built
     # is kept and compared, so it is refused, and so is an indptr edited at a tile start;
     # edits inside a tile stay within the tile's entries (run, not refused).
-    lib, ffi, ptr = S._native.lib, S._native.ffi, S._native.ptr
+    lib = S._native.lib
     TR, in_f = S.TILE_ROWS, 256
     rng = np.random.default_rng(8)
     A = np.zeros((2 * TR, in_f), np.float32)
@@ -1035,15 +1046,9 @@ def test_csr_row_tiles_of_a_weight_with_the_same_shape_and_nnz_are_refused():
     ca, cb = kernels.csr_from_dense(A), kernels.csr_from_dense(B)
     assert ca.indices.size == cb.indices.size and ca.indices.dtype == cb.indices.dtype
     x = rng.standard_normal((64, in_f)).astype(np.float32)
-    ws = np.empty(lib.rc_spmm_workspace_size(64, in_f), np.uint8)
 
     def call(c, tiles, indptr=None):
-        y = np.empty((64, 2 * TR), np.float32)
-        ip = c.indptr if indptr is None else indptr
-        return lib.rc_spmm_csr_f32(ptr("float *", x), 64, in_f, 2 * TR, ptr("void *", ip), ip.itemsize,
-                                   ptr("void *", c.indices), S.INDEX_DTYPES[c.indices.dtype],
-                                   ptr("float *", c.values), ffi.NULL, ffi.NULL, ptr("void *", tiles), 1,
-                                   ptr("float *", y), ptr("void *", ws), 0, 1)
+        return _spmm_tiles_call(c, x, 2 * TR, tiles, indptr=indptr)
     ta, tb = (np.empty(lib.rc_csr_tiles_bytes(2 * TR, in_f), np.uint8) for _ in range(2))
     assert _tiles_build(ca.indptr, ca.indices, 2 * TR, in_f, ca.indices.size, ta) == 0
     assert _tiles_build(cb.indptr, cb.indices, 2 * TR, in_f, cb.indices.size, tb) == 0
@@ -1061,26 +1066,13 @@ def test_csr_row_tiles_of_a_weight_with_the_same_shape_and_nnz_are_refused():
 def test_csr_row_tiles_headers_claiming_another_width_are_refused():
     # Below density 1/8 the builder writes the wide slices' blocks only (half the buffer):
     # headers that claim the narrow width would send the kernel to blocks never written.
-    lib, ffi, ptr = S._native.lib, S._native.ffi, S._native.ptr
-    rng = np.random.default_rng(9)
-    W = rng.standard_normal((70, 300)).astype(np.float32)
-    W[rng.random(W.shape) < 0.9] = 0
-    c = kernels.csr_from_dense(W)
-    assert S.TILE_NARROW_DENSITY_INV * c.indices.size < W.size
-    x = rng.standard_normal((64, 300)).astype(np.float32)
-    buf = np.empty(lib.rc_csr_tiles_bytes(70, 300), np.uint8)
-    assert _tiles_build(c.indptr, c.indices, 70, 300, c.indices.size, buf) == 0
+    c, x, buf = _tl_built(70, 0.9, 9)
+    assert S.TILE_NARROW_DENSITY_INV * c.indices.size < 70 * 300
     assert buf[:_TL_HEAD.itemsize].view(_TL_HEAD)[0]["cols"] == S.TILE_COLS[1]
-    y = np.empty((64, 70), np.float32)
-    ws = np.empty(lib.rc_spmm_workspace_size(64, 300), np.uint8)
     for cols in (S.TILE_COLS[1], S.TILE_COLS[0], 0, -1):
         other = buf.copy()
         other[:_TL_HEAD.itemsize].view(_TL_HEAD)[0]["cols"] = cols
-        rc = lib.rc_spmm_csr_f32(ptr("float *", x), 64, 300, 70, ptr("void *", c.indptr), c.indptr.itemsize,
-                                 ptr("void *", c.indices), S.INDEX_DTYPES[c.indices.dtype],
-                                 ptr("float *", c.values), ffi.NULL, ffi.NULL, ptr("void *", other), 1,
-                                 ptr("float *", y), ptr("void *", ws), 0, 1)
-        assert (rc == 0) == (cols == S.TILE_COLS[1]), cols
+        assert (_spmm_tiles_call(c, x, 70, other) == 0) == (cols == S.TILE_COLS[1]), cols
 
 
 def _tl_reviewer_weight(index_dtype, in_f, last):
