@@ -71,7 +71,8 @@ class PackedLowRank:
     for the C kernel: v^T and u^T in 32-column panels, and v itself, which batch 1 reads
     row by row, as a copy at a cache-line start (r * n floats more than the caller's v;
     docs/lowrank.md section 7).  The reference reads the same v, u, bias.  The C kernel
-    reads copies made here: pack again after editing the arrays in place."""
+    reads that v, the panels made from v and u here, and the caller's bias: pack again
+    after editing any of them in place."""
 
     def __init__(self, v, u, bias=None):
         v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True)
