@@ -296,7 +296,9 @@ int rc_spmv_csr_sell_f32(const float *x, long long in_features, long long out_fe
  * in any order: every variant's error is within
  * gamma_n (|x||v|^T)|u|^T + gamma_{r+1} (|h||u|^T + |bias|), element-wise (docs/lowrank.md).
  * Scratch: rc_lowrank_workspace_size(batch, r) bytes; when that is 0 (batch 1, r <= 2048:
- * h lives on the stack) workspace may be NULL. */
+ * h lives on the stack) workspace may be NULL.  A batch-1 call puts 24 KB on the calling
+ * thread's stack (h, and a copy of an x of up to 4096 floats that does not start a cache
+ * line); v and the packed factors stream fastest from 64-byte-aligned addresses. */
 #define RC_LOWRANK_NR 32
 long long rc_lowrank_packed_size(long long n, long long r, long long m);
 long long rc_lowrank_workspace_size(long long batch, long long r);
