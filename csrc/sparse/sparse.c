@@ -157,10 +157,13 @@ static int64_t tl_cols(int64_t out, int64_t in, int64_t nnz) {
                                                                                         : RC_SP_TL_COLS_WIDE;
 }
 
+/* Tiles of a weight with `out` rows (no overflow for any out >= 0). */
+static int64_t tl_count(int64_t out) { return out / RC_SP_TL_ROWS + (out % RC_SP_TL_ROWS != 0); }
+
 /* Bytes of the header and the blocks (sized for the narrow slices, the larger count: the
  * size does not depend on nnz), -1 past int64; the tiles' first-entry positions follow. */
 static int64_t tl_blocks_end(int64_t out, int64_t in) {
-    const int64_t tiles = out / RC_SP_TL_ROWS + (out % RC_SP_TL_ROWS != 0);
+    const int64_t tiles = tl_count(out);
     const int64_t slices = (in + RC_SP_TL_COLS_NARROW - 1) / RC_SP_TL_COLS_NARROW;
     int64_t n;
     if (__builtin_mul_overflow(tiles, slices, &n) ||
@@ -177,9 +180,8 @@ static int64_t tl_blocks_end(int64_t out, int64_t in) {
  * lies inside the nnz entries the header names. */
 long long rc_csr_tiles_bytes(long long out_features, long long in_features) {
     if (out_features < 0 || in_features < 0 || in_features > RC_SP_TL_MAX_IN) return -1;
-    const int64_t tiles = out_features / RC_SP_TL_ROWS + (out_features % RC_SP_TL_ROWS != 0);
     int64_t n = tl_blocks_end(out_features, in_features);
-    if (n < 0 || __builtin_add_overflow(n, tiles * (int64_t)sizeof(int64_t), &n)) return -1;
+    if (n < 0 || __builtin_add_overflow(n, tl_count(out_features) * (int64_t)sizeof(int64_t), &n)) return -1;
     return (long long)n;
 }
 
@@ -194,7 +196,7 @@ int rc_csr_tiles_build(const void *indptr, int indptr_bytes, long long out_featu
     for (int64_t i = 0; i < out_features; ++i)
         if (iptr_at(indptr, indptr_bytes, i + 1) < iptr_at(indptr, indptr_bytes, i)) return RC_ERR_ARG;
     if (nnz > 0 && !indices) return RC_ERR_ARG;
-    const int64_t TR = RC_SP_TL_ROWS, ntl = (out_features + TR - 1) / TR;
+    const int64_t TR = RC_SP_TL_ROWS, ntl = tl_count(out_features);
     const int64_t cols = tl_cols(out_features, in_features, nnz), nsl = (in_features + cols - 1) / cols;
     *(rc_sp_tl_head *)tiles = (rc_sp_tl_head){RC_SP_TL_MAGIC, out_features, in_features, nnz, cols, {0, 0, 0}};
     rc_sp_tl_blk *blk = (rc_sp_tl_blk *)rc_sp_tl_blocks(tiles);
@@ -699,7 +701,7 @@ int rc_spmm_csr_f32(const float *x, long long batch, long long in_features, long
             h->cols != tl_cols(out_features, in_features, nnz) || rc_csr_tiles_bytes(out_features, in_features) < 0)
             return RC_ERR_ARG;
         const int64_t *bases = (const int64_t *)((const char *)tiles + tl_blocks_end(out_features, in_features));
-        for (int64_t t = 0; t * RC_SP_TL_ROWS < out_features; ++t)
+        for (int64_t t = 0; t < tl_count(out_features); ++t)
             if (bases[t] != iptr_at(indptr, indptr_bytes, t * RC_SP_TL_ROWS)) return RC_ERR_ARG;
     }
     rc_sparse_args a = {x, batch, in_features, out_features, RC_SP_CSR, mode, indptr, indptr_bytes,
