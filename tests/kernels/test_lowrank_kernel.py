@@ -220,12 +220,16 @@ def test_packed_factors_start_at_cache_lines():
 def test_batch1_team_rule():
     # the rank is split above 2 * 65536 factor elements, with >= 8 rows of h per thread
     # (docs/lowrank.md section 7): below that the team costs more than a thread saves
-    team = _native.lib.rc_lowrank_batch1_threads
+    team = kernels.lowrank_batch1_threads
     assert team(1024, 64, 1024, 2) == 1  # r (n + m) = 131072: not above
     assert team(1024, 65, 1024, 2) == 2
     assert team(1024, 65, 1024, 1) == 1
     assert team(65536, 15, 1, 4) == 1 and team(65536, 16, 1, 4) == 2 and team(65536, 32, 1, 4) == 4
-    assert team(0, 8, 8, 2) == -1 and team(8, 0, 8, 2) == -1 and team(8, 8, 0, 2) == -1
+    for args, name in [((0, 8, 8, 2), "n"), ((8, 0, 8, 2), "r"), ((8, 8, 0, 2), "m"), ((8, 8, 8, -1), "threads")]:
+        with pytest.raises(ArgumentError, match=f"^{name}: expected an integer in"):
+            team(*args)
+    c = _native.lib.rc_lowrank_batch1_threads  # the C entry point refuses sizes below 1 itself
+    assert c(0, 8, 8, 2) == -1 and c(8, 0, 8, 2) == -1 and c(8, 8, 0, 2) == -1
 
 
 # Large enough that batch 1 splits the rank across threads (r (n + m) > 131072 and at least
@@ -241,7 +245,7 @@ def test_batch1_thread_split_within_the_bound_and_independent_of_the_thread_coun
     def run(case):
         x, v, u, b = case
         (r, n), m = v.shape, u.shape[0]
-        assert [_native.lib.rc_lowrank_batch1_threads(n, r, m, t) for t in (1, 2, 3)] == [1, 2, 3]
+        assert [kernels.lowrank_batch1_threads(n, r, m, t) for t in (1, 2, 3)] == [1, 2, 3]
         p = kernels.pack_lowrank(v, u, b)
         with kernels.use(*variant, threads=1):
             y1 = kernels.lowrank_linear(x, p)
