@@ -9,7 +9,9 @@ For each weight [m, n], rank r = K/16 .. K/2 (K = min(m, n)), batch and thread c
 
 and prints  speedup = dense / fp32,  ideal = m n / ((m + n) r)  (the flop ratio),
 efficiency = speedup / ideal,  vs_two = two / fp32 (>= 1: not slower than NumPy's two
-matmuls),  q8x = fp32 / int8.  BLAS gets the same thread count as the kernel.
+matmuls),  q8x = fp32 / int8.  BLAS gets the same thread count as the kernel; a batch-1
+fp32 call given more threads than its rank split uses (rc_lowrank_batch1_threads: small
+layers run on one) is marked * after its thread count.
 Run with  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE  (make bench does) so NumPy uses
 its best BLAS kernel; the kernel that ran is printed.  --quick: fewer cells, shorter runs.
 In each cell the four take turns over --rounds rounds and each time is the median of its
@@ -80,7 +82,9 @@ def main(argv=None):
                     sp = td / tf
                     row = (m, n, r, B, t, td, t2, tf, tq, sp, ideal, sp / ideal, t2 / tf, tf / tq)
                     rows.append(row)
-                    print(f"{f'{m}x{n}':>11} {r:>4} {B:>4} {t:>3} | {td*1e6:9.1f} {t2*1e6:8.1f} {tf*1e6:8.1f} "
+                    used = K.lowrank_batch1_threads(n, r, m, t) if B == 1 else t
+                    tc = f"{t}*" if used < t else f"{t} "
+                    print(f"{f'{m}x{n}':>11} {r:>4} {B:>4} {tc:>3} | {td*1e6:9.1f} {t2*1e6:8.1f} {tf*1e6:8.1f} "
                           f"{tq*1e6:8.1f} | {sp:7.2f} {ideal:6.2f} {sp/ideal:5.2f} {t2/tf:6.2f} {tf/tq:5.2f}",
                           flush=True)
     eff = np.array([r_[11] for r_ in rows])

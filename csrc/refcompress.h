@@ -307,6 +307,10 @@ int rc_lowrank_pack_f32(const float *v, const float *u, long long n, long long r
 int rc_lowrank_f32(const float *x, long long batch, long long n, long long r, long long m, const float *v,
                    const float *packed, const float *bias, float *y, void *workspace, int isa,
                    int threads);
+/* The threads a batch-1 rc_lowrank_f32 call with this `threads` argument runs on (its
+ * rank split: 1 below 2 * 65536 factor elements r (n + m) or 8 rows of h per thread); -1
+ * for a size below 1. */
+int rc_lowrank_batch1_threads(long long n, long long r, long long m, int threads);
 
 /* int8 factored Linear (QuantizedLowRank): the composition of two rc_qgemm calls in one,
  *   h_q = qgemm(x_q, v_q^T; za = x_zero_point, epilogue epi_h)  -> uint8 [batch, r]

@@ -16,8 +16,14 @@
 #define LR_VARIANTS ((1 << RC_ISA_PORTABLE) | (1 << RC_ISA_AVX2) | (1 << RC_ISA_AVX512))
 /* Rows per block: the block's h (LR_MB x rpad floats) stays in L1/L2 between the GEMMs. */
 #define LR_MB 48
-/* Batch 1 splits the rank across threads only with at least this many h rows per thread:
- * below it, waking the team costs more than the thread saves. */
+/* Batch 1 splits the rank across threads only above this many factor elements (r (n + m),
+ * 512 KB of floats) and with at least LR_GEMV_MIN_ROWS rows of h per thread.  A thread's
+ * half must stream for longer than the team's start, barrier and join cost.  The C call
+ * alone on Zen 5, one thread against two (median of 11 rounds of 1000 calls): 96-128 K
+ * elements 0.99-1.03x (1024 x 1024 r = 64: 2.65 vs 2.70 us), 150-160 K 0.87-0.92x, 180 K
+ * 0.74x, 256 K 0.46x (there each core's L2 holds its half) -- docs/lowrank.md section 8,
+ * "lr10". */
+#define LR_GEMV_MIN_WORK (2 * RC_MIN_PARALLEL_WORK)
 #define LR_GEMV_MIN_ROWS 8
 /* Batch 1 keeps h (at most this many floats, 8 KB) on the stack: the caller then needs no
  * workspace, which saves a batch-1 Python call ~0.1 us of its ~1.2 us fixed cost. */
@@ -133,16 +139,26 @@ static const rc_lowrank_kernels *pick(int v) {
  * Every h and y element is summed in the same order whatever T is (a row of h, a panel of
  * y, is one thread's, made by the same code): the result does not depend on the thread
  * count. */
+static int batch1_team(int64_t n, int64_t r, int64_t m, int nt) {
+    if (nt <= 1 || r * (n + m) <= LR_GEMV_MIN_WORK) return 1;
+    const int64_t cap = r / LR_GEMV_MIN_ROWS;
+    return cap < 1 ? 1 : (int)(nt < cap ? nt : cap);
+}
+
+int rc_lowrank_batch1_threads(long long n, long long r, long long m, int threads) {
+    if (n < 1 || r < 1 || m < 1) return -1;
+    int nt = 1;
+#ifdef _OPENMP
+    nt = threads > 0 ? threads : omp_get_max_threads();
+#endif
+    (void)threads;
+    return batch1_team(n, r, m, nt);
+}
+
 static void run_batch1(const rc_lowrank_kernels *kr, const float *x, int64_t n, int64_t r, int64_t m,
                        const float *v, const float *b2, const float *bias, float *y, float *h, int nt) {
     const int64_t P2 = pad_nr(m) / LR_NR;
-    int T = 1;
-#ifdef _OPENMP
-    if (nt > 1 && r * (n + m) > RC_MIN_PARALLEL_WORK) {
-        const int64_t cap = r / LR_GEMV_MIN_ROWS;
-        T = (int)(nt < cap ? nt : cap);
-    }
-#endif
+    const int T = batch1_team(n, r, m, nt);
     if (T <= 1) {
         kr->gemv_h(v, n, x, 0, r, h);
         kr->gemv_y(h, r, b2, 0, P2, m, bias, y);

@@ -24,12 +24,13 @@ from ._registry import (
 from .qgemm import Dequantize, PackedWeights, Requantize, pack_weights, qgemm, quantize_multiplier, requantize
 from .qconv import PackedConvWeights, conv_output_size, pack_conv_weights, qconv2d
 from .quantize import dequantize, quantize, quantize_rows
-from .lowrank import (PackedLowRank, QuantizedLowRank, lowrank_error_bound, lowrank_linear,
-                      lowrank_linear_q8, pack_lowrank)
+from .lowrank import (PackedLowRank, QuantizedLowRank, lowrank_batch1_threads, lowrank_error_bound,
+                      lowrank_linear, lowrank_linear_q8, pack_lowrank)
 
 __all__ = [
     "PackedLowRank",
     "QuantizedLowRank",
+    "lowrank_batch1_threads",
     "lowrank_error_bound",
     "lowrank_linear",
     "lowrank_linear_q8",

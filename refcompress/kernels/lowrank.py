@@ -49,7 +49,7 @@ from .qgemm import (Dequantize, Requantize, _epilogue, _output_spec, k_bound, pa
                     qgemm_reference)
 from .quantize import quantize
 
-__all__ = ["PackedLowRank", "pack_lowrank", "lowrank_linear", "lowrank_error_bound",
+__all__ = ["PackedLowRank", "pack_lowrank", "lowrank_linear", "lowrank_batch1_threads", "lowrank_error_bound",
            "QuantizedLowRank", "lowrank_linear_q8", "gamma"]
 
 U32 = 2.0 ** -24
@@ -168,6 +168,16 @@ def lowrank_linear(x, v, u=None, bias=None) -> np.ndarray:
     if isa is None or p.empty:  # the reference, or an empty factor (nothing for C to do)
         return lowrank_linear_reference(x, p)
     return impl(x, p, isa, threads)  # positional: keywords cost ~40 ns of a ~1.2 us call
+
+
+def lowrank_batch1_threads(n: int, r: int, m: int, threads: int) -> int:
+    """How many threads the C kernel runs a batch-1 call of a layer [m, n] of rank r on when
+    given ``threads`` (0: OpenMP's default): it splits the rank only when r (n + m) > 131072
+    and every thread gets >= 8 rows of h (docs/lowrank.md section 7).  1 without the C
+    extension."""
+    n, r, m = (check_int(a, name, min_value=1) for a, name in ((n, "n"), (r, "r"), (m, "m")))
+    threads = check_int(threads, "threads", min_value=0)
+    return 1 if _native.lib is None else int(_native.lib.rc_lowrank_batch1_threads(n, r, m, threads))
 
 
 def _check_args(x, v, u, bias):

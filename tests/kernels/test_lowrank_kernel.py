@@ -163,10 +163,11 @@ def test_batch1_bits_do_not_depend_on_where_x_and_v_start(n):
     # one in place, and its kernels sum in an order that does not depend on addresses:
     # the same bits wherever x and v start (the C entry point is called directly, with
     # the caller's v at every 4-byte offset, since pack_lowrank hands C an aligned copy).
-    # r (n + m) > 65536: two and three threads split the rank.
+    # r (n + m) > 131072 at n = 4096 and 4097: two and three threads split the rank.
     lib, ptr = _native.lib, _native.ptr
     rng = np.random.default_rng(n)
     r, m = 67, 65
+    assert lib.rc_lowrank_batch1_threads(n, r, m, 3) == (1 if n == 1024 else 3)
     v, u = rng.standard_normal((r, n)).astype(np.float32), rng.standard_normal((m, r)).astype(np.float32)
     b = rng.standard_normal(m).astype(np.float32)
     x0 = rng.standard_normal((1, n)).astype(np.float32)
@@ -215,9 +216,25 @@ def test_packed_factors_start_at_cache_lines():
         _native.aligned_empty(-1, np.float32)  # a C size function's error code
 
 
-# Large enough that batch 1 splits the rank across threads (r (n + m) > 65536 and at least
-# 8 rows per thread), with ranks that are not multiples of the 4-row pass.
-SPLIT = batch1_cases(n=st.sampled_from([509, 1021, 1024, 1031]), r=st.sampled_from([64, 67, 73, 96, 101]),
+@pytest.mark.skipif(_native.lib is None, reason="needs the C extension")
+def test_batch1_team_rule():
+    # the rank is split above 2 * 65536 factor elements, with >= 8 rows of h per thread
+    # (docs/lowrank.md section 7): below that the team costs more than a thread saves
+    team = kernels.lowrank_batch1_threads
+    assert team(1024, 64, 1024, 2) == 1  # r (n + m) = 131072: not above
+    assert team(1024, 65, 1024, 2) == 2
+    assert team(1024, 65, 1024, 1) == 1
+    assert team(65536, 15, 1, 4) == 1 and team(65536, 16, 1, 4) == 2 and team(65536, 32, 1, 4) == 4
+    for args, name in [((0, 8, 8, 2), "n"), ((8, 0, 8, 2), "r"), ((8, 8, 0, 2), "m"), ((8, 8, 8, -1), "threads")]:
+        with pytest.raises(ArgumentError, match=f"^{name}: expected an integer in"):
+            team(*args)
+    c = _native.lib.rc_lowrank_batch1_threads  # the C entry point refuses sizes below 1 itself
+    assert c(0, 8, 8, 2) == -1 and c(8, 0, 8, 2) == -1 and c(8, 8, 0, 2) == -1
+
+
+# Large enough that batch 1 splits the rank across threads (r (n + m) > 131072 and at least
+# 8 rows per thread: the test asserts it), with ranks that are not multiples of the 4-row pass.
+SPLIT = batch1_cases(n=st.sampled_from([2039, 2048, 2053]), r=st.sampled_from([64, 67, 73, 96, 101]),
                      m=st.sampled_from([33, 97, 128, 131, 257]))
 
 
@@ -227,6 +244,8 @@ def test_batch1_thread_split_within_the_bound_and_independent_of_the_thread_coun
     @given(case=SPLIT)
     def run(case):
         x, v, u, b = case
+        (r, n), m = v.shape, u.shape[0]
+        assert [kernels.lowrank_batch1_threads(n, r, m, t) for t in (1, 2, 3)] == [1, 2, 3]
         p = kernels.pack_lowrank(v, u, b)
         with kernels.use(*variant, threads=1):
             y1 = kernels.lowrank_linear(x, p)
