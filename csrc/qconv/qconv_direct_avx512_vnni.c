@@ -114,9 +114,15 @@ static __attribute__((noinline)) void finish(const rc_direct_args *a, const __m5
                 rq = rc_requant16_prepare(&e, 0, 0xFFFF);
             }
             /* the 64 bytes of the row in one store (rc_pack64) */
-            __m512i q[4];
-            for (int j = 0; j < 4; ++j) q[j] = rc_requant16_apply(&rq, v[j]);
-            const __m512i b = rc_pack64(q[0], q[1], q[2], q[3], epi->out_type);
+            __m512i b;
+            if (rq.unclamped) {
+                b = rc_pack64_unclamped(rq.scale, rq.scale, rq.scale, rq.scale, v[0], v[1], v[2], v[3],
+                                        epi->out_zero_point, epi->out_type);
+            } else {
+                __m512i q[4];
+                for (int j = 0; j < 4; ++j) q[j] = rc_requant16_apply(&rq, v[j]);
+                b = rc_pack64(q[0], q[1], q[2], q[3], epi->out_type);
+            }
             /* a plain store for a full block (a masked byte store is slow on some cores) */
             if (np >= 64) _mm512_storeu_si512(dst + o * ldo + col, b);
             else _mm512_mask_storeu_epi8(dst + o * ldo + col, ((__mmask64)1 << np) - 1, b);

@@ -52,6 +52,7 @@ static inline __m512i rc_fixed16(__m512i v, __m512i m0, __m512i shift) {
 typedef struct {
     int fixed;
     int nonfinite; /* a scale lane is NaN or +-inf: products may be NaN (0 * inf) */
+    int unclamped; /* rc_pack64_unclamped may be used: see rc_requant16_prepare */
     __m512 scale, lo, hi;
     __m512i z, m0, shift, qmin, qmax;
 } rc_requant16_params;
@@ -67,8 +68,15 @@ static inline rc_requant16_params rc_requant16_prepare(const rc_epilogue *e, int
         p.lo = _mm512_set1_ps((float)(e->qmin - e->out_zero_point));
         p.hi = _mm512_set1_ps((float)(e->qmax - e->out_zero_point));
         p.m0 = p.shift = p.qmin = p.qmax = _mm512_setzero_si512();
+        /* The float rule needs no clamp of its own when [qmin, qmax] is the output type's
+         * whole range and every |scale| < 1/2: then |acc * scale| < 2^30 converts to int32
+         * exactly, and the saturating packs of rc_pack64_unclamped clamp as the rule does. */
+        const int full = e->out_type == RC_UINT8 ? e->qmin == 0 && e->qmax == 255 : e->qmin == -128 && e->qmax == 127;
+        p.unclamped = full && !p.nonfinite &&
+                      _mm512_cmp_ps_mask(_mm512_abs_ps(p.scale), _mm512_set1_ps(0.5f), _CMP_LT_OQ) == 0xFFFF;
     } else {
         p.nonfinite = 0;
+        p.unclamped = 0;
         p.scale = p.lo = p.hi = _mm512_setzero_ps();
         p.m0 = rc_param_epi32(e->multiplier, e->per_channel, n0, m);
         p.shift = rc_param_epi32(e->shift, e->per_channel, n0, m);
@@ -140,6 +148,29 @@ static inline __m512i rc_pack64(__m512i q0, __m512i q1, __m512i q2, __m512i q3, 
     return _mm512_permutexvar_epi32(idx, b);
 }
 
+/* The float rule on 64 accumulators (four vectors, bias included, scales s0..s3 of
+ * parameters with `unclamped` set) as 64 bytes in lane order: t = round_half_even(acc * scale) is exact
+ * in int32 (|acc * scale| < 2^30), vpackssdw saturates it to int16, the zero point is added
+ * with int16 saturation, and vpackuswb / vpacksswb saturate to the output type.  Every
+ * saturation lands where clamp(t + z, qmin, qmax) does when [qmin, qmax] is the type's range
+ * (|t| >= 32767 leaves t + z outside it on the same side; z is inside it), so the bytes
+ * equal rc_pack64 of rc_requant16_apply's values; 19 vector operations for 64 outputs
+ * instead of 29. */
+static inline __m512i rc_pack64_unclamped(__m512 s0, __m512 s1, __m512 s2, __m512 s3, __m512i v0, __m512i v1,
+                                          __m512i v2, __m512i v3, int32_t z, int out_type) {
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const int r = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512i t0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(v0), s0), r);
+    const __m512i t1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(v1), s1), r);
+    const __m512i t2 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(v2), s2), r);
+    const __m512i t3 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(v3), s3), r);
+    const __m512i z16 = _mm512_set1_epi16((short)z);
+    const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), z16);
+    const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(t2, t3), z16);
+    const __m512i b = out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
+    return _mm512_permutexvar_epi32(idx, b);
+}
+
 /* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */
 static inline void rc_epi16(const rc_epilogue *e, __m512i v, int64_t row, int64_t n0, __mmask16 m,
                             void *out, int64_t ldo) {
@@ -168,6 +199,7 @@ typedef struct {
     int64_t n0;
     __mmask16 mask[4];     /* 0 for a vector past N */
     int full;              /* all 64 columns valid */
+    int unclamped;         /* full, and every q[j].unclamped (rc_pack64_unclamped) */
     __m512i init[4];
     rc_dequant16_params d[4]; /* DEQUANT */
     rc_requant16_params q[4]; /* REQUANT_FLOAT / REQUANT_FIXED */
@@ -187,6 +219,8 @@ static inline __attribute__((always_inline)) void rc_panel_prepare(rc_panel *P, 
         if (e->kind == RC_EPI_DEQUANT) P->d[j] = rc_dequant16_prepare(e, n, m);
         else if (e->kind != RC_EPI_INT32) P->q[j] = rc_requant16_prepare(e, n, m);
     }
+    P->unclamped = P->full && e->kind != RC_EPI_INT32 && e->kind != RC_EPI_DEQUANT && P->q[0].unclamped &&
+                   P->q[1].unclamped && P->q[2].unclamped && P->q[3].unclamped;
 }
 
 /* Start value of row m's vector j: colterm + bias - zbp * ra[m] (wrapping int32), so the
@@ -239,6 +273,11 @@ static inline __attribute__((always_inline)) void rc_panel_row(const rc_panel *P
     }
     default: {
         int8_t *o = (int8_t *)P->x->c + at;
+        if (P->unclamped) {
+            _mm512_storeu_si512(o, rc_pack64_unclamped(P->q[0].scale, P->q[1].scale, P->q[2].scale, P->q[3].scale, v0, v1,
+                                                       v2, v3, e->out_zero_point, e->out_type));
+            return;
+        }
         const __m512i q0 = rc_requant16_apply(&P->q[0], v0);
         if (P->full) {
             _mm512_storeu_si512(o, rc_pack64(q0, rc_requant16_apply(&P->q[1], v1), rc_requant16_apply(&P->q[2], v2),

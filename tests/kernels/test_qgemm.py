@@ -221,6 +221,37 @@ def test_k_at_the_int32_bound_is_exact_and_one_more_is_refused(variant):
         kernels.qgemm(np.zeros((1, bound + 1), np.int8), np.zeros((bound + 1, 3), np.int8))
 
 
+@pytest.mark.parametrize("variant", QGEMM, ids=_id)
+def test_float_requantize_of_accumulators_near_the_int32_ends(variant):
+    # The AVX-512 epilogues requantize a full 64-column panel without the float clamp when
+    # [qmin, qmax] is the output type's range and every |scale| < 1/2, leaving it to the
+    # saturating packs (rc_pack64_unclamped): |acc * scale| < 2^30 must convert exactly and
+    # saturate as the clamp would.  Rows 0 and 1 reach acc = 2^31 - 2^14 and -128 * 127 * K
+    # = -(2^31 - 2^24.01) (K at the int32 bound, every product 2^14 or -128 * 127); scales
+    # just below and at 1/2 (the clamped neighbour), per tensor and per column.
+    K, N = k_bound(np.int8, 0, 128), 128
+    rng = np.random.default_rng(7)
+    b = np.empty((K, N), np.int8)
+    b[:, :N // 2], b[:, N // 2:] = -128, 127
+    a = rng.integers(-128, 128, (6, K)).astype(np.int8)
+    a[0], a[1] = -128, 127
+    pw = kernels.pack_weights(b)
+    acc = a.astype(np.int64) @ b.astype(np.int64)
+    assert acc.max() > 2**31 - 2**15 and acc.min() < -(2**31) + 2**25
+    acc = acc.astype(np.int32)
+    per_col = np.linspace(1e-4, 0.4999, N).astype(np.float32)
+    for scale in (np.float32(0.4999), np.float32(0.5), np.float32(1.5), per_col, np.float32(3e-5)):
+        for dtype in (np.uint8, np.int8):
+            info = np.iinfo(dtype)
+            for z in (int(info.min), int(info.max), int(info.min + info.max + 1) // 2 + 3):
+                spec = Requantize(scale, z, dtype)
+                with kernels.use("numpy"):
+                    want = kernels.requantize(acc, spec)
+                with kernels.use(*variant):
+                    got = kernels.qgemm(a, pw, output=spec)
+                assert_exact(got, want)
+
+
 def test_gemmlowp_rounding_written_out():
     # SRDHM rounds x * M0 / 2^31 with ties toward +inf; RDBPOT rounds ties away from zero.
     half = np.int64(2**30)  # M0 = 2^30 is a multiplier of exactly 1/2
