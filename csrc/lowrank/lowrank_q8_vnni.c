@@ -12,7 +12,9 @@
  * are read in place when n % 4 == 0 (copied into a zero-padded buffer otherwise), h_q is
  * written where the second product reads it.  Further:
  *   - the epilogue's parameters are made once per panel (rc_panel_prepare, which qgemm's
- *     tiles use too) and applied to the registers of a finished tile;
+ *     tiles use too) and applied to the registers of a finished tile; a full panel of h_q
+ *     whose requantization needs no clamp of its own is packed as qgemm's is
+ *     (rc_pack64_unclamped);
  *   - a panel with 33..48 valid columns runs 8 x 48 tiles, 17..32 12 x 32, <= 16 12 x 16
  *     (the full panel 6 x 64: 24 accumulators), so padding columns cost nothing.
  * Every sum is the same int32 modulo 2^32 as qgemm's (vpdpbusd wraps, it does not saturate,
@@ -73,6 +75,11 @@ static inline __attribute__((always_inline)) void out_dequant(float *o, __mmask1
         if (nv > 2) out_requant(P, c##r##_2, m0 + r, 2);                                      \
         if (nv > 3) out_requant(P, c##r##_3, m0 + r, 3);                                      \
     }
+/* The 64 bytes of row r through rc_pack64_unclamped (locals as for LQ_DEQ). */
+#define LQ_REQ64(r)                                                                           \
+    if (mr > r)                                                                               \
+        _mm512_storeu_si512(out + (m0 + r) * ldo,                                             \
+                            rc_pack64_unclamped(s0, s1, s2, s3, c##r##_0, c##r##_1, c##r##_2, c##r##_3, z, ot));
 /* The dequantizing one reads the panel into locals first: stores through `out` could
  * alias *P, which would then be read again after every store. */
 #define LQ_DEQ(r)                                                                             \
@@ -112,6 +119,13 @@ static inline __attribute__((always_inline)) void tile(const rc_panel *P, const 
         float *const out = (float *)P->x->c + P->n0;
         const int64_t ldo = P->x->N;
         LQ_ROWS(LQ_DEQ)
+    } else if (nv == 4 && P->unclamped) { /* a full panel: 64 bytes of h_q a row, no clamp */
+        const __m512 s0 = P->q[0].scale, s1 = P->q[1].scale, s2 = P->q[2].scale, s3 = P->q[3].scale;
+        const int32_t z = P->x->epi->out_zero_point;
+        const int ot = P->x->epi->out_type;
+        int8_t *const out = (int8_t *)P->x->c + P->n0;
+        const int64_t ldo = P->x->N;
+        LQ_ROWS(LQ_REQ64)
     } else {
         LQ_ROWS(LQ_REQ)
     }
