@@ -6,7 +6,8 @@ torch CSR matmul (each when installed), single- and two-thread, in one run.
 Weights are random unstructured masks at each sparsity (the fraction of zeros) of a normal
 W [out, in]; x is [batch, in].  Ours is the packed call SparseLinear runs,
 ``spmm_csr(x, pack_csr(...))``: the CSR is built by csr_from_dense and validated and laid out
-once by pack_csr; each timed call checks x and crosses into C.  Peers get their natural layout: scipy computes W @ x.T
+once by pack_csr; each timed call checks x and crosses into C.  For 2:4 it is NMLinear's
+``spmm_nm(x, pack_nm(...))`` (the positions checked once).  Peers get their natural layout: scipy computes W @ x.T
 (single-threaded whatever the column says), torch a sparse CSR tensor @ x.T with
 torch.set_num_threads matched; neither result is transposed back.  Ratios are their time
 divided by ours (> 1: ours is faster).  "break-even" is the lowest measured sparsity from
@@ -203,12 +204,12 @@ def main(argv=None):
         W = g.standard_normal((out_f, in_f)).astype(np.float32)
         grp = W.reshape(out_f, -1, 4)
         np.put_along_axis(grp, np.argsort(np.abs(grp), axis=-1)[..., :2], 0.0, axis=-1)
-        nm = K.nm_from_dense(W, 2, 4)
+        nm = K.pack_nm(*K.nm_from_dense(W, 2, 4))  # what NMLinear runs: positions checked once
         for threads in threads_list:
             for batch in batches:
                 x = g.standard_normal((batch, in_f)).astype(np.float32)
                 t_dense, t_nm = alternating_medians([(lambda: x @ W.T, lambda: blas_threads(threads)),
-                                                     (lambda: K.spmm_nm(x, *nm), lambda: K.use(threads=threads))],
+                                                     (lambda: K.spmm_nm(x, nm), lambda: K.use(threads=threads))],
                                                     rounds=rounds, min_time=min_time,
                                                     settle=SETTLE if threads > 1 else 0)
                 nm_rows.append([f"{out_f}x{in_f}", threads, batch, f"{t_nm * 1e6:.0f}", f"{t_dense * 1e6:.0f}",

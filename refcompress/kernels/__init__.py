@@ -66,11 +66,11 @@ __all__ = [
 ]
 
 # Sparse Linear layers from pruned weights (CSR and N:M): see docs/sparse_kernels.md.
-from .sparse import (CSR, NM, PackedCSR, csr_from_dense, csr_to_dense, nm_from_dense, nm_to_dense,  # noqa: E402
-                     pack_csr, spmm_csr, spmm_nm)
+from .sparse import (CSR, NM, PackedCSR, PackedNM, csr_from_dense, csr_to_dense, nm_from_dense,  # noqa: E402
+                     nm_to_dense, pack_csr, pack_nm, spmm_csr, spmm_nm)
 
-__all__ += ["CSR", "NM", "PackedCSR", "csr_from_dense", "csr_to_dense", "nm_from_dense", "nm_to_dense", "pack_csr",
-            "spmm_csr", "spmm_nm"]
+__all__ += ["CSR", "NM", "PackedCSR", "PackedNM", "csr_from_dense", "csr_to_dense", "nm_from_dense", "nm_to_dense",
+            "pack_csr", "pack_nm", "spmm_csr", "spmm_nm"]
 
 # Transformer ops (GELU, LayerNorm with residual, masked softmax): see docs/kernels.md.
 from .nnops import gelu, layer_norm, softmax  # noqa: E402

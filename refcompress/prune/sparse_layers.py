@@ -255,6 +255,7 @@ class NMLinear(Module):
         else:
             self.input_perm = None
         self._perm_checked = None  # the input_perm array last validated (checked again when replaced)
+        self._packed = None  # kernels.PackedNM of the current indices / values / bias
         self._cache = None
 
     @classmethod
@@ -319,10 +320,26 @@ class NMLinear(Module):
         perm = self._checked_perm()
         if perm is not None:
             x = np.take(x, perm, axis=-1)
-        b = None if self.bias is None else self.bias.data
-        y = kernels.spmm_nm(x, self.values.data, self.indices, self.n, self.m, b)
+        y = kernels.spmm_nm(x, self.packed())
         self._cache = x if self.training else None  # the permuted input, which the values meet
         return y
+
+    def packed(self) -> "kernels.PackedNM":
+        """The layer's weight as a :class:`~refcompress.kernels.PackedNM`: the positions are
+        checked once (again only when ``indices`` is replaced, e.g. by loading a state dict;
+        change the structure by assigning a new array, not in place); new ``values`` or
+        ``bias`` arrays are swapped in with ``with_values``, and in-place changes to them are
+        seen (the packed object holds them)."""
+        d = self.__dict__
+        vals = d["_parameters"]["values"].data
+        bias = d["_parameters"].get("bias")
+        b = None if bias is None else bias.data
+        p = d["_packed"]
+        if p is None or p.source_indices is not d["_buffers"]["indices"]:
+            p = self._packed = kernels.pack_nm(vals, self.indices, self.n, self.m, b)
+        elif p.values is not vals or p.bias is not b:
+            p = self._packed = p.with_values(vals, b)
+        return p
 
     def backward(self, grad_out):
         x = self._cache_or_raise()

@@ -9,6 +9,7 @@ import refcompress.kernels as kernels
 from refcompress.errors import ArgumentError, DTypeError, ShapeError
 from refcompress.kernels import sparse as S
 from refcompress.testing import (
+    assert_exact,
     assert_within_error_bound,
     check_spmm_csr,
     check_spmm_nm,
@@ -1217,3 +1218,57 @@ def test_nm_batch_one_on_rows_around_the_permute_steps(n, m, backend, isa):
         g[np.argsort(rng.random(g.shape), axis=-1) >= n] = 0
         nm = kernels.nm_from_dense(W, n, m)
         _check_nm_threads_and_bias(backend, isa, rng, nm, rng.standard_normal(23).astype(np.float32), 1, in_f)
+
+
+def _nm_weight(rng, out_f, in_f, n, m):
+    """A random float32 weight [out, in] with at most n nonzeros in every group of m inputs."""
+    w = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    g = w.reshape(out_f, in_f // m, m)
+    drop = np.argsort(rng.random(g.shape), axis=2)[:, :, n:]
+    np.put_along_axis(g, drop, 0.0, axis=2)
+    return w
+
+
+@pytest.mark.parametrize("variant", NM_VARIANTS, ids=lambda v: v[1] or v[0])
+def test_packed_nm_gives_the_unpacked_bits(variant):
+    # the same kernel on the same arrays: only the per-call check of the positions is gone
+    rng = np.random.default_rng(11)
+    for (n, m), out_f, in_f in [((2, 4), 37, 64), ((1, 4), 5, 36), ((4, 8), 64, 128), ((3, 7), 9, 70)]:
+        vals, ind, _, _ = kernels.nm_from_dense(_nm_weight(rng, out_f, in_f, n, m), n, m)
+        b = rng.standard_normal(out_f).astype(np.float32)
+        p = kernels.pack_nm(vals, ind, n, m, b)
+        for batch in (1, 3, 16, 130):
+            x = rng.standard_normal((batch, in_f)).astype(np.float32)
+            with kernels.use(*variant):
+                assert_exact(kernels.spmm_nm(x, p), kernels.spmm_nm(x, vals, ind, n, m, b))
+        x3 = rng.standard_normal((2, 3, in_f)).astype(np.float32)  # leading dimensions kept
+        assert kernels.spmm_nm(x3, p).shape == (2, 3, out_f)
+
+
+def test_pack_nm_checks_once_keeps_a_copy_of_the_positions_and_swaps_values():
+    rng = np.random.default_rng(12)
+    vals, ind, n, m = kernels.nm_from_dense(_nm_weight(rng, 8, 32, 2, 4), 2, 4)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    p = kernels.pack_nm(vals, ind, n, m)
+    want = kernels.spmm_nm(x, vals, ind, n, m)
+    ind[0, 0] = 200  # an in-place change of the given positions is not seen (nor read out of x)
+    assert_exact(kernels.spmm_nm(x, p), want)
+    with pytest.raises(ValueError):
+        p.indices[0, 0] = 1  # the kernel's copy is read-only
+    with pytest.raises(ArgumentError, match=r"^indices: expected positions in \[0, m = 4\)"):
+        kernels.pack_nm(vals, ind, n, m)
+    ind[0, 0] = p.indices[0, 0]
+    vals[0, 0] += 1.0  # values are held: an in-place change is seen
+    assert_exact(kernels.spmm_nm(x, p), kernels.spmm_nm(x, vals, ind, n, m))
+    v2 = (vals * 2).astype(np.float32)
+    b2 = np.arange(8, dtype=np.float32)
+    assert_exact(kernels.spmm_nm(x, p.with_values(v2, b2)), kernels.spmm_nm(x, v2, ind, n, m, b2))
+    assert p.with_values(v2).bias is None and p.bias is None
+    with pytest.raises(ShapeError, match="^values: expected shape"):
+        p.with_values(v2[:, :8])
+    with pytest.raises(ArgumentError, match="^n, bias: pass them to pack_nm"):
+        kernels.spmm_nm(x, p, n=2, bias=b2)
+    with pytest.raises(ArgumentError, match="^indices, n, m: expected with unpacked values"):
+        kernels.spmm_nm(x, vals)
+    with pytest.raises(ShapeError, match="^x: expected last dimension in_features = 32"):
+        kernels.spmm_nm(x[:, :16], p)

@@ -47,6 +47,43 @@ def test_nm_linear_equals_dense(backend, isa):
     np.testing.assert_array_equal(layer.dense_weight(), w)
 
 
+def test_nm_linear_checks_its_positions_once(monkeypatch):
+    # forward runs the layer's PackedNM: the O(nnz) position check runs when the indices
+    # array is new, not on every call; new values / bias arrays and in-place value changes
+    # are followed without it
+    from refcompress.kernels import sparse as S
+
+    calls = []
+    check = S._check_nm_structure
+    monkeypatch.setattr(S, "_check_nm_structure", lambda *a, **k: (calls.append(1), check(*a, **k))[1])
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    w *= P.nm_mask(w, 2, 4)
+    layer = P.NMLinear.from_dense(w, 2, 4, bias=np.ones(6, np.float32)).eval()
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    calls.clear()
+    for _ in range(3):
+        y = layer(x)
+    assert len(calls) == 1
+    np.testing.assert_allclose(y, x @ w.T + 1, rtol=1e-5, atol=1e-5)
+    layer.values.data[0, 0] += 2.0  # in place: seen
+    w2 = layer.dense_weight()  # (nm_to_dense checks the positions itself)
+    calls.clear()
+    np.testing.assert_allclose(layer(x), x @ w2.T + 1, rtol=1e-5, atol=1e-5)
+    layer.values.data = layer.values.data * np.float32(0.5)  # a new array: swapped in, not re-checked
+    layer.bias.data = np.zeros(6, np.float32)
+    np.testing.assert_allclose(layer(x), x @ (0.5 * w2).T, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 0
+    layer.indices = layer.indices.copy()  # a new structure array: checked again
+    layer(x)
+    assert len(calls) == 1
+    bad = layer.indices.copy()
+    bad[0, 0] = 9
+    layer.indices = bad
+    with pytest.raises(ArgumentError, match=r"^indices: expected positions in \[0, m = 4\)"):
+        layer(x)
+
+
 def test_index_types_and_stored_bytes():
     a = P.SparseLinear.from_dense(sparse_weight(300, 64, 0.05))
     b = P.SparseLinear.from_dense(sparse_weight(100, 300, 0.05), np.zeros(100, np.float32))
