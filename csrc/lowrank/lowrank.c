@@ -140,7 +140,9 @@ static const rc_lowrank_kernels *pick(int v) {
  * y, is one thread's, made by the same code): the result does not depend on the thread
  * count. */
 static int batch1_team(int64_t n, int64_t r, int64_t m, int nt) {
-    if (nt <= 1 || r * (n + m) <= LR_GEMV_MIN_WORK) return 1;
+    if (nt <= 1) return 1;
+    /* r (n + m) <= LR_GEMV_MIN_WORK, without forming a product that could overflow */
+    if (n <= LR_GEMV_MIN_WORK && m <= LR_GEMV_MIN_WORK && r <= LR_GEMV_MIN_WORK / (n + m)) return 1;
     const int64_t cap = r / LR_GEMV_MIN_ROWS;
     return cap < 1 ? 1 : (int)(nt < cap ? nt : cap);
 }

@@ -174,9 +174,9 @@ def lowrank_batch1_threads(n: int, r: int, m: int, threads: int) -> int:
     """How many threads the C kernel runs a batch-1 call of a layer [m, n] of rank r on when
     given ``threads`` (0: OpenMP's default): it splits the rank only when r (n + m) > 131072
     and every thread gets >= 8 rows of h (docs/lowrank.md section 7).  1 without the C
-    extension."""
-    n, r, m = (check_int(a, name, min_value=1) for a, name in ((n, "n"), (r, "r"), (m, "m")))
-    threads = check_int(threads, "threads", min_value=0)
+    extension or without OpenMP."""
+    n, r, m = (check_int(a, name, min_value=1, max_value=2**62) for a, name in ((n, "n"), (r, "r"), (m, "m")))
+    threads = check_int(threads, "threads", min_value=0, max_value=2**31 - 1)
     return 1 if _native.lib is None else int(_native.lib.rc_lowrank_batch1_threads(n, r, m, threads))
 
 

@@ -678,8 +678,9 @@ class PackedNM:
     def __init__(self, values, indices, n, m, bias=None):
         values, indices, n, m = _nm_arrays(values, indices, n, m)
         self.source_indices = indices  # the array given (a layer compares it to see a new structure)
-        indices = indices.copy()
-        indices.flags.writeable = False
+        # a view of an immutable bytes object: unlike a copy with its flag cleared, nothing
+        # can make it writeable again
+        indices = np.frombuffer(indices.tobytes(), np.uint8).reshape(indices.shape)
         self.values, self.indices, self.n, self.m = values, indices, n, m
         self.out_features = values.shape[0]
         self.in_features = values.shape[1] // n * m
@@ -695,6 +696,11 @@ class PackedNM:
         if bias is not _SAME:
             p.bias = _bias(bias, self.out_features)
         return p
+
+    def __reduce__(self):
+        # pickle / deepcopy: the copy is packed (and its positions checked) anew from the
+        # given arrays, as PackedCSR's is
+        return (PackedNM, (self.values, self.source_indices, self.n, self.m, self.bias))
 
     def __repr__(self):
         return (f"PackedNM({self.n}:{self.m}, out_features={self.out_features}, in_features={self.in_features}, "
@@ -888,6 +894,8 @@ def spmm_nm(x, values, indices=None, n=None, m=None, bias=None):
         if extra:
             raise ArgumentError(f"{', '.join(extra)}: pass them to pack_nm, not with a PackedNM")
         p = values
+        if type(p.indices) is not np.ndarray or p.indices.flags.writeable or p.indices.shape != p.values.shape:
+            raise ArgumentError("values: a PackedNM whose positions were replaced after pack_nm; pack again")
         x2, lead = _x2d(x, p.in_features)
         y = dispatch("spmm_nm", x2, p.values, p.indices, p.n, p.m, p.bias)
         return y.reshape(lead + (p.out_features,))

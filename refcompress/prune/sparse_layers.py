@@ -226,6 +226,8 @@ class NMLinear(Module):
 
     State: ``values`` (Parameter [out, in/M*N] float32), ``bias`` (Parameter [out] or None),
     buffer ``indices`` [out, in/M*N] uint8 (position of each kept weight in its group).
+    The positions are checked once per ``indices`` array (:meth:`packed`): change the
+    structure by assigning a new array (as ``load_state_dict`` does), not in place.
 
     ``permuted=True`` adds buffer ``input_perm`` [in] int32, a permutation pi of the inputs
     (Pool & Yu 2021, :func:`refcompress.prune.nm_permutation`): the N:M groups run over
@@ -332,9 +334,9 @@ class NMLinear(Module):
         seen (the packed object holds them)."""
         d = self.__dict__
         vals = d["_parameters"]["values"].data
-        bias = d["_parameters"].get("bias")
+        bias = self.bias
         b = None if bias is None else bias.data
-        p = d["_packed"]
+        p = d.get("_packed")  # (a layer pickled before layers kept one has none)
         if p is None or p.source_indices is not d["_buffers"]["indices"]:
             p = self._packed = kernels.pack_nm(vals, self.indices, self.n, self.m, b)
         elif p.values is not vals or p.bias is not b:

@@ -226,21 +226,24 @@ def test_float_requantize_of_accumulators_near_the_int32_ends(variant):
     # The AVX-512 epilogues requantize a full 64-column panel without the float clamp when
     # [qmin, qmax] is the output type's range and every |scale| < 1/2, leaving it to the
     # saturating packs (rc_pack64_unclamped): |acc * scale| < 2^30 must convert exactly and
-    # saturate as the clamp would.  Rows 0 and 1 reach acc = 2^31 - 2^14 and -128 * 127 * K
-    # = -(2^31 - 2^24.01) (K at the int32 bound, every product 2^14 or -128 * 127); scales
-    # just below and at 1/2 (the clamped neighbour), per tensor and per column.
-    K, N = k_bound(np.int8, 0, 128), 128
+    # saturate as the clamp would.  Row 0 reaches acc = 2^31 - 1 exactly (K at the int32
+    # bound, every product 2^14, plus a bias of 2^14 - 1; float(acc) rounds to 2^31) and
+    # -128 * 127 * K; row 1 the mirror.  Scales just below and at 1/2 (the clamped
+    # neighbour), 1 (where 2^31 would overflow the conversion), per tensor and per column.
+    K, N = k_bound(np.int8, 0, 128, 2**14 - 1), 128
+    bias = np.zeros(N, np.int32)
+    bias[:N // 2] = 2**31 - 1 - K * 2**14
     rng = np.random.default_rng(7)
     b = np.empty((K, N), np.int8)
     b[:, :N // 2], b[:, N // 2:] = -128, 127
     a = rng.integers(-128, 128, (6, K)).astype(np.int8)
     a[0], a[1] = -128, 127
     pw = kernels.pack_weights(b)
-    acc = a.astype(np.int64) @ b.astype(np.int64)
-    assert acc.max() > 2**31 - 2**15 and acc.min() < -(2**31) + 2**25
+    acc = a.astype(np.int64) @ b.astype(np.int64) + bias
+    assert acc.max() == 2**31 - 1 and acc.min() < -(2**31) + 2**25
     acc = acc.astype(np.int32)
     per_col = np.linspace(1e-4, 0.4999, N).astype(np.float32)
-    for scale in (np.float32(0.4999), np.float32(0.5), np.float32(1.5), per_col, np.float32(3e-5)):
+    for scale in (np.float32(0.4999), np.float32(0.5), np.float32(1.0), np.float32(1.5), per_col, np.float32(3e-5)):
         for dtype in (np.uint8, np.int8):
             info = np.iinfo(dtype)
             for z in (int(info.min), int(info.max), int(info.min + info.max + 1) // 2 + 3):
@@ -248,7 +251,7 @@ def test_float_requantize_of_accumulators_near_the_int32_ends(variant):
                 with kernels.use("numpy"):
                     want = kernels.requantize(acc, spec)
                 with kernels.use(*variant):
-                    got = kernels.qgemm(a, pw, output=spec)
+                    got = kernels.qgemm(a, pw, bias=bias, output=spec)
                 assert_exact(got, want)
 
 

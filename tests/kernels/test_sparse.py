@@ -1272,3 +1272,31 @@ def test_pack_nm_checks_once_keeps_a_copy_of_the_positions_and_swaps_values():
         kernels.spmm_nm(x, vals)
     with pytest.raises(ShapeError, match="^x: expected last dimension in_features = 32"):
         kernels.spmm_nm(x[:, :16], p)
+
+
+def test_packed_nm_copies_are_packed_and_checked_anew():
+    # pickle / deepcopy repack from the given arrays (positions checked again), and the
+    # kernel's positions can never be made writeable; a PackedNM whose positions were
+    # replaced afterwards is refused, not run
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(13)
+    vals, ind, n, m = kernels.nm_from_dense(_nm_weight(rng, 8, 32, 2, 4), 2, 4)
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    p = kernels.pack_nm(vals, ind, n, m)
+    want = kernels.spmm_nm(x, p)
+    for q in (copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
+        assert isinstance(q, kernels.PackedNM) and not q.indices.flags.writeable
+        with pytest.raises(ValueError):
+            q.indices.flags.writeable = True
+        assert_exact(kernels.spmm_nm(x, q), want)
+    with pytest.raises(ValueError):
+        p.indices.flags.writeable = True
+    ind[0, 0] = 200  # the given array broken in place: a copy is checked again and refused
+    with pytest.raises(ArgumentError, match="^indices: expected positions"):
+        copy.deepcopy(p)
+    q = kernels.pack_nm(vals, p.indices.copy(), n, m)
+    q.indices = q.indices.copy()  # writeable positions swapped in behind pack_nm's back
+    with pytest.raises(ArgumentError, match="^values: a PackedNM whose positions were replaced"):
+        kernels.spmm_nm(x, q)
