@@ -93,7 +93,7 @@ int rc_check_epilogue(const rc_epilogue *e) {
         if (e->kind == RC_EPI_REQUANT_FLOAT ? !e->scale : (!e->multiplier || !e->shift)) return RC_ERR_ARG;
         if (e->out_type != RC_INT8 && e->out_type != RC_UINT8) return RC_ERR_ARG;
         {
-            const int32_t lo = e->out_type == RC_INT8 ? -128 : 0, hi = e->out_type == RC_INT8 ? 127 : 255;
+            const int32_t lo = rc_out_min(e->out_type), hi = rc_out_max(e->out_type);
             if (e->qmin < lo || e->qmax > hi || e->qmin > e->qmax) return RC_ERR_ARG;
             if (e->out_zero_point < lo || e->out_zero_point > hi) return RC_ERR_ARG;
         }

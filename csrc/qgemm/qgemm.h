@@ -59,6 +59,9 @@ int rc_check_epilogue(const rc_epilogue *e);
 /* An activation type (RC_INT8 / RC_UINT8) and a zero point inside that type's range: the
  * kernels form z - 128, x - z and the like in int32 / int16, which a zero point outside
  * the range could overflow (Python checks it too; this guards the C entry points). */
+/* The value range of an 8-bit output type (RC_INT8 / RC_UINT8). */
+static inline int32_t rc_out_min(int type) { return type == RC_INT8 ? -128 : 0; }
+static inline int32_t rc_out_max(int type) { return type == RC_INT8 ? 127 : 255; }
 static inline int rc_activation_ok(int type, int32_t z) {
     return type == RC_UINT8 ? z >= 0 && z <= 255 : type == RC_INT8 && z >= -128 && z <= 127;
 }

@@ -71,7 +71,7 @@ static inline rc_requant16_params rc_requant16_prepare(const rc_epilogue *e, int
         /* The float rule needs no clamp of its own when [qmin, qmax] is the output type's
          * whole range and every |scale| < 1/2: then |acc * scale| < 2^30 converts to int32
          * exactly, and the saturating packs of rc_pack64_unclamped clamp as the rule does. */
-        const int full = e->out_type == RC_UINT8 ? e->qmin == 0 && e->qmax == 255 : e->qmin == -128 && e->qmax == 127;
+        const int full = e->qmin == rc_out_min(e->out_type) && e->qmax == rc_out_max(e->out_type);
         p.unclamped = full && !p.nonfinite &&
                       _mm512_cmp_ps_mask(_mm512_abs_ps(p.scale), _mm512_set1_ps(0.5f), _CMP_LT_OQ) == 0xFFFF;
     } else {
@@ -141,11 +141,14 @@ static inline __m512 rc_dequant16_apply(const rc_dequant16_params *p, __m512i v,
 /* Four requantized vectors (int32 lanes in [qmin, qmax], inside the output type) as 64
  * bytes in lane order: the saturating packs (vpackssdw, then vpackuswb / vpacksswb) are
  * exact on such values; they interleave 128-bit lanes, which one vpermd undoes. */
-static inline __m512i rc_pack64(__m512i q0, __m512i q1, __m512i q2, __m512i q3, int out_type) {
+/* (rc_pack64_words: the second pack and the vpermd, from the two vectors of int16 words) */
+static inline __m512i rc_pack64_words(__m512i w01, __m512i w23, int out_type) {
     const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512i w01 = _mm512_packs_epi32(q0, q1), w23 = _mm512_packs_epi32(q2, q3);
     const __m512i b = out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
     return _mm512_permutexvar_epi32(idx, b);
+}
+static inline __m512i rc_pack64(__m512i q0, __m512i q1, __m512i q2, __m512i q3, int out_type) {
+    return rc_pack64_words(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3), out_type);
 }
 
 /* The float rule on 64 accumulators (four vectors, bias included, scales s0..s3 of
@@ -158,7 +161,6 @@ static inline __m512i rc_pack64(__m512i q0, __m512i q1, __m512i q2, __m512i q3, 
  * instead of 29. */
 static inline __m512i rc_pack64_unclamped(__m512 s0, __m512 s1, __m512 s2, __m512 s3, __m512i v0, __m512i v1,
                                           __m512i v2, __m512i v3, int32_t z, int out_type) {
-    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const int r = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     const __m512i t0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(v0), s0), r);
     const __m512i t1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(v1), s1), r);
@@ -167,8 +169,7 @@ static inline __m512i rc_pack64_unclamped(__m512 s0, __m512 s1, __m512 s2, __m51
     const __m512i z16 = _mm512_set1_epi16((short)z);
     const __m512i w01 = _mm512_adds_epi16(_mm512_packs_epi32(t0, t1), z16);
     const __m512i w23 = _mm512_adds_epi16(_mm512_packs_epi32(t2, t3), z16);
-    const __m512i b = out_type == RC_UINT8 ? _mm512_packus_epi16(w01, w23) : _mm512_packs_epi16(w01, w23);
-    return _mm512_permutexvar_epi32(idx, b);
+    return rc_pack64_words(w01, w23, out_type);
 }
 
 /* Store 16 lanes (mask m) of corrected accumulators v for row `row`, columns n0.. */
