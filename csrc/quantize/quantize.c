@@ -12,8 +12,6 @@
  * row, so per-tensor (one long row) and per-channel (many rows) both spread over threads. */
 #define RC_QUANT_BLOCK 8192
 
-typedef void (*rc_quant_run_fn)(const rc_quant_args *, int64_t, int64_t, float, int32_t);
-
 void rc_quantize_run_portable(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z) {
     const float *x = a->x + base;
     const int32_t lo = a->qmin, hi = a->qmax;
@@ -56,6 +54,14 @@ static rc_quant_run_fn pick(int isa, int dequant) {
     case RC_ISA_AVX512: return dequant ? rc_dequantize_run_avx512 : rc_quantize_run_avx512;
 #endif
     default:            return dequant ? rc_dequantize_run_portable : rc_quantize_run_portable;
+    }
+}
+
+rc_quant_run_fn rc_quantize_run_for(int v) {
+    switch (v) {
+    case RC_ISA_AVX512: case RC_ISA_AVX512_VNNI: case RC_ISA_AVX512_VBMI: return pick(RC_ISA_AVX512, 0);
+    case RC_ISA_AVX2: case RC_ISA_AVX_VNNI: return pick(RC_ISA_AVX2, 0);
+    default: return pick(RC_ISA_PORTABLE, 0);
     }
 }
 

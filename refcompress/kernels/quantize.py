@@ -55,9 +55,10 @@ ROWS_QMAX = 127
 def _qparams(scale, zero_point, shape, axis, lo, hi):
     """Validate scale / zero point against ``shape`` and ``axis``; return
     (axis or None, scale float32 1-D, zero_point int32 1-D)."""
-    if axis is None and type(scale) is float and type(zero_point) is int:
+    if (axis is None and isinstance(scale, (float, np.floating))
+            and isinstance(zero_point, (int, np.integer)) and type(zero_point) is not bool):
         # The quantize / dequantize stubs' call, once per layer call: the same checks and
-        # errors on plain Python numbers, without the array round trips (~8 us of them).
+        # errors on plain (Python or NumPy) numbers, without the array round trips (~8 us).
         s = np.float32(scale)
         if not (math.isfinite(s) and s > 0):
             raise ArgumentError(f"scale: expected finite values > 0 (as float32), got {s!r}")
