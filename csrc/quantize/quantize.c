@@ -76,24 +76,33 @@ static int qtype_range(int qtype, int64_t *lo, int64_t *hi) {
     }
 }
 
+/* Work item `it`: one block of at most RC_QUANT_BLOCK elements of one channel row. */
+static inline void run_item(const rc_quant_args *a, rc_quant_run_fn fn, int64_t it, int64_t blocks_per_row) {
+    const int64_t row = it / blocks_per_row, blk = it % blocks_per_row;
+    const int64_t c = row % a->channels;
+    const int64_t start = blk * RC_QUANT_BLOCK;
+    const int64_t n = (a->inner - start < RC_QUANT_BLOCK) ? a->inner - start : RC_QUANT_BLOCK;
+    fn(a, row * a->inner + start, n, a->scale[c], a->zero_point[c]);
+}
+
 static int run(rc_quant_args *a, rc_quant_run_fn fn, int threads) {
     const int64_t rows = a->outer * a->channels;
     const int64_t blocks_per_row = (a->inner + RC_QUANT_BLOCK - 1) / RC_QUANT_BLOCK;
     const int64_t items = rows * blocks_per_row;
-    const int64_t total = rows * a->inner;
-    (void)threads;
-    (void)total;
+    int nt = 1;
 #ifdef _OPENMP
-    const int nt = (threads > 0) ? threads : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && total >= RC_MIN_PARALLEL_WORK)
+    if (rows * a->inner >= RC_MIN_PARALLEL_WORK) nt = (threads > 0) ? threads : omp_get_max_threads();
 #endif
-    for (int64_t it = 0; it < items; ++it) {
-        const int64_t row = it / blocks_per_row, blk = it % blocks_per_row;
-        const int64_t c = row % a->channels;
-        const int64_t start = blk * RC_QUANT_BLOCK;
-        const int64_t n = (a->inner - start < RC_QUANT_BLOCK) ? a->inner - start : RC_QUANT_BLOCK;
-        fn(a, row * a->inner + start, n, a->scale[c], a->zero_point[c]);
+    (void)threads;
+    if (nt == 1) { /* no parallel region at all: entering one, even of one thread, costs more
+                    * than quantizing a batch-1 row */
+        for (int64_t it = 0; it < items; ++it) run_item(a, fn, it, blocks_per_row);
+        return RC_OK;
     }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t it = 0; it < items; ++it) run_item(a, fn, it, blocks_per_row);
+#endif
     return RC_OK;
 }
 
