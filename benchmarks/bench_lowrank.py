@@ -10,8 +10,9 @@ For each weight [m, n], rank r = K/16 .. K/2 (K = min(m, n)), batch and thread c
 
 and prints  speedup = dense / fp32,  ideal = m n / ((m + n) r)  (the flop ratio),
 efficiency = speedup / ideal,  vs_two = two / fp32 (>= 1: not slower than NumPy's two
-matmuls),  q8x = fp32 / int8 (the kernel's ratio),  q8fx = fp32 / int8 fx (what a layer fed
-float activations gets: x's quantization, ONNX QuantizeLinear's division, included).  BLAS gets the same thread count as the kernel; a batch-1
+matmuls),  q8x = fp32 / int8 (the kernel's ratio),  q8fx = fp32 / int8 fx (what a layer
+fed float activations gets: x's quantization, ONNX QuantizeLinear's division, included).
+BLAS gets the same thread count as the kernel; a batch-1
 fp32 call given more threads than its rank split uses (rc_lowrank_batch1_threads: small
 layers run on one) is marked * after its thread count.
 Run with  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE  (make bench does) so NumPy uses

@@ -228,6 +228,7 @@ def _rebuild_quantized_lowrank(state):
     q = object.__new__(QuantizedLowRank)
     q.__dict__.update(state)
     q._c_args = None
+    q._ws_last = (-1, 0)  # sized by this build's rc_lowrank_q8_workspace_size, not the pickler's
     if _native.lib is not None and not q.empty:
         q._prepare_c()
     return q
@@ -279,8 +280,9 @@ class QuantizedLowRank:
         if _native.lib is not None and not self.empty:
             self._prepare_c()
 
-    #: what _prepare_c derives (cffi pointers and the arrays they point into)
-    _C_STATE = ("_c_args", "_keep", "_cols", "_signed")
+    #: what _prepare_c derives (cffi pointers and the arrays they point into), and the
+    #: workspace size of the last batch (a size from another build could be too small)
+    _C_STATE = ("_c_args", "_keep", "_cols", "_signed", "_ws_last")
 
     def __reduce__(self):
         # pickle / deepcopy: everything but the C state (cffi pointers cannot be copied);
@@ -320,7 +322,7 @@ class QuantizedLowRank:
     def quantize_input(self, x) -> np.ndarray:
         """x_q = saturate(round_half_even(x / s_x) + z_x), uint8 (ONNX QuantizeLinear).
         (:func:`lowrank_linear_q8` given float x does this inside its call.)"""
-        return quantize(x, float(self.x_scale), self.x_zero_point, dtype=np.uint8)
+        return quantize(x, self.x_scale, self.x_zero_point, dtype=np.uint8)
 
     def __repr__(self):
         return f"QuantizedLowRank(n={self.n}, r={self.r}, m={self.m})"
@@ -350,7 +352,7 @@ def _lowrank_linear_q8_c(x_q, q, isa, threads):
     if last[0] != B:
         last = q._ws_last = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
     ws = _native.workspace(last[1])
-    if x_q.dtype is _U8:
+    if x_q.itemsize == 1:  # uint8 (by value: a dtype object equal to uint8 need not be _U8)
         rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),
                                ws[2], isa, threads)
     else:

@@ -79,9 +79,10 @@ def _qparams(scale, zero_point, shape, axis, lo, hi):
         if pair is None:
             if len(_PER_TENSOR) >= 1024:  # a bound on what many distinct calls can keep
                 _PER_TENSOR.clear()
-            pair = (np.array([s], np.float32), np.array([zero_point], np.int32))
-            for a in pair:
-                a.flags.writeable = False
+            # views of immutable bytes: read-only for good (an owning array could be made
+            # writeable again)
+            pair = (np.frombuffer(np.array([s], np.float32).tobytes(), np.float32),
+                    np.frombuffer(np.array([zero_point], np.int32).tobytes(), np.int32))
             _PER_TENSOR[key] = pair
         return (None,) + pair
     if axis is None:

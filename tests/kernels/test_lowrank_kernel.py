@@ -487,6 +487,33 @@ def test_int8_from_float_x_quantizes_as_quantize_input_bit_exact(variant):
     run()
 
 
+def test_int8_uint8_by_value_and_pickled_workspace_sizes_take_the_right_path():
+    # A uint8 dtype object equal to np.uint8 but not it (here with metadata) is uint8 codes,
+    # not float x; a layer unpickled with the workspace size of its last batch (a pickle
+    # from a build whose workspace had no room for float x's codes) sizes it again.
+    import pickle
+
+    rng = np.random.default_rng(12)
+    n, r, m, B = 64, 16, 40, 64
+    q = kernels.QuantizedLowRank(rng.standard_normal((r, n)).astype(np.float32),
+                                 rng.standard_normal((m, r)).astype(np.float32), None, 0.05, 9, 0.3, 120)
+    x = rng.standard_normal((B, n)).astype(np.float32)
+    codes = q.quantize_input(x)
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(codes, q)
+    odd = codes.view(np.dtype(np.uint8, metadata={"note": 1}))
+    assert odd.dtype is not np.dtype(np.uint8)
+    for variant in Q8:
+        with kernels.use(*variant):
+            assert_exact(kernels.lowrank_linear_q8(odd, q), want, what=f"uint8 with metadata, {variant}")
+    state = {k: v for k, v in q.__dict__.items() if k not in q._C_STATE}
+    state["_ws_last"] = (B, 1)  # what an older pickle could carry: too small for float x
+    old = pickle.loads(pickle.dumps(q)).__reduce__()[0](state)
+    assert old._ws_last == (-1, 0)
+    with kernels.use("c"):
+        assert_exact(kernels.lowrank_linear_q8(x, old), want, what="unpickled layer, float x")
+
+
 def _with_epilogues(q, requant, dequant):
     """q with other epilogues (the C API takes any requantizing h and any dequantizing y
     without a per-row scale; QuantizedLowRank itself makes float-rule h and plain y)."""
