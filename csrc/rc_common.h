@@ -110,6 +110,11 @@ void rc_dequantize_run_avx2(const rc_quant_args *a, int64_t base, int64_t n, flo
 void rc_quantize_run_avx512(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z);
 void rc_dequantize_run_avx512(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z);
 #endif
+typedef void (*rc_quant_run_fn)(const rc_quant_args *, int64_t, int64_t, float, int32_t);
+/* The quantize run for a kernel resolved to variant v (any RC_ISA_*): the widest of the
+ * quantize variants that v's CPU runs.  Every run computes rc_quantize_one bit for bit, so
+ * the choice is one of speed only (the int8 factored Linear quantizes float x with it). */
+rc_quant_run_fn rc_quantize_run_for(int v);
 
 /* Per-row symmetric int8 (rc_quantize_rows_f32), one row of k elements, xs = x * inv
  * (inv NULL: xs = x).  absmax returns the bits of max_j |xs_j|: the bits of |v| (sign

@@ -337,6 +337,14 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
                   const void *packed_v, const void *packed_u, const int32_t *cols, const void *signed_packed,
                   const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y, void *workspace, int isa,
                   int threads);
+/* The same from float32 x [batch, n]: each row block is first quantized to uint8 codes,
+ * x_q = saturate(round_half_even(x / x_scale) + x_zero_point) (rc_quantize_f32's rule, bit
+ * for bit), in the workspace, by the thread that then multiplies it.  x_zero_point must be
+ * the one given to rc_lowrank_q8_prepare (its corrections depend on it). */
+int rc_lowrank_q8_f32(const float *x, float x_scale, int32_t x_zero_point, long long batch, long long n,
+                      long long r, long long m, const void *packed_v, const void *packed_u, const int32_t *cols,
+                      const void *signed_packed, const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y,
+                      void *workspace, int isa, int threads);
 
 /* ---- transformer element-wise / row ops, float32 (csrc/nnops/) ------------------------- *
  * The NumPy definitions are refcompress.kernels.nnops (erf by A&S 7.1.26, GELU in its erf

@@ -59,9 +59,10 @@ int rc_lowrank_q8_prepare(long long n, long long r, long long m, int32_t x_zero_
 
 long long rc_lowrank_q8_workspace_size(long long batch, long long n, long long r) {
     if (batch < 0 || n < 0 || r < 0) return -1;
-    /* packed x rows, h_q, packed h_q rows (64-byte aligned parts), then both row sums */
+    /* packed x rows, h_q, packed h_q rows, both row sums, x's codes when x is float
+     * (64-byte aligned parts) */
     return (long long)(al64(batch * rc_qgemm_k4(n)) + al64(batch * r) + al64(batch * rc_qgemm_k4(r)) +
-                       8 * batch + 64);
+                       al64(8 * batch) + al64(batch * n) + 64);
 }
 
 /* All micro-tiles of rows [0, rows) of the packed A: panel by panel, so each panel is
@@ -89,16 +90,33 @@ void rc_lowrank_q8_block_generic(const rc_lowrank_q8_call *c, int64_t i0, int64_
     run_tiles(&c2, c->tile, ap2, c->K4r, rows, c->packed_u);
 }
 
-/* Rows [i0, i1) in blocks of up to Q8_MB rows. */
+/* A float x and how to quantize it (x NULL: the call's x is already uint8). */
+typedef struct {
+    const float *x;
+    float scale;
+    int32_t zero_point;
+    rc_quant_run_fn run;
+} q8_input;
+
+/* Rows [i0, i1) in blocks of up to Q8_MB rows; a float x block is quantized into c->x just
+ * before the block reads it, so its codes are still in L1 (a thread quantizes its own rows:
+ * no extra pass, no extra team). */
 static void run_rows(const rc_lowrank_q8_call *c, void (*block)(const rc_lowrank_q8_call *, int64_t, int64_t),
-                     int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; i += Q8_MB) block(c, i, i1 - i < Q8_MB ? i1 - i : Q8_MB);
+                     const q8_input *in, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += Q8_MB) {
+        const int64_t rows = i1 - i < Q8_MB ? i1 - i : Q8_MB;
+        if (in->x) {
+            const rc_quant_args qa = {(float *)in->x, (void *)c->x, RC_UINT8, 1, 1, rows * c->n, NULL, NULL, 0, 255};
+            in->run(&qa, i * c->n, rows * c->n, in->scale, in->zero_point);
+        }
+        block(c, i, rows);
+    }
 }
 
-int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
-                  const void *packed_v, const void *packed_u, const int32_t *cols, const void *signed_packed,
-                  const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y, void *workspace, int isa,
-                  int threads) {
+static int lowrank_q8(const uint8_t *x, const q8_input *in, long long batch, long long n, long long r, long long m,
+                      const void *packed_v, const void *packed_u, const int32_t *cols, const void *signed_packed,
+                      const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y, void *workspace, int isa,
+                      int threads) {
     if (batch < 0 || n < 1 || r < 1 || m < 1 || !packed_v || !packed_u || !cols) return RC_ERR_ARG;
     if (rc_check_epilogue(epi_h) != RC_OK || rc_check_epilogue(epi_y) != RC_OK) return RC_ERR_ARG;
     /* h_q is the second product's uint8 input; y is float32, and a per-row factor would be
@@ -106,7 +124,9 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     if ((epi_h->kind != RC_EPI_REQUANT_FLOAT && epi_h->kind != RC_EPI_REQUANT_FIXED) || epi_h->out_type != RC_UINT8 ||
         epi_y->kind != RC_EPI_DEQUANT || epi_y->row_scale)
         return RC_ERR_ARG;
-    if (batch > 0 && (!x || !y || !workspace)) return RC_ERR_ARG;
+    if (batch > 0 && ((!x && !in->x) || !y || !workspace)) return RC_ERR_ARG;
+    if (in->x && (!(in->scale > 0.0f) || isinf(in->scale) || in->zero_point < 0 || in->zero_point > 255))
+        return RC_ERR_ARG;
     const int v = rc_isa_resolve(isa, RC_QGEMM_VARIANTS);
     if (v < 0) return RC_ERR_ISA;
     rc_qgemm_tile_fn tile;
@@ -121,6 +141,11 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     uint8_t *h = ws + al64(batch * K4n);
     int8_t *a2 = (int8_t *)(h + al64(batch * r));
     int32_t *ra1 = (int32_t *)((uint8_t *)a2 + al64(batch * K4r));
+    q8_input qin = *in;
+    if (qin.x) { /* the codes go to the workspace's last part; the blocks read them as x */
+        x = (uint8_t *)ra1 + al64(8 * batch);
+        qin.run = rc_quantize_run_for(v);
+    }
     const uint8_t *sv = (const uint8_t *)signed_packed;
     const rc_lowrank_q8_call c = {x, n, r, m, K4n, K4r, packed_v, packed_u, cols, cols + R, cols + 2 * R,
                                   cols + 2 * R + M, sv, sv ? sv + rc_qgemm_packed_size(n, r) : NULL,
@@ -139,7 +164,7 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
     const int64_t tiles = (batch + RC_QGEMM_MR - 1) / RC_QGEMM_MR;
     if (nt > tiles) nt = (int)tiles;
     if (nt == 1) { /* no team to wake */
-        run_rows(&c, block, 0, batch);
+        run_rows(&c, block, &qin, 0, batch);
         return RC_OK;
     }
     /* Each thread one contiguous, equal share of the rows (whole blocks per thread gave,
@@ -150,8 +175,27 @@ int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, l
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        run_rows(&c, block, batch * t / T, batch * (t + 1) / T);
+        run_rows(&c, block, &qin, batch * t / T, batch * (t + 1) / T);
     }
 #endif
     return RC_OK;
+}
+
+int rc_lowrank_q8(const uint8_t *x, long long batch, long long n, long long r, long long m,
+                  const void *packed_v, const void *packed_u, const int32_t *cols, const void *signed_packed,
+                  const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y, void *workspace, int isa,
+                  int threads) {
+    const q8_input none = {NULL, 0.0f, 0, NULL};
+    return lowrank_q8(x, &none, batch, n, r, m, packed_v, packed_u, cols, signed_packed, epi_h, epi_y, y,
+                      workspace, isa, threads);
+}
+
+int rc_lowrank_q8_f32(const float *x, float x_scale, int32_t x_zero_point, long long batch, long long n,
+                      long long r, long long m, const void *packed_v, const void *packed_u, const int32_t *cols,
+                      const void *signed_packed, const rc_epilogue *epi_h, const rc_epilogue *epi_y, float *y,
+                      void *workspace, int isa, int threads) {
+    if (batch > 0 && !x) return RC_ERR_ARG;
+    const q8_input in = {x, x_scale, x_zero_point, NULL};
+    return lowrank_q8(NULL, &in, batch, n, r, m, packed_v, packed_u, cols, signed_packed, epi_h, epi_y, y,
+                      workspace, isa, threads);
 }

@@ -12,8 +12,6 @@
  * row, so per-tensor (one long row) and per-channel (many rows) both spread over threads. */
 #define RC_QUANT_BLOCK 8192
 
-typedef void (*rc_quant_run_fn)(const rc_quant_args *, int64_t, int64_t, float, int32_t);
-
 void rc_quantize_run_portable(const rc_quant_args *a, int64_t base, int64_t n, float s, int32_t z) {
     const float *x = a->x + base;
     const int32_t lo = a->qmin, hi = a->qmax;
@@ -59,6 +57,14 @@ static rc_quant_run_fn pick(int isa, int dequant) {
     }
 }
 
+rc_quant_run_fn rc_quantize_run_for(int v) {
+    switch (v) {
+    case RC_ISA_AVX512: case RC_ISA_AVX512_VNNI: case RC_ISA_AVX512_VBMI: return pick(RC_ISA_AVX512, 0);
+    case RC_ISA_AVX2: case RC_ISA_AVX_VNNI: return pick(RC_ISA_AVX2, 0);
+    default: return pick(RC_ISA_PORTABLE, 0);
+    }
+}
+
 static int qtype_range(int qtype, int64_t *lo, int64_t *hi) {
     switch (qtype) {
     case RC_INT8:   *lo = INT8_MIN;  *hi = INT8_MAX;   return 1;
@@ -70,24 +76,33 @@ static int qtype_range(int qtype, int64_t *lo, int64_t *hi) {
     }
 }
 
+/* Work item `it`: one block of at most RC_QUANT_BLOCK elements of one channel row. */
+static inline void run_item(const rc_quant_args *a, rc_quant_run_fn fn, int64_t it, int64_t blocks_per_row) {
+    const int64_t row = it / blocks_per_row, blk = it % blocks_per_row;
+    const int64_t c = row % a->channels;
+    const int64_t start = blk * RC_QUANT_BLOCK;
+    const int64_t n = (a->inner - start < RC_QUANT_BLOCK) ? a->inner - start : RC_QUANT_BLOCK;
+    fn(a, row * a->inner + start, n, a->scale[c], a->zero_point[c]);
+}
+
 static int run(rc_quant_args *a, rc_quant_run_fn fn, int threads) {
     const int64_t rows = a->outer * a->channels;
     const int64_t blocks_per_row = (a->inner + RC_QUANT_BLOCK - 1) / RC_QUANT_BLOCK;
     const int64_t items = rows * blocks_per_row;
-    const int64_t total = rows * a->inner;
-    (void)threads;
-    (void)total;
+    int nt = 1;
 #ifdef _OPENMP
-    const int nt = (threads > 0) ? threads : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && total >= RC_MIN_PARALLEL_WORK)
+    if (rows * a->inner >= RC_MIN_PARALLEL_WORK) nt = (threads > 0) ? threads : omp_get_max_threads();
 #endif
-    for (int64_t it = 0; it < items; ++it) {
-        const int64_t row = it / blocks_per_row, blk = it % blocks_per_row;
-        const int64_t c = row % a->channels;
-        const int64_t start = blk * RC_QUANT_BLOCK;
-        const int64_t n = (a->inner - start < RC_QUANT_BLOCK) ? a->inner - start : RC_QUANT_BLOCK;
-        fn(a, row * a->inner + start, n, a->scale[c], a->zero_point[c]);
+    (void)threads;
+    if (nt == 1) { /* no parallel region at all: entering one, even of one thread, costs more
+                    * than quantizing a batch-1 row */
+        for (int64_t it = 0; it < items; ++it) run_item(a, fn, it, blocks_per_row);
+        return RC_OK;
     }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t it = 0; it < items; ++it) run_item(a, fn, it, blocks_per_row);
+#endif
     return RC_OK;
 }
 

@@ -35,6 +35,12 @@ vpdpbusd's unsigned operand as they are and a signed copy of the packed factors 
 the layer, as many bytes again as the packed factors) the other, which saves the row packing
 and the per-row correction.  Every integer sum is exact, so it is bit-exact against the
 NumPy reference on every ISA variant (tests check it with tolerance 0).
+
+``lowrank_linear_q8`` also takes float32 x: it is then quantized first, with the layer's
+(s_x, z_x) and the rule of :func:`~refcompress.kernels.quantize` (ONNX QuantizeLinear,
+x_q = saturate(round_half_even(x / s_x) + z_x)).  In C that happens inside the same call,
+row block by row block, by the thread that multiplies the block, so a layer fed float
+activations pays no separate quantize call.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from . import _native, _registry
 from ._registry import Op, check_rc, register
 from .qgemm import (Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
                     qgemm_reference)
-from .quantize import quantize
+from .quantize import quantize, quantize_reference
 
 __all__ = ["PackedLowRank", "pack_lowrank", "lowrank_linear", "lowrank_batch1_threads", "lowrank_error_bound",
            "QuantizedLowRank", "lowrank_linear_q8", "gamma"]
@@ -222,6 +228,7 @@ def _rebuild_quantized_lowrank(state):
     q = object.__new__(QuantizedLowRank)
     q.__dict__.update(state)
     q._c_args = None
+    q._ws_last = (-1, 0)  # sized by this build's rc_lowrank_q8_workspace_size, not the pickler's
     if _native.lib is not None and not q.empty:
         q._prepare_c()
     return q
@@ -273,8 +280,9 @@ class QuantizedLowRank:
         if _native.lib is not None and not self.empty:
             self._prepare_c()
 
-    #: what _prepare_c derives (cffi pointers and the arrays they point into)
-    _C_STATE = ("_c_args", "_keep", "_cols", "_signed")
+    #: what _prepare_c derives (cffi pointers and the arrays they point into), and the
+    #: workspace size of the last batch (a size from another build could be too small)
+    _C_STATE = ("_c_args", "_keep", "_cols", "_signed", "_ws_last")
 
     def __reduce__(self):
         # pickle / deepcopy: everything but the C state (cffi pointers cannot be copied);
@@ -312,7 +320,8 @@ class QuantizedLowRank:
         return cls(v, u, bias, sx, zx, sh, zh)
 
     def quantize_input(self, x) -> np.ndarray:
-        """x_q = saturate(round_half_even(x / s_x) + z_x), uint8 (ONNX QuantizeLinear)."""
+        """x_q = saturate(round_half_even(x / s_x) + z_x), uint8 (ONNX QuantizeLinear).
+        (:func:`lowrank_linear_q8` given float x does this inside its call.)"""
         return quantize(x, self.x_scale, self.x_zero_point, dtype=np.uint8)
 
     def __repr__(self):
@@ -326,7 +335,10 @@ def _affine_u8(a):
 
 
 def lowrank_linear_q8_reference(x_q, q):
-    """NumPy definition: the two exact qgemm references composed (module docstring)."""
+    """NumPy definition: the two exact qgemm references composed (module docstring), after
+    quantizing x with (s_x, z_x) when it is float32."""
+    if x_q.dtype == _F32:
+        x_q = quantize_reference(x_q, np.float32(q.x_scale), np.int32(q.x_zero_point), None, np.uint8, 0, 255)
     h_q = qgemm_reference(x_q, q.packed_v, q.x_zero_point, None, q._spec1)
     return qgemm_reference(h_q, q.packed_u, q.h_zero_point, q.bias_q, q._spec2)
 
@@ -340,8 +352,12 @@ def _lowrank_linear_q8_c(x_q, q, isa, threads):
     if last[0] != B:
         last = q._ws_last = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
     ws = _native.workspace(last[1])
-    rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),
-                           ws[2], isa, threads)
+    if x_q.itemsize == 1:  # uint8 (by value: a dtype object equal to uint8 need not be _U8)
+        rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),
+                               ws[2], isa, threads)
+    else:
+        rc = lib.rc_lowrank_q8_f32(fb(_native.F32_ARRAY, x_q), q.x_scale, q.x_zero_point, B, q.n, q.r, q.m,
+                                   *c_args, fb(_native.F32_ARRAY, y), ws[2], isa, threads)
     if rc:
         check_rc(rc, "lowrank_linear_q8")
     return y
@@ -352,14 +368,18 @@ register(Op("lowrank_linear_q8", lowrank_linear_q8_reference, _lowrank_linear_q8
 
 
 def lowrank_linear_q8(x_q, q: QuantizedLowRank) -> np.ndarray:
-    """int8 factored Linear: uint8 x_q [B, n] (quantized with ``q.x_scale``,
-    ``q.x_zero_point``) -> float32 y [B, m].  Bit-exact across NumPy and every C variant."""
+    """int8 factored Linear -> float32 y [B, m].  Bit-exact across NumPy and every C variant.
+
+    x_q : uint8 [B, n], codes quantized with ``q.x_scale``, ``q.x_zero_point``; or float32
+        [B, n], which the call quantizes with them first (:meth:`QuantizedLowRank.quantize_input`'s
+        rule, inside the C call: no separate pass or call).
+    """
     # check_array's checks inline for the usual case, as in lowrank_linear
-    if not (type(q) is QuantizedLowRank and type(x_q) is np.ndarray and x_q.dtype is _U8 and x_q.ndim == 2
-            and x_q.shape[1] == q.n and x_q.flags.c_contiguous):
+    if not (type(q) is QuantizedLowRank and type(x_q) is np.ndarray and (x_q.dtype is _U8 or x_q.dtype is _F32)
+            and x_q.ndim == 2 and x_q.shape[1] == q.n and x_q.flags.c_contiguous):
         if not isinstance(q, QuantizedLowRank):
             raise ArgumentError(f"q: expected a QuantizedLowRank, got {type(q).__name__}")
-        x_q = check_array(x_q, "x_q", dtypes=[np.uint8], ndim=2, contiguous=True)
+        x_q = check_array(x_q, "x_q", dtypes=[np.uint8, np.float32], ndim=2, contiguous=True)
         if x_q.shape[1] != q.n:
             raise ShapeError(f"x_q: expected shape (batch, {q.n}), got {x_q.shape}")
     impl, isa, threads = _registry.resolve_kept("lowrank_linear_q8")

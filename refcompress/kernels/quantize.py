@@ -40,6 +40,8 @@ QUANT_DTYPES = {
     np.dtype(np.int16): 2,
     np.dtype(np.uint16): 3,
 }
+_F32 = np.dtype(np.float32)
+
 #: Types dequantize accepts (int32 too: dequantizing accumulators is common).
 DEQUANT_DTYPES = {**QUANT_DTYPES, np.dtype(np.int32): 4}
 
@@ -52,18 +54,37 @@ ROWS_QMAX = 127
 # ---- validation (shared by both ops) -----------------------------------------------------
 
 
+#: (min, max) of each integer type the ops take (np.iinfo costs ~0.5 us a call)
+_TYPE_RANGE = {dt: (int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in DEQUANT_DTYPES}
+
+#: per-tensor (scale, zero point) arrays already made, read-only, by (float32 scale, zero
+#: point): a layer quantizes with the same pair on every call
+_PER_TENSOR = {}
+
+
 def _qparams(scale, zero_point, shape, axis, lo, hi):
     """Validate scale / zero point against ``shape`` and ``axis``; return
     (axis or None, scale float32 1-D, zero_point int32 1-D)."""
-    if axis is None and type(scale) is float and type(zero_point) is int:
+    if (axis is None and isinstance(scale, (float, np.floating))
+            and isinstance(zero_point, (int, np.integer)) and type(zero_point) is not bool):
         # The quantize / dequantize stubs' call, once per layer call: the same checks and
-        # errors on plain Python numbers, without the array round trips (~8 us of them).
+        # errors on plain (Python or NumPy) numbers, without the array round trips (~8 us).
         s = np.float32(scale)
         if not (math.isfinite(s) and s > 0):
             raise ArgumentError(f"scale: expected finite values > 0 (as float32), got {s!r}")
         if not lo <= zero_point <= hi:
             raise ArgumentError(f"zero_point: expected values in [{lo}, {hi}], got {zero_point}")
-        return None, np.array([s], np.float32), np.array([zero_point], np.int32)
+        key = (float(s), int(zero_point))
+        pair = _PER_TENSOR.get(key)
+        if pair is None:
+            if len(_PER_TENSOR) >= 1024:  # a bound on what many distinct calls can keep
+                _PER_TENSOR.clear()
+            # views of immutable bytes: read-only for good (an owning array could be made
+            # writeable again)
+            pair = (np.frombuffer(np.array([s], np.float32).tobytes(), np.float32),
+                    np.frombuffer(np.array([zero_point], np.int32).tobytes(), np.int32))
+            _PER_TENSOR[key] = pair
+        return (None,) + pair
     if axis is None:
         n = 1
     else:
@@ -247,16 +268,17 @@ def quantize(x, scale, zero_point=0, *, axis=None, dtype=np.int8, qmin=None, qma
     ndarray of ``dtype`` with the shape of ``x`` (C-contiguous).  NaN maps to the zero
     point, +-Inf to qmax / qmin.  Bit-exact across the NumPy and every C variant.
     """
-    x = check_array(x, "x", dtypes=[np.float32], contiguous=True)
+    if not (type(x) is np.ndarray and x.dtype is _F32 and x.flags.c_contiguous):  # (the usual x, checked)
+        x = check_array(x, "x", dtypes=[np.float32], contiguous=True)
     try:
         dt = np.dtype(dtype)
     except TypeError:
         raise DTypeError(f"dtype: expected one of int8, uint8, int16, uint16, got {dtype!r}") from None
     if dt not in QUANT_DTYPES:
         raise DTypeError(f"dtype: expected one of int8, uint8, int16, uint16, got {dt.name}")
-    info = np.iinfo(dt)
-    qmin = info.min if qmin is None else check_int(qmin, "qmin", min_value=info.min, max_value=info.max)
-    qmax = info.max if qmax is None else check_int(qmax, "qmax", min_value=info.min, max_value=info.max)
+    lo, hi = _TYPE_RANGE[dt]
+    qmin = lo if qmin is None else check_int(qmin, "qmin", min_value=lo, max_value=hi)
+    qmax = hi if qmax is None else check_int(qmax, "qmax", min_value=lo, max_value=hi)
     if qmin > qmax:
         raise ArgumentError(f"qmin, qmax: expected qmin <= qmax, got {qmin} > {qmax}")
     axis, s, z = _qparams(scale, zero_point, x.shape, axis, qmin, qmax)
@@ -270,9 +292,9 @@ def dequantize(q, scale, zero_point=0, *, axis=None):
     scale, zero_point, axis : as for :func:`quantize`; zero_point must lie in q's type range.
     Returns a float32 ndarray with q's shape; bit-exact across backends.
     """
-    q = check_array(q, "q", dtypes=list(DEQUANT_DTYPES), contiguous=True)
-    info = np.iinfo(q.dtype)
-    axis, s, z = _qparams(scale, zero_point, q.shape, axis, info.min, info.max)
+    if not (type(q) is np.ndarray and q.dtype in DEQUANT_DTYPES and q.flags.c_contiguous):  # (the usual q)
+        q = check_array(q, "q", dtypes=list(DEQUANT_DTYPES), contiguous=True)
+    axis, s, z = _qparams(scale, zero_point, q.shape, axis, *_TYPE_RANGE[q.dtype])
     return dispatch("dequantize", q, s, z, axis)
 
 

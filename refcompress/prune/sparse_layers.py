@@ -184,9 +184,9 @@ class SparseLinear(Module):
         vals = params["values"].data
         bias = params.get("bias")
         b = None if bias is None else bias.data
-        p = d["_packed"]
+        p = d.get("_packed")  # (a layer pickled before layers kept one has none)
         if p is None or p.indptr is not buffers["indptr"] or p.indices is not buffers["indices"] \
-                or d["_packed_training"] is not d["training"]:
+                or d.get("_packed_training") is not d["training"]:
             form = "rows" if d["training"] else "auto"
             p = self._packed = kernels.pack_csr(self.indptr, self.indices, vals,
                                                 (self.out_features, self.in_features), b, form=form)

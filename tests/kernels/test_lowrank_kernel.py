@@ -446,6 +446,74 @@ def test_int8_bit_exact_against_the_reference(variant, cases):
     run()
 
 
+@st.composite
+def q8_float_cases(draw):
+    """Float x for the int8 layer: values that round to every code, ties (x / s_x exactly
+    k + 1/2, on power-of-two scales), values that saturate at both ends, +-0, subnormals,
+    NaN and +-Inf, at shapes around the tiles and the 48-row blocks the quantization is
+    fused with."""
+    B, n, r, m = draw(EDGE_ROWS), draw(EDGE_INNER), draw(EDGE_COLS), draw(EDGE_COLS)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    sx = draw(st.sampled_from([2.0**-4, 0.05, 1 / 3, 2.0**-20, 7.0]))
+    zx = draw(st.sampled_from([0, 128, 255, 3]))
+    q = kernels.QuantizedLowRank(rng.standard_normal((r, n)).astype(np.float32),
+                                 rng.standard_normal((m, r)).astype(np.float32), None, sx, zx, 0.5, 128)
+    k = rng.integers(-300, 300, (B, n)) + rng.choice([0.0, 0.5, 0.25, 0.4999, 0.5001], (B, n))
+    x = (k * sx).astype(np.float32)
+    special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 3e38, -3e38], np.float32)
+    mask = rng.random((B, n)) < draw(st.sampled_from([0.0, 0.05, 0.5]))
+    x[mask] = rng.choice(special, int(mask.sum()))
+    return x, q
+
+
+@pytest.mark.parametrize("variant", Q8, ids=_id)
+def test_int8_from_float_x_quantizes_as_quantize_input_bit_exact(variant):
+    # Float x is quantized inside the C call, block by block, by the thread that multiplies
+    # the block: the result must be the uint8 path's on quantize_input(x), bit for bit.
+    from refcompress.kernels.quantize import quantize_reference
+
+    @settings(max_examples=50)
+    @given(case=q8_float_cases(), threads=st.sampled_from([1, 2, 3]))
+    def run(case, threads):
+        x, q = case
+        codes = quantize_reference(x, np.float32(q.x_scale), np.int32(q.x_zero_point), None, np.uint8, 0, 255)
+        with kernels.use("numpy"):
+            want = kernels.lowrank_linear_q8(codes, q)
+        assert_exact(q.quantize_input(x), codes, what="quantize_input")
+        with kernels.use(*variant, threads=threads):
+            assert_exact(kernels.lowrank_linear_q8(x, q), want,
+                         what=f"float x, B={x.shape[0]} n={q.n} r={q.r} m={q.m} threads={threads}")
+
+    run()
+
+
+def test_int8_uint8_by_value_and_pickled_workspace_sizes_take_the_right_path():
+    # A uint8 dtype object equal to np.uint8 but not it (here with metadata) is uint8 codes,
+    # not float x; a layer unpickled with the workspace size of its last batch (a pickle
+    # from a build whose workspace had no room for float x's codes) sizes it again.
+    import pickle
+
+    rng = np.random.default_rng(12)
+    n, r, m, B = 64, 16, 40, 64
+    q = kernels.QuantizedLowRank(rng.standard_normal((r, n)).astype(np.float32),
+                                 rng.standard_normal((m, r)).astype(np.float32), None, 0.05, 9, 0.3, 120)
+    x = rng.standard_normal((B, n)).astype(np.float32)
+    codes = q.quantize_input(x)
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(codes, q)
+    odd = codes.view(np.dtype(np.uint8, metadata={"note": 1}))
+    assert odd.dtype is not np.dtype(np.uint8)
+    for variant in Q8:
+        with kernels.use(*variant):
+            assert_exact(kernels.lowrank_linear_q8(odd, q), want, what=f"uint8 with metadata, {variant}")
+    state = {k: v for k, v in q.__dict__.items() if k not in q._C_STATE}
+    state["_ws_last"] = (B, 1)  # what an older pickle could carry: too small for float x
+    old = pickle.loads(pickle.dumps(q)).__reduce__()[0](state)
+    assert old._ws_last == (-1, 0)
+    with kernels.use("c"):
+        assert_exact(kernels.lowrank_linear_q8(x, old), want, what="unpickled layer, float x")
+
+
 def _with_epilogues(q, requant, dequant):
     """q with other epilogues (the C API takes any requantizing h and any dequantizing y
     without a per-row scale; QuantizedLowRank itself makes float-rule h and plain y)."""
@@ -551,8 +619,10 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ArgumentError, match="pack_lowrank"):
         kernels.lowrank_linear(x, kernels.pack_lowrank(v, u), u)
     q = kernels.QuantizedLowRank(v, u, None, 0.1, 0, 0.1, 0)
-    with pytest.raises(DTypeError, match="x_q"):
-        kernels.lowrank_linear_q8(x, q)
+    with pytest.raises(DTypeError, match="x_q: expected dtype uint8, float32, got float64"):
+        kernels.lowrank_linear_q8(x.astype(np.float64), q)
+    with pytest.raises(ShapeError, match=r"x_q: expected shape \(batch, 5\)"):
+        kernels.lowrank_linear_q8(np.ones((2, 4), np.float32), q)
     with pytest.raises(ArgumentError, match="h_scale"):
         kernels.QuantizedLowRank(v, u, None, 0.1, 0, 0.0, 0)
     with pytest.raises(ArgumentError, match="x_zero_point"):

@@ -134,6 +134,26 @@ def test_bad_inputs_name_the_argument():
         kernels.dequantize(x, 1.0)
     with pytest.raises(DTypeError, match="x: expected a numpy.ndarray"):
         kernels.quantize("abc", 1.0)
+    # NumPy scalars take the plain-number path: the same checks, the same messages
+    with pytest.raises(ArgumentError, match="scale"):
+        kernels.quantize(x, np.float32(0.0))
+    with pytest.raises(ArgumentError, match="scale"):
+        kernels.quantize(x, np.float64(1e-50))
+    with pytest.raises(ArgumentError, match="zero_point"):
+        kernels.quantize(x, np.float32(1.0), np.int64(256), dtype=np.uint8)
+    with pytest.raises(DTypeError, match="zero_point"):
+        kernels.quantize(x, np.float32(1.0), True)
+
+
+def test_numpy_scalar_parameters_give_what_python_numbers_give():
+    # a float64 scale is rounded to float32 either way (the ONNX scale is float32)
+    x = np.random.default_rng(3).standard_normal((4, 33)).astype(np.float32) * 50
+    for scale in (0.1, 1 / 3, 0.7):
+        want = quantize_reference(x, np.float32(scale), np.int32(7), None, np.uint8, 0, 255)
+        assert_exact(kernels.quantize(x, scale, 7, dtype=np.uint8), want, what="Python numbers")
+        for s_ in (np.float32(scale), np.float64(scale)):
+            for z in (np.int32(7), np.uint8(7), np.int64(7)):
+                assert_exact(kernels.quantize(x, s_, z, dtype=np.uint8), want, what=f"{type(s_)} {type(z)}")
 
 
 def test_checker_catches_a_kernel_that_rounds_half_away_from_zero():
@@ -151,3 +171,15 @@ def test_checker_catches_a_kernel_that_rounds_half_away_from_zero():
 
     with pytest.raises(AssertionError):
         check_quantize(wrong, max_examples=300)
+
+
+def test_kept_per_tensor_parameters_stay_read_only():
+    import importlib
+
+    qmod = importlib.import_module("refcompress.kernels.quantize")  # the module (the package exports the function)
+
+    x = np.ones((1, 4), np.float32)
+    kernels.quantize(x, 0.125, 3, dtype=np.uint8)
+    for a in qmod._PER_TENSOR[(0.125, 3)]:
+        with pytest.raises(ValueError):
+            a.flags.writeable = True

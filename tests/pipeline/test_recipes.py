@@ -91,6 +91,28 @@ def test_compress_runs_a_deep_compression_recipe_and_reports_real_bytes():
     assert r.reports[0].accuracy > 0.8 and r.reports[3].accuracy > 0.7
     assert "encode" in r.table()
     np.testing.assert_array_equal(model(d.X_test[:3]), r.models[0](d.X_test[:3]))  # the input model is untouched
+    # every stage's model timed (together, at the end), each speedup against the original's time
+    assert all(x.latency_b1 > 0 and x.latency_b64 > 0 for x in r.reports)
+    assert r.reports[0].speedup_b1 == 1.0 and r.reports[0].speedup_b64 == 1.0
+    for x in r.reports[1:]:
+        assert x.speedup_b1 == r.reports[0].latency_b1 / x.latency_b1
+        assert x.speedup_b64 == r.reports[0].latency_b64 / x.latency_b64
+
+
+def test_time_stages_takes_turns_over_the_stage_models(monkeypatch):
+    # Each round times every model once, in stage order: a burst of load during one round
+    # falls on every model alike.
+    import refcompress.pipeline.compress as C
+
+    calls = []
+    monkeypatch.setattr(C.metrics, "measure_latency",
+                        lambda model, x, repeats, warmup: calls.append((model, len(x))) or 1e-3 * (1 + model))
+    reports = [C.Report(f"s{i}", 0, 0, 0, 0, 0.0, 0.0, 0.0) for i in range(3)]
+    result = SimpleNamespace(models=[0, 1, 2], reports=reports)
+    C.time_stages(result, SimpleNamespace(X_test=np.zeros((70, 2), np.float32)), repeats=30, rounds=4)
+    assert calls == [(m, b) for _ in range(4) for m in (0, 1, 2) for b in (1, 64)]
+    assert [x.latency_b1 for x in reports] == [1e-3, 2e-3, 3e-3]
+    assert reports[2].speedup_b1 == 1e-3 / 3e-3
 
 
 def test_stage_that_cannot_apply_is_refused_before_any_work():

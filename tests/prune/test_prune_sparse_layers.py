@@ -324,3 +324,22 @@ def test_permuted_nm_linear_bad_input():
         layer(np.ones((1, 8), np.float32))
     with pytest.raises(ArgumentError, match="input_perm"):
         layer.dense_weight()
+
+
+def test_layers_pickled_before_they_kept_a_packed_weight_still_run():
+    # Layers pickled by an earlier version have no _packed attributes: the first forward
+    # packs the weight as a fresh layer's does.
+    import pickle
+
+    rng = np.random.default_rng(5)
+    w = sparse_weight(12, 16, 0.3)
+    wn = rng.standard_normal((6, 16)).astype(np.float32)
+    wn *= P.nm_mask(wn, 2, 4)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    for layer in (P.SparseLinear.from_dense(w, np.ones(12, np.float32)).eval(),
+                  P.NMLinear.from_dense(wn, 2, 4, bias=np.ones(6, np.float32)).eval()):
+        want = layer(x)
+        old = pickle.loads(pickle.dumps(layer))
+        for k in ("_packed", "_packed_training"):
+            old.__dict__.pop(k, None)
+        np.testing.assert_array_equal(old(x), want)
