@@ -226,6 +226,7 @@ def _sym_int8(w):
 
 def _rebuild_quantized_lowrank(state):
     q = object.__new__(QuantizedLowRank)
+    state.setdefault("bias", None)  # (pickled before the layer kept its float bias: bias_q has it)
     q.__dict__.update(state)
     q._c_args = None
     q._ws_last = (-1, 0)  # sized by this build's rc_lowrank_q8_workspace_size, not the pickler's
@@ -260,6 +261,8 @@ class QuantizedLowRank:
         factors, given as codes (the constructor's ``v_q``, ``v_scale``, ... attributes)."""
         v_q = check_array(v_q, "v_q", dtypes=[np.int8], ndim=2, contiguous=True)
         r, n = v_q.shape
+        if r == 0 or n == 0:
+            raise ShapeError(f"v_q: expected a rank r >= 1 and n >= 1, got shape {v_q.shape}")
         u_q = check_array(u_q, "u_q", dtypes=[np.int8], ndim=2, contiguous=True)
         m = u_q.shape[0]
         if u_q.shape[1] != r:
@@ -273,7 +276,7 @@ class QuantizedLowRank:
             if np.any(a <= 0):
                 raise ArgumentError(f"{name}: expected scales > 0, got {a[a <= 0][0]!r}")
         if bias is not None:
-            bias = check_array(bias, "bias", dtypes=[np.float32], shape=(m,), contiguous=True)
+            bias = check_array(bias, "bias", dtypes=[np.float32], shape=(m,), contiguous=True, finite=True)
         q = object.__new__(cls)
         q._setup(v_q, v_scale, u_q, u_scale, bias, x_scale, x_zero_point, h_scale, h_zero_point)
         return q

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import _conv
 from .. import kernels
-from .._validation import check_int
+from .._validation import check_array, check_int
 from ..errors import ArgumentError, DTypeError
 from ..nn import Conv2d, Linear, Module, register_module
 from ..nn.container import Chain
@@ -193,15 +193,18 @@ class QuantizedLowRankLinear(Module):
         calibration inputs [N, n] (:meth:`refcompress.kernels.QuantizedLowRank.calibrate`)."""
         if not isinstance(layer, LowRankLinear):
             raise DTypeError(f"layer: expected a LowRankLinear, got {type(layer).__name__}")
+        factors = layer._factors()
+        if factors is None:
+            raise ArgumentError(f"layer: expected two dense Linear factors, got {type(layer.first).__name__} and "
+                                f"{type(layer.second).__name__} (convert before replacing the factors)")
         x = np.asarray(calibration)
-        if x.ndim != 2 or x.shape[1] != layer.in_features:
-            raise ArgumentError(f"calibration: expected float32 inputs of shape (N, {layer.in_features}), "
+        if x.ndim != 2 or x.shape[1] != layer.in_features or x.shape[0] == 0:
+            raise ArgumentError(f"calibration: expected float32 inputs of shape (N, {layer.in_features}), N >= 1, "
                                 f"got shape {x.shape}")
-        b = layer.second.bias
-        q = kernels.QuantizedLowRank.calibrate(
-            np.ascontiguousarray(layer.first.weight.data, np.float32),
-            np.ascontiguousarray(layer.second.weight.data, np.float32),
-            None if b is None else np.ascontiguousarray(b.data, np.float32), calibration)
+        x = check_array(x, "calibration", dtypes=[np.float32], finite=True)
+        # copies: the layer's state must not share memory with the float layer's parameters
+        w1, w2, b = (None if a is None else np.array(a, np.float32) for a in factors)
+        q = kernels.QuantizedLowRank.calibrate(w1, w2, b, x)
         out = cls(layer.in_features, layer.out_features, layer.rank, bias=b is not None)
         out.v_q, out.v_scale, out.u_q, out.u_scale = q.v_q, q.v_scale, q.u_q, q.u_scale
         if b is not None:
@@ -209,17 +212,22 @@ class QuantizedLowRankLinear(Module):
         out.x_scale, out.h_scale = np.array([q.x_scale], np.float32), np.array([q.h_scale], np.float32)
         out.x_zero_point = np.array([q.x_zero_point], np.int32)
         out.h_zero_point = np.array([q.h_zero_point], np.int32)
+        object.__setattr__(out, "_q8", (out._quantized_key(), q))  # the kernel's layer, made once
         return out.eval()
+
+    def _quantized_key(self):
+        """The buffer arrays the kernel's layer is made from (read from the registry:
+        Module.__getattr__ costs ~0.45 us a name)."""
+        b = self.__dict__["_buffers"]
+        return (b["v_q"], b["v_scale"], b["u_q"], b["u_scale"], b.get("bias"), b["x_scale"], b["x_zero_point"],
+                b["h_scale"], b["h_zero_point"])
 
     def quantized(self) -> "kernels.QuantizedLowRank":
         """The kernel's layer, made from the buffers and kept while they are the same arrays
         (load_state_dict installs new ones, which rebuilds it; after editing a buffer in
         place, call :meth:`clear_cache`)."""
-        d = self.__dict__  # (the registries directly: Module.__getattr__ costs ~0.45 us a name)
-        b = d["_buffers"]
-        key = (b["v_q"], b["v_scale"], b["u_q"], b["u_scale"], b.get("bias"), b["x_scale"], b["x_zero_point"],
-               b["h_scale"], b["h_zero_point"])
-        cached = d.get("_q8")
+        key = self._quantized_key()
+        cached = self.__dict__.get("_q8")
         if cached is None or not all(map(operator.is_, key, cached[0])):
             q = kernels.QuantizedLowRank.from_codes(
                 key[0], key[1], key[2], key[3], key[4], float(key[5][0]), int(key[6][0]), float(key[7][0]),

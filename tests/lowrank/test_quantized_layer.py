@@ -8,6 +8,7 @@ import pytest
 
 import refcompress.kernels as kernels
 from refcompress import io, nn
+from refcompress import prune as P
 from refcompress import lowrank as lr
 from refcompress.errors import ArgumentError, DTypeError, ShapeError
 from refcompress.testing import assert_exact, kernel_variants
@@ -84,6 +85,30 @@ def test_bad_inputs_name_the_argument():
         lr.QuantizedLowRankLinear.from_lowrank(nn.Linear(40, 30), np.zeros((5, 40), np.float32))
     with pytest.raises(NotImplementedError, match="QuantizedLowRankLinear does not implement backward"):
         q.backward(np.zeros((2, 30), np.float32))
+    with pytest.raises(ArgumentError, match=r"calibration: expected float32 inputs of shape \(N, 40\), N >= 1"):
+        lr.QuantizedLowRankLinear.from_lowrank(float_layer, np.zeros((0, 40), np.float32))
+    with pytest.raises(DTypeError, match="calibration: expected dtype float32"):
+        lr.QuantizedLowRankLinear.from_lowrank(float_layer, np.zeros((5, 40)))
+    with pytest.raises(ArgumentError, match="calibration: expected finite"):
+        lr.QuantizedLowRankLinear.from_lowrank(float_layer, np.full((5, 40), np.nan, np.float32))
+    sparse = lr.LowRankLinear.from_linear(nn.Linear(40, 30), 8)
+    sparse.first = P.SparseLinear.from_dense(sparse.first.weight.data)
+    with pytest.raises(ArgumentError, match="layer: expected two dense Linear factors, got SparseLinear"):
+        lr.QuantizedLowRankLinear.from_lowrank(sparse, np.zeros((5, 40), np.float32))
+
+
+def test_the_int8_layer_shares_no_memory_with_the_float_layer():
+    float_layer, q, rng = _layers(seed=4)
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    y = q(x)
+    for p in float_layer.parameters():
+        p.data += 100  # a later edit (or training) of the float layer
+    assert_exact(q(x), y, what="after editing the float layer")
+    copy_ = nn.from_spec(nn.to_spec(q))
+    copy_.load_state_dict(q.state_dict())
+    assert_exact(copy_(x), y, what="a copy through the state dict")
+    for buf in q.state_dict().values():
+        assert not any(np.shares_memory(buf, p.data) for p in float_layer.parameters())
 
 
 def test_from_codes_checks_the_codes():
@@ -108,3 +133,18 @@ def test_from_codes_checks_the_codes():
         call(3, np.zeros(30, np.float32))
     with pytest.raises(ArgumentError, match="x_zero_point"):
         call(6, 256)
+    with pytest.raises(ShapeError, match=r"v_q: expected a rank r >= 1 and n >= 1"):
+        kernels.QuantizedLowRank.from_codes(np.zeros((0, 40), np.int8), np.ones(0, np.float32),
+                                            np.zeros((30, 0), np.int8), k.u_scale, None, 0.1, 0, 0.1, 0)
+    with pytest.raises(ArgumentError, match="bias: expected finite"):
+        call(4, np.full(30, np.nan, np.float32))
+
+
+def test_a_kernel_layer_pickled_before_it_kept_its_float_bias_still_runs():
+    _, q, rng = _layers(seed=5)
+    k = q.quantized()
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    state = {key: v for key, v in k.__dict__.items() if key not in k._C_STATE and key != "bias"}
+    old = k.__reduce__()[0](state)
+    assert old.bias is None
+    assert_exact(kernels.lowrank_linear_q8(x, old), kernels.lowrank_linear_q8(x, k), what="old pickle")
