@@ -339,6 +339,38 @@ class _Exporter:
         y = self.clip_codes(y, qmin, qmax, path)
         return _Stream(y, x.rank, np.uint8)
 
+    def lowrank_int8(self, x, m, path):
+        """QuantizedLowRankLinear: float x [B, n] -> float y [B, m] with the layer's bits.
+        QuantizeLinear(s_x, z_x) -> MatMulInteger by v_q^T -> h requantized by the float rule
+        as for QuantizedLinear (Cast, Mul by M_j = s_x s_v[j] / s_h, Clip to [-z_h, 255 - z_h],
+        QuantizeLinear(1, z_h)) -> MatMulInteger by u_q^T -> Add the int32 bias -> Cast -> Mul
+        by s_h s_u[i] (the Dequantize epilogue's one rounding)."""
+        self.expect(x, path, m, np.float32, 2)
+        g = self.g
+        q = m.quantized()
+        one = g.const(np.float32(1.0), path + ".unit_scale")
+        zx, zh = np.uint8(q.x_zero_point), np.uint8(q.h_zero_point)
+        xq = g.op("QuantizeLinear", [x.name, g.const(np.float32(q.x_scale), path + ".x_scale"),
+                                     g.const(zx, path + ".x_zero_point")], path + "/quantize_x")
+        wv, wvz = self.int_weight(q.v_q)
+        acc = g.op("MatMulInteger", [xq, g.const(wv.T.copy(), path + ".v_q"), g.const(zx, path + ".x_zero_point_mm"),
+                                     g.const(wvz, path + ".v_zero_point")], path + "/first")
+        f = g.op("Cast", [acc], path + "/first_to_float", to=_onnx_elem(np.float32))
+        f = g.op("Mul", [f, g.const(np.asarray(q.requant.scale, np.float32).reshape(-1), path + ".h_multiplier")],
+                 path + "/requant_h")
+        f = g.op("Clip", [f, g.const(np.float32(-int(zh)), path + ".h_low"),
+                          g.const(np.float32(255 - int(zh)), path + ".h_high")], path + "/saturate_h")
+        h = g.op("QuantizeLinear", [f, one, g.const(zh, path + ".h_zero_point")], path + "/round_h")
+        wu, wuz = self.int_weight(q.u_q)
+        acc = g.op("MatMulInteger", [h, g.const(wu.T.copy(), path + ".u_q"), g.const(zh, path + ".h_zero_point_mm"),
+                                     g.const(wuz, path + ".u_zero_point")], path + "/second")
+        if q.bias_q is not None:
+            acc = g.op("Add", [acc, g.const(np.asarray(q.bias_q, np.int32), path + ".bias_q")], path + "/bias")
+        f = g.op("Cast", [acc], path + "/second_to_float", to=_onnx_elem(np.float32))
+        y = g.op("Mul", [f, g.const(np.asarray(q.dequant.scale, np.float32).reshape(-1), path + ".out_scale")],
+                 path + "/dequantize")
+        return _Stream(y, 2, np.float32)
+
     def int_weight(self, weight_q):
         """The int8 weight codes as stored in the graph, and their zero point."""
         w = np.ascontiguousarray(weight_q, np.int8)
@@ -555,7 +587,7 @@ class _Exporter:
 
     def layer(self, x, m, path):
         from .. import nn
-        from ..lowrank.layers import CPConv2d, LowRankLinear, Tucker2Conv2d
+        from ..lowrank.layers import CPConv2d, LowRankLinear, QuantizedLowRankLinear, Tucker2Conv2d
         from ..pipeline.deep_compression import DeepCompressedConv2d, DeepCompressedLinear
         from ..prune.sparse_layers import NMLinear, SparseLinear
         from ..quant import modules as qm
@@ -616,6 +648,8 @@ class _Exporter:
             return _Stream(y, x.rank, np.float32)
         if t in (qm.QuantizedLinear, qm.QuantizedConv2d):
             return self.quantized(x, m, path)
+        if t is QuantizedLowRankLinear:
+            return self.lowrank_int8(x, m, path)
         if t is qm.QuantizedReLU:
             self.expect(x, path, m, np.uint8)
             return _Stream(self.clip_codes(x.name, m.zero_point, 255, path), x.rank, np.uint8)

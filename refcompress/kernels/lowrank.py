@@ -226,6 +226,7 @@ def _sym_int8(w):
 
 def _rebuild_quantized_lowrank(state):
     q = object.__new__(QuantizedLowRank)
+    state.setdefault("bias", None)  # (pickled before the layer kept its float bias: bias_q has it)
     q.__dict__.update(state)
     q._c_args = None
     q._ws_last = (-1, 0)  # sized by this build's rc_lowrank_q8_workspace_size, not the pickler's
@@ -239,24 +240,61 @@ class QuantizedLowRank:
 
     v_q [r, n] int8 with s_v [r], u_q [m, r] int8 with s_u [m] (symmetric per row), the
     input's (s_x, z_x) and the intermediate's (s_h, z_h) (uint8, affine), bias_q [m] int32.
-    Build with the constructor (given the activation quantizers) or :meth:`calibrate`
-    (which measures them on calibration inputs).
+    Build with the constructor (given the activation quantizers), :meth:`calibrate`
+    (which measures them on calibration inputs) or :meth:`from_codes` (factors already
+    quantized, e.g. a saved layer's).
     """
 
     def __init__(self, v, u, bias, x_scale, x_zero_point, h_scale, h_zero_point):
         p = PackedLowRank(v, u, bias)  # validates shapes and dtypes
-        self.n, self.r, self.m = p.n, p.r, p.m
+        v_q, v_scale = _sym_int8(p.v)
+        u_q, u_scale = _sym_int8(p.u)
+        self._setup(v_q, v_scale, u_q, u_scale, p.bias, x_scale, x_zero_point, h_scale, h_zero_point)
+
+    @classmethod
+    def from_codes(cls, v_q, v_scale, u_q, u_scale, bias, x_scale, x_zero_point, h_scale,
+                   h_zero_point) -> "QuantizedLowRank":
+        """The layer of factors already quantized: v_q int8 [r, n] and u_q int8 [m, r], both
+        in the narrow range [-127, 127], with their per-row scales v_scale float32 [r] and
+        u_scale float32 [m] (finite, > 0); bias float32 [m] or None; the activations' qparams
+        as for the constructor.  What the constructor and :meth:`calibrate` make from float
+        factors, given as codes (the constructor's ``v_q``, ``v_scale``, ... attributes)."""
+        v_q = check_array(v_q, "v_q", dtypes=[np.int8], ndim=2, contiguous=True)
+        r, n = v_q.shape
+        if r == 0 or n == 0:
+            raise ShapeError(f"v_q: expected a rank r >= 1 and n >= 1, got shape {v_q.shape}")
+        u_q = check_array(u_q, "u_q", dtypes=[np.int8], ndim=2, contiguous=True)
+        m = u_q.shape[0]
+        if u_q.shape[1] != r:
+            raise ShapeError(f"u_q: expected shape (m, {r}) (r = v_q.shape[0]), got {u_q.shape}")
+        for name, a in (("v_q", v_q), ("u_q", u_q)):
+            if a.size and int(a.min()) < -127:
+                raise ArgumentError(f"{name}: expected codes in the narrow range [-127, 127], got -128")
+        v_scale = check_array(v_scale, "v_scale", dtypes=[np.float32], shape=(r,), contiguous=True, finite=True)
+        u_scale = check_array(u_scale, "u_scale", dtypes=[np.float32], shape=(m,), contiguous=True, finite=True)
+        for name, a in (("v_scale", v_scale), ("u_scale", u_scale)):
+            if np.any(a <= 0):
+                raise ArgumentError(f"{name}: expected scales > 0, got {a[a <= 0][0]!r}")
+        if bias is not None:
+            bias = check_array(bias, "bias", dtypes=[np.float32], shape=(m,), contiguous=True, finite=True)
+        q = object.__new__(cls)
+        q._setup(v_q, v_scale, u_q, u_scale, bias, x_scale, x_zero_point, h_scale, h_zero_point)
+        return q
+
+    def _setup(self, v_q, v_scale, u_q, u_scale, bias, x_scale, x_zero_point, h_scale, h_zero_point):
+        """Everything from the quantized factors (validated by the caller) and the qparams."""
+        (self.r, self.n), self.m = v_q.shape, u_q.shape[0]
         self.x_scale = np.float32(check_float(x_scale, "x_scale", min_value=0.0, min_inclusive=False))
         self.h_scale = np.float32(check_float(h_scale, "h_scale", min_value=0.0, min_inclusive=False))
         self.x_zero_point = check_int(x_zero_point, "x_zero_point", min_value=0, max_value=255)
         self.h_zero_point = check_int(h_zero_point, "h_zero_point", min_value=0, max_value=255)
-        self.v_q, self.v_scale = _sym_int8(p.v)
-        self.u_q, self.u_scale = _sym_int8(p.u)
+        self.v_q, self.v_scale, self.u_q, self.u_scale = v_q, v_scale, u_q, u_scale
+        self.bias = bias
         out_scale = (self.h_scale * self.u_scale).astype(np.float32)
-        if p.bias is None:
+        if bias is None:
             self.bias_q = None
         else:
-            bq = np.rint(p.bias.astype(np.float64) / out_scale.astype(np.float64))
+            bq = np.rint(bias.astype(np.float64) / out_scale.astype(np.float64))
             self.bias_q = np.clip(bq, -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
         # Both int32 sums (the second with the bias) must fit for any input, or the C kernel
         # would wrap where the reference does not.

@@ -6,7 +6,8 @@
 * :mod:`.data_aware` the output-error-optimal factors from calibration inputs (whitened SVD);
 * :mod:`.tucker`     Tucker-2 of a conv kernel, HOSVD + HOOI (Kim et al. 2016);
 * :mod:`.cp`         CP by ALS with damping and line search (Lebedev et al. 2015);
-* :mod:`.layers`     LowRankLinear, Tucker2Conv2d, CPConv2d (forward / backward / specs);
+* :mod:`.layers`     LowRankLinear, Tucker2Conv2d, CPConv2d (forward / backward / specs), and
+                     QuantizedLowRankLinear (LowRankLinear's int8 inference form);
 * :mod:`.surgery`    replace layers of a model by name.
 
 See docs/lowrank.md.
@@ -14,7 +15,7 @@ See docs/lowrank.md.
 
 from .cp import CP, cp_als, cp_conv_macs, cp_rank_bound, cp_rank_for_macs, cp_reconstruct, khatri_rao
 from .data_aware import calibration_gram, output_error, whitened_svd
-from .layers import CPConv2d, LowRankLinear, Tucker2Conv2d
+from .layers import CPConv2d, LowRankLinear, QuantizedLowRankLinear, Tucker2Conv2d
 from .ranks import allocate_ranks, evbmf, rank_by_budget, rank_by_energy, rank_by_vbmf, select_rank
 from .surgery import decompose, factorize, replace_layers, to_dense
 from .svd import check_rank, low_rank_params, max_useful_rank, svd_residual, truncated_svd
@@ -28,6 +29,6 @@ __all__ = [
     "Tucker2", "tucker2", "tucker2_reconstruct", "tucker2_ranks_vbmf", "tucker2_macs",
     "tucker2_ranks_for_macs", "conv_macs",
     "CP", "cp_als", "cp_reconstruct", "khatri_rao", "cp_conv_macs", "cp_rank_for_macs", "cp_rank_bound",
-    "LowRankLinear", "Tucker2Conv2d", "CPConv2d",
+    "LowRankLinear", "QuantizedLowRankLinear", "Tucker2Conv2d", "CPConv2d",
     "decompose", "factorize", "replace_layers", "to_dense",
 ]

@@ -27,11 +27,13 @@ and float64 use the two NumPy products, whose cached inputs the backward needs.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .. import _conv
 from .. import kernels
-from .._validation import check_int
+from .._validation import check_array, check_int
 from ..errors import ArgumentError, DTypeError
 from ..nn import Conv2d, Linear, Module, register_module
 from ..nn.container import Chain
@@ -41,7 +43,7 @@ from .ranks import select_rank
 from .svd import check_rank, truncated_svd
 from .tucker import tucker2, tucker2_ranks_vbmf
 
-__all__ = ["LowRankLinear", "Tucker2Conv2d", "CPConv2d"]
+__all__ = ["LowRankLinear", "QuantizedLowRankLinear", "Tucker2Conv2d", "CPConv2d"]
 
 
 def _check_bool(value, name):
@@ -149,6 +151,110 @@ class LowRankLinear(Module):
         if self.second.bias is not None:
             _set(lin.bias, self.second.bias.data)
         return lin
+
+
+@register_module
+class QuantizedLowRankLinear(Module):
+    """The int8 form of a :class:`LowRankLinear`, for inference: float32 x [*, n] -> float32
+    y [*, m] in one C call of :func:`refcompress.kernels.lowrank_linear_q8` (x quantized
+    inside the call, both products exact integer sums, h requantized to uint8, y
+    dequantized; docs/lowrank.md section 7).
+
+    State (buffers, so ``state_dict`` / ``refcompress.io`` save the int8 codes, not floats):
+    ``v_q`` int8 [r, n] and ``u_q`` int8 [m, r] (narrow range, symmetric per row) with
+    ``v_scale`` [r] and ``u_scale`` [m]; ``bias`` float32 [m] (or None); the activations'
+    uint8 affine qparams ``x_scale``, ``x_zero_point``, ``h_scale``, ``h_zero_point`` (one
+    element each).  Build one with :meth:`from_lowrank` from a trained layer and calibration
+    inputs.  Weights take (m + n) r bytes instead of 4 (m + n) r.  Inference only: there
+    is no backward (fine-tune the float :class:`LowRankLinear`, then convert).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        self.in_features = check_int(in_features, "in_features", min_value=1)
+        self.out_features = check_int(out_features, "out_features", min_value=1)
+        self.rank = check_rank(rank, self.out_features, self.in_features)
+        self.register_buffer("v_q", np.zeros((self.rank, self.in_features), np.int8))
+        self.register_buffer("v_scale", np.ones(self.rank, np.float32))
+        self.register_buffer("u_q", np.zeros((self.out_features, self.rank), np.int8))
+        self.register_buffer("u_scale", np.ones(self.out_features, np.float32))
+        if _check_bool(bias, "bias"):
+            self.register_buffer("bias", np.zeros(self.out_features, np.float32))
+        else:
+            self.bias = None
+        for name, dtype in (("x_scale", np.float32), ("x_zero_point", np.int32), ("h_scale", np.float32),
+                            ("h_zero_point", np.int32)):
+            self.register_buffer(name, np.ones(1, dtype) if dtype is np.float32 else np.zeros(1, dtype))
+
+    @classmethod
+    def from_lowrank(cls, layer: LowRankLinear, calibration) -> "QuantizedLowRankLinear":
+        """Quantize a trained :class:`LowRankLinear`: both factors to int8 per row, and the
+        activations' ranges (x and h = x B^T, min / max widened to 0) measured on float32
+        calibration inputs [N, n] (:meth:`refcompress.kernels.QuantizedLowRank.calibrate`)."""
+        if not isinstance(layer, LowRankLinear):
+            raise DTypeError(f"layer: expected a LowRankLinear, got {type(layer).__name__}")
+        factors = layer._factors()
+        if factors is None:
+            raise ArgumentError(f"layer: expected two dense Linear factors, got {type(layer.first).__name__} and "
+                                f"{type(layer.second).__name__} (convert before replacing the factors)")
+        x = np.asarray(calibration)
+        if x.ndim != 2 or x.shape[1] != layer.in_features or x.shape[0] == 0:
+            raise ArgumentError(f"calibration: expected float32 inputs of shape (N, {layer.in_features}), N >= 1, "
+                                f"got shape {x.shape}")
+        x = check_array(x, "calibration", dtypes=[np.float32], finite=True)
+        # copies: the layer's state must not share memory with the float layer's parameters
+        w1, w2, b = (None if a is None else np.array(a, np.float32) for a in factors)
+        q = kernels.QuantizedLowRank.calibrate(w1, w2, b, x)
+        out = cls(layer.in_features, layer.out_features, layer.rank, bias=b is not None)
+        out.v_q, out.v_scale, out.u_q, out.u_scale = q.v_q, q.v_scale, q.u_q, q.u_scale
+        if b is not None:
+            out.bias = q.bias
+        out.x_scale, out.h_scale = np.array([q.x_scale], np.float32), np.array([q.h_scale], np.float32)
+        out.x_zero_point = np.array([q.x_zero_point], np.int32)
+        out.h_zero_point = np.array([q.h_zero_point], np.int32)
+        object.__setattr__(out, "_q8", (out._quantized_key(), q))  # the kernel's layer, made once
+        return out.eval()
+
+    def _quantized_key(self):
+        """The buffer arrays the kernel's layer is made from (read from the registry:
+        Module.__getattr__ costs ~0.45 us a name)."""
+        b = self.__dict__["_buffers"]
+        return (b["v_q"], b["v_scale"], b["u_q"], b["u_scale"], b.get("bias"), b["x_scale"], b["x_zero_point"],
+                b["h_scale"], b["h_zero_point"])
+
+    def quantized(self) -> "kernels.QuantizedLowRank":
+        """The kernel's layer, made from the buffers and kept while they are the same arrays
+        (load_state_dict installs new ones, which rebuilds it; after editing a buffer in
+        place, call :meth:`clear_cache`)."""
+        key = self._quantized_key()
+        cached = self.__dict__.get("_q8")
+        if cached is None or not all(map(operator.is_, key, cached[0])):
+            q = kernels.QuantizedLowRank.from_codes(
+                key[0], key[1], key[2], key[3], key[4], float(key[5][0]), int(key[6][0]), float(key[7][0]),
+                int(key[8][0]))
+            cached = (key, q)
+            object.__setattr__(self, "_q8", cached)
+        return cached[1]
+
+    def clear_cache(self) -> None:
+        """Drop the kernel's layer (needed only after editing a buffer in place)."""
+        self.__dict__.pop("_q8", None)
+
+    def forward(self, x):
+        n = self.__dict__["in_features"]
+        if type(x) is np.ndarray and x.ndim == 2 and x.dtype == np.float32 and x.shape[1] == n:  # the usual x
+            return kernels.lowrank_linear_q8(x, self.quantized())
+        x = np.asarray(x)
+        if x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != n:
+            raise ArgumentError(f"x: expected float32 [..., {n}], got {x.dtype.name} {x.shape}")
+        if x.ndim == 2:
+            return kernels.lowrank_linear_q8(x, self.quantized())
+        y = kernels.lowrank_linear_q8(np.reshape(x, (-1, self.in_features)), self.quantized())
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
+                "bias": self.bias is not None}
 
 
 def _check_dense_conv(conv, what):

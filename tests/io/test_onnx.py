@@ -426,6 +426,31 @@ def test_digits_models_after_ptq_give_the_same_codes(rule, builder, weight_dtype
 
 
 @needs_ort
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("weight_dtype", ["int8", "uint8"])
+def test_int8_factored_linear_exports_to_its_own_bits(bias, weight_dtype):
+    """QuantizedLowRankLinear: QuantizeLinear, two MatMulInteger with the float rule's
+    requantization of h between them, the int32 bias, one Mul: refcompress's floats bit for
+    bit in onnx's evaluator (and onnxruntime when installed), inputs beyond the calibration
+    range (saturating codes) included."""
+    from onnx.reference import ReferenceEvaluator
+
+    from refcompress.lowrank import QuantizedLowRankLinear
+
+    rng = np.random.default_rng(7)
+    nn.manual_seed(7)
+    x = (rng.standard_normal((60, 24)) * 3).astype(np.float32)
+    layer = LowRankLinear.from_linear(nn.Linear(24, 10, bias=bias), 5).eval()
+    model = nn.Sequential(QuantizedLowRankLinear.from_lowrank(layer, x[:20] / 3), nn.ReLU())
+    m = to_onnx_model(model, (None, 24), weight_dtype=weight_dtype)
+    with kernels.use("numpy"):
+        want = model(x)
+    np.testing.assert_array_equal(ReferenceEvaluator(m).run(None, {"input": x})[0], want)
+    if ort is not None:
+        np.testing.assert_array_equal(_run(m, x), want)
+    np.testing.assert_array_equal(model(x), want)  # and the C kernel's
+
+
 def test_quantized_relu_maxpool_and_low_activation_bits():
     rng = np.random.default_rng(11)
     model = _trained_like(small_cnn)
