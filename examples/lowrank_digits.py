@@ -4,7 +4,8 @@
    the global allocator so that the FC weights kept are <= 30% of the original (the output
    Linear 100->10 stays dense and is counted); plain SVD and data-aware (whitened) SVD are
    compared on the same budget before fine-tuning, then each is fine-tuned (the latency
-   columns time the plain one; both have the same shapes).
+   columns time the plain one; both have the same shapes).  The fine-tuned plain one is
+   also run with its factored layers in int8 (QuantizedLowRankLinear).
 2. Small CNN: the second conv (16->32, 3x3; 97% of the conv MACs) is replaced by Tucker-2
    or by CP with ranks chosen so that the model's total conv MACs are <= 50% of the
    original; each is fine-tuned.
@@ -96,9 +97,19 @@ def mlp_run(seed, data):
            "ranks": ranks}
     out["svd_ft"] = fine_tune(plain, data, seed)
     out["aware_ft"] = fine_tune(aware, data, seed)
+    # the fine-tuned SVD model with its factored layers in int8 (QuantizedLowRankLinear:
+    # int8 factors, activation ranges from the layers' inputs on the validation images)
+    q8 = clone(plain)
+    calib = {k: calib_inputs(plain, k, xcal).astype(np.float32) for k in ranks}
+    lr.replace_layers(q8, {k: lr.QuantizedLowRankLinear.from_lowrank(q8.get_submodule(k), calib[k])
+                           for k in ranks})
+    out["q8_ft"] = acc(q8, data)
+    out["fact_bytes"] = sum(4 * lr.low_rank_params(*fc[k].shape, r) for k, r in ranks.items())
+    out["q8_bytes"] = sum(q8.get_submodule(k).v_q.nbytes + q8.get_submodule(k).u_q.nbytes for k in ranks)
     x_all, x_one = data.X_test, data.X_test[:1]
     out["lat_dense"] = (latency(dense, x_all), latency(dense, x_one))
     out["lat_fact"] = (latency(plain, x_all), latency(plain, x_one))
+    out["lat_q8"] = (latency(q8, x_all), latency(q8, x_one))
     return out
 
 
@@ -156,12 +167,18 @@ def main(argv=None):
           f"{us(mean(mlp, 'lat_dense', 0)):>9} {us(mean(mlp, 'lat_dense', 1)):>8}")
     print(f"{'MLP FC, data-aware SVD':<28} {pct(mean(mlp, 'kept'))} {pct(b)} {pct(mean(mlp, 'aware0')):>9} "
           f"{pct(mean(mlp, 'aware_ft')):>10} {100 * (b - mean(mlp, 'aware_ft')):8.2f}")
+    print(f"{'MLP FC, SVD + int8 factors':<28} {pct(mean(mlp, 'kept'))} {pct(b)} {'':>9} "
+          f"{pct(mean(mlp, 'q8_ft')):>10} {100 * (b - mean(mlp, 'q8_ft')):8.2f} "
+          f"{us(mean(mlp, 'lat_q8', 0))} {us(mean(mlp, 'lat_q8', 1)):>7} "
+          f"{us(mean(mlp, 'lat_dense', 0)):>9} {us(mean(mlp, 'lat_dense', 1)):>8}")
     b = mean(cnn, "base")
     for key, label in (("tucker", "CNN conv, Tucker-2 (MACs)"), ("cp", "CNN conv, CP (MACs)")):
         print(f"{label:<28} {pct(mean(cnn, key + '_macs'))} {pct(b)} {pct(mean(cnn, key + '0')):>9} "
               f"{pct(mean(cnn, key + '_ft')):>10} {100 * (b - mean(cnn, key + '_ft')):8.2f} "
               f"{us(mean(cnn, 'lat_' + key, 0))} {us(mean(cnn, 'lat_' + key, 1)):>7} "
               f"{us(mean(cnn, 'lat_dense', 0)):>9} {us(mean(cnn, 'lat_dense', 1)):>8}")
+    print(f"\nMLP factored layers' weights: {mean(mlp, 'fact_bytes'):,.0f} bytes fp32, "
+          f"{mean(mlp, 'q8_bytes'):,.0f} bytes as int8 codes (+ one float32 scale per factor row)")
     goals = goal_lines(mlp, cnn)
     print("\nGoals (the low-rank issue; means over the seeds above):")
     for line, _ in goals:

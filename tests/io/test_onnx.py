@@ -425,7 +425,6 @@ def test_digits_models_after_ptq_give_the_same_codes(rule, builder, weight_dtype
     assert ("QLinearConv" in ops or "MatMulInteger" in ops) if rule == "float" else "Mod" in ops
 
 
-@needs_ort
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("weight_dtype", ["int8", "uint8"])
 def test_int8_factored_linear_exports_to_its_own_bits(bias, weight_dtype):
@@ -451,6 +450,7 @@ def test_int8_factored_linear_exports_to_its_own_bits(bias, weight_dtype):
     np.testing.assert_array_equal(model(x), want)  # and the C kernel's
 
 
+@needs_ort
 def test_quantized_relu_maxpool_and_low_activation_bits():
     rng = np.random.default_rng(11)
     model = _trained_like(small_cnn)

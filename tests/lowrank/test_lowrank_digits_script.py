@@ -31,3 +31,4 @@ def test_quick_run_prints_the_table_and_meets_the_bars(capsys):
     assert _script().main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "MLP FC, SVD" in out and "CP (MACs)" in out and out.count(": met") == 3
+    assert "SVD + int8 factors" in out and "bytes as int8 codes" in out
