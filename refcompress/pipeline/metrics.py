@@ -17,10 +17,15 @@ What is counted, exactly:
       convolution  (in_channels, out_channels, kernel_size, groups):
                    MACs = OH * OW * C_out * (C_in / groups) * KH * KW
 
+      factored Linear (``LowRankLinear``, ``QuantizedLowRankLinear``; in eval mode one
+                   fused call, so counted as one layer):
+                   MACs = (n + m) r per row, x B^T then h A^T
+
   Any module without children that has ``in_features``/``out_features`` (Linear,
   quantized and weight-only linear layers) or ``in_channels``/``out_channels``/
   ``kernel_size``/``groups`` (Conv2d and its quantized forms) is counted by those rules;
-  other classes can be given their own rule with :func:`register_mac_counter`.  Bias
+  other classes can be given their own rule with :func:`register_mac_counter` (a module
+  with children that has a rule is counted by it alone, its descendants not).  Bias
   additions, activations, pooling, BatchNorm and requantization are not counted.
 * ``measure_latency``: the median wall time of ``model(x)`` in eval mode.
 * ``accuracy``: the fraction of rows whose arg-max output equals the label.
@@ -74,7 +79,8 @@ def stored_bytes(model) -> int:
 def register_mac_counter(cls: type, fn: Callable) -> None:
     """Count MACs of modules of type ``cls`` (and subclasses) with ``fn(module, inputs,
     output) -> int``, the MACs of the whole batch in ``output`` (divided by the batch size
-    afterwards).  A registered rule takes precedence over the attribute rules."""
+    afterwards).  A registered rule takes precedence over the attribute rules, and counts
+    a module with children as a whole (its descendants are then not counted)."""
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise DTypeError(f"cls: expected a Module subclass, got {cls!r}")
     if not callable(fn):
@@ -82,8 +88,40 @@ def register_mac_counter(cls: type, fn: Callable) -> None:
     _MAC_COUNTERS[cls] = fn
 
 
+_MAC_COUNTERS_READY = False
+
+
+def _register_builtin_counters() -> None:
+    """The rules of this library's factored Linear layers (imported on first use: the
+    technique packages do not import the pipeline).  A LowRankLinear in eval mode runs both
+    factors in one fused kernel call, so its children's hooks never fire: it is counted as
+    one layer (QuantizedLowRankLinear is one anyway)."""
+    global _MAC_COUNTERS_READY
+    from ..lowrank.layers import LowRankLinear, QuantizedLowRankLinear
+
+    _MAC_COUNTERS.setdefault(QuantizedLowRankLinear, _factored_macs)
+    _MAC_COUNTERS.setdefault(LowRankLinear, _factored_macs)
+    _MAC_COUNTERS_READY = True
+
+
+def _counts_whole(module) -> bool:
+    """Whether a module with a registered rule is counted by it as a whole (its
+    descendants not counted): always, except a LowRankLinear whose factors are no longer
+    dense Linear layers (e.g. SparseLinear after pruning), which runs them, so they are
+    counted by their own rules."""
+    factors = getattr(type(module), "_factors", None)
+    return factors is None or factors(module) is not None
+
+
 def _dense_macs(module, inputs, output) -> int:
     return int(np.asarray(output).size) * int(module.in_features)
+
+
+def _factored_macs(module, inputs, output) -> int:
+    """A factored Linear kept as one leaf (the int8 QuantizedLowRankLinear): x B^T, then
+    h A^T, (n + m) r per row -- not the dense rule's n m."""
+    rows = int(np.asarray(output).size) // max(int(module.out_features), 1)
+    return rows * (int(module.in_features) + int(module.out_features)) * int(module.rank)
 
 
 def _conv_macs(module, inputs, output) -> int:
@@ -95,9 +133,11 @@ def _conv_macs(module, inputs, output) -> int:
 
 
 def _counter_for(module):
+    if not _MAC_COUNTERS_READY:
+        _register_builtin_counters()
     for klass in type(module).__mro__:
         if klass in _MAC_COUNTERS:
-            return _MAC_COUNTERS[klass]
+            return _MAC_COUNTERS[klass] if _counts_whole(module) else None
     if next(module.children(), None) is not None:
         return None
     if all(hasattr(module, a) for a in ("in_channels", "out_channels", "kernel_size", "groups")):
@@ -132,10 +172,15 @@ def count_macs(model, input_shape, *, dtype=np.float32, per_layer: bool = False)
             counts[name] = counts.get(name, 0) + fn(module, inputs, output)
         return hook
 
+    whole = []  # modules counted by a registered rule as a whole: their descendants are not
     for name, module in model.named_modules():
+        if any(name.startswith(w) for w in whole):
+            continue
         fn = _counter_for(module)
         if fn is not None:
             handles.append(module.register_forward_hook(hook_for(name or "<root>", fn)))
+            if next(module.children(), None) is not None:
+                whole.append(name + "." if name else "")
     was_training = model.training
     model.eval()
     try:

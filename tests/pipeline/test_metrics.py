@@ -100,6 +100,26 @@ def test_registered_counter_for_a_custom_layer():
     assert count_macs(m, (3,), per_layer=True) == {"0": 12, "1": 4}
 
 
+def test_factored_linear_macs_in_eval_mode_and_after_pruning_a_factor():
+    # In eval mode a LowRankLinear runs both factors in one fused kernel call, so its
+    # children's hooks never fire: it is counted as one layer, (n + m) r per row, in both
+    # modes (it once counted 0 in eval mode).  With a factor made sparse it runs the
+    # factors, which are counted by their own rules; the int8 form counts as the float one.
+    from refcompress import lowrank, prune
+
+    m = nn.Sequential(nn.Linear(64, 300), nn.ReLU(), nn.Linear(300, 10))
+    lowrank.factorize(m, {"0": {"rank": 20}})
+    want = {"0": (64 + 300) * 20, "2": 300 * 10}
+    assert count_macs(m.eval(), (64,), per_layer=True) == want
+    assert count_macs(m.train(), (64,), per_layer=True) == want
+    assert count_macs(m.eval(), (7, 64)) == 7 * sum(want.values())
+    x = np.random.default_rng(0).standard_normal((20, 64)).astype(np.float32)
+    q = nn.Sequential(lowrank.QuantizedLowRankLinear.from_lowrank(m[0], x), nn.ReLU(), m[2])
+    assert count_macs(q, (64,), per_layer=True) == want
+    m[0].first = prune.SparseLinear.from_dense(m[0].first.weight.data)
+    assert count_macs(m.eval(), (64,), per_layer=True) == {"0.first": 64 * 20, "0.second": 20 * 300, "2": 3000}
+
+
 def test_count_macs_bad_arguments():
     with pytest.raises(DTypeError, match="model"):
         count_macs("m", (3,))
