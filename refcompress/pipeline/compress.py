@@ -85,6 +85,8 @@ def _weight_density(m) -> float | None:
         return float(m.nnz) / max(m.in_features * m.out_features, 1)
     if hasattr(m, "weight_q"):
         return float(np.count_nonzero(m.weight_q)) / max(m.weight_q.size, 1)
+    if hasattr(m, "v_q") and hasattr(m, "u_q"):  # an int8 factored Linear: its two factors' codes
+        return float(np.count_nonzero(m.v_q) + np.count_nonzero(m.u_q)) / max(m.v_q.size + m.u_q.size, 1)
     w = getattr(m, "weight", None)
     if w is not None and hasattr(w, "data") and isinstance(w.data, np.ndarray):
         return float(np.count_nonzero(w.data)) / max(w.data.size, 1)
@@ -100,7 +102,7 @@ def _stored_parameters(model) -> int:
         if d is None:
             total += sum(p.size for p in m.parameters(recurse=False))
             continue
-        size = sum(a.size for n, a in m.state_dict().items() if n in ("weight", "weight_q", "values"))
+        size = sum(a.size for n, a in m.state_dict().items() if n in ("weight", "weight_q", "values", "v_q", "u_q"))
         w = m.dense_weight() if hasattr(m, "dense_weight") else (m.shared().dense() if hasattr(m, "shared") else None)
         if w is not None:
             size = w.size

@@ -77,7 +77,7 @@ SCHEMAS = {
     "finetune": dict(_TRAIN),
     "distill": {**_TRAIN, "temperature": (_num(0, None, lo_open=True), 4.0), "alpha": (_num(0, 1), 0.5)},
     "quantize": {
-        "method": (_choice("static", "weight_only", "dynamic", "qat", "share"), "static"),
+        "method": (_choice("static", "weight_only", "dynamic", "qat", "share", "factored"), "static"),
         "bits": (_num(2, 8, True), 8),
         "act_bits": (_num(2, 8, True), 8),
         "rule": (_choice("float", "fixedpoint"), "float"),
@@ -181,8 +181,15 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
         if s.kind in ("prune", "lowrank") and q and q["method"] == "share" and q.index < s.index:
             _err(source, where, f"comes after the weight sharing of stage {q.index}; prune and factor before sharing")
         if s.kind == "lowrank" and q and q["method"] in ("static", "dynamic", "weight_only", "qat") and s.index < q.index:
-            _err(source, where, f"factored layers have no integer or weight-only form (stage {q.index}); "
-                 "quantize the factors' model with method = 'share', or factor without quantizing")
+            _err(source, where, f"factored layers have no form of method {q['method']!r} (stage {q.index}); "
+                 "quantize the factors with method = 'factored' (int8) or 'share', or factor without quantizing")
+        if s.kind == "quantize" and s["method"] == "factored":
+            if not any(x.kind == "lowrank" and x["method"] == "svd" and x.index < s.index for x in stages):
+                _err(source, where, "method 'factored' quantizes factored Linear layers: it needs an earlier "
+                     "lowrank stage with method = 'svd'")
+            if s["bits"] != 8 or s["act_bits"] != 8:
+                _err(source, where, f"method 'factored' is int8 (bits = 8, act_bits = 8), got bits = {s['bits']}, "
+                     f"act_bits = {s['act_bits']}")
         if s.kind == "lowrank" and sum(s[k] is not None for k in ("energy", "rank", "param_fraction", "mac_fraction")) != 1:
             _err(source, where, "set exactly one of energy, rank, param_fraction, mac_fraction")
         if s.kind == "prune" and s["method"] == "agp" and s["epochs"] < 2:
@@ -192,8 +199,9 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
         if s.kind == "quantize" and s["method"] != "static" and not s["per_channel"]:
             _err(source, f"{where} key 'per_channel'", f"only method 'static' offers per-layer weight scales, "
                  f"not {s['method']!r}")
-        if s.kind == "quantize" and s["method"] in ("qat", "share") and (s["exclude"] or s["layer_bits"]):
-            _err(source, where, f"method {s['method']!r} quantizes every layer; 'exclude' and 'layer_bits' apply to "
+        if s.kind == "quantize" and s["method"] in ("qat", "share", "factored") and (s["exclude"] or s["layer_bits"]):
+            every = "every factored Linear layer" if s["method"] == "factored" else "every layer"
+            _err(source, where, f"method {s['method']!r} quantizes {every}; 'exclude' and 'layer_bits' apply to "
                  "static, weight_only and dynamic")
     name = data.get("name", os.path.splitext(os.path.basename(source))[0])
     if not isinstance(name, str):

@@ -143,6 +143,8 @@ def stage_quantize(model, st, ctx):
                                                    exclude=st["exclude"])
     if method == "dynamic":
         return None, qconvert.quantize_dynamic(model, exclude=st["exclude"])
+    if method == "factored":
+        return None, _quantize_factored(model, calib, st)
     if method == "qat":
         q = qqat.prepare_qat(model, weight_bits=st["bits"], act_bits=st["act_bits"], lsq=st["lsq"])
         if prune.masked_layers(model):  # a pruned model stays pruned while QAT trains
@@ -156,6 +158,34 @@ def stage_quantize(model, st, ctx):
         bits.update(st["layer_bits"])
     return None, qconvert.quantize_static(model, calib, rule=st["rule"], weight_bits=bits, act_bits=st["act_bits"],
                                           per_channel=st["per_channel"], exclude=st["exclude"])
+
+
+def _quantize_factored(model, calib, st):
+    """A copy of ``model`` whose factored Linear layers (LowRankLinear, from an svd stage)
+    run in int8 (QuantizedLowRankLinear, each calibrated on the inputs that reach it on
+    ``calib``); every other layer stays as it is."""
+    from .. import lowrank
+
+    names = [n for n, m in model.named_modules() if type(m) is lowrank.LowRankLinear and m._factors() is not None]
+    if not names:
+        raise ArgumentError(f"stage {st.index} (quantize): method 'factored' found no factored Linear layers with "
+                            "dense factors (an earlier lowrank stage with method 'svd' makes them)")
+    deploy = clone_with_masks(model).eval()
+    seen = {n: [] for n in names}
+    handles = [deploy.get_submodule(n).register_forward_hook(
+        lambda mod, inp, out, n=n: seen[n].append(np.asarray(inp[0], np.float32).reshape(-1, mod.in_features)))
+        for n in names]
+    try:
+        deploy(np.asarray(calib, np.float32))
+    finally:
+        for h in handles:
+            h.remove()
+    from ..lowrank import replace_layers
+
+    replace_layers(deploy, {n: lowrank.QuantizedLowRankLinear.from_lowrank(deploy.get_submodule(n),
+                                                                          np.concatenate(seen[n]))
+                            for n in names})
+    return deploy
 
 
 def _conv_hw(model, x):

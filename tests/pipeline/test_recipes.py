@@ -27,7 +27,14 @@ def test_validation_names_file_stage_key_and_expectation():
     _bad([{"kind": "quantize", "method": "weight_only"}, {"kind": "finetune"}], "ends the float model")
     _bad([{"kind": "quantize", "method": "share"}, {"kind": "encode"}, {"kind": "prune"}], "ends the float model")
     _bad([{"kind": "quantize", "method": "share"}, {"kind": "prune"}], "prune and factor before sharing")
-    _bad([{"kind": "lowrank", "rank": 2}, {"kind": "quantize"}], "no integer or weight-only form")
+    _bad([{"kind": "lowrank", "rank": 2}, {"kind": "quantize"}], "no form of method 'static'.*method = 'factored'")
+    _bad([{"kind": "quantize", "method": "factored"}], "needs an earlier lowrank stage with method = 'svd'")
+    _bad([{"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5}, {"kind": "quantize", "method": "factored"}],
+         "needs an earlier lowrank stage with method = 'svd'")
+    _bad([{"kind": "lowrank", "rank": 2}, {"kind": "quantize", "method": "factored", "bits": 4}],
+         r"method 'factored' is int8 \(bits = 8, act_bits = 8\), got bits = 4")
+    _bad([{"kind": "lowrank", "rank": 2}, {"kind": "quantize", "method": "factored", "exclude": ["1"]}],
+         "quantizes every factored Linear layer")
     _bad([{"kind": "prune", "method": "agp", "epochs": 1}], "at least 2 epochs")
     _bad([{"kind": "quantize", "method": "qat", "epochs": 0}], "at least 1 epoch")
     _bad([{"kind": "quantize", "layer_bits": {"1": 16}}], "2 to 8")
@@ -97,6 +104,29 @@ def test_compress_runs_a_deep_compression_recipe_and_reports_real_bytes():
     for x in r.reports[1:]:
         assert x.speedup_b1 == r.reports[0].latency_b1 / x.latency_b1
         assert x.speedup_b64 == r.reports[0].latency_b64 / x.latency_b64
+
+
+def test_factored_quantization_runs_the_svd_factors_in_int8():
+    from refcompress.lowrank import LowRankLinear, QuantizedLowRankLinear
+
+    model, d = _problem(1)
+    r = compress(model, {"name": "lq", "stage": [
+        {"kind": "lowrank", "method": "svd", "rank": 6, "epochs": 2},
+        {"kind": "quantize", "method": "factored", "calibration_samples": 200}]}, d, repeats=3)
+    factored, q8 = r.models[1], r.final
+    assert isinstance(factored[0], LowRankLinear) and isinstance(q8[0], QuantizedLowRankLinear)
+    assert type(q8[2]) is nn.Linear  # 64 -> 4 at rank 6 would not be smaller: the svd stage kept it dense
+    lr_rep, q_rep = r.reports[1], r.reports[2]
+    assert q_rep.macs_dense == lr_rep.macs_dense == (16 + 64) * 6 + 64 * 4
+    # 480 factor entries from 4 bytes to 1, plus a float32 scale per factor row (6 + 64) and
+    # the four one-element activation qparams
+    assert lr_rep.stored_bytes - q_rep.stored_bytes == 3 * (16 + 64) * 6 - 4 * (6 + 64) - 4 * 4
+    assert abs(q_rep.accuracy - lr_rep.accuracy) <= 0.05
+    x = d.X_test[:7]
+    assert np.max(np.abs(q8(x) - factored(x))) < 0.05 * np.max(np.abs(factored(x)))
+    with pytest.raises(ArgumentError, match="method 'factored' found no factored Linear layers"):
+        compress(model, {"name": "n", "stage": [{"kind": "lowrank", "method": "svd", "rank": 60, "epochs": 1},
+                                               {"kind": "quantize", "method": "factored"}]}, d, repeats=3)
 
 
 def test_time_stages_takes_turns_over_the_stage_models(monkeypatch):
