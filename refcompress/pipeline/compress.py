@@ -87,6 +87,10 @@ def _weight_density(m) -> float | None:
         return float(np.count_nonzero(m.weight_q)) / max(m.weight_q.size, 1)
     if hasattr(m, "v_q") and hasattr(m, "u_q"):  # an int8 factored Linear: its two factors' codes
         return float(np.count_nonzero(m.v_q) + np.count_nonzero(m.u_q)) / max(m.v_q.size + m.u_q.size, 1)
+    factors = m._factors() if hasattr(type(m), "_factors") else None
+    if factors is not None:  # a LowRankLinear counted as one layer: its MACs are its two factors' sizes
+        w1, w2 = factors[0], factors[1]
+        return float(np.count_nonzero(w1) + np.count_nonzero(w2)) / max(w1.size + w2.size, 1)
     w = getattr(m, "weight", None)
     if w is not None and hasattr(w, "data") and isinstance(w.data, np.ndarray):
         return float(np.count_nonzero(w.data)) / max(w.data.size, 1)

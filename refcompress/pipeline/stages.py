@@ -161,16 +161,23 @@ def stage_quantize(model, st, ctx):
 
 
 def _quantize_factored(model, calib, st):
-    """A copy of ``model`` whose factored Linear layers (LowRankLinear, from an svd stage)
-    run in int8 (QuantizedLowRankLinear, each calibrated on the inputs that reach it on
-    ``calib``); every other layer stays as it is."""
+    """The deployable form of ``model`` (:func:`deploy_view`: pruned layers stay sparse)
+    with its factored Linear layers (LowRankLinear with dense factors, from an svd stage) in
+    int8 (QuantizedLowRankLinear, each calibrated on the inputs that reach it in the float
+    model on ``calib``).  A factor pruned to a sparse layer keeps its layer float."""
     from .. import lowrank
 
-    names = [n for n, m in model.named_modules() if type(m) is lowrank.LowRankLinear and m._factors() is not None]
+    deploy = deploy_view(model)
+    factored = [(n, m) for n, m in deploy.named_modules() if type(m) is lowrank.LowRankLinear]
+    names = [n for n, m in factored if m._factors() is not None]
+    where = f"stage {st.index} (quantize): method 'factored'"
+    if not factored:
+        raise ArgumentError(f"{where} found no factored Linear layers (an earlier lowrank stage with method 'svd' "
+                            "makes them; it keeps a layer dense when its factors would not be smaller)")
     if not names:
-        raise ArgumentError(f"stage {st.index} (quantize): method 'factored' found no factored Linear layers with "
-                            "dense factors (an earlier lowrank stage with method 'svd' makes them)")
-    deploy = clone_with_masks(model).eval()
+        raise ArgumentError(f"{where}: every factored layer has a factor pruned to >= 50 % zeros, which deploys as "
+                            "a sparse float layer: nothing is left to run in int8 (prune the factors less, or drop "
+                            "this stage)")
     seen = {n: [] for n in names}
     handles = [deploy.get_submodule(n).register_forward_hook(
         lambda mod, inp, out, n=n: seen[n].append(np.asarray(inp[0], np.float32).reshape(-1, mod.in_features)))

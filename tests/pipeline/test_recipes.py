@@ -129,6 +129,36 @@ def test_factored_quantization_runs_the_svd_factors_in_int8():
                                                {"kind": "quantize", "method": "factored"}]}, d, repeats=3)
 
 
+def test_factored_quantization_after_pruning_keeps_sparse_layers_sparse():
+    # Pruned layers deploy as the prune stage deploys them; a factor pruned to >= 50 % zeros
+    # becomes a sparse float layer, so its factored layer stays float.
+    from refcompress.lowrank import QuantizedLowRankLinear
+    from refcompress.prune.sparse_layers import SparseLinear
+
+    model, d = _problem(2)
+    stages = [{"kind": "lowrank", "method": "svd", "rank": 6, "epochs": 1},
+              {"kind": "prune", "method": "magnitude", "sparsity": 0.8, "layers": ["2"], "epochs": 1},
+              {"kind": "quantize", "method": "factored"}]
+    r = compress(model, {"name": "p", "stage": stages}, d, repeats=3)
+    assert isinstance(r.final[0], QuantizedLowRankLinear) and isinstance(r.final[2], SparseLinear)
+    assert r.reports[3].stored_bytes < r.reports[2].stored_bytes
+    stages[1] = {"kind": "prune", "method": "magnitude", "sparsity": 0.9, "scope": "layer", "epochs": 1}
+    with pytest.raises(ArgumentError, match="every factored layer has a factor pruned to >= 50 % zeros"):
+        compress(model, {"name": "p", "stage": stages}, d, repeats=3)
+
+
+def test_effective_macs_of_a_factored_layer_count_its_factors_nonzeros():
+    # A LowRankLinear counts as one layer (its fused call bypasses its factors' hooks), so
+    # its effective MACs come from the nonzeros of both factors.
+    model, d = _problem(3)
+    r = compress(model, {"name": "e", "stage": [
+        {"kind": "lowrank", "method": "svd", "rank": 6, "epochs": 1},
+        {"kind": "prune", "method": "magnitude", "sparsity": 0.4, "scope": "layer", "epochs": 1}]}, d, repeats=3)
+    pruned = r.models[2]
+    nnz = sum(int(np.count_nonzero(p.data)) for n, p in pruned.named_parameters() if n.endswith(("weight", "values")))
+    assert r.reports[2].macs_effective == nnz < r.reports[2].macs_dense
+
+
 def test_time_stages_takes_turns_over_the_stage_models(monkeypatch):
     # Each round times every model once, in stage order: a burst of load during one round
     # falls on every model alike.
