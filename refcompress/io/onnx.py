@@ -322,16 +322,7 @@ class _Exporter:
             if bias is not None:
                 acc = g.op("Add", [acc, g.const(bias.reshape(cshape), path + ".bias_q")], path + "/bias")
             if m.rule == "float":
-                f = g.op("Cast", [acc], path + "/to_float", to=_onnx_elem(np.float32))
-                f = g.op("Mul", [f, g.const(M_c.reshape(cshape) if per_channel else M_c, path + ".multiplier")],
-                         path + "/requant")
-                # clamped to [-z, 255 - z] before rounding, as round_saturate does: the same
-                # codes, and no runtime has to convert a float beyond int32 (onnx's reference
-                # evaluator does not saturate those)
-                f = g.op("Clip", [f, g.const(np.float32(-z_out), path + ".low"),
-                                  g.const(np.float32(255 - z_out), path + ".high")], path + "/saturate")
-                y = g.op("QuantizeLinear", [f, one, g.const(np.uint8(z_out), path + ".output_zero_point")],
-                         path + "/round")
+                y = self.float_requant(acc, M_c.reshape(cshape) if per_channel else M_c, z_out, one, path)
             else:
                 y = self.fixedpoint(acc, M, z_out, cshape, path)
         qmin = 0 if spec.qmin is None else int(spec.qmin)
@@ -355,12 +346,7 @@ class _Exporter:
         wv, wvz = self.int_weight(q.v_q)
         acc = g.op("MatMulInteger", [xq, g.const(wv.T.copy(), path + ".v_q"), g.const(zx, path + ".x_zero_point_mm"),
                                      g.const(wvz, path + ".v_zero_point")], path + "/first")
-        f = g.op("Cast", [acc], path + "/first_to_float", to=_onnx_elem(np.float32))
-        f = g.op("Mul", [f, g.const(np.asarray(q.requant.scale, np.float32).reshape(-1), path + ".h_multiplier")],
-                 path + "/requant_h")
-        f = g.op("Clip", [f, g.const(np.float32(-int(zh)), path + ".h_low"),
-                          g.const(np.float32(255 - int(zh)), path + ".h_high")], path + "/saturate_h")
-        h = g.op("QuantizeLinear", [f, one, g.const(zh, path + ".h_zero_point")], path + "/round_h")
+        h = self.float_requant(acc, np.asarray(q.requant.scale, np.float32).reshape(-1), int(zh), one, path + "/h")
         wu, wuz = self.int_weight(q.u_q)
         acc = g.op("MatMulInteger", [h, g.const(wu.T.copy(), path + ".u_q"), g.const(zh, path + ".h_zero_point_mm"),
                                      g.const(wuz, path + ".u_zero_point")], path + "/second")
@@ -370,6 +356,21 @@ class _Exporter:
         y = g.op("Mul", [f, g.const(np.asarray(q.dequant.scale, np.float32).reshape(-1), path + ".out_scale")],
                  path + "/dequantize")
         return _Stream(y, 2, np.float32)
+
+    def float_requant(self, acc, M, z_out, one, path):
+        """int32 accumulators -> uint8 codes by the float rule: Cast, Mul by the float32
+        multiplier M (a scalar, or per output channel shaped to broadcast), Clip, then
+        QuantizeLinear(1, z_out); ``path`` names the nodes and constants."""
+        g = self.g
+        f = g.op("Cast", [acc], path + "/to_float", to=_onnx_elem(np.float32))
+        f = g.op("Mul", [f, g.const(M, path + ".multiplier")], path + "/requant")
+        # clamped to [-z, 255 - z] before rounding, as round_saturate does: the same
+        # codes, and no runtime has to convert a float beyond int32 (onnx's reference
+        # evaluator does not saturate those)
+        f = g.op("Clip", [f, g.const(np.float32(-z_out), path + ".low"),
+                          g.const(np.float32(255 - z_out), path + ".high")], path + "/saturate")
+        return g.op("QuantizeLinear", [f, one, g.const(np.uint8(z_out), path + ".output_zero_point")],
+                    path + "/round")
 
     def int_weight(self, weight_q):
         """The int8 weight codes as stored in the graph, and their zero point."""
