@@ -169,6 +169,8 @@ class QuantizedLowRankLinear(Module):
     is no backward (fine-tune the float :class:`LowRankLinear`, then convert).
     """
 
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
+
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
         super().__init__()
         self.in_features = check_int(in_features, "in_features", min_value=1)

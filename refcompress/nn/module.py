@@ -134,6 +134,10 @@ class Module:
     JSON-serialisable constructor keyword arguments (see :mod:`refcompress.nn.spec`).
     """
 
+    #: The one floating dtype this layer computes in, or None when :meth:`to` may cast it.
+    #: Deployment layers (integer and sparse kernels, float32 scales) set ``np.float32``.
+    fixed_float_dtype = None
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -384,10 +388,23 @@ class Module:
             p.grad = None
 
     def to(self, dtype) -> "Module":
-        """Cast floating parameters (and their grads) and floating buffers to ``dtype``."""
+        """Cast floating parameters (and their grads) and floating buffers to ``dtype``.
+
+        A layer whose ``fixed_float_dtype`` is set (the deployment forms: quantized,
+        weight-only, dynamic, sparse, N:M and int8 factored layers, whose kernels and stored
+        scales are float32) computes in that dtype only: casting a model that holds one to
+        another dtype raises DTypeError naming the layer, and nothing is cast.
+        """
         dt = np.dtype(dtype)
         if dt.kind != "f":
             raise DTypeError(f"dtype: expected a floating dtype, got {dt.name}")
+        for name, m in self.named_modules():
+            fixed = m.fixed_float_dtype
+            if fixed is not None and dt != fixed:
+                where = f"{name!r} ({type(m).__name__})" if name else type(m).__name__
+                raise DTypeError(f"dtype: {where} computes in {np.dtype(fixed).name} only (its kernels and "
+                                 f"stored scales are {np.dtype(fixed).name}), got {dt.name}; nothing was cast. "
+                                 f"Cast the float model before converting it")
         for m in self.modules():
             for p in m._parameters.values():
                 p.data = p.data.astype(dt)

@@ -144,6 +144,8 @@ class _DeepCompressed:
     """The coded streams as buffers (their sizes in the config, so a loader can allocate
     them) and the decoded weight, cached until the buffers are replaced."""
 
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
+
     def _init_streams(self, shape, index_bits, value_bits, index_bytes, value_bytes):
         self.weight_shape = tuple(int(v) for v in shape)
         self.index_bits, self.value_bits = int(index_bits), int(value_bits)

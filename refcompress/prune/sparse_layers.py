@@ -99,6 +99,8 @@ class SparseLinear(Module):
     buffers ``indptr`` [out + 1] and ``indices`` [nnz].
     """
 
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
+
     def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True,
                  index_dtype: str | None = None, indptr_dtype: str = "int32"):
         super().__init__()
@@ -236,6 +238,8 @@ class NMLinear(Module):
     with ``from_dense(..., input_perm=pi)`` (or ``permuted=True`` and a loaded state dict);
     ``input_perm`` is checked to be a permutation whenever the array is replaced.
     """
+
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
 
     def __init__(self, in_features: int, out_features: int, n: int = 2, m: int = 4, bias: bool = True,
                  permuted: bool = False):

@@ -77,6 +77,8 @@ class QuantizeStub(Module):
     """float32 -> uint8 codes with the model input's qparams (ONNX QuantizeLinear), in
     [0, 2^bits - 1] (bits < 8: sub-byte activations held in uint8)."""
 
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
+
     def __init__(self, bits: int = 8):
         super().__init__()
         self.bits = int(bits)
@@ -95,6 +97,8 @@ class QuantizeStub(Module):
 class DequantizeStub(Module):
     """uint8 codes -> float32 (ONNX DequantizeLinear)."""
 
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
+
     def __init__(self):
         super().__init__()
         self.register_buffer("scale", np.ones(1, np.float32))
@@ -106,6 +110,8 @@ class DequantizeStub(Module):
 
 class _QuantizedLayer(Module):
     """Shared state of QuantizedLinear / QuantizedConv2d (buffers shaped by the config)."""
+
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
 
     def _init_state(self, out_channels, weight_shape, bias, rule, relu, act_bits, per_channel):
         self.rule = check_choice(rule, "rule", RULES)
@@ -282,6 +288,8 @@ class _WeightOnly(Module):
     the quantization error, because Q is orthogonal.  ``input_signs`` (int8 +-1 [in], random
     from seed 0 unless set) is a buffer, saved with the layer.
     """
+
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
 
     def _init_state(self, weight_shape, bias, bits, group_size, n_inputs=None, input_scale=False,
                     symmetric=True):
@@ -548,6 +556,8 @@ class DynamicQuantizedLinear(Module):
     """float [N, in] -> float [N, out]; each batch's activations are quantized at run time
     (affine uint8 from the batch's min / max), multiplied exactly with int8 weights by
     qgemm, and dequantized with s_a s_w in the epilogue; the float bias is added after."""
+
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()

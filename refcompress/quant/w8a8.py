@@ -60,6 +60,8 @@ class W8A8Linear(Module):
     Build one with :meth:`from_float`.  Inference only (``backward`` refuses).
     """
 
+    fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "static"):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
