@@ -52,21 +52,34 @@ def weight_norm_importance(weight, p: int = 1) -> np.ndarray:
 
 
 class _Tap(Module):
-    """Wraps a consumer layer: records its input a on forward and dL/da on backward."""
+    """Wraps a consumer layer: records its input a on forward and dL/da on backward, each
+    as [N, channels, P].
 
-    def __init__(self, inner: Module, channels: int):
+    channels_last : the producer is a Linear, whose outputs are the last axis of its
+                    [N, ..., F] result (also after Flatten: index p * F + c); a Conv2d's
+                    are axis 1 of [N, C, H, W] (after Flatten: index c * P + p).
+    """
+
+    def __init__(self, inner: Module, channels: int, channels_last: bool):
         super().__init__()
         self.inner = inner
         self.channels = channels
+        self.channels_last = channels_last
         self.acts, self.grads = [], []
 
+    def _split(self, x):
+        x = np.asarray(x)
+        if self.channels_last:
+            return x.reshape(len(x), -1, self.channels).transpose(0, 2, 1)
+        return x.reshape(len(x), self.channels, -1)
+
     def forward(self, x):
-        self.acts.append(np.asarray(x).reshape(len(x), self.channels, -1))
+        self.acts.append(self._split(x))
         return self.inner(x)
 
     def backward(self, grad_out):
         g = self.inner.backward(grad_out)
-        self.grads.append(np.asarray(g).reshape(len(g), self.channels, -1))
+        self.grads.append(self._split(g))
         return g
 
 
@@ -109,9 +122,10 @@ def channel_importance(model: Module, criterion: str = "l1", X=None, y=None, *, 
     taps = {}
     for lk in links:
         n = model.get_submodule(lk.producer)
+        linear = isinstance(n, Linear)
         taps[lk.consumer] = (model.get_submodule(lk.consumer),
                              _Tap(model.get_submodule(lk.consumer),
-                                  n.out_features if isinstance(n, Linear) else n.out_channels))
+                                  n.out_features if linear else n.out_channels, linear))
     was_training = model.training
     saved = model.state_dict() if criterion == "taylor" else None
     for name, (_, tap) in taps.items():

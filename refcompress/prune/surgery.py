@@ -9,10 +9,16 @@ Linear or Conv2d (groups = 1).  Keeping output indices K of P means
     P.weight <- P.weight[K],  P.bias <- P.bias[K]                      (rows / filters)
     BN.{weight, bias, running_mean, running_var} <- [K]
     C.weight <- C.weight[:, K]                                          (Conv2d / Linear)
-    C.weight <- C.weight[:, cols(K)],  cols(K) = {k * S + s : k in K, s < S}
-                                                 (through Flatten; S = C.in_features / |P|)
+    C.weight <- C.weight[:, cols(K)]                                    (through Flatten;
+                                                          S = C.in_features / n_out(P))
+        cols(K) = {k * S + s : k in K, s < S}   for a Conv2d P, in that order
+        cols(K) = {s * n_out(P) + k : s < S, k in K}   for a Linear P, in that order
 
-because Flatten lays channel k's S = H*W values out contiguously (row-major NCHW).  The
+because Flatten lays channel k's S = H*W values out contiguously (row-major NCHW), while a
+Linear's outputs are the last axis of its [N, ..., n_out] result (a Linear applied to
+[N, T, F] inputs puts output k of position t at t * n_out + k; S = 1 for 2-D inputs,
+where both rules agree).  Likewise the importance criteria read a Linear's activations
+channels last.  The
 model computes exactly the same function on the kept channels, and the removed channels'
 contribution to C is dropped — which is what the importance criteria estimate as small.
 The result is an ordinary dense model: fewer parameters, fewer MACs, faster.
@@ -201,7 +207,11 @@ def prune_outputs(model: Module, layer: str, keep) -> Module:
     c = model.get_submodule(link.consumer)
     if link.flatten:
         s = c.in_features // n
-        cols = (keep[:, None] * s + np.arange(s)[None, :]).reshape(-1)
+        if isinstance(p, Linear):
+            # channels last: Flatten puts output k of position s at s * n + k
+            cols = (np.arange(s)[:, None] * n + keep[None, :]).reshape(-1)
+        else:
+            cols = (keep[:, None] * s + np.arange(s)[None, :]).reshape(-1)
     else:
         cols = keep
     model.set_submodule(layer, _rebuild(p, rows=keep))

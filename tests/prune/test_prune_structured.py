@@ -204,3 +204,37 @@ def test_masked_layer_keeps_a_sliced_mask_through_surgery():
     P.prune_outputs(m, "0", np.array([1, 3, 4]))
     np.testing.assert_array_equal(P.get_mask(m[3]), mask[[0, 2]][:, [1, 3, 4]])
     assert np.all(m[3].weight.data[~P.get_mask(m[3])] == 0)
+
+
+def _token_mlp(seed=0):
+    # a Linear applied per token to [N, T, F] inputs, flattened into a classifier
+    rng = np.random.default_rng(seed)
+    return nn.Sequential(nn.Linear(4, 6, rng=rng), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(3 * 6, 2, rng=rng)).eval()
+
+
+def test_surgery_on_a_linear_with_leading_dims_is_channels_last():
+    m = _token_mlp()
+    ref = copy.deepcopy(m)
+    X = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
+    keep = np.array([0, 2, 3, 5])
+    P.prune_outputs(m, "0", keep)
+    # the original with the removed neurons' outputs zeroed at every token
+    h = ref[1](ref[0](X))
+    h[..., np.setdiff1d(np.arange(6), keep)] = 0
+    np.testing.assert_allclose(m(X), ref[3](ref[2](h)), rtol=1e-5, atol=1e-6)
+    assert m[0].weight.shape == (4, 4) and m[3].weight.shape == (2, 12)
+
+
+def test_activation_importance_of_a_linear_with_leading_dims():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    m = nn.Sequential(nn.Linear(4, 6, rng=rng), nn.ReLU(), nn.Linear(6, 2, rng=rng))
+    a = np.abs(m[1](m[0](X))).astype(np.float64)  # [N, T, 6]
+    want = a.mean(axis=(0, 1))
+    np.testing.assert_allclose(P.channel_importance(m, "mean_abs", X)["0"], want, rtol=1e-6)
+    # through Flatten the same activations are read interleaved (token-major)
+    f = _token_mlp(3)
+    a = np.abs(f[1](f[0](X))).astype(np.float64)
+    np.testing.assert_allclose(P.channel_importance(f, "mean_abs", X)["0"], a.mean(axis=(0, 1)),
+                               rtol=1e-6)
