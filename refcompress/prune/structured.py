@@ -12,6 +12,7 @@ Linear) on a data sample of N inputs, and g = dL/da:
                        (Hu et al. 2016, "Network Trimming": a neuron that is mostly zero
                        after ReLU carries little; high APoZ is pruned first);
 * ``"taylor"``         (1 / N) sum_n | (1 / P) sum_p a_{n,c,p} g_{n,c,p} |
+                       with L the mean loss over all N samples (whatever ``batch_size``)
                        (Molchanov et al. 2017, "Pruning Convolutional Neural Networks for
                        Resource Efficient Inference": the first-order Taylor estimate of the
                        loss change when the channel is set to zero; Molchanov et al. 2019
@@ -134,9 +135,13 @@ def channel_importance(model: Module, criterion: str = "l1", X=None, y=None, *, 
         if criterion == "taylor":
             model.train()
             for s in range(0, len(X), batch_size):
-                out = model(X[s : s + batch_size])
+                xb = X[s : s + batch_size]
+                out = model(xb)
                 _, grad = loss(out, y[s : s + batch_size])
-                model.backward(grad)
+                # The loss is a batch mean (its gradient carries 1 / len(batch)); rescaled,
+                # g is the gradient of the mean loss over all N samples, so the scores do
+                # not depend on batch_size (a short last batch is not over-weighted).
+                model.backward(grad * (len(xb) / len(X)))
         else:
             model.eval()
             for s in range(0, len(X), batch_size):

@@ -130,7 +130,8 @@ def test_activation_criteria_match_their_definitions():
     np.testing.assert_allclose(imp["0"], np.abs(a).mean(axis=0), rtol=1e-6)
     imp = P.channel_importance(m, "apoz", X, batch_size=16)
     np.testing.assert_allclose(imp["0"], 1 - (a == 0).mean(axis=0))
-    # Taylor: |a * dL/da| with L the mean cross-entropy; per batch of 8, g = (p - onehot)/8 W2
+    # Taylor: |a * dL/da| with L the mean cross-entropy over all 40 samples (computed in
+    # batches of 8): g = (p - onehot)/40 W2
     imp = P.channel_importance(m, "taylor", X, y, batch_size=8)
     W2, b2 = m[2].weight.data.astype(np.float64), m[2].bias.data.astype(np.float64)
     terms = []
@@ -139,7 +140,7 @@ def test_activation_criteria_match_their_definitions():
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         p[np.arange(8), y[s:s + 8]] -= 1
-        terms.append(np.abs(a[s:s + 8] * ((p / 8) @ W2)))
+        terms.append(np.abs(a[s:s + 8] * ((p / 40) @ W2)))
     np.testing.assert_allclose(imp["0"], np.concatenate(terms).mean(axis=0), rtol=1e-4, atol=1e-9)
     assert np.all(imp["0"] >= 0) and np.any(imp["0"] > 0)
 
@@ -238,3 +239,15 @@ def test_activation_importance_of_a_linear_with_leading_dims():
     a = np.abs(f[1](f[0](X))).astype(np.float64)
     np.testing.assert_allclose(P.channel_importance(f, "mean_abs", X)["0"], a.mean(axis=(0, 1)),
                                rtol=1e-6)
+
+
+def test_taylor_scores_do_not_depend_on_batch_size():
+    # N = 130: batch sizes 65 and 10 divide it, 128 leaves a last batch of 2
+    rng = np.random.default_rng(0)
+    m = nn.Sequential(nn.Linear(6, 8, rng=rng), nn.ReLU(), nn.Linear(8, 3, rng=rng))
+    X = rng.standard_normal((130, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 130)
+    want = P.channel_importance(m, "taylor", X, y, batch_size=130)["0"]
+    for bs in (65, 10, 128):
+        got = P.channel_importance(m, "taylor", X, y, batch_size=bs)["0"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9, err_msg=f"batch_size={bs}")
