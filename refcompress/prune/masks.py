@@ -8,6 +8,9 @@ mask is a boolean array of the parameter's shape, True = kept.  :func:`apply_mas
   weight receives no update and optimizer state (momentum, Adam moments) sees zeros,
 * re-applies the mask after every update: W <- W * M   (a post-step hook), which undoes
   what decoupled weight decay or momentum built up before the weight was pruned.
+  ``Module.load_state_dict`` runs the same hook after a load, so loading a dense (or
+  earlier, less sparse) state dict — e.g. ``nn.fit(..., restore_best=True)`` restoring an
+  epoch before a schedule raised the sparsity — keeps the pruned weights zero.
 
 The mask lives with the layer (``layer._prune_masks[name]``, with its hook handles), is
 replaced in place when a schedule raises the sparsity (the hooks read the current mask), and

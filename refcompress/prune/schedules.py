@@ -247,13 +247,15 @@ def iterative_prune(model: Module, fine_tune, evaluate, *, sparsities=None, qual
         result.history.append(rec)
         if max_drop is not None and base - acc > max_drop:
             rec["kept"] = False
-            model.load_state_dict(saved_state)
+            # Masks first: load_state_dict re-applies the attached masks, and this round's
+            # would zero weights the restored state still has.
             for n, m in saved_masks.items():
                 layer = model.get_submodule(n)
                 if m is None:
                     remove_mask(layer)
                 else:
                     apply_masks(model, {n: m})
+            model.load_state_dict(saved_state)
             result.stopped_by = "budget"
             break
     return result

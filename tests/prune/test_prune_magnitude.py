@@ -162,3 +162,15 @@ def test_emptying_a_layer_warns():
     with pytest.warns(RuntimeWarning, match="loses all of its weights"):
         P.magnitude_prune(m, amount={"2": 1.0})
     assert np.all(m[2].weight.data == 0)
+
+
+def test_loading_a_dense_state_dict_keeps_masked_weights_zero():
+    m = mlp()
+    dense = m.state_dict()
+    P.magnitude_prune(m, amount=0.5)
+    mask = P.get_mask(m[0]).copy()
+    m.load_state_dict(dense)  # a load is an update: the post-step hook re-applies the mask
+    assert np.all(m[0].weight.data[~mask] == 0)
+    np.testing.assert_array_equal(m[0].weight.data[mask], dense["0.weight"][mask])
+    np.testing.assert_array_equal(m[0].bias.data, dense["0.bias"])  # unmasked: loaded as is
+    assert np.array_equal(P.get_mask(m[0]), mask)
