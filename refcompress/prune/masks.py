@@ -163,6 +163,33 @@ def prunable_layers(model: Module, layers=None, types=(Linear, Conv2d)) -> list:
     return out
 
 
+def check_untied(model: Module, action: str, types=None) -> None:
+    """Raise ArgumentError if one module holding parameters or buffers (a Linear, Conv2d,
+    BatchNorm, ...) appears at two places of ``model`` (a layer used twice: weight tying);
+    ``types`` limits the check to those classes.  Parameter-free modules (a ReLU instance
+    reused) are fine.  ``action`` names what cannot be done to such a model."""
+    # Module.named_modules() lists a shared module once, so the tree is walked here.
+    seen = {}
+
+    def walk(m, prefix, path):
+        for name, child in m._modules.items():
+            if child is None or id(child) in path:
+                continue
+            full = f"{prefix}.{name}" if prefix else name
+            stateful = any(v is not None for v in child._parameters.values()) or \
+                any(v is not None for v in child._buffers.values())
+            if stateful and (types is None or isinstance(child, types)):
+                if id(child) in seen:
+                    raise ArgumentError(
+                        f"model: {seen[id(child)]!r} and {full!r} are the same "
+                        f"{type(child).__name__} (a layer used twice); {action} would change "
+                        f"one use and not the other — untie them first (a separate copy each)")
+                seen[id(child)] = full
+            walk(child, full, path | {id(child)})
+
+    walk(model, "", {id(model)})
+
+
 def sparsity(array) -> float:
     """Fraction of exact zeros in ``array`` (a weight, or a mask where False = pruned)."""
     a = np.asarray(array)

@@ -36,7 +36,7 @@ from ..nn.layers import Linear
 from ..nn.module import Module, Parameter
 from ..nn.spec import register_module
 from .magnitude import check_amount
-from .masks import prunable_layers, remove_mask
+from .masks import check_untied, prunable_layers, remove_mask
 from .nm import check_nm, check_perm
 
 __all__ = ["SparseLinear", "NMLinear", "to_sparse", "to_nm", "to_dense", "csr_stored_bytes",
@@ -369,6 +369,8 @@ def _convert(model, layers, build):
         raise ArgumentError("model: convert a Linear directly with SparseLinear.from_linear / "
                             "NMLinear.from_linear (there is no parent to put it in)")
     named = prunable_layers(model, layers, types=(Linear,))
+    # a Linear used twice would be replaced at one place only, and lose its mask at both
+    check_untied(model, "converting it", types=(Linear,))
     new = {name: build(name, layer) for name, layer in named}  # build all before changing any
     for name, layer in named:
         if new[name] is not None:
@@ -383,7 +385,8 @@ def to_sparse(model: Module, *, layers=None, min_sparsity: float = 0.0) -> Modul
     layers       : names (default every Linear);
     min_sparsity : skip layers with a smaller fraction of zero weights (dense is cheaper
                    for dense-ish layers: docs/sparse_kernels.md has the break-even).
-    Masks are removed (the zeros are what CSR drops).  Returns ``model``.
+    Masks are removed (the zeros are what CSR drops).  Returns ``model``.  A Linear used at
+    two places of the model is refused (ArgumentError naming both), before anything changes.
     """
     min_s = check_amount(min_sparsity, "min_sparsity")
 
@@ -401,7 +404,8 @@ def to_sparse(model: Module, *, layers=None, min_sparsity: float = 0.0) -> Modul
 def to_nm(model: Module, n: int = 2, m: int = 4, *, layers=None) -> Module:
     """Replace N:M-pruned Linear layers of ``model`` by :class:`NMLinear`, in place.
 
-    A layer that violates the pattern is an error naming it (prune with ``nm_prune``)."""
+    A layer that violates the pattern is an error naming it (prune with ``nm_prune``); a
+    Linear used at two places of the model is refused, naming both."""
     n, m = check_nm(n, m)
 
     def build(name, layer):

@@ -37,7 +37,7 @@ from ..nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU
 from ..nn.module import Module, Parameter
 from ..nn.norm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from ..nn.pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
-from .masks import apply_mask, get_mask, remove_mask
+from .masks import apply_mask, check_untied, get_mask, remove_mask
 
 __all__ = ["Link", "leaf_chain", "find_link", "prunable_links", "prune_outputs"]
 
@@ -55,12 +55,16 @@ class Link:
 
 
 def leaf_chain(model: Module) -> list:
-    """[(dotted name, module)] of the chain's leaves, nested Sequentials flattened."""
+    """[(dotted name, module)] of the chain's leaves, nested Sequentials flattened.
+
+    A layer with parameters or buffers used at two places is refused (surgery would
+    rebuild one use and not the other)."""
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a Module, got {type(model).__name__}")
     if not isinstance(model, Sequential):
         raise ArgumentError(
             f"model: structured surgery needs a Sequential chain, got {type(model).__name__}")
+    check_untied(model, "structured pruning")
     out = []
 
     def walk(seq, prefix):

@@ -251,3 +251,32 @@ def test_taylor_scores_do_not_depend_on_batch_size():
     for bs in (65, 10, 128):
         got = P.channel_importance(m, "taylor", X, y, batch_size=bs)["0"]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9, err_msg=f"batch_size={bs}")
+
+
+def _tied_model():
+    rng = np.random.default_rng(0)
+    A = nn.Linear(8, 8, rng=rng)  # used at "2" and "4"
+    relu = nn.ReLU()  # a parameter-free module reused: allowed
+    return nn.Sequential(nn.Linear(4, 8, rng=rng), relu, A, relu, A, relu, nn.Linear(8, 3, rng=rng))
+
+
+def test_a_layer_used_twice_is_refused_before_any_change():
+    m = _tied_model()
+    P.magnitude_prune(m, amount=0.5)
+    before = m.state_dict()
+    for call in (lambda: P.structured_prune(m, {"0": 0.25}, "l1"),
+                 lambda: P.prune_outputs(m, "0", [0, 1, 2]),
+                 lambda: P.channel_importance(m, "l1")):
+        with pytest.raises(ArgumentError, match=r"model: '2' and '4' are the same Linear.*untie"):
+            call()
+    assert m[2] is m[4] and P.get_mask(m[4]) is not None
+    assert all(np.array_equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_a_reused_relu_is_allowed():
+    rng = np.random.default_rng(0)
+    relu = nn.ReLU()
+    m = nn.Sequential(nn.Linear(4, 8, rng=rng), relu, nn.Linear(8, 8, rng=rng), relu,
+                      nn.Linear(8, 3, rng=rng))
+    kept = P.structured_prune(m, 0.25, "l1")
+    assert [len(k) for k in kept.values()] == [6, 6] and m[2].weight.shape == (6, 6)
