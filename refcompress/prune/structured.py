@@ -35,7 +35,7 @@ from ..errors import ArgumentError, DTypeError
 from ..nn.layers import Linear
 from ..nn.losses import cross_entropy
 from ..nn.module import Module
-from .magnitude import check_amount
+from .magnitude import check_amount, n_pruned
 from .surgery import find_link, prunable_links, prune_outputs
 
 __all__ = ["CRITERIA", "weight_norm_importance", "channel_importance", "select_outputs",
@@ -174,7 +174,7 @@ def select_outputs(importance, amount: float, name: str = "layer") -> np.ndarray
     s = check_array(importance, "importance", ndim=1, finite=True)
     amount = check_amount(amount)
     n = s.size
-    k = n - int(np.rint(amount * n))
+    k = n - n_pruned(amount, n)
     if k < 1:
         warnings.warn(f"amount: pruning {amount} of the {n} outputs of {name} would remove all "
                       f"of them; keeping the most important one", RuntimeWarning, stacklevel=3)
