@@ -50,6 +50,17 @@ def check_amount(amount, name: str = "amount") -> float:
     return check_float(amount, name, min_value=0.0, max_value=1.0)
 
 
+# Slack on an accuracy-drop budget: 0.97 - 0.96 is 0.010000000000000009 in floats, and a
+# drop equal to the budget is within it.  Far below any accuracy difference that matters.
+BUDGET_TOLERANCE = 1e-9
+
+
+def over_budget(baseline: float, accuracy: float, max_drop: float) -> bool:
+    """baseline - accuracy > max_drop + BUDGET_TOLERANCE (a drop equal to ``max_drop``, up
+    to float error, is within budget)."""
+    return baseline - accuracy > max_drop + BUDGET_TOLERANCE
+
+
 def magnitude_scores(weight) -> np.ndarray:
     """s = |W| (same shape as ``weight``, float)."""
     w = check_array(weight, "weight", dtypes=FLOAT_DTYPES, finite=True)

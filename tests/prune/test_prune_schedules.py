@@ -148,3 +148,11 @@ def test_fit_restoring_an_earlier_epoch_keeps_the_current_masks():
     assert hist.stopped_early or hist.best_epoch < len(hist.val_acc) - 1  # a stale restore
     for _, layer in P.masked_layers(m):
         assert np.all(layer.weight.data[~P.get_mask(layer)] == 0)
+
+
+def test_a_round_dropping_exactly_the_budget_is_kept():
+    m = mlp()
+    res = P.iterative_prune(m, lambda model, r: None, lambda model: 0.96, sparsities=[0.5],
+                            max_drop=0.01, baseline=0.97)  # drop 0.97 - 0.96 == 0.01
+    assert res.stopped_by == "schedule" and res.history[0]["kept"]
+    assert P.model_sparsity(m) == pytest.approx(0.5, abs=0.01)
