@@ -364,6 +364,14 @@ class NMLinear(Module):
                 "permuted": self.input_perm is not None}
 
 
+def _float32_weight(name, layer):
+    # the sparse kernels are float32; refused here so that the error names the layer
+    w = layer.weight.data
+    if w.dtype != np.float32:
+        raise DTypeError(f"layers: {name!r} has {w.dtype.name} weights, expected float32")
+    return w
+
+
 def _convert(model, layers, build):
     if isinstance(model, Linear):
         raise ArgumentError("model: convert a Linear directly with SparseLinear.from_linear / "
@@ -391,9 +399,7 @@ def to_sparse(model: Module, *, layers=None, min_sparsity: float = 0.0) -> Modul
     min_s = check_amount(min_sparsity, "min_sparsity")
 
     def build(name, layer):
-        w = layer.weight.data
-        if w.dtype != np.float32:
-            raise DTypeError(f"layers: {name!r} has {w.dtype.name} weights, expected float32")
+        w = _float32_weight(name, layer)
         if np.count_nonzero(w == 0) / w.size < min_s:
             return None
         return SparseLinear.from_linear(layer)
@@ -409,7 +415,7 @@ def to_nm(model: Module, n: int = 2, m: int = 4, *, layers=None) -> Module:
     n, m = check_nm(n, m)
 
     def build(name, layer):
-        w = layer.weight.data
+        w = _float32_weight(name, layer)
         if w.shape[1] % m:
             raise ShapeError(f"layers: {name!r} has {w.shape[1]} inputs, not divisible by m = {m}")
         try:

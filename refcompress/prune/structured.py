@@ -113,6 +113,8 @@ def channel_importance(model: Module, criterion: str = "l1", X=None, y=None, *, 
     if X is None:
         raise ArgumentError(f"X: criterion {criterion!r} needs a data sample, got None")
     X = check_array(X, "X", min_ndim=2)
+    if len(X) == 0:
+        raise ArgumentError(f"X: criterion {criterion!r} needs at least one sample, got shape {X.shape}")
     if criterion == "taylor":
         if y is None:
             raise ArgumentError("y: criterion 'taylor' needs targets for the loss gradient, got None")

@@ -200,11 +200,12 @@ def prune_outputs(model: Module, layer: str, keep) -> Module:
     p = model.get_submodule(layer)
     n = _n_out(p)
     keep = check_array(keep, "keep", ndim=1)
-    if keep.dtype.kind not in "iu":
-        raise DTypeError(f"keep: expected integer indices, got dtype {keep.dtype.name}")
+    # emptiness first: an empty list becomes a float64 array, and "at least one" is the point
     if keep.size == 0:
         raise ArgumentError(f"keep: expected at least one of the {n} outputs of {layer!r}; "
                             f"removing all of them would cut the network")
+    if keep.dtype.kind not in "iu":
+        raise DTypeError(f"keep: expected integer indices, got dtype {keep.dtype.name}")
     keep = np.sort(keep.astype(np.int64))
     if keep[0] < 0 or keep[-1] >= n or np.any(np.diff(keep) == 0):
         raise ArgumentError(f"keep: expected unique indices in [0, {n}), got {keep.tolist()}")

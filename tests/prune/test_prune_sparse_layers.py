@@ -356,3 +356,11 @@ def test_converting_a_layer_used_twice_is_refused_before_any_change(convert):
         convert(m)
     assert all(type(l) in (nn.Linear, nn.ReLU) for l in m)  # nothing converted
     assert m[2] is m[4] and P.get_mask(m[4]) is not None
+
+
+@pytest.mark.parametrize("convert", [lambda m: P.to_sparse(m), lambda m: P.to_nm(m, 2, 4)])
+def test_a_float64_layer_is_refused_by_name(convert):
+    m = nn.Sequential(nn.Linear(4, 2, rng=np.random.default_rng(0))).to(np.float64)
+    with pytest.raises(DTypeError, match=r"^layers: '0' has float64 weights, expected float32"):
+        convert(m)
+    assert type(m[0]) is nn.Linear

@@ -280,3 +280,16 @@ def test_a_reused_relu_is_allowed():
                       nn.Linear(8, 3, rng=rng))
     kept = P.structured_prune(m, 0.25, "l1")
     assert [len(k) for k in kept.values()] == [6, 6] and m[2].weight.shape == (6, 6)
+
+
+def test_empty_sample_and_empty_keep_are_refused_by_name():
+    m = _mlp_with_known_activations()
+    X0 = np.zeros((0, 4), np.float32)
+    for call in (lambda: P.structured_prune(m, 0.5, "mean_abs", X0),
+                 lambda: P.channel_importance(m, "apoz", X0),
+                 lambda: P.channel_importance(m, "taylor", X0, np.zeros(0, np.int64))):
+        with pytest.raises(ArgumentError, match=r"^X: .*at least one sample"):
+            call()
+    with pytest.raises(ArgumentError, match=r"^keep: expected at least one"):
+        P.prune_outputs(m, "0", [])
+    assert m[0].weight.shape == (5, 4)
