@@ -340,6 +340,10 @@ class Module:
         float32 model is an error, call ``to`` first).  With ``strict`` missing and
         unexpected keys are errors; otherwise they are returned.  Nothing is written
         unless every key checks out.
+
+        Each loaded Parameter's post-step hooks then run (once per Parameter), as after an
+        optimizer step: a load updates the parameter like a step does, so constraints kept
+        by such hooks (e.g. pruning masks, W <- W * M) hold for the loaded values too.
         """
         if not hasattr(state_dict, "items"):
             raise DTypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
@@ -367,11 +371,17 @@ class Module:
                 raise DTypeError(
                     f"state_dict[{key!r}]: expected dtype {cur.dtype.name}, got {new.dtype.name}")
             updates.append((m, reg, name, new))
+        loaded = {}
         for m, reg, name, new in updates:
             if reg == "_parameters":
                 m._parameters[name].data = np.array(new, copy=True, order="C")
+                loaded[id(m._parameters[name])] = m._parameters[name]
             else:
                 m._buffers[name] = np.array(new, copy=True, order="C")
+        # After every value is in place: a hook may read other state of its module (a
+        # pruning mask zeroes weights of a checkpoint saved before the mask was raised).
+        for p in loaded.values():
+            p.run_post_step_hooks()
         return IncompatibleKeys(missing, unexpected)
 
     def train(self, mode: bool = True) -> "Module":

@@ -8,6 +8,9 @@ mask is a boolean array of the parameter's shape, True = kept.  :func:`apply_mas
   weight receives no update and optimizer state (momentum, Adam moments) sees zeros,
 * re-applies the mask after every update: W <- W * M   (a post-step hook), which undoes
   what decoupled weight decay or momentum built up before the weight was pruned.
+  ``Module.load_state_dict`` runs the same hook after a load, so loading a dense (or
+  earlier, less sparse) state dict — e.g. ``nn.fit(..., restore_best=True)`` restoring an
+  epoch before a schedule raised the sparsity — keeps the pruned weights zero.
 
 The mask lives with the layer (``layer._prune_masks[name]``, with its hook handles), is
 replaced in place when a schedule raises the sparsity (the hooks read the current mask), and
@@ -158,6 +161,33 @@ def prunable_layers(model: Module, layers=None, types=(Linear, Conv2d)) -> list:
     if not out:
         raise ArgumentError("layers: expected at least one layer name, got none")
     return out
+
+
+def check_untied(model: Module, action: str, types=None) -> None:
+    """Raise ArgumentError if one module holding parameters or buffers (a Linear, Conv2d,
+    BatchNorm, ...) appears at two places of ``model`` (a layer used twice: weight tying);
+    ``types`` limits the check to those classes.  Parameter-free modules (a ReLU instance
+    reused) are fine.  ``action`` names what cannot be done to such a model."""
+    # Module.named_modules() lists a shared module once, so the tree is walked here.
+    seen = {}
+
+    def walk(m, prefix, path):
+        for name, child in m._modules.items():
+            if child is None or id(child) in path:
+                continue
+            full = f"{prefix}.{name}" if prefix else name
+            stateful = any(v is not None for v in child._parameters.values()) or \
+                any(v is not None for v in child._buffers.values())
+            if stateful and (types is None or isinstance(child, types)):
+                if id(child) in seen:
+                    raise ArgumentError(
+                        f"model: {seen[id(child)]!r} and {full!r} are the same "
+                        f"{type(child).__name__} (a layer used twice); {action} would change "
+                        f"one use and not the other — untie them first (a separate copy each)")
+                seen[id(child)] = full
+            walk(child, full, path | {id(child)})
+
+    walk(model, "", {id(model)})
 
 
 def sparsity(array) -> float:

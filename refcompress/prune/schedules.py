@@ -34,7 +34,7 @@ from .._validation import check_choice, check_float, check_int
 from ..errors import ArgumentError, DTypeError
 from ..nn.losses import cross_entropy
 from ..nn.module import Module
-from .magnitude import check_amount, global_masks, layer_masks
+from .magnitude import check_amount, global_masks, layer_masks, over_budget
 from .masks import apply_masks, get_mask, model_sparsity, prunable_layers, remove_mask
 
 __all__ = [
@@ -202,8 +202,8 @@ def iterative_prune(model: Module, fine_tune, evaluate, *, sparsities=None, qual
                  ``normalize`` as in :func:`~refcompress.prune.global_masks`);
     qualities  : or Han's increasing quality parameters q_r, threshold q_r * std per layer.
     max_drop   : accuracy-drop budget (same units as ``evaluate``): a round whose accuracy
-                 is below ``baseline - max_drop`` is undone (weights and masks restored) and
-                 the loop stops.
+                 is below ``baseline - max_drop`` (by more than 1e-9, float error) is undone
+                 (weights and masks restored) and the loop stops.
     baseline   : the unpruned accuracy (evaluated when None).
     """
     if not isinstance(model, Module):
@@ -245,15 +245,17 @@ def iterative_prune(model: Module, fine_tune, evaluate, *, sparsities=None, qual
         rec = {"round": r, "target": float(value), "sparsity": model_sparsity(model, names),
                "accuracy": acc, "kept": True}
         result.history.append(rec)
-        if max_drop is not None and base - acc > max_drop:
+        if max_drop is not None and over_budget(base, acc, max_drop):
             rec["kept"] = False
-            model.load_state_dict(saved_state)
+            # Masks first: load_state_dict re-applies the attached masks, and this round's
+            # would zero weights the restored state still has.
             for n, m in saved_masks.items():
                 layer = model.get_submodule(n)
                 if m is None:
                     remove_mask(layer)
                 else:
                     apply_masks(model, {n: m})
+            model.load_state_dict(saved_state)
             result.stopped_by = "budget"
             break
     return result

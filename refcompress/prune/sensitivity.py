@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .._validation import check_choice, check_float
 from ..errors import ArgumentError, DTypeError
 from ..nn.module import Module
-from .magnitude import check_amount, layer_masks
+from .magnitude import check_amount, layer_masks, over_budget
 from .masks import apply_masks, prunable_layers
 from .structured import select_outputs, weight_norm_importance
 from .surgery import find_link, prunable_links, prune_outputs
@@ -70,13 +70,14 @@ class SensitivityResult:
 
     def choose_amounts(self, max_drop: float) -> dict:
         """{layer: the largest amount a such that every measured amount <= a costs at most
-        ``max_drop`` accuracy} (0.0 when even the smallest one costs more)."""
+        ``max_drop`` accuracy (up to 1e-9, float error)} (0.0 when even the smallest one
+        costs more)."""
         max_drop = check_float(max_drop, "max_drop", min_value=0.0)
         out = {}
         for layer, accs in self.accuracy.items():
             best = 0.0
             for a, acc in zip(self.amounts, accs):
-                if self.baseline - acc > max_drop:
+                if over_budget(self.baseline, acc, max_drop):
                     break
                 best = a
             out[layer] = best

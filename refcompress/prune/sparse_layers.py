@@ -36,7 +36,7 @@ from ..nn.layers import Linear
 from ..nn.module import Module, Parameter
 from ..nn.spec import register_module
 from .magnitude import check_amount
-from .masks import prunable_layers, remove_mask
+from .masks import check_untied, prunable_layers, remove_mask
 from .nm import check_nm, check_perm
 
 __all__ = ["SparseLinear", "NMLinear", "to_sparse", "to_nm", "to_dense", "csr_stored_bytes",
@@ -364,11 +364,21 @@ class NMLinear(Module):
                 "permuted": self.input_perm is not None}
 
 
+def _float32_weight(name, layer):
+    # the sparse kernels are float32; refused here so that the error names the layer
+    w = layer.weight.data
+    if w.dtype != np.float32:
+        raise DTypeError(f"layers: {name!r} has {w.dtype.name} weights, expected float32")
+    return w
+
+
 def _convert(model, layers, build):
     if isinstance(model, Linear):
         raise ArgumentError("model: convert a Linear directly with SparseLinear.from_linear / "
                             "NMLinear.from_linear (there is no parent to put it in)")
     named = prunable_layers(model, layers, types=(Linear,))
+    # a Linear used twice would be replaced at one place only, and lose its mask at both
+    check_untied(model, "converting it", types=(Linear,))
     new = {name: build(name, layer) for name, layer in named}  # build all before changing any
     for name, layer in named:
         if new[name] is not None:
@@ -383,14 +393,13 @@ def to_sparse(model: Module, *, layers=None, min_sparsity: float = 0.0) -> Modul
     layers       : names (default every Linear);
     min_sparsity : skip layers with a smaller fraction of zero weights (dense is cheaper
                    for dense-ish layers: docs/sparse_kernels.md has the break-even).
-    Masks are removed (the zeros are what CSR drops).  Returns ``model``.
+    Masks are removed (the zeros are what CSR drops).  Returns ``model``.  A Linear used at
+    two places of the model is refused (ArgumentError naming both), before anything changes.
     """
     min_s = check_amount(min_sparsity, "min_sparsity")
 
     def build(name, layer):
-        w = layer.weight.data
-        if w.dtype != np.float32:
-            raise DTypeError(f"layers: {name!r} has {w.dtype.name} weights, expected float32")
+        w = _float32_weight(name, layer)
         if np.count_nonzero(w == 0) / w.size < min_s:
             return None
         return SparseLinear.from_linear(layer)
@@ -401,11 +410,12 @@ def to_sparse(model: Module, *, layers=None, min_sparsity: float = 0.0) -> Modul
 def to_nm(model: Module, n: int = 2, m: int = 4, *, layers=None) -> Module:
     """Replace N:M-pruned Linear layers of ``model`` by :class:`NMLinear`, in place.
 
-    A layer that violates the pattern is an error naming it (prune with ``nm_prune``)."""
+    A layer that violates the pattern is an error naming it (prune with ``nm_prune``); a
+    Linear used at two places of the model is refused, naming both."""
     n, m = check_nm(n, m)
 
     def build(name, layer):
-        w = layer.weight.data
+        w = _float32_weight(name, layer)
         if w.shape[1] % m:
             raise ShapeError(f"layers: {name!r} has {w.shape[1]} inputs, not divisible by m = {m}")
         try:

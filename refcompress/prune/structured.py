@@ -12,6 +12,7 @@ Linear) on a data sample of N inputs, and g = dL/da:
                        (Hu et al. 2016, "Network Trimming": a neuron that is mostly zero
                        after ReLU carries little; high APoZ is pruned first);
 * ``"taylor"``         (1 / N) sum_n | (1 / P) sum_p a_{n,c,p} g_{n,c,p} |
+                       with L the mean loss over all N samples (whatever ``batch_size``)
                        (Molchanov et al. 2017, "Pruning Convolutional Neural Networks for
                        Resource Efficient Inference": the first-order Taylor estimate of the
                        loss change when the channel is set to zero; Molchanov et al. 2019
@@ -34,7 +35,7 @@ from ..errors import ArgumentError, DTypeError
 from ..nn.layers import Linear
 from ..nn.losses import cross_entropy
 from ..nn.module import Module
-from .magnitude import check_amount
+from .magnitude import check_amount, n_pruned
 from .surgery import find_link, prunable_links, prune_outputs
 
 __all__ = ["CRITERIA", "weight_norm_importance", "channel_importance", "select_outputs",
@@ -52,21 +53,34 @@ def weight_norm_importance(weight, p: int = 1) -> np.ndarray:
 
 
 class _Tap(Module):
-    """Wraps a consumer layer: records its input a on forward and dL/da on backward."""
+    """Wraps a consumer layer: records its input a on forward and dL/da on backward, each
+    as [N, channels, P].
 
-    def __init__(self, inner: Module, channels: int):
+    channels_last : the producer is a Linear, whose outputs are the last axis of its
+                    [N, ..., F] result (also after Flatten: index p * F + c); a Conv2d's
+                    are axis 1 of [N, C, H, W] (after Flatten: index c * P + p).
+    """
+
+    def __init__(self, inner: Module, channels: int, channels_last: bool):
         super().__init__()
         self.inner = inner
         self.channels = channels
+        self.channels_last = channels_last
         self.acts, self.grads = [], []
 
+    def _split(self, x):
+        x = np.asarray(x)
+        if self.channels_last:
+            return x.reshape(len(x), -1, self.channels).transpose(0, 2, 1)
+        return x.reshape(len(x), self.channels, -1)
+
     def forward(self, x):
-        self.acts.append(np.asarray(x).reshape(len(x), self.channels, -1))
+        self.acts.append(self._split(x))
         return self.inner(x)
 
     def backward(self, grad_out):
         g = self.inner.backward(grad_out)
-        self.grads.append(np.asarray(g).reshape(len(g), self.channels, -1))
+        self.grads.append(self._split(g))
         return g
 
 
@@ -99,6 +113,8 @@ def channel_importance(model: Module, criterion: str = "l1", X=None, y=None, *, 
     if X is None:
         raise ArgumentError(f"X: criterion {criterion!r} needs a data sample, got None")
     X = check_array(X, "X", min_ndim=2)
+    if len(X) == 0:
+        raise ArgumentError(f"X: criterion {criterion!r} needs at least one sample, got shape {X.shape}")
     if criterion == "taylor":
         if y is None:
             raise ArgumentError("y: criterion 'taylor' needs targets for the loss gradient, got None")
@@ -109,9 +125,10 @@ def channel_importance(model: Module, criterion: str = "l1", X=None, y=None, *, 
     taps = {}
     for lk in links:
         n = model.get_submodule(lk.producer)
+        linear = isinstance(n, Linear)
         taps[lk.consumer] = (model.get_submodule(lk.consumer),
                              _Tap(model.get_submodule(lk.consumer),
-                                  n.out_features if isinstance(n, Linear) else n.out_channels))
+                                  n.out_features if linear else n.out_channels, linear))
     was_training = model.training
     saved = model.state_dict() if criterion == "taylor" else None
     for name, (_, tap) in taps.items():
@@ -120,9 +137,13 @@ def channel_importance(model: Module, criterion: str = "l1", X=None, y=None, *, 
         if criterion == "taylor":
             model.train()
             for s in range(0, len(X), batch_size):
-                out = model(X[s : s + batch_size])
+                xb = X[s : s + batch_size]
+                out = model(xb)
                 _, grad = loss(out, y[s : s + batch_size])
-                model.backward(grad)
+                # The loss is a batch mean (its gradient carries 1 / len(batch)); rescaled,
+                # g is the gradient of the mean loss over all N samples, so the scores do
+                # not depend on batch_size (a short last batch is not over-weighted).
+                model.backward(grad * (len(xb) / len(X)))
         else:
             model.eval()
             for s in range(0, len(X), batch_size):
@@ -155,7 +176,7 @@ def select_outputs(importance, amount: float, name: str = "layer") -> np.ndarray
     s = check_array(importance, "importance", ndim=1, finite=True)
     amount = check_amount(amount)
     n = s.size
-    k = n - int(np.rint(amount * n))
+    k = n - n_pruned(amount, n)
     if k < 1:
         warnings.warn(f"amount: pruning {amount} of the {n} outputs of {name} would remove all "
                       f"of them; keeping the most important one", RuntimeWarning, stacklevel=3)

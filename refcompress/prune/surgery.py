@@ -9,10 +9,16 @@ Linear or Conv2d (groups = 1).  Keeping output indices K of P means
     P.weight <- P.weight[K],  P.bias <- P.bias[K]                      (rows / filters)
     BN.{weight, bias, running_mean, running_var} <- [K]
     C.weight <- C.weight[:, K]                                          (Conv2d / Linear)
-    C.weight <- C.weight[:, cols(K)],  cols(K) = {k * S + s : k in K, s < S}
-                                                 (through Flatten; S = C.in_features / |P|)
+    C.weight <- C.weight[:, cols(K)]                                    (through Flatten;
+                                                          S = C.in_features / n_out(P))
+        cols(K) = {k * S + s : k in K, s < S}   for a Conv2d P, in that order
+        cols(K) = {s * n_out(P) + k : s < S, k in K}   for a Linear P, in that order
 
-because Flatten lays channel k's S = H*W values out contiguously (row-major NCHW).  The
+because Flatten lays channel k's S = H*W values out contiguously (row-major NCHW), while a
+Linear's outputs are the last axis of its [N, ..., n_out] result (a Linear applied to
+[N, T, F] inputs puts output k of position t at t * n_out + k; S = 1 for 2-D inputs,
+where both rules agree).  Likewise the importance criteria read a Linear's activations
+channels last.  The
 model computes exactly the same function on the kept channels, and the removed channels'
 contribution to C is dropped — which is what the importance criteria estimate as small.
 The result is an ordinary dense model: fewer parameters, fewer MACs, faster.
@@ -31,7 +37,7 @@ from ..nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU
 from ..nn.module import Module, Parameter
 from ..nn.norm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from ..nn.pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
-from .masks import apply_mask, get_mask, remove_mask
+from .masks import apply_mask, check_untied, get_mask, remove_mask
 
 __all__ = ["Link", "leaf_chain", "find_link", "prunable_links", "prune_outputs"]
 
@@ -49,12 +55,16 @@ class Link:
 
 
 def leaf_chain(model: Module) -> list:
-    """[(dotted name, module)] of the chain's leaves, nested Sequentials flattened."""
+    """[(dotted name, module)] of the chain's leaves, nested Sequentials flattened.
+
+    A layer with parameters or buffers used at two places is refused (surgery would
+    rebuild one use and not the other)."""
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a Module, got {type(model).__name__}")
     if not isinstance(model, Sequential):
         raise ArgumentError(
             f"model: structured surgery needs a Sequential chain, got {type(model).__name__}")
+    check_untied(model, "structured pruning")
     out = []
 
     def walk(seq, prefix):
@@ -190,18 +200,23 @@ def prune_outputs(model: Module, layer: str, keep) -> Module:
     p = model.get_submodule(layer)
     n = _n_out(p)
     keep = check_array(keep, "keep", ndim=1)
-    if keep.dtype.kind not in "iu":
-        raise DTypeError(f"keep: expected integer indices, got dtype {keep.dtype.name}")
+    # emptiness first: an empty list becomes a float64 array, and "at least one" is the point
     if keep.size == 0:
         raise ArgumentError(f"keep: expected at least one of the {n} outputs of {layer!r}; "
                             f"removing all of them would cut the network")
+    if keep.dtype.kind not in "iu":
+        raise DTypeError(f"keep: expected integer indices, got dtype {keep.dtype.name}")
     keep = np.sort(keep.astype(np.int64))
     if keep[0] < 0 or keep[-1] >= n or np.any(np.diff(keep) == 0):
         raise ArgumentError(f"keep: expected unique indices in [0, {n}), got {keep.tolist()}")
     c = model.get_submodule(link.consumer)
     if link.flatten:
         s = c.in_features // n
-        cols = (keep[:, None] * s + np.arange(s)[None, :]).reshape(-1)
+        if isinstance(p, Linear):
+            # channels last: Flatten puts output k of position s at s * n + k
+            cols = (np.arange(s)[:, None] * n + keep[None, :]).reshape(-1)
+        else:
+            cols = (keep[:, None] * s + np.arange(s)[None, :]).reshape(-1)
     else:
         cols = keep
     model.set_submodule(layer, _rebuild(p, rows=keep))

@@ -2,6 +2,7 @@
 masks enforced through training (masked gradients and weights via the Parameter hooks)."""
 
 import copy
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def mlp(seed=0):
 def test_mask_by_amount_prunes_exactly_the_k_smallest(size, amount, seed):
     s = np.random.default_rng(seed).integers(0, 5, size).astype(np.float32)  # many ties
     mask = P.mask_by_amount(s, amount)
-    k = int(np.rint(amount * size))
+    k = round(Fraction(repr(amount)) * size)  # half-even of the exact decimal
     assert mask.dtype == bool and mask.shape == s.shape
     assert np.count_nonzero(~mask) == k
     if 0 < k < size:
@@ -162,3 +163,24 @@ def test_emptying_a_layer_warns():
     with pytest.warns(RuntimeWarning, match="loses all of its weights"):
         P.magnitude_prune(m, amount={"2": 1.0})
     assert np.all(m[2].weight.data == 0)
+
+
+def test_loading_a_dense_state_dict_keeps_masked_weights_zero():
+    m = mlp()
+    dense = m.state_dict()
+    P.magnitude_prune(m, amount=0.5)
+    mask = P.get_mask(m[0]).copy()
+    m.load_state_dict(dense)  # a load is an update: the post-step hook re-applies the mask
+    assert np.all(m[0].weight.data[~mask] == 0)
+    np.testing.assert_array_equal(m[0].weight.data[mask], dense["0.weight"][mask])
+    np.testing.assert_array_equal(m[0].bias.data, dense["0.bias"])  # unmasked: loaded as is
+    assert np.array_equal(P.get_mask(m[0]), mask)
+
+
+@pytest.mark.parametrize("amount, size, k", [
+    (0.35, 90, 32), (0.55, 110, 60), (0.07, 150, 10), (0.7, 45, 32),  # x.5: half to even
+    (0.5, 10, 5), (0.25, 6, 2), (0.75, 6, 4), (0.3, 10, 3)])
+def test_count_pruned_is_half_even_of_the_typed_decimal(amount, size, k):
+    # amount * size in floats is 31.499999999999996 for 0.35 * 90 (rounded to 31 before)
+    assert np.count_nonzero(~P.mask_by_amount(np.arange(size, dtype=np.float64), amount)) == k
+    assert len(P.select_outputs(np.arange(size, dtype=np.float64), amount)) == size - k

@@ -133,3 +133,26 @@ def test_iterative_prune_bad_input():
         P.iterative_prune(m, f, f, sparsities=[0.5, 0.2])
     with pytest.raises(ArgumentError, match=r"sparsities\[1\]"):
         P.iterative_prune(m, f, f, sparsities=[0.5, 1.2])
+
+
+def test_fit_restoring_an_earlier_epoch_keeps_the_current_masks():
+    # AGP raises the sparsity every epoch; early stopping restores an epoch saved before the
+    # last raises.  The restored weights must still respect the (final) masks.
+    X, y = _data(0, 128)
+    Xv, yv = _data(1, 64)
+    m = mlp()
+    pruner = P.AGPPruner(m, 0.95, n_steps=12, frequency=4)  # one raise per epoch
+    hist = nn.fit(m, X, y, optimizer=nn.SGD(m.parameters(), lr=0.05, momentum=0.9), epochs=12,
+                  batch_size=32, step_fn=pruner.step_fn(), progress=False,
+                  validation_data=(Xv, yv), patience=2, monitor="val_acc", restore_best=True)
+    assert hist.stopped_early or hist.best_epoch < len(hist.val_acc) - 1  # a stale restore
+    for _, layer in P.masked_layers(m):
+        assert np.all(layer.weight.data[~P.get_mask(layer)] == 0)
+
+
+def test_a_round_dropping_exactly_the_budget_is_kept():
+    m = mlp()
+    res = P.iterative_prune(m, lambda model, r: None, lambda model: 0.96, sparsities=[0.5],
+                            max_drop=0.01, baseline=0.97)  # drop 0.97 - 0.96 == 0.01
+    assert res.stopped_by == "schedule" and res.history[0]["kept"]
+    assert P.model_sparsity(m) == pytest.approx(0.5, abs=0.01)

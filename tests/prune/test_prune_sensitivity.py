@@ -61,3 +61,10 @@ def test_sensitivity_bad_input():
         P.sensitivity_analysis(m, ev, executor=object())
     with pytest.raises(DTypeError, match="evaluate"):
         P.sensitivity_analysis(m, 3)
+
+
+def test_a_drop_equal_to_the_budget_is_within_it():
+    # 0.97 - 0.96 is 0.010000000000000009 in floats
+    fake = P.SensitivityResult(baseline=0.97, amounts=[0.5, 0.75], method="magnitude",
+                               accuracy={"a": [0.96, 0.95]})
+    assert fake.choose_amounts(0.01) == {"a": 0.5}

@@ -343,3 +343,24 @@ def test_layers_pickled_before_they_kept_a_packed_weight_still_run():
         for k in ("_packed", "_packed_training"):
             old.__dict__.pop(k, None)
         np.testing.assert_array_equal(old(x), want)
+
+
+@pytest.mark.parametrize("convert", [lambda m: P.to_sparse(m), lambda m: P.to_nm(m, 2, 4)])
+def test_converting_a_layer_used_twice_is_refused_before_any_change(convert):
+    rng = np.random.default_rng(0)
+    A = nn.Linear(8, 8, rng=rng)
+    relu = nn.ReLU()
+    m = nn.Sequential(nn.Linear(4, 8, rng=rng), relu, A, relu, A, relu, nn.Linear(8, 4, rng=rng))
+    P.nm_prune(m, 2, 4)
+    with pytest.raises(ArgumentError, match=r"model: '2' and '4' are the same Linear.*untie"):
+        convert(m)
+    assert all(type(l) in (nn.Linear, nn.ReLU) for l in m)  # nothing converted
+    assert m[2] is m[4] and P.get_mask(m[4]) is not None
+
+
+@pytest.mark.parametrize("convert", [lambda m: P.to_sparse(m), lambda m: P.to_nm(m, 2, 4)])
+def test_a_float64_layer_is_refused_by_name(convert):
+    m = nn.Sequential(nn.Linear(4, 2, rng=np.random.default_rng(0))).to(np.float64)
+    with pytest.raises(DTypeError, match=r"^layers: '0' has float64 weights, expected float32"):
+        convert(m)
+    assert type(m[0]) is nn.Linear

@@ -130,7 +130,8 @@ def test_activation_criteria_match_their_definitions():
     np.testing.assert_allclose(imp["0"], np.abs(a).mean(axis=0), rtol=1e-6)
     imp = P.channel_importance(m, "apoz", X, batch_size=16)
     np.testing.assert_allclose(imp["0"], 1 - (a == 0).mean(axis=0))
-    # Taylor: |a * dL/da| with L the mean cross-entropy; per batch of 8, g = (p - onehot)/8 W2
+    # Taylor: |a * dL/da| with L the mean cross-entropy over all 40 samples (computed in
+    # batches of 8): g = (p - onehot)/40 W2
     imp = P.channel_importance(m, "taylor", X, y, batch_size=8)
     W2, b2 = m[2].weight.data.astype(np.float64), m[2].bias.data.astype(np.float64)
     terms = []
@@ -139,7 +140,7 @@ def test_activation_criteria_match_their_definitions():
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         p[np.arange(8), y[s:s + 8]] -= 1
-        terms.append(np.abs(a[s:s + 8] * ((p / 8) @ W2)))
+        terms.append(np.abs(a[s:s + 8] * ((p / 40) @ W2)))
     np.testing.assert_allclose(imp["0"], np.concatenate(terms).mean(axis=0), rtol=1e-4, atol=1e-9)
     assert np.all(imp["0"] >= 0) and np.any(imp["0"] > 0)
 
@@ -204,3 +205,91 @@ def test_masked_layer_keeps_a_sliced_mask_through_surgery():
     P.prune_outputs(m, "0", np.array([1, 3, 4]))
     np.testing.assert_array_equal(P.get_mask(m[3]), mask[[0, 2]][:, [1, 3, 4]])
     assert np.all(m[3].weight.data[~P.get_mask(m[3])] == 0)
+
+
+def _token_mlp(seed=0):
+    # a Linear applied per token to [N, T, F] inputs, flattened into a classifier
+    rng = np.random.default_rng(seed)
+    return nn.Sequential(nn.Linear(4, 6, rng=rng), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(3 * 6, 2, rng=rng)).eval()
+
+
+def test_surgery_on_a_linear_with_leading_dims_is_channels_last():
+    m = _token_mlp()
+    ref = copy.deepcopy(m)
+    X = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
+    keep = np.array([0, 2, 3, 5])
+    P.prune_outputs(m, "0", keep)
+    # the original with the removed neurons' outputs zeroed at every token
+    h = ref[1](ref[0](X))
+    h[..., np.setdiff1d(np.arange(6), keep)] = 0
+    np.testing.assert_allclose(m(X), ref[3](ref[2](h)), rtol=1e-5, atol=1e-6)
+    assert m[0].weight.shape == (4, 4) and m[3].weight.shape == (2, 12)
+
+
+def test_activation_importance_of_a_linear_with_leading_dims():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    m = nn.Sequential(nn.Linear(4, 6, rng=rng), nn.ReLU(), nn.Linear(6, 2, rng=rng))
+    a = np.abs(m[1](m[0](X))).astype(np.float64)  # [N, T, 6]
+    want = a.mean(axis=(0, 1))
+    np.testing.assert_allclose(P.channel_importance(m, "mean_abs", X)["0"], want, rtol=1e-6)
+    # through Flatten the same activations are read interleaved (token-major)
+    f = _token_mlp(3)
+    a = np.abs(f[1](f[0](X))).astype(np.float64)
+    np.testing.assert_allclose(P.channel_importance(f, "mean_abs", X)["0"], a.mean(axis=(0, 1)),
+                               rtol=1e-6)
+
+
+def test_taylor_scores_do_not_depend_on_batch_size():
+    # N = 130: batch sizes 65 and 10 divide it, 128 leaves a last batch of 2
+    rng = np.random.default_rng(0)
+    m = nn.Sequential(nn.Linear(6, 8, rng=rng), nn.ReLU(), nn.Linear(8, 3, rng=rng))
+    X = rng.standard_normal((130, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 130)
+    want = P.channel_importance(m, "taylor", X, y, batch_size=130)["0"]
+    for bs in (65, 10, 128):
+        got = P.channel_importance(m, "taylor", X, y, batch_size=bs)["0"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9, err_msg=f"batch_size={bs}")
+
+
+def _tied_model():
+    rng = np.random.default_rng(0)
+    A = nn.Linear(8, 8, rng=rng)  # used at "2" and "4"
+    relu = nn.ReLU()  # a parameter-free module reused: allowed
+    return nn.Sequential(nn.Linear(4, 8, rng=rng), relu, A, relu, A, relu, nn.Linear(8, 3, rng=rng))
+
+
+def test_a_layer_used_twice_is_refused_before_any_change():
+    m = _tied_model()
+    P.magnitude_prune(m, amount=0.5)
+    before = m.state_dict()
+    for call in (lambda: P.structured_prune(m, {"0": 0.25}, "l1"),
+                 lambda: P.prune_outputs(m, "0", [0, 1, 2]),
+                 lambda: P.channel_importance(m, "l1")):
+        with pytest.raises(ArgumentError, match=r"model: '2' and '4' are the same Linear.*untie"):
+            call()
+    assert m[2] is m[4] and P.get_mask(m[4]) is not None
+    assert all(np.array_equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_a_reused_relu_is_allowed():
+    rng = np.random.default_rng(0)
+    relu = nn.ReLU()
+    m = nn.Sequential(nn.Linear(4, 8, rng=rng), relu, nn.Linear(8, 8, rng=rng), relu,
+                      nn.Linear(8, 3, rng=rng))
+    kept = P.structured_prune(m, 0.25, "l1")
+    assert [len(k) for k in kept.values()] == [6, 6] and m[2].weight.shape == (6, 6)
+
+
+def test_empty_sample_and_empty_keep_are_refused_by_name():
+    m = _mlp_with_known_activations()
+    X0 = np.zeros((0, 4), np.float32)
+    for call in (lambda: P.structured_prune(m, 0.5, "mean_abs", X0),
+                 lambda: P.channel_importance(m, "apoz", X0),
+                 lambda: P.channel_importance(m, "taylor", X0, np.zeros(0, np.int64))):
+        with pytest.raises(ArgumentError, match=r"^X: .*at least one sample"):
+            call()
+    with pytest.raises(ArgumentError, match=r"^keep: expected at least one"):
+        P.prune_outputs(m, "0", [])
+    assert m[0].weight.shape == (5, 4)
