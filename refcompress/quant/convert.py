@@ -229,7 +229,8 @@ def quantize_weight_only(model: nn.Sequential, bits: int = 8, *, group_size=None
                          exclude=()) -> nn.Sequential:
     """A copy with Conv2d / Linear weights stored as ``bits``-bit integers (per output
     channel, or per ``group_size`` inputs of each row; symmetric signed codes, or unsigned
-    codes with a zero point per scale when ``symmetric=False``), activations float."""
+    codes with a zero point per scale when ``symmetric=False``, which needs bits <= 8: the
+    zero points are stored as uint8), activations float."""
 
     def make(m):
         cfg = m.get_config()

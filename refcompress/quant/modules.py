@@ -274,8 +274,8 @@ class _WeightOnly(Module):
 
     ``symmetric=True`` (default): signed narrow-range codes, zero point 0,
     w_hat = q s (2^b - 1 levels).  ``symmetric=False``: unsigned affine codes q in
-    [0, 2^b - 1] with one zero point z per scale (a ``weight_zero_point`` uint8 buffer),
-    w_hat = (q - z) s: all 2^b levels, and the grid need not be centred on 0 -- what
+    [0, 2^b - 1] with one zero point z per scale (a ``weight_zero_point`` uint8 buffer, so
+    b <= 8: ``set_weight`` / ``set_quantized`` refuse more), w_hat = (q - z) s: all 2^b levels, and the grid need not be centred on 0 -- what
     GPTQ's and AWQ's reference implementations store for int4.
 
     Optionally a per-input-channel ``input_scale`` (float32 [in], AWQ's 1 / s) multiplies
@@ -317,6 +317,16 @@ class _WeightOnly(Module):
             self.input_scale = None
         self._dense = _Cached()
 
+    def _check_affine_bits(self):
+        """Refuse to store affine (``symmetric=False``) codes of more than 8 bits."""
+        # The zero points live in a uint8 buffer (saved files hold it so, and must still
+        # load): a 16-bit affine grid has zero points up to 65535, which would wrap.
+        # The check is here, where codes are stored, not in __init__, so a saved layer
+        # still loads as it always did.
+        if not self.symmetric and self.bits > 8:
+            raise ArgumentError(f"bits: symmetric=False stores one uint8 zero point per scale, so it needs "
+                                f"bits <= 8, got bits={self.bits}; use symmetric=True for {self.bits}-bit weights")
+
     def spec(self) -> QuantSpec:
         form = {} if self.symmetric else dict(signed=False, symmetric=False, narrow_range=False)
         if self.group_size is None:
@@ -328,6 +338,7 @@ class _WeightOnly(Module):
         :meth:`spec`) and store them packed (rotated first, W Q, if the layer rotates)."""
         from .qparams import calibrate, quantize
 
+        self._check_affine_bits()
         w = np.asarray(w, np.float32)
         w2 = w.reshape(w.shape[0], -1)
         if getattr(self, "input_signs", None) is not None:
@@ -361,6 +372,7 @@ class _WeightOnly(Module):
         """
         from .qparams import QParams
 
+        self._check_affine_bits()
         rows = self.weight_shape[0]
         n_scales = self.weight_scale.shape[0]
         if isinstance(scale, QParams):

@@ -246,3 +246,21 @@ def test_used_quantized_models_deep_copy_and_pickle():
         y = layer(x)
         for c in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
             np.testing.assert_array_equal(c(x), y)
+
+
+def test_weight_only_affine_refuses_more_than_8_bits():
+    # the zero points are a uint8 buffer: a 16-bit affine grid's zero point (~50000 here)
+    # used to wrap to 236, and the layer computed with wrong weights
+    lin = nn.Linear(4, 3)
+    lin.weight.data = np.array([[-1, -.5, .2, .3]] * 3, np.float32)
+    model = nn.Sequential(lin).eval()
+    with pytest.raises(ArgumentError, match=r"bits: symmetric=False .* bits <= 8, got bits=16.*symmetric=True"):
+        C.quantize_weight_only(model, 16, symmetric=False)
+    with pytest.raises(ArgumentError, match="bits <= 8"):
+        C.quantize_weight_only(model, 16, group_size=2, symmetric=False)
+    layer = M.WeightOnlyLinear(4, 3, bits=16, symmetric=False)
+    with pytest.raises(ArgumentError, match="bits <= 8"):
+        layer.set_quantized(np.zeros((3, 4), np.uint8), np.ones(3, np.float32), zero_point=np.zeros(3, np.int32))
+    # symmetric 16-bit weights stay supported and exact to the 16-bit grid
+    s = C.quantize_weight_only(model, 16)
+    np.testing.assert_allclose(s[0].dense_weight(), lin.weight.data, atol=1e-4)
