@@ -23,7 +23,7 @@ import operator
 import numpy as np
 
 from .. import _conv, kernels
-from .._validation import check_array, check_choice
+from .._validation import check_array, check_axis, check_choice
 from ..errors import ArgumentError, NotDifferentiableError, ShapeError
 from ..nn import functional as F
 from ..nn.module import Module
@@ -360,8 +360,9 @@ class _WeightOnly(Module):
                       holding unsigned b-bit values (w_hat = (codes - zero_point) * scale).
         scale       : float32 scales, [out] per channel or [out, n_groups] per group (as
                       this layer's ``group_size``), or the QParams GPTQ / AWQ returned (their
-                      granularity must match; a per-tensor scale is repeated per row; their
-                      zero points are used, and must be 0 for a symmetric layer).
+                      granularity must match, per channel along axis 0; a per-tensor scale
+                      is repeated per row; their zero points are used, and must be 0 for a
+                      symmetric layer).
         bias        : float32 [out] or None (keep the current bias).
         input_scale : float32 [in] or None: x is multiplied by it channel-wise before the
                       product (AWQ's 1 / s); registers the buffer if the layer had none.
@@ -388,6 +389,11 @@ class _WeightOnly(Module):
                                     f"{'signed' if sp.signed else 'unsigned'} weights (group_size {sp.group_size}) "
                                     f"do not fit this {self.bits}-bit {'symmetric' if self.symmetric else 'affine'} "
                                     f"layer (group_size {self.group_size})")
+            # the layer keeps one scale per output row: scales along another axis of a square
+            # weight would have the right count and be applied to the wrong weights (the rule
+            # of gptq.check_layer_spec, for the codes' rank: a conv weight's is 4)
+            if sp.granularity == "channel" and check_axis(sp.axis, len(self.weight_shape), "scale.spec.axis") != 0:
+                raise ArgumentError(f"scale: per-channel QParams need axis 0 (output channels), got axis {sp.axis}")
             scale = np.asarray(scale.scale, np.float32)
             if scale.size == 1:
                 scale = np.full(rows, scale.reshape(-1)[0], np.float32)
