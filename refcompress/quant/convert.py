@@ -298,7 +298,8 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
     """A float model whose Conv2d / Linear weights are replaced by their b-bit quantized
     values (symmetric; per tensor unless ``per_channel``), rounded to nearest or by
     AdaRound on the layer's calibration inputs, optionally with empirical bias correction
-    (b -= (W~ - W) E[x]).  The way these methods are evaluated in their papers: weights
+    (b -= (W~ - W) E[x]).  Each layer's calibration inputs x (AdaRound's and E[x]) are the
+    float model's.  The way these methods are evaluated in their papers: weights
     quantized, activations float."""
     from .adaround import adaround as _adaround
     from .equalization import bias_correction as _bias_correction
@@ -320,13 +321,16 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
                 wq = (codes * s[:, None]).reshape(w.shape).astype(np.float32)
             else:
                 wq = dequantize(quantize(w, qp), qp)
+            # the next layer's input comes from the float layer, before its bias is
+            # corrected: every layer's correction uses E[x] of the float model
+            h_next = m(h)
             if bias_correction:
                 mean = h.mean(axis=(0, 2, 3)) if h.ndim == 4 else h.mean(axis=0)
                 corr = _bias_correction(w, wq, mean.astype(np.float64))
                 if m.bias is None:
                     raise ArgumentError(f"model: layer {name!r} has no bias to correct")
                 m.bias.data = (m.bias.data + corr).astype(m.bias.dtype)
-            h = m(h)
+            h = h_next
             m.weight.data = wq.astype(m.weight.dtype)
             if relu:
                 h = np.maximum(h, 0)

@@ -61,3 +61,18 @@ def test_adaround_is_on_the_grid_and_beats_nearest_rounding():
     nearest = np.clip(np.rint(w / s[:, None]), spec.qmin, spec.qmax)
     err = lambda c: float(np.sum(((s[:, None] * c) @ x - w @ x) ** 2))  # noqa: E731
     assert err(codes) < 0.9 * err(nearest)
+
+
+def test_model_bias_correction_uses_the_float_models_input_means():
+    # a chain of two Linears, inputs with mean 3: with every layer's E[x] from the float
+    # model the corrected model's output mean is the float one's (the old code took the
+    # second layer's E[x] from float weights plus the corrected bias: off by ~0.04)
+    from refcompress import nn
+
+    nn.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)).eval()
+    x = (np.random.default_rng(0).standard_normal((512, 8)) + 3).astype(np.float32)
+    qm = Q.quantize_weights_corrected(m, x, 3, bias_correction=True)
+    np.testing.assert_allclose(qm(x).mean(0), m(x).mean(0), rtol=0, atol=1e-5)
+    plain = Q.quantize_weights_corrected(m, x, 3)
+    assert np.abs(plain(x).mean(0) - m(x).mean(0)).max() > 1e-2  # the correction has work to do
