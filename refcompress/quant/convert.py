@@ -21,7 +21,8 @@ import numpy as np
 
 from .. import nn
 from .._validation import check_array, check_choice, check_int
-from ..errors import ArgumentError, DTypeError
+from ..errors import ArgumentError, DTypeError, OverflowRiskError
+from ..kernels.qgemm import k_bound
 from .modules import (
     DequantizeStub,
     DynamicQuantizedLinear,
@@ -161,7 +162,7 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
                 in_float = False
             oq = obs_out[name].qparams()
             out.append(_integer_layer(m, relu, rule, bits.get(name, 8), act_bits, cur,
-                                      (float(oq.scale), int(oq.zero_point)), per_channel=per_channel))
+                                      (float(oq.scale), int(oq.zero_point)), per_channel=per_channel, name=name))
             cur = (float(oq.scale), int(oq.zero_point))
         elif kind == "layer":
             if not in_float:
@@ -198,9 +199,10 @@ def _stub(stub, qp):
     return stub
 
 
-def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None, per_channel=True):
-    """The integer layer for float ``m``; weights by symmetric min-max (per channel or per
-    layer) unless ``weight_qp`` (e.g. learned by QAT) is given."""
+def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None, per_channel=True, name=None):
+    """The integer layer for float ``m`` (called ``name`` in messages); weights by symmetric
+    min-max (per channel or per layer) unless ``weight_qp`` (e.g. learned by QAT) is given.
+    Raises OverflowRiskError when its int32 bias or accumulation cannot hold the values."""
     w = m.weight.data.astype(np.float32)
     if weight_qp is None:
         spec = QuantSpec(bits, granularity="channel", axis=0) if per_channel else QuantSpec(bits)
@@ -211,8 +213,33 @@ def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None,
     cfg.update(rule=rule, relu=relu, bias=m.bias is not None, act_bits=act_bits,
                per_channel=qp.spec.granularity == "channel")
     layer = (QuantizedConv2d if isinstance(m, nn.Conv2d) else QuantizedLinear)(**cfg)
-    bq = quantize_bias(m.bias.data, in_qp[0], qp.scale) if m.bias is not None else None
+    bq = None
+    if m.bias is not None:
+        _check_bias_fits(m, name, in_qp, qp.scale, wq)
+        bq = quantize_bias(m.bias.data, in_qp[0], qp.scale)
     return layer.set_quantized(wq, qp.scale, bq, in_qp, out_qp).eval()
+
+
+def _check_bias_fits(m, name, in_qp, weight_scale, wq):
+    """Refuse a layer whose b / (s_x s_w) is beyond int32, or whose int32 accumulation
+    sum (x - z_x) w_q + b_q could overflow (the kernels' k_bound)."""
+    # quantize_bias would saturate the first silently, and the kernels refuse both only at
+    # the first forward, with a bound that says nothing about the cause (a tiny s_x s_w)
+    s = np.float64(in_qp[0]) * np.asarray(weight_scale, np.float64)
+    ratio = np.abs(np.asarray(m.bias.data, np.float64) / s)
+    worst = float(ratio.max()) if ratio.size else 0.0
+    why = ("the input and weight scales are too small for the bias (a calibration range much narrower "
+           "than the bias: calibrate on representative data, or keep the layer in float)")
+    if not worst <= 2**31 - 1:
+        raise OverflowRiskError(f"model: layer {name!r}: bias / (s_x s_w) reaches {worst:.3g}, beyond int32 "
+                                f"(|b_q| <= 2^31 - 1): {why}")
+    k = int(np.prod(wq.shape[1:]))  # the accumulation length: inputs (per group) x kernel size
+    max_w = int(np.abs(wq.astype(np.int64)).max()) if wq.size else 0
+    bound = k_bound(np.uint8, int(in_qp[1]), max_w, int(np.rint(worst)))
+    if k > bound:
+        raise OverflowRiskError(f"model: layer {name!r}: the int32 accumulation of {k} products plus the bias "
+                                f"(max|b_q| = {worst:.3g}) could overflow (at most {max(bound, 0)} products "
+                                f"fit): {why}")
 
 
 def _replace(model, make, exclude, types):

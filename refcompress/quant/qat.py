@@ -237,7 +237,8 @@ def convert_qat(model: nn.Sequential, *, rule: str = "float") -> nn.Sequential:
             oq = fq.qparams()
             out.append(_integer_layer(m, relu, rule, m.weight_bits, act_bits,
                                       (float(cur_qp.scale), int(cur_qp.zero_point)),
-                                      (float(oq.scale), int(oq.zero_point)), weight_qp=m.weight_qparams()))
+                                      (float(oq.scale), int(oq.zero_point)), weight_qp=m.weight_qparams(),
+                                      name=str(i)))
             cur_qp = oq
             i += 3 if relu else 2
         elif isinstance(m, nn.MaxPool2d):

@@ -5,7 +5,8 @@ import pytest
 
 import refcompress.kernels as kernels
 from refcompress import nn
-from refcompress.errors import ArgumentError, NotDifferentiableError
+from refcompress import quant as Q
+from refcompress.errors import ArgumentError, NotDifferentiableError, OverflowRiskError
 from refcompress.quant import convert as C
 from refcompress.quant import modules as M
 from refcompress.quant import qat
@@ -264,3 +265,24 @@ def test_weight_only_affine_refuses_more_than_8_bits():
     # symmetric 16-bit weights stay supported and exact to the 16-bit grid
     s = C.quantize_weight_only(model, 16)
     np.testing.assert_allclose(s[0].dense_weight(), lin.weight.data, atol=1e-4)
+
+
+def test_static_refuses_a_bias_beyond_int32_at_conversion():
+    # inputs ~1e-6 give s_x ~ 1e-8: b / (s_x s_w) ~ 1.8e10 was saturated to int32 silently
+    # and the model failed at its first forward with a negative K bound
+    lin = nn.Linear(4, 2)
+    lin.bias.data = np.array([1.0, -1.0], np.float32)
+    model = nn.Sequential(lin).eval()
+    x = (np.random.default_rng(0).standard_normal((32, 4)) * 1e-6).astype(np.float32)
+    with pytest.raises(OverflowRiskError, match=r"layer '0': bias / \(s_x s_w\) reaches .* beyond int32.*too small"):
+        C.quantize_static(model, x)
+    # the bias fits int32 but leaves no room for 64 products: refused too
+    lin = nn.Linear(64, 2)
+    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    s_x = float(Q.calibrate(x, Q.QuantSpec(8, signed=False, symmetric=False, narrow_range=False)).scale)
+    s_w = Q.calibrate(lin.weight.data, Q.QuantSpec(8, granularity="channel", axis=0)).scale.astype(np.float64)
+    lin.bias.data = (2.147e9 * s_x * s_w).astype(np.float32)  # room for ~30 products of 128 x 127
+    with pytest.raises(OverflowRiskError, match=r"layer '0': the int32 accumulation of 64 products"):
+        C.quantize_static(nn.Sequential(lin).eval(), x)
+    lin.bias.data = (1e6 * s_x * s_w).astype(np.float32)  # room to spare: converts and runs
+    C.quantize_static(nn.Sequential(lin).eval(), x)(x)
