@@ -177,20 +177,29 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
             continue
         elif in_float:
             out.append(m)
-        elif isinstance(m, nn.MaxPool2d):
-            out.append(QuantizedMaxPool2d(m.kernel_size, m.stride, m.padding))
-        elif isinstance(m, nn.Flatten):
-            out.append(nn.Flatten())
-        elif isinstance(m, nn.ReLU):
-            # not fused (something stands between it and its layer): clamp the codes at
-            # the zero point, exactly relu of the dequantized value
-            out.append(QuantizedReLU(cur[1]))
         else:
-            raise ArgumentError(
-                f"model: layer {name!r} ({type(m).__name__}) has no integer form; add the layer before it to exclude")
+            out.append(integer_form(m, cur[1], name, hint="; add the layer before it to exclude"))
     if not in_float:
         out.append(_stub(DequantizeStub(), cur))
     return nn.Sequential(*out).eval()
+
+
+def integer_form(m, zero_point: int, name, hint: str = ""):
+    """The layer without weights that acts on the integer stream (codes with zero point
+    ``zero_point``) in place of float ``m``: max pooling and flattening of the codes, ReLU
+    as max(q, zero_point), Dropout as None (dropped: the identity at inference).  Anything
+    else raises ArgumentError naming layer ``name`` (``hint`` is appended)."""
+    if isinstance(m, nn.Dropout):
+        return None
+    if isinstance(m, nn.MaxPool2d):
+        return QuantizedMaxPool2d(m.kernel_size, m.stride, m.padding)
+    if isinstance(m, nn.Flatten):
+        return nn.Flatten()
+    if isinstance(m, nn.ReLU):
+        # not fused (something stands between it and its layer): clamp the codes at the
+        # zero point, exactly relu of the dequantized value
+        return QuantizedReLU(zero_point)
+    raise ArgumentError(f"model: layer {name!r} ({type(m).__name__}) has no integer form{hint}")
 
 
 def _stub(stub, qp):

@@ -34,9 +34,9 @@ from ..errors import ArgumentError, DTypeError
 from ..nn.container import Chain
 from ..nn.module import Module, Parameter
 from ..nn.spec import register_module
-from .convert import _check_sequential, _integer_layer, _rebuild, _stub, _units
+from .convert import _check_sequential, _integer_layer, _rebuild, _stub, _units, integer_form
 from .lsq import lsq_init_step
-from .modules import DequantizeStub, QuantizedMaxPool2d, QuantizeStub
+from .modules import DequantizeStub, QuantizeStub
 from .observers import MovingAverageMinMaxObserver
 from .qparams import QParams, calibrate, choose_qparams, fake_quantize, quantize
 from .spec import QuantSpec
@@ -241,15 +241,13 @@ def convert_qat(model: nn.Sequential, *, rule: str = "float") -> nn.Sequential:
                                       name=str(i)))
             cur_qp = oq
             i += 3 if relu else 2
-        elif isinstance(m, nn.MaxPool2d):
-            out.append(QuantizedMaxPool2d(m.kernel_size, m.stride, m.padding))
-            i += 1
-        elif isinstance(m, (nn.Flatten, nn.Dropout)):
-            if isinstance(m, nn.Flatten):
-                out.append(nn.Flatten())
-            i += 1
         else:
-            raise ArgumentError(f"model: layer {i} ({type(m).__name__}) has no integer form")
+            # quantize_static's rule for the layers between (pooling, flattening, an unfused
+            # ReLU, Dropout)
+            q = integer_form(m, int(cur_qp.zero_point), str(i))
+            if q is not None:
+                out.append(q)
+            i += 1
     out.append(_stub(DequantizeStub(), (float(cur_qp.scale), int(cur_qp.zero_point))))
     return nn.Sequential(*out).eval()
 

@@ -286,3 +286,19 @@ def test_static_refuses_a_bias_beyond_int32_at_conversion():
         C.quantize_static(nn.Sequential(lin).eval(), x)
     lin.bias.data = (1e6 * s_x * s_w).astype(np.float32)  # room to spare: converts and runs
     C.quantize_static(nn.Sequential(lin).eval(), x)(x)
+
+
+def test_convert_qat_keeps_a_relu_after_dropout_in_integers():
+    # prepare_qat and quantize_static accept the ReLU that a Dropout separates from its
+    # layer; convert_qat refused it ("has no integer form") and now uses the same rule
+    nn.manual_seed(6)
+    m = nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.1), nn.ReLU(), nn.Linear(5, 2)).eval()
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    q = qat.prepare_qat(m)
+    q(x)
+    q.eval()
+    integer = qat.convert_qat(q)
+    assert [type(l) for l in integer][2:4] == [M.QuantizedReLU, M.QuantizedLinear]  # Dropout dropped
+    step = float(list(integer)[-1].scale[0])
+    assert np.abs(integer(x) - q(x)).max() <= 1.01 * step  # one output step, as every converted model
+    assert type(C.quantize_static(m, x)[2]) is M.QuantizedReLU
