@@ -349,11 +349,16 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
         if kind == "layer":
             w = m.weight.data.astype(np.float32)
             qp = calibrate(w, spec)
+            # a grouped conv is one independent layer per group: its output rows see only
+            # its own input channels (the whole layer for Linear and groups=1)
+            parts = _groups(m, w)
             if adaround:
-                cols = _layer_inputs(m, h)  # [in * kh * kw, samples]
                 s = np.broadcast_to(np.asarray(qp.scale, np.float64).reshape(-1), (w.shape[0],))
-                codes = _adaround(w.reshape(w.shape[0], -1), cols, s, qmin=spec.qmin, qmax=spec.qmax,
-                                  iters=adaround_iters, lr=1e-2)
+                codes = np.empty((w.shape[0], w[0].size), np.int64)
+                for rows, chans in parts:
+                    cols = _layer_inputs(m, h[:, chans])  # [in/groups * kh * kw, samples]
+                    codes[rows] = _adaround(w[rows].reshape(codes[rows].shape[0], -1), cols, s[rows], qmin=spec.qmin,
+                                            qmax=spec.qmax, iters=adaround_iters, lr=1e-2)
                 wq = (codes * s[:, None]).reshape(w.shape).astype(np.float32)
             else:
                 wq = dequantize(quantize(w, qp), qp)
@@ -361,8 +366,10 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
             # corrected: every layer's correction uses E[x] of the float model
             h_next = m(h)
             if bias_correction:
-                mean = h.mean(axis=(0, 2, 3)) if h.ndim == 4 else h.mean(axis=0)
-                corr = _bias_correction(w, wq, mean.astype(np.float64))
+                mean = (h.mean(axis=(0, 2, 3)) if h.ndim == 4 else h.mean(axis=0)).astype(np.float64)
+                corr = np.empty(w.shape[0])
+                for rows, chans in parts:
+                    corr[rows] = _bias_correction(w[rows], wq[rows], mean[chans])
                 if m.bias is None:
                     raise ArgumentError(f"model: layer {name!r} has no bias to correct")
                 m.bias.data = (m.bias.data + corr).astype(m.bias.dtype)
@@ -373,6 +380,15 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
         else:
             h = m(h)
     return _rebuild(units)
+
+
+def _groups(m, w):
+    """[(output rows, input channels)] of each group of layer ``m`` (weight ``w``), as slices."""
+    if not isinstance(m, nn.Conv2d):
+        return [(slice(None), slice(None))]
+    g = m.groups
+    o, c = w.shape[0] // g, w.shape[1]
+    return [(slice(i * o, (i + 1) * o), slice(i * c, (i + 1) * c)) for i in range(g)]
 
 
 def _layer_inputs(m, h, max_samples: int = 4096):

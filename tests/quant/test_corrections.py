@@ -76,3 +76,37 @@ def test_model_bias_correction_uses_the_float_models_input_means():
     np.testing.assert_allclose(qm(x).mean(0), m(x).mean(0), rtol=0, atol=1e-5)
     plain = Q.quantize_weights_corrected(m, x, 3)
     assert np.abs(plain(x).mean(0) - m(x).mean(0)).max() > 1e-2  # the correction has work to do
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_model_corrections_on_grouped_and_depthwise_convs(groups):
+    # each group is its own layer: AdaRound on the group's input columns, bias correction
+    # with the group's input-channel means (both failed on internal shape checks before)
+    from refcompress import nn
+
+    nn.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(4, 4, 3, groups=groups)).eval()
+    x = (np.random.default_rng(0).standard_normal((8, 4, 6, 6)) + np.arange(1, 5)[:, None, None]).astype(np.float32)
+    bc = Q.quantize_weights_corrected(m, x, 3, bias_correction=True)
+    # the same layer as a dense conv whose weights outside the groups are 0 (same per-tensor
+    # grid; a 0 weight has no error): its correction, computed as it always was, is ours
+    dense = nn.Sequential(nn.Conv2d(4, 4, 3)).eval()
+    wd = np.zeros((4, 4, 3, 3), np.float32)
+    o, c = 4 // groups, 4 // groups
+    for g in range(groups):
+        wd[g * o:(g + 1) * o, g * c:(g + 1) * c] = m[0].weight.data[g * o:(g + 1) * o]
+    dense[0].weight.data, dense[0].bias.data = wd, m[0].bias.data.copy()
+    bd = Q.quantize_weights_corrected(dense, x, 3, bias_correction=True)
+    np.testing.assert_allclose(bc[0].bias.data, bd[0].bias.data, rtol=1e-6)
+    np.testing.assert_allclose(bc(x), bd(x), rtol=1e-5, atol=1e-5)
+    # and it moves the mean output towards the float one
+    gap = lambda q: np.abs(q(x).mean(axis=(0, 2, 3)) - m(x).mean(axis=(0, 2, 3))).max()  # noqa: E731
+    near = Q.quantize_weights_corrected(m, x, 3)
+    assert gap(bc) < gap(near)
+    ada = Q.quantize_weights_corrected(m, x, 3, adaround=True, adaround_iters=200)
+    w, wa, wn = m[0].weight.data, ada[0].weight.data, near[0].weight.data
+    s = np.abs(w).max() / 3  # per-tensor 3-bit grid
+    np.testing.assert_allclose(wa / s, np.rint(wa / s), atol=1e-4)
+    assert np.all(np.abs(wa - w) < s * (1 + 1e-4))  # floor or ceil of w / s
+    err = lambda q: float(np.mean((q(x) - m(x)) ** 2))  # noqa: E731
+    assert err(ada) <= err(near)
