@@ -119,7 +119,10 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
     weight_bits : int, or {layer name: bits} (others 8); weights symmetric per channel.
     act_bits    : activation bits (2-8, affine uint codes in [0, 2^act_bits - 1]).
     per_channel : one weight scale per output channel (default) or one per layer.
-    observer    : an observer class from refcompress.quant.observers (per-tensor activations).
+    observer    : an observer class from refcompress.quant.observers (per-tensor affine
+                  activations: MinMax, MovingAverageMinMax, Percentile or MSE; HistogramKL
+                  takes symmetric specs only and is refused).
+    batch_size  : calibration inputs per forward (>= 1).
     exclude     : names of Conv2d / Linear layers to keep in float.
     """
     check_choice(rule, "rule", ("float", "fixedpoint"))
@@ -136,6 +139,7 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
     for n, b in bits.items():  # integer layers hold int8 codes
         check_int(b, f"weight_bits[{n!r}]", min_value=2, max_value=8)
     check_int(act_bits, "act_bits", min_value=2, max_value=8)
+    batch_size = check_int(batch_size, "batch_size", min_value=1)
 
     # Calibration: observe the model input and every unit's output (after a fused ReLU).
     act_spec = QuantSpec(act_bits, signed=False, symmetric=False, narrow_range=False)
@@ -268,6 +272,9 @@ def quantize_weight_only(model: nn.Sequential, bits: int = 8, *, group_size=None
     codes with a zero point per scale when ``symmetric=False``, which needs bits <= 8: the
     zero points are stored as uint8), activations float."""
 
+    if group_size is not None:
+        check_int(group_size, "group_size", min_value=1)
+
     def make(m):
         cfg = m.get_config()
         cls = WeightOnlyConv2d if isinstance(m, nn.Conv2d) else WeightOnlyLinear
@@ -342,6 +349,7 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
     from .qparams import dequantize
 
     x = check_array(calibration, "calibration", dtypes=[np.float32])
+    check_int(batch_size, "batch_size", min_value=1)
     units = _units(model)
     spec = QuantSpec(bits, granularity="channel", axis=0) if per_channel else QuantSpec(bits)
     h = x

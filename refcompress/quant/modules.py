@@ -23,7 +23,7 @@ import operator
 import numpy as np
 
 from .. import _conv, kernels
-from .._validation import check_array, check_axis, check_choice
+from .._validation import check_array, check_axis, check_choice, check_int
 from ..errors import ArgumentError, NotDifferentiableError, ShapeError
 from ..nn import functional as F
 from ..nn.module import Module
@@ -297,7 +297,7 @@ class _WeightOnly(Module):
         if not isinstance(symmetric, (bool, np.bool_)):
             raise ArgumentError(f"symmetric: expected True or False, got {symmetric!r}")
         self.symmetric = bool(symmetric)
-        self.group_size = None if group_size is None else int(group_size)
+        self.group_size = None if group_size is None else check_int(group_size, "group_size", min_value=1)
         self.weight_shape = tuple(int(s) for s in weight_shape)
         n = int(np.prod(self.weight_shape))
         rows = self.weight_shape[0]

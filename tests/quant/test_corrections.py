@@ -110,3 +110,25 @@ def test_model_corrections_on_grouped_and_depthwise_convs(groups):
     assert np.all(np.abs(wa - w) < s * (1 + 1e-4))  # floor or ceil of w / s
     err = lambda q: float(np.mean((q(x) - m(x)) ** 2))  # noqa: E731
     assert err(ada) <= err(near)
+
+
+def test_adaround_refuses_bad_arguments():
+    from refcompress.errors import ArgumentError
+
+    rng = np.random.default_rng(4)
+    w, x = rng.standard_normal((3, 5)), rng.standard_normal((5, 20))
+    ok = dict(qmin=-7, qmax=7, iters=2)
+    for scale, err, match in ((0.0, ArgumentError, "scale: expected positive"),
+                              (np.array([0.1, -0.1, 0.1]), ArgumentError, "scale: expected positive"),
+                              (np.nan, ArgumentError, "scale: expected finite"),
+                              (np.full(4, 0.1), ShapeError, "scale: expected one scale per output row")):
+        with pytest.raises(err, match=match):
+            Q.adaround(w, x, scale, **ok)
+    with pytest.raises(ArgumentError, match="qmin, qmax: expected qmin <= qmax"):
+        Q.adaround(w, x, 0.1, qmin=7, qmax=-7, iters=2)
+    for beta in ((20.0,), (20.0, 0.0), (np.inf, 2.0)):
+        with pytest.raises(ArgumentError, match="beta"):
+            Q.adaround(w, x, 0.1, beta=beta, **ok)
+    with pytest.raises(ArgumentError, match="x: expected at least one sample"):
+        Q.adaround(w, x[:, :0], 0.1, **ok)
+    assert Q.adaround(w, x, np.full(3, 0.1), **ok).shape == (3, 5)

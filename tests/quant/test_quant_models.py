@@ -302,3 +302,22 @@ def test_convert_qat_keeps_a_relu_after_dropout_in_integers():
     step = float(list(integer)[-1].scale[0])
     assert np.abs(integer(x) - q(x)).max() <= 1.01 * step  # one output step, as every converted model
     assert type(C.quantize_static(m, x)[2]) is M.QuantizedReLU
+
+
+def test_conversion_sizes_and_observers_are_validated():
+    lin = nn.Linear(4, 4)
+    model = nn.Sequential(lin).eval()
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    for g in (0, -2):  # was a ZeroDivisionError
+        with pytest.raises(ArgumentError, match="group_size: expected an integer in \\[1, inf\\]"):
+            C.quantize_weight_only(model, 4, group_size=g)
+        with pytest.raises(ArgumentError, match="group_size"):
+            M.WeightOnlyLinear(4, 4, group_size=g)
+    for b in (0, -1):  # calibrated nothing, then failed on the never-run observers
+        with pytest.raises(ArgumentError, match="batch_size: expected an integer in \\[1, inf\\]"):
+            C.quantize_static(model, x, batch_size=b)
+        with pytest.raises(ArgumentError, match="batch_size"):
+            C.quantize_weights_corrected(model, x, 4, batch_size=b)
+    # the KL observer calibrates symmetric ranges; static PTQ's activations are affine
+    with pytest.raises(ArgumentError, match="HistogramKLObserver calibrates symmetric"):
+        C.quantize_static(model, x, observer=Q.HistogramKLObserver)
