@@ -365,8 +365,9 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
                 codes = np.empty((w.shape[0], w[0].size), np.int64)
                 for rows, chans in parts:
                     cols = _layer_inputs(m, h[:, chans])  # [in/groups * kh * kw, samples]
-                    codes[rows] = _adaround(w[rows].reshape(codes[rows].shape[0], -1), cols, s[rows], qmin=spec.qmin,
-                                            qmax=spec.qmax, iters=adaround_iters, lr=1e-2)
+                    wg = w[rows].reshape(codes[rows].shape[0], -1)
+                    codes[rows] = _adaround(wg, cols, s[rows], qmin=spec.qmin, qmax=spec.qmax,
+                                            iters=adaround_iters, lr=1e-2)
                 wq = (codes * s[:, None]).reshape(w.shape).astype(np.float32)
             else:
                 wq = dequantize(quantize(w, qp), qp)

@@ -275,8 +275,9 @@ class _WeightOnly(Module):
     ``symmetric=True`` (default): signed narrow-range codes, zero point 0,
     w_hat = q s (2^b - 1 levels).  ``symmetric=False``: unsigned affine codes q in
     [0, 2^b - 1] with one zero point z per scale (a ``weight_zero_point`` uint8 buffer, so
-    b <= 8: ``set_weight`` / ``set_quantized`` refuse more), w_hat = (q - z) s: all 2^b levels, and the grid need not be centred on 0 -- what
-    GPTQ's and AWQ's reference implementations store for int4.
+    b <= 8: ``set_weight`` / ``set_quantized`` refuse more), w_hat = (q - z) s: all 2^b
+    levels, and the grid need not be centred on 0 -- what GPTQ's and AWQ's reference
+    implementations store for int4.
 
     Optionally a per-input-channel ``input_scale`` (float32 [in], AWQ's 1 / s) multiplies
     the input before the product, y = (x * input_scale) W_hat^T + b, when it is not folded
@@ -393,7 +394,8 @@ class _WeightOnly(Module):
             # weight would have the right count and be applied to the wrong weights (the rule
             # of gptq.check_layer_spec, for the codes' rank: a conv weight's is 4)
             if sp.granularity == "channel" and check_axis(sp.axis, len(self.weight_shape), "scale.spec.axis") != 0:
-                raise ArgumentError(f"scale: per-channel QParams need axis 0 (output channels), got axis {sp.axis}")
+                raise ArgumentError(f"scale: per-channel QParams need axis 0 (output channels), "
+                                    f"got axis {sp.axis}")
             scale = np.asarray(scale.scale, np.float32)
             if scale.size == 1:
                 scale = np.full(rows, scale.reshape(-1)[0], np.float32)
