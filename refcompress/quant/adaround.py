@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import check_array, check_float, check_int
-from ..errors import ShapeError
+from ..errors import ArgumentError, DTypeError, ShapeError
 
 ZETA, GAMMA = 1.1, -0.1
 
@@ -33,16 +33,37 @@ def adaround(w, x, scale, *, qmin: int, qmax: int, iters: int = 1000, lr: float 
              reg: float = 0.01, beta=(20.0, 2.0), warmup: float = 0.2, seed: int = 0):
     """Learn the rounding of ``w`` [out, in] for inputs ``x`` [in, n].
 
-    scale : per-tensor float or per-output-channel [out] (weights symmetric, zero point 0).
+    scale : per-tensor float or per-output-channel [out] (weights symmetric, zero point 0),
+            positive and finite.
+    qmin, qmax : the integer range, qmin <= qmax.
+    beta  : (start, end) of the regulariser's exponent, both positive.
     Returns the integer codes [out, in] (int64, in [qmin, qmax]) of W~ / s.
     """
     w = check_array(w, "w", dtypes=[np.float32, np.float64], ndim=2).astype(np.float64)
     x = check_array(x, "x", dtypes=[np.float32, np.float64], ndim=2).astype(np.float64)
     if x.shape[0] != w.shape[1]:
         raise ShapeError(f"x: expected {w.shape[1]} rows (the layer's inputs), got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise ArgumentError(f"x: expected at least one sample (column), got shape {x.shape}")
     iters = check_int(iters, "iters", min_value=1)
     lr = check_float(lr, "lr", min_value=0.0, min_inclusive=False)
-    s = np.asarray(scale, np.float64)
+    qmin = check_int(qmin, "qmin")
+    qmax = check_int(qmax, "qmax")
+    if qmin > qmax:
+        raise ArgumentError(f"qmin, qmax: expected qmin <= qmax, got {qmin} > {qmax}")
+    reg = check_float(reg, "reg", min_value=0.0)
+    warmup = check_float(warmup, "warmup", min_value=0.0, max_value=1.0)
+    if not isinstance(beta, (tuple, list)) or len(beta) != 2:
+        raise ArgumentError(f"beta: expected a pair (start, end), got {beta!r}")
+    beta = tuple(check_float(b, f"beta[{i}]", min_value=0.0, min_inclusive=False) for i, b in enumerate(beta))
+    s = check_array(scale, "scale", ndim=(0, 1), finite=True)
+    if s.dtype.kind not in "fiu":
+        raise DTypeError(f"scale: expected real numbers, got dtype {s.dtype.name}")
+    s = s.astype(np.float64)
+    if s.ndim == 1 and s.shape[0] != w.shape[0]:
+        raise ShapeError(f"scale: expected one scale per output row ({w.shape[0]}) or a scalar, got {s.shape[0]}")
+    if np.any(s <= 0):
+        raise ArgumentError("scale: expected positive scales")
     s = s.reshape(-1, 1) if s.ndim == 1 else s
     base = np.floor(w / s)
     frac = w / s - base

@@ -21,7 +21,8 @@ import numpy as np
 
 from .. import nn
 from .._validation import check_array, check_choice, check_int
-from ..errors import ArgumentError, DTypeError
+from ..errors import ArgumentError, DTypeError, OverflowRiskError
+from ..kernels.qgemm import k_bound
 from .modules import (
     DequantizeStub,
     DynamicQuantizedLinear,
@@ -118,7 +119,10 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
     weight_bits : int, or {layer name: bits} (others 8); weights symmetric per channel.
     act_bits    : activation bits (2-8, affine uint codes in [0, 2^act_bits - 1]).
     per_channel : one weight scale per output channel (default) or one per layer.
-    observer    : an observer class from refcompress.quant.observers (per-tensor activations).
+    observer    : an observer class from refcompress.quant.observers (per-tensor affine
+                  activations: MinMax, MovingAverageMinMax, Percentile or MSE; HistogramKL
+                  takes symmetric specs only and is refused).
+    batch_size  : calibration inputs per forward (>= 1).
     exclude     : names of Conv2d / Linear layers to keep in float.
     """
     check_choice(rule, "rule", ("float", "fixedpoint"))
@@ -135,6 +139,7 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
     for n, b in bits.items():  # integer layers hold int8 codes
         check_int(b, f"weight_bits[{n!r}]", min_value=2, max_value=8)
     check_int(act_bits, "act_bits", min_value=2, max_value=8)
+    batch_size = check_int(batch_size, "batch_size", min_value=1)
 
     # Calibration: observe the model input and every unit's output (after a fused ReLU).
     act_spec = QuantSpec(act_bits, signed=False, symmetric=False, narrow_range=False)
@@ -161,7 +166,7 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
                 in_float = False
             oq = obs_out[name].qparams()
             out.append(_integer_layer(m, relu, rule, bits.get(name, 8), act_bits, cur,
-                                      (float(oq.scale), int(oq.zero_point)), per_channel=per_channel))
+                                      (float(oq.scale), int(oq.zero_point)), per_channel=per_channel, name=name))
             cur = (float(oq.scale), int(oq.zero_point))
         elif kind == "layer":
             if not in_float:
@@ -176,20 +181,29 @@ def quantize_static(model: nn.Sequential, calibration, *, rule: str = "float", w
             continue
         elif in_float:
             out.append(m)
-        elif isinstance(m, nn.MaxPool2d):
-            out.append(QuantizedMaxPool2d(m.kernel_size, m.stride, m.padding))
-        elif isinstance(m, nn.Flatten):
-            out.append(nn.Flatten())
-        elif isinstance(m, nn.ReLU):
-            # not fused (something stands between it and its layer): clamp the codes at
-            # the zero point, exactly relu of the dequantized value
-            out.append(QuantizedReLU(cur[1]))
         else:
-            raise ArgumentError(
-                f"model: layer {name!r} ({type(m).__name__}) has no integer form; add the layer before it to exclude")
+            out.append(integer_form(m, cur[1], name, hint="; add the layer before it to exclude"))
     if not in_float:
         out.append(_stub(DequantizeStub(), cur))
     return nn.Sequential(*out).eval()
+
+
+def integer_form(m, zero_point: int, name, hint: str = ""):
+    """The layer without weights that acts on the integer stream (codes with zero point
+    ``zero_point``) in place of float ``m``: max pooling and flattening of the codes, ReLU
+    as max(q, zero_point), Dropout as None (dropped: the identity at inference).  Anything
+    else raises ArgumentError naming layer ``name`` (``hint`` is appended)."""
+    if isinstance(m, nn.Dropout):
+        return None
+    if isinstance(m, nn.MaxPool2d):
+        return QuantizedMaxPool2d(m.kernel_size, m.stride, m.padding)
+    if isinstance(m, nn.Flatten):
+        return nn.Flatten()
+    if isinstance(m, nn.ReLU):
+        # not fused (something stands between it and its layer): clamp the codes at the
+        # zero point, exactly relu of the dequantized value
+        return QuantizedReLU(zero_point)
+    raise ArgumentError(f"model: layer {name!r} ({type(m).__name__}) has no integer form{hint}")
 
 
 def _stub(stub, qp):
@@ -198,9 +212,10 @@ def _stub(stub, qp):
     return stub
 
 
-def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None, per_channel=True):
-    """The integer layer for float ``m``; weights by symmetric min-max (per channel or per
-    layer) unless ``weight_qp`` (e.g. learned by QAT) is given."""
+def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None, per_channel=True, name=None):
+    """The integer layer for float ``m`` (called ``name`` in messages); weights by symmetric
+    min-max (per channel or per layer) unless ``weight_qp`` (e.g. learned by QAT) is given.
+    Raises OverflowRiskError when its int32 bias or accumulation cannot hold the values."""
     w = m.weight.data.astype(np.float32)
     if weight_qp is None:
         spec = QuantSpec(bits, granularity="channel", axis=0) if per_channel else QuantSpec(bits)
@@ -211,8 +226,33 @@ def _integer_layer(m, relu, rule, bits, act_bits, in_qp, out_qp, weight_qp=None,
     cfg.update(rule=rule, relu=relu, bias=m.bias is not None, act_bits=act_bits,
                per_channel=qp.spec.granularity == "channel")
     layer = (QuantizedConv2d if isinstance(m, nn.Conv2d) else QuantizedLinear)(**cfg)
-    bq = quantize_bias(m.bias.data, in_qp[0], qp.scale) if m.bias is not None else None
+    bq = None
+    if m.bias is not None:
+        _check_bias_fits(m, name, in_qp, qp.scale, wq)
+        bq = quantize_bias(m.bias.data, in_qp[0], qp.scale)
     return layer.set_quantized(wq, qp.scale, bq, in_qp, out_qp).eval()
+
+
+def _check_bias_fits(m, name, in_qp, weight_scale, wq):
+    """Refuse a layer whose b / (s_x s_w) is beyond int32, or whose int32 accumulation
+    sum (x - z_x) w_q + b_q could overflow (the kernels' k_bound)."""
+    # quantize_bias would saturate the first silently, and the kernels refuse both only at
+    # the first forward, with a bound that says nothing about the cause (a tiny s_x s_w)
+    s = np.float64(in_qp[0]) * np.asarray(weight_scale, np.float64)
+    ratio = np.abs(np.asarray(m.bias.data, np.float64) / s)
+    worst = float(ratio.max()) if ratio.size else 0.0
+    why = ("the input and weight scales are too small for the bias (a calibration range much narrower "
+           "than the bias: calibrate on representative data, or keep the layer in float)")
+    if not worst <= 2**31 - 1:
+        raise OverflowRiskError(f"model: layer {name!r}: bias / (s_x s_w) reaches {worst:.3g}, beyond int32 "
+                                f"(|b_q| <= 2^31 - 1): {why}")
+    k = int(np.prod(wq.shape[1:]))  # the accumulation length: inputs (per group) x kernel size
+    max_w = int(np.abs(wq.astype(np.int64)).max()) if wq.size else 0
+    bound = k_bound(np.uint8, int(in_qp[1]), max_w, int(np.rint(worst)))
+    if k > bound:
+        raise OverflowRiskError(f"model: layer {name!r}: the int32 accumulation of {k} products plus the bias "
+                                f"(max|b_q| = {worst:.3g}) could overflow (at most {max(bound, 0)} products "
+                                f"fit): {why}")
 
 
 def _replace(model, make, exclude, types):
@@ -229,7 +269,11 @@ def quantize_weight_only(model: nn.Sequential, bits: int = 8, *, group_size=None
                          exclude=()) -> nn.Sequential:
     """A copy with Conv2d / Linear weights stored as ``bits``-bit integers (per output
     channel, or per ``group_size`` inputs of each row; symmetric signed codes, or unsigned
-    codes with a zero point per scale when ``symmetric=False``), activations float."""
+    codes with a zero point per scale when ``symmetric=False``, which needs bits <= 8: the
+    zero points are stored as uint8), activations float."""
+
+    if group_size is not None:
+        check_int(group_size, "group_size", min_value=1)
 
     def make(m):
         cfg = m.get_config()
@@ -297,13 +341,15 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
     """A float model whose Conv2d / Linear weights are replaced by their b-bit quantized
     values (symmetric; per tensor unless ``per_channel``), rounded to nearest or by
     AdaRound on the layer's calibration inputs, optionally with empirical bias correction
-    (b -= (W~ - W) E[x]).  The way these methods are evaluated in their papers: weights
+    (b -= (W~ - W) E[x]).  Each layer's calibration inputs x (AdaRound's and E[x]) are the
+    float model's.  The way these methods are evaluated in their papers: weights
     quantized, activations float."""
     from .adaround import adaround as _adaround
     from .equalization import bias_correction as _bias_correction
     from .qparams import dequantize
 
     x = check_array(calibration, "calibration", dtypes=[np.float32])
+    check_int(batch_size, "batch_size", min_value=1)
     units = _units(model)
     spec = QuantSpec(bits, granularity="channel", axis=0) if per_channel else QuantSpec(bits)
     h = x
@@ -311,27 +357,47 @@ def quantize_weights_corrected(model: nn.Sequential, calibration, bits: int, *, 
         if kind == "layer":
             w = m.weight.data.astype(np.float32)
             qp = calibrate(w, spec)
+            # a grouped conv is one independent layer per group: its output rows see only
+            # its own input channels (the whole layer for Linear and groups=1)
+            parts = _groups(m, w)
             if adaround:
-                cols = _layer_inputs(m, h)  # [in * kh * kw, samples]
                 s = np.broadcast_to(np.asarray(qp.scale, np.float64).reshape(-1), (w.shape[0],))
-                codes = _adaround(w.reshape(w.shape[0], -1), cols, s, qmin=spec.qmin, qmax=spec.qmax,
-                                  iters=adaround_iters, lr=1e-2)
+                codes = np.empty((w.shape[0], w[0].size), np.int64)
+                for rows, chans in parts:
+                    cols = _layer_inputs(m, h[:, chans])  # [in/groups * kh * kw, samples]
+                    wg = w[rows].reshape(codes[rows].shape[0], -1)
+                    codes[rows] = _adaround(wg, cols, s[rows], qmin=spec.qmin, qmax=spec.qmax,
+                                            iters=adaround_iters, lr=1e-2)
                 wq = (codes * s[:, None]).reshape(w.shape).astype(np.float32)
             else:
                 wq = dequantize(quantize(w, qp), qp)
+            # the next layer's input comes from the float layer, before its bias is
+            # corrected: every layer's correction uses E[x] of the float model
+            h_next = m(h)
             if bias_correction:
-                mean = h.mean(axis=(0, 2, 3)) if h.ndim == 4 else h.mean(axis=0)
-                corr = _bias_correction(w, wq, mean.astype(np.float64))
+                mean = (h.mean(axis=(0, 2, 3)) if h.ndim == 4 else h.mean(axis=0)).astype(np.float64)
+                corr = np.empty(w.shape[0])
+                for rows, chans in parts:
+                    corr[rows] = _bias_correction(w[rows], wq[rows], mean[chans])
                 if m.bias is None:
                     raise ArgumentError(f"model: layer {name!r} has no bias to correct")
                 m.bias.data = (m.bias.data + corr).astype(m.bias.dtype)
-            h = m(h)
+            h = h_next
             m.weight.data = wq.astype(m.weight.dtype)
             if relu:
                 h = np.maximum(h, 0)
         else:
             h = m(h)
     return _rebuild(units)
+
+
+def _groups(m, w):
+    """[(output rows, input channels)] of each group of layer ``m`` (weight ``w``), as slices."""
+    if not isinstance(m, nn.Conv2d):
+        return [(slice(None), slice(None))]
+    g = m.groups
+    o, c = w.shape[0] // g, w.shape[1]
+    return [(slice(i * o, (i + 1) * o), slice(i * c, (i + 1) * c)) for i in range(g)]
 
 
 def _layer_inputs(m, h, max_samples: int = 4096):

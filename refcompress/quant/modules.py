@@ -23,7 +23,7 @@ import operator
 import numpy as np
 
 from .. import _conv, kernels
-from .._validation import check_array, check_choice
+from .._validation import check_array, check_axis, check_choice, check_int
 from ..errors import ArgumentError, NotDifferentiableError, ShapeError
 from ..nn import functional as F
 from ..nn.module import Module
@@ -274,9 +274,10 @@ class _WeightOnly(Module):
 
     ``symmetric=True`` (default): signed narrow-range codes, zero point 0,
     w_hat = q s (2^b - 1 levels).  ``symmetric=False``: unsigned affine codes q in
-    [0, 2^b - 1] with one zero point z per scale (a ``weight_zero_point`` uint8 buffer),
-    w_hat = (q - z) s: all 2^b levels, and the grid need not be centred on 0 -- what
-    GPTQ's and AWQ's reference implementations store for int4.
+    [0, 2^b - 1] with one zero point z per scale (a ``weight_zero_point`` uint8 buffer, so
+    b <= 8: ``set_weight`` / ``set_quantized`` refuse more), w_hat = (q - z) s: all 2^b
+    levels, and the grid need not be centred on 0 -- what GPTQ's and AWQ's reference
+    implementations store for int4.
 
     Optionally a per-input-channel ``input_scale`` (float32 [in], AWQ's 1 / s) multiplies
     the input before the product, y = (x * input_scale) W_hat^T + b, when it is not folded
@@ -297,7 +298,7 @@ class _WeightOnly(Module):
         if not isinstance(symmetric, (bool, np.bool_)):
             raise ArgumentError(f"symmetric: expected True or False, got {symmetric!r}")
         self.symmetric = bool(symmetric)
-        self.group_size = None if group_size is None else int(group_size)
+        self.group_size = None if group_size is None else check_int(group_size, "group_size", min_value=1)
         self.weight_shape = tuple(int(s) for s in weight_shape)
         n = int(np.prod(self.weight_shape))
         rows = self.weight_shape[0]
@@ -317,6 +318,16 @@ class _WeightOnly(Module):
             self.input_scale = None
         self._dense = _Cached()
 
+    def _check_affine_bits(self):
+        """Refuse to store affine (``symmetric=False``) codes of more than 8 bits."""
+        # The zero points live in a uint8 buffer (saved files hold it so, and must still
+        # load): a 16-bit affine grid has zero points up to 65535, which would wrap.
+        # The check is here, where codes are stored, not in __init__, so a saved layer
+        # still loads as it always did.
+        if not self.symmetric and self.bits > 8:
+            raise ArgumentError(f"bits: symmetric=False stores one uint8 zero point per scale, so it needs "
+                                f"bits <= 8, got bits={self.bits}; use symmetric=True for {self.bits}-bit weights")
+
     def spec(self) -> QuantSpec:
         form = {} if self.symmetric else dict(signed=False, symmetric=False, narrow_range=False)
         if self.group_size is None:
@@ -328,6 +339,7 @@ class _WeightOnly(Module):
         :meth:`spec`) and store them packed (rotated first, W Q, if the layer rotates)."""
         from .qparams import calibrate, quantize
 
+        self._check_affine_bits()
         w = np.asarray(w, np.float32)
         w2 = w.reshape(w.shape[0], -1)
         if getattr(self, "input_signs", None) is not None:
@@ -349,8 +361,9 @@ class _WeightOnly(Module):
                       holding unsigned b-bit values (w_hat = (codes - zero_point) * scale).
         scale       : float32 scales, [out] per channel or [out, n_groups] per group (as
                       this layer's ``group_size``), or the QParams GPTQ / AWQ returned (their
-                      granularity must match; a per-tensor scale is repeated per row; their
-                      zero points are used, and must be 0 for a symmetric layer).
+                      granularity must match, per channel along axis 0; a per-tensor scale
+                      is repeated per row; their zero points are used, and must be 0 for a
+                      symmetric layer).
         bias        : float32 [out] or None (keep the current bias).
         input_scale : float32 [in] or None: x is multiplied by it channel-wise before the
                       product (AWQ's 1 / s); registers the buffer if the layer had none.
@@ -361,6 +374,7 @@ class _WeightOnly(Module):
         """
         from .qparams import QParams
 
+        self._check_affine_bits()
         rows = self.weight_shape[0]
         n_scales = self.weight_scale.shape[0]
         if isinstance(scale, QParams):
@@ -376,6 +390,12 @@ class _WeightOnly(Module):
                                     f"{'signed' if sp.signed else 'unsigned'} weights (group_size {sp.group_size}) "
                                     f"do not fit this {self.bits}-bit {'symmetric' if self.symmetric else 'affine'} "
                                     f"layer (group_size {self.group_size})")
+            # the layer keeps one scale per output row: scales along another axis of a square
+            # weight would have the right count and be applied to the wrong weights (the rule
+            # of gptq.check_layer_spec, for the codes' rank: a conv weight's is 4)
+            if sp.granularity == "channel" and check_axis(sp.axis, len(self.weight_shape), "scale.spec.axis") != 0:
+                raise ArgumentError(f"scale: per-channel QParams need axis 0 (output channels), "
+                                    f"got axis {sp.axis}")
             scale = np.asarray(scale.scale, np.float32)
             if scale.size == 1:
                 scale = np.full(rows, scale.reshape(-1)[0], np.float32)

@@ -42,10 +42,17 @@ class Observer:
         return np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).astype(np.float64)
 
     def observe(self, x) -> "Observer":
+        """Add batch ``x`` to the statistics; per channel, every batch must have the
+        first one's channel count (ShapeError otherwise)."""
         rows = self._rows(x)
+        # checked once here for every observer: a different count would broadcast (moving
+        # average), re-bin part of a histogram or fail inside numpy's concatenate
+        if self.n_batches_ and rows.shape[0] != self.n_channels_:
+            raise ShapeError(f"x: channel count changed from {self.n_channels_} to {rows.shape[0]}")
         if rows.shape[1] == 0:
             return self
         self._update(rows)
+        self.n_channels_ = rows.shape[0]
         self.n_batches_ += 1
         return self
 
@@ -74,8 +81,6 @@ class MinMaxObserver(Observer):
         if self.n_batches_ == 0:
             self.min_, self.max_ = lo, hi
         else:
-            if lo.shape != self.min_.shape:
-                raise ShapeError(f"x: channel count changed from {self.min_.size} to {lo.size}")
             self.min_, self.max_ = np.minimum(self.min_, lo), np.maximum(self.max_, hi)
 
     def range(self):
@@ -174,6 +179,9 @@ class HistogramKLObserver(Observer):
         self.bins = check_int(bins, "bins", min_value=16)
 
     def _update(self, rows):
+        # NaN / Inf cannot be binned; the other observers refuse them too (their
+        # statistics become non-finite, which choose_qparams refuses)
+        check_array(rows, "x", finite=True)
         amax = np.abs(rows).max(axis=1)
         if self.n_batches_ == 0:
             self.amax_ = amax

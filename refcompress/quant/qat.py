@@ -34,9 +34,9 @@ from ..errors import ArgumentError, DTypeError
 from ..nn.container import Chain
 from ..nn.module import Module, Parameter
 from ..nn.spec import register_module
-from .convert import _check_sequential, _integer_layer, _rebuild, _stub, _units
+from .convert import _check_sequential, _integer_layer, _rebuild, _stub, _units, integer_form
 from .lsq import lsq_init_step
-from .modules import DequantizeStub, QuantizedMaxPool2d, QuantizeStub
+from .modules import DequantizeStub, QuantizeStub
 from .observers import MovingAverageMinMaxObserver
 from .qparams import QParams, calibrate, choose_qparams, fake_quantize, quantize
 from .spec import QuantSpec
@@ -54,6 +54,10 @@ class FakeQuantize(Module):
     Training: the range follows a moving average of batch min / max (or, with ``lsq``, a
     learned step with a fixed zero point) and the backward passes gradients only where x
     was inside the range (STE).  Eval: the range is frozen.
+
+    With ``lsq`` the scale is s = |step| (1 if the step is 0), the zero point
+    z = clip(rint(-range_min / s), qmin, qmax), and the step's gradient is d/ds times
+    sign(step): a step that an update made negative quantizes as its magnitude does.
     """
 
     def __init__(self, bits: int = 8, lsq: bool = False, averaging_constant: float = 0.01):
@@ -69,8 +73,11 @@ class FakeQuantize(Module):
     def qparams(self) -> QParams:
         spec = _act_spec(self.bits)
         if self.lsq:
-            z = int(np.clip(np.rint(-self.range_min[0] / self.step.data[0]), spec.qmin, spec.qmax))
-            return QParams(np.float32(abs(self.step.data[0]) or 1.0), np.int32(z), spec)
+            # the scale is |step|, and the zero point must come from the same number: from the
+            # signed step a negative one flipped it to the other end of the range
+            s = np.float32(abs(self.step.data[0])) or np.float32(1.0)
+            z = int(np.clip(np.rint(-self.range_min[0] / s), spec.qmin, spec.qmax))
+            return QParams(s, np.int32(z), spec)
         return choose_qparams(float(self.range_min[0]), float(self.range_max[0]), spec)
 
     def forward(self, x):
@@ -100,7 +107,8 @@ class FakeQuantize(Module):
             inside = (r > spec.qmin) & (r < spec.qmax)
             ds = np.where(inside, np.rint(r) - r, np.where(r <= spec.qmin, spec.qmin, spec.qmax) - float(qp.zero_point))
             g = 1.0 / np.sqrt(x.size * spec.qmax)
-            self.step.accumulate_grad(np.array([np.sum(grad_out * ds) * g], np.float32))
+            sign = -1.0 if self.step.data[0] < 0 else 1.0  # d|step| / d step
+            self.step.accumulate_grad(np.array([np.sum(grad_out * ds) * g * sign], np.float32))
         return grad_out * mask
 
     def get_config(self):
@@ -159,7 +167,9 @@ class _QATWeights:
             inside = (r > spec.qmin) & (r < spec.qmax)
             ds = np.where(inside, np.rint(r) - r, np.where(r <= spec.qmin, spec.qmin, spec.qmax))
             g = 1.0 / np.sqrt(w[0].size * spec.qmax)
-            self.weight_step.accumulate_grad((np.sum(g_new * ds, axis=tuple(range(1, w.ndim))) * g).astype(np.float32))
+            sign = np.where(self.weight_step.data < 0, -1.0, 1.0)  # the scales are |step|: d|step| / d step
+            self.weight_step.accumulate_grad(
+                (np.sum(g_new * ds, axis=tuple(range(1, w.ndim))) * g * sign).astype(np.float32))
         self.weight.grad = (0 if before is None else before) + g_new * mask
         return gx
 
@@ -237,18 +247,17 @@ def convert_qat(model: nn.Sequential, *, rule: str = "float") -> nn.Sequential:
             oq = fq.qparams()
             out.append(_integer_layer(m, relu, rule, m.weight_bits, act_bits,
                                       (float(cur_qp.scale), int(cur_qp.zero_point)),
-                                      (float(oq.scale), int(oq.zero_point)), weight_qp=m.weight_qparams()))
+                                      (float(oq.scale), int(oq.zero_point)), weight_qp=m.weight_qparams(),
+                                      name=str(i)))
             cur_qp = oq
             i += 3 if relu else 2
-        elif isinstance(m, nn.MaxPool2d):
-            out.append(QuantizedMaxPool2d(m.kernel_size, m.stride, m.padding))
-            i += 1
-        elif isinstance(m, (nn.Flatten, nn.Dropout)):
-            if isinstance(m, nn.Flatten):
-                out.append(nn.Flatten())
-            i += 1
         else:
-            raise ArgumentError(f"model: layer {i} ({type(m).__name__}) has no integer form")
+            # quantize_static's rule for the layers between (pooling, flattening, an unfused
+            # ReLU, Dropout)
+            q = integer_form(m, int(cur_qp.zero_point), str(i))
+            if q is not None:
+                out.append(q)
+            i += 1
     out.append(_stub(DequantizeStub(), (float(cur_qp.scale), int(cur_qp.zero_point))))
     return nn.Sequential(*out).eval()
 

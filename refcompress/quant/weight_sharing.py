@@ -78,6 +78,9 @@ def kmeans_share(w, bits: int, *, mask=None, n_iter: int = 30, tol: float = 0.0)
     k = 2**bits
     if values.size == 0:
         raise ArgumentError("w: no weights to share (the mask selects none)")
+    if not np.all(np.isfinite(values)):
+        # a NaN would make every centroid NaN (linspace from its min / max)
+        raise ArgumentError("w: expected finite values, got NaN or Inf")
     c = np.linspace(values.min(), values.max(), k)  # linear initialisation
     for _ in range(n_iter):
         idx = _assign(values, c)

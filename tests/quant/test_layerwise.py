@@ -483,3 +483,28 @@ def test_smoothquant_makes_activations_easier_to_quantize(data):
     ref = x.astype(np.float64) @ w.astype(np.float64).T
     # W8A8 output error: measured 11.9 vs 44.9
     assert np.linalg.norm(w8a8(xs, ws) - ref) < 0.5 * np.linalg.norm(w8a8(x, w) - ref)
+
+
+def test_set_quantized_refuses_channel_qparams_along_the_input_axis():
+    # a square weight: scales per input column have the output count and used to be
+    # applied per output row (max error 9.4 against 0.56 for the codes' own grid)
+    w = (np.random.default_rng(0).standard_normal((4, 4)) * [.01, .1, 1, 10]).astype(np.float32)
+    for axis in (1, -1):
+        qp = calibrate(w, QuantSpec(4).per_channel(axis))
+        with pytest.raises(ArgumentError, match=f"scale: per-channel QParams need axis 0 .*got axis {axis}"):
+            M.WeightOnlyLinear(4, 4, bias=False, bits=4).set_quantized(quantize(w, qp), qp)
+    for axis in (0, -2):  # the output axis, either way it is spelled, is stored as before
+        qp = calibrate(w, QuantSpec(4).per_channel(axis))
+        lay = M.WeightOnlyLinear(4, 4, bias=False, bits=4).set_quantized(quantize(w, qp), qp)
+        np.testing.assert_array_equal(lay.dense_weight(), dequantize(quantize(w, qp), qp))
+    # a conv weight [out, in, kh, kw] (out = kh = kw = 3): only axis 0 / -4 is the output axis
+    wc = np.random.default_rng(1).standard_normal((3, 2, 3, 3)).astype(np.float32)
+    for axis, ok in ((0, True), (-4, True), (2, False), (-1, False)):
+        qp = calibrate(wc, QuantSpec(8).per_channel(axis))
+        conv = M.WeightOnlyConv2d(2, 3, 3, bits=8)
+        if ok:
+            conv.set_quantized(quantize(wc, qp), qp)
+            np.testing.assert_array_equal(conv.dense_weight(), dequantize(quantize(wc, qp), qp))
+        else:
+            with pytest.raises(ArgumentError, match="axis 0"):
+                conv.set_quantized(quantize(wc, qp), qp)

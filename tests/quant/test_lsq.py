@@ -34,3 +34,33 @@ def test_step_follows_the_gradient_to_a_lower_error():
         _, gs = Q.lsq_backward(2 * (v_hat - v) / v.size, r, -8, 7)
         s -= 0.5 * gs
     assert np.mean((Q.lsq_forward(v, s, -8, 7)[0] - v) ** 2) < err0
+
+
+def test_fake_quantize_uses_the_step_magnitude_for_scale_and_zero_point():
+    # the scale was |step| but the zero point came from the signed step: negating the
+    # step flipped the zero point (64 -> 0) and moved the whole grid
+    from refcompress.quant.qat import FakeQuantize, QATLinear
+
+    x = np.linspace(-1, 3, 101).astype(np.float32)
+    fq = FakeQuantize(8, lsq=True).train()
+    y_pos = fq(x)
+    fq.backward(np.ones_like(x))
+    qp_pos, g_pos = fq.qparams(), fq.step.grad.copy()
+    assert int(qp_pos.zero_point) == 64
+    fq.step.data = -fq.step.data
+    fq.step.grad = None
+    y_neg = fq(x)
+    fq.backward(np.ones_like(x))
+    qp_neg = fq.qparams()
+    assert qp_neg.scale == qp_pos.scale and qp_neg.zero_point == qp_pos.zero_point
+    np.testing.assert_array_equal(y_neg, y_pos)
+    np.testing.assert_array_equal(fq.step.grad, -g_pos)  # d|step| / d step = -1
+    # the weights' per-channel steps follow the same rule
+    lin = QATLinear(6, 3, weight_bits=4, lsq=True).train()
+    xs = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    lin.backward(np.ones_like(lin(xs)))
+    g_w = lin.weight_step.grad.copy()
+    lin.weight_step.data = -lin.weight_step.data
+    lin.weight_step.grad, lin.weight.grad = None, None
+    lin.backward(np.ones_like(lin(xs)))
+    np.testing.assert_allclose(lin.weight_step.grad, -g_w, rtol=1e-6)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from refcompress import quant as Q
-from refcompress.errors import ArgumentError
+from refcompress.errors import ArgumentError, ShapeError
 
 SYM = Q.QuantSpec(8)
 
@@ -64,3 +64,25 @@ def test_uncalibrated_and_bad_observers_are_refused():
         Q.PercentileObserver(SYM, percentile=10)
     with pytest.raises(ArgumentError, match="symmetric"):
         Q.HistogramKLObserver(Q.QuantSpec(8, signed=False, symmetric=False))
+
+
+@pytest.mark.parametrize("cls", [Q.MinMaxObserver, Q.MovingAverageMinMaxObserver, Q.PercentileObserver,
+                                 Q.MSEObserver, Q.HistogramKLObserver])
+def test_every_observer_refuses_a_changed_channel_count(cls):
+    # the moving average broadcast a 1-channel batch over 4 channels, the histogram re-binned
+    # part of its channels, Percentile / MSE failed inside numpy's concatenate
+    o = cls(Q.QuantSpec(8).per_channel(1))
+    o.observe(np.array([[1.0, 2, 3, 4]], np.float32))
+    with pytest.raises(ShapeError, match="x: channel count changed from 4 to 1"):
+        o.observe(np.array([[100.0]], np.float32))
+    with pytest.raises(ShapeError, match="x: channel count changed from 4 to 5"):
+        o.observe(np.ones((2, 5), np.float32))
+    # the statistics of the accepted batch are untouched
+    np.testing.assert_allclose(o.qparams().scale, np.float32([1, 2, 3, 4]) / 127, rtol=0.02)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_kl_observer_refuses_non_finite_values(bad):
+    o = Q.HistogramKLObserver(SYM)
+    with pytest.raises(ArgumentError, match="x: expected finite values"):
+        o.observe(np.array([1.0, bad, 2.0], np.float32))

@@ -5,7 +5,8 @@ import pytest
 
 import refcompress.kernels as kernels
 from refcompress import nn
-from refcompress.errors import ArgumentError, NotDifferentiableError
+from refcompress import quant as Q
+from refcompress.errors import ArgumentError, NotDifferentiableError, OverflowRiskError
 from refcompress.quant import convert as C
 from refcompress.quant import modules as M
 from refcompress.quant import qat
@@ -246,3 +247,77 @@ def test_used_quantized_models_deep_copy_and_pickle():
         y = layer(x)
         for c in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
             np.testing.assert_array_equal(c(x), y)
+
+
+def test_weight_only_affine_refuses_more_than_8_bits():
+    # the zero points are a uint8 buffer: a 16-bit affine grid's zero point (~50000 here)
+    # used to wrap to 236, and the layer computed with wrong weights
+    lin = nn.Linear(4, 3)
+    lin.weight.data = np.array([[-1, -.5, .2, .3]] * 3, np.float32)
+    model = nn.Sequential(lin).eval()
+    with pytest.raises(ArgumentError, match=r"bits: symmetric=False .* bits <= 8, got bits=16.*symmetric=True"):
+        C.quantize_weight_only(model, 16, symmetric=False)
+    with pytest.raises(ArgumentError, match="bits <= 8"):
+        C.quantize_weight_only(model, 16, group_size=2, symmetric=False)
+    layer = M.WeightOnlyLinear(4, 3, bits=16, symmetric=False)
+    with pytest.raises(ArgumentError, match="bits <= 8"):
+        layer.set_quantized(np.zeros((3, 4), np.uint8), np.ones(3, np.float32), zero_point=np.zeros(3, np.int32))
+    # symmetric 16-bit weights stay supported and exact to the 16-bit grid
+    s = C.quantize_weight_only(model, 16)
+    np.testing.assert_allclose(s[0].dense_weight(), lin.weight.data, atol=1e-4)
+
+
+def test_static_refuses_a_bias_beyond_int32_at_conversion():
+    # inputs ~1e-6 give s_x ~ 1e-8: b / (s_x s_w) ~ 1.8e10 was saturated to int32 silently
+    # and the model failed at its first forward with a negative K bound
+    lin = nn.Linear(4, 2)
+    lin.bias.data = np.array([1.0, -1.0], np.float32)
+    model = nn.Sequential(lin).eval()
+    x = (np.random.default_rng(0).standard_normal((32, 4)) * 1e-6).astype(np.float32)
+    with pytest.raises(OverflowRiskError, match=r"layer '0': bias / \(s_x s_w\) reaches .* beyond int32.*too small"):
+        C.quantize_static(model, x)
+    # the bias fits int32 but leaves no room for 64 products: refused too
+    lin = nn.Linear(64, 2)
+    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    s_x = float(Q.calibrate(x, Q.QuantSpec(8, signed=False, symmetric=False, narrow_range=False)).scale)
+    s_w = Q.calibrate(lin.weight.data, Q.QuantSpec(8, granularity="channel", axis=0)).scale.astype(np.float64)
+    lin.bias.data = (2.147e9 * s_x * s_w).astype(np.float32)  # room for ~30 products of 128 x 127
+    with pytest.raises(OverflowRiskError, match=r"layer '0': the int32 accumulation of 64 products"):
+        C.quantize_static(nn.Sequential(lin).eval(), x)
+    lin.bias.data = (1e6 * s_x * s_w).astype(np.float32)  # room to spare: converts and runs
+    C.quantize_static(nn.Sequential(lin).eval(), x)(x)
+
+
+def test_convert_qat_keeps_a_relu_after_dropout_in_integers():
+    # prepare_qat and quantize_static accept the ReLU that a Dropout separates from its
+    # layer; convert_qat refused it ("has no integer form") and now uses the same rule
+    nn.manual_seed(6)
+    m = nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.1), nn.ReLU(), nn.Linear(5, 2)).eval()
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    q = qat.prepare_qat(m)
+    q(x)
+    q.eval()
+    integer = qat.convert_qat(q)
+    assert [type(l) for l in integer][2:4] == [M.QuantizedReLU, M.QuantizedLinear]  # Dropout dropped
+    step = float(list(integer)[-1].scale[0])
+    assert np.abs(integer(x) - q(x)).max() <= 1.01 * step  # one output step, as every converted model
+    assert type(C.quantize_static(m, x)[2]) is M.QuantizedReLU
+
+
+def test_conversion_sizes_and_observers_are_validated():
+    lin = nn.Linear(4, 4)
+    model = nn.Sequential(lin).eval()
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    for g in (0, -2):  # was a ZeroDivisionError
+        with pytest.raises(ArgumentError, match="group_size: expected an integer in \\[1, inf\\]"):
+            C.quantize_weight_only(model, 4, group_size=g)
+        with pytest.raises(ArgumentError, match="group_size"):
+            M.WeightOnlyLinear(4, 4, group_size=g)
+    for b in (0, -1):  # calibrated nothing, then failed on the never-run observers
+        with pytest.raises(ArgumentError, match="batch_size: expected an integer in \\[1, inf\\]"):
+            C.quantize_static(model, x, batch_size=b)
+        with pytest.raises(ArgumentError, match="batch_size"):
+            C.quantize_weights_corrected(model, x, 4, batch_size=b)
+    # the KL observer calibrates symmetric ranges; static PTQ's activations are affine
+    with pytest.raises(ArgumentError, match="HistogramKLObserver calibrates symmetric"):
+        C.quantize_static(model, x, observer=Q.HistogramKLObserver)

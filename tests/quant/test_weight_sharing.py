@@ -108,3 +108,15 @@ def test_shared_conv_trains_its_codebook_through_conv_backward():
     again = nn.from_spec(nn.to_spec(layer))
     again.load_state_dict(layer.state_dict())
     np.testing.assert_array_equal(again.eval()(x), layer.eval()(x))
+
+
+def test_kmeans_share_refuses_non_finite_weights():
+    from refcompress.errors import ArgumentError
+
+    w = np.linspace(-1, 1, 16).astype(np.float32)
+    w[3] = np.nan
+    with pytest.raises(ArgumentError, match="w: expected finite values"):
+        Q.kmeans_share(w, 2)
+    mask = np.ones(16, bool)
+    mask[3] = False  # a weight the mask leaves out is not shared, whatever it holds
+    assert np.isfinite(Q.kmeans_share(w, 2, mask=mask).codebook).all()
