@@ -34,7 +34,7 @@ import numpy as np
 from .. import _conv
 from .. import kernels
 from .._validation import check_array, check_int
-from ..errors import ArgumentError, DTypeError
+from ..errors import ArgumentError, DTypeError, ShapeError
 from ..nn import Conv2d, Linear, Module, register_module
 from ..nn.container import Chain
 from .cp import cp_als, cp_rank_bound, cp_reconstruct
@@ -53,6 +53,11 @@ def _check_bool(value, name):
 
 
 def _set(param, value):
+    value = np.asarray(value)
+    # A factor of another shape would be installed silently and only fail later, in
+    # backward or in load_state_dict against the configured shape.
+    if value.shape != param.data.shape:
+        raise ShapeError(f"value: expected the parameter's shape {param.data.shape}, got {value.shape}")
     param.data = np.ascontiguousarray(value, dtype=param.data.dtype)
 
 

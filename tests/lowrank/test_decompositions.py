@@ -193,3 +193,47 @@ def test_mac_counts_and_rank_for_mac_budget():
     R = lr.cp_rank_for_macs(shape, 0.5, hw, hw, hw)
     assert lr.cp_conv_macs(64, 32, 3, 3, R, hw, hw, hw) <= 0.5 * dense
     assert lr.cp_conv_macs(64, 32, 3, 3, R + 1, hw, hw, hw) > 0.5 * dense
+
+
+def test_tucker2_refuses_ranks_the_unfoldings_cannot_supply():
+    # R3 <= min(T, R4 kh kw), R4 <= min(S, R3 kh kw): a 1x1 conv 2 -> 8 has rank <= 2 on
+    # both modes, and (4, 2) used to come back as a (2, 2) core with u_out [8, 2].
+    w = np.random.default_rng(0).standard_normal((8, 2, 1, 1))
+    with pytest.raises(ArgumentError, match=r"ranks: expected R3 <= R4 kh kw.*largest R3 for R4 = 2 is 2"):
+        lr.tucker2(w, (4, 2))
+    w = np.random.default_rng(0).standard_normal((2, 8, 1, 1))  # HOSVD's R4 <= T kh kw
+    with pytest.raises(ArgumentError, match="ranks"):
+        lr.tucker2(w, (2, 4))
+    t = lr.tucker2(w, (2, 2))
+    assert t.u_out.shape == (2, 2) and t.u_in.shape == (8, 2) and t.core.shape == (2, 2, 1, 1)
+    w = np.random.default_rng(1).standard_normal((64, 3, 3, 3))
+    with pytest.raises(ArgumentError, match="ranks"):
+        lr.tucker2(w, (11, 1))
+    t = lr.tucker2(w, (9, 1))
+    assert t.u_out.shape == (64, 9) and t.core.shape == (9, 1, 3, 3)
+
+
+def test_rank_proposers_only_propose_ranks_a_tucker2_can_supply():
+    # An RGB stem: 3 -> 64, 3x3.  Before, the MAC proposer gave (11, 1) > R4 kh kw = 9.
+    hw = (32, 32)
+    r3, r4 = lr.tucker2_ranks_for_macs((64, 3, 3, 3), 0.5, hw, hw)
+    assert (r3, r4) == (9, 1)
+    assert lr.check_tucker2_ranks((64, 3, 3, 3), (r3, r4)) == (9, 1)
+    for shape in [(8, 2, 1, 1), (2, 8, 1, 1), (64, 3, 3, 3), (5, 40, 1, 3), (16, 16, 3, 3)]:
+        for frac in (0.2, 0.5, 0.9, 1.0):
+            try:
+                ranks = lr.tucker2_ranks_for_macs(shape, frac, (6, 6), (6, 6))
+            except ArgumentError:
+                continue
+            lr.check_tucker2_ranks(shape, ranks)
+        w = np.random.default_rng(2).standard_normal(shape)
+        lr.check_tucker2_ranks(shape, lr.tucker2_ranks_vbmf(w))
+    # a full-rank 1x1 kernel 2 -> 8: EVBMF gives (2, 2) at most, never more than the bound
+    assert lr.clamp_tucker2_ranks((8, 2, 1, 1), (8, 2)) == (2, 2)
+    assert lr.clamp_tucker2_ranks((64, 3, 3, 3), (11, 1)) == (9, 1)
+
+
+def test_tucker2_ranks_for_macs_validates_weight_shape():
+    for bad in [(6, 4, 3), (6, 4, 3, 0), (6, 4, 3, 3, 1), 5, (6, 4, 3, 2.5)]:
+        with pytest.raises((ArgumentError, DTypeError), match="weight_shape"):
+            lr.tucker2_ranks_for_macs(bad, 0.5, (8, 8), (8, 8))
