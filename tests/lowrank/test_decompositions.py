@@ -1,5 +1,7 @@
 """SVD, rank selection, data-aware SVD, Tucker-2 and CP: the math, checked."""
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -237,3 +239,24 @@ def test_tucker2_ranks_for_macs_validates_weight_shape():
     for bad in [(6, 4, 3), (6, 4, 3, 0), (6, 4, 3, 3, 1), 5, (6, 4, 3, 2.5)]:
         with pytest.raises((ArgumentError, DTypeError), match="weight_shape"):
             lr.tucker2_ranks_for_macs(bad, 0.5, (8, 8), (8, 8))
+
+
+def test_evbmf_with_an_exactly_zero_singular_value_matches_a_tiny_one():
+    # One dead input and one dead output: s_16 = 0 made every -log x_h term +inf, so the
+    # free energy was +inf for every sigma^2 and the minimiser returned an arbitrary point.
+    rng = np.random.default_rng(0)
+    k = 15
+    w = np.zeros((16, 16))
+    w[:k, :k] = 0.3 * rng.standard_normal((k, k)) + rng.standard_normal((k, 2)) @ rng.standard_normal((2, k))
+    w2 = w.copy()
+    w2[k, k] = 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero RuntimeWarning
+        r, s2, _ = lr.evbmf(w)
+        r2, s22, _ = lr.evbmf(w2)
+    assert r == r2 == 2
+    assert s2 == pytest.approx(s22, rel=1e-6)
+    assert lr.rank_by_vbmf(w) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lr.evbmf(np.diag([5.0, 3.0, 0.0, 0.0]))[:2] == pytest.approx(lr.evbmf(np.diag([5.0, 3.0, 1e-9, 1e-9]))[:2])
