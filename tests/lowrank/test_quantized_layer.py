@@ -182,7 +182,7 @@ def test_a_dead_output_row_converts_and_keeps_its_bias(variant):
 
 def test_all_zero_weights_with_a_bias_give_the_bias():
     # h is constant 0, so h_scale falls back to 1; s_u from the bias alone keeps the bias
-    # (before: rounded to whole units of s_h s_u = 1/127, i.e. q(x) = 0).
+    # (before: s_h = s_u = 1, the bias rounded to whole units, i.e. q(x) = 0).
     rng = np.random.default_rng(0)
     lin = nn.Linear(8, 4, rng=rng)
     lin.weight.data[:] = 0.0
