@@ -260,3 +260,16 @@ def test_evbmf_with_an_exactly_zero_singular_value_matches_a_tiny_one():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert lr.evbmf(np.diag([5.0, 3.0, 0.0, 0.0]))[:2] == pytest.approx(lr.evbmf(np.diag([5.0, 3.0, 1e-9, 1e-9]))[:2])
+
+
+def test_whitened_svd_with_an_indefinite_float32_gram_names_gram_and_damping():
+    # rank 3 of 16, summed in float32: eigenvalues ~ -1e-7 mean(diag C), so the Cholesky
+    # factorisation failed with numpy's LinAlgError when damping was 0
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    gram = x.T @ x
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    with pytest.raises(ArgumentError, match=r"gram, damping: .* not positive definite.*larger damping"):
+        lr.whitened_svd(w, gram=gram, rank=2, damping=0.0)
+    a, b = lr.whitened_svd(w, gram=gram, rank=2, damping=1e-4)
+    assert a.shape == (8, 2) and b.shape == (2, 16)
