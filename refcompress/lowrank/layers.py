@@ -34,7 +34,7 @@ import numpy as np
 from .. import _conv
 from .. import kernels
 from .._validation import check_array, check_int
-from ..errors import ArgumentError, DTypeError, ShapeError
+from ..errors import ArgumentError, DTypeError, NotDifferentiableError, ShapeError
 from ..nn import Conv2d, Linear, Module, register_module
 from ..nn.container import Chain
 from .cp import cp_als, cp_rank_bound, cp_reconstruct
@@ -170,8 +170,8 @@ class QuantizedLowRankLinear(Module):
     ``v_scale`` [r] and ``u_scale`` [m]; ``bias`` float32 [m] (or None); the activations'
     uint8 affine qparams ``x_scale``, ``x_zero_point``, ``h_scale``, ``h_zero_point`` (one
     element each).  Build one with :meth:`from_lowrank` from a trained layer and calibration
-    inputs.  Weights take (m + n) r bytes instead of 4 (m + n) r.  Inference only: there
-    is no backward (fine-tune the float :class:`LowRankLinear`, then convert).
+    inputs.  Weights take (m + n) r bytes instead of 4 (m + n) r.  Inference only: backward
+    raises NotDifferentiableError (fine-tune the float :class:`LowRankLinear`, then convert).
     """
 
     fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
@@ -258,6 +258,12 @@ class QuantizedLowRankLinear(Module):
             return kernels.lowrank_linear_q8(x, self.quantized())
         y = kernels.lowrank_linear_q8(np.reshape(x, (-1, self.in_features)), self.quantized())
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, grad_out):
+        # The class the trainers catch (distill skips such layers), as the quant package's
+        # integer layers raise: not Module's bare NotImplementedError.
+        raise NotDifferentiableError(
+            f"{type(self).__name__} is an int8 inference layer: fine-tune the float LowRankLinear, then convert")
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,

@@ -10,7 +10,7 @@ import refcompress.kernels as kernels
 from refcompress import io, nn
 from refcompress import prune as P
 from refcompress import lowrank as lr
-from refcompress.errors import ArgumentError, DTypeError, ShapeError
+from refcompress.errors import ArgumentError, DTypeError, NotDifferentiableError, ShapeError
 from refcompress.testing import assert_exact, kernel_variants
 
 Q8 = kernel_variants("lowrank_linear_q8")
@@ -83,7 +83,7 @@ def test_bad_inputs_name_the_argument():
         lr.QuantizedLowRankLinear.from_lowrank(float_layer, np.zeros((5, 41), np.float32))
     with pytest.raises(DTypeError, match="layer: expected a LowRankLinear, got Linear"):
         lr.QuantizedLowRankLinear.from_lowrank(nn.Linear(40, 30), np.zeros((5, 40), np.float32))
-    with pytest.raises(NotImplementedError, match="QuantizedLowRankLinear does not implement backward"):
+    with pytest.raises(NotDifferentiableError, match="QuantizedLowRankLinear is an int8 inference layer"):
         q.backward(np.zeros((2, 30), np.float32))
     with pytest.raises(ArgumentError, match=r"calibration: expected float32 inputs of shape \(N, 40\), N >= 1"):
         lr.QuantizedLowRankLinear.from_lowrank(float_layer, np.zeros((0, 40), np.float32))
@@ -192,3 +192,12 @@ def test_all_zero_weights_with_a_bias_give_the_bias():
     for variant in Q8:
         with kernels.use(*variant):
             np.testing.assert_allclose(q(x), np.broadcast_to(lin.bias.data, (3, 4)), rtol=1e-6)
+
+
+def test_backward_raises_not_differentiable_error():
+    # distill's trainer catches NotDifferentiableError (as the quant package's integer
+    # layers raise), not the bare NotImplementedError of Module.backward
+    _, q, rng = _layers()
+    q(rng.standard_normal((4, 40)).astype(np.float32))
+    with pytest.raises(NotDifferentiableError, match="QuantizedLowRankLinear is an int8 inference layer"):
+        q.backward(np.ones((4, 30), np.float32))
