@@ -35,11 +35,18 @@ def _singular_values(weight, name="weight"):
 
 
 def rank_by_energy(singular_values, energy: float) -> int:
-    """Smallest r keeping a fraction ``energy`` in (0, 1] of sum s_i^2 (>= 1)."""
+    """Smallest r keeping a fraction ``energy`` in (0, 1] of sum s_i^2 (>= 1), for s in
+    descending order.  ``energy`` = 1 keeps every nonzero singular value (r = the index of
+    the last nonzero s_i, 1-based)."""
     s = check_array(singular_values, "singular_values", ndim=1, finite=True)
     e = check_float(energy, "energy", min_value=0.0, max_value=1.0, min_inclusive=False)
     if s.size == 0:
         raise ArgumentError("singular_values: expected at least one value, got none")
+    if e == 1.0:
+        # Exactly, not through the cumulative sum: the rounding allowance below (1e-12 of
+        # the energy) would drop a tail such as [1, 1e-7], whose share is 1e-14.
+        nonzero = np.flatnonzero(s)
+        return int(nonzero[-1]) + 1 if nonzero.size else 1
     sq = np.square(s.astype(np.float64))
     total = sq.sum()
     if total == 0.0:

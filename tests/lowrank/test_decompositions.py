@@ -273,3 +273,14 @@ def test_whitened_svd_with_an_indefinite_float32_gram_names_gram_and_damping():
         lr.whitened_svd(w, gram=gram, rank=2, damping=0.0)
     a, b = lr.whitened_svd(w, gram=gram, rank=2, damping=1e-4)
     assert a.shape == (8, 2) and b.shape == (2, 16)
+
+
+def test_energy_one_keeps_every_nonzero_singular_value():
+    # the tail's share 1e-14 is below the 1e-12 rounding allowance of e < 1
+    assert lr.rank_by_energy([1.0, 1e-7], 1.0) == 2
+    assert lr.rank_by_energy([1.0, 1e-7, 0.0, 0.0], 1.0) == 2
+    assert lr.rank_by_energy([1.0, 1e-200], 1.0) == 2  # s^2 underflows; s is still nonzero
+    assert lr.rank_by_energy([0.0, 0.0], 1.0) == 1
+    assert lr.rank_by_energy([1.0, 1e-7], 1.0 - 1e-9) == 1  # e < 1 unchanged
+    w = np.diag([3.0, 2.0, 1e-8, 0.0])
+    assert lr.select_rank(w, energy=1.0) == 3
