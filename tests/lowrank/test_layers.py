@@ -217,3 +217,19 @@ def test_factors_of_another_shape_are_refused_when_installed():
         _set(lin.weight, np.zeros((2, 4)))
     _set(lin.weight, np.ones((3, 4)))
     assert lin.weight.data.dtype == np.float32 and lin.weight.data.sum() == 12
+
+
+def test_plan_keys_the_method_does_not_take_are_refused_by_name():
+    # {"rank": 2} is a Linear's key; a conv's Tucker-2 takes "ranks" (was Python's TypeError)
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, rng=rng), nn.Flatten(), nn.Linear(8, 3, rng=rng))
+    with pytest.raises(ArgumentError, match=r"plan\['0'\]: unknown keys \['rank'\] for a Conv2d factored by "
+                                            r"'tucker2'; accepted keys: \['method', 'ranks', 'n_iter'\]"):
+        lr.factorize(model, {"2": {"rank": 2}, "0": {"rank": 2}})
+    assert isinstance(model[2], nn.Linear)  # nothing swapped
+    with pytest.raises(ArgumentError, match=r"plan\['0'\]: missing keys \['rank'\] for a Conv2d factored by 'cp'"):
+        lr.factorize(model, {"0": {"method": "cp"}})
+    with pytest.raises(ArgumentError, match=r"kwargs: unknown keys \['ranks'\] for a Linear factored by 'svd'"):
+        lr.decompose(model[2], ranks=(1, 1))
+    lr.factorize(model, {"0": {"ranks": (2, 2)}, "2": {"rank": 2}})
+    assert isinstance(model[0], lr.Tucker2Conv2d) and isinstance(model[2], lr.LowRankLinear)
