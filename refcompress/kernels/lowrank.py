@@ -26,7 +26,11 @@ definition is two exact :func:`~refcompress.kernels.qgemm` products:
     h_q = requantize_float( (x_q - z_x) @ v_q^T ;  M_j = s_x s_v[j] / s_h,  z_h )   uint8
     y   = float32( (h_q - z_h) @ u_q^T + bias_q ) * (s_h s_u[i])                     float32
 
-with bias_q = round_half_even(bias / (s_h s_u)) (int32).  The intermediate is requantized
+with bias_q = round_half_even(bias / (s_h s_u)) (int32).  Made from float factors (the
+constructor, :meth:`QuantizedLowRank.calibrate`), s_u[i] = max(max|u_i| / 127,
+|bias_i| / (s_h B)), B = (2^31 - 1 - r max(z_h, 255 - z_h) 127)(1 - 2^-20) - 1, so |bias_q|
+<= B: the second sum with its bias cannot overflow int32, and a row of u that is tiny or 0
+against its bias (a dead output) keeps the bias to ~1 / B relative.  The intermediate is requantized
 to uint8, as an integer-only pipeline must do anyway.  The C kernel (csrc/lowrank/
 lowrank_q8.c) runs both products in one call, block of rows by block of rows so that h_q
 stays in cache, with qgemm's own row packing, zero-point corrections (precomputed per
@@ -51,7 +55,7 @@ from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
 from . import _native, _registry
 from ._registry import Op, check_rc, register
-from .qgemm import (Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
+from .qgemm import (INT32_MAX, Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
                     qgemm_reference)
 from .quantize import quantize, quantize_reference
 
@@ -215,13 +219,43 @@ def lowrank_error_bound(x, v, u, bias=None) -> np.ndarray:
 # ---- int8 ---------------------------------------------------------------------------------------
 
 
-def _sym_int8(w):
-    """Per-row symmetric narrow-range int8: s = max|w_row| / 127, q = rint(w / s)."""
+def _sym_int8(w, min_scale=None):
+    """Per-row symmetric narrow-range int8: s = max(max|w_row| / 127, min_scale_row) (1 for
+    a row that is 0 with no minimum), q = rint(w / s)."""
     amax = np.max(np.abs(w), axis=1).astype(np.float32)
-    s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    s = amax / np.float32(127)
+    if min_scale is not None:
+        s = np.maximum(s, min_scale.astype(np.float32))
+    s = np.where(s > 0, s, np.float32(1)).astype(np.float32)
     q = quantize(np.ascontiguousarray(w, np.float32), s, np.zeros(s.size, np.int64), axis=0,
                  dtype=np.int8, qmin=-127, qmax=127)
     return q, s
+
+
+def _bias_code_limit(r, h_zero_point) -> int:
+    """B, the largest |bias_q| the scale rule aims for: the second product's bound
+    r max|h_q - z_h| 127 + max|bias_q| <= 2^31 - 1 (:func:`~refcompress.kernels.qgemm.k_bound`)
+    leaves INT32_MAX - r max(z_h, 255 - z_h) 127 for the bias; a margin of 2^-20 of it (and
+    1) covers the float32 roundings of s_u and s_h s_u and the rounding of the code."""
+    avail = INT32_MAX - r * max(h_zero_point, 255 - h_zero_point) * 127
+    return max(int(avail * (1.0 - 2.0 ** -20)) - 1, 0)
+
+
+def _u_min_scale(bias, r, h_scale, h_zero_point):
+    """The per-row floor |b_j| / (s_h B) of s_u (None without a bias): with it the bias code
+    b_j / (s_h s_u_j) is at most B, so the second int32 sum cannot overflow whatever the
+    weights.  It only binds on rows whose weights are tiny against the bias (a dead output
+    row, whose codes then round to 0, as they should), and a row of zeros with a bias gets
+    s_u from the bias alone, so the bias is kept to ~1 / B relative (not rounded to whole
+    units of s_h s_u)."""
+    if bias is None:
+        return None
+    sh = float(check_float(h_scale, "h_scale", min_value=0.0, min_inclusive=False))
+    zh = check_int(h_zero_point, "h_zero_point", min_value=0, max_value=255)
+    limit = _bias_code_limit(r, zh)
+    if limit == 0:
+        return None  # r too large for any bias: _setup refuses it with its own message
+    return np.abs(bias.astype(np.float64)) / (np.float64(np.float32(sh)) * limit)
 
 
 def _rebuild_quantized_lowrank(state):
@@ -248,7 +282,8 @@ class QuantizedLowRank:
     def __init__(self, v, u, bias, x_scale, x_zero_point, h_scale, h_zero_point):
         p = PackedLowRank(v, u, bias)  # validates shapes and dtypes
         v_q, v_scale = _sym_int8(p.v)
-        u_q, u_scale = _sym_int8(p.u)
+        # s_u_j = max(max|u_j| / 127, |b_j| / (s_h B)): the bias code fits the int32 sum
+        u_q, u_scale = _sym_int8(p.u, _u_min_scale(p.bias, p.r, h_scale, h_zero_point))
         self._setup(v_q, v_scale, u_q, u_scale, p.bias, x_scale, x_zero_point, h_scale, h_zero_point)
 
     @classmethod

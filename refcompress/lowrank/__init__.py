@@ -19,15 +19,15 @@ from .layers import CPConv2d, LowRankLinear, QuantizedLowRankLinear, Tucker2Conv
 from .ranks import allocate_ranks, evbmf, rank_by_budget, rank_by_energy, rank_by_vbmf, select_rank
 from .surgery import decompose, factorize, replace_layers, to_dense
 from .svd import check_rank, low_rank_params, max_useful_rank, svd_residual, truncated_svd
-from .tucker import (Tucker2, conv_macs, tucker2, tucker2_macs, tucker2_ranks_for_macs,
-                     tucker2_ranks_vbmf, tucker2_reconstruct)
+from .tucker import (Tucker2, check_tucker2_ranks, clamp_tucker2_ranks, conv_macs, tucker2, tucker2_macs,
+                     tucker2_ranks_for_macs, tucker2_ranks_vbmf, tucker2_reconstruct)
 
 __all__ = [
     "truncated_svd", "svd_residual", "low_rank_params", "max_useful_rank", "check_rank",
     "rank_by_energy", "rank_by_budget", "evbmf", "rank_by_vbmf", "select_rank", "allocate_ranks",
     "whitened_svd", "output_error", "calibration_gram",
     "Tucker2", "tucker2", "tucker2_reconstruct", "tucker2_ranks_vbmf", "tucker2_macs",
-    "tucker2_ranks_for_macs", "conv_macs",
+    "tucker2_ranks_for_macs", "conv_macs", "check_tucker2_ranks", "clamp_tucker2_ranks",
     "CP", "cp_als", "cp_reconstruct", "khatri_rao", "cp_conv_macs", "cp_rank_for_macs", "cp_rank_bound",
     "LowRankLinear", "QuantizedLowRankLinear", "Tucker2Conv2d", "CPConv2d",
     "decompose", "factorize", "replace_layers", "to_dense",

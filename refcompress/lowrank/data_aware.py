@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _hessian
 from .._validation import check_array, check_float
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from .svd import FLOATS, check_rank
 
 __all__ = ["whitened_svd", "output_error", "calibration_gram"]
@@ -44,7 +44,8 @@ def whitened_svd(weight, x=None, rank=None, *, gram=None, damping: float = 1e-4)
     weight : [m, n] float32/float64.  x : calibration inputs [N, n] (or pass ``gram`` =
     X^T X [n, n] accumulated over batches instead).  damping : lambda / mean(diag C), >= 0.
     Returns factors in ``weight``'s dtype.  Raises ArgumentError for rank outside
-    [1, min(m, n)], ShapeError when x's width is not n.
+    [1, min(m, n)] or when C + lambda I is not positive definite (a rank-deficient float32
+    gram with ``damping`` 0: increase it), ShapeError when x's width is not n.
     """
     w = check_array(weight, "weight", dtypes=FLOATS, ndim=2, finite=True)
     m, n = w.shape
@@ -60,10 +61,19 @@ def whitened_svd(weight, x=None, rank=None, *, gram=None, damping: float = 1e-4)
     else:
         c = check_array(gram, "gram", ndim=2, shape=(n, n), finite=True).astype(np.float64)
     mean_diag = float(np.mean(np.diag(c)))
-    c, _ = _hessian.damped(c, lam)  # C + lambda I, lambda = damping * mean(diag C)
+    c, lam_abs = _hessian.damped(c, lam)  # C + lambda I, lambda = damping * mean(diag C)
     # Even with damping 0 a floor keeps the Cholesky factor defined for a zero gram.
     c = c + 1e-12 * max(mean_diag, 1.0) * np.eye(n)
-    chol = np.linalg.cholesky(c)  # C = L L^T, L lower-triangular
+    try:
+        chol = np.linalg.cholesky(c)  # C = L L^T, L lower-triangular
+    except np.linalg.LinAlgError:
+        # A rank-deficient gram summed in float32 has eigenvalues of -1e-7 mean(diag C),
+        # far below the 1e-12 floor: only damping makes it positive definite.
+        name = "x" if gram is None else "gram"
+        raise ArgumentError(
+            f"{name}, damping: the damped gram C + {lam_abs:.3g} I is not positive definite ({name} is "
+            f"rank-deficient beyond its rounding); expected a larger damping (e.g. the default 1e-4), "
+            f"got damping={damping}") from None
     u, s, vt = np.linalg.svd(w.astype(np.float64) @ chol, full_matrices=False)
     root = np.sqrt(s[:r])
     a = u[:, :r] * root

@@ -34,7 +34,7 @@ import numpy as np
 from .. import _conv
 from .. import kernels
 from .._validation import check_array, check_int
-from ..errors import ArgumentError, DTypeError
+from ..errors import ArgumentError, DTypeError, NotDifferentiableError, ShapeError
 from ..nn import Conv2d, Linear, Module, register_module
 from ..nn.container import Chain
 from .cp import cp_als, cp_rank_bound, cp_reconstruct
@@ -53,6 +53,11 @@ def _check_bool(value, name):
 
 
 def _set(param, value):
+    value = np.asarray(value)
+    # A factor of another shape would be installed silently and only fail later, in
+    # backward or in load_state_dict against the configured shape.
+    if value.shape != param.data.shape:
+        raise ShapeError(f"value: expected the parameter's shape {param.data.shape}, got {value.shape}")
     param.data = np.ascontiguousarray(value, dtype=param.data.dtype)
 
 
@@ -165,8 +170,8 @@ class QuantizedLowRankLinear(Module):
     ``v_scale`` [r] and ``u_scale`` [m]; ``bias`` float32 [m] (or None); the activations'
     uint8 affine qparams ``x_scale``, ``x_zero_point``, ``h_scale``, ``h_zero_point`` (one
     element each).  Build one with :meth:`from_lowrank` from a trained layer and calibration
-    inputs.  Weights take (m + n) r bytes instead of 4 (m + n) r.  Inference only: there
-    is no backward (fine-tune the float :class:`LowRankLinear`, then convert).
+    inputs.  Weights take (m + n) r bytes instead of 4 (m + n) r.  Inference only: backward
+    raises NotDifferentiableError (fine-tune the float :class:`LowRankLinear`, then convert).
     """
 
     fixed_float_dtype = np.float32  # float32 kernels and scales: Module.to refuses other dtypes
@@ -253,6 +258,12 @@ class QuantizedLowRankLinear(Module):
             return kernels.lowrank_linear_q8(x, self.quantized())
         y = kernels.lowrank_linear_q8(np.reshape(x, (-1, self.in_features)), self.quantized())
         return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, grad_out):
+        # The class the trainers catch (distill skips such layers), as the quant package's
+        # integer layers raise: not Module's bare NotImplementedError.
+        raise NotDifferentiableError(
+            f"{type(self).__name__} is an int8 inference layer: fine-tune the float LowRankLinear, then convert")
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,

@@ -35,11 +35,18 @@ def _singular_values(weight, name="weight"):
 
 
 def rank_by_energy(singular_values, energy: float) -> int:
-    """Smallest r keeping a fraction ``energy`` in (0, 1] of sum s_i^2 (>= 1)."""
+    """Smallest r keeping a fraction ``energy`` in (0, 1] of sum s_i^2 (>= 1), for s in
+    descending order.  ``energy`` = 1 keeps every nonzero singular value (r = the index of
+    the last nonzero s_i, 1-based)."""
     s = check_array(singular_values, "singular_values", ndim=1, finite=True)
     e = check_float(energy, "energy", min_value=0.0, max_value=1.0, min_inclusive=False)
     if s.size == 0:
         raise ArgumentError("singular_values: expected at least one value, got none")
+    if e == 1.0:
+        # Exactly, not through the cumulative sum: the rounding allowance below (1e-12 of
+        # the energy) would drop a tail such as [1, 1e-7], whose share is 1e-14.
+        nonzero = np.flatnonzero(s)
+        return int(nonzero[-1]) + 1 if nonzero.size else 1
     sq = np.square(s.astype(np.float64))
     total = sq.sum()
     if total == 0.0:
@@ -79,14 +86,32 @@ def _tau(x, alpha):
 
 
 def _evb_objective(sigma2, L, M, s, xubar):
-    """Free energy (up to constants) of EVBMF as a function of the noise variance."""
+    """Free energy of EVBMF as a function of the noise variance, up to a constant.
+
+    Nakajima et al. (2013, JMLR 14, the EVB noise-variance objective; their EVBsigma2),
+    with x_h = s_h^2 / (M sigma^2), alpha = L / M, H = len(s) = L (so no residual term):
+
+        2F(sigma^2) = sum_{x_h <= xubar} (x_h - log x_h)
+                    + sum_{x_h > xubar} (x_h - tau_h + log((tau_h + 1) / x_h) + alpha log(tau_h / alpha + 1))
+
+    Every h contributes -log x_h = -log s_h^2 + log(M sigma^2), in either sum.  The
+    -log s_h^2 parts add to -sum_h log s_h^2, a constant in sigma^2 (it does not depend on
+    which sum h falls in), so they are dropped:
+
+        2F = sum_{x_h <= xubar} x_h + sum_{x_h > xubar} (x_h - tau_h + log(tau_h + 1)
+             + alpha log(tau_h / alpha + 1)) + H log(M sigma^2) + const.
+
+    The minimiser is the same, and a singular value that is exactly 0 (a dead row or
+    column) now adds 0 + log(M sigma^2) like any tiny one instead of +inf for every sigma^2
+    (which left the minimiser an arbitrary point of the scan).
+    """
     alpha = L / M
     x = s ** 2 / (M * sigma2)
     z1 = x[x > xubar]
     z2 = x[x <= xubar]
     t1 = _tau(z1, alpha)
-    return (np.sum(z2 - np.log(z2)) + np.sum(z1 - t1) + np.sum(np.log((t1 + 1) / z1))
-            + alpha * np.sum(np.log(t1 / alpha + 1)))
+    return (np.sum(z2) + np.sum(z1 - t1) + np.sum(np.log(t1 + 1))
+            + alpha * np.sum(np.log(t1 / alpha + 1)) + s.size * math.log(M * sigma2))
 
 
 def _minimise_bounded(f, lo, hi):

@@ -12,6 +12,8 @@ plan leaves the model untouched.
 
 from __future__ import annotations
 
+import inspect
+
 from ..errors import ArgumentError, DTypeError
 from ..nn import Conv2d, Linear, Module
 from .layers import CPConv2d, LowRankLinear, Tucker2Conv2d
@@ -24,19 +26,42 @@ def decompose(layer, method: str | None = None, **kwargs) -> Module:
 
     Linear -> :class:`LowRankLinear` (method ``"svd"``, the default; kwargs of
     :meth:`LowRankLinear.from_linear`); Conv2d -> :class:`Tucker2Conv2d` (``"tucker2"``, the
-    default) or :class:`CPConv2d` (``"cp"``), kwargs of their ``from_conv``.
+    default) or :class:`CPConv2d` (``"cp"``), kwargs of their ``from_conv``.  Keyword
+    arguments the chosen constructor does not take (or a required one missing) are an
+    ArgumentError listing the accepted ones.
     """
+    return _decompose(layer, method, kwargs, "kwargs")
+
+
+def _decompose(layer, method, kwargs, where):
     if isinstance(layer, Linear):
         if method not in (None, "svd"):
             raise ArgumentError(f"method: a Linear layer is factored by 'svd', got {method!r}")
-        return LowRankLinear.from_linear(layer, **kwargs)
-    if isinstance(layer, Conv2d):
+        build, kind = LowRankLinear.from_linear, "a Linear factored by 'svd'"
+    elif isinstance(layer, Conv2d):
         if method in (None, "tucker2"):
-            return Tucker2Conv2d.from_conv(layer, **kwargs)
-        if method == "cp":
-            return CPConv2d.from_conv(layer, **kwargs)
-        raise ArgumentError(f"method: a Conv2d layer is factored by 'tucker2' or 'cp', got {method!r}")
-    raise DTypeError(f"layer: expected refcompress.nn.Linear or Conv2d, got {type(layer).__name__}")
+            build, kind = Tucker2Conv2d.from_conv, "a Conv2d factored by 'tucker2'"
+        elif method == "cp":
+            build, kind = CPConv2d.from_conv, "a Conv2d factored by 'cp'"
+        else:
+            raise ArgumentError(f"method: a Conv2d layer is factored by 'tucker2' or 'cp', got {method!r}")
+    else:
+        raise DTypeError(f"layer: expected refcompress.nn.Linear or Conv2d, got {type(layer).__name__}")
+    _check_keys(build, kwargs, where, kind)
+    return build(layer, **kwargs)
+
+
+def _check_keys(build, kwargs, where, kind):
+    """Refuse keys ``build`` (a from_* constructor) does not take, and missing required
+    ones, before calling it: a plan written for another layer type (``{"rank": 2}`` for a
+    conv, whose Tucker-2 takes ``ranks``) would otherwise be Python's TypeError."""
+    params = list(inspect.signature(build).parameters.values())[1:]  # after the layer
+    accepted = [p.name for p in params]
+    unknown = [k for k in kwargs if k not in accepted]
+    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in kwargs]
+    if unknown or missing:
+        what = f"unknown keys {unknown}" if unknown else f"missing keys {missing}"
+        raise ArgumentError(f"{where}: {what} for {kind}; accepted keys: {['method'] + accepted}")
 
 
 def replace_layers(model: Module, new_layers: dict) -> dict:
@@ -69,7 +94,7 @@ def factorize(model: Module, plan: dict) -> dict:
             raise DTypeError(f"plan[{name!r}]: expected a dict of decomposition arguments, got {type(kw).__name__}")
         layer = model.get_submodule(name)
         kw = dict(kw)
-        new[name] = decompose(layer, kw.pop("method", None), **kw)
+        new[name] = _decompose(layer, kw.pop("method", None), kw, f"plan[{name!r}]")
     return replace_layers(model, new)
 
 

@@ -589,10 +589,13 @@ def test_empty_factors_give_empty_or_bias_only_outputs(variant):
 
 
 def test_int8_refuses_a_bias_that_would_overflow_the_int32_sum():
-    # bias / (s_h s_u) near 2^31: acc + bias would wrap in C and not in the reference
+    # bias / (s_h s_u) near 2^31: acc + bias would wrap in C and not in the reference.
+    # Given codes and scales, such a bias is refused ...
     v, u = np.ones((1, 3), np.float32), np.ones((1, 1), np.float32)
+    codes = (np.full((1, 3), 127, np.int8), np.full(1, 1 / 127, np.float32), np.full((1, 1), 127, np.int8),
+             np.full(1, 1 / 127, np.float32))
     with pytest.raises(ArgumentError, match="u: inner dimension 1 exceeds the int32 bound .* quantized bias"):
-        kernels.QuantizedLowRank(v, u, np.array([-3e4], np.float32), 0.5, 0, 1e-3, 0)
+        kernels.QuantizedLowRank.from_codes(*codes, np.array([-3e4], np.float32), 0.5, 0, 1e-3, 0)
     q = kernels.QuantizedLowRank(v, u, np.array([-3.0], np.float32), 0.5, 0, 1e-3, 0)
     x_q = np.array([[255, 255, 255]], np.uint8)
     with kernels.use("numpy"):
@@ -600,6 +603,33 @@ def test_int8_refuses_a_bias_that_would_overflow_the_int32_sum():
     for variant in Q8:
         with kernels.use(*variant):
             assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=str(variant))
+
+
+def test_int8_scale_of_u_keeps_the_bias_code_within_the_int32_bound():
+    # ... while from float factors s_u_j = max(max|u_j| / 127, |b_j| / (s_h B)) makes it fit:
+    # B = (2^31 - 1 - r max(z_h, 255 - z_h) 127)(1 - 2^-20) - 1
+    v, u = np.ones((1, 3), np.float32), np.ones((1, 1), np.float32)
+    q = kernels.QuantizedLowRank(v, u, np.array([-3e4], np.float32), 0.5, 0, 1e-3, 0)
+    # (the float32 roundings of s_u and s_h s_u stay inside the 2^-20 margin: the sum fits)
+    assert abs(int(q.bias_q[0])) + 1 * 255 * 127 <= 2**31 - 1 and q.u_scale[0] > np.float32(1 / 127)
+    x_q = np.array([[255, 255, 255], [0, 0, 0]], np.uint8)
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(x_q, q)
+    np.testing.assert_allclose(want[1], -3e4, rtol=1e-6)
+    for variant in Q8:
+        with kernels.use(*variant):
+            assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=str(variant))
+    # a row of zeros with a bias: the bias alone sets s_u and comes out to float precision
+    q = kernels.QuantizedLowRank(v, np.zeros((2, 1), np.float32), np.array([0.123, -4e-7], np.float32), 0.5, 0,
+                                 1.0, 0)
+    assert np.all(q.u_q == 0)
+    for variant in Q8:
+        with kernels.use(*variant):
+            np.testing.assert_allclose(kernels.lowrank_linear_q8(x_q, q), [[0.123, -4e-7]] * 2, rtol=1e-6)
+    # rows the bias does not constrain keep max|u_j| / 127 exactly
+    u2 = np.array([[0.5], [2.0]], np.float32)
+    q = kernels.QuantizedLowRank(v, u2, np.array([1.0, -1.0], np.float32), 0.5, 0, 1e-2, 0)
+    np.testing.assert_array_equal(q.u_scale, (np.array([0.5, 2.0], np.float32) / np.float32(127)))
 
 
 def test_bad_inputs_name_the_argument():

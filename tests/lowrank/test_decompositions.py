@@ -1,5 +1,7 @@
 """SVD, rank selection, data-aware SVD, Tucker-2 and CP: the math, checked."""
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -193,3 +195,92 @@ def test_mac_counts_and_rank_for_mac_budget():
     R = lr.cp_rank_for_macs(shape, 0.5, hw, hw, hw)
     assert lr.cp_conv_macs(64, 32, 3, 3, R, hw, hw, hw) <= 0.5 * dense
     assert lr.cp_conv_macs(64, 32, 3, 3, R + 1, hw, hw, hw) > 0.5 * dense
+
+
+def test_tucker2_refuses_ranks_the_unfoldings_cannot_supply():
+    # R3 <= min(T, R4 kh kw), R4 <= min(S, R3 kh kw): a 1x1 conv 2 -> 8 has rank <= 2 on
+    # both modes, and (4, 2) used to come back as a (2, 2) core with u_out [8, 2].
+    w = np.random.default_rng(0).standard_normal((8, 2, 1, 1))
+    with pytest.raises(ArgumentError, match=r"ranks: expected R3 <= R4 kh kw.*largest R3 for R4 = 2 is 2"):
+        lr.tucker2(w, (4, 2))
+    w = np.random.default_rng(0).standard_normal((2, 8, 1, 1))  # HOSVD's R4 <= T kh kw
+    with pytest.raises(ArgumentError, match="ranks"):
+        lr.tucker2(w, (2, 4))
+    t = lr.tucker2(w, (2, 2))
+    assert t.u_out.shape == (2, 2) and t.u_in.shape == (8, 2) and t.core.shape == (2, 2, 1, 1)
+    w = np.random.default_rng(1).standard_normal((64, 3, 3, 3))
+    with pytest.raises(ArgumentError, match="ranks"):
+        lr.tucker2(w, (11, 1))
+    t = lr.tucker2(w, (9, 1))
+    assert t.u_out.shape == (64, 9) and t.core.shape == (9, 1, 3, 3)
+
+
+def test_rank_proposers_only_propose_ranks_a_tucker2_can_supply():
+    # An RGB stem: 3 -> 64, 3x3.  Before, the MAC proposer gave (11, 1) > R4 kh kw = 9.
+    hw = (32, 32)
+    r3, r4 = lr.tucker2_ranks_for_macs((64, 3, 3, 3), 0.5, hw, hw)
+    assert (r3, r4) == (9, 1)
+    assert lr.check_tucker2_ranks((64, 3, 3, 3), (r3, r4)) == (9, 1)
+    for shape in [(8, 2, 1, 1), (2, 8, 1, 1), (64, 3, 3, 3), (5, 40, 1, 3), (16, 16, 3, 3)]:
+        for frac in (0.2, 0.5, 0.9, 1.0):
+            try:
+                ranks = lr.tucker2_ranks_for_macs(shape, frac, (6, 6), (6, 6))
+            except ArgumentError:
+                continue
+            lr.check_tucker2_ranks(shape, ranks)
+        w = np.random.default_rng(2).standard_normal(shape)
+        lr.check_tucker2_ranks(shape, lr.tucker2_ranks_vbmf(w))
+    # a full-rank 1x1 kernel 2 -> 8: EVBMF gives (2, 2) at most, never more than the bound
+    assert lr.clamp_tucker2_ranks((8, 2, 1, 1), (8, 2)) == (2, 2)
+    assert lr.clamp_tucker2_ranks((64, 3, 3, 3), (11, 1)) == (9, 1)
+
+
+def test_tucker2_ranks_for_macs_validates_weight_shape():
+    for bad in [(6, 4, 3), (6, 4, 3, 0), (6, 4, 3, 3, 1), 5, (6, 4, 3, 2.5)]:
+        with pytest.raises((ArgumentError, DTypeError), match="weight_shape"):
+            lr.tucker2_ranks_for_macs(bad, 0.5, (8, 8), (8, 8))
+
+
+def test_evbmf_with_an_exactly_zero_singular_value_matches_a_tiny_one():
+    # One dead input and one dead output: s_16 = 0 made every -log x_h term +inf, so the
+    # free energy was +inf for every sigma^2 and the minimiser returned an arbitrary point.
+    rng = np.random.default_rng(0)
+    k = 15
+    w = np.zeros((16, 16))
+    w[:k, :k] = 0.3 * rng.standard_normal((k, k)) + rng.standard_normal((k, 2)) @ rng.standard_normal((2, k))
+    w2 = w.copy()
+    w2[k, k] = 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero RuntimeWarning
+        r, s2, _ = lr.evbmf(w)
+        r2, s22, _ = lr.evbmf(w2)
+    assert r == r2 == 2
+    assert s2 == pytest.approx(s22, rel=1e-6)
+    assert lr.rank_by_vbmf(w) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lr.evbmf(np.diag([5.0, 3.0, 0.0, 0.0]))[:2] == pytest.approx(lr.evbmf(np.diag([5.0, 3.0, 1e-9, 1e-9]))[:2])
+
+
+def test_whitened_svd_with_an_indefinite_float32_gram_names_gram_and_damping():
+    # rank 3 of 16, summed in float32: eigenvalues ~ -1e-7 mean(diag C), so the Cholesky
+    # factorisation failed with numpy's LinAlgError when damping was 0
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    gram = x.T @ x
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    with pytest.raises(ArgumentError, match=r"gram, damping: .* not positive definite.*larger damping"):
+        lr.whitened_svd(w, gram=gram, rank=2, damping=0.0)
+    a, b = lr.whitened_svd(w, gram=gram, rank=2, damping=1e-4)
+    assert a.shape == (8, 2) and b.shape == (2, 16)
+
+
+def test_energy_one_keeps_every_nonzero_singular_value():
+    # the tail's share 1e-14 is below the 1e-12 rounding allowance of e < 1
+    assert lr.rank_by_energy([1.0, 1e-7], 1.0) == 2
+    assert lr.rank_by_energy([1.0, 1e-7, 0.0, 0.0], 1.0) == 2
+    assert lr.rank_by_energy([1.0, 1e-200], 1.0) == 2  # s^2 underflows; s is still nonzero
+    assert lr.rank_by_energy([0.0, 0.0], 1.0) == 1
+    assert lr.rank_by_energy([1.0, 1e-7], 1.0 - 1e-9) == 1  # e < 1 unchanged
+    w = np.diag([3.0, 2.0, 1e-8, 0.0])
+    assert lr.select_rank(w, energy=1.0) == 3

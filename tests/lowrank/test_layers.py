@@ -189,3 +189,47 @@ def test_bad_plans_and_layers_are_refused_and_leave_the_model_untouched():
         lr.tucker2(np.ones((3, 2, 3, 3)), (1, 3))
     with pytest.raises(ArgumentError, match="rank"):
         lr.LowRankLinear(4, 3, 0)
+
+
+def test_tucker2_from_conv_refuses_impossible_ranks_and_installs_full_factors():
+    rng = np.random.default_rng(0)
+    conv = nn.Conv2d(2, 8, 1, rng=rng)  # 1x1, S = 2: at most rank 2 on both modes
+    with pytest.raises(ArgumentError, match="ranks"):
+        lr.Tucker2Conv2d.from_conv(conv, (4, 2))
+    stem = nn.Conv2d(3, 64, 3, padding=1, rng=rng)
+    ranks = lr.tucker2_ranks_for_macs(stem.weight.shape, 0.5, (32, 32), (32, 32))
+    layer = lr.Tucker2Conv2d.from_conv(stem, ranks)
+    # every parameter has the configured shape: state_dict reloads into a fresh layer and
+    # backward runs
+    clone = nn.from_spec(nn.to_spec(layer))
+    clone.load_state_dict(layer.state_dict())
+    layer.train()
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = layer(x)
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+    np.testing.assert_array_equal(clone.eval()(x), layer.eval()(x))
+
+
+def test_factors_of_another_shape_are_refused_when_installed():
+    from refcompress.lowrank.layers import _set
+    lin = nn.Linear(4, 3)
+    with pytest.raises(ShapeError, match=r"expected the parameter's shape \(3, 4\), got \(2, 4\)"):
+        _set(lin.weight, np.zeros((2, 4)))
+    _set(lin.weight, np.ones((3, 4)))
+    assert lin.weight.data.dtype == np.float32 and lin.weight.data.sum() == 12
+
+
+def test_plan_keys_the_method_does_not_take_are_refused_by_name():
+    # {"rank": 2} is a Linear's key; a conv's Tucker-2 takes "ranks" (was Python's TypeError)
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, rng=rng), nn.Flatten(), nn.Linear(8, 3, rng=rng))
+    with pytest.raises(ArgumentError, match=r"plan\['0'\]: unknown keys \['rank'\] for a Conv2d factored by "
+                                            r"'tucker2'; accepted keys: \['method', 'ranks', 'n_iter'\]"):
+        lr.factorize(model, {"2": {"rank": 2}, "0": {"rank": 2}})
+    assert isinstance(model[2], nn.Linear)  # nothing swapped
+    with pytest.raises(ArgumentError, match=r"plan\['0'\]: missing keys \['rank'\] for a Conv2d factored by 'cp'"):
+        lr.factorize(model, {"0": {"method": "cp"}})
+    with pytest.raises(ArgumentError, match=r"kwargs: unknown keys \['ranks'\] for a Linear factored by 'svd'"):
+        lr.decompose(model[2], ranks=(1, 1))
+    lr.factorize(model, {"0": {"ranks": (2, 2)}, "2": {"rank": 2}})
+    assert isinstance(model[0], lr.Tucker2Conv2d) and isinstance(model[2], lr.LowRankLinear)

@@ -10,7 +10,7 @@ import refcompress.kernels as kernels
 from refcompress import io, nn
 from refcompress import prune as P
 from refcompress import lowrank as lr
-from refcompress.errors import ArgumentError, DTypeError, ShapeError
+from refcompress.errors import ArgumentError, DTypeError, NotDifferentiableError, ShapeError
 from refcompress.testing import assert_exact, kernel_variants
 
 Q8 = kernel_variants("lowrank_linear_q8")
@@ -83,7 +83,7 @@ def test_bad_inputs_name_the_argument():
         lr.QuantizedLowRankLinear.from_lowrank(float_layer, np.zeros((5, 41), np.float32))
     with pytest.raises(DTypeError, match="layer: expected a LowRankLinear, got Linear"):
         lr.QuantizedLowRankLinear.from_lowrank(nn.Linear(40, 30), np.zeros((5, 40), np.float32))
-    with pytest.raises(NotImplementedError, match="QuantizedLowRankLinear does not implement backward"):
+    with pytest.raises(NotDifferentiableError, match="QuantizedLowRankLinear is an int8 inference layer"):
         q.backward(np.zeros((2, 30), np.float32))
     with pytest.raises(ArgumentError, match=r"calibration: expected float32 inputs of shape \(N, 40\), N >= 1"):
         lr.QuantizedLowRankLinear.from_lowrank(float_layer, np.zeros((0, 40), np.float32))
@@ -148,3 +148,56 @@ def test_a_kernel_layer_pickled_before_it_kept_its_float_bias_still_runs():
     old = k.__reduce__()[0](state)
     assert old.bias is None
     assert_exact(kernels.lowrank_linear_q8(x, old), kernels.lowrank_linear_q8(x, k), what="old pickle")
+
+
+@pytest.mark.parametrize("variant", Q8, ids=lambda v: f"{v[0]}-{v[1]}" if v[1] else v[0])
+def test_a_dead_output_row_converts_and_keeps_its_bias(variant):
+    # A Linear with a dead output neuron: its row of the second factor is ~1e-16, so the
+    # old s_u = max|u_j| / 127 ~ 1e-18 made bias_j / (s_h s_u_j) overflow the int32 sum
+    # and from_lowrank refused the layer.
+    rng = np.random.default_rng(0)
+    nn.manual_seed(0)
+    lin = nn.Linear(32, 16, rng=rng)
+    lin.weight.data[0] = 0.0
+    float_layer = lr.LowRankLinear.from_linear(lin, 8).eval()
+    assert 0 < np.abs(float_layer.second.weight.data[0]).max() < 1e-12
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    q = lr.QuantizedLowRankLinear.from_lowrank(float_layer, x)
+    assert np.all(q.u_q[0] == 0)  # the tiny row's codes round to 0, as they should
+    with kernels.use("numpy"):
+        want = kernels.lowrank_linear_q8(x, q.quantized())
+    with kernels.use(*variant):
+        got = q(x)
+    assert_exact(got, want, what="dead row")
+    y = float_layer(x)
+    assert np.max(np.abs(got - y)) < 0.03 * np.max(np.abs(y))
+    np.testing.assert_allclose(got[:, 0], lin.bias.data[0], rtol=1e-6)
+    # (a) a row of the trained factor pruned to exactly 0 after factoring
+    layer = lr.LowRankLinear.from_linear(nn.Linear(32, 16, rng=rng), 8).eval()
+    layer.second.weight.data[0] = 0.0
+    layer.clear_cache()
+    q = lr.QuantizedLowRankLinear.from_lowrank(layer, x)
+    np.testing.assert_allclose(q(x)[:, 0], layer.second.bias.data[0], rtol=1e-6)
+
+
+def test_all_zero_weights_with_a_bias_give_the_bias():
+    # h is constant 0, so h_scale falls back to 1; s_u from the bias alone keeps the bias
+    # (before: s_h = s_u = 1, the bias rounded to whole units, i.e. q(x) = 0).
+    rng = np.random.default_rng(0)
+    lin = nn.Linear(8, 4, rng=rng)
+    lin.weight.data[:] = 0.0
+    layer = lr.LowRankLinear.from_linear(lin, 2).eval()
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    q = lr.QuantizedLowRankLinear.from_lowrank(layer, x)
+    for variant in Q8:
+        with kernels.use(*variant):
+            np.testing.assert_allclose(q(x), np.broadcast_to(lin.bias.data, (3, 4)), rtol=1e-6)
+
+
+def test_backward_raises_not_differentiable_error():
+    # distill's trainer catches NotDifferentiableError (as the quant package's integer
+    # layers raise), not the bare NotImplementedError of Module.backward
+    _, q, rng = _layers()
+    q(rng.standard_normal((4, 40)).astype(np.float32))
+    with pytest.raises(NotDifferentiableError, match="QuantizedLowRankLinear is an int8 inference layer"):
+        q.backward(np.ones((4, 30), np.float32))
