@@ -297,8 +297,12 @@ def build_model(path: str, meta: dict, arrays: dict):
     rng_state = gen.bit_generator.state
     try:
         model = nn.from_spec(meta["architecture"])
-    except (RefcompressError, TypeError, ValueError, KeyError, AttributeError) as e:
-        raise CorruptFileError(f"{path}: the architecture cannot be built: {e}") from None
+    except (RefcompressError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError,
+            RecursionError, MemoryError) as e:
+        # ArithmeticError: a zero or absurd number in a layer's config (groups 0, a size
+        # that overflows); MemoryError: a size nothing can allocate
+        raise CorruptFileError(f"{path}: the architecture cannot be built "
+                               f"({type(e).__name__}: {e})") from None
     finally:
         gen.bit_generator.state = rng_state
     # A model saved after model.to(float64) rebuilds as float32; follow the saved dtype.

@@ -33,10 +33,17 @@ from ..errors import ArgumentError, CorruptFileError, DTypeError
 from . import npz
 from .atomic import atomic_write, check_output_path, check_path
 
-__all__ = ["save", "load", "read_metadata", "save_arrays", "load_arrays", "read", "METADATA_KEY"]
+__all__ = ["save", "load", "read_metadata", "save_arrays", "load_arrays", "read", "METADATA_KEY",
+           "DIGEST_KEY"]
 
 #: The ``__metadata__`` key holding a refcompress model's JSON metadata.
 METADATA_KEY = "refcompress"
+#: The ``__metadata__`` key holding the hex SHA-256 of the UTF-8 bytes of the
+#: ``METADATA_KEY`` string exactly as stored (the architecture a model is built from has
+#: no other protection: the tensors have their own SHA-256s, the npz form the ZIP CRC).
+#: Files saved before it existed lack it and are read as before; a file that has it is
+#: verified before anything in the metadata is used.
+DIGEST_KEY = "refcompress.sha256"
 # The format's dtype codes that NumPy holds exactly (little-endian, C order).
 _DTYPES = {
     "BOOL": np.dtype("|b1"), "U8": np.dtype("|u1"), "I8": np.dtype("|i1"),
@@ -132,10 +139,11 @@ def save_arrays(arrays, path, metadata=None) -> str:
         raise DTypeError(f"metadata: expected a dict of str to str (the safetensors __metadata__) or None, "
                          f"got {metadata!r:.200}")
     if metadata is not None:
-        if METADATA_KEY in metadata:
-            # load_arrays reads this key as a refcompress model's metadata and verifies it
-            raise ArgumentError(f"metadata: the key {METADATA_KEY!r} is reserved for refcompress model "
-                                "files (refcompress.io.save writes it)")
+        for key in (METADATA_KEY, DIGEST_KEY):
+            if key in metadata:
+                # load_arrays reads these keys as a refcompress model's metadata and verifies it
+                raise ArgumentError(f"metadata: the key {key!r} is reserved for refcompress model "
+                                    "files (refcompress.io.save writes it)")
         for k, v in metadata.items():
             _check_utf8(k, "metadata: key")
             _check_utf8(v, f"metadata[{k!r}]: value")
@@ -152,8 +160,13 @@ def save(model, path, *, metadata=None) -> str:
     meta, arrays = npz.describe_model(model, metadata)
     for k, a in arrays.items():
         _code(k, a, "model")
-    _write(path, arrays, {METADATA_KEY: npz.encode_metadata(meta, separators=(",", ":"))})
+    text = npz.encode_metadata(meta, separators=(",", ":"))
+    _write(path, arrays, {METADATA_KEY: text, DIGEST_KEY: _digest(text)})
     return path
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -245,8 +258,12 @@ def _read_data(f, tensors, where: str) -> dict:
     return out
 
 
-def _check_refcompress(meta_text: str, tensors, where: str) -> dict:
-    """The verified refcompress metadata, consistent with the header's tensors."""
+def _check_refcompress(meta_text: str, digest, tensors, where: str) -> dict:
+    """The verified refcompress metadata, consistent with the header's tensors.  ``digest``
+    is the ``DIGEST_KEY`` value, or None for a file saved before that key existed."""
+    if digest is not None and _digest(meta_text) != digest:
+        raise CorruptFileError(f"{where}: __metadata__[{METADATA_KEY!r}] fails its SHA-256 checksum "
+                               f"(__metadata__[{DIGEST_KEY!r}]): the metadata was altered")
     try:
         meta = json.loads(meta_text, object_pairs_hook=npz.unique_object)
     except ValueError as e:
@@ -283,7 +300,7 @@ def _read(path: str):
         tensors, metadata = _read_header(f, size, path)
         meta = None
         if metadata is not None and METADATA_KEY in metadata:
-            meta = _check_refcompress(metadata[METADATA_KEY], tensors, path)
+            meta = _check_refcompress(metadata[METADATA_KEY], metadata.get(DIGEST_KEY), tensors, path)
         arrays = _read_data(f, tensors, path)
     if meta is not None:
         arrays = _verify_checksums(meta, arrays, path)
