@@ -49,6 +49,15 @@ __all__ = ["save", "load", "read_metadata", "FORMAT_NAME", "FORMAT_VERSION", "ME
 FORMAT_NAME = "refcompress.model"
 FORMAT_VERSION = 1
 METADATA_ENTRY = "refcompress.json"
+# The refcompress modules whose import registers layer types: the only ones a file's
+# "modules" may name from refcompress (load imports them); tests/io check that every
+# registered refcompress layer is defined in one of them.
+LAYER_MODULES = frozenset({
+    "refcompress.nn.container", "refcompress.nn.layers", "refcompress.nn.norm", "refcompress.nn.pooling",
+    "refcompress.nn.transformer", "refcompress.lowrank.layers", "refcompress.pipeline.deep_compression",
+    "refcompress.prune.sparse_layers", "refcompress.quant.modules", "refcompress.quant.qat",
+    "refcompress.quant.w8a8", "refcompress.quant.weight_sharing",
+})
 # A fixed timestamp in every ZIP entry: the same model always gives the same bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # What a damaged archive or .npy entry can raise while being read: zipfile raises
@@ -186,6 +195,11 @@ def check_metadata(meta, where: str) -> None:
     for key, kind in (("architecture", dict), ("arrays", list), ("modules", list), ("user", dict)):
         if not isinstance(meta.get(key), kind):
             bad(f"metadata field {key!r} is missing or not a JSON {kind.__name__}")
+    for mod in meta["modules"]:
+        if isinstance(mod, str) and (mod == "refcompress" or mod.startswith("refcompress.")) \
+                and mod not in LAYER_MODULES:
+            bad(f"modules lists {mod!r:.200}, which is not a refcompress module defining layers "
+                f"(expected names from {', '.join(sorted(LAYER_MODULES))}); refusing to import it")
     seen = set()
     for i, entry in enumerate(meta["arrays"]):
         if not (isinstance(entry, dict) and set(entry) == {"name", "shape", "dtype", "sha256"}):
@@ -279,14 +293,12 @@ def _read_verified(path: str):
 
 
 def _import_layer_modules(meta) -> None:
-    # Only refcompress's own packages are imported on a file's say-so: a file must never
-    # choose arbitrary code to import.
+    # Only the refcompress modules of LAYER_MODULES are imported on a file's say-so (checked
+    # by check_metadata): a file must never choose code to import, not even refcompress's
+    # own (``refcompress.__main__`` would run the CLI).
     for mod in meta["modules"]:
-        if isinstance(mod, str) and (mod == "refcompress" or mod.startswith("refcompress.")):
-            try:
-                importlib.import_module(mod)
-            except ImportError:
-                pass
+        if mod in LAYER_MODULES:
+            importlib.import_module(mod)
 
 
 def build_model(path: str, meta: dict, arrays: dict):
