@@ -58,6 +58,9 @@ LAYER_MODULES = frozenset({
     "refcompress.prune.sparse_layers", "refcompress.quant.modules", "refcompress.quant.qat",
     "refcompress.quant.w8a8", "refcompress.quant.weight_sharing",
 })
+# How deep the user's metadata may nest (dicts and lists): well inside json's recursion
+# limit on reading, whatever the writer managed.
+MAX_METADATA_DEPTH = 500
 # A fixed timestamp in every ZIP entry: the same model always gives the same bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # What a damaged archive or .npy entry can raise while being read: zipfile raises
@@ -101,6 +104,15 @@ def _write_container(fileobj, meta_bytes: bytes, arrays: dict) -> None:
             _write_array(zf, name, arr)
 
 
+def canonical(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in C order, a bool array as 0 / 1 bytes: NumPy's bool is a byte that may
+    hold any value (a view of uint8 data), safetensors allows only 0 and 1, and the
+    SHA-256 must be of the bytes written."""
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8) != 0
+    return np.asarray(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+
+
 def describe_model(model, metadata):
     """(meta, arrays): the metadata dict of the module docstring and the state dict to
     store, after every check that can refuse ``model`` or ``metadata`` (both formats)."""
@@ -116,7 +128,7 @@ def describe_model(model, metadata):
         if not _storable(arr.dtype):
             raise DTypeError(f"model: state-dict array {name!r} has dtype {arr.dtype.str!r}; expected a "
                              "little-endian bool, integer, float or complex dtype")
-        arrays[name] = np.asarray(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        arrays[name] = canonical(arr)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -130,12 +142,44 @@ def describe_model(model, metadata):
     return meta, arrays
 
 
+def _check_keys(user) -> None:
+    """Every dict in ``user`` has str keys: json.dumps would turn 1, 1.5, True, None into
+    strings (so ``{1: "x", "1": "y"}`` would name "1" twice and the file be refused); and
+    it nests at most MAX_METADATA_DEPTH levels (near Python's recursion limit json.dumps
+    may still write what json.loads then refuses)."""
+    def where(node):  # node: (parent node, key) or None for the top
+        keys = []
+        while node is not None:
+            node, key = node
+            keys.append(f"[{key!r:.100}]")
+        return ("metadata" + "".join(reversed(keys)))[:300]
+
+    stack = [(user, None, 0)]
+    while stack:
+        obj, node, depth = stack.pop()
+        if isinstance(obj, (dict, list, tuple)) and depth >= MAX_METADATA_DEPTH:
+            raise ArgumentError(f"metadata: nested more than {MAX_METADATA_DEPTH} levels deep (at {where(node)}); "
+                                "expected a shallower dict (files must stay readable by JSON parsers)")
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    raise ArgumentError(f"{where(node)}: keys must be str (JSON object names), got {k!r:.100} "
+                                        f"({type(k).__name__})")
+                stack.append((v, (node, k), depth + 1))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((v, (node, i), depth + 1) for i, v in enumerate(obj))
+
+
 def encode_metadata(meta: dict, **json_options) -> str:
-    """``meta`` as JSON text; a user ``metadata`` JSON cannot hold is an ArgumentError."""
+    """``meta`` as JSON text; a user ``metadata`` JSON cannot hold (or that would not read
+    back as itself: non-str keys) is an ArgumentError."""
+    _check_keys(meta["user"])
     try:
         return json.dumps(meta, allow_nan=False, **json_options)
     except (TypeError, ValueError) as e:
         raise ArgumentError(f"metadata: expected a JSON-serialisable dict: {e}") from None
+    except RecursionError:
+        raise ArgumentError("metadata: nested too deeply to be stored as JSON (Python's recursion limit)") from None
 
 
 def save(model, path, *, metadata=None) -> str:
@@ -318,10 +362,15 @@ def build_model(path: str, meta: dict, arrays: dict):
     finally:
         gen.bit_generator.state = rng_state
     # A model saved after model.to(float64) rebuilds as float32; follow the saved dtype.
+    # (Buffers too: BatchNorm1d(affine=False) has float buffers and no parameters.)
     float_dtypes = {a.dtype for a in arrays.values() if a.dtype.kind == "f"}
-    params = list(model.parameters())
-    if len(float_dtypes) == 1 and params and params[0].dtype not in float_dtypes:
-        model.to(next(iter(float_dtypes)))
+    built = [p.dtype for p in model.parameters()] + [b.dtype for _, b in model.named_buffers()
+                                                     if b is not None and b.dtype.kind == "f"]
+    if len(float_dtypes) == 1 and built and built[0] not in float_dtypes:
+        try:
+            model.to(next(iter(float_dtypes)))
+        except DTypeError as e:  # a deployment layer that computes in float32 only
+            raise CorruptFileError(f"{path}: the arrays do not fit the architecture: {e}") from None
     try:
         model.load_state_dict(arrays, strict=True)
     except (ArgumentError, ShapeError, DTypeError) as e:

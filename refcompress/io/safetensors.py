@@ -83,9 +83,11 @@ def _check_utf8(text: str, what: str) -> None:
                             "safetensors headers are UTF-8") from None
 
 
-def _write(path: str, arrays: dict, metadata) -> None:
+def _write(path: str, arrays: dict, metadata, what: str = "arrays", user=None) -> None:
     """``arrays`` (name -> C-order ndarray, dtypes checked) and the ``__metadata__`` dict
-    (or None) as one safetensors file at ``path``, atomically."""
+    (or None) as one safetensors file at ``path``, atomically.  A header over the format's
+    limit is an ArgumentError naming ``metadata`` when the caller's metadata (``user``,
+    by default ``metadata``) is most of it, ``what`` otherwise; nothing is written."""
     # Data in decreasing itemsize (powers of two), then a header padded to a multiple of 8:
     # every tensor then starts at an offset its itemsize divides, so a reader can map it in
     # place.  (Not dtype.alignment: complex64's is 4, its itemsize 8.)
@@ -99,6 +101,13 @@ def _write(path: str, arrays: dict, metadata) -> None:
         header[k] = {"dtype": _code(k, a, "arrays"), "shape": list(a.shape), "data_offsets": list(offsets[k])}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)
+    if len(text) > MAX_HEADER_BYTES:
+        user = metadata if user is None else user
+        meta_len = 0 if user is None else len(json.dumps(user, ensure_ascii=False).encode("utf-8"))
+        raise ArgumentError(
+            f"{'metadata' if 2 * meta_len > len(text) else what}: the safetensors header would be "
+            f"{len(text)} bytes ({meta_len} of them metadata), over the format's limit of {MAX_HEADER_BYTES} "
+            "(readers refuse a longer one); nothing was written")
     with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
@@ -128,12 +137,9 @@ def save_arrays(arrays, path, metadata=None) -> str:
             raise DTypeError(f"arrays[{k!r}]: expected a numpy.ndarray, got {type(a).__name__}")
         a = np.asarray(a)
         _code(k, a, "arrays")
-        if a.dtype == np.bool_:
-            # NumPy's bool is a byte that may hold any value (a view of uint8 data); the format
-            # allows only 0 and 1, and load_arrays refuses others
-            a = a.view(np.uint8) != 0
+        # (a bool array as 0 / 1 bytes: load_arrays refuses others)
         out[k] = np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C") if a.dtype.byteorder == ">" \
-            else np.asarray(a, order="C")
+            else npz.canonical(a)
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise DTypeError(f"metadata: expected a dict of str to str (the safetensors __metadata__) or None, "
@@ -161,7 +167,7 @@ def save(model, path, *, metadata=None) -> str:
     for k, a in arrays.items():
         _code(k, a, "model")
     text = npz.encode_metadata(meta, separators=(",", ":"))
-    _write(path, arrays, {METADATA_KEY: text, DIGEST_KEY: _digest(text)})
+    _write(path, arrays, {METADATA_KEY: text, DIGEST_KEY: _digest(text)}, "model", meta["user"])
     return path
 
 

@@ -722,3 +722,22 @@ def test_a_config_that_divides_by_zero_is_a_corrupt_file(tmp_path):
     path.write_bytes(_raw({**header, "__metadata__": {"refcompress": json.dumps(meta)}}, data))
     with pytest.raises(CorruptFileError, match=f"{path}: the architecture cannot be built \\(ZeroDivisionError"):
         rio.load(path)
+
+
+def test_a_header_over_the_format_limit_is_refused_at_save(tmp_path, monkeypatch):
+    """The writer keeps the reader's 100,000,000-byte header limit (here lowered to 2,000):
+    an ArgumentError naming what made it long, and nothing is written."""
+    monkeypatch.setattr(st_mod, "MAX_HEADER_BYTES", 2000)
+    path = tmp_path / "a.safetensors"
+    with pytest.raises(ArgumentError, match=r"metadata: the safetensors header would be \d+ bytes \(\d+ of them "
+                       r"metadata\), over the format's limit of 2000"):
+        rio.save_arrays({"w": np.zeros(1)}, path, metadata={"k": "a" * 2000})
+    with pytest.raises(ArgumentError, match=r"arrays: the safetensors header would be"):
+        rio.save_arrays({f"w{i}": np.zeros(1) for i in range(100)}, path)
+    with pytest.raises(ArgumentError, match=r"metadata: the safetensors header would be"):
+        rio.save(nn.Linear(2, 2), path, metadata={"k": "a" * 3000})
+    with pytest.raises(ArgumentError, match=r"model: the safetensors header would be"):
+        rio.save(nn.Sequential(*[nn.Linear(2, 2) for _ in range(20)]), path)
+    assert os.listdir(tmp_path) == []
+    rio.save_arrays({"w": np.zeros(1)}, path, metadata={"k": "a" * 1000})
+    assert list(rio.load_arrays(path)) == ["w"]
