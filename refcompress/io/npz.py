@@ -255,11 +255,14 @@ def check_metadata(meta, where: str) -> None:
         if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                for d in shape)):
             bad(f"arrays[{i}] ({name}): shape {shape!r} is not a list of non-negative ints")
+        if not isinstance(entry["dtype"], str):
+            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r:.200} is not a string")
         try:
             dt = np.dtype(entry["dtype"])
-        except TypeError:
-            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a NumPy dtype")
-        if not isinstance(entry["dtype"], str) or not _storable(dt):
+        except (TypeError, ValueError, SyntaxError, OverflowError, MemoryError, RecursionError):
+            # NumPy parses "(1000000000000,)f4" (ValueError) and "(1," (SyntaxError) too
+            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r:.200} is not a NumPy dtype")
+        if not _storable(dt):
             bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a little-endian bool, integer, "
                 "float or complex dtype")
         problem = shape_problem(shape, dt.itemsize)

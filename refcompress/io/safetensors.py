@@ -214,6 +214,8 @@ def _read_header(f, size: int, where: str):
         if not (isinstance(info, dict) and set(info) == _TENSOR_KEYS):
             bad(f"tensor {name!r} must have exactly the fields dtype, shape, data_offsets, got {info!r:.200}")
         code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(code, str):
+            bad(f"tensor {name!r}: dtype {code!r:.200} is not a string")
         if code in _NO_NUMPY_TYPE:
             raise DTypeError(f"{where}: tensor {name!r} has dtype {code}, which NumPy cannot represent; "
                              f"refcompress reads {', '.join(list(_DTYPES) + [_BF16])}")
@@ -259,7 +261,8 @@ def _read_data(f, tensors, where: str) -> dict:
         if code == "BOOL" and a.size and a.view(np.uint8).max() > 1:
             raise CorruptFileError(f"{where}: BOOL tensor {name!r} holds bytes other than 0 and 1")
         if code == _BF16:
-            a = (a.astype(np.uint32) << 16).view(np.float32)
+            # (np.asarray: a 0-d array shifted is a NumPy scalar)
+            a = np.asarray(a.astype(np.uint32) << 16).view(np.float32)
         out[name] = a
     return out
 

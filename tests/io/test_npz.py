@@ -543,3 +543,13 @@ def test_importing_refcompress_main_does_not_run_the_cli():
     assert out.returncode == 0 and out.stdout.strip() == "imported", out.stderr
     out = subprocess.run([sys.executable, "-m", "refcompress", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage: refcompress" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("dtype", ["(1000000000000,)f4", "(1,", ["<f4"]])
+def test_a_dtype_numpy_cannot_parse_is_a_corrupt_file(saved, dtype):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("dtype", dtype))
+    for fn in (rio.load, rio.read_metadata):
+        with pytest.raises(CorruptFileError, match=rf"{path}: arrays\[0\] \(0.weight\): dtype .* is not a "
+                                                   "(NumPy dtype|string)"):
+            fn(path)

@@ -380,6 +380,14 @@ def test_bfloat16_is_widened_to_float32_exactly(tmp_path):
     assert list(got["n"].view(np.uint32)) == [0x7FC10000, 0xFF810000]
 
 
+def test_a_0d_bfloat16_tensor_is_a_0d_array(tmp_path):
+    """Not a NumPy scalar (shifting a 0-d array gives one), as every other 0-d tensor."""
+    header = {"s": {"dtype": "BF16", "shape": [], "data_offsets": [0, 2]}}
+    (tmp_path / "bf.safetensors").write_bytes(_raw(header, np.array(0x3F80, "<u2").tobytes()))
+    got = rio.load_arrays(tmp_path / "bf.safetensors")["s"]
+    assert type(got) is np.ndarray and got.shape == () and got.dtype == np.float32 and got == 1.0
+
+
 @pytest.mark.parametrize("code", ["F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"])
 def test_float8_and_smaller_are_refused_by_name(tmp_path, code):
     (tmp_path / "f8.safetensors").write_bytes(_raw({"x": {"dtype": code, "shape": [4], "data_offsets": [0, 4]}},
@@ -407,7 +415,9 @@ BAD = {
     "duplicate name": (struct.pack("<Q", 2 * len(DUP) + 3) + b"{" + DUP + b"," + DUP + b"}" + b"\0" * 8,
                        r"header is not valid JSON \(name 'a' appears twice\)"),
     "unknown dtype": (_raw({"a": dict(F32_2, dtype="F33")}, b"\0" * 8), r"tensor 'a' has unknown dtype 'F33'"),
-    "dtype not a string": (_raw({"a": dict(F32_2, dtype=4)}, b"\0" * 8), r"tensor 'a' has unknown dtype 4"),
+    "dtype not a string": (_raw({"a": dict(F32_2, dtype=4)}, b"\0" * 8), r"tensor 'a': dtype 4 is not a string"),
+    "dtype a list": (_raw({"a": dict(F32_2, dtype=["F32"])}, b"\0" * 8), r"tensor 'a': dtype \['F32'\] is not a string"),
+    "dtype an object": (_raw({"a": dict(F32_2, dtype={"F32": 1})}, b"\0" * 8), r"tensor 'a': dtype \{'F32': 1\} is not"),
     "missing field": (_raw({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8),
                       r"tensor 'a' must have exactly the fields dtype, shape, data_offsets"),
     "extra field": (_raw({"a": dict(F32_2, order="F")}, b"\0" * 8), r"tensor 'a' must have exactly the fields"),
@@ -542,6 +552,18 @@ def test_consistent_arrays_that_do_not_fit_the_architecture(saved):
     st_mod._write(str(path), arrays, header["__metadata__"])  # (save_arrays reserves the key)
     with pytest.raises(CorruptFileError, match="do not fit the architecture.*0.weight"):
         rio.load(path)
+
+
+@pytest.mark.parametrize("dtype", ["(1000000000000,)f4", "(1,", "10000000000000000000000f4", ["<f4"], 4])
+def test_a_refcompress_dtype_numpy_cannot_parse_is_a_corrupt_file(saved, dtype):
+    """NumPy raises ValueError ("(1000000000000,)f4") or SyntaxError ("(1,") for some
+    strings, not only TypeError."""
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("dtype", dtype))
+    for fn in (rio.load, rio.read_metadata, rio.load_arrays):
+        with pytest.raises(CorruptFileError, match=rf"{path}: arrays\[0\] \(0.weight\): dtype .* is not a "
+                                                   "(NumPy dtype|string)"):
+            fn(path)
 
 
 @pytest.mark.parametrize("edit", ["format", "version", "no arrays", "not json", "unknown layer"])
