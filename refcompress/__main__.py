@@ -1,5 +1,8 @@
+"""``python -m refcompress``: the command-line interface (refcompress.cli)."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

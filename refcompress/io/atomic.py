@@ -37,6 +37,9 @@ def check_output_path(path, name: str = "path") -> str:
     path = check_path(path, name)
     if os.path.isdir(path):
         raise ArgumentError(f"{name}: {path!r} is a directory; expected a file path")
+    if os.path.basename(path) in ("", ".", "..") or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        # "m.npz/" names a directory: the write would fail only at the end, after the work
+        raise ArgumentError(f"{name}: {path!r} ends in a path separator (or '.', '..'); expected a file path")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ArgumentError(f"{name}: directory {directory!r} does not exist")

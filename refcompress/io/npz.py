@@ -49,6 +49,18 @@ __all__ = ["save", "load", "read_metadata", "FORMAT_NAME", "FORMAT_VERSION", "ME
 FORMAT_NAME = "refcompress.model"
 FORMAT_VERSION = 1
 METADATA_ENTRY = "refcompress.json"
+# The refcompress modules whose import registers layer types: the only ones a file's
+# "modules" may name from refcompress (load imports them); tests/io check that every
+# registered refcompress layer is defined in one of them.
+LAYER_MODULES = frozenset({
+    "refcompress.nn.container", "refcompress.nn.layers", "refcompress.nn.norm", "refcompress.nn.pooling",
+    "refcompress.nn.transformer", "refcompress.lowrank.layers", "refcompress.pipeline.deep_compression",
+    "refcompress.prune.sparse_layers", "refcompress.quant.modules", "refcompress.quant.qat",
+    "refcompress.quant.w8a8", "refcompress.quant.weight_sharing",
+})
+# How deep the user's metadata may nest (dicts and lists): well inside json's recursion
+# limit on reading, whatever the writer managed.
+MAX_METADATA_DEPTH = 500
 # A fixed timestamp in every ZIP entry: the same model always gives the same bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # What a damaged archive or .npy entry can raise while being read: zipfile raises
@@ -92,6 +104,15 @@ def _write_container(fileobj, meta_bytes: bytes, arrays: dict) -> None:
             _write_array(zf, name, arr)
 
 
+def canonical(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in C order, a bool array as 0 / 1 bytes: NumPy's bool is a byte that may
+    hold any value (a view of uint8 data), safetensors allows only 0 and 1, and the
+    SHA-256 must be of the bytes written."""
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8) != 0
+    return np.asarray(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+
+
 def describe_model(model, metadata):
     """(meta, arrays): the metadata dict of the module docstring and the state dict to
     store, after every check that can refuse ``model`` or ``metadata`` (both formats)."""
@@ -107,7 +128,7 @@ def describe_model(model, metadata):
         if not _storable(arr.dtype):
             raise DTypeError(f"model: state-dict array {name!r} has dtype {arr.dtype.str!r}; expected a "
                              "little-endian bool, integer, float or complex dtype")
-        arrays[name] = np.asarray(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+        arrays[name] = canonical(arr)
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -121,12 +142,44 @@ def describe_model(model, metadata):
     return meta, arrays
 
 
+def _check_keys(user) -> None:
+    """Every dict in ``user`` has str keys: json.dumps would turn 1, 1.5, True, None into
+    strings (so ``{1: "x", "1": "y"}`` would name "1" twice and the file be refused); and
+    it nests at most MAX_METADATA_DEPTH levels (near Python's recursion limit json.dumps
+    may still write what json.loads then refuses)."""
+    def where(node):  # node: (parent node, key) or None for the top
+        keys = []
+        while node is not None:
+            node, key = node
+            keys.append(f"[{key!r:.100}]")
+        return ("metadata" + "".join(reversed(keys)))[:300]
+
+    stack = [(user, None, 0)]
+    while stack:
+        obj, node, depth = stack.pop()
+        if isinstance(obj, (dict, list, tuple)) and depth >= MAX_METADATA_DEPTH:
+            raise ArgumentError(f"metadata: nested more than {MAX_METADATA_DEPTH} levels deep (at {where(node)}); "
+                                "expected a shallower dict (files must stay readable by JSON parsers)")
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    raise ArgumentError(f"{where(node)}: keys must be str (JSON object names), got {k!r:.100} "
+                                        f"({type(k).__name__})")
+                stack.append((v, (node, k), depth + 1))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((v, (node, i), depth + 1) for i, v in enumerate(obj))
+
+
 def encode_metadata(meta: dict, **json_options) -> str:
-    """``meta`` as JSON text; a user ``metadata`` JSON cannot hold is an ArgumentError."""
+    """``meta`` as JSON text; a user ``metadata`` JSON cannot hold (or that would not read
+    back as itself: non-str keys) is an ArgumentError."""
+    _check_keys(meta["user"])
     try:
         return json.dumps(meta, allow_nan=False, **json_options)
     except (TypeError, ValueError) as e:
         raise ArgumentError(f"metadata: expected a JSON-serialisable dict: {e}") from None
+    except RecursionError:
+        raise ArgumentError("metadata: nested too deeply to be stored as JSON (Python's recursion limit)") from None
 
 
 def save(model, path, *, metadata=None) -> str:
@@ -186,6 +239,11 @@ def check_metadata(meta, where: str) -> None:
     for key, kind in (("architecture", dict), ("arrays", list), ("modules", list), ("user", dict)):
         if not isinstance(meta.get(key), kind):
             bad(f"metadata field {key!r} is missing or not a JSON {kind.__name__}")
+    for mod in meta["modules"]:
+        if isinstance(mod, str) and (mod == "refcompress" or mod.startswith("refcompress.")) \
+                and mod not in LAYER_MODULES:
+            bad(f"modules lists {mod!r:.200}, which is not a refcompress module defining layers "
+                f"(expected names from {', '.join(sorted(LAYER_MODULES))}); refusing to import it")
     seen = set()
     for i, entry in enumerate(meta["arrays"]):
         if not (isinstance(entry, dict) and set(entry) == {"name", "shape", "dtype", "sha256"}):
@@ -197,11 +255,14 @@ def check_metadata(meta, where: str) -> None:
         if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                for d in shape)):
             bad(f"arrays[{i}] ({name}): shape {shape!r} is not a list of non-negative ints")
+        if not isinstance(entry["dtype"], str):
+            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r:.200} is not a string")
         try:
             dt = np.dtype(entry["dtype"])
-        except TypeError:
-            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a NumPy dtype")
-        if not isinstance(entry["dtype"], str) or not _storable(dt):
+        except (TypeError, ValueError, SyntaxError, OverflowError, MemoryError, RecursionError):
+            # NumPy parses "(1000000000000,)f4" (ValueError) and "(1," (SyntaxError) too
+            bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r:.200} is not a NumPy dtype")
+        if not _storable(dt):
             bad(f"arrays[{i}] ({name}): dtype {entry['dtype']!r} is not a little-endian bool, integer, "
                 "float or complex dtype")
         problem = shape_problem(shape, dt.itemsize)
@@ -279,14 +340,12 @@ def _read_verified(path: str):
 
 
 def _import_layer_modules(meta) -> None:
-    # Only refcompress's own packages are imported on a file's say-so: a file must never
-    # choose arbitrary code to import.
+    # Only the refcompress modules of LAYER_MODULES are imported on a file's say-so (checked
+    # by check_metadata): a file must never choose code to import, not even refcompress's
+    # own (``refcompress.__main__`` would run the CLI).
     for mod in meta["modules"]:
-        if isinstance(mod, str) and (mod == "refcompress" or mod.startswith("refcompress.")):
-            try:
-                importlib.import_module(mod)
-            except ImportError:
-                pass
+        if mod in LAYER_MODULES:
+            importlib.import_module(mod)
 
 
 def build_model(path: str, meta: dict, arrays: dict):
@@ -297,15 +356,24 @@ def build_model(path: str, meta: dict, arrays: dict):
     rng_state = gen.bit_generator.state
     try:
         model = nn.from_spec(meta["architecture"])
-    except (RefcompressError, TypeError, ValueError, KeyError, AttributeError) as e:
-        raise CorruptFileError(f"{path}: the architecture cannot be built: {e}") from None
+    except (RefcompressError, TypeError, ValueError, LookupError, AttributeError, ArithmeticError,
+            RecursionError, MemoryError) as e:
+        # ArithmeticError: a zero or absurd number in a layer's config (groups 0, a size
+        # that overflows); MemoryError: a size nothing can allocate
+        raise CorruptFileError(f"{path}: the architecture cannot be built "
+                               f"({type(e).__name__}: {e})") from None
     finally:
         gen.bit_generator.state = rng_state
     # A model saved after model.to(float64) rebuilds as float32; follow the saved dtype.
+    # (Buffers too: BatchNorm1d(affine=False) has float buffers and no parameters.)
     float_dtypes = {a.dtype for a in arrays.values() if a.dtype.kind == "f"}
-    params = list(model.parameters())
-    if len(float_dtypes) == 1 and params and params[0].dtype not in float_dtypes:
-        model.to(next(iter(float_dtypes)))
+    built = [p.dtype for p in model.parameters()] + [b.dtype for _, b in model.named_buffers()
+                                                     if b is not None and b.dtype.kind == "f"]
+    if len(float_dtypes) == 1 and built and built[0] not in float_dtypes:
+        try:
+            model.to(next(iter(float_dtypes)))
+        except DTypeError as e:  # a deployment layer that computes in float32 only
+            raise CorruptFileError(f"{path}: the arrays do not fit the architecture: {e}") from None
     try:
         model.load_state_dict(arrays, strict=True)
     except (ArgumentError, ShapeError, DTypeError) as e:

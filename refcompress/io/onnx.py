@@ -44,7 +44,7 @@ import os
 
 import numpy as np
 
-from ..errors import ArgumentError, CorruptFileError, DTypeError, ShapeError
+from ..errors import ArgumentError, CorruptFileError, DTypeError, RefcompressError, ShapeError
 from .atomic import atomic_write, check_output_path, check_path
 
 __all__ = ["export_onnx", "import_onnx", "to_onnx_model", "Graph", "write_model",
@@ -843,6 +843,9 @@ def _read_model(path):
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CorruptFileError(f"{path}: the ONNX model does not pass onnx.checker ({first})") from None
+    except (UnicodeDecodeError, ValueError, RuntimeError) as e:  # e.g. a damaged name that is not UTF-8
+        raise CorruptFileError(f"{path}: the ONNX model cannot be checked, it is damaged "
+                               f"({type(e).__name__}: {str(e)[:200]})") from None
     return m
 
 
@@ -865,11 +868,18 @@ class _Importer:
         """A TensorProto's values; onnx.checker does not compare raw data with the shape."""
         from onnx import numpy_helper
 
+        from onnx import helper
+
+        try:
+            helper.tensor_dtype_to_np_dtype(t.data_type)
+        except (KeyError, ValueError):
+            raise CorruptFileError(f"{self.path}: {what} {t.name!r} has data type {t.data_type}, which is not "
+                                   "an ONNX tensor type (damaged file?)") from None
         try:
             return numpy_helper.to_array(t)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError, OverflowError) as e:
             raise CorruptFileError(f"{self.path}: {what} {t.name!r} cannot be read: its data does not "
-                                   f"fit its shape {list(t.dims)} ({e})") from None
+                                   f"fit its shape {list(t.dims)} ({type(e).__name__}: {e})") from None
 
     def fail(self, node, why):
         label = node.name or (node.output[0] if node.output else "?")
@@ -881,7 +891,10 @@ class _Importer:
         name = node.input[i]
         if name not in self.consts or self.consts[name] is None:
             self.fail(node, f"needs a constant {what} (input {name!r} is computed, not an initializer)")
-        return self.consts[name]
+        value = self.consts[name]
+        if np.asarray(value).dtype.kind not in "biuf":  # strings, complex numbers
+            self.fail(node, f"has a {what} {name!r} of type {np.asarray(value).dtype}; expected numbers")
+        return value
 
     def attrs(self, node):
         from onnx import helper
@@ -902,6 +915,9 @@ class _Importer:
         from onnx import TensorProto
 
         if elem != TensorProto.FLOAT:
+            if elem not in TensorProto.DataType.values():
+                raise CorruptFileError(f"{self.path}: input {cur!r} has element type {elem}, which is not an "
+                                       "ONNX tensor type (damaged file?)")
             raise ArgumentError(f"{self.path}: input {cur!r} is {TensorProto.DataType.Name(elem)}; "
                                 f"import reads float32 graphs")
         order = []
@@ -926,7 +942,14 @@ class _Importer:
         while i < len(order):
             n = order[i]
             nxt = order[i + 1] if i + 1 < len(order) else None
-            m, rank, used = self.node(n, nxt, rank)
+            try:
+                m, rank, used = self.node(n, nxt, rank)
+            except RefcompressError as e:
+                if str(e).startswith(f"{self.path}: "):  # named already (self.fail, a damaged tensor)
+                    raise
+                self.fail(n, f"has no refcompress.nn form ({e})")  # a layer refusing its arguments
+            except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
+                self.fail(n, f"cannot be imported ({type(e).__name__}: {e})")
             mods.extend(m)
             i += used
         return nn.Sequential(*mods).eval()
@@ -1024,6 +1047,11 @@ class _Importer:
                     and int(np.prod(rest, dtype=np.int64)) == s[1])
         return False
 
+    def channels(self, n):
+        """The statically known channel count (dim 1) of node ``n``'s input, or None."""
+        dims = self.shapes.get(n.input[0])
+        return dims[1] if dims and len(dims) > 1 else None
+
     def make_linear(self, W, bias):
         from .. import nn
 
@@ -1053,10 +1081,21 @@ class _Importer:
             self.fail(n, f"has a weight of shape {w.shape}; only 2-D convolutions are read")
         b = self.const(n, 2, "bias")
         group = int(a.get("group", 1))
+        if group < 1:
+            self.fail(n, f"has group {group}; expected a positive number of groups")
         pads = self.symmetric_pads(n, a, 2)
         O, cg, kh, kw = w.shape
         if "kernel_shape" in a and list(a["kernel_shape"]) != [kh, kw]:
             self.fail(n, f"has kernel_shape {list(a['kernel_shape'])} but a {kh}x{kw} weight")
+        if b is not None and np.shape(b) != (O,):
+            self.fail(n, f"has a bias of shape {np.shape(b)}; expected ({O},), one value per output channel")
+        for key in ("strides", "dilations"):
+            if key in a and len(a[key]) != 2:
+                self.fail(n, f"has {key} {list(a[key])}; a 2-D convolution takes two (H and W)")
+        channels = self.channels(n)
+        if channels is not None and channels != cg * group:
+            self.fail(n, f"reads {channels} channels, but its weight {list(w.shape)} with group {group} "
+                      f"takes {cg * group}")
         c = nn.Conv2d(cg * group, O, (kh, kw), stride=tuple(a.get("strides", [1, 1])), padding=pads,
                       dilation=tuple(a.get("dilations", [1, 1])), groups=group, bias=b is not None,
                       rng=np.random.default_rng(0))
@@ -1079,6 +1118,8 @@ class _Importer:
             self.fail(n, f"has dilations {list(a['dilations'])}; refcompress pooling is not dilated")
         pads = self.symmetric_pads(n, a, 2)
         strides = tuple(a.get("strides", [1, 1]))
+        if len(strides) != 2:
+            self.fail(n, f"has strides {list(strides)}; 2-D pooling takes two (H and W)")
         if n.op_type == "MaxPool":
             if len(n.output) > 1 and n.output[1]:
                 self.fail(n, "also outputs Indices; only the pooled values are read")
@@ -1103,12 +1144,18 @@ class _Importer:
             self.fail(n, "has training_mode=1; import reads inference graphs")
         if len(n.output) > 1 and any(n.output[1:]):
             self.fail(n, "has running-statistics outputs; import reads inference graphs")
-        scale, bias, mean, var = (np.asarray(self.const(n, i, w), np.float32)
-                                  for i, w in ((1, "scale"), (2, "bias B"), (3, "mean"), (4, "var")))
-        C = scale.shape[0]
-        cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
+        names = ("scale", "bias B", "mean", "var")
+        scale, bias, mean, var = (np.asarray(self.const(n, i + 1, w), np.float32) for i, w in enumerate(names))
         if rank not in (2, 3, 4):
             self.fail(n, f"reads a rank-{rank} tensor; BatchNorm1d / 2d take rank 2-4")
+        channels = self.channels(n)
+        C = scale.shape[0] if scale.ndim == 1 else None
+        for what, t in zip(names, (scale, bias, mean, var)):
+            if t.shape != (C,) or (channels is not None and C != channels):
+                self.fail(n, f"has {what} of shape {t.shape}; expected one value per channel, shape "
+                          f"({channels if channels is not None else C if C is not None else 'C'},), "
+                          "the same for scale, B, mean and var")
+        cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
         bn = cls(C, eps=float(a.get("epsilon", 1e-5)))
         bn.weight.data, bn.bias.data = scale.copy(), bias.copy()
         bn.running_mean, bn.running_var = mean.copy(), var.copy()

@@ -33,10 +33,17 @@ from ..errors import ArgumentError, CorruptFileError, DTypeError
 from . import npz
 from .atomic import atomic_write, check_output_path, check_path
 
-__all__ = ["save", "load", "read_metadata", "save_arrays", "load_arrays", "read", "METADATA_KEY"]
+__all__ = ["save", "load", "read_metadata", "save_arrays", "load_arrays", "read", "METADATA_KEY",
+           "DIGEST_KEY"]
 
 #: The ``__metadata__`` key holding a refcompress model's JSON metadata.
 METADATA_KEY = "refcompress"
+#: The ``__metadata__`` key holding the hex SHA-256 of the UTF-8 bytes of the
+#: ``METADATA_KEY`` string exactly as stored (the architecture a model is built from has
+#: no other protection: the tensors have their own SHA-256s, the npz form the ZIP CRC).
+#: Files saved before it existed lack it and are read as before; a file that has it is
+#: verified before anything in the metadata is used.
+DIGEST_KEY = "refcompress.sha256"
 # The format's dtype codes that NumPy holds exactly (little-endian, C order).
 _DTYPES = {
     "BOOL": np.dtype("|b1"), "U8": np.dtype("|u1"), "I8": np.dtype("|i1"),
@@ -76,9 +83,11 @@ def _check_utf8(text: str, what: str) -> None:
                             "safetensors headers are UTF-8") from None
 
 
-def _write(path: str, arrays: dict, metadata) -> None:
+def _write(path: str, arrays: dict, metadata, what: str = "arrays", user=None) -> None:
     """``arrays`` (name -> C-order ndarray, dtypes checked) and the ``__metadata__`` dict
-    (or None) as one safetensors file at ``path``, atomically."""
+    (or None) as one safetensors file at ``path``, atomically.  A header over the format's
+    limit is an ArgumentError naming ``metadata`` when the caller's metadata (``user``,
+    by default ``metadata``) is most of it, ``what`` otherwise; nothing is written."""
     # Data in decreasing itemsize (powers of two), then a header padded to a multiple of 8:
     # every tensor then starts at an offset its itemsize divides, so a reader can map it in
     # place.  (Not dtype.alignment: complex64's is 4, its itemsize 8.)
@@ -92,6 +101,13 @@ def _write(path: str, arrays: dict, metadata) -> None:
         header[k] = {"dtype": _code(k, a, "arrays"), "shape": list(a.shape), "data_offsets": list(offsets[k])}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)
+    if len(text) > MAX_HEADER_BYTES:
+        user = metadata if user is None else user
+        meta_len = 0 if user is None else len(json.dumps(user, ensure_ascii=False).encode("utf-8"))
+        raise ArgumentError(
+            f"{'metadata' if 2 * meta_len > len(text) else what}: the safetensors header would be "
+            f"{len(text)} bytes ({meta_len} of them metadata), over the format's limit of {MAX_HEADER_BYTES} "
+            "(readers refuse a longer one); nothing was written")
     with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
@@ -121,21 +137,19 @@ def save_arrays(arrays, path, metadata=None) -> str:
             raise DTypeError(f"arrays[{k!r}]: expected a numpy.ndarray, got {type(a).__name__}")
         a = np.asarray(a)
         _code(k, a, "arrays")
-        if a.dtype == np.bool_:
-            # NumPy's bool is a byte that may hold any value (a view of uint8 data); the format
-            # allows only 0 and 1, and load_arrays refuses others
-            a = a.view(np.uint8) != 0
+        # (a bool array as 0 / 1 bytes: load_arrays refuses others)
         out[k] = np.asarray(a, dtype=a.dtype.newbyteorder("<"), order="C") if a.dtype.byteorder == ">" \
-            else np.asarray(a, order="C")
+            else npz.canonical(a)
     if metadata is not None and not (isinstance(metadata, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise DTypeError(f"metadata: expected a dict of str to str (the safetensors __metadata__) or None, "
                          f"got {metadata!r:.200}")
     if metadata is not None:
-        if METADATA_KEY in metadata:
-            # load_arrays reads this key as a refcompress model's metadata and verifies it
-            raise ArgumentError(f"metadata: the key {METADATA_KEY!r} is reserved for refcompress model "
-                                "files (refcompress.io.save writes it)")
+        for key in (METADATA_KEY, DIGEST_KEY):
+            if key in metadata:
+                # load_arrays reads these keys as a refcompress model's metadata and verifies it
+                raise ArgumentError(f"metadata: the key {key!r} is reserved for refcompress model "
+                                    "files (refcompress.io.save writes it)")
         for k, v in metadata.items():
             _check_utf8(k, "metadata: key")
             _check_utf8(v, f"metadata[{k!r}]: value")
@@ -152,8 +166,13 @@ def save(model, path, *, metadata=None) -> str:
     meta, arrays = npz.describe_model(model, metadata)
     for k, a in arrays.items():
         _code(k, a, "model")
-    _write(path, arrays, {METADATA_KEY: npz.encode_metadata(meta, separators=(",", ":"))})
+    text = npz.encode_metadata(meta, separators=(",", ":"))
+    _write(path, arrays, {METADATA_KEY: text, DIGEST_KEY: _digest(text)}, "model", meta["user"])
     return path
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -195,6 +214,8 @@ def _read_header(f, size: int, where: str):
         if not (isinstance(info, dict) and set(info) == _TENSOR_KEYS):
             bad(f"tensor {name!r} must have exactly the fields dtype, shape, data_offsets, got {info!r:.200}")
         code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(code, str):
+            bad(f"tensor {name!r}: dtype {code!r:.200} is not a string")
         if code in _NO_NUMPY_TYPE:
             raise DTypeError(f"{where}: tensor {name!r} has dtype {code}, which NumPy cannot represent; "
                              f"refcompress reads {', '.join(list(_DTYPES) + [_BF16])}")
@@ -240,13 +261,18 @@ def _read_data(f, tensors, where: str) -> dict:
         if code == "BOOL" and a.size and a.view(np.uint8).max() > 1:
             raise CorruptFileError(f"{where}: BOOL tensor {name!r} holds bytes other than 0 and 1")
         if code == _BF16:
-            a = (a.astype(np.uint32) << 16).view(np.float32)
+            # (np.asarray: a 0-d array shifted is a NumPy scalar)
+            a = np.asarray(a.astype(np.uint32) << 16).view(np.float32)
         out[name] = a
     return out
 
 
-def _check_refcompress(meta_text: str, tensors, where: str) -> dict:
-    """The verified refcompress metadata, consistent with the header's tensors."""
+def _check_refcompress(meta_text: str, digest, tensors, where: str) -> dict:
+    """The verified refcompress metadata, consistent with the header's tensors.  ``digest``
+    is the ``DIGEST_KEY`` value, or None for a file saved before that key existed."""
+    if digest is not None and _digest(meta_text) != digest:
+        raise CorruptFileError(f"{where}: __metadata__[{METADATA_KEY!r}] fails its SHA-256 checksum "
+                               f"(__metadata__[{DIGEST_KEY!r}]): the metadata was altered")
     try:
         meta = json.loads(meta_text, object_pairs_hook=npz.unique_object)
     except ValueError as e:
@@ -283,7 +309,7 @@ def _read(path: str):
         tensors, metadata = _read_header(f, size, path)
         meta = None
         if metadata is not None and METADATA_KEY in metadata:
-            meta = _check_refcompress(metadata[METADATA_KEY], tensors, path)
+            meta = _check_refcompress(metadata[METADATA_KEY], metadata.get(DIGEST_KEY), tensors, path)
         arrays = _read_data(f, tensors, path)
     if meta is not None:
         arrays = _verify_checksums(meta, arrays, path)

@@ -114,3 +114,22 @@ def test_a_process_killed_mid_write_leaves_the_old_file(tmp_path):
     assert target.read_bytes() == b"old"
     stray = [n for n in os.listdir(tmp_path) if n != "m.npz"]
     assert len(stray) == 1 and stray[0].startswith(".m.npz.") and stray[0].endswith(".tmp")
+
+
+@pytest.mark.parametrize("name", ["m.npz/", "new/", "m.npz/.", "..", "sub/.."])
+def test_a_path_ending_in_a_separator_is_refused_before_the_work(tmp_path, monkeypatch, name):
+    """A path like "m.npz/" passed the check and failed only at the write (NotADirectoryError), after the
+    work the check is there to protect."""
+    import numpy as np
+
+    from refcompress import io as rio
+    from refcompress import nn
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for fn in (check_output_path, lambda p: rio.save(nn.Linear(1, 1), p),
+               lambda p: rio.save_arrays({"a": np.zeros(1)}, p),
+               lambda p: rio.export_onnx(nn.Sequential(nn.Linear(1, 1)), p, input_shape=(None, 1))):
+        with pytest.raises(ArgumentError, match=r"path: .* (ends in a path separator|is a directory)"):
+            fn(name)
+    assert sorted(os.listdir(tmp_path)) == ["sub"] and os.listdir(tmp_path / "sub") == []

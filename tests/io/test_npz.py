@@ -499,3 +499,57 @@ def test_a_directory_is_not_a_model_file(tmp_path):
     with pytest.raises(ArgumentError, match="path: directory .* does not exist"):
         rio.save(mlp_300_100(), tmp_path / "no" / "m.npz")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("module", ["refcompress.__main__", "refcompress.cli", "refcompress", "refcompress.io.npz",
+                                    "refcompress.nn.layers.x"])
+def test_a_file_listing_a_refcompress_module_that_defines_no_layers_is_refused(saved, monkeypatch, module):
+    """Only modules whose import registers layers are imported: refcompress.__main__ ran the
+    CLI (SystemExit) when a file listed it."""
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["modules"].append(module))
+    imported = []
+    real = npz_mod.importlib.import_module
+    monkeypatch.setattr(npz_mod.importlib, "import_module", lambda n: (imported.append(n), real(n))[1])
+    for fn in (rio.load, rio.read_metadata):
+        with pytest.raises(CorruptFileError, match=f"{path}: modules lists '{module}', which is not a refcompress "
+                           "module defining layers"):
+            fn(path)
+    assert imported == []
+
+
+def test_every_refcompress_layer_module_is_importable_by_load():
+    """LAYER_MODULES names every refcompress module that registers a layer (a new one must be
+    added, or its models would not load), and each exists."""
+    import importlib
+    import pkgutil
+
+    import refcompress
+
+    for info in pkgutil.walk_packages(refcompress.__path__, "refcompress."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    registered = {cls.__module__ for cls in dict(nn.registered_modules()).values()}
+    assert {m for m in registered if m.startswith("refcompress.")} <= npz_mod.LAYER_MODULES
+    assert npz_mod.LAYER_MODULES <= registered
+
+
+def test_importing_refcompress_main_does_not_run_the_cli():
+    import subprocess
+    import sys
+
+    code = "import refcompress.__main__; print('imported')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "imported", out.stderr
+    out = subprocess.run([sys.executable, "-m", "refcompress", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage: refcompress" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("dtype", ["(1000000000000,)f4", "(1,", ["<f4"]])
+def test_a_dtype_numpy_cannot_parse_is_a_corrupt_file(saved, dtype):
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("dtype", dtype))
+    for fn in (rio.load, rio.read_metadata):
+        with pytest.raises(CorruptFileError, match=rf"{path}: arrays\[0\] \(0.weight\): dtype .* is not a "
+                                                   "(NumPy dtype|string)"):
+            fn(path)

@@ -768,3 +768,81 @@ def test_import_accepts_broadcast_biases_swapped_adds_and_a_shapeless_output(tmp
     model = rio.import_onnx(path)
     assert len(model) == 1
     np.testing.assert_array_equal(model(x), x @ w + c)
+
+
+# ---- import: damaged files and malformed graphs that pass onnx.checker -------------------------
+
+
+def test_every_flipped_bit_of_an_exported_graph_is_a_refcompress_error_or_imports(tmp_path):
+    """A damaged file raised UnicodeDecodeError (a name that is not UTF-8, from the checker),
+    KeyError (an initializer's data type 33) or ValueError (the input's element type 33)."""
+    good = rio.export_onnx(nn.Sequential(nn.Linear(8, 3)), tmp_path / "good.onnx", input_shape=(None, 8))
+    data = open(good, "rb").read()
+    path = tmp_path / "bad.onnx"
+    for pos in range(len(data)):
+        for bit in range(8):
+            b = bytearray(data)
+            b[pos] ^= 1 << bit
+            path.write_bytes(b)
+            try:
+                rio.import_onnx(path)
+            except (CorruptFileError, ArgumentError) as e:
+                assert str(e).startswith(f"{path}: "), (pos, bit, e)
+
+
+def _damaged(tmp_path, edit):
+    path = _graph_file(tmp_path, [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
+                       {"W": np.ones((2, 3), np.float32)}, ["n", 3], ["n", 2])
+    m = onnx.load(path)
+    edit(m)
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+def test_an_unknown_element_type_is_a_corrupt_file(tmp_path):
+    path = _damaged(tmp_path, lambda m: setattr(m.graph.initializer[0], "data_type", 33))
+    with pytest.raises(CorruptFileError, match=f"{path}: initializer 'W' has data type 33, which is not an ONNX"):
+        rio.import_onnx(path)
+    path = _damaged(tmp_path, lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 33))
+    with pytest.raises(CorruptFileError, match=f"{path}: input 'x' has element type 33, which is not an ONNX"):
+        rio.import_onnx(path)
+
+
+F = np.float32
+BAD_GRAPHS = {
+    "conv bias length": ([helper.make_node("Conv", ["x", "w", "b"], ["y"])],
+                         {"w": np.ones((4, 3, 3, 3), F), "b": np.ones(3, F)}, [1, 3, 8, 8], [1, 4, 6, 6],
+                         r"Conv\) has a bias of shape \(3,\); expected \(4,\)"),
+    "conv strides [1]": ([helper.make_node("Conv", ["x", "w"], ["y"], strides=[1])],
+                         {"w": np.ones((4, 3, 3, 3), F)}, [1, 3, 8, 8], [1, 4, 6, 6],
+                         r"Conv\) has strides \[1\]; a 2-D convolution takes two"),
+    "conv group 0": ([helper.make_node("Conv", ["x", "w"], ["y"], group=0)],
+                     {"w": np.ones((4, 3, 3, 3), F)}, [1, 3, 8, 8], [1, 4, 6, 6], r"Conv\) has group 0"),
+    "conv channels": ([helper.make_node("Conv", ["x", "w"], ["y"])],
+                      {"w": np.ones((4, 2, 3, 3), F)}, [1, 3, 8, 8], [1, 4, 6, 6],
+                      r"Conv\) reads 3 channels, but its weight \[4, 2, 3, 3\] with group 1 takes 2"),
+    "bn scalar": ([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
+                  {k: F(1) for k in "sbmv"}, [1, 3], [1, 3], r"BatchNormalization\) has scale of shape \(\)"),
+    "bn lengths": ([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
+                   {"s": np.ones(3, F), "b": np.ones(3, F), "m": np.ones(2, F), "v": np.ones(3, F)}, ["n", 3],
+                   ["n", 3], r"BatchNormalization\) has mean of shape \(2,\); expected one value per channel, "
+                   r"shape \(3,\)"),
+    "bn channels": ([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"])],
+                    {k: np.ones(2, F) for k in "sbmv"}, ["n", 3], ["n", 3],
+                    r"BatchNormalization\) has scale of shape \(2,\); expected one value per channel, shape \(3,\)"),
+    "gemm string": ([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+                    {"w": np.array([["a"] * 3] * 2, object)}, [1, 3], [1, 2],
+                    r"Gemm\) has a weight B 'w' of type object; expected numbers"),
+    "gemm empty": ([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], {"w": np.ones((0, 3), F)}, [1, 3],
+                   [1, 0], r"Gemm\) has no refcompress.nn form \(out_features"),
+    "pool strides [1]": ([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[1])], {},
+                         [1, 3, 8, 8], [1, 3, 7, 7], r"MaxPool\) has strides \[1\]; 2-D pooling takes two"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GRAPHS))
+def test_malformed_graphs_the_checker_passes_are_argument_errors_naming_the_node(tmp_path, case):
+    nodes, inits, i, o, msg = BAD_GRAPHS[case]
+    path = _graph_file(tmp_path, nodes, inits, i, o)
+    with pytest.raises(ArgumentError, match=f"{path}: node 'y' \\({msg}"):
+        rio.import_onnx(path)

@@ -6,6 +6,7 @@ and MLP, and every layer replacement of the transformer methods (GPTQ, AWQ, W8A8
 SmoothQuant, SparseGPT, Wanda, SVD) on one Linear, and a BERT; each through both formats
 (the path's extension chooses npz or safetensors)."""
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,8 @@ import pytest
 
 from refcompress import io as rio
 from refcompress import nn
+from refcompress.errors import ArgumentError
+from refcompress.io import npz as npz_mod
 from refcompress.pipeline.compress import compress
 from refcompress.pipeline.transformer import METHODS
 
@@ -100,3 +103,65 @@ def test_bert_round_trips_bit_for_bit(tmp_path, ext):
                          rng=np.random.default_rng(3)).eval()
     path = rio.save(model, tmp_path / f"bert{ext}")
     _assert_same(model, rio.load(path), np.random.default_rng(4).integers(0, 40, (2, 12)))
+
+
+# -- what save writes, load reads (both formats) ------------------------------------------
+@pytest.mark.parametrize("ext", [".npz", ".safetensors"])
+@pytest.mark.parametrize("metadata", [{1: "x", "1": "y"}, {"a": [{"b": {None: 1}}]}, {True: 1}, {1.5: 0},
+                                      {"t": ({2: 3},)}])
+def test_metadata_with_non_str_keys_is_refused_at_save(tmp_path, ext, metadata):
+    """json.dumps would write 1 as "1" ({1: "x", "1": "y"} naming "1" twice: a file load refuses)."""
+    path = tmp_path / f"m{ext}"
+    with pytest.raises(ArgumentError, match=r"metadata.*: keys must be str \(JSON object names\), got"):
+        rio.save(nn.Linear(2, 2), path, metadata=metadata)
+    assert os.listdir(tmp_path) == []
+
+
+def _nested(depth):
+    top = cur = {}
+    for _ in range(depth - 1):
+        cur["a"] = {}
+        cur = cur["a"]
+    return top
+
+
+@pytest.mark.parametrize("ext", [".npz", ".safetensors"])
+def test_deeply_nested_metadata_is_refused_at_save_and_the_deepest_allowed_loads(tmp_path, ext):
+    path = tmp_path / f"m{ext}"
+    for depth in (npz_mod.MAX_METADATA_DEPTH + 1, 990, 5000):
+        with pytest.raises(ArgumentError, match=f"metadata: nested more than {npz_mod.MAX_METADATA_DEPTH} levels"):
+            rio.save(nn.Linear(2, 2), path, metadata=_nested(depth))
+        assert os.listdir(tmp_path) == []
+    deepest = _nested(npz_mod.MAX_METADATA_DEPTH)
+    rio.save(nn.Linear(2, 2), path, metadata=deepest)
+    assert rio.read_metadata(path)["user"] == deepest
+    rio.load(path)
+
+
+@pytest.mark.parametrize("ext", [".npz", ".safetensors"])
+def test_a_bool_state_array_holding_other_bytes_saves_as_0_and_1(tmp_path, ext):
+    """A valid NumPy bool array viewed from uint8 (here bytes 0, 1, 2, 0) is stored as 0 / 1:
+    the safetensors model file was refused by its own reader (BOOL byte 2)."""
+    from refcompress.quant.weight_sharing import SharedLinear
+
+    lin = nn.Linear(2, 2)
+    mask = (np.arange(4, dtype=np.uint8).reshape(2, 2) % 3).view(bool)
+    model = nn.Sequential(SharedLinear.from_linear(lin, 1, mask=mask)).eval()
+    path = rio.save(model, tmp_path / f"m{ext}")
+    back = rio.load(path)
+    assert back[0].mask.dtype == np.bool_ and back[0].mask.tolist() == [[False, True], [True, False]]
+    assert back[0].mask.view(np.uint8).max() == 1
+    x = np.random.default_rng(0).random((3, 2), dtype=np.float32)
+    assert np.array_equal(back(x), model(x))
+
+
+@pytest.mark.parametrize("ext", [".npz", ".safetensors"])
+def test_a_float64_model_without_parameters_loads_as_float64(tmp_path, ext):
+    """The dtype to rebuild in is decided from the float buffers too: BatchNorm1d(affine=False)
+    has none but float buffers, and its float64 file was refused (float32 rebuilt)."""
+    model = nn.Sequential(nn.BatchNorm1d(3, affine=False)).to(np.float64).eval()
+    model[0].running_mean = np.array([0.5, -1, 2], np.float64)
+    back = rio.load(rio.save(model, tmp_path / f"m{ext}"))
+    assert back[0].running_mean.dtype == np.float64 and back[0].running_mean.tolist() == [0.5, -1, 2]
+    x = np.random.default_rng(0).random((4, 3))
+    assert np.array_equal(back(x), model(x))

@@ -53,8 +53,14 @@ def _model_meta(header):
     return json.loads(header["__metadata__"]["refcompress"])
 
 
+def _set_meta_text(header, text):
+    """Store ``text`` as the refcompress metadata with its matching SHA-256 (as save would)."""
+    header["__metadata__"]["refcompress"] = text
+    header["__metadata__"]["refcompress.sha256"] = hashlib.sha256(text.encode()).hexdigest()
+
+
 def _set_model_meta(header, meta):
-    header["__metadata__"]["refcompress"] = json.dumps(meta)
+    _set_meta_text(header, json.dumps(meta))
 
 
 @pytest.fixture
@@ -105,7 +111,7 @@ def test_other_readers_get_the_real_state_dict(saved):
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
-        assert set(f.metadata()) == {"refcompress"}
+        assert set(f.metadata()) == {"refcompress", "refcompress.sha256"}
         assert json.loads(f.metadata()["refcompress"])["user"] == {"note": "fixture"}
 
 
@@ -374,6 +380,14 @@ def test_bfloat16_is_widened_to_float32_exactly(tmp_path):
     assert list(got["n"].view(np.uint32)) == [0x7FC10000, 0xFF810000]
 
 
+def test_a_0d_bfloat16_tensor_is_a_0d_array(tmp_path):
+    """Not a NumPy scalar (shifting a 0-d array gives one), as every other 0-d tensor."""
+    header = {"s": {"dtype": "BF16", "shape": [], "data_offsets": [0, 2]}}
+    (tmp_path / "bf.safetensors").write_bytes(_raw(header, np.array(0x3F80, "<u2").tobytes()))
+    got = rio.load_arrays(tmp_path / "bf.safetensors")["s"]
+    assert type(got) is np.ndarray and got.shape == () and got.dtype == np.float32 and got == 1.0
+
+
 @pytest.mark.parametrize("code", ["F8_E4M3", "F8_E5M2", "F8_E8M0", "F4"])
 def test_float8_and_smaller_are_refused_by_name(tmp_path, code):
     (tmp_path / "f8.safetensors").write_bytes(_raw({"x": {"dtype": code, "shape": [4], "data_offsets": [0, 4]}},
@@ -401,7 +415,9 @@ BAD = {
     "duplicate name": (struct.pack("<Q", 2 * len(DUP) + 3) + b"{" + DUP + b"," + DUP + b"}" + b"\0" * 8,
                        r"header is not valid JSON \(name 'a' appears twice\)"),
     "unknown dtype": (_raw({"a": dict(F32_2, dtype="F33")}, b"\0" * 8), r"tensor 'a' has unknown dtype 'F33'"),
-    "dtype not a string": (_raw({"a": dict(F32_2, dtype=4)}, b"\0" * 8), r"tensor 'a' has unknown dtype 4"),
+    "dtype not a string": (_raw({"a": dict(F32_2, dtype=4)}, b"\0" * 8), r"tensor 'a': dtype 4 is not a string"),
+    "dtype a list": (_raw({"a": dict(F32_2, dtype=["F32"])}, b"\0" * 8), r"tensor 'a': dtype \['F32'\] is not a string"),
+    "dtype an object": (_raw({"a": dict(F32_2, dtype={"F32": 1})}, b"\0" * 8), r"tensor 'a': dtype \{'F32': 1\} is not"),
     "missing field": (_raw({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8),
                       r"tensor 'a' must have exactly the fields dtype, shape, data_offsets"),
     "extra field": (_raw({"a": dict(F32_2, order="F")}, b"\0" * 8), r"tensor 'a' must have exactly the fields"),
@@ -492,7 +508,7 @@ def test_a_name_repeated_in_the_refcompress_json(saved):
     _, path = saved
     header, data = _split(path)
     text = header["__metadata__"]["refcompress"]
-    header["__metadata__"]["refcompress"] = text[:-1] + ',"user":{"acc":0.1}}'
+    _set_meta_text(header, text[:-1] + ',"user":{"acc":0.1}}')
     path.write_bytes(_raw(header, data))
     with pytest.raises(CorruptFileError,
                        match=r"__metadata__\['refcompress'\] is not valid JSON \(name 'user' appears twice"):
@@ -538,6 +554,18 @@ def test_consistent_arrays_that_do_not_fit_the_architecture(saved):
         rio.load(path)
 
 
+@pytest.mark.parametrize("dtype", ["(1000000000000,)f4", "(1,", "10000000000000000000000f4", ["<f4"], 4])
+def test_a_refcompress_dtype_numpy_cannot_parse_is_a_corrupt_file(saved, dtype):
+    """NumPy raises ValueError ("(1000000000000,)f4") or SyntaxError ("(1,") for some
+    strings, not only TypeError."""
+    _, path = saved
+    _rewrite(path, edit_meta=lambda m: m["arrays"][0].__setitem__("dtype", dtype))
+    for fn in (rio.load, rio.read_metadata, rio.load_arrays):
+        with pytest.raises(CorruptFileError, match=rf"{path}: arrays\[0\] \(0.weight\): dtype .* is not a "
+                                                   "(NumPy dtype|string)"):
+            fn(path)
+
+
 @pytest.mark.parametrize("edit", ["format", "version", "no arrays", "not json", "unknown layer"])
 def test_bad_refcompress_metadata(saved, edit):
     _, path = saved
@@ -553,7 +581,7 @@ def test_bad_refcompress_metadata(saved, edit):
         meta["architecture"]["children"]["2"]["type"] = "Swish9"
     _set_model_meta(header, meta)
     if edit == "not json":
-        header["__metadata__"]["refcompress"] = "{nope"
+        _set_meta_text(header, "{nope")
     path.write_bytes(_raw(header, data))
     msg = {"format": "not a refcompress model file", "version": "format_version", "no arrays": "'arrays'",
            "not json": r"__metadata__\['refcompress'\] is not valid JSON", "unknown layer": "Swish9"}[edit]
@@ -626,3 +654,112 @@ def test_every_damaged_plain_header_byte_is_refused(tmp_path):
         _same_arrays(dict(enumerate(got)), dict(enumerate(want)))
         same += 1
     assert same < 0.05 * len(cases)
+
+
+# -- the refcompress metadata's own SHA-256 ------------------------------------------------
+def _conv_bn_softmax():
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, stride=2), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32, 3), nn.BatchNorm1d(3), nn.Softmax(dim=-1))
+    return _trained_like(lambda rng: model, seed=3)
+
+
+def test_every_header_bit_flip_of_a_conv_bn_softmax_model_is_refused_or_harmless(tmp_path):
+    """Every bit of the header of a model whose architecture has numbers that matter
+    (Softmax dim, BatchNorm eps, conv padding / stride): one flipped bit is refused or loads
+    the saved model bit for bit.  Before the metadata had its SHA-256, dim -1 -> 0, eps
+    1e-05 -> 1e-04 or padding 1 -> 0 loaded a different model silently."""
+    model = _conv_bn_softmax()
+    path = tmp_path / "m.safetensors"
+    rio.save(model, path)
+    data = path.read_bytes()
+    header_end = 8 + struct.unpack("<Q", data[:8])[0]
+    assert b"refcompress.sha256" in data[:header_end]
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    want_y, want_state = model(x), model.state_dict()
+    loaded = 0
+    for pos in range(header_end):
+        for bit in range(8):
+            b = bytearray(data)
+            b[pos] ^= 1 << bit
+            with open(path, "r+b") as f:
+                f.write(b)
+            try:
+                got = rio.load(path)
+            except (CorruptFileError, DTypeError):
+                continue
+            state = got.state_dict()
+            assert list(state) == list(want_state), (pos, bit)
+            assert all(state[k].dtype == v.dtype and np.array_equal(state[k], v)
+                       for k, v in want_state.items()), (pos, bit)
+            assert np.array_equal(got(x), want_y), (pos, bit)
+            loaded += 1
+    assert loaded < 0.01 * 8 * header_end
+
+
+@pytest.mark.parametrize("old, new", [(b'\\"dim\\":-1', b'\\"dim\\":-0'), (b'\\"eps\\":1e-05', b'\\"eps\\":1e-04'),
+                                      (b'\\"padding\\":[1,1]', b'\\"padding\\":[0,1]')])
+def test_an_altered_architecture_fails_the_metadata_checksum(tmp_path, old, new):
+    path = tmp_path / "m.safetensors"
+    rio.save(_conv_bn_softmax(), path)
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
+    for fn in (rio.load, rio.read_metadata, rio.load_arrays):
+        with pytest.raises(CorruptFileError, match=f"{path}: __metadata__\\['refcompress'\\] fails its SHA-256 "
+                           r"checksum \(__metadata__\['refcompress.sha256'\]\)"):
+            fn(path)
+
+
+def test_a_file_saved_before_the_metadata_checksum_still_loads(tmp_path):
+    """Files of earlier releases have no 'refcompress.sha256': read as before."""
+    model = _conv_bn_softmax()
+    path = tmp_path / "old.safetensors"
+    rio.save(model, path)
+    header, data = _split(path)
+    del header["__metadata__"]["refcompress.sha256"]
+    meta_text = header["__metadata__"]["refcompress"]
+    st_mod._write(str(path), rio.load_arrays(path), {"refcompress": meta_text})  # the old writer's layout
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    assert np.array_equal(rio.load(path)(x), model(x))
+    assert rio.read_metadata(path) == json.loads(meta_text)
+
+
+def test_the_checksum_key_is_reserved_in_save_arrays(tmp_path):
+    with pytest.raises(ArgumentError, match="metadata: the key 'refcompress.sha256' is reserved"):
+        rio.save_arrays({"a": np.zeros(1)}, tmp_path / "a.safetensors", metadata={"refcompress.sha256": "x"})
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_a_config_that_divides_by_zero_is_a_corrupt_file(tmp_path):
+    """An older (unchecksummed) file whose conv has groups 0: CorruptFileError naming the
+    file, not ZeroDivisionError from the layer's constructor."""
+    from refcompress.quant import modules as qm
+
+    path = tmp_path / "g0.safetensors"
+    rio.save(nn.Sequential(qm.WeightOnlyConv2d(2, 3, 3, bits=4)), path)
+    header, data = _split(path)
+    meta = _model_meta(header)
+    meta["architecture"]["children"]["0"]["config"]["groups"] = 0
+    path.write_bytes(_raw({**header, "__metadata__": {"refcompress": json.dumps(meta)}}, data))
+    with pytest.raises(CorruptFileError, match=f"{path}: the architecture cannot be built \\(ZeroDivisionError"):
+        rio.load(path)
+
+
+def test_a_header_over_the_format_limit_is_refused_at_save(tmp_path, monkeypatch):
+    """The writer keeps the reader's 100,000,000-byte header limit (here lowered to 2,000):
+    an ArgumentError naming what made it long, and nothing is written."""
+    monkeypatch.setattr(st_mod, "MAX_HEADER_BYTES", 2000)
+    path = tmp_path / "a.safetensors"
+    with pytest.raises(ArgumentError, match=r"metadata: the safetensors header would be \d+ bytes \(\d+ of them "
+                       r"metadata\), over the format's limit of 2000"):
+        rio.save_arrays({"w": np.zeros(1)}, path, metadata={"k": "a" * 2000})
+    with pytest.raises(ArgumentError, match=r"arrays: the safetensors header would be"):
+        rio.save_arrays({f"w{i}": np.zeros(1) for i in range(100)}, path)
+    with pytest.raises(ArgumentError, match=r"metadata: the safetensors header would be"):
+        rio.save(nn.Linear(2, 2), path, metadata={"k": "a" * 3000})
+    with pytest.raises(ArgumentError, match=r"model: the safetensors header would be"):
+        rio.save(nn.Sequential(*[nn.Linear(2, 2) for _ in range(20)]), path)
+    assert os.listdir(tmp_path) == []
+    rio.save_arrays({"w": np.zeros(1)}, path, metadata={"k": "a" * 1000})
+    assert list(rio.load_arrays(path)) == ["w"]
