@@ -51,6 +51,7 @@ from .. import _hessian
 from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
 from ..nn.functional import FLOAT_DTYPES
+from .magnitude import n_pruned
 from .nm import check_nm
 
 __all__ = ["PruneResult", "sparsegpt", "check_sparsity", "check_nm_shape"]
@@ -147,7 +148,7 @@ def sparsegpt(weight, x=None, *, sparsity=None, n=None, m=None, mask=None, hessi
         W1 = W[:, i1:i2].copy()
         E1 = np.zeros((rows, i2 - i1))
         if sparsity is not None:
-            k = int(np.rint(p * rows * i2)) - int(np.rint(p * rows * i1))
+            k = n_pruned(p, rows * i2) - n_pruned(p, rows * i1)
             mask[:, i1:i2] = prune_lowest(W1**2 / d2[i1:i2], k)
         for i in range(i2 - i1):
             j = i1 + i

@@ -31,6 +31,7 @@ from .. import _hessian
 from .._validation import check_array
 from ..errors import ArgumentError, ShapeError
 from ..nn.functional import FLOAT_DTYPES
+from .magnitude import n_pruned
 from .sparsegpt import PruneResult, _pattern, keep_nm, prune_lowest, sparsegpt
 
 __all__ = ["wanda_scores", "wanda"]
@@ -66,7 +67,7 @@ def wanda(weight, x=None, *, sparsity=None, n=None, m=None, hessian=None, update
     p, n, m = _pattern(sparsity, n, m, cols)
     scores = wanda_scores(w, np.sqrt(_hessian.layer_hessian_diag(x, hessian, cols)))
     if sparsity is not None:
-        k = int(np.rint(p * cols))
+        k = n_pruned(p, cols)
         mask = np.stack([prune_lowest(s, k) for s in scores]) if rows else np.ones(w.shape, bool)
     else:
         mask = keep_nm(scores, n, m)

@@ -10,6 +10,7 @@ import pytest
 from refcompress import _hessian
 from refcompress.errors import ArgumentError, DTypeError, ShapeError
 from refcompress.prune import is_nm_sparse, mask_by_amount, nm_mask, sparsegpt, wanda, wanda_scores
+from refcompress.prune.magnitude import n_pruned
 from refcompress.testing import outlier_layer
 
 OUT, IN, N = 64, 96, 512
@@ -47,7 +48,7 @@ def magnitude(w, pattern):
 def test_sparsegpt_prunes_exactly_the_requested_count(data, sparsity, block_size):
     w, x = data
     res = sparsegpt(w, x, sparsity=sparsity, block_size=block_size)
-    k = int(np.rint(sparsity * w.size))
+    k = n_pruned(sparsity, w.size)
     assert res.mask.dtype == bool and res.mask.shape == w.shape
     assert int((~res.mask).sum()) == k
     assert np.all(res.weight[~res.mask] == 0)
@@ -177,7 +178,7 @@ def test_wanda_nm_tie_keeps_the_lower_position():
 def test_wanda_prunes_the_same_count_in_every_row(data, sparsity):
     w, x = data
     res = wanda(w, x, sparsity=sparsity)
-    assert np.all((~res.mask).sum(axis=1) == int(np.rint(sparsity * IN)))
+    assert np.all((~res.mask).sum(axis=1) == n_pruned(sparsity, IN))
     np.testing.assert_array_equal(res.weight, np.where(res.mask, w, 0))
     # the kept scores of each row all beat the pruned ones
     s = wanda_scores(w, np.sqrt((x.astype(np.float64) ** 2).sum(axis=0)))
@@ -233,3 +234,13 @@ def test_bad_input_names_the_argument(data, fn):
         fn(w, x, n=2)
     with pytest.raises(ArgumentError, match="weight: expected finite"):
         fn(np.full_like(w, np.nan), x, sparsity=0.5)
+
+
+def test_layerwise_counts_are_half_even_of_the_typed_decimal():
+    """0.35 of 90 is 31.5 -> 32 (the float product 31.499999999999996 rounded to 31), the
+    rule magnitude pruning uses (refcompress.prune.magnitude.n_pruned)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((2, 90)).astype(np.float32)
+    x = rng.standard_normal((64, 90)).astype(np.float32)
+    assert np.all((~wanda(w, x, sparsity=0.35).mask).sum(axis=1) == 32)
+    assert int((~sparsegpt(w[:1], x, sparsity=0.35).mask).sum()) == 32
