@@ -22,7 +22,9 @@ Teacher caching: with array data the teacher is a fixed function (eval mode), so
 logits and tapped features are computed once for every sample and the batches (shuffled
 each epoch by ``fit``) index that cache.  With a re-iterable of batches the teacher output
 is cached per batch position and reused only while the iterable yields the same batch
-there (checked by identity or equality), i.e. when the data order allows.
+there, i.e. when the data order allows.  "The same" means equal contents: the cache holds a
+copy of each batch and compares it with ``np.array_equal``, so a loader that refills one
+preallocated buffer for every batch gets fresh teacher outputs for each new batch.
 """
 
 from __future__ import annotations
@@ -164,15 +166,28 @@ class Distiller:
         return np.concatenate(zs), {n: np.concatenate(v) for n, v in feats.items()}
 
     def _teacher_for_batch(self, pos, xb):
+        """Teacher output for the batch at position ``pos`` of the epoch, from the cache
+        when the batch there has the same contents as when it was cached.
+
+        The cache keeps a private copy of each batch and compares contents (shape, dtype,
+        ``np.array_equal``), never identity: a loader may refill one preallocated buffer
+        for every batch, so the same array object holds other inputs each time.  The cost
+        is one copy of the data and one O(batch) comparison per step, small next to the
+        teacher's forward pass.
+        """
         if not self.cache_teacher:
             return self.teacher_outputs(xb)
         hit = self._batch_cache.get(pos)
         if hit is not None:
             x_ref, out = hit
-            if xb is x_ref or (xb.shape == x_ref.shape and np.array_equal(xb, x_ref)):
+            if (isinstance(xb, np.ndarray) and xb.shape == x_ref.shape
+                    and xb.dtype == x_ref.dtype and np.array_equal(xb, x_ref)):
                 return out
-        out = self.teacher_outputs(xb)
-        self._batch_cache[pos] = (xb, out)
+        z, feats = self.teacher_outputs(xb)
+        # an output that is a view of the batch (a tapped reshape) would change with it
+        own = (lambda a: a.copy() if np.may_share_memory(a, xb) else a)
+        out = own(z), {n: own(f) for n, f in feats.items()}
+        self._batch_cache[pos] = (np.array(xb, copy=True), out)
         return out
 
     # -- setup -----------------------------------------------------------------------------
