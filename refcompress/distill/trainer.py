@@ -63,6 +63,18 @@ def _unique(names):
     return list(dict.fromkeys(names))
 
 
+def _check_labels(y, n_classes, name="y"):
+    """Refuse labels outside [0, n_classes) other than UNLABELED (-1), naming ``name``."""
+    if y.size == 0:
+        return
+    bad = (y != UNLABELED) & ((y < 0) | (y >= n_classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ArgumentError(
+            f"{name}: expected class indices in [0, {n_classes - 1}] or {UNLABELED} (unlabeled), "
+            f"got {y[i]} at index {i} ({int(bad.sum())} such labels)")
+
+
 class Distiller:
     """Distil ``teacher`` into ``student`` (both :class:`refcompress.nn.Module`, same number
     of output classes).  Neither model is copied; the student is trained in place.
@@ -247,7 +259,7 @@ class Distiller:
         grad = np.zeros_like(zs)
         n_ok = None
         if yb is not None:
-            labeled = yb >= 0
+            labeled = yb != UNLABELED
             n_ok = int((zs.argmax(axis=1) == yb)[labeled].sum())
             if self.alpha > 0 and labeled.any():
                 ce, gce = cross_entropy(zs[labeled], yb[labeled])
@@ -301,8 +313,12 @@ class Distiller:
             progress: bool = True):
         """Train the student; returns (and stores in ``history_``) the nn History.
 
-        X, y      : arrays (y int labels, -1 = unlabeled sample; or y None = all unlabeled),
-                    or X a re-iterable of batches ``x`` or ``(x, y)`` and y None.
+        X, y      : arrays (y int labels in [0, classes), -1 = unlabeled sample; or y None =
+                    all unlabeled), or X a re-iterable of batches ``x`` or ``(x, y)`` and
+                    y None.  Array labels are checked before any update (any other value
+                    is an ArgumentError naming ``y``); batch labels when their batch comes.
+        ``history_.train_acc`` is, per epoch, correct / labeled over the labeled samples
+        (predictions before each step's update); None when no sample had a label.
         optimizer : built over :meth:`parameters` (the hint regressors too); default
                     ``AdamW(self.parameters(), lr, weight_decay=weight_decay)``.
         The rest is passed to :func:`refcompress.nn.fit` (validation on labeled
@@ -318,6 +334,10 @@ class Distiller:
                 y = check_array(y, "y", ndim=1, shape=(len(X),))
                 if y.dtype.kind not in "iu":
                     raise DTypeError(f"y: expected integer class labels (-1 = unlabeled), got {y.dtype.name}")
+                if np.any(y < UNLABELED):
+                    i = int(np.flatnonzero(y < UNLABELED)[0])
+                    raise ArgumentError(
+                        f"y: expected class indices >= 0 or {UNLABELED} (unlabeled), got {y[i]} at index {i}")
             if self.alpha > 0 and (y is None or not np.any(y >= 0)):
                 raise ArgumentError(
                     f"alpha: expected 0 for unlabeled data (y has no labels), got {self.alpha}")
@@ -330,19 +350,31 @@ class Distiller:
                 raise ShapeError("X: the batch iterable yielded no batches")
             first = b0[0] if isinstance(b0, (tuple, list)) else b0
         was_teacher = self.teacher.training
+        hints_before = self.hints_
         try:
             self.prepare(first)
-            optimizer = self._optimizer(optimizer, lr, weight_decay)
+            try:
+                if arrays and y is not None:
+                    _check_labels(y, self._n_classes)
+                elif not arrays and isinstance(b0, (tuple, list)) and len(b0) > 1:
+                    self._check_batch_labels(b0[1])
+                optimizer = self._optimizer(optimizer, lr, weight_decay)
+                acc = _LabeledAccuracy(scheduler)
+            except Exception:
+                self.hints_ = hints_before
+                raise
             self.teacher.eval()
             if arrays:
-                step, data = self._array_step(X, y, batch_size), np.arange(len(X))
+                step, data = self._array_step(X, y, batch_size, acc), np.arange(len(X))
             else:
-                step, data = self._iterable_step(X)
-            self.history_ = fit(
+                step, data = self._iterable_step(X, acc)
+            history = fit(
                 self.student, data, None, optimizer=optimizer, epochs=epochs,
                 batch_size=batch_size, shuffle=shuffle, seed=self.seed,
                 validation_data=validation_data, patience=patience, monitor=monitor,
-                restore_best=restore_best, step_fn=step, scheduler=scheduler, progress=progress)
+                restore_best=restore_best, step_fn=step, scheduler=acc, progress=progress)
+            history.train_acc = acc.per_epoch(len(history.loss))
+            self.history_ = history
         finally:
             self.teacher.train(was_teacher)
             self._batch_cache.clear()
@@ -363,7 +395,14 @@ class Distiller:
                 f"it over distiller.parameters() (student and hint regressors)")
         return optimizer
 
-    def _array_step(self, X, y, batch_size):
+    def _check_batch_labels(self, yb):
+        yb = check_array(yb, "y", ndim=1)
+        if yb.dtype.kind not in "iu":
+            raise DTypeError(f"y: expected integer class labels (-1 = unlabeled), got {yb.dtype.name}")
+        _check_labels(yb, self._n_classes)
+        return yb
+
+    def _array_step(self, X, y, batch_size, acc):
         if self.cache_teacher:
             zt_all, feats_all = self._teacher_for_arrays(X, max(batch_size, 256))
 
@@ -375,24 +414,62 @@ class Distiller:
             else:
                 zt, tf = self.teacher_outputs(xb)
             value, n_ok, _ = self.loss_and_backward(xb, yb, zt, tf)
-            return value, n_ok
+            return value, acc.add(n_ok, yb)
         return step
 
-    def _iterable_step(self, data):
+    def _iterable_step(self, data, acc):
         counter = {"pos": 0}
 
         def step(student, batch):
             xb, yb = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
             if yb is None and self.alpha > 0:
                 raise ArgumentError(f"alpha: expected 0 for batches without labels, got {self.alpha}")
+            if yb is not None:
+                yb = self._check_batch_labels(yb)
             pos = counter["pos"]
             counter["pos"] += 1
             zt, tf = self._teacher_for_batch(pos, xb)
             value, n_ok, _ = self.loss_and_backward(xb, yb, zt, tf)
-            return value, n_ok
+            return value, acc.add(n_ok, yb)
 
         wrapped = (_SizedRestart if hasattr(data, "__len__") else _Restart)(data, counter)
         return step, wrapped
+
+
+class _LabeledAccuracy:
+    """Train accuracy over the labeled samples only: per epoch, correct / labeled.
+
+    :func:`refcompress.nn.fit` divides its count by all samples, which understates the
+    accuracy of partly labeled data; so the step reports its count to ``fit`` only for a
+    fully labeled batch (an epoch with unlabeled samples shows no accuracy on the progress
+    bar) and keeps its own counts, closed at each epoch end.  ``fit`` calls the
+    scheduler's ``step()`` once after every epoch, so this object stands in for the user's
+    scheduler (calling it on) to learn where the epochs end."""
+
+    def __init__(self, scheduler):
+        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+            raise DTypeError(f"scheduler: expected an object with step(), got {type(scheduler).__name__}")
+        self.scheduler = scheduler
+        self.correct = self.labeled = 0
+        self.epochs = []
+
+    def add(self, n_ok, yb):
+        """Count one batch; returns the count to report to fit (None unless all labeled)."""
+        if n_ok is None or yb is None:
+            return None
+        n_lab = int(np.count_nonzero(yb != UNLABELED))
+        self.correct += int(n_ok)
+        self.labeled += n_lab
+        return n_ok if n_lab == len(yb) else None
+
+    def step(self):
+        self.epochs.append(self.correct / self.labeled if self.labeled else None)
+        self.correct = self.labeled = 0
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def per_epoch(self, n_epochs):
+        return list(self.epochs[:n_epochs])
 
 
 class _Restart:

@@ -7,6 +7,7 @@ import pytest
 
 from refcompress import nn
 from refcompress.distill import UNLABELED, Distiller
+from refcompress.errors import ArgumentError
 
 
 def _mlp(seed, hidden=6, classes=3, dtype=np.float64):
@@ -45,3 +46,41 @@ def test_teacher_cache_is_keyed_by_batch_contents_not_array_identity():
     d.loss_and_backward = spy
     d.fit(_BufferLoader(X, 5), epochs=3, lr=0.0, progress=False)
     assert len(seen) == 12 and max(seen) == 0.0
+
+
+def test_train_acc_counts_labeled_samples_only():
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    s, t = _mlp(0), _mlp(1)
+    y = s(X).argmax(1)              # every label is the student's current prediction
+    y[10:] = UNLABELED
+    h = Distiller(s, t, alpha=0.5).fit(X, y, epochs=2, batch_size=20, shuffle=False,
+                                       lr=0.0, progress=False)
+    assert h.train_acc == [1.0, 1.0]
+    # batches of the iterable form: one with no labels contributes nothing
+    batches = [(X[:10], y[:10]), (X[10:], y[10:])]
+    h = Distiller(_mlp(0), _mlp(1), alpha=0.5).fit(batches, epochs=1, lr=0.0, progress=False)
+    assert h.train_acc == [1.0]
+    # fully labeled data: unchanged meaning (correct / all samples)
+    y2 = y.copy()
+    y2[10:] = (s(X[10:]).argmax(1) + 1) % 3
+    h = Distiller(_mlp(0), _mlp(1), alpha=0.5).fit(X, y2, epochs=1, batch_size=7, lr=0.0,
+                                                   progress=False)
+    assert h.train_acc == [0.5]
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.0])
+@pytest.mark.parametrize("bad", [7, 3, -2, -7])
+def test_out_of_range_labels_are_refused_before_any_update(alpha, bad):
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    y = np.random.default_rng(1).integers(0, 3, 20)
+    y[-1] = bad                     # in the last batch
+    s, t = _mlp(0), _mlp(1)
+    w0 = s.state_dict()
+    with pytest.raises(ArgumentError, match=r"^y: expected class indices"):
+        Distiller(s, t, alpha=alpha).fit(X, y, epochs=1, batch_size=5, shuffle=False,
+                                         progress=False)
+    assert all(np.array_equal(w0[k], v) for k, v in s.state_dict().items())
+    # a batch iterable: each batch's labels are checked before its step
+    with pytest.raises(ArgumentError, match=r"^y: expected class indices"):
+        Distiller(s, t, alpha=alpha).fit([(X[:5], y[-5:])], epochs=1, progress=False)
+    assert all(np.array_equal(w0[k], v) for k, v in s.state_dict().items())
