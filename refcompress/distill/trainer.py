@@ -209,9 +209,20 @@ class Distiller:
         Runs both models in eval mode on ``x_example`` (nothing is cached or updated):
         the class counts must agree, tapped names must exist, attention maps must have
         equal spatial sizes (or a resize), and hint regressors are built from the shapes.
-        The taps stay attached for :meth:`loss_and_backward` until :meth:`detach`.
+        The taps stay attached for :meth:`loss_and_backward` until :meth:`detach`; if a
+        check fails, taps this call attached are removed again before the error propagates.
         """
+        attaching = self._s_taps is None
         self._attach()
+        try:
+            return self._check_pair(x_example)
+        except BaseException:
+            if attaching:
+                self.detach()
+            raise
+
+    def _check_pair(self, x_example):
+        """The checks and hint construction of :meth:`prepare`, with the taps attached."""
         was = self.student.training
         self.student.eval()
         try:

@@ -7,7 +7,7 @@ import pytest
 
 from refcompress import nn
 from refcompress.distill import UNLABELED, Distiller
-from refcompress.errors import ArgumentError
+from refcompress.errors import ArgumentError, ShapeError
 
 
 def _mlp(seed, hidden=6, classes=3, dtype=np.float64):
@@ -84,3 +84,22 @@ def test_out_of_range_labels_are_refused_before_any_update(alpha, bad):
     with pytest.raises(ArgumentError, match=r"^y: expected class indices"):
         Distiller(s, t, alpha=alpha).fit([(X[:5], y[-5:])], epochs=1, progress=False)
     assert all(np.array_equal(w0[k], v) for k, v in s.state_dict().items())
+
+
+def _hooks_left(model):
+    return [n for n, m in model.named_modules() if m._forward_hooks or "backward" in m.__dict__]
+
+
+def test_failed_prepare_removes_the_taps_it_attached():
+    X = np.random.default_rng(0).normal(size=(4, 4))
+    s, t5 = _mlp(0), _mlp(1, 8, classes=5)
+    d = Distiller(s, t5, alpha=0.5, gamma=1.0, hint_pairs=[("1", "1")])
+    with pytest.raises(ShapeError, match="teacher: predicts 5 classes"):
+        d.prepare(X)
+    assert _hooks_left(s) == [] and _hooks_left(t5) == []
+    # a successful prepare keeps them until detach()
+    t = _mlp(1, 8)
+    d = Distiller(s, t, alpha=0.5, gamma=1.0, hint_pairs=[("1", "1")]).prepare(X)
+    assert _hooks_left(s) == ["1"] and _hooks_left(t) == ["1"]
+    d.detach()
+    assert _hooks_left(s) == [] and _hooks_left(t) == []
