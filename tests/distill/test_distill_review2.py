@@ -103,3 +103,27 @@ def test_failed_prepare_removes_the_taps_it_attached():
     assert _hooks_left(s) == ["1"] and _hooks_left(t) == ["1"]
     d.detach()
     assert _hooks_left(s) == [] and _hooks_left(t) == []
+
+
+@pytest.mark.parametrize("T", [1e8, 1e9, 1e12, 1e200, 1e300])
+def test_soft_target_loss_reaches_the_high_temperature_limit(T):
+    # T^2 KL -> 1/2 mean_i [mean_k D^2 - (mean_k D)^2], grad -> -(D - mean_k D) / (C N),
+    # D = z_t - z_s (Hinton et al. 2015, "matching logits"); the corrections are O(|z|/T).
+    # Before: 0.58 at T = 1e8 instead of 0.912, negative at 1e9, NaN at 1e200.
+    from refcompress.distill import soft_target_loss
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(4, 10)), rng.normal(size=(4, 10))
+    D = t - s
+    limit = 0.5 * np.mean(np.mean(D**2, axis=1) - np.mean(D, axis=1) ** 2)
+    glim = -(D - D.mean(axis=1, keepdims=True)) / D.size
+    v, g = soft_target_loss(s, t, T)
+    assert v == pytest.approx(limit, rel=1e-7)
+    np.testing.assert_allclose(g, glim, rtol=1e-7, atol=1e-7 * np.abs(glim).max())
+    v32, g32 = soft_target_loss(s.astype(np.float32), t.astype(np.float32), T)
+    assert g32.dtype == np.float32 and np.isfinite(v32) and np.all(np.isfinite(g32))
+
+
+def test_soft_target_loss_refuses_zero_classes():
+    from refcompress.distill import soft_target_loss
+    with pytest.raises(ShapeError, match="student_logits: expected at least one class"):
+        soft_target_loss(np.ones((2, 0)), np.ones((2, 0)))
