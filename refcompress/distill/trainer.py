@@ -138,11 +138,30 @@ class Distiller:
         return pairs + (list(self.hint_pairs) if self.gamma > 0 else [])
 
     # -- taps ------------------------------------------------------------------------------
+    def _named_pairs(self):
+        """(argument name, index, pair) of the layer pairs in use."""
+        out = []
+        if self.beta > 0:
+            out += [("attention_pairs", i, pr) for i, pr in enumerate(self.attention_pairs)]
+        if self.gamma > 0:
+            out += [("hint_pairs", i, pr) for i, pr in enumerate(self.hint_pairs)]
+        return out
+
     def _attach(self):
         if self._s_taps is None and self._s_names:
-            self._s_taps = Taps(self.student, self._s_names, inject=True)
+            for arg, i, pr in self._named_pairs():
+                for model, side, name in ((self.student, "student", pr[0]), (self.teacher, "teacher", pr[1])):
+                    try:
+                        model.get_submodule(name)
+                    except ArgumentError:
+                        known = [k for k, _ in model.named_modules()]
+                        raise ArgumentError(
+                            f"{arg}[{i}]: the {side} has no submodule {name!r}; it has {known}") from None
+            self._s_taps = Taps(self.student, self._s_names, inject=True,
+                                what="attention_pairs/hint_pairs (student names)")
             try:
-                self._t_taps = Taps(self.teacher, self._t_names)
+                self._t_taps = Taps(self.teacher, self._t_names,
+                                    what="attention_pairs/hint_pairs (teacher names)")
             except Exception:
                 self._s_taps.remove()
                 self._s_taps = None
@@ -230,7 +249,12 @@ class Distiller:
             s_feats = {n: self._s_taps[n] for n in self._s_names} if self._s_taps else {}
         finally:
             self.student.train(was)
-        zt, t_feats = self.teacher_outputs(x_example)
+        try:
+            zt, t_feats = self.teacher_outputs(x_example)
+        except DTypeError as e:
+            raise DTypeError(
+                f"teacher: failed on the student's input (dtype {getattr(x_example, 'dtype', '?')}): "
+                f"{e}; convert the teacher to the student's dtype (teacher.to(dtype))") from None
         for z, name in ((zs, "student"), (zt, "teacher")):
             if not (isinstance(z, np.ndarray) and z.ndim == 2):
                 raise ShapeError(f"{name}: expected logits [N, classes], got {getattr(z, 'shape', type(z))}")
@@ -240,12 +264,27 @@ class Distiller:
                 f"distillation needs the same classes")
         self._n_classes = zs.shape[1]
         if self.beta > 0:
-            for s, t in self.attention_pairs:
-                attention_transfer_loss(s_feats[s], t_feats[t].astype(s_feats[s].dtype, copy=False),
-                                        p=self.attention_p, resize=self.attention_resize)
+            for i, (s, t) in enumerate(self.attention_pairs):
+                for side, f in (("student", s_feats[s]), ("teacher", t_feats[t])):
+                    if not (isinstance(f, np.ndarray) and f.ndim == 4):
+                        raise ShapeError(
+                            f"attention_pairs[{i}] {(s, t)!r}: expected 4-D feature maps [N, C, H, W] "
+                            f"at both modules, got the {side}'s output of shape "
+                            f"{getattr(f, 'shape', type(f).__name__)}")
+                try:
+                    attention_transfer_loss(s_feats[s], t_feats[t].astype(s_feats[s].dtype, copy=False),
+                                            p=self.attention_p, resize=self.attention_resize)
+                except (ShapeError, DTypeError) as e:
+                    raise type(e)(f"attention_pairs[{i}] {(s, t)!r}: {e}") from None
         if self.gamma > 0 and self.hints_ is None:
             rng = np.random.default_rng(self.seed)
-            self.hints_ = [Hint.from_features(s_feats[s], t_feats[t], rng=rng) for s, t in self.hint_pairs]
+            hints = []
+            for i, (s, t) in enumerate(self.hint_pairs):
+                try:
+                    hints.append(Hint.from_features(s_feats[s], t_feats[t], rng=rng))
+                except (ShapeError, DTypeError) as e:
+                    raise type(e)(f"hint_pairs[{i}] {(s, t)!r}: {e}") from None
+            self.hints_ = hints
         return self
 
     def parameters(self) -> list:
@@ -507,6 +546,14 @@ def distill(student: Module, teacher: Module, X, y=None, **kwargs):
     init_keys = {"alpha", "temperature", "beta", "attention_pairs", "attention_p",
                  "attention_squared", "attention_resize", "gamma", "hint_pairs", "hints",
                  "cache_teacher", "seed"}
+    fit_keys = {"optimizer", "lr", "weight_decay", "epochs", "batch_size", "shuffle",
+                "validation_data", "patience", "monitor", "restore_best", "scheduler", "progress"}
+    unknown = sorted(k for k in kwargs if k not in init_keys and k not in fit_keys)
+    if unknown:
+        raise ArgumentError(
+            f"{', '.join(unknown)}: unknown keyword argument{'s' if len(unknown) > 1 else ''} of "
+            f"distill; expected Distiller arguments {sorted(init_keys)} or fit arguments "
+            f"{sorted(fit_keys)}")
     d = Distiller(student, teacher, **{k: v for k, v in kwargs.items() if k in init_keys})
     d.fit(X, y, **{k: v for k, v in kwargs.items() if k not in init_keys})
     return d

@@ -127,3 +127,38 @@ def test_soft_target_loss_refuses_zero_classes():
     from refcompress.distill import soft_target_loss
     with pytest.raises(ShapeError, match="student_logits: expected at least one class"):
         soft_target_loss(np.ones((2, 0)), np.ones((2, 0)))
+
+
+def _cnn(ch, seed):
+    r = np.random.default_rng(seed)
+    return nn.Sequential(nn.Conv2d(1, ch, 3, padding=1, rng=r), nn.ReLU(), nn.GlobalAvgPool2d(),
+                         nn.Linear(ch, 3, rng=r)).to(np.float64)
+
+
+def test_library_errors_for_edge_cases():
+    from refcompress.distill import Taps, attention_transfer_loss, distill, spatial_attention
+    from refcompress.errors import DTypeError
+    with pytest.raises(ShapeError, match="student_features: expected a non-empty batch"):
+        attention_transfer_loss(np.ones((0, 1, 2, 2)), np.ones((0, 1, 2, 2)))
+    with pytest.raises(ShapeError, match="teacher_features: expected non-empty spatial maps"):
+        attention_transfer_loss(np.ones((1, 1, 4, 4)), np.ones((1, 1, 0, 0)), resize="avgpool")
+    with pytest.raises(ShapeError, match="features: expected a non-empty"):
+        spatial_attention(np.ones((0, 1, 2, 2)))
+    X = np.random.default_rng(0).normal(size=(8, 1, 4, 4))
+    y = np.random.default_rng(1).integers(0, 3, 8)
+    s = _cnn(2, 0)
+    w0 = s.state_dict()
+    with pytest.raises(ArgumentError, match=r"^alpah: unknown keyword argument of distill"):
+        distill(s, _cnn(3, 1), X, y, alpah=0.1, progress=False)
+    with pytest.raises(ArgumentError, match=r"^nope: model has no submodule"):
+        Taps(s, ["nope"], what="nope")
+    with pytest.raises(ArgumentError, match=r"^attention_pairs\[0\]: the student has no submodule '9'"):
+        distill(s, _cnn(3, 1), X, y, beta=1.0, attention_pairs=[("9", "1")], progress=False)
+    with pytest.raises(ShapeError, match=r"^attention_pairs\[0\] \('2', '2'\): expected 4-D feature maps"):
+        distill(s, _cnn(3, 1), X, y, beta=1.0, attention_pairs=[("2", "2")], progress=False)
+    with pytest.raises(ShapeError, match=r"^hint_pairs\[0\] \('1', '2'\): teacher_features"):
+        distill(s, _cnn(3, 1), X, y, gamma=1.0, hint_pairs=[("1", "2")], progress=False)
+    with pytest.raises(DTypeError, match=r"^teacher: failed on the student's input \(dtype float32\)"):
+        distill(_cnn(2, 0).to(np.float32), _cnn(3, 1), X.astype(np.float32), y, progress=False)
+    assert all(np.array_equal(w0[k], v) for k, v in s.state_dict().items())
+    assert _hooks_left(s) == []
