@@ -112,6 +112,8 @@ def spatial_attention(features, p: float = 2.0) -> np.ndarray:
     norm, or is zero for an all-zero feature map).  Zagoruyko & Komodakis 2017, eq. (1)-(2).
     """
     A = _check_feature(features, "features")
+    if A.size == 0:
+        raise ShapeError(f"features: expected a non-empty batch of non-empty maps, got shape {A.shape}")
     p = _check_p(p)
     Q = _attention_raw(A, p).reshape(A.shape[0], -1)
     return _normalize(Q)[0]
@@ -138,6 +140,11 @@ def attention_transfer_loss(student_features, teacher_features, *, p: float = 2.
         raise ShapeError(
             f"teacher_features: expected batch size {S.shape[0]} (as student_features), "
             f"got shape {Tf.shape}")
+    if S.shape[0] == 0:
+        raise ShapeError(f"student_features: expected a non-empty batch, got shape {S.shape}")
+    for X, name in ((S, "student_features"), (Tf, "teacher_features")):
+        if 0 in X.shape[2:]:
+            raise ShapeError(f"{name}: expected non-empty spatial maps [N, C, H >= 1, W >= 1], got shape {X.shape}")
     p = _check_p(p)
     beta = check_float(beta, "beta", min_value=0.0)
     if not isinstance(squared, (bool, np.bool_)):

@@ -15,12 +15,26 @@ Why T^2: d KL / d z_s = (p_s - p_t) / T, and for large T (with zero-mean logits)
 the soft term's gradient on the same scale as the hard term's whatever T is, so alpha means
 the same thing at every temperature (Hinton et al. 2015, section 2).
 
-The KL term is :func:`refcompress.nn.losses.kl_div` (log-softmax based, stable for logits
-of any magnitude); this module only adds T^2 and the mix.  It is evaluated in float64
-whatever the logits' dtype: at large T the KL is a second-order quantity, ~|z_s - z_t|^2 /
-T^2, formed from log-probabilities that agree to O(1/T), so in float32 the cancellation
-error (~1e-7 relative to the log-probabilities) multiplied by T^2 swamps it already at
-T ~ 1e3.  The gradient is returned in the logits' dtype.
+Numerics.  At large T the KL is a second-order quantity, ~|z_s - z_t|^2 / T^2; formed as
+sum p_t (log p_t - log p_s) from log-probabilities that agree to O(1/T) (absolute error
+~eps log C each), the cancellation error times T^2 swamps it once |z|/T ~ sqrt(eps), i.e.
+T ~ 1e7 |z| in float64 (T ~ 1e3 in float32), and T^2 overflows beyond T ~ 1e154.  So for
+every row whose logit differences D = z_t - z_s span at most T (max_k D - min_k D <= T: all
+large-T rows) the value is computed without cancellation, in float64, from
+
+    d = D / T,   w_k = log(p_t,k / p_s,k) = d_k - log sum_j p_s,j e^{d_j}   (|w_k| <= 1)
+    T^2 KL = sum_k p_s,k (T w_k)^2 g(w_k),   g(w) = (w e^w - e^w + 1) / w^2
+    T (p_s - p_t) = -p_s (T w) (e^w - 1) / w
+
+(KL = sum p_s r log r = sum p_s (r log r - r + 1) with r = p_t / p_s = e^w, since
+sum p_s r = 1; g(w) = 1/2 + w/3 + w^2/8 + ... by its series for small |w|, and T w =
+D - T log E_s[e^d] with T log E_s[e^d] = (log1p(m)/m) E_s[D expm1(d)/d], m = E_s[expm1(d)],
+so no quantity scales with T^2 or underflows).  As T -> inf this tends to the closed form
+T^2 KL -> 1/2 (mean_k D^2 - (mean_k D)^2) (Hinton et al. 2015, section 2.1, "matching
+logits"), reached to float64 precision for any finite T.  Rows whose differences span more
+than T (small T, where the KL is not small) use :func:`refcompress.nn.losses.kl_div`
+(log-softmax based, stable for logits of any magnitude).  Both are evaluated in float64
+whatever the logits' dtype; the gradient is returned in the logits' dtype.
 """
 
 from __future__ import annotations
@@ -52,25 +66,83 @@ def _check_logits(student_logits, teacher_logits):
         raise ShapeError(
             f"teacher_logits: expected {s.shape[1]} classes (as student_logits), got "
             f"{t.shape[1]} (teacher and student must predict the same classes)")
+    if s.shape[1] == 0:
+        raise ShapeError(f"student_logits: expected at least one class, got shape {s.shape}")
     if t.shape[0] != s.shape[0]:
         raise ShapeError(
             f"teacher_logits: expected {s.shape[0]} rows (as student_logits), got shape {t.shape}")
     return s, t
 
 
-def soft_target_loss(student_logits, teacher_logits, temperature: float = 4.0):
-    """Hinton's soft-target loss ``T^2 * mean_i KL(softmax(t_i/T) || softmax(s_i/T))``.
+def _ratio(f, x):
+    """f(x) / x with its limit 1 at x = 0 (f = expm1 or log1p)."""
+    out = np.ones_like(x)
+    nz = x != 0
+    out[nz] = f(x[nz]) / x[nz]
+    return out
 
-    student_logits, teacher_logits : [N, C], same floating dtype.
+
+def _g(w):
+    """g(w) = (w e^w - e^w + 1) / w^2 = sum_{n>=2} (n-1)/n! w^(n-2); series for |w| < 1e-2
+    (truncation < 1e-18 relative), the closed form (relative error ~eps/|w|) above."""
+    out = np.empty_like(w)
+    small = np.abs(w) < 1e-2
+    x = w[small]
+    out[small] = 1 / 2 + x * (1 / 3 + x * (1 / 8 + x * (1 / 30 + x * (1 / 144 + x * (1 / 840 + x / 5760)))))
+    x = w[~small]
+    out[~small] = (x * np.exp(x) - np.expm1(x)) / (x * x)
+    return out
+
+
+def _kd_rows_close(s, t, T):
+    """Per row ``T^2 KL(p_t || p_s)`` and ``T (p_s - p_t)`` for float64 rows whose logit
+    differences span at most T, without cancellation (see the module docstring)."""
+    D = t - s
+    a = s / T
+    ps = np.exp(a - a.max(axis=1, keepdims=True))
+    ps /= ps.sum(axis=1, keepdims=True)
+    d = D / T
+    m = (ps * np.expm1(d)).sum(axis=1, keepdims=True)                   # E_s[e^d] - 1
+    TL = _ratio(np.log1p, m) * (ps * D * _ratio(np.expm1, d)).sum(axis=1, keepdims=True)
+    Tw = D - TL                                                          # T log(p_t / p_s)
+    w = Tw / T
+    value = (ps * Tw * Tw * _g(w)).sum(axis=1)
+    grad = -ps * Tw * _ratio(np.expm1, w)
+    return value, grad
+
+
+def soft_target_loss(student_logits, teacher_logits, temperature: float = 4.0):
+    """Hinton's soft-target loss ``T^2 * mean_i KL(softmax(t_i/T) || softmax(s_i/T))``
+    (Hinton, Vinyals & Dean 2015, eq. of section 2).
+
+    student_logits, teacher_logits : [N, C], C >= 1, same floating dtype.
     Returns ``(value, grad)``: value a Python float, grad = d value / d student_logits,
-    [N, C] in the logits' dtype, equal to ``T * (p_s - p_t) / N``.
+    [N, C] in the logits' dtype, equal to ``T * (p_s - p_t) / N``.  Accurate for any finite
+    T > 0 (large T: tends to 1/2 mean_i [mean_k D^2 - (mean_k D)^2], D = z_t - z_s); see the
+    module docstring for how.
     """
     s, t = _check_logits(student_logits, teacher_logits)
     T = check_temperature(temperature)
-    value, grad = kl_div(s.astype(np.float64, copy=False), t.astype(np.float64, copy=False),
-                         temperature=T)
-    T2 = T * T
-    return value * T2, (grad * T2).astype(s.dtype, copy=False)
+    s64, t64 = s.astype(np.float64, copy=False), t.astype(np.float64, copy=False)
+    N = s.shape[0]
+    if N == 0:
+        raise ShapeError(f"student_logits: expected a non-empty batch, got shape {s.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        D = t64 - s64
+        close = (D.max(axis=1) - D.min(axis=1)) <= T       # False for NaN / inf rows
+    value, grad = 0.0, np.empty_like(s64)
+    if close.any():
+        v, g = _kd_rows_close(s64[close], t64[close], T)
+        value += float(v.sum()) / N
+        grad[close] = g / N
+    far = ~close
+    if far.any():
+        n_far = int(far.sum())
+        v, g = kl_div(s64[far], t64[far], temperature=T)
+        T2 = T * T
+        value += v * T2 * (n_far / N)
+        grad[far] = g * (T2 * n_far / N)
+    return value, grad.astype(s.dtype, copy=False)
 
 
 def distillation_loss(student_logits, teacher_logits, target=None, *, temperature: float = 4.0,

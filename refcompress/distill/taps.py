@@ -40,12 +40,13 @@ class Taps:
     >>> taps.remove()                                   # or use ``with Taps(...) as taps``
 
     inject : wrap the tapped modules' backward so :meth:`add_grad` works (student side).
+    what   : the argument name that errors about ``names`` report (default "names").
     """
 
-    def __init__(self, model: Module, names, *, inject: bool = False):
+    def __init__(self, model: Module, names, *, inject: bool = False, what: str = "names"):
         if not isinstance(model, Module):
             raise DTypeError(f"model: expected an nn Module, got {type(model).__name__}")
-        modules = dict(model.get_submodules(names))
+        modules = dict(model.get_submodules(names, what=what))
         self.model = model
         self.names = list(modules)
         self.inject = bool(inject)

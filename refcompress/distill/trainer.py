@@ -22,7 +22,9 @@ Teacher caching: with array data the teacher is a fixed function (eval mode), so
 logits and tapped features are computed once for every sample and the batches (shuffled
 each epoch by ``fit``) index that cache.  With a re-iterable of batches the teacher output
 is cached per batch position and reused only while the iterable yields the same batch
-there (checked by identity or equality), i.e. when the data order allows.
+there, i.e. when the data order allows.  "The same" means equal contents: the cache holds a
+copy of each batch and compares it with ``np.array_equal``, so a loader that refills one
+preallocated buffer for every batch gets fresh teacher outputs for each new batch.
 """
 
 from __future__ import annotations
@@ -59,6 +61,18 @@ def _check_pairs(pairs, name):
 
 def _unique(names):
     return list(dict.fromkeys(names))
+
+
+def _check_labels(y, n_classes, name="y"):
+    """Refuse labels outside [0, n_classes) other than UNLABELED (-1), naming ``name``."""
+    if y.size == 0:
+        return
+    bad = (y != UNLABELED) & ((y < 0) | (y >= n_classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ArgumentError(
+            f"{name}: expected class indices in [0, {n_classes - 1}] or {UNLABELED} (unlabeled), "
+            f"got {y[i]} at index {i} ({int(bad.sum())} such labels)")
 
 
 class Distiller:
@@ -124,11 +138,30 @@ class Distiller:
         return pairs + (list(self.hint_pairs) if self.gamma > 0 else [])
 
     # -- taps ------------------------------------------------------------------------------
+    def _named_pairs(self):
+        """(argument name, index, pair) of the layer pairs in use."""
+        out = []
+        if self.beta > 0:
+            out += [("attention_pairs", i, pr) for i, pr in enumerate(self.attention_pairs)]
+        if self.gamma > 0:
+            out += [("hint_pairs", i, pr) for i, pr in enumerate(self.hint_pairs)]
+        return out
+
     def _attach(self):
         if self._s_taps is None and self._s_names:
-            self._s_taps = Taps(self.student, self._s_names, inject=True)
+            for arg, i, pr in self._named_pairs():
+                for model, side, name in ((self.student, "student", pr[0]), (self.teacher, "teacher", pr[1])):
+                    try:
+                        model.get_submodule(name)
+                    except ArgumentError:
+                        known = [k for k, _ in model.named_modules()]
+                        raise ArgumentError(
+                            f"{arg}[{i}]: the {side} has no submodule {name!r}; it has {known}") from None
+            self._s_taps = Taps(self.student, self._s_names, inject=True,
+                                what="attention_pairs/hint_pairs (student names)")
             try:
-                self._t_taps = Taps(self.teacher, self._t_names)
+                self._t_taps = Taps(self.teacher, self._t_names,
+                                    what="attention_pairs/hint_pairs (teacher names)")
             except Exception:
                 self._s_taps.remove()
                 self._s_taps = None
@@ -164,15 +197,28 @@ class Distiller:
         return np.concatenate(zs), {n: np.concatenate(v) for n, v in feats.items()}
 
     def _teacher_for_batch(self, pos, xb):
+        """Teacher output for the batch at position ``pos`` of the epoch, from the cache
+        when the batch there has the same contents as when it was cached.
+
+        The cache keeps a private copy of each batch and compares contents (shape, dtype,
+        ``np.array_equal``), never identity: a loader may refill one preallocated buffer
+        for every batch, so the same array object holds other inputs each time.  The cost
+        is one copy of the data and one O(batch) comparison per step, small next to the
+        teacher's forward pass.
+        """
         if not self.cache_teacher:
             return self.teacher_outputs(xb)
         hit = self._batch_cache.get(pos)
         if hit is not None:
             x_ref, out = hit
-            if xb is x_ref or (xb.shape == x_ref.shape and np.array_equal(xb, x_ref)):
+            if (isinstance(xb, np.ndarray) and xb.shape == x_ref.shape
+                    and xb.dtype == x_ref.dtype and np.array_equal(xb, x_ref)):
                 return out
-        out = self.teacher_outputs(xb)
-        self._batch_cache[pos] = (xb, out)
+        z, feats = self.teacher_outputs(xb)
+        # an output that is a view of the batch (a tapped reshape) would change with it
+        own = (lambda a: a.copy() if np.may_share_memory(a, xb) else a)
+        out = own(z), {n: own(f) for n, f in feats.items()}
+        self._batch_cache[pos] = (np.array(xb, copy=True), out)
         return out
 
     # -- setup -----------------------------------------------------------------------------
@@ -182,9 +228,20 @@ class Distiller:
         Runs both models in eval mode on ``x_example`` (nothing is cached or updated):
         the class counts must agree, tapped names must exist, attention maps must have
         equal spatial sizes (or a resize), and hint regressors are built from the shapes.
-        The taps stay attached for :meth:`loss_and_backward` until :meth:`detach`.
+        The taps stay attached for :meth:`loss_and_backward` until :meth:`detach`; if a
+        check fails, taps this call attached are removed again before the error propagates.
         """
+        attaching = self._s_taps is None
         self._attach()
+        try:
+            return self._check_pair(x_example)
+        except BaseException:
+            if attaching:
+                self.detach()
+            raise
+
+    def _check_pair(self, x_example):
+        """The checks and hint construction of :meth:`prepare`, with the taps attached."""
         was = self.student.training
         self.student.eval()
         try:
@@ -192,7 +249,12 @@ class Distiller:
             s_feats = {n: self._s_taps[n] for n in self._s_names} if self._s_taps else {}
         finally:
             self.student.train(was)
-        zt, t_feats = self.teacher_outputs(x_example)
+        try:
+            zt, t_feats = self.teacher_outputs(x_example)
+        except DTypeError as e:
+            raise DTypeError(
+                f"teacher: failed on the student's input (dtype {getattr(x_example, 'dtype', '?')}): "
+                f"{e}; convert the teacher to the student's dtype (teacher.to(dtype))") from None
         for z, name in ((zs, "student"), (zt, "teacher")):
             if not (isinstance(z, np.ndarray) and z.ndim == 2):
                 raise ShapeError(f"{name}: expected logits [N, classes], got {getattr(z, 'shape', type(z))}")
@@ -202,12 +264,27 @@ class Distiller:
                 f"distillation needs the same classes")
         self._n_classes = zs.shape[1]
         if self.beta > 0:
-            for s, t in self.attention_pairs:
-                attention_transfer_loss(s_feats[s], t_feats[t].astype(s_feats[s].dtype, copy=False),
-                                        p=self.attention_p, resize=self.attention_resize)
+            for i, (s, t) in enumerate(self.attention_pairs):
+                for side, f in (("student", s_feats[s]), ("teacher", t_feats[t])):
+                    if not (isinstance(f, np.ndarray) and f.ndim == 4):
+                        raise ShapeError(
+                            f"attention_pairs[{i}] {(s, t)!r}: expected 4-D feature maps [N, C, H, W] "
+                            f"at both modules, got the {side}'s output of shape "
+                            f"{getattr(f, 'shape', type(f).__name__)}")
+                try:
+                    attention_transfer_loss(s_feats[s], t_feats[t].astype(s_feats[s].dtype, copy=False),
+                                            p=self.attention_p, resize=self.attention_resize)
+                except (ShapeError, DTypeError) as e:
+                    raise type(e)(f"attention_pairs[{i}] {(s, t)!r}: {e}") from None
         if self.gamma > 0 and self.hints_ is None:
             rng = np.random.default_rng(self.seed)
-            self.hints_ = [Hint.from_features(s_feats[s], t_feats[t], rng=rng) for s, t in self.hint_pairs]
+            hints = []
+            for i, (s, t) in enumerate(self.hint_pairs):
+                try:
+                    hints.append(Hint.from_features(s_feats[s], t_feats[t], rng=rng))
+                except (ShapeError, DTypeError) as e:
+                    raise type(e)(f"hint_pairs[{i}] {(s, t)!r}: {e}") from None
+            self.hints_ = hints
         return self
 
     def parameters(self) -> list:
@@ -232,7 +309,7 @@ class Distiller:
         grad = np.zeros_like(zs)
         n_ok = None
         if yb is not None:
-            labeled = yb >= 0
+            labeled = yb != UNLABELED
             n_ok = int((zs.argmax(axis=1) == yb)[labeled].sum())
             if self.alpha > 0 and labeled.any():
                 ce, gce = cross_entropy(zs[labeled], yb[labeled])
@@ -286,8 +363,12 @@ class Distiller:
             progress: bool = True):
         """Train the student; returns (and stores in ``history_``) the nn History.
 
-        X, y      : arrays (y int labels, -1 = unlabeled sample; or y None = all unlabeled),
-                    or X a re-iterable of batches ``x`` or ``(x, y)`` and y None.
+        X, y      : arrays (y int labels in [0, classes), -1 = unlabeled sample; or y None =
+                    all unlabeled), or X a re-iterable of batches ``x`` or ``(x, y)`` and
+                    y None.  Array labels are checked before any update (any other value
+                    is an ArgumentError naming ``y``); batch labels when their batch comes.
+        ``history_.train_acc`` is, per epoch, correct / labeled over the labeled samples
+        (predictions before each step's update); None when no sample had a label.
         optimizer : built over :meth:`parameters` (the hint regressors too); default
                     ``AdamW(self.parameters(), lr, weight_decay=weight_decay)``.
         The rest is passed to :func:`refcompress.nn.fit` (validation on labeled
@@ -303,6 +384,10 @@ class Distiller:
                 y = check_array(y, "y", ndim=1, shape=(len(X),))
                 if y.dtype.kind not in "iu":
                     raise DTypeError(f"y: expected integer class labels (-1 = unlabeled), got {y.dtype.name}")
+                if np.any(y < UNLABELED):
+                    i = int(np.flatnonzero(y < UNLABELED)[0])
+                    raise ArgumentError(
+                        f"y: expected class indices >= 0 or {UNLABELED} (unlabeled), got {y[i]} at index {i}")
             if self.alpha > 0 and (y is None or not np.any(y >= 0)):
                 raise ArgumentError(
                     f"alpha: expected 0 for unlabeled data (y has no labels), got {self.alpha}")
@@ -315,19 +400,31 @@ class Distiller:
                 raise ShapeError("X: the batch iterable yielded no batches")
             first = b0[0] if isinstance(b0, (tuple, list)) else b0
         was_teacher = self.teacher.training
+        hints_before = self.hints_
         try:
             self.prepare(first)
-            optimizer = self._optimizer(optimizer, lr, weight_decay)
+            try:
+                if arrays and y is not None:
+                    _check_labels(y, self._n_classes)
+                elif not arrays and isinstance(b0, (tuple, list)) and len(b0) > 1:
+                    self._check_batch_labels(b0[1])
+                optimizer = self._optimizer(optimizer, lr, weight_decay)
+                acc = _LabeledAccuracy(scheduler)
+            except Exception:
+                self.hints_ = hints_before
+                raise
             self.teacher.eval()
             if arrays:
-                step, data = self._array_step(X, y, batch_size), np.arange(len(X))
+                step, data = self._array_step(X, y, batch_size, acc), np.arange(len(X))
             else:
-                step, data = self._iterable_step(X)
-            self.history_ = fit(
+                step, data = self._iterable_step(X, acc)
+            history = fit(
                 self.student, data, None, optimizer=optimizer, epochs=epochs,
                 batch_size=batch_size, shuffle=shuffle, seed=self.seed,
                 validation_data=validation_data, patience=patience, monitor=monitor,
-                restore_best=restore_best, step_fn=step, scheduler=scheduler, progress=progress)
+                restore_best=restore_best, step_fn=step, scheduler=acc, progress=progress)
+            history.train_acc = acc.per_epoch(len(history.loss))
+            self.history_ = history
         finally:
             self.teacher.train(was_teacher)
             self._batch_cache.clear()
@@ -348,7 +445,14 @@ class Distiller:
                 f"it over distiller.parameters() (student and hint regressors)")
         return optimizer
 
-    def _array_step(self, X, y, batch_size):
+    def _check_batch_labels(self, yb):
+        yb = check_array(yb, "y", ndim=1)
+        if yb.dtype.kind not in "iu":
+            raise DTypeError(f"y: expected integer class labels (-1 = unlabeled), got {yb.dtype.name}")
+        _check_labels(yb, self._n_classes)
+        return yb
+
+    def _array_step(self, X, y, batch_size, acc):
         if self.cache_teacher:
             zt_all, feats_all = self._teacher_for_arrays(X, max(batch_size, 256))
 
@@ -360,24 +464,62 @@ class Distiller:
             else:
                 zt, tf = self.teacher_outputs(xb)
             value, n_ok, _ = self.loss_and_backward(xb, yb, zt, tf)
-            return value, n_ok
+            return value, acc.add(n_ok, yb)
         return step
 
-    def _iterable_step(self, data):
+    def _iterable_step(self, data, acc):
         counter = {"pos": 0}
 
         def step(student, batch):
             xb, yb = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
             if yb is None and self.alpha > 0:
                 raise ArgumentError(f"alpha: expected 0 for batches without labels, got {self.alpha}")
+            if yb is not None:
+                yb = self._check_batch_labels(yb)
             pos = counter["pos"]
             counter["pos"] += 1
             zt, tf = self._teacher_for_batch(pos, xb)
             value, n_ok, _ = self.loss_and_backward(xb, yb, zt, tf)
-            return value, n_ok
+            return value, acc.add(n_ok, yb)
 
         wrapped = (_SizedRestart if hasattr(data, "__len__") else _Restart)(data, counter)
         return step, wrapped
+
+
+class _LabeledAccuracy:
+    """Train accuracy over the labeled samples only: per epoch, correct / labeled.
+
+    :func:`refcompress.nn.fit` divides its count by all samples, which understates the
+    accuracy of partly labeled data; so the step reports its count to ``fit`` only for a
+    fully labeled batch (an epoch with unlabeled samples shows no accuracy on the progress
+    bar) and keeps its own counts, closed at each epoch end.  ``fit`` calls the
+    scheduler's ``step()`` once after every epoch, so this object stands in for the user's
+    scheduler (calling it on) to learn where the epochs end."""
+
+    def __init__(self, scheduler):
+        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+            raise DTypeError(f"scheduler: expected an object with step(), got {type(scheduler).__name__}")
+        self.scheduler = scheduler
+        self.correct = self.labeled = 0
+        self.epochs = []
+
+    def add(self, n_ok, yb):
+        """Count one batch; returns the count to report to fit (None unless all labeled)."""
+        if n_ok is None or yb is None:
+            return None
+        n_lab = int(np.count_nonzero(yb != UNLABELED))
+        self.correct += int(n_ok)
+        self.labeled += n_lab
+        return n_ok if n_lab == len(yb) else None
+
+    def step(self):
+        self.epochs.append(self.correct / self.labeled if self.labeled else None)
+        self.correct = self.labeled = 0
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def per_epoch(self, n_epochs):
+        return list(self.epochs[:n_epochs])
 
 
 class _Restart:
@@ -404,6 +546,14 @@ def distill(student: Module, teacher: Module, X, y=None, **kwargs):
     init_keys = {"alpha", "temperature", "beta", "attention_pairs", "attention_p",
                  "attention_squared", "attention_resize", "gamma", "hint_pairs", "hints",
                  "cache_teacher", "seed"}
+    fit_keys = {"optimizer", "lr", "weight_decay", "epochs", "batch_size", "shuffle",
+                "validation_data", "patience", "monitor", "restore_best", "scheduler", "progress"}
+    unknown = sorted(k for k in kwargs if k not in init_keys and k not in fit_keys)
+    if unknown:
+        raise ArgumentError(
+            f"{', '.join(unknown)}: unknown keyword argument{'s' if len(unknown) > 1 else ''} of "
+            f"distill; expected Distiller arguments {sorted(init_keys)} or fit arguments "
+            f"{sorted(fit_keys)}")
     d = Distiller(student, teacher, **{k: v for k, v in kwargs.items() if k in init_keys})
     d.fit(X, y, **{k: v for k, v in kwargs.items() if k not in init_keys})
     return d
