@@ -33,6 +33,7 @@ from .._validation import check_array, check_choice, check_float, check_int
 from ..errors import ArgumentError, DTypeError, NotDifferentiableError, RefcompressError, ShapeError
 from ..nn import AdamW, Module, fit
 from ..nn.losses import cross_entropy
+from ..nn.module import training_modes
 from ..nn.optim import Optimizer
 from .attention import attention_transfer_loss
 from .hints import Hint
@@ -144,13 +145,10 @@ class Distiller:
     # -- teacher ---------------------------------------------------------------------------
     def teacher_outputs(self, x):
         """``(logits, {teacher tap name: features})`` of the teacher on ``x``, in eval mode."""
-        was = self.teacher.training
-        self.teacher.eval()
-        try:
+        with training_modes(self.teacher):
+            self.teacher.eval()
             z = self.teacher(x)
             feats = {n: self._t_taps[n] for n in self._t_names} if self._t_taps else {}
-        finally:
-            self.teacher.train(was)
         return z, feats
 
     def _teacher_for_arrays(self, X, batch_size):
@@ -185,13 +183,10 @@ class Distiller:
         The taps stay attached for :meth:`loss_and_backward` until :meth:`detach`.
         """
         self._attach()
-        was = self.student.training
-        self.student.eval()
-        try:
+        with training_modes(self.student):
+            self.student.eval()
             zs = self.student(x_example)
             s_feats = {n: self._s_taps[n] for n in self._s_names} if self._s_taps else {}
-        finally:
-            self.student.train(was)
         zt, t_feats = self.teacher_outputs(x_example)
         for z, name in ((zs, "student"), (zt, "teacher")):
             if not (isinstance(z, np.ndarray) and z.ndim == 2):
@@ -314,7 +309,7 @@ class Distiller:
             if b0 is None:
                 raise ShapeError("X: the batch iterable yielded no batches")
             first = b0[0] if isinstance(b0, (tuple, list)) else b0
-        was_teacher = self.teacher.training
+        teacher_modes = training_modes(self.teacher)
         try:
             self.prepare(first)
             optimizer = self._optimizer(optimizer, lr, weight_decay)
@@ -329,7 +324,7 @@ class Distiller:
                 validation_data=validation_data, patience=patience, monitor=monitor,
                 restore_best=restore_best, step_fn=step, scheduler=scheduler, progress=progress)
         finally:
-            self.teacher.train(was_teacher)
+            teacher_modes.restore()
             self._batch_cache.clear()
             self.detach()
         return self.history_

@@ -22,7 +22,7 @@ import numpy as np
 from .._validation import check_array
 from ..errors import ArgumentError, DTypeError, RefcompressError, ShapeError
 
-__all__ = ["Parameter", "HookHandle", "Module", "IncompatibleKeys"]
+__all__ = ["Parameter", "HookHandle", "Module", "IncompatibleKeys", "TrainingModes", "training_modes"]
 
 
 class HookHandle:
@@ -459,3 +459,41 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+class TrainingModes:
+    """The ``training`` flag of every module in a tree, saved so it can be put back.
+
+    ``module.train(mode)`` sets *every* submodule's flag, so restoring only the root's flag
+    afterwards would unfreeze a submodule the caller had put in eval mode (a frozen
+    BatchNorm in a training model).  Use it as a context manager::
+
+        with training_modes(model):
+            model.eval()
+            ...                 # on exit each module gets back its own flag
+
+    or call :meth:`restore` yourself.
+    """
+
+    def __init__(self, module: "Module"):
+        if not isinstance(module, Module):
+            raise DTypeError(f"module: expected a Module, got {type(module).__name__}")
+        self.module = module
+        self._modes = [(m, m.training) for m in module.modules()]
+
+    def restore(self) -> None:
+        """Give every saved module back the flag it had when this object was made."""
+        for m, mode in self._modes:
+            object.__setattr__(m, "training", mode)
+
+    def __enter__(self) -> "TrainingModes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def training_modes(module: "Module") -> TrainingModes:
+    """Save the ``training`` flag of every module in ``module``'s tree (see
+    :class:`TrainingModes`); a context manager that restores them on exit."""
+    return TrainingModes(module)

@@ -126,3 +126,36 @@ def test_fit_argument_errors():
         nn.fit(model, X, y, optimizer=opt, epochs=0)
     with pytest.raises(ArgumentError, match="monitor"):
         nn.fit(model, X, y, optimizer=opt, monitor="acc")
+
+
+def _frozen_bn_model():
+    m = nn.Sequential(nn.Linear(4, 3, rng=np.random.default_rng(0)), nn.BatchNorm1d(3))
+    m.train()
+    m[1].eval()                                  # a frozen BatchNorm in a training model
+    return m
+
+
+def _modes(m):
+    return [mod.training for mod in m.modules()]
+
+
+def test_fit_evaluate_predict_restore_every_modules_own_mode():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 4)).astype(np.float32), rng.integers(0, 3, 20)
+    m = _frozen_bn_model()
+    nn.evaluate(m, X, y)
+    assert _modes(m) == [True, True, False]
+    nn.predict(m, X)
+    assert _modes(m) == [True, True, False]
+    nn.fit(m, X, y, optimizer=nn.SGD(m.parameters(), lr=0.1), validation_data=(X, y),
+           progress=False)
+    assert _modes(m) == [True, True, False]
+    m.eval()
+    m[0].train()                                 # eval root, one child in training mode
+    nn.evaluate(m, X, y)
+    nn.predict(m, X)
+    assert _modes(m) == [False, True, False]
+    with nn.training_modes(m):
+        m.train()
+        assert _modes(m) == [True, True, True]
+    assert _modes(m) == [False, True, False]
