@@ -136,7 +136,10 @@ class Conv2d(Module):
 
 @register_module
 class ReLU(Module):
-    """y = max(x, 0);  dL/dx = dL/dy * [x > 0] (the subgradient 0 at x = 0, as PyTorch)."""
+    """y = max(x, 0);  dL/dx = dL/dy * [x > 0] (the subgradient 0 at x = 0, as PyTorch).
+
+    NaN propagates as in PyTorch (and ``np.maximum``): a NaN input gives a NaN output, and
+    its gradient is passed through (PyTorch zeroes the gradient only where x <= 0)."""
 
     def __init__(self, rng=None):
         super().__init__()
@@ -145,7 +148,7 @@ class ReLU(Module):
 
     def forward(self, x):
         x = check_array(x, "x", dtypes=F.FLOAT_DTYPES)
-        mask = x > 0
+        mask = ~(x <= 0)                    # True for x > 0 and for NaN
         self._cache = mask if self.training else None
         return np.where(mask, x, np.zeros((), x.dtype))
 

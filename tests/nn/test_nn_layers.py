@@ -126,3 +126,12 @@ def test_backward_checks_grad_out_and_cache():
     conv(np.zeros((1, 1, 5, 5), np.float32))
     with pytest.raises(ShapeError, match=r"grad_out: expected shape \(1, 2, 3, 3\)"):
         conv.backward(np.zeros((1, 2, 4, 4), np.float32))
+
+
+def test_relu_propagates_nan_as_pytorch():
+    # torch.relu([nan, -1, 2, 0]) = [nan, 0, 2, 0]; its backward passes G at the NaN
+    r = nn.ReLU()
+    x = np.array([np.nan, -1, 2, 0], np.float32)
+    y = r(x)
+    np.testing.assert_array_equal(y, np.array([np.nan, 0, 2, 0], np.float32))
+    np.testing.assert_array_equal(r.backward(np.ones(4, np.float32)), [1, 0, 1, 0])
