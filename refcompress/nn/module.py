@@ -205,24 +205,29 @@ class Module:
     def backward(self, grad_out):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
-    def __call__(self, *inputs):
-        out = self.forward(*inputs)
-        for fn in list(self._forward_hooks.values()):
-            r = fn(self, inputs, out)
+    def __call__(self, *inputs, **kwargs):
+        out = self.forward(*inputs, **kwargs)
+        for fn, with_kwargs in list(self._forward_hooks.values()):
+            r = fn(self, inputs, kwargs, out) if with_kwargs else fn(self, inputs, out)
             if r is not None:
                 out = r
         return out
 
-    def register_forward_hook(self, fn: Callable) -> HookHandle:
+    def register_forward_hook(self, fn: Callable, *, with_kwargs: bool = False) -> HookHandle:
         """Add ``fn(module, inputs, output)``, run after each call's forward.
 
-        ``inputs`` is the tuple of call arguments.  A hook that returns a value replaces
-        the output seen by later hooks and by the caller; ``backward`` is not affected
-        (it still differentiates ``forward``), which is the straight-through rule when a
-        hook fake-quantizes an activation.
+        ``inputs`` is the tuple of positional call arguments; keyword arguments
+        (``attention(x, attention_mask=m)``) go to ``forward`` but not to the hook, as in
+        PyTorch.  With ``with_kwargs=True`` the hook is ``fn(module, inputs, kwargs,
+        output)`` and also receives the dict of keyword arguments.  A hook that returns a
+        value replaces the output seen by later hooks and by the caller; ``backward`` is not
+        affected (it still differentiates ``forward``), which is the straight-through rule
+        when a hook fake-quantizes an activation.
         """
+        if not isinstance(with_kwargs, (bool, np.bool_)):
+            raise DTypeError(f"with_kwargs: expected a bool, got {type(with_kwargs).__name__}")
         h = HookHandle(self._forward_hooks)
-        self._forward_hooks[h.id] = fn
+        self._forward_hooks[h.id] = (fn, bool(with_kwargs))
         return h
 
     def _cache_or_raise(self, name: str = "_cache"):

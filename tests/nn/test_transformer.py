@@ -373,3 +373,20 @@ def test_hooked_softmax_or_float64_keeps_the_unfused_path(monkeypatch):
     handle.remove()
     att.to(np.float64)(x.astype(np.float64), MASK[:2])
     assert not calls
+
+
+def test_modules_take_keyword_arguments_and_hooks_see_them_on_request():
+    model = nn.BertModel(vocab_size=20, hidden_size=H, num_hidden_layers=1, num_attention_heads=HEADS,
+                         intermediate_size=8, max_position_embeddings=8, rng=np.random.default_rng(0))
+    ids = np.random.default_rng(1).integers(0, 20, (2, 5))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    plain, kw = [], []
+    model.register_forward_hook(lambda m, inputs, out: plain.append(len(inputs)))
+    model.register_forward_hook(lambda m, inputs, kwargs, out: kw.append(sorted(kwargs)),
+                                with_kwargs=True)
+    out = model(ids, attention_mask=mask)
+    np.testing.assert_array_equal(out, model(ids, mask))
+    assert plain[0] == 1 and kw[0] == ["attention_mask"]
+    att = model.encoder.layer[0].attention.self
+    x = np.random.default_rng(2).standard_normal((2, 5, H)).astype(np.float32)
+    np.testing.assert_array_equal(att(x, attention_mask=mask), att(x, mask))
