@@ -116,7 +116,7 @@ class Conv2d(Module):
         g = self._check_grad_out(grad_out, (N, O, *out_hw))
         P = out_hw[0] * out_hw[1]
         gg = g.reshape(N, G, O // G, P)
-        colsg = cols.reshape(N, G, -1, P)
+        colsg = cols.reshape(N, G, cols.shape[1] // G, P)   # no -1: N may be 0
         wg = self.weight.data.reshape(G, O // G, -1)
         # einsum's optimizer contracts over (n, p) in one BLAS call per group; a batched
         # matmul against a transposed view falls off BLAS and is ~10x slower.
@@ -170,7 +170,7 @@ class Flatten(Module):
     def forward(self, x):
         x = check_array(x, "x", min_ndim=2)
         self._cache = x.shape if self.training else None
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))   # no -1: N may be 0
 
     def backward(self, grad_out):
         shape = self._cache_or_raise()

@@ -135,3 +135,23 @@ def test_relu_propagates_nan_as_pytorch():
     y = r(x)
     np.testing.assert_array_equal(y, np.array([np.nan, 0, 2, 0], np.float32))
     np.testing.assert_array_equal(r.backward(np.ones(4, np.float32)), [1, 0, 1, 0])
+
+
+@pytest.mark.parametrize("layer,shape,out_shape", [
+    (lambda: nn.Conv2d(4, 2, 3, padding=1, groups=2), (0, 4, 5, 5), (0, 2, 5, 5)),
+    (lambda: nn.Conv2d(3, 2, 3, stride=2), (0, 3, 5, 5), (0, 2, 2, 2)),
+    (lambda: nn.MaxPool2d(2), (0, 3, 4, 4), (0, 3, 2, 2)),
+    (lambda: nn.AvgPool2d(3, 1, 1), (0, 3, 4, 4), (0, 3, 4, 4)),
+    (lambda: nn.Flatten(), (0, 3, 4, 4), (0, 48)),
+    (lambda: nn.GlobalAvgPool2d(), (0, 3, 4, 4), (0, 3)),
+])
+def test_empty_batch_forward_and_backward(layer, shape, out_shape):
+    # PyTorch: an N = 0 batch gives an N = 0 output, an N = 0 input gradient and zero
+    # parameter gradients
+    m = layer()
+    y = m(np.zeros(shape, np.float32))
+    assert y.shape == out_shape and y.dtype == np.float32
+    dx = m.backward(np.zeros(out_shape, np.float32))
+    assert dx.shape == shape and dx.dtype == np.float32
+    for p in m.parameters():
+        np.testing.assert_array_equal(p.grad, np.zeros(p.shape, np.float32))
