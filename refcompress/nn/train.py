@@ -66,6 +66,14 @@ def _batches(data, y, batch_size, shuffle, rng, name):
     return lambda: iter(data), total
 
 
+def _require_targets(X, y, what="y"):
+    """The default step and evaluate unpack ``(x, y)``: an array X needs its targets."""
+    if isinstance(X, np.ndarray) and y is None:
+        raise ArgumentError(
+            f"{what}: X is an array, so expected its targets (one per sample), got None; pass "
+            f"them, or X as a re-iterable of (x, y) batches (or a step_fn for fit)")
+
+
 def _batch_len(batch) -> int:
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
     return len(first)
@@ -166,6 +174,10 @@ def fit(model: Module, X, y=None, *, optimizer: Optimizer, epochs: int = 1, loss
             raise ArgumentError("patience: early stopping needs validation_data, got None")
     if step_fn is not None and not callable(step_fn):
         raise DTypeError(f"step_fn: expected a callable, got {type(step_fn).__name__}")
+    if step_fn is None:
+        _require_targets(X, y)
+    if validation_data is not None:
+        _require_targets(*_split_validation(validation_data), what="validation_data")
     rng = np.random.default_rng(seed)
     epoch_batches, total = _batches(X, y, batch_size, shuffle, rng, "X")
     step = step_fn if step_fn is not None else _default_step(loss)
@@ -231,6 +243,7 @@ def evaluate(model: Module, X, y=None, *, batch_size: int = 256, loss=cross_entr
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a Module, got {type(model).__name__}")
     batch_size = check_int(batch_size, "batch_size", min_value=1)
+    _require_targets(X, y)
     epoch_batches, _ = _batches(X, y, batch_size, False, None, "X")
     with training_modes(model):
         model.eval()

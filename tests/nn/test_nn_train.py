@@ -159,3 +159,20 @@ def test_fit_evaluate_predict_restore_every_modules_own_mode():
         m.train()
         assert _modes(m) == [True, True, True]
     assert _modes(m) == [False, True, False]
+
+
+def test_array_X_without_targets_is_refused_naming_y():
+    X, _ = blobs(20)
+    model = mlp()
+    opt = nn.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ArgumentError, match="y: X is an array, so expected its targets"):
+        nn.evaluate(model, X)
+    with pytest.raises(ArgumentError, match="y: X is an array, so expected its targets"):
+        nn.fit(model, X, optimizer=opt, loss=nn.mse, progress=False)
+    with pytest.raises(ArgumentError, match="validation_data: X is an array"):
+        nn.fit(model, X, np.zeros(20, np.int64), optimizer=opt, validation_data=X, progress=False)
+    # a custom step reads the batches itself: an array without targets is fine
+    seen = []
+    nn.fit(model, X, optimizer=opt, progress=False,
+           step_fn=lambda m, xb: (seen.append(len(xb)) or 0.0, None))
+    assert sum(seen) == 20
