@@ -47,7 +47,9 @@ class Parameter:
     * grad hooks, ``fn(grad) -> grad``: an optimizer's ``step`` passes ``.grad`` through
       them in registration order before the update and stores the result back in
       ``.grad`` (pruning multiplies by its mask so pruned weights receive no update;
-      returning None keeps the gradient unchanged);
+      returning None keeps the gradient unchanged).  The result must be an array of the
+      parameter's shape (ShapeError naming the hook otherwise); it is cast to the
+      parameter's dtype, so the hook never changes the parameter's dtype;
     * post-step hooks, ``fn(param) -> None``: run after the update of this parameter
       (pruning re-applies its mask, undoing weight decay or momentum drift).
     """
@@ -105,12 +107,25 @@ class Parameter:
         g = self.grad
         if g is None:
             return None
-        for fn in self._grad_hooks.values():
+        for i, fn in enumerate(self._grad_hooks.values()):
             r = fn(g)
             if r is not None:
-                g = r
+                g = self._checked_hook_result(r, i, fn)
         self.grad = g
         return g
+
+    def _checked_hook_result(self, r, i, fn):
+        """A grad hook's result must be a real array of the parameter's shape; it is cast
+        to the parameter's dtype (a float64 mask times a float32 grad is float64)."""
+        what = f"grad hook {i} ({getattr(fn, '__qualname__', type(fn).__name__)})"
+        if not isinstance(r, np.ndarray):
+            raise DTypeError(f"{what}: expected it to return a numpy.ndarray or None, got {type(r).__name__}")
+        if r.shape != self.data.shape:
+            raise ShapeError(f"{what}: expected it to return the parameter's shape {self.data.shape}, "
+                             f"got {r.shape}")
+        if r.dtype.kind not in "biuf":
+            raise DTypeError(f"{what}: expected it to return a real array, got dtype {r.dtype.name}")
+        return r.astype(self.data.dtype, copy=False)
 
     def run_post_step_hooks(self) -> None:
         for fn in list(self._post_step_hooks.values()):
