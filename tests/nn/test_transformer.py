@@ -390,3 +390,21 @@ def test_modules_take_keyword_arguments_and_hooks_see_them_on_request():
     att = model.encoder.layer[0].attention.self
     x = np.random.default_rng(2).standard_normal((2, 5, H)).astype(np.float32)
     np.testing.assert_array_equal(att(x, attention_mask=mask), att(x, mask))
+
+
+def test_gelu_and_softmax_accept_float16_like_the_other_parameterless_layers():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float16)
+    g = np.random.default_rng(1).standard_normal(x.shape).astype(np.float16)
+    for layer, dim in ((nn.GELU(), None), (nn.Softmax(), -1), (nn.Softmax(dim=1), 1)):
+        y = layer(x)
+        assert y.dtype == np.float16 and y.shape == x.shape
+        ref = type(layer)() if dim is None else nn.Softmax(dim=dim)
+        y32 = ref(x.astype(np.float32))
+        np.testing.assert_array_equal(y, y32.astype(np.float16))
+        dx = layer.backward(g)
+        assert dx.dtype == np.float16
+        np.testing.assert_allclose(dx, ref.backward(g.astype(np.float32)), rtol=2e-3, atol=2e-3)
+    mask = np.zeros((2, 1, 5), np.float16)
+    mask[0, 0, -1] = np.finfo(np.float16).min
+    p = nn.Softmax()(x, mask)
+    assert p.dtype == np.float16 and np.all(p[0, :, -1] == 0)
