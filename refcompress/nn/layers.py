@@ -199,7 +199,8 @@ class Dropout(Module):
     def forward(self, x):
         x = check_array(x, "x", dtypes=F.FLOAT_DTYPES)
         if not self.training or self.p == 0.0:
-            self._cache = np.ones((), x.dtype) if self.training else None
+            # a broadcast view of 1 (no memory) with x's shape, so backward checks the shape
+            self._cache = np.broadcast_to(np.ones((), x.dtype), x.shape) if self.training else None
             return x.copy() if self.training else x
         keep = get_rng(self._rng).random(x.shape) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
@@ -210,7 +211,7 @@ class Dropout(Module):
     def backward(self, grad_out):
         m = self._cache_or_raise()
         g = check_array(grad_out, "grad_out", dtypes=F.FLOAT_DTYPES)
-        if m.ndim and g.shape != m.shape:
+        if g.shape != m.shape:
             g = self._check_grad_out(g, m.shape)
         return g * m
 

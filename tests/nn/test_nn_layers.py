@@ -155,3 +155,13 @@ def test_empty_batch_forward_and_backward(layer, shape, out_shape):
     assert dx.shape == shape and dx.dtype == np.float32
     for p in m.parameters():
         np.testing.assert_array_equal(p.grad, np.zeros(p.shape, np.float32))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_dropout_backward_checks_the_gradient_shape_for_every_p(p):
+    from refcompress.errors import ShapeError
+    d = nn.Dropout(p, rng=np.random.default_rng(0))
+    d(np.ones((2, 3), np.float32))
+    with pytest.raises(ShapeError, match=r"grad_out: expected shape \(2, 3\), got \(7, 5\)"):
+        d.backward(np.ones((7, 5), np.float32))
+    assert d.backward(np.ones((2, 3), np.float32)).shape == (2, 3)
