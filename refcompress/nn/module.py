@@ -278,6 +278,19 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
+    def _module_paths(self, prefix: str = "", _ancestors=None) -> Iterator[tuple[str, "Module"]]:
+        """Every (dotted path, module) pair, depth first: a module reachable by two paths
+        (``Sequential(l, ReLU(), l)``) is listed under both, as PyTorch's state_dict does.
+        A module that contains itself is an error."""
+        ancestors = set() if _ancestors is None else _ancestors
+        if id(self) in ancestors:
+            raise RefcompressError(f"{type(self).__name__} at {prefix!r} contains itself")
+        ancestors.add(id(self))
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child._module_paths(f"{prefix}.{name}" if prefix else name, ancestors)
+        ancestors.discard(id(self))
+
     def _named_members(self, attr: str, recurse: bool):
         seen = set()
         mods = self.named_modules() if recurse else [("", self)]
@@ -343,9 +356,13 @@ class Module:
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of every parameter and buffer array, keyed by dotted name."""
+        """Copies of every parameter and buffer array, keyed by dotted name.
+
+        As in PyTorch, a module (or Parameter) reachable by several paths is listed under
+        each of them (``Sequential(l, ReLU(), l)`` has "0.weight" and "2.weight"), with
+        equal values; :meth:`parameters` still yields it once."""
         sd = OrderedDict()
-        for prefix, m in self.named_modules():
+        for prefix, m in self._module_paths():
             for name, p in m._parameters.items():
                 sd[f"{prefix}.{name}" if prefix else name] = p.data.copy()
             for name, b in m._buffers.items():
@@ -364,16 +381,27 @@ class Module:
         Each loaded Parameter's post-step hooks then run (once per Parameter), as after an
         optimizer step: a load updates the parameter like a step does, so constraints kept
         by such hooks (e.g. pruning masks, W <- W * M) hold for the loaded values too.
+
+        A module or Parameter reachable by several paths (see :meth:`state_dict`) accepts
+        its value under any of them; when two of its paths are given they must carry equal
+        values (ArgumentError otherwise).  A path is missing only when none of the paths of
+        its array is given, so a state dict listing a shared module once still loads.
         """
         if not hasattr(state_dict, "items"):
             raise DTypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
-        targets = {}
-        for prefix, m in self.named_modules():
+        targets, aliases = {}, {}
+        for prefix, m in self._module_paths():
             for reg in ("_parameters", "_buffers"):
                 for name, v in m.__dict__[reg].items():
                     if v is not None:
-                        targets[f"{prefix}.{name}" if prefix else name] = (m, reg, name)
-        missing = [k for k in targets if k not in state_dict]
+                        key = f"{prefix}.{name}" if prefix else name
+                        targets[key] = (m, reg, name)
+                        # one identity per stored array: the Parameter, or the buffer slot
+                        ident = ("p", id(v)) if reg == "_parameters" else ("b", id(m), name)
+                        aliases.setdefault(ident, []).append(key)
+        given = {k: ident for ident, keys in aliases.items() for k in keys}
+        covered = {given[k] for k in targets if k in state_dict}
+        missing = [k for k in targets if given[k] not in covered]
         unexpected = [k for k in state_dict if k not in targets]
         if strict and (missing or unexpected):
             raise ArgumentError(
@@ -390,6 +418,11 @@ class Module:
             if new.dtype != cur.dtype:
                 raise DTypeError(
                     f"state_dict[{key!r}]: expected dtype {cur.dtype.name}, got {new.dtype.name}")
+            first = next(a for a in aliases[given[key]] if a in state_dict)
+            if first != key and not np.array_equal(new, state_dict[first], equal_nan=new.dtype.kind in "fc"):
+                raise ArgumentError(
+                    f"state_dict: {first!r} and {key!r} name the same array (a shared module or "
+                    f"parameter) but carry different values")
             updates.append((m, reg, name, new))
         loaded = {}
         for m, reg, name, new in updates:
