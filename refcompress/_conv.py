@@ -114,7 +114,9 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1) -> n
     """
     if not (isinstance(input_shape, (tuple, list)) and len(input_shape) == 4):
         raise ShapeError(f"input_shape: expected (N, C, H, W), got {input_shape!r}")
-    N, C, H, W = (check_int(s, "input_shape", min_value=1) for s in input_shape)
+    # N = 0 (an empty batch) is allowed: the result is an empty dx
+    N, C, H, W = (check_int(s, "input_shape", min_value=0 if i == 0 else 1)
+                  for i, s in enumerate(input_shape))
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(
         (N, C, H, W), kernel_size, stride, padding, dilation, "input_shape")
     cols = check_array(cols, "cols", shape=(N, C * kh * kw, oh * ow))

@@ -20,6 +20,7 @@ import numpy as np
 from .._validation import check_array, check_int
 from ..errors import DTypeError, ShapeError
 from ..nn import Module
+from ..nn.module import training_modes
 from .trainer import Distiller
 
 __all__ = ["recover"]
@@ -50,12 +51,9 @@ def recover(compressed: Module, original: Module, X, y=None, *, epochs: int = 3,
     probe = X[:2]
     outs = []
     for m in (compressed, original):
-        was = m.training
-        m.eval()
-        try:
+        with training_modes(m):
+            m.eval()
             outs.append(np.asarray(m(probe)))
-        finally:
-            m.train(was)
     if outs[0].shape != outs[1].shape:
         raise ShapeError(
             f"compressed: outputs shape {outs[0].shape[1:]} per sample but original outputs "

@@ -35,6 +35,7 @@ from .._validation import check_array, check_choice, check_float, check_int
 from ..errors import ArgumentError, DTypeError, NotDifferentiableError, RefcompressError, ShapeError
 from ..nn import AdamW, Module, fit
 from ..nn.losses import cross_entropy
+from ..nn.module import training_modes
 from ..nn.optim import Optimizer
 from .attention import attention_transfer_loss
 from .hints import Hint
@@ -177,13 +178,10 @@ class Distiller:
     # -- teacher ---------------------------------------------------------------------------
     def teacher_outputs(self, x):
         """``(logits, {teacher tap name: features})`` of the teacher on ``x``, in eval mode."""
-        was = self.teacher.training
-        self.teacher.eval()
-        try:
+        with training_modes(self.teacher):
+            self.teacher.eval()
             z = self.teacher(x)
             feats = {n: self._t_taps[n] for n in self._t_names} if self._t_taps else {}
-        finally:
-            self.teacher.train(was)
         return z, feats
 
     def _teacher_for_arrays(self, X, batch_size):
@@ -242,13 +240,10 @@ class Distiller:
 
     def _check_pair(self, x_example):
         """The checks and hint construction of :meth:`prepare`, with the taps attached."""
-        was = self.student.training
-        self.student.eval()
-        try:
+        with training_modes(self.student):
+            self.student.eval()
             zs = self.student(x_example)
             s_feats = {n: self._s_taps[n] for n in self._s_names} if self._s_taps else {}
-        finally:
-            self.student.train(was)
         try:
             zt, t_feats = self.teacher_outputs(x_example)
         except DTypeError as e:
@@ -399,7 +394,7 @@ class Distiller:
             if b0 is None:
                 raise ShapeError("X: the batch iterable yielded no batches")
             first = b0[0] if isinstance(b0, (tuple, list)) else b0
-        was_teacher = self.teacher.training
+        teacher_modes = training_modes(self.teacher)
         hints_before = self.hints_
         try:
             self.prepare(first)
@@ -426,7 +421,7 @@ class Distiller:
             history.train_acc = acc.per_epoch(len(history.loss))
             self.history_ = history
         finally:
-            self.teacher.train(was_teacher)
+            teacher_modes.restore()
             self._batch_cache.clear()
             self.detach()
         return self.history_

@@ -11,7 +11,7 @@ from .container import Sequential
 from .init import manual_seed
 from .layers import Conv2d, Dropout, Flatten, Linear, ReLU
 from .losses import cross_entropy, kl_div, mse
-from .module import HookHandle, IncompatibleKeys, Module, Parameter
+from .module import HookHandle, IncompatibleKeys, Module, Parameter, TrainingModes, training_modes
 from .norm import BatchNorm1d, BatchNorm2d
 from .optim import SGD, AdamW, CosineAnnealingLR, StepLR
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
@@ -22,7 +22,7 @@ from .transformer import (GELU, BertAttention, BertEmbeddings, BertEncoder, Bert
                           LayerNorm, MultiHeadSelfAttention, Softmax, Tanh)
 
 __all__ = [
-    "Module", "Parameter", "HookHandle", "IncompatibleKeys",
+    "Module", "Parameter", "HookHandle", "IncompatibleKeys", "TrainingModes", "training_modes",
     "Sequential", "Linear", "Conv2d", "ReLU", "Flatten", "Dropout",
     "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm1d", "BatchNorm2d",
     "cross_entropy", "mse", "kl_div",

@@ -94,7 +94,8 @@ def _conv2d_cols(cols, weight, bias, groups, out_hw):
     N, P = cols.shape[0], cols.shape[2]
     O = weight.shape[0]
     wg = weight.reshape(groups, O // groups, -1)
-    y = np.matmul(wg, cols.reshape(N, groups, -1, P)).reshape(N, O, *out_hw)
+    # explicit sizes (no -1): a reshape cannot infer a size when N = 0
+    y = np.matmul(wg, cols.reshape(N, groups, cols.shape[1] // groups, P)).reshape(N, O, *out_hw)
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
     return y

@@ -116,7 +116,7 @@ class Conv2d(Module):
         g = self._check_grad_out(grad_out, (N, O, *out_hw))
         P = out_hw[0] * out_hw[1]
         gg = g.reshape(N, G, O // G, P)
-        colsg = cols.reshape(N, G, -1, P)
+        colsg = cols.reshape(N, G, cols.shape[1] // G, P)   # no -1: N may be 0
         wg = self.weight.data.reshape(G, O // G, -1)
         # einsum's optimizer contracts over (n, p) in one BLAS call per group; a batched
         # matmul against a transposed view falls off BLAS and is ~10x slower.
@@ -136,7 +136,10 @@ class Conv2d(Module):
 
 @register_module
 class ReLU(Module):
-    """y = max(x, 0);  dL/dx = dL/dy * [x > 0] (the subgradient 0 at x = 0, as PyTorch)."""
+    """y = max(x, 0);  dL/dx = dL/dy * [x > 0] (the subgradient 0 at x = 0, as PyTorch).
+
+    NaN propagates as in PyTorch (and ``np.maximum``): a NaN input gives a NaN output, and
+    its gradient is passed through (PyTorch zeroes the gradient only where x <= 0)."""
 
     def __init__(self, rng=None):
         super().__init__()
@@ -145,7 +148,7 @@ class ReLU(Module):
 
     def forward(self, x):
         x = check_array(x, "x", dtypes=F.FLOAT_DTYPES)
-        mask = x > 0
+        mask = ~(x <= 0)                    # True for x > 0 and for NaN
         self._cache = mask if self.training else None
         return np.where(mask, x, np.zeros((), x.dtype))
 
@@ -167,7 +170,7 @@ class Flatten(Module):
     def forward(self, x):
         x = check_array(x, "x", min_ndim=2)
         self._cache = x.shape if self.training else None
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))   # no -1: N may be 0
 
     def backward(self, grad_out):
         shape = self._cache_or_raise()
@@ -196,7 +199,8 @@ class Dropout(Module):
     def forward(self, x):
         x = check_array(x, "x", dtypes=F.FLOAT_DTYPES)
         if not self.training or self.p == 0.0:
-            self._cache = np.ones((), x.dtype) if self.training else None
+            # a broadcast view of 1 (no memory) with x's shape, so backward checks the shape
+            self._cache = np.broadcast_to(np.ones((), x.dtype), x.shape) if self.training else None
             return x.copy() if self.training else x
         keep = get_rng(self._rng).random(x.shape) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
@@ -207,7 +211,7 @@ class Dropout(Module):
     def backward(self, grad_out):
         m = self._cache_or_raise()
         g = check_array(grad_out, "grad_out", dtypes=F.FLOAT_DTYPES)
-        if m.ndim and g.shape != m.shape:
+        if g.shape != m.shape:
             g = self._check_grad_out(g, m.shape)
         return g * m
 

@@ -53,7 +53,9 @@ def cross_entropy(logits, target, reduction: str = "mean", label_smoothing: floa
     logp = log_softmax(logits, axis=1)
     q = np.full_like(logits, eps / C)
     q[np.arange(N), target] += logits.dtype.type(1.0 - eps)
-    per = -(q * logp).sum(axis=1)
+    # q = 0 contributes 0 even where log p = -inf (a -inf logit): 0 * -inf would be NaN,
+    # PyTorch's value is finite.  Every other term is q * log p as before.
+    per = -np.multiply(q, logp, out=np.zeros_like(logp), where=q != 0).sum(axis=1)
     return _reduce(per, np.exp(logp) - q, reduction)
 
 

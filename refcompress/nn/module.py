@@ -22,7 +22,7 @@ import numpy as np
 from .._validation import check_array
 from ..errors import ArgumentError, DTypeError, RefcompressError, ShapeError
 
-__all__ = ["Parameter", "HookHandle", "Module", "IncompatibleKeys"]
+__all__ = ["Parameter", "HookHandle", "Module", "IncompatibleKeys", "TrainingModes", "training_modes"]
 
 
 class HookHandle:
@@ -47,7 +47,9 @@ class Parameter:
     * grad hooks, ``fn(grad) -> grad``: an optimizer's ``step`` passes ``.grad`` through
       them in registration order before the update and stores the result back in
       ``.grad`` (pruning multiplies by its mask so pruned weights receive no update;
-      returning None keeps the gradient unchanged);
+      returning None keeps the gradient unchanged).  The result must be an array of the
+      parameter's shape (ShapeError naming the hook otherwise); it is cast to the
+      parameter's dtype, so the hook never changes the parameter's dtype;
     * post-step hooks, ``fn(param) -> None``: run after the update of this parameter
       (pruning re-applies its mask, undoing weight decay or momentum drift).
     """
@@ -105,12 +107,25 @@ class Parameter:
         g = self.grad
         if g is None:
             return None
-        for fn in self._grad_hooks.values():
+        for i, fn in enumerate(self._grad_hooks.values()):
             r = fn(g)
             if r is not None:
-                g = r
+                g = self._checked_hook_result(r, i, fn)
         self.grad = g
         return g
+
+    def _checked_hook_result(self, r, i, fn):
+        """A grad hook's result must be a real array of the parameter's shape; it is cast
+        to the parameter's dtype (a float64 mask times a float32 grad is float64)."""
+        what = f"grad hook {i} ({getattr(fn, '__qualname__', type(fn).__name__)})"
+        if not isinstance(r, np.ndarray):
+            raise DTypeError(f"{what}: expected it to return a numpy.ndarray or None, got {type(r).__name__}")
+        if r.shape != self.data.shape:
+            raise ShapeError(f"{what}: expected it to return the parameter's shape {self.data.shape}, "
+                             f"got {r.shape}")
+        if r.dtype.kind not in "biuf":
+            raise DTypeError(f"{what}: expected it to return a real array, got dtype {r.dtype.name}")
+        return r.astype(self.data.dtype, copy=False)
 
     def run_post_step_hooks(self) -> None:
         for fn in list(self._post_step_hooks.values()):
@@ -205,24 +220,29 @@ class Module:
     def backward(self, grad_out):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
-    def __call__(self, *inputs):
-        out = self.forward(*inputs)
-        for fn in list(self._forward_hooks.values()):
-            r = fn(self, inputs, out)
+    def __call__(self, *inputs, **kwargs):
+        out = self.forward(*inputs, **kwargs)
+        for fn, with_kwargs in list(self._forward_hooks.values()):
+            r = fn(self, inputs, kwargs, out) if with_kwargs else fn(self, inputs, out)
             if r is not None:
                 out = r
         return out
 
-    def register_forward_hook(self, fn: Callable) -> HookHandle:
+    def register_forward_hook(self, fn: Callable, *, with_kwargs: bool = False) -> HookHandle:
         """Add ``fn(module, inputs, output)``, run after each call's forward.
 
-        ``inputs`` is the tuple of call arguments.  A hook that returns a value replaces
-        the output seen by later hooks and by the caller; ``backward`` is not affected
-        (it still differentiates ``forward``), which is the straight-through rule when a
-        hook fake-quantizes an activation.
+        ``inputs`` is the tuple of positional call arguments; keyword arguments
+        (``attention(x, attention_mask=m)``) go to ``forward`` but not to the hook, as in
+        PyTorch.  With ``with_kwargs=True`` the hook is ``fn(module, inputs, kwargs,
+        output)`` and also receives the dict of keyword arguments.  A hook that returns a
+        value replaces the output seen by later hooks and by the caller; ``backward`` is not
+        affected (it still differentiates ``forward``), which is the straight-through rule
+        when a hook fake-quantizes an activation.
         """
+        if not isinstance(with_kwargs, (bool, np.bool_)):
+            raise DTypeError(f"with_kwargs: expected a bool, got {type(with_kwargs).__name__}")
         h = HookHandle(self._forward_hooks)
-        self._forward_hooks[h.id] = fn
+        self._forward_hooks[h.id] = (fn, bool(with_kwargs))
         return h
 
     def _cache_or_raise(self, name: str = "_cache"):
@@ -257,6 +277,19 @@ class Module:
     def modules(self) -> Iterator["Module"]:
         for _, m in self.named_modules():
             yield m
+
+    def _module_paths(self, prefix: str = "", _ancestors=None) -> Iterator[tuple[str, "Module"]]:
+        """Every (dotted path, module) pair, depth first: a module reachable by two paths
+        (``Sequential(l, ReLU(), l)``) is listed under both, as PyTorch's state_dict does.
+        A module that contains itself is an error."""
+        ancestors = set() if _ancestors is None else _ancestors
+        if id(self) in ancestors:
+            raise RefcompressError(f"{type(self).__name__} at {prefix!r} contains itself")
+        ancestors.add(id(self))
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child._module_paths(f"{prefix}.{name}" if prefix else name, ancestors)
+        ancestors.discard(id(self))
 
     def _named_members(self, attr: str, recurse: bool):
         seen = set()
@@ -323,9 +356,13 @@ class Module:
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of every parameter and buffer array, keyed by dotted name."""
+        """Copies of every parameter and buffer array, keyed by dotted name.
+
+        As in PyTorch, a module (or Parameter) reachable by several paths is listed under
+        each of them (``Sequential(l, ReLU(), l)`` has "0.weight" and "2.weight"), with
+        equal values; :meth:`parameters` still yields it once."""
         sd = OrderedDict()
-        for prefix, m in self.named_modules():
+        for prefix, m in self._module_paths():
             for name, p in m._parameters.items():
                 sd[f"{prefix}.{name}" if prefix else name] = p.data.copy()
             for name, b in m._buffers.items():
@@ -344,16 +381,27 @@ class Module:
         Each loaded Parameter's post-step hooks then run (once per Parameter), as after an
         optimizer step: a load updates the parameter like a step does, so constraints kept
         by such hooks (e.g. pruning masks, W <- W * M) hold for the loaded values too.
+
+        A module or Parameter reachable by several paths (see :meth:`state_dict`) accepts
+        its value under any of them; when two of its paths are given they must carry equal
+        values (ArgumentError otherwise).  A path is missing only when none of the paths of
+        its array is given, so a state dict listing a shared module once still loads.
         """
         if not hasattr(state_dict, "items"):
             raise DTypeError(f"state_dict: expected a mapping, got {type(state_dict).__name__}")
-        targets = {}
-        for prefix, m in self.named_modules():
+        targets, aliases = {}, {}
+        for prefix, m in self._module_paths():
             for reg in ("_parameters", "_buffers"):
                 for name, v in m.__dict__[reg].items():
                     if v is not None:
-                        targets[f"{prefix}.{name}" if prefix else name] = (m, reg, name)
-        missing = [k for k in targets if k not in state_dict]
+                        key = f"{prefix}.{name}" if prefix else name
+                        targets[key] = (m, reg, name)
+                        # one identity per stored array: the Parameter, or the buffer slot
+                        ident = ("p", id(v)) if reg == "_parameters" else ("b", id(m), name)
+                        aliases.setdefault(ident, []).append(key)
+        given = {k: ident for ident, keys in aliases.items() for k in keys}
+        covered = {given[k] for k in targets if k in state_dict}
+        missing = [k for k in targets if given[k] not in covered]
         unexpected = [k for k in state_dict if k not in targets]
         if strict and (missing or unexpected):
             raise ArgumentError(
@@ -370,6 +418,11 @@ class Module:
             if new.dtype != cur.dtype:
                 raise DTypeError(
                     f"state_dict[{key!r}]: expected dtype {cur.dtype.name}, got {new.dtype.name}")
+            first = next(a for a in aliases[given[key]] if a in state_dict)
+            if first != key and not np.array_equal(new, state_dict[first], equal_nan=new.dtype.kind in "fc"):
+                raise ArgumentError(
+                    f"state_dict: {first!r} and {key!r} name the same array (a shared module or "
+                    f"parameter) but carry different values")
             updates.append((m, reg, name, new))
         loaded = {}
         for m, reg, name, new in updates:
@@ -459,3 +512,41 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+class TrainingModes:
+    """The ``training`` flag of every module in a tree, saved so it can be put back.
+
+    ``module.train(mode)`` sets *every* submodule's flag, so restoring only the root's flag
+    afterwards would unfreeze a submodule the caller had put in eval mode (a frozen
+    BatchNorm in a training model).  Use it as a context manager::
+
+        with training_modes(model):
+            model.eval()
+            ...                 # on exit each module gets back its own flag
+
+    or call :meth:`restore` yourself.
+    """
+
+    def __init__(self, module: "Module"):
+        if not isinstance(module, Module):
+            raise DTypeError(f"module: expected a Module, got {type(module).__name__}")
+        self.module = module
+        self._modes = [(m, m.training) for m in module.modules()]
+
+    def restore(self) -> None:
+        """Give every saved module back the flag it had when this object was made."""
+        for m, mode in self._modes:
+            object.__setattr__(m, "training", mode)
+
+    def __enter__(self) -> "TrainingModes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def training_modes(module: "Module") -> TrainingModes:
+    """Save the ``training`` flag of every module in ``module``'s tree (see
+    :class:`TrainingModes`); a context manager that restores them on exit."""
+    return TrainingModes(module)

@@ -45,11 +45,13 @@ class _Pool2d(Module):
         cols = _conv.im2col(x, self.kernel_size, self.stride, self.padding, 1, pad_value=pad_value)
         out_hw = tuple(_conv.conv_output_size((H, W)[k], self.kernel_size[k], self.stride[k],
                                               self.padding[k]) for k in range(2))
-        return x.shape, cols.reshape(N, C, self.kernel_size[0] * self.kernel_size[1], -1), out_hw
+        # explicit sizes (no -1): a reshape cannot infer a size when N = 0
+        K, P = self.kernel_size[0] * self.kernel_size[1], out_hw[0] * out_hw[1]
+        return x.shape, cols.reshape(N, C, K, P), out_hw
 
     def _to_input(self, dcols, x_shape):
         N, C = x_shape[:2]
-        return _conv.col2im(dcols.reshape(N, -1, dcols.shape[-1]), x_shape, self.kernel_size,
+        return _conv.col2im(dcols.reshape(N, C * dcols.shape[2], dcols.shape[-1]), x_shape, self.kernel_size,
                             self.stride, self.padding, 1)
 
     def get_config(self):
@@ -73,7 +75,7 @@ class MaxPool2d(_Pool2d):
         idx, x_shape, out_hw, cols_shape = self._cache_or_raise()
         g = self._check_grad_out(grad_out, (*x_shape[:2], *out_hw))
         dcols = np.zeros(cols_shape, dtype=g.dtype)
-        np.put_along_axis(dcols, idx, g.reshape(*x_shape[:2], 1, -1), axis=2)
+        np.put_along_axis(dcols, idx, g.reshape(*x_shape[:2], 1, cols_shape[3]), axis=2)
         return self._to_input(dcols, x_shape)
 
 
@@ -91,7 +93,7 @@ class AvgPool2d(_Pool2d):
         x_shape, out_hw, cols_shape = self._cache_or_raise()
         g = self._check_grad_out(grad_out, (*x_shape[:2], *out_hw))
         k = cols_shape[2]
-        dcols = np.broadcast_to((g / g.dtype.type(k)).reshape(*x_shape[:2], 1, -1), cols_shape)
+        dcols = np.broadcast_to((g / g.dtype.type(k)).reshape(*x_shape[:2], 1, cols_shape[3]), cols_shape)
         return self._to_input(np.ascontiguousarray(dcols), x_shape)
 
 

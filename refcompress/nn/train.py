@@ -23,7 +23,7 @@ from .._validation import check_array, check_choice, check_int
 from ..data.batching import iter_batches  # the one batch iterator (re-exported here)
 from ..errors import ArgumentError, DTypeError, ShapeError
 from .losses import cross_entropy
-from .module import Module
+from .module import Module, training_modes
 from .optim import Optimizer
 
 __all__ = ["History", "fit", "evaluate", "predict", "iter_batches"]
@@ -64,6 +64,14 @@ def _batches(data, y, batch_size, shuffle, rng, name):
             f"__iter__ starts over), got a one-shot iterator {type(data).__name__}")
     total = len(data) if hasattr(data, "__len__") else None
     return lambda: iter(data), total
+
+
+def _require_targets(X, y, what="y"):
+    """The default step and evaluate unpack ``(x, y)``: an array X needs its targets."""
+    if isinstance(X, np.ndarray) and y is None:
+        raise ArgumentError(
+            f"{what}: X is an array, so expected its targets (one per sample), got None; pass "
+            f"them, or X as a re-iterable of (x, y) batches (or a step_fn for fit)")
 
 
 def _batch_len(batch) -> int:
@@ -148,8 +156,9 @@ def fit(model: Module, X, y=None, *, optimizer: Optimizer, epochs: int = 1, loss
     scheduler       : an object with ``step()``, called after every epoch (e.g. StepLR).
 
     The epoch's loss is the sample-weighted mean of the batch losses; train accuracy is
-    measured on the fly (None when the step reports no count).  The model's train/eval
-    mode is restored on return.
+    measured on the fly (None when the step reports no count).  Training runs with
+    ``model.train()`` (every submodule in training mode); on return each module gets back
+    its own train/eval flag (a BatchNorm frozen with ``.eval()`` stays frozen).
     """
     if not isinstance(model, Module):
         raise DTypeError(f"model: expected a Module, got {type(model).__name__}")
@@ -165,10 +174,14 @@ def fit(model: Module, X, y=None, *, optimizer: Optimizer, epochs: int = 1, loss
             raise ArgumentError("patience: early stopping needs validation_data, got None")
     if step_fn is not None and not callable(step_fn):
         raise DTypeError(f"step_fn: expected a callable, got {type(step_fn).__name__}")
+    if step_fn is None:
+        _require_targets(X, y)
+    if validation_data is not None:
+        _require_targets(*_split_validation(validation_data), what="validation_data")
     rng = np.random.default_rng(seed)
     epoch_batches, total = _batches(X, y, batch_size, shuffle, rng, "X")
     step = step_fn if step_fn is not None else _default_step(loss)
-    was_training = model.training
+    modes = training_modes(model)
     history, best, best_state, waited = History(), None, None, 0
     try:
         for epoch in range(1, epochs + 1):
@@ -219,18 +232,21 @@ def fit(model: Module, X, y=None, *, optimizer: Optimizer, epochs: int = 1, loss
         if best_state is not None:
             model.load_state_dict(best_state)
     finally:
-        model.train(was_training)
+        modes.restore()
     return history
 
 
 def evaluate(model: Module, X, y=None, *, batch_size: int = 256, loss=cross_entropy) -> dict:
     """``{"loss": mean loss, "accuracy": fraction correct or None}`` over the data, in eval
-    mode (the previous mode is restored).  Data as in :func:`fit` (batches of (x, y))."""
+    mode (each module's own previous mode is restored).  Data as in :func:`fit` (batches of
+    (x, y))."""
+    if not isinstance(model, Module):
+        raise DTypeError(f"model: expected a Module, got {type(model).__name__}")
     batch_size = check_int(batch_size, "batch_size", min_value=1)
+    _require_targets(X, y)
     epoch_batches, _ = _batches(X, y, batch_size, False, None, "X")
-    was_training = model.training
-    model.eval()
-    try:
+    with training_modes(model):
+        model.eval()
         loss_sum, seen, correct, counted = 0.0, 0, 0, True
         for xb, yb in epoch_batches():
             out = model(xb)
@@ -243,23 +259,21 @@ def evaluate(model: Module, X, y=None, *, batch_size: int = 256, loss=cross_entr
                 counted = False
             else:
                 correct += n_ok
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ArgumentError("X: the batch iterable yielded no batches")
     return {"loss": loss_sum / seen, "accuracy": correct / seen if counted else None}
 
 
 def predict(model: Module, X, *, batch_size: int = 256) -> np.ndarray:
-    """Model outputs for every sample of X, concatenated, computed in eval mode."""
+    """Model outputs for every sample of X, concatenated, computed in eval mode (each
+    module's own previous mode is restored)."""
+    if not isinstance(model, Module):
+        raise DTypeError(f"model: expected a Module, got {type(model).__name__}")
     X = check_array(X, "X", min_ndim=1)
     batch_size = check_int(batch_size, "batch_size", min_value=1)
-    was_training = model.training
-    model.eval()
-    try:
+    with training_modes(model):
+        model.eval()
         outs = [model(xb) for xb in iter_batches(X, None, batch_size)]
-    finally:
-        model.train(was_training)
     if not outs:
         raise ShapeError(f"X: expected at least one sample, got shape {X.shape}")
     return np.concatenate(outs, axis=0)

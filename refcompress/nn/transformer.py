@@ -188,6 +188,8 @@ class GELU(Module):
 
     dGELU/dx = Phi(x) + x phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2,
     phi(x) = exp(-x^2 / 2) / sqrt(2 pi), with erf from :func:`refcompress.kernels.nnops.erf`.
+    Like the other parameterless layers it accepts float16, float32 and float64; float16 is
+    computed in float32 and rounded back to float16 (the backward in float64, as always).
     """
 
     def __init__(self, rng=None):
@@ -196,8 +198,10 @@ class GELU(Module):
         self._cache = None
 
     def forward(self, x):
-        x = check_array(x, "x", dtypes=_FLOATS)
+        x = check_array(x, "x", dtypes=F.FLOAT_DTYPES)
         self._cache = x if self.training else None
+        if x.dtype == np.float16:       # computed in float32, rounded back to float16
+            return nnops.gelu(x.astype(np.float32)).astype(np.float16)
         return nnops.gelu(x)
 
     def backward(self, grad_out):
@@ -237,7 +241,9 @@ class Softmax(Module):
     :func:`refcompress.nn.functional.softmax`.
 
     dL/dx = P * (g - sum_dim(g * P)),  g = dL/dP  (the softmax Jacobian diag(P) - P P^T);
-    the mask is a constant and gets no gradient.
+    the mask is a constant and gets no gradient.  Like the other parameterless layers it
+    accepts float16, float32 and float64; float16 (x and a mask, which must then be
+    float16 too) is computed in float32 and rounded back to float16, forward and backward.
     """
 
     def __init__(self, dim: int = -1, rng=None):
@@ -247,17 +253,27 @@ class Softmax(Module):
         self._cache = None
 
     def forward(self, x, mask=None):
-        x = check_array(x, "x", dtypes=_FLOATS, min_ndim=1)
+        x = check_array(x, "x", dtypes=F.FLOAT_DTYPES, min_ndim=1)
+        half = x.dtype == np.float16
+        if half:                        # computed in float32, rounded back to float16
+            if mask is not None:
+                mask = check_array(mask, "mask", dtypes=(np.float16,)).astype(np.float32)
+            x = x.astype(np.float32)
         if self.dim in (-1, x.ndim - 1):
             p = nnops.softmax(x, mask)
         else:
             p = F.softmax(x if mask is None else x + mask, axis=self.dim)
+        if half:
+            p = p.astype(np.float16)
         self._cache = p if self.training else None
         return p
 
     def backward(self, grad_out):
         p = self._cache_or_raise()
         g = self._check_grad_out(grad_out, p.shape)
+        if p.dtype == np.float16 and g.dtype == np.float16:
+            p32, g32 = p.astype(np.float32), g.astype(np.float32)
+            return (p32 * (g32 - np.sum(g32 * p32, axis=self.dim, keepdims=True))).astype(np.float16)
         return p * (g - np.sum(g * p, axis=self.dim, keepdims=True))
 
     def get_config(self):

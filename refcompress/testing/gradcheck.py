@@ -42,7 +42,11 @@ def assert_grad(numeric, analytic, what: str) -> None:
 def check_module(module, x, seed: int = 0, before_forward=None):
     """Check ``module.backward`` against finite differences of L = sum(R * module(x)),
     R a fixed random projection, for the input and every parameter (module cast to
-    float64).  ``before_forward`` runs before each forward (e.g. to reset random state)."""
+    float64).  ``before_forward`` runs before each forward (e.g. to reset random state).
+
+    A failed check raises AssertionError saying what failed: a wrong gradient, a backward
+    that leaves a parameter's ``.grad`` None, or a dx that is not a float64 array of x's
+    shape."""
     module.to(np.float64).train()
     x = np.array(x, dtype=np.float64)
     if before_forward:
@@ -51,6 +55,11 @@ def check_module(module, x, seed: int = 0, before_forward=None):
     R = np.random.default_rng(seed).standard_normal(out.shape)
     module.zero_grad()
     dx = module.backward(R)
+    unfilled = [name for name, p in module.named_parameters() if p.grad is None]
+    if unfilled:
+        raise AssertionError(
+            f"grad wrt {', '.join(unfilled)}: backward left .grad None; a layer's backward must "
+            f"add its parameter gradients (Parameter.accumulate_grad)")
     analytic = {name: p.grad.copy() for name, p in module.named_parameters()}
 
     def loss():
@@ -58,7 +67,13 @@ def check_module(module, x, seed: int = 0, before_forward=None):
             before_forward()
         return float(np.sum(module(x) * R))
 
-    assert dx.shape == x.shape and dx.dtype == np.float64
+    if not isinstance(dx, np.ndarray):
+        raise AssertionError(f"grad wrt input: backward returned {type(dx).__name__}, expected an ndarray "
+                             f"of the input's shape {x.shape}")
+    if dx.shape != x.shape or dx.dtype != np.float64:
+        raise AssertionError(
+            f"grad wrt input: backward returned {dx.dtype.name} shape {dx.shape}, expected float64 "
+            f"(the module is cast to float64) shape {x.shape}")
     assert_grad(numeric_grad(loss, x), dx, "grad wrt input")
     for name, p in module.named_parameters():
         assert_grad(numeric_grad(loss, p.data), analytic[name], f"grad wrt {name}")
@@ -69,5 +84,9 @@ def check_loss(fn, x, *args, **kwargs) -> None:
     """Check the gradient returned by ``fn(x, *args) -> (value, grad)`` (value a float)."""
     x = np.array(x, dtype=np.float64)
     value, grad = fn(x, *args, **kwargs)
-    assert isinstance(value, float) and grad.shape == x.shape and grad.dtype == x.dtype
+    if not isinstance(value, float):
+        raise AssertionError(f"loss value: expected a Python float, got {type(value).__name__}")
+    if not isinstance(grad, np.ndarray) or grad.shape != x.shape or grad.dtype != x.dtype:
+        got = f"{grad.dtype.name} shape {grad.shape}" if isinstance(grad, np.ndarray) else type(grad).__name__
+        raise AssertionError(f"loss grad: expected float64 shape {x.shape}, got {got}")
     assert_grad(numeric_grad(lambda: fn(x, *args, **kwargs)[0], x), grad, getattr(fn, "__name__", "loss"))

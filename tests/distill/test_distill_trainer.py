@@ -199,3 +199,29 @@ def test_recover_refuses_mismatched_outputs():
         recover(_cnn(2, 0, classes=3), _cnn(2, 0), X, epochs=1)
     with pytest.raises(DTypeError, match="original"):
         recover(_cnn(2, 0), "teacher", X)
+
+
+def test_distiller_and_recover_restore_every_modules_own_mode():
+    def bn_net(seed):
+        rng = np.random.default_rng(seed)
+        m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, rng=rng), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.GlobalAvgPool2d(), nn.Linear(2, 4, rng=rng))
+        m.train()
+        m[1].eval()                              # frozen BatchNorm
+        return m
+
+    def modes(m):
+        return [mod.training for mod in m.modules()]
+
+    frozen = [True, True, False, True, True, True]
+    student, teacher = bn_net(0), bn_net(1)
+    X, y = _data()
+    d = Distiller(student, teacher, alpha=0.5)
+    d.prepare(X[:4])
+    d.teacher_outputs(X[:4])
+    d.detach()
+    assert modes(student) == frozen and modes(teacher) == frozen
+    d.fit(X, y, epochs=1, batch_size=8, progress=False)
+    assert modes(student) == frozen and modes(teacher) == frozen
+    recover(student, teacher, X, epochs=1, batch_size=8)
+    assert modes(student) == frozen and modes(teacher) == frozen

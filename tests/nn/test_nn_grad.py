@@ -191,3 +191,32 @@ def test_kl_div_grad(n, c, temperature, seed):
     rng = np.random.default_rng(seed)
     check_loss(nn.kl_div, rng.standard_normal((n, c)) * 3, rng.standard_normal((n, c)) * 3,
                temperature=temperature)
+
+
+def test_check_module_reports_an_unfilled_grad_and_a_wrong_dx_as_failed_checks():
+    from refcompress.testing.gradcheck import check_module
+
+    class Forgot(nn.Module):             # never fills a.grad
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(np.ones(1, np.float32))
+
+        def forward(self, x):
+            return self.a.data * x
+
+        def backward(self, g):
+            return g * self.a.data
+
+    with pytest.raises(AssertionError, match=r"grad wrt a: backward left .grad None"):
+        check_module(Forgot(), np.ones((2, 2)))
+
+    class Float32Dx(nn.Module):          # returns a float32 dx
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, g):
+            return (2 * g).astype(np.float32)
+
+    with pytest.raises(AssertionError, match=r"grad wrt input: backward returned float32 shape \(2, 2\), "
+                                             r"expected float64"):
+        check_module(Float32Dx(), np.ones((2, 2)))

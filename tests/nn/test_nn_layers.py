@@ -126,3 +126,42 @@ def test_backward_checks_grad_out_and_cache():
     conv(np.zeros((1, 1, 5, 5), np.float32))
     with pytest.raises(ShapeError, match=r"grad_out: expected shape \(1, 2, 3, 3\)"):
         conv.backward(np.zeros((1, 2, 4, 4), np.float32))
+
+
+def test_relu_propagates_nan_as_pytorch():
+    # torch.relu([nan, -1, 2, 0]) = [nan, 0, 2, 0]; its backward passes G at the NaN
+    r = nn.ReLU()
+    x = np.array([np.nan, -1, 2, 0], np.float32)
+    y = r(x)
+    np.testing.assert_array_equal(y, np.array([np.nan, 0, 2, 0], np.float32))
+    np.testing.assert_array_equal(r.backward(np.ones(4, np.float32)), [1, 0, 1, 0])
+
+
+@pytest.mark.parametrize("layer,shape,out_shape", [
+    (lambda: nn.Conv2d(4, 2, 3, padding=1, groups=2), (0, 4, 5, 5), (0, 2, 5, 5)),
+    (lambda: nn.Conv2d(3, 2, 3, stride=2), (0, 3, 5, 5), (0, 2, 2, 2)),
+    (lambda: nn.MaxPool2d(2), (0, 3, 4, 4), (0, 3, 2, 2)),
+    (lambda: nn.AvgPool2d(3, 1, 1), (0, 3, 4, 4), (0, 3, 4, 4)),
+    (lambda: nn.Flatten(), (0, 3, 4, 4), (0, 48)),
+    (lambda: nn.GlobalAvgPool2d(), (0, 3, 4, 4), (0, 3)),
+])
+def test_empty_batch_forward_and_backward(layer, shape, out_shape):
+    # PyTorch: an N = 0 batch gives an N = 0 output, an N = 0 input gradient and zero
+    # parameter gradients
+    m = layer()
+    y = m(np.zeros(shape, np.float32))
+    assert y.shape == out_shape and y.dtype == np.float32
+    dx = m.backward(np.zeros(out_shape, np.float32))
+    assert dx.shape == shape and dx.dtype == np.float32
+    for p in m.parameters():
+        np.testing.assert_array_equal(p.grad, np.zeros(p.shape, np.float32))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_dropout_backward_checks_the_gradient_shape_for_every_p(p):
+    from refcompress.errors import ShapeError
+    d = nn.Dropout(p, rng=np.random.default_rng(0))
+    d(np.ones((2, 3), np.float32))
+    with pytest.raises(ShapeError, match=r"grad_out: expected shape \(2, 3\), got \(7, 5\)"):
+        d.backward(np.ones((7, 5), np.float32))
+    assert d.backward(np.ones((2, 3), np.float32)).shape == (2, 3)

@@ -68,3 +68,18 @@ def test_mse_value():
 def test_loss_argument_errors(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_cross_entropy_with_a_minus_inf_non_target_logit_is_finite():
+    # torch.nn.functional.cross_entropy([[0, -inf, 1]], [0]) = 1.3132617 (= log(1 + e))
+    z = np.array([[0.0, -np.inf, 1.0]], np.float32)
+    with np.errstate(invalid="raise"):
+        value, grad = nn.cross_entropy(z, np.array([0]))
+    assert np.isclose(value, np.log1p(np.e), rtol=1e-6)
+    p = np.exp(np.array([0.0, 1.0])) / (1 + np.e)
+    np.testing.assert_allclose(grad, [[p[0] - 1, 0.0, p[1]]], rtol=1e-6)
+    # finite logits: the same values as the plain formula
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    t = np.array([0, 1, 2, 3, 0])
+    want = -F.log_softmax(x, axis=1)[np.arange(5), t]
+    np.testing.assert_array_equal(nn.cross_entropy(x, t, reduction="none")[0], want)

@@ -273,3 +273,31 @@ def test_spec_errors():
     with pytest.raises(ArgumentError, match="0..n-1"):
         nn.from_spec({"type": "Sequential", "config": {}, "children": {
             "1": nn.to_spec(nn.ReLU())}})
+
+
+def test_a_shared_module_is_listed_under_every_path_as_pytorch(tmp_path):
+    from refcompress import io
+    from refcompress.errors import ArgumentError
+    lin = nn.Linear(3, 3, rng=np.random.default_rng(0))
+    m = nn.Sequential(lin, nn.ReLU(), lin)
+    sd = m.state_dict()
+    # torch.nn.Sequential(l, ReLU(), l).state_dict() keys
+    assert list(sd) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    np.testing.assert_array_equal(sd["0.weight"], sd["2.weight"])
+    assert len(list(m.parameters())) == 2
+    # a PyTorch state dict of the same model loads; so does one listing the module once
+    new = {k: v + 1 for k, v in sd.items()}
+    assert m.load_state_dict(new) == ([], [])
+    np.testing.assert_array_equal(lin.weight.data, sd["0.weight"] + 1)
+    m.load_state_dict({"0.weight": sd["0.weight"], "0.bias": sd["0.bias"]})
+    np.testing.assert_array_equal(lin.weight.data, sd["0.weight"])
+    bad = dict(new, **{"2.weight": sd["2.weight"]})
+    with pytest.raises(ArgumentError, match="'0.weight' and '2.weight' name the same array"):
+        m.load_state_dict(bad)
+    np.testing.assert_array_equal(lin.weight.data, sd["0.weight"])   # nothing written
+    # refcompress.io round trip
+    x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    path = io.save(m, tmp_path / "shared.npz")
+    back = io.load(path)
+    np.testing.assert_array_equal(back(x), m(x))
+    assert list(back.state_dict()) == list(sd)

@@ -117,3 +117,28 @@ def test_optimizer_argument_errors():
         nn.SGD([np.ones(1)], lr=0.1)
     with pytest.raises(ArgumentError, match="params"):
         nn.SGD([], lr=0.1)
+
+
+def test_grad_hook_results_keep_the_parameters_dtype_and_shape():
+    from refcompress.errors import ShapeError
+    p = Parameter(np.ones((3, 4), np.float32))
+    mask = np.tile([1.0, 0.0], (3, 2))                    # float64
+    p.register_grad_hook(lambda g: g * mask)
+    p.grad = np.ones((3, 4), np.float32)
+    nn.SGD([p], lr=0.5).step()
+    assert p.dtype == np.float32 and p.grad.dtype == np.float32
+    np.testing.assert_array_equal(p.data, 1 - 0.5 * mask)
+
+    def widen(g):
+        return np.ones((2, 3, 4), np.float32)            # broadcastable, another shape
+    q = Parameter(np.ones((3, 4), np.float32))
+    q.register_grad_hook(widen)
+    q.grad = np.ones((3, 4), np.float32)
+    with pytest.raises(ShapeError, match=r"grad hook 0 \(.*widen\): expected it to return the parameter's shape"):
+        nn.AdamW([q]).step()
+    assert q.shape == (3, 4)
+    r = Parameter(np.ones(2, np.float32))
+    r.register_grad_hook(lambda g: [0.0, 0.0])
+    r.grad = np.ones(2, np.float32)
+    with pytest.raises(DTypeError, match="grad hook 0 .*numpy.ndarray or None, got list"):
+        nn.SGD([r], lr=0.1).step()

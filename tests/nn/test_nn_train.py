@@ -126,3 +126,53 @@ def test_fit_argument_errors():
         nn.fit(model, X, y, optimizer=opt, epochs=0)
     with pytest.raises(ArgumentError, match="monitor"):
         nn.fit(model, X, y, optimizer=opt, monitor="acc")
+
+
+def _frozen_bn_model():
+    m = nn.Sequential(nn.Linear(4, 3, rng=np.random.default_rng(0)), nn.BatchNorm1d(3))
+    m.train()
+    m[1].eval()                                  # a frozen BatchNorm in a training model
+    return m
+
+
+def _modes(m):
+    return [mod.training for mod in m.modules()]
+
+
+def test_fit_evaluate_predict_restore_every_modules_own_mode():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 4)).astype(np.float32), rng.integers(0, 3, 20)
+    m = _frozen_bn_model()
+    nn.evaluate(m, X, y)
+    assert _modes(m) == [True, True, False]
+    nn.predict(m, X)
+    assert _modes(m) == [True, True, False]
+    nn.fit(m, X, y, optimizer=nn.SGD(m.parameters(), lr=0.1), validation_data=(X, y),
+           progress=False)
+    assert _modes(m) == [True, True, False]
+    m.eval()
+    m[0].train()                                 # eval root, one child in training mode
+    nn.evaluate(m, X, y)
+    nn.predict(m, X)
+    assert _modes(m) == [False, True, False]
+    with nn.training_modes(m):
+        m.train()
+        assert _modes(m) == [True, True, True]
+    assert _modes(m) == [False, True, False]
+
+
+def test_array_X_without_targets_is_refused_naming_y():
+    X, _ = blobs(20)
+    model = mlp()
+    opt = nn.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ArgumentError, match="y: X is an array, so expected its targets"):
+        nn.evaluate(model, X)
+    with pytest.raises(ArgumentError, match="y: X is an array, so expected its targets"):
+        nn.fit(model, X, optimizer=opt, loss=nn.mse, progress=False)
+    with pytest.raises(ArgumentError, match="validation_data: X is an array"):
+        nn.fit(model, X, np.zeros(20, np.int64), optimizer=opt, validation_data=X, progress=False)
+    # a custom step reads the batches itself: an array without targets is fine
+    seen = []
+    nn.fit(model, X, optimizer=opt, progress=False,
+           step_fn=lambda m, xb: (seen.append(len(xb)) or 0.0, None))
+    assert sum(seen) == 20

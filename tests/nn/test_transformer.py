@@ -373,3 +373,38 @@ def test_hooked_softmax_or_float64_keeps_the_unfused_path(monkeypatch):
     handle.remove()
     att.to(np.float64)(x.astype(np.float64), MASK[:2])
     assert not calls
+
+
+def test_modules_take_keyword_arguments_and_hooks_see_them_on_request():
+    model = nn.BertModel(vocab_size=20, hidden_size=H, num_hidden_layers=1, num_attention_heads=HEADS,
+                         intermediate_size=8, max_position_embeddings=8, rng=np.random.default_rng(0))
+    ids = np.random.default_rng(1).integers(0, 20, (2, 5))
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    plain, kw = [], []
+    model.register_forward_hook(lambda m, inputs, out: plain.append(len(inputs)))
+    model.register_forward_hook(lambda m, inputs, kwargs, out: kw.append(sorted(kwargs)),
+                                with_kwargs=True)
+    out = model(ids, attention_mask=mask)
+    np.testing.assert_array_equal(out, model(ids, mask))
+    assert plain[0] == 1 and kw[0] == ["attention_mask"]
+    att = model.encoder.layer[0].attention.self
+    x = np.random.default_rng(2).standard_normal((2, 5, H)).astype(np.float32)
+    np.testing.assert_array_equal(att(x, attention_mask=mask), att(x, mask))
+
+
+def test_gelu_and_softmax_accept_float16_like_the_other_parameterless_layers():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float16)
+    g = np.random.default_rng(1).standard_normal(x.shape).astype(np.float16)
+    for layer, dim in ((nn.GELU(), None), (nn.Softmax(), -1), (nn.Softmax(dim=1), 1)):
+        y = layer(x)
+        assert y.dtype == np.float16 and y.shape == x.shape
+        ref = type(layer)() if dim is None else nn.Softmax(dim=dim)
+        y32 = ref(x.astype(np.float32))
+        np.testing.assert_array_equal(y, y32.astype(np.float16))
+        dx = layer.backward(g)
+        assert dx.dtype == np.float16
+        np.testing.assert_allclose(dx, ref.backward(g.astype(np.float32)), rtol=2e-3, atol=2e-3)
+    mask = np.zeros((2, 1, 5), np.float16)
+    mask[0, 0, -1] = np.finfo(np.float16).min
+    p = nn.Softmax()(x, mask)
+    assert p.dtype == np.float16 and np.all(p[0, :, -1] == 0)
