@@ -72,8 +72,12 @@ def count_parameters(model) -> int:
 
 
 def stored_bytes(model) -> int:
-    """Bytes of the state-dict arrays as stored: sum of ``a.nbytes`` (parameters and buffers)."""
-    return int(sum(a.nbytes for a in _check_model(model).state_dict().values()))
+    """Bytes of the model's arrays as stored: sum of ``a.nbytes`` over its parameters and
+    buffers, each counted once (a module used at two places is listed under both paths of
+    the state dict, but stored once)."""
+    model = _check_model(model)
+    return int(sum(p.data.nbytes for p in model.parameters())
+               + sum(b.nbytes for _, b in model.named_buffers()))
 
 
 def register_mac_counter(cls: type, fn: Callable) -> None:

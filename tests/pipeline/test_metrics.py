@@ -210,3 +210,12 @@ def test_embedding_fidelity_identity_and_perturbation():
         embedding_fidelity(e, e[:5])
     with pytest.raises(ArgumentError, match="all zeros"):
         embedding_fidelity(e, np.zeros_like(e))
+
+
+def test_stored_bytes_counts_a_shared_module_once():
+    """The state dict lists a module used twice under both paths (as PyTorch); its arrays
+    are stored once."""
+    lin = nn.Linear(3, 3)
+    shared = nn.Sequential(lin, nn.ReLU(), lin)
+    assert len(shared.state_dict()) == 4
+    assert stored_bytes(shared) == stored_bytes(nn.Sequential(lin)) == (9 + 3) * 4
