@@ -54,6 +54,7 @@ import numpy as np
 from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
 from . import _native, _registry
+from ._frozen import Frozen
 from ._registry import Op, check_rc, register
 from .qgemm import (INT32_MAX, Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
                     qgemm_reference)
@@ -76,13 +77,16 @@ def gamma(k: int, unit_roundoff: float = U32) -> float:
 _F32, _U8 = np.dtype(np.float32), np.dtype(np.uint8)
 
 
-class PackedLowRank:
+class PackedLowRank(Frozen):
     """float32 factors v [r, n], u [m, r] and bias [m] (or None), validated and packed once
     for the C kernel: v^T and u^T in 32-column panels, and v itself, which batch 1 reads
     row by row, as a copy at a cache-line start (r * n floats more than the caller's v;
     docs/lowrank.md section 7).  The reference reads the same v, u, bias.  The C kernel
     reads that v, the panels made from v and u here, and the caller's bias: pack again
-    after editing any of them in place."""
+    after editing any of them in place.  Attributes cannot be reassigned after construction
+    (AttributeError): the C kernel trusts the sizes and pointers set here."""
+
+    _FROZEN_HINT = "pack_lowrank the new factors"
 
     def __init__(self, v, u, bias=None):
         v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True)
@@ -105,6 +109,7 @@ class PackedLowRank:
         self._c_args = None
         if _native.lib is not None and not self.empty:
             self._pack()
+        self._freeze()
 
     def __reduce__(self):
         # pickle / deepcopy: cffi pointers cannot be copied, so the copy is packed anew
@@ -116,13 +121,14 @@ class PackedLowRank:
         lib, ptr = _native.lib, _native.ptr
         n, r, m = self.n, self.r, self.m
         # at a cache-line start, as v is: the kernels stream both with 64-byte loads
-        self.packed = _native.aligned_empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
+        packed = _native.aligned_empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
         check_rc(lib.rc_lowrank_pack_f32(ptr("float *", self.v), ptr("float *", self.u), n, r, m,
-                                         ptr("float *", self.packed)), "pack_lowrank")
-        self._c_args = (ptr("float *", self.v), ptr("float *", self.packed),
-                        _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
-        self._ws1 = lib.rc_lowrank_workspace_size(1, r)
-        return self._c_args
+                                         ptr("float *", packed)), "pack_lowrank")
+        c_args = (ptr("float *", self.v), ptr("float *", packed),
+                  _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
+        # written directly: the object may already be frozen (packed lazily by a first call)
+        self.__dict__.update(packed=packed, _c_args=c_args, _ws1=lib.rc_lowrank_workspace_size(1, r))
+        return c_args
 
     def __repr__(self):
         return f"PackedLowRank(n={self.n}, r={self.r}, m={self.m}, bias={self.bias is not None})"
@@ -262,22 +268,26 @@ def _rebuild_quantized_lowrank(state):
     q = object.__new__(QuantizedLowRank)
     state.setdefault("bias", None)  # (pickled before the layer kept its float bias: bias_q has it)
     q.__dict__.update(state)
-    q._c_args = None
-    q._ws_last = (-1, 0)  # sized by this build's rc_lowrank_q8_workspace_size, not the pickler's
+    # the workspace size from this build's rc_lowrank_q8_workspace_size, not the pickler's
+    q.__dict__.update(_c_args=None, _ws_last=(-1, 0))
     if _native.lib is not None and not q.empty:
         q._prepare_c()
+    q._freeze()
     return q
 
 
-class QuantizedLowRank:
+class QuantizedLowRank(Frozen):
     """An int8 factored Linear: quantized factors packed for qgemm, and the scales.
 
     v_q [r, n] int8 with s_v [r], u_q [m, r] int8 with s_u [m] (symmetric per row), the
     input's (s_x, z_x) and the intermediate's (s_h, z_h) (uint8, affine), bias_q [m] int32.
     Build with the constructor (given the activation quantizers), :meth:`calibrate`
     (which measures them on calibration inputs) or :meth:`from_codes` (factors already
-    quantized, e.g. a saved layer's).
+    quantized, e.g. a saved layer's).  Attributes cannot be reassigned after construction
+    (AttributeError): the C kernel trusts the sizes, scales and pointers set here.
     """
+
+    _FROZEN_HINT = "build a new QuantizedLowRank (constructor, calibrate or from_codes)"
 
     def __init__(self, v, u, bias, x_scale, x_zero_point, h_scale, h_zero_point):
         p = PackedLowRank(v, u, bias)  # validates shapes and dtypes
@@ -352,6 +362,7 @@ class QuantizedLowRank:
         self._ws_last = (-1, 0)
         if _native.lib is not None and not self.empty:
             self._prepare_c()
+        self._freeze()
 
     #: what _prepare_c derives (cffi pointers and the arrays they point into), and the
     #: workspace size of the last batch (a size from another build could be too small)
@@ -370,17 +381,18 @@ class QuantizedLowRank:
         lib, ptr = _native.lib, _native.ptr
         epi_h, keep_h, _ = _epilogue(self._spec1, None, self.r)
         epi_y, keep_y, _ = _epilogue(self._spec2, self.bias_q, self.m)
-        self._cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
-        self._signed = _native.aligned_empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
+        cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
+        signed = _native.aligned_empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
         pv, pu = ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed)
         check_rc(lib.rc_lowrank_q8_prepare(self.n, self.r, self.m, self.x_zero_point, self.h_zero_point,
                                            ptr("int32_t *", self.packed_v.col_sums),
                                            ptr("int32_t *", self.packed_u.col_sums), pv, pu,
-                                           ptr("int32_t *", self._cols), ptr("void *", self._signed)),
+                                           ptr("int32_t *", cols), ptr("void *", signed)),
                  "QuantizedLowRank")
-        self._keep = (keep_h, keep_y)  # the arrays the epilogues point into
-        self._c_args = (pv, pu, ptr("int32_t *", self._cols), ptr("void *", self._signed), epi_h, epi_y)
-        return self._c_args
+        c_args = (pv, pu, ptr("int32_t *", cols), ptr("void *", signed), epi_h, epi_y)
+        # written directly: the object may already be frozen (prepared lazily by a first call)
+        self.__dict__.update(_cols=cols, _signed=signed, _keep=(keep_h, keep_y), _c_args=c_args)
+        return c_args
 
     @classmethod
     def calibrate(cls, v, u, bias, x) -> "QuantizedLowRank":
@@ -423,7 +435,7 @@ def _lowrank_linear_q8_c(x_q, q, isa, threads):
     y = np.empty((B, q.m), _F32)
     last = q._ws_last  # (batch, workspace bytes) of the previous call: a layer mostly sees one batch
     if last[0] != B:
-        last = q._ws_last = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+        last = q.__dict__["_ws_last"] = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
     ws = _native.workspace(last[1])
     if x_q.itemsize == 1:  # uint8 (by value: a dtype object equal to uint8 need not be _U8)
         rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),

@@ -388,7 +388,7 @@ def test_int8_vnni_signed_copy_is_passed_and_its_absence_falls_back_exactly():
     with kernels.use("c", isa="avx512_vnni"):
         assert_exact(kernels.lowrank_linear_q8(x_q, q), want)
     assert q._c_args[3] != _native.ffi.NULL and q._signed.size > 0
-    q._c_args = q._c_args[:3] + (_native.ffi.NULL,) + q._c_args[4:]
+    object.__setattr__(q, "_c_args", q._c_args[:3] + (_native.ffi.NULL,) + q._c_args[4:])  # (frozen)
     for threads in (1, 2):
         with kernels.use("c", isa="avx512_vnni", threads=threads):
             assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"NULL signed copy, threads={threads}")
@@ -519,9 +519,9 @@ def _with_epilogues(q, requant, dequant):
     without a per-row scale; QuantizedLowRank itself makes float-rule h and plain y)."""
     from refcompress.kernels.qgemm import _output_spec
 
-    q.requant, q.dequant = requant, dequant
-    q._spec1, q._spec2 = _output_spec(requant, q.r), _output_spec(dequant, q.m)
-    q._c_args = None
+    # (the object is frozen: a test-only change written past its __setattr__)
+    q.__dict__.update(requant=requant, dequant=dequant, _spec1=_output_spec(requant, q.r),
+                      _spec2=_output_spec(dequant, q.m), _c_args=None)
     return q
 
 
