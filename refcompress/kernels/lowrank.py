@@ -290,7 +290,8 @@ class QuantizedLowRank(Frozen):
     _FROZEN_HINT = "build a new QuantizedLowRank (constructor, calibrate or from_codes)"
 
     def __init__(self, v, u, bias, x_scale, x_zero_point, h_scale, h_zero_point):
-        p = PackedLowRank(v, u, bias)  # validates shapes and dtypes
+        v, u, bias = _float_factors(v, u, bias)
+        p = PackedLowRank(v, u, bias)  # validates shapes
         v_q, v_scale = _sym_int8(p.v)
         # s_u_j = max(max|u_j| / 127, |b_j| / (s_h B)): the bias code fits the int32 sum
         u_q, u_scale = _sym_int8(p.u, _u_min_scale(p.bias, p.r, h_scale, h_zero_point))
@@ -398,8 +399,11 @@ class QuantizedLowRank(Frozen):
     def calibrate(cls, v, u, bias, x) -> "QuantizedLowRank":
         """Choose (s_x, z_x) and (s_h, z_h) from the min / max of float32 calibration inputs
         x [N, n] and their h = x v^T (ranges widened to include 0, uint8 affine)."""
+        v, u, bias = _float_factors(v, u, bias)
         x = check_array(x, "x", dtypes=[np.float32], ndim=2, finite=True)
-        v = check_array(v, "v", dtypes=[np.float32], ndim=2)
+        if x.shape[0] == 0 or x.shape[1] != v.shape[1]:
+            raise ShapeError(f"x: expected calibration inputs of shape (N >= 1, {v.shape[1]}) "
+                             f"(n = v.shape[1]), got {x.shape}")
         sx, zx = _affine_u8(x)
         sh, zh = _affine_u8(x @ v.T)
         return cls(v, u, bias, sx, zx, sh, zh)
@@ -411,6 +415,18 @@ class QuantizedLowRank(Frozen):
 
     def __repr__(self):
         return f"QuantizedLowRank(n={self.n}, r={self.r}, m={self.m})"
+
+
+def _float_factors(v, u, bias):
+    """The float factors the int8 layer quantizes: finite (a NaN row scale would become 1
+    and its codes 0, silently), r >= 1 and n >= 1 (nothing to quantize otherwise)."""
+    v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True, finite=True)
+    if v.shape[0] == 0 or v.shape[1] == 0:
+        raise ShapeError(f"v: expected a rank r >= 1 and n >= 1 to quantize, got shape {v.shape}")
+    u = check_array(u, "u", dtypes=[np.float32], ndim=2, contiguous=True, finite=True)
+    if bias is not None:
+        bias = check_array(bias, "bias", dtypes=[np.float32], ndim=1, contiguous=True, finite=True)
+    return v, u, bias
 
 
 def _affine_u8(a):

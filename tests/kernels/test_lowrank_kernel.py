@@ -657,3 +657,27 @@ def test_bad_inputs_name_the_argument():
         kernels.QuantizedLowRank(v, u, None, 0.1, 0, 0.0, 0)
     with pytest.raises(ArgumentError, match="x_zero_point"):
         kernels.QuantizedLowRank(v, u, None, 0.1, 300, 0.1, 0)
+
+
+def test_quantized_lowrank_refuses_non_finite_and_empty_factors_naming_them():
+    # a NaN row of v used to get scale 1 and codes 0 (a silently different layer); Inf in
+    # v or the bias was reported as "scale", a NaN bias as an inner-dimension bound; r = 0,
+    # n = 0 and bad calibration inputs gave bare NumPy errors
+    f = np.float32
+    v, u, b, x = np.ones((2, 3), f), np.ones((4, 2), f), np.ones(4, f), np.ones((5, 3), f)
+    for bad in (np.nan, np.inf, -np.inf):
+        vb, ub, bb = v.copy(), u.copy(), b.copy()
+        vb[0, 0], ub[1, 1], bb[2] = bad, bad, bad
+        for args, name in (((vb, u, b), "v"), ((v, ub, b), "u"), ((v, u, bb), "bias")):
+            with pytest.raises(ArgumentError, match=f"^{name}: expected finite values"):
+                kernels.QuantizedLowRank(*args, 0.1, 0, 0.1, 0)
+            with pytest.raises(ArgumentError, match=f"^{name}: expected finite values"):
+                kernels.QuantizedLowRank.calibrate(*args, x)
+    for vb, ub in ((np.ones((0, 3), f), np.ones((4, 0), f)), (np.ones((2, 0), f), u)):
+        with pytest.raises(ShapeError, match=r"^v: expected a rank r >= 1 and n >= 1"):
+            kernels.QuantizedLowRank(vb, ub, b, 0.1, 0, 0.1, 0)
+    for xb in (np.ones((2, 4), f), np.ones((0, 3), f)):
+        with pytest.raises(ShapeError, match=r"^x: expected calibration inputs of shape \(N >= 1, 3\)"):
+            kernels.QuantizedLowRank.calibrate(v, u, b, xb)
+    q = kernels.QuantizedLowRank.calibrate(v, u, b, x)  # the valid layer still builds
+    assert q.r == 2 and q.n == 3 and q.m == 4
