@@ -208,7 +208,7 @@ def attention(q, k, v, heads, scale, mask=None) -> np.ndarray:
         raise ArgumentError(f"scale: expected a number finite in {q.dtype.name}, got {scale!r}")
     if mask is not None:
         mask = check_array(mask, "mask", dtypes=(q.dtype,), shape=(B, S), contiguous=True)
-    if B == 0 or S == 0:
+    if B == 0 or S == 0 or H == 0:  # nothing to compute (H = 0: heads of width 0, any heads)
         return np.empty(q.shape, q.dtype)
     if q.dtype == np.float32:
         return dispatch("attention", q, k, v, heads, scale, mask)

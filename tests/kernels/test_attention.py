@@ -217,6 +217,19 @@ def test_empty_and_non_contiguous_inputs():
     assert_within_bound(got, A.attention_exact(q, q, q, 2, 0.5), A.attention_error_bound(q, q, q, 2, 0.5), what="nc")
 
 
+@pytest.mark.parametrize("backend,isa", VARIANTS)
+def test_attention_zero_width_heads_give_the_empty_result_on_every_backend(backend, isa):
+    # H = 0 (every heads divides it): the NumPy backend returned (2, 3, 0), C raised
+    # RuntimeError "this is a bug" from the workspace size
+    for dtype in (np.float32, np.float64):
+        q = np.zeros((2, 3, 0), dtype)
+        m = np.zeros((2, 3), dtype)
+        with kernels.use(backend, isa=isa):
+            for heads, mask in ((1, None), (4, m)):
+                ctx = kernels.attention(q, q, q, heads, 1.0, mask)
+                assert ctx.shape == (2, 3, 0) and ctx.dtype == dtype
+
+
 @pytest.mark.skipif(not kernels.available()["c_built"], reason="C extension not built")
 def test_unavailable_isa_is_an_error_not_a_fallback():
     q = np.ones((1, 2, 4), np.float32)
