@@ -13,11 +13,14 @@ invariant, so C and NumPy differ in the last bits; both are held to the forward-
 bound of the summation (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
 eq. 3.5), element by element, against the exact result computed in float64:
 
-    |y_hat - y| <= gamma_n (|x| |v|^T) |u|^T + gamma_{r+1} ((|h| + gamma_n |x| |v|^T) |u|^T + |bias|),
-    gamma_k = k u / (1 - k u),  u = 2^-24,
+    |y_hat - y| <= E_h |u|^T + gamma_{r+1} ((|h| + E_h) |u|^T + |bias|) + (r + 1) 2^-149,
+    E_h = gamma_n |x| |v|^T + n 2^-149,   gamma_k = k u / (1 - k u),  u = 2^-24,
 
 the first term being the error of h carried through u, the second the error of the second
-sum (r products and the bias add).  :func:`lowrank_error_bound` computes it.
+sum (r products and the bias add).  The 2^-149 terms cover products that underflow into the
+subnormal range (each off by at most half a subnormal spacing, 2^-150, kept at 2^-149 as
+the sparse kernels' bound does; sums of subnormals are exact): n per element of h, r + 1
+per element of y.  :func:`lowrank_error_bound` computes it.
 
 int8 (op ``lowrank_linear_q8``).  Both factors are quantized symmetrically per output row
 (int8, narrow range [-127, 127]); the activation x arrives as uint8 with (s_x, z_x).  The
@@ -64,6 +67,8 @@ __all__ = ["PackedLowRank", "pack_lowrank", "lowrank_linear", "lowrank_batch1_th
            "QuantizedLowRank", "lowrank_linear_q8", "gamma"]
 
 U32 = 2.0 ** -24
+#: 2^-149, the subnormal spacing of float32: twice the error of a product rounded to it
+_TINY = 2.0 ** -149
 
 
 def gamma(k: int, unit_roundoff: float = U32) -> float:
@@ -160,8 +165,8 @@ def _lowrank_linear_c(x, p, isa, threads):
     return y
 
 
-_TOL_DOC = ("|y - y_exact| <= gamma_n (|x||v|^T)|u|^T + gamma_{r+1} ((|h| + gamma_n |x||v|^T)|u|^T "
-            "+ |bias|), element-wise, gamma_k = k 2^-24 / (1 - k 2^-24)")
+_TOL_DOC = ("|y - y_exact| <= E_h |u|^T + gamma_{r+1} ((|h| + E_h)|u|^T + |bias|) + (r + 1) 2^-149, "
+            "E_h = gamma_n |x||v|^T + n 2^-149, element-wise, gamma_k = k 2^-24 / (1 - k 2^-24)")
 register(Op("lowrank_linear", lowrank_linear_reference, _lowrank_linear_c, ("portable", "avx2", "avx512"),
             tolerance=U32, tolerance_doc=_TOL_DOC, doc=__doc__))
 
@@ -212,14 +217,17 @@ def _check_args(x, v, u, bias):
 
 
 def lowrank_error_bound(x, v, u, bias=None) -> np.ndarray:
-    """The element-wise bound on |y_hat - y_exact| of the module docstring, float64 [B, m]."""
+    """The element-wise bound on |y_hat - y_exact| of the module docstring, float64 [B, m]:
+    E_h |u|^T + gamma_{r+1} ((|h| + E_h) |u|^T + |bias|) + (r + 1) 2^-149, with
+    E_h = gamma_n |x| |v|^T + n 2^-149 (the 2^-149 terms: products in the subnormal range)."""
     x64, v64, u64 = (np.abs(np.asarray(a, np.float64)) for a in (x, v, u))
     n, r = v64.shape[1], v64.shape[0]
     hx = x64 @ v64.T  # sum |x||v|
     h_abs = np.abs(np.asarray(x, np.float64) @ np.asarray(v, np.float64).T)
     b = 0.0 if bias is None else np.abs(np.asarray(bias, np.float64))
     gn, gr = gamma(n), gamma(r + 1)
-    return gn * (hx @ u64.T) + gr * ((h_abs + gn * hx) @ u64.T + b)
+    e_h = gn * hx + n * _TINY  # the error of each element of h
+    return e_h @ u64.T + gr * ((h_abs + e_h) @ u64.T + b) + (r + 1) * _TINY
 
 
 # ---- int8 ---------------------------------------------------------------------------------------

@@ -681,3 +681,23 @@ def test_quantized_lowrank_refuses_non_finite_and_empty_factors_naming_them():
             kernels.QuantizedLowRank.calibrate(v, u, b, xb)
     q = kernels.QuantizedLowRank.calibrate(v, u, b, x)  # the valid layer still builds
     assert q.r == 2 and q.n == 3 and q.m == 4
+
+
+@pytest.mark.parametrize("variant", kernel_variants("lowrank_linear"), ids=lambda v: f"{v[0]}-{v[1]}")
+def test_lowrank_error_bound_covers_subnormal_products(variant):
+    # x and v at 1e-20: every product of h is in float32's subnormal range, where rounding
+    # is absolute (2^-150), not relative; the bound had no such term and every backend
+    # exceeded it ~67 times
+    rng = np.random.default_rng(0)
+    f = np.float32
+    for n, r, m, B in ((3, 2, 4, 2), (37, 5, 9, 1), (64, 16, 33, 7)):
+        x = (rng.standard_normal((B, n)) * 1e-20).astype(f)
+        v = (rng.standard_normal((r, n)) * 1e-20).astype(f)
+        u = rng.standard_normal((m, r)).astype(f)
+        b = (rng.standard_normal(m) * 1e-44).astype(f)  # subnormal bias
+        exact = (x.astype(np.float64) @ v.T.astype(np.float64)) @ u.T.astype(np.float64) + b
+        bound = lowrank_error_bound(x, v, u, b)
+        with kernels.use(variant[0], isa=variant[1]):
+            y = kernels.lowrank_linear(x, kernels.pack_lowrank(v, u, b))
+        err = np.abs(y.astype(np.float64) - exact)
+        assert np.all(err <= bound), f"{variant} n={n}: max err / bound {float((err / bound).max()):.3g}"
