@@ -236,3 +236,32 @@ def test_unavailable_isa_is_an_error_not_a_fallback():
     with kernels.use("c", isa="avx2"):
         with pytest.raises(BackendError, match="attention"):
             kernels.attention(q, q, q, 1, 0.5)
+
+
+def test_attention_error_bound_precondition_reported_when_float32_scores_overflow():
+    # q . k ~ 1e40 overflows float32 (then times scale 1e-30: inf - inf = NaN) where the
+    # float64 reference is finite: outside the bound's precondition, and the checker says so
+    from refcompress.kernels.attention import scores_may_overflow
+    from refcompress.testing.attention import AttentionCase, check_attention_case
+
+    rng = np.random.default_rng(0)
+    q, k = ((rng.standard_normal((1, 4, 8)) * 1e20).astype(np.float32) for _ in range(2))
+    v = rng.standard_normal((1, 4, 8)).astype(np.float32)
+    assert scores_may_overflow(q, k, 2, 1e-30).any()
+    case = AttentionCase(q, k, v, 2, 1e-30, None)
+
+    def overflowing(q, k, v, heads, scale, mask=None):  # what the float32 C kernel gives
+        return np.full(q.shape, np.nan, np.float32)
+
+    with pytest.raises(AssertionError, match="outside attention_error_bound's precondition"):
+        check_attention_case(overflowing, case)
+    # in range: no flag, even with finfo.min padding absorbing large scores
+    q1 = rng.standard_normal((2, 5, 8)).astype(np.float32) * 30
+    m = np.zeros((2, 5), np.float32)
+    m[:, 3:] = np.finfo(np.float32).min
+    assert not scores_may_overflow(q1, q1, 2, 1.0, m).any()
+    m[:, 4] = -np.inf
+    assert not scores_may_overflow(q1, q1, 2, 1.0, m).any()
+    assert scores_may_overflow(q1 * 1e18, q1 * 1e18, 2, 1e-30).any()  # the dot product overflows
+    big = scores_may_overflow(q1 * 1e15, q1 * 1e15, 2, 1.0, m)  # scores ~1e34 + finfo.min do
+    assert big[..., 3].any() and not big[..., :3].any() and not big[..., 4].any()
