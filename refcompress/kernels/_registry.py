@@ -13,7 +13,12 @@ derived bound).  ``dispatch`` chooses the implementation from the current settin
 
 The process-wide setting comes from ``REFCOMPRESS_BACKEND`` / ``REFCOMPRESS_THREADS`` or
 ``set_backend`` / ``set_num_threads``; ``use(...)`` overrides it within a ``with`` block
-(per thread / async task, through a ContextVar).
+(per thread / async task, through a ContextVar).  A block overrides only what it is given:
+the rest follows the live surrounding setting, so ``set_num_threads`` (or ``set_backend``)
+called inside ``with use("c"):`` takes effect inside the block too, while a block's own
+``threads=`` (or backend / isa) wins over it.  An ISA variant applies to the C backend:
+``set_backend("numpy", isa=...)``, ``use("numpy", isa=...)`` and ``use(isa=...)`` where the
+backend in force is "numpy" raise ArgumentError.
 """
 
 from __future__ import annotations
@@ -88,16 +93,59 @@ def _env_setting() -> Setting:
     return Setting(backend, None, threads or None)
 
 
+class _Layer:
+    """A ``use(...)`` block: the fields it was given (None: follow the surrounding setting,
+    ``parent`` or the process-wide one), composed over the live process-wide setting.  The
+    composition is kept with the process-wide Setting object it was made from, so that
+    :func:`current` returns the same object until ``set_backend`` / ``set_num_threads``
+    make a new one (the kept dispatch decisions depend on that identity)."""
+
+    __slots__ = ("parent", "backend", "isa", "threads", "cache")
+
+    def __init__(self, parent, backend, isa, threads):
+        self.parent, self.backend, self.isa, self.threads = parent, backend, isa, threads
+        self.cache = (None, None)
+
+    def compose(self) -> Setting:
+        g = _global
+        p = self.parent
+        if p is None:
+            outer = g
+        else:
+            c = p.cache
+            outer = c[1] if c[0] is g else p.compose()
+        backend = self.backend if self.backend is not None else outer.backend
+        if self.isa is not None:
+            isa = self.isa
+        else:  # a block naming a backend starts from that backend's best variant
+            isa = outer.isa if self.backend is None else None
+        if backend == "numpy":
+            isa = None  # (the process-wide backend set to numpy inside a block given an isa)
+        threads = self.threads if self.threads is not None else outer.threads
+        s = Setting(backend, isa, threads)
+        old = self.cache[1]
+        if old == s:
+            s = old  # the same object while nothing changed
+        self.cache = (g, s)
+        return s
+
+
 _global = _env_setting()
-_override: contextvars.ContextVar[Setting | None] = contextvars.ContextVar(
+_override: contextvars.ContextVar[_Layer | None] = contextvars.ContextVar(
     "refcompress_kernel_setting", default=None
 )
 _warned_fallback = False
 
 
 def current() -> Setting:
-    """The setting in force for this thread / task."""
-    return _override.get() or _global
+    """The setting in force for this thread / task (the same object while it does not change)."""
+    o = _override.get()
+    if o is None:
+        return _global
+    c = o.cache
+    if c[0] is _global:
+        return c[1]
+    return o.compose()
 
 
 def _check_isa(isa):
@@ -111,9 +159,13 @@ def _check_threads(threads):
 
 
 def set_backend(backend: str, isa: str | None = None) -> None:
-    """Set the process-wide backend (``"auto" | "c" | "numpy"``) and optional ISA variant."""
+    """Set the process-wide backend (``"auto" | "c" | "numpy"``) and optional ISA variant
+    (not with "numpy": ArgumentError).  Seen inside ``use(...)`` blocks that do not name a
+    backend of their own."""
     global _global
     check_choice(backend, "backend", BACKENDS)
+    if isa is not None and backend == "numpy":
+        raise ArgumentError("isa: an ISA variant applies to the 'c' backend, not 'numpy'")
     _global = Setting(backend, _check_isa(isa), _global.threads)
 
 
@@ -122,7 +174,8 @@ def get_backend() -> str:
 
 
 def set_num_threads(threads: int | None) -> None:
-    """Threads the C kernels use (None: OpenMP's default, normally one per core)."""
+    """Threads the C kernels use (None: OpenMP's default, normally one per core).
+    Process-wide, and seen inside ``use(...)`` blocks that do not set ``threads=`` themselves."""
     global _global
     _global = Setting(_global.backend, _global.isa, _check_threads(threads))
 
@@ -140,22 +193,26 @@ def use(backend: str | None = None, isa: str | None = None, threads: int | None 
 
     ``use("c", isa="avx2")`` runs every op through its AVX2 variant and raises
     :class:`~refcompress.errors.BackendError` for an op that has none or a CPU that cannot
-    run it; ``use("numpy")`` runs the references.  Arguments left as None keep the
-    surrounding setting.
+    run it; ``use("numpy")`` runs the references.  Arguments left as None follow the
+    surrounding setting, live: ``set_num_threads`` / ``set_backend`` called inside the block
+    change what the block runs unless the block set that field itself.  A block naming a
+    backend but no ISA starts from that backend's best variant.  An ``isa`` where the backend
+    in force is "numpy" (``use("numpy", isa=...)``, or ``use(isa=...)`` inside a numpy
+    block or under ``set_backend("numpy")``) raises ArgumentError.  Yields the setting in
+    force when the block starts.
     """
     outer = current()
     if backend is not None:
         check_choice(backend, "backend", BACKENDS)
-    if isa is not None and backend == "numpy":
-        raise ArgumentError("isa: an ISA variant applies to the 'c' backend, not 'numpy'")
-    setting = Setting(
-        backend if backend is not None else outer.backend,
-        _check_isa(isa) if isa is not None else (outer.isa if backend is None else None),
-        _check_threads(threads) if threads is not None else outer.threads,
-    )
-    token = _override.set(setting)
+    if isa is not None:
+        _check_isa(isa)
+        if (backend if backend is not None else outer.backend) == "numpy":
+            raise ArgumentError("isa: an ISA variant applies to the 'c' backend, not 'numpy'"
+                                + ("" if backend is not None else " (the backend in force here)"))
+    layer = _Layer(_override.get(), backend, isa, _check_threads(threads))
+    token = _override.set(layer)
     try:
-        yield setting
+        yield layer.compose()
     finally:
         _override.reset(token)
 

@@ -35,7 +35,7 @@ from . import _native
 from ._registry import Op, check_rc, dispatch, ops, register
 from .nnops import EXP_REL_ERROR, U, U64, _EXP_MIN, _SECOND_ORDER, _TINY, _gamma
 
-__all__ = ["attention", "attention_reference", "attention_error_bound", "attention_exact"]
+__all__ = ["attention", "attention_reference", "attention_error_bound", "attention_exact", "scores_may_overflow"]
 
 _FLOATS = (np.float32, np.float64)
 
@@ -112,6 +112,13 @@ def attention_error_bound(q, k, v, heads, scale, mask=None) -> np.ndarray:
     (4e-5) relative to sum_j P_j |v_j|: the score error (2 gamma_d |scale| sum|q||k|,
     ~290 u) and gamma_{S-1} + gamma_S (~230 u) dominate; scores of 1e4 give D ~ 1e-2 and a
     correspondingly wider bound.  Rows whose z are all -inf are exact (0); NaN rows must be NaN.
+
+    Precondition: every float32 score the kernel forms is finite -- the dot product's
+    partial sums, its product with scale and the sum with a finite mask do not overflow
+    (:func:`scores_may_overflow` tests a sufficient condition).  Where one overflows (e.g.
+    q, k of 1e20 and scale 1e-30: q.k ~ 1e40 is inf in float32, inf - inf is NaN) the
+    float32 kernel gives NaN or inf where the float64 reference is finite, and no bound on
+    the difference exists.
     """
     B, S, H = q.shape
     d = H // heads
@@ -149,6 +156,29 @@ def attention_error_bound(q, k, v, heads, scale, mask=None) -> np.ndarray:
         bound = np.matmul(dp, av) + (_gamma(S) + _gamma(S, U64)) * pv * _SECOND_ORDER + S * 2.0 ** -149
         bound = np.where(np.isnan(bound), np.inf, bound)
     return _merge(bound)
+
+
+#: The smallest magnitude float32 rounding to nearest turns into inf: FLT_MAX + half its ulp.
+_F32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+def scores_may_overflow(q, k, heads, scale, mask=None) -> np.ndarray:
+    """Where :func:`attention_error_bound`'s precondition may fail: bool [B, heads, S, S],
+    True for a (batch, head, query, key) whose float32 score could overflow -- the dot
+    product's partial sums ((1 + gamma_d) sum_c |q_c||k_c|), the scaled score, or its sum
+    with a finite mask reaching the float32 overflow threshold 2^128 - 2^103.  A sufficient
+    test (False means the score is certainly finite; non-finite inputs are not flagged)."""
+    d = q.shape[2] // heads
+    sc = abs(float(np.asarray(scale, np.float32)))
+    Q, K = (_split(np.asarray(t, np.float64), heads) for t in (q, k))
+    with np.errstate(all="ignore"):
+        dot = (1.0 + _gamma(d)) * np.matmul(np.abs(Q), np.abs(K).transpose(0, 1, 3, 2)) + d * 2.0 ** -149
+        t = sc * dot * (1.0 + U) + 2.0 ** -149
+        over = (dot >= _F32_OVERFLOW) | (t >= _F32_OVERFLOW)
+        if mask is not None:
+            m = np.abs(np.asarray(mask, np.float64))[:, None, None, :]
+            over |= np.isfinite(m) & (t + m >= _F32_OVERFLOW)
+    return over & np.isfinite(dot)
 
 
 # ---- C implementation ---------------------------------------------------------------------------
@@ -208,7 +238,7 @@ def attention(q, k, v, heads, scale, mask=None) -> np.ndarray:
         raise ArgumentError(f"scale: expected a number finite in {q.dtype.name}, got {scale!r}")
     if mask is not None:
         mask = check_array(mask, "mask", dtypes=(q.dtype,), shape=(B, S), contiguous=True)
-    if B == 0 or S == 0:
+    if B == 0 or S == 0 or H == 0:  # nothing to compute (H = 0: heads of width 0, any heads)
         return np.empty(q.shape, q.dtype)
     if q.dtype == np.float32:
         return dispatch("attention", q, k, v, heads, scale, mask)

@@ -13,11 +13,14 @@ invariant, so C and NumPy differ in the last bits; both are held to the forward-
 bound of the summation (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002,
 eq. 3.5), element by element, against the exact result computed in float64:
 
-    |y_hat - y| <= gamma_n (|x| |v|^T) |u|^T + gamma_{r+1} ((|h| + gamma_n |x| |v|^T) |u|^T + |bias|),
-    gamma_k = k u / (1 - k u),  u = 2^-24,
+    |y_hat - y| <= E_h |u|^T + gamma_{r+1} ((|h| + E_h) |u|^T + |bias|) + (r + 1) 2^-149,
+    E_h = gamma_n |x| |v|^T + n 2^-149,   gamma_k = k u / (1 - k u),  u = 2^-24,
 
 the first term being the error of h carried through u, the second the error of the second
-sum (r products and the bias add).  :func:`lowrank_error_bound` computes it.
+sum (r products and the bias add).  The 2^-149 terms cover products that underflow into the
+subnormal range (each off by at most half a subnormal spacing, 2^-150, kept at 2^-149 as
+the sparse kernels' bound does; sums of subnormals are exact): n per element of h, r + 1
+per element of y.  :func:`lowrank_error_bound` computes it.
 
 int8 (op ``lowrank_linear_q8``).  Both factors are quantized symmetrically per output row
 (int8, narrow range [-127, 127]); the activation x arrives as uint8 with (s_x, z_x).  The
@@ -54,6 +57,7 @@ import numpy as np
 from .._validation import check_array, check_float, check_int
 from ..errors import ArgumentError, ShapeError
 from . import _native, _registry
+from ._frozen import Frozen
 from ._registry import Op, check_rc, register
 from .qgemm import (INT32_MAX, Dequantize, Requantize, _epilogue, _output_spec, k_bound, pack_weights,
                     qgemm_reference)
@@ -63,6 +67,8 @@ __all__ = ["PackedLowRank", "pack_lowrank", "lowrank_linear", "lowrank_batch1_th
            "QuantizedLowRank", "lowrank_linear_q8", "gamma"]
 
 U32 = 2.0 ** -24
+#: 2^-149, the subnormal spacing of float32: twice the error of a product rounded to it
+_TINY = 2.0 ** -149
 
 
 def gamma(k: int, unit_roundoff: float = U32) -> float:
@@ -76,13 +82,16 @@ def gamma(k: int, unit_roundoff: float = U32) -> float:
 _F32, _U8 = np.dtype(np.float32), np.dtype(np.uint8)
 
 
-class PackedLowRank:
+class PackedLowRank(Frozen):
     """float32 factors v [r, n], u [m, r] and bias [m] (or None), validated and packed once
     for the C kernel: v^T and u^T in 32-column panels, and v itself, which batch 1 reads
     row by row, as a copy at a cache-line start (r * n floats more than the caller's v;
     docs/lowrank.md section 7).  The reference reads the same v, u, bias.  The C kernel
     reads that v, the panels made from v and u here, and the caller's bias: pack again
-    after editing any of them in place."""
+    after editing any of them in place.  Attributes cannot be reassigned after construction
+    (AttributeError): the C kernel trusts the sizes and pointers set here."""
+
+    _FROZEN_HINT = "pack_lowrank the new factors"
 
     def __init__(self, v, u, bias=None):
         v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True)
@@ -105,6 +114,7 @@ class PackedLowRank:
         self._c_args = None
         if _native.lib is not None and not self.empty:
             self._pack()
+        self._freeze()
 
     def __reduce__(self):
         # pickle / deepcopy: cffi pointers cannot be copied, so the copy is packed anew
@@ -116,13 +126,14 @@ class PackedLowRank:
         lib, ptr = _native.lib, _native.ptr
         n, r, m = self.n, self.r, self.m
         # at a cache-line start, as v is: the kernels stream both with 64-byte loads
-        self.packed = _native.aligned_empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
+        packed = _native.aligned_empty(lib.rc_lowrank_packed_size(n, r, m), np.float32)
         check_rc(lib.rc_lowrank_pack_f32(ptr("float *", self.v), ptr("float *", self.u), n, r, m,
-                                         ptr("float *", self.packed)), "pack_lowrank")
-        self._c_args = (ptr("float *", self.v), ptr("float *", self.packed),
-                        _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
-        self._ws1 = lib.rc_lowrank_workspace_size(1, r)
-        return self._c_args
+                                         ptr("float *", packed)), "pack_lowrank")
+        c_args = (ptr("float *", self.v), ptr("float *", packed),
+                  _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
+        # written directly: the object may already be frozen (packed lazily by a first call)
+        self.__dict__.update(packed=packed, _c_args=c_args, _ws1=lib.rc_lowrank_workspace_size(1, r))
+        return c_args
 
     def __repr__(self):
         return f"PackedLowRank(n={self.n}, r={self.r}, m={self.m}, bias={self.bias is not None})"
@@ -154,8 +165,8 @@ def _lowrank_linear_c(x, p, isa, threads):
     return y
 
 
-_TOL_DOC = ("|y - y_exact| <= gamma_n (|x||v|^T)|u|^T + gamma_{r+1} ((|h| + gamma_n |x||v|^T)|u|^T "
-            "+ |bias|), element-wise, gamma_k = k 2^-24 / (1 - k 2^-24)")
+_TOL_DOC = ("|y - y_exact| <= E_h |u|^T + gamma_{r+1} ((|h| + E_h)|u|^T + |bias|) + (r + 1) 2^-149, "
+            "E_h = gamma_n |x||v|^T + n 2^-149, element-wise, gamma_k = k 2^-24 / (1 - k 2^-24)")
 register(Op("lowrank_linear", lowrank_linear_reference, _lowrank_linear_c, ("portable", "avx2", "avx512"),
             tolerance=U32, tolerance_doc=_TOL_DOC, doc=__doc__))
 
@@ -206,14 +217,17 @@ def _check_args(x, v, u, bias):
 
 
 def lowrank_error_bound(x, v, u, bias=None) -> np.ndarray:
-    """The element-wise bound on |y_hat - y_exact| of the module docstring, float64 [B, m]."""
+    """The element-wise bound on |y_hat - y_exact| of the module docstring, float64 [B, m]:
+    E_h |u|^T + gamma_{r+1} ((|h| + E_h) |u|^T + |bias|) + (r + 1) 2^-149, with
+    E_h = gamma_n |x| |v|^T + n 2^-149 (the 2^-149 terms: products in the subnormal range)."""
     x64, v64, u64 = (np.abs(np.asarray(a, np.float64)) for a in (x, v, u))
     n, r = v64.shape[1], v64.shape[0]
     hx = x64 @ v64.T  # sum |x||v|
     h_abs = np.abs(np.asarray(x, np.float64) @ np.asarray(v, np.float64).T)
     b = 0.0 if bias is None else np.abs(np.asarray(bias, np.float64))
     gn, gr = gamma(n), gamma(r + 1)
-    return gn * (hx @ u64.T) + gr * ((h_abs + gn * hx) @ u64.T + b)
+    e_h = gn * hx + n * _TINY  # the error of each element of h
+    return e_h @ u64.T + gr * ((h_abs + e_h) @ u64.T + b) + (r + 1) * _TINY
 
 
 # ---- int8 ---------------------------------------------------------------------------------------
@@ -262,25 +276,30 @@ def _rebuild_quantized_lowrank(state):
     q = object.__new__(QuantizedLowRank)
     state.setdefault("bias", None)  # (pickled before the layer kept its float bias: bias_q has it)
     q.__dict__.update(state)
-    q._c_args = None
-    q._ws_last = (-1, 0)  # sized by this build's rc_lowrank_q8_workspace_size, not the pickler's
+    # the workspace size from this build's rc_lowrank_q8_workspace_size, not the pickler's
+    q.__dict__.update(_c_args=None, _ws_last=(-1, 0))
     if _native.lib is not None and not q.empty:
         q._prepare_c()
+    q._freeze()
     return q
 
 
-class QuantizedLowRank:
+class QuantizedLowRank(Frozen):
     """An int8 factored Linear: quantized factors packed for qgemm, and the scales.
 
     v_q [r, n] int8 with s_v [r], u_q [m, r] int8 with s_u [m] (symmetric per row), the
     input's (s_x, z_x) and the intermediate's (s_h, z_h) (uint8, affine), bias_q [m] int32.
     Build with the constructor (given the activation quantizers), :meth:`calibrate`
     (which measures them on calibration inputs) or :meth:`from_codes` (factors already
-    quantized, e.g. a saved layer's).
+    quantized, e.g. a saved layer's).  Attributes cannot be reassigned after construction
+    (AttributeError): the C kernel trusts the sizes, scales and pointers set here.
     """
 
+    _FROZEN_HINT = "build a new QuantizedLowRank (constructor, calibrate or from_codes)"
+
     def __init__(self, v, u, bias, x_scale, x_zero_point, h_scale, h_zero_point):
-        p = PackedLowRank(v, u, bias)  # validates shapes and dtypes
+        v, u, bias = _float_factors(v, u, bias)
+        p = PackedLowRank(v, u, bias)  # validates shapes
         v_q, v_scale = _sym_int8(p.v)
         # s_u_j = max(max|u_j| / 127, |b_j| / (s_h B)): the bias code fits the int32 sum
         u_q, u_scale = _sym_int8(p.u, _u_min_scale(p.bias, p.r, h_scale, h_zero_point))
@@ -352,6 +371,7 @@ class QuantizedLowRank:
         self._ws_last = (-1, 0)
         if _native.lib is not None and not self.empty:
             self._prepare_c()
+        self._freeze()
 
     #: what _prepare_c derives (cffi pointers and the arrays they point into), and the
     #: workspace size of the last batch (a size from another build could be too small)
@@ -370,24 +390,28 @@ class QuantizedLowRank:
         lib, ptr = _native.lib, _native.ptr
         epi_h, keep_h, _ = _epilogue(self._spec1, None, self.r)
         epi_y, keep_y, _ = _epilogue(self._spec2, self.bias_q, self.m)
-        self._cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
-        self._signed = _native.aligned_empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
+        cols = np.empty(lib.rc_lowrank_q8_cols_size(self.r, self.m), np.int32)
+        signed = _native.aligned_empty(lib.rc_lowrank_q8_signed_size(self.n, self.r, self.m), np.uint8)
         pv, pu = ptr("void *", self.packed_v.packed), ptr("void *", self.packed_u.packed)
         check_rc(lib.rc_lowrank_q8_prepare(self.n, self.r, self.m, self.x_zero_point, self.h_zero_point,
                                            ptr("int32_t *", self.packed_v.col_sums),
                                            ptr("int32_t *", self.packed_u.col_sums), pv, pu,
-                                           ptr("int32_t *", self._cols), ptr("void *", self._signed)),
+                                           ptr("int32_t *", cols), ptr("void *", signed)),
                  "QuantizedLowRank")
-        self._keep = (keep_h, keep_y)  # the arrays the epilogues point into
-        self._c_args = (pv, pu, ptr("int32_t *", self._cols), ptr("void *", self._signed), epi_h, epi_y)
-        return self._c_args
+        c_args = (pv, pu, ptr("int32_t *", cols), ptr("void *", signed), epi_h, epi_y)
+        # written directly: the object may already be frozen (prepared lazily by a first call)
+        self.__dict__.update(_cols=cols, _signed=signed, _keep=(keep_h, keep_y), _c_args=c_args)
+        return c_args
 
     @classmethod
     def calibrate(cls, v, u, bias, x) -> "QuantizedLowRank":
         """Choose (s_x, z_x) and (s_h, z_h) from the min / max of float32 calibration inputs
         x [N, n] and their h = x v^T (ranges widened to include 0, uint8 affine)."""
+        v, u, bias = _float_factors(v, u, bias)
         x = check_array(x, "x", dtypes=[np.float32], ndim=2, finite=True)
-        v = check_array(v, "v", dtypes=[np.float32], ndim=2)
+        if x.shape[0] == 0 or x.shape[1] != v.shape[1]:
+            raise ShapeError(f"x: expected calibration inputs of shape (N >= 1, {v.shape[1]}) "
+                             f"(n = v.shape[1]), got {x.shape}")
         sx, zx = _affine_u8(x)
         sh, zh = _affine_u8(x @ v.T)
         return cls(v, u, bias, sx, zx, sh, zh)
@@ -399,6 +423,18 @@ class QuantizedLowRank:
 
     def __repr__(self):
         return f"QuantizedLowRank(n={self.n}, r={self.r}, m={self.m})"
+
+
+def _float_factors(v, u, bias):
+    """The float factors the int8 layer quantizes: finite (a NaN row scale would become 1
+    and its codes 0, silently), r >= 1 and n >= 1 (nothing to quantize otherwise)."""
+    v = check_array(v, "v", dtypes=[np.float32], ndim=2, contiguous=True, finite=True)
+    if v.shape[0] == 0 or v.shape[1] == 0:
+        raise ShapeError(f"v: expected a rank r >= 1 and n >= 1 to quantize, got shape {v.shape}")
+    u = check_array(u, "u", dtypes=[np.float32], ndim=2, contiguous=True, finite=True)
+    if bias is not None:
+        bias = check_array(bias, "bias", dtypes=[np.float32], ndim=1, contiguous=True, finite=True)
+    return v, u, bias
 
 
 def _affine_u8(a):
@@ -423,7 +459,7 @@ def _lowrank_linear_q8_c(x_q, q, isa, threads):
     y = np.empty((B, q.m), _F32)
     last = q._ws_last  # (batch, workspace bytes) of the previous call: a layer mostly sees one batch
     if last[0] != B:
-        last = q._ws_last = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+        last = q.__dict__["_ws_last"] = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
     ws = _native.workspace(last[1])
     if x_q.itemsize == 1:  # uint8 (by value: a dtype object equal to uint8 need not be _U8)
         rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),

@@ -48,6 +48,7 @@ import numpy as np
 from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, DTypeError, ShapeError
 from . import _native
+from ._frozen import Frozen
 from ._registry import Op, check_rc, current, dispatch, register, resolve, selected_variant
 
 __all__ = [
@@ -465,7 +466,7 @@ CSR_TILES = True
 _SAME = object()
 
 
-class PackedCSR:
+class PackedCSR(Frozen):
     """A CSR weight ``W [out, in]`` (and optional bias) validated once and prepared for
     :func:`spmm_csr`: contiguous arrays, their C pointers, and the batch-1 form ``form``
     asks for ("auto": by density and ISA).  ``spmm_csr(x, packed)`` then skips the O(nnz)
@@ -484,7 +485,15 @@ class PackedCSR:
     values as packed): after changing values in place, take them in with
     ``packed = packed.with_values(values)``.  ``source_values`` is the array given.
     (SparseLinear does this for every new values array; its optimisers assign new arrays.)
+    In the "sell" form ``values`` is read-only (an in-place change raises ValueError
+    instead of leaving the packed copy stale): ``with_values`` is the way to new values.
+
+    Attributes cannot be reassigned after construction (AttributeError): the kernels trust
+    the sizes, arrays and pointers checked here.  ``with_values`` gives new values or bias,
+    :func:`pack_csr` a new structure.
     """
+
+    _FROZEN_HINT = "use with_values(values, bias) for new values or bias, pack_csr for a new structure"
 
     def __init__(self, indptr, indices, values, shape, bias=None, *, form="auto", colblock="auto"):
         if not (isinstance(shape, tuple) and len(shape) == 2):
@@ -497,6 +506,7 @@ class PackedCSR:
         colblock = check_choice(colblock, "colblock", tuple(COLBLOCK))
         indptr, indices, values = _csr_arrays(indptr, indices, values, out_f)
         self._setup(indptr, indices, values, in_f, _bias(bias, out_f), form, colblock)
+        self._freeze()
 
     @classmethod
     def _from_checked(cls, indptr, indices, values, in_f, bias, form, colblock):
@@ -504,6 +514,7 @@ class PackedCSR:
         tiles, whose O(nnz) build only pays back over many calls)."""
         p = object.__new__(cls)
         p._setup(indptr, indices, values, in_f, bias, form, colblock, kept=False)
+        p._freeze()
         return p
 
     def _setup(self, indptr, indices, values, in_f, bias, form, colblock, kept=True):
@@ -563,8 +574,10 @@ class PackedCSR:
         if self.form == "sell":
             # The sell form's batch-1 kernel runs from its own slice-ordered copy; every other
             # product (batches > 1, the NumPy backend) runs from this copy, so that a PackedCSR
-            # gives one answer whatever the batch: values as they were when packed.
-            values = values.copy()
+            # gives one answer whatever the batch: values as they were when packed.  Read-only
+            # (a view of an immutable bytes object: no flag can make it writeable again), so an
+            # in-place edit fails instead of reaching some products and not others.
+            values = np.frombuffer(values.tobytes(), np.float32)
         self.values, self.bias = values, bias
         self._ws = None  # panel workspace, reused between calls (taken while a call runs)
         if _native.lib is None:
@@ -573,6 +586,7 @@ class PackedCSR:
         null = _native.ffi.NULL
         if self._sell is not None:  # the form's own copy of the values, in slice order
             self._sell_values, self._sell_c = _sell_values(self._sell, self._indptr, values)
+            self._sell_values.flags.writeable = False
             self._bias_c = null if bias is None else _native.ptr("float *", bias)
         self._c_args = (
             _native.ptr("void *", self._indptr), self._indptr.itemsize, _native.ptr("void *", self._indices),
@@ -587,7 +601,9 @@ class PackedCSR:
         values = check_array(values, "values", dtypes=[np.float32], shape=(self.nnz,), contiguous=True)
         new = object.__new__(PackedCSR)
         new.__dict__.update(self.__dict__)
+        new.__dict__["_frozen"] = False  # not yet shared: filled in, then frozen
         new._set_values(values, self.bias if bias is _SAME else _bias(bias, self.out_features))
+        new._freeze()
         return new
 
     def __reduce__(self):
@@ -662,7 +678,7 @@ def _repack(indptr, indices, values, shape, bias, form, colblock):
     return PackedCSR(indptr, indices, values, shape, bias, form=form, colblock=colblock)
 
 
-class PackedNM:
+class PackedNM(Frozen):
     """An N:M weight ``W [out, in]`` (and optional bias) validated once for :func:`spmm_nm`:
     ``spmm_nm(x, packed)`` then skips the O(nnz) check of the positions, about a third of a
     batch-1 call (2:4 at 1024 x 1024: ~14 of ~46 us).
@@ -672,8 +688,11 @@ class PackedNM:
     to take in a new structure.  ``values`` and ``bias`` are held, not copied (when already
     contiguous float32): changes made in place are seen by the next call.
     :meth:`with_values` swaps in a new values array of the same shape without re-checking
-    the positions (fine-tuning).
+    the positions (fine-tuning).  Attributes cannot be reassigned after construction
+    (AttributeError): use :meth:`with_values`, or :func:`pack_nm` for new positions.
     """
+
+    _FROZEN_HINT = "use with_values(values, bias) for new values or bias, pack_nm for new positions"
 
     def __init__(self, values, indices, n, m, bias=None):
         values, indices, n, m = _nm_arrays(values, indices, n, m)
@@ -685,6 +704,8 @@ class PackedNM:
         self.out_features = values.shape[0]
         self.in_features = values.shape[1] // n * m
         self.bias = _bias(bias, self.out_features)
+        self._vshape = values.shape  # what spmm_nm checks values and indices still have (O(1))
+        self._freeze()
 
     def with_values(self, values, bias=_SAME) -> "PackedNM":
         """A PackedNM of the same positions with new ``values [out, in / m * n]`` float32 and,
@@ -692,15 +713,16 @@ class PackedNM:
         values = check_array(values, "values", dtypes=[np.float32], shape=self.values.shape, contiguous=True)
         p = object.__new__(PackedNM)
         p.__dict__.update(self.__dict__)
-        p.values = values
+        p.__dict__["values"] = values  # (frozen: written before the object is shared)
         if bias is not _SAME:
-            p.bias = _bias(bias, self.out_features)
+            p.__dict__["bias"] = _bias(bias, self.out_features)
         return p
 
     def __reduce__(self):
         # pickle / deepcopy: the copy is packed (and its positions checked) anew from the
-        # given arrays, as PackedCSR's is
-        return (PackedNM, (self.values, self.source_indices, self.n, self.m, self.bias))
+        # frozen copy of the positions checked here, as PackedCSR's is (not from the caller's
+        # array, which may have changed since)
+        return (PackedNM, (self.values, self.indices, self.n, self.m, self.bias))
 
     def __repr__(self):
         return (f"PackedNM({self.n}:{self.m}, out_features={self.out_features}, in_features={self.in_features}, "
@@ -765,7 +787,7 @@ def _spmm_csr_c(x, p, *, isa, threads):
             ws = np.empty(need, np.uint8)
         rc = lib.rc_spmm_csr_f32(_native.ptr("float *", x), batch, in_f, p.out_features, *p._c_args,
                                  _native.ptr("float *", y), _native.ptr("void *", ws), isa, threads)
-        p._ws = ws
+        p.__dict__["_ws"] = ws  # (the object is frozen: its cache is written directly)
     check_rc(rc, "spmm_csr")
     return y
 
@@ -894,8 +916,16 @@ def spmm_nm(x, values, indices=None, n=None, m=None, bias=None):
         if extra:
             raise ArgumentError(f"{', '.join(extra)}: pass them to pack_nm, not with a PackedNM")
         p = values
-        if type(p.indices) is not np.ndarray or p.indices.flags.writeable or p.indices.shape != p.values.shape:
+        v, ind, b = p.values, p.indices, p.bias
+        if type(ind) is not np.ndarray or ind.flags.writeable:
             raise ArgumentError("values: a PackedNM whose positions were replaced after pack_nm; pack again")
+        # O(1): an array's shape or dtype can be set in place (a.shape = ..., a.dtype = ...),
+        # which would change the sizes the kernel derives from them
+        shape = p._vshape
+        if v.shape != shape or v.dtype != np.float32 or ind.shape != shape \
+                or (b is not None and (b.shape != (p.out_features,) or b.dtype != np.float32)):
+            raise ArgumentError(f"values: a PackedNM whose arrays were reshaped or retyped in place "
+                                f"(expected values and indices of shape {shape}, float32 / uint8); pack again")
         x2, lead = _x2d(x, p.in_features)
         y = dispatch("spmm_nm", x2, p.values, p.indices, p.n, p.m, p.bias)
         return y.reshape(lead + (p.out_features,))

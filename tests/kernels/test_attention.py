@@ -217,9 +217,51 @@ def test_empty_and_non_contiguous_inputs():
     assert_within_bound(got, A.attention_exact(q, q, q, 2, 0.5), A.attention_error_bound(q, q, q, 2, 0.5), what="nc")
 
 
+@pytest.mark.parametrize("backend,isa", VARIANTS)
+def test_attention_zero_width_heads_give_the_empty_result_on_every_backend(backend, isa):
+    # H = 0 (every heads divides it): the NumPy backend returned (2, 3, 0), C raised
+    # RuntimeError "this is a bug" from the workspace size
+    for dtype in (np.float32, np.float64):
+        q = np.zeros((2, 3, 0), dtype)
+        m = np.zeros((2, 3), dtype)
+        with kernels.use(backend, isa=isa):
+            for heads, mask in ((1, None), (4, m)):
+                ctx = kernels.attention(q, q, q, heads, 1.0, mask)
+                assert ctx.shape == (2, 3, 0) and ctx.dtype == dtype
+
+
 @pytest.mark.skipif(not kernels.available()["c_built"], reason="C extension not built")
 def test_unavailable_isa_is_an_error_not_a_fallback():
     q = np.ones((1, 2, 4), np.float32)
     with kernels.use("c", isa="avx2"):
         with pytest.raises(BackendError, match="attention"):
             kernels.attention(q, q, q, 1, 0.5)
+
+
+def test_attention_error_bound_precondition_reported_when_float32_scores_overflow():
+    # q . k ~ 1e40 overflows float32 (then times scale 1e-30: inf - inf = NaN) where the
+    # float64 reference is finite: outside the bound's precondition, and the checker says so
+    from refcompress.kernels.attention import scores_may_overflow
+    from refcompress.testing.attention import AttentionCase, check_attention_case
+
+    rng = np.random.default_rng(0)
+    q, k = ((rng.standard_normal((1, 4, 8)) * 1e20).astype(np.float32) for _ in range(2))
+    v = rng.standard_normal((1, 4, 8)).astype(np.float32)
+    assert scores_may_overflow(q, k, 2, 1e-30).any()
+    case = AttentionCase(q, k, v, 2, 1e-30, None)
+
+    def overflowing(q, k, v, heads, scale, mask=None):  # what the float32 C kernel gives
+        return np.full(q.shape, np.nan, np.float32)
+
+    with pytest.raises(AssertionError, match="outside attention_error_bound's precondition"):
+        check_attention_case(overflowing, case)
+    # in range: no flag, even with finfo.min padding absorbing large scores
+    q1 = rng.standard_normal((2, 5, 8)).astype(np.float32) * 30
+    m = np.zeros((2, 5), np.float32)
+    m[:, 3:] = np.finfo(np.float32).min
+    assert not scores_may_overflow(q1, q1, 2, 1.0, m).any()
+    m[:, 4] = -np.inf
+    assert not scores_may_overflow(q1, q1, 2, 1.0, m).any()
+    assert scores_may_overflow(q1 * 1e18, q1 * 1e18, 2, 1e-30).any()  # the dot product overflows
+    big = scores_may_overflow(q1 * 1e15, q1 * 1e15, 2, 1.0, m)  # scores ~1e34 + finfo.min do
+    assert big[..., 3].any() and not big[..., :3].any() and not big[..., 4].any()

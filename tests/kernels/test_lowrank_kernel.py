@@ -388,7 +388,7 @@ def test_int8_vnni_signed_copy_is_passed_and_its_absence_falls_back_exactly():
     with kernels.use("c", isa="avx512_vnni"):
         assert_exact(kernels.lowrank_linear_q8(x_q, q), want)
     assert q._c_args[3] != _native.ffi.NULL and q._signed.size > 0
-    q._c_args = q._c_args[:3] + (_native.ffi.NULL,) + q._c_args[4:]
+    object.__setattr__(q, "_c_args", q._c_args[:3] + (_native.ffi.NULL,) + q._c_args[4:])  # (frozen)
     for threads in (1, 2):
         with kernels.use("c", isa="avx512_vnni", threads=threads):
             assert_exact(kernels.lowrank_linear_q8(x_q, q), want, what=f"NULL signed copy, threads={threads}")
@@ -519,9 +519,9 @@ def _with_epilogues(q, requant, dequant):
     without a per-row scale; QuantizedLowRank itself makes float-rule h and plain y)."""
     from refcompress.kernels.qgemm import _output_spec
 
-    q.requant, q.dequant = requant, dequant
-    q._spec1, q._spec2 = _output_spec(requant, q.r), _output_spec(dequant, q.m)
-    q._c_args = None
+    # (the object is frozen: a test-only change written past its __setattr__)
+    q.__dict__.update(requant=requant, dequant=dequant, _spec1=_output_spec(requant, q.r),
+                      _spec2=_output_spec(dequant, q.m), _c_args=None)
     return q
 
 
@@ -657,3 +657,47 @@ def test_bad_inputs_name_the_argument():
         kernels.QuantizedLowRank(v, u, None, 0.1, 0, 0.0, 0)
     with pytest.raises(ArgumentError, match="x_zero_point"):
         kernels.QuantizedLowRank(v, u, None, 0.1, 300, 0.1, 0)
+
+
+def test_quantized_lowrank_refuses_non_finite_and_empty_factors_naming_them():
+    # a NaN row of v used to get scale 1 and codes 0 (a silently different layer); Inf in
+    # v or the bias was reported as "scale", a NaN bias as an inner-dimension bound; r = 0,
+    # n = 0 and bad calibration inputs gave bare NumPy errors
+    f = np.float32
+    v, u, b, x = np.ones((2, 3), f), np.ones((4, 2), f), np.ones(4, f), np.ones((5, 3), f)
+    for bad in (np.nan, np.inf, -np.inf):
+        vb, ub, bb = v.copy(), u.copy(), b.copy()
+        vb[0, 0], ub[1, 1], bb[2] = bad, bad, bad
+        for args, name in (((vb, u, b), "v"), ((v, ub, b), "u"), ((v, u, bb), "bias")):
+            with pytest.raises(ArgumentError, match=f"^{name}: expected finite values"):
+                kernels.QuantizedLowRank(*args, 0.1, 0, 0.1, 0)
+            with pytest.raises(ArgumentError, match=f"^{name}: expected finite values"):
+                kernels.QuantizedLowRank.calibrate(*args, x)
+    for vb, ub in ((np.ones((0, 3), f), np.ones((4, 0), f)), (np.ones((2, 0), f), u)):
+        with pytest.raises(ShapeError, match=r"^v: expected a rank r >= 1 and n >= 1"):
+            kernels.QuantizedLowRank(vb, ub, b, 0.1, 0, 0.1, 0)
+    for xb in (np.ones((2, 4), f), np.ones((0, 3), f)):
+        with pytest.raises(ShapeError, match=r"^x: expected calibration inputs of shape \(N >= 1, 3\)"):
+            kernels.QuantizedLowRank.calibrate(v, u, b, xb)
+    q = kernels.QuantizedLowRank.calibrate(v, u, b, x)  # the valid layer still builds
+    assert q.r == 2 and q.n == 3 and q.m == 4
+
+
+@pytest.mark.parametrize("variant", kernel_variants("lowrank_linear"), ids=lambda v: f"{v[0]}-{v[1]}")
+def test_lowrank_error_bound_covers_subnormal_products(variant):
+    # x and v at 1e-20: every product of h is in float32's subnormal range, where rounding
+    # is absolute (2^-150), not relative; the bound had no such term and every backend
+    # exceeded it ~67 times
+    rng = np.random.default_rng(0)
+    f = np.float32
+    for n, r, m, B in ((3, 2, 4, 2), (37, 5, 9, 1), (64, 16, 33, 7)):
+        x = (rng.standard_normal((B, n)) * 1e-20).astype(f)
+        v = (rng.standard_normal((r, n)) * 1e-20).astype(f)
+        u = rng.standard_normal((m, r)).astype(f)
+        b = (rng.standard_normal(m) * 1e-44).astype(f)  # subnormal bias
+        exact = (x.astype(np.float64) @ v.T.astype(np.float64)) @ u.T.astype(np.float64) + b
+        bound = lowrank_error_bound(x, v, u, b)
+        with kernels.use(variant[0], isa=variant[1]):
+            y = kernels.lowrank_linear(x, kernels.pack_lowrank(v, u, b))
+        err = np.abs(y.astype(np.float64) - exact)
+        assert np.all(err <= bound), f"{variant} n={n}: max err / bound {float((err / bound).max()):.3g}"

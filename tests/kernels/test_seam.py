@@ -42,6 +42,68 @@ def test_use_restores_previous_setting_and_nests():
     assert kernels.get_backend() == before
 
 
+@pytest.fixture
+def restore_global_setting():
+    from refcompress.kernels import _registry
+
+    saved = _registry._global
+    try:
+        yield
+    finally:
+        _registry._global = saved
+
+
+def test_use_block_follows_set_num_threads_and_set_backend(restore_global_setting):
+    # a block overrides only what it is given: before, it copied the whole outer setting
+    # when it started, so set_num_threads inside `with use("c")` was ignored in the block
+    from refcompress.kernels import _registry
+
+    kernels.set_num_threads(3)
+    with kernels.use("numpy"):
+        assert kernels.get_num_threads() == 3
+        s = _registry.current()
+        assert _registry.current() is s  # the same object while nothing changes (kept decisions)
+        kernels.set_num_threads(1)
+        assert kernels.get_num_threads() == 1 and _registry.current() is not s
+        with kernels.use(threads=2):
+            kernels.set_num_threads(5)
+            assert kernels.get_num_threads() == 2  # the block's own threads win
+            assert kernels.get_backend() == "numpy"
+        assert kernels.get_num_threads() == 5
+        kernels.set_backend("c")
+        assert kernels.get_backend() == "numpy"  # the block's own backend wins
+    assert kernels.get_backend() == "c" and kernels.get_num_threads() == 5
+    with kernels.use(threads=2):
+        kernels.set_backend("numpy")
+        assert kernels.get_backend() == "numpy" and kernels.get_num_threads() == 2
+    if _native.lib is not None:
+        kernels.set_backend("c")
+        with kernels.use("c"):
+            kernels.set_num_threads(1)
+            assert _registry.resolve("quantize")[2] == 1
+            kernels.set_num_threads(2)
+            assert _registry.resolve_kept("quantize")[2] == 2
+
+
+def test_isa_is_refused_for_the_numpy_backend_everywhere(restore_global_setting):
+    with pytest.raises(ArgumentError, match="^isa: an ISA variant applies to the 'c' backend"):
+        kernels.set_backend("numpy", isa="avx2")
+    with kernels.use("numpy"):
+        with pytest.raises(ArgumentError, match="^isa: an ISA variant applies to the 'c' backend"):
+            with kernels.use(isa="avx2"):
+                pass
+        with kernels.use("c", isa="portable"):  # naming the backend is fine
+            assert kernels.get_backend() == "c"
+    kernels.set_backend("numpy")
+    with pytest.raises(ArgumentError, match="^isa: an ISA variant applies to the 'c' backend"):
+        with kernels.use(isa="portable"):
+            pass
+    kernels.set_backend("auto", isa="portable")
+    with kernels.use(threads=1):
+        kernels.set_backend("numpy")  # an inherited isa is dropped once the backend is numpy
+        assert kernels.get_backend() == "numpy" and kernels.selected_variant("quantize") is None
+
+
 def test_use_is_per_thread():
     seen = {}
     with kernels.use("numpy"):

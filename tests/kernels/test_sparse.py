@@ -1293,10 +1293,13 @@ def test_packed_nm_copies_are_packed_and_checked_anew():
         assert_exact(kernels.spmm_nm(x, q), want)
     with pytest.raises(ValueError):
         p.indices.flags.writeable = True
-    ind[0, 0] = 200  # the given array broken in place: a copy is checked again and refused
-    with pytest.raises(ArgumentError, match="^indices: expected positions"):
-        copy.deepcopy(p)
+    ind[0, 0] = 200  # the given array broken in place: copies come from the packed positions
+    for q in (copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
+        assert_exact(kernels.spmm_nm(x, q), want)
     q = kernels.pack_nm(vals, p.indices.copy(), n, m)
-    q.indices = q.indices.copy()  # writeable positions swapped in behind pack_nm's back
+    with pytest.raises(AttributeError, match="^PackedNM.indices: attributes are fixed"):
+        q.indices = q.indices.copy()
+    # writeable positions swapped in behind pack_nm's back (past the refused assignment)
+    object.__setattr__(q, "indices", q.indices.copy())
     with pytest.raises(ArgumentError, match="^values: a PackedNM whose positions were replaced"):
         kernels.spmm_nm(x, q)
