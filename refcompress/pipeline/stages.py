@@ -115,12 +115,53 @@ def stage_distill(model, st, ctx):
     return model.eval(), deploy_view(model)
 
 
+def _output_layer(m):
+    """The Conv2d / Linear whose output is ``m``'s output: ``m`` itself, or the last factor
+    of a factored layer from a lowrank stage (LowRankLinear.second, Tucker2Conv2d.last,
+    CPConv2d.pointwise_out); None for anything else."""
+    from .. import lowrank
+
+    if type(m) in (nn.Linear, nn.Conv2d):
+        return m
+    if isinstance(m, (lowrank.LowRankLinear, lowrank.Tucker2Conv2d, lowrank.CPConv2d)):
+        last = list(m.children())[-1]
+        return last if type(last) in (nn.Linear, nn.Conv2d) else None
+    return None
+
+
+def fold_batchnorm_for_sharing(model):
+    """A copy of the Sequential ``model`` with every BatchNorm folded (eval statistics) into
+    the layer before it: a Conv2d / Linear, or the output factor of a factored layer (a
+    factored layer followed by BatchNorm, as a lowrank stage leaves it, computes
+    BN(last(...)), so the BatchNorm folds into its last factor).  A BatchNorm after
+    anything else is kept."""
+    copy = qconvert.clone(model).eval()
+    children = list(copy.named_children())
+    keep = []
+    i = 0
+    while i < len(children):
+        name, m = children[i]
+        nxt = children[i + 1][1] if i + 1 < len(children) else None
+        out = _output_layer(m)
+        if out is not None and isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            fused = qconvert._fold(out, nxt)
+            if out is m:
+                m = fused
+            else:
+                m.set_submodule(list(m.named_children())[-1][0], fused)
+            i += 1
+        keep.append(m)
+        i += 1
+    return nn.Sequential(*keep).eval()
+
+
 def _share(model, bits, ctx, st):
-    """Every (masked) Linear / Conv2d becomes a shared-weight layer; centroids fine-tuned.
-    BatchNorm is folded into the layer before it first (eval statistics): the shared
-    weights are then the deployed ones, and inference runs no normalisation layers."""
+    """Every (masked) Linear / Conv2d becomes a shared-weight layer (inside a factored
+    layer: each of its factors); centroids fine-tuned.  BatchNorm is folded into the layer
+    before it first (eval statistics; after a factored layer, into its output factor): the
+    shared weights are then the deployed ones, and inference runs no normalisation layers."""
     if isinstance(model, nn.Sequential) and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model):
-        model = qconvert.fold_batchnorm(model)
+        model = fold_batchnorm_for_sharing(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, (quant.SharedLinear, quant.SharedConv2d)):
             mask = prune.get_mask(m)
