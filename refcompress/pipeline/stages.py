@@ -251,13 +251,23 @@ def _conv_hw(model, x):
     return seen
 
 
+def lowrank_targets(model, method):
+    """Names of the layers a lowrank stage of ``method`` can factor: Linear layers (svd) or
+    ungrouped Conv2d layers (tucker2, cp), not inside a layer factored already."""
+    from .. import lowrank
+
+    factored = [n for n, m in model.named_modules()
+                if isinstance(m, (lowrank.LowRankLinear, lowrank.Tucker2Conv2d, lowrank.CPConv2d))]
+    return [n for n, m in model.named_modules()
+            if (type(m) is nn.Linear if method == "svd" else type(m) is nn.Conv2d and m.groups == 1)
+            and not any(n.startswith(f + ".") for f in factored)]
+
+
 def stage_lowrank(model, st, ctx):
     from .. import lowrank
 
     shapes = _conv_hw(model, ctx.data.X_train[:1])
-    targets = [n for n, m in model.named_modules()
-               if (isinstance(m, nn.Linear) if st["method"] == "svd" else isinstance(m, nn.Conv2d) and m.groups == 1)
-               and (st["layers"] is None or n in st["layers"])]
+    targets = [n for n in lowrank_targets(model, st["method"]) if st["layers"] is None or n in st["layers"]]
     plan = {}
     for name in targets:
         layer = model.get_submodule(name)
@@ -267,14 +277,15 @@ def stage_lowrank(model, st, ctx):
                 r = st["rank"]
             elif st["energy"] is not None:
                 r = lowrank.rank_by_energy(np.linalg.svd(w, compute_uv=False), st["energy"])
-            else:
-                r = max(1, int(st["param_fraction"] * w.size / sum(w.shape)))
+            else:  # a Linear's multiply-adds per sample are its weights: mac_fraction = param_fraction
+                frac = st["param_fraction"] if st["param_fraction"] is not None else st["mac_fraction"]
+                r = max(1, int(frac * w.size / sum(w.shape)))
             r = min(r, min(w.shape))
             if r * sum(w.shape) >= w.size:
                 continue  # factoring would not save anything
             plan[name] = {"method": "svd", "rank": r}
         else:
-            frac = st["mac_fraction"] if st["mac_fraction"] is not None else 0.5
+            frac = st["mac_fraction"]  # the only key the validator lets tucker2 / cp have
             hw_in, hw_out = shapes[name]
             if st["method"] == "tucker2":
                 plan[name] = {"method": "tucker2",

@@ -33,7 +33,9 @@ def _variants(recipe: Recipe, grid: dict):
         if name not in stage.params:
             raise ArgumentError(f"grid: stage {idx} ({stage.kind}) has no key {name!r}")
     for values in itertools.product(*(grid[k] for k in keys)):
-        raw = {"name": recipe.name, "stage": [{"kind": s.kind, **{k: v for k, v in s.params.items() if v is not None}}
+        # the keys each stage sets (its defaults stay defaults: a default a method does not
+        # use, e.g. epochs of a static quantization, would be refused if set)
+        raw = {"name": recipe.name, "stage": [{"kind": s.kind, **{k: s.params[k] for k in s.given}}
                                               for s in recipe.stages]}
         point = dict(zip(keys, values))
         for key, value in point.items():

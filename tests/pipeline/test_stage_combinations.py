@@ -85,8 +85,8 @@ def _tiny_budget(recipe):
     """The recipe with every stage's training cut to the least its validation allows."""
     raw = {"name": recipe.name, "stage": []}
     for s in recipe.stages:
-        p = {k: v for k, v in s.params.items() if v is not None}
-        if "epochs" in p:
+        p = {k: s.params[k] for k in s.given}
+        if s.kind not in ("encode", "quantize") or p.get("method") in ("share", "qat"):
             least = 0
             if s.kind == "distill" or (s.kind == "quantize" and p.get("method") == "qat"):
                 least = 1
@@ -114,3 +114,62 @@ def test_every_bundled_recipe_validates_and_runs_its_stages(path):
     model = (small_cnn if "cnn" in name else mlp_300_100)(rng=np.random.default_rng(0))
     r = compress(model.eval(), _tiny_budget(recipe), _images(), repeats=1)
     assert len(r.reports) == len(recipe.stages) + 1
+
+
+def test_a_second_lowrank_stage_of_the_same_family_is_refused_at_validation():
+    # it would factor the first stage's factors ('1.first', '1.second', Tucker sub-convs)
+    _bad([{"kind": "lowrank", "rank": 8}, {"kind": "lowrank", "rank": 2}],
+         r"r.toml: stage 2 \(lowrank\): stage 1 \(lowrank:svd\) already factors the model's Linear layers")
+    _bad([{"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5},
+          {"kind": "lowrank", "method": "cp", "mac_fraction": 0.5}],
+         r"stage 2 \(lowrank\): stage 1 \(lowrank:tucker2\) already factors the model's convolutions")
+
+
+def test_svd_then_tucker2_factors_each_layer_once():
+    r = _run(_cnn(), [{"kind": "lowrank", "method": "svd", "rank": 2, "epochs": 0},
+                      {"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5, "epochs": 0}])
+    kinds = [type(m).__name__ for m in r.final]
+    assert kinds.count("Tucker2Conv2d") == 2 and kinds[-1] == "LowRankLinear"
+
+
+def test_svd_with_mac_fraction_keeps_that_fraction_of_a_linears_macs():
+    r = _run(_mlp(), [{"kind": "lowrank", "method": "svd", "mac_fraction": 0.5, "epochs": 0}])
+    first = r.final[1]  # Linear(64, 32): rank int(0.5 * 64 * 32 / 96) = 10
+    assert type(first).__name__ == "LowRankLinear" and first.rank == 10
+
+
+def test_keys_a_method_would_ignore_are_refused_at_validation():
+    for key, value in (("rank", 2), ("energy", 0.9), ("param_fraction", 0.5)):
+        for method in ("tucker2", "cp"):
+            _bad([{"kind": "lowrank", "method": method, key: value}],
+                 rf"stage 1 \(lowrank\) key '{key}': method '{method}' chooses its ranks by .* set mac_fraction")
+    for method in ("weight_only", "dynamic"):
+        _bad([{"kind": "quantize", "method": method, "layer_bits": {"1": 4}}],
+             rf"stage 1 \(quantize\) key 'layer_bits': method '{method}' quantizes every layer .* method 'static'")
+    _bad([{"kind": "quantize", "method": "dynamic", "bits": 4}],
+         r"stage 1 \(quantize\) key 'bits': method 'dynamic' is int8 \(bits = 8\), got 4")
+    for method in ("static", "weight_only", "dynamic"):
+        for key, value in (("epochs", 3), ("lr", 1e-3), ("batch_size", 8)):
+            _bad([{"kind": "quantize", "method": method, key: value}],
+                 rf"stage 1 \(quantize\) key '{key}': method '{method}' converts the model without training it")
+    _bad([{"kind": "lowrank", "rank": 2}, {"kind": "quantize", "method": "factored", "epochs": 1}],
+         r"stage 2 \(quantize\) key 'epochs': method 'factored' converts the model without training it")
+    # what they still accept
+    recipe_from_dict({"stage": [{"kind": "quantize", "method": "static", "layer_bits": {"1": 4}}]})
+    recipe_from_dict({"stage": [{"kind": "quantize", "method": "share", "epochs": 1, "lr": 1e-4}]})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused_at_validation(value):
+    _bad([{"kind": "prune", "sparsity": value}], r"r.toml: stage 1 \(prune\) key 'sparsity': expected a finite number")
+    _bad([{"kind": "finetune", "lr": value}], r"stage 1 \(finetune\) key 'lr': expected a finite number")
+    _bad([{"kind": "distill", "temperature": value}], r"stage 1 \(distill\) key 'temperature': expected a finite")
+
+
+def test_recipe_grid_points_keep_defaults_as_defaults():
+    # a grid over a static quantization's bits must not set its (unused) default epochs
+    from refcompress.pipeline.sweep import _variants
+
+    rec = recipe_from_dict({"stage": [{"kind": "quantize", "method": "static"}]})
+    points = list(_variants(rec, {"1.bits": [8, 6]}))
+    assert [r.stages[0]["bits"] for _, r in points] == [8, 6]
