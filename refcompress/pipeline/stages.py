@@ -342,6 +342,19 @@ def check_applicable(recipe, model) -> None:
             unknown = set(s.params.get(key) or []) - names
             if unknown:
                 raise ArgumentError(f"{where} key {key!r}: the model has no layers named {sorted(unknown)}")
+        if s.kind == "lowrank" and s["layers"]:
+            can = lowrank_targets(model, s["method"])
+            bad = [n for n in s["layers"] if n not in can]
+            if bad:
+                what = "Linear layers" if s["method"] == "svd" else "ungrouped Conv2d layers"
+                raise ArgumentError(f"{where} key 'layers': method {s['method']!r} factors {what}; {bad} are not "
+                                    f"(the model's are {can})")
+        if s.kind == "prune" and s["layers"]:
+            can = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+            bad = [n for n in s["layers"] if n not in can]
+            if bad:
+                raise ArgumentError(f"{where} key 'layers': {bad} are not Linear / Conv2d layers of the model, "
+                                    f"which a prune stage prunes (the model's are {can})")
         if s.kind == "quantize" and isinstance(model, nn.Sequential):
             weight_layers = {n for n, m in model.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
             for key in ("exclude", "layer_bits"):

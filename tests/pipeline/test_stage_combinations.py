@@ -173,3 +173,16 @@ def test_recipe_grid_points_keep_defaults_as_defaults():
     rec = recipe_from_dict({"stage": [{"kind": "quantize", "method": "static"}]})
     points = list(_variants(rec, {"1.bits": [8, 6]}))
     assert [r.stages[0]["bits"] for _, r in points] == [8, 6]
+
+
+def test_layers_a_stage_cannot_act_on_are_refused_before_any_work():
+    _bad([{"kind": "lowrank", "rank": 2, "layers": []}], r"stage 1 \(lowrank\) key 'layers': expected at least one")
+    _bad([{"kind": "prune", "layers": []}], r"stage 1 \(prune\) key 'layers': expected at least one")
+    _bad([{"kind": "lowrank", "rank": 2, "layers": ["2"]}],
+         r"stage 1 \(lowrank\) key 'layers': method 'svd' factors Linear layers; \['2'\] are not", _mlp())
+    _bad([{"kind": "lowrank", "rank": 2, "layers": ["0"]}], r"method 'svd' factors Linear layers; \['0'\]", _cnn())
+    _bad([{"kind": "lowrank", "method": "cp", "mac_fraction": 0.5, "layers": ["8"]}],
+         r"method 'cp' factors ungrouped Conv2d layers; \['8'\] are not", _cnn())
+    _bad([{"kind": "prune", "method": "magnitude", "layers": ["2"]}],
+         r"stage 1 \(prune\) key 'layers': \['2'\] are not Linear / Conv2d layers", _mlp())
+    _bad([{"kind": "prune", "method": "structured", "layers": ["1"]}], r"\['1'\] are not Linear / Conv2d", _cnn())
