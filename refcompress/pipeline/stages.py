@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import nn, prune, quant
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ShapeError
 from ..quant import convert as qconvert
 from ..quant import qat as qqat
 from .deep_compression import DeepCompressedConv2d, DeepCompressedLinear
@@ -29,6 +29,7 @@ class Context:
     original: nn.Module
     seed: int = 0
     progress: bool = False
+    nm: tuple | None = None  # (n, m, layers) of an earlier N:M prune stage: its layers deploy as NMLinear
 
 
 def _fit(model, ctx, st, epochs=None, lr=None, step_fn=None):
@@ -56,10 +57,17 @@ def clone_with_masks(model):
     return copy
 
 
-def deploy_view(model):
-    """The storage / speed form of a float model: pruned Linear layers as CSR (kept dense
-    where less than half is zero: CSR would cost more than it saves)."""
+def deploy_view(model, ctx=None):
+    """The storage / speed form of a float model: the layers of an earlier N:M prune stage
+    (``ctx.nm``) as NMLinear while they keep the pattern, other pruned Linear layers as CSR
+    (kept dense where less than half is zero: CSR would cost more than it saves)."""
     copy = qconvert.clone(model)
+    if ctx is not None and ctx.nm is not None:
+        n, m, layers = ctx.nm
+        try:
+            copy = prune.to_nm(copy, n, m, layers=layers)
+        except (ArgumentError, ShapeError):  # the pattern is gone (e.g. factored since): CSR below
+            copy = qconvert.clone(model)
     if any(isinstance(m, nn.Linear) and np.mean(m.weight.data == 0) >= 0.5 for m in copy.modules()):
         copy = prune.to_sparse(copy, min_sparsity=0.5)
     return copy.eval()
@@ -78,6 +86,7 @@ def stage_prune(model, st, ctx):
     if method == "nm":
         prune.nm_prune(model, st["n"], st["m"], layers=layers)
         _fit(model, ctx, st)
+        ctx.nm = (st["n"], st["m"], layers)  # later stages' deployed models keep these layers N:M
         return model, prune.to_nm(qconvert.clone(model), st["n"], st["m"], layers=layers).eval()
     if method == "magnitude":
         if st["scope"] == "global":
@@ -97,12 +106,12 @@ def stage_prune(model, st, ctx):
                                  scope=st["scope"], layers=layers,
                                  normalize="std" if st["scope"] == "global" else "none")
         _fit(model, ctx, st, step_fn=pruner.step_fn())
-    return model, deploy_view(model)
+    return model, deploy_view(model, ctx)
 
 
 def stage_finetune(model, st, ctx):
     _fit(model, ctx, st)
-    return model, deploy_view(model)
+    return model, deploy_view(model, ctx)
 
 
 def stage_distill(model, st, ctx):
@@ -112,7 +121,7 @@ def stage_distill(model, st, ctx):
     distill.recover(model, ctx.original, d.X_train, d.y_train, epochs=st["epochs"], lr=st["lr"],
                     temperature=st["temperature"], alpha=st["alpha"], batch_size=st["batch_size"],
                     validation_data=(d.X_val, d.y_val), seed=ctx.seed, progress=ctx.progress)
-    return model.eval(), deploy_view(model)
+    return model.eval(), deploy_view(model, ctx)
 
 
 def _output_layer(m):
@@ -185,7 +194,7 @@ def stage_quantize(model, st, ctx):
     if method == "dynamic":
         return None, qconvert.quantize_dynamic(model, exclude=st["exclude"])
     if method == "factored":
-        return None, _quantize_factored(model, calib, st)
+        return None, _quantize_factored(model, calib, st, ctx)
     if method == "qat":
         q = qqat.prepare_qat(model, weight_bits=st["bits"], act_bits=st["act_bits"], lsq=st["lsq"])
         if prune.masked_layers(model):  # a pruned model stays pruned while QAT trains
@@ -201,14 +210,14 @@ def stage_quantize(model, st, ctx):
                                           per_channel=st["per_channel"], exclude=st["exclude"])
 
 
-def _quantize_factored(model, calib, st):
+def _quantize_factored(model, calib, st, ctx=None):
     """The deployable form of ``model`` (:func:`deploy_view`: pruned layers stay sparse)
     with its factored Linear layers (LowRankLinear with dense factors, from an svd stage) in
     int8 (QuantizedLowRankLinear, each calibrated on the inputs that reach it in the float
     model on ``calib``).  A factor pruned to a sparse layer keeps its layer float."""
     from .. import lowrank
 
-    deploy = deploy_view(model)
+    deploy = deploy_view(model, ctx)
     factored = [(n, m) for n, m in deploy.named_modules() if type(m) is lowrank.LowRankLinear]
     names = [n for n, m in factored if m._factors() is not None]
     where = f"stage {st.index} (quantize): method 'factored'"
@@ -298,7 +307,7 @@ def stage_lowrank(model, st, ctx):
     if plan:
         lowrank.factorize(model, plan)
     _fit(model, ctx, st)
-    return model, deploy_view(model)
+    return model, deploy_view(model, ctx)
 
 
 def stage_encode(model, st, ctx):

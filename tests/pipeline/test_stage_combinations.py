@@ -186,3 +186,12 @@ def test_layers_a_stage_cannot_act_on_are_refused_before_any_work():
     _bad([{"kind": "prune", "method": "magnitude", "layers": ["2"]}],
          r"stage 1 \(prune\) key 'layers': \['2'\] are not Linear / Conv2d layers", _mlp())
     _bad([{"kind": "prune", "method": "structured", "layers": ["1"]}], r"\['1'\] are not Linear / Conv2d", _cnn())
+
+
+@pytest.mark.parametrize("kind", ["finetune", "distill"])
+def test_nm_layers_stay_nm_after_a_later_training_stage(kind):
+    from refcompress.prune.sparse_layers import NMLinear
+
+    r = _run(_mlp(), [{"kind": "prune", "method": "nm", "n": 2, "m": 4, "epochs": 0},
+                      {"kind": kind, "epochs": 1}])
+    assert [type(m) for m in r.final if type(m).__name__.endswith("Linear")] == [NMLinear] * 3
