@@ -175,6 +175,10 @@ def _share(model, bits, ctx, st):
         if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, (quant.SharedLinear, quant.SharedConv2d)):
             mask = prune.get_mask(m)
             mask = None if mask is None and np.all(m.weight.data != 0) else (m.weight.data != 0)
+            if mask is not None and not mask.any():
+                raise ArgumentError(f"stage {st.index} (quantize): method 'share': layer {name!r} has no nonzero "
+                                    "weights left to share (an earlier stage pruned all of them: prune it less, "
+                                    "or leave it out of that stage's 'layers')")
             new = (quant.SharedLinear.from_linear(m, bits, mask=mask) if isinstance(m, nn.Linear)
                    else quant.SharedConv2d.from_conv(m, bits, mask=mask))
             model.set_submodule(name, new)

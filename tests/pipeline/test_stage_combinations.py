@@ -195,3 +195,9 @@ def test_nm_layers_stay_nm_after_a_later_training_stage(kind):
     r = _run(_mlp(), [{"kind": "prune", "method": "nm", "n": 2, "m": 4, "epochs": 0},
                       {"kind": kind, "epochs": 1}])
     assert [type(m) for m in r.final if type(m).__name__.endswith("Linear")] == [NMLinear] * 3
+
+
+def test_share_of_a_layer_pruned_to_nothing_names_the_stage_and_layer():
+    _bad([{"kind": "prune", "method": "magnitude", "sparsity": 1.0, "layers": ["3"], "epochs": 0},
+          {"kind": "quantize", "method": "share", "bits": 4, "epochs": 0}],
+         r"stage 2 \(quantize\): method 'share': layer '3' has no nonzero weights left to share", _mlp())
