@@ -20,8 +20,17 @@ from .recipe import Recipe, load_recipe, recipe_from_dict
 
 
 def _variants(recipe: Recipe, grid: dict):
+    if not isinstance(grid, dict):
+        raise ArgumentError(f"grid: expected a dict {{'<stage number>.<key>': [values]}}, got {type(grid).__name__}")
     keys = list(grid)
     for key in keys:
+        if not isinstance(key, str):
+            raise ArgumentError(f"grid: key {key!r} must be a string '<stage number>.<key>'")
+        values = grid[key]
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ArgumentError(f"grid: key {key!r}: expected a non-empty list of values to try, got {values!r}"
+                                + (f" (for one value write [{values!r}])" if not isinstance(values, (list, tuple))
+                                   else ""))
         try:
             idx, name = key.split(".", 1)
             if not 1 <= int(idx) <= len(recipe.stages):
@@ -54,7 +63,7 @@ def recipe_grid(model, recipe, grid: dict, data, *, executor: cf.Executor | None
     """[(grid point, reports as dicts)] for every point of ``grid``, in grid order."""
     if not isinstance(recipe, Recipe):
         recipe = recipe_from_dict(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
-    if not grid:
+    if isinstance(grid, dict) and not grid:
         raise ArgumentError("grid: expected at least one '<stage>.<key>': [values] entry")
     points = list(_variants(recipe, grid))  # every variant validated before any work
     own = executor is None

@@ -201,3 +201,22 @@ def test_share_of_a_layer_pruned_to_nothing_names_the_stage_and_layer():
     _bad([{"kind": "prune", "method": "magnitude", "sparsity": 1.0, "layers": ["3"], "epochs": 0},
           {"kind": "quantize", "method": "share", "bits": 4, "epochs": 0}],
          r"stage 2 \(quantize\): method 'share': layer '3' has no nonzero weights left to share", _mlp())
+
+
+@pytest.mark.parametrize("grid,match", [
+    ({"1.sparsity": 0.9}, r"key '1.sparsity': expected a non-empty list of values to try, got 0.9 \(for one value"),
+    ({"1.sparsity": []}, r"key '1.sparsity': expected a non-empty list of values to try, got \[\]"),
+    ({"1.method": "nm"}, r"key '1.method': expected a non-empty list .* got 'nm'"),
+    (["1.sparsity"], r"grid: expected a dict .* got list"),
+    ({"1.sparsity": [float("nan")]}, r"stage 1 \(prune\) key 'sparsity': expected a finite number")])
+def test_recipe_grid_refuses_malformed_grids_before_any_work(grid, match):
+    from refcompress.pipeline.sweep import recipe_grid
+
+    class NoWork:
+        def submit(self, *a):
+            raise AssertionError("a trial was submitted")
+
+    rec = {"name": "t", "stage": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5, "epochs": 0}]}
+    with pytest.raises(ArgumentError, match=match):
+        recipe_grid(_mlp(), rec, grid, _images(), executor=NoWork())
+
