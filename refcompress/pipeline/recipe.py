@@ -22,6 +22,7 @@ runs.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import tomllib
@@ -36,6 +37,8 @@ def _num(lo=None, hi=None, integer=False, lo_open=False):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or (integer and not isinstance(v, numbers.Integral)):
             return f"a{'n integer' if integer else ' number'}"
+        if not math.isfinite(v):
+            return "a finite number"
         if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
             return f"a number in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]"
         return None
@@ -52,6 +55,13 @@ def _str_list(v):
     if isinstance(v, list) and all(isinstance(s, str) for s in v):
         return None
     return "a list of layer names (strings)"
+
+
+def _layer_list(v):
+    problem = _str_list(v)
+    if problem is None and not v:
+        return "at least one layer name (leave the key out for every layer)"
+    return problem
 
 
 def _bool(v):
@@ -71,7 +81,7 @@ SCHEMAS = {
         "n": (_num(1, None, True), 2),
         "m": (_num(1, None, True), 4),
         "max_drop": (_num(0, 1), None),
-        "layers": (_str_list, None),
+        "layers": (_layer_list, None),
         **_TRAIN,
     },
     "finetune": dict(_TRAIN),
@@ -97,7 +107,7 @@ SCHEMAS = {
         "rank": (_num(1, None, True), None),
         "param_fraction": (_num(0, 1, lo_open=True), None),
         "mac_fraction": (_num(0, 1, lo_open=True), None),
-        "layers": (_str_list, None),
+        "layers": (_layer_list, None),
         **_TRAIN,
     },
     "encode": {"index_bits": (_num(1, 16, True), 5), "bias_dtype": (_choice("float32", "float16"), "float32")},
@@ -109,6 +119,7 @@ class Stage:
     kind: str
     params: dict
     index: int
+    given: frozenset = frozenset()  # the keys the recipe sets (the others are defaults)
 
     def __getitem__(self, key):
         return self.params[key]
@@ -163,7 +174,7 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
             params[key] = value
         for key, (_, default) in schema.items():
             params.setdefault(key, default)
-        stages.append(Stage(kind, params, i + 1))
+        stages.append(Stage(kind, params, i + 1, frozenset(k for k in raw if k != "kind")))
     quantizers = [s for s in stages if s.kind == "quantize"]
     if len(quantizers) > 1:
         _err(source, f"stage {quantizers[1].index} (quantize)",
@@ -192,6 +203,19 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
                      f"act_bits = {s['act_bits']}")
         if s.kind == "lowrank" and sum(s[k] is not None for k in ("energy", "rank", "param_fraction", "mac_fraction")) != 1:
             _err(source, where, "set exactly one of energy, rank, param_fraction, mac_fraction")
+        if s.kind == "lowrank" and s["method"] in ("tucker2", "cp"):
+            for key in ("energy", "rank", "param_fraction"):
+                if s[key] is not None:
+                    _err(source, f"{where} key {key!r}", f"method {s['method']!r} chooses its ranks by the "
+                         "fraction of the convolution's multiply-adds it keeps: set mac_fraction instead")
+        if s.kind == "lowrank":
+            family = ("svd",) if s["method"] == "svd" else ("tucker2", "cp")
+            earlier = [x for x in stages if x.kind == "lowrank" and x.index < s.index and x["method"] in family]
+            if earlier:
+                what = "Linear layers" if s["method"] == "svd" else "convolutions"
+                _err(source, where, f"stage {earlier[0].index} ({earlier[0].label()}) already factors the model's "
+                     f"{what}; a second stage would factor the factors: set the layers and ranks in one stage "
+                     "(an svd stage and a tucker2 / cp stage can be combined)")
         if s.kind == "prune" and s["method"] == "agp" and s["epochs"] < 2:
             _err(source, f"{where} key 'epochs'", f"the gradual schedule needs at least 2 epochs, got {s['epochs']}")
         if (s.kind == "distill" or (s.kind == "quantize" and s["method"] == "qat")) and s["epochs"] < 1:
@@ -201,8 +225,19 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
                  f"not {s['method']!r}")
         if s.kind == "quantize" and s["method"] in ("qat", "share", "factored") and (s["exclude"] or s["layer_bits"]):
             every = "every factored Linear layer" if s["method"] == "factored" else "every layer"
-            _err(source, where, f"method {s['method']!r} quantizes {every}; 'exclude' and 'layer_bits' apply to "
-                 "static, weight_only and dynamic")
+            _err(source, where, f"method {s['method']!r} quantizes {every}; 'exclude' applies to static, "
+                 "weight_only and dynamic, 'layer_bits' to static")
+        if s.kind == "quantize" and s["method"] in ("weight_only", "dynamic") and s["layer_bits"]:
+            _err(source, f"{where} key 'layer_bits'", f"method {s['method']!r} quantizes every layer it converts "
+                 "at one bit width; per-layer bits are offered by method 'static'")
+        if s.kind == "quantize" and s["method"] == "dynamic" and s["bits"] != 8:
+            _err(source, f"{where} key 'bits'", f"method 'dynamic' is int8 (bits = 8), got {s['bits']}")
+        if s.kind == "quantize" and s["method"] in ("static", "weight_only", "dynamic", "factored"):
+            trained = sorted(set(_TRAIN) & s.given)
+            if trained:
+                _err(source, f"{where} key {trained[0]!r}", f"method {s['method']!r} converts the model without "
+                     "training it; epochs, lr and batch_size apply to methods 'share' and 'qat' (or add a "
+                     "finetune stage before this one)")
     name = data.get("name", os.path.splitext(os.path.basename(source))[0])
     if not isinstance(name, str):
         _err(source, "key 'name'", f"expected a string, got {name!r}")

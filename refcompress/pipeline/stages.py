@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import nn, prune, quant
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ShapeError
 from ..quant import convert as qconvert
 from ..quant import qat as qqat
 from .deep_compression import DeepCompressedConv2d, DeepCompressedLinear
@@ -29,6 +29,7 @@ class Context:
     original: nn.Module
     seed: int = 0
     progress: bool = False
+    nm: tuple | None = None  # (n, m, layers) of an earlier N:M prune stage: its layers deploy as NMLinear
 
 
 def _fit(model, ctx, st, epochs=None, lr=None, step_fn=None):
@@ -56,10 +57,17 @@ def clone_with_masks(model):
     return copy
 
 
-def deploy_view(model):
-    """The storage / speed form of a float model: pruned Linear layers as CSR (kept dense
-    where less than half is zero: CSR would cost more than it saves)."""
+def deploy_view(model, ctx=None):
+    """The storage / speed form of a float model: the layers of an earlier N:M prune stage
+    (``ctx.nm``) as NMLinear while they keep the pattern, other pruned Linear layers as CSR
+    (kept dense where less than half is zero: CSR would cost more than it saves)."""
     copy = qconvert.clone(model)
+    if ctx is not None and ctx.nm is not None:
+        n, m, layers = ctx.nm
+        try:
+            copy = prune.to_nm(copy, n, m, layers=layers)
+        except (ArgumentError, ShapeError):  # the pattern is gone (e.g. factored since): CSR below
+            copy = qconvert.clone(model)
     if any(isinstance(m, nn.Linear) and np.mean(m.weight.data == 0) >= 0.5 for m in copy.modules()):
         copy = prune.to_sparse(copy, min_sparsity=0.5)
     return copy.eval()
@@ -78,6 +86,7 @@ def stage_prune(model, st, ctx):
     if method == "nm":
         prune.nm_prune(model, st["n"], st["m"], layers=layers)
         _fit(model, ctx, st)
+        ctx.nm = (st["n"], st["m"], layers)  # later stages' deployed models keep these layers N:M
         return model, prune.to_nm(qconvert.clone(model), st["n"], st["m"], layers=layers).eval()
     if method == "magnitude":
         if st["scope"] == "global":
@@ -97,12 +106,12 @@ def stage_prune(model, st, ctx):
                                  scope=st["scope"], layers=layers,
                                  normalize="std" if st["scope"] == "global" else "none")
         _fit(model, ctx, st, step_fn=pruner.step_fn())
-    return model, deploy_view(model)
+    return model, deploy_view(model, ctx)
 
 
 def stage_finetune(model, st, ctx):
     _fit(model, ctx, st)
-    return model, deploy_view(model)
+    return model, deploy_view(model, ctx)
 
 
 def stage_distill(model, st, ctx):
@@ -112,19 +121,64 @@ def stage_distill(model, st, ctx):
     distill.recover(model, ctx.original, d.X_train, d.y_train, epochs=st["epochs"], lr=st["lr"],
                     temperature=st["temperature"], alpha=st["alpha"], batch_size=st["batch_size"],
                     validation_data=(d.X_val, d.y_val), seed=ctx.seed, progress=ctx.progress)
-    return model.eval(), deploy_view(model)
+    return model.eval(), deploy_view(model, ctx)
+
+
+def _output_layer(m):
+    """The Conv2d / Linear whose output is ``m``'s output: ``m`` itself, or the last factor
+    of a factored layer from a lowrank stage (LowRankLinear.second, Tucker2Conv2d.last,
+    CPConv2d.pointwise_out); None for anything else."""
+    from .. import lowrank
+
+    if type(m) in (nn.Linear, nn.Conv2d):
+        return m
+    if isinstance(m, (lowrank.LowRankLinear, lowrank.Tucker2Conv2d, lowrank.CPConv2d)):
+        last = list(m.children())[-1]
+        return last if type(last) in (nn.Linear, nn.Conv2d) else None
+    return None
+
+
+def fold_batchnorm_for_sharing(model):
+    """A copy of the Sequential ``model`` with every BatchNorm folded (eval statistics) into
+    the layer before it: a Conv2d / Linear, or the output factor of a factored layer (a
+    factored layer followed by BatchNorm, as a lowrank stage leaves it, computes
+    BN(last(...)), so the BatchNorm folds into its last factor).  A BatchNorm after
+    anything else is kept."""
+    copy = qconvert.clone(model).eval()
+    children = list(copy.named_children())
+    keep = []
+    i = 0
+    while i < len(children):
+        name, m = children[i]
+        nxt = children[i + 1][1] if i + 1 < len(children) else None
+        out = _output_layer(m)
+        if out is not None and isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            fused = qconvert._fold(out, nxt)
+            if out is m:
+                m = fused
+            else:
+                m.set_submodule(list(m.named_children())[-1][0], fused)
+            i += 1
+        keep.append(m)
+        i += 1
+    return nn.Sequential(*keep).eval()
 
 
 def _share(model, bits, ctx, st):
-    """Every (masked) Linear / Conv2d becomes a shared-weight layer; centroids fine-tuned.
-    BatchNorm is folded into the layer before it first (eval statistics): the shared
-    weights are then the deployed ones, and inference runs no normalisation layers."""
+    """Every (masked) Linear / Conv2d becomes a shared-weight layer (inside a factored
+    layer: each of its factors); centroids fine-tuned.  BatchNorm is folded into the layer
+    before it first (eval statistics; after a factored layer, into its output factor): the
+    shared weights are then the deployed ones, and inference runs no normalisation layers."""
     if isinstance(model, nn.Sequential) and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model):
-        model = qconvert.fold_batchnorm(model)
+        model = fold_batchnorm_for_sharing(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, (nn.Linear, nn.Conv2d)) and not isinstance(m, (quant.SharedLinear, quant.SharedConv2d)):
             mask = prune.get_mask(m)
             mask = None if mask is None and np.all(m.weight.data != 0) else (m.weight.data != 0)
+            if mask is not None and not mask.any():
+                raise ArgumentError(f"stage {st.index} (quantize): method 'share': layer {name!r} has no nonzero "
+                                    "weights left to share (an earlier stage pruned all of them: prune it less, "
+                                    "or leave it out of that stage's 'layers')")
             new = (quant.SharedLinear.from_linear(m, bits, mask=mask) if isinstance(m, nn.Linear)
                    else quant.SharedConv2d.from_conv(m, bits, mask=mask))
             model.set_submodule(name, new)
@@ -144,7 +198,7 @@ def stage_quantize(model, st, ctx):
     if method == "dynamic":
         return None, qconvert.quantize_dynamic(model, exclude=st["exclude"])
     if method == "factored":
-        return None, _quantize_factored(model, calib, st)
+        return None, _quantize_factored(model, calib, st, ctx)
     if method == "qat":
         q = qqat.prepare_qat(model, weight_bits=st["bits"], act_bits=st["act_bits"], lsq=st["lsq"])
         if prune.masked_layers(model):  # a pruned model stays pruned while QAT trains
@@ -160,14 +214,14 @@ def stage_quantize(model, st, ctx):
                                           per_channel=st["per_channel"], exclude=st["exclude"])
 
 
-def _quantize_factored(model, calib, st):
+def _quantize_factored(model, calib, st, ctx=None):
     """The deployable form of ``model`` (:func:`deploy_view`: pruned layers stay sparse)
     with its factored Linear layers (LowRankLinear with dense factors, from an svd stage) in
     int8 (QuantizedLowRankLinear, each calibrated on the inputs that reach it in the float
     model on ``calib``).  A factor pruned to a sparse layer keeps its layer float."""
     from .. import lowrank
 
-    deploy = deploy_view(model)
+    deploy = deploy_view(model, ctx)
     factored = [(n, m) for n, m in deploy.named_modules() if type(m) is lowrank.LowRankLinear]
     names = [n for n, m in factored if m._factors() is not None]
     where = f"stage {st.index} (quantize): method 'factored'"
@@ -210,13 +264,23 @@ def _conv_hw(model, x):
     return seen
 
 
+def lowrank_targets(model, method):
+    """Names of the layers a lowrank stage of ``method`` can factor: Linear layers (svd) or
+    ungrouped Conv2d layers (tucker2, cp), not inside a layer factored already."""
+    from .. import lowrank
+
+    factored = [n for n, m in model.named_modules()
+                if isinstance(m, (lowrank.LowRankLinear, lowrank.Tucker2Conv2d, lowrank.CPConv2d))]
+    return [n for n, m in model.named_modules()
+            if (type(m) is nn.Linear if method == "svd" else type(m) is nn.Conv2d and m.groups == 1)
+            and not any(n.startswith(f + ".") for f in factored)]
+
+
 def stage_lowrank(model, st, ctx):
     from .. import lowrank
 
     shapes = _conv_hw(model, ctx.data.X_train[:1])
-    targets = [n for n, m in model.named_modules()
-               if (isinstance(m, nn.Linear) if st["method"] == "svd" else isinstance(m, nn.Conv2d) and m.groups == 1)
-               and (st["layers"] is None or n in st["layers"])]
+    targets = [n for n in lowrank_targets(model, st["method"]) if st["layers"] is None or n in st["layers"]]
     plan = {}
     for name in targets:
         layer = model.get_submodule(name)
@@ -226,14 +290,15 @@ def stage_lowrank(model, st, ctx):
                 r = st["rank"]
             elif st["energy"] is not None:
                 r = lowrank.rank_by_energy(np.linalg.svd(w, compute_uv=False), st["energy"])
-            else:
-                r = max(1, int(st["param_fraction"] * w.size / sum(w.shape)))
+            else:  # a Linear's multiply-adds per sample are its weights: mac_fraction = param_fraction
+                frac = st["param_fraction"] if st["param_fraction"] is not None else st["mac_fraction"]
+                r = max(1, int(frac * w.size / sum(w.shape)))
             r = min(r, min(w.shape))
             if r * sum(w.shape) >= w.size:
                 continue  # factoring would not save anything
             plan[name] = {"method": "svd", "rank": r}
         else:
-            frac = st["mac_fraction"] if st["mac_fraction"] is not None else 0.5
+            frac = st["mac_fraction"]  # the only key the validator lets tucker2 / cp have
             hw_in, hw_out = shapes[name]
             if st["method"] == "tucker2":
                 plan[name] = {"method": "tucker2",
@@ -246,7 +311,7 @@ def stage_lowrank(model, st, ctx):
     if plan:
         lowrank.factorize(model, plan)
     _fit(model, ctx, st)
-    return model, deploy_view(model)
+    return model, deploy_view(model, ctx)
 
 
 def stage_encode(model, st, ctx):
@@ -290,6 +355,19 @@ def check_applicable(recipe, model) -> None:
             unknown = set(s.params.get(key) or []) - names
             if unknown:
                 raise ArgumentError(f"{where} key {key!r}: the model has no layers named {sorted(unknown)}")
+        if s.kind == "lowrank" and s["layers"]:
+            can = lowrank_targets(model, s["method"])
+            bad = [n for n in s["layers"] if n not in can]
+            if bad:
+                what = "Linear layers" if s["method"] == "svd" else "ungrouped Conv2d layers"
+                raise ArgumentError(f"{where} key 'layers': method {s['method']!r} factors {what}; {bad} are not "
+                                    f"(the model's are {can})")
+        if s.kind == "prune" and s["layers"]:
+            can = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+            bad = [n for n in s["layers"] if n not in can]
+            if bad:
+                raise ArgumentError(f"{where} key 'layers': {bad} are not Linear / Conv2d layers of the model, "
+                                    f"which a prune stage prunes (the model's are {can})")
         if s.kind == "quantize" and isinstance(model, nn.Sequential):
             weight_layers = {n for n, m in model.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
             for key in ("exclude", "layer_bits"):

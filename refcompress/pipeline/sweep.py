@@ -20,8 +20,17 @@ from .recipe import Recipe, load_recipe, recipe_from_dict
 
 
 def _variants(recipe: Recipe, grid: dict):
+    if not isinstance(grid, dict):
+        raise ArgumentError(f"grid: expected a dict {{'<stage number>.<key>': [values]}}, got {type(grid).__name__}")
     keys = list(grid)
     for key in keys:
+        if not isinstance(key, str):
+            raise ArgumentError(f"grid: key {key!r} must be a string '<stage number>.<key>'")
+        values = grid[key]
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ArgumentError(f"grid: key {key!r}: expected a non-empty list of values to try, got {values!r}"
+                                + (f" (for one value write [{values!r}])" if not isinstance(values, (list, tuple))
+                                   else ""))
         try:
             idx, name = key.split(".", 1)
             if not 1 <= int(idx) <= len(recipe.stages):
@@ -33,7 +42,9 @@ def _variants(recipe: Recipe, grid: dict):
         if name not in stage.params:
             raise ArgumentError(f"grid: stage {idx} ({stage.kind}) has no key {name!r}")
     for values in itertools.product(*(grid[k] for k in keys)):
-        raw = {"name": recipe.name, "stage": [{"kind": s.kind, **{k: v for k, v in s.params.items() if v is not None}}
+        # the keys each stage sets (its defaults stay defaults: a default a method does not
+        # use, e.g. epochs of a static quantization, would be refused if set)
+        raw = {"name": recipe.name, "stage": [{"kind": s.kind, **{k: s.params[k] for k in s.given}}
                                               for s in recipe.stages]}
         point = dict(zip(keys, values))
         for key, value in point.items():
@@ -52,7 +63,7 @@ def recipe_grid(model, recipe, grid: dict, data, *, executor: cf.Executor | None
     """[(grid point, reports as dicts)] for every point of ``grid``, in grid order."""
     if not isinstance(recipe, Recipe):
         recipe = recipe_from_dict(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
-    if not grid:
+    if isinstance(grid, dict) and not grid:
         raise ArgumentError("grid: expected at least one '<stage>.<key>': [values] entry")
     points = list(_variants(recipe, grid))  # every variant validated before any work
     own = executor is None
