@@ -63,8 +63,8 @@ STAGES = {
                          {"kind": "quantize", "method": "share", "bits": 4, "epochs": 0},
                          {"kind": "encode", "bias_dtype": "float16"}],
     "svd": [{"kind": "lowrank", "method": "svd", "rank": 4, "epochs": 0}],
-    "tucker2": [{"kind": "lowrank", "method": "tucker2", "param_fraction": 0.5, "epochs": 0}],
-    "cp": [{"kind": "lowrank", "method": "cp", "rank": 4, "epochs": 0}],
+    "tucker2": [{"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5, "epochs": 0}],
+    "cp": [{"kind": "lowrank", "method": "cp", "mac_fraction": 0.5, "epochs": 0}],
 }
 
 
