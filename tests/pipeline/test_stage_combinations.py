@@ -198,9 +198,10 @@ def test_nm_layers_stay_nm_after_a_later_training_stage(kind):
 
 
 def test_share_of_a_layer_pruned_to_nothing_names_the_stage_and_layer():
-    _bad([{"kind": "prune", "method": "magnitude", "sparsity": 1.0, "layers": ["3"], "epochs": 0},
-          {"kind": "quantize", "method": "share", "bits": 4, "epochs": 0}],
-         r"stage 2 \(quantize\): method 'share': layer '3' has no nonzero weights left to share", _mlp())
+    with pytest.warns(RuntimeWarning, match="layer '3' loses all of its weights"):
+        _bad([{"kind": "prune", "method": "magnitude", "sparsity": 1.0, "layers": ["3"], "epochs": 0},
+              {"kind": "quantize", "method": "share", "bits": 4, "epochs": 0}],
+             r"stage 2 \(quantize\): method 'share': layer '3' has no nonzero weights left to share", _mlp())
 
 
 @pytest.mark.parametrize("grid,match", [
