@@ -132,7 +132,8 @@ class PackedLowRank(Frozen):
         c_args = (ptr("float *", self.v), ptr("float *", packed),
                   _native.ffi.NULL if self.bias is None else ptr("float *", self.bias))
         # written directly: the object may already be frozen (packed lazily by a first call)
-        self.__dict__.update(packed=packed, _c_args=c_args, _ws1=lib.rc_lowrank_workspace_size(1, r))
+        for k, v in (("packed", packed), ("_c_args", c_args), ("_ws1", lib.rc_lowrank_workspace_size(1, r))):
+            object.__setattr__(self, k, v)
         return c_args
 
     def __repr__(self):
@@ -275,9 +276,11 @@ def _u_min_scale(bias, r, h_scale, h_zero_point):
 def _rebuild_quantized_lowrank(state):
     q = object.__new__(QuantizedLowRank)
     state.setdefault("bias", None)  # (pickled before the layer kept its float bias: bias_q has it)
-    q.__dict__.update(state)
+    for k, v in state.items():  # (object.__setattr__: see _frozen)
+        object.__setattr__(q, k, v)
     # the workspace size from this build's rc_lowrank_q8_workspace_size, not the pickler's
-    q.__dict__.update(_c_args=None, _ws_last=(-1, 0))
+    object.__setattr__(q, "_c_args", None)
+    object.__setattr__(q, "_ws_last", (-1, 0))
     if _native.lib is not None and not q.empty:
         q._prepare_c()
     q._freeze()
@@ -400,7 +403,8 @@ class QuantizedLowRank(Frozen):
                  "QuantizedLowRank")
         c_args = (pv, pu, ptr("int32_t *", cols), ptr("void *", signed), epi_h, epi_y)
         # written directly: the object may already be frozen (prepared lazily by a first call)
-        self.__dict__.update(_cols=cols, _signed=signed, _keep=(keep_h, keep_y), _c_args=c_args)
+        for k, v in (("_cols", cols), ("_signed", signed), ("_keep", (keep_h, keep_y)), ("_c_args", c_args)):
+            object.__setattr__(self, k, v)
         return c_args
 
     @classmethod
@@ -459,7 +463,8 @@ def _lowrank_linear_q8_c(x_q, q, isa, threads):
     y = np.empty((B, q.m), _F32)
     last = q._ws_last  # (batch, workspace bytes) of the previous call: a layer mostly sees one batch
     if last[0] != B:
-        last = q.__dict__["_ws_last"] = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+        last = (B, lib.rc_lowrank_q8_workspace_size(B, q.n, q.r))
+        object.__setattr__(q, "_ws_last", last)
     ws = _native.workspace(last[1])
     if x_q.itemsize == 1:  # uint8 (by value: a dtype object equal to uint8 need not be _U8)
         rc = lib.rc_lowrank_q8(fb(_native.U8_ARRAY, x_q), B, q.n, q.r, q.m, *c_args, fb(_native.F32_ARRAY, y),

@@ -600,8 +600,9 @@ class PackedCSR(Frozen):
         and, when given, a new ``bias`` (None for none); the structure is not re-checked."""
         values = check_array(values, "values", dtypes=[np.float32], shape=(self.nnz,), contiguous=True)
         new = object.__new__(PackedCSR)
-        new.__dict__.update(self.__dict__)
-        new.__dict__["_frozen"] = False  # not yet shared: filled in, then frozen
+        for k, v in vars(self).items():  # (object.__setattr__: the copy's attributes stay fast to read)
+            object.__setattr__(new, k, v)
+        object.__setattr__(new, "_frozen", False)  # not yet shared: filled in, then frozen
         new._set_values(values, self.bias if bias is _SAME else _bias(bias, self.out_features))
         new._freeze()
         return new
@@ -712,10 +713,11 @@ class PackedNM(Frozen):
         when given, a new ``bias`` (None for none); the positions are not re-checked."""
         values = check_array(values, "values", dtypes=[np.float32], shape=self.values.shape, contiguous=True)
         p = object.__new__(PackedNM)
-        p.__dict__.update(self.__dict__)
-        p.__dict__["values"] = values  # (frozen: written before the object is shared)
+        for k, v in vars(self).items():  # (object.__setattr__: the copy's attributes stay fast to read)
+            object.__setattr__(p, k, v)
+        object.__setattr__(p, "values", values)  # (frozen: written before the object is shared)
         if bias is not _SAME:
-            p.__dict__["bias"] = _bias(bias, self.out_features)
+            object.__setattr__(p, "bias", _bias(bias, self.out_features))
         return p
 
     def __reduce__(self):
@@ -787,7 +789,7 @@ def _spmm_csr_c(x, p, *, isa, threads):
             ws = np.empty(need, np.uint8)
         rc = lib.rc_spmm_csr_f32(_native.ptr("float *", x), batch, in_f, p.out_features, *p._c_args,
                                  _native.ptr("float *", y), _native.ptr("void *", ws), isa, threads)
-        p.__dict__["_ws"] = ws  # (the object is frozen: its cache is written directly)
+        object.__setattr__(p, "_ws", ws)  # (the object is frozen: its cache is written directly)
     check_rc(rc, "spmm_csr")
     return y
 

@@ -34,19 +34,27 @@ def _singular_values(weight, name="weight"):
     return np.linalg.svd(w.astype(np.float64), compute_uv=False)
 
 
-def rank_by_energy(singular_values, energy: float) -> int:
+def rank_by_energy(singular_values, energy: float, *, eps: float | None = None) -> int:
     """Smallest r keeping a fraction ``energy`` in (0, 1] of sum s_i^2 (>= 1), for s in
-    descending order.  ``energy`` = 1 keeps every nonzero singular value (r = the index of
-    the last nonzero s_i, 1-based)."""
+    descending order.  ``energy`` = 1 keeps the numerical rank: every s_i above
+    s_1 * k * eps (k singular values; NumPy's ``matrix_rank`` rule with k for max(m, n)),
+    so an exactly low-rank float32 weight keeps its rank and not its rounding noise, while
+    a float64 tail such as [1, 1e-7] is kept.  ``eps``: the relative precision of the matrix
+    the values come from (default: machine epsilon of their dtype; :func:`select_rank`
+    passes the weight's, since it takes the SVD in float64)."""
     s = check_array(singular_values, "singular_values", ndim=1, finite=True)
     e = check_float(energy, "energy", min_value=0.0, max_value=1.0, min_inclusive=False)
     if s.size == 0:
         raise ArgumentError("singular_values: expected at least one value, got none")
     if e == 1.0:
-        # Exactly, not through the cumulative sum: the rounding allowance below (1e-12 of
-        # the energy) would drop a tail such as [1, 1e-7], whose share is 1e-14.
-        nonzero = np.flatnonzero(s)
-        return int(nonzero[-1]) + 1 if nonzero.size else 1
+        # Not through the cumulative sum: the rounding allowance below (1e-12 of the
+        # energy) would drop a tail such as [1, 1e-7], whose share is 1e-14.
+        if eps is None:
+            given = getattr(singular_values, "dtype", None)  # (check_array may have widened it)
+            eps = np.finfo(given if given is not None and given.kind == "f" else np.float64).eps
+        eps = check_float(eps, "eps", min_value=0.0)
+        above = np.flatnonzero(np.abs(s) > np.abs(s).max() * s.size * eps)
+        return int(above[-1]) + 1 if above.size else 1
     sq = np.square(s.astype(np.float64))
     total = sq.sum()
     if total == 0.0:
@@ -202,7 +210,8 @@ def select_rank(weight, *, rank=None, energy=None, budget=None, vbmf: bool = Fal
     if rank is not None:
         return check_int(rank, "rank", min_value=1, max_value=min(m, n))
     if energy is not None:
-        return rank_by_energy(_singular_values(w), energy)
+        return rank_by_energy(_singular_values(w), energy,
+                              eps=float(np.finfo(w.dtype if w.dtype.kind == "f" else np.float64).eps))
     if budget is not None:
         return rank_by_budget(m, n, budget)
     return rank_by_vbmf(w)

@@ -163,11 +163,12 @@ def prunable_layers(model: Module, layers=None, types=(Linear, Conv2d)) -> list:
     return out
 
 
-def check_untied(model: Module, action: str, types=None) -> None:
+def check_untied(model: Module, action: str, types=None, only=None) -> None:
     """Raise ArgumentError if one module holding parameters or buffers (a Linear, Conv2d,
     BatchNorm, ...) appears at two places of ``model`` (a layer used twice: weight tying);
-    ``types`` limits the check to those classes.  Parameter-free modules (a ReLU instance
-    reused) are fine.  ``action`` names what cannot be done to such a model."""
+    ``types`` limits the check to those classes and ``only`` (a set of ``id()``s) to those
+    modules.  Parameter-free modules (a ReLU instance reused) are fine.  ``action`` names
+    what cannot be done to such a model."""
     # Module.named_modules() lists a shared module once, so the tree is walked here.
     seen = {}
 
@@ -178,7 +179,7 @@ def check_untied(model: Module, action: str, types=None) -> None:
             full = f"{prefix}.{name}" if prefix else name
             stateful = any(v is not None for v in child._parameters.values()) or \
                 any(v is not None for v in child._buffers.values())
-            if stateful and (types is None or isinstance(child, types)):
+            if stateful and (types is None or isinstance(child, types)) and (only is None or id(child) in only):
                 if id(child) in seen:
                     raise ArgumentError(
                         f"model: {seen[id(child)]!r} and {full!r} are the same "

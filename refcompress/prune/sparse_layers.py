@@ -377,8 +377,9 @@ def _convert(model, layers, build):
         raise ArgumentError("model: convert a Linear directly with SparseLinear.from_linear / "
                             "NMLinear.from_linear (there is no parent to put it in)")
     named = prunable_layers(model, layers, types=(Linear,))
-    # a Linear used twice would be replaced at one place only, and lose its mask at both
-    check_untied(model, "converting it", types=(Linear,))
+    # a Linear to convert that is used twice would be replaced at one place only, and lose
+    # its mask at both (a tied Linear left out of ``layers`` is fine)
+    check_untied(model, "converting it", types=(Linear,), only={id(layer) for _, layer in named})
     new = {name: build(name, layer) for name, layer in named}  # build all before changing any
     for name, layer in named:
         if new[name] is not None:
@@ -394,7 +395,8 @@ def to_sparse(model: Module, *, layers=None, min_sparsity: float = 0.0) -> Modul
     min_sparsity : skip layers with a smaller fraction of zero weights (dense is cheaper
                    for dense-ish layers: docs/sparse_kernels.md has the break-even).
     Masks are removed (the zeros are what CSR drops).  Returns ``model``.  A Linear used at
-    two places of the model is refused (ArgumentError naming both), before anything changes.
+    two places of the model is refused if it is to be converted (ArgumentError naming both),
+    before anything changes.
     """
     min_s = check_amount(min_sparsity, "min_sparsity")
 
@@ -411,7 +413,7 @@ def to_nm(model: Module, n: int = 2, m: int = 4, *, layers=None) -> Module:
     """Replace N:M-pruned Linear layers of ``model`` by :class:`NMLinear`, in place.
 
     A layer that violates the pattern is an error naming it (prune with ``nm_prune``); a
-    Linear used at two places of the model is refused, naming both."""
+    Linear to convert that is used at two places of the model is refused, naming both."""
     n, m = check_nm(n, m)
 
     def build(name, layer):

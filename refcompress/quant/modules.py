@@ -23,7 +23,7 @@ import operator
 import numpy as np
 
 from .. import _conv, kernels
-from .._validation import check_array, check_axis, check_choice, check_int
+from .._validation import check_array, check_choice, check_int
 from ..errors import ArgumentError, NotDifferentiableError, ShapeError
 from ..nn import functional as F
 from ..nn.module import Module
@@ -391,9 +391,10 @@ class _WeightOnly(Module):
                                     f"do not fit this {self.bits}-bit {'symmetric' if self.symmetric else 'affine'} "
                                     f"layer (group_size {self.group_size})")
             # the layer keeps one scale per output row: scales along another axis of a square
-            # weight would have the right count and be applied to the wrong weights (the rule
-            # of gptq.check_layer_spec, for the codes' rank: a conv weight's is 4)
-            if sp.granularity == "channel" and check_axis(sp.axis, len(self.weight_shape), "scale.spec.axis") != 0:
+            # weight would have the right count and be applied to the wrong weights.  The
+            # output axis is 0, or -2 on the [out, in * kh * kw] view the layer quantizes (and
+            # GPTQ / AWQ work on: gptq.check_layer_spec's rule), or -4 on a conv's own weight.
+            if sp.granularity == "channel" and sp.axis not in (0, -2, -len(self.weight_shape)):
                 raise ArgumentError(f"scale: per-channel QParams need axis 0 (output channels), "
                                     f"got axis {sp.axis}")
             scale = np.asarray(scale.scale, np.float32)

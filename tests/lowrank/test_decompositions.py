@@ -275,11 +275,18 @@ def test_whitened_svd_with_an_indefinite_float32_gram_names_gram_and_damping():
     assert a.shape == (8, 2) and b.shape == (2, 16)
 
 
-def test_energy_one_keeps_every_nonzero_singular_value():
+def test_energy_one_keeps_the_numerical_rank():
     # the tail's share 1e-14 is below the 1e-12 rounding allowance of e < 1
     assert lr.rank_by_energy([1.0, 1e-7], 1.0) == 2
     assert lr.rank_by_energy([1.0, 1e-7, 0.0, 0.0], 1.0) == 2
-    assert lr.rank_by_energy([1.0, 1e-200], 1.0) == 2  # s^2 underflows; s is still nonzero
+    # below s_1 * k * eps: rounding noise, not rank
+    assert lr.rank_by_energy([1.0, 1e-200], 1.0) == 1
+    assert lr.rank_by_energy(np.array([1.0, 1e-7], np.float32), 1.0) == 1  # float32: floor 2.4e-7
+    assert lr.rank_by_energy([1.0, 1e-7], 1.0, eps=2.0 ** -23) == 1
+    # an exactly rank-2 float32 weight keeps rank 2, not its SVD's ~1e-7 noise (48)
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 2)) @ rng.standard_normal((2, 48))).astype(np.float32)
+    assert lr.select_rank(w, energy=1.0) == 2
     assert lr.rank_by_energy([0.0, 0.0], 1.0) == 1
     assert lr.rank_by_energy([1.0, 1e-7], 1.0 - 1e-9) == 1  # e < 1 unchanged
     w = np.diag([3.0, 2.0, 1e-8, 0.0])

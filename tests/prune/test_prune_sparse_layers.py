@@ -364,3 +364,15 @@ def test_a_float64_layer_is_refused_by_name(convert):
     with pytest.raises(DTypeError, match=r"^layers: '0' has float64 weights, expected float32"):
         convert(m)
     assert type(m[0]) is nn.Linear
+
+
+def test_a_tied_linear_left_out_of_layers_does_not_stop_the_conversion():
+    rng = np.random.default_rng(0)
+    tied = nn.Linear(16, 16, rng=rng)
+    model = nn.Sequential(nn.Linear(8, 16, rng=rng), nn.ReLU(), tied, nn.ReLU(), tied)
+    model[0].weight.data[:, ::2] = 0
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    y = model(x)
+    P.to_sparse(model, layers=["0"])
+    assert isinstance(model[0], P.SparseLinear) and model[2] is model[4] is tied
+    np.testing.assert_allclose(model(x), y, rtol=1e-5, atol=1e-5)

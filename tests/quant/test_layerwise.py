@@ -508,3 +508,8 @@ def test_set_quantized_refuses_channel_qparams_along_the_input_axis():
         else:
             with pytest.raises(ArgumentError, match="axis 0"):
                 conv.set_quantized(quantize(wc, qp), qp)
+    # GPTQ / AWQ quantize a conv on its [out, in * kh * kw] view, where the output axis is -2
+    wc2 = wc.reshape(3, -1)
+    qp = calibrate(wc2, QuantSpec(8).per_channel(-2))
+    conv = M.WeightOnlyConv2d(2, 3, 3, bits=8).set_quantized(quantize(wc2, qp).reshape(wc.shape), qp)
+    np.testing.assert_array_equal(conv.dense_weight().reshape(3, -1), dequantize(quantize(wc2, qp), qp))
