@@ -86,7 +86,8 @@ def test_uncacheable_batch_inputs_run_the_teacher_every_time():
 def _old_soft_target(s, t, T):
     """soft_target_loss as at 8b46435 (plain kl_div times T^2)."""
     value, grad = kl_div(s.astype(np.float64), t.astype(np.float64), temperature=T)
-    return value * T * T, (grad * T * T).astype(s.dtype)
+    T2 = T * T
+    return value * T2, (grad * T2).astype(s.dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
