@@ -18,9 +18,11 @@ the same thing at every temperature (Hinton et al. 2015, section 2).
 Numerics.  At large T the KL is a second-order quantity, ~|z_s - z_t|^2 / T^2; formed as
 sum p_t (log p_t - log p_s) from log-probabilities that agree to O(1/T) (absolute error
 ~eps log C each), the cancellation error times T^2 swamps it once |z|/T ~ sqrt(eps), i.e.
-T ~ 1e7 |z| in float64 (T ~ 1e3 in float32), and T^2 overflows beyond T ~ 1e154.  So for
-every row whose logit differences D = z_t - z_s span at most T (max_k D - min_k D <= T: all
-large-T rows) the value is computed without cancellation, in float64, from
+T ~ 1e7 |z| in float64 (T ~ 1e3 in float32), and T^2 overflows beyond T ~ 1e154 (its
+relative error grows like eps (T / span)^2, span = max_k D - min_k D).  So for every row
+whose logit differences D = z_t - z_s span at most T / 1000 (the large-T rows; the switch
+point is explained in :func:`soft_target_loss`) the value is computed without
+cancellation, in float64, from
 
     d = D / T,   w_k = log(p_t,k / p_s,k) = d_k - log sum_j p_s,j e^{d_j}   (|w_k| <= 1)
     T^2 KL = sum_k p_s,k (T w_k)^2 g(w_k),   g(w) = (w e^w - e^w + 1) / w^2
@@ -32,8 +34,8 @@ D - T log E_s[e^d] with T log E_s[e^d] = (log1p(m)/m) E_s[D expm1(d)/d], m = E_s
 so no quantity scales with T^2 or underflows).  As T -> inf this tends to the closed form
 T^2 KL -> 1/2 (mean_k D^2 - (mean_k D)^2) (Hinton et al. 2015, section 2.1, "matching
 logits"), reached to float64 precision for any finite T.  Rows whose differences span more
-than T (small T, where the KL is not small) use :func:`refcompress.nn.losses.kl_div`
-(log-softmax based, stable for logits of any magnitude).  Both are evaluated in float64
+than T / 1000 (ordinary T, where the plain formula's relative error is <~ 4e-7) use
+:func:`refcompress.nn.losses.kl_div` (log-softmax based, stable for logits of any magnitude).  Both are evaluated in float64
 whatever the logits' dtype; the gradient is returned in the logits' dtype.
 """
 
@@ -111,6 +113,11 @@ def _kd_rows_close(s, t, T):
     return value, grad
 
 
+# rows whose logit differences span more than T / _PLAIN_MAX_RATIO use the plain kl_div
+# formula (relative error <~ 4e-7 there); see soft_target_loss
+_PLAIN_MAX_RATIO = 1e3
+
+
 def soft_target_loss(student_logits, teacher_logits, temperature: float = 4.0):
     """Hinton's soft-target loss ``T^2 * mean_i KL(softmax(t_i/T) || softmax(s_i/T))``
     (Hinton, Vinyals & Dean 2015, eq. of section 2).
@@ -120,6 +127,16 @@ def soft_target_loss(student_logits, teacher_logits, temperature: float = 4.0):
     [N, C] in the logits' dtype, equal to ``T * (p_s - p_t) / N``.  Accurate for any finite
     T > 0 (large T: tends to 1/2 mean_i [mean_k D^2 - (mean_k D)^2], D = z_t - z_s); see the
     module docstring for how.
+
+    Which computation: a row whose differences D span at most T / 1000 (max_k D - min_k D
+    <= T / _PLAIN_MAX_RATIO) takes the cancellation-free large-T path; every other row the
+    plain ``T^2 * kl_div``.  The plain formula's relative error grows like
+    eps * (T / span)^2: measured against 60-digit arithmetic it is <= 1e-10 at T / span =
+    100, <= 4e-7 at 1000 (C = 10 .. 1000), but 2e-4 at 1e4 and O(1) by 1e6, while the
+    large-T path stays at ~1e-15.  So at ordinary temperatures (T <~ 1000 x the logit
+    spread, e.g. T = 0.5 .. 100 for logit differences spanning >= 0.1) the result is
+    bit-identical to the plain formula and as fast; when no row needs the large-T path the
+    whole batch goes through ``kl_div`` in one call.
     """
     s, t = _check_logits(student_logits, teacher_logits)
     T = check_temperature(temperature)
@@ -128,13 +145,20 @@ def soft_target_loss(student_logits, teacher_logits, temperature: float = 4.0):
     if N == 0:
         raise ShapeError(f"student_logits: expected a non-empty batch, got shape {s.shape}")
     with np.errstate(invalid="ignore", over="ignore"):
-        D = t64 - s64
-        close = (D.max(axis=1) - D.min(axis=1)) <= T       # False for NaN / inf rows
+        # the switch only needs the span roughly: in the logits' dtype (an overflow to inf,
+        # or NaN, takes the plain formula, as it should); reduced over the leading axis of a
+        # transposed copy, ~10x faster than max(axis=1) for few classes
+        Dt = np.ascontiguousarray((t - s).T)
+        close = (Dt.max(axis=0) - Dt.min(axis=0)) * _PLAIN_MAX_RATIO <= T
+    if not close.any():
+        # the plain formula, bit for bit as before the large-T path was added
+        value, grad = kl_div(s64, t64, temperature=T)
+        T2 = T * T
+        return value * T2, (grad * T2).astype(s.dtype, copy=False)
     value, grad = 0.0, np.empty_like(s64)
-    if close.any():
-        v, g = _kd_rows_close(s64[close], t64[close], T)
-        value += float(v.sum()) / N
-        grad[close] = g / N
+    v, g = _kd_rows_close(s64[close], t64[close], T)
+    value += float(v.sum()) / N
+    grad[close] = g / N
     far = ~close
     if far.any():
         n_far = int(far.sum())

@@ -24,7 +24,9 @@ each epoch by ``fit``) index that cache.  With a re-iterable of batches the teac
 is cached per batch position and reused only while the iterable yields the same batch
 there, i.e. when the data order allows.  "The same" means equal contents: the cache holds a
 copy of each batch and compares it with ``np.array_equal``, so a loader that refills one
-preallocated buffer for every batch gets fresh teacher outputs for each new batch.
+preallocated buffer for every batch gets fresh teacher outputs for each new batch.  A batch
+input may be an array or a tuple / list (nested) of arrays (a multi-input model's
+``(x1, x2)``); any other batch input runs the teacher every step, uncached.
 """
 
 from __future__ import annotations
@@ -200,23 +202,31 @@ class Distiller:
 
         The cache keeps a private copy of each batch and compares contents (shape, dtype,
         ``np.array_equal``), never identity: a loader may refill one preallocated buffer
-        for every batch, so the same array object holds other inputs each time.  The cost
-        is one copy of the data and one O(batch) comparison per step, small next to the
-        teacher's forward pass.
+        for every batch, so the same array object holds other inputs each time.  A batch
+        may be one array or a tuple / list of them (nested, e.g. a two-input model's
+        ``(x1, x2)``): each array is copied and compared.  Other batch inputs (dicts,
+        object arrays, custom types) are passed to the teacher uncached.  The cost is one
+        copy of the data and one O(batch) comparison per step, small next to the teacher's
+        forward pass.
         """
         if not self.cache_teacher:
             return self.teacher_outputs(xb)
         hit = self._batch_cache.get(pos)
         if hit is not None:
             x_ref, out = hit
-            if (isinstance(xb, np.ndarray) and xb.shape == x_ref.shape
-                    and xb.dtype == x_ref.dtype and np.array_equal(xb, x_ref)):
+            if _same_batch(xb, x_ref):
                 return out
         z, feats = self.teacher_outputs(xb)
+        snap = _snapshot_batch(xb)
+        if snap is None:                   # not an array (tree): no caching
+            self._batch_cache.pop(pos, None)
+            return z, feats
         # an output that is a view of the batch (a tapped reshape) would change with it
-        own = (lambda a: a.copy() if np.may_share_memory(a, xb) else a)
+        leaves = _batch_leaves(xb)
+        own = (lambda a: a.copy() if isinstance(a, np.ndarray)
+               and any(np.may_share_memory(a, x) for x in leaves) else a)
         out = own(z), {n: own(f) for n, f in feats.items()}
-        self._batch_cache[pos] = (np.array(xb, copy=True), out)
+        self._batch_cache[pos] = (snap, out)
         return out
 
     # -- setup -----------------------------------------------------------------------------
@@ -479,6 +489,40 @@ class Distiller:
 
         wrapped = (_SizedRestart if hasattr(data, "__len__") else _Restart)(data, counter)
         return step, wrapped
+
+
+def _cacheable_array(x):
+    return isinstance(x, np.ndarray) and x.dtype != object
+
+
+def _snapshot_batch(xb):
+    """A private copy of a batch input for the teacher cache: an array, or a tuple / list
+    (nested) of arrays; None for anything else (then the batch is not cached)."""
+    if _cacheable_array(xb):
+        return np.array(xb, copy=True)
+    if isinstance(xb, (tuple, list)):
+        parts = [_snapshot_batch(x) for x in xb]
+        if any(p is None for p in parts):
+            return None
+        return (type(xb) is list, tuple(parts))
+    return None
+
+
+def _same_batch(xb, ref):
+    """Whether batch input ``xb`` has the contents of the snapshot ``ref``."""
+    if isinstance(ref, np.ndarray):
+        return (_cacheable_array(xb) and xb.shape == ref.shape and xb.dtype == ref.dtype
+                and np.array_equal(xb, ref))
+    is_list, parts = ref
+    return (isinstance(xb, (tuple, list)) and (type(xb) is list) == is_list
+            and len(xb) == len(parts) and all(_same_batch(x, r) for x, r in zip(xb, parts)))
+
+
+def _batch_leaves(xb):
+    """The arrays of a (nested tuple / list) batch input."""
+    if isinstance(xb, (tuple, list)):
+        return [a for x in xb for a in _batch_leaves(x)]
+    return [xb]
 
 
 class _LabeledAccuracy:
