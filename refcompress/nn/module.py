@@ -118,6 +118,8 @@ class Parameter:
         """A grad hook's result must be a real array of the parameter's shape; it is cast
         to the parameter's dtype (a float64 mask times a float32 grad is float64)."""
         what = f"grad hook {i} ({getattr(fn, '__qualname__', type(fn).__name__)})"
+        if isinstance(r, np.generic):  # NumPy arithmetic on a 0-d grad returns a scalar
+            r = np.asarray(r)
         if not isinstance(r, np.ndarray):
             raise DTypeError(f"{what}: expected it to return a numpy.ndarray or None, got {type(r).__name__}")
         if r.shape != self.data.shape:
