@@ -56,14 +56,15 @@ def check_conv_weight(weight, name="weight"):
     return w
 
 
-def check_tucker2_ranks(weight_shape, ranks) -> tuple[int, int]:
+def check_tucker2_ranks(weight_shape, ranks, *, hooi: bool = True) -> tuple[int, int]:
     """(R3, R4) checked against the ranks a Tucker-2 of a [T, S, kh, kw] kernel can supply:
 
         1 <= R3 <= min(T, R4 kh kw),     1 <= R4 <= min(S, R3 kh kw).
 
     U_out holds the leading R3 left singular vectors of unfold_1(K x_2 U_in^T) [T, R4 kh kw]
     and U_in those of unfold_2(K x_1 U_out^T) [S, R3 kh kw], so neither matrix has more
-    columns to give (HOSVD's bounds R3 <= S kh kw, R4 <= T kh kw follow from these).
+    columns to give.  With ``hooi=False`` (HOSVD alone: ``tucker2(..., n_iter=0)``) only
+    the unfoldings of K itself bound them: R3 <= min(T, S kh kw), R4 <= min(S, T kh kw).
     Raises ArgumentError naming ``ranks`` and the bound.
     """
     T, S, kh, kw = _check_weight_shape(weight_shape)
@@ -72,6 +73,11 @@ def check_tucker2_ranks(weight_shape, ranks) -> tuple[int, int]:
     r3 = check_int(ranks[0], "ranks[0] (out_rank)", min_value=1, max_value=T)
     r4 = check_int(ranks[1], "ranks[1] (in_rank)", min_value=1, max_value=S)
     k = kh * kw
+    if not hooi:
+        if r3 > S * k or r4 > T * k:
+            raise ArgumentError(f"ranks: expected R3 <= S kh kw = {S * k} and R4 <= T kh kw = {T * k} "
+                                f"(the HOSVD of a {T}x{S}x{kh}x{kw} kernel), got ({r3}, {r4})")
+        return r3, r4
     if r3 > r4 * k or r4 > r3 * k:
         raise ArgumentError(
             f"ranks: expected R3 <= R4 kh kw and R4 <= R3 kh kw (a Tucker-2 of a {kh}x{kw} kernel cannot "
@@ -128,12 +134,13 @@ def tucker2(weight, ranks, *, n_iter: int = 50, tol: float = 1e-10) -> Tucker2:
     HOSVD initialisation, then at most ``n_iter`` HOOI sweeps, stopping when the relative
     error improves by less than ``tol``.  Computation in float64.  Raises ArgumentError for
     ranks a Tucker-2 cannot supply (outside [1, T] / [1, S], or R3 > R4 kh kw, or
-    R4 > R3 kh kw: :func:`check_tucker2_ranks`), ShapeError for a non-4-D weight.
+    R4 > R3 kh kw; with ``n_iter=0`` the HOSVD bounds: :func:`check_tucker2_ranks`),
+    ShapeError for a non-4-D weight.
     """
     w = check_conv_weight(weight).astype(np.float64)
     T, S = w.shape[:2]
-    r3, r4 = check_tucker2_ranks(w.shape, ranks)
     n_iter = check_int(n_iter, "n_iter", min_value=0)
+    r3, r4 = check_tucker2_ranks(w.shape, ranks, hooi=n_iter > 0)
     tol = check_float(tol, "tol", min_value=0.0)
     norm = float(np.linalg.norm(w)) or 1.0
     u_out = _leading(w.reshape(T, -1), r3)

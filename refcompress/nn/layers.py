@@ -7,6 +7,8 @@ the parameters' dtype (``module.to(np.float64)`` for gradient checks); nothing i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _conv
@@ -170,11 +172,12 @@ class Flatten(Module):
     def forward(self, x):
         x = check_array(x, "x", min_ndim=2)
         self._cache = x.shape if self.training else None
-        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))   # no -1: N may be 0
+        # no -1 (N may be 0); math.prod, not np.prod: that is ~2 us on a tuple
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, grad_out):
         shape = self._cache_or_raise()
-        g = self._check_grad_out(grad_out, (shape[0], int(np.prod(shape[1:]))))
+        g = self._check_grad_out(grad_out, (shape[0], math.prod(shape[1:])))
         return g.reshape(shape)
 
 

@@ -118,6 +118,8 @@ class Parameter:
         """A grad hook's result must be a real array of the parameter's shape; it is cast
         to the parameter's dtype (a float64 mask times a float32 grad is float64)."""
         what = f"grad hook {i} ({getattr(fn, '__qualname__', type(fn).__name__)})"
+        if isinstance(r, np.generic):  # NumPy arithmetic on a 0-d grad returns a scalar
+            r = np.asarray(r)
         if not isinstance(r, np.ndarray):
             raise DTypeError(f"{what}: expected it to return a numpy.ndarray or None, got {type(r).__name__}")
         if r.shape != self.data.shape:
@@ -418,12 +420,26 @@ class Module:
             if new.dtype != cur.dtype:
                 raise DTypeError(
                     f"state_dict[{key!r}]: expected dtype {cur.dtype.name}, got {new.dtype.name}")
-            first = next(a for a in aliases[given[key]] if a in state_dict)
-            if first != key and not np.array_equal(new, state_dict[first], equal_nan=new.dtype.kind in "fc"):
-                raise ArgumentError(
-                    f"state_dict: {first!r} and {key!r} name the same array (a shared module or "
-                    f"parameter) but carry different values")
-            updates.append((m, reg, name, new))
+            updates.append((m, reg, name, new, given[key], cur))
+        # The paths of one shared array must agree, except that an edit of one path wins:
+        # a state dict taken, changed at "0.weight" and loaded back still holds the old
+        # value at "2.weight" (PyTorch would keep whichever path it loads last).
+        chosen = {}
+        for m, reg, name, new, ident, cur in updates:
+            if ident not in chosen:
+                keys = [a for a in aliases[ident] if a in state_dict]
+                vals = [check_array(state_dict[a], f"state_dict[{a!r}]") for a in keys]
+                nan = new.dtype.kind in "fc"
+                pick = vals[0]
+                if any(not np.array_equal(v, pick, equal_nan=nan) for v in vals[1:]):
+                    edits = [(a, v) for a, v in zip(keys, vals) if not np.array_equal(v, cur, equal_nan=nan)]
+                    if any(not np.array_equal(v, edits[0][1], equal_nan=nan) for _, v in edits[1:]):
+                        raise ArgumentError(
+                            f"state_dict: {', '.join(repr(a) for a, _ in edits)} name the same array "
+                            f"(a shared module or parameter) but carry different new values")
+                    pick = edits[0][1]
+                chosen[ident] = pick
+        updates = [(m, reg, name, chosen[ident]) for m, reg, name, _, ident, _ in updates]
         loaded = {}
         for m, reg, name, new in updates:
             if reg == "_parameters":

@@ -68,8 +68,9 @@ def magnitude_scores(weight) -> np.ndarray:
 
 
 def n_pruned(amount: float, size: int) -> int:
-    """round-half-to-even(amount * size) with ``amount`` taken as the decimal it prints as
-    (0.35 of 90 is 31.5 -> 32; 0.7 of 45 is 31.5 -> 32)."""
+    """round-half-to-even(amount * size) with ``amount`` taken as the decimal its Python
+    float prints as (0.35 of 90 is 31.5 -> 32; 0.7 of 45 is 31.5 -> 32).  A float32 amount
+    is its float64 value: np.float32(0.35) is 0.3499999940395355, so 31."""
     # The float amount * size is off by an ulp for many typed fractions (0.35 * 90 =
     # 31.499999999999996 rounds to 31), so the product is taken exactly on the shortest
     # decimal that round-trips to the float (repr), which is what the user typed; Python's

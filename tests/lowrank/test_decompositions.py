@@ -291,3 +291,14 @@ def test_energy_one_keeps_the_numerical_rank():
     assert lr.rank_by_energy([1.0, 1e-7], 1.0 - 1e-9) == 1  # e < 1 unchanged
     w = np.diag([3.0, 2.0, 1e-8, 0.0])
     assert lr.select_rank(w, energy=1.0) == 3
+
+
+def test_tucker2_hosvd_alone_takes_ranks_hooi_cannot():
+    """(20, 2) on a 32x8x3x3 kernel: R3 > R4 kh kw bounds HOOI's U_out, not HOSVD's."""
+    w = np.random.default_rng(0).standard_normal((32, 8, 3, 3))
+    t = lr.tucker2(w, (20, 2), n_iter=0)
+    assert t.core.shape == (20, 2, 3, 3) and t.u_out.shape == (32, 20) and t.u_in.shape == (8, 2)
+    with pytest.raises(ArgumentError, match="R3 <= R4 kh kw"):
+        lr.tucker2(w, (20, 2), n_iter=1)
+    with pytest.raises(ArgumentError, match="R4 <= T kh kw"):
+        lr.tucker2(np.ones((1, 16, 3, 3)), (1, 10), n_iter=0)

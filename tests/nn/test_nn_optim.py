@@ -142,3 +142,13 @@ def test_grad_hook_results_keep_the_parameters_dtype_and_shape():
     r.grad = np.ones(2, np.float32)
     with pytest.raises(DTypeError, match="grad hook 0 .*numpy.ndarray or None, got list"):
         nn.SGD([r], lr=0.1).step()
+
+
+
+def test_a_grad_hook_may_return_a_numpy_scalar_for_a_0d_parameter():
+    p = Parameter(np.array(1.0, np.float32))
+    p.register_grad_hook(lambda g: g * 0.5)  # a 0-d array times a float is a NumPy scalar
+    p.accumulate_grad(np.array(0.2, np.float32))
+    nn.SGD([p], lr=1.0).step()
+    assert p.data.shape == () and p.data.dtype == np.float32
+    np.testing.assert_allclose(p.data, 0.9)
