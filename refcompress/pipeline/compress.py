@@ -133,7 +133,7 @@ def measure(model, data, label, *, repeats: int = 30, latency: bool = True) -> R
     return Report(
         stage=label,
         parameters=_stored_parameters(model),
-        stored_bytes=sum(m.stored_bytes() for _, m in _leaves_with_storage(model)) + _other_bytes(model),
+        stored_bytes=_stored_bytes(model),
         macs_dense=int(sum(per_layer.values())),
         macs_effective=effective,
         accuracy=metrics.accuracy(model, data.X_test, data.y_test),
@@ -170,20 +170,25 @@ def time_stages(result: "CompressionResult", data, *, repeats: int = 30, rounds:
 
 
 def _leaves_with_storage(model):
-    """Layers that know their real storage (packed codes not expanded in the state dict)."""
-    return [(n, m) for n, m in model.named_modules() if hasattr(m, "stored_bytes") and callable(m.stored_bytes)]
+    """Layers that know their real storage (packed codes not expanded in the state dict),
+    each once (a layer used at two places is stored once)."""
+    seen, out = set(), []
+    for n, m in model.named_modules():
+        if hasattr(m, "stored_bytes") and callable(m.stored_bytes) and id(m) not in seen:
+            seen.add(id(m))
+            out.append((n, m))
+    return out
 
 
-def _other_bytes(model) -> int:
-    """State-dict bytes of everything not covered by a layer's own stored_bytes()."""
-    covered = {n for n, _ in _leaves_with_storage(model)}
-    total = 0
-    for key, a in model.state_dict().items():
-        owner = key.rsplit(".", 1)[0] if "." in key else ""
-        if "" in covered or any(owner == c or owner.startswith(c + ".") for c in covered if c):
-            continue  # counted by that layer's stored_bytes()
-        total += a.nbytes
-    return total
+def _stored_bytes(model) -> int:
+    """Bytes of ``model`` as stored: each layer with its own stored_bytes() by it, everything
+    else by metrics.stored_bytes (each parameter and buffer once, so a module used at two
+    places is counted once, although the state dict lists it under both paths)."""
+    own = _leaves_with_storage(model)
+    names = [n for n, _ in own]
+    outer = [m for n, m in own if not any(n != c and (c == "" or n.startswith(c + ".")) for c in names)]
+    return (sum(m.stored_bytes() for _, m in own) + metrics.stored_bytes(model)
+            - sum(metrics.stored_bytes(m) for m in outer))
 
 
 def compress(model: nn.Module, recipe, data, *, seed: int = 0, progress: bool = False,

@@ -114,6 +114,33 @@ SCHEMAS = {
 }
 
 
+# The keys each method of a stage kind takes (the others it ignores, or the validator refuses
+# them): a sweep point that sets a stage's method drops the recipe's other keys.
+_T = ("epochs", "lr", "batch_size")
+METHOD_KEYS = {
+    "prune": {
+        "magnitude": {"sparsity", "scope", "layers", *_T},
+        "iterative": {"sparsity", "scope", "rounds", "max_drop", "layers", *_T},
+        "agp": {"sparsity", "scope", "layers", *_T},
+        "structured": {"sparsity", "criterion", "layers", *_T},
+        "nm": {"n", "m", "layers", *_T},
+    },
+    "quantize": {
+        "static": {"bits", "act_bits", "rule", "per_channel", "exclude", "layer_bits", "calibration_samples"},
+        "weight_only": {"bits", "group_size", "exclude"},
+        "dynamic": {"exclude"},
+        "qat": {"bits", "act_bits", "lsq", "rule", *_T},
+        "share": {"bits", *_T},
+        "factored": {"calibration_samples"},
+    },
+    "lowrank": {
+        "svd": {"energy", "rank", "param_fraction", "mac_fraction", "layers", *_T},
+        "tucker2": {"mac_fraction", "layers", *_T},
+        "cp": {"mac_fraction", "layers", *_T},
+    },
+}
+
+
 @dataclass
 class Stage:
     kind: str
@@ -209,13 +236,15 @@ def recipe_from_dict(data: dict, source: str = "<dict>") -> Recipe:
                     _err(source, f"{where} key {key!r}", f"method {s['method']!r} chooses its ranks by the "
                          "fraction of the convolution's multiply-adds it keeps: set mac_fraction instead")
         if s.kind == "lowrank":
+            # a later stage of the same family factors the layers the earlier ones left
+            # (lowrank_targets skips factored layers); a layer is factored once
             family = ("svd",) if s["method"] == "svd" else ("tucker2", "cp")
-            earlier = [x for x in stages if x.kind == "lowrank" and x.index < s.index and x["method"] in family]
-            if earlier:
-                what = "Linear layers" if s["method"] == "svd" else "convolutions"
-                _err(source, where, f"stage {earlier[0].index} ({earlier[0].label()}) already factors the model's "
-                     f"{what}; a second stage would factor the factors: set the layers and ranks in one stage "
-                     "(an svd stage and a tucker2 / cp stage can be combined)")
+            for x in stages:
+                if x.kind == "lowrank" and x.index < s.index and x["method"] in family and s["layers"]:
+                    both = [n for n in s["layers"] if x["layers"] is not None and n in x["layers"]]
+                    if both:
+                        _err(source, f"{where} key 'layers'", f"layer {both[0]!r} is factored by stage {x.index} "
+                             f"({x.label()}) already; a layer is factored once (name it in one stage)")
         if s.kind == "prune" and s["method"] == "agp" and s["epochs"] < 2:
             _err(source, f"{where} key 'epochs'", f"the gradual schedule needs at least 2 epochs, got {s['epochs']}")
         if (s.kind == "distill" or (s.kind == "quantize" and s["method"] == "qat")) and s["epochs"] < 1:

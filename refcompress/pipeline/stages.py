@@ -10,7 +10,7 @@ sets ``train`` to None.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class Context:
     seed: int = 0
     progress: bool = False
     nm: tuple | None = None  # (n, m, layers) of an earlier N:M prune stage: its layers deploy as NMLinear
+    factored: dict = field(default_factory=dict)  # layer name -> "stage i (label)" of the lowrank stage that factored it
 
 
 def _fit(model, ctx, st, epochs=None, lr=None, step_fn=None):
@@ -59,15 +60,33 @@ def clone_with_masks(model):
 
 def deploy_view(model, ctx=None):
     """The storage / speed form of a float model: the layers of an earlier N:M prune stage
-    (``ctx.nm``) as NMLinear while they keep the pattern, other pruned Linear layers as CSR
-    (kept dense where less than half is zero: CSR would cost more than it saves)."""
+    (``ctx.nm``) as NMLinear while they keep the pattern and their N:M storage is not larger
+    than their CSR storage (``prune.nm_stored_bytes`` <= ``prune.csr_stored_bytes``: a later
+    magnitude prune that zeroes far more than N of every M makes CSR the smaller form), other
+    pruned Linear layers as CSR (kept dense where less than half is zero: CSR would cost more
+    than it saves)."""
     copy = qconvert.clone(model)
     if ctx is not None and ctx.nm is not None:
+        from .. import lowrank
+
         n, m, layers = ctx.nm
-        try:
-            copy = prune.to_nm(copy, n, m, layers=layers)
-        except (ArgumentError, ShapeError):  # the pattern is gone (e.g. factored since): CSR below
-            copy = qconvert.clone(model)
+        factored = [f for f, x in copy.named_modules()
+                    if isinstance(x, (lowrank.LowRankLinear, lowrank.Tucker2Conv2d, lowrank.CPConv2d))]
+        keep = []
+        for name, layer in copy.named_modules():
+            if not (_plain_layer(layer, nn.Linear) and (layers is None or name in layers)) \
+                    or any(name.startswith(f + ".") for f in factored):
+                continue
+            out_f, in_f = layer.weight.shape
+            bias = layer.bias is not None
+            nnz = int(np.count_nonzero(layer.weight.data))
+            if prune.nm_stored_bytes(out_f, in_f, n, m, bias) <= prune.csr_stored_bytes(out_f, in_f, nnz, bias):
+                keep.append(name)
+        for name in keep:  # layer by layer: one that lost the pattern (e.g. factored since) goes to CSR below
+            try:
+                copy = prune.to_nm(copy, n, m, layers=[name])
+            except (ArgumentError, ShapeError):
+                pass
     if any(isinstance(m, nn.Linear) and np.mean(m.weight.data == 0) >= 0.5 for m in copy.modules()):
         copy = prune.to_sparse(copy, min_sparsity=0.5)
     return copy.eval()
@@ -124,17 +143,28 @@ def stage_distill(model, st, ctx):
     return model.eval(), deploy_view(model, ctx)
 
 
+def _plain_layer(m, kinds=(nn.Linear, nn.Conv2d)):
+    """Whether ``m`` is a float Conv2d / Linear (of ``kinds``) a prune or lowrank stage works
+    on: subclasses included (a user's ``class MyLinear(nn.Linear)``), but not this library's
+    compressed layers that subclass them (QAT, weight-shared and Deep Compression layers)."""
+    from ..quant.qat import QATConv2d, QATLinear
+    from ..quant.weight_sharing import SharedConv2d
+    from .deep_compression import DeepCompressedConv2d
+
+    return isinstance(m, kinds) and not isinstance(m, (QATLinear, QATConv2d, SharedConv2d, DeepCompressedConv2d))
+
+
 def _output_layer(m):
     """The Conv2d / Linear whose output is ``m``'s output: ``m`` itself, or the last factor
     of a factored layer from a lowrank stage (LowRankLinear.second, Tucker2Conv2d.last,
     CPConv2d.pointwise_out); None for anything else."""
     from .. import lowrank
 
-    if type(m) in (nn.Linear, nn.Conv2d):
+    if _plain_layer(m):
         return m
     if isinstance(m, (lowrank.LowRankLinear, lowrank.Tucker2Conv2d, lowrank.CPConv2d)):
         last = list(m.children())[-1]
-        return last if type(last) in (nn.Linear, nn.Conv2d) else None
+        return last if _plain_layer(last) else None
     return None
 
 
@@ -272,7 +302,7 @@ def lowrank_targets(model, method):
     factored = [n for n, m in model.named_modules()
                 if isinstance(m, (lowrank.LowRankLinear, lowrank.Tucker2Conv2d, lowrank.CPConv2d))]
     return [n for n, m in model.named_modules()
-            if (type(m) is nn.Linear if method == "svd" else type(m) is nn.Conv2d and m.groups == 1)
+            if (_plain_layer(m, nn.Linear) if method == "svd" else _plain_layer(m, nn.Conv2d) and m.groups == 1)
             and not any(n.startswith(f + ".") for f in factored)]
 
 
@@ -280,6 +310,10 @@ def stage_lowrank(model, st, ctx):
     from .. import lowrank
 
     shapes = _conv_hw(model, ctx.data.X_train[:1])
+    again = [n for n in (st["layers"] or []) if n in ctx.factored]
+    if again:  # e.g. an earlier stage without 'layers' factored it: a layer is factored once
+        raise ArgumentError(f"stage {st.index} ({st.label()}) key 'layers': layer {again[0]!r} was factored by "
+                            f"{ctx.factored[again[0]]} already; a layer is factored once (name it in one stage)")
     targets = [n for n in lowrank_targets(model, st["method"]) if st["layers"] is None or n in st["layers"]]
     plan = {}
     for name in targets:
@@ -310,6 +344,7 @@ def stage_lowrank(model, st, ctx):
                               "rank": lowrank.cp_rank_for_macs(layer.weight.shape, frac, hw_in, mid, hw_out)}
     if plan:
         lowrank.factorize(model, plan)
+        ctx.factored.update({n: f"stage {st.index} ({st.label()})" for n in plan})
     _fit(model, ctx, st)
     return model, deploy_view(model, ctx)
 
@@ -363,7 +398,7 @@ def check_applicable(recipe, model) -> None:
                 raise ArgumentError(f"{where} key 'layers': method {s['method']!r} factors {what}; {bad} are not "
                                     f"(the model's are {can})")
         if s.kind == "prune" and s["layers"]:
-            can = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+            can = [n for n, m in model.named_modules() if _plain_layer(m)]
             bad = [n for n in s["layers"] if n not in can]
             if bad:
                 raise ArgumentError(f"{where} key 'layers': {bad} are not Linear / Conv2d layers of the model, "

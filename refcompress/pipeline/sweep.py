@@ -16,7 +16,7 @@ import itertools
 import multiprocessing
 
 from ..errors import ArgumentError
-from .recipe import Recipe, load_recipe, recipe_from_dict
+from .recipe import METHOD_KEYS, Recipe, load_recipe, recipe_from_dict
 
 
 def _variants(recipe: Recipe, grid: dict):
@@ -49,7 +49,15 @@ def _variants(recipe: Recipe, grid: dict):
         point = dict(zip(keys, values))
         for key, value in point.items():
             idx, name = key.split(".", 1)
-            raw["stage"][int(idx) - 1][name] = value
+            st = raw["stage"][int(idx) - 1]
+            if name == "method" and value in METHOD_KEYS.get(st["kind"], {}):
+                # the recipe's keys the point's method does not take are dropped; the keys
+                # the point itself sets stay (and are refused if meaningless)
+                takes = METHOD_KEYS[st["kind"]][value]
+                mine = {k.split(".", 1)[1] for k in point if int(k.split(".", 1)[0]) == int(idx)}
+                for k in [k for k in st if k not in ("kind", "method") and k not in takes and k not in mine]:
+                    del st[k]
+            st[name] = value
         yield point, recipe_from_dict(copy.deepcopy(raw), f"{recipe.source} {point}")  # each point validated
 
 
@@ -60,7 +68,13 @@ def _trial(model, recipe, data, seed):
 
 
 def recipe_grid(model, recipe, grid: dict, data, *, executor: cf.Executor | None = None, seed: int = 0) -> list:
-    """[(grid point, reports as dicts)] for every point of ``grid``, in grid order."""
+    """[(grid point, reports as dicts)] for every point of ``grid``, in grid order.
+
+    A point whose key sets a stage's ``method`` (``{"2.method": ["static", "qat"]}``) drops
+    from that stage the keys the recipe gives it that the new method does not take
+    (``recipe.METHOD_KEYS``: e.g. ``epochs`` for ``static``, ``rank`` for ``tucker2``); the
+    keys the point itself sets are kept, and refused at validation if the method cannot
+    use them."""
     if not isinstance(recipe, Recipe):
         recipe = recipe_from_dict(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
     if isinstance(grid, dict) and not grid:

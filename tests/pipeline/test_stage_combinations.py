@@ -11,6 +11,7 @@ import pytest
 from refcompress import lowrank, nn, quant
 from refcompress.errors import ArgumentError
 from refcompress.models import mlp_300_100, small_cnn
+from refcompress.nn.spec import register_module
 from refcompress.pipeline.compress import compress
 from refcompress.pipeline.recipe import load_recipe, recipe_from_dict
 from refcompress.pipeline.stages import fold_batchnorm_for_sharing
@@ -116,13 +117,85 @@ def test_every_bundled_recipe_validates_and_runs_its_stages(path):
     assert len(r.reports) == len(recipe.stages) + 1
 
 
-def test_a_second_lowrank_stage_of_the_same_family_is_refused_at_validation():
-    # it would factor the first stage's factors ('1.first', '1.second', Tucker sub-convs)
-    _bad([{"kind": "lowrank", "rank": 8}, {"kind": "lowrank", "rank": 2}],
-         r"r.toml: stage 2 \(lowrank\): stage 1 \(lowrank:svd\) already factors the model's Linear layers")
-    _bad([{"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5},
-          {"kind": "lowrank", "method": "cp", "mac_fraction": 0.5}],
-         r"stage 2 \(lowrank\): stage 1 \(lowrank:tucker2\) already factors the model's convolutions")
+def test_two_svd_stages_on_different_layers_factor_each_once():
+    r = _run(_mlp(), [{"kind": "lowrank", "method": "svd", "rank": 4, "layers": ["1"], "epochs": 1},
+                      {"kind": "lowrank", "method": "svd", "rank": 2, "layers": ["3"], "epochs": 1}])
+    final = list(r.final)
+    assert [type(m).__name__ for m in final][1:] == ["LowRankLinear", "ReLU", "LowRankLinear", "ReLU", "Linear"]
+    assert final[1].rank == 4 and final[3].rank == 2
+    assert r.reports[1].parameters > r.reports[2].parameters
+
+
+def test_a_second_lowrank_stage_without_layers_factors_what_the_first_left():
+    r = _run(_mlp(), [{"kind": "lowrank", "rank": 4, "layers": ["1"], "epochs": 0},
+                      {"kind": "lowrank", "rank": 2, "epochs": 0}])
+    ranks = [m.rank for m in r.final if isinstance(m, lowrank.LowRankLinear)]
+    assert ranks[0] == 4 and all(x == 2 for x in ranks[1:]) and len(ranks) >= 2  # never a factor of a factor
+    assert not any(isinstance(m, lowrank.LowRankLinear) for f in r.final for m in f.children())
+
+
+def test_a_layer_factored_by_an_earlier_stage_is_refused():
+    # visible from the layers lists: at validation
+    _bad([{"kind": "lowrank", "rank": 4, "layers": ["1", "3"]}, {"kind": "lowrank", "rank": 2, "layers": ["3"]}],
+         r"r.toml: stage 2 \(lowrank\) key 'layers': layer '3' is factored by stage 1 \(lowrank:svd\) already")
+    _bad([{"kind": "lowrank", "method": "tucker2", "mac_fraction": 0.5, "layers": ["0"]},
+          {"kind": "lowrank", "method": "cp", "mac_fraction": 0.5, "layers": ["0"]}],
+         r"stage 2 \(lowrank\) key 'layers': layer '0' is factored by stage 1 \(lowrank:tucker2\) already")
+    # the first stage factors every layer: at run time, before the second stage changes anything
+    _bad([{"kind": "lowrank", "rank": 4, "epochs": 0}, {"kind": "lowrank", "rank": 2, "layers": ["3"], "epochs": 0}],
+         r"stage 2 \(lowrank:svd\) key 'layers': layer '3' was factored by stage 1 \(lowrank:svd\) already",
+         model=_mlp())
+
+
+@register_module
+class _MyLinear(nn.Linear):  # a user's Linear subclass (cloned through its spec)
+    pass
+
+
+def _my_mlp():
+    nn.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), _MyLinear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_subclasses_of_linear_are_pruned_and_factored():
+    r = _run(_my_mlp(), [{"kind": "prune", "method": "magnitude", "sparsity": 0.5, "layers": ["1"], "epochs": 1}])
+    assert type(r.final[1]).__name__ == "SparseLinear"
+    r = _run(_my_mlp(), [{"kind": "lowrank", "method": "svd", "rank": 4, "epochs": 1}])
+    assert isinstance(r.final[1], lowrank.LowRankLinear) and r.final[1].rank == 4
+
+
+def test_batchnorm_after_a_subclassed_layer_folds_for_sharing():
+    nn.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), _MyLinear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    d = _images()
+    _trained_bn(m, d)
+    folded = fold_batchnorm_for_sharing(m)
+    assert not any(isinstance(x, nn.BatchNorm1d) for x in folded.modules())
+    np.testing.assert_allclose(folded(d.X_test), m.eval()(d.X_test), rtol=1e-4, atol=1e-5)
+
+
+def test_a_shared_module_is_counted_once_in_the_reports_bytes():
+    from refcompress.pipeline import metrics
+    from refcompress.pipeline.compress import measure
+
+    nn.manual_seed(0)
+    lin = nn.Linear(64, 64)
+    m = nn.Sequential(nn.Flatten(), lin, nn.ReLU(), lin, nn.ReLU(), nn.Linear(64, 10))
+    rep = measure(m, _images(), "orig", repeats=1, latency=False)
+    assert rep.stored_bytes == metrics.stored_bytes(m) == 4 * (64 * 64 + 64 + 64 * 10 + 10)
+
+
+def test_nm_layers_deploy_as_csr_once_a_later_prune_makes_csr_smaller():
+    from refcompress import prune
+
+    r = _run(_mlp(), [{"kind": "prune", "method": "nm", "n": 2, "m": 4, "epochs": 1},
+                      {"kind": "prune", "method": "magnitude", "sparsity": 0.9, "epochs": 1}])
+    kinds = {type(m).__name__ for m in r.final.modules()}
+    assert "NMLinear" not in kinds and "SparseLinear" in kinds
+    assert r.reports[2].stored_bytes < r.reports[1].stored_bytes
+    # while N:M is the smaller form (the nm stage itself, a finetune after it) the layers stay N:M
+    r = _run(_mlp(), [{"kind": "prune", "method": "nm", "n": 2, "m": 4, "epochs": 1}, {"kind": "finetune", "epochs": 1}])
+    assert all(isinstance(m, prune.NMLinear) for m in list(r.final)[1::2])
 
 
 def test_svd_then_tucker2_factors_each_layer_once():
@@ -221,3 +294,20 @@ def test_recipe_grid_refuses_malformed_grids_before_any_work(grid, match):
     with pytest.raises(ArgumentError, match=match):
         recipe_grid(_mlp(), rec, grid, _images(), executor=NoWork())
 
+
+
+def test_a_grid_point_that_sets_method_drops_the_keys_the_new_method_does_not_take():
+    from refcompress.pipeline.sweep import _variants
+
+    r = recipe_from_dict({"name": "t", "stage": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5},
+                                                 {"kind": "quantize", "method": "qat", "epochs": 1}]})
+    pts = list(_variants(r, {"2.method": ["static", "qat"]}))
+    assert [p for p, _ in pts] == [{"2.method": "static"}, {"2.method": "qat"}]
+    assert "epochs" not in pts[0][1].stages[1].given and pts[1][1].stages[1]["epochs"] == 1
+    r = recipe_from_dict({"name": "t", "stage": [{"kind": "quantize", "method": "static", "per_channel": False}]})
+    pts = list(_variants(r, {"1.method": ["static", "share"]}))
+    assert pts[0][1].stages[0]["per_channel"] is False and pts[1][1].stages[0]["per_channel"] is True
+    # a key the point sets itself is kept, and refused if the method cannot use it
+    r = recipe_from_dict({"name": "t", "stage": [{"kind": "quantize", "method": "qat", "epochs": 1}]})
+    with pytest.raises(ArgumentError, match=r"key 'epochs': method 'static' converts the model without training"):
+        list(_variants(r, {"1.method": ["static"], "1.epochs": [3]}))
