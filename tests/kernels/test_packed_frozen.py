@@ -23,6 +23,14 @@ def _csr_weight(rng, out_f=64, in_f=256, density=0.1):
     return w
 
 
+def _packed_csr(seed, form):
+    """(rng, CSR arrays of a random weight, its PackedCSR in ``form``, x [2, 256])."""
+    rng = np.random.default_rng(seed)
+    indptr, indices, values, shape = kernels.csr_from_dense(_csr_weight(rng))
+    p = kernels.pack_csr(indptr, indices, values, shape, form=form)
+    return rng, (indptr, indices, values), p, rng.standard_normal((2, 256)).astype(np.float32)
+
+
 def _nm_weight(rng, out_f=16, in_f=64):
     w = rng.standard_normal((out_f, in_f)).astype(np.float32)
     w.reshape(out_f, in_f // 4, 4)[..., 2:] = 0
@@ -62,11 +70,7 @@ def test_sparse_packed_csr_refuses_attribute_reassignment(form):
 
 
 def test_sparse_packed_csr_documented_operations_still_work():
-    rng = np.random.default_rng(1)
-    W = _csr_weight(rng)
-    indptr, indices, values, shape = kernels.csr_from_dense(W)
-    p = kernels.pack_csr(indptr, indices, values, shape, form="rows")
-    x = rng.standard_normal((2, 256)).astype(np.float32)
+    rng, (indptr, indices, values), p, x = _packed_csr(1, "rows")
     y = kernels.spmm_csr(x, p)
     values *= 2  # the rows form holds the values: an in-place change is seen
     assert_exact(kernels.spmm_csr(x, p), 2 * y)
@@ -135,11 +139,7 @@ def test_sparse_packed_nm_copies_come_from_the_packed_positions():
 
 
 def test_sparse_sell_form_values_are_read_only():
-    rng = np.random.default_rng(5)
-    W = _csr_weight(rng)
-    indptr, indices, values, shape = kernels.csr_from_dense(W)
-    p = kernels.pack_csr(indptr, indices, values, shape, form="sell")
-    x = rng.standard_normal((2, 256)).astype(np.float32)
+    _, (indptr, indices, values), p, x = _packed_csr(5, "sell")
     with pytest.raises(ValueError, match="read-only"):
         p.values[:] *= 2
     with pytest.raises(ValueError):
