@@ -97,8 +97,9 @@ def _g(w):
 
 
 def _kd_rows_close(s, t, T):
-    """Per row ``T^2 KL(p_t || p_s)`` and ``T (p_s - p_t)`` for float64 rows whose logit
-    differences span at most T, without cancellation (see the module docstring)."""
+    """Per row ``T^2 KL(p_t || p_s)`` and ``T (p_s - p_t)`` for float64 rows, without
+    cancellation (see the module docstring; valid while the logit differences span at most
+    T, so |w| <= 1; the caller passes the rows spanning at most T / _PLAIN_MAX_RATIO)."""
     D = t - s
     a = s / T
     ps = np.exp(a - a.max(axis=1, keepdims=True))

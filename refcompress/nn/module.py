@@ -408,7 +408,7 @@ class Module:
         if strict and (missing or unexpected):
             raise ArgumentError(
                 f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        updates = []
+        updates, checked = [], {}
         for key, (m, reg, name) in targets.items():
             if key not in state_dict:
                 continue
@@ -421,6 +421,7 @@ class Module:
                 raise DTypeError(
                     f"state_dict[{key!r}]: expected dtype {cur.dtype.name}, got {new.dtype.name}")
             updates.append((m, reg, name, new, given[key], cur))
+            checked[key] = new
         # The paths of one shared array must agree, except that an edit of one path wins:
         # a state dict taken, changed at "0.weight" and loaded back still holds the old
         # value at "2.weight" (PyTorch would keep whichever path it loads last).
@@ -428,7 +429,7 @@ class Module:
         for m, reg, name, new, ident, cur in updates:
             if ident not in chosen:
                 keys = [a for a in aliases[ident] if a in state_dict]
-                vals = [check_array(state_dict[a], f"state_dict[{a!r}]") for a in keys]
+                vals = [checked[a] for a in keys]  # each checked once, above
                 nan = new.dtype.kind in "fc"
                 pick = vals[0]
                 if any(not np.array_equal(v, pick, equal_nan=nan) for v in vals[1:]):
